@@ -1,1 +1,439 @@
-fn main() {}
+//! meetd: the whole server side of a Jitsi Meet deployment in one program.
+#![forbid(unsafe_code)]
+
+mod config;
+mod http;
+mod storage;
+mod tls;
+mod web;
+
+use std::io::BufRead;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{Config, Listen};
+use crate::storage::Storage;
+
+#[derive(Parser)]
+#[command(name = "meetd", version, about = "Jitsi Meet server in one program")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the server.
+    Serve(Overrides),
+    /// Configuration tools.
+    Config {
+        #[command(subcommand)]
+        cmd: ConfigCmd,
+    },
+    /// Manage internal accounts (passwords are read from standard input).
+    User {
+        #[command(subcommand)]
+        cmd: UserCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCmd {
+    /// Print the effective configuration (file plus flags) as TOML.
+    Print(Overrides),
+}
+
+#[derive(Subcommand)]
+enum UserCmd {
+    /// Create an account: `meetd user add focus@auth.meet.jitsi`.
+    Add(UserArgs),
+    /// Delete an account.
+    Remove(UserArgs),
+    /// Change an account's password.
+    Passwd(UserArgs),
+    /// List accounts.
+    List(Common),
+}
+
+#[derive(Args)]
+struct UserArgs {
+    /// user@domain (a bare user name means the auth domain).
+    jid: String,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(Args, Clone)]
+struct Common {
+    /// Configuration file (meetd.toml).
+    #[arg(long, short = 'c')]
+    config: Option<PathBuf>,
+    /// Data directory (database, certificate).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+#[derive(Args, Clone)]
+struct Overrides {
+    #[command(flatten)]
+    common: Common,
+    /// HTTP listener address, or off.
+    #[arg(long, value_parser = Listen::parse)]
+    http: Option<Listen>,
+    /// HTTPS listener address, or off.
+    #[arg(long, value_parser = Listen::parse)]
+    https: Option<Listen>,
+    /// XMPP client (TCP, STARTTLS) listener address, or off.
+    #[arg(long, value_parser = Listen::parse)]
+    c2s: Option<Listen>,
+    /// XEP-0114 component listener address, or off.
+    #[arg(long, value_parser = Listen::parse)]
+    component: Option<Listen>,
+    /// UDP port of the media engine.
+    #[arg(long)]
+    media_port: Option<u16>,
+    /// Address announced as ICE host candidate (repeatable).
+    #[arg(long)]
+    advertise_ip: Vec<IpAddr>,
+    /// XMPP domain (the other domains follow it unless configured).
+    #[arg(long)]
+    domain: Option<String>,
+    /// Unpacked Jitsi Meet web build to serve.
+    #[arg(long)]
+    web_root: Option<PathBuf>,
+    /// Public base URL, e.g. https://meet.example.com.
+    #[arg(long)]
+    public_url: Option<String>,
+    /// Log level or tracing filter (info, debug, meetd_xmpp=trace, ...).
+    #[arg(long)]
+    log_level: Option<String>,
+    /// Log as JSON lines.
+    #[arg(long)]
+    log_json: bool,
+}
+
+fn load(common: &Common) -> Result<Config, config::ConfigError> {
+    let mut cfg = Config::load(common.config.as_deref())?;
+    if let Some(d) = &common.data_dir {
+        cfg.server.data_dir = d.clone();
+    }
+    Ok(cfg)
+}
+
+fn effective(o: &Overrides) -> Result<Config, config::ConfigError> {
+    let mut cfg = load(&o.common)?;
+    if let Some(v) = &o.http {
+        cfg.listen.http = v.clone();
+    }
+    if let Some(v) = &o.https {
+        cfg.listen.https = v.clone();
+    }
+    if let Some(v) = &o.c2s {
+        cfg.listen.c2s = v.clone();
+    }
+    if let Some(v) = &o.component {
+        cfg.listen.component = v.clone();
+    }
+    if let Some(v) = o.media_port {
+        cfg.media.port = v;
+    }
+    if !o.advertise_ip.is_empty() {
+        cfg.media.advertise_ips = o.advertise_ip.clone();
+    }
+    if let Some(v) = &o.domain {
+        cfg.server.domain = v.clone();
+    }
+    if let Some(v) = &o.web_root {
+        cfg.web.root = v.display().to_string();
+    }
+    if let Some(v) = &o.public_url {
+        cfg.server.public_url = v.clone();
+    }
+    if let Some(v) = &o.log_level {
+        cfg.server.log_level = v.clone();
+    }
+    if o.log_json {
+        cfg.server.log_format = "json".into();
+    }
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.cmd {
+        Cmd::Config {
+            cmd: ConfigCmd::Print(o),
+        } => match effective(&o) {
+            Ok(cfg) => match toml::to_string_pretty(&cfg) {
+                Ok(s) => {
+                    print!("{s}");
+                    Ok(())
+                }
+                Err(e) => Err(Failure::Runtime(e.into())),
+            },
+            Err(e) => Err(Failure::Config(e)),
+        },
+        Cmd::Serve(o) => match effective(&o) {
+            Ok(cfg) => runtime().and_then(|rt| rt.block_on(serve(cfg)).map_err(Failure::Runtime)),
+            Err(e) => Err(Failure::Config(e)),
+        },
+        Cmd::User { cmd } => runtime().and_then(|rt| rt.block_on(user(cmd))),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Config(e)) => {
+            eprintln!("meetd: configuration error: {e}");
+            ExitCode::from(2)
+        }
+        Err(Failure::Runtime(e)) => {
+            eprintln!("meetd: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+enum Failure {
+    Config(config::ConfigError),
+    Runtime(anyhow::Error),
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::Runtime(e.into()))
+}
+
+fn init_logging(cfg: &Config) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_new(&cfg.server.log_level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_target(false);
+    if cfg.server.log_format == "json" {
+        b.json().init();
+    } else {
+        b.init();
+    }
+}
+
+async fn open_storage(cfg: &Config) -> anyhow::Result<Storage> {
+    std::fs::create_dir_all(&cfg.server.data_dir)
+        .map_err(|e| anyhow::anyhow!("data directory {}: {e}", cfg.server.data_dir.display()))?;
+    Ok(Storage::open(&cfg.sqlite_path()).await?)
+}
+
+async fn serve(cfg: Config) -> anyhow::Result<()> {
+    init_logging(&cfg);
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let storage = open_storage(&cfg).await?;
+    let secret = storage.secret("scram-unknown-user").await?;
+    meetd_xmpp::sasl::set_unknown_user_secret(&secret);
+    let tls_files = tls::ensure(&cfg)?;
+    let tls_cfg = tls::server_config(&tls_files)?;
+
+    let xcfg = cfg.xmpp();
+    let server = meetd_xmpp::Server::new(xcfg, storage::accounts(&storage));
+    let bosh = meetd_xmpp::http_bind::Bosh::new(server.clone());
+    let cfg = Arc::new(cfg);
+    let front = Arc::new(http::Front {
+        cfg: cfg.clone(),
+        server: server.clone(),
+        bosh,
+        ready: Default::default(),
+    });
+
+    tracing::info!(
+        domain = %cfg.server.domain,
+        data_dir = %cfg.server.data_dir.display(),
+        "meetd {} starting",
+        env!("CARGO_PKG_VERSION")
+    );
+    let mut tasks = tokio::task::JoinSet::new();
+    if let Some(addr) = cfg.listen.http.addr() {
+        let l = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("listen.http {addr}: {e}"))?;
+        tracing::info!("HTTP listening on http://{} (WebSocket /xmpp-websocket, BOSH /http-bind, /config.js)", l.local_addr()?);
+        let app = http::router(front.clone(), false);
+        tasks.spawn(async move {
+            let r = axum::serve(
+                l,
+                app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+            )
+            .await;
+            anyhow::Ok(r?)
+        });
+    }
+    if let Some(addr) = cfg.listen.https.addr() {
+        let rcfg = axum_server::tls_rustls::RustlsConfig::from_pem_file(&tls_files.cert, &tls_files.key)
+            .await
+            .map_err(|e| anyhow::anyhow!("tls: {e}"))?;
+        let std_l = std::net::TcpListener::bind(addr)
+            .map_err(|e| anyhow::anyhow!("listen.https {addr}: {e}"))?;
+        std_l.set_nonblocking(true)?;
+        tracing::info!(
+            self_signed = tls_files.self_signed,
+            "HTTPS listening on https://{}",
+            std_l.local_addr()?
+        );
+        let app = http::router(front.clone(), true);
+        tasks.spawn(async move {
+            axum_server::from_tcp_rustls(std_l, rcfg)?
+                .serve(app.into_make_service_with_connect_info::<std::net::SocketAddr>())
+                .await?;
+            anyhow::Ok(())
+        });
+    }
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls_cfg);
+    if let Some(addr) = cfg.listen.c2s.addr() {
+        let l = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("listen.c2s {addr}: {e}"))?;
+        tracing::info!("XMPP c2s (STARTTLS) listening on {}", l.local_addr()?);
+        let s = server.clone();
+        let a = acceptor.clone();
+        tasks.spawn(async move {
+            meetd_xmpp::tcp::serve_c2s(s, l, Some(a), false).await;
+            anyhow::Ok(())
+        });
+    }
+    if let Some(addr) = cfg.listen.c2s_tls.addr() {
+        let l = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("listen.c2s_tls {addr}: {e}"))?;
+        tracing::info!("XMPP c2s (direct TLS) listening on {}", l.local_addr()?);
+        let s = server.clone();
+        let a = acceptor.clone();
+        tasks.spawn(async move {
+            meetd_xmpp::tcp::serve_c2s(s, l, Some(a), true).await;
+            anyhow::Ok(())
+        });
+    }
+    if let Some(addr) = cfg.listen.component.addr() {
+        let l = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("listen.component {addr}: {e}"))?;
+        tracing::info!(
+            components = cfg.components.len(),
+            "XMPP components (XEP-0114) listening on {}",
+            l.local_addr()?
+        );
+        let s = server.clone();
+        tasks.spawn(async move {
+            meetd_xmpp::component::serve(s, l).await;
+            anyhow::Ok(())
+        });
+    }
+    front.ready.store(true, Ordering::Release);
+    tracing::info!("ready");
+
+    tokio::select! {
+        r = tasks.join_next() => match r {
+            Some(Ok(Err(e))) => Err(e),
+            Some(Err(e)) => Err(e.into()),
+            _ => Ok(()),
+        },
+        _ = shutdown_signal() => {
+            tracing::info!("shutting down");
+            Ok(())
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+fn split_jid(cfg: &Config, s: &str) -> Result<(String, String), Failure> {
+    let (u, d) = match s.split_once('@') {
+        Some((u, d)) => (u.to_string(), d.to_string()),
+        None => (s.to_string(), cfg.xmpp().auth_domain),
+    };
+    let j = meetd_xmpp::jid::BareJid::new(&format!("{u}@{d}"))
+        .map_err(|e| Failure::Config(config::ConfigError(format!("'{s}' is not a valid JID: {e}"))))?;
+    let node = j.node().map(|n| n.as_str().to_lowercase()).unwrap_or_default();
+    if node.is_empty() {
+        return Err(Failure::Config(config::ConfigError(format!("'{s}' has no user name"))));
+    }
+    Ok((node, j.domain().as_str().to_string()))
+}
+
+fn read_password() -> Result<String, Failure> {
+    let mut line = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .map_err(|e| Failure::Runtime(e.into()))?;
+    let pw = line.trim_end_matches(['\n', '\r']).to_string();
+    if pw.is_empty() {
+        return Err(Failure::Runtime(anyhow::anyhow!("empty password on standard input")));
+    }
+    Ok(pw)
+}
+
+async fn user(cmd: UserCmd) -> Result<(), Failure> {
+    let common = match &cmd {
+        UserCmd::Add(a) | UserCmd::Remove(a) | UserCmd::Passwd(a) => a.common.clone(),
+        UserCmd::List(c) => c.clone(),
+    };
+    let cfg = load(&common).map_err(Failure::Config)?;
+    let st = open_storage(&cfg).await.map_err(Failure::Runtime)?;
+    let rt = |e: storage::StorageError| Failure::Runtime(e.into());
+    match cmd {
+        UserCmd::Add(a) => {
+            let (u, d) = split_jid(&cfg, &a.jid)?;
+            let pw = read_password()?;
+            let creds = meetd_xmpp::sasl::derive_credentials(&pw, cfg.auth.scram_iterations);
+            if !st.set_account(&u, &d, &creds, true).await.map_err(rt)? {
+                return Err(Failure::Runtime(anyhow::anyhow!("{u}@{d} already exists")));
+            }
+            println!("added {u}@{d}");
+        }
+        UserCmd::Passwd(a) => {
+            let (u, d) = split_jid(&cfg, &a.jid)?;
+            let pw = read_password()?;
+            let creds = meetd_xmpp::sasl::derive_credentials(&pw, cfg.auth.scram_iterations);
+            if !st.set_account(&u, &d, &creds, false).await.map_err(rt)? {
+                return Err(Failure::Runtime(anyhow::anyhow!("{u}@{d} does not exist")));
+            }
+            println!("password changed for {u}@{d}");
+        }
+        UserCmd::Remove(a) => {
+            let (u, d) = split_jid(&cfg, &a.jid)?;
+            if !st.remove_account(&u, &d).await.map_err(rt)? {
+                return Err(Failure::Runtime(anyhow::anyhow!("{u}@{d} does not exist")));
+            }
+            println!("removed {u}@{d}");
+        }
+        UserCmd::List(_) => {
+            for a in st.list_accounts().await.map_err(rt)? {
+                println!("{a}");
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,460 @@
+//! meetd.toml: every setting with its default. Flags override the file.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// A listener address, or `off`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum Listen {
+    Off,
+    At(SocketAddr),
+}
+
+impl TryFrom<String> for Listen {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        Listen::parse(&s)
+    }
+}
+
+impl From<Listen> for String {
+    fn from(l: Listen) -> String {
+        match l {
+            Listen::Off => "off".into(),
+            Listen::At(a) => a.to_string(),
+        }
+    }
+}
+
+impl Listen {
+    pub fn parse(s: &str) -> Result<Listen, String> {
+        let s = s.trim();
+        if s.eq_ignore_ascii_case("off") || s.is_empty() {
+            return Ok(Listen::Off);
+        }
+        s.parse::<SocketAddr>()
+            .map(Listen::At)
+            .map_err(|_| format!("'{s}' is not an address like 127.0.0.1:8080, [::]:8443 or off"))
+    }
+    pub fn addr(&self) -> Option<SocketAddr> {
+        match self {
+            Listen::Off => None,
+            Listen::At(a) => Some(*a),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerSection,
+    pub listen: ListenSection,
+    pub tls: TlsSection,
+    pub auth: AuthSection,
+    pub domains: DomainsSection,
+    pub media: MediaSection,
+    pub web: WebSection,
+    pub xmpp: XmppSection,
+    pub limits: LimitsSection,
+    pub turn: TurnSection,
+    pub components: Vec<ComponentEntry>,
+    pub database: DatabaseSection,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            server: ServerSection::default(),
+            listen: ListenSection::default(),
+            tls: TlsSection::default(),
+            auth: AuthSection::default(),
+            domains: DomainsSection::default(),
+            media: MediaSection::default(),
+            web: WebSection::default(),
+            xmpp: XmppSection::default(),
+            limits: LimitsSection::default(),
+            turn: TurnSection::default(),
+            components: Vec::new(),
+            database: DatabaseSection::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSection {
+    pub domain: String,
+    pub data_dir: PathBuf,
+    pub public_url: String,
+    pub log_level: String,
+    pub log_format: String,
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        ServerSection {
+            domain: "meet.jitsi".into(),
+            data_dir: PathBuf::from("./meetd-data"),
+            public_url: String::new(),
+            log_level: "info".into(),
+            log_format: "text".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ListenSection {
+    pub http: Listen,
+    pub https: Listen,
+    pub c2s: Listen,
+    pub c2s_tls: Listen,
+    pub component: Listen,
+}
+
+impl Default for ListenSection {
+    fn default() -> Self {
+        let at = |s: &str| Listen::parse(s).unwrap_or(Listen::Off);
+        ListenSection {
+            http: at("127.0.0.1:8080"),
+            https: at("0.0.0.0:8443"),
+            c2s: at("0.0.0.0:5222"),
+            c2s_tls: Listen::Off,
+            component: at("127.0.0.1:5347"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsSection {
+    pub cert: String,
+    pub key: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthSection {
+    pub mode: String,
+    pub guest_domain: String,
+    pub scram_iterations: u32,
+}
+
+impl Default for AuthSection {
+    fn default() -> Self {
+        AuthSection {
+            mode: "anonymous".into(),
+            guest_domain: String::new(),
+            scram_iterations: 10_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DomainsSection {
+    pub auth: String,
+    pub muc: String,
+    pub internal_muc: String,
+    pub focus: String,
+    pub hidden: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MediaSection {
+    pub port: u16,
+    pub advertise_ips: Vec<IpAddr>,
+}
+
+impl Default for MediaSection {
+    fn default() -> Self {
+        MediaSection {
+            port: 10000,
+            advertise_ips: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebSection {
+    pub root: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct XmppSection {
+    pub sm_resume_timeout_secs: u64,
+    pub sm_max_unacked: usize,
+    pub bosh_inactivity_secs: u64,
+    pub bosh_max_wait_secs: u64,
+    pub consider_http_secure: bool,
+}
+
+impl Default for XmppSection {
+    fn default() -> Self {
+        XmppSection {
+            sm_resume_timeout_secs: 60,
+            sm_max_unacked: 500,
+            bosh_inactivity_secs: 60,
+            bosh_max_wait_secs: 60,
+            consider_http_secure: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsSection {
+    pub max_stanza_bytes: usize,
+    pub max_xml_depth: usize,
+    pub max_sessions_per_ip: usize,
+    pub max_sessions: usize,
+    pub stanza_rate_per_second: u32,
+    pub stanza_burst: u32,
+    pub bosh_max_body_bytes: usize,
+    pub session_queue: usize,
+    pub max_directed_presences: usize,
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        let d = meetd_xmpp::Limits::default();
+        LimitsSection {
+            max_stanza_bytes: d.max_stanza_bytes,
+            max_xml_depth: d.max_xml_depth,
+            max_sessions_per_ip: d.max_sessions_per_ip,
+            max_sessions: d.max_sessions,
+            stanza_rate_per_second: d.stanza_rate_per_second,
+            stanza_burst: d.stanza_burst,
+            bosh_max_body_bytes: d.bosh_max_body_bytes,
+            session_queue: d.session_queue,
+            max_directed_presences: d.max_directed_presences,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TurnSection {
+    pub secret: String,
+    pub ttl_secs: u64,
+    pub services: Vec<TurnService>,
+}
+
+impl Default for TurnSection {
+    fn default() -> Self {
+        TurnSection {
+            secret: String::new(),
+            ttl_secs: 86400,
+            services: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TurnService {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub host: String,
+    pub port: u16,
+    #[serde(default)]
+    pub transport: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ComponentEntry {
+    pub domain: String,
+    pub secret: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseSection {
+    /// Empty: SQLite at `<data_dir>/meetd.db`.
+    pub url: String,
+}
+
+/// A configuration error: the message names the key.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+impl Config {
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let Some(path) = path else {
+            return Ok(Config::default());
+        };
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(format!("cannot read {}: {e}", path.display())))?;
+        Config::parse(&text).map_err(|e| ConfigError(format!("{}: {}", path.display(), e.0)))
+    }
+
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let cfg: Config = toml::from_str(text).map_err(|e| {
+            let msg = e.message().to_string();
+            let at = e
+                .span()
+                .map(|s| {
+                    let line = text[..s.start.min(text.len())].lines().count().max(1);
+                    format!(" (line {line})")
+                })
+                .unwrap_or_default();
+            ConfigError(format!("{msg}{at}"))
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let err = |k: &str, m: &str| Err(ConfigError(format!("{k}: {m}")));
+        if meetd_xmpp::jid::BareJid::new(&self.server.domain).is_err() || self.server.domain.contains('@') {
+            return err("server.domain", "not a valid domain name");
+        }
+        match self.auth.mode.as_str() {
+            "anonymous" | "internal" => {}
+            _ => return err("auth.mode", "must be \"anonymous\" or \"internal\""),
+        }
+        match self.server.log_format.as_str() {
+            "text" | "json" => {}
+            _ => return err("server.log_format", "must be \"text\" or \"json\""),
+        }
+        if !self.server.public_url.is_empty()
+            && !(self.server.public_url.starts_with("https://")
+                || self.server.public_url.starts_with("http://"))
+        {
+            return err("server.public_url", "must start with https:// or http://");
+        }
+        if self.tls.cert.is_empty() != self.tls.key.is_empty() {
+            return err("tls.cert", "tls.cert and tls.key go together");
+        }
+        let l = &self.limits;
+        for (k, v) in [
+            ("limits.max_stanza_bytes", l.max_stanza_bytes),
+            ("limits.max_xml_depth", l.max_xml_depth),
+            ("limits.max_sessions_per_ip", l.max_sessions_per_ip),
+            ("limits.max_sessions", l.max_sessions),
+            ("limits.stanza_rate_per_second", l.stanza_rate_per_second as usize),
+            ("limits.stanza_burst", l.stanza_burst as usize),
+            ("limits.bosh_max_body_bytes", l.bosh_max_body_bytes),
+            ("limits.session_queue", l.session_queue),
+        ] {
+            if v == 0 {
+                return err(k, "must be greater than 0");
+            }
+        }
+        for (i, s) in self.turn.services.iter().enumerate() {
+            if !matches!(s.kind.as_str(), "stun" | "turn" | "turns") {
+                return err(&format!("turn.services[{i}].type"), "must be stun, turn or turns");
+            }
+        }
+        for (i, c) in self.components.iter().enumerate() {
+            if c.secret.is_empty() {
+                return err(&format!("components[{i}].secret"), "must not be empty");
+            }
+        }
+        Ok(())
+    }
+
+    fn domain_or(&self, v: &str, prefix: &str) -> String {
+        if v.is_empty() {
+            format!("{prefix}.{}", self.server.domain)
+        } else {
+            v.to_string()
+        }
+    }
+
+    pub fn sqlite_path(&self) -> PathBuf {
+        self.server.data_dir.join("meetd.db")
+    }
+
+    /// The XMPP crate's view of this configuration.
+    pub fn xmpp(&self) -> meetd_xmpp::XmppConfig {
+        use std::time::Duration;
+        let mut x = meetd_xmpp::XmppConfig::for_domain(&self.server.domain);
+        x.main_auth = if self.auth.mode == "internal" {
+            meetd_xmpp::AuthMode::Internal
+        } else {
+            meetd_xmpp::AuthMode::Anonymous
+        };
+        x.guest_domain = (!self.auth.guest_domain.is_empty()).then(|| self.auth.guest_domain.clone());
+        x.auth_domain = self.domain_or(&self.domains.auth, "auth");
+        x.muc_domain = self.domain_or(&self.domains.muc, "muc");
+        x.internal_muc_domain = self.domain_or(&self.domains.internal_muc, "internal-muc");
+        x.focus_domain = self.domain_or(&self.domains.focus, "focus");
+        x.recorder_domain = self.domain_or(&self.domains.hidden, "hidden");
+        let l = &self.limits;
+        x.limits = meetd_xmpp::Limits {
+            max_stanza_bytes: l.max_stanza_bytes,
+            max_xml_depth: l.max_xml_depth,
+            max_sessions_per_ip: l.max_sessions_per_ip,
+            max_sessions: l.max_sessions,
+            stanza_rate_per_second: l.stanza_rate_per_second,
+            stanza_burst: l.stanza_burst,
+            bosh_max_body_bytes: l.bosh_max_body_bytes,
+            session_queue: l.session_queue,
+            max_directed_presences: l.max_directed_presences,
+        };
+        x.sm_resume_timeout = Duration::from_secs(self.xmpp.sm_resume_timeout_secs);
+        x.sm_max_unacked = self.xmpp.sm_max_unacked;
+        x.bosh_inactivity = Duration::from_secs(self.xmpp.bosh_inactivity_secs);
+        x.bosh_max_wait = Duration::from_secs(self.xmpp.bosh_max_wait_secs);
+        x.consider_http_secure = self.xmpp.consider_http_secure;
+        x.external_services = self
+            .turn
+            .services
+            .iter()
+            .map(|s| meetd_xmpp::ExternalService {
+                kind: s.kind.clone(),
+                host: s.host.clone(),
+                port: s.port,
+                transport: (!s.transport.is_empty()).then(|| s.transport.clone()),
+            })
+            .collect();
+        x.turn_secret = (!self.turn.secret.is_empty()).then(|| self.turn.secret.clone());
+        x.turn_ttl = Duration::from_secs(self.turn.ttl_secs);
+        x.components = self
+            .components
+            .iter()
+            .map(|c| (c.domain.clone(), c.secret.clone()))
+            .collect();
+        x
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_file_matches_defaults() {
+        let text = include_str!("../conf/meetd.toml");
+        let parsed = Config::parse(text).expect("conf/meetd.toml parses");
+        let d = Config::default();
+        assert_eq!(
+            toml::to_string(&parsed).unwrap(),
+            toml::to_string(&d).unwrap(),
+            "conf/meetd.toml must show the built-in defaults"
+        );
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = Config::parse("[limits]\nmax_stanza_byte = 5\n").unwrap_err();
+        assert!(e.0.contains("max_stanza_byte"), "{}", e.0);
+    }
+
+    #[test]
+    fn bad_value_is_named() {
+        let e = Config::parse("[limits]\nmax_stanza_bytes = 0\n").unwrap_err();
+        assert!(e.0.contains("limits.max_stanza_bytes"), "{}", e.0);
+        let e = Config::parse("[listen]\nhttp = \"nowhere\"\n").unwrap_err();
+        assert!(e.0.contains("nowhere"), "{}", e.0);
+    }
+}

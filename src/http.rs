@@ -1,0 +1,187 @@
+//! The HTTP(S) front door: what nginx does in a stock install, plus the XMPP transports.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use meetd_xmpp::Server;
+use meetd_xmpp::http_bind::{self, Bosh};
+
+use crate::config::Config;
+use crate::web;
+
+/// Shared by every HTTP listener.
+pub struct Front {
+    pub cfg: Arc<Config>,
+    pub server: Arc<Server>,
+    pub bosh: Arc<Bosh>,
+    /// Set once every listener is bound.
+    pub ready: AtomicBool,
+}
+
+#[derive(Clone)]
+struct St {
+    front: Arc<Front>,
+    /// This listener is HTTPS.
+    tls: bool,
+}
+
+pub fn router(front: Arc<Front>, tls: bool) -> Router {
+    Router::new()
+        .route("/xmpp-websocket", get(websocket))
+        .route(
+            "/http-bind",
+            get(bosh_get).post(bosh_post).options(bosh_get),
+        )
+        .route("/config.js", get(config_js))
+        .route("/about/health", get(health))
+        .route("/", get(index))
+        .fallback(not_found)
+        .with_state(St { front, tls })
+}
+
+/// The client's address: a local reverse proxy's X-Forwarded-For is believed, nobody else's.
+fn client_ip(peer: SocketAddr, headers: &HeaderMap) -> IpAddr {
+    if peer.ip().is_loopback()
+        && let Some(ip) = headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(',').next())
+            .and_then(|v| v.trim().parse().ok())
+    {
+        return ip;
+    }
+    peer.ip()
+}
+
+/// Whether the client reached us over TLS (directly, or through a local proxy that says so).
+fn is_secure(st: &St, peer: SocketAddr, headers: &HeaderMap) -> bool {
+    st.tls
+        || (peer.ip().is_loopback()
+            && headers
+                .get("x-forwarded-proto")
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https")))
+}
+
+async fn websocket(
+    State(st): State<St>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    uri: Uri,
+    ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Response {
+    match ws {
+        Ok(ws) => meetd_xmpp::ws::upgrade(
+            st.front.server.clone(),
+            ws,
+            client_ip(peer, &headers),
+            uri.query(),
+            is_secure(&st, peer, &headers),
+        ),
+        // lib-jitsi-meet's keep-alive is a plain GET of the WebSocket URL.
+        Err(_) => (
+            StatusCode::OK,
+            [(header::CACHE_CONTROL, "no-cache")],
+            "meetd XMPP over WebSocket\n",
+        )
+            .into_response(),
+    }
+}
+
+async fn bosh_get() -> Response {
+    http_bind::preflight()
+}
+
+async fn bosh_post(
+    State(st): State<St>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    uri: Uri,
+    body: Bytes,
+) -> Response {
+    let secure = is_secure(&st, peer, &headers);
+    st.front
+        .bosh
+        .post(client_ip(peer, &headers), uri.query(), secure, &body)
+        .await
+}
+
+async fn config_js(
+    State(st): State<St>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
+    let base = base_url(&st, peer, &headers);
+    let body = web::config_js(&st.front.cfg, &st.front.server.config, &base);
+    let mut r = (StatusCode::OK, body).into_response();
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/javascript; charset=utf-8"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
+    r
+}
+
+/// `https://host[:port]` as the client sees us: the configured public URL, else the
+/// request's Host header and scheme.
+fn base_url(st: &St, peer: SocketAddr, headers: &HeaderMap) -> String {
+    let public = st.front.cfg.server.public_url.trim_end_matches('/');
+    if !public.is_empty() {
+        return public.to_string();
+    }
+    let scheme = if is_secure(st, peer, headers) {
+        "https"
+    } else {
+        "http"
+    };
+    let forwarded_host = peer
+        .ip()
+        .is_loopback()
+        .then(|| headers.get("x-forwarded-host"))
+        .flatten();
+    let host = forwarded_host
+        .or_else(|| headers.get(header::HOST))
+        .and_then(|v| v.to_str().ok())
+        .filter(|h| web::valid_host(h))
+        .map(str::to_string)
+        .unwrap_or_else(|| st.front.cfg.server.domain.clone());
+    format!("{scheme}://{host}")
+}
+
+async fn health(State(st): State<St>) -> Response {
+    if st.front.ready.load(Ordering::Acquire) {
+        (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/json")],
+            "{\"status\":\"ok\"}\n",
+        )
+            .into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "starting\n").into_response()
+    }
+}
+
+async fn index(
+    State(st): State<St>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
+    let base = base_url(&st, peer, &headers);
+    Html(web::index_page(&st.front.cfg, &base)).into_response()
+}
+
+async fn not_found() -> Response {
+    (StatusCode::NOT_FOUND, "not found\n").into_response()
+}
