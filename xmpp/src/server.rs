@@ -106,8 +106,7 @@ impl Server {
         }
         let mut m = self.per_ip.lock();
         let n = m.entry(ip).or_insert(0);
-        // Loopback is exempt so that local tools and benchmarks are not throttled.
-        if *n >= limits.max_sessions_per_ip && !ip.is_loopback() {
+        if *n >= limits.max_sessions_per_ip {
             return None;
         }
         *n += 1;
@@ -118,7 +117,7 @@ impl Server {
         })
     }
 
-    /// Admission that counts loopback too (for the limit tests).
+    /// Sessions currently admitted from `ip`.
     pub fn sessions_from(&self, ip: IpAddr) -> usize {
         self.per_ip.lock().get(&ip).copied().unwrap_or(0)
     }

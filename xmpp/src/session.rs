@@ -1051,3 +1051,280 @@ async fn sleep_opt(until: Option<tokio::time::Instant>) {
     }
 }
 
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sasl;
+
+    fn cfg() -> Arc<XmppConfig> {
+        let mut c = XmppConfig::for_domain("meet.jitsi");
+        c.limits.stanza_rate_per_second = 10;
+        c.limits.stanza_burst = 20;
+        Arc::new(c)
+    }
+
+    fn info(kind: TransportKind) -> ConnInfo {
+        ConnInfo {
+            kind,
+            secure: false,
+            tls_available: kind == TransportKind::Tcp,
+            ip: "127.0.0.1".parse().unwrap(),
+            query: QueryParams::from_query(Some("room=testroom&token=abc%20d")),
+            resume_username: None,
+        }
+    }
+
+    fn parse(s: &str) -> Element {
+        crate::xml::parse_document(s.as_bytes(), &Default::default()).unwrap()
+    }
+
+    fn open(to: &str) -> LinkEvent {
+        LinkEvent::Open(StreamHeader {
+            to: Some(to.into()),
+            version: Some("1.0".into()),
+            ..Default::default()
+        })
+    }
+
+    fn sent(c: &mut C2s) -> Vec<String> {
+        c.take_actions()
+            .into_iter()
+            .map(|a| match a {
+                Action::Send(Out::Open { from, .. }) => format!("open:{from}"),
+                Action::Send(Out::Features(f)) => {
+                    format!("features:{}", f.iter().map(crate::xml::to_string).collect::<String>())
+                }
+                Action::Send(Out::Element(e)) => crate::xml::to_string(&e),
+                Action::Send(Out::StreamError { condition, .. }) => format!("stream-error:{condition}"),
+                Action::Send(o) => format!("{o:?}"),
+                Action::Route(e) => format!("route:{}", crate::xml::to_string(&e)),
+                Action::Bind { full_jid } => format!("bind:{full_jid}"),
+                Action::LookupCredentials { username, domain } => format!("lookup:{username}@{domain}"),
+                Action::EnableResume { id } => format!("resume-enabled:{id}"),
+                Action::Resume { previd, h } => format!("resume:{previd}:{h}"),
+            })
+            .collect()
+    }
+
+    /// Anonymous login over WebSocket as lib-jitsi-meet does it (fixture 01).
+    fn logged_in(kind: TransportKind) -> (C2s, String) {
+        let now = Instant::now();
+        let mut c = C2s::new(cfg(), info(kind), now);
+        c.input(open("meet.jitsi"), now);
+        let out = sent(&mut c);
+        assert_eq!(out[0], "open:meet.jitsi");
+        assert!(out[1].contains("<mechanism>ANONYMOUS</mechanism>"), "{out:?}");
+        c.input(LinkEvent::Element(parse("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='ANONYMOUS'/>")), now);
+        let out = sent(&mut c);
+        assert!(out[0].starts_with("<success"), "{out:?}");
+        assert_eq!(out[1], "Reset");
+        c.input(open("meet.jitsi"), now);
+        let out = sent(&mut c);
+        assert!(out[1].contains("urn:ietf:params:xml:ns:xmpp-bind"));
+        assert_eq!(out[1].contains("urn:xmpp:sm:3"), kind != TransportKind::Bosh);
+        c.input(LinkEvent::Element(parse("<iq xmlns='jabber:client' id='_bind_auth_2' type='set'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/></iq>")), now);
+        let out = sent(&mut c);
+        assert!(out[0].starts_with("bind:"), "{out:?}");
+        assert!(out[1].contains("<jid>"));
+        let jid = c.full_jid().unwrap().to_string();
+        assert!(jid.ends_with(&format!("@meet.jitsi/{}", jid.rsplit('/').next().unwrap())));
+        (c, jid)
+    }
+
+    #[test]
+    fn anonymous_login_bind_and_route() {
+        let (mut c, jid) = logged_in(TransportKind::WebSocket);
+        assert_eq!(c.query().room.as_deref(), Some("testroom"));
+        assert_eq!(c.query().token.as_deref(), Some("abc d"));
+        let now = Instant::now();
+        // `from` is always the session's JID, whatever the client wrote.
+        c.input(LinkEvent::Element(parse("<message xmlns='jabber:client' from='evil@x/y' to='b@meet.jitsi/r'><body>hi</body></message>")), now);
+        let out = sent(&mut c);
+        assert!(out[0].starts_with("route:") && out[0].contains(&format!("from='{jid}'")), "{out:?}");
+        // An iq without `to` is addressed to the account.
+        c.input(LinkEvent::Element(parse("<iq xmlns='jabber:client' id='r1' type='get'><query xmlns='jabber:iq:roster'/></iq>")), now);
+        let out = sent(&mut c);
+        assert!(out[0].contains(&format!("to='{}'", bare_of(&jid))), "{out:?}");
+    }
+
+    #[test]
+    fn stanzas_before_auth_are_refused() {
+        let now = Instant::now();
+        let mut c = C2s::new(cfg(), info(TransportKind::WebSocket), now);
+        c.input(open("meet.jitsi"), now);
+        sent(&mut c);
+        c.input(LinkEvent::Element(parse("<message xmlns='jabber:client' to='a@meet.jitsi'/>")), now);
+        assert_eq!(sent(&mut c), vec!["stream-error:not-authorized"]);
+        assert!(c.is_closed());
+    }
+
+    #[test]
+    fn unknown_host_and_version() {
+        let now = Instant::now();
+        let mut c = C2s::new(cfg(), info(TransportKind::WebSocket), now);
+        c.input(open("elsewhere.example"), now);
+        let out = sent(&mut c);
+        assert_eq!(out.last().unwrap(), "stream-error:host-unknown");
+        let mut c = C2s::new(cfg(), info(TransportKind::Tcp), now);
+        c.input(LinkEvent::Open(StreamHeader { to: Some("meet.jitsi".into()), ..Default::default() }), now);
+        assert_eq!(sent(&mut c).last().unwrap(), "stream-error:unsupported-version");
+    }
+
+    #[test]
+    fn tcp_requires_starttls_then_offers_scram() {
+        let now = Instant::now();
+        let mut c = C2s::new(cfg(), info(TransportKind::Tcp), now);
+        c.input(open("auth.meet.jitsi"), now);
+        let out = sent(&mut c);
+        assert!(out[1].contains("starttls") && !out[1].contains("mechanisms"), "{out:?}");
+        c.input(LinkEvent::Element(parse("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'/>")), now);
+        assert_eq!(sent(&mut c), vec!["stream-error:policy-violation"]);
+
+        let mut c = C2s::new(cfg(), info(TransportKind::Tcp), now);
+        c.input(open("auth.meet.jitsi"), now);
+        sent(&mut c);
+        c.input(LinkEvent::Element(parse("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")), now);
+        assert_eq!(sent(&mut c), vec!["StartTls"]);
+        c.input(open("auth.meet.jitsi"), now);
+        let out = sent(&mut c);
+        assert!(out[1].contains("SCRAM-SHA-256") && out[1].contains("SCRAM-SHA-1") && out[1].contains("PLAIN"), "{out:?}");
+        assert!(!out[1].contains("ANONYMOUS"));
+    }
+
+    #[test]
+    fn scram_login_asks_for_credentials() {
+        let now = Instant::now();
+        let mut i = info(TransportKind::WebSocket);
+        i.secure = true;
+        let mut c = C2s::new(cfg(), i, now);
+        c.input(open("auth.meet.jitsi"), now);
+        sent(&mut c);
+        let b64 = base64::engine::general_purpose::STANDARD;
+        // PLAIN with the initial response: user focus, password secret.
+        let plain = b64.encode(b"\0focus\0secret");
+        c.input(LinkEvent::Element(parse(&format!("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{plain}</auth>"))), now);
+        assert_eq!(sent(&mut c), vec!["lookup:focus@auth.meet.jitsi"]);
+        c.credentials(Some(sasl::derive_credentials("secret", 4096)));
+        let out = sent(&mut c);
+        assert!(out[0].starts_with("<success"), "{out:?}");
+        c.input(open("auth.meet.jitsi"), now);
+        sent(&mut c);
+        c.input(LinkEvent::Element(parse("<iq xmlns='jabber:client' id='b' type='set'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>focus</resource></bind></iq>")), now);
+        sent(&mut c);
+        assert_eq!(c.full_jid(), Some("focus@auth.meet.jitsi/focus"));
+    }
+
+    #[test]
+    fn wrong_password_fails_then_closes_after_three() {
+        let now = Instant::now();
+        let mut i = info(TransportKind::WebSocket);
+        i.secure = true;
+        let mut c = C2s::new(cfg(), i, now);
+        c.input(open("auth.meet.jitsi"), now);
+        sent(&mut c);
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let plain = b64.encode(b"\0focus\0wrong");
+        for n in 0..3 {
+            c.input(LinkEvent::Element(parse(&format!("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{plain}</auth>"))), now);
+            sent(&mut c);
+            c.credentials(Some(sasl::derive_credentials("secret", 4096)));
+            let out = sent(&mut c);
+            assert!(out[0].contains("not-authorized"), "{out:?}");
+            assert_eq!(c.is_closed(), n == 2);
+        }
+    }
+
+    #[test]
+    fn stream_management_acks_and_resume() {
+        let (mut c, _jid) = logged_in(TransportKind::WebSocket);
+        let now = Instant::now();
+        c.input(LinkEvent::Element(parse("<enable xmlns='urn:xmpp:sm:3' resume='true'/>")), now);
+        let out = sent(&mut c);
+        assert!(out[0].starts_with("<enabled") && out[0].contains("resume='true'"), "{out:?}");
+        assert!(out[1].starts_with("resume-enabled:"));
+        assert!(c.resumable());
+        for i in 0..7 {
+            c.deliver(parse(&format!("<message xmlns='jabber:client' to='x' id='m{i}'/>")));
+        }
+        let out = sent(&mut c);
+        // One ack request after five unacked stanzas.
+        assert_eq!(out.iter().filter(|s| s.starts_with("<r ")).count(), 1, "{out:?}");
+        c.input(LinkEvent::Element(parse("<a xmlns='urn:xmpp:sm:3' h='3'/>")), now);
+        assert!(sent(&mut c).is_empty());
+        c.input(LinkEvent::Element(parse("<iq xmlns='jabber:client' id='p' type='get' to='meet.jitsi'><ping xmlns='urn:xmpp:ping'/></iq>")), now);
+        sent(&mut c);
+        c.input(LinkEvent::Element(parse("<r xmlns='urn:xmpp:sm:3'/>")), now);
+        assert_eq!(sent(&mut c), vec!["<a xmlns='urn:xmpp:sm:3' h='1'/>"]);
+        // The transport is replaced; the client had seen 5 of the 7.
+        c.resumed(5, TransportKind::WebSocket, false);
+        let out = sent(&mut c);
+        assert!(out[0].starts_with("<resumed") && out[0].contains("h='1'"), "{out:?}");
+        assert!(out[1].contains("id='m5'") && out[2].contains("id='m6'"), "{out:?}");
+        // Acking more than was sent is a stream error.
+        c.input(LinkEvent::Element(parse("<a xmlns='urn:xmpp:sm:3' h='99'/>")), now);
+        assert_eq!(sent(&mut c), vec!["stream-error:undefined-condition"]);
+    }
+
+    #[test]
+    fn finish_sends_unavailable_to_directed_targets_and_bounces_unacked() {
+        let (mut c, jid) = logged_in(TransportKind::WebSocket);
+        let now = Instant::now();
+        c.input(LinkEvent::Element(parse("<presence xmlns='jabber:client' to='room@muc.meet.jitsi/nick'/>")), now);
+        c.input(LinkEvent::Element(parse("<enable xmlns='urn:xmpp:sm:3'/>")), now);
+        sent(&mut c);
+        c.deliver(parse("<iq xmlns='jabber:client' type='get' id='q' from='focus@auth.meet.jitsi/focus' to='x'><query xmlns='y'/></iq>"));
+        sent(&mut c);
+        c.finish();
+        let out = sent(&mut c);
+        assert!(out.iter().any(|s| s.contains("type='unavailable'") && s.contains("to='room@muc.meet.jitsi/nick'") && s.contains(&jid)), "{out:?}");
+        assert!(out.iter().any(|s| s.contains("service-unavailable") && s.contains("to='focus@auth.meet.jitsi/focus'")), "{out:?}");
+    }
+
+    #[test]
+    fn rate_limit_is_a_policy_violation() {
+        let (mut c, _) = logged_in(TransportKind::WebSocket);
+        let now = Instant::now();
+        for _ in 0..20 {
+            c.input(LinkEvent::Element(parse("<message xmlns='jabber:client' to='a@meet.jitsi/b'/>")), now);
+        }
+        assert!(!c.is_closed());
+        sent(&mut c);
+        c.input(LinkEvent::Element(parse("<message xmlns='jabber:client' to='a@meet.jitsi/b'/>")), now);
+        assert_eq!(sent(&mut c), vec!["stream-error:policy-violation"]);
+        // Tokens come back with time.
+        let (mut c, _) = logged_in(TransportKind::WebSocket);
+        for i in 0..60 {
+            c.input(
+                LinkEvent::Element(parse("<message xmlns='jabber:client' to='a@meet.jitsi/b'/>")),
+                now + std::time::Duration::from_millis(100 * i),
+            );
+        }
+        assert!(!c.is_closed());
+    }
+
+    #[test]
+    fn bad_xml_maps_to_stream_errors() {
+        let (mut c, _) = logged_in(TransportKind::WebSocket);
+        c.input(LinkEvent::Error(crate::xml::XmlError::TooLarge(10)), Instant::now());
+        assert_eq!(sent(&mut c), vec!["stream-error:policy-violation"]);
+        let (mut c, _) = logged_in(TransportKind::WebSocket);
+        c.input(LinkEvent::Error(crate::xml::XmlError::Restricted("doctype".into())), Instant::now());
+        assert_eq!(sent(&mut c), vec!["stream-error:restricted-xml"]);
+    }
+
+    #[test]
+    fn previd_keeps_anonymous_username() {
+        let now = Instant::now();
+        let mut i = info(TransportKind::WebSocket);
+        i.resume_username = Some("olduser".into());
+        let mut c = C2s::new(cfg(), i, now);
+        c.input(open("meet.jitsi"), now);
+        c.input(LinkEvent::Element(parse("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='ANONYMOUS'/>")), now);
+        c.input(open("meet.jitsi"), now);
+        sent(&mut c);
+        assert_eq!(c.authenticated_bare().as_deref(), Some("olduser@meet.jitsi"));
+        c.input(LinkEvent::Element(parse("<resume xmlns='urn:xmpp:sm:3' previd='abc' h='4'/>")), now);
+        assert_eq!(sent(&mut c), vec!["resume:abc:4"]);
+    }
+}
