@@ -47,7 +47,7 @@ impl Listen {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub server: ServerSection,
@@ -62,25 +62,6 @@ pub struct Config {
     pub turn: TurnSection,
     pub components: Vec<ComponentEntry>,
     pub database: DatabaseSection,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            server: ServerSection::default(),
-            listen: ListenSection::default(),
-            tls: TlsSection::default(),
-            auth: AuthSection::default(),
-            domains: DomainsSection::default(),
-            media: MediaSection::default(),
-            web: WebSection::default(),
-            xmpp: XmppSection::default(),
-            limits: LimitsSection::default(),
-            turn: TurnSection::default(),
-            components: Vec::new(),
-            database: DatabaseSection::default(),
-        }
-    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -314,7 +295,9 @@ impl Config {
 
     pub fn validate(&self) -> Result<(), ConfigError> {
         let err = |k: &str, m: &str| Err(ConfigError(format!("{k}: {m}")));
-        if meetd_xmpp::jid::BareJid::new(&self.server.domain).is_err() || self.server.domain.contains('@') {
+        if meetd_xmpp::jid::BareJid::new(&self.server.domain).is_err()
+            || self.server.domain.contains('@')
+        {
             return err("server.domain", "not a valid domain name");
         }
         match self.auth.mode.as_str() {
@@ -325,10 +308,8 @@ impl Config {
             "text" | "json" => {}
             _ => return err("server.log_format", "must be \"text\" or \"json\""),
         }
-        if !self.server.public_url.is_empty()
-            && !(self.server.public_url.starts_with("https://")
-                || self.server.public_url.starts_with("http://"))
-        {
+        let url = &self.server.public_url;
+        if !(url.is_empty() || url.starts_with("https://") || url.starts_with("http://")) {
             return err("server.public_url", "must start with https:// or http://");
         }
         if self.tls.cert.is_empty() != self.tls.key.is_empty() {
@@ -340,7 +321,10 @@ impl Config {
             ("limits.max_xml_depth", l.max_xml_depth),
             ("limits.max_sessions_per_ip", l.max_sessions_per_ip),
             ("limits.max_sessions", l.max_sessions),
-            ("limits.stanza_rate_per_second", l.stanza_rate_per_second as usize),
+            (
+                "limits.stanza_rate_per_second",
+                l.stanza_rate_per_second as usize,
+            ),
             ("limits.stanza_burst", l.stanza_burst as usize),
             ("limits.bosh_max_body_bytes", l.bosh_max_body_bytes),
             ("limits.session_queue", l.session_queue),
@@ -351,7 +335,10 @@ impl Config {
         }
         for (i, s) in self.turn.services.iter().enumerate() {
             if !matches!(s.kind.as_str(), "stun" | "turn" | "turns") {
-                return err(&format!("turn.services[{i}].type"), "must be stun, turn or turns");
+                return err(
+                    &format!("turn.services[{i}].type"),
+                    "must be stun, turn or turns",
+                );
             }
         }
         for (i, c) in self.components.iter().enumerate() {
@@ -383,7 +370,8 @@ impl Config {
         } else {
             meetd_xmpp::AuthMode::Anonymous
         };
-        x.guest_domain = (!self.auth.guest_domain.is_empty()).then(|| self.auth.guest_domain.clone());
+        x.guest_domain =
+            (!self.auth.guest_domain.is_empty()).then(|| self.auth.guest_domain.clone());
         x.auth_domain = self.domain_or(&self.domains.auth, "auth");
         x.muc_domain = self.domain_or(&self.domains.muc, "muc");
         x.internal_muc_domain = self.domain_or(&self.domains.internal_muc, "internal-muc");

@@ -212,8 +212,11 @@ fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
 
 fn init_logging(cfg: &Config) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_new(&cfg.server.log_level).unwrap_or_else(|_| EnvFilter::new("info"));
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_target(false);
+    let filter =
+        EnvFilter::try_new(&cfg.server.log_level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false);
     if cfg.server.log_format == "json" {
         b.json().init();
     } else {
@@ -258,7 +261,10 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         let l = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|e| anyhow::anyhow!("listen.http {addr}: {e}"))?;
-        tracing::info!("HTTP listening on http://{} (WebSocket /xmpp-websocket, BOSH /http-bind, /config.js)", l.local_addr()?);
+        tracing::info!(
+            "HTTP listening on http://{} (WebSocket /xmpp-websocket, BOSH /http-bind, /config.js)",
+            l.local_addr()?
+        );
         let app = http::router(front.clone(), false);
         tasks.spawn(async move {
             let r = axum::serve(
@@ -270,9 +276,10 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         });
     }
     if let Some(addr) = cfg.listen.https.addr() {
-        let rcfg = axum_server::tls_rustls::RustlsConfig::from_pem_file(&tls_files.cert, &tls_files.key)
-            .await
-            .map_err(|e| anyhow::anyhow!("tls: {e}"))?;
+        let rcfg =
+            axum_server::tls_rustls::RustlsConfig::from_pem_file(&tls_files.cert, &tls_files.key)
+                .await
+                .map_err(|e| anyhow::anyhow!("tls: {e}"))?;
         let std_l = std::net::TcpListener::bind(addr)
             .map_err(|e| anyhow::anyhow!("listen.https {addr}: {e}"))?;
         std_l.set_nonblocking(true)?;
@@ -373,11 +380,19 @@ fn split_jid(cfg: &Config, s: &str) -> Result<(String, String), Failure> {
         Some((u, d)) => (u.to_string(), d.to_string()),
         None => (s.to_string(), cfg.xmpp().auth_domain),
     };
-    let j = meetd_xmpp::jid::BareJid::new(&format!("{u}@{d}"))
-        .map_err(|e| Failure::Config(config::ConfigError(format!("'{s}' is not a valid JID: {e}"))))?;
-    let node = j.node().map(|n| n.as_str().to_lowercase()).unwrap_or_default();
+    let j = meetd_xmpp::jid::BareJid::new(&format!("{u}@{d}")).map_err(|e| {
+        Failure::Config(config::ConfigError(format!(
+            "'{s}' is not a valid JID: {e}"
+        )))
+    })?;
+    let node = j
+        .node()
+        .map(|n| n.as_str().to_lowercase())
+        .unwrap_or_default();
     if node.is_empty() {
-        return Err(Failure::Config(config::ConfigError(format!("'{s}' has no user name"))));
+        return Err(Failure::Config(config::ConfigError(format!(
+            "'{s}' has no user name"
+        ))));
     }
     Ok((node, j.domain().as_str().to_string()))
 }
@@ -390,7 +405,9 @@ fn read_password() -> Result<String, Failure> {
         .map_err(|e| Failure::Runtime(e.into()))?;
     let pw = line.trim_end_matches(['\n', '\r']).to_string();
     if pw.is_empty() {
-        return Err(Failure::Runtime(anyhow::anyhow!("empty password on standard input")));
+        return Err(Failure::Runtime(anyhow::anyhow!(
+            "empty password on standard input"
+        )));
     }
     Ok(pw)
 }

@@ -83,7 +83,11 @@ async fn write(reader: &mut StreamReader, s: &str) -> std::io::Result<()> {
 }
 
 async fn fail(reader: &mut StreamReader, cond: &str, text: &str) -> std::io::Result<()> {
-    write(reader, &format!("{}</stream:stream>", stream_error_xml(cond, Some(text)))).await
+    write(
+        reader,
+        &format!("{}</stream:stream>", stream_error_xml(cond, Some(text))),
+    )
+    .await
 }
 
 async fn handle(
@@ -124,10 +128,17 @@ async fn handle(
         return fail(&mut reader, "not-authorized", "bad handshake").await;
     }
     let (tx, mut rx) = mpsc::channel::<Element>(server.config.limits.session_queue.max(1));
-    if !server.router.register_service(&domain, ServiceHandle { tx }) {
+    if !server
+        .router
+        .register_service(&domain, ServiceHandle { tx })
+    {
         return fail(&mut reader, "conflict", "component already connected").await;
     }
-    write(&mut reader, &format!("<handshake xmlns='{}'/>", ns::COMPONENT)).await?;
+    write(
+        &mut reader,
+        &format!("<handshake xmlns='{}'/>", ns::COMPONENT),
+    )
+    .await?;
     tracing::info!(%domain, "component connected");
     let result = pump(&server, &mut reader, &mut rx, &domain).await;
     server.router.unregister_service(&domain);

@@ -89,7 +89,7 @@ impl Bosh {
         let handle = match el.attr("sid") {
             None => match self.create(peer, query, secure, &el, req, tx) {
                 Ok(h) => h,
-                Err(r) => return r,
+                Err(condition) => return reply(200, bosh::terminal_body(condition)),
             },
             Some(sid) => {
                 let h = self.sessions.lock().get(sid).cloned();
@@ -126,15 +126,14 @@ impl Bosh {
         el: &minidom::Element,
         req: RequestId,
         tx: oneshot::Sender<Reply>,
-    ) -> Result<Arc<Handle>, Response> {
-        let create = CreateRequest::parse(el)
-            .map_err(|e| reply(200, bosh::terminal_body(e.condition())))?;
+    ) -> Result<Arc<Handle>, &'static str> {
+        let create = CreateRequest::parse(el).map_err(|e| e.condition())?;
         if self.server.config.login_domain(&create.to).is_none() {
-            return Err(reply(200, bosh::terminal_body("host-unknown")));
+            return Err("host-unknown");
         }
         let Some(slot) = self.server.admit(peer) else {
             tracing::warn!(%peer, "too many sessions, refusing BOSH");
-            return Err(reply(200, bosh::terminal_body("policy-violation")));
+            return Err("policy-violation");
         };
         let secure = secure || self.server.config.consider_http_secure;
         let sid = uuid::Uuid::new_v4().to_string();
@@ -175,7 +174,12 @@ impl Bosh {
         };
         // The stream opens with the session: the features answer the creation request.
         let _ = handle.inbound.try_send(LinkEvent::Open(header(&create.to)));
-        tokio::spawn(session::run(self.server.clone(), Box::new(link), info, slot));
+        tokio::spawn(session::run(
+            self.server.clone(),
+            Box::new(link),
+            info,
+            slot,
+        ));
         tokio::spawn(timer(self.clone(), handle.clone(), sid));
         Ok(handle)
     }

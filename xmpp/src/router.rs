@@ -205,7 +205,11 @@ impl Router {
             let t = self.tables.read();
             t.resources
                 .get(bare)
-                .map(|v| v.iter().filter_map(|f| t.sessions.get(f).cloned()).collect())
+                .map(|v| {
+                    v.iter()
+                        .filter_map(|f| t.sessions.get(f).cloned())
+                        .collect()
+                })
                 .unwrap_or_default()
         };
         match el.name() {
@@ -240,7 +244,12 @@ impl Router {
                     if let Some(tx) = tx {
                         let _ = tx.try_send(reply);
                     } else if let Ok(j) = Jid::new(&to) {
-                        let s = self.tables.read().services.get(j.domain().as_str()).cloned();
+                        let s = self
+                            .tables
+                            .read()
+                            .services
+                            .get(j.domain().as_str())
+                            .cloned();
                         if let Some(s) = s {
                             let _ = s.tx.try_send(reply);
                         }
@@ -273,10 +282,14 @@ mod tests {
         let (btx, mut brx) = mpsc::channel(4);
         r.bind("a@d/1", atx);
         r.bind("b@d/2", btx);
-        let m = parse("<message xmlns='jabber:client' from='a@d/1' to='b@d/2'><body>x</body></message>");
+        let m = parse(
+            "<message xmlns='jabber:client' from='a@d/1' to='b@d/2'><body>x</body></message>",
+        );
         assert_eq!(r.route(m), Delivery::Delivered);
         assert_eq!(brx.recv().await.unwrap().attr("from"), Some("a@d/1"));
-        let iq = parse("<iq xmlns='jabber:client' type='get' id='q' from='a@d/1' to='b@d/9'><x xmlns='y'/></iq>");
+        let iq = parse(
+            "<iq xmlns='jabber:client' type='get' id='q' from='a@d/1' to='b@d/9'><x xmlns='y'/></iq>",
+        );
         assert_eq!(r.route(iq), Delivery::Bounced);
         let err = arx.recv().await.unwrap();
         assert_eq!(err.attr("type"), Some("error"));

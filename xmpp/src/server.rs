@@ -188,10 +188,7 @@ impl Server {
     /// XEP-0215 services, with coturn REST-API credentials for TURN when a secret is set.
     pub fn external_services(&self, xmlns: &str, now: SystemTime) -> Element {
         let mut q = Element::builder("services", xmlns);
-        let expires = now
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs()
+        let expires = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs()
             + self.config.turn_ttl.as_secs();
         for s in &self.config.external_services {
             let port = s.port.to_string();
@@ -218,7 +215,8 @@ impl Server {
                 attrs.push(("restricted", "1".into()));
                 attrs.push(("expires", httpdate_iso(expires)));
             }
-            let a: Vec<(&'static str, &str)> = attrs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            let a: Vec<(&'static str, &str)> =
+                attrs.iter().map(|(k, v)| (*k, v.as_str())).collect();
             q = q.append(el("service", xmlns, &a));
         }
         q.build()
@@ -293,11 +291,18 @@ impl DomainHandler for HostHandler {
                     && (p.is("services", ns::EXTDISCO_2) || p.is("services", ns::EXTDISCO_1)) =>
             {
                 let xmlns = p.ns();
-                stanza::iq_result(st, Some(server.external_services(&xmlns, SystemTime::now())))
+                stanza::iq_result(
+                    st,
+                    Some(server.external_services(&xmlns, SystemTime::now())),
+                )
             }
             Some(p) if is_host && ty == "get" && p.is("query", ns::VERSION) => {
                 let q = Element::builder("query", ns::VERSION)
-                    .append(Element::builder("name", ns::VERSION).append("meetd").build())
+                    .append(
+                        Element::builder("name", ns::VERSION)
+                            .append("meetd")
+                            .build(),
+                    )
                     .append(
                         Element::builder("version", ns::VERSION)
                             .append(env!("CARGO_PKG_VERSION"))
@@ -352,7 +357,8 @@ mod tests {
         let svc = q.children().next().unwrap();
         let user = svc.attr("username").unwrap();
         assert_eq!(user, (1_000_000 + 86400).to_string());
-        let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, b"secret");
+        let key =
+            aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, b"secret");
         let tag = aws_lc_rs::hmac::sign(&key, user.as_bytes());
         assert_eq!(
             svc.attr("password").unwrap(),

@@ -19,12 +19,12 @@ use tokio::sync::mpsc;
 
 use crate::config::{AuthMode, XmppConfig};
 use crate::link::{Link, LinkEvent, Out, TransportKind};
+use crate::ns;
 use crate::router::bare_of;
 use crate::sasl::{Mechanism, SaslFailure, SaslServer, Step, StoredCredentials};
 use crate::server::{ConnectionSlot, ResumeEntry, Server};
 use crate::stanza::{self, StanzaError, el};
 use crate::xml::StreamHeader;
-use crate::ns;
 
 /// Query parameters of the WebSocket/BOSH URL that stay attached to the session.
 #[derive(Debug, Clone, Default)]
@@ -241,11 +241,11 @@ impl C2s {
         tracing::info!(jid = self.jid.as_deref(), condition, text, "stream error");
         if self.phase == Phase::WaitOpen {
             // RFC 6120 §4.9.1.2: open a stream before reporting the error on it.
-            let from = self.domain.clone().unwrap_or_else(|| self.cfg.domain.clone());
-            self.send(Out::Open {
-                id: new_id(),
-                from,
-            });
+            let from = self
+                .domain
+                .clone()
+                .unwrap_or_else(|| self.cfg.domain.clone());
+            self.send(Out::Open { id: new_id(), from });
         }
         self.send(Out::StreamError {
             condition,
@@ -541,9 +541,8 @@ impl C2s {
     }
 
     fn pre_bind_stanza(&mut self, e: Element) {
-        let is_bind = e.name() == "iq"
-            && e.attr("type") == Some("set")
-            && e.has_child("bind", ns::BIND);
+        let is_bind =
+            e.name() == "iq" && e.attr("type") == Some("set") && e.has_child("bind", ns::BIND);
         if !is_bind {
             if let Some(r) = stanza::error_reply(&e, StanzaError::NOT_ALLOWED, Some("bind first")) {
                 self.send_el(r);
@@ -555,9 +554,8 @@ impl C2s {
             .and_then(|b| b.get_child("resource", ns::BIND))
             .map(|r| r.text())
             .filter(|r| !r.is_empty() && r.len() <= 256);
-        let resource = requested.unwrap_or_else(|| {
-            uuid::Uuid::new_v4().simple().to_string()[..12].to_string()
-        });
+        let resource = requested
+            .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string()[..12].to_string());
         let domain = self.domain.clone().unwrap_or_default();
         let user = self.username.clone().unwrap_or_default();
         let full = match jid::FullJid::new(&format!("{user}@{domain}/{resource}")) {
@@ -589,7 +587,8 @@ impl C2s {
     fn sm_element(&mut self, name: &str, e: &Element) {
         match name {
             "enable" => {
-                if self.jid.is_none() || self.sm.is_some() || self.info.kind == TransportKind::Bosh {
+                if self.jid.is_none() || self.sm.is_some() || self.info.kind == TransportKind::Bosh
+                {
                     let f = Element::builder("failed", ns::SM)
                         .append(Element::bare("unexpected-request", ns::STANZAS))
                         .build();
@@ -628,7 +627,10 @@ impl C2s {
                 match (h, &mut self.sm) {
                     (Some(h), Some(sm)) => {
                         if !sm_ack(sm, h) {
-                            self.stream_error("undefined-condition", Some("h is beyond what was sent"));
+                            self.stream_error(
+                                "undefined-condition",
+                                Some("h is beyond what was sent"),
+                            );
                         }
                     }
                     _ => self.stream_error("bad-format", Some("bad ack")),
@@ -658,7 +660,11 @@ impl C2s {
 
     /// The bare JID this stream authenticated as (for resumption checks).
     pub fn authenticated_bare(&self) -> Option<String> {
-        Some(format!("{}@{}", self.username.as_ref()?, self.domain.as_ref()?))
+        Some(format!(
+            "{}@{}",
+            self.username.as_ref()?,
+            self.domain.as_ref()?
+        ))
     }
 
     /// A new transport took this session over with `<resume h=…/>`.
@@ -724,9 +730,11 @@ impl C2s {
                     if self.directed.len() < self.cfg.limits.max_directed_presences {
                         self.directed.insert(to.clone());
                     } else if !self.directed.contains(&to) {
-                        if let Some(r) =
-                            stanza::error_reply(&e, StanzaError::POLICY_VIOLATION, Some("too many directed presences"))
-                        {
+                        if let Some(r) = stanza::error_reply(
+                            &e,
+                            StanzaError::POLICY_VIOLATION,
+                            Some("too many directed presences"),
+                        ) {
                             self.send_el(r);
                         }
                         return;
@@ -754,7 +762,11 @@ impl C2s {
         let mut targets: Vec<String> = self.directed.drain().collect();
         targets.sort();
         for t in targets {
-            let p = el("presence", ns::CLIENT, &[("from", &full), ("to", &t), ("type", "unavailable")]);
+            let p = el(
+                "presence",
+                ns::CLIENT,
+                &[("from", &full), ("to", &t), ("type", "unavailable")],
+            );
             self.actions.push(Action::Route(p));
         }
     }
@@ -766,7 +778,10 @@ impl C2s {
         }
         if let Some(sm) = &mut self.sm {
             if sm.unacked.len() >= self.cfg.sm_max_unacked {
-                self.stream_error("resource-constraint", Some("too many unacknowledged stanzas"));
+                self.stream_error(
+                    "resource-constraint",
+                    Some("too many unacknowledged stanzas"),
+                );
                 return;
             }
             sm.unacked.push_back(e.clone());
@@ -912,7 +927,11 @@ pub async fn run(server: Arc<Server>, link: Box<dyn Link>, info: ConnInfo, slot:
                                 if !outs.is_empty() {
                                     let _ = l.send(&outs).await;
                                 }
-                                let ho = Handover { link: l, h, bare: me };
+                                let ho = Handover {
+                                    link: l,
+                                    h,
+                                    bare: me,
+                                };
                                 if let Err(mpsc::error::SendError(ho)) = handover.send(ho).await {
                                     link = Some(ho.link);
                                     c2s.resume_failed();
@@ -1032,7 +1051,9 @@ fn rewrite_bind_reply(outs: &mut [Out], fresh: &str) {
             && let Some(b) = e.get_child_mut("bind", ns::BIND)
             && let Some(j) = b.get_child_mut("jid", ns::BIND)
         {
-            *j = Element::builder("jid", ns::BIND).append(fresh.to_string()).build();
+            *j = Element::builder("jid", ns::BIND)
+                .append(fresh.to_string())
+                .build();
         }
     }
 }
@@ -1050,7 +1071,6 @@ async fn sleep_opt(until: Option<tokio::time::Instant>) {
         None => std::future::pending().await,
     }
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -1093,14 +1113,21 @@ mod tests {
             .map(|a| match a {
                 Action::Send(Out::Open { from, .. }) => format!("open:{from}"),
                 Action::Send(Out::Features(f)) => {
-                    format!("features:{}", f.iter().map(crate::xml::to_string).collect::<String>())
+                    format!(
+                        "features:{}",
+                        f.iter().map(crate::xml::to_string).collect::<String>()
+                    )
                 }
                 Action::Send(Out::Element(e)) => crate::xml::to_string(&e),
-                Action::Send(Out::StreamError { condition, .. }) => format!("stream-error:{condition}"),
+                Action::Send(Out::StreamError { condition, .. }) => {
+                    format!("stream-error:{condition}")
+                }
                 Action::Send(o) => format!("{o:?}"),
                 Action::Route(e) => format!("route:{}", crate::xml::to_string(&e)),
                 Action::Bind { full_jid } => format!("bind:{full_jid}"),
-                Action::LookupCredentials { username, domain } => format!("lookup:{username}@{domain}"),
+                Action::LookupCredentials { username, domain } => {
+                    format!("lookup:{username}@{domain}")
+                }
                 Action::EnableResume { id } => format!("resume-enabled:{id}"),
                 Action::Resume { previd, h } => format!("resume:{previd}:{h}"),
             })
@@ -1114,15 +1141,26 @@ mod tests {
         c.input(open("meet.jitsi"), now);
         let out = sent(&mut c);
         assert_eq!(out[0], "open:meet.jitsi");
-        assert!(out[1].contains("<mechanism>ANONYMOUS</mechanism>"), "{out:?}");
-        c.input(LinkEvent::Element(parse("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='ANONYMOUS'/>")), now);
+        assert!(
+            out[1].contains("<mechanism>ANONYMOUS</mechanism>"),
+            "{out:?}"
+        );
+        c.input(
+            LinkEvent::Element(parse(
+                "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='ANONYMOUS'/>",
+            )),
+            now,
+        );
         let out = sent(&mut c);
         assert!(out[0].starts_with("<success"), "{out:?}");
         assert_eq!(out[1], "Reset");
         c.input(open("meet.jitsi"), now);
         let out = sent(&mut c);
         assert!(out[1].contains("urn:ietf:params:xml:ns:xmpp-bind"));
-        assert_eq!(out[1].contains("urn:xmpp:sm:3"), kind != TransportKind::Bosh);
+        assert_eq!(
+            out[1].contains("urn:xmpp:sm:3"),
+            kind != TransportKind::Bosh
+        );
         c.input(LinkEvent::Element(parse("<iq xmlns='jabber:client' id='_bind_auth_2' type='set'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/></iq>")), now);
         let out = sent(&mut c);
         assert!(out[0].starts_with("bind:"), "{out:?}");
@@ -1141,11 +1179,17 @@ mod tests {
         // `from` is always the session's JID, whatever the client wrote.
         c.input(LinkEvent::Element(parse("<message xmlns='jabber:client' from='evil@x/y' to='b@meet.jitsi/r'><body>hi</body></message>")), now);
         let out = sent(&mut c);
-        assert!(out[0].starts_with("route:") && out[0].contains(&format!("from='{jid}'")), "{out:?}");
+        assert!(
+            out[0].starts_with("route:") && out[0].contains(&format!("from='{jid}'")),
+            "{out:?}"
+        );
         // An iq without `to` is addressed to the account.
         c.input(LinkEvent::Element(parse("<iq xmlns='jabber:client' id='r1' type='get'><query xmlns='jabber:iq:roster'/></iq>")), now);
         let out = sent(&mut c);
-        assert!(out[0].contains(&format!("to='{}'", bare_of(&jid))), "{out:?}");
+        assert!(
+            out[0].contains(&format!("to='{}'", bare_of(&jid))),
+            "{out:?}"
+        );
     }
 
     #[test]
@@ -1154,7 +1198,10 @@ mod tests {
         let mut c = C2s::new(cfg(), info(TransportKind::WebSocket), now);
         c.input(open("meet.jitsi"), now);
         sent(&mut c);
-        c.input(LinkEvent::Element(parse("<message xmlns='jabber:client' to='a@meet.jitsi'/>")), now);
+        c.input(
+            LinkEvent::Element(parse("<message xmlns='jabber:client' to='a@meet.jitsi'/>")),
+            now,
+        );
         assert_eq!(sent(&mut c), vec!["stream-error:not-authorized"]);
         assert!(c.is_closed());
     }
@@ -1167,8 +1214,17 @@ mod tests {
         let out = sent(&mut c);
         assert_eq!(out.last().unwrap(), "stream-error:host-unknown");
         let mut c = C2s::new(cfg(), info(TransportKind::Tcp), now);
-        c.input(LinkEvent::Open(StreamHeader { to: Some("meet.jitsi".into()), ..Default::default() }), now);
-        assert_eq!(sent(&mut c).last().unwrap(), "stream-error:unsupported-version");
+        c.input(
+            LinkEvent::Open(StreamHeader {
+                to: Some("meet.jitsi".into()),
+                ..Default::default()
+            }),
+            now,
+        );
+        assert_eq!(
+            sent(&mut c).last().unwrap(),
+            "stream-error:unsupported-version"
+        );
     }
 
     #[test]
@@ -1177,18 +1233,34 @@ mod tests {
         let mut c = C2s::new(cfg(), info(TransportKind::Tcp), now);
         c.input(open("auth.meet.jitsi"), now);
         let out = sent(&mut c);
-        assert!(out[1].contains("starttls") && !out[1].contains("mechanisms"), "{out:?}");
-        c.input(LinkEvent::Element(parse("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'/>")), now);
+        assert!(
+            out[1].contains("starttls") && !out[1].contains("mechanisms"),
+            "{out:?}"
+        );
+        c.input(
+            LinkEvent::Element(parse(
+                "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'/>",
+            )),
+            now,
+        );
         assert_eq!(sent(&mut c), vec!["stream-error:policy-violation"]);
 
         let mut c = C2s::new(cfg(), info(TransportKind::Tcp), now);
         c.input(open("auth.meet.jitsi"), now);
         sent(&mut c);
-        c.input(LinkEvent::Element(parse("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")), now);
+        c.input(
+            LinkEvent::Element(parse("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")),
+            now,
+        );
         assert_eq!(sent(&mut c), vec!["StartTls"]);
         c.input(open("auth.meet.jitsi"), now);
         let out = sent(&mut c);
-        assert!(out[1].contains("SCRAM-SHA-256") && out[1].contains("SCRAM-SHA-1") && out[1].contains("PLAIN"), "{out:?}");
+        assert!(
+            out[1].contains("SCRAM-SHA-256")
+                && out[1].contains("SCRAM-SHA-1")
+                && out[1].contains("PLAIN"),
+            "{out:?}"
+        );
         assert!(!out[1].contains("ANONYMOUS"));
     }
 
@@ -1203,7 +1275,12 @@ mod tests {
         let b64 = base64::engine::general_purpose::STANDARD;
         // PLAIN with the initial response: user focus, password secret.
         let plain = b64.encode(b"\0focus\0secret");
-        c.input(LinkEvent::Element(parse(&format!("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{plain}</auth>"))), now);
+        c.input(
+            LinkEvent::Element(parse(&format!(
+                "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{plain}</auth>"
+            ))),
+            now,
+        );
         assert_eq!(sent(&mut c), vec!["lookup:focus@auth.meet.jitsi"]);
         c.credentials(Some(sasl::derive_credentials("secret", 4096)));
         let out = sent(&mut c);
@@ -1239,18 +1316,33 @@ mod tests {
     fn stream_management_acks_and_resume() {
         let (mut c, _jid) = logged_in(TransportKind::WebSocket);
         let now = Instant::now();
-        c.input(LinkEvent::Element(parse("<enable xmlns='urn:xmpp:sm:3' resume='true'/>")), now);
+        c.input(
+            LinkEvent::Element(parse("<enable xmlns='urn:xmpp:sm:3' resume='true'/>")),
+            now,
+        );
         let out = sent(&mut c);
-        assert!(out[0].starts_with("<enabled") && out[0].contains("resume='true'"), "{out:?}");
+        assert!(
+            out[0].starts_with("<enabled") && out[0].contains("resume='true'"),
+            "{out:?}"
+        );
         assert!(out[1].starts_with("resume-enabled:"));
         assert!(c.resumable());
         for i in 0..7 {
-            c.deliver(parse(&format!("<message xmlns='jabber:client' to='x' id='m{i}'/>")));
+            c.deliver(parse(&format!(
+                "<message xmlns='jabber:client' to='x' id='m{i}'/>"
+            )));
         }
         let out = sent(&mut c);
         // One ack request after five unacked stanzas.
-        assert_eq!(out.iter().filter(|s| s.starts_with("<r ")).count(), 1, "{out:?}");
-        c.input(LinkEvent::Element(parse("<a xmlns='urn:xmpp:sm:3' h='3'/>")), now);
+        assert_eq!(
+            out.iter().filter(|s| s.starts_with("<r ")).count(),
+            1,
+            "{out:?}"
+        );
+        c.input(
+            LinkEvent::Element(parse("<a xmlns='urn:xmpp:sm:3' h='3'/>")),
+            now,
+        );
         assert!(sent(&mut c).is_empty());
         c.input(LinkEvent::Element(parse("<iq xmlns='jabber:client' id='p' type='get' to='meet.jitsi'><ping xmlns='urn:xmpp:ping'/></iq>")), now);
         sent(&mut c);
@@ -1259,10 +1351,19 @@ mod tests {
         // The transport is replaced; the client had seen 5 of the 7.
         c.resumed(5, TransportKind::WebSocket, false);
         let out = sent(&mut c);
-        assert!(out[0].starts_with("<resumed") && out[0].contains("h='1'"), "{out:?}");
-        assert!(out[1].contains("id='m5'") && out[2].contains("id='m6'"), "{out:?}");
+        assert!(
+            out[0].starts_with("<resumed") && out[0].contains("h='1'"),
+            "{out:?}"
+        );
+        assert!(
+            out[1].contains("id='m5'") && out[2].contains("id='m6'"),
+            "{out:?}"
+        );
         // Acking more than was sent is a stream error.
-        c.input(LinkEvent::Element(parse("<a xmlns='urn:xmpp:sm:3' h='99'/>")), now);
+        c.input(
+            LinkEvent::Element(parse("<a xmlns='urn:xmpp:sm:3' h='99'/>")),
+            now,
+        );
         assert_eq!(sent(&mut c), vec!["stream-error:undefined-condition"]);
     }
 
@@ -1270,15 +1371,32 @@ mod tests {
     fn finish_sends_unavailable_to_directed_targets_and_bounces_unacked() {
         let (mut c, jid) = logged_in(TransportKind::WebSocket);
         let now = Instant::now();
-        c.input(LinkEvent::Element(parse("<presence xmlns='jabber:client' to='room@muc.meet.jitsi/nick'/>")), now);
-        c.input(LinkEvent::Element(parse("<enable xmlns='urn:xmpp:sm:3'/>")), now);
+        c.input(
+            LinkEvent::Element(parse(
+                "<presence xmlns='jabber:client' to='room@muc.meet.jitsi/nick'/>",
+            )),
+            now,
+        );
+        c.input(
+            LinkEvent::Element(parse("<enable xmlns='urn:xmpp:sm:3'/>")),
+            now,
+        );
         sent(&mut c);
         c.deliver(parse("<iq xmlns='jabber:client' type='get' id='q' from='focus@auth.meet.jitsi/focus' to='x'><query xmlns='y'/></iq>"));
         sent(&mut c);
         c.finish();
         let out = sent(&mut c);
-        assert!(out.iter().any(|s| s.contains("type='unavailable'") && s.contains("to='room@muc.meet.jitsi/nick'") && s.contains(&jid)), "{out:?}");
-        assert!(out.iter().any(|s| s.contains("service-unavailable") && s.contains("to='focus@auth.meet.jitsi/focus'")), "{out:?}");
+        assert!(
+            out.iter().any(|s| s.contains("type='unavailable'")
+                && s.contains("to='room@muc.meet.jitsi/nick'")
+                && s.contains(&jid)),
+            "{out:?}"
+        );
+        assert!(
+            out.iter().any(|s| s.contains("service-unavailable")
+                && s.contains("to='focus@auth.meet.jitsi/focus'")),
+            "{out:?}"
+        );
     }
 
     #[test]
@@ -1286,17 +1404,29 @@ mod tests {
         let (mut c, _) = logged_in(TransportKind::WebSocket);
         let now = Instant::now();
         for _ in 0..20 {
-            c.input(LinkEvent::Element(parse("<message xmlns='jabber:client' to='a@meet.jitsi/b'/>")), now);
+            c.input(
+                LinkEvent::Element(parse(
+                    "<message xmlns='jabber:client' to='a@meet.jitsi/b'/>",
+                )),
+                now,
+            );
         }
         assert!(!c.is_closed());
         sent(&mut c);
-        c.input(LinkEvent::Element(parse("<message xmlns='jabber:client' to='a@meet.jitsi/b'/>")), now);
+        c.input(
+            LinkEvent::Element(parse(
+                "<message xmlns='jabber:client' to='a@meet.jitsi/b'/>",
+            )),
+            now,
+        );
         assert_eq!(sent(&mut c), vec!["stream-error:policy-violation"]);
         // Tokens come back with time.
         let (mut c, _) = logged_in(TransportKind::WebSocket);
         for i in 0..60 {
             c.input(
-                LinkEvent::Element(parse("<message xmlns='jabber:client' to='a@meet.jitsi/b'/>")),
+                LinkEvent::Element(parse(
+                    "<message xmlns='jabber:client' to='a@meet.jitsi/b'/>",
+                )),
                 now + std::time::Duration::from_millis(100 * i),
             );
         }
@@ -1306,10 +1436,16 @@ mod tests {
     #[test]
     fn bad_xml_maps_to_stream_errors() {
         let (mut c, _) = logged_in(TransportKind::WebSocket);
-        c.input(LinkEvent::Error(crate::xml::XmlError::TooLarge(10)), Instant::now());
+        c.input(
+            LinkEvent::Error(crate::xml::XmlError::TooLarge(10)),
+            Instant::now(),
+        );
         assert_eq!(sent(&mut c), vec!["stream-error:policy-violation"]);
         let (mut c, _) = logged_in(TransportKind::WebSocket);
-        c.input(LinkEvent::Error(crate::xml::XmlError::Restricted("doctype".into())), Instant::now());
+        c.input(
+            LinkEvent::Error(crate::xml::XmlError::Restricted("doctype".into())),
+            Instant::now(),
+        );
         assert_eq!(sent(&mut c), vec!["stream-error:restricted-xml"]);
     }
 
@@ -1320,11 +1456,22 @@ mod tests {
         i.resume_username = Some("olduser".into());
         let mut c = C2s::new(cfg(), i, now);
         c.input(open("meet.jitsi"), now);
-        c.input(LinkEvent::Element(parse("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='ANONYMOUS'/>")), now);
+        c.input(
+            LinkEvent::Element(parse(
+                "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='ANONYMOUS'/>",
+            )),
+            now,
+        );
         c.input(open("meet.jitsi"), now);
         sent(&mut c);
-        assert_eq!(c.authenticated_bare().as_deref(), Some("olduser@meet.jitsi"));
-        c.input(LinkEvent::Element(parse("<resume xmlns='urn:xmpp:sm:3' previd='abc' h='4'/>")), now);
+        assert_eq!(
+            c.authenticated_bare().as_deref(),
+            Some("olduser@meet.jitsi")
+        );
+        c.input(
+            LinkEvent::Element(parse("<resume xmlns='urn:xmpp:sm:3' previd='abc' h='4'/>")),
+            now,
+        );
         assert_eq!(sent(&mut c), vec!["resume:abc:4"]);
     }
 }

@@ -8,10 +8,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
 use crate::link::{Link, LinkEvent, Out, TransportKind, escape, features_xml, stream_error_xml};
+use crate::ns;
 use crate::server::{BoxFuture, Server};
 use crate::session::{self, ConnInfo, QueryParams};
 use crate::xml::{StreamEvent, StreamParser, XmlLimits};
-use crate::ns;
 
 /// A plain or TLS byte stream.
 pub enum Socket {

@@ -9,10 +9,10 @@ use axum::response::{IntoResponse, Response};
 use futures_util::SinkExt;
 
 use crate::link::{Link, LinkEvent, Out, TransportKind, escape, features_xml, stream_error_xml};
+use crate::ns;
 use crate::server::{BoxFuture, Server};
 use crate::session::{self, ConnInfo, QueryParams};
 use crate::xml::{self, StreamHeader, XmlLimits};
-use crate::ns;
 
 pub struct WsLink {
     socket: WebSocket,
@@ -109,7 +109,9 @@ impl Link for WsLink {
                 if !matches!(items.last(), Some(Out::Close)) {
                     let _ = self
                         .socket
-                        .feed(Message::Text(format!("<close xmlns='{}'/>", ns::FRAMING).into()))
+                        .feed(Message::Text(
+                            format!("<close xmlns='{}'/>", ns::FRAMING).into(),
+                        ))
                         .await;
                 }
                 let _ = self.socket.flush().await;

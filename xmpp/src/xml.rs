@@ -189,7 +189,7 @@ impl StreamParser {
         let is_foot = matches!(ev, RawEvent::ElementFoot(..));
         if is_open {
             // depth counts the stream element as 1.
-            if self.builder.depth() >= self.limits.max_depth + 1 {
+            if self.builder.depth() > self.limits.max_depth {
                 return Err(XmlError::TooDeep(self.limits.max_depth));
             }
             if self.builder.depth() == 1 {
@@ -270,7 +270,10 @@ mod tests {
     fn doctype_rejected() {
         let doc = b"<!DOCTYPE x [<!ENTITY a 'aaaa'>]><x xmlns='y'>&a;</x>";
         let e = parse_document(doc, &XmlLimits::default()).unwrap_err();
-        assert!(matches!(e, XmlError::Restricted(_) | XmlError::NotWellFormed(_)), "{e:?}");
+        assert!(
+            matches!(e, XmlError::Restricted(_) | XmlError::NotWellFormed(_)),
+            "{e:?}"
+        );
     }
 
     #[test]

@@ -1,0 +1,130 @@
+//! The `meetd` command line: configuration errors, `config print`, `user` management.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+fn meetd() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_meetd"))
+}
+
+fn tmpdir(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("meetd-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+#[test]
+fn config_print_shows_defaults_and_flags() {
+    let out = meetd()
+        .args([
+            "config",
+            "print",
+            "--domain",
+            "meet.example.org",
+            "--https",
+            "off",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let s = String::from_utf8(out.stdout).unwrap();
+    assert!(s.contains("domain = \"meet.example.org\""), "{s}");
+    assert!(s.contains("https = \"off\""), "{s}");
+    assert!(s.contains("max_stanza_bytes = 262144"), "{s}");
+}
+
+#[test]
+fn bad_config_key_exits_2_naming_it() {
+    let d = tmpdir("badkey");
+    let f = d.join("bad.toml");
+    std::fs::write(&f, "[limits]\nmax_stanza_bites = 10\n").unwrap();
+    let out = meetd()
+        .args(["config", "print", "--config"])
+        .arg(&f)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let e = String::from_utf8(out.stderr).unwrap();
+    assert!(e.contains("max_stanza_bites"), "{e}");
+    assert_eq!(e.lines().count(), 1, "one clear line: {e}");
+
+    std::fs::write(&f, "[auth]\nmode = \"ldap\"\n").unwrap();
+    let out = meetd()
+        .args(["serve", "--config"])
+        .arg(&f)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8(out.stderr).unwrap().contains("auth.mode"));
+}
+
+#[test]
+fn bad_flag_exits_2() {
+    let out = meetd()
+        .args(["serve", "--http", "nowhere"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let out = meetd().args(["serve", "--no-such-flag"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
+
+fn user(dir: &std::path::Path, args: &[&str], stdin: &str) -> std::process::Output {
+    let mut c = meetd()
+        .arg("user")
+        .args(args)
+        .arg("--data-dir")
+        .arg(dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    c.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    c.wait_with_output().unwrap()
+}
+
+#[test]
+fn user_add_list_passwd_remove() {
+    let d = tmpdir("users");
+    assert!(
+        user(&d, &["add", "Alice@auth.meet.jitsi"], "pw1\n")
+            .status
+            .success()
+    );
+    assert!(
+        !user(&d, &["add", "alice@auth.meet.jitsi"], "pw1\n")
+            .status
+            .success()
+    );
+    assert!(user(&d, &["add", "focus"], "pw2\n").status.success());
+    let out = user(&d, &["list"], "");
+    let s = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(s, "alice@auth.meet.jitsi\nfocus@auth.meet.jitsi\n");
+    assert!(
+        user(&d, &["passwd", "alice@auth.meet.jitsi"], "pw3\n")
+            .status
+            .success()
+    );
+    assert!(
+        !user(&d, &["passwd", "bob@auth.meet.jitsi"], "pw3\n")
+            .status
+            .success()
+    );
+    assert!(
+        !user(&d, &["add", "carol@auth.meet.jitsi"], "")
+            .status
+            .success()
+    );
+    assert!(
+        user(&d, &["remove", "alice@auth.meet.jitsi"], "")
+            .status
+            .success()
+    );
+    let s = String::from_utf8(user(&d, &["list"], "").stdout).unwrap();
+    assert_eq!(s, "focus@auth.meet.jitsi\n");
+    // The password itself is never stored.
+    let db = std::fs::read(d.join("meetd.db")).unwrap_or_default();
+    assert!(!db.windows(3).any(|w| w == b"pw2"));
+}
