@@ -200,6 +200,7 @@ pub struct LimitsSection {
     pub bosh_max_body_bytes: usize,
     pub session_queue: usize,
     pub max_directed_presences: usize,
+    pub bind_timeout_secs: u64,
 }
 
 impl Default for LimitsSection {
@@ -215,6 +216,7 @@ impl Default for LimitsSection {
             bosh_max_body_bytes: d.bosh_max_body_bytes,
             session_queue: d.session_queue,
             max_directed_presences: d.max_directed_presences,
+            bind_timeout_secs: d.bind_timeout.as_secs(),
         }
     }
 }
@@ -328,6 +330,7 @@ impl Config {
             ("limits.stanza_burst", l.stanza_burst as usize),
             ("limits.bosh_max_body_bytes", l.bosh_max_body_bytes),
             ("limits.session_queue", l.session_queue),
+            ("limits.bind_timeout_secs", l.bind_timeout_secs as usize),
         ] {
             if v == 0 {
                 return err(k, "must be greater than 0");
@@ -388,6 +391,7 @@ impl Config {
             bosh_max_body_bytes: l.bosh_max_body_bytes,
             session_queue: l.session_queue,
             max_directed_presences: l.max_directed_presences,
+            bind_timeout: Duration::from_secs(l.bind_timeout_secs),
         };
         x.sm_resume_timeout = Duration::from_secs(self.xmpp.sm_resume_timeout_secs);
         x.sm_max_unacked = self.xmpp.sm_max_unacked;

@@ -36,6 +36,8 @@ pub struct Limits {
     pub session_queue: usize,
     /// Directed-presence targets remembered per session (for unavailable on disconnect).
     pub max_directed_presences: usize,
+    /// A connection must have authenticated and bound a resource within this time.
+    pub bind_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -50,6 +52,7 @@ impl Default for Limits {
             bosh_max_body_bytes: 512 * 1024,
             session_queue: 1024,
             max_directed_presences: 256,
+            bind_timeout: Duration::from_secs(30),
         }
     }
 }

@@ -795,6 +795,13 @@ impl C2s {
         self.send_el(e);
     }
 
+    /// The client took too long to authenticate and bind.
+    pub fn timed_out(&mut self) {
+        if self.jid.is_none() {
+            self.stream_error("connection-timeout", Some("no resource bound in time"));
+        }
+    }
+
     /// Forget pending writes (there is no transport to write them to).
     pub fn drop_sends(&mut self) {
         self.actions.retain(|a| !matches!(a, Action::Send(_)));
@@ -869,6 +876,7 @@ pub async fn run(server: Arc<Server>, link: Box<dyn Link>, info: ConnInfo, slot:
     let mut resume_id: Option<String> = None;
     // The connection slot moves with the link: a hibernating session holds none.
     let mut slot = Some(slot);
+    let bind_deadline = tokio::time::Instant::now() + cfg.limits.bind_timeout;
     loop {
         // Carry out what the state machine asked for.
         let mut pending = c2s.take_actions();
@@ -1006,6 +1014,9 @@ pub async fn run(server: Arc<Server>, link: Box<dyn Link>, info: ConnInfo, slot:
                 hibernate_until = None;
                 c2s.resumed(ho.h, kind, secure);
                 tracing::debug!(jid = c2s.full_jid(), "resumed");
+            }
+            _ = tokio::time::sleep_until(bind_deadline), if !bound => {
+                c2s.timed_out();
             }
             _ = sleep_opt(hibernate_until) => {
                 tracing::debug!(jid = c2s.full_jid(), "resumption timed out");
