@@ -59,6 +59,7 @@ pub struct Config {
     pub web: WebSection,
     pub xmpp: XmppSection,
     pub limits: LimitsSection,
+    pub muc: MucSection,
     pub turn: TurnSection,
     pub components: Vec<ComponentEntry>,
     pub database: DatabaseSection,
@@ -223,6 +224,33 @@ impl Default for LimitsSection {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
+pub struct MucSection {
+    pub room_creation: String,
+    pub max_rooms: usize,
+    pub max_occupants: usize,
+    pub max_presence_bytes: usize,
+    pub message_rate_per_second: u32,
+    pub message_burst: u32,
+    pub admins: Vec<String>,
+}
+
+impl Default for MucSection {
+    fn default() -> Self {
+        let d = meetd_xmpp::muc::MucConfig::new("");
+        MucSection {
+            room_creation: "anyone".into(),
+            max_rooms: d.max_rooms,
+            max_occupants: d.max_occupants,
+            max_presence_bytes: d.max_presence_bytes,
+            message_rate_per_second: d.message_rate,
+            message_burst: d.message_burst,
+            admins: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct TurnSection {
     pub secret: String,
     pub ttl_secs: u64,
@@ -336,6 +364,23 @@ impl Config {
                 return err(k, "must be greater than 0");
             }
         }
+        match self.muc.room_creation.as_str() {
+            "anyone" | "focus" => {}
+            _ => return err("muc.room_creation", "must be \"anyone\" or \"focus\""),
+        }
+        for (k, v) in [
+            ("muc.max_rooms", self.muc.max_rooms),
+            ("muc.max_presence_bytes", self.muc.max_presence_bytes),
+            (
+                "muc.message_rate_per_second",
+                self.muc.message_rate_per_second as usize,
+            ),
+            ("muc.message_burst", self.muc.message_burst as usize),
+        ] {
+            if v == 0 {
+                return err(k, "must be greater than 0");
+            }
+        }
         for (i, s) in self.turn.services.iter().enumerate() {
             if !matches!(s.kind.as_str(), "stun" | "turn" | "turns") {
                 return err(
@@ -358,6 +403,35 @@ impl Config {
         } else {
             v.to_string()
         }
+    }
+
+    /// The conference rooms' MUC service.
+    pub fn muc(&self, x: &meetd_xmpp::XmppConfig) -> meetd_xmpp::muc::MucConfig {
+        use meetd_xmpp::muc::{Creation, MucConfig};
+        let mut m = MucConfig::new(&x.muc_domain);
+        m.creation = if self.muc.room_creation == "focus" {
+            Creation::Admins
+        } else {
+            Creation::Anyone
+        };
+        m.admins = vec![format!("focus@{}", x.auth_domain)];
+        m.admins.extend(self.muc.admins.iter().cloned());
+        m.max_rooms = self.muc.max_rooms;
+        m.max_occupants = self.muc.max_occupants;
+        m.max_presence_bytes = self.muc.max_presence_bytes;
+        m.message_rate = self.muc.message_rate_per_second;
+        m.message_burst = self.muc.message_burst;
+        m.queue = self.limits.session_queue.max(1024);
+        m
+    }
+
+    /// The brewery: service accounts only.
+    pub fn brewery(&self, x: &meetd_xmpp::XmppConfig) -> meetd_xmpp::muc::MucConfig {
+        let mut m = meetd_xmpp::muc::MucConfig::new(&x.internal_muc_domain);
+        m.allowed_domains = vec![x.auth_domain.clone()];
+        m.max_presence_bytes = self.muc.max_presence_bytes;
+        m.shards = 1;
+        m
     }
 
     pub fn sqlite_path(&self) -> PathBuf {

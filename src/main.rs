@@ -240,7 +240,11 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     let tls_cfg = tls::server_config(&tls_files)?;
 
     let xcfg = cfg.xmpp();
+    let muc_cfg = cfg.muc(&xcfg);
+    let brewery_cfg = cfg.brewery(&xcfg);
     let server = meetd_xmpp::Server::new(xcfg, storage::accounts(&storage));
+    meetd_xmpp::muc::start(server.router.clone(), muc_cfg, Vec::new());
+    meetd_xmpp::muc::start(server.router.clone(), brewery_cfg, Vec::new());
     let bosh = meetd_xmpp::http_bind::Bosh::new(server.clone());
     let cfg = Arc::new(cfg);
     let front = Arc::new(http::Front {

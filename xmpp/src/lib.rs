@@ -13,6 +13,7 @@ pub mod component;
 pub mod config;
 pub mod http_bind;
 pub mod link;
+pub mod muc;
 pub mod ns;
 pub mod router;
 pub mod sasl;

@@ -1,0 +1,465 @@
+use super::*;
+
+const R: &str = "room@muc.meet.jitsi";
+
+fn shard(cfg: MucConfig) -> Shard {
+    Shard {
+        cfg: Arc::new(cfg),
+        rooms: HashMap::new(),
+        modules: Vec::new(),
+    }
+}
+
+fn cfg() -> MucConfig {
+    let mut c = MucConfig::new("muc.meet.jitsi");
+    c.admins = vec!["focus@auth.meet.jitsi".into()];
+    c
+}
+
+fn parse(s: &str) -> Element {
+    crate::xml::parse_document(s.as_bytes(), &Default::default()).unwrap()
+}
+
+fn user(n: usize) -> String {
+    format!("u{n}@meet.jitsi/r{n}")
+}
+
+fn join(s: &mut Shard, from: &str, nick: &str, extra: &str) -> Vec<Element> {
+    s.handle(
+        parse(&format!(
+            "<presence xmlns='jabber:client' from='{from}' to='{R}/{nick}'><x xmlns='http://jabber.org/protocol/muc'/>{extra}</presence>"
+        )),
+        Instant::now(),
+    )
+}
+
+fn statuses(p: &Element) -> Vec<String> {
+    p.get_child("x", room::NS_MUC_USER)
+        .map(|x| {
+            x.children()
+                .filter(|c| c.name() == "status")
+                .filter_map(|c| c.attr("code").map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn item(p: &Element) -> &Element {
+    p.get_child("x", room::NS_MUC_USER)
+        .and_then(|x| x.get_child("item", room::NS_MUC_USER))
+        .expect("muc#user item")
+}
+
+fn error_condition(e: &Element) -> Option<String> {
+    let err = e.get_child("error", ns::CLIENT)?;
+    err.children()
+        .find(|c| c.ns() == ns::STANZAS)
+        .map(|c| c.name().to_string())
+}
+
+#[test]
+fn join_order_and_status_codes_for_20_occupants() {
+    let mut s = shard(cfg());
+    for n in 0..20 {
+        let nick = format!("n{n}");
+        let out = join(
+            &mut s,
+            &user(n),
+            &nick,
+            "<nick xmlns='http://jabber.org/protocol/nick'>User</nick>",
+        );
+        // To the joiner: every earlier occupant, then itself with 110 and 100, then the subject.
+        let to_me: Vec<&Element> = out
+            .iter()
+            .filter(|e| e.attr("to") == Some(&user(n)))
+            .collect();
+        assert_eq!(to_me.len(), n + 2, "occupant {n}");
+        for (k, p) in to_me.iter().take(n).enumerate() {
+            assert_eq!(p.attr("from"), Some(format!("{R}/n{k}").as_str()));
+            assert!(!statuses(p).contains(&"110".to_string()));
+            assert_eq!(item(p).attr("jid"), Some(user(k).as_str()));
+        }
+        let me = to_me[n];
+        assert_eq!(me.attr("from"), Some(format!("{R}/{nick}").as_str()));
+        let st = statuses(me);
+        assert!(
+            st.contains(&"110".into()) && st.contains(&"100".into()),
+            "{st:?}"
+        );
+        assert_eq!(st.contains(&"201".into()), n == 0);
+        assert!(to_me[n + 1].get_child("subject", ns::CLIENT).is_some());
+        // Everyone else hears about the joiner once.
+        for k in 0..n {
+            let seen: Vec<&Element> = out
+                .iter()
+                .filter(|e| e.attr("to") == Some(&user(k)))
+                .collect();
+            assert_eq!(seen.len(), 1);
+            assert_eq!(seen[0].attr("from"), Some(format!("{R}/{nick}").as_str()));
+        }
+    }
+}
+
+#[test]
+fn presence_extensions_relayed_unchanged() {
+    let mut s = shard(cfg());
+    join(&mut s, &user(1), "a", "");
+    let ext = "<stats-id>Abdiel-Y1O</stats-id><c xmlns='http://jabber.org/protocol/caps' hash='sha-1' node='https://jitsi.org/jitsi-meet' ver='x='/><SourceInfo>{\"a-v0\":{\"muted\":true}}</SourceInfo><jitsi_participant_codecList>av1,vp9</jitsi_participant_codecList><nick xmlns='http://jabber.org/protocol/nick'>Bob</nick>";
+    let out = join(&mut s, &user(2), "b", ext);
+    let to_a = out.iter().find(|e| e.attr("to") == Some(&user(1))).unwrap();
+    let orig = parse(&format!("<presence xmlns='jabber:client'>{ext}</presence>"));
+    for c in orig.children() {
+        let got = to_a
+            .children()
+            .find(|g| g.name() == c.name() && g.ns() == c.ns())
+            .unwrap();
+        assert_eq!(crate::xml::to_string(got), crate::xml::to_string(c));
+    }
+    assert!(to_a.has_child("occupant-id", room::NS_OCCUPANT_ID));
+    // An update is relayed too.
+    let upd = parse(&format!(
+        "<presence xmlns='jabber:client' from='{}' to='{R}/b'><SourceInfo>{{}}</SourceInfo></presence>",
+        user(2)
+    ));
+    let out = s.handle(upd, Instant::now());
+    assert_eq!(out.len(), 2);
+    assert!(out.iter().all(|p| {
+        p.get_child("SourceInfo", ns::CLIENT)
+            .is_some_and(|c| c.text() == "{}")
+    }));
+}
+
+#[test]
+fn leave_and_destroy_when_empty() {
+    let mut s = shard(cfg());
+    join(&mut s, &user(1), "a", "");
+    join(&mut s, &user(2), "b", "");
+    let out = s.handle(
+        parse(&format!(
+            "<presence xmlns='jabber:client' type='unavailable' from='{}' to='{R}/b'/>",
+            user(2)
+        )),
+        Instant::now(),
+    );
+    assert_eq!(out.len(), 2);
+    let self_p = out.iter().find(|p| p.attr("to") == Some(&user(2))).unwrap();
+    assert_eq!(self_p.attr("type"), Some("unavailable"));
+    assert!(statuses(self_p).contains(&"110".into()));
+    assert_eq!(item(self_p).attr("role"), Some("none"));
+    s.handle(
+        parse(&format!(
+            "<presence xmlns='jabber:client' type='unavailable' from='{}' to='{R}/a'/>",
+            user(1)
+        )),
+        Instant::now(),
+    );
+    assert!(s.rooms.is_empty());
+}
+
+fn owner_set(s: &mut Shard, from: &str, fields: &str) -> Vec<Element> {
+    s.handle(
+        parse(&format!(
+            "<iq xmlns='jabber:client' type='set' id='cfg' from='{from}' to='{R}'><query xmlns='http://jabber.org/protocol/muc#owner'><x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE'><value>http://jabber.org/protocol/muc#roomconfig</value></field>{fields}</x></query></iq>"
+        )),
+        Instant::now(),
+    )
+}
+
+#[test]
+fn password_protected_room() {
+    let mut s = shard(cfg());
+    let focus = "focus@auth.meet.jitsi/focus";
+    join(&mut s, focus, "focus", "");
+    // The owner form has the field the client looks for.
+    let out = s.handle(parse(&format!("<iq xmlns='jabber:client' type='get' id='g' from='{focus}' to='{R}'><query xmlns='http://jabber.org/protocol/muc#owner'/></iq>")), Instant::now());
+    assert!(crate::xml::to_string(&out[0]).contains("muc#roomconfig_roomsecret"));
+    let out = owner_set(
+        &mut s,
+        focus,
+        "<field var='muc#roomconfig_roomsecret'><value>1234</value></field><field var='muc#roomconfig_passwordprotectedroom'><value>1</value></field>",
+    );
+    assert_eq!(out[0].attr("type"), Some("result"));
+    assert!(
+        out.iter().any(|m| statuses(m).contains(&"104".into())),
+        "status 104 to occupants"
+    );
+    let out = join(&mut s, &user(1), "a", "");
+    assert_eq!(error_condition(&out[0]).as_deref(), Some("not-authorized"));
+    let out = s.handle(parse(&format!("<presence xmlns='jabber:client' from='{}' to='{R}/a'><x xmlns='http://jabber.org/protocol/muc'><password>1234</password></x></presence>", user(1))), Instant::now());
+    assert!(out.iter().any(|p| statuses(p).contains(&"110".into())));
+    // disco shows the lock.
+    let out = s.handle(parse(&format!("<iq xmlns='jabber:client' type='get' id='d' from='{}' to='{R}'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>", user(1))), Instant::now());
+    let d = crate::xml::to_string(&out[0]);
+    assert!(
+        d.contains("muc_passwordprotected")
+            && d.contains("muc#roominfo_meetingId")
+            && d.contains("muc#roominfo_created_timestamp"),
+        "{d}"
+    );
+    // A non-owner cannot reconfigure.
+    let out = owner_set(
+        &mut s,
+        &user(1),
+        "<field var='muc#roomconfig_roomsecret'><value></value></field>",
+    );
+    assert_eq!(error_condition(&out[0]).as_deref(), Some("forbidden"));
+}
+
+#[test]
+fn members_only_and_max_occupants() {
+    let mut s = shard(cfg());
+    let focus = "focus@auth.meet.jitsi/focus";
+    join(&mut s, focus, "focus", "");
+    owner_set(
+        &mut s,
+        focus,
+        "<field var='muc#roomconfig_membersonly'><value>true</value></field><field var='muc#roomconfig_maxusers'><value>2</value></field>",
+    );
+    let out = join(&mut s, &user(1), "a", "");
+    assert_eq!(
+        error_condition(&out[0]).as_deref(),
+        Some("registration-required")
+    );
+    for n in 1..=3 {
+        s.handle(parse(&format!("<iq xmlns='jabber:client' type='set' id='m' from='{focus}' to='{R}'><query xmlns='http://jabber.org/protocol/muc#admin'><item affiliation='member' jid='u{n}@meet.jitsi'/></query></iq>")), Instant::now());
+    }
+    assert!(
+        join(&mut s, &user(1), "a", "")
+            .iter()
+            .any(|p| statuses(p).contains(&"110".into()))
+    );
+    assert!(
+        join(&mut s, &user(2), "b", "")
+            .iter()
+            .any(|p| statuses(p).contains(&"110".into()))
+    );
+    // The focus does not count; the third member does not fit.
+    let out = join(&mut s, &user(3), "c", "");
+    assert_eq!(
+        error_condition(&out[0]).as_deref(),
+        Some("service-unavailable")
+    );
+}
+
+fn admin_set(s: &mut Shard, from: &str, item: &str) -> Vec<Element> {
+    s.handle(
+        parse(&format!("<iq xmlns='jabber:client' type='set' id='k' from='{from}' to='{R}'><query xmlns='http://jabber.org/protocol/muc#admin'>{item}</query></iq>")),
+        Instant::now(),
+    )
+}
+
+#[test]
+fn kick_grant_and_permission_failures() {
+    let mut s = shard(cfg());
+    let focus = "focus@auth.meet.jitsi/focus";
+    join(&mut s, focus, "focus", "");
+    join(&mut s, &user(1), "a", "");
+    join(&mut s, &user(2), "b", "");
+    join(&mut s, &user(3), "c", "");
+    // A participant may not kick.
+    let out = admin_set(&mut s, &user(2), "<item nick='c' role='none'/>");
+    assert_eq!(error_condition(&out[0]).as_deref(), Some("forbidden"));
+    // The focus makes a owner (Jicofo's auto-owner); a becomes moderator with the actor.
+    let out = admin_set(
+        &mut s,
+        focus,
+        "<item affiliation='owner' jid='u1@meet.jitsi'/>",
+    );
+    let a_self = out
+        .iter()
+        .find(|p| p.attr("to") == Some(&user(1)) && p.name() == "presence")
+        .unwrap();
+    assert_eq!(item(a_self).attr("role"), Some("moderator"));
+    assert_eq!(item(a_self).attr("affiliation"), Some("owner"));
+    assert!(item(a_self).get_child("actor", room::NS_MUC_USER).is_some());
+    // a may not kick the focus (owner) ...
+    let out = admin_set(&mut s, &user(1), "<item nick='focus' role='none'/>");
+    assert_eq!(error_condition(&out[0]).as_deref(), Some("not-allowed"));
+    // ... but may kick c, who sees 307 + 110.
+    let out = admin_set(
+        &mut s,
+        &user(1),
+        "<item nick='c' role='none'><reason>bye</reason></item>",
+    );
+    let c_self = out.iter().find(|p| p.attr("to") == Some(&user(3))).unwrap();
+    let st = statuses(c_self);
+    assert!(
+        st.contains(&"307".into()) && st.contains(&"110".into()),
+        "{st:?}"
+    );
+    assert!(
+        out.iter()
+            .any(|p| p.attr("to") == Some(&user(2)) && statuses(p).contains(&"307".into()))
+    );
+    assert!(
+        out.iter()
+            .any(|r| r.name() == "iq" && r.attr("type") == Some("result"))
+    );
+    // Grant moderator role to b, then b (moderator, affiliation none) may not kick a.
+    admin_set(&mut s, &user(1), "<item nick='b' role='moderator'/>");
+    let out = admin_set(&mut s, &user(2), "<item nick='a' role='none'/>");
+    assert_eq!(error_condition(&out[0]).as_deref(), Some("not-allowed"));
+    // Ban b: 301.
+    let out = admin_set(
+        &mut s,
+        &user(1),
+        "<item affiliation='outcast' jid='u2@meet.jitsi'/>",
+    );
+    assert!(
+        out.iter()
+            .any(|p| p.attr("to") == Some(&user(2)) && statuses(p).contains(&"301".into()))
+    );
+    let out = join(&mut s, &user(2), "b", "");
+    assert_eq!(error_condition(&out[0]).as_deref(), Some("forbidden"));
+}
+
+#[test]
+fn occupant_iq_routing_both_ways() {
+    let mut s = shard(cfg());
+    let focus = "focus@auth.meet.jitsi/focus";
+    join(&mut s, focus, "focus", "");
+    join(&mut s, &user(1), "a", "");
+    let out = s.handle(parse(&format!("<iq xmlns='jabber:client' type='set' id='j1' from='{focus}' to='{R}/a'><jingle xmlns='urn:xmpp:jingle:1' action='session-initiate'/></iq>")), Instant::now());
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].attr("to"), Some(user(1).as_str()));
+    assert_eq!(out[0].attr("from"), Some(format!("{R}/focus").as_str()));
+    assert!(out[0].has_child("jingle", "urn:xmpp:jingle:1"));
+    let out = s.handle(
+        parse(&format!(
+            "<iq xmlns='jabber:client' type='result' id='j1' from='{}' to='{R}/focus'/>",
+            user(1)
+        )),
+        Instant::now(),
+    );
+    assert_eq!(out[0].attr("to"), Some(focus));
+    assert_eq!(out[0].attr("from"), Some(format!("{R}/a").as_str()));
+    // A non-occupant cannot reach occupants.
+    let out = s.handle(parse(&format!("<iq xmlns='jabber:client' type='get' id='x' from='{}' to='{R}/a'><query xmlns='q'/></iq>", user(9))), Instant::now());
+    assert_eq!(error_condition(&out[0]).as_deref(), Some("not-acceptable"));
+}
+
+#[test]
+fn messages_and_nick_conflict() {
+    let mut s = shard(cfg());
+    join(&mut s, &user(1), "a", "");
+    join(&mut s, &user(2), "b", "");
+    let out = join(&mut s, &user(3), "a", "");
+    assert_eq!(error_condition(&out[0]).as_deref(), Some("conflict"));
+    let out = s.handle(parse(&format!("<message xmlns='jabber:client' type='groupchat' from='{}' to='{R}'><body>hi</body><nick xmlns='http://jabber.org/protocol/nick'>A</nick><json-message xmlns='http://jitsi.org/jitmeet'>{{}}</json-message></message>", user(1))), Instant::now());
+    assert_eq!(out.len(), 2);
+    for m in &out {
+        assert_eq!(m.attr("from"), Some(format!("{R}/a").as_str()));
+        assert!(
+            m.get_child("nick", "http://jabber.org/protocol/nick")
+                .is_none()
+        );
+        assert!(m.has_child("json-message", room::NS_JITMEET));
+    }
+    let out = s.handle(parse(&format!("<message xmlns='jabber:client' type='chat' from='{}' to='{R}/b'><body>psst</body></message>", user(1))), Instant::now());
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].attr("to"), Some(user(2).as_str()));
+    // Outsiders cannot post.
+    let out = s.handle(parse(&format!("<message xmlns='jabber:client' type='groupchat' from='{}' to='{R}'><body>spam</body></message>", user(7))), Instant::now());
+    assert_eq!(error_condition(&out[0]).as_deref(), Some("not-acceptable"));
+}
+
+#[test]
+fn flooding_occupant_only_hurts_itself() {
+    let mut c = cfg();
+    c.message_rate = 1;
+    c.message_burst = 3;
+    let mut s = shard(c);
+    join(&mut s, &user(1), "a", "");
+    join(&mut s, &user(2), "b", "");
+    let now = Instant::now();
+    let msg = |n: usize| {
+        parse(&format!(
+            "<message xmlns='jabber:client' type='groupchat' from='{}' to='{R}'><body>x</body></message>",
+            user(n)
+        ))
+    };
+    for _ in 0..3 {
+        assert_eq!(s.handle(msg(1), now).len(), 2);
+    }
+    let out = s.handle(msg(1), now);
+    assert_eq!(
+        error_condition(&out[0]).as_deref(),
+        Some("policy-violation")
+    );
+    assert_eq!(s.handle(msg(2), now).len(), 2);
+}
+
+#[test]
+fn creation_restricted_to_admins() {
+    let mut c = cfg();
+    c.creation = Creation::Admins;
+    let mut s = shard(c);
+    let out = join(&mut s, &user(1), "a", "");
+    assert_eq!(error_condition(&out[0]).as_deref(), Some("not-allowed"));
+    assert!(crate::xml::to_string(&out[0]).contains("Room creation is restricted"));
+    assert!(s.rooms.is_empty());
+    join(&mut s, "focus@auth.meet.jitsi/focus", "focus", "");
+    assert!(
+        join(&mut s, &user(1), "a", "")
+            .iter()
+            .any(|p| statuses(p).contains(&"110".into()))
+    );
+}
+
+#[test]
+fn brewery_only_for_service_accounts() {
+    let mut c = MucConfig::new("internal-muc.meet.jitsi");
+    c.allowed_domains = vec!["auth.meet.jitsi".into()];
+    let mut s = shard(c);
+    let b = "jvbbrewery@internal-muc.meet.jitsi";
+    let p = |from: &str, nick: &str| {
+        parse(&format!(
+            "<presence xmlns='jabber:client' from='{from}' to='{b}/{nick}'><x xmlns='http://jabber.org/protocol/muc'/><stats xmlns='http://jitsi.org/protocol/colibri'><stat name='stress_level' value='0.1'/></stats></presence>"
+        ))
+    };
+    let out = s.handle(p("u1@meet.jitsi/r", "x"), Instant::now());
+    assert_eq!(error_condition(&out[0]).as_deref(), Some("not-allowed"));
+    s.handle(p("focus@auth.meet.jitsi/focus", "focus"), Instant::now());
+    let out = s.handle(p("jvb@auth.meet.jitsi/jvb1", "jvb1"), Instant::now());
+    let to_focus = out
+        .iter()
+        .find(|e| e.attr("to") == Some("focus@auth.meet.jitsi/focus"))
+        .unwrap();
+    assert!(
+        to_focus
+            .get_child("stats", "http://jitsi.org/protocol/colibri")
+            .is_some()
+    );
+}
+
+struct DenyNick;
+impl RoomModule for DenyNick {
+    fn check_join(&mut self, _room: &Room, join: &JoinRequest<'_>) -> Option<Element> {
+        (join.nick == "evil")
+            .then(|| stanza::error_reply(join.presence, StanzaError::NOT_ALLOWED, None))
+            .flatten()
+    }
+    fn on_event(&mut self, room: &Room, ev: &RoomEvent, out: &mut Vec<Element>) {
+        if let RoomEvent::Joined { nick } = ev {
+            out.push(el(
+                "message",
+                ns::CLIENT,
+                &[("to", "log@meet.jitsi"), ("from", &room.jid), ("id", nick)],
+            ));
+        }
+    }
+}
+
+#[test]
+fn modules_hook_joins() {
+    let mut s = shard(cfg());
+    s.modules.push(Box::new(DenyNick));
+    let out = join(&mut s, &user(1), "evil", "");
+    assert_eq!(error_condition(&out[0]).as_deref(), Some("not-allowed"));
+    assert!(s.rooms.is_empty());
+    let out = join(&mut s, &user(1), "good", "");
+    assert!(
+        out.iter()
+            .any(|m| m.attr("to") == Some("log@meet.jitsi") && m.attr("id") == Some("good"))
+    );
+}
