@@ -178,8 +178,13 @@ impl Shard {
                 out.push(e);
                 return out;
             }
-            self.rooms
-                .insert(room_jid.clone(), Room::new(room_jid.clone(), &self.cfg));
+            let mut room = Room::new(room_jid.clone(), &self.cfg);
+            if self.cfg.creation == Creation::Anyone {
+                // XEP-0045 §10.1: the creator owns the room.
+                room.affiliations
+                    .insert(bare_of(&from).to_string(), Affiliation::Owner);
+            }
+            self.rooms.insert(room_jid.clone(), room);
         }
         let Some(room) = self.rooms.get_mut(&room_jid) else {
             return out;

@@ -300,11 +300,11 @@ impl Room {
         self.out.extend(out);
     }
 
-    /// The number of occupants that count against `max_occupants` (admins do not).
-    fn counted_occupants(&self) -> usize {
+    /// The number of occupants that count against `max_occupants` (service admins do not).
+    fn counted_occupants(&self, cfg: &MucConfig) -> usize {
         self.occupants
             .iter()
-            .filter(|o| self.affiliation(o.bare()) < Affiliation::Admin)
+            .filter(|o| !cfg.admins.iter().any(|a| a == o.bare()))
             .count()
     }
 
@@ -355,7 +355,8 @@ impl Room {
     fn join(&mut self, p: &Element, nick: &str, from: &str, cfg: &MucConfig, now: Instant) {
         let bare = bare_of(from).to_string();
         let aff = self.affiliation(&bare);
-        let privileged = aff >= Affiliation::Admin;
+        // The focus (and other service admins) pass passwords, members-only and limits.
+        let privileged = cfg.admins.iter().any(|a| *a == bare);
         let err = |room: &mut Room, e: StanzaError, text: Option<&str>| {
             if let Some(r) = stanza::error_reply(p, e, text) {
                 room.out.push(r);
@@ -419,7 +420,7 @@ impl Room {
                 (r, 0) => r,
                 (r, s) => r.min(s),
             };
-            if max > 0 && self.counted_occupants() >= max {
+            if max > 0 && self.counted_occupants(cfg) >= max {
                 return err(
                     self,
                     StanzaError::SERVICE_UNAVAILABLE,

@@ -390,6 +390,24 @@ fn flooding_occupant_only_hurts_itself() {
 }
 
 #[test]
+fn creator_owns_room_when_anyone_may_create() {
+    let mut s = shard(cfg());
+    let out = join(&mut s, &user(1), "a", "");
+    let me = out
+        .iter()
+        .find(|p| statuses(p).contains(&"110".into()))
+        .unwrap();
+    assert_eq!(item(me).attr("affiliation"), Some("owner"));
+    assert_eq!(item(me).attr("role"), Some("moderator"));
+    let out = join(&mut s, &user(2), "b", "");
+    let me = out
+        .iter()
+        .find(|p| p.attr("to") == Some(&user(2)) && statuses(p).contains(&"110".into()))
+        .unwrap();
+    assert_eq!(item(me).attr("role"), Some("participant"));
+}
+
+#[test]
 fn creation_restricted_to_admins() {
     let mut c = cfg();
     c.creation = Creation::Admins;
