@@ -356,7 +356,7 @@ impl Room {
         let bare = bare_of(from).to_string();
         let aff = self.affiliation(&bare);
         // The focus (and other service admins) pass passwords, members-only and limits.
-        let privileged = cfg.admins.iter().any(|a| *a == bare);
+        let privileged = cfg.admins.contains(&bare);
         let err = |room: &mut Room, e: StanzaError, text: Option<&str>| {
             if let Some(r) = stanza::error_reply(p, e, text) {
                 room.out.push(r);
