@@ -1,2 +1,6 @@
-//! meetd-jingle: the conference focus (Jicofo's job). Not built yet; see issue 4.
+//! meetd-jingle: the conference focus (Jicofo's job): conference requests, one conference
+//! actor per room, Jingle sessions with participants, the source map, Colibri2 requests to
+//! a bridge.
 #![forbid(unsafe_code)]
+
+pub mod sources;

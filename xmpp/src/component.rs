@@ -127,7 +127,7 @@ async fn handle(
     {
         return fail(&mut reader, "not-authorized", "bad handshake").await;
     }
-    let (tx, mut rx) = mpsc::channel::<Element>(server.config.limits.session_queue.max(1));
+    let (tx, mut rx) = mpsc::channel::<Box<Element>>(server.config.limits.session_queue.max(1));
     if !server
         .router
         .register_service(&domain, ServiceHandle { tx })
@@ -149,7 +149,7 @@ async fn handle(
 async fn pump(
     server: &Arc<Server>,
     reader: &mut StreamReader,
-    rx: &mut mpsc::Receiver<Element>,
+    rx: &mut mpsc::Receiver<Box<Element>>,
     domain: &str,
 ) -> std::io::Result<()> {
     loop {

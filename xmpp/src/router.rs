@@ -17,8 +17,12 @@ use crate::stanza::{self, StanzaError};
 /// Where a service (MUC, focus, bridge, a remote XEP-0114 component) receives stanzas.
 #[derive(Clone, Debug)]
 pub struct ServiceHandle {
-    pub tx: mpsc::Sender<Element>,
+    pub tx: Mailbox,
 }
+
+/// A bounded mailbox of a session or service. Stanzas travel boxed so that an idle
+/// channel's preallocated block stays small (tokio allocates 32 slots up front).
+pub type Mailbox = mpsc::Sender<Box<Element>>;
 
 /// Answers stanzas addressed to a host domain itself (disco, ping, ...). Returns the replies.
 pub trait DomainHandler: Send + Sync {
@@ -28,7 +32,7 @@ pub trait DomainHandler: Send + Sync {
 #[derive(Default)]
 struct Tables {
     /// Full JID → mailbox of the session.
-    sessions: HashMap<String, mpsc::Sender<Element>>,
+    sessions: HashMap<String, Mailbox>,
     /// Bare JID → bound resources (full JIDs).
     resources: HashMap<String, Vec<String>>,
     /// Domain → service.
@@ -68,7 +72,7 @@ impl Router {
     }
 
     /// Register a bound session. Returns the mailbox it replaced (resource conflict), if any.
-    pub fn bind(&self, full: &str, tx: mpsc::Sender<Element>) -> Option<mpsc::Sender<Element>> {
+    pub fn bind(&self, full: &str, tx: Mailbox) -> Option<Mailbox> {
         let bare = bare_of(full).to_string();
         let mut t = self.tables.write();
         let old = t.sessions.insert(full.to_string(), tx);
@@ -79,7 +83,7 @@ impl Router {
     }
 
     /// Remove a session, but only if `tx` is still the registered mailbox.
-    pub fn unbind(&self, full: &str, tx: &mpsc::Sender<Element>) {
+    pub fn unbind(&self, full: &str, tx: &Mailbox) {
         let mut t = self.tables.write();
         if t.sessions.get(full).is_some_and(|cur| cur.same_channel(tx)) {
             t.sessions.remove(full);
@@ -154,8 +158,8 @@ impl Router {
         }
     }
 
-    fn deliver(&self, tx: &mpsc::Sender<Element>, el: Element) -> Delivery {
-        match tx.try_send(el) {
+    fn deliver(&self, tx: &Mailbox, el: Element) -> Delivery {
+        match tx.try_send(Box::new(el)) {
             Ok(()) => Delivery::Delivered,
             Err(mpsc::error::TrySendError::Full(el)) => {
                 tracing::warn!(to = el.attr("to"), "mailbox full, refusing stanza");
@@ -201,7 +205,7 @@ impl Router {
 
     /// RFC 6121 §8.5.2: a bare JID of a local account.
     fn to_bare(&self, el: Element, bare: &str) -> Delivery {
-        let targets: Vec<mpsc::Sender<Element>> = {
+        let targets: Vec<Mailbox> = {
             let t = self.tables.read();
             t.resources
                 .get(bare)
@@ -242,7 +246,7 @@ impl Router {
                     let to = reply.attr("to").unwrap_or_default().to_string();
                     let tx = self.tables.read().sessions.get(&to).cloned();
                     if let Some(tx) = tx {
-                        let _ = tx.try_send(reply);
+                        let _ = tx.try_send(Box::new(reply));
                     } else if let Ok(j) = Jid::new(&to) {
                         let s = self
                             .tables
@@ -251,7 +255,7 @@ impl Router {
                             .get(j.domain().as_str())
                             .cloned();
                         if let Some(s) = s {
-                            let _ = s.tx.try_send(reply);
+                            let _ = s.tx.try_send(Box::new(reply));
                         }
                     }
                 }

@@ -33,7 +33,7 @@ pub trait AccountStore: Send + Sync {
 /// A session waiting for (or able to accept) XEP-0198 resumption.
 pub struct ResumeEntry {
     pub full_jid: String,
-    pub handover: mpsc::Sender<Handover>,
+    pub handover: mpsc::Sender<Box<Handover>>,
 }
 
 /// Everything sessions and transports share.
@@ -130,7 +130,7 @@ impl Server {
         self.resumable.lock().remove(id);
     }
 
-    pub fn resumable(&self, id: &str) -> Option<(String, mpsc::Sender<Handover>)> {
+    pub fn resumable(&self, id: &str) -> Option<(String, mpsc::Sender<Box<Handover>>)> {
         self.resumable
             .lock()
             .get(id)

@@ -867,8 +867,8 @@ pub struct Handover {
 /// Drive one session over `link` until it ends.
 pub async fn run(server: Arc<Server>, link: Box<dyn Link>, info: ConnInfo, slot: ConnectionSlot) {
     let cfg = Arc::new(server.config.clone());
-    let (tx, mut mailbox) = mpsc::channel::<Element>(server.config.limits.session_queue.max(1));
-    let (htx, mut hrx) = mpsc::channel::<Handover>(1);
+    let (tx, mut mailbox) = mpsc::channel::<Box<Element>>(server.config.limits.session_queue.max(1));
+    let (htx, mut hrx) = mpsc::channel::<Box<Handover>>(1);
     let mut c2s = C2s::new(cfg.clone(), info, Instant::now());
     let mut link: Option<Box<dyn Link>> = Some(link);
     let mut hibernate_until: Option<tokio::time::Instant> = None;
@@ -935,11 +935,11 @@ pub async fn run(server: Arc<Server>, link: Box<dyn Link>, info: ConnInfo, slot:
                                 if !outs.is_empty() {
                                     let _ = l.send(&outs).await;
                                 }
-                                let ho = Handover {
+                                let ho = Box::new(Handover {
                                     link: l,
                                     h,
                                     bare: me,
-                                };
+                                });
                                 if let Err(mpsc::error::SendError(ho)) = handover.send(ho).await {
                                     link = Some(ho.link);
                                     c2s.resume_failed();
@@ -995,7 +995,7 @@ pub async fn run(server: Arc<Server>, link: Box<dyn Link>, info: ConnInfo, slot:
                 }
             }
             Some(e) = mailbox.recv(), if bound => {
-                c2s.deliver(e);
+                c2s.deliver(*e);
                 if link.is_none() {
                     // Hibernating: the stanzas wait in the unacked queue; drop the writes.
                     c2s.drop_sends();
@@ -1033,7 +1033,7 @@ pub async fn run(server: Arc<Server>, link: Box<dyn Link>, info: ConnInfo, slot:
     }
     mailbox.close();
     while let Ok(e) = mailbox.try_recv() {
-        c2s.deliver(e);
+        c2s.deliver(*e);
     }
     c2s.finish();
     let mut outs = Vec::new();

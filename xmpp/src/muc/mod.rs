@@ -86,7 +86,7 @@ pub fn start(router: Arc<Router>, cfg: MucConfig, modules: Vec<ModuleFactory>) -
     let cfg = Arc::new(cfg);
     let mut txs = Vec::with_capacity(shards);
     for _ in 0..shards {
-        let (tx, rx) = mpsc::channel::<Element>(cfg.queue.max(1));
+        let (tx, rx) = mpsc::channel::<Box<Element>>(cfg.queue.max(1));
         txs.push(tx);
         let shard = Shard {
             cfg: cfg.clone(),
@@ -95,7 +95,7 @@ pub fn start(router: Arc<Router>, cfg: MucConfig, modules: Vec<ModuleFactory>) -
         };
         tokio::spawn(shard.run(router.clone(), rx));
     }
-    let (tx, mut rx) = mpsc::channel::<Element>(cfg.queue.max(1));
+    let (tx, mut rx) = mpsc::channel::<Box<Element>>(cfg.queue.max(1));
     if !router.register_service(&cfg.domain, ServiceHandle { tx }) {
         return false;
     }
@@ -128,9 +128,9 @@ struct Shard {
 }
 
 impl Shard {
-    async fn run(mut self, router: Arc<Router>, mut rx: mpsc::Receiver<Element>) {
+    async fn run(mut self, router: Arc<Router>, mut rx: mpsc::Receiver<Box<Element>>) {
         while let Some(st) = rx.recv().await {
-            for out in self.handle(st, Instant::now()) {
+            for out in self.handle(*st, Instant::now()) {
                 router.route(out);
             }
         }
