@@ -3,4 +3,6 @@
 //! a bridge.
 #![forbid(unsafe_code)]
 
+pub mod conference;
+pub mod offer;
 pub mod sources;

@@ -218,8 +218,7 @@ impl EndpointSourceSet {
     /// elements owned by `owner`, for source-add/-remove and offers.
     pub fn to_jingle_contents(&self, owner: &str, out: &mut BTreeMap<&'static str, Vec<Element>>) {
         for s in &self.sources {
-            let mut e = Element::builder("source", NS_SSMA)
-                .attr(n("ssrc"), s.ssrc.to_string());
+            let mut e = Element::builder("source", NS_SSMA).attr(n("ssrc"), s.ssrc.to_string());
             if let Some(name) = &s.name {
                 e = e.attr(n("name"), name.as_str());
             }
@@ -242,7 +241,8 @@ impl EndpointSourceSet {
             out.entry(media_str(s.media)).or_default().push(e.build());
         }
         for g in &self.groups {
-            let mut e = Element::builder("ssrc-group", NS_SSMA).attr(n("semantics"), g.semantics.as_str());
+            let mut e =
+                Element::builder("ssrc-group", NS_SSMA).attr(n("semantics"), g.semantics.as_str());
             for s in &g.ssrcs {
                 e = e.append(
                     Element::builder("source", NS_SSMA)
@@ -308,10 +308,17 @@ impl EndpointSourceSet {
         for s in &self.sources {
             let default = format!(
                 "{endpoint}-{}0",
-                if s.media == MediaType::Audio { 'a' } else { 'v' }
+                if s.media == MediaType::Audio {
+                    'a'
+                } else {
+                    'v'
+                }
             );
             let name = s.name.clone().unwrap_or(default);
-            let idx = match by_name.iter().position(|m| m.id == name && m.kind == s.media) {
+            let idx = match by_name
+                .iter()
+                .position(|m| m.id == name && m.kind == s.media)
+            {
                 Some(i) => i,
                 None => {
                     by_name.push(colibri2::MediaSource {
@@ -332,10 +339,11 @@ impl EndpointSourceSet {
             });
         }
         for g in &self.groups {
-            if let Some(ms) = by_name
-                .iter_mut()
-                .find(|m| g.ssrcs.first().is_some_and(|f| m.sources.iter().any(|s| s.ssrc == *f)))
-            {
+            if let Some(ms) = by_name.iter_mut().find(|m| {
+                g.ssrcs
+                    .first()
+                    .is_some_and(|f| m.sources.iter().any(|s| s.ssrc == *f))
+            }) {
                 ms.ssrc_groups.push(colibri2::SsrcGroup {
                     semantics: g.semantics.as_str().into(),
                     ssrcs: g.ssrcs.clone(),
@@ -396,7 +404,11 @@ impl ConferenceSourceMap {
     }
 
     /// Add sources for `ep`. Returns what was actually added (empty/duplicate groups dropped).
-    pub fn try_add(&mut self, ep: &str, add: &EndpointSourceSet) -> Result<EndpointSourceSet, SourceError> {
+    pub fn try_add(
+        &mut self,
+        ep: &str,
+        add: &EndpointSourceSet,
+    ) -> Result<EndpointSourceSet, SourceError> {
         let existing = self.map.get(ep).cloned().unwrap_or_default();
         let mut used: HashSet<u32> = HashSet::new();
         let mut other_msids: HashSet<&str> = HashSet::new();
@@ -447,7 +459,11 @@ impl ConferenceSourceMap {
     }
 
     /// Remove sources (matched by SSRC) and groups. Returns what was removed.
-    pub fn try_remove(&mut self, ep: &str, rm: &EndpointSourceSet) -> Result<EndpointSourceSet, SourceError> {
+    pub fn try_remove(
+        &mut self,
+        ep: &str,
+        rm: &EndpointSourceSet,
+    ) -> Result<EndpointSourceSet, SourceError> {
         let Some(existing) = self.map.get(ep) else {
             return Err(SourceError::NoSuchSource);
         };
@@ -460,7 +476,11 @@ impl ConferenceSourceMap {
             removed.sources.push(result.sources.remove(i));
         }
         for g in &rm.groups {
-            let Some(i) = result.groups.iter().position(|x| x.semantics == g.semantics && x.ssrcs == g.ssrcs) else {
+            let Some(i) = result
+                .groups
+                .iter()
+                .position(|x| x.semantics == g.semantics && x.ssrcs == g.ssrcs)
+            else {
                 return Err(SourceError::NoSuchGroup);
             };
             removed.groups.push(result.groups.remove(i));
@@ -482,14 +502,23 @@ impl ConferenceSourceMap {
     }
 
     /// `{"sources": {owner: compact, …}}` for the endpoints `filter` accepts.
-    pub fn json_message(&self, extra: &[(&str, &EndpointSourceSet)], filter: impl Fn(&str) -> bool, strip: bool) -> String {
+    pub fn json_message(
+        &self,
+        extra: &[(&str, &EndpointSourceSet)],
+        filter: impl Fn(&str) -> bool,
+        strip: bool,
+    ) -> String {
         let mut o = serde_json::Map::new();
         for (owner, set) in extra {
             o.insert((*owner).to_string(), set.compact_json());
         }
         for (ep, set) in &self.map {
             if filter(ep) && !set.is_empty() {
-                let set = if strip { set.strip_simulcast() } else { set.clone() };
+                let set = if strip {
+                    set.strip_simulcast()
+                } else {
+                    set.clone()
+                };
                 o.insert(ep.clone(), set.compact_json());
             }
         }
@@ -499,7 +528,12 @@ impl ConferenceSourceMap {
 
 /// The checks on a resulting source set (§4.3).
 fn validate(set: &EndpointSourceSet) -> Result<(), SourceError> {
-    let msid_of = |ssrc: u32| set.sources.iter().find(|s| s.ssrc == ssrc).and_then(|s| s.msid.clone());
+    let msid_of = |ssrc: u32| {
+        set.sources
+            .iter()
+            .find(|s| s.ssrc == ssrc)
+            .and_then(|s| s.msid.clone())
+    };
     for g in &set.groups {
         if g.semantics == Semantics::Fid && g.ssrcs.len() != 2 {
             return Err(SourceError::BadFid);
@@ -516,7 +550,11 @@ fn validate(set: &EndpointSourceSet) -> Result<(), SourceError> {
     }
     // Each stream (a SIM group with its FIDs, a lone FID, or a single source) has its own
     // msid per media type.
-    let grouped: HashSet<u32> = set.groups.iter().flat_map(|g| g.ssrcs.iter().copied()).collect();
+    let grouped: HashSet<u32> = set
+        .groups
+        .iter()
+        .flat_map(|g| g.ssrcs.iter().copied())
+        .collect();
     let mut streams: Vec<(MediaType, String, u32)> = Vec::new();
     for g in &set.groups {
         let first = g.ssrcs[0];
@@ -597,42 +635,98 @@ mod tests {
     #[test]
     fn conflicts_and_limits() {
         let mut map = ConferenceSourceMap::new(SourceLimits::default());
-        map.try_add("aaaa", &EndpointSourceSet::from_jingle(&camera_and_mic("aaaa", 100)).unwrap()).unwrap();
+        map.try_add(
+            "aaaa",
+            &EndpointSourceSet::from_jingle(&camera_and_mic("aaaa", 100)).unwrap(),
+        )
+        .unwrap();
         // Same SSRCs from another endpoint.
-        let e = map.try_add("bbbb", &EndpointSourceSet::from_jingle(&camera_and_mic("bbbb", 100)).unwrap());
+        let e = map.try_add(
+            "bbbb",
+            &EndpointSourceSet::from_jingle(&camera_and_mic("bbbb", 100)).unwrap(),
+        );
         assert_eq!(e.unwrap_err(), SourceError::SsrcAlreadyUsed);
         // Same msid from another endpoint.
         let mut other = EndpointSourceSet::from_jingle(&camera_and_mic("bbbb", 200)).unwrap();
         other.sources[0].msid = Some("aaaa-audio-1 x".into());
-        assert_eq!(map.try_add("bbbb", &other).unwrap_err(), SourceError::MsidAlreadyUsed);
+        assert_eq!(
+            map.try_add("bbbb", &other).unwrap_err(),
+            SourceError::MsidAlreadyUsed
+        );
         // The failed adds changed nothing.
         assert!(map.get("bbbb").is_none());
         // 21 SSRCs.
         let many = EndpointSourceSet {
             sources: (1000..1021)
-                .map(|s| Source { ssrc: s, media: MediaType::Audio, name: None, msid: Some(format!("m{s}")), video_type: None })
+                .map(|s| Source {
+                    ssrc: s,
+                    media: MediaType::Audio,
+                    name: None,
+                    msid: Some(format!("m{s}")),
+                    video_type: None,
+                })
                 .collect(),
             groups: vec![],
         };
-        assert_eq!(map.try_add("cccc", &many).unwrap_err(), SourceError::SsrcLimit(20));
+        assert_eq!(
+            map.try_add("cccc", &many).unwrap_err(),
+            SourceError::SsrcLimit(20)
+        );
         // A group referencing an unknown SSRC.
         let bad = EndpointSourceSet {
-            sources: vec![Source { ssrc: 5, media: MediaType::Video, name: None, msid: Some("q".into()), video_type: None }],
-            groups: vec![SsrcGroup { semantics: Semantics::Fid, media: MediaType::Video, ssrcs: vec![5, 6] }],
+            sources: vec![Source {
+                ssrc: 5,
+                media: MediaType::Video,
+                name: None,
+                msid: Some("q".into()),
+                video_type: None,
+            }],
+            groups: vec![SsrcGroup {
+                semantics: Semantics::Fid,
+                media: MediaType::Video,
+                ssrcs: vec![5, 6],
+            }],
         };
-        assert_eq!(map.try_add("dddd", &bad).unwrap_err(), SourceError::GroupWithoutSource);
+        assert_eq!(
+            map.try_add("dddd", &bad).unwrap_err(),
+            SourceError::GroupWithoutSource
+        );
         // Grouped source without msid.
         let bad = EndpointSourceSet {
             sources: vec![
-                Source { ssrc: 7, media: MediaType::Video, name: None, msid: None, video_type: None },
-                Source { ssrc: 8, media: MediaType::Video, name: None, msid: None, video_type: None },
+                Source {
+                    ssrc: 7,
+                    media: MediaType::Video,
+                    name: None,
+                    msid: None,
+                    video_type: None,
+                },
+                Source {
+                    ssrc: 8,
+                    media: MediaType::Video,
+                    name: None,
+                    msid: None,
+                    video_type: None,
+                },
             ],
-            groups: vec![SsrcGroup { semantics: Semantics::Fid, media: MediaType::Video, ssrcs: vec![7, 8] }],
+            groups: vec![SsrcGroup {
+                semantics: Semantics::Fid,
+                media: MediaType::Video,
+                ssrcs: vec![7, 8],
+            }],
         };
-        assert_eq!(map.try_add("dddd", &bad).unwrap_err(), SourceError::MissingMsid);
+        assert_eq!(
+            map.try_add("dddd", &bad).unwrap_err(),
+            SourceError::MissingMsid
+        );
         // Invalid SSRC text.
-        let j = parse("<jingle xmlns='urn:xmpp:jingle:1'><content name='audio'><description xmlns='urn:xmpp:jingle:apps:rtp:1' media='audio'><source xmlns='urn:xmpp:jingle:apps:rtp:ssma:0' ssrc='0'/></description></content></jingle>");
-        assert_eq!(EndpointSourceSet::from_jingle(&j).unwrap_err(), SourceError::InvalidSsrc);
+        let j = parse(
+            "<jingle xmlns='urn:xmpp:jingle:1'><content name='audio'><description xmlns='urn:xmpp:jingle:apps:rtp:1' media='audio'><source xmlns='urn:xmpp:jingle:apps:rtp:ssma:0' ssrc='0'/></description></content></jingle>",
+        );
+        assert_eq!(
+            EndpointSourceSet::from_jingle(&j).unwrap_err(),
+            SourceError::InvalidSsrc
+        );
     }
 
     #[test]
@@ -647,7 +741,10 @@ mod tests {
         let removed = map.try_remove("aaaa", &rm).unwrap();
         assert_eq!(removed.sources.len(), 1);
         assert_eq!(removed.groups.len(), 2, "SIM and FID(101,104)");
-        assert_eq!(map.try_remove("aaaa", &rm).unwrap_err(), SourceError::NoSuchSource);
+        assert_eq!(
+            map.try_remove("aaaa", &rm).unwrap_err(),
+            SourceError::NoSuchSource
+        );
     }
 
     #[test]

@@ -1,0 +1,1278 @@
+//! One conference: the focus's occupant in a room, its participants' Jingle sessions, the
+//! source map and the bridge allocation. Sans-IO: feed [`Input`]s with the time, drain
+//! [`Output`]s, call [`Conference::poll_timeout`] for the next deadline.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use meetd_colibri::colibri2::{
+    self, ConferenceModified, ConferenceModify, Endpoint, ForceMute, IceUdpTransport, MediaType,
+    Sctp, Transport,
+};
+use meetd_xmpp::Element;
+use meetd_xmpp::stanza::{self, StanzaError, el, rxml_name as n};
+
+use crate::offer::{self, BridgeTransport, Features, NS_FOCUS};
+use crate::sources::{
+    ConferenceSourceMap, EndpointSourceSet, NS_JINGLE, NS_JITMEET, Source, SourceLimits,
+};
+
+const NS_CLIENT: &str = "jabber:client";
+const NS_MUC: &str = "http://jabber.org/protocol/muc";
+const NS_MUC_USER: &str = "http://jabber.org/protocol/muc#user";
+const NS_MUC_ADMIN: &str = "http://jabber.org/protocol/muc#admin";
+const NS_DISCO_INFO: &str = "http://jabber.org/protocol/disco#info";
+const NS_DATA: &str = "jabber:x:data";
+
+#[derive(Debug, Clone)]
+pub struct FocusConfig {
+    /// The focus's full JID (`focus@auth.<domain>/focus`).
+    pub focus_jid: String,
+    pub min_participants: usize,
+    pub single_participant_timeout: Duration,
+    pub initial_timeout: Duration,
+    pub disco_timeout: Duration,
+    pub source_limits: SourceLimits,
+    pub use_json_sources: bool,
+    pub use_ssrc_rewriting: bool,
+    pub restart_min_interval: Duration,
+    pub restart_max_per_minute: usize,
+    pub region: String,
+    pub auto_owner: bool,
+}
+
+impl FocusConfig {
+    pub fn new(focus_jid: &str) -> FocusConfig {
+        FocusConfig {
+            focus_jid: focus_jid.to_string(),
+            min_participants: 2,
+            single_participant_timeout: Duration::from_secs(20),
+            initial_timeout: Duration::from_secs(15),
+            disco_timeout: Duration::from_secs(5),
+            source_limits: SourceLimits::default(),
+            use_json_sources: true,
+            use_ssrc_rewriting: true,
+            restart_min_interval: Duration::from_secs(5),
+            restart_max_per_minute: 5,
+            region: "meetd".into(),
+            auto_owner: true,
+        }
+    }
+
+    pub fn focus_bare(&self) -> &str {
+        self.focus_jid.split('/').next().unwrap_or(&self.focus_jid)
+    }
+}
+
+#[derive(Debug)]
+pub enum Input {
+    /// A stanza the MUC delivered to the focus for this room.
+    Stanza(Element),
+    /// The answer to [`Output::Colibri`].
+    Colibri {
+        req: u64,
+        result: Result<ConferenceModified, colibri2::Colibri2Error>,
+    },
+    /// The deadline from [`Conference::poll_timeout`] passed.
+    Timeout,
+}
+
+#[derive(Debug)]
+pub enum Output {
+    /// A stanza to route (from the focus's full JID).
+    Send(Element),
+    /// A request to the bridge.
+    Colibri { req: u64, modify: ConferenceModify },
+    /// The focus is in the room as owner: conference requests may be answered `ready`.
+    Ready,
+    /// The room could not be joined; answer conference requests with an error.
+    Failed(String),
+    /// The conference is over; drop the actor.
+    Stopped,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum SessionState {
+    /// Waiting for disco#info or the member threshold.
+    Idle,
+    /// Bridge allocation under way.
+    Allocating,
+    /// session-initiate sent; waiting for session-accept.
+    Offered {
+        sid: String,
+    },
+    Active {
+        sid: String,
+    },
+}
+
+struct Participant {
+    nick: String,
+    real_jid: String,
+    stats_id: Option<String>,
+    features: Option<Features>,
+    disco_deadline: Instant,
+    state: SessionState,
+    /// The endpoint exists on the bridge.
+    allocated: bool,
+    /// Sources of others this participant has been told about (per owner).
+    told: BTreeMap<String, EndpointSourceSet>,
+    restarts: VecDeque<Instant>,
+    affiliation: String,
+    audio_muted_by_focus: bool,
+    video_muted_by_focus: bool,
+}
+
+impl Participant {
+    fn features(&self) -> Features {
+        self.features.unwrap_or_default()
+    }
+    fn sid(&self) -> Option<&str> {
+        match &self.state {
+            SessionState::Offered { sid } | SessionState::Active { sid } => Some(sid),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Phase {
+    Joining,
+    /// Joined; waiting for the room's meeting id.
+    Disco,
+    Running,
+    Stopped,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum BridgeConf {
+    None,
+    Creating,
+    Created,
+}
+
+/// What an outstanding request was for.
+enum Pending {
+    Disco(String),
+    RoomDisco,
+    Ignore,
+}
+
+/// A bridge request in flight.
+enum ColibriPending {
+    Allocate { nick: String, create: bool },
+    Update,
+    Expire,
+}
+
+pub struct Conference {
+    pub room: String,
+    cfg: FocusConfig,
+    phase: Phase,
+    meeting_id: String,
+    bridge_session_id: String,
+    participants: Vec<Participant>,
+    sources: ConferenceSourceMap,
+    /// The bridge's own feedback sources (owner `jvb`).
+    feedback: EndpointSourceSet,
+    bridge: BridgeConf,
+    allocation_queue: VecDeque<String>,
+    next_id: u64,
+    pending: HashMap<String, Pending>,
+    colibri: HashMap<u64, ColibriPending>,
+    out: Vec<Output>,
+    created: Instant,
+    single_since: Option<Instant>,
+    pub rtcstats_enabled: bool,
+}
+
+fn focus_presence(room: &str, focus_jid: &str) -> Element {
+    let mut p = el(
+        "presence",
+        NS_CLIENT,
+        &[("to", &format!("{room}/focus")), ("from", focus_jid)],
+    );
+    p.append_child(Element::bare("x", NS_MUC));
+    p.append_child(
+        Element::builder("etherpad", "http://jitsi.org/jitmeet/etherpad")
+            .append(room.split('@').next().unwrap_or("").to_string())
+            .build(),
+    );
+    p.append_child(
+        Element::builder("versions", NS_JITMEET)
+            .append(
+                Element::builder("component", NS_JITMEET)
+                    .attr(n("name"), "focus")
+                    .append(format!("meetd-{}", env!("CARGO_PKG_VERSION")))
+                    .build(),
+            )
+            .build(),
+    );
+    p.append_child(
+        Element::builder("conference-properties", NS_FOCUS)
+            .append(el(
+                "property",
+                NS_FOCUS,
+                &[("key", "support-terminate-restart"), ("value", "true")],
+            ))
+            .append(el(
+                "property",
+                NS_FOCUS,
+                &[("key", "bridge-count"), ("value", "1")],
+            ))
+            .build(),
+    );
+    p
+}
+
+impl Conference {
+    pub fn new(room: &str, cfg: FocusConfig, now: Instant) -> Conference {
+        let mut c = Conference {
+            room: room.to_string(),
+            phase: Phase::Joining,
+            meeting_id: uuid::Uuid::new_v4().to_string(),
+            bridge_session_id: uuid::Uuid::new_v4().to_string(),
+            participants: Vec::new(),
+            sources: ConferenceSourceMap::new(cfg.source_limits),
+            feedback: EndpointSourceSet::default(),
+            bridge: BridgeConf::None,
+            allocation_queue: VecDeque::new(),
+            next_id: 1,
+            pending: HashMap::new(),
+            colibri: HashMap::new(),
+            out: Vec::new(),
+            created: now,
+            single_since: None,
+            rtcstats_enabled: true,
+            cfg,
+        };
+        let p = focus_presence(room, &c.cfg.focus_jid);
+        c.out.push(Output::Send(p));
+        c
+    }
+
+    pub fn take_output(&mut self) -> Vec<Output> {
+        std::mem::take(&mut self.out)
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.phase == Phase::Running
+    }
+
+    pub fn is_stopped(&self) -> bool {
+        self.phase == Phase::Stopped
+    }
+
+    pub fn participant_count(&self) -> usize {
+        self.participants.len()
+    }
+
+    fn id(&mut self) -> String {
+        self.next_id += 1;
+        format!("focus{}", self.next_id)
+    }
+
+    fn send(&mut self, e: Element) {
+        self.out.push(Output::Send(e));
+    }
+
+    fn iq(&mut self, to: &str, ty: &str, payload: Element, pending: Pending) -> String {
+        let id = self.id();
+        let mut iq = el(
+            "iq",
+            NS_CLIENT,
+            &[
+                ("type", ty),
+                ("id", &id),
+                ("to", to),
+                ("from", &self.cfg.focus_jid),
+            ],
+        );
+        iq.append_child(payload);
+        self.pending.insert(id.clone(), pending);
+        self.send(iq);
+        id
+    }
+
+    fn colibri(&mut self, modify: ConferenceModify, what: ColibriPending) {
+        self.next_id += 1;
+        let req = self.next_id;
+        self.colibri.insert(req, what);
+        self.out.push(Output::Colibri { req, modify });
+    }
+
+    /// The next instant [`Input::Timeout`] is due.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let mut t: Option<Instant> = None;
+        let mut min = |x: Instant| t = Some(t.map_or(x, |y| y.min(x)));
+        match self.phase {
+            Phase::Stopped => return None,
+            Phase::Running if self.participants.is_empty() => {
+                min(self.created + self.cfg.initial_timeout)
+            }
+            _ => {}
+        }
+        if let Some(s) = self.single_since {
+            min(s + self.cfg.single_participant_timeout);
+        }
+        for p in &self.participants {
+            if p.features.is_none() {
+                min(p.disco_deadline);
+            }
+        }
+        t
+    }
+
+    pub fn handle(&mut self, input: Input, now: Instant) {
+        match input {
+            Input::Stanza(s) => match s.name() {
+                "presence" => self.presence(&s, now),
+                "iq" => self.iq_in(&s, now),
+                _ => {}
+            },
+            Input::Colibri { req, result } => self.colibri_result(req, result, now),
+            Input::Timeout => self.timeout(now),
+        }
+    }
+
+    fn timeout(&mut self, now: Instant) {
+        if self.phase == Phase::Running
+            && self.participants.is_empty()
+            && now >= self.created + self.cfg.initial_timeout
+        {
+            tracing::debug!(room = %self.room, "nobody joined in time");
+            self.stop();
+            return;
+        }
+        if let Some(s) = self.single_since
+            && now >= s + self.cfg.single_participant_timeout
+        {
+            self.single_since = None;
+            // The lone participant's session ends; the bridge conference goes too.
+            let nicks: Vec<String> = self
+                .participants
+                .iter()
+                .filter(|p| p.sid().is_some())
+                .map(|p| p.nick.clone())
+                .collect();
+            for nick in nicks {
+                self.terminate(&nick, "expired", "Idle session timeout");
+            }
+            self.expire_bridge_conference();
+        }
+        let late: Vec<String> = self
+            .participants
+            .iter()
+            .filter(|p| p.features.is_none() && now >= p.disco_deadline)
+            .map(|p| p.nick.clone())
+            .collect();
+        for nick in late {
+            if let Some(p) = self.participant_mut(&nick) {
+                p.features = Some(Features::default());
+            }
+        }
+        self.maybe_invite(now);
+    }
+
+    fn participant_mut(&mut self, nick: &str) -> Option<&mut Participant> {
+        self.participants.iter_mut().find(|p| p.nick == nick)
+    }
+
+    fn participant(&self, nick: &str) -> Option<&Participant> {
+        self.participants.iter().find(|p| p.nick == nick)
+    }
+
+    fn presence(&mut self, p: &Element, now: Instant) {
+        let from = p.attr("from").unwrap_or("");
+        let Some((room, nick)) = from.split_once('/') else {
+            return;
+        };
+        if room != self.room {
+            return;
+        }
+        let item = p
+            .get_child("x", NS_MUC_USER)
+            .and_then(|x| x.get_child("item", NS_MUC_USER));
+        let statuses: Vec<&str> = p
+            .get_child("x", NS_MUC_USER)
+            .map(|x| {
+                x.children()
+                    .filter(|c| c.name() == "status")
+                    .filter_map(|c| c.attr("code"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if nick == "focus" {
+            match p.attr("type") {
+                Some("error") if self.phase == Phase::Joining => {
+                    let text = p
+                        .get_child("error", NS_CLIENT)
+                        .map(meetd_xmpp::xml::to_string)
+                        .unwrap_or_default();
+                    self.out.push(Output::Failed(text));
+                    self.phase = Phase::Stopped;
+                    self.out.push(Output::Stopped);
+                }
+                Some("unavailable") if self.phase != Phase::Stopped => {
+                    // Kicked or the room was destroyed.
+                    self.expire_bridge_conference();
+                    self.phase = Phase::Stopped;
+                    self.out.push(Output::Stopped);
+                }
+                None if self.phase == Phase::Joining && statuses.contains(&"110") => {
+                    if item.and_then(|i| i.attr("affiliation")) != Some("owner") {
+                        self.out.push(Output::Failed("focus is not owner".into()));
+                        self.leave_room();
+                        return;
+                    }
+                    self.phase = Phase::Disco;
+                    let q = Element::bare("query", NS_DISCO_INFO);
+                    let room = self.room.clone();
+                    self.iq(&room, "get", q, Pending::RoomDisco);
+                }
+                _ => {}
+            }
+            return;
+        }
+        let real = item.and_then(|i| i.attr("jid")).unwrap_or("").to_string();
+        let affiliation = item
+            .and_then(|i| i.attr("affiliation"))
+            .unwrap_or("none")
+            .to_string();
+        match p.attr("type") {
+            Some("unavailable") => self.member_left(nick, now),
+            None => {
+                if let Some(m) = self.participant_mut(nick) {
+                    m.affiliation = affiliation;
+                    return;
+                }
+                let stats_id = p.get_child("stats-id", NS_CLIENT).map(|s| s.text());
+                self.participants.push(Participant {
+                    nick: nick.to_string(),
+                    real_jid: real,
+                    stats_id,
+                    features: None,
+                    disco_deadline: now + self.cfg.disco_timeout,
+                    state: SessionState::Idle,
+                    allocated: false,
+                    told: BTreeMap::new(),
+                    restarts: VecDeque::new(),
+                    affiliation,
+                    audio_muted_by_focus: false,
+                    video_muted_by_focus: false,
+                });
+                let to = format!("{}/{}", self.room, nick);
+                self.iq(
+                    &to,
+                    "get",
+                    Element::bare("query", NS_DISCO_INFO),
+                    Pending::Disco(nick.to_string()),
+                );
+                self.elect_owner();
+                self.update_single(now);
+            }
+            _ => {}
+        }
+    }
+
+    /// Jicofo's auto-owner: the first participant, and a successor when the owner leaves.
+    fn elect_owner(&mut self) {
+        if !self.cfg.auto_owner || self.participants.iter().any(|p| p.affiliation == "owner") {
+            return;
+        }
+        let Some(first) = self.participants.first() else {
+            return;
+        };
+        let bare = first.real_jid.split('/').next().unwrap_or("").to_string();
+        if bare.is_empty() {
+            return;
+        }
+        let nick = first.nick.clone();
+        if let Some(p) = self.participant_mut(&nick) {
+            p.affiliation = "owner".into();
+        }
+        let q = Element::builder("query", NS_MUC_ADMIN)
+            .append(el(
+                "item",
+                NS_MUC_ADMIN,
+                &[("affiliation", "owner"), ("jid", &bare)],
+            ))
+            .build();
+        let room = self.room.clone();
+        self.iq(&room, "set", q, Pending::Ignore);
+    }
+
+    fn update_single(&mut self, now: Instant) {
+        let active = self.participants.len();
+        if active == 1 && self.participants.iter().any(|p| p.sid().is_some()) {
+            self.single_since.get_or_insert(now);
+        } else {
+            self.single_since = None;
+        }
+    }
+
+    fn member_left(&mut self, nick: &str, now: Instant) {
+        let Some(i) = self.participants.iter().position(|p| p.nick == nick) else {
+            return;
+        };
+        let p = self.participants.remove(i);
+        // No source-remove: the others drop its sources on the unavailable presence.
+        self.sources.remove_endpoint(nick);
+        for other in self.participants.iter_mut() {
+            other.told.remove(nick);
+        }
+        if p.allocated && self.bridge == BridgeConf::Created {
+            let mut m = ConferenceModify::new(self.meeting_id.clone());
+            let mut ep = Endpoint::new(nick);
+            ep.expire = true;
+            m.endpoints.push(ep);
+            self.colibri(m, ColibriPending::Expire);
+        }
+        self.allocation_queue.retain(|n| n != nick);
+        if p.affiliation == "owner" {
+            self.elect_owner();
+        }
+        if self.participants.is_empty() {
+            self.expire_bridge_conference();
+            self.leave_room();
+            return;
+        }
+        self.update_single(now);
+    }
+
+    fn leave_room(&mut self) {
+        if self.phase == Phase::Stopped {
+            return;
+        }
+        let p = el(
+            "presence",
+            NS_CLIENT,
+            &[
+                ("to", &format!("{}/focus", self.room)),
+                ("from", &self.cfg.focus_jid),
+                ("type", "unavailable"),
+            ],
+        );
+        self.send(p);
+        self.phase = Phase::Stopped;
+        self.out.push(Output::Stopped);
+    }
+
+    fn stop(&mut self) {
+        self.expire_bridge_conference();
+        self.leave_room();
+    }
+
+    fn expire_bridge_conference(&mut self) {
+        if self.bridge == BridgeConf::None {
+            return;
+        }
+        let mut m = ConferenceModify::new(self.meeting_id.clone());
+        m.expire = true;
+        self.colibri(m, ColibriPending::Expire);
+        self.bridge = BridgeConf::None;
+        for p in self.participants.iter_mut() {
+            p.allocated = false;
+            p.state = SessionState::Idle;
+            p.told.clear();
+        }
+        self.feedback = EndpointSourceSet::default();
+        // A new bridge conference gets a new session id (clients echo it back).
+        self.bridge_session_id = uuid::Uuid::new_v4().to_string();
+    }
+
+    fn maybe_invite(&mut self, now: Instant) {
+        if self.phase != Phase::Running || self.participants.len() < self.cfg.min_participants {
+            return;
+        }
+        let ready: Vec<String> = self
+            .participants
+            .iter()
+            .filter(|p| p.state == SessionState::Idle && p.features.is_some())
+            .map(|p| p.nick.clone())
+            .collect();
+        for nick in ready {
+            self.invite(&nick);
+        }
+        self.update_single(now);
+    }
+
+    fn invite(&mut self, nick: &str) {
+        let Some(p) = self.participant_mut(nick) else {
+            return;
+        };
+        p.state = SessionState::Allocating;
+        match self.bridge {
+            BridgeConf::Creating => self.allocation_queue.push_back(nick.to_string()),
+            BridgeConf::None => {
+                self.bridge = BridgeConf::Creating;
+                self.allocate(nick, true);
+            }
+            BridgeConf::Created => self.allocate(nick, false),
+        }
+    }
+
+    fn allocate(&mut self, nick: &str, create: bool) {
+        let Some(p) = self.participant(nick) else {
+            return;
+        };
+        let f = p.features();
+        let mut ep = Endpoint::new(nick);
+        ep.create = true;
+        ep.stats_id = p.stats_id.clone();
+        ep.capabilities.push("source-names".into());
+        if f.ssrc_rewriting && self.cfg.use_ssrc_rewriting {
+            ep.capabilities.push("ssrc-rewriting".into());
+        }
+        ep.medias = offer::default_media(&f);
+        ep.transport = Some(Transport {
+            ice_controlling: Some(true),
+            sctp: f.sctp.then(Sctp::default),
+            ..Transport::default()
+        });
+        ep.sources = Some(
+            self.sources
+                .get(nick)
+                .cloned()
+                .unwrap_or_default()
+                .to_colibri(nick),
+        );
+        let mut m = ConferenceModify::new(self.meeting_id.clone());
+        if create {
+            m.create = true;
+            m.name = Some(self.room.clone());
+            m.rtcstats_enabled = Some(self.rtcstats_enabled);
+        }
+        m.endpoints.push(ep);
+        self.colibri(
+            m,
+            ColibriPending::Allocate {
+                nick: nick.to_string(),
+                create,
+            },
+        );
+    }
+
+    fn colibri_result(
+        &mut self,
+        req: u64,
+        result: Result<ConferenceModified, colibri2::Colibri2Error>,
+        now: Instant,
+    ) {
+        let Some(what) = self.colibri.remove(&req) else {
+            return;
+        };
+        match what {
+            ColibriPending::Allocate { nick, create } => {
+                let modified = match result {
+                    Ok(m) => m,
+                    Err(e) => {
+                        tracing::warn!(room = %self.room, %nick, error = %e, "bridge allocation failed");
+                        if create {
+                            self.bridge = BridgeConf::None;
+                            let queued: Vec<String> = self.allocation_queue.drain(..).collect();
+                            for q in queued {
+                                if let Some(p) = self.participant_mut(&q) {
+                                    p.state = SessionState::Idle;
+                                }
+                            }
+                        }
+                        if let Some(p) = self.participant_mut(&nick) {
+                            p.state = SessionState::Idle;
+                        }
+                        return;
+                    }
+                };
+                if create {
+                    self.bridge = BridgeConf::Created;
+                    if let Some(s) = &modified.sources {
+                        self.feedback = feedback_sources(s);
+                    }
+                    let queued: Vec<String> = self.allocation_queue.drain(..).collect();
+                    for q in queued {
+                        self.allocate(&q, false);
+                    }
+                }
+                self.offer(&nick, &modified);
+                self.update_single(now);
+            }
+            ColibriPending::Update | ColibriPending::Expire => {
+                if let Err(e) = result {
+                    tracing::debug!(room = %self.room, error = %e, "bridge update failed");
+                }
+            }
+        }
+    }
+
+    fn offer(&mut self, nick: &str, modified: &ConferenceModified) {
+        let Some(ep) = modified.endpoints.iter().find(|e| e.id == nick) else {
+            return;
+        };
+        let Some(t) = &ep.transport else { return };
+        let Some(ice) = t.ice.clone() else { return };
+        let sctp_port = t.sctp.as_ref().and_then(|s| s.port);
+        let Some(p) = self.participant(nick) else {
+            return;
+        };
+        if p.state != SessionState::Allocating {
+            return;
+        }
+        let f = p.features();
+        let rewriting = f.ssrc_rewriting && self.cfg.use_ssrc_rewriting;
+        let json = f.json_sources && self.cfg.use_json_sources;
+        let media = offer::default_media(&f);
+        // The others' current sources (none when the bridge rewrites SSRCs).
+        let mut told: BTreeMap<String, EndpointSourceSet> = BTreeMap::new();
+        if !rewriting {
+            for (ep, set) in &self.sources.map {
+                if ep != nick && !set.is_empty() {
+                    told.insert(ep.clone(), filter_media(&set.strip_simulcast(), &f));
+                }
+            }
+        }
+        let mut classic = BTreeMap::new();
+        let json_text = if json {
+            let mut o = serde_json::Map::new();
+            o.insert("jvb".into(), self.feedback.compact_json());
+            for (ep, set) in &told {
+                o.insert(ep.clone(), set.compact_json());
+            }
+            Some(serde_json::json!({ "sources": o }).to_string())
+        } else {
+            self.feedback.to_jingle_contents("jvb", &mut classic);
+            for (ep, set) in &told {
+                set.to_jingle_contents(ep, &mut classic);
+            }
+            None
+        };
+        let sid = format!("{:x}", rand::random::<u64>());
+        let bridge = BridgeTransport {
+            ice: &ice,
+            sctp_port: if f.sctp { sctp_port } else { None },
+            session_id: &self.bridge_session_id,
+            region: &self.cfg.region,
+        };
+        let jingle = offer::session_initiate(
+            &sid,
+            &self.cfg.focus_jid,
+            &media,
+            &bridge,
+            &classic,
+            json_text.as_deref(),
+        );
+        let to = format!("{}/{}", self.room, nick);
+        if let Some(p) = self.participant_mut(nick) {
+            p.state = SessionState::Offered { sid };
+            p.allocated = true;
+            p.told = told;
+        }
+        self.iq(&to, "set", jingle, Pending::Ignore);
+    }
+
+    fn iq_in(&mut self, iq: &Element, now: Instant) {
+        let ty = iq.attr("type").unwrap_or("");
+        let id = iq.attr("id").unwrap_or("").to_string();
+        if ty == "result" || ty == "error" {
+            match self.pending.remove(&id) {
+                Some(Pending::Disco(nick)) => {
+                    let features = if ty == "result" {
+                        let vars: Vec<String> = stanza::payload(iq)
+                            .map(|q| {
+                                q.children()
+                                    .filter(|c| c.name() == "feature")
+                                    .filter_map(|f| f.attr("var").map(str::to_string))
+                                    .collect()
+                            })
+                            .unwrap_or_default();
+                        let v: Vec<&str> = vars.iter().map(String::as_str).collect();
+                        Features::from_disco(&v)
+                    } else {
+                        Features::default()
+                    };
+                    if let Some(p) = self.participant_mut(&nick) {
+                        p.features = Some(features);
+                    }
+                    self.maybe_invite(now);
+                }
+                Some(Pending::RoomDisco) => {
+                    if ty == "result"
+                        && let Some(mid) = stanza::payload(iq)
+                            .and_then(|q| q.get_child("x", NS_DATA))
+                            .and_then(|x| {
+                                x.children()
+                                    .find(|f| f.attr("var") == Some("muc#roominfo_meetingId"))
+                            })
+                            .and_then(|f| f.children().next())
+                            .map(|v| v.text())
+                            .filter(|v| !v.is_empty())
+                    {
+                        self.meeting_id = mid;
+                    }
+                    self.phase = Phase::Running;
+                    self.out.push(Output::Ready);
+                    self.maybe_invite(now);
+                }
+                Some(Pending::Ignore) | None => {}
+            }
+            return;
+        }
+        let from = iq.attr("from").unwrap_or("");
+        let Some((_, nick)) = from.split_once('/') else {
+            return;
+        };
+        let nick = nick.to_string();
+        if let Some(j) = iq.get_child("jingle", NS_JINGLE) {
+            let r = self.jingle(&nick, j, now);
+            self.reply(iq, r);
+            return;
+        }
+        if let Some(m) = stanza::payload(iq)
+            .filter(|p| p.name() == "mute" && p.ns().starts_with("http://jitsi.org/jitmeet/"))
+        {
+            let r = self.mute(&nick, m);
+            self.reply(iq, r);
+            return;
+        }
+        if let Some(e) = stanza::error_reply(iq, StanzaError::SERVICE_UNAVAILABLE, None) {
+            self.send(from_focus(e, &self.cfg.focus_jid));
+        }
+    }
+
+    fn reply(&mut self, iq: &Element, r: Result<(), (StanzaError, String)>) {
+        let reply = match r {
+            Ok(()) => Some(stanza::iq_result(iq, None)),
+            Err((e, text)) => stanza::error_reply(iq, e, Some(&text)),
+        };
+        if let Some(r) = reply {
+            let r = from_focus(r, &self.cfg.focus_jid);
+            self.send(r);
+        }
+    }
+
+    fn jingle(
+        &mut self,
+        nick: &str,
+        j: &Element,
+        now: Instant,
+    ) -> Result<(), (StanzaError, String)> {
+        let bad = |t: &str| (StanzaError::BAD_REQUEST, t.to_string());
+        let action = j.attr("action").ok_or_else(|| bad("Missing 'action'"))?;
+        let sid = j.attr("sid").unwrap_or("");
+        let Some(p) = self.participant(nick) else {
+            return Err((StanzaError::ITEM_NOT_FOUND, "not a participant".into()));
+        };
+        if p.sid() != Some(sid) {
+            return Err(bad("unknown session"));
+        }
+        match action {
+            "session-accept" | "transport-accept" => self.session_accept(nick, j),
+            "transport-info" => {
+                let t = first_transport(j).ok_or_else(|| bad("no transport"))?;
+                self.update_endpoint(nick, Some(t), None);
+                Ok(())
+            }
+            "source-add" | "addsource" => self.source_add(nick, j),
+            "source-remove" | "removesource" => self.source_remove(nick, j),
+            "session-terminate" => self.session_terminate(nick, j, now),
+            "session-info" => {
+                if let Some(bs) = j.get_child("bridge-session", NS_FOCUS)
+                    && bs.attr("ice-restart") == Some("true")
+                {
+                    return Err((
+                        StanzaError::FEATURE_NOT_IMPLEMENTED,
+                        "ICE restart not supported".into(),
+                    ));
+                }
+                if j.get_child("ice-state", NS_FOCUS)
+                    .is_some_and(|s| s.text() == "failed")
+                {
+                    self.reinvite(nick);
+                }
+                Ok(())
+            }
+            "transport-reject" => Ok(()),
+            _ => Err((
+                StanzaError::FEATURE_NOT_IMPLEMENTED,
+                format!("unsupported action {action}"),
+            )),
+        }
+    }
+
+    fn session_accept(&mut self, nick: &str, j: &Element) -> Result<(), (StanzaError, String)> {
+        let set = EndpointSourceSet::from_jingle(j)
+            .map_err(|e| (StanzaError::BAD_REQUEST, e.to_string()))?;
+        let added = self
+            .sources
+            .try_add(nick, &set)
+            .map_err(|e| (StanzaError::BAD_REQUEST, e.to_string()))?;
+        let sid = match self.participant(nick).map(|p| p.state.clone()) {
+            Some(SessionState::Offered { sid }) | Some(SessionState::Active { sid }) => sid,
+            _ => return Err((StanzaError::BAD_REQUEST, "no session".into())),
+        };
+        if let Some(p) = self.participant_mut(nick) {
+            p.state = SessionState::Active { sid };
+        }
+        let transport = first_transport(j);
+        let sources = self.sources.get(nick).cloned().unwrap_or_default();
+        self.update_endpoint(nick, transport, Some(&sources));
+        if !added.is_empty() {
+            self.propagate();
+        } else {
+            // Still flush what others sent between the offer and this accept.
+            self.propagate();
+        }
+        Ok(())
+    }
+
+    fn source_add(&mut self, nick: &str, j: &Element) -> Result<(), (StanzaError, String)> {
+        let set = EndpointSourceSet::from_jingle(j)
+            .map_err(|e| (StanzaError::BAD_REQUEST, e.to_string()))?;
+        if set.is_empty() {
+            return Ok(());
+        }
+        self.sources
+            .try_add(nick, &set)
+            .map_err(|e| (StanzaError::BAD_REQUEST, e.to_string()))?;
+        let sources = self.sources.get(nick).cloned().unwrap_or_default();
+        self.update_endpoint(nick, None, Some(&sources));
+        self.propagate();
+        Ok(())
+    }
+
+    fn source_remove(&mut self, nick: &str, j: &Element) -> Result<(), (StanzaError, String)> {
+        let set = EndpointSourceSet::from_jingle(j)
+            .map_err(|e| (StanzaError::BAD_REQUEST, e.to_string()))?;
+        if set.is_empty() {
+            return Ok(());
+        }
+        self.sources
+            .try_remove(nick, &set)
+            .map_err(|e| (StanzaError::BAD_REQUEST, e.to_string()))?;
+        let sources = self.sources.get(nick).cloned().unwrap_or_default();
+        self.update_endpoint(nick, None, Some(&sources));
+        self.propagate();
+        Ok(())
+    }
+
+    fn session_terminate(
+        &mut self,
+        nick: &str,
+        j: &Element,
+        now: Instant,
+    ) -> Result<(), (StanzaError, String)> {
+        let bs = j.get_child("bridge-session", NS_FOCUS);
+        if let Some(id) = bs.and_then(|b| b.attr("id"))
+            && id != self.bridge_session_id
+        {
+            return Err((StanzaError::ITEM_NOT_FOUND, "unknown bridge session".into()));
+        }
+        let restart = bs.and_then(|b| b.attr("restart")) == Some("true");
+        // Its sources go away for everyone, and so does its endpoint.
+        self.sources.remove_endpoint(nick);
+        self.expire_endpoint(nick);
+        if let Some(p) = self.participant_mut(nick) {
+            p.state = SessionState::Idle;
+            p.told.clear();
+        }
+        self.propagate();
+        if restart {
+            let cfg = self.cfg.clone();
+            let Some(p) = self.participant_mut(nick) else {
+                return Ok(());
+            };
+            while p
+                .restarts
+                .front()
+                .is_some_and(|t| now.duration_since(*t) > Duration::from_secs(60))
+            {
+                p.restarts.pop_front();
+            }
+            let too_soon = p
+                .restarts
+                .back()
+                .is_some_and(|t| now.duration_since(*t) < cfg.restart_min_interval);
+            if too_soon || p.restarts.len() >= cfg.restart_max_per_minute {
+                return Err((StanzaError::RESOURCE_CONSTRAINT, "rate-limited".into()));
+            }
+            p.restarts.push_back(now);
+            self.invite(nick);
+        }
+        Ok(())
+    }
+
+    fn reinvite(&mut self, nick: &str) {
+        let sid = self
+            .participant(nick)
+            .and_then(|p| p.sid().map(str::to_string));
+        if let Some(sid) = sid {
+            let to = format!("{}/{}", self.room, nick);
+            let t = offer::session_terminate(&sid, "success", "moving");
+            self.iq(&to, "set", t, Pending::Ignore);
+        }
+        self.sources.remove_endpoint(nick);
+        self.expire_endpoint(nick);
+        if let Some(p) = self.participant_mut(nick) {
+            p.state = SessionState::Idle;
+            p.told.clear();
+        }
+        self.propagate();
+        self.invite(nick);
+    }
+
+    fn terminate(&mut self, nick: &str, reason: &str, text: &str) {
+        let sid = self
+            .participant(nick)
+            .and_then(|p| p.sid().map(str::to_string));
+        if let Some(sid) = sid {
+            let to = format!("{}/{}", self.room, nick);
+            let t = offer::session_terminate(&sid, reason, text);
+            self.iq(&to, "set", t, Pending::Ignore);
+        }
+        if let Some(p) = self.participant_mut(nick) {
+            p.state = SessionState::Idle;
+            p.allocated = false;
+            p.told.clear();
+        }
+        self.sources.remove_endpoint(nick);
+    }
+
+    fn expire_endpoint(&mut self, nick: &str) {
+        let allocated = self.participant(nick).is_some_and(|p| p.allocated);
+        if !allocated || self.bridge != BridgeConf::Created {
+            return;
+        }
+        let mut m = ConferenceModify::new(self.meeting_id.clone());
+        let mut ep = Endpoint::new(nick);
+        ep.expire = true;
+        m.endpoints.push(ep);
+        self.colibri(m, ColibriPending::Expire);
+        if let Some(p) = self.participant_mut(nick) {
+            p.allocated = false;
+        }
+    }
+
+    fn update_endpoint(
+        &mut self,
+        nick: &str,
+        transport: Option<IceUdpTransport>,
+        sources: Option<&EndpointSourceSet>,
+    ) {
+        if self.bridge != BridgeConf::Created
+            || !self.participant(nick).is_some_and(|p| p.allocated)
+        {
+            return;
+        }
+        let mut ep = Endpoint::new(nick);
+        if let Some(mut t) = transport {
+            t.rtcp_mux = true;
+            ep.transport = Some(Transport {
+                ice: Some(t),
+                ..Transport::default()
+            });
+        }
+        if let Some(s) = sources {
+            ep.sources = Some(s.to_colibri(nick));
+        }
+        let mut m = ConferenceModify::new(self.meeting_id.clone());
+        m.endpoints.push(ep);
+        self.colibri(m, ColibriPending::Update);
+    }
+
+    /// Bring every active receiver's view of the others' sources up to date:
+    /// source-remove first, then source-add (Jicofo's `SourceSignaling.update`).
+    fn propagate(&mut self) {
+        let mut sends = Vec::new();
+        let map = &self.sources.map;
+        for p in self.participants.iter_mut() {
+            let SessionState::Active { sid } = &p.state else {
+                continue;
+            };
+            let f = p.features.unwrap_or_default();
+            if f.ssrc_rewriting && self.cfg.use_ssrc_rewriting {
+                continue;
+            }
+            let mut desired: BTreeMap<String, EndpointSourceSet> = BTreeMap::new();
+            for (ep, set) in map {
+                if *ep != p.nick && !set.is_empty() {
+                    desired.insert(ep.clone(), filter_media(&set.strip_simulcast(), &f));
+                }
+            }
+            let mut removes: BTreeMap<String, EndpointSourceSet> = BTreeMap::new();
+            let mut adds: BTreeMap<String, EndpointSourceSet> = BTreeMap::new();
+            for (ep, told) in &p.told {
+                let want = desired.get(ep).cloned().unwrap_or_default();
+                let gone = diff(told, &want);
+                if !gone.is_empty() {
+                    removes.insert(ep.clone(), gone);
+                }
+            }
+            for (ep, want) in &desired {
+                let told = p.told.get(ep).cloned().unwrap_or_default();
+                let new = diff(want, &told);
+                if !new.is_empty() {
+                    adds.insert(ep.clone(), new);
+                }
+            }
+            let json = f.json_sources && self.cfg.use_json_sources;
+            let to = format!("{}/{}", self.room, p.nick);
+            for (action, sets) in [("source-remove", &removes), ("source-add", &adds)] {
+                if sets.is_empty() {
+                    continue;
+                }
+                let j = if json {
+                    let mut o = serde_json::Map::new();
+                    for (ep, s) in sets.iter() {
+                        o.insert(ep.clone(), s.compact_json());
+                    }
+                    let text = serde_json::json!({ "sources": o }).to_string();
+                    offer::source_change(action, sid, &BTreeMap::new(), Some(&text))
+                } else {
+                    let mut classic = BTreeMap::new();
+                    for (ep, s) in sets.iter() {
+                        s.to_jingle_contents(ep, &mut classic);
+                    }
+                    offer::source_change(action, sid, &classic, None)
+                };
+                sends.push((to.clone(), j));
+            }
+            p.told = desired;
+        }
+        for (to, j) in sends {
+            self.iq(&to, "set", j, Pending::Ignore);
+        }
+    }
+
+    /// `<mute xmlns='http://jitsi.org/jitmeet/audio|video|desktop' jid='room/nick'>true</mute>`.
+    fn mute(&mut self, actor: &str, m: &Element) -> Result<(), (StanzaError, String)> {
+        let media = m.ns().rsplit('/').next().unwrap_or("").to_string();
+        let target_jid = m.attr("jid").unwrap_or("").to_string();
+        let target = target_jid
+            .rsplit_once('/')
+            .map(|(_, n)| n.to_string())
+            .unwrap_or_default();
+        let mute = m.text().trim() == "true";
+        let actor_is_mod = self
+            .participant(actor)
+            .is_some_and(|p| p.affiliation == "owner" || p.affiliation == "admin");
+        if target != actor && !actor_is_mod {
+            return Err((
+                StanzaError::NOT_ALLOWED,
+                "only moderators may mute others".into(),
+            ));
+        }
+        if !mute && target != actor {
+            return Err((StanzaError::NOT_ALLOWED, "nobody may unmute others".into()));
+        }
+        if self.participant(&target).is_none() {
+            return Err((StanzaError::ITEM_NOT_FOUND, "no such participant".into()));
+        }
+        let (audio, video) = match media.as_str() {
+            "audio" => (Some(mute), None),
+            "video" | "desktop" => (None, Some(mute)),
+            _ => return Err((StanzaError::BAD_REQUEST, "unknown media".into())),
+        };
+        if let Some(p) = self.participant_mut(&target) {
+            if let Some(a) = audio {
+                p.audio_muted_by_focus = a;
+            }
+            if let Some(v) = video {
+                p.video_muted_by_focus = v;
+            }
+        }
+        if self.bridge == BridgeConf::Created
+            && self.participant(&target).is_some_and(|p| p.allocated)
+        {
+            let mut ep = Endpoint::new(&target);
+            ep.force_mute = Some(ForceMute { audio, video });
+            let mut mm = ConferenceModify::new(self.meeting_id.clone());
+            mm.endpoints.push(ep);
+            self.colibri(mm, ColibriPending::Update);
+        }
+        if mute && target != actor {
+            let mut notice = Element::builder("mute", m.ns())
+                .attr(n("actor"), format!("{}/{}", self.room, actor))
+                .append("true")
+                .build();
+            stanza::set_attr(&mut notice, "jid", &target_jid);
+            let to = format!("{}/{}", self.room, target);
+            self.iq(&to, "set", notice, Pending::Ignore);
+        }
+        Ok(())
+    }
+}
+
+/// Keep only media the receiver can take.
+fn filter_media(set: &EndpointSourceSet, f: &Features) -> EndpointSourceSet {
+    let keep =
+        |m: MediaType| (m == MediaType::Audio && f.audio) || (m == MediaType::Video && f.video);
+    EndpointSourceSet {
+        sources: set
+            .sources
+            .iter()
+            .filter(|s| keep(s.media))
+            .cloned()
+            .collect(),
+        groups: set
+            .groups
+            .iter()
+            .filter(|g| keep(g.media))
+            .cloned()
+            .collect(),
+    }
+}
+
+/// What `a` has that `b` has not (sources by SSRC, groups by value).
+fn diff(a: &EndpointSourceSet, b: &EndpointSourceSet) -> EndpointSourceSet {
+    EndpointSourceSet {
+        sources: a
+            .sources
+            .iter()
+            .filter(|s| !b.sources.iter().any(|x| x.ssrc == s.ssrc))
+            .cloned()
+            .collect(),
+        groups: a
+            .groups
+            .iter()
+            .filter(|g| !b.groups.contains(g))
+            .cloned()
+            .collect(),
+    }
+}
+
+/// The bridge's feedback sources as the clients see them (owner `jvb`).
+fn feedback_sources(s: &colibri2::Sources) -> EndpointSourceSet {
+    let mut out = EndpointSourceSet::default();
+    for ms in &s.media_sources {
+        for src in &ms.sources {
+            let label = if ms.kind == MediaType::Audio {
+                "audio"
+            } else {
+                "video"
+            };
+            out.sources.push(Source {
+                ssrc: src.ssrc,
+                media: ms.kind,
+                name: Some(src.name.clone().unwrap_or_else(|| ms.id.clone())),
+                msid: Some(format!("mixedmslabel mixedlabel{label}0")),
+                video_type: None,
+            });
+        }
+    }
+    out
+}
+
+/// The first ICE-UDP transport in any content.
+fn first_transport(j: &Element) -> Option<IceUdpTransport> {
+    j.children()
+        .filter(|c| c.is("content", NS_JINGLE))
+        .filter_map(|c| c.get_child("transport", "urn:xmpp:jingle:transports:ice-udp:1"))
+        .find_map(|t| IceUdpTransport::parse(t).ok())
+}
+
+fn from_focus(mut e: Element, focus: &str) -> Element {
+    stanza::set_attr(&mut e, "from", focus);
+    e
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,523 @@
+use super::*;
+use meetd_colibri::colibri2::{
+    Candidate, CandidateType, DtlsSetup, Fingerprint, MediaSource, Sources, WebSocket,
+};
+
+const ROOM: &str = "room@muc.meet.jitsi";
+const FOCUS: &str = "focus@auth.meet.jitsi/focus";
+
+fn parse(s: &str) -> Element {
+    meetd_xmpp::xml::parse_document(s.as_bytes(), &Default::default()).unwrap()
+}
+
+struct Harness {
+    c: Conference,
+    now: Instant,
+    sent: Vec<Element>,
+    colibri: Vec<(u64, ConferenceModify)>,
+    ready: bool,
+    stopped: bool,
+}
+
+impl Harness {
+    fn new() -> Harness {
+        let now = Instant::now();
+        let c = Conference::new(ROOM, FocusConfig::new(FOCUS), now);
+        let mut h = Harness {
+            c,
+            now,
+            sent: vec![],
+            colibri: vec![],
+            ready: false,
+            stopped: false,
+        };
+        h.drain();
+        h
+    }
+
+    fn drain(&mut self) {
+        for o in self.c.take_output() {
+            match o {
+                Output::Send(e) => self.sent.push(e),
+                Output::Colibri { req, modify } => self.colibri.push((req, modify)),
+                Output::Ready => self.ready = true,
+                Output::Failed(_) => {}
+                Output::Stopped => self.stopped = true,
+            }
+        }
+    }
+
+    fn input(&mut self, i: Input) {
+        self.c.handle(i, self.now);
+        self.drain();
+    }
+
+    fn stanza(&mut self, s: &str) {
+        self.input(Input::Stanza(parse(s)));
+    }
+
+    fn take_sent(&mut self) -> Vec<Element> {
+        std::mem::take(&mut self.sent)
+    }
+
+    /// Join the room and answer the room disco, as the MUC does.
+    fn start(&mut self) {
+        let join = self.take_sent();
+        assert_eq!(join[0].name(), "presence");
+        assert_eq!(join[0].attr("to"), Some(&*format!("{ROOM}/focus")));
+        assert!(join[0].has_child("conference-properties", NS_FOCUS));
+        self.stanza(&format!("<presence xmlns='jabber:client' from='{ROOM}/focus' to='{FOCUS}'><x xmlns='http://jabber.org/protocol/muc#user'><item affiliation='owner' role='moderator' jid='{FOCUS}'/><status code='110'/></x></presence>"));
+        let disco = self.take_sent();
+        let id = disco[0].attr("id").unwrap().to_string();
+        self.stanza(&format!("<iq xmlns='jabber:client' type='result' id='{id}' from='{ROOM}' to='{FOCUS}'><query xmlns='http://jabber.org/protocol/disco#info'><x xmlns='jabber:x:data' type='result'><field var='muc#roominfo_meetingId'><value>meeting-1</value></field></x></query></iq>"));
+        assert!(self.ready);
+    }
+
+    /// A participant joins and answers disco#info with the stock client's features.
+    fn join(&mut self, nick: &str, n: u32) {
+        self.stanza(&format!("<presence xmlns='jabber:client' from='{ROOM}/{nick}' to='{FOCUS}'><stats-id>s{n}</stats-id><x xmlns='http://jabber.org/protocol/muc#user'><item affiliation='none' role='participant' jid='u{n}@meet.jitsi/r{n}'/></x></presence>"));
+        let sent = self.take_sent();
+        let disco = sent
+            .iter()
+            .find(|e| e.attr("to") == Some(&*format!("{ROOM}/{nick}")))
+            .expect("disco");
+        let id = disco.attr("id").unwrap().to_string();
+        self.sent
+            .extend(sent.into_iter().filter(|e| e.attr("id") != Some(&*id)));
+        let feats = [
+            "urn:xmpp:jingle:apps:rtp:audio",
+            "urn:xmpp:jingle:apps:rtp:video",
+            "urn:ietf:rfc:4588",
+            "http://jitsi.org/tcc",
+            "urn:xmpp:jingle:transports:dtls-sctp:1",
+            "http://jitsi.org/json-encoded-sources",
+        ];
+        let f: String = feats
+            .iter()
+            .map(|v| format!("<feature var='{v}'/>"))
+            .collect();
+        self.stanza(&format!("<iq xmlns='jabber:client' type='result' id='{id}' from='{ROOM}/{nick}' to='{FOCUS}'><query xmlns='http://jabber.org/protocol/disco#info'>{f}</query></iq>"));
+    }
+
+    /// Answer every pending bridge request as a bridge would.
+    fn bridge(&mut self) {
+        while !self.colibri.is_empty() {
+            let reqs = std::mem::take(&mut self.colibri);
+            for (req, m) in reqs {
+                let mut resp = ConferenceModified::default();
+                for ep in &m.endpoints {
+                    if ep.create {
+                        let mut e = Endpoint::new(ep.id.clone());
+                        e.transport = Some(Transport {
+                            ice: Some(IceUdpTransport {
+                                ufrag: Some("ufrg".into()),
+                                pwd: Some("pwdpwdpwdpwdpwdpwdpwdpwd".into()),
+                                fingerprints: vec![Fingerprint {
+                                    hash: "sha-256".into(),
+                                    setup: Some(DtlsSetup::Actpass),
+                                    cryptex: None,
+                                    value: "AA:BB".into(),
+                                }],
+                                web_sockets: vec![WebSocket {
+                                    url: Some(format!(
+                                        "ws://127.0.0.1/colibri-ws/jvb1/c/{}?pwd=x",
+                                        ep.id
+                                    )),
+                                    active: None,
+                                }],
+                                rtcp_mux: true,
+                                candidates: vec![Candidate {
+                                    component: 1,
+                                    foundation: "1".into(),
+                                    generation: 0,
+                                    id: "c1".into(),
+                                    ip: "127.0.0.1".into(),
+                                    port: 10000,
+                                    priority: 2130706431,
+                                    protocol: "udp".into(),
+                                    type_: CandidateType::Host,
+                                    network: Some(0),
+                                    rel_addr: None,
+                                    rel_port: None,
+                                }],
+                                ..IceUdpTransport::default()
+                            }),
+                            sctp: Some(Sctp {
+                                port: Some(5000),
+                                role: None,
+                            }),
+                            ..Transport::default()
+                        });
+                        resp.endpoints.push(e);
+                    }
+                }
+                if m.create {
+                    let mut a = MediaSource {
+                        kind: MediaType::Audio,
+                        id: "jvb-a0".into(),
+                        synthetic: None,
+                        sources: vec![],
+                        ssrc_groups: vec![],
+                    };
+                    a.sources.push(colibri2::Source::new(411312308));
+                    let mut v = MediaSource {
+                        kind: MediaType::Video,
+                        id: "jvb-v0".into(),
+                        synthetic: None,
+                        sources: vec![],
+                        ssrc_groups: vec![],
+                    };
+                    v.sources.push(colibri2::Source::new(3929652146));
+                    resp.sources = Some(Sources {
+                        media_sources: vec![a, v],
+                    });
+                }
+                self.input(Input::Colibri {
+                    req,
+                    result: Ok(resp),
+                });
+            }
+        }
+    }
+
+    fn jingle_to(&mut self, nick: &str) -> Vec<Element> {
+        let to = format!("{ROOM}/{nick}");
+        let (mine, rest): (Vec<_>, Vec<_>) = self
+            .take_sent()
+            .into_iter()
+            .partition(|e| e.attr("to") == Some(&*to) && e.has_child("jingle", NS_JINGLE));
+        self.sent = rest;
+        mine
+    }
+
+    fn accept(&mut self, nick: &str, sid: &str, base: u32) -> Element {
+        self.stanza(&accept_xml(nick, sid, base));
+        let sent = self.take_sent();
+        let reply = sent
+            .iter()
+            .find(|e| e.attr("id") == Some("acc"))
+            .cloned()
+            .expect("reply to accept");
+        self.sent = sent
+            .into_iter()
+            .filter(|e| e.attr("id") != Some("acc"))
+            .collect();
+        reply
+    }
+}
+
+fn accept_xml(nick: &str, sid: &str, b: u32) -> String {
+    format!(
+        "<iq xmlns='jabber:client' type='set' id='acc' from='{ROOM}/{nick}' to='{FOCUS}'><jingle xmlns='urn:xmpp:jingle:1' action='session-accept' sid='{sid}'>
+          <content name='audio'><description xmlns='urn:xmpp:jingle:apps:rtp:1' media='audio'>
+            <source xmlns='urn:xmpp:jingle:apps:rtp:ssma:0' ssrc='{a}' name='{nick}-a0'><parameter name='msid' value='{nick}-audio x'/></source></description>
+            <transport xmlns='urn:xmpp:jingle:transports:ice-udp:1' ufrag='cu' pwd='cpwdcpwdcpwdcpwdcpwdcpwd'><fingerprint xmlns='urn:xmpp:jingle:apps:dtls:0' hash='sha-256' setup='active'>CC:DD</fingerprint></transport></content>
+          <content name='video'><description xmlns='urn:xmpp:jingle:apps:rtp:1' media='video'>
+            <source xmlns='urn:xmpp:jingle:apps:rtp:ssma:0' ssrc='{v1}' name='{nick}-v0' videoType='camera'><parameter name='msid' value='{nick}-video y'/></source>
+            <source xmlns='urn:xmpp:jingle:apps:rtp:ssma:0' ssrc='{v2}' name='{nick}-v0' videoType='camera'><parameter name='msid' value='{nick}-video y'/></source>
+            <source xmlns='urn:xmpp:jingle:apps:rtp:ssma:0' ssrc='{r1}' name='{nick}-v0' videoType='camera'><parameter name='msid' value='{nick}-video y'/></source>
+            <source xmlns='urn:xmpp:jingle:apps:rtp:ssma:0' ssrc='{r2}' name='{nick}-v0' videoType='camera'><parameter name='msid' value='{nick}-video y'/></source>
+            <ssrc-group xmlns='urn:xmpp:jingle:apps:rtp:ssma:0' semantics='SIM'><source ssrc='{v1}'/><source ssrc='{v2}'/></ssrc-group>
+            <ssrc-group xmlns='urn:xmpp:jingle:apps:rtp:ssma:0' semantics='FID'><source ssrc='{v1}'/><source ssrc='{r1}'/></ssrc-group>
+            <ssrc-group xmlns='urn:xmpp:jingle:apps:rtp:ssma:0' semantics='FID'><source ssrc='{v2}'/><source ssrc='{r2}'/></ssrc-group>
+          </description></content></jingle></iq>",
+        a = b, v1 = b + 1, v2 = b + 2, r1 = b + 3, r2 = b + 4
+    )
+}
+
+fn sid_of(iq: &Element) -> String {
+    iq.get_child("jingle", NS_JINGLE)
+        .unwrap()
+        .attr("sid")
+        .unwrap()
+        .to_string()
+}
+
+fn json_of(iq: &Element) -> serde_json::Value {
+    let t = iq
+        .get_child("jingle", NS_JINGLE)
+        .unwrap()
+        .get_child("json-message", NS_JITMEET)
+        .unwrap()
+        .text();
+    serde_json::from_str(&t).unwrap()
+}
+
+#[test]
+fn lone_participant_gets_no_session_then_both_are_invited() {
+    let mut h = Harness::new();
+    h.start();
+    h.join("aaaa", 1);
+    // The first participant is made owner (Jicofo's auto-owner).
+    let grant = h.take_sent();
+    assert!(
+        grant
+            .iter()
+            .any(|e| meetd_xmpp::xml::to_string(e)
+                .contains("affiliation='owner' jid='u1@meet.jitsi'")),
+        "{grant:?}"
+    );
+    assert!(h.colibri.is_empty(), "no media for a lone participant");
+    h.join("bbbb", 2);
+    // One create request; the second allocation waits for it.
+    assert_eq!(h.colibri.len(), 1);
+    let (_, create) = &h.colibri[0];
+    assert!(create.create);
+    assert_eq!(create.meeting_id, "meeting-1");
+    assert_eq!(create.name.as_deref(), Some(ROOM));
+    let ep = &create.endpoints[0];
+    assert!(ep.create && ep.capabilities.contains(&"source-names".to_string()));
+    assert_eq!(ep.transport.as_ref().unwrap().ice_controlling, Some(true));
+    h.bridge();
+    let a = h.jingle_to("aaaa");
+    let b = h.jingle_to("bbbb");
+    assert_eq!(a.len(), 1);
+    assert_eq!(b.len(), 1);
+    let j = a[0].get_child("jingle", NS_JINGLE).unwrap();
+    assert_eq!(j.attr("action"), Some("session-initiate"));
+    assert_eq!(a[0].attr("from"), Some(FOCUS));
+    let names: Vec<&str> = j
+        .children()
+        .filter(|c| c.name() == "content")
+        .filter_map(|c| c.attr("name"))
+        .collect();
+    assert_eq!(names, vec!["audio", "video", "data"]);
+    let s = meetd_xmpp::xml::to_string(&a[0]);
+    assert!(
+        s.contains("bridge-session")
+            && s.contains("web-socket")
+            && s.contains("sctpmap")
+            && s.contains("ufrag='ufrg'"),
+        "{s}"
+    );
+    // JSON sources with the bridge's feedback sources.
+    let js = json_of(&a[0]);
+    assert_eq!(js["sources"]["jvb"][0][0]["s"], 3929652146u64);
+    assert_eq!(
+        js["sources"]["jvb"][2][0]["m"],
+        "mixedmslabel mixedlabelaudio0"
+    );
+}
+
+fn two_in_session() -> (Harness, String, String) {
+    let mut h = Harness::new();
+    h.start();
+    h.join("aaaa", 1);
+    h.join("bbbb", 2);
+    h.take_sent();
+    h.bridge();
+    let sa = sid_of(&h.jingle_to("aaaa")[0]);
+    let sb = sid_of(&h.jingle_to("bbbb")[0]);
+    (h, sa, sb)
+}
+
+#[test]
+fn accept_updates_bridge_and_signals_sources_to_the_other() {
+    let (mut h, sa, sb) = two_in_session();
+    let r = h.accept("aaaa", &sa, 100);
+    assert_eq!(r.attr("type"), Some("result"));
+    assert_eq!(r.attr("to"), Some(&*format!("{ROOM}/aaaa")));
+    // The bridge learns a's transport and its full source set.
+    let (_, upd) = h.colibri.last().unwrap();
+    let ep = &upd.endpoints[0];
+    assert_eq!(ep.id, "aaaa");
+    assert_eq!(
+        ep.transport
+            .as_ref()
+            .unwrap()
+            .ice
+            .as_ref()
+            .unwrap()
+            .ufrag
+            .as_deref(),
+        Some("cu")
+    );
+    assert_eq!(ep.sources.as_ref().unwrap().media_sources.len(), 2);
+    h.bridge();
+    // b has not accepted yet: nothing is sent to it until it does.
+    assert!(h.jingle_to("bbbb").is_empty());
+    let r = h.accept("bbbb", &sb, 200);
+    assert_eq!(r.attr("type"), Some("result"));
+    // Now each gets the other's sources, simulcast stripped.
+    let to_a = h.jingle_to("aaaa");
+    let to_b = h.jingle_to("bbbb");
+    assert_eq!(to_a.len(), 1);
+    assert_eq!(to_b.len(), 1);
+    assert_eq!(
+        to_a[0]
+            .get_child("jingle", NS_JINGLE)
+            .unwrap()
+            .attr("action"),
+        Some("source-add")
+    );
+    let js = json_of(&to_a[0]);
+    let video = js["sources"]["bbbb"][0].as_array().unwrap();
+    let ssrcs: Vec<u64> = video.iter().map(|s| s["s"].as_u64().unwrap()).collect();
+    assert_eq!(ssrcs, vec![201, 203], "first layer and its RTX only");
+    assert_eq!(json_of(&to_b[0])["sources"]["aaaa"][2][0]["s"], 100);
+}
+
+#[test]
+fn invalid_sources_are_rejected_and_leave_the_conference_intact() {
+    let (mut h, sa, sb) = two_in_session();
+    h.accept("aaaa", &sa, 100);
+    h.bridge();
+    // b reuses a's SSRCs.
+    let r = h.accept("bbbb", &sb, 100);
+    assert_eq!(r.attr("type"), Some("error"));
+    assert!(meetd_xmpp::xml::to_string(&r).contains("SSRC is already used"));
+    // a's sources are still there; a source-add with 21 SSRCs is refused too.
+    let many: String = (1000..1021).map(|s| format!("<source xmlns='urn:xmpp:jingle:apps:rtp:ssma:0' ssrc='{s}'><parameter name='msid' value='m{s}'/></source>")).collect();
+    h.stanza(&format!("<iq xmlns='jabber:client' type='set' id='sa' from='{ROOM}/aaaa' to='{FOCUS}'><jingle xmlns='urn:xmpp:jingle:1' action='source-add' sid='{sa}'><content name='audio'><description xmlns='urn:xmpp:jingle:apps:rtp:1' media='audio'>{many}</description></content></jingle></iq>"));
+    let r = h
+        .take_sent()
+        .into_iter()
+        .find(|e| e.attr("id") == Some("sa"))
+        .unwrap();
+    assert_eq!(r.attr("type"), Some("error"));
+    assert!(meetd_xmpp::xml::to_string(&r).contains("limit"));
+    assert_eq!(h.c.sources.get("aaaa").unwrap().sources.len(), 5);
+    // A Jingle IQ for an unknown session.
+    h.stanza(&format!("<iq xmlns='jabber:client' type='set' id='x' from='{ROOM}/aaaa' to='{FOCUS}'><jingle xmlns='urn:xmpp:jingle:1' action='source-add' sid='nope'/></iq>"));
+    let r = h
+        .take_sent()
+        .into_iter()
+        .find(|e| e.attr("id") == Some("x"))
+        .unwrap();
+    assert_eq!(r.attr("type"), Some("error"));
+}
+
+#[test]
+fn source_remove_and_terminate_with_restart() {
+    let (mut h, sa, sb) = two_in_session();
+    h.accept("aaaa", &sa, 100);
+    h.accept("bbbb", &sb, 200);
+    h.bridge();
+    h.take_sent();
+    // a removes its audio.
+    h.stanza(&format!("<iq xmlns='jabber:client' type='set' id='rm' from='{ROOM}/aaaa' to='{FOCUS}'><jingle xmlns='urn:xmpp:jingle:1' action='source-remove' sid='{sa}'><content name='audio'><description xmlns='urn:xmpp:jingle:apps:rtp:1' media='audio'><source xmlns='urn:xmpp:jingle:apps:rtp:ssma:0' ssrc='100'/></description></content></jingle></iq>"));
+    let to_b = h.jingle_to("bbbb");
+    assert_eq!(
+        to_b[0]
+            .get_child("jingle", NS_JINGLE)
+            .unwrap()
+            .attr("action"),
+        Some("source-remove")
+    );
+    // b's ICE failed: terminate with restart → source-remove to a, endpoint expired, new offer.
+    let bsid = h.c.bridge_session_id.clone();
+    h.colibri.clear();
+    h.stanza(&format!("<iq xmlns='jabber:client' type='set' id='t' from='{ROOM}/bbbb' to='{FOCUS}'><jingle xmlns='urn:xmpp:jingle:1' action='session-terminate' sid='{sb}'><reason><connectivity-error/><text>ICE FAILED</text></reason><bridge-session xmlns='http://jitsi.org/protocol/focus' id='{bsid}' restart='true'/></jingle></iq>"));
+    let sent = h.take_sent();
+    assert!(
+        sent.iter()
+            .any(|e| e.attr("id") == Some("t") && e.attr("type") == Some("result"))
+    );
+    assert!(
+        sent.iter()
+            .any(|e| e.attr("to") == Some(&*format!("{ROOM}/aaaa"))
+                && meetd_xmpp::xml::to_string(e).contains("source-remove"))
+    );
+    assert!(
+        h.colibri
+            .iter()
+            .any(|(_, m)| m.endpoints.iter().any(|e| e.id == "bbbb" && e.expire))
+    );
+    h.bridge();
+    let re = h.jingle_to("bbbb");
+    assert_eq!(re.len(), 1);
+    let new_sid = sid_of(&re[0]);
+    assert_ne!(new_sid, sb);
+    // The re-offer carries a's current sources (video only now).
+    assert_eq!(
+        json_of(&re[0])["sources"]["aaaa"][0]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    // An immediate second restart is rate-limited.
+    h.stanza(&format!("<iq xmlns='jabber:client' type='set' id='t2' from='{ROOM}/bbbb' to='{FOCUS}'><jingle xmlns='urn:xmpp:jingle:1' action='session-terminate' sid='{new_sid}'><bridge-session xmlns='http://jitsi.org/protocol/focus' id='{bsid}' restart='true'/></jingle></iq>"));
+    let r = h
+        .take_sent()
+        .into_iter()
+        .find(|e| e.attr("id") == Some("t2"))
+        .unwrap();
+    assert!(meetd_xmpp::xml::to_string(&r).contains("resource-constraint"));
+}
+
+#[test]
+fn leaving_expires_endpoint_and_single_participant_times_out() {
+    let (mut h, sa, sb) = two_in_session();
+    h.accept("aaaa", &sa, 100);
+    h.accept("bbbb", &sb, 200);
+    h.bridge();
+    h.take_sent();
+    h.stanza(&format!("<presence xmlns='jabber:client' type='unavailable' from='{ROOM}/bbbb' to='{FOCUS}'><x xmlns='http://jabber.org/protocol/muc#user'><item affiliation='none' role='none'/></x></presence>"));
+    assert!(
+        h.colibri
+            .iter()
+            .any(|(_, m)| m.endpoints.iter().any(|e| e.id == "bbbb" && e.expire))
+    );
+    // No source-remove on a plain leave.
+    assert!(h.jingle_to("aaaa").is_empty());
+    let deadline = h.c.poll_timeout().expect("single participant timer");
+    assert_eq!(deadline, h.now + Duration::from_secs(20));
+    h.now = deadline;
+    h.colibri.clear();
+    h.input(Input::Timeout);
+    let t = h.jingle_to("aaaa");
+    assert!(meetd_xmpp::xml::to_string(&t[0]).contains("Idle session timeout"));
+    assert!(h.colibri.iter().any(|(_, m)| m.expire));
+    // The last one leaves: the focus leaves and the conference stops.
+    h.stanza(&format!(
+        "<presence xmlns='jabber:client' type='unavailable' from='{ROOM}/aaaa' to='{FOCUS}'/>"
+    ));
+    assert!(h.stopped);
+    assert!(
+        h.take_sent()
+            .iter()
+            .any(|e| e.name() == "presence" && e.attr("type") == Some("unavailable"))
+    );
+}
+
+#[test]
+fn owner_succession_and_mute() {
+    let (mut h, sa, sb) = two_in_session();
+    h.accept("aaaa", &sa, 100);
+    h.accept("bbbb", &sb, 200);
+    h.bridge();
+    h.take_sent();
+    // b (not a moderator) may not mute a.
+    h.stanza(&format!("<iq xmlns='jabber:client' type='set' id='m1' from='{ROOM}/bbbb' to='{FOCUS}'><mute xmlns='http://jitsi.org/jitmeet/audio' jid='{ROOM}/aaaa'>true</mute></iq>"));
+    let r = h
+        .take_sent()
+        .into_iter()
+        .find(|e| e.attr("id") == Some("m1"))
+        .unwrap();
+    assert!(meetd_xmpp::xml::to_string(&r).contains("not-allowed"));
+    // a (owner) mutes b: force-mute at the bridge and a notice to b with the actor.
+    h.stanza(&format!("<iq xmlns='jabber:client' type='set' id='m2' from='{ROOM}/aaaa' to='{FOCUS}'><mute xmlns='http://jitsi.org/jitmeet/audio' jid='{ROOM}/bbbb'>true</mute></iq>"));
+    let sent = h.take_sent();
+    assert!(
+        sent.iter()
+            .any(|e| e.attr("id") == Some("m2") && e.attr("type") == Some("result"))
+    );
+    let notice = sent
+        .iter()
+        .find(|e| e.attr("to") == Some(&*format!("{ROOM}/bbbb")))
+        .unwrap();
+    assert!(meetd_xmpp::xml::to_string(notice).contains(&format!("actor='{ROOM}/aaaa'")));
+    assert!(h.colibri.iter().any(|(_, m)| {
+        m.endpoints
+            .iter()
+            .any(|e| e.force_mute.as_ref().is_some_and(|f| f.audio == Some(true)))
+    }));
+    // The owner leaves: b is made owner.
+    h.stanza(&format!(
+        "<presence xmlns='jabber:client' type='unavailable' from='{ROOM}/aaaa' to='{FOCUS}'/>"
+    ));
+    assert!(h.take_sent().iter().any(|e| {
+        meetd_xmpp::xml::to_string(e).contains("affiliation='owner' jid='u2@meet.jitsi'")
+    }));
+}
