@@ -60,6 +60,8 @@ pub struct Config {
     pub xmpp: XmppSection,
     pub limits: LimitsSection,
     pub muc: MucSection,
+    pub focus: FocusSection,
+    pub bridge: BridgeSection,
     pub turn: TurnSection,
     pub components: Vec<ComponentEntry>,
     pub database: DatabaseSection,
@@ -238,13 +240,55 @@ impl Default for MucSection {
     fn default() -> Self {
         let d = meetd_xmpp::muc::MucConfig::new("");
         MucSection {
-            room_creation: "anyone".into(),
+            room_creation: "focus".into(),
             max_rooms: d.max_rooms,
             max_occupants: d.max_occupants,
             max_presence_bytes: d.max_presence_bytes,
             message_rate_per_second: d.message_rate,
             message_burst: d.message_burst,
             admins: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FocusSection {
+    pub enabled: bool,
+    pub min_participants: usize,
+    pub single_participant_timeout_secs: u64,
+    pub max_conferences: usize,
+    pub max_ssrcs_per_endpoint: usize,
+    pub max_ssrc_groups_per_endpoint: usize,
+}
+
+impl Default for FocusSection {
+    fn default() -> Self {
+        FocusSection {
+            enabled: true,
+            min_participants: 2,
+            single_participant_timeout_secs: 20,
+            max_conferences: 1000,
+            max_ssrcs_per_endpoint: 20,
+            max_ssrc_groups_per_endpoint: 20,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BridgeSection {
+    pub id: String,
+    pub max_conferences: usize,
+    pub max_endpoints_per_conference: usize,
+}
+
+impl Default for BridgeSection {
+    fn default() -> Self {
+        BridgeSection {
+            id: "jvb1".into(),
+            max_conferences: 1000,
+            max_endpoints_per_conference: 200,
         }
     }
 }
@@ -381,6 +425,32 @@ impl Config {
                 return err(k, "must be greater than 0");
             }
         }
+        for (k, v) in [
+            ("focus.min_participants", self.focus.min_participants),
+            ("focus.max_conferences", self.focus.max_conferences),
+            (
+                "focus.max_ssrcs_per_endpoint",
+                self.focus.max_ssrcs_per_endpoint,
+            ),
+            ("bridge.max_conferences", self.bridge.max_conferences),
+            (
+                "bridge.max_endpoints_per_conference",
+                self.bridge.max_endpoints_per_conference,
+            ),
+        ] {
+            if v == 0 {
+                return err(k, "must be greater than 0");
+            }
+        }
+        if self.bridge.id.is_empty()
+            || !self
+                .bridge
+                .id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return err("bridge.id", "letters, digits, - and _ only");
+        }
         for (i, s) in self.turn.services.iter().enumerate() {
             if !matches!(s.kind.as_str(), "stun" | "turn" | "turns") {
                 return err(
@@ -432,6 +502,26 @@ impl Config {
         m.max_presence_bytes = self.muc.max_presence_bytes;
         m.shards = 1;
         m
+    }
+
+    /// The focus (Jicofo's job).
+    pub fn focus(&self, x: &meetd_xmpp::XmppConfig) -> meetd_jingle::focus::FocusOptions {
+        use meetd_jingle::conference::FocusConfig;
+        let mut c = FocusConfig::new(&format!("focus@{}/focus", x.auth_domain));
+        c.min_participants = self.focus.min_participants;
+        c.single_participant_timeout =
+            std::time::Duration::from_secs(self.focus.single_participant_timeout_secs);
+        c.source_limits = meetd_jingle::sources::SourceLimits {
+            max_ssrcs: self.focus.max_ssrcs_per_endpoint,
+            max_groups: self.focus.max_ssrc_groups_per_endpoint,
+        };
+        meetd_jingle::focus::FocusOptions {
+            cfg: c,
+            service_domain: x.focus_domain.clone(),
+            muc_domain: x.muc_domain.clone(),
+            max_conferences: self.focus.max_conferences,
+            queue: self.limits.session_queue,
+        }
     }
 
     pub fn sqlite_path(&self) -> PathBuf {

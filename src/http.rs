@@ -22,6 +22,7 @@ pub struct Front {
     pub cfg: Arc<Config>,
     pub server: Arc<Server>,
     pub bosh: Arc<Bosh>,
+    pub focus: Option<meetd_jingle::focus::FocusHandle>,
     /// Set once every listener is bound.
     pub ready: AtomicBool,
 }
@@ -41,6 +42,10 @@ pub fn router(front: Arc<Front>, tls: bool) -> Router {
             get(bosh_get).post(bosh_post).options(bosh_get),
         )
         .route("/config.js", get(config_js))
+        .route(
+            "/conference-request/v1",
+            axum::routing::post(conference_request).options(cors_ok),
+        )
         .route("/about/health", get(health))
         .route("/", get(index))
         .fallback(not_found)
@@ -184,4 +189,60 @@ async fn index(
 
 async fn not_found() -> Response {
     (StatusCode::NOT_FOUND, "not found\n").into_response()
+}
+
+async fn cors_ok() -> Response {
+    http_bind::preflight()
+}
+
+/// `POST /conference-request/v1`: the HTTP form of the conference IQ (focus-jingle.md §1.3).
+async fn conference_request(State(st): State<St>, body: Bytes) -> Response {
+    let json = |status: StatusCode, v: serde_json::Value| {
+        let mut r = (status, v.to_string()).into_response();
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        http_bind::add_cors(r.headers_mut());
+        r
+    };
+    let Some(focus) = &st.front.focus else {
+        return json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            serde_json::json!({"error": "no focus"}),
+        );
+    };
+    let req: serde_json::Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(_) => {
+            return json(
+                StatusCode::BAD_REQUEST,
+                serde_json::json!({"error": "invalid JSON"}),
+            );
+        }
+    };
+    let Some(room) = req.get("room").and_then(|r| r.as_str()) else {
+        return json(
+            StatusCode::BAD_REQUEST,
+            serde_json::json!({"error": "No 'room' specified."}),
+        );
+    };
+    let room = room.to_string();
+    let focus_jid = format!("focus@{}", st.front.server.config.auth_domain);
+    match tokio::time::timeout(
+        std::time::Duration::from_secs(15),
+        focus.request(room.clone()),
+    )
+    .await
+    {
+        Ok(Ok(())) => json(
+            StatusCode::OK,
+            serde_json::json!({"room": room, "ready": true, "focusJid": focus_jid, "properties": {"authentication": "false"}}),
+        ),
+        Ok(Err(e)) => json(StatusCode::BAD_REQUEST, serde_json::json!({"error": e})),
+        Err(_) => json(
+            StatusCode::OK,
+            serde_json::json!({"room": room, "ready": false, "focusJid": focus_jid}),
+        ),
+    }
 }

@@ -1,6 +1,7 @@
 //! meetd: the whole server side of a Jitsi Meet deployment in one program.
 #![forbid(unsafe_code)]
 
+mod bridge;
 mod config;
 mod http;
 mod storage;
@@ -245,12 +246,21 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     let server = meetd_xmpp::Server::new(xcfg, storage::accounts(&storage));
     meetd_xmpp::muc::start(server.router.clone(), muc_cfg, Vec::new());
     meetd_xmpp::muc::start(server.router.clone(), brewery_cfg, Vec::new());
+    let bridge = bridge::start(&cfg)?;
+    let focus = cfg.focus.enabled.then(|| {
+        meetd_jingle::focus::start(
+            server.router.clone(),
+            cfg.focus(&server.config),
+            bridge.clone(),
+        )
+    });
     let bosh = meetd_xmpp::http_bind::Bosh::new(server.clone());
     let cfg = Arc::new(cfg);
     let front = Arc::new(http::Front {
         cfg: cfg.clone(),
         server: server.clone(),
         bosh,
+        focus,
         ready: Default::default(),
     });
 

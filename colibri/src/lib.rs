@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 pub mod colibri2;
+pub mod service;
 
 pub use colibri2::{
     Candidate, CandidateType, Colibri2Error, ConferenceModified, ConferenceModify, DtlsSetup,

@@ -263,6 +263,10 @@ impl Conference {
         self.phase == Phase::Stopped
     }
 
+    pub fn focus_bare(&self) -> &str {
+        self.cfg.focus_bare()
+    }
+
     pub fn participant_count(&self) -> usize {
         self.participants.len()
     }

@@ -4,5 +4,6 @@
 #![forbid(unsafe_code)]
 
 pub mod conference;
+pub mod focus;
 pub mod offer;
 pub mod sources;

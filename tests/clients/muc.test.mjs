@@ -19,7 +19,9 @@ const NS_ADMIN = 'http://jabber.org/protocol/muc#admin';
 const NS_OWNER = 'http://jabber.org/protocol/muc#owner';
 const NS_STANZAS = 'urn:ietf:params:xml:ns:xmpp-stanzas';
 
-const srv = useServer({ name: 'muc' });
+// Rooms are created by their first joiner here (no focus involved); the focus tests cover
+// the stock policy where only the focus creates rooms.
+const srv = useServer({ name: 'muc', config: '[muc]\nroom_creation = "anyone"\n' });
 const all = [];
 srv.defer(async () => {
     for (const c of all) await withTimeout(c.xmpp.stop(), 3000, 'stop').catch(() => {});

@@ -1,0 +1,423 @@
+//! The bridge's Colibri2 service: conferences and endpoints as the focus allocates them.
+//!
+//! This is the control side of the bridge: it answers `conference-modify` with ICE
+//! credentials, the process's DTLS fingerprint, host candidates on the one media port,
+//! the bridge-channel URL and the bridge's feedback sources, and keeps each endpoint's
+//! remote transport and sources for the media engine.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use crate::colibri2::{
+    Candidate, CandidateType, Colibri2Error, ConferenceModified, ConferenceModify, DtlsSetup,
+    Endpoint, Fingerprint, IceUdpTransport, MediaSource, MediaType, Sctp, Source, Sources,
+    Transport, WebSocket,
+};
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What the focus talks to: an in-process bridge or (later) a remote one over XMPP.
+pub trait Bridge: Send + Sync {
+    fn modify(
+        &self,
+        req: ConferenceModify,
+    ) -> BoxFuture<'_, Result<ConferenceModified, Colibri2Error>>;
+}
+
+#[derive(Debug, Clone)]
+pub struct BridgeConfig {
+    /// Identifier in colibri-ws URLs (JVB's default is `default-id`; meetd uses `jvb1`).
+    pub id: String,
+    pub media_port: u16,
+    pub advertise_ips: Vec<IpAddr>,
+    /// `ws[s]://host[:port]` under which `/colibri-ws/...` is served.
+    pub ws_base: String,
+    /// SHA-256 fingerprint (`AA:BB:...`) of the process's DTLS certificate.
+    pub dtls_fingerprint: String,
+    pub max_conferences: usize,
+    pub max_endpoints_per_conference: usize,
+}
+
+/// An endpoint as the bridge knows it.
+#[derive(Debug, Clone)]
+pub struct EndpointState {
+    pub id: String,
+    pub ufrag: String,
+    pub pwd: String,
+    pub remote: Option<IceUdpTransport>,
+    pub sources: Sources,
+    pub medias: Vec<crate::colibri2::Media>,
+    pub force_mute_audio: bool,
+    pub force_mute_video: bool,
+    pub ssrc_rewriting: bool,
+}
+
+#[derive(Debug)]
+pub struct ConferenceState {
+    /// The bridge's own id (in colibri-ws URLs), not the meeting id.
+    pub id: String,
+    pub name: Option<String>,
+    pub endpoints: HashMap<String, EndpointState>,
+    pub feedback_audio: u32,
+    pub feedback_video: u32,
+}
+
+/// The Colibri2 service. All state behind one lock: requests are rare (signalling rate).
+pub struct ColibriService {
+    cfg: BridgeConfig,
+    conferences: Mutex<HashMap<String, ConferenceState>>,
+}
+
+fn random_string(len: usize) -> String {
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    (0..len)
+        .map(|_| ALPHABET[rand::random_range(0..ALPHABET.len())] as char)
+        .collect()
+}
+
+fn random_ssrc() -> u32 {
+    rand::random_range(1..=u32::MAX)
+}
+
+impl ColibriService {
+    pub fn new(cfg: BridgeConfig) -> Arc<ColibriService> {
+        Arc::new(ColibriService {
+            cfg,
+            conferences: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn conference_count(&self) -> usize {
+        self.conferences.lock().len()
+    }
+
+    pub fn endpoint_count(&self) -> usize {
+        self.conferences
+            .lock()
+            .values()
+            .map(|c| c.endpoints.len())
+            .sum()
+    }
+
+    /// A copy of an endpoint's state (for the media engine and tests).
+    pub fn endpoint(&self, meeting_id: &str, id: &str) -> Option<EndpointState> {
+        self.conferences
+            .lock()
+            .get(meeting_id)
+            .and_then(|c| c.endpoints.get(id).cloned())
+    }
+
+    /// Find an endpoint by the bridge conference id (colibri-ws URL) and check its password.
+    pub fn check_ws(&self, conf_id: &str, endpoint: &str, pwd: &str) -> bool {
+        self.conferences
+            .lock()
+            .values()
+            .find(|c| c.id == conf_id)
+            .and_then(|c| c.endpoints.get(endpoint))
+            .is_some_and(|e| e.pwd == pwd)
+    }
+
+    fn local_transport(&self, conf_id: &str, ep: &EndpointState, sctp: bool) -> Transport {
+        let candidates = self
+            .cfg
+            .advertise_ips
+            .iter()
+            .enumerate()
+            .map(|(i, ip)| Candidate {
+                component: 1,
+                foundation: (i + 1).to_string(),
+                generation: 0,
+                id: format!("{}c{i}", ep.ufrag),
+                ip: ip.to_string(),
+                port: self.cfg.media_port,
+                // RFC 8445 host priority: type preference 126, local preference by order.
+                priority: (126 << 24) | ((65535 - i as u32) << 8) | 255,
+                protocol: "udp".into(),
+                type_: CandidateType::Host,
+                network: Some(0),
+                rel_addr: None,
+                rel_port: None,
+            })
+            .collect();
+        let url = format!(
+            "{}/colibri-ws/{}/{}/{}?pwd={}",
+            self.cfg.ws_base, self.cfg.id, conf_id, ep.id, ep.pwd
+        );
+        Transport {
+            ice: Some(IceUdpTransport {
+                ufrag: Some(ep.ufrag.clone()),
+                pwd: Some(ep.pwd.clone()),
+                fingerprints: vec![Fingerprint {
+                    hash: "sha-256".into(),
+                    setup: Some(DtlsSetup::Actpass),
+                    cryptex: None,
+                    value: self.cfg.dtls_fingerprint.clone(),
+                }],
+                web_sockets: vec![WebSocket {
+                    url: Some(url),
+                    active: None,
+                }],
+                rtcp_mux: true,
+                candidates,
+                ..IceUdpTransport::default()
+            }),
+            sctp: sctp.then_some(Sctp {
+                port: Some(5000),
+                role: None,
+            }),
+            ..Transport::default()
+        }
+    }
+
+    /// Handle one `conference-modify` (synchronously; the answer is immediate).
+    pub fn handle(&self, req: &ConferenceModify) -> Result<ConferenceModified, Colibri2Error> {
+        let mut confs = self.conferences.lock();
+        let mut resp = ConferenceModified::default();
+        if req.create {
+            if confs.contains_key(&req.meeting_id) {
+                return Err(Colibri2Error::ConferenceAlreadyExists {
+                    meeting_id: req.meeting_id.clone(),
+                });
+            }
+            if confs.len() >= self.cfg.max_conferences {
+                return Err(Colibri2Error::BadRequest("too many conferences".into()));
+            }
+            if let Some(name) = &req.name
+                && (name.is_empty() || name.contains('/'))
+            {
+                return Err(Colibri2Error::BadRequest("Invalid conference name".into()));
+            }
+            let c = ConferenceState {
+                id: format!("{:08x}", rand::random::<u32>()),
+                name: req.name.clone(),
+                endpoints: HashMap::new(),
+                feedback_audio: random_ssrc(),
+                feedback_video: random_ssrc(),
+            };
+            let src = |kind, id: &str, ssrc| MediaSource {
+                kind,
+                id: id.into(),
+                synthetic: None,
+                sources: vec![Source {
+                    ssrc,
+                    name: Some(id.into()),
+                    video_type: None,
+                    msid: None,
+                }],
+                ssrc_groups: Vec::new(),
+            };
+            resp.sources = Some(Sources {
+                media_sources: vec![
+                    src(MediaType::Audio, "jvb-a0", c.feedback_audio),
+                    src(MediaType::Video, "jvb-v0", c.feedback_video),
+                ],
+            });
+            confs.insert(req.meeting_id.clone(), c);
+            tracing::debug!(meeting = %req.meeting_id, "bridge conference created");
+        }
+        if req.expire {
+            confs.remove(&req.meeting_id);
+            tracing::debug!(meeting = %req.meeting_id, "bridge conference expired");
+            return Ok(resp);
+        }
+        let Some(conf) = confs.get_mut(&req.meeting_id) else {
+            return Err(Colibri2Error::ConferenceNotFound {
+                meeting_id: req.meeting_id.clone(),
+            });
+        };
+        let max_eps = self.cfg.max_endpoints_per_conference;
+        // Validate the whole request before changing anything.
+        let mut creating = 0;
+        for ep in &req.endpoints {
+            if ep.create {
+                if conf.endpoints.contains_key(&ep.id) {
+                    return Err(Colibri2Error::Conflict(format!(
+                        "endpoint {} already exists",
+                        ep.id
+                    )));
+                }
+                if ep.transport.is_none() {
+                    return Err(Colibri2Error::BadRequest(
+                        "create requires a transport".into(),
+                    ));
+                }
+                if !ep.has_capability("source-names") {
+                    return Err(Colibri2Error::BadRequest(
+                        "Source name support is mandatory".into(),
+                    ));
+                }
+                creating += 1;
+            } else if !ep.expire && !conf.endpoints.contains_key(&ep.id) {
+                return Err(Colibri2Error::UnknownEndpoint { id: ep.id.clone() });
+            }
+        }
+        if conf.endpoints.len() + creating > max_eps {
+            return Err(Colibri2Error::BadRequest("too many endpoints".into()));
+        }
+        for ep in &req.endpoints {
+            if ep.expire {
+                conf.endpoints.remove(&ep.id);
+                let mut e = Endpoint::new(ep.id.clone());
+                e.expire = true;
+                resp.endpoints.push(e);
+                continue;
+            }
+            let mut out = Endpoint::new(ep.id.clone());
+            if ep.create {
+                let state = EndpointState {
+                    id: ep.id.clone(),
+                    ufrag: random_string(8),
+                    pwd: random_string(24),
+                    remote: None,
+                    sources: Sources::default(),
+                    medias: Vec::new(),
+                    force_mute_audio: false,
+                    force_mute_video: false,
+                    ssrc_rewriting: ep.has_capability("ssrc-rewriting"),
+                };
+                let sctp = ep.transport.as_ref().is_some_and(|t| t.sctp.is_some());
+                out.transport = Some(self.local_transport(&conf.id, &state, sctp));
+                conf.endpoints.insert(ep.id.clone(), state);
+            }
+            let Some(state) = conf.endpoints.get_mut(&ep.id) else {
+                continue;
+            };
+            for m in &ep.medias {
+                if !state.medias.iter().any(|x| x.kind == m.kind) {
+                    state.medias.push(m.clone());
+                }
+            }
+            if let Some(t) = ep.transport.as_ref().and_then(|t| t.ice.clone())
+                && (t.ufrag.is_some() || !t.candidates.is_empty() || !t.fingerprints.is_empty())
+            {
+                state.remote = Some(t);
+            }
+            if let Some(s) = &ep.sources {
+                state.sources = s.clone();
+            }
+            if let Some(fm) = &ep.force_mute {
+                if let Some(a) = fm.audio {
+                    state.force_mute_audio = a;
+                }
+                if let Some(v) = fm.video {
+                    state.force_mute_video = v;
+                }
+            }
+            resp.endpoints.push(out);
+        }
+        Ok(resp)
+    }
+}
+
+impl Bridge for ColibriService {
+    fn modify(
+        &self,
+        req: ConferenceModify,
+    ) -> BoxFuture<'_, Result<ConferenceModified, Colibri2Error>> {
+        Box::pin(async move { self.handle(&req) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn svc() -> Arc<ColibriService> {
+        ColibriService::new(BridgeConfig {
+            id: "jvb1".into(),
+            media_port: 10000,
+            advertise_ips: vec!["127.0.0.1".parse().unwrap()],
+            ws_base: "ws://127.0.0.1:8080".into(),
+            dtls_fingerprint: "AA:BB".into(),
+            max_conferences: 10,
+            max_endpoints_per_conference: 2,
+        })
+    }
+
+    fn create_ep(id: &str) -> Endpoint {
+        let mut e = Endpoint::new(id);
+        e.create = true;
+        e.capabilities.push("source-names".into());
+        e.transport = Some(Transport {
+            ice_controlling: Some(true),
+            sctp: Some(Sctp::default()),
+            ..Transport::default()
+        });
+        e
+    }
+
+    #[test]
+    fn allocate_update_expire() {
+        let s = svc();
+        let mut m = ConferenceModify::new("m1");
+        m.create = true;
+        m.name = Some("room@muc.meet.jitsi".into());
+        m.endpoints.push(create_ep("aaaa"));
+        let r = s.handle(&m).unwrap();
+        let t = r.endpoints[0].transport.as_ref().unwrap();
+        let ice = t.ice.as_ref().unwrap();
+        assert_eq!(ice.ufrag.as_ref().unwrap().len(), 8);
+        assert_eq!(ice.pwd.as_ref().unwrap().len(), 24);
+        assert_eq!(ice.candidates[0].port, 10000);
+        assert_eq!(t.sctp.as_ref().unwrap().port, Some(5000));
+        let url = ice.web_sockets[0].url.clone().unwrap();
+        assert!(
+            url.starts_with("ws://127.0.0.1:8080/colibri-ws/jvb1/") && url.contains("/aaaa?pwd="),
+            "{url}"
+        );
+        assert_eq!(r.sources.unwrap().media_sources.len(), 2);
+        // Creating it again is a conflict; recreating the conference too.
+        assert!(matches!(
+            s.handle(&m),
+            Err(Colibri2Error::ConferenceAlreadyExists { .. })
+        ));
+        let mut m2 = ConferenceModify::new("m1");
+        m2.endpoints.push(create_ep("aaaa"));
+        assert!(matches!(s.handle(&m2), Err(Colibri2Error::Conflict(_))));
+        // Update of an unknown endpoint.
+        let mut m3 = ConferenceModify::new("m1");
+        m3.endpoints.push(Endpoint::new("zzzz"));
+        assert!(matches!(
+            s.handle(&m3),
+            Err(Colibri2Error::UnknownEndpoint { .. })
+        ));
+        // The endpoint limit.
+        let mut m4 = ConferenceModify::new("m1");
+        m4.endpoints.push(create_ep("bbbb"));
+        m4.endpoints.push(create_ep("cccc"));
+        assert!(s.handle(&m4).is_err());
+        assert_eq!(s.endpoint_count(), 1);
+        // Expire.
+        let mut m5 = ConferenceModify::new("m1");
+        let mut e = Endpoint::new("aaaa");
+        e.expire = true;
+        m5.endpoints.push(e);
+        s.handle(&m5).unwrap();
+        assert_eq!(s.endpoint_count(), 0);
+        let mut m6 = ConferenceModify::new("m1");
+        m6.expire = true;
+        s.handle(&m6).unwrap();
+        assert_eq!(s.conference_count(), 0);
+        assert!(matches!(
+            s.handle(&m3),
+            Err(Colibri2Error::ConferenceNotFound { .. })
+        ));
+    }
+
+    #[test]
+    fn create_requires_source_names_and_transport() {
+        let s = svc();
+        let mut m = ConferenceModify::new("m1");
+        m.create = true;
+        let mut e = create_ep("aaaa");
+        e.capabilities.clear();
+        m.endpoints.push(e);
+        assert!(matches!(s.handle(&m), Err(Colibri2Error::BadRequest(_))));
+        assert_eq!(s.conference_count(), 1, "the conference itself was created");
+    }
+}

@@ -1,0 +1,370 @@
+//! The focus as an XMPP entity: the `focus.<domain>` service that answers conference
+//! requests, and the `focus@auth.<domain>/focus` occupant that runs one [`Conference`]
+//! actor task per room. Thin tokio glue around the sans-IO actor.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use meetd_colibri::service::Bridge;
+use meetd_xmpp::router::{Router, ServiceHandle};
+use meetd_xmpp::stanza::{self, StanzaError, el};
+use meetd_xmpp::{Element, router::bare_of};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::conference::{Conference, FocusConfig, Input, Output};
+use crate::offer::NS_FOCUS;
+
+/// A conference request that arrived over HTTP (`POST /conference-request/v1`).
+pub struct HttpRequest {
+    pub room: String,
+    pub reply: oneshot::Sender<Result<(), String>>,
+}
+
+enum ActorMsg {
+    Input(Input),
+    /// A conference IQ to answer once the focus is in the room.
+    Request(Element),
+    Http(oneshot::Sender<Result<(), String>>),
+}
+
+struct Room {
+    tx: mpsc::Sender<ActorMsg>,
+    generation: u64,
+}
+
+#[derive(Clone)]
+pub struct FocusHandle {
+    http: mpsc::Sender<HttpRequest>,
+}
+
+impl FocusHandle {
+    /// Ask for a conference as the HTTP endpoint does; resolves when the focus is ready.
+    pub async fn request(&self, room: String) -> Result<(), String> {
+        let (tx, rx) = oneshot::channel();
+        self.http
+            .send(HttpRequest { room, reply: tx })
+            .await
+            .map_err(|_| "focus is not running".to_string())?;
+        rx.await
+            .map_err(|_| "focus dropped the request".to_string())?
+    }
+}
+
+pub struct FocusOptions {
+    pub cfg: FocusConfig,
+    /// `focus.<domain>`: where clients send conference requests.
+    pub service_domain: String,
+    /// `muc.<domain>`: rooms the focus may manage.
+    pub muc_domain: String,
+    pub max_conferences: usize,
+    pub queue: usize,
+}
+
+/// Start the focus; returns a handle for HTTP conference requests.
+pub fn start(router: Arc<Router>, opts: FocusOptions, bridge: Arc<dyn Bridge>) -> FocusHandle {
+    let (svc_tx, mut svc_rx) = mpsc::channel::<Box<Element>>(opts.queue.max(16));
+    let (jid_tx, mut jid_rx) = mpsc::channel::<Box<Element>>(opts.queue.max(16));
+    let (http_tx, mut http_rx) = mpsc::channel::<HttpRequest>(64);
+    let (done_tx, mut done_rx) = mpsc::channel::<(String, u64)>(64);
+    if !router.register_service(&opts.service_domain, ServiceHandle { tx: svc_tx }) {
+        tracing::error!(domain = %opts.service_domain, "focus domain already taken");
+    }
+    let focus_jid = opts.cfg.focus_jid.clone();
+    router.bind(&focus_jid, jid_tx.clone());
+    let opts = Arc::new(opts);
+    tokio::spawn(async move {
+        let mut rooms: HashMap<String, Room> = HashMap::new();
+        let mut generation = 0u64;
+        loop {
+            tokio::select! {
+                Some(st) = svc_rx.recv() => {
+                    conference_iq(&router, &opts, &bridge, &mut rooms, &mut generation, &done_tx, *st);
+                }
+                Some(st) = jid_rx.recv() => {
+                    // From the MUC: the room is the bare `from`.
+                    let room = bare_of(st.attr("from").unwrap_or("")).to_string();
+                    match rooms.get(&room) {
+                        Some(r) => {
+                            if r.tx.try_send(ActorMsg::Input(Input::Stanza(*st))).is_err() {
+                                tracing::warn!(%room, "conference queue full");
+                            }
+                        }
+                        None => {
+                            if let Some(e) = stanza::error_reply(&st, StanzaError::ITEM_NOT_FOUND, Some("no conference")) {
+                                let mut e = e;
+                                stanza::set_attr(&mut e, "from", &opts.cfg.focus_jid);
+                                router.route(e);
+                            }
+                        }
+                    }
+                }
+                Some(req) = http_rx.recv() => {
+                    match room_actor(&router, &opts, &bridge, &mut rooms, &mut generation, &done_tx, &req.room) {
+                        Ok(tx) => {
+                            let _ = tx.try_send(ActorMsg::Http(req.reply));
+                        }
+                        Err(e) => {
+                            let _ = req.reply.send(Err(e.1));
+                        }
+                    }
+                }
+                Some((room, g)) = done_rx.recv() => {
+                    if rooms.get(&room).is_some_and(|r| r.generation == g) {
+                        rooms.remove(&room);
+                    }
+                }
+                else => break,
+            }
+        }
+    });
+    FocusHandle { http: http_tx }
+}
+
+fn error_reply(router: &Router, iq: &Element, e: StanzaError, text: &str) {
+    if let Some(r) = stanza::error_reply(iq, e, Some(text)) {
+        router.route(r);
+    }
+}
+
+/// The actor for `room`, started if needed.
+fn room_actor(
+    router: &Arc<Router>,
+    opts: &Arc<FocusOptions>,
+    bridge: &Arc<dyn Bridge>,
+    rooms: &mut HashMap<String, Room>,
+    generation: &mut u64,
+    done: &mpsc::Sender<(String, u64)>,
+    room: &str,
+) -> Result<mpsc::Sender<ActorMsg>, (StanzaError, String)> {
+    let room = room.to_lowercase();
+    let valid = meetd_xmpp::jid::BareJid::new(&room)
+        .ok()
+        .filter(|j| j.node().is_some() && j.domain().as_str() == opts.muc_domain);
+    if valid.is_none() {
+        return Err((StanzaError::BAD_REQUEST, format!("Invalid room: {room}")));
+    }
+    if let Some(r) = rooms.get(&room)
+        && !r.tx.is_closed()
+    {
+        return Ok(r.tx.clone());
+    }
+    if rooms.len() >= opts.max_conferences {
+        return Err((
+            StanzaError::RESOURCE_CONSTRAINT,
+            "too many conferences".into(),
+        ));
+    }
+    *generation += 1;
+    let g = *generation;
+    let (tx, rx) = mpsc::channel(opts.queue.max(16));
+    rooms.insert(
+        room.clone(),
+        Room {
+            tx: tx.clone(),
+            generation: g,
+        },
+    );
+    let conf = Conference::new(&room, opts.cfg.clone(), Instant::now());
+    tokio::spawn(run_actor(
+        conf,
+        rx,
+        tx.clone(),
+        router.clone(),
+        bridge.clone(),
+        done.clone(),
+        g,
+    ));
+    Ok(tx)
+}
+
+fn conference_iq(
+    router: &Arc<Router>,
+    opts: &Arc<FocusOptions>,
+    bridge: &Arc<dyn Bridge>,
+    rooms: &mut HashMap<String, Room>,
+    generation: &mut u64,
+    done: &mpsc::Sender<(String, u64)>,
+    iq: Element,
+) {
+    if iq.name() != "iq" {
+        return;
+    }
+    let ty = iq.attr("type").unwrap_or("");
+    if ty == "result" || ty == "error" {
+        return;
+    }
+    let Some(c) = iq.get_child("conference", NS_FOCUS) else {
+        // Disco on the focus component: say what it is.
+        if stanza::payload(&iq)
+            .is_some_and(|q| q.is("query", "http://jabber.org/protocol/disco#info"))
+        {
+            let q = Element::builder("query", "http://jabber.org/protocol/disco#info")
+                .append(el(
+                    "identity",
+                    "http://jabber.org/protocol/disco#info",
+                    &[
+                        ("category", "component"),
+                        ("type", "focus"),
+                        ("name", "meetd focus"),
+                    ],
+                ))
+                .append(el(
+                    "feature",
+                    "http://jabber.org/protocol/disco#info",
+                    &[("var", NS_FOCUS)],
+                ))
+                .build();
+            router.route(stanza::iq_result(&iq, Some(q)));
+            return;
+        }
+        error_reply(
+            router,
+            &iq,
+            StanzaError::SERVICE_UNAVAILABLE,
+            "unsupported request",
+        );
+        return;
+    };
+    let Some(room) = c.attr("room").filter(|r| !r.is_empty()) else {
+        error_reply(
+            router,
+            &iq,
+            StanzaError::BAD_REQUEST,
+            "No 'room' specified.",
+        );
+        return;
+    };
+    match room_actor(router, opts, bridge, rooms, generation, done, room) {
+        Ok(tx) => {
+            if tx.try_send(ActorMsg::Request(iq.clone())).is_err() {
+                error_reply(router, &iq, StanzaError::RESOURCE_CONSTRAINT, "busy");
+            }
+        }
+        Err((e, text)) => error_reply(router, &iq, e, &text),
+    }
+}
+
+/// The reply to a conference IQ (fixture 03): ready, the focus JID, properties.
+fn conference_reply(iq: &Element, focus_bare: &str, ready: bool) -> Element {
+    let room = iq
+        .get_child("conference", NS_FOCUS)
+        .and_then(|c| c.attr("room"))
+        .unwrap_or("")
+        .to_string();
+    let c = Element::builder("conference", NS_FOCUS)
+        .attr(stanza::rxml_name("room"), room)
+        .attr(
+            stanza::rxml_name("ready"),
+            if ready { "true" } else { "false" },
+        )
+        .attr(stanza::rxml_name("focusjid"), focus_bare)
+        .append(el(
+            "property",
+            NS_FOCUS,
+            &[("name", "authentication"), ("value", "false")],
+        ))
+        .append(el(
+            "property",
+            NS_FOCUS,
+            &[("name", "visitors-supported"), ("value", "false")],
+        ))
+        .build();
+    stanza::iq_result(iq, Some(c))
+}
+
+async fn run_actor(
+    mut conf: Conference,
+    mut rx: mpsc::Receiver<ActorMsg>,
+    self_tx: mpsc::Sender<ActorMsg>,
+    router: Arc<Router>,
+    bridge: Arc<dyn Bridge>,
+    done: mpsc::Sender<(String, u64)>,
+    generation: u64,
+) {
+    let room = conf.room.clone();
+    let focus_bare = conf.focus_bare().to_string();
+    let mut waiting: Vec<Element> = Vec::new();
+    let mut waiting_http: Vec<oneshot::Sender<Result<(), String>>> = Vec::new();
+    let mut failed: Option<String> = None;
+    let mut stopped = false;
+    loop {
+        for o in conf.take_output() {
+            match o {
+                Output::Send(e) => {
+                    router.route(e);
+                }
+                Output::Colibri { req, modify } => {
+                    let bridge = bridge.clone();
+                    let tx = self_tx.clone();
+                    tokio::spawn(async move {
+                        let result = bridge.modify(modify).await;
+                        let _ = tx
+                            .send(ActorMsg::Input(Input::Colibri { req, result }))
+                            .await;
+                    });
+                }
+                Output::Ready => {
+                    for iq in waiting.drain(..) {
+                        router.route(conference_reply(&iq, &focus_bare, true));
+                    }
+                    for h in waiting_http.drain(..) {
+                        let _ = h.send(Ok(()));
+                    }
+                }
+                Output::Failed(why) => {
+                    tracing::warn!(%room, %why, "focus could not join the room");
+                    failed = Some(why);
+                }
+                Output::Stopped => stopped = true,
+            }
+        }
+        if let Some(why) = &failed {
+            for iq in waiting.drain(..) {
+                error_reply(&router, &iq, StanzaError::SERVICE_UNAVAILABLE, why);
+            }
+            for h in waiting_http.drain(..) {
+                let _ = h.send(Err(why.clone()));
+            }
+        }
+        if stopped {
+            break;
+        }
+        let deadline = conf.poll_timeout().map(tokio::time::Instant::from_std);
+        let msg = tokio::select! {
+            m = rx.recv() => m,
+            _ = sleep_opt(deadline) => Some(ActorMsg::Input(Input::Timeout)),
+        };
+        let Some(msg) = msg else { break };
+        match msg {
+            ActorMsg::Input(i) => conf.handle(i, Instant::now()),
+            ActorMsg::Request(iq) => {
+                if conf.is_ready() {
+                    router.route(conference_reply(&iq, &focus_bare, true));
+                } else {
+                    waiting.push(iq);
+                }
+            }
+            ActorMsg::Http(h) => {
+                if conf.is_ready() {
+                    let _ = h.send(Ok(()));
+                } else {
+                    waiting_http.push(h);
+                }
+            }
+        }
+    }
+    // Requests that arrived while stopping: the client retries and gets a fresh conference.
+    for iq in waiting.drain(..) {
+        router.route(conference_reply(&iq, &focus_bare, false));
+    }
+    tracing::debug!(%room, "conference ended");
+    let _ = done.send((room, generation)).await;
+}
+
+async fn sleep_opt(until: Option<tokio::time::Instant>) {
+    match until {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
