@@ -281,6 +281,7 @@ pub struct BridgeSection {
     pub id: String,
     pub max_conferences: usize,
     pub max_endpoints_per_conference: usize,
+    pub channel_queue: usize,
 }
 
 impl Default for BridgeSection {
@@ -289,6 +290,7 @@ impl Default for BridgeSection {
             id: "jvb1".into(),
             max_conferences: 1000,
             max_endpoints_per_conference: 200,
+            channel_queue: 256,
         }
     }
 }

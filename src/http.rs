@@ -23,6 +23,8 @@ pub struct Front {
     pub server: Arc<Server>,
     pub bosh: Arc<Bosh>,
     pub focus: Option<meetd_jingle::focus::FocusHandle>,
+    pub bridge: Arc<meetd_colibri::service::ColibriService>,
+    pub channels: Arc<meetd_colibri::channel::ChannelHub>,
     /// Set once every listener is bound.
     pub ready: AtomicBool,
 }
@@ -47,6 +49,7 @@ pub fn router(front: Arc<Front>, tls: bool) -> Router {
             axum::routing::post(conference_request).options(cors_ok),
         )
         .route("/about/health", get(health))
+        .route("/colibri-ws/{bridge}/{conf}/{endpoint}", get(colibri_ws))
         .route("/", get(index))
         .fallback(not_found)
         .with_state(St { front, tls })
@@ -245,4 +248,30 @@ async fn conference_request(State(st): State<St>, body: Bytes) -> Response {
             serde_json::json!({"room": room, "ready": false, "focusJid": focus_jid}),
         ),
     }
+}
+
+/// The bridge channel WebSocket.
+async fn colibri_ws(
+    State(st): State<St>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    uri: Uri,
+    axum::extract::Path((bridge, conf, endpoint)): axum::extract::Path<(String, String, String)>,
+    ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Response {
+    if bridge != st.front.cfg.bridge.id {
+        return not_found().await;
+    }
+    let Ok(ws) = ws else {
+        return (StatusCode::BAD_REQUEST, "WebSocket upgrade expected\n").into_response();
+    };
+    meetd_colibri::channel::serve(
+        st.front.channels.clone(),
+        st.front.bridge.clone(),
+        ws,
+        conf,
+        endpoint,
+        uri.query(),
+        client_ip(peer, &headers),
+    )
 }

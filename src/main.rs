@@ -261,6 +261,8 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         server: server.clone(),
         bosh,
         focus,
+        bridge: bridge.clone(),
+        channels: meetd_colibri::channel::ChannelHub::new(cfg.bridge.channel_queue),
         ready: Default::default(),
     });
 

@@ -1,6 +1,7 @@
 //! meetd-colibri: the videobridge (JVB's job). Not built yet; see issue 5.
 #![forbid(unsafe_code)]
 
+pub mod channel;
 pub mod colibri2;
 pub mod service;
 

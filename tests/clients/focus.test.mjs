@@ -159,6 +159,35 @@ test('focus: conference request, join, session-initiate, accept, source-add, inv
         const json = JSON.parse(j.getChildText('json-message', 'http://jitsi.org/jitmeet'));
         assert.ok(json.sources.jvb, 'bridge feedback sources');
     }
+    // The bridge channel: ServerHello, EndpointMessage relay with `from` set by the bridge.
+    const wsUrl = (si) => si.getChild('jingle', NS_JINGLE).getChildren('content')[0].getChild('transport', NS_ICE).getChild('web-socket', 'http://jitsi.org/protocol/colibri').attrs.url;
+    const open = (url) => new Promise((resolve, reject) => {
+        const ws = new WebSocket(url);
+        ws.msgs = [];
+        ws.on('message', (m) => ws.msgs.push(JSON.parse(m.toString())));
+        ws.on('open', () => resolve(ws));
+        ws.on('error', reject);
+        ws.on('unexpected-response', (req, res) => reject(new Error(`HTTP ${res.statusCode}`)));
+    });
+    const until = async (ws, pred, what) => {
+        const deadline = Date.now() + 5000;
+        while (Date.now() < deadline) {
+            const m = ws.msgs.find(pred);
+            if (m) return m;
+            await new Promise((r) => setTimeout(r, 20));
+        }
+        throw new Error(`timed out waiting for ${what}`);
+    };
+    const chA = await open(wsUrl(siA));
+    const chB = await open(wsUrl(siB));
+    t.after(() => { chA.close(); chB.close(); });
+    await until(chA, (m) => m.colibriClass === 'ServerHello', 'ServerHello');
+    chA.send(JSON.stringify({ colibriClass: 'EndpointMessage', to: '', from: 'spoof', msgPayload: { type: 'hello' } }));
+    const relayed = await until(chB, (m) => m.colibriClass === 'EndpointMessage', 'relayed EndpointMessage');
+    assert.equal(relayed.from, 'aaaa0000');
+    assert.deepEqual(relayed.msgPayload, { type: 'hello' });
+    await assert.rejects(open(wsUrl(siA).replace(/pwd=.*/, 'pwd=wrong')), /403/);
+
     const sidA = siA.getChild('jingle', NS_JINGLE).attrs.sid;
     const sidB = siB.getChild('jingle', NS_JINGLE).attrs.sid;
 

@@ -1,0 +1,390 @@
+//! The bridge channel (`/colibri-ws/<bridge>/<conference>/<endpoint>?pwd=…`): JSON messages
+//! between the bridge and each endpoint (bridge.md Part A).
+//!
+//! [`ChannelHub`] holds one bounded outbound queue per connected endpoint and the receivers'
+//! latest constraints; [`ChannelHub::client_message`] is the sans-IO handling of one message
+//! from a client. The WebSocket glue is [`serve`].
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use parking_lot::Mutex;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+use crate::service::ColibriService;
+
+/// A receiver's video wishes (ReceiverVideoConstraints), kept as the bridge last saw them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ReceiverConstraints {
+    pub last_n: Option<i64>,
+    pub default_max_height: Option<i64>,
+    /// Source name → maxHeight.
+    pub constraints: HashMap<String, i64>,
+    pub on_stage: Vec<String>,
+    pub selected: Vec<String>,
+}
+
+type Key = (String, String);
+
+struct Conn {
+    tx: mpsc::Sender<String>,
+    generation: u64,
+}
+
+/// All connected bridge channels.
+pub struct ChannelHub {
+    conns: Mutex<HashMap<Key, Conn>>,
+    constraints: Mutex<HashMap<Key, ReceiverConstraints>>,
+    video_types: Mutex<HashMap<(String, String), String>>,
+    next: Mutex<u64>,
+    queue: usize,
+}
+
+/// What one client message asks the bridge to do.
+#[derive(Debug, PartialEq)]
+pub enum Effect {
+    /// Send this JSON text to that endpoint of the same conference.
+    Send { to: String, text: String },
+    /// The receiver's constraints changed (the media engine should re-select layers).
+    Constraints(ReceiverConstraints),
+    /// Nothing to do (or the message was invalid and logged).
+    None,
+}
+
+impl ChannelHub {
+    pub fn new(queue: usize) -> Arc<ChannelHub> {
+        Arc::new(ChannelHub {
+            conns: Mutex::new(HashMap::new()),
+            constraints: Mutex::new(HashMap::new()),
+            video_types: Mutex::new(HashMap::new()),
+            next: Mutex::new(0),
+            queue: queue.max(1),
+        })
+    }
+
+    /// Endpoints of `conf` with an open channel.
+    pub fn connected(&self, conf: &str) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .conns
+            .lock()
+            .keys()
+            .filter(|(c, _)| c == conf)
+            .map(|(_, e)| e.clone())
+            .collect();
+        v.sort();
+        v
+    }
+
+    pub fn constraints(&self, conf: &str, ep: &str) -> Option<ReceiverConstraints> {
+        self.constraints
+            .lock()
+            .get(&(conf.to_string(), ep.to_string()))
+            .cloned()
+    }
+
+    /// Queue a message for an endpoint; dropped (and logged) when its queue is full.
+    pub fn send(&self, conf: &str, ep: &str, text: String) -> bool {
+        let tx = self
+            .conns
+            .lock()
+            .get(&(conf.to_string(), ep.to_string()))
+            .map(|c| c.tx.clone());
+        match tx {
+            Some(tx) => match tx.try_send(text) {
+                Ok(()) => true,
+                Err(_) => {
+                    tracing::debug!(%conf, %ep, "bridge channel queue full, message dropped");
+                    false
+                }
+            },
+            None => false,
+        }
+    }
+
+    /// One message from a client: validate, update state, and say what to relay.
+    pub fn client_message(&self, conf: &str, from: &str, text: &str) -> Vec<Effect> {
+        let Ok(Value::Object(mut msg)) = serde_json::from_str::<Value>(text) else {
+            tracing::debug!(%conf, %from, "invalid bridge channel message");
+            return vec![Effect::None];
+        };
+        let class = msg
+            .get("colibriClass")
+            .and_then(|c| c.as_str())
+            .unwrap_or("")
+            .to_string();
+        match class.as_str() {
+            "EndpointMessage" | "EndpointStats" => {
+                // The bridge sets `from`: clients cannot speak for others.
+                msg.insert("from".into(), json!(from));
+                let to = msg
+                    .get("to")
+                    .and_then(|t| t.as_str())
+                    .unwrap_or("")
+                    .to_string();
+                if class == "EndpointMessage" && !msg.contains_key("to") {
+                    return vec![Effect::None];
+                }
+                let text = Value::Object(msg).to_string();
+                let targets: Vec<String> = if to.is_empty() {
+                    self.connected(conf)
+                        .into_iter()
+                        .filter(|e| e != from)
+                        .collect()
+                } else {
+                    vec![to]
+                };
+                targets
+                    .into_iter()
+                    .map(|to| Effect::Send {
+                        to,
+                        text: text.clone(),
+                    })
+                    .collect()
+            }
+            "ReceiverVideoConstraints" => {
+                let key = (conf.to_string(), from.to_string());
+                let mut all = self.constraints.lock();
+                let first = !all.contains_key(&key);
+                let c = all.entry(key).or_default();
+                if let Some(n) = msg.get("lastN").and_then(|v| v.as_i64()) {
+                    c.last_n = Some(n);
+                }
+                match msg
+                    .get("defaultConstraints")
+                    .and_then(|d| d.get("maxHeight"))
+                    .and_then(|v| v.as_i64())
+                {
+                    Some(h) => c.default_max_height = Some(h),
+                    // bridge.md A.3: a first message without defaults means 180.
+                    None if first => c.default_max_height = Some(180),
+                    None => {}
+                }
+                if let Some(Value::Object(cs)) = msg.get("constraints") {
+                    c.constraints = cs
+                        .iter()
+                        .filter_map(|(k, v)| Some((k.clone(), v.get("maxHeight")?.as_i64()?)))
+                        .collect();
+                }
+                let strings = |v: Option<&Value>| -> Option<Vec<String>> {
+                    Some(
+                        v?.as_array()?
+                            .iter()
+                            .filter_map(|s| s.as_str().map(str::to_string))
+                            .collect(),
+                    )
+                };
+                if let Some(v) = strings(msg.get("onStageSources")) {
+                    c.on_stage = v;
+                }
+                if let Some(v) = strings(msg.get("selectedSources")) {
+                    c.selected = v;
+                }
+                vec![Effect::Constraints(c.clone())]
+            }
+            "LastNChangedEvent" => {
+                let key = (conf.to_string(), from.to_string());
+                let mut all = self.constraints.lock();
+                let c = all.entry(key).or_default();
+                c.last_n = msg.get("lastN").and_then(|v| v.as_i64());
+                vec![Effect::Constraints(c.clone())]
+            }
+            "SourceVideoTypeMessage" => {
+                if let (Some(s), Some(t)) = (
+                    msg.get("sourceName").and_then(|v| v.as_str()),
+                    msg.get("videoType").and_then(|v| v.as_str()),
+                ) {
+                    self.video_types
+                        .lock()
+                        .insert((conf.to_string(), s.to_string()), t.to_string());
+                }
+                vec![Effect::None]
+            }
+            "ClientHello" => vec![Effect::Send {
+                to: from.to_string(),
+                text: json!({"colibriClass": "ServerHello"}).to_string(),
+            }],
+            // Accepted and ignored for now.
+            "ReceiverAudioSubscription" | "VideoTypeMessage" => vec![Effect::None],
+            _ => {
+                tracing::debug!(%conf, %from, class, "unknown bridge channel message");
+                vec![Effect::None]
+            }
+        }
+    }
+
+    fn register(&self, conf: &str, ep: &str) -> (mpsc::Receiver<String>, u64) {
+        let (tx, rx) = mpsc::channel(self.queue);
+        let g = {
+            let mut n = self.next.lock();
+            *n += 1;
+            *n
+        };
+        // A new socket replaces the previous one for that endpoint.
+        self.conns.lock().insert(
+            (conf.to_string(), ep.to_string()),
+            Conn { tx, generation: g },
+        );
+        (rx, g)
+    }
+
+    fn unregister(&self, conf: &str, ep: &str, generation: u64) {
+        let key = (conf.to_string(), ep.to_string());
+        let mut conns = self.conns.lock();
+        if conns.get(&key).is_some_and(|c| c.generation == generation) {
+            conns.remove(&key);
+        }
+    }
+
+    /// Forget an endpoint (expired): its socket closes.
+    pub fn remove(&self, conf: &str, ep: &str) {
+        let key = (conf.to_string(), ep.to_string());
+        self.conns.lock().remove(&key);
+        self.constraints.lock().remove(&key);
+    }
+}
+
+/// Answer `GET /colibri-ws/<bridge>/<conf>/<endpoint>?pwd=…`.
+pub fn serve(
+    hub: Arc<ChannelHub>,
+    service: Arc<ColibriService>,
+    ws: WebSocketUpgrade,
+    conf: String,
+    endpoint: String,
+    query: Option<&str>,
+    peer: IpAddr,
+) -> Response {
+    // JVB takes everything after `pwd=` as the password.
+    let pwd = query.and_then(|q| q.strip_prefix("pwd=")).unwrap_or("");
+    if !service.check_ws(&conf, &endpoint, pwd) {
+        tracing::info!(%peer, %conf, %endpoint, "bridge channel authentication failed");
+        return (StatusCode::FORBIDDEN, "authentication failed\n").into_response();
+    }
+    ws.read_buffer_size(4096)
+        .max_message_size(64 * 1024)
+        .on_upgrade(move |socket| run(hub, socket, conf, endpoint))
+}
+
+async fn run(hub: Arc<ChannelHub>, mut socket: WebSocket, conf: String, ep: String) {
+    let (mut rx, generation) = hub.register(&conf, &ep);
+    tracing::debug!(%conf, %ep, "bridge channel open");
+    // bridge.md A.2: ServerHello, then the current state (no forwarded sources yet).
+    let hello = [
+        json!({"colibriClass": "ServerHello"}).to_string(),
+        json!({"colibriClass": "ForwardedSources", "forwardedSources": []}).to_string(),
+    ];
+    for h in hello {
+        if socket.send(Message::Text(h.into())).await.is_err() {
+            hub.unregister(&conf, &ep, generation);
+            return;
+        }
+    }
+    loop {
+        tokio::select! {
+            m = socket.recv() => match m {
+                Some(Ok(Message::Text(t))) => {
+                    for e in hub.client_message(&conf, &ep, t.as_str()) {
+                        if let Effect::Send { to, text } = e {
+                            hub.send(&conf, &to, text);
+                        }
+                    }
+                }
+                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Binary(_))) => {}
+                _ => break,
+            },
+            out = rx.recv() => match out {
+                Some(text) => {
+                    if socket.send(Message::Text(text.into())).await.is_err() {
+                        break;
+                    }
+                }
+                // Replaced by a newer socket or the endpoint expired.
+                None => {
+                    let _ = socket.send(Message::Close(None)).await;
+                    break;
+                }
+            },
+        }
+    }
+    hub.unregister(&conf, &ep, generation);
+    tracing::debug!(%conf, %ep, "bridge channel closed");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn endpoint_messages_are_relayed_with_from() {
+        let hub = ChannelHub::new(8);
+        let (mut ra, _) = hub.register("c", "a");
+        let (mut rb, _) = hub.register("c", "b");
+        let (_rx, _) = hub.register("other", "z");
+        let fx = hub.client_message(
+            "c",
+            "a",
+            r#"{"colibriClass":"EndpointMessage","to":"","from":"evil","msgPayload":{"type":"x"}}"#,
+        );
+        assert_eq!(fx.len(), 1, "broadcast goes to b only");
+        for e in fx {
+            if let Effect::Send { to, text } = e {
+                assert_eq!(to, "b");
+                let v: Value = serde_json::from_str(&text).unwrap();
+                assert_eq!(v["from"], "a");
+                hub.send("c", &to, text);
+            }
+        }
+        assert!(rb.recv().await.unwrap().contains("\"from\":\"a\""));
+        let fx = hub.client_message(
+            "c",
+            "b",
+            r#"{"colibriClass":"EndpointMessage","to":"a","msgPayload":{}}"#,
+        );
+        assert!(matches!(&fx[0], Effect::Send { to, .. } if to == "a"));
+        if let Effect::Send { to, text } = &fx[0] {
+            hub.send("c", to, text.clone());
+        }
+        assert!(ra.recv().await.is_some());
+    }
+
+    #[test]
+    fn constraints_default_to_180_and_update() {
+        let hub = ChannelHub::new(8);
+        let fx = hub.client_message("c", "a", r#"{"colibriClass":"ReceiverVideoConstraints","lastN":25,"constraints":{"b-v0":{"maxHeight":720}}}"#);
+        let Effect::Constraints(c) = &fx[0] else {
+            panic!()
+        };
+        assert_eq!(c.default_max_height, Some(180));
+        assert_eq!(c.constraints.get("b-v0"), Some(&720));
+        assert_eq!(c.last_n, Some(25));
+        let fx = hub.client_message(
+            "c",
+            "a",
+            r#"{"colibriClass":"ReceiverVideoConstraints","defaultConstraints":{"maxHeight":0}}"#,
+        );
+        let Effect::Constraints(c) = &fx[0] else {
+            panic!()
+        };
+        assert_eq!(c.default_max_height, Some(0));
+        assert_eq!(c.last_n, Some(25), "absent fields keep their value");
+    }
+
+    #[test]
+    fn garbage_is_ignored() {
+        let hub = ChannelHub::new(8);
+        for g in [
+            "",
+            "null",
+            "[]",
+            "{",
+            "{\"colibriClass\":5}",
+            "{\"colibriClass\":\"Nope\"}",
+        ] {
+            assert_eq!(hub.client_message("c", "a", g), vec![Effect::None]);
+        }
+    }
+}
