@@ -25,6 +25,12 @@ async function connect() {
     xmpp.on('stanza', (st) => xmpp.received.push(st));
     clients.push(xmpp);
     const jid = await withTimeout(xmpp.start(), 15000, '@xmpp/client start() (anonymous login)');
+    // xmpp.js 0.14 goes online before <enabled/> arrives and resets its inbound
+    // counter when it does, so a stanza that lands in between makes it report
+    // a too-high 'h' later. Wait for <enabled/> (if SM was offered) first.
+    const sm = xmpp.streamManagement;
+    const deadline = Date.now() + 5000;
+    while (sm.enableSent && !sm.enabled && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
     return { xmpp, jid };
 }
 

@@ -12,6 +12,7 @@ import { spawn } from 'node:child_process';
 import { mkdtempSync, mkdirSync, rmSync, writeFileSync, existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import net from 'node:net';
+import dgram from 'node:dgram';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { before, after } from 'node:test';
@@ -40,6 +41,18 @@ export function freePort() {
         srv.listen(0, '127.0.0.1', () => {
             const { port } = srv.address();
             srv.close(() => resolve(port));
+        });
+    });
+}
+
+/** A free UDP port on 127.0.0.1. */
+export function freeUdpPort() {
+    return new Promise((resolve, reject) => {
+        const sock = dgram.createSocket('udp4');
+        sock.on('error', reject);
+        sock.bind(0, '127.0.0.1', () => {
+            const { port } = sock.address();
+            sock.close(() => resolve(port));
         });
     });
 }
@@ -83,6 +96,26 @@ export function runMeetd(args, { input = null, timeoutMs = 30000, env = {} } = {
     });
 }
 
+// Kill any meetd still running when this process goes away (test timeout,
+// Ctrl-C, uncaught error), so no server outlives its test file.
+const running = new Set();
+function killAll() {
+    for (const p of running) {
+        try {
+            p.kill('SIGKILL');
+        } catch {
+            // already gone
+        }
+    }
+}
+process.on('exit', killAll);
+for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP']) {
+    process.once(sig, () => {
+        killAll();
+        process.exit(128 + ({ SIGINT: 2, SIGTERM: 15, SIGHUP: 1 })[sig]);
+    });
+}
+
 export class MeetdServer {
     constructor(opts = {}) {
         this.opts = opts;
@@ -119,6 +152,7 @@ export class MeetdServer {
             writeFileSync(this.configPath, this.opts.config);
         }
         [this.httpPort, this.c2sPort, this.componentPort] = await distinctFreePorts(3);
+        this.mediaPort = await freeUdpPort();
         const args = [
             'serve',
             ...this.commonArgs(),
@@ -126,6 +160,7 @@ export class MeetdServer {
             '--https', 'off',
             '--c2s', `127.0.0.1:${this.c2sPort}`,
             '--component', `127.0.0.1:${this.componentPort}`,
+            '--media-port', String(this.mediaPort),
             '--log-level', process.env.MEETD_LOG_LEVEL || 'info',
             ...(this.opts.extraArgs || []),
         ];
@@ -148,7 +183,9 @@ export class MeetdServer {
         };
         this.proc.stdout.on('data', onData(''));
         this.proc.stderr.on('data', onData(''));
+        running.add(this.proc);
         this.proc.on('exit', (code, signal) => {
+            running.delete(this.proc);
             this.exited = { code, signal };
             this.log(`# meetd exited code=${code} signal=${signal}`);
         });

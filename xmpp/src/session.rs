@@ -702,6 +702,18 @@ impl C2s {
 
     fn client_stanza(&mut self, mut e: Element) {
         let Some(full) = self.jid.clone() else { return };
+        // RFC 3921 session establishment: a no-op that strophe.js still performs.
+        if e.name() == "iq"
+            && e.attr("type") == Some("set")
+            && e.attr("to")
+                .is_none_or(|t| t == bare_of(&full) || Some(t) == self.domain.as_deref())
+            && e.has_child("session", ns::SESSION)
+        {
+            let mut r = stanza::iq_result(&e, None);
+            stanza::set_attr(&mut r, "to", &full);
+            self.send_el(r);
+            return;
+        }
         let bare = bare_of(&full).to_string();
         stanza::set_attr(&mut e, "from", &full);
         let to = e.attr("to").map(str::to_string);
@@ -1200,6 +1212,20 @@ mod tests {
         let out = sent(&mut c);
         assert!(
             out[0].contains(&format!("to='{}'", bare_of(&jid))),
+            "{out:?}"
+        );
+    }
+
+    #[test]
+    fn legacy_session_iq_is_answered() {
+        let (mut c, jid) = logged_in(TransportKind::WebSocket);
+        c.input(LinkEvent::Element(parse("<iq xmlns='jabber:client' id='_session_auth_2' type='set'><session xmlns='urn:ietf:params:xml:ns:xmpp-session'/></iq>")), Instant::now());
+        let out = sent(&mut c);
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert!(
+            out[0].contains("type='result'")
+                && out[0].contains("id='_session_auth_2'")
+                && out[0].contains(&jid),
             "{out:?}"
         );
     }
