@@ -29,8 +29,10 @@ def free_port(kind=socket.SOCK_STREAM):
 
 
 class Meetd:
-    def __init__(self):
+    def __init__(self, config=None, extra_args=()):
         self.data_dir = tempfile.mkdtemp(prefix="meetd-pytest-")
+        self.config = config
+        self.extra_args = list(extra_args)
         ports = set()
         while len(ports) < 3:
             ports.add(free_port())
@@ -40,7 +42,13 @@ class Meetd:
         self.proc = None
 
     def common_args(self):
-        return ["--data-dir", self.data_dir]
+        args = ["--data-dir", self.data_dir]
+        if self.config is not None:
+            path = os.path.join(self.data_dir, "meetd-test.toml")
+            with open(path, "w") as f:
+                f.write(self.config)
+            args += ["--config", path]
+        return args
 
     def start(self):
         if not MEETD_BIN.exists():
@@ -53,6 +61,7 @@ class Meetd:
             "--component", f"127.0.0.1:{self.component_port}",
             "--media-port", str(self.media_port),
             "--log-level", os.environ.get("MEETD_LOG_LEVEL", "info"),
+            *self.extra_args,
         ]
         self.log_lines.append("# " + " ".join(args))
         self.proc = subprocess.Popen(
