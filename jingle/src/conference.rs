@@ -267,6 +267,11 @@ impl Conference {
         self.cfg.focus_bare()
     }
 
+    /// Endpoints whose sources the focus has accepted.
+    pub fn endpoints_with_sources(&self) -> usize {
+        self.sources.map.len()
+    }
+
     pub fn participant_count(&self) -> usize {
         self.participants.len()
     }
@@ -1086,7 +1091,14 @@ impl Conference {
     /// source-remove first, then source-add (Jicofo's `SourceSignaling.update`).
     fn propagate(&mut self) {
         let mut sends = Vec::new();
-        let map = &self.sources.map;
+        // What receivers see of each sender: computed once, not once per receiver.
+        let stripped: BTreeMap<&String, EndpointSourceSet> = self
+            .sources
+            .map
+            .iter()
+            .filter(|(_, set)| !set.is_empty())
+            .map(|(ep, set)| (ep, set.strip_simulcast()))
+            .collect();
         for p in self.participants.iter_mut() {
             let SessionState::Active { sid } = &p.state else {
                 continue;
@@ -1096,9 +1108,9 @@ impl Conference {
                 continue;
             }
             let mut desired: BTreeMap<String, EndpointSourceSet> = BTreeMap::new();
-            for (ep, set) in map {
-                if *ep != p.nick && !set.is_empty() {
-                    desired.insert(ep.clone(), filter_media(&set.strip_simulcast(), &f));
+            for (ep, set) in &stripped {
+                if **ep != p.nick {
+                    desired.insert((*ep).clone(), filter_media(set, &f));
                 }
             }
             let mut removes: BTreeMap<String, EndpointSourceSet> = BTreeMap::new();
