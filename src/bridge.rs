@@ -1,31 +1,13 @@
-//! Starting meetd's bridge: the DTLS identity, the host candidates and the Colibri2 service.
+//! Starting meetd's bridge: the media engine, the host candidates and the Colibri2 service.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 
+use meetd_colibri::channel::ChannelHub;
+use meetd_colibri::media::EngineConfig;
 use meetd_colibri::service::{BridgeConfig, ColibriService};
 
 use crate::config::Config;
-
-/// One ECDSA P-256 certificate per process, as JVB has; its SHA-256 fingerprint goes into
-/// every offer. The media engine will use the same key.
-pub struct DtlsIdentity {
-    pub fingerprint: String,
-}
-
-impl DtlsIdentity {
-    pub fn generate() -> anyhow::Result<DtlsIdentity> {
-        let ck = rcgen::generate_simple_self_signed(vec!["meetd".to_string()])?;
-        let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, ck.cert.der());
-        let fingerprint = d
-            .as_ref()
-            .iter()
-            .map(|b| format!("{b:02X}"))
-            .collect::<Vec<_>>()
-            .join(":");
-        Ok(DtlsIdentity { fingerprint })
-    }
-}
 
 /// Where clients open the bridge channel: the public URL, else the first listener.
 fn ws_base(cfg: &Config, host: &str) -> String {
@@ -45,7 +27,8 @@ fn ws_base(cfg: &Config, host: &str) -> String {
     }
 }
 
-pub fn start(cfg: &Config) -> anyhow::Result<Arc<ColibriService>> {
+/// The bridge: media engine thread on the media port, Colibri2 service, bridge channels.
+pub fn start(cfg: &Config) -> anyhow::Result<(Arc<ColibriService>, Arc<ChannelHub>)> {
     let mut ips = cfg.media.advertise_ips.clone();
     if ips.is_empty() {
         tracing::warn!(
@@ -57,20 +40,37 @@ pub fn start(cfg: &Config) -> anyhow::Result<Arc<ColibriService>> {
         IpAddr::V6(v6) => format!("[{v6}]"),
         v4 => v4.to_string(),
     };
-    let id = DtlsIdentity::generate()?;
+    let hub = ChannelHub::new(cfg.bridge.channel_queue);
+    let port = cfg.media.port;
+    let bind: SocketAddr = if ips.iter().any(|ip| ip.is_ipv6()) {
+        (Ipv6Addr::UNSPECIFIED, port).into()
+    } else {
+        (Ipv4Addr::UNSPECIFIED, port).into()
+    };
+    let engine_cfg = EngineConfig {
+        local_addrs: ips.iter().map(|ip| SocketAddr::new(*ip, port)).collect(),
+        max_endpoints: cfg
+            .bridge
+            .max_conferences
+            .saturating_mul(cfg.bridge.max_endpoints_per_conference)
+            .min(100_000),
+        ..EngineConfig::default()
+    };
+    let (engine, fingerprint) = meetd_colibri::udp::spawn(engine_cfg, bind, hub.clone(), 4096)
+        .map_err(|e| anyhow::anyhow!("media port {bind}: {e}"))?;
+    hub.set_engine(engine.clone());
     let bc = BridgeConfig {
         id: cfg.bridge.id.clone(),
         media_port: cfg.media.port,
         advertise_ips: ips,
         ws_base: ws_base(cfg, &host),
-        dtls_fingerprint: id.fingerprint,
+        dtls_fingerprint: fingerprint,
         max_conferences: cfg.bridge.max_conferences,
         max_endpoints_per_conference: cfg.bridge.max_endpoints_per_conference,
     };
     tracing::info!(
-        media_port = bc.media_port,
         candidates = ?bc.advertise_ips,
-        "bridge (signalling) ready; media engine not built yet"
+        "media (UDP) listening on {bind}"
     );
-    Ok(ColibriService::new(bc))
+    Ok((ColibriService::with_engine(bc, Some(engine)), hub))
 }

@@ -246,7 +246,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     let server = meetd_xmpp::Server::new(xcfg, storage::accounts(&storage));
     meetd_xmpp::muc::start(server.router.clone(), muc_cfg, Vec::new());
     meetd_xmpp::muc::start(server.router.clone(), brewery_cfg, Vec::new());
-    let bridge = bridge::start(&cfg)?;
+    let (bridge, channels) = bridge::start(&cfg)?;
     let focus = cfg.focus.enabled.then(|| {
         meetd_jingle::focus::start(
             server.router.clone(),
@@ -262,7 +262,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         bosh,
         focus,
         bridge: bridge.clone(),
-        channels: meetd_colibri::channel::ChannelHub::new(cfg.bridge.channel_queue),
+        channels,
         ready: Default::default(),
     });
 

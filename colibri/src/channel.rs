@@ -43,6 +43,7 @@ pub struct ChannelHub {
     video_types: Mutex<HashMap<(String, String), String>>,
     next: Mutex<u64>,
     queue: usize,
+    engine: Mutex<Option<crate::udp::EngineHandle>>,
 }
 
 /// What one client message asks the bridge to do.
@@ -64,7 +65,13 @@ impl ChannelHub {
             video_types: Mutex::new(HashMap::new()),
             next: Mutex::new(0),
             queue: queue.max(1),
+            engine: Mutex::new(None),
         })
+    }
+
+    /// Receivers' constraints go to this media engine.
+    pub fn set_engine(&self, e: crate::udp::EngineHandle) {
+        *self.engine.lock() = Some(e);
     }
 
     /// Endpoints of `conf` with an open channel.
@@ -288,8 +295,20 @@ async fn run(hub: Arc<ChannelHub>, mut socket: WebSocket, conf: String, ep: Stri
             m = socket.recv() => match m {
                 Some(Ok(Message::Text(t))) => {
                     for e in hub.client_message(&conf, &ep, t.as_str()) {
-                        if let Effect::Send { to, text } = e {
-                            hub.send(&conf, &to, text);
+                        match e {
+                            Effect::Send { to, text } => {
+                                hub.send(&conf, &to, text);
+                            }
+                            Effect::Constraints(c) => {
+                                if let Some(engine) = hub.engine.lock().clone() {
+                                    engine.send(crate::udp::Command::Constraints {
+                                        conf: conf.clone(),
+                                        ep: ep.clone(),
+                                        constraints: c,
+                                    });
+                                }
+                            }
+                            Effect::None => {}
                         }
                     }
                 }

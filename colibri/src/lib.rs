@@ -1,9 +1,12 @@
-//! meetd-colibri: the videobridge (JVB's job). Not built yet; see issue 5.
+//! meetd-colibri: the videobridge (JVB's job): the Colibri2 service, the bridge channel,
+//! and the media engine on one UDP port.
 #![forbid(unsafe_code)]
 
 pub mod channel;
 pub mod colibri2;
+pub mod media;
 pub mod service;
+pub mod udp;
 
 pub use colibri2::{
     Candidate, CandidateType, Colibri2Error, ConferenceModified, ConferenceModify, DtlsSetup,

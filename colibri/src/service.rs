@@ -71,6 +71,8 @@ pub struct ConferenceState {
 pub struct ColibriService {
     cfg: BridgeConfig,
     conferences: Mutex<HashMap<String, ConferenceState>>,
+    /// The media engine, when one runs (tests of the control side run without).
+    engine: Option<crate::udp::EngineHandle>,
 }
 
 fn random_string(len: usize) -> String {
@@ -86,10 +88,24 @@ fn random_ssrc() -> u32 {
 
 impl ColibriService {
     pub fn new(cfg: BridgeConfig) -> Arc<ColibriService> {
+        Self::with_engine(cfg, None)
+    }
+
+    pub fn with_engine(
+        cfg: BridgeConfig,
+        engine: Option<crate::udp::EngineHandle>,
+    ) -> Arc<ColibriService> {
         Arc::new(ColibriService {
             cfg,
             conferences: Mutex::new(HashMap::new()),
+            engine,
         })
+    }
+
+    fn engine(&self, c: crate::udp::Command) {
+        if let Some(e) = &self.engine {
+            e.send(c);
+        }
     }
 
     pub fn conference_count(&self) -> usize {
@@ -221,7 +237,9 @@ impl ColibriService {
             tracing::debug!(meeting = %req.meeting_id, "bridge conference created");
         }
         if req.expire {
-            confs.remove(&req.meeting_id);
+            if let Some(c) = confs.remove(&req.meeting_id) {
+                self.engine(crate::udp::Command::RemoveConference { conf: c.id });
+            }
             tracing::debug!(meeting = %req.meeting_id, "bridge conference expired");
             return Ok(resp);
         }
@@ -261,7 +279,12 @@ impl ColibriService {
         }
         for ep in &req.endpoints {
             if ep.expire {
-                conf.endpoints.remove(&ep.id);
+                if conf.endpoints.remove(&ep.id).is_some() {
+                    self.engine(crate::udp::Command::RemoveEndpoint {
+                        conf: conf.id.clone(),
+                        ep: ep.id.clone(),
+                    });
+                }
                 let mut e = Endpoint::new(ep.id.clone());
                 e.expire = true;
                 resp.endpoints.push(e);
@@ -282,6 +305,13 @@ impl ColibriService {
                 };
                 let sctp = ep.transport.as_ref().is_some_and(|t| t.sctp.is_some());
                 out.transport = Some(self.local_transport(&conf.id, &state, sctp));
+                self.engine(crate::udp::Command::AddEndpoint {
+                    conf: conf.id.clone(),
+                    ep: ep.id.clone(),
+                    ufrag: state.ufrag.clone(),
+                    pwd: state.pwd.clone(),
+                    medias: ep.medias.clone(),
+                });
                 conf.endpoints.insert(ep.id.clone(), state);
             }
             let Some(state) = conf.endpoints.get_mut(&ep.id) else {
@@ -295,9 +325,19 @@ impl ColibriService {
             if let Some(t) = ep.transport.as_ref().and_then(|t| t.ice.clone())
                 && (t.ufrag.is_some() || !t.candidates.is_empty() || !t.fingerprints.is_empty())
             {
+                self.engine(crate::udp::Command::SetRemote {
+                    conf: conf.id.clone(),
+                    ep: ep.id.clone(),
+                    transport: t.clone(),
+                });
                 state.remote = Some(t);
             }
             if let Some(s) = &ep.sources {
+                self.engine(crate::udp::Command::SetSources {
+                    conf: conf.id.clone(),
+                    ep: ep.id.clone(),
+                    sources: s.clone(),
+                });
                 state.sources = s.clone();
             }
             if let Some(fm) = &ep.force_mute {

@@ -1,0 +1,563 @@
+//! One endpoint of the engine: its str0m `Rtc` (Direct API, RTP mode), what it sends and what
+//! is forwarded to it.
+
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use str0m::config::DtlsCert;
+use str0m::format::{Codec, FormatParams};
+use str0m::ice::IceCreds;
+use str0m::media::{Frequency, MediaKind, Mid, Pt};
+use str0m::rtp::{Extension, ExtensionSerializer, ExtensionValues, Ssrc};
+use str0m::{Candidate, Rtc, RtcConfig};
+
+use super::ReceiverConstraints;
+use super::forward::{Projection, VideoCodec, default_height};
+use crate::colibri2::{self, MediaType};
+
+/// The mids of the receive side: every SSRC the endpoint sends is declared on one of these.
+pub(super) const MID_RX_AUDIO: &str = "ra";
+pub(super) const MID_RX_VIDEO: &str = "rv";
+
+/// A layer not heard from for this long is not selected.
+const LAYER_IDLE: Duration = Duration::from_millis(1000);
+/// How long a starting source waits for layers it has not seen yet.
+const LAYER_STARTUP: Duration = Duration::from_millis(500);
+
+/// The AV1 dependency descriptor: passed through byte for byte (AV1 does not decode without it).
+pub(super) const DEPENDENCY_DESCRIPTOR_URI: &str =
+    "https://aomediacodec.github.io/av1-rtp-spec/#dependency-descriptor-rtp-header-extension";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct DependencyDescriptor(pub Vec<u8>);
+
+#[derive(Debug)]
+pub(super) struct DependencyDescriptorSerializer;
+
+impl ExtensionSerializer for DependencyDescriptorSerializer {
+    fn write_to(&self, buf: &mut [u8], ev: &ExtensionValues) -> usize {
+        match ev.user_values.get::<DependencyDescriptor>() {
+            Some(d) if d.0.len() <= buf.len() => {
+                buf[..d.0.len()].copy_from_slice(&d.0);
+                d.0.len()
+            }
+            _ => 0,
+        }
+    }
+    fn parse_value(&self, buf: &[u8], ev: &mut ExtensionValues) -> bool {
+        ev.user_values.set(DependencyDescriptor(buf.to_vec()));
+        true
+    }
+    fn is_video(&self) -> bool {
+        true
+    }
+    fn is_audio(&self) -> bool {
+        false
+    }
+    fn requires_two_byte_form(&self, ev: &ExtensionValues) -> bool {
+        ev.user_values
+            .get::<DependencyDescriptor>()
+            .is_some_and(|d| d.0.len() > 16 || d.0.is_empty())
+    }
+}
+
+/// The header extensions the engine understands, by URI. `sdes:mid` is deliberately absent:
+/// with it mapped str0m stamps its own mids on forwarded packets and Chromium drops them.
+fn extension_for_uri(uri: &str) -> Option<Extension> {
+    Some(match uri {
+        "urn:ietf:params:rtp-hdrext:ssrc-audio-level" => Extension::AudioLevel,
+        "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time" => Extension::AbsoluteSendTime,
+        "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01" => {
+            Extension::TransportSequenceNumber
+        }
+        "urn:3gpp:video-orientation" => Extension::VideoOrientation,
+        DEPENDENCY_DESCRIPTOR_URI => {
+            Extension::with_serializer(DEPENDENCY_DESCRIPTOR_URI, DependencyDescriptorSerializer)
+        }
+        _ => return None,
+    })
+}
+
+fn codec_for_name(name: &str) -> Option<Codec> {
+    Some(match name.to_ascii_lowercase().as_str() {
+        "opus" => Codec::Opus,
+        "pcmu" => Codec::PCMU,
+        "pcma" => Codec::PCMA,
+        "g722" => Codec::G722,
+        "telephone-event" => Codec::Tele,
+        "vp8" => Codec::Vp8,
+        "vp9" => Codec::Vp9,
+        "h264" => Codec::H264,
+        "av1" => Codec::Av1,
+        _ => return None,
+    })
+}
+
+pub(super) fn video_codec(c: Codec) -> VideoCodec {
+    match c {
+        Codec::Vp8 => VideoCodec::Vp8,
+        Codec::Vp9 => VideoCodec::Vp9,
+        Codec::H264 => VideoCodec::H264,
+        Codec::Av1 => VideoCodec::Av1,
+        _ => VideoCodec::Other,
+    }
+}
+
+/// The Jitsi offer, used until the focus tells us the real one.
+pub(super) fn jitsi_default_medias() -> Vec<colibri2::Media> {
+    let pt = |id, name: &str, clockrate, channels, params: &[(&str, &str)]| colibri2::PayloadType {
+        id,
+        name: name.into(),
+        clockrate,
+        channels,
+        parameters: params
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        rtcp_fbs: Vec::new(),
+    };
+    let ext = |id, uri: &str| colibri2::RtpHdrext {
+        id,
+        uri: uri.into(),
+    };
+    let mut audio = colibri2::Media::new(MediaType::Audio);
+    audio.payload_types = vec![
+        pt(
+            111,
+            "opus",
+            48000,
+            Some(2),
+            &[("minptime", "10"), ("useinbandfec", "1")],
+        ),
+        pt(126, "telephone-event", 8000, None, &[]),
+    ];
+    audio.rtp_hdrexts = vec![
+        ext(1, "urn:ietf:params:rtp-hdrext:ssrc-audio-level"),
+        ext(
+            5,
+            "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01",
+        ),
+    ];
+    let mut video = colibri2::Media::new(MediaType::Video);
+    video.payload_types = vec![
+        pt(100, "VP8", 90000, None, &[]),
+        pt(96, "rtx", 90000, None, &[("apt", "100")]),
+        pt(101, "VP9", 90000, None, &[("profile-id", "0")]),
+        pt(97, "rtx", 90000, None, &[("apt", "101")]),
+        pt(
+            107,
+            "H264",
+            90000,
+            None,
+            &[
+                ("level-asymmetry-allowed", "1"),
+                ("packetization-mode", "1"),
+                ("profile-level-id", "42e01f"),
+            ],
+        ),
+        pt(99, "rtx", 90000, None, &[("apt", "107")]),
+        pt(41, "AV1", 90000, None, &[]),
+        pt(42, "rtx", 90000, None, &[("apt", "41")]),
+    ];
+    video.rtp_hdrexts = vec![
+        ext(
+            3,
+            "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time",
+        ),
+        ext(
+            5,
+            "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01",
+        ),
+        ext(11, DEPENDENCY_DESCRIPTOR_URI),
+    ];
+    vec![audio, video]
+}
+
+/// The payload types of an offer as str0m codec configs: `(pt, rtx pt, codec, clock, channels,
+/// fmtp)`. RTX entries are folded into their `apt`; unknown codecs are skipped.
+type CodecEntry = (u8, Option<u8>, Codec, u32, Option<u8>, FormatParams);
+
+fn codec_entries(medias: &[colibri2::Media]) -> Vec<CodecEntry> {
+    let mut out: Vec<CodecEntry> = Vec::new();
+    let mut rtx: Vec<(u8, u8)> = Vec::new();
+    for m in medias {
+        for p in &m.payload_types {
+            if p.name.eq_ignore_ascii_case("rtx") {
+                if let Some(apt) = p
+                    .parameters
+                    .iter()
+                    .find(|(k, _)| k == "apt")
+                    .and_then(|(_, v)| v.parse().ok())
+                {
+                    rtx.push((p.id, apt));
+                }
+                continue;
+            }
+            let Some(codec) = codec_for_name(&p.name) else {
+                continue;
+            };
+            if p.clockrate == 0 || out.iter().any(|e| e.0 == p.id) {
+                continue;
+            }
+            let line = p
+                .parameters
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(";");
+            out.push((
+                p.id,
+                None,
+                codec,
+                p.clockrate,
+                p.channels,
+                FormatParams::parse_line(&line),
+            ));
+        }
+    }
+    for (id, apt) in rtx {
+        if out.iter().any(|e| e.0 == id) {
+            continue;
+        }
+        if let Some(e) = out.iter_mut().find(|e| e.0 == apt && e.2.is_video()) {
+            e.1 = Some(id);
+        }
+    }
+    out
+}
+
+/// Everything needed to build an endpoint's `Rtc`.
+pub(super) struct RtcSetup<'a> {
+    pub cert: &'a DtlsCert,
+    pub ufrag: &'a str,
+    pub pwd: &'a str,
+    pub medias: &'a [colibri2::Media],
+    pub local_addrs: &'a [SocketAddr],
+    pub rtx_cache_packets: usize,
+}
+
+/// What the endpoint's `Rtc` was configured with, for validating writes into it.
+#[derive(Debug, Default, Clone)]
+pub(super) struct RtcCaps {
+    /// Main payload types → (codec, has RTX).
+    pub pts: HashMap<u8, (Codec, bool)>,
+}
+
+pub(super) fn build_rtc(s: &RtcSetup<'_>, now: Instant) -> (Rtc, RtcCaps) {
+    let mut cfg = RtcConfig::new()
+        .set_rtp_mode(true)
+        .set_dtls_cert(s.cert.clone())
+        .set_local_ice_credentials(IceCreds {
+            ufrag: s.ufrag.to_string(),
+            pass: s.pwd.to_string(),
+        })
+        .clear_codecs()
+        .clear_extension_map()
+        .set_send_buffer_video(s.rtx_cache_packets.max(1))
+        .set_stats_interval(None);
+    let mut caps = RtcCaps::default();
+    for (pt, rtx, codec, clock, channels, fmtp) in codec_entries(s.medias) {
+        let Some(freq) = Frequency::new(clock) else {
+            continue;
+        };
+        cfg.codec_config()
+            .add_config(pt.into(), rtx.map(Pt::from), codec, freq, channels, fmtp);
+        caps.pts.insert(pt, (codec, rtx.is_some()));
+    }
+    let mut twcc = false;
+    let mut used_ids = HashSet::new();
+    for m in s.medias {
+        for e in &m.rtp_hdrexts {
+            let Ok(id) = u8::try_from(e.id) else {
+                continue;
+            };
+            if !(1..=14).contains(&id) || !used_ids.insert(id) {
+                continue;
+            }
+            if let Some(ext) = extension_for_uri(&e.uri) {
+                twcc |= ext == Extension::TransportSequenceNumber;
+                cfg = cfg.set_extension(id, ext);
+            }
+        }
+    }
+    let mut rtc = cfg.build(now);
+    for addr in s.local_addrs {
+        if let Ok(c) = Candidate::host(*addr, "udp") {
+            rtc.add_local_candidate(c);
+        }
+    }
+    let mut api = rtc.direct_api();
+    api.set_ice_controlling(true);
+    if twcc {
+        api.enable_twcc_feedback();
+    }
+    api.declare_media(Mid::from(MID_RX_AUDIO), MediaKind::Audio);
+    api.declare_media(Mid::from(MID_RX_VIDEO), MediaKind::Video);
+    (rtc, caps)
+}
+
+/// A remote candidate from colibri2, if usable: UDP, a literal address, generation 0.
+pub(super) fn remote_candidate(c: &colibri2::Candidate) -> Option<Candidate> {
+    if !c.protocol.eq_ignore_ascii_case("udp") || c.generation != 0 {
+        return None;
+    }
+    let ip: IpAddr = c.ip.parse().ok()?;
+    Candidate::host(SocketAddr::new(ip, c.port), "udp").ok()
+}
+
+/// `hash` + hex text of a Jingle/colibri2 fingerprint as str0m's.
+pub(super) fn remote_fingerprint(f: &colibri2::Fingerprint) -> Option<str0m::config::Fingerprint> {
+    let bytes = f
+        .value
+        .trim()
+        .split(':')
+        .map(|h| u8::from_str_radix(h, 16).ok())
+        .collect::<Option<Vec<u8>>>()?;
+    if bytes.is_empty() {
+        return None;
+    }
+    Some(str0m::config::Fingerprint {
+        hash_func: f.hash.to_ascii_lowercase(),
+        bytes,
+    })
+}
+
+/// A source id unique in the engine (sources are keyed by it on the receive side).
+pub(super) type SourceId = u64;
+pub(super) type EpId = u64;
+
+/// One simulcast layer (or the only stream) of a sending source.
+#[derive(Debug, Clone)]
+pub(super) struct Layer {
+    pub ssrc: u32,
+    pub rtx: Option<u32>,
+    pub last_seen: Option<Instant>,
+    /// From the VP8 keyframe header when seen.
+    pub height: Option<u32>,
+    pub last_pli: Option<Instant>,
+}
+
+impl Layer {
+    pub fn active(&self, now: Instant) -> bool {
+        self.last_seen
+            .is_some_and(|t| now.saturating_duration_since(t) < LAYER_IDLE)
+    }
+}
+
+/// A source the endpoint sends (from its colibri2 `<sources>`).
+#[derive(Debug, Clone)]
+pub(super) struct SenderSource {
+    pub id: SourceId,
+    pub name: String,
+    pub kind: MediaType,
+    /// SIM order (lowest first); a single entry without simulcast.
+    pub layers: Vec<Layer>,
+    /// SSRCs signalled but neither a layer nor a layer's RTX (declared for transport-cc only).
+    pub other_ssrcs: Vec<u32>,
+    /// First packet of any layer.
+    pub first_seen: Option<Instant>,
+}
+
+impl SenderSource {
+    pub fn from_colibri(id: SourceId, ms: &colibri2::MediaSource) -> Option<SenderSource> {
+        let fid: HashMap<u32, u32> = ms
+            .ssrc_groups
+            .iter()
+            .filter(|g| g.semantics.eq_ignore_ascii_case("FID") && g.ssrcs.len() == 2)
+            .map(|g| (g.ssrcs[0], g.ssrcs[1]))
+            .collect();
+        let rtx_ssrcs: HashSet<u32> = fid.values().copied().collect();
+        let sim = ms
+            .ssrc_groups
+            .iter()
+            .find(|g| g.semantics.eq_ignore_ascii_case("SIM") && !g.ssrcs.is_empty());
+        let primaries: Vec<u32> = match sim {
+            Some(g) => g.ssrcs.clone(),
+            None => ms
+                .sources
+                .iter()
+                .map(|s| s.ssrc)
+                .filter(|s| !rtx_ssrcs.contains(s))
+                .take(1)
+                .collect(),
+        };
+        if primaries.is_empty() || primaries.contains(&0) {
+            return None;
+        }
+        let layers: Vec<Layer> = primaries
+            .iter()
+            .map(|&ssrc| Layer {
+                ssrc,
+                rtx: fid.get(&ssrc).copied().filter(|r| *r != 0),
+                last_seen: None,
+                height: None,
+                last_pli: None,
+            })
+            .collect();
+        let used: HashSet<u32> = layers
+            .iter()
+            .flat_map(|l| std::iter::once(l.ssrc).chain(l.rtx))
+            .collect();
+        let other_ssrcs = ms
+            .sources
+            .iter()
+            .map(|s| s.ssrc)
+            .filter(|s| *s != 0 && !used.contains(s))
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        Some(SenderSource {
+            id,
+            name: ms.id.clone(),
+            kind: ms.kind,
+            layers,
+            other_ssrcs,
+            first_seen: None,
+        })
+    }
+
+    /// Whether layer `i` can be selected: sending now, or not heard from yet while the source
+    /// is just starting (layers do not start in order; waiting briefly avoids starting on the
+    /// top layer and switching down at once).
+    pub fn layer_selectable(&self, i: usize, now: Instant) -> bool {
+        let l = &self.layers[i];
+        l.active(now)
+            || l.last_seen.is_none()
+                && self
+                    .first_seen
+                    .is_some_and(|t| now.saturating_duration_since(t) < LAYER_STARTUP)
+    }
+
+    pub fn layer_height(&self, i: usize) -> u32 {
+        self.layers[i]
+            .height
+            .unwrap_or_else(|| default_height(i, self.layers.len()))
+    }
+}
+
+/// One source forwarded to this endpoint.
+#[derive(Debug)]
+pub(super) struct Forward {
+    pub sender: EpId,
+    pub name: String,
+    pub mid: Mid,
+    /// The SSRC the receiver knows: the first layer's.
+    pub ssrc: u32,
+    /// Its FID partner, when the receiver can take RTX.
+    pub rtx: Option<u32>,
+    /// Effective maxHeight after lastN (0: not forwarded).
+    pub max_height: u32,
+    pub proj: Projection,
+}
+
+pub(super) struct Endpoint {
+    pub conference: String,
+    pub id: String,
+    pub ufrag: String,
+    pub pwd: String,
+    pub rtc: Rtc,
+    pub caps: RtcCaps,
+    /// The last time given to `rtc`.
+    pub rtc_now: Instant,
+    pub next_timeout: Instant,
+    pub dirty: bool,
+    pub connected: bool,
+    pub failed: bool,
+    pub medias: Option<Vec<colibri2::Media>>,
+    pub remote: Option<colibri2::IceUdpTransport>,
+    pub dtls_started: bool,
+    pub sources: Vec<SenderSource>,
+    /// Incoming main SSRC → (source index, layer index).
+    pub ssrc_index: HashMap<u32, (usize, usize)>,
+    /// SSRCs declared as incoming streams on `rtc`.
+    pub declared_rx: HashSet<u32>,
+    pub constraints: ReceiverConstraints,
+    pub forwards: HashMap<SourceId, Forward>,
+    pub by_mid: HashMap<Mid, SourceId>,
+    pub next_mid: u64,
+    pub announced: Vec<String>,
+    /// Remote addresses bound to this endpoint in the demultiplexer.
+    pub addrs: Vec<SocketAddr>,
+}
+
+impl Endpoint {
+    /// Rebuild the index from incoming SSRC to (source, layer).
+    pub fn reindex(&mut self) {
+        self.ssrc_index.clear();
+        for (si, s) in self.sources.iter().enumerate() {
+            for (li, l) in s.layers.iter().enumerate() {
+                self.ssrc_index.insert(l.ssrc, (si, li));
+            }
+        }
+    }
+
+    /// Declare every SSRC of every source as an incoming stream (and drop vanished ones):
+    /// str0m drops unknown SSRCs before transport-cc sees them (media-engine-notes.md).
+    pub fn declare_rx(&mut self) {
+        let mut want: HashMap<u32, (Option<u32>, MediaType)> = HashMap::new();
+        for s in &self.sources {
+            for l in &s.layers {
+                want.insert(l.ssrc, (l.rtx, s.kind));
+            }
+            for o in &s.other_ssrcs {
+                want.entry(*o).or_insert((None, s.kind));
+            }
+        }
+        let tx: HashSet<u32> = self
+            .forwards
+            .values()
+            .flat_map(|f| std::iter::once(f.ssrc).chain(f.rtx))
+            .collect();
+        let mut api = self.rtc.direct_api();
+        for gone in self.declared_rx.iter().filter(|s| !want.contains_key(s)) {
+            api.remove_stream_rx(Ssrc::from(*gone));
+        }
+        self.declared_rx.clear();
+        for (ssrc, (rtx, kind)) in want {
+            if tx.contains(&ssrc) {
+                continue;
+            }
+            let mid = match kind {
+                MediaType::Audio => MID_RX_AUDIO,
+                MediaType::Video => MID_RX_VIDEO,
+            };
+            api.expect_stream_rx(ssrc.into(), rtx.map(Ssrc::from), Mid::from(mid), None);
+            self.declared_rx.insert(ssrc);
+        }
+    }
+
+    /// Give the `Rtc` the remote ICE credentials, candidates and fingerprint, and start DTLS
+    /// once the fingerprint is known.
+    pub fn apply_remote(&mut self) -> Result<(), str0m::RtcError> {
+        let Some(t) = self.remote.clone() else {
+            return Ok(());
+        };
+        if let (Some(ufrag), Some(pwd)) = (&t.ufrag, &t.pwd) {
+            self.rtc.direct_api().set_remote_ice_credentials(IceCreds {
+                ufrag: ufrag.clone(),
+                pass: pwd.clone(),
+            });
+        }
+        for c in t.candidates.iter().filter_map(remote_candidate) {
+            self.rtc.add_remote_candidate(c);
+        }
+        if self.dtls_started {
+            return Ok(());
+        }
+        let Some(f) = t.fingerprints.iter().find_map(|f| {
+            let fp = remote_fingerprint(f)?;
+            Some((fp, f.setup))
+        }) else {
+            return Ok(());
+        };
+        let (fp, setup) = f;
+        // The client answers actpass with active: the bridge is the DTLS server.
+        let active = setup == Some(colibri2::DtlsSetup::Passive);
+        let mut api = self.rtc.direct_api();
+        api.set_remote_fingerprint(fp);
+        api.start_dtls(active)?;
+        self.dtls_started = true;
+        Ok(())
+    }
+}

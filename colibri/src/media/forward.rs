@@ -1,0 +1,336 @@
+//! Per-receiver rewriting of one forwarded source (bridge.md B.9) and layer choice (B.8).
+//!
+//! Every forwarded source reaches a receiver as one continuous stream on the SSRC the receiver
+//! was told about. Switching simulcast layers happens only on a keyframe of the target layer;
+//! sequence numbers, RTP timestamps, VP8 picture id and TL0PICIDX continue across the switch.
+
+use std::time::Instant;
+
+/// The default height of simulcast layer `index` of `count` when the sender's keyframes have
+/// not told us yet: Jitsi's 180/360/720 ladder, highest layer 720.
+pub(super) fn default_height(index: usize, count: usize) -> u32 {
+    let shift = count.saturating_sub(1).saturating_sub(index).min(8);
+    720 >> shift
+}
+
+/// What the selection needs to know about one layer of a sender's source.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct LayerView {
+    pub height: u32,
+    pub active: bool,
+}
+
+/// The layer to forward: the highest active layer within `max_height`, else the lowest active
+/// layer (constraints are soft except 0, bridge.md B.8); `None` if nothing is active or the
+/// receiver asked for nothing.
+pub(super) fn select_layer(layers: &[LayerView], max_height: u32) -> Option<usize> {
+    if max_height == 0 {
+        return None;
+    }
+    let mut lowest = None;
+    let mut best = None;
+    for (i, l) in layers.iter().enumerate() {
+        if !l.active {
+            continue;
+        }
+        if lowest.is_none() {
+            lowest = Some(i);
+        }
+        if l.height <= max_height {
+            best = Some(i);
+        }
+    }
+    best.or(lowest)
+}
+
+/// One incoming packet as the projection sees it.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct InPacket {
+    pub layer: usize,
+    /// Extended sequence number (str0m's `SeqNo`).
+    pub seq: u64,
+    pub ts: u32,
+    /// The first packet of a keyframe.
+    pub keyframe: bool,
+    pub picture_id: Option<u16>,
+    pub tl0: Option<u8>,
+    pub at: Instant,
+    /// 90 kHz video (timestamp steps of 3000 on a switch) or anything else.
+    pub clock_rate: u32,
+}
+
+/// The rewritten header fields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct OutPacket {
+    pub seq: u64,
+    pub ts: u32,
+    pub picture_id: Option<u16>,
+    pub tl0: Option<u8>,
+    /// This packet starts a new layer.
+    pub switched: bool,
+}
+
+/// The rewriting state of one forwarded source towards one receiver.
+#[derive(Debug, Default, Clone)]
+pub(super) struct Projection {
+    layer: Option<usize>,
+    seq_off: i64,
+    ts_off: u32,
+    pid_off: u16,
+    tl0_off: u8,
+    /// First input sequence number of the current layer: older packets are from before the
+    /// switch and are dropped.
+    switch_seq: u64,
+    last: Option<LastOut>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct LastOut {
+    seq: u64,
+    ts: u32,
+    pid: Option<u16>,
+    tl0: Option<u8>,
+    at: Instant,
+}
+
+impl Projection {
+    /// The layer currently forwarded.
+    pub fn layer(&self) -> Option<usize> {
+        self.layer
+    }
+
+    /// Project `p` given the layer the receiver should get. `None`: drop the packet.
+    pub fn project(&mut self, p: &InPacket, target: usize) -> Option<OutPacket> {
+        let mut switched = false;
+        if self.layer != Some(target) && p.layer == target && p.keyframe {
+            self.switch(p);
+            switched = true;
+        }
+        if self.layer != Some(p.layer) || p.seq < self.switch_seq {
+            return None;
+        }
+        let seq = p.seq as i64 + self.seq_off;
+        if seq < 0 {
+            return None;
+        }
+        let seq = seq as u64;
+        let out = OutPacket {
+            seq,
+            ts: p.ts.wrapping_add(self.ts_off),
+            picture_id: p.picture_id.map(|x| x.wrapping_add(self.pid_off) & 0x7fff),
+            tl0: p.tl0.map(|x| x.wrapping_add(self.tl0_off)),
+            switched,
+        };
+        if self.last.is_none_or(|l| seq > l.seq) {
+            self.last = Some(LastOut {
+                seq,
+                ts: out.ts,
+                pid: out.picture_id,
+                tl0: out.tl0,
+                at: p.at,
+            });
+        }
+        Some(out)
+    }
+
+    fn switch(&mut self, p: &InPacket) {
+        match self.last {
+            None => {
+                // Start at the sender's own 16-bit value: a zero rollover counter for SRTP.
+                self.seq_off = i64::from(p.seq as u16) - p.seq as i64;
+                self.ts_off = 0;
+                self.pid_off = 0;
+                self.tl0_off = 0;
+            }
+            Some(last) => {
+                self.seq_off = (last.seq + 1) as i64 - p.seq as i64;
+                let elapsed_ms = p.at.saturating_duration_since(last.at).as_millis() as u32;
+                let per_frame = (p.clock_rate / 30).max(1);
+                let frames = (elapsed_ms / 33).max(1);
+                let ts = last.ts.wrapping_add(per_frame.wrapping_mul(frames));
+                self.ts_off = ts.wrapping_sub(p.ts);
+                if let (Some(lp), Some(pid)) = (last.pid, p.picture_id) {
+                    self.pid_off = ((lp + 1) & 0x7fff).wrapping_sub(pid) & 0x7fff;
+                }
+                if let (Some(lt), Some(tl0)) = (last.tl0, p.tl0) {
+                    self.tl0_off = lt.wrapping_add(1).wrapping_sub(tl0);
+                }
+            }
+        }
+        self.switch_seq = p.seq;
+        self.layer = Some(p.layer);
+    }
+}
+
+/// Offset of the VP8 payload header after the RTP payload descriptor (RFC 7741 §4.2).
+fn vp8_header_offset(payload: &[u8]) -> Option<usize> {
+    let b0 = *payload.first()?;
+    let mut i = 1;
+    if b0 & 0x80 != 0 {
+        let x = *payload.get(i)?;
+        i += 1;
+        if x & 0x80 != 0 {
+            i += if *payload.get(i)? & 0x80 != 0 { 2 } else { 1 };
+        }
+        if x & 0x40 != 0 {
+            i += 1;
+        }
+        if x & 0x30 != 0 {
+            i += 1;
+        }
+    }
+    (i < payload.len()).then_some(i)
+}
+
+/// Height of a VP8 keyframe from its frame header (RFC 6386 §9.1), if `payload` starts one.
+pub(super) fn vp8_keyframe_height(payload: &[u8]) -> Option<u32> {
+    let b0 = *payload.first()?;
+    if b0 & 0x10 == 0 || b0 & 0x07 != 0 {
+        return None;
+    }
+    let h = vp8_header_offset(payload)?;
+    let f = payload.get(h..h + 10)?;
+    if f[0] & 0x01 != 0 || f[3..6] != [0x9d, 0x01, 0x2a] {
+        return None;
+    }
+    Some(u32::from(u16::from_le_bytes([f[8], f[9]]) & 0x3fff))
+}
+
+/// The codecs whose keyframes we recognise.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum VideoCodec {
+    Vp8,
+    Vp9,
+    H264,
+    Av1,
+    Other,
+}
+
+/// Does `payload` start a keyframe? Only the first packet of one counts.
+pub(super) fn starts_keyframe(codec: VideoCodec, payload: &[u8]) -> bool {
+    let Some(&b0) = payload.first() else {
+        return false;
+    };
+    match codec {
+        VideoCodec::Vp8 => {
+            b0 & 0x10 != 0
+                && b0 & 0x07 == 0
+                && vp8_header_offset(payload).is_some_and(|h| payload[h] & 0x01 == 0)
+        }
+        // RFC 9628: P=0 (not inter-predicted) and B=1 (start of frame).
+        VideoCodec::Vp9 => b0 & 0x40 == 0 && b0 & 0x08 != 0,
+        // AV1 aggregation header: N=1 starts a coded video sequence.
+        VideoCodec::Av1 => b0 & 0x08 != 0,
+        VideoCodec::H264 => match b0 & 0x1f {
+            5 | 7 => true,
+            // STAP-A: the first aggregated NAL unit.
+            24 => payload.get(3).is_some_and(|n| matches!(n & 0x1f, 5 | 7)),
+            // FU-A: start bit and an IDR inside.
+            28 => payload
+                .get(1)
+                .is_some_and(|fu| fu & 0x80 != 0 && fu & 0x1f == 5),
+            _ => false,
+        },
+        VideoCodec::Other => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn pkt(layer: usize, seq: u64, ts: u32, keyframe: bool, pid: u16, at: Instant) -> InPacket {
+        InPacket {
+            layer,
+            seq,
+            ts,
+            keyframe,
+            picture_id: Some(pid),
+            tl0: Some(pid as u8),
+            at,
+            clock_rate: 90_000,
+        }
+    }
+
+    #[test]
+    fn selection_follows_constraints_and_activity() {
+        let l = |h, a| LayerView {
+            height: h,
+            active: a,
+        };
+        let all = [l(180, true), l(360, true), l(720, true)];
+        assert_eq!(select_layer(&all, 180), Some(0));
+        assert_eq!(select_layer(&all, 360), Some(1));
+        assert_eq!(select_layer(&all, 720), Some(2));
+        assert_eq!(select_layer(&all, 100), Some(0), "soft constraint");
+        assert_eq!(select_layer(&all, 0), None, "0 is hard");
+        let top_off = [l(180, true), l(360, true), l(720, false)];
+        assert_eq!(select_layer(&top_off, 720), Some(1));
+        assert_eq!(select_layer(&[l(180, false)], 720), None);
+        assert_eq!(default_height(0, 3), 180);
+        assert_eq!(default_height(2, 3), 720);
+        assert_eq!(default_height(0, 1), 720);
+    }
+
+    #[test]
+    fn projection_is_continuous_across_a_switch() {
+        let t0 = Instant::now();
+        let mut p = Projection::default();
+        // Waits for a keyframe.
+        assert_eq!(p.project(&pkt(0, 70_000, 1000, false, 5, t0), 0), None);
+        let a = p.project(&pkt(0, 70_001, 1000, true, 6, t0), 0).unwrap();
+        assert_eq!(a.seq, 70_001 & 0xffff);
+        assert!(a.switched);
+        let b = p.project(&pkt(0, 70_002, 4000, false, 7, t0), 0).unwrap();
+        assert_eq!((b.seq, b.ts, b.picture_id), (a.seq + 1, 4000, Some(7)));
+        // Layer 2 non-keyframe: dropped, still on layer 0.
+        let t1 = t0 + Duration::from_millis(66);
+        assert_eq!(p.project(&pkt(2, 500, 9_000_000, false, 900, t1), 2), None);
+        assert_eq!(
+            p.project(&pkt(0, 70_003, 7000, false, 8, t1), 2)
+                .unwrap()
+                .seq,
+            b.seq + 1
+        );
+        // Layer 2 keyframe: switch, continuous.
+        let c = p
+            .project(&pkt(2, 501, 9_000_000, true, 901, t1), 2)
+            .unwrap();
+        assert!(c.switched);
+        assert_eq!(c.seq, b.seq + 2);
+        assert_eq!(c.ts, 7000 + 3000);
+        assert_eq!(c.picture_id, Some(9));
+        assert_eq!(c.tl0, Some(9));
+        assert_eq!(p.layer(), Some(2));
+        // Old layer packets are dropped now; older layer-2 packets too.
+        assert_eq!(p.project(&pkt(0, 70_004, 10_000, false, 9, t1), 2), None);
+        assert_eq!(p.project(&pkt(2, 500, 9_000_000, false, 900, t1), 2), None);
+        let d = p
+            .project(&pkt(2, 502, 9_003_000, false, 902, t1), 2)
+            .unwrap();
+        assert_eq!(
+            (d.seq, d.ts, d.picture_id),
+            (c.seq + 1, c.ts + 3000, Some(10))
+        );
+    }
+
+    #[test]
+    fn keyframe_detection() {
+        // VP8: X=1, I=1 (15-bit picture id), S=1, then a keyframe header 640x360.
+        let mut kf = vec![0x90, 0x80, 0x80, 0x01];
+        kf.extend_from_slice(&[0x00, 0x00, 0x00, 0x9d, 0x01, 0x2a, 0x80, 0x02, 0x68, 0x01]);
+        assert!(starts_keyframe(VideoCodec::Vp8, &kf));
+        assert_eq!(vp8_keyframe_height(&kf), Some(360));
+        let mut delta = kf.clone();
+        delta[4] = 0x01;
+        assert!(!starts_keyframe(VideoCodec::Vp8, &delta));
+        assert!(!starts_keyframe(VideoCodec::Vp8, &[0x90]));
+        assert!(!starts_keyframe(VideoCodec::Vp8, &[]));
+        assert!(starts_keyframe(VideoCodec::H264, &[0x65, 0]));
+        assert!(starts_keyframe(VideoCodec::H264, &[0x7c, 0x85]));
+        assert!(!starts_keyframe(VideoCodec::H264, &[0x7c, 0x05]));
+        assert!(starts_keyframe(VideoCodec::Vp9, &[0x08]));
+        assert!(!starts_keyframe(VideoCodec::Vp9, &[0x48]));
+    }
+}

@@ -1,0 +1,1073 @@
+//! The media engine: every endpoint of every conference on one UDP port, sans-IO.
+//!
+//! Datagrams and the current time go in ([`MediaEngine::handle_datagram`],
+//! [`MediaEngine::handle_timeout`]); datagrams to send, events and the next timeout come out of
+//! [`MediaEngine::poll_output`], which is drained until it returns a timeout. Each endpoint is
+//! one str0m `Rtc` (Direct API, RTP mode) doing ICE (bridge controlling), DTLS (bridge server,
+//! one certificate per process), SRTP and RTCP termination (RR/SR/NACK/transport-cc); the engine
+//! demultiplexes the port (STUN USERNAME, then remote address), forwards audio to everyone and
+//! one simulcast layer of each video source per receiver, rewritten onto the SSRC the receiver
+//! knows (bridge.md Part B, media-engine-notes.md).
+
+mod endpoint;
+mod forward;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use str0m::config::DtlsCert;
+use str0m::media::{KeyframeRequestKind, MediaKind, Mid};
+use str0m::net::{Protocol, Receive};
+use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite, Ssrc, Vp8Descriptor};
+use str0m::{Event, IceConnectionState, Input, Output};
+
+pub use crate::channel::ReceiverConstraints;
+use crate::colibri2::{self, MediaType};
+use endpoint::{
+    DependencyDescriptor, Endpoint, EpId, Forward, RtcSetup, SenderSource, SourceId, build_rtc,
+    jitsi_default_medias, video_codec,
+};
+use forward::{
+    InPacket, LayerView, VideoCodec, select_layer, starts_keyframe, vp8_keyframe_height,
+};
+
+/// maxHeight for sources a receiver has not constrained yet (bridge.md A.3).
+const DEFAULT_MAX_HEIGHT: u32 = 180;
+/// At most one keyframe request per sender layer per this interval (bridge.md B.4).
+const PLI_INTERVAL: Duration = Duration::from_millis(200);
+/// Timeout reported when no endpoint has anything scheduled.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Host candidates: the addresses (ip + media port) the bridge advertises and receives on.
+    pub local_addrs: Vec<SocketAddr>,
+    pub max_endpoints: usize,
+    /// Packets kept per outgoing video stream to answer NACKs (JVB: 500).
+    pub rtx_cache_packets: usize,
+    /// Sources (media-source elements) accepted per endpoint.
+    pub max_sources_per_endpoint: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            local_addrs: Vec::new(),
+            max_endpoints: 1000,
+            rtx_cache_packets: 500,
+            max_sources_per_endpoint: 20,
+        }
+    }
+}
+
+/// One datagram to send from the media port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transmit {
+    pub from: SocketAddr,
+    pub to: SocketAddr,
+    pub data: Vec<u8>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EngineEvent {
+    /// ICE and DTLS are up: media flows.
+    Connected {
+        conference: String,
+        endpoint: String,
+    },
+    /// ICE lost (or the endpoint's transport failed).
+    Disconnected {
+        conference: String,
+        endpoint: String,
+    },
+    /// The video sources now forwarded to `endpoint` (for the bridge channel's
+    /// `ForwardedSources`).
+    ForwardedSources {
+        conference: String,
+        endpoint: String,
+        sources: Vec<String>,
+    },
+}
+
+#[derive(Debug)]
+pub enum EngineOutput {
+    Transmit(Transmit),
+    Event(EngineEvent),
+    /// Call [`MediaEngine::handle_timeout`] at this time (or earlier on a datagram).
+    Timeout(Instant),
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EngineStats {
+    pub endpoints: usize,
+    pub conferences: usize,
+    pub packets_in: u64,
+    pub bytes_in: u64,
+    pub packets_out: u64,
+    pub bytes_out: u64,
+    /// Datagrams that matched no endpoint or did not parse.
+    pub dropped_datagrams: u64,
+    /// RTP packets written to receivers.
+    pub rtp_forwarded: u64,
+    /// Incoming RTP packets from unsignalled SSRCs.
+    pub rtp_unknown_ssrc: u64,
+    pub keyframe_requests: u64,
+    pub layer_switches: u64,
+    /// Errors reported by str0m (the endpoint is marked failed when its `Rtc` dies).
+    pub rtc_errors: u64,
+}
+
+/// All media of the bridge. See the module docs.
+pub struct MediaEngine {
+    cfg: EngineConfig,
+    cert: DtlsCert,
+    fingerprint: String,
+    now: Option<Instant>,
+    endpoints: HashMap<EpId, Endpoint>,
+    by_name: HashMap<(String, String), EpId>,
+    by_ufrag: HashMap<String, EpId>,
+    by_addr: HashMap<SocketAddr, EpId>,
+    /// Conference → endpoints in join order.
+    conferences: HashMap<String, Vec<EpId>>,
+    next_id: u64,
+    out: VecDeque<EngineOutput>,
+    dirty: Vec<EpId>,
+    stats: EngineStats,
+}
+
+impl MediaEngine {
+    /// A new engine with a fresh ECDSA P-256 certificate shared by all endpoints.
+    pub fn new(cfg: EngineConfig) -> MediaEngine {
+        let provider = str0m::crypto::from_feature_flags();
+        // Only fails if the platform's crypto cannot make a key pair: nothing can run then.
+        let cert = provider
+            .dtls_provider
+            .generate_certificate()
+            .expect("generate the DTLS certificate");
+        let digest = provider.sha256_provider.sha256(&cert.certificate);
+        let fingerprint = digest
+            .iter()
+            .map(|b| format!("{b:02X}"))
+            .collect::<Vec<_>>()
+            .join(":");
+        MediaEngine {
+            cfg,
+            cert,
+            fingerprint,
+            now: None,
+            endpoints: HashMap::new(),
+            by_name: HashMap::new(),
+            by_ufrag: HashMap::new(),
+            by_addr: HashMap::new(),
+            conferences: HashMap::new(),
+            next_id: 1,
+            out: VecDeque::new(),
+            dirty: Vec::new(),
+            stats: EngineStats::default(),
+        }
+    }
+
+    /// SHA-256 fingerprint of the certificate, `AA:BB:...`, for the offer.
+    pub fn dtls_fingerprint(&self) -> String {
+        self.fingerprint.clone()
+    }
+
+    fn tick(&mut self, now: Instant) -> Instant {
+        let now = self.now.map_or(now, |n| n.max(now));
+        self.now = Some(now);
+        now
+    }
+
+    fn id_of(&self, endpoint: (&str, &str)) -> Option<EpId> {
+        self.by_name
+            .get(&(endpoint.0.to_string(), endpoint.1.to_string()))
+            .copied()
+    }
+
+    fn mark_dirty(&mut self, id: EpId) {
+        if let Some(ep) = self.endpoints.get_mut(&id)
+            && !ep.dirty
+        {
+            ep.dirty = true;
+            self.dirty.push(id);
+        }
+    }
+
+    /// A new endpoint with the ICE credentials the Colibri2 service handed out. Replaces an
+    /// endpoint of the same name. Ignored (and logged) past `max_endpoints` or when the ufrag
+    /// is taken.
+    pub fn add_endpoint(
+        &mut self,
+        conference: &str,
+        endpoint: &str,
+        local_ufrag: &str,
+        local_pwd: &str,
+        now: Instant,
+    ) {
+        let now = self.tick(now);
+        if self.id_of((conference, endpoint)).is_some() {
+            self.remove_endpoint((conference, endpoint));
+        }
+        if self.endpoints.len() >= self.cfg.max_endpoints {
+            tracing::warn!(
+                conference,
+                endpoint,
+                "media engine full, endpoint not added"
+            );
+            return;
+        }
+        if local_ufrag.is_empty() || self.by_ufrag.contains_key(local_ufrag) {
+            tracing::warn!(conference, endpoint, "ICE ufrag empty or in use");
+            return;
+        }
+        let medias = jitsi_default_medias();
+        let (rtc, caps) = build_rtc(
+            &RtcSetup {
+                cert: &self.cert,
+                ufrag: local_ufrag,
+                pwd: local_pwd,
+                medias: &medias,
+                local_addrs: &self.cfg.local_addrs,
+                rtx_cache_packets: self.cfg.rtx_cache_packets,
+            },
+            now,
+        );
+        let id = self.next_id;
+        self.next_id += 1;
+        self.endpoints.insert(
+            id,
+            Endpoint {
+                conference: conference.to_string(),
+                id: endpoint.to_string(),
+                ufrag: local_ufrag.to_string(),
+                pwd: local_pwd.to_string(),
+                rtc,
+                caps,
+                rtc_now: now,
+                next_timeout: now,
+                dirty: false,
+                connected: false,
+                failed: false,
+                medias: None,
+                remote: None,
+                dtls_started: false,
+                sources: Vec::new(),
+                ssrc_index: HashMap::new(),
+                declared_rx: Default::default(),
+                constraints: ReceiverConstraints::default(),
+                forwards: HashMap::new(),
+                by_mid: HashMap::new(),
+                next_mid: 0,
+                announced: Vec::new(),
+                addrs: Vec::new(),
+            },
+        );
+        self.by_name
+            .insert((conference.to_string(), endpoint.to_string()), id);
+        self.by_ufrag.insert(local_ufrag.to_string(), id);
+        self.conferences
+            .entry(conference.to_string())
+            .or_default()
+            .push(id);
+        self.mark_dirty(id);
+        self.sync_conference(conference);
+    }
+
+    /// Payload types and header extension ids exactly as offered. Rebuilds the endpoint's
+    /// `Rtc` while it is not connected (str0m fixes codecs and extensions at build time);
+    /// later changes are ignored (the focus offers the same numbers to everyone).
+    pub fn set_medias(&mut self, endpoint: (&str, &str), medias: &[colibri2::Media]) {
+        let Some(id) = self.id_of(endpoint) else {
+            return;
+        };
+        let now = self.now.unwrap_or_else(Instant::now);
+        let Some(ep) = self.endpoints.get_mut(&id) else {
+            return;
+        };
+        if ep.medias.as_deref() == Some(medias) {
+            return;
+        }
+        if ep.connected || ep.rtc.is_connected() {
+            tracing::warn!(
+                conference = endpoint.0,
+                endpoint = endpoint.1,
+                "medias changed after connect; ignored"
+            );
+            return;
+        }
+        ep.medias = Some(medias.to_vec());
+        let (rtc, caps) = build_rtc(
+            &RtcSetup {
+                cert: &self.cert,
+                ufrag: &ep.ufrag,
+                pwd: &ep.pwd,
+                medias,
+                local_addrs: &self.cfg.local_addrs,
+                rtx_cache_packets: self.cfg.rtx_cache_packets,
+            },
+            now.max(ep.rtc_now),
+        );
+        ep.rtc = rtc;
+        ep.caps = caps;
+        ep.rtc_now = now.max(ep.rtc_now);
+        ep.dtls_started = false;
+        ep.declared_rx.clear();
+        ep.forwards.clear();
+        ep.by_mid.clear();
+        if let Err(e) = ep.apply_remote() {
+            tracing::warn!(error = %e, "applying remote transport");
+            self.stats.rtc_errors += 1;
+        }
+        ep.declare_rx();
+        let conf = ep.conference.clone();
+        self.mark_dirty(id);
+        self.sync_conference(&conf);
+    }
+
+    /// The client's transport: ICE ufrag/pwd, candidates (often none: the bridge learns the
+    /// client's address peer-reflexively) and DTLS fingerprint. The bridge is ICE-controlling
+    /// and the DTLS server unless the client says `setup=passive`.
+    pub fn set_remote_transport(
+        &mut self,
+        endpoint: (&str, &str),
+        t: &colibri2::IceUdpTransport,
+        now: Instant,
+    ) {
+        let now = self.tick(now);
+        let Some(id) = self.id_of(endpoint) else {
+            return;
+        };
+        let Some(ep) = self.endpoints.get_mut(&id) else {
+            return;
+        };
+        if ep.connected {
+            // bridge.md B.1: a transport update after ICE completed is ignored.
+            return;
+        }
+        ep.remote = Some(t.clone());
+        if ep.rtc_now < now {
+            ep.rtc_now = now;
+            let _ = ep.rtc.handle_input(Input::Timeout(now));
+        }
+        if let Err(e) = ep.apply_remote() {
+            tracing::warn!(error = %e, "applying remote transport");
+            self.stats.rtc_errors += 1;
+        }
+        self.mark_dirty(id);
+    }
+
+    /// The sources the endpoint sends. Every SSRC (all layers and RTX) is declared as an
+    /// incoming stream; the other endpoints of the conference get them forwarded.
+    pub fn set_sources(&mut self, endpoint: (&str, &str), s: &colibri2::Sources) {
+        let Some(id) = self.id_of(endpoint) else {
+            return;
+        };
+        let max = self.cfg.max_sources_per_endpoint;
+        let mut next_id = self.next_id;
+        let Some(ep) = self.endpoints.get_mut(&id) else {
+            return;
+        };
+        let mut sources: Vec<SenderSource> = Vec::new();
+        for ms in s.media_sources.iter().take(max) {
+            if sources.iter().any(|x| x.name == ms.id) {
+                continue;
+            }
+            // Keep the id (and layer state) of a source whose name and SSRCs did not change.
+            let old = ep.sources.iter().find(|x| x.name == ms.id);
+            let sid = old.map_or_else(
+                || {
+                    next_id += 1;
+                    next_id
+                },
+                |o| o.id,
+            );
+            let Some(mut new) = SenderSource::from_colibri(sid, ms) else {
+                continue;
+            };
+            if let Some(o) = old {
+                if o.kind != new.kind
+                    || o.layers
+                        .iter()
+                        .map(|l| l.ssrc)
+                        .ne(new.layers.iter().map(|l| l.ssrc))
+                {
+                    next_id += 1;
+                    new.id = next_id;
+                } else {
+                    new.layers = o.layers.clone();
+                    new.first_seen = o.first_seen;
+                }
+            }
+            sources.push(new);
+        }
+        ep.sources = sources;
+        ep.reindex();
+        ep.declare_rx();
+        let conf = ep.conference.clone();
+        self.next_id = next_id + 1;
+        self.mark_dirty(id);
+        self.sync_conference(&conf);
+    }
+
+    /// Remove one endpoint (its streams disappear from everyone else).
+    pub fn remove_endpoint(&mut self, endpoint: (&str, &str)) {
+        let Some(id) = self.id_of(endpoint) else {
+            return;
+        };
+        self.by_name
+            .remove(&(endpoint.0.to_string(), endpoint.1.to_string()));
+        let Some(ep) = self.endpoints.remove(&id) else {
+            return;
+        };
+        self.by_ufrag.remove(&ep.ufrag);
+        for a in &ep.addrs {
+            if self.by_addr.get(a) == Some(&id) {
+                self.by_addr.remove(a);
+            }
+        }
+        if let Some(list) = self.conferences.get_mut(&ep.conference) {
+            list.retain(|x| *x != id);
+            if list.is_empty() {
+                self.conferences.remove(&ep.conference);
+            }
+        }
+        self.dirty.retain(|x| *x != id);
+        self.sync_conference(&ep.conference);
+    }
+
+    /// Remove every endpoint of a conference.
+    pub fn remove_conference(&mut self, conference: &str) {
+        let names: Vec<String> = self
+            .conferences
+            .get(conference)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.endpoints.get(id).map(|e| e.id.clone()))
+            .collect();
+        for n in names {
+            self.remove_endpoint((conference, &n));
+        }
+        self.conferences.remove(conference);
+    }
+
+    /// The receiver's video wishes from the bridge channel: re-select what it gets.
+    pub fn set_receiver_constraints(&mut self, endpoint: (&str, &str), c: ReceiverConstraints) {
+        let Some(id) = self.id_of(endpoint) else {
+            return;
+        };
+        if let Some(ep) = self.endpoints.get_mut(&id) {
+            ep.constraints = c;
+            self.allocate(id);
+        }
+    }
+
+    /// One datagram received on the media port. Never panics on any input.
+    pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, to: SocketAddr, data: &[u8]) {
+        let now = self.tick(now);
+        self.stats.packets_in += 1;
+        self.stats.bytes_in += data.len() as u64;
+        // The socket may see another local address than the one advertised (NAT, wildcard
+        // bind): str0m needs one of its own candidates as destination.
+        let to = if self.cfg.local_addrs.contains(&to) {
+            to
+        } else {
+            match self
+                .cfg
+                .local_addrs
+                .iter()
+                .find(|a| a.is_ipv4() == to.is_ipv4())
+            {
+                Some(a) => *a,
+                None => {
+                    self.stats.dropped_datagrams += 1;
+                    return;
+                }
+            }
+        };
+        let stun_user = stun_request_local_ufrag(data);
+        let id = match stun_user.and_then(|u| self.by_ufrag.get(u)) {
+            Some(id) => *id,
+            None if stun_user.is_some() => {
+                self.stats.dropped_datagrams += 1;
+                return;
+            }
+            None => match self.by_addr.get(&from) {
+                Some(id) => *id,
+                None => {
+                    self.stats.dropped_datagrams += 1;
+                    return;
+                }
+            },
+        };
+        let Ok(recv) = Receive::new(Protocol::Udp, from, to, data) else {
+            self.stats.dropped_datagrams += 1;
+            return;
+        };
+        let Some(ep) = self.endpoints.get_mut(&id) else {
+            self.stats.dropped_datagrams += 1;
+            return;
+        };
+        if ep.failed {
+            self.stats.dropped_datagrams += 1;
+            return;
+        }
+        let input = Input::Receive(now.max(ep.rtc_now), recv);
+        if stun_user.is_some() {
+            if !ep.rtc.accepts(&input) {
+                self.stats.dropped_datagrams += 1;
+                return;
+            }
+            // A verified check binds the address to this endpoint (it may move endpoints).
+            if self.by_addr.insert(from, id) != Some(id) {
+                ep.addrs.push(from);
+            }
+        }
+        ep.rtc_now = now.max(ep.rtc_now);
+        if let Err(e) = ep.rtc.handle_input(input) {
+            tracing::debug!(error = %e, "endpoint input");
+            self.stats.rtc_errors += 1;
+        }
+        // In RTP mode str0m holds one received packet until the next poll: drain now, or a
+        // second datagram before `poll_output` would overwrite it.
+        self.drain(id);
+    }
+
+    /// Advance time: every endpoint whose timer expired runs.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let now = self.tick(now);
+        let due: Vec<EpId> = self
+            .endpoints
+            .iter()
+            .filter(|(_, e)| e.next_timeout <= now && !e.failed)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            if let Some(ep) = self.endpoints.get_mut(&id) {
+                ep.rtc_now = now.max(ep.rtc_now);
+                if let Err(e) = ep.rtc.handle_input(Input::Timeout(ep.rtc_now)) {
+                    tracing::debug!(error = %e, "endpoint timeout");
+                    self.stats.rtc_errors += 1;
+                }
+            }
+            self.mark_dirty(id);
+        }
+    }
+
+    /// The next output. Drain until it returns [`EngineOutput::Timeout`].
+    pub fn poll_output(&mut self) -> EngineOutput {
+        loop {
+            if let Some(o) = self.out.pop_front() {
+                return o;
+            }
+            let Some(id) = self.dirty.pop() else {
+                break;
+            };
+            self.drain(id);
+        }
+        let next = self
+            .endpoints
+            .values()
+            .filter(|e| !e.failed)
+            .map(|e| e.next_timeout)
+            .min();
+        let idle = self.now.unwrap_or_else(Instant::now) + IDLE_TIMEOUT;
+        EngineOutput::Timeout(next.map_or(idle, |n| n.min(idle)))
+    }
+
+    pub fn stats(&self) -> EngineStats {
+        EngineStats {
+            endpoints: self.endpoints.len(),
+            conferences: self.conferences.len(),
+            ..self.stats.clone()
+        }
+    }
+
+    /// Poll one endpoint's `Rtc` until it wants a timeout.
+    fn drain(&mut self, id: EpId) {
+        loop {
+            let Some(ep) = self.endpoints.get_mut(&id) else {
+                return;
+            };
+            ep.dirty = false;
+            if ep.failed {
+                return;
+            }
+            let polled = ep.rtc.poll_output();
+            match polled {
+                Ok(Output::Timeout(t)) => {
+                    ep.next_timeout = t;
+                    return;
+                }
+                Ok(Output::Transmit(t)) => {
+                    // Responses to our own checks come from where we sent them.
+                    if let std::collections::hash_map::Entry::Vacant(v) =
+                        self.by_addr.entry(t.destination)
+                    {
+                        v.insert(id);
+                        ep.addrs.push(t.destination);
+                    }
+                    self.stats.packets_out += 1;
+                    self.stats.bytes_out += t.contents.len() as u64;
+                    self.out.push_back(EngineOutput::Transmit(Transmit {
+                        from: t.source,
+                        to: t.destination,
+                        data: t.contents.to_vec(),
+                    }));
+                }
+                Ok(Output::Event(e)) => self.on_event(id, e),
+                Err(e) => {
+                    tracing::warn!(error = %e, conference = %ep.conference, endpoint = %ep.id, "endpoint failed");
+                    self.stats.rtc_errors += 1;
+                    if !ep.rtc.is_alive() {
+                        ep.failed = true;
+                        let ev = EngineEvent::Disconnected {
+                            conference: ep.conference.clone(),
+                            endpoint: ep.id.clone(),
+                        };
+                        self.out.push_back(EngineOutput::Event(ev));
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    fn on_event(&mut self, id: EpId, e: Event) {
+        match e {
+            Event::Connected => {
+                let Some(ep) = self.endpoints.get_mut(&id) else {
+                    return;
+                };
+                if !ep.connected {
+                    ep.connected = true;
+                    let ev = EngineEvent::Connected {
+                        conference: ep.conference.clone(),
+                        endpoint: ep.id.clone(),
+                    };
+                    self.out.push_back(EngineOutput::Event(ev));
+                }
+            }
+            Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
+                let Some(ep) = self.endpoints.get_mut(&id) else {
+                    return;
+                };
+                if ep.connected {
+                    ep.connected = false;
+                    let ev = EngineEvent::Disconnected {
+                        conference: ep.conference.clone(),
+                        endpoint: ep.id.clone(),
+                    };
+                    self.out.push_back(EngineOutput::Event(ev));
+                }
+            }
+            Event::IceConnectionStateChange(IceConnectionState::Connected)
+            | Event::IceConnectionStateChange(IceConnectionState::Completed) => {
+                // Back after a disconnect: DTLS is still up.
+                if let Some(ep) = self.endpoints.get_mut(&id)
+                    && !ep.connected
+                    && ep.rtc.is_connected()
+                {
+                    ep.connected = true;
+                    let ev = EngineEvent::Connected {
+                        conference: ep.conference.clone(),
+                        endpoint: ep.id.clone(),
+                    };
+                    self.out.push_back(EngineOutput::Event(ev));
+                }
+            }
+            Event::RtpPacket(p) => self.forward(id, p),
+            Event::KeyframeRequest(r) => {
+                let Some(ep) = self.endpoints.get(&id) else {
+                    return;
+                };
+                let Some(f) = ep.by_mid.get(&r.mid).and_then(|s| ep.forwards.get(s)) else {
+                    return;
+                };
+                let (sender, name, layer) = (f.sender, f.name.clone(), f.proj.layer());
+                if let Some(layer) = layer {
+                    self.request_keyframe(sender, &name, layer);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Ask `sender` for a keyframe on one layer of a source, rate-limited.
+    fn request_keyframe(&mut self, sender: EpId, source: &str, layer: usize) {
+        let Some(now) = self.now else {
+            return;
+        };
+        let Some(ep) = self.endpoints.get_mut(&sender) else {
+            return;
+        };
+        let Some(l) = ep
+            .sources
+            .iter_mut()
+            .find(|s| s.name == source && s.kind == MediaType::Video)
+            .and_then(|s| s.layers.get_mut(layer))
+        else {
+            return;
+        };
+        if l.last_pli
+            .is_some_and(|t| now.saturating_duration_since(t) < PLI_INTERVAL)
+        {
+            return;
+        }
+        l.last_pli = Some(now);
+        let ssrc = Ssrc::from(l.ssrc);
+        if let Some(s) = ep.rtc.direct_api().stream_rx(&ssrc) {
+            s.request_keyframe(KeyframeRequestKind::Pli);
+            self.stats.keyframe_requests += 1;
+            self.mark_dirty(sender);
+        }
+    }
+
+    /// Forward one incoming RTP packet of `sender` to the other endpoints of its conference.
+    fn forward(&mut self, sender: EpId, p: RtpPacket) {
+        let now = self.now.unwrap_or(p.timestamp);
+        let Some(s) = self.endpoints.get_mut(&sender) else {
+            return;
+        };
+        let ssrc = *p.header.ssrc;
+        let Some(&(si, li)) = s.ssrc_index.get(&ssrc) else {
+            self.stats.rtp_unknown_ssrc += 1;
+            return;
+        };
+        let pt = *p.header.payload_type;
+        let codec = s.caps.pts.get(&pt).map(|(c, _)| *c);
+        let source = &mut s.sources[si];
+        let kind = source.kind;
+        let vcodec = match (kind, codec) {
+            (MediaType::Video, Some(c)) => video_codec(c),
+            _ => VideoCodec::Other,
+        };
+        let keyframe = kind == MediaType::Video && starts_keyframe(vcodec, &p.payload);
+        source.first_seen.get_or_insert(now);
+        {
+            let layer = &mut source.layers[li];
+            layer.last_seen = Some(now);
+            if keyframe
+                && vcodec == VideoCodec::Vp8
+                && let Some(h) = vp8_keyframe_height(&p.payload)
+            {
+                layer.height = Some(h);
+            }
+        }
+        let single_layer = source.layers.len() == 1;
+        let views: Vec<LayerView> = (0..source.layers.len())
+            .map(|i| LayerView {
+                height: source.layer_height(i),
+                active: source.layer_selectable(i, now),
+            })
+            .collect();
+        let source_id: SourceId = source.id;
+        let source_name = source.name.clone();
+        let vp8 = if vcodec == VideoCodec::Vp8 {
+            Vp8Descriptor::parse(&p.payload).ok()
+        } else {
+            None
+        };
+        let input = InPacket {
+            layer: li,
+            seq: *p.seq_no,
+            ts: p.header.timestamp,
+            // A single stream starts anywhere (the receiver asks for a keyframe itself).
+            keyframe: keyframe || single_layer || kind == MediaType::Audio,
+            picture_id: vp8.and_then(|d| d.picture_id()),
+            tl0: vp8.and_then(|d| d.tl0_pic_idx()),
+            at: now,
+            clock_rate: if kind == MediaType::Video {
+                90_000
+            } else {
+                48_000
+            },
+        };
+        let mut ext = ExtensionValues {
+            audio_level: p.header.ext_vals.audio_level,
+            voice_activity: p.header.ext_vals.voice_activity,
+            video_orientation: p.header.ext_vals.video_orientation,
+            ..Default::default()
+        };
+        if let Some(dd) = p.header.ext_vals.user_values.get::<DependencyDescriptor>() {
+            ext.user_values.set(dd.clone());
+        }
+        let conference = s.conference.clone();
+        let Some(members) = self.conferences.get(&conference) else {
+            return;
+        };
+        let mut want_keyframe = false;
+        for rid in members {
+            if *rid == sender {
+                continue;
+            }
+            let Some(r) = self.endpoints.get_mut(rid) else {
+                continue;
+            };
+            if !r.connected || r.failed {
+                continue;
+            }
+            let Some(f) = r.forwards.get_mut(&source_id) else {
+                continue;
+            };
+            let target = if kind == MediaType::Audio {
+                Some(0)
+            } else {
+                select_layer(&views, f.max_height)
+            };
+            let Some(target) = target else {
+                continue;
+            };
+            if f.proj.layer() != Some(target) && li == target && !input.keyframe {
+                want_keyframe = true;
+            }
+            let before = f.proj.layer();
+            let Some(out) = f.proj.project(&input, target) else {
+                continue;
+            };
+            if out.switched && before.is_some() {
+                self.stats.layer_switches += 1;
+            }
+            let Some((_, has_rtx)) = r.caps.pts.get(&pt).copied() else {
+                continue;
+            };
+            let mut w = RtpWrite::new(
+                p.header.payload_type,
+                out.seq.into(),
+                out.ts,
+                p.timestamp,
+                p.payload.clone(),
+            )
+            .marker(p.header.marker)
+            .ext_vals(ext.clone())
+            .nackable(kind == MediaType::Video && has_rtx && f.rtx.is_some());
+            if let Some(d) = vp8 {
+                let mut b = d.patch();
+                if let Some(pid) = out.picture_id {
+                    let pid = if pid > 0x7f && d.picture_id().is_some_and(|x| x <= 0x7f) {
+                        pid & 0x7f
+                    } else {
+                        pid
+                    };
+                    b = b.picture_id(pid);
+                }
+                if let Some(t) = out.tl0 {
+                    b = b.tl0_pic_idx(t);
+                }
+                if let Ok(patch) = b.build() {
+                    w = w.vp8_patch(patch);
+                }
+            }
+            let out_ssrc = Ssrc::from(f.ssrc);
+            if r.rtc_now < now {
+                r.rtc_now = now;
+                if r.rtc.handle_input(Input::Timeout(now)).is_err() {
+                    self.stats.rtc_errors += 1;
+                }
+            }
+            if let Some(stream) = r.rtc.direct_api().stream_tx(&out_ssrc) {
+                stream.write_rtp(w);
+                self.stats.rtp_forwarded += 1;
+                if !r.dirty {
+                    r.dirty = true;
+                    self.dirty.push(*rid);
+                }
+            }
+        }
+        if want_keyframe {
+            self.request_keyframe(sender, &source_name, li);
+        }
+    }
+
+    /// Make every endpoint of the conference have exactly one outgoing stream (and mid) per
+    /// source of every other endpoint, then re-select.
+    fn sync_conference(&mut self, conference: &str) {
+        let members: Vec<EpId> = self
+            .conferences
+            .get(conference)
+            .cloned()
+            .unwrap_or_default();
+        // (sender, source id, name, kind, primary ssrc, primary rtx)
+        let mut all: Vec<(EpId, SourceId, String, MediaType, u32, Option<u32>)> = Vec::new();
+        for id in &members {
+            if let Some(ep) = self.endpoints.get(id) {
+                for s in &ep.sources {
+                    let l0 = &s.layers[0];
+                    all.push((*id, s.id, s.name.clone(), s.kind, l0.ssrc, l0.rtx));
+                }
+            }
+        }
+        for rid in &members {
+            let Some(r) = self.endpoints.get_mut(rid) else {
+                continue;
+            };
+            let wanted: Vec<_> = all.iter().filter(|x| x.0 != *rid).collect();
+            // Drop what is gone.
+            let gone: Vec<SourceId> = r
+                .forwards
+                .keys()
+                .filter(|k| !wanted.iter().any(|w| w.1 == **k))
+                .copied()
+                .collect();
+            for k in gone {
+                if let Some(f) = r.forwards.remove(&k) {
+                    r.by_mid.remove(&f.mid);
+                    r.rtc.direct_api().remove_media(f.mid);
+                }
+            }
+            let video_rtx = r.caps.pts.values().any(|(c, rtx)| c.is_video() && *rtx);
+            for (sender, sid, name, kind, ssrc, rtx) in wanted {
+                if r.forwards.contains_key(sid) {
+                    continue;
+                }
+                let rtx = rtx.filter(|_| *kind == MediaType::Video && video_rtx);
+                // An SSRC the receiver itself sends, or one already forwarded: skip (str0m
+                // keys streams by SSRC).
+                let clash = r.declared_rx.contains(ssrc)
+                    || rtx.is_some_and(|x| r.declared_rx.contains(&x))
+                    || r.forwards.values().any(|f| {
+                        f.ssrc == *ssrc
+                            || Some(f.ssrc) == rtx
+                            || f.rtx.is_some_and(|x| x == *ssrc || Some(x) == rtx)
+                    });
+                if clash {
+                    tracing::warn!(source = %name, "SSRC clash; source not forwarded");
+                    continue;
+                }
+                let mid = Mid::from(format!("f{}", r.next_mid).as_str());
+                r.next_mid += 1;
+                let mk = match kind {
+                    MediaType::Audio => MediaKind::Audio,
+                    MediaType::Video => MediaKind::Video,
+                };
+                let mut api = r.rtc.direct_api();
+                api.declare_media(mid, mk);
+                api.declare_stream_tx((*ssrc).into(), rtx.map(Ssrc::from), mid, None);
+                r.by_mid.insert(mid, *sid);
+                r.forwards.insert(
+                    *sid,
+                    Forward {
+                        sender: *sender,
+                        name: name.clone(),
+                        mid,
+                        ssrc: *ssrc,
+                        rtx,
+                        max_height: 0,
+                        proj: Default::default(),
+                    },
+                );
+            }
+            r.dirty = true;
+        }
+        for rid in members {
+            if let Some(ep) = self.endpoints.get_mut(&rid)
+                && ep.dirty
+            {
+                ep.dirty = false;
+                self.mark_dirty(rid);
+            }
+            self.allocate(rid);
+        }
+    }
+
+    /// Decide each forwarded video source's effective maxHeight for one receiver (lastN,
+    /// on-stage and selected first, then join order) and announce the forwarded set.
+    fn allocate(&mut self, rid: EpId) {
+        let Some(r) = self.endpoints.get(&rid) else {
+            return;
+        };
+        let Some(members) = self.conferences.get(&r.conference) else {
+            return;
+        };
+        let c = &r.constraints;
+        // Video sources forwarded to r, in join order of their senders.
+        let mut order: Vec<(SourceId, String)> = Vec::new();
+        for sid in members {
+            if let Some(s) = self.endpoints.get(sid) {
+                for src in s.sources.iter().filter(|x| x.kind == MediaType::Video) {
+                    if r.forwards.contains_key(&src.id) {
+                        order.push((src.id, src.name.clone()));
+                    }
+                }
+            }
+        }
+        let rank = |name: &str| {
+            if c.on_stage.iter().any(|x| x == name) {
+                0
+            } else if c.selected.iter().any(|x| x == name) {
+                1
+            } else {
+                2
+            }
+        };
+        order.sort_by_key(|(_, n)| rank(n));
+        let last_n = match c.last_n {
+            Some(n) if n >= 0 => n as usize,
+            _ => usize::MAX,
+        };
+        let default = c
+            .default_max_height
+            .map_or(DEFAULT_MAX_HEIGHT, |h| h.clamp(0, u32::MAX as i64) as u32);
+        let mut heights: Vec<(SourceId, u32)> = Vec::new();
+        let mut forwarded: Vec<String> = Vec::new();
+        for (i, (sid, name)) in order.iter().enumerate() {
+            let h = if i < last_n {
+                c.constraints
+                    .get(name)
+                    .map_or(default, |h| (*h).clamp(0, u32::MAX as i64) as u32)
+            } else {
+                0
+            };
+            if h > 0 {
+                forwarded.push(name.clone());
+            }
+            heights.push((*sid, h));
+        }
+        let Some(r) = self.endpoints.get_mut(&rid) else {
+            return;
+        };
+        for (sid, h) in heights {
+            if let Some(f) = r.forwards.get_mut(&sid) {
+                f.max_height = h;
+            }
+        }
+        forwarded.sort();
+        if forwarded != r.announced {
+            r.announced = forwarded.clone();
+            let ev = EngineEvent::ForwardedSources {
+                conference: r.conference.clone(),
+                endpoint: r.id.clone(),
+                sources: forwarded,
+            };
+            self.out.push_back(EngineOutput::Event(ev));
+        }
+    }
+}
+
+/// The local ufrag (before ':') of a STUN Binding Request's USERNAME, or `None` for anything
+/// else (other STUN, DTLS, RTP, garbage). Only a quick look; str0m verifies the message.
+fn stun_request_local_ufrag(data: &[u8]) -> Option<&str> {
+    if data.len() < 20 || data[0] & 0xc0 != 0 || data[4..8] != [0x21, 0x12, 0xa4, 0x42] {
+        return None;
+    }
+    // Binding (0x001) request (class 00).
+    if u16::from_be_bytes([data[0], data[1]]) != 0x0001 {
+        return None;
+    }
+    let len = u16::from_be_bytes([data[2], data[3]]) as usize;
+    let body = data.get(20..20 + len)?;
+    let mut i = 0;
+    while i + 4 <= body.len() {
+        let t = u16::from_be_bytes([body[i], body[i + 1]]);
+        let l = u16::from_be_bytes([body[i + 2], body[i + 3]]) as usize;
+        let v = body.get(i + 4..i + 4 + l)?;
+        if t == 0x0006 {
+            let user = std::str::from_utf8(v).ok()?;
+            return user.split(':').next().filter(|u| !u.is_empty());
+        }
+        i += 4 + l.div_ceil(4) * 4;
+    }
+    None
+}

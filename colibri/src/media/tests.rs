@@ -1,0 +1,885 @@
+//! The engine against str0m "browsers" on a virtual clock: datagrams are passed by hand
+//! between one `MediaEngine` and a few client `Rtc`s (ICE controlled, DTLS client, a VP8
+//! camera with 3 simulcast layers + RTX and an Opus mic). No sockets.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use str0m::config::Fingerprint;
+use str0m::format::{Codec, FormatParams};
+use str0m::ice::IceCreds;
+use str0m::media::{Frequency, MediaKind, Mid, Rid};
+use str0m::net::{Protocol, Receive};
+use str0m::rtp::{Extension, ExtensionValues, RawPacket, RtpPacket, RtpWrite};
+use str0m::{Candidate, Event, Input, Output, Rtc};
+
+use super::*;
+use crate::colibri2::{
+    DtlsSetup, Fingerprint as CFingerprint, IceUdpTransport, Media, MediaSource, PayloadType,
+    RtpHdrext, Source, Sources, SsrcGroup,
+};
+
+const CONF: &str = "conf1";
+const TCC_URI: &str = "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01";
+
+fn engine_addr() -> SocketAddr {
+    "127.0.0.1:10000".parse().unwrap()
+}
+
+/// The offer as the focus would pass it to the bridge.
+fn offer_medias() -> Vec<Media> {
+    let pt = |id, name: &str, clockrate, channels, params: &[(&str, &str)]| PayloadType {
+        id,
+        name: name.into(),
+        clockrate,
+        channels,
+        parameters: params
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        rtcp_fbs: Vec::new(),
+    };
+    let ext = |id, uri: &str| RtpHdrext {
+        id,
+        uri: uri.into(),
+    };
+    let mut audio = Media::new(MediaType::Audio);
+    audio.payload_types = vec![pt(111, "opus", 48000, Some(2), &[("useinbandfec", "1")])];
+    audio.rtp_hdrexts = vec![
+        ext(1, "urn:ietf:params:rtp-hdrext:ssrc-audio-level"),
+        ext(5, TCC_URI),
+        ext(10, "urn:ietf:params:rtp-hdrext:sdes:mid"),
+    ];
+    let mut video = Media::new(MediaType::Video);
+    video.payload_types = vec![
+        pt(100, "VP8", 90000, None, &[]),
+        pt(96, "rtx", 90000, None, &[("apt", "100")]),
+    ];
+    video.rtp_hdrexts = vec![
+        ext(
+            3,
+            "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time",
+        ),
+        ext(5, TCC_URI),
+        ext(10, "urn:ietf:params:rtp-hdrext:sdes:mid"),
+    ];
+    vec![audio, video]
+}
+
+/// A fake browser.
+struct Client {
+    name: String,
+    addr: SocketAddr,
+    rtc: Rtc,
+    ufrag: String,
+    pwd: String,
+    audio: u32,
+    /// (ssrc, rtx) per simulcast layer, lowest first.
+    layers: [(u32, u32); 3],
+    next_timeout: Instant,
+    connected: bool,
+    rtp: Vec<RtpPacket>,
+    raw_rx_ssrcs: Vec<u32>,
+    keyframe_requests: Vec<Option<Rid>>,
+    // Sending state.
+    seq: HashMap<u32, u64>,
+    frame: u32,
+    force_keyframe: [bool; 3],
+}
+
+const MID_A: &str = "a";
+const MID_V: &str = "v";
+
+impl Client {
+    fn new(n: u32, now: Instant) -> Client {
+        let name = format!("ep{n}");
+        let addr: SocketAddr = format!("127.0.0.1:{}", 5000 + n).parse().unwrap();
+        let mut cfg = Rtc::builder()
+            .set_rtp_mode(true)
+            .enable_raw_packets(true)
+            .clear_codecs()
+            .clear_extension_map()
+            .set_extension(1, Extension::AudioLevel)
+            .set_extension(3, Extension::AbsoluteSendTime)
+            .set_extension(5, Extension::TransportSequenceNumber);
+        cfg.codec_config().add_config(
+            111.into(),
+            None,
+            Codec::Opus,
+            Frequency::FORTY_EIGHT_KHZ,
+            Some(2),
+            FormatParams::default(),
+        );
+        cfg.codec_config().add_config(
+            100.into(),
+            Some(96.into()),
+            Codec::Vp8,
+            Frequency::NINETY_KHZ,
+            None,
+            FormatParams::default(),
+        );
+        let mut rtc = cfg.build(now);
+        rtc.add_local_candidate(Candidate::host(addr, "udp").unwrap());
+        // The browser learns the bridge's candidate from the offer.
+        rtc.add_remote_candidate(Candidate::host(engine_addr(), "udp").unwrap());
+        let creds = rtc.direct_api().local_ice_credentials();
+        let base = n * 100;
+        let layers = [
+            (base + 11, base + 12),
+            (base + 21, base + 22),
+            (base + 31, base + 32),
+        ];
+        let audio = base + 1;
+        let mut api = rtc.direct_api();
+        api.set_ice_controlling(false);
+        api.enable_twcc_feedback();
+        api.declare_media(Mid::from(MID_A), MediaKind::Audio);
+        api.declare_media(Mid::from(MID_V), MediaKind::Video);
+        api.declare_stream_tx(audio.into(), None, Mid::from(MID_A), None);
+        for (i, (s, r)) in layers.iter().enumerate() {
+            let rid = Rid::from(format!("l{i}").as_str());
+            api.declare_stream_tx((*s).into(), Some((*r).into()), Mid::from(MID_V), Some(rid));
+        }
+        Client {
+            name,
+            addr,
+            rtc,
+            ufrag: creds.ufrag,
+            pwd: creds.pass,
+            audio,
+            layers,
+            next_timeout: now,
+            connected: false,
+            rtp: Vec::new(),
+            raw_rx_ssrcs: Vec::new(),
+            keyframe_requests: Vec::new(),
+            seq: HashMap::new(),
+            frame: 0,
+            force_keyframe: [true; 3],
+        }
+    }
+
+    /// The transport of the session-accept: ufrag/pwd, fingerprint (setup=active), no
+    /// candidates.
+    fn transport(&mut self) -> IceUdpTransport {
+        let fp = self.rtc.direct_api().local_dtls_fingerprint().clone();
+        let value = fp
+            .bytes
+            .iter()
+            .map(|b| format!("{b:02X}"))
+            .collect::<Vec<_>>()
+            .join(":");
+        IceUdpTransport {
+            ufrag: Some(self.ufrag.clone()),
+            pwd: Some(self.pwd.clone()),
+            fingerprints: vec![CFingerprint {
+                hash: "sha-256".into(),
+                setup: Some(DtlsSetup::Active),
+                cryptex: None,
+                value,
+            }],
+            rtcp_mux: true,
+            ..IceUdpTransport::default()
+        }
+    }
+
+    /// The sources of the session-accept: one mic, one camera with SIM + 3 FID groups.
+    fn sources(&self) -> Sources {
+        let src = |ssrc| Source::new(ssrc);
+        let mut video_sources = Vec::new();
+        let mut groups = vec![SsrcGroup {
+            semantics: "SIM".into(),
+            ssrcs: self.layers.iter().map(|l| l.0).collect(),
+        }];
+        for (s, r) in self.layers {
+            video_sources.push(src(s));
+            video_sources.push(src(r));
+            groups.push(SsrcGroup {
+                semantics: "FID".into(),
+                ssrcs: vec![s, r],
+            });
+        }
+        Sources {
+            media_sources: vec![
+                MediaSource {
+                    kind: MediaType::Audio,
+                    id: format!("{}-a0", self.name),
+                    synthetic: None,
+                    sources: vec![src(self.audio)],
+                    ssrc_groups: Vec::new(),
+                },
+                MediaSource {
+                    kind: MediaType::Video,
+                    id: format!("{}-v0", self.name),
+                    synthetic: None,
+                    sources: video_sources,
+                    ssrc_groups: groups,
+                },
+            ],
+        }
+    }
+
+    /// What the focus signals to the others (source-add): the mic and the FIRST SIM SSRC
+    /// with its FID partner only.
+    fn expect_from(&mut self, other: &Client) {
+        // One mid per remote source: str0m keeps one receive stream per mid/rid.
+        let ma = Mid::from(format!("a{}", other.audio).as_str());
+        let mv = Mid::from(format!("v{}", other.layers[0].0).as_str());
+        let mut api = self.rtc.direct_api();
+        if api.stream_rx(&other.audio.into()).is_some() {
+            return;
+        }
+        api.declare_media(ma, MediaKind::Audio);
+        api.declare_media(mv, MediaKind::Video);
+        api.expect_stream_rx(other.audio.into(), None, ma, None);
+        api.expect_stream_rx(
+            other.layers[0].0.into(),
+            Some(other.layers[0].1.into()),
+            mv,
+            None,
+        );
+    }
+
+    fn start(&mut self, engine: &MediaEngine) {
+        let fp: Fingerprint = format!("sha-256 {}", engine.dtls_fingerprint())
+            .parse()
+            .unwrap();
+        let mut api = self.rtc.direct_api();
+        api.set_remote_fingerprint(fp);
+        // The offer's ICE credentials are the ones the service handed out: the test uses the
+        // client's name for both.
+        api.set_remote_ice_credentials(IceCreds {
+            ufrag: bridge_ufrag(&self.name),
+            pass: bridge_pwd(&self.name),
+        });
+        api.start_dtls(true).unwrap();
+    }
+
+    fn next_seq(&mut self, ssrc: u32) -> u64 {
+        let s = self
+            .seq
+            .entry(ssrc)
+            .or_insert(u64::from(ssrc) * 7 % 1000 + 100);
+        *s += 1;
+        *s
+    }
+
+    fn send_audio(&mut self, now: Instant, level: i8) {
+        let seq = self.next_seq(self.audio);
+        let ts = (seq as u32).wrapping_mul(960);
+        let ext = ExtensionValues {
+            audio_level: Some(level),
+            voice_activity: Some(true),
+            ..Default::default()
+        };
+        let mut api = self.rtc.direct_api();
+        let s = api.stream_tx(&self.audio.into()).unwrap();
+        s.write_rtp(
+            RtpWrite::new(111.into(), seq.into(), ts, now, vec![0xAA, seq as u8, 1, 2])
+                .ext_vals(ext),
+        );
+    }
+
+    /// One frame on every layer: one packet each; payload ends with [layer, frame].
+    fn send_video_frame(&mut self, now: Instant) {
+        self.frame += 1;
+        for i in 0..3 {
+            let (ssrc, _) = self.layers[i];
+            let seq = self.next_seq(ssrc);
+            let keyframe = std::mem::take(&mut self.force_keyframe[i]);
+            let pid = (self.frame + 1000 * i as u32) as u16 & 0x7fff;
+            let tl0 = (self.frame as u8).wrapping_add(50 * i as u8);
+            let ts = 1_000_000 * (i as u32 + 1) + self.frame * 3000;
+            let mut payload = vec![0x90, 0xe0, 0x80 | (pid >> 8) as u8, pid as u8, tl0, 0x00];
+            if keyframe {
+                let h = [180u16, 360, 720][i];
+                let w = h * 16 / 9;
+                payload.extend_from_slice(&[0x10, 0x02, 0x00, 0x9d, 0x01, 0x2a]);
+                payload.extend_from_slice(&w.to_le_bytes());
+                payload.extend_from_slice(&h.to_le_bytes());
+            } else {
+                payload.extend_from_slice(&[0x31, 0x00, 0x00]);
+            }
+            payload.extend_from_slice(&[0x55; 20]);
+            payload.extend_from_slice(&[i as u8, self.frame as u8]);
+            let mut api = self.rtc.direct_api();
+            let s = api.stream_tx(&ssrc.into()).unwrap();
+            s.write_rtp(
+                RtpWrite::new(100.into(), seq.into(), ts, now, payload)
+                    .marker(true)
+                    .nackable(true),
+            );
+        }
+    }
+
+    /// Drain the client's outputs; returns the datagrams it sends.
+    fn poll(&mut self) -> Vec<(SocketAddr, SocketAddr, Vec<u8>)> {
+        let mut out = Vec::new();
+        loop {
+            match self.rtc.poll_output().unwrap() {
+                Output::Transmit(t) => out.push((t.source, t.destination, t.contents.to_vec())),
+                Output::Event(e) => match e {
+                    Event::Connected => self.connected = true,
+                    Event::RtpPacket(p) => self.rtp.push(p),
+                    Event::KeyframeRequest(r) => {
+                        self.keyframe_requests.push(r.rid);
+                        if let Some(i) = r.rid.and_then(|rid| {
+                            (0..3).find(|i| rid == Rid::from(format!("l{i}").as_str()))
+                        }) {
+                            self.force_keyframe[i] = true;
+                        }
+                    }
+                    Event::RawPacket(raw) => {
+                        if let RawPacket::RtpRx(h, _) = *raw {
+                            self.raw_rx_ssrcs.push(*h.ssrc);
+                        }
+                    }
+                    _ => {}
+                },
+                Output::Timeout(t) => {
+                    self.next_timeout = t;
+                    return out;
+                }
+            }
+        }
+    }
+
+    /// Received RTP on one SSRC.
+    fn received(&self, ssrc: u32) -> Vec<&RtpPacket> {
+        self.rtp.iter().filter(|p| *p.header.ssrc == ssrc).collect()
+    }
+}
+
+fn bridge_ufrag(name: &str) -> String {
+    format!("br{name}")
+}
+
+fn bridge_pwd(name: &str) -> String {
+    format!("bridgepassword{name}xxxxxxxx")
+}
+
+fn vp8_pid_tl0(payload: &[u8]) -> (u16, u8) {
+    let d = Vp8Descriptor::parse(payload).unwrap();
+    (d.picture_id().unwrap(), d.tl0_pic_idx().unwrap())
+}
+
+/// Engine + clients + the wire between them.
+struct Net {
+    now: Instant,
+    engine: MediaEngine,
+    engine_timeout: Instant,
+    clients: Vec<Client>,
+    events: Vec<EngineEvent>,
+    /// Return false to lose a datagram from the engine to a client.
+    deliver_to_client: Box<dyn FnMut(&Transmit) -> bool>,
+}
+
+impl Net {
+    fn new(n: u32) -> Net {
+        let now = Instant::now();
+        let engine = MediaEngine::new(EngineConfig {
+            local_addrs: vec![engine_addr()],
+            ..EngineConfig::default()
+        });
+        let clients: Vec<Client> = (1..=n).map(|i| Client::new(i, now)).collect();
+        let mut net = Net {
+            now,
+            engine,
+            engine_timeout: now,
+            clients,
+            events: Vec::new(),
+            deliver_to_client: Box::new(|_| true),
+        };
+        for i in 0..net.clients.len() {
+            net.join(i);
+        }
+        net
+    }
+
+    /// Colibri2 allocation, session-accept, sources, and the source-adds to the others.
+    fn join(&mut self, i: usize) {
+        let now = self.now;
+        let name = self.clients[i].name.clone();
+        let e = &mut self.engine;
+        e.add_endpoint(CONF, &name, &bridge_ufrag(&name), &bridge_pwd(&name), now);
+        e.set_medias((CONF, &name), &offer_medias());
+        let t = self.clients[i].transport();
+        e.set_remote_transport((CONF, &name), &t, now);
+        e.set_sources((CONF, &name), &self.clients[i].sources());
+        self.clients[i].start(&self.engine);
+        for j in 0..self.clients.len() {
+            if j != i {
+                let (a, b) = pair(&mut self.clients, i, j);
+                a.expect_from(b);
+                b.expect_from(a);
+            }
+        }
+    }
+
+    fn client(&mut self, name: &str) -> &mut Client {
+        self.clients.iter_mut().find(|c| c.name == name).unwrap()
+    }
+
+    /// Move everything that can move at `self.now` until nothing does.
+    fn pump(&mut self) {
+        let now = self.now;
+        for _ in 0..10_000 {
+            let mut moved = false;
+            // Engine → clients.
+            loop {
+                match self.engine.poll_output() {
+                    EngineOutput::Transmit(t) => {
+                        moved = true;
+                        if !(self.deliver_to_client)(&t) {
+                            continue;
+                        }
+                        if let Some(c) = self.clients.iter_mut().find(|c| c.addr == t.to) {
+                            let r = Receive::new(Protocol::Udp, t.from, t.to, &t.data).unwrap();
+                            c.rtc.handle_input(Input::Receive(now, r)).unwrap();
+                            // One pending RTP packet in str0m's RTP mode: poll after each.
+                            for t in c.poll() {
+                                self.engine.handle_datagram(now, t.0, t.1, &t.2);
+                            }
+                        }
+                    }
+                    EngineOutput::Event(e) => {
+                        moved = true;
+                        self.events.push(e);
+                    }
+                    EngineOutput::Timeout(t) => {
+                        self.engine_timeout = t;
+                        break;
+                    }
+                }
+            }
+            // Clients → engine.
+            for c in &mut self.clients {
+                for t in c.poll() {
+                    moved = true;
+                    self.engine.handle_datagram(now, t.0, t.1, &t.2);
+                }
+            }
+            if !moved {
+                return;
+            }
+        }
+        panic!("network never settled");
+    }
+
+    /// Advance the virtual clock by `d`, running every timer on the way.
+    fn advance(&mut self, d: Duration) {
+        let end = self.now + d;
+        loop {
+            self.pump();
+            let next = self
+                .clients
+                .iter()
+                .map(|c| c.next_timeout)
+                .chain([self.engine_timeout])
+                .min()
+                .unwrap()
+                .max(self.now + Duration::from_micros(500));
+            if next > end {
+                break;
+            }
+            self.now = next;
+            self.tick();
+        }
+        self.now = end;
+        self.tick();
+        self.pump();
+    }
+
+    fn tick(&mut self) {
+        let now = self.now;
+        self.engine.handle_timeout(now);
+        for c in &mut self.clients {
+            if c.next_timeout <= now {
+                c.rtc.handle_input(Input::Timeout(now)).unwrap();
+            }
+        }
+    }
+
+    /// Run `d` of media: audio every 20 ms from everyone, video frames every 33 ms.
+    fn media(&mut self, d: Duration, video: bool) {
+        let end = self.now + d;
+        let mut next_video = self.now;
+        while self.now < end {
+            let now = self.now;
+            for c in &mut self.clients {
+                if c.connected {
+                    c.send_audio(now, -30);
+                }
+            }
+            if video && now >= next_video {
+                next_video = now + Duration::from_millis(33);
+                for c in &mut self.clients {
+                    if c.connected {
+                        c.send_video_frame(now);
+                    }
+                }
+            }
+            self.advance(Duration::from_millis(20));
+        }
+    }
+
+    fn connect(&mut self) {
+        for _ in 0..100 {
+            self.advance(Duration::from_millis(10));
+            if self.clients.iter().all(|c| c.connected) {
+                // Let the engine see its side too.
+                self.advance(Duration::from_millis(10));
+                return;
+            }
+        }
+        panic!("not connected");
+    }
+}
+
+fn pair<T>(v: &mut [T], i: usize, j: usize) -> (&mut T, &mut T) {
+    assert_ne!(i, j);
+    if i < j {
+        let (a, b) = v.split_at_mut(j);
+        (&mut a[i], &mut b[0])
+    } else {
+        let (a, b) = v.split_at_mut(i);
+        (&mut b[0], &mut a[j])
+    }
+}
+
+fn assert_consecutive(seqs: &[u64], what: &str) {
+    assert!(!seqs.is_empty(), "{what}: nothing received");
+    for w in seqs.windows(2) {
+        assert_eq!(w[1], w[0] + 1, "{what}: gap or reorder in {seqs:?}");
+    }
+}
+
+fn connected_events(events: &[EngineEvent]) -> Vec<String> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            EngineEvent::Connected { endpoint, .. } => Some(endpoint.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn fingerprint_is_sha256_upper_hex() {
+    let e = MediaEngine::new(EngineConfig::default());
+    let fp = e.dtls_fingerprint();
+    assert_eq!(fp.len(), 32 * 3 - 1);
+    assert!(
+        fp.chars()
+            .all(|c| c == ':' || c.is_ascii_hexdigit() && !c.is_ascii_lowercase())
+    );
+}
+
+#[test]
+fn ice_and_dtls_connect_without_remote_candidates() {
+    let mut net = Net::new(1);
+    net.connect();
+    assert_eq!(connected_events(&net.events), vec!["ep1".to_string()]);
+    let s = net.engine.stats();
+    assert_eq!((s.endpoints, s.conferences), (1, 1));
+    assert!(s.packets_in > 0 && s.packets_out > 0);
+    assert_eq!(s.dropped_datagrams, 0);
+}
+
+#[test]
+fn audio_reaches_every_other_endpoint() {
+    let mut net = Net::new(3);
+    net.connect();
+    let mut ev = connected_events(&net.events);
+    ev.sort();
+    assert_eq!(ev, ["ep1", "ep2", "ep3"]);
+    net.media(Duration::from_millis(500), false);
+    let a_audio = net.clients[0].audio;
+    for name in ["ep2", "ep3"] {
+        let c = net.client(name);
+        let got = c.received(a_audio);
+        assert!(got.len() >= 20, "{name} got {} audio packets", got.len());
+        let seqs: Vec<u64> = got.iter().map(|p| *p.seq_no).collect();
+        assert_consecutive(&seqs, name);
+        assert_eq!(got[0].header.ext_vals.audio_level, Some(-30));
+        assert_eq!(got[0].payload[0], 0xAA);
+    }
+    // Nobody gets its own audio back.
+    let c1 = &net.clients[0];
+    assert!(c1.received(a_audio).is_empty());
+    assert!(!c1.received(net.clients[1].audio).is_empty());
+}
+
+#[test]
+fn video_lowest_layer_by_default_on_the_signalled_ssrc() {
+    let mut net = Net::new(2);
+    net.connect();
+    net.media(Duration::from_millis(1000), true);
+    let (a_l0, a_rtx0) = net.clients[0].layers[0];
+    let b = &net.clients[1];
+    let got = b.received(a_l0);
+    assert!(got.len() >= 20, "got {} video packets", got.len());
+    // Nothing on the other layers' SSRCs: they were never signalled.
+    assert!(
+        b.rtp
+            .iter()
+            .all(|p| *p.header.ssrc != net.clients[0].layers[1].0)
+    );
+    // Only layer 0 (the last payload bytes are [layer, frame]).
+    assert!(got.iter().all(|p| p.payload[p.payload.len() - 2] == 0));
+    let seqs: Vec<u64> = got.iter().map(|p| *p.seq_no).collect();
+    assert_consecutive(&seqs, "video");
+    assert!(!b.raw_rx_ssrcs.contains(&a_rtx0), "no loss, no RTX");
+    // The forwarded set was announced.
+    assert!(net.events.iter().any(|e| matches!(e,
+        EngineEvent::ForwardedSources { endpoint, sources, .. }
+            if endpoint == "ep2" && sources == &["ep1-v0".to_string()])));
+}
+
+#[test]
+fn constraint_720_switches_at_a_keyframe_with_continuity() {
+    let mut net = Net::new(2);
+    net.connect();
+    net.media(Duration::from_millis(600), true);
+    let a_l0 = net.clients[0].layers[0].0;
+    let before = net.clients[1].received(a_l0).len();
+    assert!(before > 5);
+    let plis_before = net.clients[0].keyframe_requests.len();
+    let switches_before = net.engine.stats().layer_switches;
+    net.engine.set_receiver_constraints(
+        (CONF, "ep2"),
+        ReceiverConstraints {
+            constraints: [("ep1-v0".to_string(), 720)].into_iter().collect(),
+            ..Default::default()
+        },
+    );
+    net.media(Duration::from_millis(1000), true);
+    // The bridge asked ep1 for a keyframe on the top layer.
+    let new_plis = &net.clients[0].keyframe_requests[plis_before..];
+    assert!(
+        new_plis.contains(&Some(Rid::from("l2"))),
+        "PLIs: {new_plis:?}"
+    );
+    assert!(net.engine.stats().layer_switches > switches_before);
+    let got = net.clients[1].received(a_l0);
+    let layers: Vec<u8> = got.iter().map(|p| p.payload[p.payload.len() - 2]).collect();
+    let first2 = layers
+        .iter()
+        .position(|l| *l == 2)
+        .expect("switched to layer 2");
+    assert!(layers[..first2].iter().all(|l| *l == 0));
+    assert!(layers[first2..].iter().all(|l| *l == 2), "{layers:?}");
+    // The first layer-2 packet is a keyframe.
+    assert!(starts_keyframe(VideoCodec::Vp8, &got[first2].payload));
+    assert_eq!(vp8_keyframe_height(&got[first2].payload), Some(720));
+    // Continuity of seq, timestamp, picture id and TL0PICIDX across the switch.
+    let seqs: Vec<u64> = got.iter().map(|p| *p.seq_no).collect();
+    assert_consecutive(&seqs, "video");
+    for w in got.windows(2) {
+        let dt = w[1].header.timestamp.wrapping_sub(w[0].header.timestamp);
+        assert!(dt > 0 && dt < 90_000, "timestamp step {dt}");
+        let (p0, t0) = vp8_pid_tl0(&w[0].payload);
+        let (p1, t1) = vp8_pid_tl0(&w[1].payload);
+        assert_eq!(p1, (p0 + 1) & 0x7fff, "picture id");
+        assert_eq!(t1, t0.wrapping_add(1), "tl0picidx");
+    }
+    // ForwardedSources did not change (still ep1-v0).
+    assert_eq!(
+        net.events
+            .iter()
+            .filter(
+                |e| matches!(e, EngineEvent::ForwardedSources { endpoint, .. } if endpoint == "ep2")
+            )
+            .count(),
+        1
+    );
+}
+
+#[test]
+fn last_n_zero_stops_video_but_not_audio() {
+    let mut net = Net::new(2);
+    net.connect();
+    net.engine.set_receiver_constraints(
+        (CONF, "ep2"),
+        ReceiverConstraints {
+            last_n: Some(0),
+            ..Default::default()
+        },
+    );
+    net.media(Duration::from_millis(500), true);
+    let (a_l0, a_audio) = (net.clients[0].layers[0].0, net.clients[0].audio);
+    assert!(net.clients[1].received(a_l0).is_empty());
+    assert!(!net.clients[1].received(a_audio).is_empty());
+    assert!(
+        !net.clients[0]
+            .received(net.clients[1].layers[0].0)
+            .is_empty()
+    );
+    assert!(net.events.iter().any(|e| matches!(e,
+        EngineEvent::ForwardedSources { endpoint, sources, .. } if endpoint == "ep2" && sources.is_empty())));
+}
+
+#[test]
+fn nack_is_answered_from_the_rtx_cache() {
+    let mut net = Net::new(2);
+    net.connect();
+    net.media(Duration::from_millis(300), true);
+    let (a_l0, a_rtx0) = net.clients[0].layers[0];
+    let b_addr = net.clients[1].addr;
+    // Lose every 7th datagram from the engine to ep2 for a while (only large ones: media).
+    let mut n = 0u32;
+    net.deliver_to_client = Box::new(move |t| {
+        if t.to != b_addr || t.data.len() < 60 {
+            return true;
+        }
+        n += 1;
+        !n.is_multiple_of(7)
+    });
+    net.media(Duration::from_millis(1000), true);
+    net.deliver_to_client = Box::new(|_| true);
+    net.media(Duration::from_millis(500), true);
+    let b = &net.clients[1];
+    assert!(
+        b.raw_rx_ssrcs.contains(&a_rtx0),
+        "ep2 got retransmissions on the RTX SSRC it was told about"
+    );
+    let mut seqs: Vec<u64> = b.received(a_l0).iter().map(|p| *p.seq_no).collect();
+    seqs.sort();
+    seqs.dedup();
+    assert_consecutive(&seqs, "video after repair");
+}
+
+#[test]
+fn garbage_is_dropped_and_counted() {
+    let mut net = Net::new(2);
+    net.connect();
+    net.media(Duration::from_millis(200), true);
+    let now = net.now;
+    let stranger: SocketAddr = "127.0.0.1:6666".parse().unwrap();
+    let to = engine_addr();
+    let before = net.engine.stats().dropped_datagrams;
+    let mut seed = 0x1234_5678u32;
+    let mut rand = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 17;
+        seed ^= seed << 5;
+        seed
+    };
+    let mut sent = 0;
+    for len in [0usize, 1, 2, 11, 12, 19, 20, 21, 100, 1500] {
+        for _ in 0..20 {
+            let data: Vec<u8> = (0..len).map(|_| rand() as u8).collect();
+            net.engine.handle_datagram(now, stranger, to, &data);
+            sent += 1;
+        }
+    }
+    // Truncated STUN binding request with a known ufrag.
+    let mut stun = vec![0x00, 0x01, 0x00, 0x20, 0x21, 0x12, 0xa4, 0x42];
+    stun.extend_from_slice(&[7; 12]);
+    stun.extend_from_slice(&[0x00, 0x06, 0x00, 0x0b]);
+    stun.extend_from_slice(b"brep1:xx");
+    net.engine.handle_datagram(now, stranger, to, &stun);
+    // A complete one with a known ufrag but no integrity.
+    let mut stun2 = vec![0x00, 0x01, 0x00, 0x0c, 0x21, 0x12, 0xa4, 0x42];
+    stun2.extend_from_slice(&[7; 12]);
+    stun2.extend_from_slice(&[0x00, 0x06, 0x00, 0x08]);
+    stun2.extend_from_slice(b"brep1:xx");
+    net.engine.handle_datagram(now, stranger, to, &stun2);
+    // Unknown ufrag.
+    let mut stun3 = stun2.clone();
+    stun3[24..28].copy_from_slice(b"nope");
+    net.engine.handle_datagram(now, stranger, to, &stun3);
+    // RTP and DTLS from an unknown address.
+    let mut rtp = vec![0x80, 100, 0, 1, 0, 0, 0, 1, 0, 0, 0, 111];
+    rtp.extend_from_slice(&[0; 40]);
+    net.engine.handle_datagram(now, stranger, to, &rtp);
+    net.engine
+        .handle_datagram(now, stranger, to, &[22, 254, 253, 0, 0]);
+    sent += 5;
+    let after = net.engine.stats().dropped_datagrams;
+    assert_eq!(after - before, sent, "every stray datagram is dropped");
+    // Garbage from a known address reaches that endpoint's Rtc, which survives it.
+    let a_addr = net.clients[0].addr;
+    for len in [1usize, 12, 13, 40, 200] {
+        let data: Vec<u8> = (0..len).map(|_| rand() as u8).collect();
+        net.engine.handle_datagram(now, a_addr, to, &data);
+        net.engine
+            .handle_datagram(now, a_addr, to, &rtp[..len.min(rtp.len())]);
+    }
+    let got_before = net.clients[1].received(net.clients[0].audio).len();
+    net.media(Duration::from_millis(300), true);
+    assert!(net.clients[1].received(net.clients[0].audio).len() > got_before + 5);
+}
+
+#[test]
+fn removing_an_endpoint_stops_its_media() {
+    let mut net = Net::new(3);
+    net.connect();
+    net.media(Duration::from_millis(300), false);
+    net.engine.remove_endpoint((CONF, "ep1"));
+    assert_eq!(net.engine.stats().endpoints, 2);
+    let a_audio = net.clients[0].audio;
+    let got = net.clients[1].received(a_audio).len();
+    net.media(Duration::from_millis(300), false);
+    assert_eq!(net.clients[1].received(a_audio).len(), got);
+    // The others still hear each other.
+    let c_audio = net.clients[2].audio;
+    let got_c = net.clients[1].received(c_audio).len();
+    net.media(Duration::from_millis(200), false);
+    assert!(net.clients[1].received(c_audio).len() > got_c);
+    net.engine.remove_conference(CONF);
+    let s = net.engine.stats();
+    assert_eq!((s.endpoints, s.conferences), (0, 0));
+}
+
+#[test]
+fn stun_username_parsing() {
+    assert_eq!(stun_request_local_ufrag(&[]), None);
+    let mut m = vec![0x00, 0x01, 0x00, 0x0c, 0x21, 0x12, 0xa4, 0x42];
+    m.extend_from_slice(&[0; 12]);
+    m.extend_from_slice(&[0x00, 0x06, 0x00, 0x07]);
+    m.extend_from_slice(b"abc:def\0");
+    assert_eq!(stun_request_local_ufrag(&m), Some("abc"));
+    m[1] = 0x11; // an indication
+    assert_eq!(stun_request_local_ufrag(&m), None);
+    m[1] = 0x01;
+    m[3] = 0x40; // length beyond the datagram
+    assert_eq!(stun_request_local_ufrag(&m), None);
+}
+
+#[test]
+fn silent_client_is_reported_disconnected() {
+    let mut net = Net::new(2);
+    net.connect();
+    net.media(Duration::from_millis(200), false);
+    // ep1 vanishes from the network.
+    net.clients.remove(0);
+    net.advance(Duration::from_secs(30));
+    assert!(
+        net.events.iter().any(|e| matches!(e,
+            EngineEvent::Disconnected { endpoint, .. } if endpoint == "ep1")),
+        "{:?}",
+        net.events
+    );
+    assert!(!net.events.iter().any(|e| matches!(e,
+        EngineEvent::Disconnected { endpoint, .. } if endpoint == "ep2")));
+}
+
+#[test]
+fn removed_source_is_no_longer_forwarded() {
+    let mut net = Net::new(2);
+    net.connect();
+    net.media(Duration::from_millis(600), true);
+    let a_l0 = net.clients[0].layers[0].0;
+    assert!(!net.clients[1].received(a_l0).is_empty());
+    // ep1 stops its camera: only the mic remains in its sources.
+    let mut s = net.clients[0].sources();
+    s.media_sources.retain(|m| m.kind == MediaType::Audio);
+    net.engine.set_sources((CONF, "ep1"), &s);
+    let got = net.clients[1].received(a_l0).len();
+    net.media(Duration::from_millis(300), true);
+    assert_eq!(net.clients[1].received(a_l0).len(), got);
+    assert!(net.events.iter().any(|e| matches!(e,
+        EngineEvent::ForwardedSources { endpoint, sources, .. } if endpoint == "ep2" && sources.is_empty())));
+}

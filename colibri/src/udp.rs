@@ -1,0 +1,286 @@
+//! The media engine's thread: one UDP socket, the sans-IO [`MediaEngine`], commands from the
+//! Colibri2 service and the bridge channel in, events out. No lock on the packet path: the
+//! engine is owned by this thread alone.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::channel::{ChannelHub, ReceiverConstraints};
+use crate::colibri2::{IceUdpTransport, Media, Sources};
+use crate::media::{EngineConfig, EngineEvent, EngineOutput, EngineStats, MediaEngine};
+
+/// What the signalling side asks of the engine.
+#[derive(Debug)]
+pub enum Command {
+    AddEndpoint {
+        conf: String,
+        ep: String,
+        ufrag: String,
+        pwd: String,
+        medias: Vec<Media>,
+    },
+    SetRemote {
+        conf: String,
+        ep: String,
+        transport: IceUdpTransport,
+    },
+    SetSources {
+        conf: String,
+        ep: String,
+        sources: Sources,
+    },
+    RemoveEndpoint {
+        conf: String,
+        ep: String,
+    },
+    RemoveConference {
+        conf: String,
+    },
+    Constraints {
+        conf: String,
+        ep: String,
+        constraints: ReceiverConstraints,
+    },
+    Stats(oneshot::Sender<EngineStats>),
+}
+
+/// Sends commands to the engine thread (bounded; a full queue drops and logs).
+#[derive(Clone, Debug)]
+pub struct EngineHandle {
+    tx: mpsc::Sender<Command>,
+}
+
+impl EngineHandle {
+    pub fn send(&self, c: Command) {
+        if let Err(e) = self.tx.try_send(c) {
+            tracing::warn!(error = %e, "media engine command queue full; command dropped");
+        }
+    }
+
+    pub async fn stats(&self) -> Option<EngineStats> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(Command::Stats(tx)).await.ok()?;
+        rx.await.ok()
+    }
+}
+
+/// A STUN Binding request without USERNAME (a plain STUN client, e.g. for P2P) gets a
+/// Binding success response with XOR-MAPPED-ADDRESS (RFC 5389). ICE checks carry USERNAME
+/// and go to the engine instead.
+pub fn plain_stun_response(req: &[u8], from: SocketAddr) -> Option<Vec<u8>> {
+    const MAGIC: u32 = 0x2112_A442;
+    if req.len() < 20 || req[0] != 0x00 || req[1] != 0x01 {
+        return None;
+    }
+    if u32::from_be_bytes([req[4], req[5], req[6], req[7]]) != MAGIC {
+        return None;
+    }
+    let len = u16::from_be_bytes([req[2], req[3]]) as usize;
+    if req.len() < 20 + len {
+        return None;
+    }
+    let mut i = 20;
+    while i + 4 <= 20 + len {
+        let ty = u16::from_be_bytes([req[i], req[i + 1]]);
+        let alen = u16::from_be_bytes([req[i + 2], req[i + 3]]) as usize;
+        if ty == 0x0006 {
+            return None; // USERNAME: an ICE check.
+        }
+        i += 4 + alen.div_ceil(4) * 4;
+    }
+    let tid = &req[8..20];
+    let mut attr = Vec::with_capacity(24);
+    let port = from.port() ^ (MAGIC >> 16) as u16;
+    match from {
+        SocketAddr::V4(a) => {
+            attr.extend_from_slice(&[0x00, 0x01]);
+            attr.extend_from_slice(&port.to_be_bytes());
+            let ip = u32::from(*a.ip()) ^ MAGIC;
+            attr.extend_from_slice(&ip.to_be_bytes());
+        }
+        SocketAddr::V6(a) => {
+            attr.extend_from_slice(&[0x00, 0x02]);
+            attr.extend_from_slice(&port.to_be_bytes());
+            let mut key = [0u8; 16];
+            key[..4].copy_from_slice(&MAGIC.to_be_bytes());
+            key[4..].copy_from_slice(tid);
+            for (b, k) in a.ip().octets().iter().zip(key) {
+                attr.push(b ^ k);
+            }
+        }
+    }
+    let mut out = Vec::with_capacity(20 + 4 + attr.len());
+    out.extend_from_slice(&[0x01, 0x01]);
+    out.extend_from_slice(&((4 + attr.len()) as u16).to_be_bytes());
+    out.extend_from_slice(&MAGIC.to_be_bytes());
+    out.extend_from_slice(tid);
+    out.extend_from_slice(&[0x00, 0x20]);
+    out.extend_from_slice(&(attr.len() as u16).to_be_bytes());
+    out.extend_from_slice(&attr);
+    Some(out)
+}
+
+/// Start the engine on its own thread, bound to `bind`. Returns the command handle and the
+/// DTLS fingerprint to put in offers.
+pub fn spawn(
+    cfg: EngineConfig,
+    bind: SocketAddr,
+    hub: Arc<ChannelHub>,
+    queue: usize,
+) -> std::io::Result<(EngineHandle, String)> {
+    let std_sock = std::net::UdpSocket::bind(bind)?;
+    std_sock.set_nonblocking(true)?;
+    let local = std_sock.local_addr()?;
+    let engine = MediaEngine::new(cfg);
+    let fingerprint = engine.dtls_fingerprint();
+    let (tx, rx) = mpsc::channel(queue.max(16));
+    std::thread::Builder::new()
+        .name("meetd-media".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    tracing::error!(error = %e, "media engine runtime failed");
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                match UdpSocket::from_std(std_sock) {
+                    Ok(sock) => run(engine, sock, local, rx, hub).await,
+                    Err(e) => tracing::error!(error = %e, "media socket failed"),
+                }
+            });
+        })?;
+    Ok((EngineHandle { tx }, fingerprint))
+}
+
+async fn run(
+    mut engine: MediaEngine,
+    sock: UdpSocket,
+    local: SocketAddr,
+    mut rx: mpsc::Receiver<Command>,
+    hub: Arc<ChannelHub>,
+) {
+    let mut buf = vec![0u8; 2048];
+    loop {
+        let deadline = loop {
+            match engine.poll_output() {
+                EngineOutput::Transmit(t) => {
+                    // A full socket buffer drops the packet, as the network would.
+                    let _ = sock.try_send_to(&t.data, t.to);
+                }
+                EngineOutput::Event(e) => event(&hub, e),
+                EngineOutput::Timeout(t) => break t,
+            }
+        };
+        tokio::select! {
+            r = sock.recv_from(&mut buf) => {
+                let Ok((n, from)) = r else { continue };
+                let data = &buf[..n];
+                if let Some(resp) = plain_stun_response(data, from) {
+                    let _ = sock.try_send_to(&resp, from);
+                    continue;
+                }
+                engine.handle_datagram(Instant::now(), from, local, data);
+            }
+            c = rx.recv() => {
+                let Some(c) = c else { break };
+                command(&mut engine, c);
+            }
+            _ = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)) => {
+                engine.handle_timeout(Instant::now());
+            }
+        }
+    }
+}
+
+fn command(engine: &mut MediaEngine, c: Command) {
+    let now = Instant::now();
+    match c {
+        Command::AddEndpoint {
+            conf,
+            ep,
+            ufrag,
+            pwd,
+            medias,
+        } => {
+            engine.add_endpoint(&conf, &ep, &ufrag, &pwd, now);
+            if !medias.is_empty() {
+                engine.set_medias((&conf, &ep), &medias);
+            }
+        }
+        Command::SetRemote {
+            conf,
+            ep,
+            transport,
+        } => engine.set_remote_transport((&conf, &ep), &transport, now),
+        Command::SetSources { conf, ep, sources } => engine.set_sources((&conf, &ep), &sources),
+        Command::RemoveEndpoint { conf, ep } => engine.remove_endpoint((&conf, &ep)),
+        Command::RemoveConference { conf } => engine.remove_conference(&conf),
+        Command::Constraints {
+            conf,
+            ep,
+            constraints,
+        } => engine.set_receiver_constraints((&conf, &ep), constraints),
+        Command::Stats(tx) => {
+            let _ = tx.send(engine.stats());
+        }
+    }
+}
+
+fn event(hub: &ChannelHub, e: EngineEvent) {
+    match e {
+        EngineEvent::ForwardedSources {
+            conference,
+            endpoint,
+            sources,
+        } => {
+            let msg = serde_json::json!({"colibriClass": "ForwardedSources", "forwardedSources": sources});
+            hub.send(&conference, &endpoint, msg.to_string());
+        }
+        EngineEvent::Connected {
+            conference,
+            endpoint,
+        } => {
+            tracing::debug!(%conference, %endpoint, "media connected");
+        }
+        EngineEvent::Disconnected {
+            conference,
+            endpoint,
+        } => {
+            tracing::debug!(%conference, %endpoint, "media disconnected");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_binding_request_gets_xor_mapped_address() {
+        let mut req = vec![0x00, 0x01, 0x00, 0x00, 0x21, 0x12, 0xA4, 0x42];
+        req.extend_from_slice(&[7u8; 12]);
+        let from: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+        let r = plain_stun_response(&req, from).unwrap();
+        assert_eq!(&r[0..2], &[0x01, 0x01]);
+        assert_eq!(&r[8..20], &[7u8; 12]);
+        // XOR-MAPPED-ADDRESS port and address.
+        assert_eq!(u16::from_be_bytes([r[26], r[27]]) ^ 0x2112, 40000);
+        let ip = u32::from_be_bytes([r[28], r[29], r[30], r[31]]) ^ 0x2112_A442;
+        assert_eq!(std::net::Ipv4Addr::from(ip), std::net::Ipv4Addr::LOCALHOST);
+        // With USERNAME it is an ICE check: not ours.
+        let mut ice = vec![0x00, 0x01, 0x00, 0x08, 0x21, 0x12, 0xA4, 0x42];
+        ice.extend_from_slice(&[7u8; 12]);
+        ice.extend_from_slice(&[0x00, 0x06, 0x00, 0x04, b'a', b':', b'b', b'c']);
+        assert!(plain_stun_response(&ice, from).is_none());
+        assert!(plain_stun_response(b"garbage", from).is_none());
+    }
+}
