@@ -25,6 +25,8 @@ pub struct Front {
     pub focus: Option<meetd_jingle::focus::FocusHandle>,
     pub bridge: Arc<meetd_colibri::service::ColibriService>,
     pub channels: Arc<meetd_colibri::channel::ChannelHub>,
+    /// An unpacked Jitsi Meet web build, when configured.
+    pub web_root: Option<crate::webroot::WebRoot>,
     /// Set once every listener is bound.
     pub ready: AtomicBool,
 }
@@ -51,7 +53,7 @@ pub fn router(front: Arc<Front>, tls: bool) -> Router {
         .route("/about/health", get(health))
         .route("/colibri-ws/{bridge}/{conf}/{endpoint}", get(colibri_ws))
         .route("/", get(index))
-        .fallback(not_found)
+        .fallback(web_fallback)
         .with_state(St { front, tls })
 }
 
@@ -187,7 +189,45 @@ async fn index(
     headers: HeaderMap,
 ) -> Response {
     let base = base_url(&st, peer, &headers);
-    Html(web::index_page(&st.front.cfg, &base)).into_response()
+    match &st.front.web_root {
+        Some(w) => {
+            let config = web::config_js(&st.front.cfg, &st.front.server.config, &base);
+            w.index(None, host_of(&base), &config)
+        }
+        None => Html(web::index_page(&st.front.cfg, &base)).into_response(),
+    }
+}
+
+fn host_of(base: &str) -> &str {
+    base.split_once("://").map(|(_, h)| h).unwrap_or(base)
+}
+
+/// Everything else: the web app's files and room URLs, as the stock nginx site serves them.
+async fn web_fallback(
+    State(st): State<St>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    req: axum::extract::Request,
+) -> Response {
+    let Some(w) = &st.front.web_root else {
+        return not_found().await;
+    };
+    if req.method() != axum::http::Method::GET && req.method() != axum::http::Method::HEAD {
+        return (StatusCode::METHOD_NOT_ALLOWED, "").into_response();
+    }
+    let path = req.uri().path().to_string();
+    let base = base_url(&st, peer, req.headers());
+    // /<tenant>/config.js is the same generated file.
+    if path.ends_with("/config.js") && path.matches('/').count() == 2 {
+        return config_js(State(st.clone()), ConnectInfo(peer), req.headers().clone()).await;
+    }
+    match w.route(&path) {
+        crate::webroot::Target::Index(tenant) => {
+            let config = web::config_js(&st.front.cfg, &st.front.server.config, &base);
+            w.index(tenant.as_deref(), host_of(&base), &config)
+        }
+        crate::webroot::Target::File(p) => w.file(&p, req).await,
+        crate::webroot::Target::NotFound => w.not_found(),
+    }
 }
 
 async fn not_found() -> Response {

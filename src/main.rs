@@ -7,6 +7,7 @@ mod http;
 mod storage;
 mod tls;
 mod web;
+mod webroot;
 
 use std::io::BufRead;
 use std::net::IpAddr;
@@ -263,6 +264,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         focus,
         bridge: bridge.clone(),
         channels,
+        web_root: web_root(&cfg)?,
         ready: Default::default(),
     });
 
@@ -366,6 +368,21 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+fn web_root(cfg: &Config) -> anyhow::Result<Option<webroot::WebRoot>> {
+    if cfg.web.root.is_empty() {
+        return Ok(None);
+    }
+    let dir = PathBuf::from(&cfg.web.root);
+    if !dir.join("index.html").is_file() {
+        anyhow::bail!(
+            "web.root {}: no index.html there (expected an unpacked Jitsi Meet web build)",
+            dir.display()
+        );
+    }
+    tracing::info!(root = %dir.display(), "serving the Jitsi Meet web app");
+    Ok(Some(webroot::WebRoot { dir }))
 }
 
 async fn shutdown_signal() {
