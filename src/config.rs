@@ -260,6 +260,8 @@ pub struct FocusSection {
     pub max_conferences: usize,
     pub max_ssrcs_per_endpoint: usize,
     pub max_ssrc_groups_per_endpoint: usize,
+    pub max_audio_senders: usize,
+    pub max_video_senders: usize,
 }
 
 impl Default for FocusSection {
@@ -271,6 +273,8 @@ impl Default for FocusSection {
             max_conferences: 1000,
             max_ssrcs_per_endpoint: 20,
             max_ssrc_groups_per_endpoint: 20,
+            max_audio_senders: 999_999,
+            max_video_senders: 999_999,
         }
     }
 }
@@ -517,6 +521,8 @@ impl Config {
             max_ssrcs: self.focus.max_ssrcs_per_endpoint,
             max_groups: self.focus.max_ssrc_groups_per_endpoint,
         };
+        c.max_audio_senders = self.focus.max_audio_senders;
+        c.max_video_senders = self.focus.max_video_senders;
         meetd_jingle::focus::FocusOptions {
             cfg: c,
             service_domain: x.focus_domain.clone(),

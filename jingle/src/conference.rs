@@ -39,6 +39,9 @@ pub struct FocusConfig {
     pub restart_max_per_minute: usize,
     pub region: String,
     pub auto_owner: bool,
+    /// Unmuted audio / video senders allowed at once (Jicofo's max-audio-senders).
+    pub max_audio_senders: usize,
+    pub max_video_senders: usize,
 }
 
 impl FocusConfig {
@@ -56,6 +59,8 @@ impl FocusConfig {
             restart_max_per_minute: 5,
             region: "meetd".into(),
             auto_owner: true,
+            max_audio_senders: 999_999,
+            max_video_senders: 999_999,
         }
     }
 
@@ -121,6 +126,9 @@ struct Participant {
     affiliation: String,
     audio_muted_by_focus: bool,
     video_muted_by_focus: bool,
+    /// From the presence `<SourceInfo>`: sending unmuted audio / video.
+    sending_audio: bool,
+    sending_video: bool,
 }
 
 impl Participant {
@@ -184,9 +192,19 @@ pub struct Conference {
     created: Instant,
     single_since: Option<Instant>,
     pub rtcstats_enabled: bool,
+    /// Conference-request properties: participants beyond this count start muted.
+    pub start_audio_muted: Option<usize>,
+    pub start_video_muted: Option<usize>,
+    /// What the focus's presence currently says (to publish changes only).
+    published: (bool, bool, bool),
 }
 
 fn focus_presence(room: &str, focus_jid: &str) -> Element {
+    focus_presence_with(room, focus_jid, (false, false, false))
+}
+
+/// The focus's presence: (audio limit reached, video limit reached, bridge not available).
+fn focus_presence_with(room: &str, focus_jid: &str, flags: (bool, bool, bool)) -> Element {
     let mut p = el(
         "presence",
         NS_CLIENT,
@@ -220,8 +238,27 @@ fn focus_presence(room: &str, focus_jid: &str) -> Element {
                 NS_FOCUS,
                 &[("key", "bridge-count"), ("value", "1")],
             ))
+            .append(el(
+                "property",
+                NS_FOCUS,
+                &[
+                    ("key", "audio-limit-reached"),
+                    ("value", if flags.0 { "true" } else { "false" }),
+                ],
+            ))
+            .append(el(
+                "property",
+                NS_FOCUS,
+                &[
+                    ("key", "video-limit-reached"),
+                    ("value", if flags.1 { "true" } else { "false" }),
+                ],
+            ))
             .build(),
     );
+    if flags.2 {
+        p.append_child(Element::bare("bridgeNotAvailable", NS_FOCUS));
+    }
     p
 }
 
@@ -244,6 +281,9 @@ impl Conference {
             created: now,
             single_since: None,
             rtcstats_enabled: true,
+            start_audio_muted: None,
+            start_video_muted: None,
+            published: (false, false, false),
             cfg,
         };
         let p = focus_presence(room, &c.cfg.focus_jid);
@@ -265,6 +305,26 @@ impl Conference {
 
     pub fn focus_bare(&self) -> &str {
         self.cfg.focus_bare()
+    }
+
+    /// Options from a conference request (the first one that sets them wins):
+    /// `startAudioMuted`, `startVideoMuted`, `rtcstatsEnabled`.
+    pub fn request_properties(&mut self, conference: &Element) {
+        for p in conference.children().filter(|c| c.name() == "property") {
+            let (Some(name), Some(value)) = (p.attr("name"), p.attr("value")) else {
+                continue;
+            };
+            match name {
+                "startAudioMuted" if self.start_audio_muted.is_none() => {
+                    self.start_audio_muted = value.parse().ok()
+                }
+                "startVideoMuted" if self.start_video_muted.is_none() => {
+                    self.start_video_muted = value.parse().ok()
+                }
+                "rtcstatsEnabled" => self.rtcstats_enabled = value != "false",
+                _ => {}
+            }
+        }
     }
 
     /// Endpoints whose sources the focus has accepted.
@@ -453,6 +513,7 @@ impl Conference {
             None => {
                 if let Some(m) = self.participant_mut(nick) {
                     m.affiliation = affiliation;
+                    self.source_info(nick, p);
                     return;
                 }
                 let stats_id = p.get_child("stats-id", NS_CLIENT).map(|s| s.text());
@@ -469,7 +530,10 @@ impl Conference {
                     affiliation,
                     audio_muted_by_focus: false,
                     video_muted_by_focus: false,
+                    sending_audio: false,
+                    sending_video: false,
                 });
+                self.source_info(nick, p);
                 let to = format!("{}/{}", self.room, nick);
                 self.iq(
                     &to,
@@ -482,6 +546,87 @@ impl Conference {
             }
             _ => {}
         }
+    }
+
+    /// Read `<SourceInfo>` (the client's mute state per source) from a presence.
+    fn source_info(&mut self, nick: &str, p: &Element) {
+        let Some(si) = p.get_child("SourceInfo", NS_CLIENT) else {
+            return;
+        };
+        let Ok(serde_json::Value::Object(m)) =
+            serde_json::from_str::<serde_json::Value>(&si.text())
+        else {
+            return;
+        };
+        let unmuted = |suffix: char| {
+            m.iter().any(|(name, v)| {
+                name.rsplit('-')
+                    .next()
+                    .is_some_and(|t| t.starts_with(suffix))
+                    && v.get("muted").and_then(|x| x.as_bool()) == Some(false)
+            })
+        };
+        let (a, v) = (unmuted('a'), unmuted('v'));
+        if let Some(part) = self.participant_mut(nick) {
+            part.sending_audio = a;
+            part.sending_video = v;
+        }
+        self.publish_limits();
+    }
+
+    fn senders(&self) -> (usize, usize) {
+        (
+            self.participants.iter().filter(|p| p.sending_audio).count(),
+            self.participants.iter().filter(|p| p.sending_video).count(),
+        )
+    }
+
+    /// Update `audio-limit-reached` / `video-limit-reached` / `bridgeNotAvailable` in the
+    /// focus's presence when they change.
+    fn publish_limits(&mut self) {
+        let (a, v) = self.senders();
+        let bridge_down = self.published.2;
+        let flags = (
+            a >= self.cfg.max_audio_senders,
+            v >= self.cfg.max_video_senders,
+            bridge_down,
+        );
+        self.publish(flags);
+    }
+
+    fn publish(&mut self, flags: (bool, bool, bool)) {
+        if flags == self.published || matches!(self.phase, Phase::Joining | Phase::Stopped) {
+            return;
+        }
+        self.published = flags;
+        let mut p = focus_presence_with(&self.room, &self.cfg.focus_jid, flags);
+        p.remove_child("x", NS_MUC);
+        self.send(p);
+    }
+
+    /// The bridge failed us: end every session cleanly and say so in presence. The clients
+    /// get a fresh session when the next allocation succeeds.
+    fn bridge_failed(&mut self) {
+        let nicks: Vec<String> = self
+            .participants
+            .iter()
+            .filter(|p| p.sid().is_some() || p.state == SessionState::Allocating)
+            .map(|p| p.nick.clone())
+            .collect();
+        for nick in &nicks {
+            self.terminate(nick, "general-error", "bridge failure");
+        }
+        self.bridge = BridgeConf::None;
+        self.allocation_queue.clear();
+        for p in self.participants.iter_mut() {
+            p.state = SessionState::Idle;
+            p.allocated = false;
+            p.told.clear();
+        }
+        self.feedback = EndpointSourceSet::default();
+        self.bridge_session_id = uuid::Uuid::new_v4().to_string();
+        let (a, v, _) = self.published;
+        self.publish((a, v, true));
     }
 
     /// Jicofo's auto-owner: the first participant, and a successor when the owner leaves.
@@ -677,6 +822,11 @@ impl Conference {
                     Ok(m) => m,
                     Err(e) => {
                         tracing::warn!(room = %self.room, %nick, error = %e, "bridge allocation failed");
+                        if matches!(e, colibri2::Colibri2Error::ConferenceNotFound { .. }) {
+                            // The bridge lost the conference: start over with everyone.
+                            self.bridge_failed();
+                            return;
+                        }
                         if create {
                             self.bridge = BridgeConf::None;
                             let queued: Vec<String> = self.allocation_queue.drain(..).collect();
@@ -692,6 +842,10 @@ impl Conference {
                         return;
                     }
                 };
+                if self.published.2 {
+                    let (a, v, _) = self.published;
+                    self.publish((a, v, false));
+                }
                 if create {
                     self.bridge = BridgeConf::Created;
                     if let Some(s) = &modified.sources {
@@ -705,9 +859,26 @@ impl Conference {
                 self.offer(&nick, &modified);
                 self.update_single(now);
             }
-            ColibriPending::Update | ColibriPending::Expire => {
+            ColibriPending::Update => match result {
+                Err(colibri2::Colibri2Error::UnknownEndpoint { id }) => {
+                    // The bridge forgot one endpoint: that participant gets a fresh session.
+                    tracing::info!(room = %self.room, endpoint = %id, "bridge lost an endpoint; re-inviting");
+                    if let Some(p) = self.participant_mut(&id) {
+                        p.allocated = false;
+                    }
+                    self.reinvite(&id);
+                }
+                Err(colibri2::Colibri2Error::ConferenceNotFound { .. }) => {
+                    tracing::warn!(room = %self.room, "bridge lost the conference; re-inviting everyone");
+                    self.bridge_failed();
+                    self.maybe_invite(now);
+                }
+                Err(e) => tracing::debug!(room = %self.room, error = %e, "bridge update failed"),
+                Ok(_) => {}
+            },
+            ColibriPending::Expire => {
                 if let Err(e) = result {
-                    tracing::debug!(room = %self.room, error = %e, "bridge update failed");
+                    tracing::debug!(room = %self.room, error = %e, "bridge expire failed");
                 }
             }
         }
@@ -761,7 +932,7 @@ impl Conference {
             session_id: &self.bridge_session_id,
             region: &self.cfg.region,
         };
-        let jingle = offer::session_initiate(
+        let mut jingle = offer::session_initiate(
             &sid,
             &self.cfg.focus_jid,
             &media,
@@ -769,6 +940,26 @@ impl Conference {
             &classic,
             json_text.as_deref(),
         );
+        let n = self.participants.len();
+        let (senders_a, senders_v) = self.senders();
+        let mute_a = self
+            .start_audio_muted
+            .is_some_and(|t| n > t.min(self.cfg.max_audio_senders))
+            || senders_a >= self.cfg.max_audio_senders;
+        let mute_v = self
+            .start_video_muted
+            .is_some_and(|t| n > t.min(self.cfg.max_video_senders))
+            || senders_v >= self.cfg.max_video_senders;
+        if mute_a || mute_v {
+            jingle.append_child(el(
+                "startmuted",
+                "http://jitsi.org/jitmeet/start-muted",
+                &[
+                    ("audio", if mute_a { "true" } else { "false" }),
+                    ("video", if mute_v { "true" } else { "false" }),
+                ],
+            ));
+        }
         let to = format!("{}/{}", self.room, nick);
         if let Some(p) = self.participant_mut(nick) {
             p.state = SessionState::Offered { sid };
@@ -938,6 +1129,19 @@ impl Conference {
             .map_err(|e| (StanzaError::BAD_REQUEST, e.to_string()))?;
         if set.is_empty() {
             return Ok(());
+        }
+        // Jicofo refuses new senders beyond the limits (JitsiMeetConferenceImpl.addSource).
+        let (a, v) = self.senders();
+        let me = self.participant(nick);
+        let adds_audio = set.count(MediaType::Audio) > 0 && !me.is_some_and(|p| p.sending_audio);
+        let adds_video = set.count(MediaType::Video) > 0 && !me.is_some_and(|p| p.sending_video);
+        if (adds_audio && a >= self.cfg.max_audio_senders)
+            || (adds_video && v >= self.cfg.max_video_senders)
+        {
+            return Err((
+                StanzaError::RESOURCE_CONSTRAINT,
+                "sender limit reached".into(),
+            ));
         }
         self.sources
             .try_add(nick, &set)

@@ -339,6 +339,9 @@ async fn run_actor(
         match msg {
             ActorMsg::Input(i) => conf.handle(i, Instant::now()),
             ActorMsg::Request(iq) => {
+                if let Some(c) = iq.get_child("conference", NS_FOCUS) {
+                    conf.request_properties(c);
+                }
                 if conf.is_ready() {
                     router.route(conference_reply(&iq, &focus_bare, true));
                 } else {

@@ -21,8 +21,12 @@ struct Harness {
 
 impl Harness {
     fn new() -> Harness {
+        Harness::with(FocusConfig::new(FOCUS))
+    }
+
+    fn with(cfg: FocusConfig) -> Harness {
         let now = Instant::now();
-        let c = Conference::new(ROOM, FocusConfig::new(FOCUS), now);
+        let c = Conference::new(ROOM, cfg, now);
         let mut h = Harness {
             c,
             now,
@@ -520,4 +524,124 @@ fn owner_succession_and_mute() {
     assert!(h.take_sent().iter().any(|e| {
         meetd_xmpp::xml::to_string(e).contains("affiliation='owner' jid='u2@meet.jitsi'")
     }));
+}
+
+#[test]
+fn sender_limits_are_published_and_enforced() {
+    let mut cfg = FocusConfig::new(FOCUS);
+    cfg.max_audio_senders = 1;
+    let mut h = Harness::with(cfg);
+    h.start();
+    h.join("aaaa", 1);
+    h.join("bbbb", 2);
+    h.bridge();
+    let sa = sid_of(&h.jingle_to("aaaa")[0]);
+    let sb = sid_of(&h.jingle_to("bbbb")[0]);
+    h.accept("aaaa", &sa, 100);
+    h.take_sent();
+    // a unmutes its microphone: the limit (1) is reached and the focus says so.
+    h.stanza(&format!("<presence xmlns='jabber:client' from='{ROOM}/aaaa' to='{FOCUS}'><SourceInfo>{{\"aaaa-a0\":{{\"muted\":false}}}}</SourceInfo><x xmlns='http://jabber.org/protocol/muc#user'><item affiliation='owner' role='moderator' jid='u1@meet.jitsi/r1'/></x></presence>"));
+    let p = h
+        .take_sent()
+        .into_iter()
+        .find(|e| e.name() == "presence")
+        .expect("focus presence update");
+    assert!(meetd_xmpp::xml::to_string(&p).contains("key='audio-limit-reached' value='true'"));
+    // b's accept carries audio: refused with resource-constraint? No: accept is not source-add;
+    // Jicofo limits source-add. b accepts with video only, then tries to add audio.
+    h.accept("bbbb", &sb, 200);
+    h.take_sent();
+    h.stanza(&format!("<iq xmlns='jabber:client' type='set' id='add' from='{ROOM}/bbbb' to='{FOCUS}'><jingle xmlns='urn:xmpp:jingle:1' action='source-add' sid='{sb}'><content name='audio'><description xmlns='urn:xmpp:jingle:apps:rtp:1' media='audio'><source xmlns='urn:xmpp:jingle:apps:rtp:ssma:0' ssrc='777'><parameter name='msid' value='bbbb-audio-2 z'/></source></description></content></jingle></iq>"));
+    let r = h
+        .take_sent()
+        .into_iter()
+        .find(|e| e.attr("id") == Some("add"))
+        .unwrap();
+    assert!(
+        meetd_xmpp::xml::to_string(&r).contains("resource-constraint"),
+        "{r:?}"
+    );
+}
+
+#[test]
+fn start_muted_from_the_conference_request() {
+    let mut h = Harness::new();
+    let req = parse(
+        "<conference xmlns='http://jitsi.org/protocol/focus' room='r'><property name='startAudioMuted' value='1'/><property name='startVideoMuted' value='5'/></conference>",
+    );
+    h.c.request_properties(&req);
+    h.start();
+    h.join("aaaa", 1);
+    h.join("bbbb", 2);
+    h.bridge();
+    // Two participants > 1: audio starts muted, video not (5).
+    let si = h.jingle_to("bbbb");
+    let sm = si[0]
+        .get_child("jingle", NS_JINGLE)
+        .unwrap()
+        .get_child("startmuted", "http://jitsi.org/jitmeet/start-muted")
+        .expect("startmuted");
+    assert_eq!(sm.attr("audio"), Some("true"));
+    assert_eq!(sm.attr("video"), Some("false"));
+}
+
+#[test]
+fn bridge_failures_reinvite_or_end_sessions_cleanly() {
+    let (mut h, sa, _sb) = two_in_session();
+    h.accept("aaaa", &sa, 100);
+    // The bridge forgot a's endpoint: a gets a fresh session.
+    let (req, _) = h.colibri.pop().unwrap();
+    h.colibri.clear();
+    h.input(Input::Colibri {
+        req,
+        result: Err(colibri2::Colibri2Error::UnknownEndpoint { id: "aaaa".into() }),
+    });
+    let to_a = h.jingle_to("aaaa");
+    assert!(
+        to_a.iter()
+            .any(|e| meetd_xmpp::xml::to_string(e).contains("session-terminate"))
+    );
+    h.bridge();
+    let again = h.jingle_to("aaaa");
+    assert!(
+        again
+            .iter()
+            .any(|e| e.get_child("jingle", NS_JINGLE).unwrap().attr("action")
+                == Some("session-initiate"))
+    );
+    // The bridge lost the whole conference on an update: everyone ends cleanly and the
+    // focus announces bridgeNotAvailable until a new allocation works.
+    let bsid = sid_of(
+        again
+            .iter()
+            .find(|e| meetd_xmpp::xml::to_string(e).contains("session-initiate"))
+            .unwrap(),
+    );
+    h.take_sent();
+    h.accept("aaaa", &bsid, 300);
+    let (req, _) = h.colibri.pop().unwrap();
+    h.colibri.clear();
+    h.input(Input::Colibri {
+        req,
+        result: Err(colibri2::Colibri2Error::ConferenceNotFound {
+            meeting_id: "meeting-1".into(),
+        }),
+    });
+    let sent = h.take_sent();
+    assert!(
+        sent.iter()
+            .any(|e| meetd_xmpp::xml::to_string(e).contains("general-error"))
+    );
+    assert!(
+        sent.iter()
+            .any(|e| e.name() == "presence" && e.has_child("bridgeNotAvailable", NS_FOCUS))
+    );
+    // A new allocation follows at once (create again) and clears the flag.
+    assert!(h.colibri.iter().any(|(_, m)| m.create));
+    h.bridge();
+    let sent = h.take_sent();
+    assert!(
+        sent.iter()
+            .any(|e| e.name() == "presence" && !e.has_child("bridgeNotAvailable", NS_FOCUS))
+    );
 }
