@@ -293,11 +293,13 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
             anyhow::Ok(r?)
         });
     }
+    let mut https_cfg = None;
     if let Some(addr) = cfg.listen.https.addr() {
         let rcfg =
             axum_server::tls_rustls::RustlsConfig::from_pem_file(&tls_files.cert, &tls_files.key)
                 .await
                 .map_err(|e| anyhow::anyhow!("tls: {e}"))?;
+        https_cfg = Some(rcfg.clone());
         let std_l = std::net::TcpListener::bind(addr)
             .map_err(|e| anyhow::anyhow!("listen.https {addr}: {e}"))?;
         std_l.set_nonblocking(true)?;
@@ -314,7 +316,9 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
             anyhow::Ok(())
         });
     }
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls_cfg);
+    let acceptor: meetd_xmpp::tcp::TlsSource = Arc::new(parking_lot::RwLock::new(
+        tokio_rustls::TlsAcceptor::from(tls_cfg),
+    ));
     if let Some(addr) = cfg.listen.c2s.addr() {
         let l = tokio::net::TcpListener::bind(addr)
             .await
@@ -353,6 +357,12 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
             meetd_xmpp::component::serve(s, l).await;
             anyhow::Ok(())
         });
+    }
+    if !tls_files.self_signed {
+        for w in tls::chain_warnings(&tls_files) {
+            tracing::warn!("{w}");
+        }
+        tokio::spawn(tls::watch(tls_files, acceptor.clone(), https_cfg));
     }
     front.ready.store(true, Ordering::Release);
     tracing::info!("ready");

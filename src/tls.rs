@@ -92,3 +92,141 @@ pub fn server_config(files: &TlsFiles) -> anyhow::Result<Arc<rustls::ServerConfi
         .with_single_cert(certs, key)?;
     Ok(Arc::new(cfg))
 }
+
+/// Problems with a configured chain that would make the mobile apps refuse it.
+pub fn chain_warnings(files: &TlsFiles) -> Vec<String> {
+    let mut out = Vec::new();
+    let certs: Vec<CertificateDer<'static>> = match CertificateDer::pem_file_iter(&files.cert) {
+        Ok(it) => it.filter_map(Result::ok).collect(),
+        Err(e) => return vec![format!("{}: {e}", files.cert.display())],
+    };
+    let parsed: Vec<_> = certs
+        .iter()
+        .filter_map(|c| {
+            x509_parser::parse_x509_certificate(c.as_ref())
+                .ok()
+                .map(|(_, x)| x)
+        })
+        .collect();
+    let Some(leaf) = parsed.first() else {
+        return vec![format!("{}: no readable certificate", files.cert.display())];
+    };
+    if parsed.len() == 1 && leaf.issuer() != leaf.subject() {
+        out.push(format!(
+            "{}: the certificate chain is incomplete (only the server certificate, issued by {}); \
+             the iOS and Android apps reject such chains: configure the full chain (e.g. fullchain.pem)",
+            files.cert.display(),
+            leaf.issuer()
+        ));
+    }
+    for pair in parsed.windows(2) {
+        if pair[0].issuer() != pair[1].subject() {
+            out.push(format!(
+                "{}: certificate issued by {} is followed by {}, not by its issuer; the chain is out of order or incomplete",
+                files.cert.display(),
+                pair[0].issuer(),
+                pair[1].subject()
+            ));
+        }
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let not_after = leaf.validity().not_after.timestamp();
+    if not_after < now {
+        out.push(format!(
+            "{}: the certificate has expired",
+            files.cert.display()
+        ));
+    } else if not_after < now + 14 * 86400 {
+        out.push(format!(
+            "{}: the certificate expires within 14 days",
+            files.cert.display()
+        ));
+    }
+    out
+}
+
+fn mtimes(files: &TlsFiles) -> Option<(std::time::SystemTime, std::time::SystemTime)> {
+    let m = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    Some((m(&files.cert)?, m(&files.key)?))
+}
+
+/// Reload the certificate when its files change (renewals), for HTTPS and XMPP alike.
+pub async fn watch(
+    files: TlsFiles,
+    c2s: meetd_xmpp::tcp::TlsSource,
+    https: Option<axum_server::tls_rustls::RustlsConfig>,
+) {
+    let mut last = mtimes(&files);
+    loop {
+        tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+        let now = mtimes(&files);
+        if now.is_none() || now == last {
+            continue;
+        }
+        match server_config(&files) {
+            Ok(cfg) => {
+                *c2s.write() = tokio_rustls::TlsAcceptor::from(cfg);
+                if let Some(h) = &https
+                    && let Err(e) = h.reload_from_pem_file(&files.cert, &files.key).await
+                {
+                    tracing::error!(error = %e, "reloading the HTTPS certificate failed");
+                    continue;
+                }
+                last = now;
+                tracing::info!(cert = %files.cert.display(), "certificate reloaded");
+                for w in chain_warnings(&files) {
+                    tracing::warn!("{w}");
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "the new certificate files do not load; keeping the old ones")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn leaf_only_chain_is_reported() {
+        let dir = std::env::temp_dir().join(format!("meetd-chain-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        // A CA and a leaf it signs; the file holds the leaf alone.
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(vec![]).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "Test CA");
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::new(ca_params, ca_key);
+        let leaf_key = rcgen::KeyPair::generate().unwrap();
+        let mut lp = rcgen::CertificateParams::new(vec!["meet.example.com".into()]).unwrap();
+        lp.distinguished_name
+            .push(rcgen::DnType::CommonName, "meet.example.com");
+        let leaf = lp.signed_by(&leaf_key, &issuer).unwrap();
+        let files = TlsFiles {
+            cert: dir.join("leaf.pem"),
+            key: dir.join("leaf.key"),
+            self_signed: false,
+        };
+        std::fs::write(&files.cert, leaf.pem()).unwrap();
+        std::fs::write(&files.key, leaf_key.serialize_pem()).unwrap();
+        let w = chain_warnings(&files);
+        assert!(w.iter().any(|w| w.contains("incomplete")), "{w:?}");
+        // With the CA appended the chain is complete.
+        std::fs::write(&files.cert, format!("{}{}", leaf.pem(), ca.pem())).unwrap();
+        let w = chain_warnings(&files);
+        assert!(
+            !w.iter()
+                .any(|w| w.contains("incomplete") || w.contains("out of order")),
+            "{w:?}"
+        );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}

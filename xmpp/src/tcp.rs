@@ -220,11 +220,14 @@ impl TcpLink {
     }
 }
 
+/// The current TLS configuration; replaced in place when the certificate files change.
+pub type TlsSource = Arc<parking_lot::RwLock<TlsAcceptor>>;
+
 /// Accept c2s connections. `direct_tls`: TLS from the first byte (XEP-0368).
 pub async fn serve_c2s(
     server: Arc<Server>,
     listener: TcpListener,
-    tls: Option<TlsAcceptor>,
+    tls: Option<TlsSource>,
     direct_tls: bool,
 ) {
     loop {
@@ -237,7 +240,7 @@ pub async fn serve_c2s(
             }
         };
         let server = server.clone();
-        let tls = tls.clone();
+        let tls = tls.as_ref().map(|t| t.read().clone());
         tokio::spawn(async move {
             handle(server, tcp, peer, tls, direct_tls).await;
         });
