@@ -1,0 +1,298 @@
+// End-to-end media through meetd with real Chromium WebRTC: meetd (XMPP, MUC, focus, bridge)
+// and headless Chromium pages running a minimal Jitsi-like client (client.js: strophe.js over
+// WebSocket, Jingle ⇄ SDP as lib-jitsi-meet does, SSRC-signalled simulcast, bridge channel).
+//
+// MUST run inside a loopback-only network namespace (tests/e2e/run.sh does that): Chromium
+// sends ICE checks from every interface it has (testing.md, "Network rule"). The test refuses
+// to start when any interface other than `lo` exists.
+//
+// Steps: two participants exchange audio + video; a third joins and everyone decodes both
+// others; one leaves and the other two keep receiving from each other. Media is checked with
+// getStats(): framesDecoded / totalSamplesReceived of each remote source growing over a window.
+//
+// Env: E2E_PARTICIPANTS (default 3), E2E_SIMULCAST (default 1), E2E_JSON (which participants
+// advertise json-encoded-sources, default "0,2": mixed on purpose), E2E_CODEC (preferred video
+// codec, default: the focus' order), E2E_WINDOW_MS (default 5000), E2E_TRACE=1 (XMPP trace in
+// the page logs), MEETD_LOG_LEVEL (default debug for the meetd crates).
+
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import http from 'node:http';
+import { readFileSync, existsSync, mkdirSync, writeFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { chromium } from 'playwright-core';
+import { useServer, DOMAIN, TESTS_DIR, withTimeout, sleep } from '../lib/server.mjs';
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+const require = createRequire(import.meta.url);
+const CHROMIUM = process.env.CHROMIUM_PATH || '/usr/bin/chromium';
+const STROPHE = path.join(path.dirname(require.resolve('strophe.js/package.json')), 'dist', 'strophe.umd.min.js');
+const N = Number(process.env.E2E_PARTICIPANTS || 3);
+const SIMULCAST = process.env.E2E_SIMULCAST !== '0';
+const JSON_IDX = new Set((process.env.E2E_JSON ?? '0,2').split(',').filter(Boolean).map(Number));
+// VP8 by default: Chromium honours SSRC-signalled simulcast (a=ssrc-group:SIM) only for VP8/H264;
+// with AV1 (the focus' first codec) it sends one L1T1 stream on the first SSRC. E2E_CODEC=offer
+// keeps the focus' order (AV1, no simulcast munging: lib-jitsi-meet uses SVC, not SIM, for AV1).
+const CODEC = (process.env.E2E_CODEC || 'VP8') === 'offer' ? null : (process.env.E2E_CODEC || 'VP8');
+const WINDOW_MS = Number(process.env.E2E_WINDOW_MS || 5000);
+const MEDIA_TIMEOUT_MS = Number(process.env.E2E_MEDIA_TIMEOUT_MS || 45000);
+const MUC = `muc.${DOMAIN}`;
+const ROOM = `e2emedia@${MUC}`;
+
+// Network rule: refuse to run with any interface but loopback.
+// (/proc/net/dev belongs to the current network namespace; /sys/class/net does not follow unshare -n.)
+const ifaces = readFileSync('/proc/net/dev', 'utf8').split('\n').slice(2).map((l) => l.split(':')[0].trim()).filter(Boolean);
+const outsideNamespace = ifaces.some((i) => i !== 'lo');
+if (outsideNamespace) {
+    throw new Error(`media.test.mjs must run in a loopback-only network namespace (found interfaces: ${ifaces.join(', ')}); use tests/e2e/run.sh`);
+}
+
+process.env.MEETD_LOG_LEVEL ??= 'info,meetd=debug,meetd_colibri=debug,meetd_jingle=debug,str0m=info';
+
+const srv = useServer({
+    name: 'e2e-media',
+    extraArgs: ['--advertise-ip', '127.0.0.1'],
+    config: '[focus]\nsingle_participant_timeout_secs = 60\n',
+});
+
+let web;
+let webBase;
+let browser;
+const parts = []; // {idx, nick, page, ctx, errors, left}
+const results = { joinMs: [] };
+
+before(async () => {
+    assert.ok(existsSync(CHROMIUM), `Chromium not found at ${CHROMIUM}`);
+    const files = {
+        '/': ['text/html; charset=utf-8', readFileSync(path.join(here, 'page.html'))],
+        '/client.js': ['application/javascript', readFileSync(path.join(here, 'client.js'))],
+        '/strophe.js': ['application/javascript', readFileSync(STROPHE)],
+    };
+    web = http.createServer((req, res) => {
+        if (req.url === '/favicon.ico') {
+            res.writeHead(204);
+            res.end();
+            return;
+        }
+        const f = files[req.url.split('?')[0]];
+        if (f) {
+            res.writeHead(200, { 'content-type': f[0], 'cache-control': 'no-store' });
+            res.end(f[1]);
+        } else {
+            res.writeHead(404);
+            res.end();
+        }
+    });
+    await new Promise((r) => web.listen(0, '127.0.0.1', r));
+    webBase = `http://127.0.0.1:${web.address().port}`;
+    browser = await chromium.launch({
+        executablePath: CHROMIUM,
+        headless: true,
+        args: [
+            '--headless=new', '--no-sandbox', '--disable-gpu',
+            '--use-fake-ui-for-media-stream', '--use-fake-device-for-media-stream',
+            '--allow-loopback-in-peer-connection',
+            '--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run',
+            '--disable-quic', '--autoplay-policy=no-user-gesture-required',
+            '--disable-renderer-backgrounding', '--disable-background-timer-throttling', '--disable-backgrounding-occluded-windows',
+        ],
+    });
+});
+
+after(async () => {
+    if (browser) await withTimeout(browser.close(), 10000, 'browser.close()').catch(() => {});
+    if (web) await new Promise((r) => web.close(r));
+});
+
+const nickOf = (i) => `${(0xa0a0a0a0 + i * 0x01010101).toString(16)}`.slice(0, 8);
+
+async function addParticipant(i) {
+    const ctx = await browser.newContext({ permissions: ['camera', 'microphone'] });
+    const page = await ctx.newPage();
+    const p = { idx: i, nick: nickOf(i), page, ctx, errors: [], left: false };
+    page.on('pageerror', (e) => p.errors.push(`pageerror: ${e}`));
+    page.on('console', (m) => { if (m.type() === 'error') p.errors.push(`console: ${m.text()}`); });
+    await page.goto(`${webBase}/`);
+    parts.push(p);
+    const opts = {
+        wsUrl: `${srv.server.wsUrl}?room=e2emedia`, domain: DOMAIN, room: ROOM, nick: p.nick,
+        // SSRC-signalled simulcast only where lib-jitsi-meet uses it (VP8/H264); AV1/VP9 get one stream.
+        json: JSON_IDX.has(i), simulcast: SIMULCAST && ['VP8', 'H264'].includes(CODEC), videoCodec: CODEC, trace: process.env.E2E_TRACE === '1',
+        dropExt: (process.env.E2E_DROP_EXT || '').split(',').filter(Boolean), // diagnostics: header extensions to refuse
+        width: Number(process.env.E2E_WIDTH || 1280), height: Number(process.env.E2E_HEIGHT || 720),
+    };
+    p.start = await withTimeout(page.evaluate((o) => window.meet.start(o), opts), 30000, `participant ${p.nick} start`);
+    return p;
+}
+
+const stats = (p) => withTimeout(p.page.evaluate(() => window.meet.stats()), 10000, `stats of ${p.nick}`);
+const debugOf = (p) => withTimeout(p.page.evaluate(() => window.meet.debug()), 10000, `debug of ${p.nick}`).catch((e) => ({ error: String(e) }));
+
+// For every participant in `who`, the remote sources (by owner) it must receive.
+function flowsOf(s, owner) {
+    const mine = s.inbound.filter((i) => i.owner === owner);
+    return { video: mine.filter((i) => i.kind === 'video'), audio: mine.filter((i) => i.kind === 'audio') };
+}
+const sum = (arr, k) => arr.reduce((a, x) => a + (x[k] || 0), 0);
+
+/**
+ * Wait until each active participant decodes video and receives audio from every other active
+ * participant, growing over WINDOW_MS. Returns the last per-participant stats.
+ */
+async function expectMedia(t, label) {
+    const active = parts.filter((p) => !p.left);
+    const deadline = Date.now() + MEDIA_TIMEOUT_MS;
+    let last = null;
+    let why = '';
+    while (Date.now() < deadline) {
+        const s0 = await Promise.all(active.map(stats));
+        await sleep(WINDOW_MS);
+        const s1 = await Promise.all(active.map(stats));
+        last = s1;
+        const problems = [];
+        active.forEach((p, k) => {
+            for (const o of active) {
+                if (o === p) continue;
+                const a = flowsOf(s0[k], o.nick);
+                const b = flowsOf(s1[k], o.nick);
+                const dv = sum(b.video, 'framesDecoded') - sum(a.video, 'framesDecoded');
+                const da = sum(b.audio, 'totalSamplesReceived') - sum(a.audio, 'totalSamplesReceived');
+                const dpa = sum(b.audio, 'packetsReceived') - sum(a.audio, 'packetsReceived');
+                if (!(dv > 0)) problems.push(`${p.nick} ← ${o.nick}: video framesDecoded +${dv} (${b.video.length} video stream(s), packets ${sum(b.video, 'packetsReceived')})`);
+                if (!(da > 0 && dpa > 0)) problems.push(`${p.nick} ← ${o.nick}: audio samples +${da}, packets +${dpa} (${b.audio.length} audio stream(s))`);
+            }
+        });
+        if (!problems.length) {
+            const summary = active.map((p, k) => `${p.nick}: ` + active.filter((o) => o !== p).map((o) => {
+                const v = flowsOf(last[k], o.nick).video[0] || {};
+                return `${o.nick} ${v.codec || '?'} ${v.frameWidth}x${v.frameHeight}@${v.framesPerSecond ?? '?'}fps`;
+            }).join(', '));
+            t.diagnostic(`${label}: media flows; ${summary.join(' | ')}`);
+            t.diagnostic(`${label}: senders: ${active.map((p, k) => {
+                const s = last[k];
+                const v = s.outbound.filter((o) => o.kind === 'video').map((o) => `${o.ssrc}/${o.rtxSsrc} ${o.frameWidth}x${o.frameHeight}@${o.framesPerSecond ?? 0}fps`).join(' ');
+                return `${p.nick} bwe=${Math.round((s.pair?.availableOutgoingBitrate || 0) / 1000)}kbps [${v}]${s.unsignalledOutbound?.length ? ` UNSIGNALLED ${s.unsignalledOutbound.join(',')}` : ''}`;
+            }).join(' | ')}`);
+            return last;
+        }
+        why = problems.join('\n');
+    }
+    throw new Error(`${label}: media did not flow within ${MEDIA_TIMEOUT_MS} ms:\n${why}\n${await report(last)}`);
+}
+
+async function report(lastStats) {
+    const out = [];
+    const dump = { participants: [] };
+    for (const p of parts) {
+        const d = await debugOf(p);
+        const s = p.left ? null : await stats(p).catch((e) => ({ error: String(e) }));
+        dump.participants.push({ nick: p.nick, left: p.left, pageErrors: p.errors, stats: s, debug: d });
+        out.push(`==== participant ${p.nick}${p.left ? ' (left)' : ''} jid=${d.jid}`);
+        if (s && !s.error) {
+            if (s.unsignalledOutbound?.length) out.push(`  SENDING ON UNSIGNALLED SSRCs: ${s.unsignalledOutbound.join(', ')}`);
+            out.push(`  pc=${s.pc} ice=${s.ice} dtls=${s.dtls} pair=${JSON.stringify(s.pair)} transport=${JSON.stringify(s.transport)}`);
+            for (const i of s.inbound) out.push(`  in  ${i.kind} mid=${i.mid} owner=${i.owner} ssrc=${i.ssrc} codec=${i.codec} pkts=${i.packetsReceived} lost=${i.packetsLost} bytes=${i.bytesReceived} framesRx=${i.framesReceived} decoded=${i.framesDecoded} key=${i.keyFramesDecoded} ${i.frameWidth}x${i.frameHeight} samples=${i.totalSamplesReceived} nack=${i.nackCount} pli=${i.pliCount}`);
+            for (const o of s.outbound) out.push(`  out ${o.kind} mid=${o.mid} ssrc=${o.ssrc} codec=${o.codec} pkts=${o.packetsSent} frames=${o.framesEncoded} ${o.frameWidth}x${o.frameHeight} active=${o.active} ql=${o.qualityLimitationReason} sm=${o.scalabilityMode} nack=${o.nackCount} pli=${o.pliCount}`);
+            for (const r of s.remoteInbound || []) out.push(`  bridge RR for ${r.kind} ssrc=${r.ssrc}: lost=${r.packetsLost} fractionLost=${r.fractionLost} rtt=${r.roundTripTime} jitter=${r.jitter} reports=${r.reports}`);
+            if (s.pairs) out.push(`  pairs ${JSON.stringify(s.pairs)}`);
+        } else if (s) {
+            out.push(`  stats: ${s.error}`);
+        }
+        if (d.errors && d.errors.length) out.push(`  client errors:\n    ${d.errors.join('\n    ')}`);
+        if (p.errors.length) out.push(`  page errors:\n    ${p.errors.slice(-10).join('\n    ')}`);
+        if (d.mlines) out.push(`  m-lines: ${d.mlines.map((m) => `${m.mid}:${m.media}${m.main ? '*' : ''}:${m.owner}:${m.dir}:${(m.ssrcs || []).join('/')}`).join(' ')}`);
+        if (d.channel) out.push(`  bridge channel ${d.channel.url} open=${d.channel.open} last msgs: ${(d.channel.received || []).slice(-3).join(' ')}`);
+        if (d.log) out.push(`  log tail:\n    ${d.log.slice(-25).join('\n    ')}`);
+        if (d.jingleIn) out.push(`  jingle received (first 3000 chars of each):\n    ${d.jingleIn.map((x) => x.slice(0, 3000)).join('\n    ')}`);
+    }
+    try {
+        const dir = path.join(TESTS_DIR, '.logs');
+        mkdirSync(dir, { recursive: true });
+        const f = path.join(dir, `e2e-media-${process.pid}.json`);
+        writeFileSync(f, JSON.stringify(dump, null, 1));
+        out.push(`(full dump incl. SDP offers/answers: ${f})`);
+    } catch { /* best effort */ }
+    out.push(`--- meetd log tail ---\n${srv.server ? srv.server.logTail(120) : ''}`);
+    return out.join('\n');
+}
+
+function median(xs) {
+    const s = [...xs].sort((a, b) => a - b);
+    return s.length ? (s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2) : NaN;
+}
+
+async function joinTimes() {
+    const out = [];
+    for (const p of parts.filter((x) => !x.left)) {
+        const d = await debugOf(p);
+        if (d.t && d.t.connected && d.t.firstVideoFrame) out.push({ nick: p.nick, ms: Math.round(d.t.firstVideoFrame - d.t.connected), t: d.t });
+    }
+    return out;
+}
+
+// Failing steps leave the following ones pointless.
+let broken = null;
+const step = (name, fn) => test(name, srv.wrap(async (t) => {
+    if (broken) return t.skip(`earlier step failed: ${broken}`);
+    try {
+        await fn(t);
+    } catch (e) {
+        broken = name;
+        throw e;
+    }
+}));
+
+step('two participants: audio + video both ways through the bridge', async (t) => {
+    await addParticipant(0);
+    await addParticipant(1);
+    await expectMedia(t, '2 participants');
+});
+
+if (N >= 3) {
+    step('a third participant joins: everyone decodes video and audio from both others', async (t) => {
+        await addParticipant(2);
+        await expectMedia(t, '3 participants');
+        const jt = await joinTimes();
+        results.joinMs = jt;
+        const ms = jt.map((x) => x.ms);
+        t.diagnostic(`XMPP connect → first decoded remote video frame: median ${median(ms)} ms (${jt.map((x) => `${x.nick} ${x.ms} ms`).join(', ')}; the first participant waits for the second)`);
+        process.stdout.write(`# e2e join time (XMPP connect → first decoded remote video frame): median ${median(ms)} ms [${ms.join(', ')}]\n`);
+    });
+
+    step('one participant leaves: the other two keep receiving from each other', async (t) => {
+        const leaver = parts[1];
+        await withTimeout(leaver.page.evaluate(() => window.meet.leave()), 10000, 'leave');
+        leaver.left = true;
+        await leaver.ctx.close();
+        await sleep(1000);
+        await expectMedia(t, 'after one left');
+    });
+}
+
+step('simulcast: a receiver asking for 720p gets a higher layer', async (t) => {
+    if (!SIMULCAST || !['VP8', 'H264'].includes(CODEC)) return t.skip('no simulcast in this pass (AV1/VP9 send one stream)');
+    const [rx, tx] = parts.filter((p) => !p.left);
+    const before = flowsOf(await stats(rx), tx.nick).video[0];
+    await rx.page.evaluate((n) => window.meet.constraints({ constraints: { [`${n}-v0`]: { maxHeight: 720 } }, defaultConstraints: { maxHeight: 180 } }), tx.nick);
+    const deadline = Date.now() + 20000;
+    let v = before;
+    while (Date.now() < deadline) {
+        await sleep(1000);
+        v = flowsOf(await stats(rx), tx.nick).video[0];
+        if (v && before && v.frameHeight > before.frameHeight) break;
+    }
+    const txOut = (await stats(tx)).outbound.filter((o) => o.kind === 'video').map((o) => `${o.ssrc} ${o.frameWidth}x${o.frameHeight} pkts=${o.packetsSent} ql=${o.qualityLimitationReason}`);
+    t.diagnostic(`${rx.nick} ← ${tx.nick}: ${before?.frameWidth}x${before?.frameHeight} → ${v?.frameWidth}x${v?.frameHeight}; sender layers: ${txOut.join(' | ')}`);
+    if (!(v && before && v.frameHeight > before.frameHeight)) {
+        throw new Error(`resolution did not go up after maxHeight 720: ${before?.frameHeight} → ${v?.frameHeight}\n${await report()}`);
+    }
+});
+
+if (process.env.E2E_DUMP === '1') {
+    test('dump (E2E_DUMP=1): per-participant stats and signalling', async (t) => {
+        const r = await report();
+        process.stdout.write(r.split('\n').filter((l) => !l.includes('<iq')).join('\n') + '\n');
+    });
+}

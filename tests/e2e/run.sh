@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# End-to-end media test: meetd + headless Chromium in a fresh loopback-only network namespace
+# (testing.md: Chromium sends ICE checks from every interface, so browser media tests never run
+# in the machine's own namespace). Must run as root (unshare -n).
+#
+# Two passes of tests/e2e/media.test.mjs, each with its own meetd and Chromium:
+#   1. VP8 with SSRC-signalled simulcast (3 layers + RTX, lib-jitsi-meet's SdpSimulcast munging)
+#   2. the focus' codec order (AV1 first), one stream, no simulcast (lib-jitsi-meet uses SVC there)
+#
+#   tests/e2e/run.sh                            # both passes
+#   E2E_PASSES=vp8 tests/e2e/run.sh             # one pass (vp8 | av1)
+#   E2E_PARTICIPANTS=2 tests/e2e/run.sh         # only the pair
+#   E2E_DUMP=1 tests/e2e/run.sh                 # print every participant's stats at the end
+# See media.test.mjs for the other E2E_* knobs. Logs: tests/.logs/e2e-media-*.{log,json}.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+cd "$ROOT/tests"
+export MEETD_BIN="${MEETD_BIN:-$ROOT/target/debug/meetd}"
+
+if [[ $(id -u) -ne 0 ]]; then
+    echo "tests/e2e/run.sh must run as root (it creates a network namespace with unshare -n)" >&2
+    exit 2
+fi
+if [[ ! -x "${CHROMIUM_PATH:-/usr/bin/chromium}" ]]; then
+    echo "Chromium not found at ${CHROMIUM_PATH:-/usr/bin/chromium} (apt-get install chromium)" >&2
+    exit 2
+fi
+if [[ ! -x "$MEETD_BIN" ]]; then
+    echo "meetd binary not found at $MEETD_BIN (cargo build, or set MEETD_BIN)" >&2
+    exit 2
+fi
+if [[ ! -d node_modules ]]; then
+    npm ci --no-audit --no-fund
+fi
+
+export E2E_PASSES="${E2E_PASSES:-vp8 av1}"
+# Inside: only `lo`, brought up; meetd, the page server and Chromium all live there.
+exec timeout "${E2E_TIMEOUT:-900}" unshare -n sh -c '
+    ip link set lo up || exit 1
+    rc=0
+    for pass in $E2E_PASSES; do
+        case "$pass" in
+            vp8) codec=VP8 ;;
+            av1) codec=offer ;;
+            *) echo "unknown pass $pass" >&2; exit 2 ;;
+        esac
+        echo "# ---- e2e media pass: $pass (E2E_CODEC=$codec)"
+        E2E_CODEC="${E2E_CODEC:-$codec}" node --test --test-reporter=spec --test-concurrency=1 e2e/media.test.mjs || rc=1
+    done
+    exit $rc'
