@@ -6,6 +6,7 @@ use std::sync::Arc;
 use meetd_colibri::channel::ChannelHub;
 use meetd_colibri::media::EngineConfig;
 use meetd_colibri::service::{BridgeConfig, ColibriService};
+use meetd_colibri::udp::EngineHandle;
 
 use crate::config::Config;
 
@@ -28,7 +29,7 @@ fn ws_base(cfg: &Config, host: &str) -> String {
 }
 
 /// The bridge: media engine thread on the media port, Colibri2 service, bridge channels.
-pub fn start(cfg: &Config) -> anyhow::Result<(Arc<ColibriService>, Arc<ChannelHub>)> {
+pub fn start(cfg: &Config) -> anyhow::Result<(Arc<ColibriService>, Arc<ChannelHub>, EngineHandle)> {
     let mut ips = cfg.media.advertise_ips.clone();
     if ips.is_empty() {
         tracing::warn!(
@@ -72,5 +73,9 @@ pub fn start(cfg: &Config) -> anyhow::Result<(Arc<ColibriService>, Arc<ChannelHu
         candidates = ?bc.advertise_ips,
         "media (UDP) listening on {bind}"
     );
-    Ok((ColibriService::with_engine(bc, Some(engine)), hub))
+    Ok((
+        ColibriService::with_engine(bc, Some(engine.clone())),
+        hub,
+        engine,
+    ))
 }

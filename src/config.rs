@@ -63,6 +63,7 @@ pub struct Config {
     pub focus: FocusSection,
     pub bridge: BridgeSection,
     pub turn: TurnSection,
+    pub metrics: MetricsSection,
     pub components: Vec<ComponentEntry>,
     pub database: DatabaseSection,
 }
@@ -326,6 +327,22 @@ pub struct TurnService {
     pub port: u16,
     #[serde(default)]
     pub transport: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSection {
+    pub enabled: bool,
+    pub public: bool,
+}
+
+impl Default for MetricsSection {
+    fn default() -> Self {
+        MetricsSection {
+            enabled: true,
+            public: false,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

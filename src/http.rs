@@ -25,6 +25,7 @@ pub struct Front {
     pub focus: Option<meetd_jingle::focus::FocusHandle>,
     pub bridge: Arc<meetd_colibri::service::ColibriService>,
     pub channels: Arc<meetd_colibri::channel::ChannelHub>,
+    pub engine: meetd_colibri::udp::EngineHandle,
     /// An unpacked Jitsi Meet web build, when configured.
     pub web_root: Option<crate::webroot::WebRoot>,
     /// Set once every listener is bound.
@@ -51,6 +52,7 @@ pub fn router(front: Arc<Front>, tls: bool) -> Router {
             axum::routing::post(conference_request).options(cors_ok),
         )
         .route("/about/health", get(health))
+        .route("/metrics", get(metrics))
         .route("/colibri-ws/{bridge}/{conf}/{endpoint}", get(colibri_ws))
         .route("/", get(index))
         .fallback(web_fallback)
@@ -314,4 +316,122 @@ async fn colibri_ws(
         uri.query(),
         client_ip(peer, &headers),
     )
+}
+
+/// Prometheus text exposition of meetd's counters. Only for loopback clients unless
+/// `metrics.public` is set (a scraper usually runs next to the server).
+async fn metrics(
+    State(st): State<St>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
+    let m = &st.front.cfg.metrics;
+    if !m.enabled || (!m.public && !client_ip(peer, &headers).is_loopback()) {
+        return not_found().await;
+    }
+    let f = &st.front;
+    let mut out = String::with_capacity(2048);
+    let mut put = |name: &str, kind: &str, help: &str, v: u64| {
+        out.push_str(&format!(
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}\n"
+        ));
+    };
+    put(
+        "meetd_xmpp_sessions",
+        "gauge",
+        "Bound XMPP sessions (all transports).",
+        f.server.router.session_count() as u64,
+    );
+    put(
+        "meetd_bosh_sessions",
+        "gauge",
+        "BOSH sessions.",
+        f.bosh.session_count() as u64,
+    );
+    put(
+        "meetd_bridge_conferences",
+        "gauge",
+        "Conferences on the bridge.",
+        f.bridge.conference_count() as u64,
+    );
+    put(
+        "meetd_bridge_endpoints",
+        "gauge",
+        "Endpoints on the bridge.",
+        f.bridge.endpoint_count() as u64,
+    );
+    if let Some(s) = f.engine.stats().await {
+        put(
+            "meetd_media_endpoints",
+            "gauge",
+            "Endpoints in the media engine.",
+            s.endpoints as u64,
+        );
+        put(
+            "meetd_media_packets_received_total",
+            "counter",
+            "Datagrams received on the media port.",
+            s.packets_in,
+        );
+        put(
+            "meetd_media_bytes_received_total",
+            "counter",
+            "Bytes received on the media port.",
+            s.bytes_in,
+        );
+        put(
+            "meetd_media_packets_sent_total",
+            "counter",
+            "Datagrams sent from the media port.",
+            s.packets_out,
+        );
+        put(
+            "meetd_media_bytes_sent_total",
+            "counter",
+            "Bytes sent from the media port.",
+            s.bytes_out,
+        );
+        put(
+            "meetd_media_dropped_datagrams_total",
+            "counter",
+            "Datagrams that matched no endpoint or did not parse.",
+            s.dropped_datagrams,
+        );
+        put(
+            "meetd_media_rtp_forwarded_total",
+            "counter",
+            "RTP packets forwarded to receivers.",
+            s.rtp_forwarded,
+        );
+        put(
+            "meetd_media_rtp_unknown_ssrc_total",
+            "counter",
+            "RTP packets from unsignalled SSRCs.",
+            s.rtp_unknown_ssrc,
+        );
+        put(
+            "meetd_media_keyframe_requests_total",
+            "counter",
+            "Keyframe requests sent to senders.",
+            s.keyframe_requests,
+        );
+        put(
+            "meetd_media_layer_switches_total",
+            "counter",
+            "Simulcast layer switches.",
+            s.layer_switches,
+        );
+        put(
+            "meetd_media_rtc_errors_total",
+            "counter",
+            "Errors in endpoints' WebRTC state.",
+            s.rtc_errors,
+        );
+    }
+    let mut r = (StatusCode::OK, out).into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    r
 }

@@ -247,7 +247,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     let server = meetd_xmpp::Server::new(xcfg, storage::accounts(&storage));
     meetd_xmpp::muc::start(server.router.clone(), muc_cfg, Vec::new());
     meetd_xmpp::muc::start(server.router.clone(), brewery_cfg, Vec::new());
-    let (bridge, channels) = bridge::start(&cfg)?;
+    let (bridge, channels, engine) = bridge::start(&cfg)?;
     let focus = cfg.focus.enabled.then(|| {
         meetd_jingle::focus::start(
             server.router.clone(),
@@ -264,6 +264,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         focus,
         bridge: bridge.clone(),
         channels,
+        engine,
         web_root: web_root(&cfg)?,
         ready: Default::default(),
     });

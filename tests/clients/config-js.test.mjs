@@ -107,3 +107,12 @@ test('keep-alive: plain GET on /xmpp-websocket is answered (LJM keep-alive probe
     const res = await get('/xmpp-websocket?room=testroom');
     assert.ok(res.status < 500, `GET /xmpp-websocket → ${res.status}`);
 }));
+
+test('metrics: /metrics exposes Prometheus counters to local scrapers', srv.wrap(async () => {
+    const res = await get('/metrics');
+    assert.equal(res.status, 200);
+    for (const name of ['meetd_xmpp_sessions', 'meetd_bridge_conferences', 'meetd_media_packets_received_total']) {
+        assert.match(res.body, new RegExp(`^${name} \\d+$`, 'm'), name);
+        assert.match(res.body, new RegExp(`^# TYPE ${name} (gauge|counter)$`, 'm'));
+    }
+}));
