@@ -286,6 +286,10 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         );
         let app = http::router(front.clone(), false);
         tasks.spawn(async move {
+            // XMPP over WebSocket and BOSH are many small writes: no Nagle delay.
+            let l = axum::serve::ListenerExt::tap_io(l, |t| {
+                let _ = t.set_nodelay(true);
+            });
             let r = axum::serve(
                 l,
                 app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
@@ -312,6 +316,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         let app = http::router(front.clone(), true);
         tasks.spawn(async move {
             axum_server::from_tcp_rustls(std_l, rcfg)?
+                .map(|a| a.acceptor(axum_server::accept::NoDelayAcceptor::new()))
                 .serve(app.into_make_service_with_connect_info::<std::net::SocketAddr>())
                 .await?;
             anyhow::Ok(())
