@@ -645,3 +645,97 @@ fn bridge_failures_reinvite_or_end_sessions_cleanly() {
             .any(|e| e.name() == "presence" && !e.has_child("bridgeNotAvailable", NS_FOCUS))
     );
 }
+
+/// A stanza recorded from lib-jitsi-meet (jingle/tests/fixtures, copied from the shared
+/// fixtures), re-addressed to this harness: from the participant's occupant JID, with the
+/// session's sid.
+fn recorded(xml: &str, nick: &str, sid: &str) -> Element {
+    let mut iq = parse(xml);
+    meetd_xmpp::stanza::set_attr(&mut iq, "from", &format!("{ROOM}/{nick}"));
+    meetd_xmpp::stanza::set_attr(&mut iq, "to", FOCUS);
+    if let Some(j) = iq.get_child_mut("jingle", NS_JINGLE) {
+        meetd_xmpp::stanza::set_attr(j, "sid", sid);
+    }
+    iq
+}
+
+fn reply_to(h: &mut Harness, id: &str) -> Element {
+    let sent = h.take_sent();
+    let (mine, rest): (Vec<_>, Vec<_>) = sent.into_iter().partition(|e| e.attr("id") == Some(id));
+    h.sent = rest;
+    mine.into_iter().next().expect("a reply")
+}
+
+#[test]
+fn recorded_client_stanzas_are_accepted() {
+    let (mut h, sa, sb) = two_in_session();
+    // a: camera (3 simulcast layers + RTX) and microphone, as lib-jitsi-meet sent it.
+    let acc = recorded(
+        include_str!("../../tests/fixtures/session-accept-camera-mic.xml"),
+        "aaaa",
+        &sa,
+    );
+    let id = acc.attr("id").unwrap().to_string();
+    h.input(Input::Stanza(acc));
+    assert_eq!(reply_to(&mut h, &id).attr("type"), Some("result"));
+    assert_eq!(h.c.sources.get("aaaa").unwrap().sources.len(), 7);
+    // b: microphone only, then adds its camera and a screen share.
+    let acc = recorded(
+        include_str!("../../tests/fixtures/session-accept-mic-only.xml"),
+        "bbbb",
+        &sb,
+    );
+    let id = acc.attr("id").unwrap().to_string();
+    h.input(Input::Stanza(acc));
+    assert_eq!(reply_to(&mut h, &id).attr("type"), Some("result"));
+    h.bridge();
+    h.take_sent();
+    for f in [
+        include_str!("../../tests/fixtures/source-add-camera.xml"),
+        include_str!("../../tests/fixtures/source-add-desktop.xml"),
+    ] {
+        let add = recorded(f, "bbbb", &sb);
+        let id = add.attr("id").unwrap().to_string();
+        h.input(Input::Stanza(add));
+        assert_eq!(reply_to(&mut h, &id).attr("type"), Some("result"), "{f}");
+        // a hears about it.
+        let to_a = h.jingle_to("aaaa");
+        assert_eq!(to_a.len(), 1);
+        assert_eq!(
+            to_a[0]
+                .get_child("jingle", NS_JINGLE)
+                .unwrap()
+                .attr("action"),
+            Some("source-add")
+        );
+    }
+    let b = h.c.sources.get("bbbb").unwrap();
+    assert!(
+        b.sources
+            .iter()
+            .any(|s| s.video_type == Some(crate::sources::VideoType::Desktop))
+    );
+    // a's ICE failed: the recorded terminate with restart (its bridge-session id rewritten).
+    let mut t = recorded(
+        include_str!("../../tests/fixtures/session-terminate-restart.xml"),
+        "aaaa",
+        &sa,
+    );
+    let bsid = h.c.bridge_session_id.clone();
+    if let Some(bs) = t
+        .get_child_mut("jingle", NS_JINGLE)
+        .and_then(|j| j.get_child_mut("bridge-session", NS_FOCUS))
+    {
+        meetd_xmpp::stanza::set_attr(bs, "id", &bsid);
+    }
+    let id = t.attr("id").unwrap().to_string();
+    h.input(Input::Stanza(t));
+    assert_eq!(reply_to(&mut h, &id).attr("type"), Some("result"));
+    h.bridge();
+    let re = h.jingle_to("aaaa");
+    assert!(
+        re.iter()
+            .any(|e| e.get_child("jingle", NS_JINGLE).unwrap().attr("action")
+                == Some("session-initiate"))
+    );
+}
