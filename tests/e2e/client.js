@@ -86,9 +86,18 @@ class Client {
     // ---------------------------------------------------------------- XMPP
     connect() {
         return new Promise((resolve, reject) => {
-            const c = new Strophe.Connection(this.opts.wsUrl, {});
+            // ws:// → strophe's WebSocket transport; http:// → its BOSH transport (XEP-0124/0206),
+            // what the mobile apps use by default. lib-jitsi-meet sets maxRetries to 3 for BOSH.
+            const c = new Strophe.Connection(this.opts.serviceUrl || this.opts.wsUrl, {});
+            c.maxRetries = 3;
             this.conn = c;
-            c.xmlInput = (x) => { if (this.opts.trace) this.L('<<', Strophe.serialize(x)); };
+            this.transport = c._proto instanceof Strophe.Bosh ? 'bosh' : c._proto instanceof Strophe.Websocket ? 'websocket' : 'other';
+            this.L('xmpp transport', this.transport, this.opts.serviceUrl || this.opts.wsUrl);
+            this.boshBodies = 0; // BOSH <body/> responses received (0 over WebSocket)
+            c.xmlInput = (x) => {
+                if (x.localName === 'body') this.boshBodies++;
+                if (this.opts.trace) this.L('<<', Strophe.serialize(x));
+            };
             c.xmlOutput = (x) => { if (this.opts.trace) this.L('>>', Strophe.serialize(x)); };
             this.t.connectStart = performance.now();
             c.connect(this.opts.domain, null, (status, cond) => {
@@ -202,6 +211,10 @@ class Client {
         const from = attr(iq, 'from');
         this.jingleIn.push(Strophe.serialize(iq));
         this.L('jingle in', action);
+        if (this.opts.p2p && (action === 'session-initiate' ? Strophe.getResourceFromJid(from) !== 'focus'
+            : this.p2p && attr(j, 'sid') === this.p2p.sid && from === this.p2p.peerJid)) {
+            return this.onP2PJingle(iq, j, action, from);
+        }
         if (action !== 'session-initiate' && (attr(j, 'sid') !== this.sid || from !== this.focusJid)) {
             this.conn.send($iq({ type: 'error', to: from, id: attr(iq, 'id') })
                 .c('error', { type: 'cancel' }).c('item-not-found', { xmlns: 'urn:ietf:params:xml:ns:xmpp-stanzas' }).up()
@@ -358,21 +371,27 @@ class Client {
             this.L('pc', this.pc.connectionState);
             if (this.pc.connectionState === 'connected' && !this.t.pcConnected) this.t.pcConnected = performance.now();
         };
-        this.pc.ontrack = (ev) => {
-            this.L('ontrack', ev.track.kind, ev.transceiver.mid, ev.streams.map((s) => s.id).join(','));
-            // Chrome only decodes remote audio that is played out: attach every remote track to
-            // a media element, as the Jitsi app does.
-            const el = document.createElement(ev.track.kind === 'audio' ? 'audio' : 'video');
-            el.autoplay = true;
-            el.muted = false;
-            el.playsInline = true;
-            el.dataset.mid = ev.transceiver.mid;
-            el.srcObject = new MediaStream([ev.track]);
-            document.body.appendChild(el);
-            el.play().catch((e) => this.L('play()', ev.track.kind, ev.transceiver.mid, String(e)));
-        };
+        this.pc.ontrack = (ev) => this.attachRemoteTrack(ev);
 
         await this.pc.setRemoteDescription({ type: 'offer', sdp: this.buildOffer() });
+        await this.afterBridgeOffer(m);
+    }
+
+    attachRemoteTrack(ev) {
+        this.L('ontrack', ev.track.kind, ev.transceiver.mid, ev.streams.map((s) => s.id).join(','));
+        // Chrome only decodes remote audio that is played out: attach every remote track to
+        // a media element, as the Jitsi app does.
+        const el = document.createElement(ev.track.kind === 'audio' ? 'audio' : 'video');
+        el.autoplay = true;
+        el.muted = false;
+        el.playsInline = true;
+        el.dataset.mid = ev.transceiver.mid;
+        el.srcObject = new MediaStream([ev.track]);
+        document.body.appendChild(el);
+        el.play().catch((e) => this.L('play()', ev.track.kind, ev.transceiver.mid, String(e)));
+    }
+
+    async afterBridgeOffer(m) {
         // Our tracks go on the first audio / video m-line (the bridge's sendrecv ones).
         for (const tr of this.pc.getTransceivers()) {
             const ml = m.mlines[Number(tr.mid)];
@@ -684,6 +703,237 @@ class Client {
         this.sendIQ(iq).then(() => this.L('transport-info acked'), (e) => this.err('transport-info', e));
     }
 
+    // ---------------------------------------------------------------- P2P
+    // lib-jitsi-meet's peer-to-peer mode (JingleSessionPC with isP2P): with exactly two
+    // participants, the one with the smaller endpoint id sends a session-initiate made from its
+    // own SDP offer directly to the other's occupant JID room@muc/<nick>; the MUC delivers it
+    // from the initiator's occupant JID. The responder answers session-accept to that JID; both
+    // trickle ICE candidates in transport-info. Media then flows browser ⇄ browser, not via meetd.
+    newP2PConnection(p) {
+        const pc = new RTCPeerConnection({ bundlePolicy: 'max-bundle', rtcpMuxPolicy: 'require', iceServers: this.opts.iceServers || [] });
+        this.pc = pc;
+        pc.onicecandidate = (ev) => {
+            if (ev.candidate) {
+                p.localCandidates.push(ev.candidate.candidate);
+                p.pending.push(ev.candidate);
+                this.flushP2PCandidates();
+            } else {
+                this.t.p2pGathered = performance.now();
+                this.L('p2p ice gathering complete');
+            }
+        };
+        pc.onicecandidateerror = (ev) => {
+            p.candidateErrors.push({ url: ev.url, code: ev.errorCode, text: ev.errorText, address: ev.address, port: ev.port });
+            this.L('p2p icecandidateerror', ev.url, ev.errorCode, ev.errorText);
+        };
+        pc.oniceconnectionstatechange = () => {
+            this.L('p2p ice', pc.iceConnectionState);
+            if (pc.iceConnectionState === 'connected' && !this.t.iceConnected) this.t.iceConnected = performance.now();
+        };
+        pc.onconnectionstatechange = () => {
+            this.L('p2p pc', pc.connectionState);
+            if (pc.connectionState === 'connected' && !this.t.pcConnected) this.t.pcConnected = performance.now();
+        };
+        pc.ontrack = (ev) => this.attachRemoteTrack(ev);
+        return pc;
+    }
+
+    newP2PState(peerJid, sid, initiator) {
+        this.p2p = {
+            peerJid, peerNick: Strophe.getResourceFromJid(peerJid), sid, initiator,
+            pending: [], ready: false, localCandidates: [], remoteCandidates: [], candidateErrors: [], acks: [],
+        };
+        this.sid = sid;
+        return this.p2p;
+    }
+
+    async startP2P(peerNick) {
+        const peerJid = `${this.room}/${peerNick}`;
+        for (let i = 0; i < 100 && !this.members.has(peerNick); i++) await new Promise((r) => setTimeout(r, 100));
+        if (!this.members.has(peerNick)) throw new Error(`P2P peer ${peerNick} is not in the room`);
+        const p = this.newP2PState(peerJid, Math.random().toString(36).slice(2, 14), true);
+        this.t.p2pStart = performance.now();
+        const pc = this.newP2PConnection(p);
+        for (const track of this.localStream.getTracks()) pc.addTransceiver(track, { direction: 'sendrecv', streams: [this.localStream] });
+        const offer = await pc.createOffer();
+        await pc.setLocalDescription(offer);
+        this.lastOffer = pc.localDescription.sdp;
+        const iq = $iq({ type: 'set', to: peerJid })
+            .c('jingle', { xmlns: NS.JINGLE, action: 'session-initiate', initiator: this.jid, sid: p.sid });
+        this.sdpToJingle(iq, pc.localDescription.sdp, 'initiator');
+        await this.sendP2P(iq, 'session-initiate');
+        return { sid: p.sid };
+    }
+
+    // Send a Jingle IQ to the peer; candidates may follow right behind it (same path, in order).
+    sendP2P(iq, what) {
+        const p = this.p2p;
+        this.jingleOut.push(Strophe.serialize(iq.tree()));
+        const r = this.sendIQ(iq, 10000).then((res) => {
+            p.acks.push({ what, type: attr(res, 'type'), from: attr(res, 'from') });
+            this.L('p2p', what, 'acked from', attr(res, 'from'));
+            return res;
+        });
+        if (what === 'session-initiate' || what === 'session-accept') {
+            p.ready = true;
+            this.flushP2PCandidates();
+        }
+        return r;
+    }
+
+    onP2PJingle(iq, j, action, from) {
+        this.conn.send($iq({ type: 'result', to: from, id: attr(iq, 'id') }));
+        switch (action) {
+        case 'session-initiate':
+            if (this.p2p) {
+                this.err('p2p', `second session-initiate from ${from}`);
+                break;
+            }
+            this.t.sessionInitiate = performance.now();
+            this.newP2PState(from, attr(j, 'sid'), false);
+            this.p2p.initiateFrom = from;
+            this.enqueue('p2p session-initiate', () => this.onP2PInitiate(j));
+            break;
+        case 'session-accept':
+            this.p2p.acceptFrom = from;
+            this.enqueue('p2p session-accept', () => this.pc.setRemoteDescription({ type: 'answer', sdp: jingleToSdp(j, 'responder') })
+                .then(() => { this.lastAnswer = this.pc.remoteDescription.sdp; this.L('p2p answer applied'); }));
+            break;
+        case 'transport-info':
+            this.enqueue('p2p transport-info', () => this.onP2PTransportInfo(j));
+            break;
+        case 'session-terminate':
+            this.L('p2p session terminated', Strophe.serialize(j));
+            this.terminated = Strophe.serialize(j);
+            break;
+        default:
+            this.L('ignored p2p jingle action', action);
+        }
+        return true;
+    }
+
+    async onP2PInitiate(j) {
+        const pc = this.newP2PConnection(this.p2p);
+        await pc.setRemoteDescription({ type: 'offer', sdp: jingleToSdp(j, 'initiator') });
+        for (const tr of pc.getTransceivers()) {
+            const track = this.localStream.getTracks().find((t) => t.kind === tr.receiver.track.kind);
+            if (!track) continue;
+            await tr.sender.replaceTrack(track);
+            tr.sender.setStreams(this.localStream);
+            tr.direction = 'sendrecv';
+        }
+        const answer = await pc.createAnswer();
+        await pc.setLocalDescription(answer);
+        this.lastOffer = pc.remoteDescription.sdp;
+        this.lastAnswer = pc.localDescription.sdp;
+        const iq = $iq({ type: 'set', to: this.p2p.peerJid })
+            .c('jingle', { xmlns: NS.JINGLE, action: 'session-accept', initiator: attr(j, 'initiator') || this.p2p.peerJid, responder: this.jid, sid: this.p2p.sid });
+        this.sdpToJingle(iq, pc.localDescription.sdp, 'responder');
+        this.t.acceptSent = performance.now();
+        await this.sendP2P(iq, 'session-accept');
+    }
+
+    async onP2PTransportInfo(j) {
+        for (const content of kids(j, 'content')) {
+            const tr = kid(content, 'transport', NS.ICE);
+            for (const c of kids(tr, 'candidate')) {
+                const cand = jingleCandidateToSdp(Object.fromEntries(Array.from(c.attributes).map((a) => [a.name, a.value])));
+                this.p2p.remoteCandidates.push(cand);
+                await this.pc.addIceCandidate({ candidate: cand.slice(2), sdpMid: attr(content, 'name'), usernameFragment: attr(tr, 'ufrag') });
+            }
+        }
+    }
+
+    flushP2PCandidates() {
+        const p = this.p2p;
+        if (!p || !p.ready || !p.pending.length) return;
+        const cands = p.pending.splice(0);
+        const ld = splitSdp(this.pc.localDescription.sdp);
+        const iq = $iq({ type: 'set', to: p.peerJid })
+            .c('jingle', { xmlns: NS.JINGLE, action: 'transport-info', initiator: p.initiator ? this.jid : p.peerJid, sid: p.sid });
+        const byMid = new Map();
+        for (const c of cands) {
+            if (!byMid.has(c.sdpMid)) byMid.set(c.sdpMid, []);
+            byMid.get(c.sdpMid).push(c);
+        }
+        for (const [mid, list] of byMid) {
+            const sec = ld.media.find((m) => m.mid === mid) || ld.media[0];
+            iq.c('content', { creator: p.initiator ? 'initiator' : 'responder', name: sec.mid })
+                .c('transport', { xmlns: NS.ICE, ufrag: findAttr(sec, ld, 'ice-ufrag'), pwd: findAttr(sec, ld, 'ice-pwd') });
+            for (const c of list) iq.c('candidate', sdpCandidateToJingle(c.candidate)).up();
+            iq.up().up();
+        }
+        this.jingleOut.push(Strophe.serialize(iq.tree()));
+        this.sendIQ(iq).then((r) => p.acks.push({ what: 'transport-info', type: attr(r, 'type'), from: attr(r, 'from') }),
+            (e) => this.err('p2p transport-info', e));
+    }
+
+    // Our SDP (offer or answer) as Jingle contents, the way lib-jitsi-meet's SDP.toJingle does:
+    // one content per m-line, named by its mid (the BUNDLE demux key: both ends must use the
+    // offerer's mids, so the content name carries them), payload types, header extensions, our sources
+    // (<source> with msid + ssrc-info owner, ssrc-group FID), ICE ufrag/pwd, DTLS fingerprint.
+    sdpToJingle(iq, sdp, creator) {
+        const secs = splitSdp(sdp);
+        const bundle = secs.session.find((l) => l.startsWith('a=group:BUNDLE '));
+        if (bundle) {
+            iq.c('group', { xmlns: NS.GROUP, semantics: 'BUNDLE' });
+            for (const sec of secs.media) iq.c('content', { name: sec.mid }).up();
+            iq.up();
+        }
+        for (const sec of secs.media) {
+            const dir = ['sendrecv', 'sendonly', 'recvonly', 'inactive'].find((d) => sec.lines.includes(`a=${d}`)) || 'sendrecv';
+            const other = creator === 'initiator' ? 'responder' : 'initiator';
+            const senders = { sendrecv: 'both', sendonly: creator, recvonly: other, inactive: 'none' }[dir];
+            iq.c('content', { creator, name: sec.mid, senders });
+            iq.c('description', { xmlns: NS.RTP, media: sec.media });
+            appendPayloadTypes(iq, sec, secs);
+            // sources
+            const ssrcs = [];
+            const params = new Map();
+            for (const l of sec.lines.filter((x) => x.startsWith('a=ssrc:'))) {
+                const [ssrc, ...rest] = l.slice(7).split(' ');
+                if (!ssrcs.includes(ssrc)) ssrcs.push(ssrc);
+                const kv = rest.join(' ');
+                const i = kv.indexOf(':');
+                if (i > 0) (params.get(ssrc) || params.set(ssrc, []).get(ssrc)).push([kv.slice(0, i), kv.slice(i + 1)]);
+            }
+            const msidLine = sec.lines.find((l) => l.startsWith('a=msid:'));
+            for (const ssrc of ssrcs) {
+                const a = { xmlns: NS.SSMA, ssrc, name: `${this.nick}-${sec.media === 'audio' ? 'a' : 'v'}0` };
+                if (sec.media === 'video') a.videoType = 'camera';
+                iq.c('source', a);
+                const msid = (params.get(ssrc) || []).find(([n]) => n === 'msid');
+                iq.c('parameter', { name: 'msid', value: msid ? msid[1] : msidLine ? msidLine.slice(7) : `${this.nick}-${sec.media}` }).up();
+                iq.c('ssrc-info', { xmlns: NS.JITMEET, owner: `${this.room}/${this.nick}` }).up();
+                iq.up();
+            }
+            for (const g of sec.lines.filter((l) => l.startsWith('a=ssrc-group:'))) {
+                const [sem, ...ss] = g.slice('a=ssrc-group:'.length).split(' ');
+                iq.c('ssrc-group', { xmlns: NS.SSMA, semantics: sem });
+                for (const x of ss) iq.c('source', { ssrc: x }).up();
+                iq.up();
+            }
+            if (sec.lines.includes('a=rtcp-mux')) iq.c('rtcp-mux').up();
+            iq.up(); // description
+            const fp = findAttr(sec, secs, 'fingerprint').split(' ');
+            iq.c('transport', { xmlns: NS.ICE, ufrag: findAttr(sec, secs, 'ice-ufrag'), pwd: findAttr(sec, secs, 'ice-pwd') });
+            iq.c('fingerprint', { xmlns: NS.DTLS, hash: fp[0], setup: findAttr(sec, secs, 'setup') }).t(fp[1]).up();
+            for (const l of sec.lines.filter((x) => x.startsWith('a=candidate:'))) iq.c('candidate', sdpCandidateToJingle(l.slice(2))).up();
+            iq.up(); // transport
+            iq.up(); // content
+        }
+    }
+
+    p2pInfo() {
+        const p = this.p2p;
+        if (!p) return null;
+        return {
+            peerJid: p.peerJid, sid: p.sid, initiator: p.initiator, initiateFrom: p.initiateFrom || null, acceptFrom: p.acceptFrom || null,
+            acks: p.acks, localCandidates: p.localCandidates, remoteCandidates: p.remoteCandidates, candidateErrors: p.candidateErrors,
+            signalingState: this.pc && this.pc.signalingState, iceGatheringState: this.pc && this.pc.iceGatheringState,
+        };
+    }
+
     // ---------------------------------------------------------------- bridge channel
     startBridgeChannel() {
         const url = this.remote.wsUrl;
@@ -729,6 +979,7 @@ class Client {
         const byId = new Map();
         rep.forEach((s) => byId.set(s.id, s));
         const midOwner = (mid) => {
+            if (this.p2p) return { owner: this.p2p.peerNick, main: true };
             const ml = this.remote && this.remote.mlines[Number(mid)];
             return ml ? { owner: ml.owner, name: ml.src ? ml.src.name : null, main: ml.main, dir: ml.dir } : {};
         };
@@ -773,7 +1024,7 @@ class Client {
         if (!this.t.firstAudio && out.inbound.some((i) => i.kind === 'audio' && i.packetsReceived > 0)) this.t.firstAudio = performance.now();
         // Every SSRC we send must be one we signalled in session-accept.
         const signalled = new Set(Object.values(this.localSources || {}).flatMap((x) => x.ssrcs.map(Number)));
-        out.unsignalledOutbound = out.outbound.flatMap((o) => [o.ssrc, o.rtxSsrc]).filter((x) => x && !signalled.has(x));
+        out.unsignalledOutbound = this.p2p ? [] : out.outbound.flatMap((o) => [o.ssrc, o.rtxSsrc]).filter((x) => x && !signalled.has(x));
         return out;
     }
 
@@ -793,6 +1044,7 @@ class Client {
             mlines: this.remote ? this.remote.mlines.map((ml, i) => ({ mid: i, media: ml.media, main: ml.main, owner: ml.owner, name: ml.src && ml.src.name, ssrcs: ml.src && ml.src.ssrcs.map((s) => s.ssrc), dir: ml.dir })) : null,
             channel: { url: this.remote && this.remote.wsUrl, open: this.channelOpen, received: this.channelMsgs.slice(-30) },
             members: [...this.members.keys()], terminated: this.terminated || null,
+            transport: this.transport, boshBodies: this.boshBodies, p2p: this.p2pInfo ? this.p2pInfo() : null,
         };
     }
 }
@@ -829,6 +1081,97 @@ function findAttr(sec, secs, name) {
     return l ? l.slice(p.length) : null;
 }
 
+// ---------------------------------------------------------------- Jingle ⇄ SDP helpers (P2P)
+// Payload types (rtpmap, fmtp parameters, rtcp-fb), header extensions and extmap-allow-mixed of
+// one m-section, as children of the current <description>.
+function appendPayloadTypes(iq, sec, secs) {
+    for (const id of sec.mline.split(' ').slice(3)) {
+        const rtpmap = sec.lines.find((l) => l.startsWith(`a=rtpmap:${id} `));
+        if (!rtpmap) continue;
+        const [name, clock, ch] = rtpmap.split(' ')[1].split('/');
+        iq.c('payload-type', { id, name, clockrate: clock, channels: ch || '1' });
+        const fmtp = sec.lines.find((l) => l.startsWith(`a=fmtp:${id} `));
+        if (fmtp) {
+            for (const kv of fmtp.slice(fmtp.indexOf(' ') + 1).split(';')) {
+                const eq = kv.indexOf('=');
+                if (eq > 0) iq.c('parameter', { name: kv.slice(0, eq).trim(), value: kv.slice(eq + 1).trim() }).up();
+                else if (kv.trim()) iq.c('parameter', { value: kv.trim() }).up();
+            }
+        }
+        for (const fb of sec.lines.filter((l) => l.startsWith(`a=rtcp-fb:${id} `))) {
+            const [type, subtype] = fb.split(' ').slice(1);
+            iq.c('rtcp-fb', subtype ? { xmlns: NS.FB, type, subtype } : { xmlns: NS.FB, type }).up();
+        }
+        iq.up();
+    }
+    for (const l of sec.lines.filter((x) => x.startsWith('a=extmap:'))) {
+        const [id, uri] = l.slice(9).split(' ');
+        iq.c('rtp-hdrext', { xmlns: NS.HDREXT, id, uri }).up();
+    }
+    if (sec.lines.includes('a=extmap-allow-mixed') || secs.session.includes('a=extmap-allow-mixed')) iq.c('extmap-allow-mixed', { xmlns: NS.HDREXT }).up();
+}
+
+// `candidate:…` (RTCIceCandidate.candidate) → Jingle <candidate> attributes.
+function sdpCandidateToJingle(cand) {
+    const p = cand.replace(/^candidate:/, '').split(' ');
+    const a = { foundation: p[0], component: p[1], protocol: p[2].toLowerCase(), priority: p[3], ip: p[4], port: p[5], type: p[7], generation: '0', network: '1', id: Math.random().toString(36).slice(2, 12) };
+    for (let i = 8; i + 1 < p.length; i += 2) {
+        if (p[i] === 'raddr') a['rel-addr'] = p[i + 1];
+        if (p[i] === 'rport') a['rel-port'] = p[i + 1];
+        if (p[i] === 'tcptype') a.tcptype = p[i + 1];
+        if (p[i] === 'generation') a.generation = p[i + 1];
+    }
+    return a;
+}
+
+// Jingle <candidate> attributes → `a=candidate:…`.
+function jingleCandidateToSdp(c) {
+    let s = `a=candidate:${c.foundation} ${c.component} ${c.protocol} ${c.priority} ${c.ip} ${c.port} typ ${c.type}`;
+    if (c['rel-addr']) s += ` raddr ${c['rel-addr']} rport ${c['rel-port']}`;
+    if (c.tcptype) s += ` tcptype ${c.tcptype}`;
+    return `${s} generation ${c.generation || 0}`;
+}
+
+// A P2P session-initiate / session-accept → SDP (lib-jitsi-meet's SDP.fromJingle without the
+// bridge's per-source m-line split): one m-line per content, a=mid = content name. `role` is
+// who sent the Jingle (for `senders`).
+function jingleToSdp(j, role) {
+    const lines = ['v=0', `o=- ${Date.now()} 2 IN IP4 0.0.0.0`, 's=-', 't=0 0'];
+    const group = kids(j, 'group', NS.GROUP).find((g) => attr(g, 'semantics') === 'BUNDLE');
+    if (group) lines.push(`a=group:BUNDLE ${kids(group, 'content').map((c) => attr(c, 'name')).join(' ')}`);
+    lines.push('a=msid-semantic: WMS *');
+    for (const content of kids(j, 'content')) {
+        const desc = kid(content, 'description', NS.RTP);
+        const tr = kid(content, 'transport', NS.ICE);
+        if (!desc || !tr) continue;
+        const media = attr(desc, 'media');
+        const pts = kids(desc, 'payload-type');
+        lines.push(`m=${media} 9 UDP/TLS/RTP/SAVPF ${pts.map((p) => attr(p, 'id')).join(' ')}`, 'c=IN IP4 0.0.0.0', 'a=rtcp:9 IN IP4 0.0.0.0');
+        lines.push(`a=ice-ufrag:${attr(tr, 'ufrag')}`, `a=ice-pwd:${attr(tr, 'pwd')}`);
+        const fp = kid(tr, 'fingerprint', NS.DTLS);
+        if (fp) lines.push(`a=fingerprint:${attr(fp, 'hash')} ${fp.textContent.trim()}`, `a=setup:${attr(fp, 'setup')}`);
+        lines.push(`a=mid:${attr(content, 'name')}`);
+        for (const c of kids(tr, 'candidate')) lines.push(jingleCandidateToSdp(Object.fromEntries(Array.from(c.attributes).map((a) => [a.name, a.value]))));
+        for (const e of kids(desc, 'rtp-hdrext', NS.HDREXT)) lines.push(`a=extmap:${attr(e, 'id')} ${attr(e, 'uri')}`);
+        if (kid(desc, 'extmap-allow-mixed', NS.HDREXT)) lines.push('a=extmap-allow-mixed');
+        const senders = attr(content, 'senders') || 'both';
+        lines.push(`a=${senders === 'both' ? 'sendrecv' : senders === 'none' ? 'inactive' : senders === role ? 'sendonly' : 'recvonly'}`);
+        if (kid(desc, 'rtcp-mux')) lines.push('a=rtcp-mux');
+        for (const p of pts) {
+            const ch = attr(p, 'channels');
+            lines.push(`a=rtpmap:${attr(p, 'id')} ${attr(p, 'name')}/${attr(p, 'clockrate')}${ch && ch !== '1' ? `/${ch}` : ''}`);
+            const params = kids(p, 'parameter').map((x) => (attr(x, 'name') ? `${attr(x, 'name')}=${attr(x, 'value')}` : attr(x, 'value')));
+            if (params.length) lines.push(`a=fmtp:${attr(p, 'id')} ${params.join(';')}`);
+            for (const f of kids(p, 'rtcp-fb', NS.FB)) lines.push(`a=rtcp-fb:${attr(p, 'id')} ${[attr(f, 'type'), attr(f, 'subtype')].filter(Boolean).join(' ')}`);
+        }
+        for (const g of kids(desc, 'ssrc-group', NS.SSMA)) lines.push(`a=ssrc-group:${attr(g, 'semantics')} ${kids(g, 'source').map((s) => attr(s, 'ssrc')).join(' ')}`);
+        for (const s of kids(desc, 'source', NS.SSMA)) {
+            for (const p of kids(s, 'parameter')) lines.push(`a=ssrc:${attr(s, 'ssrc')} ${attr(p, 'name')}:${attr(p, 'value')}`);
+        }
+    }
+    return lines.join('\r\n') + '\r\n';
+}
+
 // Move the payload types of one codec (and their RTX) to the front of every video m-line.
 function preferCodec(sdp, codec) {
     const secs = splitSdp(sdp);
@@ -857,11 +1200,13 @@ window.meet = {
         c.watchFirstFrame();
         await c.conferenceRequest();
         await c.join();
-        return { jid: c.jid, t: c.t };
+        return { jid: c.jid, t: c.t, transport: c.transport };
     },
     stats: () => window.meet.client.stats(),
     debug: () => window.meet.client.debug(),
     leave: () => window.meet.client.leave(),
+    startP2P: (peerNick) => window.meet.client.startP2P(peerNick),
+    p2pInfo: () => window.meet.client.p2pInfo(),
     constraints: (c) => window.meet.client.sendConstraints(c),
 };
 window.stats = () => window.meet.stats();

@@ -3,12 +3,17 @@
 # (testing.md: Chromium sends ICE checks from every interface, so browser media tests never run
 # in the machine's own namespace). Must run as root (unshare -n).
 #
-# Two passes of tests/e2e/media.test.mjs, each with its own meetd and Chromium:
-#   1. VP8 with SSRC-signalled simulcast (3 layers + RTX, lib-jitsi-meet's SdpSimulcast munging)
-#   2. the focus' codec order (AV1 first), one stream, no simulcast (lib-jitsi-meet uses SVC there)
+# Four passes of tests/e2e/media.test.mjs, each with its own meetd and Chromium:
+#   1. vp8:  VP8 with SSRC-signalled simulcast (3 layers + RTX, lib-jitsi-meet's SdpSimulcast munging)
+#   2. av1:  the focus' codec order (AV1 first), one stream, no simulcast (lib-jitsi-meet uses SVC there)
+#   3. bosh: as vp8, but XMPP over BOSH (/http-bind, the mobile apps' default) instead of WebSocket
+#   4. p2p:  two participants in lib-jitsi-meet's P2P mode: Jingle between them through the MUC
+#            (occupant-addressed IQs), media browser ⇄ browser; meetd's media port as STUN server
+#            (behind a port-translating forwarder in the test, so Chromium gathers a srflx);
+#            the focus is configured with min_participants = 3 so it never invites the pair
 #
-#   tests/e2e/run.sh                            # both passes
-#   E2E_PASSES=vp8 tests/e2e/run.sh             # one pass (vp8 | av1)
+#   tests/e2e/run.sh                            # all passes
+#   E2E_PASSES=vp8 tests/e2e/run.sh             # one pass (vp8 | av1 | bosh | p2p)
 #   E2E_PARTICIPANTS=2 tests/e2e/run.sh         # only the pair
 #   E2E_DUMP=1 tests/e2e/run.sh                 # print every participant's stats at the end
 # See media.test.mjs for the other E2E_* knobs. Logs: tests/.logs/e2e-media-*.{log,json}.
@@ -33,18 +38,22 @@ if [[ ! -d node_modules ]]; then
     npm ci --no-audit --no-fund
 fi
 
-export E2E_PASSES="${E2E_PASSES:-vp8 av1}"
+export E2E_PASSES="${E2E_PASSES:-vp8 av1 bosh p2p}"
 # Inside: only `lo`, brought up; meetd, the page server and Chromium all live there.
 exec timeout "${E2E_TIMEOUT:-900}" unshare -n sh -c '
     ip link set lo up || exit 1
     rc=0
     for pass in $E2E_PASSES; do
+        transport=websocket p2p=0
         case "$pass" in
             vp8) codec=VP8 ;;
             av1) codec=offer ;;
+            bosh) codec=VP8 transport=bosh ;;
+            p2p) codec=VP8 p2p=1 ;;
             *) echo "unknown pass $pass" >&2; exit 2 ;;
         esac
-        echo "# ---- e2e media pass: $pass (E2E_CODEC=$codec)"
-        E2E_CODEC="${E2E_CODEC:-$codec}" node --test --test-reporter=spec --test-concurrency=1 e2e/media.test.mjs || rc=1
+        echo "# ---- e2e media pass: $pass (E2E_CODEC=$codec E2E_TRANSPORT=$transport E2E_P2P=$p2p)"
+        E2E_CODEC="${E2E_CODEC:-$codec}" E2E_TRANSPORT="$transport" E2E_P2P="$p2p" \
+            node --test --test-reporter=spec --test-concurrency=1 e2e/media.test.mjs || rc=1
     done
     exit $rc'
