@@ -427,6 +427,18 @@ async fn metrics(
             "Errors in endpoints' WebRTC state.",
             s.rtc_errors,
         );
+        put(
+            "meetd_media_silence_dropped_total",
+            "counter",
+            "Silent audio packets not forwarded.",
+            s.silence_dropped,
+        );
+        put(
+            "meetd_media_dominant_speaker_changes_total",
+            "counter",
+            "Dominant speaker changes.",
+            s.dominant_speaker_changes,
+        );
     }
     let mut r = (StatusCode::OK, out).into_response();
     r.headers_mut().insert(

@@ -44,6 +44,11 @@ pub struct ChannelHub {
     next: Mutex<u64>,
     queue: usize,
     engine: Mutex<Option<crate::udp::EngineHandle>>,
+    /// The latest message of some classes, per conference (DominantSpeakerEndpointChangeEvent)
+    /// and per endpoint (ForwardedSources, VideoSourcesMap, AudioSourcesMap): sent again to a
+    /// channel when it (re)connects.
+    sticky_conf: Mutex<HashMap<String, HashMap<String, String>>>,
+    sticky_ep: Mutex<HashMap<Key, HashMap<String, String>>>,
 }
 
 /// What one client message asks the bridge to do.
@@ -66,7 +71,90 @@ impl ChannelHub {
             next: Mutex::new(0),
             queue: queue.max(1),
             engine: Mutex::new(None),
+            sticky_conf: Mutex::new(HashMap::new()),
+            sticky_ep: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Remember `text` as the conference's current message under `key` (`None` forgets it):
+    /// every channel of the conference that connects later gets it (except a key ending in
+    /// `/<that endpoint>`, which is about the endpoint itself). Returns the previous one.
+    pub fn set_conference_sticky(
+        &self,
+        conf: &str,
+        key: &str,
+        text: Option<String>,
+    ) -> Option<String> {
+        let mut all = self.sticky_conf.lock();
+        match text {
+            Some(t) => all
+                .entry(conf.to_string())
+                .or_default()
+                .insert(key.to_string(), t),
+            None => {
+                let m = all.get_mut(conf)?;
+                let old = m.remove(key);
+                if m.is_empty() {
+                    all.remove(conf);
+                }
+                old
+            }
+        }
+    }
+
+    /// Remember `text` as the endpoint's current `class` message, sent again when its channel
+    /// (re)connects.
+    pub fn set_endpoint_sticky(&self, conf: &str, ep: &str, class: &str, text: String) {
+        self.sticky_ep
+            .lock()
+            .entry((conf.to_string(), ep.to_string()))
+            .or_default()
+            .insert(class.to_string(), text);
+    }
+
+    /// The endpoint expired: close its socket and forget what was kept for it.
+    pub fn forget_endpoint(&self, conf: &str, ep: &str) {
+        let key = (conf.to_string(), ep.to_string());
+        self.sticky_ep.lock().remove(&key);
+        self.conns.lock().remove(&key);
+        self.constraints.lock().remove(&key);
+    }
+
+    /// The conference ended: close its sockets and forget everything kept for it.
+    pub fn forget_conference(&self, conf: &str) {
+        self.sticky_conf.lock().remove(conf);
+        self.sticky_ep.lock().retain(|(c, _), _| c != conf);
+        self.conns.lock().retain(|(c, _), _| c != conf);
+        self.constraints.lock().retain(|(c, _), _| c != conf);
+        self.video_types.lock().retain(|(c, _), _| c != conf);
+    }
+
+    /// What a channel gets right after it connects, after ServerHello: the endpoint's latest
+    /// ForwardedSources (`[]` if none yet, as JVB), its source maps, then the conference's
+    /// messages (dominant speaker, inactive endpoints).
+    pub fn on_connect_messages(&self, conf: &str, ep: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        let eps = self.sticky_ep.lock();
+        let mine = eps.get(&(conf.to_string(), ep.to_string()));
+        match mine.and_then(|m| m.get("ForwardedSources")) {
+            Some(t) => out.push(t.clone()),
+            None => out.push(
+                json!({"colibriClass": "ForwardedSources", "forwardedSources": []}).to_string(),
+            ),
+        }
+        for class in ["AudioSourcesMap", "VideoSourcesMap"] {
+            if let Some(t) = mine.and_then(|m| m.get(class)) {
+                out.push(t.clone());
+            }
+        }
+        drop(eps);
+        if let Some(m) = self.sticky_conf.lock().get(conf) {
+            let own = format!("/{ep}");
+            let mut v: Vec<_> = m.iter().filter(|(k, _)| !k.ends_with(&own)).collect();
+            v.sort();
+            out.extend(v.into_iter().map(|(_, t)| t.clone()));
+        }
+        out
     }
 
     /// Receivers' constraints go to this media engine.
@@ -224,7 +312,7 @@ impl ChannelHub {
         }
     }
 
-    fn register(&self, conf: &str, ep: &str) -> (mpsc::Receiver<String>, u64) {
+    pub(crate) fn register(&self, conf: &str, ep: &str) -> (mpsc::Receiver<String>, u64) {
         let (tx, rx) = mpsc::channel(self.queue);
         let g = {
             let mut n = self.next.lock();
@@ -245,13 +333,6 @@ impl ChannelHub {
         if conns.get(&key).is_some_and(|c| c.generation == generation) {
             conns.remove(&key);
         }
-    }
-
-    /// Forget an endpoint (expired): its socket closes.
-    pub fn remove(&self, conf: &str, ep: &str) {
-        let key = (conf.to_string(), ep.to_string());
-        self.conns.lock().remove(&key);
-        self.constraints.lock().remove(&key);
     }
 }
 
@@ -279,11 +360,9 @@ pub fn serve(
 async fn run(hub: Arc<ChannelHub>, mut socket: WebSocket, conf: String, ep: String) {
     let (mut rx, generation) = hub.register(&conf, &ep);
     tracing::debug!(%conf, %ep, "bridge channel open");
-    // bridge.md A.2: ServerHello, then the current state (no forwarded sources yet).
-    let hello = [
-        json!({"colibriClass": "ServerHello"}).to_string(),
-        json!({"colibriClass": "ForwardedSources", "forwardedSources": []}).to_string(),
-    ];
+    // bridge.md A.2: ServerHello, then the current state.
+    let mut hello = vec![json!({"colibriClass": "ServerHello"}).to_string()];
+    hello.extend(hub.on_connect_messages(&conf, &ep));
     for h in hello {
         if socket.send(Message::Text(h.into())).await.is_err() {
             hub.unregister(&conf, &ep, generation);

@@ -311,6 +311,7 @@ impl ColibriService {
                     ufrag: state.ufrag.clone(),
                     pwd: state.pwd.clone(),
                     medias: ep.medias.clone(),
+                    ssrc_rewriting: state.ssrc_rewriting,
                 });
                 conf.endpoints.insert(ep.id.clone(), state);
             }

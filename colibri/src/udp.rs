@@ -10,6 +10,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::channel::{ChannelHub, ReceiverConstraints};
+use crate::colibri2::MediaType;
 use crate::colibri2::{IceUdpTransport, Media, Sources};
 use crate::media::{EngineConfig, EngineEvent, EngineOutput, EngineStats, MediaEngine};
 
@@ -22,6 +23,8 @@ pub enum Command {
         ufrag: String,
         pwd: String,
         medias: Vec<Media>,
+        /// Created with the `ssrc-rewriting` capability.
+        ssrc_rewriting: bool,
     },
     SetRemote {
         conf: String,
@@ -192,7 +195,7 @@ async fn run(
             }
             c = rx.recv() => {
                 let Some(c) = c else { break };
-                command(&mut engine, c);
+                command(&mut engine, &hub, c);
             }
             _ = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)) => {
                 engine.handle_timeout(Instant::now());
@@ -201,7 +204,7 @@ async fn run(
     }
 }
 
-fn command(engine: &mut MediaEngine, c: Command) {
+fn command(engine: &mut MediaEngine, hub: &ChannelHub, c: Command) {
     let now = Instant::now();
     match c {
         Command::AddEndpoint {
@@ -210,8 +213,9 @@ fn command(engine: &mut MediaEngine, c: Command) {
             ufrag,
             pwd,
             medias,
+            ssrc_rewriting,
         } => {
-            engine.add_endpoint(&conf, &ep, &ufrag, &pwd, now);
+            engine.add_endpoint(&conf, &ep, &ufrag, &pwd, ssrc_rewriting, now);
             if !medias.is_empty() {
                 engine.set_medias((&conf, &ep), &medias);
             }
@@ -222,8 +226,18 @@ fn command(engine: &mut MediaEngine, c: Command) {
             transport,
         } => engine.set_remote_transport((&conf, &ep), &transport, now),
         Command::SetSources { conf, ep, sources } => engine.set_sources((&conf, &ep), &sources),
-        Command::RemoveEndpoint { conf, ep } => engine.remove_endpoint((&conf, &ep)),
-        Command::RemoveConference { conf } => engine.remove_conference(&conf),
+        Command::RemoveEndpoint { conf, ep } => {
+            engine.remove_endpoint((&conf, &ep));
+            hub.forget_endpoint(&conf, &ep);
+            hub.set_conference_sticky(&conf, &connectivity_key(&ep), None);
+            if !engine.has_conference(&conf) {
+                hub.forget_conference(&conf);
+            }
+        }
+        Command::RemoveConference { conf } => {
+            engine.remove_conference(&conf);
+            hub.forget_conference(&conf);
+        }
         Command::Constraints {
             conf,
             ep,
@@ -235,6 +249,19 @@ fn command(engine: &mut MediaEngine, c: Command) {
     }
 }
 
+/// The conference-level remembered message saying that `ep` is inactive.
+fn connectivity_key(ep: &str) -> String {
+    format!("EndpointConnectivityStatusChangeEvent/{ep}")
+}
+
+/// Send `text` to every connected channel of the conference.
+fn broadcast(hub: &ChannelHub, conf: &str, text: &str) {
+    for ep in hub.connected(conf) {
+        hub.send(conf, &ep, text.to_string());
+    }
+}
+
+/// One engine event as bridge-channel messages (bridge.md A.3).
 fn event(hub: &ChannelHub, e: EngineEvent) {
     match e {
         EngineEvent::ForwardedSources {
@@ -242,27 +269,186 @@ fn event(hub: &ChannelHub, e: EngineEvent) {
             endpoint,
             sources,
         } => {
-            let msg = serde_json::json!({"colibriClass": "ForwardedSources", "forwardedSources": sources});
-            hub.send(&conference, &endpoint, msg.to_string());
+            let msg = serde_json::json!({"colibriClass": "ForwardedSources", "forwardedSources": sources})
+                .to_string();
+            hub.set_endpoint_sticky(&conference, &endpoint, "ForwardedSources", msg.clone());
+            hub.send(&conference, &endpoint, msg);
         }
+        // JVB's connection-status monitor (bridge.md B.10): `active:"false"` to everyone
+        // (the endpoint included) when an endpoint's media stops, `"true"` when it resumes
+        // after that; endpoints connecting later are told about the inactive ones.
         EngineEvent::Connected {
             conference,
             endpoint,
         } => {
-            tracing::debug!(%conference, %endpoint, "media connected");
+            tracing::debug!(%conference, %endpoint, "media active");
+            if hub
+                .set_conference_sticky(&conference, &connectivity_key(&endpoint), None)
+                .is_some()
+            {
+                let msg = connectivity_message(&endpoint, true);
+                broadcast(hub, &conference, &msg);
+            }
         }
         EngineEvent::Disconnected {
             conference,
             endpoint,
         } => {
-            tracing::debug!(%conference, %endpoint, "media disconnected");
+            tracing::debug!(%conference, %endpoint, "media inactive");
+            let msg = connectivity_message(&endpoint, false);
+            hub.set_conference_sticky(&conference, &connectivity_key(&endpoint), Some(msg.clone()));
+            broadcast(hub, &conference, &msg);
+        }
+        EngineEvent::DominantSpeaker {
+            conference,
+            endpoint,
+            previous,
+            silence,
+        } => {
+            let msg = serde_json::json!({
+                "colibriClass": "DominantSpeakerEndpointChangeEvent",
+                "dominantSpeakerEndpoint": endpoint,
+                "previousSpeakers": previous,
+                "silence": silence,
+            })
+            .to_string();
+            hub.set_conference_sticky(
+                &conference,
+                "DominantSpeakerEndpointChangeEvent",
+                Some(msg.clone()),
+            );
+            broadcast(hub, &conference, &msg);
+        }
+        EngineEvent::SourcesMap {
+            conference,
+            endpoint,
+            kind,
+            sources,
+        } => {
+            let (class, mapped): (&str, Vec<serde_json::Value>) = match kind {
+                MediaType::Video => (
+                    "VideoSourcesMap",
+                    sources
+                        .iter()
+                        .map(|m| {
+                            serde_json::json!({
+                                "source": m.source,
+                                "owner": m.owner,
+                                "ssrc": m.ssrc,
+                                "rtx": m.rtx,
+                                "videoType": m.video_type,
+                            })
+                        })
+                        .collect(),
+                ),
+                MediaType::Audio => (
+                    "AudioSourcesMap",
+                    sources
+                        .iter()
+                        .map(|m| serde_json::json!({"source": m.source, "owner": m.owner, "ssrc": m.ssrc}))
+                        .collect(),
+                ),
+            };
+            // The full map every time: the client ignores entries it already has.
+            let msg =
+                serde_json::json!({"colibriClass": class, "mappedSources": mapped}).to_string();
+            hub.set_endpoint_sticky(&conference, &endpoint, class, msg.clone());
+            hub.send(&conference, &endpoint, msg);
+        }
+        EngineEvent::SpeakersCleared { conference } => {
+            hub.set_conference_sticky(&conference, "DominantSpeakerEndpointChangeEvent", None);
         }
     }
+}
+
+fn connectivity_message(endpoint: &str, active: bool) -> String {
+    serde_json::json!({
+        "colibriClass": "EndpointConnectivityStatusChangeEvent",
+        "endpoint": endpoint,
+        "active": if active { "true" } else { "false" },
+    })
+    .to_string()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn drain(rx: &mut tokio::sync::mpsc::Receiver<String>) -> Vec<serde_json::Value> {
+        let mut v = Vec::new();
+        while let Ok(t) = rx.try_recv() {
+            v.push(serde_json::from_str(&t).unwrap());
+        }
+        v
+    }
+
+    #[test]
+    fn engine_events_become_bridge_channel_messages() {
+        let hub = ChannelHub::new(16);
+        let (mut ra, _) = hub.register("c", "a");
+        let (mut rb, _) = hub.register("c", "b");
+        let ev = |e| event(&hub, e);
+        ev(EngineEvent::DominantSpeaker {
+            conference: "c".into(),
+            endpoint: "b".into(),
+            previous: vec!["a".into()],
+            silence: false,
+        });
+        let expect = serde_json::json!({"colibriClass":"DominantSpeakerEndpointChangeEvent",
+            "dominantSpeakerEndpoint":"b","previousSpeakers":["a"],"silence":false});
+        assert_eq!(drain(&mut ra), std::slice::from_ref(&expect));
+        assert_eq!(drain(&mut rb), std::slice::from_ref(&expect));
+        // First activity is not announced; inactivity is, to everyone; then recovery.
+        let who = |active| {
+            let (conference, endpoint) = ("c".to_string(), "a".to_string());
+            if active {
+                EngineEvent::Connected {
+                    conference,
+                    endpoint,
+                }
+            } else {
+                EngineEvent::Disconnected {
+                    conference,
+                    endpoint,
+                }
+            }
+        };
+        ev(who(true));
+        assert!(drain(&mut rb).is_empty());
+        ev(who(false));
+        let off = serde_json::json!({"colibriClass":"EndpointConnectivityStatusChangeEvent",
+            "endpoint":"a","active":"false"});
+        assert_eq!(drain(&mut rb), std::slice::from_ref(&off));
+        assert_eq!(drain(&mut ra), std::slice::from_ref(&off));
+        ev(EngineEvent::ForwardedSources {
+            conference: "c".into(),
+            endpoint: "d".into(),
+            sources: vec!["b-v0".into()],
+        });
+        // A channel connecting now gets its forwarded sources, the speaker and the inactive.
+        let hello: Vec<serde_json::Value> = hub
+            .on_connect_messages("c", "d")
+            .iter()
+            .map(|t| serde_json::from_str(t).unwrap())
+            .collect();
+        let fwd =
+            serde_json::json!({"colibriClass":"ForwardedSources","forwardedSources":["b-v0"]});
+        assert_eq!(hello, [fwd, expect.clone(), off]);
+        // Not its own inactivity.
+        assert_eq!(hub.on_connect_messages("c", "a").len(), 2);
+        ev(who(true));
+        let on = serde_json::json!({"colibriClass":"EndpointConnectivityStatusChangeEvent",
+            "endpoint":"a","active":"true"});
+        assert_eq!(drain(&mut rb), [on]);
+        ev(EngineEvent::SpeakersCleared {
+            conference: "c".into(),
+        });
+        assert_eq!(
+            hub.on_connect_messages("c", "e").len(),
+            1,
+            "just ForwardedSources []"
+        );
+    }
 
     #[test]
     fn plain_binding_request_gets_xor_mapped_address() {

@@ -13,7 +13,7 @@ use str0m::rtp::{Extension, ExtensionSerializer, ExtensionValues, Ssrc};
 use str0m::{Candidate, Rtc, RtcConfig};
 
 use super::ReceiverConstraints;
-use super::forward::{Projection, VideoCodec, default_height};
+use super::forward::{Projection, SilenceFilter, VideoCodec, default_height};
 use crate::colibri2::{self, MediaType};
 
 /// The mids of the receive side: every SSRC the endpoint sends is declared on one of these.
@@ -357,6 +357,10 @@ pub(super) struct SenderSource {
     pub other_ssrcs: Vec<u32>,
     /// First packet of any layer.
     pub first_seen: Option<Instant>,
+    /// Silence suppression (audio only).
+    pub silence: SilenceFilter,
+    /// The signalled `videoType`, upper-case (`CAMERA` when absent).
+    pub video_type: String,
 }
 
 impl SenderSource {
@@ -414,6 +418,13 @@ impl SenderSource {
             layers,
             other_ssrcs,
             first_seen: None,
+            silence: SilenceFilter::default(),
+            video_type: ms
+                .sources
+                .iter()
+                .find_map(|s| s.video_type.as_deref())
+                .unwrap_or("camera")
+                .to_ascii_uppercase(),
         })
     }
 
@@ -436,19 +447,49 @@ impl SenderSource {
     }
 }
 
-/// One source forwarded to this endpoint.
+/// One source of another endpoint as seen by this (receiving) endpoint.
 #[derive(Debug)]
 pub(super) struct Forward {
     pub sender: EpId,
+    /// The sender's endpoint id (`owner` in the source maps).
+    pub owner: String,
     pub name: String,
-    pub mid: Mid,
-    /// The SSRC the receiver knows: the first layer's.
-    pub ssrc: u32,
-    /// Its FID partner, when the receiver can take RTX.
-    pub rtx: Option<u32>,
+    pub kind: MediaType,
+    /// Upper-case video type for `VideoSourcesMap` (`CAMERA` unless signalled).
+    pub video_type: String,
+    /// The outgoing stream it rides on: fixed (the sender's SSRC) without SSRC rewriting; bound
+    /// on demand, and possibly taken away, with it.
+    pub slot: Option<SlotId>,
     /// Effective maxHeight after lastN (0: not forwarded).
     pub max_height: u32,
+}
+
+pub(super) type SlotId = u64;
+
+/// One outgoing stream (one str0m mid + SSRC, + RTX) towards this endpoint.
+#[derive(Debug)]
+pub(super) struct Slot {
+    pub kind: MediaType,
+    pub mid: Mid,
+    pub ssrc: u32,
+    /// The RTX SSRC, when the receiver can take RTX.
+    pub rtx: Option<u32>,
+    /// Rewriting state: continuous across layer switches and, with SSRC rewriting, across
+    /// changes of the source riding on the slot.
     pub proj: Projection,
+    pub source: Option<SourceId>,
+    pub last_used: Option<Instant>,
+}
+
+/// One entry of `VideoSourcesMap` / `AudioSourcesMap` (bridge.md A.3).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MappedSource {
+    pub source: String,
+    pub owner: String,
+    pub ssrc: u32,
+    /// Always set for video (the client only understands a real RTX SSRC), `None` for audio.
+    pub rtx: Option<u32>,
+    pub video_type: String,
 }
 
 pub(super) struct Endpoint {
@@ -474,14 +515,147 @@ pub(super) struct Endpoint {
     pub declared_rx: HashSet<u32>,
     pub constraints: ReceiverConstraints,
     pub forwards: HashMap<SourceId, Forward>,
-    pub by_mid: HashMap<Mid, SourceId>,
+    pub slots: HashMap<SlotId, Slot>,
+    pub by_mid: HashMap<Mid, SlotId>,
     pub next_mid: u64,
+    /// The focus created the endpoint with the `ssrc-rewriting` capability: forwarded sources
+    /// ride on a bounded pool of bridge SSRCs announced in source maps.
+    pub ssrc_rewriting: bool,
     pub announced: Vec<String>,
     /// Remote addresses bound to this endpoint in the demultiplexer.
     pub addrs: Vec<SocketAddr>,
+    pub created: Instant,
+    /// The last datagram from the endpoint that reached its `Rtc`.
+    pub last_rx: Option<Instant>,
+    /// Last announced connectivity (`Connected`/`Disconnected`), `None` before the first.
+    pub status: Option<bool>,
 }
 
 impl Endpoint {
+    /// Whether `ssrc` is in use towards or from this endpoint.
+    pub fn ssrc_taken(&self, ssrc: u32) -> bool {
+        self.declared_rx.contains(&ssrc)
+            || self
+                .slots
+                .values()
+                .any(|s| s.ssrc == ssrc || s.rtx == Some(ssrc))
+    }
+
+    /// Whether this endpoint can take RTX for video.
+    pub fn video_rtx(&self) -> bool {
+        self.caps.pts.values().any(|(c, rtx)| c.is_video() && *rtx)
+    }
+
+    /// A new outgoing stream on its own mid.
+    pub fn new_slot(&mut self, kind: MediaType, ssrc: u32, rtx: Option<u32>) -> SlotId {
+        let id = self.next_mid;
+        self.next_mid += 1;
+        let mid = Mid::from(format!("f{id}").as_str());
+        let mk = match kind {
+            MediaType::Audio => MediaKind::Audio,
+            MediaType::Video => MediaKind::Video,
+        };
+        let mut api = self.rtc.direct_api();
+        api.declare_media(mid, mk);
+        api.declare_stream_tx(ssrc.into(), rtx.map(Ssrc::from), mid, None);
+        self.by_mid.insert(mid, id);
+        self.slots.insert(
+            id,
+            Slot {
+                kind,
+                mid,
+                ssrc,
+                rtx,
+                proj: Projection::default(),
+                source: None,
+                last_used: None,
+            },
+        );
+        id
+    }
+
+    /// Drop a slot and its stream (without SSRC rewriting, when its source goes).
+    pub fn remove_slot(&mut self, id: SlotId) {
+        if let Some(s) = self.slots.remove(&id) {
+            self.by_mid.remove(&s.mid);
+            self.rtc.direct_api().remove_media(s.mid);
+        }
+    }
+
+    fn random_ssrc(&self) -> u32 {
+        loop {
+            let s = rand::random_range(1..=u32::MAX);
+            if !self.ssrc_taken(s) {
+                return s;
+            }
+        }
+    }
+
+    /// SSRC rewriting: give `source` a slot of its kind — a free one, a new one while the pool
+    /// has fewer than `limit`, else the least recently used one (its source loses it). The
+    /// slot's stream continues (sequence numbers, timestamps) with the new source.
+    pub fn bind_slot(&mut self, source: SourceId, limit: usize, now: Instant) -> Option<SlotId> {
+        let kind = self.forwards.get(&source)?.kind;
+        let same_kind = || self.slots.iter().filter(|(_, s)| s.kind == kind);
+        let free = same_kind()
+            .filter(|(_, s)| s.source.is_none())
+            .min_by_key(|(id, _)| **id)
+            .map(|(id, _)| *id);
+        let count = same_kind().count();
+        let id = match free {
+            Some(id) => id,
+            None if count < limit => {
+                let ssrc = self.random_ssrc();
+                let rtx = if kind == MediaType::Video && self.video_rtx() {
+                    // Reserve the primary first so the RTX differs.
+                    let mut r = self.random_ssrc();
+                    while r == ssrc {
+                        r = self.random_ssrc();
+                    }
+                    Some(r)
+                } else {
+                    None
+                };
+                self.new_slot(kind, ssrc, rtx)
+            }
+            None => same_kind()
+                .min_by_key(|(id, s)| (s.last_used, **id))
+                .map(|(id, _)| *id)?,
+        };
+        let slot = self.slots.get_mut(&id)?;
+        if let Some(old) = slot.source.replace(source)
+            && let Some(f) = self.forwards.get_mut(&old)
+        {
+            f.slot = None;
+        }
+        slot.proj.rebind();
+        slot.last_used = Some(now);
+        if let Some(f) = self.forwards.get_mut(&source) {
+            f.slot = Some(id);
+        }
+        Some(id)
+    }
+
+    /// The current source map of one kind (SSRC rewriting), in slot order.
+    pub fn mapped_sources(&self, kind: MediaType) -> Vec<MappedSource> {
+        let mut slots: Vec<(&SlotId, &Slot)> =
+            self.slots.iter().filter(|(_, s)| s.kind == kind).collect();
+        slots.sort_by_key(|(id, _)| **id);
+        slots
+            .into_iter()
+            .filter_map(|(_, s)| {
+                let f = self.forwards.get(&s.source?)?;
+                Some(MappedSource {
+                    source: f.name.clone(),
+                    owner: f.owner.clone(),
+                    ssrc: s.ssrc,
+                    rtx: s.rtx,
+                    video_type: f.video_type.clone(),
+                })
+            })
+            .collect()
+    }
+
     /// Rebuild the index from incoming SSRC to (source, layer).
     pub fn reindex(&mut self) {
         self.ssrc_index.clear();
@@ -505,7 +679,7 @@ impl Endpoint {
             }
         }
         let tx: HashSet<u32> = self
-            .forwards
+            .slots
             .values()
             .flat_map(|f| std::iter::once(f.ssrc).chain(f.rtx))
             .collect();

@@ -99,6 +99,12 @@ impl Projection {
         self.layer
     }
 
+    /// Another source will ride on this stream: wait for its keyframe (any packet for audio)
+    /// and continue sequence numbers and timestamps from what was sent last.
+    pub fn rebind(&mut self) {
+        self.layer = None;
+    }
+
     /// Project `p` given the layer the receiver should get. `None`: drop the packet.
     pub fn project(&mut self, p: &InPacket, target: usize) -> Option<OutPacket> {
         let mut switched = false;
@@ -159,6 +165,46 @@ impl Projection {
         }
         self.switch_seq = p.seq;
         self.layer = Some(p.layer);
+    }
+}
+
+/// Silent audio packets forwarded in a row before the rest of the run is dropped
+/// (`forwarded-silence-packets-limit`, bridge.md B.6).
+pub(super) const SILENCE_PACKETS_LIMIT: u32 = 3;
+
+/// Silence suppression of one sending audio stream (bridge.md B.6): a packet whose
+/// ssrc-audio-level says silence (-127 dBov) is dropped once more than
+/// [`SILENCE_PACKETS_LIMIT`] silent packets in a row went through, and the sequence numbers of
+/// what is forwarded are lowered by the number dropped so receivers see no gaps (JVB's
+/// `ResumableStreamRewriter`). The drop decision depends only on the sender, so one filter per
+/// sending stream serves every receiver.
+#[derive(Debug, Default, Clone)]
+pub(super) struct SilenceFilter {
+    /// Silent packets forwarded in a row.
+    run: u32,
+    /// Dropped packets to squeeze out of the sequence numbers.
+    gap: u64,
+    /// The highest sequence number forwarded (after rewriting).
+    highest_out: Option<u64>,
+}
+
+impl SilenceFilter {
+    /// The rewritten (extended) sequence number to forward `seq` with, or `None` to drop it.
+    pub fn filter(&mut self, seq: u64, silent: bool) -> Option<u64> {
+        if silent && self.run > SILENCE_PACKETS_LIMIT {
+            if let Some(h) = self.highest_out
+                && seq > h
+            {
+                self.gap = self.gap.max(seq - h);
+            }
+            return None;
+        }
+        self.run = if silent { self.run + 1 } else { 0 };
+        let out = seq.saturating_sub(self.gap);
+        if self.highest_out.is_none_or(|h| out > h) {
+            self.highest_out = Some(out);
+        }
+        Some(out)
     }
 }
 
@@ -313,6 +359,37 @@ mod tests {
             (d.seq, d.ts, d.picture_id),
             (c.seq + 1, c.ts + 3000, Some(10))
         );
+    }
+
+    #[test]
+    fn silence_is_dropped_after_four_and_sequence_numbers_close_up() {
+        let mut f = SilenceFilter::default();
+        let mut out = Vec::new();
+        let mut seq = 1000u64;
+        let mut send = |f: &mut SilenceFilter, silent: bool, out: &mut Vec<u64>| {
+            seq += 1;
+            if let Some(s) = f.filter(seq, silent) {
+                out.push(s);
+            }
+        };
+        for _ in 0..3 {
+            send(&mut f, false, &mut out);
+        }
+        for _ in 0..10 {
+            send(&mut f, true, &mut out);
+        }
+        assert_eq!(out.len(), 3 + 4, "the first 4 silent packets go through");
+        for _ in 0..3 {
+            send(&mut f, false, &mut out);
+        }
+        for _ in 0..2 {
+            send(&mut f, true, &mut out);
+        }
+        assert_eq!(out.len(), 3 + 4 + 3 + 2);
+        for w in out.windows(2) {
+            assert_eq!(w[1], w[0] + 1, "{out:?}");
+        }
+        assert_eq!(out[0], 1001);
     }
 
     #[test]

@@ -7,10 +7,15 @@
 //! one certificate per process), SRTP and RTCP termination (RR/SR/NACK/transport-cc); the engine
 //! demultiplexes the port (STUN USERNAME, then remote address), forwards audio to everyone and
 //! one simulcast layer of each video source per receiver, rewritten onto the SSRC the receiver
-//! knows (bridge.md Part B, media-engine-notes.md).
+//! knows (bridge.md Part B, media-engine-notes.md). It also drops sender-signalled silence
+//! with gap-free sequence numbers (B.6), identifies each conference's dominant speaker from
+//! ssrc-audio-level (B.7, `speech.rs`), monitors per-endpoint packet flow (B.10), and, for
+//! receivers created with `ssrc-rewriting`, maps forwarded sources onto a bounded pool of
+//! bridge SSRCs announced as source maps (B.9).
 
 mod endpoint;
 mod forward;
+mod speech;
 #[cfg(test)]
 mod tests;
 
@@ -19,13 +24,14 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use str0m::config::DtlsCert;
-use str0m::media::{KeyframeRequestKind, MediaKind, Mid};
+use str0m::media::KeyframeRequestKind;
 use str0m::net::{Protocol, Receive};
 use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite, Ssrc, Vp8Descriptor};
 use str0m::{Event, IceConnectionState, Input, Output};
 
 pub use crate::channel::ReceiverConstraints;
 use crate::colibri2::{self, MediaType};
+pub use endpoint::MappedSource;
 use endpoint::{
     DependencyDescriptor, Endpoint, EpId, Forward, RtcSetup, SenderSource, SourceId, build_rtc,
     jitsi_default_medias, video_codec,
@@ -33,6 +39,7 @@ use endpoint::{
 use forward::{
     InPacket, LayerView, VideoCodec, select_layer, starts_keyframe, vp8_keyframe_height,
 };
+use speech::SpeechActivity;
 
 /// maxHeight for sources a receiver has not constrained yet (bridge.md A.3).
 const DEFAULT_MAX_HEIGHT: u32 = 180;
@@ -40,6 +47,12 @@ const DEFAULT_MAX_HEIGHT: u32 = 180;
 const PLI_INTERVAL: Duration = Duration::from_millis(200);
 /// Timeout reported when no endpoint has anything scheduled.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(1);
+/// The connectivity monitor runs this often (bridge.md B.10).
+const STATUS_CHECK_INTERVAL: Duration = Duration::from_millis(500);
+/// An endpoint that sent nothing for this long is announced inactive.
+const INACTIVE_AFTER: Duration = Duration::from_secs(8);
+/// An endpoint that never became active is announced inactive after this long.
+const NEVER_ACTIVE_AFTER: Duration = Duration::from_secs(15);
 
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -50,6 +63,9 @@ pub struct EngineConfig {
     pub rtx_cache_packets: usize,
     /// Sources (media-source elements) accepted per endpoint.
     pub max_sources_per_endpoint: usize,
+    /// SSRC rewriting: video / audio slots per receiver (JVB `ssrc-limit`: 50 each).
+    pub rewrite_video_slots: usize,
+    pub rewrite_audio_slots: usize,
 }
 
 impl Default for EngineConfig {
@@ -59,6 +75,8 @@ impl Default for EngineConfig {
             max_endpoints: 1000,
             rtx_cache_packets: 500,
             max_sources_per_endpoint: 20,
+            rewrite_video_slots: 50,
+            rewrite_audio_slots: 50,
         }
     }
 }
@@ -73,16 +91,39 @@ pub struct Transmit {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EngineEvent {
-    /// ICE and DTLS are up: media flows.
+    /// The endpoint's media is flowing: ICE and DTLS are up and it sent something in the last
+    /// 8 s (bridge.md B.10). Emitted on every change to active.
     Connected {
         conference: String,
         endpoint: String,
     },
-    /// ICE lost (or the endpoint's transport failed).
+    /// The endpoint's media stopped: ICE lost or failed, nothing received for 8 s, or never
+    /// active 15 s after creation. Only after a `Connected`, or once for an endpoint that never
+    /// connected.
     Disconnected {
         conference: String,
         endpoint: String,
     },
+    /// The conference's recent-speakers list changed (bridge.md B.7): `endpoint` is the
+    /// dominant speaker, `previous` the rest of the list (at most 9), most recent first.
+    DominantSpeaker {
+        conference: String,
+        endpoint: String,
+        previous: Vec<String>,
+        silence: bool,
+    },
+    /// SSRC rewriting: the full current map of one kind for one receiver (bridge.md A.3
+    /// `VideoSourcesMap` / `AudioSourcesMap`). Emitted when a slot gets another source; slots
+    /// are never announced as removed.
+    SourcesMap {
+        conference: String,
+        endpoint: String,
+        kind: MediaType,
+        sources: Vec<MappedSource>,
+    },
+    /// The recent-speakers list became empty (its endpoints left): nothing to send to a newly
+    /// connected channel any more.
+    SpeakersCleared { conference: String },
     /// The video sources now forwarded to `endpoint` (for the bridge channel's
     /// `ForwardedSources`).
     ForwardedSources {
@@ -118,6 +159,10 @@ pub struct EngineStats {
     pub layer_switches: u64,
     /// Errors reported by str0m (the endpoint is marked failed when its `Rtc` dies).
     pub rtc_errors: u64,
+    /// Silent audio packets dropped (bridge.md B.6).
+    pub silence_dropped: u64,
+    /// Changes of a conference's dominant speaker.
+    pub dominant_speaker_changes: u64,
 }
 
 /// All media of the bridge. See the module docs.
@@ -136,6 +181,10 @@ pub struct MediaEngine {
     out: VecDeque<EngineOutput>,
     dirty: Vec<EpId>,
     stats: EngineStats,
+    /// Conference → its dominant speaker identification.
+    speech: HashMap<String, SpeechActivity>,
+    /// The next run of the connectivity monitor.
+    next_status_check: Option<Instant>,
 }
 
 impl MediaEngine {
@@ -167,6 +216,8 @@ impl MediaEngine {
             out: VecDeque::new(),
             dirty: Vec::new(),
             stats: EngineStats::default(),
+            speech: HashMap::new(),
+            next_status_check: None,
         }
     }
 
@@ -198,13 +249,14 @@ impl MediaEngine {
 
     /// A new endpoint with the ICE credentials the Colibri2 service handed out. Replaces an
     /// endpoint of the same name. Ignored (and logged) past `max_endpoints` or when the ufrag
-    /// is taken.
+    /// is taken. `ssrc_rewriting`: the focus created it with that capability (bridge.md B.9).
     pub fn add_endpoint(
         &mut self,
         conference: &str,
         endpoint: &str,
         local_ufrag: &str,
         local_pwd: &str,
+        ssrc_rewriting: bool,
         now: Instant,
     ) {
         let now = self.tick(now);
@@ -259,12 +311,19 @@ impl MediaEngine {
                 declared_rx: Default::default(),
                 constraints: ReceiverConstraints::default(),
                 forwards: HashMap::new(),
+                slots: HashMap::new(),
                 by_mid: HashMap::new(),
                 next_mid: 0,
+                ssrc_rewriting,
                 announced: Vec::new(),
                 addrs: Vec::new(),
+                created: now,
+                last_rx: None,
+                status: None,
             },
         );
+        self.next_status_check
+            .get_or_insert(now + STATUS_CHECK_INTERVAL);
         self.by_name
             .insert((conference.to_string(), endpoint.to_string()), id);
         self.by_ufrag.insert(local_ufrag.to_string(), id);
@@ -316,6 +375,7 @@ impl MediaEngine {
         ep.dtls_started = false;
         ep.declared_rx.clear();
         ep.forwards.clear();
+        ep.slots.clear();
         ep.by_mid.clear();
         if let Err(e) = ep.apply_remote() {
             tracing::warn!(error = %e, "applying remote transport");
@@ -399,6 +459,7 @@ impl MediaEngine {
                 } else {
                     new.layers = o.layers.clone();
                     new.first_seen = o.first_seen;
+                    new.silence = o.silence.clone();
                 }
             }
             sources.push(new);
@@ -435,7 +496,102 @@ impl MediaEngine {
             }
         }
         self.dirty.retain(|x| *x != id);
+        if let Some(sa) = self.speech.get_mut(&ep.conference)
+            && sa.remove(id)
+        {
+            self.speakers_changed(&ep.conference);
+        }
+        if !self.conferences.contains_key(&ep.conference) {
+            self.speech.remove(&ep.conference);
+        }
+        if self.endpoints.is_empty() {
+            self.next_status_check = None;
+        }
         self.sync_conference(&ep.conference);
+    }
+
+    /// Whether the engine has endpoints in `conference`.
+    pub fn has_conference(&self, conference: &str) -> bool {
+        self.conferences.contains_key(conference)
+    }
+
+    /// The conference's recent speakers, dominant first.
+    pub fn recent_speakers(&self, conference: &str) -> Vec<String> {
+        self.speech
+            .get(conference)
+            .map(|sa| {
+                sa.recent()
+                    .iter()
+                    .filter_map(|id| self.endpoints.get(id).map(|e| e.id.clone()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Announce the conference's recent-speakers list and re-run allocation (the list orders
+    /// the sources for lastN).
+    fn speakers_changed(&mut self, conference: &str) {
+        let names = self.recent_speakers(conference);
+        let ev = match names.split_first() {
+            Some((first, rest)) => EngineEvent::DominantSpeaker {
+                conference: conference.to_string(),
+                endpoint: first.clone(),
+                previous: rest.to_vec(),
+                silence: false,
+            },
+            None => EngineEvent::SpeakersCleared {
+                conference: conference.to_string(),
+            },
+        };
+        self.out.push_back(EngineOutput::Event(ev));
+        let members = self
+            .conferences
+            .get(conference)
+            .cloned()
+            .unwrap_or_default();
+        for id in members {
+            self.allocate(id);
+        }
+    }
+
+    /// The connectivity monitor for one endpoint (bridge.md B.10): announce a change of
+    /// "media flowing".
+    fn update_status(&mut self, id: EpId) {
+        let Some(now) = self.now else {
+            return;
+        };
+        let Some(ep) = self.endpoints.get_mut(&id) else {
+            return;
+        };
+        let recent = ep
+            .last_rx
+            .is_some_and(|t| now.saturating_duration_since(t) < INACTIVE_AFTER);
+        let active = ep.connected && !ep.failed && recent;
+        let announce = match (ep.status, active) {
+            (Some(was), is) if was == is => return,
+            (_, true) => true,
+            (Some(_), false) => false,
+            (None, false)
+                if ep.failed || now.saturating_duration_since(ep.created) >= NEVER_ACTIVE_AFTER =>
+            {
+                false
+            }
+            (None, false) => return,
+        };
+        ep.status = Some(announce);
+        let (conference, endpoint) = (ep.conference.clone(), ep.id.clone());
+        let ev = if announce {
+            EngineEvent::Connected {
+                conference,
+                endpoint,
+            }
+        } else {
+            EngineEvent::Disconnected {
+                conference,
+                endpoint,
+            }
+        };
+        self.out.push_back(EngineOutput::Event(ev));
     }
 
     /// Remove every endpoint of a conference.
@@ -526,9 +682,13 @@ impl MediaEngine {
             }
         }
         ep.rtc_now = now.max(ep.rtc_now);
+        ep.last_rx = Some(now);
         if let Err(e) = ep.rtc.handle_input(input) {
             tracing::debug!(error = %e, "endpoint input");
             self.stats.rtc_errors += 1;
+        }
+        if ep.status != Some(true) && ep.connected {
+            self.update_status(id);
         }
         // In RTP mode str0m holds one received packet until the next poll: drain now, or a
         // second datagram before `poll_output` would overwrite it.
@@ -554,6 +714,27 @@ impl MediaEngine {
             }
             self.mark_dirty(id);
         }
+        let due: Vec<String> = self
+            .speech
+            .iter()
+            .filter(|(_, sa)| sa.next_timeout().is_some_and(|t| t <= now))
+            .map(|(c, _)| c.clone())
+            .collect();
+        for conf in due {
+            if let Some(sa) = self.speech.get_mut(&conf)
+                && sa.poll(now)
+            {
+                self.stats.dominant_speaker_changes += 1;
+                self.speakers_changed(&conf);
+            }
+        }
+        if self.next_status_check.is_some_and(|t| t <= now) {
+            self.next_status_check = Some(now + STATUS_CHECK_INTERVAL);
+            let ids: Vec<EpId> = self.endpoints.keys().copied().collect();
+            for id in ids {
+                self.update_status(id);
+            }
+        }
     }
 
     /// The next output. Drain until it returns [`EngineOutput::Timeout`].
@@ -572,6 +753,8 @@ impl MediaEngine {
             .values()
             .filter(|e| !e.failed)
             .map(|e| e.next_timeout)
+            .chain(self.speech.values().filter_map(|sa| sa.next_timeout()))
+            .chain(self.next_status_check)
             .min();
         let idle = self.now.unwrap_or_else(Instant::now) + IDLE_TIMEOUT;
         EngineOutput::Timeout(next.map_or(idle, |n| n.min(idle)))
@@ -623,11 +806,7 @@ impl MediaEngine {
                     self.stats.rtc_errors += 1;
                     if !ep.rtc.is_alive() {
                         ep.failed = true;
-                        let ev = EngineEvent::Disconnected {
-                            conference: ep.conference.clone(),
-                            endpoint: ep.id.clone(),
-                        };
-                        self.out.push_back(EngineOutput::Event(ev));
+                        self.update_status(id);
                     }
                     return;
                 }
@@ -641,27 +820,15 @@ impl MediaEngine {
                 let Some(ep) = self.endpoints.get_mut(&id) else {
                     return;
                 };
-                if !ep.connected {
-                    ep.connected = true;
-                    let ev = EngineEvent::Connected {
-                        conference: ep.conference.clone(),
-                        endpoint: ep.id.clone(),
-                    };
-                    self.out.push_back(EngineOutput::Event(ev));
-                }
+                ep.connected = true;
+                self.update_status(id);
             }
             Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
                 let Some(ep) = self.endpoints.get_mut(&id) else {
                     return;
                 };
-                if ep.connected {
-                    ep.connected = false;
-                    let ev = EngineEvent::Disconnected {
-                        conference: ep.conference.clone(),
-                        endpoint: ep.id.clone(),
-                    };
-                    self.out.push_back(EngineOutput::Event(ev));
-                }
+                ep.connected = false;
+                self.update_status(id);
             }
             Event::IceConnectionStateChange(IceConnectionState::Connected)
             | Event::IceConnectionStateChange(IceConnectionState::Completed) => {
@@ -671,11 +838,7 @@ impl MediaEngine {
                     && ep.rtc.is_connected()
                 {
                     ep.connected = true;
-                    let ev = EngineEvent::Connected {
-                        conference: ep.conference.clone(),
-                        endpoint: ep.id.clone(),
-                    };
-                    self.out.push_back(EngineOutput::Event(ev));
+                    self.update_status(id);
                 }
             }
             Event::RtpPacket(p) => self.forward(id, p),
@@ -683,10 +846,13 @@ impl MediaEngine {
                 let Some(ep) = self.endpoints.get(&id) else {
                     return;
                 };
-                let Some(f) = ep.by_mid.get(&r.mid).and_then(|s| ep.forwards.get(s)) else {
+                let Some(slot) = ep.by_mid.get(&r.mid).and_then(|s| ep.slots.get(s)) else {
                     return;
                 };
-                let (sender, name, layer) = (f.sender, f.name.clone(), f.proj.layer());
+                let Some(f) = slot.source.and_then(|s| ep.forwards.get(&s)) else {
+                    return;
+                };
+                let (sender, name, layer) = (f.sender, f.name.clone(), slot.proj.layer());
                 if let Some(layer) = layer {
                     self.request_keyframe(sender, &name, layer);
                 }
@@ -745,6 +911,30 @@ impl MediaEngine {
             _ => VideoCodec::Other,
         };
         let keyframe = kind == MediaType::Video && starts_keyframe(vcodec, &p.payload);
+        let mut seq = *p.seq_no;
+        if kind == MediaType::Audio {
+            // bridge.md B.6: silence suppression; B.7: what is forwarded feeds the dominant
+            // speaker identification (level 0 = silence … 127 = loud).
+            let level = p.header.ext_vals.audio_level;
+            match source.silence.filter(seq, level == Some(-127)) {
+                Some(out) => seq = out,
+                None => {
+                    self.stats.silence_dropped += 1;
+                    return;
+                }
+            }
+            if let Some(l) = level {
+                let level = (127 + i16::from(l)).clamp(0, 127) as u8;
+                match self.speech.get_mut(&s.conference) {
+                    Some(sa) => sa.level(sender, level, now),
+                    None => {
+                        let mut sa = SpeechActivity::default();
+                        sa.level(sender, level, now);
+                        self.speech.insert(s.conference.clone(), sa);
+                    }
+                }
+            }
+        }
         source.first_seen.get_or_insert(now);
         {
             let layer = &mut source.layers[li];
@@ -772,7 +962,7 @@ impl MediaEngine {
         };
         let input = InPacket {
             layer: li,
-            seq: *p.seq_no,
+            seq,
             ts: p.header.timestamp,
             // A single stream starts anywhere (the receiver asks for a keyframe itself).
             keyframe: keyframe || single_layer || kind == MediaType::Audio,
@@ -820,11 +1010,36 @@ impl MediaEngine {
             let Some(target) = target else {
                 continue;
             };
-            if f.proj.layer() != Some(target) && li == target && !input.keyframe {
+            let slot_id = match f.slot {
+                Some(s) => s,
+                None if r.ssrc_rewriting => {
+                    let limit = match kind {
+                        MediaType::Audio => self.cfg.rewrite_audio_slots,
+                        MediaType::Video => self.cfg.rewrite_video_slots,
+                    };
+                    let Some(s) = r.bind_slot(source_id, limit, now) else {
+                        continue;
+                    };
+                    let ev = EngineEvent::SourcesMap {
+                        conference: r.conference.clone(),
+                        endpoint: r.id.clone(),
+                        kind,
+                        sources: r.mapped_sources(kind),
+                    };
+                    self.out.push_back(EngineOutput::Event(ev));
+                    s
+                }
+                None => continue,
+            };
+            let Some(slot) = r.slots.get_mut(&slot_id) else {
+                continue;
+            };
+            slot.last_used = Some(now);
+            if slot.proj.layer() != Some(target) && li == target && !input.keyframe {
                 want_keyframe = true;
             }
-            let before = f.proj.layer();
-            let Some(out) = f.proj.project(&input, target) else {
+            let before = slot.proj.layer();
+            let Some(out) = slot.proj.project(&input, target) else {
                 continue;
             };
             if out.switched && before.is_some() {
@@ -842,7 +1057,7 @@ impl MediaEngine {
             )
             .marker(p.header.marker)
             .ext_vals(ext.clone())
-            .nackable(kind == MediaType::Video && has_rtx && f.rtx.is_some());
+            .nackable(kind == MediaType::Video && has_rtx && slot.rtx.is_some());
             if let Some(d) = vp8 {
                 let mut b = d.patch();
                 if let Some(pid) = out.picture_id {
@@ -860,7 +1075,7 @@ impl MediaEngine {
                     w = w.vp8_patch(patch);
                 }
             }
-            let out_ssrc = Ssrc::from(f.ssrc);
+            let out_ssrc = Ssrc::from(slot.ssrc);
             if r.rtc_now < now {
                 r.rtc_now = now;
                 if r.rtc.handle_input(Input::Timeout(now)).is_err() {
@@ -889,13 +1104,31 @@ impl MediaEngine {
             .get(conference)
             .cloned()
             .unwrap_or_default();
-        // (sender, source id, name, kind, primary ssrc, primary rtx)
-        let mut all: Vec<(EpId, SourceId, String, MediaType, u32, Option<u32>)> = Vec::new();
+        struct Src {
+            sender: EpId,
+            owner: String,
+            id: SourceId,
+            name: String,
+            kind: MediaType,
+            video_type: String,
+            ssrc: u32,
+            rtx: Option<u32>,
+        }
+        let mut all: Vec<Src> = Vec::new();
         for id in &members {
             if let Some(ep) = self.endpoints.get(id) {
                 for s in &ep.sources {
                     let l0 = &s.layers[0];
-                    all.push((*id, s.id, s.name.clone(), s.kind, l0.ssrc, l0.rtx));
+                    all.push(Src {
+                        sender: *id,
+                        owner: ep.id.clone(),
+                        id: s.id,
+                        name: s.name.clone(),
+                        kind: s.kind,
+                        video_type: s.video_type.clone(),
+                        ssrc: l0.ssrc,
+                        rtx: l0.rtx,
+                    });
                 }
             }
         }
@@ -903,59 +1136,59 @@ impl MediaEngine {
             let Some(r) = self.endpoints.get_mut(rid) else {
                 continue;
             };
-            let wanted: Vec<_> = all.iter().filter(|x| x.0 != *rid).collect();
-            // Drop what is gone.
+            let wanted: Vec<&Src> = all.iter().filter(|x| x.sender != *rid).collect();
+            // Drop what is gone: its stream without SSRC rewriting; with it, the slot stays
+            // (the receiver keeps the SSRC) and waits for another source.
             let gone: Vec<SourceId> = r
                 .forwards
                 .keys()
-                .filter(|k| !wanted.iter().any(|w| w.1 == **k))
+                .filter(|k| !wanted.iter().any(|w| w.id == **k))
                 .copied()
                 .collect();
             for k in gone {
-                if let Some(f) = r.forwards.remove(&k) {
-                    r.by_mid.remove(&f.mid);
-                    r.rtc.direct_api().remove_media(f.mid);
+                let Some(slot) = r.forwards.remove(&k).and_then(|f| f.slot) else {
+                    continue;
+                };
+                if r.ssrc_rewriting {
+                    if let Some(s) = r.slots.get_mut(&slot) {
+                        s.source = None;
+                        s.last_used = None;
+                    }
+                } else {
+                    r.remove_slot(slot);
                 }
             }
-            let video_rtx = r.caps.pts.values().any(|(c, rtx)| c.is_video() && *rtx);
-            for (sender, sid, name, kind, ssrc, rtx) in wanted {
-                if r.forwards.contains_key(sid) {
+            let video_rtx = r.video_rtx();
+            for w in wanted {
+                if let Some(f) = r.forwards.get_mut(&w.id) {
+                    f.video_type.clone_from(&w.video_type);
                     continue;
                 }
-                let rtx = rtx.filter(|_| *kind == MediaType::Video && video_rtx);
-                // An SSRC the receiver itself sends, or one already forwarded: skip (str0m
-                // keys streams by SSRC).
-                let clash = r.declared_rx.contains(ssrc)
-                    || rtx.is_some_and(|x| r.declared_rx.contains(&x))
-                    || r.forwards.values().any(|f| {
-                        f.ssrc == *ssrc
-                            || Some(f.ssrc) == rtx
-                            || f.rtx.is_some_and(|x| x == *ssrc || Some(x) == rtx)
-                    });
-                if clash {
-                    tracing::warn!(source = %name, "SSRC clash; source not forwarded");
-                    continue;
+                let mut slot = None;
+                if !r.ssrc_rewriting {
+                    let rtx = w.rtx.filter(|_| w.kind == MediaType::Video && video_rtx);
+                    // An SSRC the receiver itself sends, or one already forwarded: skip (str0m
+                    // keys streams by SSRC).
+                    if r.ssrc_taken(w.ssrc) || rtx.is_some_and(|x| r.ssrc_taken(x)) {
+                        tracing::warn!(source = %w.name, "SSRC clash; source not forwarded");
+                        continue;
+                    }
+                    let id = r.new_slot(w.kind, w.ssrc, rtx);
+                    if let Some(s) = r.slots.get_mut(&id) {
+                        s.source = Some(w.id);
+                    }
+                    slot = Some(id);
                 }
-                let mid = Mid::from(format!("f{}", r.next_mid).as_str());
-                r.next_mid += 1;
-                let mk = match kind {
-                    MediaType::Audio => MediaKind::Audio,
-                    MediaType::Video => MediaKind::Video,
-                };
-                let mut api = r.rtc.direct_api();
-                api.declare_media(mid, mk);
-                api.declare_stream_tx((*ssrc).into(), rtx.map(Ssrc::from), mid, None);
-                r.by_mid.insert(mid, *sid);
                 r.forwards.insert(
-                    *sid,
+                    w.id,
                     Forward {
-                        sender: *sender,
-                        name: name.clone(),
-                        mid,
-                        ssrc: *ssrc,
-                        rtx,
+                        sender: w.sender,
+                        owner: w.owner.clone(),
+                        name: w.name.clone(),
+                        kind: w.kind,
+                        video_type: w.video_type.clone(),
+                        slot,
                         max_height: 0,
-                        proj: Default::default(),
                     },
                 );
             }
@@ -982,13 +1215,19 @@ impl MediaEngine {
             return;
         };
         let c = &r.constraints;
+        let recent = self
+            .speech
+            .get(&r.conference)
+            .map(|sa| sa.recent())
+            .unwrap_or_default();
         // Video sources forwarded to r, in join order of their senders.
-        let mut order: Vec<(SourceId, String)> = Vec::new();
+        let mut order: Vec<(SourceId, String, usize)> = Vec::new();
         for sid in members {
             if let Some(s) = self.endpoints.get(sid) {
+                let speaker = recent.iter().position(|x| x == sid).unwrap_or(usize::MAX);
                 for src in s.sources.iter().filter(|x| x.kind == MediaType::Video) {
                     if r.forwards.contains_key(&src.id) {
-                        order.push((src.id, src.name.clone()));
+                        order.push((src.id, src.name.clone(), speaker));
                     }
                 }
             }
@@ -1002,7 +1241,8 @@ impl MediaEngine {
                 2
             }
         };
-        order.sort_by_key(|(_, n)| rank(n));
+        // bridge.md B.8: on-stage, selected, then by speaker order (join order after).
+        order.sort_by_key(|(_, n, speaker)| (rank(n), *speaker));
         let last_n = match c.last_n {
             Some(n) if n >= 0 => n as usize,
             _ => usize::MAX,
@@ -1012,7 +1252,7 @@ impl MediaEngine {
             .map_or(DEFAULT_MAX_HEIGHT, |h| h.clamp(0, u32::MAX as i64) as u32);
         let mut heights: Vec<(SourceId, u32)> = Vec::new();
         let mut forwarded: Vec<String> = Vec::new();
-        for (i, (sid, name)) in order.iter().enumerate() {
+        for (i, (sid, name, _)) in order.iter().enumerate() {
             let h = if i < last_n {
                 c.constraints
                     .get(name)

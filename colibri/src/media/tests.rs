@@ -86,6 +86,26 @@ struct Client {
     seq: HashMap<u32, u64>,
     frame: u32,
     force_keyframe: [bool; 3],
+    /// What the mic sends in [`Net::media`].
+    voice: Voice,
+    audio_sent: u32,
+    /// Cut off from the network (both directions).
+    paused: bool,
+    /// SSRC rewriting: the client learns remote SSRCs from the source maps only.
+    rewriting: bool,
+    /// Slot SSRC → (owner, source) from the source maps.
+    mapped: HashMap<u32, (String, String)>,
+    id_byte: u8,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Voice {
+    /// -30 dBov on every packet.
+    Steady,
+    /// Speech: a -87 dBov noise floor every 10th packet, -17 dBov otherwise.
+    Talking,
+    /// -127 dBov: the sender's silence.
+    Silent,
 }
 
 const MID_A: &str = "a";
@@ -157,6 +177,12 @@ impl Client {
             seq: HashMap::new(),
             frame: 0,
             force_keyframe: [true; 3],
+            voice: Voice::Steady,
+            audio_sent: 0,
+            paused: false,
+            rewriting: false,
+            mapped: HashMap::new(),
+            id_byte: n as u8,
         }
     }
 
@@ -241,6 +267,26 @@ impl Client {
         );
     }
 
+    /// What lib-jitsi-meet does with a source map: a local source-add for new SSRCs (with
+    /// the RTX as FID partner), a relabel for known ones.
+    fn apply_map(&mut self, kind: MediaType, sources: &[MappedSource]) {
+        for m in sources {
+            self.mapped
+                .insert(m.ssrc, (m.owner.clone(), m.source.clone()));
+            let mid = Mid::from(format!("m{}", m.ssrc % 100_000).as_str());
+            let mut api = self.rtc.direct_api();
+            if api.stream_rx(&m.ssrc.into()).is_some() {
+                continue;
+            }
+            let mk = match kind {
+                MediaType::Audio => MediaKind::Audio,
+                MediaType::Video => MediaKind::Video,
+            };
+            api.declare_media(mid, mk);
+            api.expect_stream_rx(m.ssrc.into(), m.rtx.map(Into::into), mid, None);
+        }
+    }
+
     fn start(&mut self, engine: &MediaEngine) {
         let fp: Fingerprint = format!("sha-256 {}", engine.dtls_fingerprint())
             .parse()
@@ -263,6 +309,17 @@ impl Client {
             .or_insert(u64::from(ssrc) * 7 % 1000 + 100);
         *s += 1;
         *s
+    }
+
+    /// The next mic packet's level for the client's [`Voice`].
+    fn next_level(&mut self) -> i8 {
+        self.audio_sent += 1;
+        match self.voice {
+            Voice::Steady => -30,
+            Voice::Talking if self.audio_sent.is_multiple_of(10) => -87,
+            Voice::Talking => -17,
+            Voice::Silent => -127,
+        }
     }
 
     fn send_audio(&mut self, now: Instant, level: i8) {
@@ -301,7 +358,7 @@ impl Client {
             } else {
                 payload.extend_from_slice(&[0x31, 0x00, 0x00]);
             }
-            payload.extend_from_slice(&[0x55; 20]);
+            payload.extend_from_slice(&[self.id_byte; 20]);
             payload.extend_from_slice(&[i as u8, self.frame as u8]);
             let mut api = self.rtc.direct_api();
             let s = api.stream_tx(&ssrc.into()).unwrap();
@@ -377,12 +434,20 @@ struct Net {
 
 impl Net {
     fn new(n: u32) -> Net {
+        Net::build(n, &[], EngineConfig::default())
+    }
+
+    /// `rewriting`: the names of the clients created with the `ssrc-rewriting` capability.
+    fn build(n: u32, rewriting: &[&str], cfg: EngineConfig) -> Net {
         let now = Instant::now();
         let engine = MediaEngine::new(EngineConfig {
             local_addrs: vec![engine_addr()],
-            ..EngineConfig::default()
+            ..cfg
         });
-        let clients: Vec<Client> = (1..=n).map(|i| Client::new(i, now)).collect();
+        let mut clients: Vec<Client> = (1..=n).map(|i| Client::new(i, now)).collect();
+        for c in &mut clients {
+            c.rewriting = rewriting.contains(&c.name.as_str());
+        }
         let mut net = Net {
             now,
             engine,
@@ -402,7 +467,14 @@ impl Net {
         let now = self.now;
         let name = self.clients[i].name.clone();
         let e = &mut self.engine;
-        e.add_endpoint(CONF, &name, &bridge_ufrag(&name), &bridge_pwd(&name), now);
+        e.add_endpoint(
+            CONF,
+            &name,
+            &bridge_ufrag(&name),
+            &bridge_pwd(&name),
+            self.clients[i].rewriting,
+            now,
+        );
         e.set_medias((CONF, &name), &offer_medias());
         let t = self.clients[i].transport();
         e.set_remote_transport((CONF, &name), &t, now);
@@ -411,8 +483,12 @@ impl Net {
         for j in 0..self.clients.len() {
             if j != i {
                 let (a, b) = pair(&mut self.clients, i, j);
-                a.expect_from(b);
-                b.expect_from(a);
+                if !a.rewriting {
+                    a.expect_from(b);
+                }
+                if !b.rewriting {
+                    b.expect_from(a);
+                }
             }
         }
     }
@@ -434,7 +510,11 @@ impl Net {
                         if !(self.deliver_to_client)(&t) {
                             continue;
                         }
-                        if let Some(c) = self.clients.iter_mut().find(|c| c.addr == t.to) {
+                        if let Some(c) = self
+                            .clients
+                            .iter_mut()
+                            .find(|c| c.addr == t.to && !c.paused)
+                        {
                             let r = Receive::new(Protocol::Udp, t.from, t.to, &t.data).unwrap();
                             c.rtc.handle_input(Input::Receive(now, r)).unwrap();
                             // One pending RTP packet in str0m's RTP mode: poll after each.
@@ -445,6 +525,16 @@ impl Net {
                     }
                     EngineOutput::Event(e) => {
                         moved = true;
+                        if let EngineEvent::SourcesMap {
+                            endpoint,
+                            kind,
+                            sources,
+                            ..
+                        } = &e
+                            && let Some(c) = self.clients.iter_mut().find(|c| &c.name == endpoint)
+                        {
+                            c.apply_map(*kind, sources);
+                        }
                         self.events.push(e);
                     }
                     EngineOutput::Timeout(t) => {
@@ -457,7 +547,9 @@ impl Net {
             for c in &mut self.clients {
                 for t in c.poll() {
                     moved = true;
-                    self.engine.handle_datagram(now, t.0, t.1, &t.2);
+                    if !c.paused {
+                        self.engine.handle_datagram(now, t.0, t.1, &t.2);
+                    }
                 }
             }
             if !moved {
@@ -509,7 +601,8 @@ impl Net {
             let now = self.now;
             for c in &mut self.clients {
                 if c.connected {
-                    c.send_audio(now, -30);
+                    let level = c.next_level();
+                    c.send_audio(now, level);
                 }
             }
             if video && now >= next_video {
@@ -882,4 +975,282 @@ fn removed_source_is_no_longer_forwarded() {
     assert_eq!(net.clients[1].received(a_l0).len(), got);
     assert!(net.events.iter().any(|e| matches!(e,
         EngineEvent::ForwardedSources { endpoint, sources, .. } if endpoint == "ep2" && sources.is_empty())));
+}
+
+fn speaker_events(events: &[EngineEvent]) -> Vec<(String, Vec<String>)> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            EngineEvent::DominantSpeaker {
+                endpoint,
+                previous,
+                silence,
+                ..
+            } => {
+                assert!(!silence);
+                Some((endpoint.clone(), previous.clone()))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn dominant_speaker_follows_who_talks() {
+    let mut net = Net::new(3);
+    net.connect();
+    net.client("ep1").voice = Voice::Talking;
+    net.client("ep2").voice = Voice::Silent;
+    net.client("ep3").voice = Voice::Silent;
+    net.media(Duration::from_millis(2000), false);
+    let ev = speaker_events(&net.events);
+    assert_eq!(ev, [("ep1".to_string(), vec![])]);
+    assert_eq!(net.engine.recent_speakers(CONF), ["ep1"]);
+    // ep2 starts talking, ep1 stops.
+    net.client("ep1").voice = Voice::Silent;
+    net.client("ep2").voice = Voice::Talking;
+    net.media(Duration::from_millis(3000), false);
+    let ev = speaker_events(&net.events);
+    assert_eq!(ev.len(), 2, "{ev:?}");
+    assert_eq!(ev[1], ("ep2".to_string(), vec!["ep1".to_string()]));
+    // Both talk: no flapping (ep2 stays).
+    net.client("ep1").voice = Voice::Talking;
+    net.media(Duration::from_millis(2000), false);
+    assert_eq!(speaker_events(&net.events).len(), 2);
+    assert_eq!(net.engine.stats().dominant_speaker_changes, 2);
+    // The dominant speaker leaves: the list shrinks and is announced.
+    net.engine.remove_endpoint((CONF, "ep2"));
+    net.pump();
+    let ev = speaker_events(&net.events);
+    assert_eq!(ev.last().unwrap(), &("ep1".to_string(), vec![]));
+    net.engine.remove_endpoint((CONF, "ep1"));
+    net.pump();
+    assert!(
+        net.events
+            .iter()
+            .any(|e| matches!(e, EngineEvent::SpeakersCleared { .. }))
+    );
+    assert!(net.engine.recent_speakers(CONF).is_empty());
+}
+
+#[test]
+fn the_dominant_speaker_comes_first_for_last_n() {
+    let mut net = Net::new(3);
+    net.connect();
+    net.engine.set_receiver_constraints(
+        (CONF, "ep1"),
+        ReceiverConstraints {
+            last_n: Some(1),
+            ..Default::default()
+        },
+    );
+    net.media(Duration::from_millis(600), true);
+    // Join order first: ep2.
+    let (l2, l3) = (net.clients[1].layers[0].0, net.clients[2].layers[0].0);
+    assert!(!net.clients[0].received(l2).is_empty());
+    assert!(net.clients[0].received(l3).is_empty());
+    net.client("ep2").voice = Voice::Silent;
+    net.client("ep3").voice = Voice::Talking;
+    net.media(Duration::from_millis(3000), true);
+    assert_eq!(net.engine.recent_speakers(CONF)[0], "ep3");
+    assert!(net.events.iter().any(|e| matches!(e,
+        EngineEvent::ForwardedSources { endpoint, sources, .. }
+            if endpoint == "ep1" && sources == &["ep3-v0".to_string()])));
+    assert!(!net.clients[0].received(l3).is_empty());
+}
+
+#[test]
+fn silence_is_dropped_and_sequence_numbers_stay_continuous() {
+    let mut net = Net::new(2);
+    net.connect();
+    let a_audio = net.clients[0].audio;
+    // 10 loud, 30 silent, 10 loud packets from ep1; ep2 stays quiet on its own.
+    net.client("ep2").voice = Voice::Silent;
+    let levels: Vec<i8> = [vec![-30i8; 10], vec![-127; 30], vec![-30; 10]].concat();
+    for l in levels {
+        let now = net.now;
+        net.clients[0].send_audio(now, l);
+        let level = net.clients[1].next_level();
+        net.clients[1].send_audio(now, level);
+        net.advance(Duration::from_millis(20));
+    }
+    net.advance(Duration::from_millis(100));
+    let got = net.clients[1].received(a_audio);
+    let got_levels: Vec<i8> = got
+        .iter()
+        .map(|p| p.header.ext_vals.audio_level.unwrap())
+        .collect();
+    assert_eq!(got.len(), 10 + 4 + 10, "{got_levels:?}");
+    assert_eq!(got_levels[10..14], [-127; 4]);
+    let seqs: Vec<u64> = got.iter().map(|p| *p.seq_no).collect();
+    assert_consecutive(&seqs, "audio");
+    // ep2's silence beyond the first 4 packets never reached ep1.
+    assert_eq!(net.clients[0].received(net.clients[1].audio).len(), 4);
+    assert_eq!(net.engine.stats().silence_dropped, 26 + 46);
+}
+
+#[test]
+fn connectivity_follows_packet_flow() {
+    let mut net = Net::new(2);
+    // An endpoint whose client never shows up.
+    net.engine.add_endpoint(
+        CONF,
+        "ghost",
+        "brghost",
+        "bridgepasswordghostxxxxxxxx",
+        false,
+        net.now,
+    );
+    net.connect();
+    net.media(Duration::from_millis(200), false);
+    let status = |events: &[EngineEvent], who: &str| -> Vec<bool> {
+        events
+            .iter()
+            .filter_map(|e| match e {
+                EngineEvent::Connected { endpoint, .. } if endpoint == who => Some(true),
+                EngineEvent::Disconnected { endpoint, .. } if endpoint == who => Some(false),
+                _ => None,
+            })
+            .collect()
+    };
+    assert_eq!(status(&net.events, "ep1"), [true]);
+    assert_eq!(status(&net.events, "ghost"), Vec::<bool>::new());
+    // ep1 drops off the network for 9 s: inactive after 8 s, the others stay active.
+    net.client("ep1").paused = true;
+    net.media(Duration::from_millis(7000), false);
+    assert_eq!(status(&net.events, "ep1"), [true]);
+    net.media(Duration::from_millis(2000), false);
+    assert_eq!(status(&net.events, "ep1"), [true, false]);
+    assert_eq!(status(&net.events, "ep2"), [true]);
+    // The ghost never connected: announced inactive once, 15 s after creation.
+    net.media(Duration::from_millis(7000), false);
+    assert_eq!(status(&net.events, "ghost"), [false]);
+    // ep1 is back.
+    net.client("ep1").paused = false;
+    net.media(Duration::from_millis(3000), false);
+    assert_eq!(status(&net.events, "ep1"), [true, false, true]);
+    assert_eq!(status(&net.events, "ghost"), [false]);
+}
+
+fn maps(events: &[EngineEvent], who: &str, kind: MediaType) -> Vec<Vec<MappedSource>> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            EngineEvent::SourcesMap {
+                endpoint,
+                kind: k,
+                sources,
+                ..
+            } if endpoint == who && *k == kind => Some(sources.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn ssrc_rewriting_forwards_on_announced_slots() {
+    let mut net = Net::build(3, &["ep1"], EngineConfig::default());
+    net.connect();
+    net.media(Duration::from_millis(1000), true);
+    let video = maps(&net.events, "ep1", MediaType::Video);
+    let last = video.last().expect("a VideoSourcesMap");
+    let mut names: Vec<(&str, &str)> = last
+        .iter()
+        .map(|m| (m.owner.as_str(), m.source.as_str()))
+        .collect();
+    names.sort();
+    assert_eq!(names, [("ep2", "ep2-v0"), ("ep3", "ep3-v0")]);
+    assert!(
+        last.iter()
+            .all(|m| m.rtx.is_some() && m.video_type == "CAMERA")
+    );
+    let audio = maps(&net.events, "ep1", MediaType::Audio);
+    let last_audio = audio.last().expect("an AudioSourcesMap");
+    assert_eq!(last_audio.len(), 2);
+    assert!(last_audio.iter().all(|m| m.rtx.is_none()));
+    // Everything ep1 gets rides on slot SSRCs, none of them a sender's.
+    let senders: Vec<u32> = net.clients[1..]
+        .iter()
+        .flat_map(|c| std::iter::once(c.audio).chain(c.layers.iter().flat_map(|l| [l.0, l.1])))
+        .collect();
+    let c1 = &net.clients[0];
+    assert!(!c1.rtp.is_empty());
+    for p in &c1.rtp {
+        assert!(!senders.contains(&p.header.ssrc), "sender SSRC leaked");
+        assert!(c1.mapped.contains_key(&p.header.ssrc));
+    }
+    for m in last.iter().chain(last_audio) {
+        let got = c1.received(m.ssrc);
+        assert!(got.len() >= 15, "{} got {}", m.source, got.len());
+        let seqs: Vec<u64> = got.iter().map(|p| *p.seq_no).collect();
+        assert_consecutive(&seqs, &m.source);
+    }
+    // Video on ep2-v0's slot is ep2's.
+    let slot = last.iter().find(|m| m.owner == "ep2").unwrap().ssrc;
+    assert!(
+        c1.received(slot)
+            .iter()
+            .all(|p| p.payload[p.payload.len() - 3] == 2)
+    );
+    // The others still get the senders' own SSRCs and no maps.
+    assert!(
+        !net.clients[1]
+            .received(net.clients[0].layers[0].0)
+            .is_empty()
+    );
+    assert!(!net.clients[1].received(net.clients[2].audio).is_empty());
+    assert!(maps(&net.events, "ep2", MediaType::Video).is_empty());
+}
+
+#[test]
+fn ssrc_rewriting_remaps_a_full_pool_with_continuity() {
+    let cfg = EngineConfig {
+        rewrite_video_slots: 1,
+        ..EngineConfig::default()
+    };
+    let mut net = Net::build(3, &["ep1"], cfg);
+    net.connect();
+    net.engine.set_receiver_constraints(
+        (CONF, "ep1"),
+        ReceiverConstraints {
+            last_n: Some(1),
+            ..Default::default()
+        },
+    );
+    net.client("ep3").voice = Voice::Silent;
+    net.client("ep2").voice = Voice::Talking;
+    net.media(Duration::from_millis(1500), true);
+    let video = maps(&net.events, "ep1", MediaType::Video);
+    let first = video.last().unwrap().clone();
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].source, "ep2-v0");
+    let slot = first[0].ssrc;
+    // ep3 becomes the dominant speaker: lastN 1 now means ep3-v0, on the same slot.
+    net.client("ep2").voice = Voice::Silent;
+    net.client("ep3").voice = Voice::Talking;
+    net.media(Duration::from_millis(3000), true);
+    assert_eq!(net.engine.recent_speakers(CONF)[0], "ep3");
+    let video = maps(&net.events, "ep1", MediaType::Video);
+    let now = video.last().unwrap();
+    assert_eq!(now.len(), 1);
+    assert_eq!((now[0].source.as_str(), now[0].ssrc), ("ep3-v0", slot));
+    assert_eq!(net.clients[0].mapped[&slot].0, "ep3");
+    let got = net.clients[0].received(slot);
+    let owners: Vec<u8> = got.iter().map(|p| p.payload[p.payload.len() - 3]).collect();
+    let switch = owners
+        .iter()
+        .position(|o| *o == 3)
+        .expect("ep3's video on the slot");
+    assert!(owners[..switch].iter().all(|o| *o == 2));
+    assert!(owners[switch..].iter().all(|o| *o == 3), "{owners:?}");
+    assert!(starts_keyframe(VideoCodec::Vp8, &got[switch].payload));
+    let seqs: Vec<u64> = got.iter().map(|p| *p.seq_no).collect();
+    assert_consecutive(&seqs, "slot");
+    for w in got.windows(2) {
+        let dt = w[1].header.timestamp.wrapping_sub(w[0].header.timestamp);
+        assert!(dt > 0 && dt < 90_000, "timestamp step {dt}");
+        let (p0, _) = vp8_pid_tl0(&w[0].payload);
+        let (p1, _) = vp8_pid_tl0(&w[1].payload);
+        assert_eq!(p1, (p0 + 1) & 0x7fff, "picture id");
+    }
 }
