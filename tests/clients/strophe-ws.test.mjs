@@ -159,6 +159,10 @@ test('raw ws: XEP-0198 resume after socket loss delivers messages sent meanwhile
     open.push(r2);
     await r2.authAnonymous();
     assert.ok(r2.hasSmFeature(), 'the new stream must offer sm again so the client can resume');
+    // Count from where we were before sending <resume/>: the replayed stanzas and the
+    // server's <r/> can arrive in the same batch as <resumed/>.
+    r2.smActive = true;
+    r2.h = hBefore;
     r2.send(`<resume xmlns='${NS_SM}' previd='${xmlEscape(smId)}' h='${hBefore}'/>`);
     const ans = await r2.waitFor((el) => el?.namespaceURI === NS_SM && ['resumed', 'failed'].includes(el.localName), {
         what: '<resumed/> or <failed/>',
@@ -166,8 +170,6 @@ test('raw ws: XEP-0198 resume after socket loss delivers messages sent meanwhile
     assert.equal(ans.localName, 'resumed', `expected <resumed/>, got: ${ans.toString()}`);
     assert.equal(ans.getAttribute('previd'), smId);
     assert.equal(ans.getAttribute('h'), '1', 'server must have handled exactly our one ping IQ (h=1)');
-    r2.smActive = true;
-    r2.h = hBefore;
 
     // 5. the message sent while away arrives on the resumed stream, to the same JID
     const away = await r2.waitFor((el) => el?.localName === 'message' && el.getElementsByTagName('body')[0]?.textContent === 'while-away', {

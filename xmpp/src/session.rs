@@ -838,9 +838,15 @@ impl C2s {
     }
 }
 
-/// Apply an ack; false when `h` acknowledges more than was sent.
+/// Apply an ack; false when `h` acknowledges more than was sent. An ack behind the last
+/// one (a client that lost count) is ignored rather than fatal, as Prosody does.
 fn sm_ack(sm: &mut Sm, h: u32) -> bool {
-    let newly = h.wrapping_sub(sm.acked) as usize;
+    let newly = h.wrapping_sub(sm.acked);
+    if newly > u32::MAX / 2 {
+        tracing::debug!(h, acked = sm.acked, "stale stream-management ack ignored");
+        return true;
+    }
+    let newly = newly as usize;
     if newly > sm.unacked.len() {
         return false;
     }
@@ -1382,6 +1388,13 @@ mod tests {
             now,
         );
         assert!(sent(&mut c).is_empty());
+        // A stale ack (behind the last one) is ignored, not fatal.
+        c.input(
+            LinkEvent::Element(parse("<a xmlns='urn:xmpp:sm:3' h='1'/>")),
+            now,
+        );
+        assert!(sent(&mut c).is_empty());
+        assert!(!c.is_closed());
         c.input(LinkEvent::Element(parse("<iq xmlns='jabber:client' id='p' type='get' to='meet.jitsi'><ping xmlns='urn:xmpp:ping'/></iq>")), now);
         sent(&mut c);
         c.input(LinkEvent::Element(parse("<r xmlns='urn:xmpp:sm:3'/>")), now);
