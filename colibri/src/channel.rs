@@ -58,6 +58,8 @@ pub enum Effect {
     Send { to: String, text: String },
     /// The receiver's constraints changed (the media engine should re-select layers).
     Constraints(ReceiverConstraints),
+    /// The sender declared the video type of one of its sources.
+    VideoType { source: String, video_type: String },
     /// Nothing to do (or the message was invalid and logged).
     None,
 }
@@ -146,6 +148,15 @@ impl ChannelHub {
             if let Some(t) = mine.and_then(|m| m.get(class)) {
                 out.push(t.clone());
             }
+        }
+        // What this endpoint's own sources are needed at (SenderSourceConstraints).
+        if let Some(m) = mine {
+            let mut v: Vec<_> = m
+                .iter()
+                .filter(|(k, _)| k.starts_with("SenderSourceConstraints/"))
+                .collect();
+            v.sort();
+            out.extend(v.into_iter().map(|(_, t)| t.clone()));
         }
         drop(eps);
         if let Some(m) = self.sticky_conf.lock().get(conf) {
@@ -296,15 +307,27 @@ impl ChannelHub {
                     self.video_types
                         .lock()
                         .insert((conf.to_string(), s.to_string()), t.to_string());
+                    return vec![Effect::VideoType {
+                        source: s.to_string(),
+                        video_type: t.to_string(),
+                    }];
                 }
                 vec![Effect::None]
             }
+            // Deprecated endpoint-level form: the endpoint's first video source.
+            "VideoTypeMessage" => match msg.get("videoType").and_then(|v| v.as_str()) {
+                Some(t) => vec![Effect::VideoType {
+                    source: format!("{from}-v0"),
+                    video_type: t.to_string(),
+                }],
+                None => vec![Effect::None],
+            },
             "ClientHello" => vec![Effect::Send {
                 to: from.to_string(),
                 text: json!({"colibriClass": "ServerHello"}).to_string(),
             }],
             // Accepted and ignored for now.
-            "ReceiverAudioSubscription" | "VideoTypeMessage" => vec![Effect::None],
+            "ReceiverAudioSubscription" => vec![Effect::None],
             _ => {
                 tracing::debug!(%conf, %from, class, "unknown bridge channel message");
                 vec![Effect::None]
@@ -384,6 +407,16 @@ async fn run(hub: Arc<ChannelHub>, mut socket: WebSocket, conf: String, ep: Stri
                                         conf: conf.clone(),
                                         ep: ep.clone(),
                                         constraints: c,
+                                    });
+                                }
+                            }
+                            Effect::VideoType { source, video_type } => {
+                                if let Some(engine) = hub.engine.lock().clone() {
+                                    engine.send(crate::udp::Command::SourceVideoType {
+                                        conf: conf.clone(),
+                                        ep: ep.clone(),
+                                        source,
+                                        video_type,
                                     });
                                 }
                             }
@@ -469,6 +502,41 @@ mod tests {
         };
         assert_eq!(c.default_max_height, Some(0));
         assert_eq!(c.last_n, Some(25), "absent fields keep their value");
+    }
+
+    #[test]
+    fn video_types_go_to_the_engine() {
+        let hub = ChannelHub::new(8);
+        let fx = hub.client_message(
+            "c",
+            "a",
+            r#"{"colibriClass":"SourceVideoTypeMessage","sourceName":"a-v1","videoType":"desktop"}"#,
+        );
+        assert_eq!(
+            fx,
+            [Effect::VideoType {
+                source: "a-v1".into(),
+                video_type: "desktop".into()
+            }]
+        );
+        let fx = hub.client_message(
+            "c",
+            "a",
+            r#"{"colibriClass":"VideoTypeMessage","videoType":"camera"}"#,
+        );
+        assert_eq!(
+            fx,
+            [Effect::VideoType {
+                source: "a-v0".into(),
+                video_type: "camera".into()
+            }]
+        );
+        let fx = hub.client_message(
+            "c",
+            "a",
+            r#"{"colibriClass":"SourceVideoTypeMessage","sourceName":"a-v1"}"#,
+        );
+        assert_eq!(fx, [Effect::None]);
     }
 
     #[test]

@@ -95,11 +95,37 @@ impl ColibriService {
         cfg: BridgeConfig,
         engine: Option<crate::udp::EngineHandle>,
     ) -> Arc<ColibriService> {
-        Arc::new(ColibriService {
+        let svc = Arc::new(ColibriService {
             cfg,
             conferences: Mutex::new(HashMap::new()),
             engine,
-        })
+        });
+        if let Some(e) = &svc.engine {
+            e.attach_service(&svc);
+        }
+        svc
+    }
+
+    /// The media engine expired an endpoint (bridge.md B.10): forget it, so that the focus's
+    /// next request about it gets `unknown-endpoint` (and the focus re-invites). `conf_id` is
+    /// the bridge's conference id (as in colibri-ws URLs), `ufrag` the local ICE ufrag the
+    /// endpoint was created with: a newer endpoint of the same id is kept. Whether it was
+    /// removed.
+    pub fn endpoint_expired(&self, conf_id: &str, endpoint: &str, ufrag: &str) -> bool {
+        let mut confs = self.conferences.lock();
+        let Some(c) = confs.values_mut().find(|c| c.id == conf_id) else {
+            return false;
+        };
+        if c.endpoints.get(endpoint).is_none_or(|e| e.ufrag != ufrag) {
+            return false;
+        }
+        c.endpoints.remove(endpoint);
+        tracing::info!(
+            conference = conf_id,
+            endpoint,
+            "endpoint expired by the media engine"
+        );
+        true
     }
 
     fn engine(&self, c: crate::udp::Command) {

@@ -3,8 +3,10 @@
 //! engine is owned by this thread alone.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Instant;
+
+use parking_lot::Mutex;
 
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
@@ -13,6 +15,7 @@ use crate::channel::{ChannelHub, ReceiverConstraints};
 use crate::colibri2::MediaType;
 use crate::colibri2::{IceUdpTransport, Media, Sources};
 use crate::media::{EngineConfig, EngineEvent, EngineOutput, EngineStats, MediaEngine};
+use crate::service::ColibriService;
 
 /// What the signalling side asks of the engine.
 #[derive(Debug)]
@@ -48,16 +51,46 @@ pub enum Command {
         ep: String,
         constraints: ReceiverConstraints,
     },
+    /// The sender's bridge channel said what one of its sources is (`SourceVideoTypeMessage`).
+    SourceVideoType {
+        conf: String,
+        ep: String,
+        source: String,
+        video_type: String,
+    },
     Stats(oneshot::Sender<EngineStats>),
+}
+
+/// The Colibri2 service the engine thread tells about endpoints it expires.
+#[derive(Default)]
+struct ServiceLink(Mutex<Option<Weak<ColibriService>>>);
+
+impl std::fmt::Debug for ServiceLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ServiceLink")
+    }
+}
+
+impl ServiceLink {
+    fn get(&self) -> Option<Arc<ColibriService>> {
+        self.0.lock().as_ref().and_then(Weak::upgrade)
+    }
 }
 
 /// Sends commands to the engine thread (bounded; a full queue drops and logs).
 #[derive(Clone, Debug)]
 pub struct EngineHandle {
     tx: mpsc::Sender<Command>,
+    service: Arc<ServiceLink>,
 }
 
 impl EngineHandle {
+    /// Endpoints the engine expires (bridge.md B.10) are removed from this service too
+    /// ([`ColibriService::with_engine`] attaches itself).
+    pub fn attach_service(&self, service: &Arc<ColibriService>) {
+        *self.service.0.lock() = Some(Arc::downgrade(service));
+    }
+
     pub fn send(&self, c: Command) {
         if let Err(e) = self.tx.try_send(c) {
             tracing::warn!(error = %e, "media engine command queue full; command dropped");
@@ -141,6 +174,8 @@ pub fn spawn(
     let engine = MediaEngine::new(cfg);
     let fingerprint = engine.dtls_fingerprint();
     let (tx, rx) = mpsc::channel(queue.max(16));
+    let service = Arc::new(ServiceLink::default());
+    let link = service.clone();
     std::thread::Builder::new()
         .name("meetd-media".into())
         .spawn(move || {
@@ -156,12 +191,12 @@ pub fn spawn(
             };
             rt.block_on(async move {
                 match UdpSocket::from_std(std_sock) {
-                    Ok(sock) => run(engine, sock, local, rx, hub).await,
+                    Ok(sock) => run(engine, sock, local, rx, hub, link).await,
                     Err(e) => tracing::error!(error = %e, "media socket failed"),
                 }
             });
         })?;
-    Ok((EngineHandle { tx }, fingerprint))
+    Ok((EngineHandle { tx, service }, fingerprint))
 }
 
 async fn run(
@@ -170,6 +205,7 @@ async fn run(
     local: SocketAddr,
     mut rx: mpsc::Receiver<Command>,
     hub: Arc<ChannelHub>,
+    link: Arc<ServiceLink>,
 ) {
     let mut buf = vec![0u8; 2048];
     loop {
@@ -179,7 +215,7 @@ async fn run(
                     // A full socket buffer drops the packet, as the network would.
                     let _ = sock.try_send_to(&t.data, t.to);
                 }
-                EngineOutput::Event(e) => event(&hub, e),
+                EngineOutput::Event(e) => event(&hub, link.get().as_deref(), e),
                 EngineOutput::Timeout(t) => break t,
             }
         };
@@ -243,6 +279,12 @@ fn command(engine: &mut MediaEngine, hub: &ChannelHub, c: Command) {
             ep,
             constraints,
         } => engine.set_receiver_constraints((&conf, &ep), constraints),
+        Command::SourceVideoType {
+            conf,
+            ep,
+            source,
+            video_type,
+        } => engine.set_source_video_type((&conf, &ep), &source, &video_type),
         Command::Stats(tx) => {
             let _ = tx.send(engine.stats());
         }
@@ -261,9 +303,56 @@ fn broadcast(hub: &ChannelHub, conf: &str, text: &str) {
     }
 }
 
-/// One engine event as bridge-channel messages (bridge.md A.3).
-fn event(hub: &ChannelHub, e: EngineEvent) {
+/// One engine event as bridge-channel messages (bridge.md A.3); an expired endpoint also
+/// leaves `service`.
+fn event(hub: &ChannelHub, service: Option<&ColibriService>, e: EngineEvent) {
     match e {
+        EngineEvent::SenderSourceConstraints {
+            conference,
+            endpoint,
+            source,
+            max_height,
+        } => {
+            let msg = serde_json::json!({
+                "colibriClass": "SenderSourceConstraints",
+                "sourceName": source,
+                "maxHeight": max_height,
+            })
+            .to_string();
+            hub.set_endpoint_sticky(
+                &conference,
+                &endpoint,
+                &format!("SenderSourceConstraints/{source}"),
+                msg.clone(),
+            );
+            hub.send(&conference, &endpoint, msg);
+        }
+        EngineEvent::ConnectionStats {
+            conference,
+            endpoint,
+            estimated_downlink_bps,
+        } => {
+            let msg = serde_json::json!({
+                "colibriClass": "ConnectionStats",
+                "estimatedDownlinkBandwidth": estimated_downlink_bps,
+            })
+            .to_string();
+            hub.send(&conference, &endpoint, msg);
+        }
+        // bridge.md B.10 / colibri2.md §5: the focus learns of it by `unknown-endpoint` on its
+        // next request and re-invites. A newer endpoint of the same id (another ufrag) stays.
+        EngineEvent::Expired {
+            conference,
+            endpoint,
+            ufrag,
+        } => {
+            let removed =
+                service.is_none_or(|s| s.endpoint_expired(&conference, &endpoint, &ufrag));
+            if removed {
+                hub.forget_endpoint(&conference, &endpoint);
+                hub.set_conference_sticky(&conference, &connectivity_key(&endpoint), None);
+            }
+        }
         EngineEvent::ForwardedSources {
             conference,
             endpoint,
@@ -387,7 +476,7 @@ mod tests {
         let hub = ChannelHub::new(16);
         let (mut ra, _) = hub.register("c", "a");
         let (mut rb, _) = hub.register("c", "b");
-        let ev = |e| event(&hub, e);
+        let ev = |e| event(&hub, None, e);
         ev(EngineEvent::DominantSpeaker {
             conference: "c".into(),
             endpoint: "b".into(),
@@ -448,6 +537,139 @@ mod tests {
             1,
             "just ForwardedSources []"
         );
+    }
+
+    #[test]
+    fn sender_constraints_and_connection_stats_messages() {
+        let hub = ChannelHub::new(16);
+        let (mut ra, _) = hub.register("c", "a");
+        let sc = |source: &str, h| EngineEvent::SenderSourceConstraints {
+            conference: "c".into(),
+            endpoint: "a".into(),
+            source: source.into(),
+            max_height: h,
+        };
+        event(&hub, None, sc("a-v0", 180));
+        event(&hub, None, sc("a-v1", 0));
+        event(&hub, None, sc("a-v0", 720));
+        event(
+            &hub,
+            None,
+            EngineEvent::ConnectionStats {
+                conference: "c".into(),
+                endpoint: "a".into(),
+                estimated_downlink_bps: 2_480_000,
+            },
+        );
+        let msg = |s: &str, h: u32| serde_json::json!({"colibriClass":"SenderSourceConstraints","sourceName":s,"maxHeight":h});
+        assert_eq!(
+            drain(&mut ra),
+            [
+                msg("a-v0", 180),
+                msg("a-v1", 0),
+                msg("a-v0", 720),
+                serde_json::json!({"colibriClass":"ConnectionStats","estimatedDownlinkBandwidth":2_480_000})
+            ]
+        );
+        // On (re)connect: the current value of every source, after ForwardedSources.
+        let hello: Vec<serde_json::Value> = hub
+            .on_connect_messages("c", "a")
+            .iter()
+            .map(|t| serde_json::from_str(t).unwrap())
+            .collect();
+        assert_eq!(hello[1..], [msg("a-v0", 720), msg("a-v1", 0)]);
+        assert_eq!(hello[0]["colibriClass"], "ForwardedSources");
+        assert_eq!(
+            hub.on_connect_messages("c", "b").len(),
+            1,
+            "others' are not sent"
+        );
+    }
+
+    fn service() -> Arc<ColibriService> {
+        ColibriService::new(crate::service::BridgeConfig {
+            id: "jvb1".into(),
+            media_port: 10000,
+            advertise_ips: vec!["127.0.0.1".parse().unwrap()],
+            ws_base: "ws://127.0.0.1:8080".into(),
+            dtls_fingerprint: "AA:BB".into(),
+            max_conferences: 10,
+            max_endpoints_per_conference: 10,
+        })
+    }
+
+    /// Create endpoint `id` (and the conference): its bridge conference id and ICE ufrag.
+    fn create(s: &ColibriService, id: &str, conf: bool) -> (String, String) {
+        use crate::colibri2::{ConferenceModify, Endpoint, Sctp, Transport};
+        let mut m = ConferenceModify::new("m1");
+        m.create = conf;
+        let mut e = Endpoint::new(id);
+        e.create = true;
+        e.capabilities.push("source-names".into());
+        e.transport = Some(Transport {
+            sctp: Some(Sctp::default()),
+            ..Transport::default()
+        });
+        m.endpoints.push(e);
+        let r = s.handle(&m).unwrap();
+        let ice = r.endpoints[0].transport.clone().unwrap().ice.unwrap();
+        let url = ice.web_sockets[0].url.clone().unwrap();
+        let conf_id = url.split('/').nth_back(1).unwrap().to_string();
+        (conf_id, ice.ufrag.unwrap())
+    }
+
+    #[test]
+    fn an_expired_endpoint_leaves_the_service_and_its_channel_closes() {
+        use crate::colibri2::{ConferenceModify, Endpoint};
+        let svc = service();
+        let hub = ChannelHub::new(16);
+        let (conf, ufrag) = create(&svc, "aaaa", true);
+        let (_, ufrag_b) = create(&svc, "bbbb", false);
+        let (mut ra, _) = hub.register(&conf, "aaaa");
+        let (mut rb, _) = hub.register(&conf, "bbbb");
+        let expired = |ep: &str, ufrag: &str| EngineEvent::Expired {
+            conference: conf.clone(),
+            endpoint: ep.into(),
+            ufrag: ufrag.into(),
+        };
+        event(
+            &hub,
+            None,
+            EngineEvent::Disconnected {
+                conference: conf.clone(),
+                endpoint: "aaaa".into(),
+            },
+        );
+        drain(&mut ra);
+        drain(&mut rb);
+        // Another generation of "aaaa" (other ufrag): kept.
+        event(&hub, Some(&svc), expired("aaaa", &ufrag_b));
+        assert_eq!(svc.endpoint_count(), 2);
+        assert!(
+            ra.try_recv()
+                .is_err_and(|e| e == mpsc::error::TryRecvError::Empty)
+        );
+        event(&hub, Some(&svc), expired("aaaa", &ufrag));
+        assert_eq!(svc.endpoint_count(), 1);
+        assert!(svc.endpoint("m1", "aaaa").is_none());
+        assert_eq!(
+            ra.try_recv(),
+            Err(mpsc::error::TryRecvError::Disconnected),
+            "channel closed"
+        );
+        assert_eq!(hub.connected(&conf), ["bbbb"]);
+        // Its inactivity is no longer told to channels connecting later.
+        assert_eq!(hub.on_connect_messages(&conf, "cccc").len(), 1);
+        // The focus's next update about it: unknown-endpoint (it re-invites on that).
+        let mut m = ConferenceModify::new("m1");
+        m.endpoints.push(Endpoint::new("aaaa"));
+        assert!(matches!(
+            svc.handle(&m),
+            Err(crate::Colibri2Error::UnknownEndpoint { .. })
+        ));
+        // It can be created again.
+        create(&svc, "aaaa", false);
+        assert_eq!(svc.endpoint_count(), 2);
     }
 
     #[test]

@@ -5,6 +5,7 @@ use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use str0m::bwe::Bitrate;
 use str0m::config::DtlsCert;
 use str0m::format::{Codec, FormatParams};
 use str0m::ice::IceCreds;
@@ -235,6 +236,8 @@ pub(super) struct RtcSetup<'a> {
     pub medias: &'a [colibri2::Media],
     pub local_addrs: &'a [SocketAddr],
     pub rtx_cache_packets: usize,
+    /// Enable str0m's bandwidth estimation from this estimate (bps).
+    pub bwe_initial_bps: Option<u64>,
 }
 
 /// What the endpoint's `Rtc` was configured with, for validating writes into it.
@@ -256,6 +259,9 @@ pub(super) fn build_rtc(s: &RtcSetup<'_>, now: Instant) -> (Rtc, RtcCaps) {
         .clear_extension_map()
         .set_send_buffer_video(s.rtx_cache_packets.max(1))
         .set_stats_interval(None);
+    if let Some(bps) = s.bwe_initial_bps {
+        cfg = cfg.enable_bwe(Some(Bitrate::bps(bps)));
+    }
     let mut caps = RtcCaps::default();
     for (pt, rtx, codec, clock, channels, fmtp) in codec_entries(s.medias) {
         let Some(freq) = Frequency::new(clock) else {
@@ -282,6 +288,11 @@ pub(super) fn build_rtc(s: &RtcSetup<'_>, now: Instant) -> (Rtc, RtcCaps) {
         }
     }
     let mut rtc = cfg.build(now);
+    if s.bwe_initial_bps.is_some() {
+        // No padding floor of our own; probe up to what a few HD streams need.
+        rtc.bwe()
+            .set_bitrate(Bitrate::ZERO, Bitrate::bps(super::BWE_DESIRED_BPS));
+    }
     for addr in s.local_addrs {
         if let Ok(c) = Candidate::host(*addr, "udp") {
             rtc.add_local_candidate(c);
@@ -359,8 +370,11 @@ pub(super) struct SenderSource {
     pub first_seen: Option<Instant>,
     /// Silence suppression (audio only).
     pub silence: SilenceFilter,
-    /// The signalled `videoType`, upper-case (`CAMERA` when absent).
+    /// The signalled `videoType`, upper-case (`CAMERA` when absent), or the one the sender's
+    /// bridge channel declared.
     pub video_type: String,
+    /// The last `SenderSourceConstraints` maxHeight announced for it (video only).
+    pub announced_max_height: Option<u32>,
 }
 
 impl SenderSource {
@@ -425,6 +439,7 @@ impl SenderSource {
                 .find_map(|s| s.video_type.as_deref())
                 .unwrap_or("camera")
                 .to_ascii_uppercase(),
+            announced_max_height: None,
         })
     }
 
@@ -529,6 +544,12 @@ pub(super) struct Endpoint {
     pub last_rx: Option<Instant>,
     /// Last announced connectivity (`Connected`/`Disconnected`), `None` before the first.
     pub status: Option<bool>,
+    /// ICE and DTLS came up at least once.
+    pub connected_once: bool,
+    /// The latest bandwidth estimate towards the endpoint (bps), with BWE enabled.
+    pub bwe_bps: Option<u64>,
+    /// Source name → video type (upper-case) from the endpoint's bridge channel.
+    pub video_types: HashMap<String, String>,
 }
 
 impl Endpoint {

@@ -19,10 +19,11 @@ mod speech;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use str0m::bwe::BweKind;
 use str0m::config::DtlsCert;
 use str0m::media::KeyframeRequestKind;
 use str0m::net::{Protocol, Receive};
@@ -53,6 +54,11 @@ const STATUS_CHECK_INTERVAL: Duration = Duration::from_millis(500);
 const INACTIVE_AFTER: Duration = Duration::from_secs(8);
 /// An endpoint that never became active is announced inactive after this long.
 const NEVER_ACTIVE_AFTER: Duration = Duration::from_secs(15);
+/// `SenderSourceConstraints` for a source some receiver wants unlimited (maxHeight −1):
+/// lib-jitsi-meet's own maximum (`MAX_LOCAL_RESOLUTION`).
+const UNLIMITED_SENDER_HEIGHT: u32 = 2160;
+/// What the bandwidth estimator probes towards (bridge → endpoint), when enabled.
+const BWE_DESIRED_BPS: u64 = 10_000_000;
 
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -66,6 +72,19 @@ pub struct EngineConfig {
     /// SSRC rewriting: video / audio slots per receiver (JVB `ssrc-limit`: 50 each).
     pub rewrite_video_slots: usize,
     pub rewrite_audio_slots: usize,
+    /// An endpoint whose ICE + DTLS did not come up this long after creation is expired
+    /// (bridge.md B.10; `Duration::ZERO`: never).
+    pub expire_unconnected_after: Duration,
+    /// A connected endpoint from which nothing (not even STUN) arrived for this long is
+    /// expired (JVB `entity-expiration.timeout`, 1 min; `Duration::ZERO`: never).
+    pub expire_inactive_after: Duration,
+    /// str0m's transport-cc bandwidth estimation towards each endpoint, starting from this
+    /// estimate (bps); `None`: off. Feeds `ConnectionStats`. Note that with it on, str0m paces
+    /// everything sent to the endpoint at 1.1 × the estimate (and probes with padding), while
+    /// layer selection does not yet follow the estimate: hence off by default.
+    pub bwe_initial_bps: Option<u64>,
+    /// How often each endpoint gets its downlink estimate (`ConnectionStats`, JVB: 10 s).
+    pub connection_stats_interval: Duration,
 }
 
 impl Default for EngineConfig {
@@ -77,6 +96,10 @@ impl Default for EngineConfig {
             max_sources_per_endpoint: 20,
             rewrite_video_slots: 50,
             rewrite_audio_slots: 50,
+            expire_unconnected_after: Duration::from_secs(30),
+            expire_inactive_after: Duration::from_secs(60),
+            bwe_initial_bps: None,
+            connection_stats_interval: Duration::from_secs(10),
         }
     }
 }
@@ -130,6 +153,30 @@ pub enum EngineEvent {
         conference: String,
         endpoint: String,
         sources: Vec<String>,
+    },
+    /// The largest height any receiver currently needs of one of `endpoint`'s video sources
+    /// (bridge.md A.3 `SenderSourceConstraints`, sent to the sender); 0: nobody wants it.
+    /// Emitted when it changes (and first when the source appears).
+    SenderSourceConstraints {
+        conference: String,
+        endpoint: String,
+        source: String,
+        max_height: u32,
+    },
+    /// The bandwidth estimate towards `endpoint` (bridge.md A.3 `ConnectionStats`), every
+    /// `connection_stats_interval` while one exists (only with `bwe_initial_bps`).
+    ConnectionStats {
+        conference: String,
+        endpoint: String,
+        estimated_downlink_bps: u64,
+    },
+    /// The engine expired the endpoint (never connected, or silent too long; bridge.md B.10)
+    /// and removed it. `ufrag` is the local ICE ufrag it was created with, so that a newer
+    /// endpoint of the same id is not mistaken for it.
+    Expired {
+        conference: String,
+        endpoint: String,
+        ufrag: String,
     },
 }
 
@@ -185,6 +232,10 @@ pub struct MediaEngine {
     speech: HashMap<String, SpeechActivity>,
     /// The next run of the connectivity monitor.
     next_status_check: Option<Instant>,
+    /// Conferences whose `SenderSourceConstraints` may have changed.
+    pending_sender_constraints: HashSet<String>,
+    /// The next round of `ConnectionStats`.
+    next_connection_stats: Option<Instant>,
 }
 
 impl MediaEngine {
@@ -218,6 +269,8 @@ impl MediaEngine {
             stats: EngineStats::default(),
             speech: HashMap::new(),
             next_status_check: None,
+            pending_sender_constraints: HashSet::new(),
+            next_connection_stats: None,
         }
     }
 
@@ -284,6 +337,7 @@ impl MediaEngine {
                 medias: &medias,
                 local_addrs: &self.cfg.local_addrs,
                 rtx_cache_packets: self.cfg.rtx_cache_packets,
+                bwe_initial_bps: self.cfg.bwe_initial_bps,
             },
             now,
         );
@@ -320,10 +374,17 @@ impl MediaEngine {
                 created: now,
                 last_rx: None,
                 status: None,
+                connected_once: false,
+                bwe_bps: None,
+                video_types: HashMap::new(),
             },
         );
         self.next_status_check
             .get_or_insert(now + STATUS_CHECK_INTERVAL);
+        if self.cfg.bwe_initial_bps.is_some() {
+            self.next_connection_stats
+                .get_or_insert(now + self.cfg.connection_stats_interval);
+        }
         self.by_name
             .insert((conference.to_string(), endpoint.to_string()), id);
         self.by_ufrag.insert(local_ufrag.to_string(), id);
@@ -366,6 +427,7 @@ impl MediaEngine {
                 medias,
                 local_addrs: &self.cfg.local_addrs,
                 rtx_cache_packets: self.cfg.rtx_cache_packets,
+                bwe_initial_bps: self.cfg.bwe_initial_bps,
             },
             now.max(ep.rtc_now),
         );
@@ -447,7 +509,12 @@ impl MediaEngine {
             let Some(mut new) = SenderSource::from_colibri(sid, ms) else {
                 continue;
             };
+            // The bridge channel's SourceVideoTypeMessage wins over the signalled type.
+            if let Some(t) = ep.video_types.get(&new.name) {
+                new.video_type.clone_from(t);
+            }
             if let Some(o) = old {
+                new.announced_max_height = o.announced_max_height;
                 if o.kind != new.kind
                     || o.layers
                         .iter()
@@ -506,6 +573,7 @@ impl MediaEngine {
         }
         if self.endpoints.is_empty() {
             self.next_status_check = None;
+            self.next_connection_stats = None;
         }
         self.sync_conference(&ep.conference);
     }
@@ -617,6 +685,159 @@ impl MediaEngine {
         if let Some(ep) = self.endpoints.get_mut(&id) {
             ep.constraints = c;
             self.allocate(id);
+        }
+    }
+
+    /// The sender's bridge channel declared what one of its sources is (`SourceVideoTypeMessage`:
+    /// `camera`, `desktop`, `desktop_high_fps`, `none`, `disabled`; bridge.md A.3). Kept for
+    /// the endpoint (the source may be signalled later) and used in the receivers' source maps
+    /// and allocation: `none`/`disabled` sources are not forwarded and do not count for lastN,
+    /// a desktop source on stage or selected comes before cameras of the same rank.
+    pub fn set_source_video_type(
+        &mut self,
+        endpoint: (&str, &str),
+        source: &str,
+        video_type: &str,
+    ) {
+        let Some(id) = self.id_of(endpoint) else {
+            return;
+        };
+        let Some(ep) = self.endpoints.get_mut(&id) else {
+            return;
+        };
+        let t = video_type.to_ascii_uppercase();
+        if ep.video_types.get(source) == Some(&t) {
+            return;
+        }
+        // Bounded like the sources themselves.
+        if !ep.video_types.contains_key(source)
+            && ep.video_types.len() >= self.cfg.max_sources_per_endpoint.max(1) * 2
+        {
+            return;
+        }
+        ep.video_types.insert(source.to_string(), t.clone());
+        let Some(src) = ep
+            .sources
+            .iter_mut()
+            .find(|s| s.name == source && s.kind == MediaType::Video)
+        else {
+            return;
+        };
+        if src.video_type == t {
+            return;
+        }
+        src.video_type = t;
+        let sid = src.id;
+        let conf = ep.conference.clone();
+        self.sync_conference(&conf);
+        // Receivers with SSRC rewriting learn the type from the video map.
+        let members = self.conferences.get(&conf).cloned().unwrap_or_default();
+        for rid in members {
+            let Some(r) = self.endpoints.get(&rid) else {
+                continue;
+            };
+            if r.ssrc_rewriting && r.forwards.get(&sid).is_some_and(|f| f.slot.is_some()) {
+                let ev = EngineEvent::SourcesMap {
+                    conference: r.conference.clone(),
+                    endpoint: r.id.clone(),
+                    kind: MediaType::Video,
+                    sources: r.mapped_sources(MediaType::Video),
+                };
+                self.out.push_back(EngineOutput::Event(ev));
+            }
+        }
+    }
+
+    /// The current `SenderSourceConstraints` of every video source the endpoint sends, as
+    /// last announced (`None` before the first).
+    pub fn sender_source_constraints(&self, endpoint: (&str, &str)) -> Vec<(String, Option<u32>)> {
+        self.id_of(endpoint)
+            .and_then(|id| self.endpoints.get(&id))
+            .map(|ep| {
+                ep.sources
+                    .iter()
+                    .filter(|s| s.kind == MediaType::Video)
+                    .map(|s| (s.name.clone(), s.announced_max_height))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Recompute the conferences' `SenderSourceConstraints`: per video source, the largest
+    /// effective maxHeight any receiver has for it (after lastN; bridge.md B.8 step 2).
+    fn flush_sender_constraints(&mut self) {
+        let confs: Vec<String> = self.pending_sender_constraints.drain().collect();
+        for conf in confs {
+            let Some(members) = self.conferences.get(&conf) else {
+                continue;
+            };
+            let mut wanted: HashMap<SourceId, u32> = HashMap::new();
+            for rid in members {
+                let Some(r) = self.endpoints.get(rid) else {
+                    continue;
+                };
+                for (sid, f) in &r.forwards {
+                    if f.kind == MediaType::Video {
+                        let w = wanted.entry(*sid).or_insert(0);
+                        *w = (*w).max(f.max_height);
+                    }
+                }
+            }
+            for sid in members {
+                let Some(s) = self.endpoints.get_mut(sid) else {
+                    continue;
+                };
+                for src in s.sources.iter_mut().filter(|x| x.kind == MediaType::Video) {
+                    let h = wanted
+                        .get(&src.id)
+                        .copied()
+                        .unwrap_or(0)
+                        .min(UNLIMITED_SENDER_HEIGHT);
+                    if src.announced_max_height == Some(h) {
+                        continue;
+                    }
+                    src.announced_max_height = Some(h);
+                    self.out
+                        .push_back(EngineOutput::Event(EngineEvent::SenderSourceConstraints {
+                            conference: s.conference.clone(),
+                            endpoint: s.id.clone(),
+                            source: src.name.clone(),
+                            max_height: h,
+                        }));
+                }
+            }
+        }
+    }
+
+    /// Expire endpoints that never connected or went silent for too long (bridge.md B.10).
+    fn expire_endpoints(&mut self, now: Instant) {
+        let (unconnected, inactive) = (
+            self.cfg.expire_unconnected_after,
+            self.cfg.expire_inactive_after,
+        );
+        let expired: Vec<(String, String, String)> = self
+            .endpoints
+            .values()
+            .filter(|ep| {
+                if ep.connected_once {
+                    let last = ep.last_rx.unwrap_or(ep.created);
+                    !inactive.is_zero() && now.saturating_duration_since(last) >= inactive
+                } else {
+                    !unconnected.is_zero()
+                        && now.saturating_duration_since(ep.created) >= unconnected
+                }
+            })
+            .map(|ep| (ep.conference.clone(), ep.id.clone(), ep.ufrag.clone()))
+            .collect();
+        for (conference, endpoint, ufrag) in expired {
+            tracing::info!(%conference, %endpoint, "endpoint expired (inactivity)");
+            self.remove_endpoint((&conference, &endpoint));
+            self.out
+                .push_back(EngineOutput::Event(EngineEvent::Expired {
+                    conference,
+                    endpoint,
+                    ufrag,
+                }));
         }
     }
 
@@ -734,11 +955,34 @@ impl MediaEngine {
             for id in ids {
                 self.update_status(id);
             }
+            self.expire_endpoints(now);
+        }
+        if self.next_connection_stats.is_some_and(|t| t <= now) {
+            self.next_connection_stats = Some(now + self.cfg.connection_stats_interval);
+            let mut eps: Vec<&Endpoint> = self
+                .endpoints
+                .values()
+                .filter(|e| e.connected && !e.failed)
+                .collect();
+            eps.sort_by(|a, b| (&a.conference, &a.id).cmp(&(&b.conference, &b.id)));
+            for ep in eps {
+                if let Some(bps) = ep.bwe_bps {
+                    self.out
+                        .push_back(EngineOutput::Event(EngineEvent::ConnectionStats {
+                            conference: ep.conference.clone(),
+                            endpoint: ep.id.clone(),
+                            estimated_downlink_bps: bps,
+                        }));
+                }
+            }
         }
     }
 
     /// The next output. Drain until it returns [`EngineOutput::Timeout`].
     pub fn poll_output(&mut self) -> EngineOutput {
+        if !self.pending_sender_constraints.is_empty() {
+            self.flush_sender_constraints();
+        }
         loop {
             if let Some(o) = self.out.pop_front() {
                 return o;
@@ -755,6 +999,7 @@ impl MediaEngine {
             .map(|e| e.next_timeout)
             .chain(self.speech.values().filter_map(|sa| sa.next_timeout()))
             .chain(self.next_status_check)
+            .chain(self.next_connection_stats)
             .min();
         let idle = self.now.unwrap_or_else(Instant::now) + IDLE_TIMEOUT;
         EngineOutput::Timeout(next.map_or(idle, |n| n.min(idle)))
@@ -821,7 +1066,15 @@ impl MediaEngine {
                     return;
                 };
                 ep.connected = true;
+                ep.connected_once = true;
                 self.update_status(id);
+            }
+            Event::EgressBitrateEstimate(
+                BweKind::Twcc { estimate, .. } | BweKind::Remb { estimate, .. },
+            ) => {
+                if let Some(ep) = self.endpoints.get_mut(&id) {
+                    ep.bwe_bps = Some(estimate.as_u64());
+                }
             }
             Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
                 let Some(ep) = self.endpoints.get_mut(&id) else {
@@ -1194,6 +1447,8 @@ impl MediaEngine {
             }
             r.dirty = true;
         }
+        self.pending_sender_constraints
+            .insert(conference.to_string());
         for rid in members {
             if let Some(ep) = self.endpoints.get_mut(&rid)
                 && ep.dirty
@@ -1206,7 +1461,8 @@ impl MediaEngine {
     }
 
     /// Decide each forwarded video source's effective maxHeight for one receiver (lastN,
-    /// on-stage and selected first, then join order) and announce the forwarded set.
+    /// on-stage and selected first, then speaker order, then join order) and announce the
+    /// forwarded set.
     fn allocate(&mut self, rid: EpId) {
         let Some(r) = self.endpoints.get(&rid) else {
             return;
@@ -1220,14 +1476,28 @@ impl MediaEngine {
             .get(&r.conference)
             .map(|sa| sa.recent())
             .unwrap_or_default();
+        struct Candidate {
+            id: SourceId,
+            name: String,
+            speaker: usize,
+            desktop: bool,
+            /// Declared `none`/`disabled`: not sending.
+            off: bool,
+        }
         // Video sources forwarded to r, in join order of their senders.
-        let mut order: Vec<(SourceId, String, usize)> = Vec::new();
+        let mut order: Vec<Candidate> = Vec::new();
         for sid in members {
             if let Some(s) = self.endpoints.get(sid) {
                 let speaker = recent.iter().position(|x| x == sid).unwrap_or(usize::MAX);
                 for src in s.sources.iter().filter(|x| x.kind == MediaType::Video) {
                     if r.forwards.contains_key(&src.id) {
-                        order.push((src.id, src.name.clone(), speaker));
+                        order.push(Candidate {
+                            id: src.id,
+                            name: src.name.clone(),
+                            speaker,
+                            desktop: src.video_type.starts_with("DESKTOP"),
+                            off: matches!(src.video_type.as_str(), "NONE" | "DISABLED"),
+                        });
                     }
                 }
             }
@@ -1241,37 +1511,49 @@ impl MediaEngine {
                 2
             }
         };
-        // bridge.md B.8: on-stage, selected, then by speaker order (join order after).
-        order.sort_by_key(|(_, n, speaker)| (rank(n), *speaker));
+        // bridge.md B.8: on-stage, selected, then by speaker order (join order after); a
+        // screenshare before a camera of the same rank on stage or selected; sources that
+        // send nothing last.
+        order.sort_by_key(|x| {
+            let r = rank(&x.name);
+            (x.off, r, !(x.desktop && r < 2), x.speaker)
+        });
         let last_n = match c.last_n {
             Some(n) if n >= 0 => n as usize,
             _ => usize::MAX,
         };
-        let default = c
-            .default_max_height
-            .map_or(DEFAULT_MAX_HEIGHT, |h| h.clamp(0, u32::MAX as i64) as u32);
+        let default = c.default_max_height.map_or(DEFAULT_MAX_HEIGHT, wire_height);
         let mut heights: Vec<(SourceId, u32)> = Vec::new();
         let mut forwarded: Vec<String> = Vec::new();
-        for (i, (sid, name, _)) in order.iter().enumerate() {
-            let h = if i < last_n {
-                c.constraints
-                    .get(name)
-                    .map_or(default, |h| (*h).clamp(0, u32::MAX as i64) as u32)
-            } else {
+        let mut counted = 0usize;
+        for x in &order {
+            let h = if x.off || counted >= last_n {
                 0
+            } else {
+                counted += 1;
+                c.constraints
+                    .get(&x.name)
+                    .map_or(default, |h| wire_height(*h))
             };
             if h > 0 {
-                forwarded.push(name.clone());
+                forwarded.push(x.name.clone());
             }
-            heights.push((*sid, h));
+            heights.push((x.id, h));
         }
         let Some(r) = self.endpoints.get_mut(&rid) else {
             return;
         };
+        let mut changed = false;
         for (sid, h) in heights {
-            if let Some(f) = r.forwards.get_mut(&sid) {
+            if let Some(f) = r.forwards.get_mut(&sid)
+                && f.max_height != h
+            {
                 f.max_height = h;
+                changed = true;
             }
+        }
+        if changed && !self.pending_sender_constraints.contains(&r.conference) {
+            self.pending_sender_constraints.insert(r.conference.clone());
         }
         forwarded.sort();
         if forwarded != r.announced {
@@ -1283,6 +1565,15 @@ impl MediaEngine {
             };
             self.out.push_back(EngineOutput::Event(ev));
         }
+    }
+}
+
+/// A maxHeight from the bridge channel: −1 (any negative) is unlimited.
+fn wire_height(h: i64) -> u32 {
+    if h < 0 {
+        u32::MAX
+    } else {
+        h.min(i64::from(u32::MAX)) as u32
     }
 }
 

@@ -1254,3 +1254,314 @@ fn ssrc_rewriting_remaps_a_full_pool_with_continuity() {
         assert_eq!(p1, (p0 + 1) & 0x7fff, "picture id");
     }
 }
+
+fn sender_constraints(events: &[EngineEvent], who: &str, source: &str) -> Vec<u32> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            EngineEvent::SenderSourceConstraints {
+                endpoint,
+                source: s,
+                max_height,
+                ..
+            } if endpoint == who && s == source => Some(*max_height),
+            _ => None,
+        })
+        .collect()
+}
+
+fn forwarded(events: &[EngineEvent], who: &str) -> Option<Vec<String>> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            EngineEvent::ForwardedSources {
+                endpoint, sources, ..
+            } if endpoint == who => Some(sources.clone()),
+            _ => None,
+        })
+        .next_back()
+}
+
+#[test]
+fn sender_source_constraints_are_the_largest_effective_height() {
+    let mut net = Net::new(3);
+    net.connect();
+    net.media(Duration::from_millis(300), true);
+    // Nobody has sent constraints: everyone wants everything at the default 180.
+    for who in ["ep1", "ep2", "ep3"] {
+        let src = format!("{who}-v0");
+        assert_eq!(sender_constraints(&net.events, who, &src), [180], "{who}");
+    }
+    assert_eq!(
+        net.engine.sender_source_constraints((CONF, "ep1")),
+        [("ep1-v0".to_string(), Some(180))]
+    );
+    let set = |net: &mut Net, who: &str, c: ReceiverConstraints| {
+        net.engine.set_receiver_constraints((CONF, who), c);
+        net.pump();
+    };
+    // ep2 wants ep1's camera at 720.
+    let c720 = ReceiverConstraints {
+        constraints: [("ep1-v0".to_string(), 720)].into_iter().collect(),
+        ..Default::default()
+    };
+    set(&mut net, "ep2", c720.clone());
+    // Unlimited (−1) is announced as lib-jitsi-meet's maximum.
+    let unlimited = ReceiverConstraints {
+        constraints: [("ep1-v0".to_string(), -1)].into_iter().collect(),
+        ..Default::default()
+    };
+    set(&mut net, "ep2", unlimited);
+    // ep2 goes audio-only: ep3's default 180 remains.
+    set(
+        &mut net,
+        "ep2",
+        ReceiverConstraints {
+            last_n: Some(0),
+            ..c720
+        },
+    );
+    // ep3 wants nothing by default: nobody needs ep1's camera.
+    set(
+        &mut net,
+        "ep3",
+        ReceiverConstraints {
+            default_max_height: Some(0),
+            ..Default::default()
+        },
+    );
+    assert_eq!(
+        sender_constraints(&net.events, "ep1", "ep1-v0"),
+        [180, 720, 2160, 180, 0]
+    );
+    // ep2's own camera is still wanted by ep1 (default) but no longer by ep3.
+    assert_eq!(sender_constraints(&net.events, "ep2", "ep2-v0"), [180]);
+    // The 0 took effect: ep1's video no longer reaches anyone (aggressive suspension is up
+    // to the client, the bridge stops forwarding anyway).
+    let l0 = net.clients[0].layers[0].0;
+    let got = (
+        net.clients[1].received(l0).len(),
+        net.clients[2].received(l0).len(),
+    );
+    net.media(Duration::from_millis(300), true);
+    assert_eq!(
+        (
+            net.clients[1].received(l0).len(),
+            net.clients[2].received(l0).len()
+        ),
+        got
+    );
+    // ep3 selects ep1's camera at 360 again, then leaves: back to 0.
+    set(
+        &mut net,
+        "ep3",
+        ReceiverConstraints {
+            default_max_height: Some(0),
+            constraints: [("ep1-v0".to_string(), 360)].into_iter().collect(),
+            selected: vec!["ep1-v0".into()],
+            ..Default::default()
+        },
+    );
+    net.engine.remove_endpoint((CONF, "ep3"));
+    net.pump();
+    assert_eq!(
+        sender_constraints(&net.events, "ep1", "ep1-v0"),
+        [180, 720, 2160, 180, 0, 360, 0]
+    );
+    // A source added later is announced at once.
+    let mut s = net.clients[1].sources();
+    let mut desk = s.media_sources[1].clone();
+    desk.id = "ep2-v1".into();
+    for x in &mut desk.sources {
+        x.ssrc += 5000;
+    }
+    for g in &mut desk.ssrc_groups {
+        for x in &mut g.ssrcs {
+            *x += 5000;
+        }
+    }
+    s.media_sources.push(desk);
+    net.engine.set_sources((CONF, "ep2"), &s);
+    net.pump();
+    assert_eq!(sender_constraints(&net.events, "ep2", "ep2-v1"), [180]);
+}
+
+#[test]
+fn a_lone_sender_is_told_nobody_needs_its_video() {
+    let mut net = Net::new(1);
+    net.connect();
+    assert_eq!(sender_constraints(&net.events, "ep1", "ep1-v0"), [0]);
+}
+
+#[test]
+fn video_type_from_the_channel_reaches_maps_and_allocation() {
+    let mut net = Net::build(3, &["ep1"], EngineConfig::default());
+    net.connect();
+    // Declared before the source is known to matter: kept for the endpoint.
+    net.engine
+        .set_source_video_type((CONF, "ep3"), "ep3-v0", "desktop");
+    net.media(Duration::from_millis(800), true);
+    let video = maps(&net.events, "ep1", MediaType::Video);
+    let last = video.last().expect("a VideoSourcesMap");
+    let ty = |m: &[MappedSource], s: &str| {
+        m.iter()
+            .find(|x| x.source == s)
+            .map(|x| x.video_type.clone())
+    };
+    assert_eq!(ty(last, "ep3-v0").as_deref(), Some("DESKTOP"));
+    assert_eq!(ty(last, "ep2-v0").as_deref(), Some("CAMERA"));
+    // A change is announced in a new map (same slot).
+    let before = video.len();
+    net.engine
+        .set_source_video_type((CONF, "ep2"), "ep2-v0", "desktop_high_fps");
+    net.pump();
+    let video = maps(&net.events, "ep1", MediaType::Video);
+    assert_eq!(video.len(), before + 1);
+    assert_eq!(
+        ty(video.last().unwrap(), "ep2-v0").as_deref(),
+        Some("DESKTOP_HIGH_FPS")
+    );
+    net.engine
+        .set_source_video_type((CONF, "ep2"), "ep2-v0", "camera");
+    // Both selected, lastN 1: the screenshare wins over the camera (and over join order).
+    net.engine.set_receiver_constraints(
+        (CONF, "ep1"),
+        ReceiverConstraints {
+            last_n: Some(1),
+            selected: vec!["ep2-v0".into(), "ep3-v0".into()],
+            ..Default::default()
+        },
+    );
+    net.pump();
+    assert_eq!(
+        forwarded(&net.events, "ep1"),
+        Some(vec!["ep3-v0".to_string()])
+    );
+    // A source declared `none` sends nothing: it does not take ep2's only lastN slot.
+    net.engine.set_receiver_constraints(
+        (CONF, "ep2"),
+        ReceiverConstraints {
+            last_n: Some(1),
+            ..Default::default()
+        },
+    );
+    net.pump();
+    assert_eq!(
+        forwarded(&net.events, "ep2"),
+        Some(vec!["ep1-v0".to_string()])
+    );
+    net.engine
+        .set_source_video_type((CONF, "ep1"), "ep1-v0", "none");
+    net.pump();
+    assert_eq!(
+        forwarded(&net.events, "ep2"),
+        Some(vec!["ep3-v0".to_string()])
+    );
+    // Nobody needs it now.
+    assert_eq!(
+        sender_constraints(&net.events, "ep1", "ep1-v0").last(),
+        Some(&0)
+    );
+    // Another endpoint cannot declare ep1's source.
+    net.engine
+        .set_source_video_type((CONF, "ep2"), "ep1-v0", "camera");
+    net.pump();
+    assert_eq!(
+        forwarded(&net.events, "ep2"),
+        Some(vec!["ep3-v0".to_string()])
+    );
+}
+
+fn expired(events: &[EngineEvent]) -> Vec<(String, String)> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            EngineEvent::Expired {
+                endpoint, ufrag, ..
+            } => Some((endpoint.clone(), ufrag.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn unconnected_and_silent_endpoints_expire() {
+    let cfg = EngineConfig {
+        expire_unconnected_after: Duration::from_secs(5),
+        expire_inactive_after: Duration::from_secs(12),
+        ..EngineConfig::default()
+    };
+    let mut net = Net::build(2, &[], cfg);
+    net.engine.add_endpoint(
+        CONF,
+        "ghost",
+        "brghost",
+        "bridgepasswordghostxxxxxxxx",
+        false,
+        net.now,
+    );
+    net.connect();
+    net.media(Duration::from_millis(4500), true);
+    assert!(expired(&net.events).is_empty());
+    net.media(Duration::from_millis(1000), true);
+    assert_eq!(
+        expired(&net.events),
+        [("ghost".to_string(), "brghost".to_string())]
+    );
+    assert_eq!(net.engine.stats().endpoints, 2);
+    // ep1 drops off the network: inactive after 8 s, expired after 12 s.
+    net.client("ep1").paused = true;
+    net.media(Duration::from_millis(11_000), true);
+    assert_eq!(expired(&net.events).len(), 1);
+    net.media(Duration::from_millis(1500), true);
+    assert_eq!(
+        expired(&net.events)[1],
+        ("ep1".to_string(), "brep1".to_string())
+    );
+    let s = net.engine.stats();
+    assert_eq!((s.endpoints, s.conferences), (1, 1));
+    assert_eq!(forwarded(&net.events, "ep2"), Some(vec![]));
+    // ep2, sending all along, stays; later requests about ep1 are ignored.
+    net.engine
+        .set_sources((CONF, "ep1"), &net.clients[0].sources());
+    net.media(Duration::from_millis(15_000), false);
+    assert_eq!(expired(&net.events).len(), 2);
+    assert_eq!(net.engine.stats().endpoints, 1);
+}
+
+#[test]
+fn connection_stats_carry_the_bandwidth_estimate() {
+    let cfg = EngineConfig {
+        bwe_initial_bps: Some(1_000_000),
+        ..EngineConfig::default()
+    };
+    let mut net = Net::build(2, &[], cfg);
+    net.connect();
+    net.media(Duration::from_millis(10_500), true);
+    let stats: Vec<(String, u64)> = net
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            EngineEvent::ConnectionStats {
+                endpoint,
+                estimated_downlink_bps,
+                ..
+            } => Some((endpoint.clone(), *estimated_downlink_bps)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(stats.len(), 2, "{stats:?}");
+    assert!(stats.iter().all(|(_, bps)| *bps > 0), "{stats:?}");
+    // Media still flows with the pacer in the path.
+    let l0 = net.clients[0].layers[0].0;
+    assert!(net.clients[1].received(l0).len() > 200);
+    // Without BWE: no ConnectionStats.
+    let mut net = Net::new(2);
+    net.connect();
+    net.media(Duration::from_millis(10_500), false);
+    assert!(
+        !net.events
+            .iter()
+            .any(|e| matches!(e, EngineEvent::ConnectionStats { .. }))
+    );
+}
