@@ -518,6 +518,11 @@ impl Config {
         m
     }
 
+    /// The room-metadata component (`metadata.<domain>`).
+    pub fn metadata_domain(&self, x: &meetd_xmpp::XmppConfig) -> String {
+        format!("metadata.{}", x.domain)
+    }
+
     /// The brewery: service accounts only.
     pub fn brewery(&self, x: &meetd_xmpp::XmppConfig) -> meetd_xmpp::muc::MucConfig {
         let mut m = meetd_xmpp::muc::MucConfig::new(&x.internal_muc_domain);
@@ -546,6 +551,7 @@ impl Config {
             muc_domain: x.muc_domain.clone(),
             max_conferences: self.focus.max_conferences,
             queue: self.limits.session_queue,
+            metadata_domain: Some(self.metadata_domain(x)),
         }
     }
 

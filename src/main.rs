@@ -245,7 +245,14 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     let muc_cfg = cfg.muc(&xcfg);
     let brewery_cfg = cfg.brewery(&xcfg);
     let server = meetd_xmpp::Server::new(xcfg, storage::accounts(&storage));
-    meetd_xmpp::muc::start(server.router.clone(), muc_cfg, Vec::new());
+    // Jitsi's room modules, each one file over the MUC's room events.
+    let metadata = cfg.metadata_domain(&server.config);
+    server.add_identity("component", "room_metadata", &metadata);
+    let modules: Vec<meetd_xmpp::muc::ModuleFactory> = vec![Arc::new(move || {
+        Box::new(meetd_xmpp::muc::metadata::RoomMetadata::new(&metadata))
+            as Box<dyn meetd_xmpp::muc::RoomModule>
+    })];
+    meetd_xmpp::muc::start(server.router.clone(), muc_cfg, modules);
     meetd_xmpp::muc::start(server.router.clone(), brewery_cfg, Vec::new());
     let (bridge, channels, engine) = bridge::start(&cfg)?;
     let focus = cfg.focus.enabled.then(|| {

@@ -197,6 +197,8 @@ pub struct Conference {
     pub start_video_muted: Option<usize>,
     /// What the focus's presence currently says (to publish changes only).
     published: (bool, bool, bool),
+    /// `startMuted` from the room metadata: (audio, video).
+    metadata_start_muted: (bool, bool),
 }
 
 fn focus_presence(room: &str, focus_jid: &str) -> Element {
@@ -284,6 +286,7 @@ impl Conference {
             start_audio_muted: None,
             start_video_muted: None,
             published: (false, false, false),
+            metadata_start_muted: (false, false),
             cfg,
         };
         let p = focus_presence(room, &c.cfg.focus_jid);
@@ -325,6 +328,25 @@ impl Conference {
                 _ => {}
             }
         }
+    }
+
+    /// Room metadata (muc-jitsi.md §12): `startMuted {audio, video}` set by a moderator makes
+    /// participants invited from now on start muted (Jicofo's `policy.audio && justJoined`).
+    fn metadata(&mut self, m: &Element) {
+        let Some(j) = m.get_child("json-message", NS_JITMEET) else {
+            return;
+        };
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(&j.text()) else {
+            return;
+        };
+        if v.get("type").and_then(|t| t.as_str()) != Some("room_metadata") {
+            return;
+        }
+        let sm = &v["metadata"]["startMuted"];
+        self.metadata_start_muted = (
+            sm.get("audio").and_then(|x| x.as_bool()).unwrap_or(false),
+            sm.get("video").and_then(|x| x.as_bool()).unwrap_or(false),
+        );
     }
 
     /// Endpoints whose sources the focus has accepted.
@@ -397,6 +419,7 @@ impl Conference {
             Input::Stanza(s) => match s.name() {
                 "presence" => self.presence(&s, now),
                 "iq" => self.iq_in(&s, now),
+                "message" => self.metadata(&s),
                 _ => {}
             },
             Input::Colibri { req, result } => self.colibri_result(req, result, now),
@@ -942,13 +965,15 @@ impl Conference {
         );
         let n = self.participants.len();
         let (senders_a, senders_v) = self.senders();
-        let mute_a = self
-            .start_audio_muted
-            .is_some_and(|t| n > t.min(self.cfg.max_audio_senders))
+        let mute_a = self.metadata_start_muted.0
+            || self
+                .start_audio_muted
+                .is_some_and(|t| n > t.min(self.cfg.max_audio_senders))
             || senders_a >= self.cfg.max_audio_senders;
-        let mute_v = self
-            .start_video_muted
-            .is_some_and(|t| n > t.min(self.cfg.max_video_senders))
+        let mute_v = self.metadata_start_muted.1
+            || self
+                .start_video_muted
+                .is_some_and(|t| n > t.min(self.cfg.max_video_senders))
             || senders_v >= self.cfg.max_video_senders;
         if mute_a || mute_v {
             jingle.append_child(el(

@@ -59,6 +59,8 @@ pub struct FocusOptions {
     pub muc_domain: String,
     pub max_conferences: usize,
     pub queue: usize,
+    /// `metadata.<domain>`: room metadata (startMuted) arrives from there.
+    pub metadata_domain: Option<String>,
 }
 
 /// Start the focus; returns a handle for HTTP conference requests.
@@ -82,8 +84,17 @@ pub fn start(router: Arc<Router>, opts: FocusOptions, bridge: Arc<dyn Bridge>) -
                     conference_iq(&router, &opts, &bridge, &mut rooms, &mut generation, &done_tx, *st);
                 }
                 Some(st) = jid_rx.recv() => {
-                    // From the MUC: the room is the bare `from`.
-                    let room = bare_of(st.attr("from").unwrap_or("")).to_string();
+                    // From the MUC: the room is the bare `from`; from the metadata component:
+                    // the room named in its JSON.
+                    let from = st.attr("from").unwrap_or("");
+                    let room = if opts.metadata_domain.as_deref() == Some(from) {
+                        match metadata_room(&st) {
+                            Some(r) => r,
+                            None => continue,
+                        }
+                    } else {
+                        bare_of(from).to_string()
+                    };
                     match rooms.get(&room) {
                         Some(r) => {
                             if r.tx.try_send(ActorMsg::Input(Input::Stanza(*st))).is_err() {
@@ -119,6 +130,15 @@ pub fn start(router: Arc<Router>, opts: FocusOptions, bridge: Arc<dyn Bridge>) -
         }
     });
     FocusHandle { http: http_tx }
+}
+
+/// The room a room-metadata message is about.
+fn metadata_room(st: &Element) -> Option<String> {
+    let text = st
+        .get_child("json-message", "http://jitsi.org/jitmeet")?
+        .text();
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    Some(v.get("room")?.as_str()?.to_string())
 }
 
 fn error_reply(router: &Router, iq: &Element, e: StanzaError, text: &str) {

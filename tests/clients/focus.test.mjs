@@ -227,3 +227,25 @@ test('focus: HTTP conference request', srv.wrap(async (t, server) => {
     const bad = await fetch(`${server.httpBase}/conference-request/v1`, { method: 'POST', body: '{}' });
     assert.equal(bad.status, 400);
 }));
+
+test('room metadata: advertised in disco, set by the moderator, delivered to everyone', srv.wrap(async () => {
+    const room = `meta@${MUC}`;
+    const a = await connect();
+    const b = await connect();
+    const info = await a.xmpp.iqCaller.request(xml('iq', { type: 'get', to: DOMAIN }, xml('query', { xmlns: 'http://jabber.org/protocol/disco#info' })), 5000);
+    const ident = info.getChild('query').getChildren('identity').find((i) => i.attrs.type === 'room_metadata');
+    assert.equal(ident?.attrs.name, `metadata.${DOMAIN}`);
+    await conferenceRequest(a, room);
+    await joinRoom(a, room, 'aaaa2222');
+    await next(a, (st) => st.is('presence') && st.attrs.from === `${room}/aaaa2222` && st.getChild('x', NS_USER)?.getChild('item')?.attrs.role === 'moderator', 'owner grant');
+    await conferenceRequest(b, room);
+    await joinRoom(b, room, 'bbbb3333');
+    const update = JSON.stringify({ key: 'startMuted', data: { audio: true, video: false }, type: 'room_metadata' });
+    await a.xmpp.send(xml('message', { to: `metadata.${DOMAIN}` }, xml('room_metadata', { xmlns: 'http://jitsi.org/jitmeet', room }, update)));
+    for (const c of [a, b]) {
+        const m = await next(c, (st) => st.is('message') && st.attrs.from === `metadata.${DOMAIN}`, 'metadata message');
+        const v = JSON.parse(m.getChildText('json-message', 'http://jitsi.org/jitmeet'));
+        assert.equal(v.type, 'room_metadata');
+        assert.deepEqual(v.metadata.startMuted, { audio: true, video: false });
+    }
+}));

@@ -739,3 +739,21 @@ fn recorded_client_stanzas_are_accepted() {
                 == Some("session-initiate"))
     );
 }
+
+#[test]
+fn start_muted_from_room_metadata() {
+    let mut h = Harness::new();
+    h.start();
+    h.stanza(&format!("<message xmlns='jabber:client' from='metadata.meet.jitsi' to='{FOCUS}'><json-message xmlns='http://jitsi.org/jitmeet'>{{\"type\":\"room_metadata\",\"room\":\"{ROOM}\",\"metadata\":{{\"startMuted\":{{\"audio\":false,\"video\":true}}}}}}</json-message></message>"));
+    h.join("aaaa", 1);
+    h.join("bbbb", 2);
+    h.bridge();
+    let si = h.jingle_to("aaaa");
+    let sm = si[0]
+        .get_child("jingle", NS_JINGLE)
+        .unwrap()
+        .get_child("startmuted", "http://jitsi.org/jitmeet/start-muted")
+        .expect("startmuted");
+    assert_eq!(sm.attr("audio"), Some("false"));
+    assert_eq!(sm.attr("video"), Some("true"));
+}

@@ -6,6 +6,7 @@
 //! and its instances of the room modules, so no room state is shared between threads.
 
 pub mod form;
+pub mod metadata;
 pub mod room;
 
 use std::collections::HashMap;
@@ -76,6 +77,17 @@ pub trait RoomModule: Send {
     /// After the room handled a stanza, once per event, in order. Stanzas pushed to
     /// `out` are routed.
     fn on_event(&mut self, _room: &Room, _event: &RoomEvent, _out: &mut Vec<Element>) {}
+    /// A component domain this module answers on (`metadata.<domain>`, ...), served by the
+    /// MUC service so the module sees the rooms.
+    fn component(&self) -> Option<String> {
+        None
+    }
+    /// The bare room JID a stanza to the component is about (used to pick the shard).
+    fn room_of(&self, _st: &Element) -> Option<String> {
+        None
+    }
+    /// A stanza addressed to the module's component, with the room it is about.
+    fn component_stanza(&mut self, _room: Option<&Room>, _st: &Element, _out: &mut Vec<Element>) {}
 }
 
 pub type ModuleFactory = Arc<dyn Fn() -> Box<dyn RoomModule> + Send + Sync>;
@@ -96,14 +108,36 @@ pub fn start(router: Arc<Router>, cfg: MucConfig, modules: Vec<ModuleFactory>) -
         tokio::spawn(shard.run(router.clone(), rx));
     }
     let (tx, mut rx) = mpsc::channel::<Box<Element>>(cfg.queue.max(1));
-    if !router.register_service(&cfg.domain, ServiceHandle { tx }) {
+    if !router.register_service(&cfg.domain, ServiceHandle { tx: tx.clone() }) {
         return false;
     }
+    // Modules' components share the dispatcher; one instance of each finds the room.
+    let routers: Vec<Box<dyn RoomModule>> = modules.iter().map(|f| f()).collect();
+    for m in &routers {
+        if let Some(d) = m.component()
+            && !router.register_service(&d, ServiceHandle { tx: tx.clone() })
+        {
+            tracing::error!(domain = %d, "room module domain already taken");
+        }
+    }
+    let muc_domain = cfg.domain.clone();
     let router2 = router.clone();
     tokio::spawn(async move {
         while let Some(st) = rx.recv().await {
-            let node = st
+            let to_domain = st
                 .attr("to")
+                .map(|t| bare_of(t).rsplit('@').next().unwrap_or("").to_string())
+                .unwrap_or_default();
+            let room = if to_domain == muc_domain {
+                st.attr("to").map(|t| bare_of(t).to_string())
+            } else {
+                routers
+                    .iter()
+                    .filter(|m| m.component().as_deref() == Some(to_domain.as_str()))
+                    .find_map(|m| m.room_of(&st))
+            };
+            let node = room
+                .as_deref()
                 .and_then(|t| t.split_once('@'))
                 .map(|(n, _)| n.to_string())
                 .unwrap_or_default();
@@ -141,6 +175,17 @@ impl Shard {
         let mut out = Vec::new();
         let from = st.attr("from").unwrap_or("").to_string();
         let to = st.attr("to").unwrap_or("").to_string();
+        let to_domain = bare_of(&to).rsplit('@').next().unwrap_or("");
+        if to_domain != self.cfg.domain {
+            // A module's component.
+            for m in self.modules.iter_mut() {
+                if m.component().as_deref() == Some(to_domain) {
+                    let room = m.room_of(&st).and_then(|r| self.rooms.get(&r));
+                    m.component_stanza(room, &st, &mut out);
+                }
+            }
+            return out;
+        }
         let (node, nick) = match to.split_once('@') {
             None => {
                 self.service_stanza(&st, &mut out);

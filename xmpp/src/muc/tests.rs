@@ -481,3 +481,50 @@ fn modules_hook_joins() {
             .any(|m| m.attr("to") == Some("log@meet.jitsi") && m.attr("id") == Some("good"))
     );
 }
+
+#[test]
+fn room_metadata_from_moderators_reaches_everyone_and_joiners() {
+    let mut s = shard(cfg());
+    s.modules
+        .push(Box::new(metadata::RoomMetadata::new("metadata.meet.jitsi")));
+    join(&mut s, &user(1), "a", "");
+    join(&mut s, &user(2), "b", "");
+    let set = |from: &str, json: &str| {
+        parse(&format!(
+            "<message xmlns='jabber:client' from='{from}' to='metadata.meet.jitsi'><room_metadata xmlns='http://jitsi.org/jitmeet' room='{R}'>{json}</room_metadata></message>"
+        ))
+    };
+    // a created the room (owner, moderator): its update goes to both occupants.
+    let out = s.handle(
+        set(
+            &user(1),
+            r#"{"key":"startMuted","data":{"audio":true,"video":false},"type":"room_metadata"}"#,
+        ),
+        Instant::now(),
+    );
+    assert_eq!(out.len(), 2, "{out:?}");
+    for m in &out {
+        assert_eq!(m.attr("from"), Some("metadata.meet.jitsi"));
+        let v: serde_json::Value = serde_json::from_str(
+            &m.get_child("json-message", room::NS_JITMEET)
+                .unwrap()
+                .text(),
+        )
+        .unwrap();
+        assert_eq!(v["type"], "room_metadata");
+        assert_eq!(v["metadata"]["startMuted"]["audio"], true);
+    }
+    // b is a participant: refused.
+    let out = s.handle(set(&user(2), r#"{"key":"x","data":1}"#), Instant::now());
+    assert_eq!(error_condition(&out[0]).as_deref(), Some("not-allowed"));
+    // Garbage is refused too.
+    let out = s.handle(set(&user(1), "not json"), Instant::now());
+    assert_eq!(error_condition(&out[0]).as_deref(), Some("bad-request"));
+    // A late joiner gets the current map.
+    let out = join(&mut s, &user(3), "c", "");
+    assert!(
+        out.iter().any(
+            |m| m.attr("to") == Some(&user(3)) && m.attr("from") == Some("metadata.meet.jitsi")
+        )
+    );
+}

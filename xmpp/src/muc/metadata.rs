@@ -1,0 +1,148 @@
+//! Room metadata (muc-jitsi.md §12): moderators set keys (`startMuted`, `whiteboard`, ...)
+//! through `metadata.<domain>`; every occupant, the focus included, gets the whole map as
+//! `{"type":"room_metadata","metadata":{…}}` on each change and when joining.
+
+use std::collections::HashMap;
+
+use minidom::Element;
+use serde_json::{Map, Value, json};
+
+use super::RoomModule;
+use super::room::{NS_JITMEET, Role, Room, RoomEvent};
+use crate::ns;
+use crate::stanza::{self, StanzaError, el};
+
+/// Largest metadata update accepted (the JSON text).
+const MAX_UPDATE_BYTES: usize = 16 * 1024;
+/// Keys one room may hold.
+const MAX_KEYS: usize = 64;
+
+pub struct RoomMetadata {
+    domain: String,
+    rooms: HashMap<String, Map<String, Value>>,
+}
+
+impl RoomMetadata {
+    pub fn new(domain: &str) -> RoomMetadata {
+        RoomMetadata {
+            domain: domain.to_string(),
+            rooms: HashMap::new(),
+        }
+    }
+
+    fn message(&self, room: &Room, to: &str) -> Option<Element> {
+        let meta = self.rooms.get(&room.jid)?;
+        let body = json!({"type": "room_metadata", "room": room.jid, "metadata": meta}).to_string();
+        let mut m = el("message", ns::CLIENT, &[("from", &self.domain), ("to", to)]);
+        m.append_child(
+            Element::builder("json-message", NS_JITMEET)
+                .append(body)
+                .build(),
+        );
+        Some(m)
+    }
+
+    fn broadcast(&self, room: &Room, out: &mut Vec<Element>) {
+        for o in &room.occupants {
+            if let Some(m) = self.message(room, &o.real_jid) {
+                out.push(m);
+            }
+        }
+    }
+}
+
+impl RoomModule for RoomMetadata {
+    fn component(&self) -> Option<String> {
+        Some(self.domain.clone())
+    }
+
+    fn room_of(&self, st: &Element) -> Option<String> {
+        st.get_child("room_metadata", NS_JITMEET)
+            .and_then(|r| r.attr("room"))
+            .map(|r| r.to_lowercase())
+    }
+
+    fn component_stanza(&mut self, room: Option<&Room>, st: &Element, out: &mut Vec<Element>) {
+        let refuse = |out: &mut Vec<Element>, e: StanzaError, text: &str| {
+            if let Some(r) = stanza::error_reply(st, e, Some(text)) {
+                out.push(r);
+            }
+        };
+        if st.name() == "iq" {
+            // Disco of the component: the identity the client looks for.
+            if st.attr("type") == Some("get") {
+                let q = Element::builder("query", ns::DISCO_INFO)
+                    .append(el(
+                        "identity",
+                        ns::DISCO_INFO,
+                        &[("category", "component"), ("type", "room_metadata")],
+                    ))
+                    .build();
+                out.push(stanza::iq_result(st, Some(q)));
+            }
+            return;
+        }
+        if st.name() != "message" || st.attr("type") == Some("error") {
+            return;
+        }
+        let Some(req) = st.get_child("room_metadata", NS_JITMEET) else {
+            return;
+        };
+        let Some(room) = room else {
+            return refuse(out, StanzaError::ITEM_NOT_FOUND, "no such room");
+        };
+        let from = st.attr("from").unwrap_or("");
+        let moderator = room
+            .occupants
+            .iter()
+            .any(|o| o.real_jid == from && o.role == Role::Moderator);
+        if !moderator {
+            return refuse(
+                out,
+                StanzaError::NOT_ALLOWED,
+                "only moderators may set room metadata",
+            );
+        }
+        let text = req.text();
+        if text.len() > MAX_UPDATE_BYTES {
+            return refuse(out, StanzaError::POLICY_VIOLATION, "metadata too large");
+        }
+        let Ok(Value::Object(update)) = serde_json::from_str::<Value>(&text) else {
+            return refuse(
+                out,
+                StanzaError::BAD_REQUEST,
+                "metadata is not a JSON object",
+            );
+        };
+        let Some(key) = update
+            .get("key")
+            .and_then(|k| k.as_str())
+            .filter(|k| !k.is_empty())
+        else {
+            return refuse(out, StanzaError::BAD_REQUEST, "metadata needs a key");
+        };
+        let data = update.get("data").cloned().unwrap_or(Value::Null);
+        let meta = self.rooms.entry(room.jid.clone()).or_default();
+        if !meta.contains_key(key) && meta.len() >= MAX_KEYS {
+            return refuse(out, StanzaError::POLICY_VIOLATION, "too many metadata keys");
+        }
+        meta.insert(key.to_string(), data);
+        self.broadcast(room, out);
+    }
+
+    fn on_event(&mut self, room: &Room, event: &RoomEvent, out: &mut Vec<Element>) {
+        match event {
+            RoomEvent::Joined { nick } => {
+                if let Some(o) = room.occupant(nick)
+                    && let Some(m) = self.message(room, &o.real_jid)
+                {
+                    out.push(m);
+                }
+            }
+            RoomEvent::Destroyed => {
+                self.rooms.remove(&room.jid);
+            }
+            _ => {}
+        }
+    }
+}
