@@ -17,6 +17,9 @@ use crate::colibri2::{IceUdpTransport, Media, Sources};
 use crate::media::{EngineConfig, EngineEvent, EngineOutput, EngineStats, MediaEngine};
 use crate::service::ColibriService;
 
+/// Receive and send buffer requested for the media socket.
+const SOCKET_BUFFER_BYTES: usize = 4 * 1024 * 1024;
+
 /// What the signalling side asks of the engine.
 #[derive(Debug)]
 pub enum Command {
@@ -170,6 +173,11 @@ pub fn spawn(
 ) -> std::io::Result<(EngineHandle, String)> {
     let std_sock = std::net::UdpSocket::bind(bind)?;
     std_sock.set_nonblocking(true)?;
+    // Media arrives in bursts (keyframes, many senders at once): the default ~200 KB buffer
+    // drops them. The kernel caps the request at net.core.rmem_max / wmem_max.
+    let sock2 = socket2::SockRef::from(&std_sock);
+    let _ = sock2.set_recv_buffer_size(SOCKET_BUFFER_BYTES);
+    let _ = sock2.set_send_buffer_size(SOCKET_BUFFER_BYTES);
     let local = std_sock.local_addr()?;
     let engine = MediaEngine::new(cfg);
     let fingerprint = engine.dtls_fingerprint();

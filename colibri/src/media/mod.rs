@@ -46,6 +46,8 @@ use speech::SpeechActivity;
 const DEFAULT_MAX_HEIGHT: u32 = 180;
 /// At most one keyframe request per sender layer per this interval (bridge.md B.4).
 const PLI_INTERVAL: Duration = Duration::from_millis(200);
+/// How far a receiver's str0m clock may lag before a forwarded packet advances it.
+const RECEIVER_CLOCK_STEP: Duration = Duration::from_millis(1);
 /// Timeout reported when no endpoint has anything scheduled.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(1);
 /// The connectivity monitor runs this often (bridge.md B.10).
@@ -1329,7 +1331,9 @@ impl MediaEngine {
                 }
             }
             let out_ssrc = Ssrc::from(slot.ssrc);
-            if r.rtc_now < now {
+            // Advancing a receiver's clock walks all its streams: do it at most once per
+            // millisecond, not for every forwarded packet.
+            if now.saturating_duration_since(r.rtc_now) >= RECEIVER_CLOCK_STEP {
                 r.rtc_now = now;
                 if r.rtc.handle_input(Input::Timeout(now)).is_err() {
                     self.stats.rtc_errors += 1;
