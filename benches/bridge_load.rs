@@ -1289,6 +1289,7 @@ fn run(o: &Opts) -> Result<String, String> {
         ..EngineConfig::default()
     };
     let rtx_cache = cfg.rtx_cache_packets;
+    let rtx_age = cfg.rtx_cache_age.as_secs_f64();
     let hub = ChannelHub::new(64);
     let (h, fingerprint) = meetd_colibri::udp::spawn(cfg, engine_addr, hub, 8192)
         .map_err(|e| format!("engine spawn: {e}"))?;
@@ -1598,7 +1599,7 @@ fn measure(
     let per_ep = |b: i64| (b - heap0) as f64 / f64::from(n) / 1024.0;
     let _ = writeln!(
         w,
-        "engine heap per endpoint (live bytes on the engine thread, rtx cache {rtx_cache} packets/3 s): \
+        "engine heap per endpoint (live bytes on the engine thread, rtx cache {rtx_cache} packets/{rtx_age} s): \
          connected idle {:.0} KiB, after realistic media {:.0} KiB, after load {:.0} KiB",
         per_ep(heap_setup),
         per_ep(heap_real),

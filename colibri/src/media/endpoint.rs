@@ -236,6 +236,8 @@ pub(super) struct RtcSetup<'a> {
     pub medias: &'a [colibri2::Media],
     pub local_addrs: &'a [SocketAddr],
     pub rtx_cache_packets: usize,
+    /// How long forwarded video packets stay in the RTX cache.
+    pub rtx_cache_age: Duration,
     /// Enable str0m's bandwidth estimation from this estimate (bps).
     pub bwe_initial_bps: Option<u64>,
 }
@@ -245,6 +247,8 @@ pub(super) struct RtcSetup<'a> {
 pub(super) struct RtcCaps {
     /// Main payload types → (codec, has RTX).
     pub pts: HashMap<u8, (Codec, bool)>,
+    /// RTX cache of outgoing video streams: (packets, age).
+    pub rtx_cache: Option<(usize, Duration)>,
 }
 
 pub(super) fn build_rtc(s: &RtcSetup<'_>, now: Instant) -> (Rtc, RtcCaps) {
@@ -262,7 +266,10 @@ pub(super) fn build_rtc(s: &RtcSetup<'_>, now: Instant) -> (Rtc, RtcCaps) {
     if let Some(bps) = s.bwe_initial_bps {
         cfg = cfg.enable_bwe(Some(Bitrate::bps(bps)));
     }
-    let mut caps = RtcCaps::default();
+    let mut caps = RtcCaps {
+        rtx_cache: Some((s.rtx_cache_packets.max(1), s.rtx_cache_age)),
+        ..RtcCaps::default()
+    };
     for (pt, rtx, codec, clock, channels, fmtp) in codec_entries(s.medias) {
         let Some(freq) = Frequency::new(clock) else {
             continue;
@@ -579,6 +586,13 @@ impl Endpoint {
         let mut api = self.rtc.direct_api();
         api.declare_media(mid, mk);
         api.declare_stream_tx(ssrc.into(), rtx.map(Ssrc::from), mid, None);
+        // The cache answers NACKs; a second of packets covers any sane RTT and keeps
+        // per-receiver memory small (str0m's default is 1024 packets / 3 s).
+        if let (Some((n, age)), true) = (self.caps.rtx_cache, rtx.is_some())
+            && let Some(tx) = api.stream_tx(&Ssrc::from(ssrc))
+        {
+            tx.set_rtx_cache(n, age, Some(0.15));
+        }
         self.by_mid.insert(mid, id);
         self.slots.insert(
             id,

@@ -69,6 +69,8 @@ pub struct EngineConfig {
     pub max_endpoints: usize,
     /// Packets kept per outgoing video stream to answer NACKs (JVB: 500).
     pub rtx_cache_packets: usize,
+    /// How long forwarded video packets are kept for retransmission.
+    pub rtx_cache_age: Duration,
     /// Sources (media-source elements) accepted per endpoint.
     pub max_sources_per_endpoint: usize,
     /// SSRC rewriting: video / audio slots per receiver (JVB `ssrc-limit`: 50 each).
@@ -95,6 +97,7 @@ impl Default for EngineConfig {
             local_addrs: Vec::new(),
             max_endpoints: 1000,
             rtx_cache_packets: 500,
+            rtx_cache_age: Duration::from_secs(1),
             max_sources_per_endpoint: 20,
             rewrite_video_slots: 50,
             rewrite_audio_slots: 50,
@@ -339,6 +342,7 @@ impl MediaEngine {
                 medias: &medias,
                 local_addrs: &self.cfg.local_addrs,
                 rtx_cache_packets: self.cfg.rtx_cache_packets,
+                rtx_cache_age: self.cfg.rtx_cache_age,
                 bwe_initial_bps: self.cfg.bwe_initial_bps,
             },
             now,
@@ -429,6 +433,7 @@ impl MediaEngine {
                 medias,
                 local_addrs: &self.cfg.local_addrs,
                 rtx_cache_packets: self.cfg.rtx_cache_packets,
+                rtx_cache_age: self.cfg.rtx_cache_age,
                 bwe_initial_bps: self.cfg.bwe_initial_bps,
             },
             now.max(ep.rtc_now),
