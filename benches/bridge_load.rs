@@ -1368,7 +1368,7 @@ fn run(o: &Opts) -> Result<String, String> {
         &dests,
         &capture,
         started,
-        rtx_cache,
+        (rtx_cache, rtx_age),
         engine_rcvbuf,
     );
     // Quiet the logs first: the engine thread keeps running until the process exits.
@@ -1397,7 +1397,7 @@ fn measure(
     dests: &[SocketAddrV4],
     capture: &Capture,
     started: Instant,
-    rtx_cache: usize,
+    (rtx_cache, rtx_age): (usize, f64),
     engine_rcvbuf: i32,
 ) -> Result<String, String> {
     let n = o.confs * o.per_conf;
