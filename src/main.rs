@@ -375,7 +375,12 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         for w in tls::chain_warnings(&tls_files) {
             tracing::warn!("{w}");
         }
-        tokio::spawn(tls::watch(tls_files, acceptor.clone(), https_cfg));
+        tokio::spawn(tls::watch(
+            tls_files,
+            acceptor.clone(),
+            https_cfg,
+            std::time::Duration::from_secs(30),
+        ));
     }
     front.ready.store(true, Ordering::Release);
     tracing::info!("ready");

@@ -158,10 +158,11 @@ pub async fn watch(
     files: TlsFiles,
     c2s: meetd_xmpp::tcp::TlsSource,
     https: Option<axum_server::tls_rustls::RustlsConfig>,
+    every: std::time::Duration,
 ) {
     let mut last = mtimes(&files);
     loop {
-        tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+        tokio::time::sleep(every).await;
         let now = mtimes(&files);
         if now.is_none() || now == last {
             continue;
@@ -191,6 +192,48 @@ pub async fn watch(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn changed_certificate_files_are_reloaded() {
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        let dir = std::env::temp_dir().join(format!("meetd-reload-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let write = |name: &str| {
+            let ck = rcgen::generate_simple_self_signed(vec![name.to_string()]).unwrap();
+            std::fs::write(dir.join("c.pem"), ck.cert.pem()).unwrap();
+            std::fs::write(dir.join("k.pem"), ck.signing_key.serialize_pem()).unwrap();
+        };
+        write("one.example");
+        let files = || TlsFiles {
+            cert: dir.join("c.pem"),
+            key: dir.join("k.pem"),
+            self_signed: false,
+        };
+        let source: meetd_xmpp::tcp::TlsSource = Arc::new(parking_lot::RwLock::new(
+            tokio_rustls::TlsAcceptor::from(server_config(&files()).unwrap()),
+        ));
+        let before = source.read().config().clone();
+        let task = tokio::spawn(watch(
+            files(),
+            source.clone(),
+            None,
+            std::time::Duration::from_millis(20),
+        ));
+        // A renewal: new files with a later modification time.
+        tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+        write("two.example");
+        let mut reloaded = false;
+        for _ in 0..100 {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            if !Arc::ptr_eq(&before, source.read().config()) {
+                reloaded = true;
+                break;
+            }
+        }
+        task.abort();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(reloaded, "the acceptor was not replaced");
+    }
 
     #[test]
     fn leaf_only_chain_is_reported() {
