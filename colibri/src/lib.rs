@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod channel;
+pub mod codecs;
 pub mod colibri2;
 pub mod media;
 pub mod service;

@@ -107,72 +107,7 @@ pub(super) fn video_codec(c: Codec) -> VideoCodec {
 
 /// The Jitsi offer, used until the focus tells us the real one.
 pub(super) fn jitsi_default_medias() -> Vec<colibri2::Media> {
-    let pt = |id, name: &str, clockrate, channels, params: &[(&str, &str)]| colibri2::PayloadType {
-        id,
-        name: name.into(),
-        clockrate,
-        channels,
-        parameters: params
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-        rtcp_fbs: Vec::new(),
-    };
-    let ext = |id, uri: &str| colibri2::RtpHdrext {
-        id,
-        uri: uri.into(),
-    };
-    let mut audio = colibri2::Media::new(MediaType::Audio);
-    audio.payload_types = vec![
-        pt(
-            111,
-            "opus",
-            48000,
-            Some(2),
-            &[("minptime", "10"), ("useinbandfec", "1")],
-        ),
-        pt(126, "telephone-event", 8000, None, &[]),
-    ];
-    audio.rtp_hdrexts = vec![
-        ext(1, "urn:ietf:params:rtp-hdrext:ssrc-audio-level"),
-        ext(
-            5,
-            "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01",
-        ),
-    ];
-    let mut video = colibri2::Media::new(MediaType::Video);
-    video.payload_types = vec![
-        pt(100, "VP8", 90000, None, &[]),
-        pt(96, "rtx", 90000, None, &[("apt", "100")]),
-        pt(101, "VP9", 90000, None, &[("profile-id", "0")]),
-        pt(97, "rtx", 90000, None, &[("apt", "101")]),
-        pt(
-            107,
-            "H264",
-            90000,
-            None,
-            &[
-                ("level-asymmetry-allowed", "1"),
-                ("packetization-mode", "1"),
-                ("profile-level-id", "42e01f"),
-            ],
-        ),
-        pt(99, "rtx", 90000, None, &[("apt", "107")]),
-        pt(41, "AV1", 90000, None, &[]),
-        pt(42, "rtx", 90000, None, &[("apt", "41")]),
-    ];
-    video.rtp_hdrexts = vec![
-        ext(
-            3,
-            "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time",
-        ),
-        ext(
-            5,
-            "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01",
-        ),
-        ext(11, DEPENDENCY_DESCRIPTOR_URI),
-    ];
-    vec![audio, video]
+    crate::codecs::default_media(&crate::codecs::Features::all())
 }
 
 /// The payload types of an offer as str0m codec configs: `(pt, rtx pt, codec, clock, channels,
