@@ -2,6 +2,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
+use std::time::Duration;
 
 use meetd_colibri::channel::ChannelHub;
 use meetd_colibri::media::EngineConfig;
@@ -55,10 +56,24 @@ pub fn start(cfg: &Config) -> anyhow::Result<(Arc<ColibriService>, Arc<ChannelHu
             .max_conferences
             .saturating_mul(cfg.bridge.max_endpoints_per_conference)
             .min(100_000),
+        rtx_cache_packets: cfg.media.rtx_cache_packets,
+        rtx_cache_age: Duration::from_millis(cfg.media.rtx_cache_ms),
+        max_sources_per_endpoint: cfg.media.max_sources_per_endpoint,
+        rewrite_video_slots: cfg.media.rewrite_video_slots,
+        rewrite_audio_slots: cfg.media.rewrite_audio_slots,
+        expire_unconnected_after: Duration::from_secs(cfg.media.expire_unconnected_secs),
+        expire_inactive_after: Duration::from_secs(cfg.media.expire_inactive_secs),
+        bwe_initial_bps: cfg.media.bandwidth_estimation.then_some(1_000_000),
         ..EngineConfig::default()
     };
-    let (engine, fingerprint) = meetd_colibri::udp::spawn(engine_cfg, bind, hub.clone(), 4096)
-        .map_err(|e| anyhow::anyhow!("media port {bind}: {e}"))?;
+    let (engine, fingerprint) = meetd_colibri::udp::spawn_with_buffers(
+        engine_cfg,
+        bind,
+        hub.clone(),
+        4096,
+        cfg.media.socket_buffer_bytes,
+    )
+    .map_err(|e| anyhow::anyhow!("media port {bind}: {e}"))?;
     hub.set_engine(engine.clone());
     let bc = BridgeConfig {
         id: cfg.bridge.id.clone(),

@@ -153,13 +153,32 @@ pub struct DomainsSection {
 pub struct MediaSection {
     pub port: u16,
     pub advertise_ips: Vec<IpAddr>,
+    pub rtx_cache_packets: usize,
+    pub rtx_cache_ms: u64,
+    pub max_sources_per_endpoint: usize,
+    pub rewrite_video_slots: usize,
+    pub rewrite_audio_slots: usize,
+    pub expire_unconnected_secs: u64,
+    pub expire_inactive_secs: u64,
+    pub bandwidth_estimation: bool,
+    pub socket_buffer_bytes: usize,
 }
 
 impl Default for MediaSection {
     fn default() -> Self {
+        let e = meetd_colibri::media::EngineConfig::default();
         MediaSection {
             port: 10000,
             advertise_ips: Vec::new(),
+            rtx_cache_packets: e.rtx_cache_packets,
+            rtx_cache_ms: e.rtx_cache_age.as_millis() as u64,
+            max_sources_per_endpoint: e.max_sources_per_endpoint,
+            rewrite_video_slots: e.rewrite_video_slots,
+            rewrite_audio_slots: e.rewrite_audio_slots,
+            expire_unconnected_secs: e.expire_unconnected_after.as_secs(),
+            expire_inactive_secs: e.expire_inactive_after.as_secs(),
+            bandwidth_estimation: e.bwe_initial_bps.is_some(),
+            socket_buffer_bytes: meetd_colibri::udp::SOCKET_BUFFER_BYTES,
         }
     }
 }
@@ -460,6 +479,16 @@ impl Config {
                 "bridge.max_endpoints_per_conference",
                 self.bridge.max_endpoints_per_conference,
             ),
+            ("bridge.channel_queue", self.bridge.channel_queue),
+            ("media.rtx_cache_packets", self.media.rtx_cache_packets),
+            ("media.rtx_cache_ms", self.media.rtx_cache_ms as usize),
+            (
+                "media.max_sources_per_endpoint",
+                self.media.max_sources_per_endpoint,
+            ),
+            ("media.rewrite_video_slots", self.media.rewrite_video_slots),
+            ("media.rewrite_audio_slots", self.media.rewrite_audio_slots),
+            ("media.socket_buffer_bytes", self.media.socket_buffer_bytes),
         ] {
             if v == 0 {
                 return err(k, "must be greater than 0");

@@ -18,7 +18,7 @@ use crate::media::{EngineConfig, EngineEvent, EngineOutput, EngineStats, MediaEn
 use crate::service::ColibriService;
 
 /// Receive and send buffer requested for the media socket.
-const SOCKET_BUFFER_BYTES: usize = 4 * 1024 * 1024;
+pub const SOCKET_BUFFER_BYTES: usize = 4 * 1024 * 1024;
 
 /// What the signalling side asks of the engine.
 #[derive(Debug)]
@@ -171,13 +171,24 @@ pub fn spawn(
     hub: Arc<ChannelHub>,
     queue: usize,
 ) -> std::io::Result<(EngineHandle, String)> {
+    spawn_with_buffers(cfg, bind, hub, queue, SOCKET_BUFFER_BYTES)
+}
+
+/// [`spawn`] with the media socket's receive and send buffer size.
+pub fn spawn_with_buffers(
+    cfg: EngineConfig,
+    bind: SocketAddr,
+    hub: Arc<ChannelHub>,
+    queue: usize,
+    socket_buffer: usize,
+) -> std::io::Result<(EngineHandle, String)> {
     let std_sock = std::net::UdpSocket::bind(bind)?;
     std_sock.set_nonblocking(true)?;
     // Media arrives in bursts (keyframes, many senders at once): the default ~200 KB buffer
     // drops them. The kernel caps the request at net.core.rmem_max / wmem_max.
     let sock2 = socket2::SockRef::from(&std_sock);
-    let _ = sock2.set_recv_buffer_size(SOCKET_BUFFER_BYTES);
-    let _ = sock2.set_send_buffer_size(SOCKET_BUFFER_BYTES);
+    let _ = sock2.set_recv_buffer_size(socket_buffer);
+    let _ = sock2.set_send_buffer_size(socket_buffer);
     let local = std_sock.local_addr()?;
     let engine = MediaEngine::new(cfg);
     let fingerprint = engine.dtls_fingerprint();
