@@ -241,6 +241,9 @@ pub struct MediaEngine {
     pending_sender_constraints: HashSet<String>,
     /// The next round of `ConnectionStats`.
     next_connection_stats: Option<Instant>,
+    /// Earliest `next_timeout` of all endpoints, when known (`None`: scan again). Only ever
+    /// too early, never too late: an early wake-up just rescans.
+    ep_deadline: Option<Instant>,
 }
 
 impl MediaEngine {
@@ -259,6 +262,7 @@ impl MediaEngine {
             .collect::<Vec<_>>()
             .join(":");
         MediaEngine {
+            ep_deadline: None,
             cfg,
             cert,
             fingerprint,
@@ -349,6 +353,7 @@ impl MediaEngine {
         );
         let id = self.next_id;
         self.next_id += 1;
+        self.ep_deadline = None;
         self.endpoints.insert(
             id,
             Endpoint {
@@ -926,6 +931,8 @@ impl MediaEngine {
     /// Advance time: every endpoint whose timer expired runs.
     pub fn handle_timeout(&mut self, now: Instant) {
         let now = self.tick(now);
+        // Rescan at the next poll: due endpoints get new deadlines, removed ones none.
+        self.ep_deadline = None;
         let due: Vec<EpId> = self
             .endpoints
             .iter()
@@ -999,11 +1006,21 @@ impl MediaEngine {
             };
             self.drain(id);
         }
-        let next = self
-            .endpoints
-            .values()
-            .filter(|e| !e.failed)
-            .map(|e| e.next_timeout)
+        let ep_min = match self.ep_deadline {
+            Some(d) => Some(d),
+            None => {
+                let m = self
+                    .endpoints
+                    .values()
+                    .filter(|e| !e.failed)
+                    .map(|e| e.next_timeout)
+                    .min();
+                self.ep_deadline = m;
+                m
+            }
+        };
+        let next = ep_min
+            .into_iter()
             .chain(self.speech.values().filter_map(|sa| sa.next_timeout()))
             .chain(self.next_status_check)
             .chain(self.next_connection_stats)
@@ -1034,6 +1051,9 @@ impl MediaEngine {
             match polled {
                 Ok(Output::Timeout(t)) => {
                     ep.next_timeout = t;
+                    if let Some(d) = self.ep_deadline {
+                        self.ep_deadline = Some(d.min(t));
+                    }
                     return;
                 }
                 Ok(Output::Transmit(t)) => {
