@@ -241,12 +241,14 @@ async fn run(
         tokio::select! {
             r = sock.recv_from(&mut buf) => {
                 let Ok((n, from)) = r else { continue };
-                let data = &buf[..n];
-                if let Some(resp) = plain_stun_response(data, from) {
-                    let _ = sock.try_send_to(&resp, from);
-                    continue;
+                datagram(&mut engine, &sock, local, from, &buf[..n]);
+                // Take what else is already queued before going back to the timers.
+                for _ in 1..RECV_BATCH {
+                    match sock.try_recv_from(&mut buf) {
+                        Ok((n, from)) => datagram(&mut engine, &sock, local, from, &buf[..n]),
+                        Err(_) => break,
+                    }
                 }
-                engine.handle_datagram(Instant::now(), from, local, data);
             }
             c = rx.recv() => {
                 let Some(c) = c else { break };
@@ -257,6 +259,23 @@ async fn run(
             }
         }
     }
+}
+
+/// Datagrams read in one turn of the loop before outputs and timers are served.
+const RECV_BATCH: usize = 32;
+
+fn datagram(
+    engine: &mut MediaEngine,
+    sock: &UdpSocket,
+    local: SocketAddr,
+    from: SocketAddr,
+    data: &[u8],
+) {
+    if let Some(resp) = plain_stun_response(data, from) {
+        let _ = sock.try_send_to(&resp, from);
+        return;
+    }
+    engine.handle_datagram(Instant::now(), from, local, data);
 }
 
 fn command(engine: &mut MediaEngine, hub: &ChannelHub, c: Command) {
