@@ -128,3 +128,53 @@ fn user_add_list_passwd_remove() {
     let db = std::fs::read(d.join("meetd.db")).unwrap_or_default();
     assert!(!db.windows(3).any(|w| w == b"pw2"));
 }
+
+#[test]
+fn json_logs_say_what_listens_where() {
+    use std::io::BufRead;
+    let d = tmpdir("jsonlog");
+    let mut c = meetd()
+        .args([
+            "serve",
+            "--log-json",
+            "--http",
+            "127.0.0.1:0",
+            "--https",
+            "off",
+            "--c2s",
+            "off",
+            "--component",
+            "off",
+            "--media-port",
+            "0",
+            "--data-dir",
+        ])
+        .arg(&d)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = std::io::BufReader::new(c.stdout.take().unwrap());
+    let mut lines = Vec::new();
+    for line in out.lines().take(30) {
+        let line = line.unwrap();
+        let ready = line.contains("\"ready\"");
+        lines.push(line);
+        if ready {
+            break;
+        }
+    }
+    let _ = c.kill();
+    let _ = c.wait();
+    assert!(lines.iter().any(|l| l.contains("ready")), "{lines:?}");
+    for l in &lines {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}"));
+        assert!(v.get("level").is_some() && v.get("fields").is_some(), "{l}");
+    }
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("HTTP listening on http://127.0.0.1:")),
+        "{lines:?}"
+    );
+}
