@@ -282,6 +282,7 @@ pub struct FocusSection {
     pub max_ssrc_groups_per_endpoint: usize,
     pub max_audio_senders: usize,
     pub max_video_senders: usize,
+    pub sctp: bool,
 }
 
 impl Default for FocusSection {
@@ -295,6 +296,7 @@ impl Default for FocusSection {
             max_ssrc_groups_per_endpoint: 20,
             max_audio_senders: 999_999,
             max_video_senders: 999_999,
+            sctp: false,
         }
     }
 }
@@ -573,6 +575,7 @@ impl Config {
             max_groups: self.focus.max_ssrc_groups_per_endpoint,
         };
         c.max_audio_senders = self.focus.max_audio_senders;
+        c.sctp = self.focus.sctp;
         c.max_video_senders = self.focus.max_video_senders;
         meetd_jingle::focus::FocusOptions {
             cfg: c,

@@ -42,6 +42,9 @@ pub struct FocusConfig {
     /// Unmuted audio / video senders allowed at once (Jicofo's max-audio-senders).
     pub max_audio_senders: usize,
     pub max_video_senders: usize,
+    /// Offer the `data` content (SCTP bridge channel). The bridge speaks the bridge channel
+    /// over WebSocket only, and lib-jitsi-meet prefers SCTP when it is offered, so off.
+    pub sctp: bool,
 }
 
 impl FocusConfig {
@@ -61,6 +64,7 @@ impl FocusConfig {
             auto_owner: true,
             max_audio_senders: 999_999,
             max_video_senders: 999_999,
+            sctp: false,
         }
     }
 
@@ -804,7 +808,7 @@ impl Conference {
         ep.medias = offer::default_media(&f);
         ep.transport = Some(Transport {
             ice_controlling: Some(true),
-            sctp: f.sctp.then(Sctp::default),
+            sctp: (f.sctp && self.cfg.sctp).then(Sctp::default),
             ..Transport::default()
         });
         ep.sources = Some(
@@ -951,7 +955,11 @@ impl Conference {
         let sid = format!("{:x}", rand::random::<u64>());
         let bridge = BridgeTransport {
             ice: &ice,
-            sctp_port: if f.sctp { sctp_port } else { None },
+            sctp_port: if f.sctp && self.cfg.sctp {
+                sctp_port
+            } else {
+                None
+            },
             session_id: &self.bridge_session_id,
             region: &self.cfg.region,
         };
