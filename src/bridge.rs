@@ -11,6 +11,24 @@ use meetd_colibri::udp::EngineHandle;
 
 use crate::config::Config;
 
+/// The host's own addresses, as JVB announces without configuration: global and
+/// private unicast, no loopback, no link-local (those need a scope and rarely route).
+fn interface_addresses() -> Vec<IpAddr> {
+    let mut ips: Vec<IpAddr> = if_addrs::get_if_addrs()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|i| i.ip())
+        .filter(|ip| !ip.is_loopback() && !ip.is_unspecified() && !ip.is_multicast())
+        .filter(|ip| match ip {
+            IpAddr::V4(v4) => !v4.is_link_local(),
+            IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) != 0xfe80,
+        })
+        .collect();
+    ips.sort();
+    ips.dedup();
+    ips
+}
+
 /// Where clients open the bridge channel: the public URL, else the first listener.
 fn ws_base(cfg: &Config, host: &str) -> String {
     let public = cfg.server.public_url.trim_end_matches('/');
@@ -33,10 +51,14 @@ fn ws_base(cfg: &Config, host: &str) -> String {
 pub fn start(cfg: &Config) -> anyhow::Result<(Arc<ColibriService>, Arc<ChannelHub>, EngineHandle)> {
     let mut ips = cfg.media.advertise_ips.clone();
     if ips.is_empty() {
+        ips = interface_addresses();
+        if ips.is_empty() {
+            ips.push(IpAddr::V4(Ipv4Addr::LOCALHOST));
+        }
         tracing::warn!(
-            "media.advertise_ips is empty: announcing 127.0.0.1 only; set --advertise-ip to the address clients reach"
+            candidates = ?ips,
+            "media.advertise_ips is empty: announcing this host's addresses; behind NAT set --advertise-ip to the address clients reach"
         );
-        ips.push(IpAddr::V4(Ipv4Addr::LOCALHOST));
     }
     let host = match ips[0] {
         IpAddr::V6(v6) => format!("[{v6}]"),
