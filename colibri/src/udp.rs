@@ -232,7 +232,7 @@ async fn run(
             match engine.poll_output() {
                 EngineOutput::Transmit(t) => {
                     // A full socket buffer drops the packet, as the network would.
-                    let _ = sock.try_send_to(&t.data, t.to);
+                    let _ = sock.try_send_to(&t.data, destination(local, t.to));
                 }
                 EngineOutput::Event(e) => event(&hub, link.get().as_deref(), e),
                 EngineOutput::Timeout(t) => break t,
@@ -271,11 +271,33 @@ fn datagram(
     from: SocketAddr,
     data: &[u8],
 ) {
-    if let Some(resp) = plain_stun_response(data, from) {
+    if let Some(resp) = plain_stun_response(data, canonical(from)) {
         let _ = sock.try_send_to(&resp, from);
         return;
     }
-    engine.handle_datagram(Instant::now(), from, local, data);
+    // A dual-stack socket reports IPv4 peers as ::ffff:a.b.c.d: the engine sees them as
+    // IPv4, received on the (unspecified) local address of the same family.
+    let from = canonical(from);
+    let to = match from {
+        SocketAddr::V4(_) => SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), local.port()),
+        SocketAddr::V6(_) => SocketAddr::new(std::net::Ipv6Addr::UNSPECIFIED.into(), local.port()),
+    };
+    engine.handle_datagram(Instant::now(), from, to, data);
+}
+
+/// IPv4-mapped IPv6 addresses as plain IPv4.
+fn canonical(a: SocketAddr) -> SocketAddr {
+    SocketAddr::new(a.ip().to_canonical(), a.port())
+}
+
+/// The address to send to on `sock`: IPv4 destinations are mapped on an IPv6 socket.
+fn destination(local: SocketAddr, to: SocketAddr) -> SocketAddr {
+    match (local, to) {
+        (SocketAddr::V6(_), SocketAddr::V4(v4)) => {
+            SocketAddr::new(v4.ip().to_ipv6_mapped().into(), v4.port())
+        }
+        _ => to,
+    }
 }
 
 fn command(engine: &mut MediaEngine, hub: &ChannelHub, c: Command) {

@@ -76,7 +76,8 @@ process.env.MEETD_LOG_LEVEL ??= 'info,meetd=debug,meetd_colibri=debug,meetd_jing
 
 const srv = useServer({
     name: 'e2e-media',
-    extraArgs: ['--advertise-ip', '127.0.0.1'],
+    // E2E_ADVERTISE: the bridge's host candidates (comma list; "::1" makes an IPv6-only bridge).
+    extraArgs: (process.env.E2E_ADVERTISE || '127.0.0.1').split(',').flatMap((ip) => ['--advertise-ip', ip]),
     // P2P: a focus that never invites two participants (lib-jitsi-meet would also run the
     // bridge session and suspend it; here the pair only has the direct session).
     config: `[focus]\nsingle_participant_timeout_secs = 60\n${P2P ? 'min_participants = 3\n' : ''}`,
