@@ -532,6 +532,20 @@ mod tests {
     }
 
     #[test]
+    fn dual_stack_addresses_are_mapped_both_ways() {
+        let mapped: SocketAddr = "[::ffff:10.0.0.7]:5000".parse().unwrap();
+        let v4: SocketAddr = "10.0.0.7:5000".parse().unwrap();
+        let v6: SocketAddr = "[2001:db8::1]:5000".parse().unwrap();
+        assert_eq!(canonical(mapped), v4);
+        assert_eq!(canonical(v6), v6);
+        let any6: SocketAddr = "[::]:10000".parse().unwrap();
+        let any4: SocketAddr = "0.0.0.0:10000".parse().unwrap();
+        assert_eq!(destination(any6, v4), mapped);
+        assert_eq!(destination(any6, v6), v6);
+        assert_eq!(destination(any4, v4), v4);
+    }
+
+    #[test]
     fn engine_events_become_bridge_channel_messages() {
         let hub = ChannelHub::new(16);
         let (mut ra, _) = hub.register("c", "a");
