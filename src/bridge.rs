@@ -29,8 +29,10 @@ fn interface_addresses() -> Vec<IpAddr> {
     ips
 }
 
-/// Where clients open the bridge channel: the public URL, else the first listener.
-fn ws_base(cfg: &Config, host: &str) -> String {
+/// Where clients open the bridge channel: the public URL, else the first listener — on its own
+/// address when it is bound to one, on `media_host` (the first announced media address) when it
+/// listens on every address.
+fn ws_base(cfg: &Config, media_host: &str) -> String {
     let public = cfg.server.public_url.trim_end_matches('/');
     if let Some(rest) = public.strip_prefix("https://") {
         return format!("wss://{rest}");
@@ -38,11 +40,16 @@ fn ws_base(cfg: &Config, host: &str) -> String {
     if let Some(rest) = public.strip_prefix("http://") {
         return format!("ws://{rest}");
     }
+    let host = |a: SocketAddr| match a.ip() {
+        ip if ip.is_unspecified() => media_host.to_string(),
+        IpAddr::V6(v6) => format!("[{v6}]"),
+        v4 => v4.to_string(),
+    };
     if let Some(a) = cfg.listen.https.addr() {
-        return format!("wss://{host}:{}", a.port());
+        return format!("wss://{}:{}", host(a), a.port());
     }
     match cfg.listen.http.addr() {
-        Some(a) => format!("ws://{host}:{}", a.port()),
+        Some(a) => format!("ws://{}:{}", host(a), a.port()),
         None => format!("wss://{}", cfg.server.domain),
     }
 }
@@ -115,4 +122,24 @@ pub fn start(cfg: &Config) -> anyhow::Result<(Arc<ColibriService>, Arc<ChannelHu
         hub,
         engine,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Listen;
+
+    #[test]
+    fn bridge_channel_url_follows_the_listener() {
+        let mut cfg = Config::default();
+        cfg.listen.https = Listen::Off;
+        cfg.listen.http = Listen::At("127.0.0.1:8080".parse().unwrap());
+        assert_eq!(ws_base(&cfg, "[fd00::1]"), "ws://127.0.0.1:8080");
+        cfg.listen.http = Listen::At("[::]:8080".parse().unwrap());
+        assert_eq!(ws_base(&cfg, "[fd00::1]"), "ws://[fd00::1]:8080");
+        cfg.listen.https = Listen::At("[2001:db8::5]:443".parse().unwrap());
+        assert_eq!(ws_base(&cfg, "192.0.2.1"), "wss://[2001:db8::5]:443");
+        cfg.server.public_url = "https://meet.example.org/".into();
+        assert_eq!(ws_base(&cfg, "192.0.2.1"), "wss://meet.example.org");
+    }
 }
