@@ -31,8 +31,7 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 
 use common::{
-    Server, Ws, clock_ticks_per_sec, cpu_ticks, find_in_path, login_all, rss_kb, start_meetd,
-    start_prosody,
+    Server, Ws, clock_ticks_per_sec, cpu_ticks, login_all, rss_kb, run_meetd_and_prosody,
 };
 
 const BENCH: &str = "muc_join";
@@ -539,35 +538,12 @@ fn main() {
         .build()
         .expect("tokio runtime");
 
-    let mut reports = Vec::new();
-    let mut failed = false;
-
-    match start_meetd(BENCH, MEETD_CONFIG) {
-        Ok(s) => match run_one(&rt, s, &o) {
-            Ok(r) => reports.push(r),
-            Err(_) => failed = true,
-        },
-        Err(e) => {
-            eprintln!("meetd: {e}");
-            failed = true;
-        }
-    }
-
-    if o.prosody {
-        match find_in_path("prosody") {
-            None => println!("prosody not installed, skipping baseline"),
-            Some(bin) => match start_prosody(BENCH, &bin, None, PROSODY_MUC) {
-                Ok(s) => match run_one(&rt, s, &o) {
-                    Ok(r) => reports.push(r),
-                    Err(_) => failed = true,
-                },
-                Err(e) => {
-                    eprintln!("prosody: {e}");
-                    failed = true;
-                }
-            },
-        }
-    }
+    let (reports, failed) = run_meetd_and_prosody(
+        BENCH,
+        MEETD_CONFIG,
+        o.prosody.then_some((None, PROSODY_MUC)),
+        |s| run_one(&rt, s, &o),
+    );
     rt.shutdown_timeout(Duration::from_secs(2));
 
     let n = o.occupants as u64;

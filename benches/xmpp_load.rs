@@ -25,8 +25,7 @@ use futures_util::{FutureExt, SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 use common::{
-    Server, Ws, clock_ticks_per_sec, cpu_ticks, find_in_path, login_all, rss_kb, start_meetd,
-    start_prosody,
+    Server, Ws, clock_ticks_per_sec, cpu_ticks, login_all, rss_kb, run_meetd_and_prosody,
 };
 
 const BENCH: &str = "xmpp_load";
@@ -376,35 +375,12 @@ fn main() {
         .build()
         .expect("tokio runtime");
 
-    let mut reports = Vec::new();
-    let mut failed = false;
-
-    match start_meetd(BENCH, MEETD_CONFIG) {
-        Ok(s) => match run_one(&rt, s, &o) {
-            Ok(r) => reports.push(r),
-            Err(_) => failed = true,
-        },
-        Err(e) => {
-            eprintln!("meetd: {e}");
-            failed = true;
-        }
-    }
-
-    if o.prosody {
-        match find_in_path("prosody") {
-            None => println!("prosody not installed, skipping baseline"),
-            Some(bin) => match start_prosody(BENCH, &bin, o.prosody_gc.as_deref(), "") {
-                Ok(s) => match run_one(&rt, s, &o) {
-                    Ok(r) => reports.push(r),
-                    Err(_) => failed = true,
-                },
-                Err(e) => {
-                    eprintln!("prosody: {e}");
-                    failed = true;
-                }
-            },
-        }
-    }
+    let (reports, failed) = run_meetd_and_prosody(
+        BENCH,
+        MEETD_CONFIG,
+        o.prosody.then_some((o.prosody_gc.as_deref(), "")),
+        |s| run_one(&rt, s, &o),
+    );
     rt.shutdown_timeout(Duration::from_secs(2));
 
     let mut t = String::new();

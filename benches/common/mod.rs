@@ -259,6 +259,37 @@ fn http_status(port: u16, path: &str) -> Option<u16> {
 }
 
 /// VmRSS of a process in KB.
+/// Run `run_one` against meetd and, when `prosody` is set and Prosody is installed, against
+/// Prosody (`prosody` = (gc setting, extra config)) as the baseline in the same run.
+/// Returns the reports and whether any run failed.
+pub fn run_meetd_and_prosody<R>(
+    bench: &str,
+    meetd_config: &str,
+    prosody: Option<(Option<&str>, &str)>,
+    mut run_one: impl FnMut(Server) -> Result<R, String>,
+) -> (Vec<R>, bool) {
+    let mut reports = Vec::new();
+    let mut failed = false;
+    let mut record = |name: &str, started: Result<Server, String>| match started {
+        Ok(s) => match run_one(s) {
+            Ok(r) => reports.push(r),
+            Err(_) => failed = true,
+        },
+        Err(e) => {
+            eprintln!("{name}: {e}");
+            failed = true;
+        }
+    };
+    record("meetd", start_meetd(bench, meetd_config));
+    if let Some((gc, extra)) = prosody {
+        match find_in_path("prosody") {
+            None => println!("prosody not installed, skipping baseline"),
+            Some(bin) => record("prosody", start_prosody(bench, &bin, gc, extra)),
+        }
+    }
+    (reports, failed)
+}
+
 pub fn rss_kb(pid: u32) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;
