@@ -1234,7 +1234,6 @@ impl MediaEngine {
             })
             .collect();
         let source_id: SourceId = source.id;
-        let source_name = source.name.clone();
         let vp8 = if vcodec == VideoCodec::Vp8 {
             Vp8Descriptor::parse(&p.payload).ok()
         } else {
@@ -1264,8 +1263,7 @@ impl MediaEngine {
         if let Some(dd) = p.header.ext_vals.user_values.get::<DependencyDescriptor>() {
             ext.user_values.set(dd.clone());
         }
-        let conference = s.conference.clone();
-        let Some(members) = self.conferences.get(&conference) else {
+        let Some(members) = self.conferences.get(&s.conference) else {
             return;
         };
         let mut want_keyframe = false;
@@ -1374,7 +1372,15 @@ impl MediaEngine {
             }
         }
         if want_keyframe {
-            self.request_keyframe(sender, &source_name, li);
+            // Rare (a receiver waits for a layer switch): the name is only cloned here.
+            let name = self
+                .endpoints
+                .get(&sender)
+                .and_then(|e| e.sources.get(si))
+                .map(|s| s.name.clone());
+            if let Some(name) = name {
+                self.request_keyframe(sender, &name, li);
+            }
         }
     }
 
