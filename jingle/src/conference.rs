@@ -1134,8 +1134,7 @@ impl Conference {
     fn session_accept(&mut self, nick: &str, j: &Element) -> Result<(), (StanzaError, String)> {
         let set = EndpointSourceSet::from_jingle(j)
             .map_err(|e| (StanzaError::BAD_REQUEST, e.to_string()))?;
-        let added = self
-            .sources
+        self.sources
             .try_add(nick, &set)
             .map_err(|e| (StanzaError::BAD_REQUEST, e.to_string()))?;
         let sid = match self.participant(nick).map(|p| p.state.clone()) {
@@ -1148,12 +1147,8 @@ impl Conference {
         let transport = first_transport(j);
         let sources = self.sources.get(nick).cloned().unwrap_or_default();
         self.update_endpoint(nick, transport, Some(&sources));
-        if !added.is_empty() {
-            self.propagate();
-        } else {
-            // Still flush what others sent between the offer and this accept.
-            self.propagate();
-        }
+        // Also flushes what others sent between the offer and this accept.
+        self.propagate();
         Ok(())
     }
 
