@@ -2,7 +2,9 @@
 //! Colibri2 service and the bridge channel in, events out. No lock on the packet path: the
 //! engine is owned by this thread alone.
 
+use std::io::IoSlice;
 use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::{Arc, Weak};
 use std::time::Instant;
 
@@ -227,17 +229,22 @@ async fn run(
     link: Arc<ServiceLink>,
 ) {
     let mut buf = vec![0u8; 2048];
+    let mut batch = SendBatch::default();
+    let fd = sock.as_raw_fd();
     loop {
         let deadline = loop {
             match engine.poll_output() {
                 EngineOutput::Transmit(t) => {
-                    // A full socket buffer drops the packet, as the network would.
-                    let _ = sock.try_send_to(&t.data, destination(local, t.to));
+                    batch.items.push((destination(local, t.to), t.data));
+                    if batch.items.len() >= SEND_BATCH {
+                        batch.flush(fd, &mut engine);
+                    }
                 }
                 EngineOutput::Event(e) => event(&hub, link.get().as_deref(), e),
                 EngineOutput::Timeout(t) => break t,
             }
         };
+        batch.flush(fd, &mut engine);
         tokio::select! {
             r = sock.recv_from(&mut buf) => {
                 let Ok((n, from)) = r else { continue };
@@ -263,6 +270,53 @@ async fn run(
 
 /// Datagrams read in one turn of the loop before outputs and timers are served.
 const RECV_BATCH: usize = 32;
+/// Datagrams handed to the kernel in one `sendmmsg`.
+const SEND_BATCH: usize = 32;
+
+/// Datagrams waiting for one `sendmmsg`.
+#[derive(Default)]
+struct SendBatch {
+    items: Vec<(SocketAddr, Vec<u8>)>,
+}
+
+impl SendBatch {
+    /// Send everything queued (what the socket buffer cannot take is dropped, as the network
+    /// would) and give the buffers back to the engine.
+    fn flush(&mut self, fd: RawFd, engine: &mut MediaEngine) {
+        use nix::errno::Errno;
+        use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrStorage, sendmmsg};
+        let mut at = 0;
+        while at < self.items.len() {
+            let rest = &self.items[at..];
+            let iovs: Vec<[IoSlice<'_>; 1]> = rest.iter().map(|(_, d)| [IoSlice::new(d)]).collect();
+            let addrs: Vec<Option<SockaddrStorage>> = rest
+                .iter()
+                .map(|(a, _)| Some(SockaddrStorage::from(*a)))
+                .collect();
+            let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(rest.len(), None);
+            match sendmmsg(fd, &mut headers, &iovs, &addrs, [], MsgFlags::MSG_DONTWAIT) {
+                Ok(r) => {
+                    let n = r.count();
+                    if n == 0 {
+                        break;
+                    }
+                    at += n;
+                }
+                // The socket buffer is full: drop the rest.
+                Err(Errno::EAGAIN | Errno::ENOBUFS) => break,
+                Err(Errno::EINTR) => {}
+                // This one datagram cannot go (e.g. no route): skip it.
+                Err(e) => {
+                    tracing::debug!(error = %e, to = %rest[0].0, "media send failed");
+                    at += 1;
+                }
+            }
+        }
+        for (_, data) in self.items.drain(..) {
+            engine.recycle(data);
+        }
+    }
+}
 
 fn datagram(
     engine: &mut MediaEngine,

@@ -14,7 +14,9 @@ use str0m::rtp::{Extension, ExtensionSerializer, ExtensionValues, Ssrc};
 use str0m::{Candidate, Rtc, RtcConfig};
 
 use super::ReceiverConstraints;
+use super::egress::{ExtIds, RtxRing, SendStats};
 use super::forward::{Projection, SilenceFilter, VideoCodec, default_height};
+use super::srtp::{KeySlot, Srtp, crypto_provider, with_key_capture};
 use crate::colibri2::{self, MediaType};
 
 /// The mids of the receive side: every SSRC the endpoint sends is declared on one of these.
@@ -175,6 +177,8 @@ pub(super) struct RtcSetup<'a> {
     pub rtx_cache_age: Duration,
     /// Enable str0m's bandwidth estimation from this estimate (bps).
     pub bwe_initial_bps: Option<u64>,
+    /// Forwarded media bypasses str0m (see `srtp.rs`): its streams are not declared in it.
+    pub fast_egress: bool,
 }
 
 /// What the endpoint's `Rtc` was configured with, for validating writes into it.
@@ -184,6 +188,13 @@ pub(super) struct RtcCaps {
     pub pts: HashMap<u8, (Codec, bool)>,
     /// RTX cache of outgoing video streams: (packets, age).
     pub rtx_cache: Option<(usize, Duration)>,
+    /// Main payload type → its RTX payload type.
+    pub rtx_pts: HashMap<u8, u8>,
+    /// Header extension ids the forwarding fast path writes.
+    pub ext_ids: ExtIds,
+    /// Where the `Rtc`'s DTLS session leaves its SRTP keying material.
+    pub keys: KeySlot,
+    pub fast_egress: bool,
 }
 
 pub(super) fn build_rtc(s: &RtcSetup<'_>, now: Instant) -> (Rtc, RtcCaps) {
@@ -197,12 +208,14 @@ pub(super) fn build_rtc(s: &RtcSetup<'_>, now: Instant) -> (Rtc, RtcCaps) {
         .clear_codecs()
         .clear_extension_map()
         .set_send_buffer_video(s.rtx_cache_packets.max(1))
-        .set_stats_interval(None);
+        .set_stats_interval(None)
+        .set_crypto_provider(crypto_provider());
     if let Some(bps) = s.bwe_initial_bps {
         cfg = cfg.enable_bwe(Some(Bitrate::bps(bps)));
     }
     let mut caps = RtcCaps {
         rtx_cache: Some((s.rtx_cache_packets.max(1), s.rtx_cache_age)),
+        fast_egress: s.fast_egress,
         ..RtcCaps::default()
     };
     for (pt, rtx, codec, clock, channels, fmtp) in codec_entries(s.medias) {
@@ -212,6 +225,9 @@ pub(super) fn build_rtc(s: &RtcSetup<'_>, now: Instant) -> (Rtc, RtcCaps) {
         cfg.codec_config()
             .add_config(pt.into(), rtx.map(Pt::from), codec, freq, channels, fmtp);
         caps.pts.insert(pt, (codec, rtx.is_some()));
+        if let Some(r) = rtx {
+            caps.rtx_pts.insert(pt, r);
+        }
     }
     let mut twcc = false;
     let mut used_ids = HashSet::new();
@@ -223,13 +239,19 @@ pub(super) fn build_rtc(s: &RtcSetup<'_>, now: Instant) -> (Rtc, RtcCaps) {
             if !(1..=14).contains(&id) || !used_ids.insert(id) {
                 continue;
             }
+            match e.uri.as_str() {
+                "urn:ietf:params:rtp-hdrext:ssrc-audio-level" => caps.ext_ids.audio_level = id,
+                "urn:3gpp:video-orientation" => caps.ext_ids.video_orientation = id,
+                DEPENDENCY_DESCRIPTOR_URI => caps.ext_ids.dependency_descriptor = id,
+                _ => {}
+            }
             if let Some(ext) = extension_for_uri(&e.uri) {
                 twcc |= ext == Extension::TransportSequenceNumber;
                 cfg = cfg.set_extension(id, ext);
             }
         }
     }
-    let mut rtc = cfg.build(now);
+    let mut rtc = with_key_capture(caps.keys.clone(), || cfg.build(now));
     if s.bwe_initial_bps.is_some() {
         // No padding floor of our own; probe up to what a few HD streams need.
         rtc.bwe()
@@ -436,6 +458,12 @@ pub(super) struct Slot {
     pub proj: Projection,
     pub source: Option<SourceId>,
     pub last_used: Option<Instant>,
+    /// Fast path: what was sent, to answer NACKs (video with RTX only).
+    pub ring: RtxRing,
+    /// Fast path: the next RTX sequence number.
+    pub rtx_seq: u64,
+    /// Fast path: for sender reports.
+    pub sent: SendStats,
 }
 
 /// One entry of `VideoSourcesMap` / `AudioSourcesMap` (bridge.md A.3).
@@ -492,6 +520,10 @@ pub(super) struct Endpoint {
     pub bwe_bps: Option<u64>,
     /// Source name → video type (upper-case) from the endpoint's bridge channel.
     pub video_types: HashMap<String, String>,
+    /// The fast path's SRTP session, once DTLS is up.
+    pub srtp: Option<Srtp>,
+    /// Where str0m last sent DTLS or RTCP (local, remote): the selected pair.
+    pub send_path: Option<(SocketAddr, SocketAddr)>,
 }
 
 impl Endpoint {
@@ -518,15 +550,17 @@ impl Endpoint {
             MediaType::Audio => MediaKind::Audio,
             MediaType::Video => MediaKind::Video,
         };
-        let mut api = self.rtc.direct_api();
-        api.declare_media(mid, mk);
-        api.declare_stream_tx(ssrc.into(), rtx.map(Ssrc::from), mid, None);
-        // The cache answers NACKs; a second of packets covers any sane RTT and keeps
-        // per-receiver memory small (str0m's default is 1024 packets / 3 s).
-        if let (Some((n, age)), true) = (self.caps.rtx_cache, rtx.is_some())
-            && let Some(tx) = api.stream_tx(&Ssrc::from(ssrc))
-        {
-            tx.set_rtx_cache(n, age, Some(0.15));
+        if !self.caps.fast_egress {
+            let mut api = self.rtc.direct_api();
+            api.declare_media(mid, mk);
+            api.declare_stream_tx(ssrc.into(), rtx.map(Ssrc::from), mid, None);
+            // The cache answers NACKs; a second of packets covers any sane RTT and keeps
+            // per-receiver memory small (str0m's default is 1024 packets / 3 s).
+            if let (Some((n, age)), true) = (self.caps.rtx_cache, rtx.is_some())
+                && let Some(tx) = api.stream_tx(&Ssrc::from(ssrc))
+            {
+                tx.set_rtx_cache(n, age, Some(0.15));
+            }
         }
         self.by_mid.insert(mid, id);
         self.slots.insert(
@@ -539,6 +573,9 @@ impl Endpoint {
                 proj: Projection::default(),
                 source: None,
                 last_used: None,
+                ring: RtxRing::default(),
+                rtx_seq: u64::from(rand::random::<u16>()),
+                sent: SendStats::default(),
             },
         );
         id
@@ -548,7 +585,9 @@ impl Endpoint {
     pub fn remove_slot(&mut self, id: SlotId) {
         if let Some(s) = self.slots.remove(&id) {
             self.by_mid.remove(&s.mid);
-            self.rtc.direct_api().remove_media(s.mid);
+            if !self.caps.fast_egress {
+                self.rtc.direct_api().remove_media(s.mid);
+            }
         }
     }
 

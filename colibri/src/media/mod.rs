@@ -12,15 +12,26 @@
 //! ssrc-audio-level (B.7, `speech.rs`), monitors per-endpoint packet flow (B.10), and, for
 //! receivers created with `ssrc-rewriting`, maps forwarded sources onto a bounded pool of
 //! bridge SSRCs announced as source maps (B.9).
+//!
+//! Forwarded media does not go through the receivers' `Rtc`s (unless bandwidth estimation is
+//! on, which needs str0m's send path): the engine writes the RTP header, encrypts with the
+//! receiver's SRTP keys (`srtp.rs`, captured from its DTLS session), keeps a retransmission
+//! ring per stream whose payloads are shared by all receivers, answers NACKs with RTX, turns
+//! PLI/FIR into keyframe requests and sends the sender reports (`egress.rs`). str0m still does
+//! ICE, DTLS, and everything about what each endpoint sends (decryption, receiver reports,
+//! NACKs, transport-cc feedback).
 
+mod egress;
 mod endpoint;
 mod forward;
 mod speech;
+mod srtp;
 #[cfg(test)]
 mod tests;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use str0m::bwe::BweKind;
@@ -32,6 +43,7 @@ use str0m::{Event, IceConnectionState, Input, Output};
 
 pub use crate::channel::ReceiverConstraints;
 use crate::colibri2::{self, MediaType};
+use egress::{Clock, ExtOut, Feedback, RtpOut, Sent, parse_feedback, patch_vp8, write_header};
 pub use endpoint::MappedSource;
 use endpoint::{
     DependencyDescriptor, Endpoint, EpId, Forward, RtcSetup, SenderSource, SourceId, build_rtc,
@@ -41,6 +53,7 @@ use forward::{
     InPacket, LayerView, VideoCodec, select_layer, starts_keyframe, vp8_keyframe_height,
 };
 use speech::SpeechActivity;
+use srtp::Srtp;
 
 /// maxHeight for sources a receiver has not constrained yet (bridge.md A.3).
 const DEFAULT_MAX_HEIGHT: u32 = 180;
@@ -61,6 +74,14 @@ const NEVER_ACTIVE_AFTER: Duration = Duration::from_secs(15);
 const UNLIMITED_SENDER_HEIGHT: u32 = 2160;
 /// What the bandwidth estimator probes towards (bridge → endpoint), when enabled.
 const BWE_DESIRED_BPS: u64 = 10_000_000;
+/// Sender reports for forwarded streams go out this often (fast path).
+const SR_INTERVAL: Duration = Duration::from_secs(1);
+/// A forwarded stream silent for this long gets no more sender reports.
+const SR_IDLE: Duration = Duration::from_secs(5);
+/// NACKed sequence numbers handled per RTCP packet.
+const MAX_NACKS_PER_PACKET: usize = 256;
+/// Send buffers kept for reuse.
+const BUFFER_POOL: usize = 1024;
 
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -215,6 +236,10 @@ pub struct EngineStats {
     pub silence_dropped: u64,
     /// Changes of a conference's dominant speaker.
     pub dominant_speaker_changes: u64,
+    /// Packets resent (as RTX) for receivers' NACKs.
+    pub retransmissions: u64,
+    /// Keyframe requests (PLI/FIR) received from receivers about forwarded streams.
+    pub receiver_keyframe_requests: u64,
 }
 
 /// All media of the bridge. See the module docs.
@@ -244,6 +269,17 @@ pub struct MediaEngine {
     /// Earliest `next_timeout` of all endpoints, when known (`None`: scan again). Only ever
     /// too early, never too late: an early wake-up just rescans.
     ep_deadline: Option<Instant>,
+    /// The next round of sender reports for forwarded streams (fast path).
+    next_sr: Option<Instant>,
+    /// Wall clock reference for sender reports.
+    clock: Clock,
+    /// Send buffers given back by the I/O side ([`MediaEngine::recycle`]).
+    pool: Vec<Vec<u8>>,
+    /// Scratch space: an RTP header, a payload, an RTCP packet, parsed feedback.
+    hdr: Vec<u8>,
+    scratch: Vec<u8>,
+    rtcp: Vec<u8>,
+    feedback: Vec<Feedback>,
 }
 
 impl MediaEngine {
@@ -263,6 +299,13 @@ impl MediaEngine {
             .join(":");
         MediaEngine {
             ep_deadline: None,
+            next_sr: None,
+            clock: Clock::now(),
+            pool: Vec::new(),
+            hdr: Vec::with_capacity(64),
+            scratch: Vec::with_capacity(1500),
+            rtcp: Vec::with_capacity(1500),
+            feedback: Vec::new(),
             cfg,
             cert,
             fingerprint,
@@ -348,6 +391,7 @@ impl MediaEngine {
                 rtx_cache_packets: self.cfg.rtx_cache_packets,
                 rtx_cache_age: self.cfg.rtx_cache_age,
                 bwe_initial_bps: self.cfg.bwe_initial_bps,
+                fast_egress: self.cfg.bwe_initial_bps.is_none(),
             },
             now,
         );
@@ -388,10 +432,13 @@ impl MediaEngine {
                 connected_once: false,
                 bwe_bps: None,
                 video_types: HashMap::new(),
+                srtp: None,
+                send_path: None,
             },
         );
         self.next_status_check
             .get_or_insert(now + STATUS_CHECK_INTERVAL);
+        self.next_sr.get_or_insert(now + SR_INTERVAL);
         if self.cfg.bwe_initial_bps.is_some() {
             self.next_connection_stats
                 .get_or_insert(now + self.cfg.connection_stats_interval);
@@ -440,6 +487,7 @@ impl MediaEngine {
                 rtx_cache_packets: self.cfg.rtx_cache_packets,
                 rtx_cache_age: self.cfg.rtx_cache_age,
                 bwe_initial_bps: self.cfg.bwe_initial_bps,
+                fast_egress: self.cfg.bwe_initial_bps.is_none(),
             },
             now.max(ep.rtc_now),
         );
@@ -586,6 +634,7 @@ impl MediaEngine {
         if self.endpoints.is_empty() {
             self.next_status_check = None;
             self.next_connection_stats = None;
+            self.next_sr = None;
         }
         self.sync_conference(&ep.conference);
     }
@@ -920,8 +969,12 @@ impl MediaEngine {
             tracing::debug!(error = %e, "endpoint input");
             self.stats.rtc_errors += 1;
         }
+        let fast_rtcp = ep.srtp.is_some() && is_rtcp(data);
         if ep.status != Some(true) && ep.connected {
             self.update_status(id);
+        }
+        if fast_rtcp {
+            self.receiver_feedback(id, data);
         }
         // In RTP mode str0m holds one received packet until the next poll: drain now, or a
         // second datagram before `poll_output` would overwrite it.
@@ -962,6 +1015,10 @@ impl MediaEngine {
                 self.stats.dominant_speaker_changes += 1;
                 self.speakers_changed(&conf);
             }
+        }
+        if self.next_sr.is_some_and(|t| t <= now) {
+            self.next_sr = Some(now + SR_INTERVAL);
+            self.sender_reports(now);
         }
         if self.next_status_check.is_some_and(|t| t <= now) {
             self.next_status_check = Some(now + STATUS_CHECK_INTERVAL);
@@ -1023,6 +1080,7 @@ impl MediaEngine {
             .into_iter()
             .chain(self.speech.values().filter_map(|sa| sa.next_timeout()))
             .chain(self.next_status_check)
+            .chain(self.next_sr)
             .chain(self.next_connection_stats)
             .min();
         let idle = self.now.unwrap_or_else(Instant::now) + IDLE_TIMEOUT;
@@ -1064,12 +1122,19 @@ impl MediaEngine {
                         v.insert(id);
                         ep.addrs.push(t.destination);
                     }
+                    // DTLS and RTCP (not STUN checks) go over the selected pair.
+                    if t.contents.first().is_some_and(|b| *b >= 20) {
+                        ep.send_path = Some((t.source, t.destination));
+                    }
                     self.stats.packets_out += 1;
                     self.stats.bytes_out += t.contents.len() as u64;
+                    let mut data = self.pool.pop().unwrap_or_default();
+                    data.clear();
+                    data.extend_from_slice(&t.contents);
                     self.out.push_back(EngineOutput::Transmit(Transmit {
                         from: t.source,
                         to: t.destination,
-                        data: t.contents.to_vec(),
+                        data,
                     }));
                 }
                 Ok(Output::Event(e)) => self.on_event(id, e),
@@ -1094,6 +1159,12 @@ impl MediaEngine {
                 };
                 ep.connected = true;
                 ep.connected_once = true;
+                if ep.caps.fast_egress && ep.srtp.is_none() {
+                    ep.srtp = ep.caps.keys.get().and_then(Srtp::new);
+                    if ep.srtp.is_none() {
+                        tracing::warn!(conference = %ep.conference, endpoint = %ep.id, "no SRTP keys for forwarding");
+                    }
+                }
                 self.update_status(id);
             }
             Event::EgressBitrateEstimate(
@@ -1141,6 +1212,160 @@ impl MediaEngine {
         }
     }
 
+    /// Give a send buffer back once it is on the wire: the engine reuses it.
+    pub fn recycle(&mut self, mut buf: Vec<u8>) {
+        if self.pool.len() < BUFFER_POOL && buf.capacity() >= 1500 {
+            buf.clear();
+            self.pool.push(buf);
+        }
+    }
+
+    /// Fast path: the endpoint's RTCP about the streams forwarded to it (str0m has seen the
+    /// same packet and handles everything about the endpoint's own streams).
+    fn receiver_feedback(&mut self, id: EpId, data: &[u8]) {
+        let Some(srtp) = self.endpoints.get_mut(&id).and_then(|e| e.srtp.as_mut()) else {
+            return;
+        };
+        if srtp.unprotect_rtcp(data, &mut self.rtcp).is_err() {
+            // str0m counts and logs what does not decrypt.
+            return;
+        }
+        let mut fb = std::mem::take(&mut self.feedback);
+        fb.clear();
+        parse_feedback(&self.rtcp, MAX_NACKS_PER_PACKET, &mut fb);
+        for f in fb.drain(..) {
+            match f {
+                Feedback::Nack { ssrc, seqs } => self.resend(id, ssrc, &seqs),
+                Feedback::Keyframe { ssrc } => {
+                    self.stats.receiver_keyframe_requests += 1;
+                    let Some(ep) = self.endpoints.get(&id) else {
+                        continue;
+                    };
+                    let Some(slot) = ep.slots.values().find(|s| s.ssrc == ssrc) else {
+                        continue;
+                    };
+                    let Some(f) = slot.source.and_then(|s| ep.forwards.get(&s)) else {
+                        continue;
+                    };
+                    let (sender, name, layer) = (f.sender, f.name.clone(), slot.proj.layer());
+                    if let Some(layer) = layer {
+                        self.request_keyframe(sender, &name, layer);
+                    }
+                }
+            }
+        }
+        self.feedback = fb;
+    }
+
+    /// Fast path: resend NACKed packets of one forwarded stream as RTX (RFC 4588).
+    fn resend(&mut self, id: EpId, ssrc: u32, seqs: &[u16]) {
+        let Some(now) = self.now else {
+            return;
+        };
+        let Some(ep) = self.endpoints.get_mut(&id) else {
+            return;
+        };
+        let (Some(srtp), Some((from, to))) = (ep.srtp.as_mut(), ep.send_path) else {
+            return;
+        };
+        let Some(slot) = ep.slots.values_mut().find(|s| s.ssrc == ssrc) else {
+            return;
+        };
+        let Some(rtx_ssrc) = slot.rtx else {
+            return;
+        };
+        for &seq in seqs {
+            let Some(s) = slot.ring.get_mut(seq) else {
+                continue;
+            };
+            if s.resent
+                .is_some_and(|t| now.saturating_duration_since(t) < egress::RESEND_INTERVAL)
+            {
+                continue;
+            }
+            let Some(&rtx_pt) = ep.caps.rtx_pts.get(&s.pt) else {
+                continue;
+            };
+            s.resent = Some(now);
+            self.scratch.clear();
+            self.scratch
+                .extend_from_slice(&(s.seq as u16).to_be_bytes());
+            self.scratch.extend_from_slice(&s.payload);
+            patch_vp8(&mut self.scratch[2..], s.picture_id, s.tl0);
+            let rtx_seq = slot.rtx_seq;
+            slot.rtx_seq += 1;
+            self.hdr.clear();
+            write_header(
+                &mut self.hdr,
+                &RtpOut {
+                    pt: rtx_pt,
+                    marker: s.marker,
+                    seq: rtx_seq as u16,
+                    ts: s.ts,
+                    ssrc: rtx_ssrc,
+                },
+                &ep.caps.ext_ids,
+                &s.ext,
+            );
+            let mut data = self.pool.pop().unwrap_or_default();
+            if srtp
+                .protect_rtp(&self.hdr, &self.scratch, rtx_ssrc, rtx_seq, &mut data)
+                .is_err()
+            {
+                self.stats.rtc_errors += 1;
+                continue;
+            }
+            self.stats.retransmissions += 1;
+            self.stats.packets_out += 1;
+            self.stats.bytes_out += data.len() as u64;
+            self.out
+                .push_back(EngineOutput::Transmit(Transmit { from, to, data }));
+        }
+    }
+
+    /// Fast path: a sender report for every stream forwarded to each endpoint lately (RFC 3550
+    /// §6.4.1; the receivers' lip sync and round-trip times rest on them).
+    fn sender_reports(&mut self, now: Instant) {
+        let clock = self.clock;
+        for ep in self.endpoints.values_mut() {
+            let (Some(srtp), Some((from, to))) = (ep.srtp.as_mut(), ep.send_path) else {
+                continue;
+            };
+            if !ep.connected {
+                continue;
+            }
+            let mut slots: Vec<&endpoint::Slot> = ep
+                .slots
+                .values()
+                .filter(|s| {
+                    s.sent
+                        .last
+                        .is_some_and(|(_, at)| now.saturating_duration_since(at) < SR_IDLE)
+                })
+                .collect();
+            slots.sort_by_key(|s| s.ssrc);
+            // Compound packets of up to 40 reports (28 bytes each).
+            for chunk in slots.chunks(40) {
+                self.rtcp.clear();
+                for s in chunk {
+                    let rate = match s.kind {
+                        MediaType::Audio => 48_000,
+                        MediaType::Video => 90_000,
+                    };
+                    egress::write_sr(&mut self.rtcp, s.ssrc, &s.sent, rate, now, &clock);
+                }
+                let mut data = self.pool.pop().unwrap_or_default();
+                if srtp.protect_rtcp(&self.rtcp, &mut data).is_err() {
+                    continue;
+                }
+                self.stats.packets_out += 1;
+                self.stats.bytes_out += data.len() as u64;
+                self.out
+                    .push_back(EngineOutput::Transmit(Transmit { from, to, data }));
+            }
+        }
+    }
+
     /// Ask `sender` for a keyframe on one layer of a source, rate-limited.
     fn request_keyframe(&mut self, sender: EpId, source: &str, layer: usize) {
         let Some(now) = self.now else {
@@ -1172,7 +1397,7 @@ impl MediaEngine {
     }
 
     /// Forward one incoming RTP packet of `sender` to the other endpoints of its conference.
-    fn forward(&mut self, sender: EpId, p: RtpPacket) {
+    fn forward(&mut self, sender: EpId, mut p: RtpPacket) {
         let now = self.now.unwrap_or(p.timestamp);
         let Some(s) = self.endpoints.get_mut(&sender) else {
             return;
@@ -1260,9 +1485,31 @@ impl MediaEngine {
             video_orientation: p.header.ext_vals.video_orientation,
             ..Default::default()
         };
-        if let Some(dd) = p.header.ext_vals.user_values.get::<DependencyDescriptor>() {
-            ext.user_values.set(dd.clone());
+        let dd = p
+            .header
+            .ext_vals
+            .user_values
+            .get::<DependencyDescriptor>()
+            .cloned();
+        // The fast path's view of the same values, and the payload shared by every receiver's
+        // retransmission ring.
+        let ext_out = ExtOut {
+            audio_level: p.header.ext_vals.audio_level.map(|l| {
+                let v = if p.header.ext_vals.voice_activity == Some(true) {
+                    0x80
+                } else {
+                    0
+                };
+                v | (l.unsigned_abs() & 0x7f)
+            }),
+            video_orientation: p.header.ext_vals.video_orientation.map(|o| o as u8),
+            dependency_descriptor: dd.as_ref().map(|d| Arc::from(d.0.as_slice())),
+        };
+        if let Some(dd) = dd {
+            ext.user_values.set(dd);
         }
+        let payload = std::mem::take(&mut p.payload);
+        let (pt_u8, marker) = (pt, p.header.marker);
         let Some(members) = self.conferences.get(&s.conference) else {
             return;
         };
@@ -1326,12 +1573,74 @@ impl MediaEngine {
             let Some((_, has_rtx)) = r.caps.pts.get(&pt).copied() else {
                 continue;
             };
+            if r.caps.fast_egress {
+                // The fast path: header, encryption and retransmission ring of our own.
+                let (Some(srtp), Some((from, to))) = (r.srtp.as_mut(), r.send_path) else {
+                    continue;
+                };
+                let body: &[u8] = if out.picture_id.is_some() || out.tl0.is_some() {
+                    self.scratch.clear();
+                    self.scratch.extend_from_slice(&payload);
+                    patch_vp8(&mut self.scratch, out.picture_id, out.tl0);
+                    &self.scratch
+                } else {
+                    &payload
+                };
+                self.hdr.clear();
+                write_header(
+                    &mut self.hdr,
+                    &RtpOut {
+                        pt: pt_u8,
+                        marker,
+                        seq: out.seq as u16,
+                        ts: out.ts,
+                        ssrc: slot.ssrc,
+                    },
+                    &r.caps.ext_ids,
+                    &ext_out,
+                );
+                let mut data = self.pool.pop().unwrap_or_default();
+                if srtp
+                    .protect_rtp(&self.hdr, body, slot.ssrc, out.seq, &mut data)
+                    .is_err()
+                {
+                    self.stats.rtc_errors += 1;
+                    continue;
+                }
+                slot.sent.packets = slot.sent.packets.wrapping_add(1);
+                slot.sent.octets = slot.sent.octets.wrapping_add(body.len() as u32);
+                slot.sent.last = Some((out.ts, now));
+                if kind == MediaType::Video && has_rtx && slot.rtx.is_some() {
+                    slot.ring.push(
+                        Sent {
+                            seq: out.seq,
+                            ts: out.ts,
+                            pt: pt_u8,
+                            marker,
+                            picture_id: out.picture_id,
+                            tl0: out.tl0,
+                            at: now,
+                            payload: payload.clone(),
+                            ext: ext_out.clone(),
+                            resent: None,
+                        },
+                        self.cfg.rtx_cache_packets,
+                        self.cfg.rtx_cache_age,
+                    );
+                }
+                self.stats.rtp_forwarded += 1;
+                self.stats.packets_out += 1;
+                self.stats.bytes_out += data.len() as u64;
+                self.out
+                    .push_back(EngineOutput::Transmit(Transmit { from, to, data }));
+                continue;
+            }
             let mut w = RtpWrite::new(
                 p.header.payload_type,
                 out.seq.into(),
                 out.ts,
                 p.timestamp,
-                p.payload.clone(),
+                payload.clone(),
             )
             .marker(p.header.marker)
             .ext_vals(ext.clone())
@@ -1636,4 +1945,10 @@ fn stun_request_local_ufrag(data: &[u8]) -> Option<&str> {
         i += 4 + l.div_ceil(4) * 4;
     }
     None
+}
+
+/// RTCP rather than RTP on a multiplexed port (RFC 5761 §4: payload types 64–95 with the
+/// marker bit).
+fn is_rtcp(data: &[u8]) -> bool {
+    data.len() >= 8 && data[0] >> 6 == 2 && (192..=223).contains(&data[1])
 }

@@ -820,10 +820,11 @@ fn nack_is_answered_from_the_rtx_cache() {
     net.media(Duration::from_millis(300), true);
     let (a_l0, a_rtx0) = net.clients[0].layers[0];
     let b_addr = net.clients[1].addr;
-    // Lose every 7th datagram from the engine to ep2 for a while (only large ones: media).
+    // Lose every 7th RTP packet from the engine to ep2 for a while.
     let mut n = 0u32;
     net.deliver_to_client = Box::new(move |t| {
-        if t.to != b_addr || t.data.len() < 60 {
+        let rtp = t.data.len() >= 12 && t.data[0] >> 6 == 2 && !(192..=223).contains(&t.data[1]);
+        if t.to != b_addr || !rtp {
             return true;
         }
         n += 1;
@@ -832,6 +833,7 @@ fn nack_is_answered_from_the_rtx_cache() {
     net.media(Duration::from_millis(1000), true);
     net.deliver_to_client = Box::new(|_| true);
     net.media(Duration::from_millis(500), true);
+    assert!(net.engine.stats().retransmissions > 0);
     let b = &net.clients[1];
     assert!(
         b.raw_rx_ssrcs.contains(&a_rtx0),
