@@ -228,7 +228,7 @@ async fn run(
     hub: Arc<ChannelHub>,
     link: Arc<ServiceLink>,
 ) {
-    let mut buf = vec![0u8; 2048];
+    let mut recv = RecvBatch::new();
     let mut batch = SendBatch::default();
     let fd = sock.as_raw_fd();
     loop {
@@ -246,15 +246,24 @@ async fn run(
         };
         batch.flush(fd, &mut engine);
         tokio::select! {
-            r = sock.recv_from(&mut buf) => {
-                let Ok((n, from)) = r else { continue };
-                datagram(&mut engine, &sock, local, from, &buf[..n]);
-                // Take what else is already queued before going back to the timers.
-                for _ in 1..RECV_BATCH {
-                    match sock.try_recv_from(&mut buf) {
-                        Ok((n, from)) => datagram(&mut engine, &sock, local, from, &buf[..n]),
-                        Err(_) => break,
+            r = sock.readable() => {
+                if r.is_err() {
+                    continue;
+                }
+                // Up to RECV_BATCH queued datagrams in one recvmmsg, then back to the outputs
+                // and timers.
+                match sock.try_io(tokio::io::Interest::READABLE, || recv.receive(fd)) {
+                    Ok(()) => {
+                        for (i, &(n, from)) in recv.got.iter().enumerate() {
+                            if let (Some(from), Some(data)) =
+                                (from, recv.bufs.get(i).and_then(|b| b.get(..n)))
+                            {
+                                datagram(&mut engine, &sock, local, from, data);
+                            }
+                        }
                     }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(e) => tracing::debug!(error = %e, "media receive failed"),
                 }
             }
             c = rx.recv() => {
@@ -272,6 +281,55 @@ async fn run(
 const RECV_BATCH: usize = 32;
 /// Datagrams handed to the kernel in one `sendmmsg`.
 const SEND_BATCH: usize = 32;
+
+/// Buffers for one `recvmmsg`.
+struct RecvBatch {
+    bufs: Vec<Vec<u8>>,
+    /// Length and sender of each datagram received by the last call.
+    got: Vec<(usize, Option<SocketAddr>)>,
+}
+
+impl RecvBatch {
+    fn new() -> RecvBatch {
+        RecvBatch {
+            bufs: (0..RECV_BATCH).map(|_| vec![0u8; 2048]).collect(),
+            got: Vec::with_capacity(RECV_BATCH),
+        }
+    }
+
+    /// Read what is queued (at least one datagram, or `WouldBlock`).
+    fn receive(&mut self, fd: RawFd) -> std::io::Result<()> {
+        use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrLike, SockaddrStorage, recvmmsg};
+        self.got.clear();
+        let mut iovs: Vec<[std::io::IoSliceMut<'_>; 1]> = self
+            .bufs
+            .iter_mut()
+            .map(|b| [std::io::IoSliceMut::new(&mut b[..])])
+            .collect();
+        let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(iovs.len(), None);
+        let res = recvmmsg(fd, &mut headers, &mut iovs, MsgFlags::MSG_DONTWAIT, None)
+            .map_err(std::io::Error::from)?;
+        for m in res {
+            let from = m.address.and_then(|a| match a.family() {
+                Some(nix::sys::socket::AddressFamily::Inet) => {
+                    a.as_sockaddr_in().map(|v| SocketAddr::from(*v))
+                }
+                Some(nix::sys::socket::AddressFamily::Inet6) => {
+                    a.as_sockaddr_in6().map(|v| SocketAddr::from(*v))
+                }
+                _ => None,
+            });
+            // Larger than the buffer: truncated, useless.
+            let truncated = m.flags.contains(MsgFlags::MSG_TRUNC);
+            self.got
+                .push((m.bytes, if truncated { None } else { from }));
+        }
+        if self.got.is_empty() {
+            return Err(std::io::ErrorKind::WouldBlock.into());
+        }
+        Ok(())
+    }
+}
 
 /// Datagrams waiting for one `sendmmsg`.
 #[derive(Default)]

@@ -80,6 +80,8 @@ const SR_INTERVAL: Duration = Duration::from_secs(1);
 const SR_IDLE: Duration = Duration::from_secs(5);
 /// NACKed sequence numbers handled per RTCP packet.
 const MAX_NACKS_PER_PACKET: usize = 256;
+/// Simulcast layers looked at per source (lib-jitsi-meet sends at most 3).
+const MAX_LAYERS: usize = 8;
 /// Send buffers kept for reuse.
 const BUFFER_POOL: usize = 1024;
 
@@ -976,9 +978,10 @@ impl MediaEngine {
         if fast_rtcp {
             self.receiver_feedback(id, data);
         }
-        // In RTP mode str0m holds one received packet until the next poll: drain now, or a
-        // second datagram before `poll_output` would overwrite it.
-        self.drain(id);
+        // In RTP mode str0m holds one received packet until the next poll: take it now, or a
+        // second datagram before `poll_output` would overwrite it. The rest of the endpoint's
+        // output waits for `poll_output` (one full drain per batch of datagrams).
+        self.drain_until_packet(id);
     }
 
     /// Advance time: every endpoint whose timer expired runs.
@@ -1097,6 +1100,16 @@ impl MediaEngine {
 
     /// Poll one endpoint's `Rtc` until it wants a timeout.
     fn drain(&mut self, id: EpId) {
+        self.drain_inner(id, false);
+    }
+
+    /// Poll one endpoint's `Rtc` until it hands over a received RTP packet (then leave the
+    /// endpoint for the next full drain) or wants a timeout.
+    fn drain_until_packet(&mut self, id: EpId) {
+        self.drain_inner(id, true);
+    }
+
+    fn drain_inner(&mut self, id: EpId, stop_after_packet: bool) {
         loop {
             let Some(ep) = self.endpoints.get_mut(&id) else {
                 return;
@@ -1137,7 +1150,14 @@ impl MediaEngine {
                         data,
                     }));
                 }
-                Ok(Output::Event(e)) => self.on_event(id, e),
+                Ok(Output::Event(e)) => {
+                    let packet = matches!(e, Event::RtpPacket(_));
+                    self.on_event(id, e);
+                    if packet && stop_after_packet {
+                        self.mark_dirty(id);
+                        return;
+                    }
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, conference = %ep.conference, endpoint = %ep.id, "endpoint failed");
                     self.stats.rtc_errors += 1;
@@ -1452,12 +1472,18 @@ impl MediaEngine {
             }
         }
         let single_layer = source.layers.len() == 1;
-        let views: Vec<LayerView> = (0..source.layers.len())
-            .map(|i| LayerView {
+        let mut view_buf = [LayerView {
+            height: 0,
+            active: false,
+        }; MAX_LAYERS];
+        let nviews = source.layers.len().min(MAX_LAYERS);
+        for (i, v) in view_buf.iter_mut().enumerate().take(nviews) {
+            *v = LayerView {
                 height: source.layer_height(i),
                 active: source.layer_selectable(i, now),
-            })
-            .collect();
+            };
+        }
+        let views = &view_buf[..nviews];
         let source_id: SourceId = source.id;
         let vp8 = if vcodec == VideoCodec::Vp8 {
             Vp8Descriptor::parse(&p.payload).ok()
@@ -1530,7 +1556,7 @@ impl MediaEngine {
             let target = if kind == MediaType::Audio {
                 Some(0)
             } else {
-                select_layer(&views, f.max_height)
+                select_layer(views, f.max_height)
             };
             let Some(target) = target else {
                 continue;
