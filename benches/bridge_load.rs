@@ -11,7 +11,7 @@
 //!    l0 180p 150 kbit/s 15 fps, l1 360p 500 kbit/s 30 fps, l2 720p 1.7 Mbit/s 30 fps, frames
 //!    cut into packets of at most 1100 bytes of payload. Every receiver has one other member
 //!    on stage at 720p and the rest at the default 180p (thumbnails).
-//! 2. "realistic": those rates for R s (after a 3 s warm-up that fills the 3 s RTX caches);
+//! 2. "realistic": those rates for R s (after a 3 s warm-up that fills the 1 s retransmission rings);
 //!    then the engine thread's live heap is read: memory per endpoint.
 //! 3. "load" (timed): video bitrates ×X (more packets per frame), S s after a 2 s warm-up.
 //!    Forwarded RTP packets per second, the engine thread's CPU time (schedstat), CPU per
@@ -1593,8 +1593,9 @@ fn measure(
     );
     let _ = writeln!(
         w,
-        "size_of::<str0m::rtp::RtpPacket>() = {} B (one per packet in each outgoing stream's RTX cache)",
-        std::mem::size_of::<str0m::rtp::RtpPacket>()
+        "engine retransmissions {}, receiver keyframe requests {} (forwarded packets are kept once, \
+         in the sender's payload, shared by every receiver's retransmission ring)",
+        end_stats.retransmissions, end_stats.receiver_keyframe_requests
     );
     let per_ep = |b: i64| (b - heap0) as f64 / f64::from(n) / 1024.0;
     let _ = writeln!(

@@ -13,10 +13,10 @@ use str0m::media::{Frequency, MediaKind, Mid, Pt};
 use str0m::rtp::{Extension, ExtensionSerializer, ExtensionValues, Ssrc};
 use str0m::{Candidate, Rtc, RtcConfig};
 
-use super::ReceiverConstraints;
 use super::egress::{ExtIds, RtxRing, SendStats};
 use super::forward::{Projection, SilenceFilter, VideoCodec, default_height};
 use super::srtp::{KeySlot, Srtp, crypto_provider, with_key_capture};
+use super::{FastMap, ReceiverConstraints};
 use crate::colibri2::{self, MediaType};
 
 /// The mids of the receive side: every SSRC the endpoint sends is declared on one of these.
@@ -185,11 +185,11 @@ pub(super) struct RtcSetup<'a> {
 #[derive(Debug, Default, Clone)]
 pub(super) struct RtcCaps {
     /// Main payload types → (codec, has RTX).
-    pub pts: HashMap<u8, (Codec, bool)>,
+    pub pts: FastMap<u8, (Codec, bool)>,
     /// RTX cache of outgoing video streams: (packets, age).
     pub rtx_cache: Option<(usize, Duration)>,
     /// Main payload type → its RTX payload type.
-    pub rtx_pts: HashMap<u8, u8>,
+    pub rtx_pts: FastMap<u8, u8>,
     /// Header extension ids the forwarding fast path writes.
     pub ext_ids: ExtIds,
     /// Where the `Rtc`'s DTLS session leaves its SRTP keying material.
@@ -495,12 +495,12 @@ pub(super) struct Endpoint {
     pub dtls_started: bool,
     pub sources: Vec<SenderSource>,
     /// Incoming main SSRC → (source index, layer index).
-    pub ssrc_index: HashMap<u32, (usize, usize)>,
+    pub ssrc_index: FastMap<u32, (usize, usize)>,
     /// SSRCs declared as incoming streams on `rtc`.
     pub declared_rx: HashSet<u32>,
     pub constraints: ReceiverConstraints,
-    pub forwards: HashMap<SourceId, Forward>,
-    pub slots: HashMap<SlotId, Slot>,
+    pub forwards: FastMap<SourceId, Forward>,
+    pub slots: FastMap<SlotId, Slot>,
     pub by_mid: HashMap<Mid, SlotId>,
     pub next_mid: u64,
     /// The focus created the endpoint with the `ssrc-rewriting` capability: forwarded sources

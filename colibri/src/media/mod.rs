@@ -80,6 +80,9 @@ const SR_INTERVAL: Duration = Duration::from_secs(1);
 const SR_IDLE: Duration = Duration::from_secs(5);
 /// NACKed sequence numbers handled per RTCP packet.
 const MAX_NACKS_PER_PACKET: usize = 256;
+/// The engine's hot maps: a fast hasher with a per-process random seed.
+pub(super) type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 /// Simulcast layers looked at per source (lib-jitsi-meet sends at most 3).
 const MAX_LAYERS: usize = 8;
 /// Send buffers kept for reuse.
@@ -250,18 +253,18 @@ pub struct MediaEngine {
     cert: DtlsCert,
     fingerprint: String,
     now: Option<Instant>,
-    endpoints: HashMap<EpId, Endpoint>,
+    endpoints: FastMap<EpId, Endpoint>,
     by_name: HashMap<(String, String), EpId>,
     by_ufrag: HashMap<String, EpId>,
-    by_addr: HashMap<SocketAddr, EpId>,
+    by_addr: FastMap<SocketAddr, EpId>,
     /// Conference → endpoints in join order.
-    conferences: HashMap<String, Vec<EpId>>,
+    conferences: FastMap<String, Vec<EpId>>,
     next_id: u64,
     out: VecDeque<EngineOutput>,
     dirty: Vec<EpId>,
     stats: EngineStats,
     /// Conference → its dominant speaker identification.
-    speech: HashMap<String, SpeechActivity>,
+    speech: FastMap<String, SpeechActivity>,
     /// The next run of the connectivity monitor.
     next_status_check: Option<Instant>,
     /// Conferences whose `SenderSourceConstraints` may have changed.
@@ -312,16 +315,16 @@ impl MediaEngine {
             cert,
             fingerprint,
             now: None,
-            endpoints: HashMap::new(),
+            endpoints: FastMap::default(),
             by_name: HashMap::new(),
             by_ufrag: HashMap::new(),
-            by_addr: HashMap::new(),
-            conferences: HashMap::new(),
+            by_addr: FastMap::default(),
+            conferences: FastMap::default(),
             next_id: 1,
             out: VecDeque::new(),
             dirty: Vec::new(),
             stats: EngineStats::default(),
-            speech: HashMap::new(),
+            speech: FastMap::default(),
             next_status_check: None,
             pending_sender_constraints: HashSet::new(),
             next_connection_stats: None,
@@ -418,11 +421,11 @@ impl MediaEngine {
                 remote: None,
                 dtls_started: false,
                 sources: Vec::new(),
-                ssrc_index: HashMap::new(),
+                ssrc_index: FastMap::default(),
                 declared_rx: Default::default(),
                 constraints: ReceiverConstraints::default(),
-                forwards: HashMap::new(),
-                slots: HashMap::new(),
+                forwards: FastMap::default(),
+                slots: FastMap::default(),
                 by_mid: HashMap::new(),
                 next_mid: 0,
                 ssrc_rewriting,
