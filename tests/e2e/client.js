@@ -1014,6 +1014,9 @@ class Client {
             } else if (s.type === 'remote-inbound-rtp') {
                 // What the bridge reports (RTCP RR) about what we send.
                 (out.remoteInbound ||= []).push({ kind: s.kind, ssrc: s.ssrc, packetsLost: s.packetsLost, fractionLost: s.fractionLost, roundTripTime: s.roundTripTime, jitter: s.jitter, reports: s.roundTripTimeMeasurements });
+            } else if (s.type === 'remote-outbound-rtp') {
+                // The bridge's sender reports about what we receive (RTCP SR).
+                (out.remoteOutbound ||= []).push({ kind: s.kind, ssrc: s.ssrc, packetsSent: s.packetsSent, reportsSent: s.reportsSent });
             } else if (s.type === 'candidate-pair' && !out.pairs) {
                 out.pairs = [];
             }

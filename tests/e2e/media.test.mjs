@@ -431,6 +431,21 @@ if (P2P) {
         }
     });
 
+    step('sender reports: each browser takes the bridge\'s RTCP SRs for the audio and video it receives', async (t) => {
+        const deadline = Date.now() + 8000;
+        let missing = [];
+        while (Date.now() < deadline) {
+            const all = await Promise.all(parts.filter((p) => !p.left).map(stats));
+            missing = all.filter((s) => !['audio', 'video'].every((k) => (s.remoteOutbound || []).some((r) => r.kind === k && r.reportsSent > 0))).map((s) => s.nick);
+            if (missing.length === 0) {
+                t.diagnostic(all.map((s) => `${s.nick}: ${(s.remoteOutbound || []).map((r) => `${r.kind} ${r.ssrc} reports=${r.reportsSent} pkts=${r.packetsSent}`).join(', ')}`).join(' | '));
+                return;
+            }
+            await sleep(500);
+        }
+        throw new Error(`no sender reports from the bridge at ${missing.join(', ')}\n${await report()}`);
+    });
+
     if (N >= 3) {
         step('a third participant joins: everyone decodes video and audio from both others', async (t) => {
             await addParticipant(2);

@@ -616,6 +616,77 @@ mod tests {
     }
 
     #[test]
+    fn srtp_packets_open_with_the_peers_keys() {
+        let hdr = [0x80, 0x60, 0x12, 0x34, 0, 0, 0, 9, 0xca, 0xfe, 0xba, 0xbe];
+        let payload: Vec<u8> = (0..100u8).collect();
+        let (ssrc, index) = (0xcafe_babe_u32, 0x0002_1234_u64);
+        for (profile, ml, sl) in [
+            (SrtpProfile::AES128_CM_SHA1_80, 16, 14),
+            (SrtpProfile::AEAD_AES_128_GCM, 16, 12),
+            (SrtpProfile::AEAD_AES_256_GCM, 32, 12),
+        ] {
+            let material: Vec<u8> = (0..2 * ml + 2 * sl).map(|i| (i * 7 + 3) as u8).collect();
+            let mut a = Srtp::new(&MasterKeys {
+                profile,
+                material: material.clone(),
+                active: true,
+            })
+            .unwrap();
+            let mut wire = Vec::new();
+            a.protect_rtp(&hdr, &payload, ssrc, index, &mut wire)
+                .unwrap();
+            assert_eq!(&wire[..12], &hdr, "{profile}: header in the clear");
+            // The peer (DTLS server) reads with the client's write key and salt.
+            let p = crypto_provider().srtp_provider;
+            let rx = Ctx::new(
+                p,
+                profile,
+                &material[..ml],
+                &material[2 * ml..2 * ml + sl],
+                false,
+                false,
+            )
+            .unwrap();
+            let mut plain = vec![0u8; payload.len() + CTR_PAD];
+            match rx {
+                Ctx::Cm {
+                    mut cipher,
+                    salt,
+                    auth,
+                } => {
+                    assert_eq!(wire.len(), 12 + payload.len() + HMAC_TAG);
+                    let hmac = crypto_provider().sha1_hmac_provider;
+                    let (body, tag) = wire.split_at(wire.len() - HMAC_TAG);
+                    assert!(Aes128CmSha1_80::rtp_verify(
+                        |k, d| hmac.sha1_hmac(k, d),
+                        &auth,
+                        body,
+                        index,
+                        tag
+                    ));
+                    let iv = Aes128CmSha1_80::rtp_iv(salt, ssrc, index);
+                    cipher.decrypt(&iv, &body[12..], &mut plain).unwrap();
+                }
+                Ctx::Gcm128 { mut cipher, salt } => {
+                    let iv = AeadAes128Gcm::rtp_iv(salt, ssrc, (index >> 16) as u32, index as u16);
+                    let n = cipher
+                        .decrypt(&iv, &[&wire[..12]], &wire[12..], &mut plain)
+                        .unwrap();
+                    assert_eq!(n, payload.len());
+                }
+                Ctx::Gcm256 { mut cipher, salt } => {
+                    let iv = AeadAes256Gcm::rtp_iv(salt, ssrc, (index >> 16) as u32, index as u16);
+                    let n = cipher
+                        .decrypt(&iv, &[&wire[..12]], &wire[12..], &mut plain)
+                        .unwrap();
+                    assert_eq!(n, payload.len());
+                }
+            }
+            assert_eq!(&plain[..payload.len()], &payload[..], "{profile}");
+        }
+    }
+
+    #[test]
     fn replay_window() {
         let mut r = Replay::default();
         assert!(r.check_and_set(10));
