@@ -434,6 +434,18 @@ async fn metrics(
             s.silence_dropped,
         );
         put(
+            "meetd_media_retransmissions_total",
+            "counter",
+            "Packets resent as RTX for receivers' NACKs.",
+            s.retransmissions,
+        );
+        put(
+            "meetd_media_receiver_keyframe_requests_total",
+            "counter",
+            "PLI/FIR received from receivers about forwarded streams.",
+            s.receiver_keyframe_requests,
+        );
+        put(
             "meetd_media_dominant_speaker_changes_total",
             "counter",
             "Dominant speaker changes.",

@@ -1185,7 +1185,7 @@ impl MediaEngine {
                 if ep.caps.fast_egress && ep.srtp.is_none() {
                     ep.srtp = ep.caps.keys.get().and_then(Srtp::new);
                     if ep.srtp.is_none() {
-                        tracing::warn!(conference = %ep.conference, endpoint = %ep.id, "no SRTP keys for forwarding");
+                        tracing::debug!(conference = %ep.conference, endpoint = %ep.id, "SRTP keys not known yet");
                     }
                 }
                 self.update_status(id);
@@ -1604,6 +1604,9 @@ impl MediaEngine {
             };
             if r.caps.fast_egress {
                 // The fast path: header, encryption and retransmission ring of our own.
+                if r.srtp.is_none() {
+                    r.srtp = r.caps.keys.get().and_then(Srtp::new);
+                }
                 let (Some(srtp), Some((from, to))) = (r.srtp.as_mut(), r.send_path) else {
                     continue;
                 };
