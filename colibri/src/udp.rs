@@ -254,11 +254,13 @@ async fn run(
                 // and timers.
                 match sock.try_io(tokio::io::Interest::READABLE, || recv.receive(fd)) {
                     Ok(()) => {
+                        // One clock reading per batch: they arrived together.
+                        let now = Instant::now();
                         for (i, &(n, from)) in recv.got.iter().enumerate() {
                             if let (Some(from), Some(data)) =
                                 (from, recv.bufs.get(i).and_then(|b| b.get(..n)))
                             {
-                                datagram(&mut engine, &sock, local, from, data);
+                                datagram(&mut engine, &sock, local, now, from, data);
                             }
                         }
                     }
@@ -380,6 +382,7 @@ fn datagram(
     engine: &mut MediaEngine,
     sock: &UdpSocket,
     local: SocketAddr,
+    now: Instant,
     from: SocketAddr,
     data: &[u8],
 ) {
@@ -394,7 +397,7 @@ fn datagram(
         SocketAddr::V4(_) => SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), local.port()),
         SocketAddr::V6(_) => SocketAddr::new(std::net::Ipv6Addr::UNSPECIFIED.into(), local.port()),
     };
-    engine.handle_datagram(Instant::now(), from, to, data);
+    engine.handle_datagram(now, from, to, data);
 }
 
 /// IPv4-mapped IPv6 addresses as plain IPv4.

@@ -431,6 +431,24 @@ if (P2P) {
         }
     });
 
+    step('bridge feedback: receiver reports with round-trip times, and transport-cc lets each sender\'s estimate pass 1 Mbit/s', async (t) => {
+        const deadline = Date.now() + 10000;
+        let bad = [];
+        while (Date.now() < deadline) {
+            const all = await Promise.all(parts.filter((p) => !p.left).map(stats));
+            bad = all.filter((s) => {
+                const rr = (s.remoteInbound || []).filter((r) => r.kind === 'video' && r.reports > 0 && r.roundTripTime !== undefined);
+                return rr.length === 0 || !(s.pair && s.pair.availableOutgoingBitrate > 1e6);
+            }).map((s) => `${s.nick} (RRs ${JSON.stringify(s.remoteInbound || [])}, bwe ${s.pair && s.pair.availableOutgoingBitrate})`);
+            if (bad.length === 0) {
+                t.diagnostic(all.map((s) => `${s.nick}: bwe ${Math.round(s.pair.availableOutgoingBitrate / 1000)} kbps, rtt ${(s.remoteInbound || []).map((r) => r.roundTripTime).join('/')}`).join(' | '));
+                return;
+            }
+            await sleep(500);
+        }
+        throw new Error(`bridge feedback missing: ${bad.join('; ')}`);
+    });
+
     step('sender reports: each browser takes the bridge\'s RTCP SRs for the audio and video it receives', async (t) => {
         const deadline = Date.now() + 8000;
         let missing = [];

@@ -13,6 +13,8 @@ pub(super) struct ExtIds {
     pub audio_level: u8,
     pub video_orientation: u8,
     pub dependency_descriptor: u8,
+    /// Read from senders (the fast path does not write it: no bandwidth estimation).
+    pub transport_cc: u8,
 }
 
 /// Header extension values of one forwarded packet (shared by all its receivers).
@@ -165,9 +167,10 @@ impl RtxRing {
         {
             self.ring.pop_front();
         }
-        // Sequence numbers only grow on a stream (projection); anything else restarts it.
+        // Sequence numbers only grow on a stream (projection): an older one is a late or
+        // repaired packet, already in the ring or past it.
         if self.ring.back().is_some_and(|b| b.seq >= s.seq) {
-            self.ring.clear();
+            return;
         }
         self.ring.push_back(s);
     }
@@ -199,8 +202,19 @@ impl RtxRing {
 /// What a receiver's RTCP asks about a stream the bridge sends it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Feedback {
-    Nack { ssrc: u32, seqs: Vec<u16> },
-    Keyframe { ssrc: u32 },
+    Nack {
+        ssrc: u32,
+        seqs: Vec<u16>,
+    },
+    Keyframe {
+        ssrc: u32,
+    },
+    /// A sender report about one of the endpoint's own streams: the middle 32 bits of its NTP
+    /// time, for the LSR field of the bridge's receiver reports.
+    SenderReport {
+        ssrc: u32,
+        ntp_mid: u32,
+    },
 }
 
 /// NACKs (RFC 4585 §6.2.1), PLIs (§6.3.1) and FIRs (RFC 5104 §4.3.1) in a compound RTCP
@@ -217,6 +231,12 @@ pub(super) fn parse_feedback(rtcp: &[u8], max_nacks: usize, out: &mut Vec<Feedba
         let pkt = &rest[..len];
         rest = &rest[len..];
         let fmt = b0 & 0x1f;
+        if pt == 200 && pkt.len() >= 28 {
+            let ssrc = u32::from_be_bytes([pkt[4], pkt[5], pkt[6], pkt[7]]);
+            let ntp_mid = u32::from_be_bytes([pkt[10], pkt[11], pkt[12], pkt[13]]);
+            out.push(Feedback::SenderReport { ssrc, ntp_mid });
+            continue;
+        }
         if pkt.len() < 12 {
             continue;
         }
@@ -328,6 +348,7 @@ mod tests {
             audio_level: 1,
             video_orientation: 0,
             dependency_descriptor: 11,
+            transport_cc: 0,
         };
         let mut b = Vec::new();
         write_header(&mut b, &h, &ids, &ExtOut::default());

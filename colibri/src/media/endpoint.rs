@@ -15,6 +15,7 @@ use str0m::{Candidate, Rtc, RtcConfig};
 
 use super::egress::{ExtIds, RtxRing, SendStats};
 use super::forward::{Projection, SilenceFilter, VideoCodec, default_height};
+use super::ingress::{RxStream, TwccRecorder};
 use super::srtp::{KeySlot, Srtp, crypto_provider, with_key_capture};
 use super::{FastMap, ReceiverConstraints};
 use crate::colibri2::{self, MediaType};
@@ -243,6 +244,9 @@ pub(super) fn build_rtc(s: &RtcSetup<'_>, now: Instant) -> (Rtc, RtcCaps) {
                 "urn:ietf:params:rtp-hdrext:ssrc-audio-level" => caps.ext_ids.audio_level = id,
                 "urn:3gpp:video-orientation" => caps.ext_ids.video_orientation = id,
                 DEPENDENCY_DESCRIPTOR_URI => caps.ext_ids.dependency_descriptor = id,
+                "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01" => {
+                    caps.ext_ids.transport_cc = id
+                }
                 _ => {}
             }
             if let Some(ext) = extension_for_uri(&e.uri) {
@@ -264,7 +268,7 @@ pub(super) fn build_rtc(s: &RtcSetup<'_>, now: Instant) -> (Rtc, RtcCaps) {
     }
     let mut api = rtc.direct_api();
     api.set_ice_controlling(true);
-    if twcc {
+    if twcc && !s.fast_egress {
         api.enable_twcc_feedback();
     }
     api.declare_media(Mid::from(MID_RX_AUDIO), MediaKind::Audio);
@@ -311,6 +315,8 @@ pub(super) struct Layer {
     /// From the VP8 keyframe header when seen.
     pub height: Option<u32>,
     pub last_pli: Option<Instant>,
+    /// Fast path: reception statistics and losses of the layer's stream.
+    pub rx: RxStream,
 }
 
 impl Layer {
@@ -375,6 +381,7 @@ impl SenderSource {
                 last_seen: None,
                 height: None,
                 last_pli: None,
+                rx: RxStream::default(),
             })
             .collect();
         let used: HashSet<u32> = layers
@@ -496,6 +503,14 @@ pub(super) struct Endpoint {
     pub sources: Vec<SenderSource>,
     /// Incoming main SSRC → (source index, layer index).
     pub ssrc_index: FastMap<u32, (usize, usize)>,
+    /// Incoming RTX SSRC → (source index, layer index) of the stream it repairs.
+    pub rtx_index: FastMap<u32, (usize, usize)>,
+    /// Other signalled SSRCs (counted for transport-cc, not forwarded).
+    pub other_ssrcs: HashSet<u32>,
+    /// Fast path: transport-wide sequence numbers to report to the endpoint.
+    pub twcc: TwccRecorder,
+    /// Fast path: the sender SSRC of the bridge's RTCP to the endpoint.
+    pub fb_ssrc: u32,
     /// SSRCs declared as incoming streams on `rtc`.
     pub declared_rx: HashSet<u32>,
     pub constraints: ReceiverConstraints,
@@ -668,10 +683,20 @@ impl Endpoint {
     /// Rebuild the index from incoming SSRC to (source, layer).
     pub fn reindex(&mut self) {
         self.ssrc_index.clear();
+        self.rtx_index.clear();
+        self.other_ssrcs.clear();
         for (si, s) in self.sources.iter().enumerate() {
             for (li, l) in s.layers.iter().enumerate() {
                 self.ssrc_index.insert(l.ssrc, (si, li));
+                if let Some(r) = l.rtx {
+                    self.rtx_index.insert(r, (si, li));
+                }
             }
+            self.other_ssrcs.extend(s.other_ssrcs.iter().copied());
+        }
+        let (main, rtx, other) = (&self.ssrc_index, &self.rtx_index, &self.other_ssrcs);
+        if let Some(srtp) = self.srtp.as_mut() {
+            srtp.retain_rx(|x| main.contains_key(&x) || rtx.contains_key(&x) || other.contains(&x));
         }
     }
 
@@ -692,13 +717,21 @@ impl Endpoint {
             .values()
             .flat_map(|f| std::iter::once(f.ssrc).chain(f.rtx))
             .collect();
+        // With the fast path str0m never sees the endpoint's RTP: it must not report on it.
+        let fast = self.caps.fast_egress;
         let mut api = self.rtc.direct_api();
         for gone in self.declared_rx.iter().filter(|s| !want.contains_key(s)) {
-            api.remove_stream_rx(Ssrc::from(*gone));
+            if !fast {
+                api.remove_stream_rx(Ssrc::from(*gone));
+            }
         }
         self.declared_rx.clear();
         for (ssrc, (rtx, kind)) in want {
             if tx.contains(&ssrc) {
+                continue;
+            }
+            if fast {
+                self.declared_rx.insert(ssrc);
                 continue;
             }
             let mid = match kind {

@@ -24,6 +24,7 @@
 mod egress;
 mod endpoint;
 mod forward;
+mod ingress;
 mod speech;
 mod srtp;
 #[cfg(test)]
@@ -36,7 +37,7 @@ use std::time::{Duration, Instant};
 
 use str0m::bwe::BweKind;
 use str0m::config::DtlsCert;
-use str0m::media::KeyframeRequestKind;
+use str0m::media::{KeyframeRequestKind, Pt};
 use str0m::net::{Protocol, Receive};
 use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite, Ssrc, Vp8Descriptor};
 use str0m::{Event, IceConnectionState, Input, Output};
@@ -78,6 +79,10 @@ const BWE_DESIRED_BPS: u64 = 10_000_000;
 const SR_INTERVAL: Duration = Duration::from_secs(1);
 /// A forwarded stream silent for this long gets no more sender reports.
 const SR_IDLE: Duration = Duration::from_secs(5);
+/// The fast path's feedback to senders (transport-cc, NACK) goes out this often…
+const FEEDBACK_INTERVAL: Duration = Duration::from_millis(50);
+/// …and its receiver reports this often.
+const RR_INTERVAL: Duration = Duration::from_secs(1);
 /// NACKed sequence numbers handled per RTCP packet.
 const MAX_NACKS_PER_PACKET: usize = 256;
 /// The engine's hot maps: a fast hasher with a per-process random seed.
@@ -247,6 +252,68 @@ pub struct EngineStats {
     pub receiver_keyframe_requests: u64,
 }
 
+/// One incoming RTP packet, from the fast path or from str0m.
+#[derive(Debug)]
+struct Incoming {
+    ssrc: u32,
+    /// Extended sequence number.
+    seq: u64,
+    ts: u32,
+    pt: u8,
+    marker: bool,
+    payload: Arc<[u8]>,
+    ext: ExtOut,
+    arrival: Instant,
+}
+
+impl Incoming {
+    fn from_str0m(p: RtpPacket) -> Incoming {
+        let e = &p.header.ext_vals;
+        Incoming {
+            ssrc: *p.header.ssrc,
+            seq: *p.seq_no,
+            ts: p.header.timestamp,
+            pt: *p.header.payload_type,
+            marker: p.header.marker,
+            ext: ExtOut {
+                audio_level: e.audio_level.map(|l| {
+                    let v = if e.voice_activity == Some(true) {
+                        0x80
+                    } else {
+                        0
+                    };
+                    v | (l.unsigned_abs() & 0x7f)
+                }),
+                video_orientation: e.video_orientation.map(|o| o as u8),
+                dependency_descriptor: e
+                    .user_values
+                    .get::<DependencyDescriptor>()
+                    .map(|d| Arc::from(d.0.as_slice())),
+            },
+            arrival: p.timestamp,
+            payload: p.payload,
+        }
+    }
+}
+
+impl ExtOut {
+    /// The same values for str0m's send path.
+    fn to_str0m(&self) -> ExtensionValues {
+        let mut ext = ExtensionValues {
+            audio_level: self.audio_level.map(|b| -((b & 0x7f) as i8)),
+            voice_activity: self.audio_level.map(|b| b & 0x80 != 0),
+            video_orientation: self
+                .video_orientation
+                .map(|b| str0m::rtp::VideoOrientation::from(b & 3)),
+            ..Default::default()
+        };
+        if let Some(dd) = &self.dependency_descriptor {
+            ext.user_values.set(DependencyDescriptor(dd.to_vec()));
+        }
+        ext
+    }
+}
+
 /// All media of the bridge. See the module docs.
 pub struct MediaEngine {
     cfg: EngineConfig,
@@ -276,6 +343,12 @@ pub struct MediaEngine {
     ep_deadline: Option<Instant>,
     /// The next round of sender reports for forwarded streams (fast path).
     next_sr: Option<Instant>,
+    /// The next round of feedback to senders, and of receiver reports (fast path).
+    next_feedback: Option<Instant>,
+    next_rr: Option<Instant>,
+    /// Scratch: a decrypted payload, NACKed sequence numbers.
+    rxbuf: Vec<u8>,
+    nacks: Vec<u16>,
     /// Wall clock reference for sender reports.
     clock: Clock,
     /// Send buffers given back by the I/O side ([`MediaEngine::recycle`]).
@@ -305,6 +378,10 @@ impl MediaEngine {
         MediaEngine {
             ep_deadline: None,
             next_sr: None,
+            next_feedback: None,
+            next_rr: None,
+            rxbuf: Vec::with_capacity(1500),
+            nacks: Vec::new(),
             clock: Clock::now(),
             pool: Vec::new(),
             hdr: Vec::with_capacity(64),
@@ -439,11 +516,16 @@ impl MediaEngine {
                 video_types: HashMap::new(),
                 srtp: None,
                 send_path: None,
+                rtx_index: FastMap::default(),
+                other_ssrcs: HashSet::new(),
+                twcc: Default::default(),
+                fb_ssrc: rand::random_range(1..=u32::MAX),
             },
         );
         self.next_status_check
             .get_or_insert(now + STATUS_CHECK_INTERVAL);
         self.next_sr.get_or_insert(now + SR_INTERVAL);
+        self.next_feedback.get_or_insert(now + FEEDBACK_INTERVAL);
         if self.cfg.bwe_initial_bps.is_some() {
             self.next_connection_stats
                 .get_or_insert(now + self.cfg.connection_stats_interval);
@@ -640,6 +722,7 @@ impl MediaEngine {
             self.next_status_check = None;
             self.next_connection_stats = None;
             self.next_sr = None;
+            self.next_feedback = None;
         }
         self.sync_conference(&ep.conference);
     }
@@ -945,6 +1028,20 @@ impl MediaEngine {
                 }
             },
         };
+        // The fast path: the endpoint's RTP is decrypted and forwarded here, without str0m.
+        if stun_user.is_none()
+            && is_rtp(data)
+            && let Some(ep) = self.endpoints.get_mut(&id)
+            && ep.srtp.is_some()
+            && !ep.failed
+        {
+            ep.last_rx = Some(now);
+            if ep.status != Some(true) && ep.connected {
+                self.update_status(id);
+            }
+            self.fast_rtp(id, now, data);
+            return;
+        }
         let Ok(recv) = Receive::new(Protocol::Udp, from, to, data) else {
             self.stats.dropped_datagrams += 1;
             return;
@@ -1022,6 +1119,10 @@ impl MediaEngine {
                 self.speakers_changed(&conf);
             }
         }
+        if self.next_feedback.is_some_and(|t| t <= now) {
+            self.next_feedback = Some(now + FEEDBACK_INTERVAL);
+            self.feedback_round(now);
+        }
         if self.next_sr.is_some_and(|t| t <= now) {
             self.next_sr = Some(now + SR_INTERVAL);
             self.sender_reports(now);
@@ -1087,6 +1188,7 @@ impl MediaEngine {
             .chain(self.speech.values().filter_map(|sa| sa.next_timeout()))
             .chain(self.next_status_check)
             .chain(self.next_sr)
+            .chain(self.next_feedback)
             .chain(self.next_connection_stats)
             .min();
         let idle = self.now.unwrap_or_else(Instant::now) + IDLE_TIMEOUT;
@@ -1215,7 +1317,7 @@ impl MediaEngine {
                     self.update_status(id);
                 }
             }
-            Event::RtpPacket(p) => self.forward(id, p),
+            Event::RtpPacket(p) => self.forward(id, Incoming::from_str0m(p)),
             Event::KeyframeRequest(r) => {
                 let Some(ep) = self.endpoints.get(&id) else {
                     return;
@@ -1259,6 +1361,15 @@ impl MediaEngine {
         for f in fb.drain(..) {
             match f {
                 Feedback::Nack { ssrc, seqs } => self.resend(id, ssrc, &seqs),
+                Feedback::SenderReport { ssrc, ntp_mid } => {
+                    let now = self.now.unwrap_or_else(Instant::now);
+                    if let Some(ep) = self.endpoints.get_mut(&id)
+                        && let Some(&(si, li)) = ep.ssrc_index.get(&ssrc)
+                        && let Some(l) = ep.sources.get_mut(si).and_then(|s| s.layers.get_mut(li))
+                    {
+                        l.rx.last_sr = Some((ntp_mid, now));
+                    }
+                }
                 Feedback::Keyframe { ssrc } => {
                     self.stats.receiver_keyframe_requests += 1;
                     let Some(ep) = self.endpoints.get(&id) else {
@@ -1278,6 +1389,161 @@ impl MediaEngine {
             }
         }
         self.feedback = fb;
+    }
+
+    /// Fast path: one RTP packet from an endpoint whose SRTP keys are known.
+    fn fast_rtp(&mut self, id: EpId, now: Instant, data: &[u8]) {
+        enum Which {
+            Main(usize, usize),
+            Rtx(usize, usize),
+            Other,
+        }
+        let epoch = self.clock.instant;
+        let Some(ep) = self.endpoints.get_mut(&id) else {
+            return;
+        };
+        let Some(h) = ingress::parse_rtp(data, &ep.caps.ext_ids) else {
+            self.stats.dropped_datagrams += 1;
+            return;
+        };
+        let which = if let Some(&(si, li)) = ep.ssrc_index.get(&h.ssrc) {
+            Which::Main(si, li)
+        } else if let Some(&(si, li)) = ep.rtx_index.get(&h.ssrc) {
+            Which::Rtx(si, li)
+        } else if ep.other_ssrcs.contains(&h.ssrc) {
+            Which::Other
+        } else {
+            self.stats.rtp_unknown_ssrc += 1;
+            return;
+        };
+        let Some(srtp) = ep.srtp.as_mut() else {
+            return;
+        };
+        let Ok((index, mut len)) =
+            srtp.unprotect_rtp(data, h.hdr_len, h.ssrc, h.seq, &mut self.rxbuf)
+        else {
+            self.stats.dropped_datagrams += 1;
+            return;
+        };
+        if let Some(t) = h.transport_seq {
+            ep.twcc.record(t, now, epoch);
+            ep.twcc.media_ssrc = h.ssrc;
+        }
+        if h.padding {
+            let pad = usize::from(len.checked_sub(1).map_or(0, |i| self.rxbuf[i]));
+            if pad == 0 || pad > len {
+                self.stats.dropped_datagrams += 1;
+                return;
+            }
+            len -= pad;
+        }
+        let (si, li, seq, start, pt) = match which {
+            Which::Other => return,
+            Which::Main(si, li) => (si, li, index, 0, h.pt),
+            Which::Rtx(si, li) => {
+                // Padding-only RTX packets probe the bandwidth: nothing to forward.
+                if len < 2 {
+                    return;
+                }
+                let osn = u16::from_be_bytes([self.rxbuf[0], self.rxbuf[1]]);
+                let near = ep
+                    .sources
+                    .get(si)
+                    .and_then(|s| s.layers.get(li))
+                    .and_then(|l| l.rx.max())
+                    .unwrap_or(u64::from(osn));
+                let Some((&apt, _)) = ep.caps.rtx_pts.iter().find(|(_, r)| **r == h.pt) else {
+                    return;
+                };
+                (si, li, ingress::extend_seq(near, osn), 2, apt)
+            }
+        };
+        if len <= start {
+            return;
+        }
+        let Some(source) = ep.sources.get_mut(si) else {
+            return;
+        };
+        let kind = source.kind;
+        let Some(layer) = source.layers.get_mut(li) else {
+            return;
+        };
+        let clock_rate = match kind {
+            MediaType::Audio => 48_000,
+            MediaType::Video => 90_000,
+        };
+        layer
+            .rx
+            .on_packet(seq, h.ts, now, epoch, clock_rate, kind == MediaType::Video);
+        let incoming = Incoming {
+            ssrc: layer.ssrc,
+            seq,
+            ts: h.ts,
+            pt,
+            marker: h.marker,
+            payload: Arc::from(&self.rxbuf[start..len]),
+            ext: ExtOut {
+                audio_level: h.audio_level,
+                video_orientation: h.video_orientation,
+                dependency_descriptor: h
+                    .dependency_descriptor
+                    .and_then(|(a, b)| data.get(a..b))
+                    .map(Arc::from),
+            },
+            arrival: now,
+        };
+        self.forward(id, incoming);
+    }
+
+    /// Fast path: transport-cc feedback and NACKs to every sender, receiver reports once a
+    /// second.
+    fn feedback_round(&mut self, now: Instant) {
+        let rr_due = self.next_rr.is_none_or(|t| t <= now);
+        if rr_due {
+            self.next_rr = Some(now + RR_INTERVAL);
+        }
+        for ep in self.endpoints.values_mut() {
+            let (Some(srtp), Some((from, to))) = (ep.srtp.as_mut(), ep.send_path) else {
+                continue;
+            };
+            if !ep.connected {
+                continue;
+            }
+            self.rtcp.clear();
+            ingress::write_rr_header(&mut self.rtcp, ep.fb_ssrc, 0);
+            let mut blocks: u8 = 0;
+            if rr_due {
+                for l in ep.sources.iter_mut().flat_map(|s| s.layers.iter_mut()) {
+                    if blocks < 31 && l.rx.write_report_block(l.ssrc, now, &mut self.rtcp) {
+                        blocks += 1;
+                    }
+                }
+                self.rtcp[0] = 0x80 | blocks;
+                self.rtcp[2..4].copy_from_slice(&(1 + 6 * u16::from(blocks)).to_be_bytes());
+            }
+            let bare = self.rtcp.len() == 8;
+            let had = self.rtcp.len();
+            ep.twcc.write_feedback(&mut self.rtcp, ep.fb_ssrc);
+            for s in ep.sources.iter_mut().filter(|s| s.kind == MediaType::Video) {
+                for l in &mut s.layers {
+                    self.nacks.clear();
+                    l.rx.due_nacks(now, &mut self.nacks);
+                    self.nacks.sort_unstable();
+                    ingress::write_nack(&mut self.rtcp, ep.fb_ssrc, l.ssrc, &self.nacks);
+                }
+            }
+            if bare && self.rtcp.len() == had {
+                continue;
+            }
+            let mut data = self.pool.pop().unwrap_or_default();
+            if srtp.protect_rtcp(&self.rtcp, &mut data).is_err() {
+                continue;
+            }
+            self.stats.packets_out += 1;
+            self.stats.bytes_out += data.len() as u64;
+            self.out
+                .push_back(EngineOutput::Transmit(Transmit { from, to, data }));
+        }
     }
 
     /// Fast path: resend NACKed packets of one forwarded stream as RTX (RFC 4588).
@@ -1411,7 +1677,22 @@ impl MediaEngine {
             return;
         }
         l.last_pli = Some(now);
-        let ssrc = Ssrc::from(l.ssrc);
+        let media = l.ssrc;
+        if let (Some(srtp), Some((from, to))) = (ep.srtp.as_mut(), ep.send_path) {
+            self.rtcp.clear();
+            ingress::write_rr_header(&mut self.rtcp, ep.fb_ssrc, 0);
+            ingress::write_pli(&mut self.rtcp, ep.fb_ssrc, media);
+            let mut data = self.pool.pop().unwrap_or_default();
+            if srtp.protect_rtcp(&self.rtcp, &mut data).is_ok() {
+                self.stats.keyframe_requests += 1;
+                self.stats.packets_out += 1;
+                self.stats.bytes_out += data.len() as u64;
+                self.out
+                    .push_back(EngineOutput::Transmit(Transmit { from, to, data }));
+            }
+            return;
+        }
+        let ssrc = Ssrc::from(media);
         if let Some(s) = ep.rtc.direct_api().stream_rx(&ssrc) {
             s.request_keyframe(KeyframeRequestKind::Pli);
             self.stats.keyframe_requests += 1;
@@ -1420,17 +1701,17 @@ impl MediaEngine {
     }
 
     /// Forward one incoming RTP packet of `sender` to the other endpoints of its conference.
-    fn forward(&mut self, sender: EpId, mut p: RtpPacket) {
-        let now = self.now.unwrap_or(p.timestamp);
+    fn forward(&mut self, sender: EpId, p: Incoming) {
+        let now = self.now.unwrap_or(p.arrival);
         let Some(s) = self.endpoints.get_mut(&sender) else {
             return;
         };
-        let ssrc = *p.header.ssrc;
+        let ssrc = p.ssrc;
         let Some(&(si, li)) = s.ssrc_index.get(&ssrc) else {
             self.stats.rtp_unknown_ssrc += 1;
             return;
         };
-        let pt = *p.header.payload_type;
+        let pt = p.pt;
         let codec = s.caps.pts.get(&pt).map(|(c, _)| *c);
         let source = &mut s.sources[si];
         let kind = source.kind;
@@ -1439,11 +1720,11 @@ impl MediaEngine {
             _ => VideoCodec::Other,
         };
         let keyframe = kind == MediaType::Video && starts_keyframe(vcodec, &p.payload);
-        let mut seq = *p.seq_no;
+        let mut seq = p.seq;
         if kind == MediaType::Audio {
             // bridge.md B.6: silence suppression; B.7: what is forwarded feeds the dominant
             // speaker identification (level 0 = silence … 127 = loud).
-            let level = p.header.ext_vals.audio_level;
+            let level = p.ext.audio_level.map(|b| -((b & 0x7f) as i8));
             match source.silence.filter(seq, level == Some(-127)) {
                 Some(out) => seq = out,
                 None => {
@@ -1496,7 +1777,7 @@ impl MediaEngine {
         let input = InPacket {
             layer: li,
             seq,
-            ts: p.header.timestamp,
+            ts: p.ts,
             // A single stream starts anywhere (the receiver asks for a keyframe itself).
             keyframe: keyframe || single_layer || kind == MediaType::Audio,
             picture_id: vp8.and_then(|d| d.picture_id()),
@@ -1508,37 +1789,14 @@ impl MediaEngine {
                 48_000
             },
         };
-        let mut ext = ExtensionValues {
-            audio_level: p.header.ext_vals.audio_level,
-            voice_activity: p.header.ext_vals.voice_activity,
-            video_orientation: p.header.ext_vals.video_orientation,
-            ..Default::default()
-        };
-        let dd = p
-            .header
-            .ext_vals
-            .user_values
-            .get::<DependencyDescriptor>()
-            .cloned();
-        // The fast path's view of the same values, and the payload shared by every receiver's
-        // retransmission ring.
-        let ext_out = ExtOut {
-            audio_level: p.header.ext_vals.audio_level.map(|l| {
-                let v = if p.header.ext_vals.voice_activity == Some(true) {
-                    0x80
-                } else {
-                    0
-                };
-                v | (l.unsigned_abs() & 0x7f)
-            }),
-            video_orientation: p.header.ext_vals.video_orientation.map(|o| o as u8),
-            dependency_descriptor: dd.as_ref().map(|d| Arc::from(d.0.as_slice())),
-        };
-        if let Some(dd) = dd {
-            ext.user_values.set(dd);
-        }
-        let payload = std::mem::take(&mut p.payload);
-        let (pt_u8, marker) = (pt, p.header.marker);
+        let Incoming {
+            payload,
+            ext: ext_out,
+            marker,
+            arrival,
+            ..
+        } = p;
+        let pt_u8 = pt;
         let Some(members) = self.conferences.get(&s.conference) else {
             return;
         };
@@ -1668,14 +1926,14 @@ impl MediaEngine {
                 continue;
             }
             let mut w = RtpWrite::new(
-                p.header.payload_type,
+                Pt::from(pt_u8),
                 out.seq.into(),
                 out.ts,
-                p.timestamp,
+                arrival,
                 payload.clone(),
             )
-            .marker(p.header.marker)
-            .ext_vals(ext.clone())
+            .marker(marker)
+            .ext_vals(ext_out.to_str0m())
             .nackable(kind == MediaType::Video && has_rtx && slot.rtx.is_some());
             if let Some(d) = vp8 {
                 let mut b = d.patch();
@@ -1977,6 +2235,11 @@ fn stun_request_local_ufrag(data: &[u8]) -> Option<&str> {
         i += 4 + l.div_ceil(4) * 4;
     }
     None
+}
+
+/// RTP (not RTCP, STUN or DTLS) on a multiplexed port.
+fn is_rtp(data: &[u8]) -> bool {
+    data.len() >= 12 && data[0] >> 6 == 2 && !(192..=223).contains(&data[1])
 }
 
 /// RTCP rather than RTP on a multiplexed port (RFC 5761 §4: payload types 64–95 with the

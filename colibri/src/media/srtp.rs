@@ -310,10 +310,72 @@ pub(super) enum SrtpError {
 pub(super) struct Srtp {
     tx_rtp: Ctx,
     tx_rtcp: Ctx,
+    rx_rtp: Ctx,
     rx_rtcp: Ctx,
     hmac: &'static dyn Sha1HmacProvider,
     srtcp_index: u32,
     replay: Replay,
+    /// Rollover counter and replay state per incoming SSRC (only SSRCs the endpoint signalled
+    /// are decrypted, so this stays as small as its source list).
+    rx_streams: super::FastMap<u32, RxIndex>,
+}
+
+/// RFC 3711 §3.3.1: the receiver's estimate of the packet index, and a 64-packet replay
+/// window below the highest index authenticated.
+#[derive(Debug, Default, Clone, Copy)]
+struct RxIndex {
+    /// Highest index authenticated so far; `None` before the first packet.
+    top: Option<u64>,
+    mask: u64,
+}
+
+impl RxIndex {
+    /// The index of a packet with sequence number `seq` (RFC 3711 Appendix A).
+    fn estimate(&self, seq: u16) -> u64 {
+        let Some(top) = self.top else {
+            return u64::from(seq);
+        };
+        let roc = top >> 16;
+        let s_l = top as u16;
+        let v = if s_l < 0x8000 {
+            if seq > s_l && seq - s_l > 0x8000 {
+                roc.saturating_sub(1)
+            } else {
+                roc
+            }
+        } else if s_l - 0x8000 > seq {
+            roc + 1
+        } else {
+            roc
+        };
+        (v << 16) | u64::from(seq)
+    }
+
+    fn replayed(&self, index: u64) -> bool {
+        let Some(top) = self.top else {
+            return false;
+        };
+        if index > top {
+            return false;
+        }
+        let back = top - index;
+        back >= 64 || self.mask & (1 << back) != 0
+    }
+
+    fn accept(&mut self, index: u64) {
+        match self.top {
+            Some(top) if index <= top => self.mask |= 1 << (top - index),
+            Some(top) => {
+                let shift = index - top;
+                self.mask = if shift >= 64 { 0 } else { self.mask << shift } | 1;
+                self.top = Some(index);
+            }
+            None => {
+                self.top = Some(index);
+                self.mask = 1;
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for Srtp {
@@ -346,10 +408,12 @@ impl Srtp {
         Some(Srtp {
             tx_rtp: Ctx::new(p, keys.profile, tx.0, tx.1, false, true)?,
             tx_rtcp: Ctx::new(p, keys.profile, tx.0, tx.1, true, true)?,
+            rx_rtp: Ctx::new(p, keys.profile, rx.0, rx.1, false, false)?,
             rx_rtcp: Ctx::new(p, keys.profile, rx.0, rx.1, true, false)?,
             hmac: provider.sha1_hmac_provider,
             srtcp_index: 0,
             replay: Replay::default(),
+            rx_streams: super::FastMap::default(),
         })
     }
 
@@ -397,6 +461,72 @@ impl Srtp {
             }
         }
         Ok(())
+    }
+
+    /// The payload (with any padding) of the endpoint's SRTP packet `data`, whose header is
+    /// `hdr_len` bytes, into the start of `out` (which is only grown, never cleared, so a
+    /// reused buffer costs no zeroing). Returns the packet's index (rollover counter × 65536
+    /// + sequence number: an extended sequence number) and the payload's length.
+    pub fn unprotect_rtp(
+        &mut self,
+        data: &[u8],
+        hdr_len: usize,
+        ssrc: u32,
+        seq: u16,
+        out: &mut Vec<u8>,
+    ) -> Result<(u64, usize), SrtpError> {
+        let st = self.rx_streams.get(&ssrc).copied().unwrap_or_default();
+        let index = st.estimate(seq);
+        if st.replayed(index) {
+            return Err(SrtpError::Replay);
+        }
+        let roc = (index >> 16) as u32;
+        if out.len() < data.len() + CTR_PAD {
+            out.resize(data.len() + CTR_PAD, 0);
+        }
+        let len = match &mut self.rx_rtp {
+            Ctx::Gcm128 { cipher, salt } => {
+                if data.len() < hdr_len + GCM_TAG {
+                    return Err(SrtpError::Short);
+                }
+                let iv = AeadAes128Gcm::rtp_iv(*salt, ssrc, roc, seq);
+                cipher
+                    .decrypt(&iv, &[&data[..hdr_len]], &data[hdr_len..], out)
+                    .map_err(|_| SrtpError::Auth)?
+            }
+            Ctx::Gcm256 { cipher, salt } => {
+                if data.len() < hdr_len + GCM_TAG {
+                    return Err(SrtpError::Short);
+                }
+                let iv = AeadAes256Gcm::rtp_iv(*salt, ssrc, roc, seq);
+                cipher
+                    .decrypt(&iv, &[&data[..hdr_len]], &data[hdr_len..], out)
+                    .map_err(|_| SrtpError::Auth)?
+            }
+            Ctx::Cm { cipher, salt, auth } => {
+                if data.len() < hdr_len + HMAC_TAG {
+                    return Err(SrtpError::Short);
+                }
+                let (body, tag) = data.split_at(data.len() - HMAC_TAG);
+                let hmac = self.hmac;
+                if !Aes128CmSha1_80::rtp_verify(|k, d| hmac.sha1_hmac(k, d), auth, body, index, tag)
+                {
+                    return Err(SrtpError::Auth);
+                }
+                let iv = Aes128CmSha1_80::rtp_iv(*salt, ssrc, index & 0xffff_ffff_ffff);
+                cipher
+                    .decrypt(&iv, &body[hdr_len..], out)
+                    .map_err(|_| SrtpError::Cipher)?;
+                body.len() - hdr_len
+            }
+        };
+        self.rx_streams.entry(ssrc).or_default().accept(index);
+        Ok((index, len))
+    }
+
+    /// Keep the receive state of the incoming SSRCs `keep` says are still signalled.
+    pub fn retain_rx(&mut self, keep: impl Fn(u32) -> bool) {
+        self.rx_streams.retain(|s, _| keep(*s));
     }
 
     /// `out` := SRTCP of the (compound) RTCP packet `plain`.
@@ -683,6 +813,46 @@ mod tests {
                 }
             }
             assert_eq!(&plain[..payload.len()], &payload[..], "{profile}");
+        }
+    }
+
+    #[test]
+    fn srtp_round_trip_with_rollover_and_replay() {
+        for profile in [
+            SrtpProfile::AES128_CM_SHA1_80,
+            SrtpProfile::AEAD_AES_128_GCM,
+            SrtpProfile::AEAD_AES_256_GCM,
+        ] {
+            let (mut a, mut b) = pair(profile);
+            let ssrc = 77;
+            let mut wire = Vec::new();
+            let mut plain = Vec::new();
+            // Across a rollover, with one packet late and one replayed.
+            let order: Vec<u64> = vec![65_533, 65_534, 65_536, 65_535, 65_537, 65_537];
+            for (i, index) in order.iter().enumerate() {
+                let seq = *index as u16;
+                let mut hdr = vec![0x80, 96, 0, 0, 0, 0, 0, 1, 0, 0, 0, 77];
+                hdr[2..4].copy_from_slice(&seq.to_be_bytes());
+                let payload = vec![*index as u8; 50];
+                a.protect_rtp(&hdr, &payload, ssrc, *index, &mut wire)
+                    .unwrap();
+                let r = b.unprotect_rtp(&wire, 12, ssrc, seq, &mut plain);
+                if i == 5 {
+                    assert_eq!(r, Err(SrtpError::Replay), "{profile}");
+                } else {
+                    assert_eq!(r, Ok((*index, payload.len())), "{profile} {index}");
+                    assert_eq!(&plain[..payload.len()], &payload[..], "{profile}");
+                }
+            }
+            let mut bad = wire.clone();
+            bad[20] ^= 1;
+            let seq = 3u16;
+            bad[2..4].copy_from_slice(&seq.to_be_bytes());
+            assert!(b.unprotect_rtp(&bad, 12, ssrc, seq, &mut plain).is_err());
+            assert!(
+                b.unprotect_rtp(&wire[..14], 12, ssrc, 5, &mut plain)
+                    .is_err()
+            );
         }
     }
 
