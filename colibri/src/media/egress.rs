@@ -130,8 +130,8 @@ pub(super) fn patch_vp8(payload: &mut [u8], picture_id: Option<u16>, tl0: Option
     }
 }
 
-/// A forwarded packet kept to answer NACKs: the receiver-specific fields and the sender's
-/// payload, shared with every other receiver's ring.
+/// A packet of a sender's stream kept to answer receivers' NACKs (as the sender sent it; each
+/// receiver's offsets are applied when it is resent).
 #[derive(Debug, Clone)]
 pub(super) struct Sent {
     pub seq: u64,
@@ -143,14 +143,14 @@ pub(super) struct Sent {
     pub at: Instant,
     pub payload: Arc<[u8]>,
     pub ext: ExtOut,
-    pub resent: Option<Instant>,
 }
 
-/// A NACKed packet is resent at most once per this interval.
+/// A NACKed packet is resent to one receiver at most once per this interval.
 pub(super) const RESEND_INTERVAL: Duration = Duration::from_millis(100);
 
-/// The packets most recently forwarded on one stream, oldest first, bounded by count and age.
-#[derive(Debug, Default)]
+/// The packets most recently forwarded from one sender's stream (one simulcast layer), oldest
+/// first, bounded by count and age. One per sender layer, not per receiver (as JVB does).
+#[derive(Debug, Default, Clone)]
 pub(super) struct RtxRing {
     ring: VecDeque<Sent>,
 }
@@ -175,22 +175,10 @@ impl RtxRing {
         self.ring.push_back(s);
     }
 
-    /// The packet sent with 16-bit sequence number `seq`.
-    pub fn get_mut(&mut self, seq: u16) -> Option<&mut Sent> {
-        let front = self.ring.front()?.seq;
-        let off = seq.wrapping_sub(front as u16) as u64;
-        // Gaps (packets not forwarded) make the offset an upper bound: search back from it.
-        let mut i = (off as usize).min(self.ring.len().saturating_sub(1));
-        loop {
-            let s = self.ring.get(i)?;
-            if s.seq as u16 == seq {
-                return self.ring.get_mut(i);
-            }
-            if s.seq < front + off || i == 0 {
-                return None;
-            }
-            i -= 1;
-        }
+    /// The packet with (extended) sequence number `seq`.
+    pub fn get(&self, seq: u64) -> Option<&Sent> {
+        let i = self.ring.binary_search_by_key(&seq, |s| s.seq).ok()?;
+        self.ring.get(i)
     }
 
     #[cfg(test)]
@@ -445,7 +433,6 @@ mod tests {
             at: t0 + Duration::from_millis(ms),
             payload: Arc::from(vec![seq as u8]),
             ext: ExtOut::default(),
-            resent: None,
         };
         let mut r = RtxRing::default();
         for (i, seq) in [65_534u64, 65_535, 65_536, 65_540, 65_541]
@@ -454,11 +441,13 @@ mod tests {
         {
             r.push(sent(*seq, i as u64), 10, Duration::from_secs(1));
         }
-        assert_eq!(r.get_mut(0).map(|s| s.seq), Some(65_536));
-        assert_eq!(r.get_mut(4).map(|s| s.seq), Some(65_540));
-        assert_eq!(r.get_mut(65_535).map(|s| s.seq), Some(65_535));
-        assert!(r.get_mut(2).is_none(), "never forwarded");
-        assert!(r.get_mut(1000).is_none());
+        assert_eq!(r.get(65_536).map(|s| s.seq), Some(65_536));
+        assert_eq!(r.get(65_540).map(|s| s.seq), Some(65_540));
+        assert_eq!(r.get(65_535).map(|s| s.seq), Some(65_535));
+        assert!(r.get(65_538).is_none(), "never forwarded");
+        assert!(r.get(1000).is_none());
+        r.push(sent(65_539, 5), 10, Duration::from_secs(1));
+        assert!(r.get(65_539).is_none(), "late: not kept");
         r.push(sent(65_542, 2000), 10, Duration::from_secs(1));
         assert_eq!(r.len(), 1, "older than the age limit");
         for i in 0..20 {

@@ -1,7 +1,7 @@
 //! One endpoint of the engine: its str0m `Rtc` (Direct API, RTP mode), what it sends and what
 //! is forwarded to it.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -14,7 +14,7 @@ use str0m::rtp::{Extension, ExtensionSerializer, ExtensionValues, Ssrc};
 use str0m::{Candidate, Rtc, RtcConfig};
 
 use super::egress::{ExtIds, RtxRing, SendStats};
-use super::forward::{Projection, SilenceFilter, VideoCodec, default_height};
+use super::forward::{Offsets, Projection, SilenceFilter, VideoCodec, default_height};
 use super::ingress::{RxStream, TwccRecorder};
 use super::srtp::{KeySlot, Srtp, crypto_provider, with_key_capture};
 use super::{FastMap, ReceiverConstraints};
@@ -317,6 +317,8 @@ pub(super) struct Layer {
     pub last_pli: Option<Instant>,
     /// Fast path: reception statistics and losses of the layer's stream.
     pub rx: RxStream,
+    /// Fast path: its packets forwarded lately, to answer receivers' NACKs.
+    pub cache: RtxRing,
 }
 
 impl Layer {
@@ -382,6 +384,7 @@ impl SenderSource {
                 height: None,
                 last_pli: None,
                 rx: RxStream::default(),
+                cache: RtxRing::default(),
             })
             .collect();
         let used: HashSet<u32> = layers
@@ -465,12 +468,26 @@ pub(super) struct Slot {
     pub proj: Projection,
     pub source: Option<SourceId>,
     pub last_used: Option<Instant>,
-    /// Fast path: what was sent, to answer NACKs (video with RTX only).
-    pub ring: RtxRing,
+    /// Fast path: which sender stream, with which offsets, produced the sequence numbers from
+    /// `first_out` on (newest last; a few switches back), to find NACKed packets.
+    pub history: VecDeque<SlotMap>,
+    /// The projection epoch `history` last recorded.
+    pub map_epoch: Option<u32>,
+    /// Fast path: sequence numbers resent lately (to resend each at most once per interval).
+    pub recent: VecDeque<(u64, Instant)>,
     /// Fast path: the next RTX sequence number.
     pub rtx_seq: u64,
     /// Fast path: for sender reports.
     pub sent: SendStats,
+}
+
+/// Where a forwarded stream's packets came from, from one sequence number on.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct SlotMap {
+    pub first_out: u64,
+    pub sender: EpId,
+    pub source: SourceId,
+    pub off: Offsets,
 }
 
 /// One entry of `VideoSourcesMap` / `AudioSourcesMap` (bridge.md A.3).
@@ -588,7 +605,9 @@ impl Endpoint {
                 proj: Projection::default(),
                 source: None,
                 last_used: None,
-                ring: RtxRing::default(),
+                history: VecDeque::new(),
+                map_epoch: None,
+                recent: VecDeque::new(),
                 rtx_seq: u64::from(rand::random::<u16>()),
                 sent: SendStats::default(),
             },

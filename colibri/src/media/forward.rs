@@ -82,6 +82,18 @@ pub(super) struct Projection {
     /// switch and are dropped.
     switch_seq: u64,
     last: Option<LastOut>,
+    /// Incremented at every switch: the offsets below changed.
+    epoch: u32,
+}
+
+/// The offsets from a sender's stream to what a receiver gets, since one switch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Offsets {
+    pub layer: usize,
+    pub seq: i64,
+    pub ts: u32,
+    pub pid: u16,
+    pub tl0: u8,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -97,6 +109,27 @@ impl Projection {
     /// The layer currently forwarded.
     pub fn layer(&self) -> Option<usize> {
         self.layer
+    }
+
+    /// Changes at every switch.
+    pub fn epoch(&self) -> u32 {
+        self.epoch
+    }
+
+    /// The current offsets (while a layer is forwarded).
+    pub fn offsets(&self) -> Option<Offsets> {
+        Some(Offsets {
+            layer: self.layer?,
+            seq: self.seq_off,
+            ts: self.ts_off,
+            pid: self.pid_off,
+            tl0: self.tl0_off,
+        })
+    }
+
+    /// The highest sequence number sent.
+    pub fn last_seq(&self) -> Option<u64> {
+        self.last.map(|l| l.seq)
     }
 
     /// Another source will ride on this stream: wait for its keyframe (any packet for audio)
@@ -165,6 +198,7 @@ impl Projection {
         }
         self.switch_seq = p.seq;
         self.layer = Some(p.layer);
+        self.epoch = self.epoch.wrapping_add(1);
     }
 }
 

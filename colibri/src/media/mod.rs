@@ -90,6 +90,10 @@ pub(super) type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 /// Simulcast layers looked at per source (lib-jitsi-meet sends at most 3).
 const MAX_LAYERS: usize = 8;
+/// Switches remembered per forwarded stream to map NACKed sequence numbers back.
+const SLOT_HISTORY: usize = 8;
+/// Resent sequence numbers remembered per forwarded stream.
+const RECENT_RESENDS: usize = 64;
 /// Send buffers kept for reuse.
 const BUFFER_POOL: usize = 1024;
 
@@ -1546,11 +1550,62 @@ impl MediaEngine {
         }
     }
 
-    /// Fast path: resend NACKed packets of one forwarded stream as RTX (RFC 4588).
+    /// Fast path: resend NACKed packets of one forwarded stream as RTX (RFC 4588), from the
+    /// sender's cache with this receiver's offsets.
     fn resend(&mut self, id: EpId, ssrc: u32, seqs: &[u16]) {
         let Some(now) = self.now else {
             return;
         };
+        // Which sender packets: through the slot's history of offsets.
+        let mut todo: Vec<(u64, endpoint::SlotMap)> = Vec::new();
+        {
+            let Some(slot) = self
+                .endpoints
+                .get_mut(&id)
+                .and_then(|ep| ep.slots.values_mut().find(|s| s.ssrc == ssrc))
+            else {
+                return;
+            };
+            let (Some(_), Some(last)) = (slot.rtx, slot.proj.last_seq()) else {
+                return;
+            };
+            for &seq in seqs {
+                let out = ingress::extend_seq(last, seq);
+                if out > last
+                    || slot.recent.iter().any(|(s, t)| {
+                        *s == out && now.saturating_duration_since(*t) < egress::RESEND_INTERVAL
+                    })
+                {
+                    continue;
+                }
+                let Some(m) = slot.history.iter().rev().find(|m| m.first_out <= out) else {
+                    continue;
+                };
+                if slot.recent.len() >= RECENT_RESENDS {
+                    slot.recent.pop_front();
+                }
+                slot.recent.push_back((out, now));
+                todo.push((out, *m));
+            }
+        }
+        let mut packets: Vec<(u64, Sent, forward::Offsets)> = Vec::new();
+        for (out, m) in todo {
+            let Ok(in_seq) = u64::try_from(out as i64 - m.off.seq) else {
+                continue;
+            };
+            let cached = self
+                .endpoints
+                .get(&m.sender)
+                .and_then(|e| e.sources.iter().find(|s| s.id == m.source))
+                .and_then(|s| s.layers.get(m.off.layer))
+                .and_then(|l| l.cache.get(in_seq));
+            if let Some(c) = cached {
+                packets.push((out, c.clone(), m.off));
+            }
+        }
+        if packets.is_empty() {
+            return;
+        }
         let Some(ep) = self.endpoints.get_mut(&id) else {
             return;
         };
@@ -1563,24 +1618,18 @@ impl MediaEngine {
         let Some(rtx_ssrc) = slot.rtx else {
             return;
         };
-        for &seq in seqs {
-            let Some(s) = slot.ring.get_mut(seq) else {
-                continue;
-            };
-            if s.resent
-                .is_some_and(|t| now.saturating_duration_since(t) < egress::RESEND_INTERVAL)
-            {
-                continue;
-            }
+        for (out, s, off) in packets {
             let Some(&rtx_pt) = ep.caps.rtx_pts.get(&s.pt) else {
                 continue;
             };
-            s.resent = Some(now);
             self.scratch.clear();
-            self.scratch
-                .extend_from_slice(&(s.seq as u16).to_be_bytes());
+            self.scratch.extend_from_slice(&(out as u16).to_be_bytes());
             self.scratch.extend_from_slice(&s.payload);
-            patch_vp8(&mut self.scratch[2..], s.picture_id, s.tl0);
+            patch_vp8(
+                &mut self.scratch[2..],
+                s.picture_id.map(|p| p.wrapping_add(off.pid) & 0x7fff),
+                s.tl0.map(|t| t.wrapping_add(off.tl0)),
+            );
             let rtx_seq = slot.rtx_seq;
             slot.rtx_seq += 1;
             self.hdr.clear();
@@ -1590,7 +1639,7 @@ impl MediaEngine {
                     pt: rtx_pt,
                     marker: s.marker,
                     seq: rtx_seq as u16,
-                    ts: s.ts,
+                    ts: s.ts.wrapping_add(off.ts),
                     ssrc: rtx_ssrc,
                 },
                 &ep.caps.ext_ids,
@@ -1801,6 +1850,7 @@ impl MediaEngine {
             return;
         };
         let mut want_keyframe = false;
+        let mut cache_it = false;
         for rid in members {
             if *rid == sender {
                 continue;
@@ -1901,22 +1951,21 @@ impl MediaEngine {
                 slot.sent.octets = slot.sent.octets.wrapping_add(body.len() as u32);
                 slot.sent.last = Some((out.ts, now));
                 if kind == MediaType::Video && has_rtx && slot.rtx.is_some() {
-                    slot.ring.push(
-                        Sent {
-                            seq: out.seq,
-                            ts: out.ts,
-                            pt: pt_u8,
-                            marker,
-                            picture_id: out.picture_id,
-                            tl0: out.tl0,
-                            at: now,
-                            payload: payload.clone(),
-                            ext: ext_out.clone(),
-                            resent: None,
-                        },
-                        self.cfg.rtx_cache_packets,
-                        self.cfg.rtx_cache_age,
-                    );
+                    cache_it = true;
+                    if slot.map_epoch != Some(slot.proj.epoch())
+                        && let Some(off) = slot.proj.offsets()
+                    {
+                        slot.map_epoch = Some(slot.proj.epoch());
+                        if slot.history.len() >= SLOT_HISTORY {
+                            slot.history.pop_front();
+                        }
+                        slot.history.push_back(endpoint::SlotMap {
+                            first_out: out.seq,
+                            sender,
+                            source: source_id,
+                            off,
+                        });
+                    }
                 }
                 self.stats.rtp_forwarded += 1;
                 self.stats.packets_out += 1;
@@ -1969,6 +2018,29 @@ impl MediaEngine {
                     self.dirty.push(*rid);
                 }
             }
+        }
+        if cache_it
+            && let Some(layer) = self
+                .endpoints
+                .get_mut(&sender)
+                .and_then(|e| e.sources.get_mut(si))
+                .and_then(|s| s.layers.get_mut(li))
+        {
+            layer.cache.push(
+                Sent {
+                    seq,
+                    ts: input.ts,
+                    pt: pt_u8,
+                    marker,
+                    picture_id: input.picture_id,
+                    tl0: input.tl0,
+                    at: now,
+                    payload,
+                    ext: ext_out,
+                },
+                self.cfg.rtx_cache_packets,
+                self.cfg.rtx_cache_age,
+            );
         }
         if want_keyframe {
             // Rare (a receiver waits for a layer switch): the name is only cloned here.
