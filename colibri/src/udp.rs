@@ -287,6 +287,7 @@ const SEND_BATCH: usize = 32;
 /// Buffers for one `recvmmsg`.
 struct RecvBatch {
     bufs: Vec<Vec<u8>>,
+    headers: nix::sys::socket::MultiHeaders<nix::sys::socket::SockaddrStorage>,
     /// Length and sender of each datagram received by the last call.
     got: Vec<(usize, Option<SocketAddr>)>,
 }
@@ -295,22 +296,28 @@ impl RecvBatch {
     fn new() -> RecvBatch {
         RecvBatch {
             bufs: (0..RECV_BATCH).map(|_| vec![0u8; 2048]).collect(),
+            headers: nix::sys::socket::MultiHeaders::preallocate(RECV_BATCH, None),
             got: Vec::with_capacity(RECV_BATCH),
         }
     }
 
     /// Read what is queued (at least one datagram, or `WouldBlock`).
     fn receive(&mut self, fd: RawFd) -> std::io::Result<()> {
-        use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrLike, SockaddrStorage, recvmmsg};
+        use nix::sys::socket::{MsgFlags, SockaddrLike, recvmmsg};
         self.got.clear();
         let mut iovs: Vec<[std::io::IoSliceMut<'_>; 1]> = self
             .bufs
             .iter_mut()
             .map(|b| [std::io::IoSliceMut::new(&mut b[..])])
             .collect();
-        let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(iovs.len(), None);
-        let res = recvmmsg(fd, &mut headers, &mut iovs, MsgFlags::MSG_DONTWAIT, None)
-            .map_err(std::io::Error::from)?;
+        let res = recvmmsg(
+            fd,
+            &mut self.headers,
+            &mut iovs,
+            MsgFlags::MSG_DONTWAIT,
+            None,
+        )
+        .map_err(std::io::Error::from)?;
         for m in res {
             let from = m.address.and_then(|a| match a.family() {
                 Some(nix::sys::socket::AddressFamily::Inet) => {
@@ -334,9 +341,20 @@ impl RecvBatch {
 }
 
 /// Datagrams waiting for one `sendmmsg`.
-#[derive(Default)]
 struct SendBatch {
     items: Vec<(SocketAddr, Vec<u8>)>,
+    addrs: Vec<Option<nix::sys::socket::SockaddrStorage>>,
+    headers: nix::sys::socket::MultiHeaders<nix::sys::socket::SockaddrStorage>,
+}
+
+impl Default for SendBatch {
+    fn default() -> SendBatch {
+        SendBatch {
+            items: Vec::with_capacity(SEND_BATCH),
+            addrs: Vec::with_capacity(SEND_BATCH),
+            headers: nix::sys::socket::MultiHeaders::preallocate(SEND_BATCH, None),
+        }
+    }
 }
 
 impl SendBatch {
@@ -344,17 +362,22 @@ impl SendBatch {
     /// would) and give the buffers back to the engine.
     fn flush(&mut self, fd: RawFd, engine: &mut MediaEngine) {
         use nix::errno::Errno;
-        use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrStorage, sendmmsg};
+        use nix::sys::socket::{MsgFlags, SockaddrStorage, sendmmsg};
         let mut at = 0;
         while at < self.items.len() {
             let rest = &self.items[at..];
             let iovs: Vec<[IoSlice<'_>; 1]> = rest.iter().map(|(_, d)| [IoSlice::new(d)]).collect();
-            let addrs: Vec<Option<SockaddrStorage>> = rest
-                .iter()
-                .map(|(a, _)| Some(SockaddrStorage::from(*a)))
-                .collect();
-            let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(rest.len(), None);
-            match sendmmsg(fd, &mut headers, &iovs, &addrs, [], MsgFlags::MSG_DONTWAIT) {
+            self.addrs.clear();
+            self.addrs
+                .extend(rest.iter().map(|(a, _)| Some(SockaddrStorage::from(*a))));
+            match sendmmsg(
+                fd,
+                &mut self.headers,
+                &iovs,
+                &self.addrs,
+                [],
+                MsgFlags::MSG_DONTWAIT,
+            ) {
                 Ok(r) => {
                     let n = r.count();
                     if n == 0 {

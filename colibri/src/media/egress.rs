@@ -141,7 +141,7 @@ pub(super) struct Sent {
     pub picture_id: Option<u16>,
     pub tl0: Option<u8>,
     pub at: Instant,
-    pub payload: Arc<[u8]>,
+    pub payload: super::buf::Payload,
     pub ext: ExtOut,
 }
 
@@ -431,7 +431,7 @@ mod tests {
             picture_id: None,
             tl0: None,
             at: t0 + Duration::from_millis(ms),
-            payload: Arc::from(vec![seq as u8]),
+            payload: super::super::buf::Buf::payload(&[seq as u8]),
             ext: ExtOut::default(),
         };
         let mut r = RtxRing::default();

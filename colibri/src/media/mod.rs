@@ -21,6 +21,7 @@
 //! ICE, DTLS, and everything about what each endpoint sends (decryption, receiver reports,
 //! NACKs, transport-cc feedback).
 
+mod buf;
 mod egress;
 mod endpoint;
 mod forward;
@@ -44,6 +45,7 @@ use str0m::{Event, IceConnectionState, Input, Output};
 
 pub use crate::channel::ReceiverConstraints;
 use crate::colibri2::{self, MediaType};
+use buf::{Buf, Payload};
 use egress::{Clock, ExtOut, Feedback, RtpOut, Sent, parse_feedback, patch_vp8, write_header};
 pub use endpoint::MappedSource;
 use endpoint::{
@@ -265,7 +267,7 @@ struct Incoming {
     ts: u32,
     pt: u8,
     marker: bool,
-    payload: Arc<[u8]>,
+    payload: Payload,
     ext: ExtOut,
     arrival: Instant,
 }
@@ -295,7 +297,7 @@ impl Incoming {
                     .map(|d| Arc::from(d.0.as_slice())),
             },
             arrival: p.timestamp,
-            payload: p.payload,
+            payload: Buf::payload(&p.payload),
         }
     }
 }
@@ -1485,7 +1487,7 @@ impl MediaEngine {
             ts: h.ts,
             pt,
             marker: h.marker,
-            payload: Arc::from(&self.rxbuf[start..len]),
+            payload: Buf::payload(&self.rxbuf[start..len]),
             ext: ExtOut {
                 audio_level: h.audio_level,
                 video_orientation: h.video_orientation,
@@ -1979,7 +1981,7 @@ impl MediaEngine {
                 out.seq.into(),
                 out.ts,
                 arrival,
-                payload.clone(),
+                Arc::<[u8]>::from(&payload[..]),
             )
             .marker(marker)
             .ext_vals(ext_out.to_str0m())
