@@ -314,7 +314,7 @@ pub(super) struct TwccRecorder {
 }
 
 /// Sequence numbers one recorder tracks at most (a larger jump starts over).
-const TWCC_WINDOW: usize = 8192;
+const TWCC_WINDOW: usize = 2048;
 /// Statuses per feedback packet at most.
 const TWCC_MAX_STATUSES: usize = 1000;
 

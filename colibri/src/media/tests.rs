@@ -81,6 +81,8 @@ struct Client {
     connected: bool,
     rtp: Vec<RtpPacket>,
     raw_rx_ssrcs: Vec<u32>,
+    /// RTCP from the bridge, as str0m parsed it.
+    rtcp_rx: Vec<str0m::rtp::rtcp::Rtcp>,
     keyframe_requests: Vec<Option<Rid>>,
     // Sending state.
     seq: HashMap<u32, u64>,
@@ -173,6 +175,7 @@ impl Client {
             connected: false,
             rtp: Vec::new(),
             raw_rx_ssrcs: Vec::new(),
+            rtcp_rx: Vec::new(),
             keyframe_requests: Vec::new(),
             seq: HashMap::new(),
             frame: 0,
@@ -387,11 +390,11 @@ impl Client {
                             self.force_keyframe[i] = true;
                         }
                     }
-                    Event::RawPacket(raw) => {
-                        if let RawPacket::RtpRx(h, _) = *raw {
-                            self.raw_rx_ssrcs.push(*h.ssrc);
-                        }
-                    }
+                    Event::RawPacket(raw) => match *raw {
+                        RawPacket::RtpRx(h, _) => self.raw_rx_ssrcs.push(*h.ssrc),
+                        RawPacket::RtcpRx(r) => self.rtcp_rx.push(r),
+                        _ => {}
+                    },
                     _ => {}
                 },
                 Output::Timeout(t) => {
@@ -430,6 +433,8 @@ struct Net {
     events: Vec<EngineEvent>,
     /// Return false to lose a datagram from the engine to a client.
     deliver_to_client: Box<dyn FnMut(&Transmit) -> bool>,
+    /// Return false to lose a datagram from a client (its address, the data) to the engine.
+    deliver_to_engine: Box<dyn FnMut(SocketAddr, &[u8]) -> bool>,
 }
 
 impl Net {
@@ -455,6 +460,7 @@ impl Net {
             clients,
             events: Vec::new(),
             deliver_to_client: Box::new(|_| true),
+            deliver_to_engine: Box::new(|_, _| true),
         };
         for i in 0..net.clients.len() {
             net.join(i);
@@ -519,7 +525,9 @@ impl Net {
                             c.rtc.handle_input(Input::Receive(now, r)).unwrap();
                             // One pending RTP packet in str0m's RTP mode: poll after each.
                             for t in c.poll() {
-                                self.engine.handle_datagram(now, t.0, t.1, &t.2);
+                                if (self.deliver_to_engine)(t.0, &t.2) {
+                                    self.engine.handle_datagram(now, t.0, t.1, &t.2);
+                                }
                             }
                         }
                     }
@@ -547,7 +555,7 @@ impl Net {
             for c in &mut self.clients {
                 for t in c.poll() {
                     moved = true;
-                    if !c.paused {
+                    if !c.paused && (self.deliver_to_engine)(t.0, &t.2) {
                         self.engine.handle_datagram(now, t.0, t.1, &t.2);
                     }
                 }
@@ -843,6 +851,100 @@ fn nack_is_answered_from_the_rtx_cache() {
     seqs.sort();
     seqs.dedup();
     assert_consecutive(&seqs, "video after repair");
+}
+
+/// RTP (not RTCP, STUN or DTLS).
+fn is_rtp_packet(d: &[u8]) -> bool {
+    d.len() >= 12 && d[0] >> 6 == 2 && !(192..=223).contains(&d[1])
+}
+
+#[test]
+fn senders_get_transport_cc_receiver_reports_and_sender_reports_they_can_parse() {
+    use str0m::rtp::rtcp::Rtcp;
+    let mut net = Net::new(2);
+    net.connect();
+    net.media(Duration::from_millis(2500), true);
+    let a = &net.clients[0];
+    let twcc: Vec<_> = a
+        .rtcp_rx
+        .iter()
+        .filter_map(|r| match r {
+            Rtcp::Twcc(t) => Some(t),
+            _ => None,
+        })
+        .collect();
+    assert!(twcc.len() >= 20, "transport-cc every 50 ms: {}", twcc.len());
+    assert!(twcc.iter().all(|t| t.status_count > 0));
+    // Consecutive feedbacks: each starts where the previous ended.
+    for w in twcc.windows(2) {
+        assert_eq!(
+            w[1].base_seq,
+            w[0].base_seq.wrapping_add(w[0].status_count),
+            "feedback ranges are contiguous"
+        );
+    }
+    let reported: Vec<u32> = a
+        .rtcp_rx
+        .iter()
+        .filter_map(|r| match r {
+            Rtcp::ReceiverReport(rr) => {
+                Some(rr.reports.iter().map(|b| *b.ssrc).collect::<Vec<_>>())
+            }
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    for ssrc in [a.audio, a.layers[0].0, a.layers[2].0] {
+        assert!(reported.contains(&ssrc), "RR about {ssrc}: {reported:?}");
+    }
+    let b_layer = net.clients[1].layers[0].0;
+    let srs = a
+        .rtcp_rx
+        .iter()
+        .filter(|r| matches!(r, Rtcp::SenderReport(_)))
+        .count();
+    assert!(
+        srs >= 2,
+        "sender reports for what ep1 receives (from {b_layer}'s source)"
+    );
+}
+
+#[test]
+fn upstream_losses_are_nacked_and_repaired() {
+    use str0m::rtp::rtcp::Rtcp;
+    let mut net = Net::new(2);
+    net.connect();
+    net.media(Duration::from_millis(300), true);
+    let a_addr = net.clients[0].addr;
+    let (a_l0, _) = net.clients[0].layers[0];
+    // Lose every 4th packet of ep1's lowest layer (the one ep2 gets) for a second.
+    let mut n = 0u32;
+    net.deliver_to_engine = Box::new(move |from, d| {
+        if from != a_addr
+            || !is_rtp_packet(d)
+            || u32::from_be_bytes([d[8], d[9], d[10], d[11]]) != a_l0
+        {
+            return true;
+        }
+        n += 1;
+        !n.is_multiple_of(4)
+    });
+    net.media(Duration::from_millis(1000), true);
+    net.deliver_to_engine = Box::new(|_, _| true);
+    net.media(Duration::from_millis(500), true);
+    let nacked = net.clients[0]
+        .rtcp_rx
+        .iter()
+        .any(|r| matches!(r, Rtcp::Nack(n) if *n.ssrc == a_l0));
+    assert!(nacked, "the bridge NACKed ep1's lost packets");
+    let mut seqs: Vec<u64> = net.clients[1]
+        .received(a_l0)
+        .iter()
+        .map(|p| *p.seq_no)
+        .collect();
+    seqs.sort();
+    seqs.dedup();
+    assert_consecutive(&seqs, "ep1's video at ep2 after upstream repair");
 }
 
 #[test]
