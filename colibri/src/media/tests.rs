@@ -425,6 +425,9 @@ fn vp8_pid_tl0(payload: &[u8]) -> (u16, u8) {
 }
 
 /// Engine + clients + the wire between them.
+/// Decides whether a datagram from a client (its address, the data) reaches the engine.
+type ToEngine = dyn FnMut(SocketAddr, &[u8]) -> bool;
+
 struct Net {
     now: Instant,
     engine: MediaEngine,
@@ -434,7 +437,7 @@ struct Net {
     /// Return false to lose a datagram from the engine to a client.
     deliver_to_client: Box<dyn FnMut(&Transmit) -> bool>,
     /// Return false to lose a datagram from a client (its address, the data) to the engine.
-    deliver_to_engine: Box<dyn FnMut(SocketAddr, &[u8]) -> bool>,
+    deliver_to_engine: Box<ToEngine>,
 }
 
 impl Net {
