@@ -120,7 +120,8 @@ pub struct EngineConfig {
     /// expired (JVB `entity-expiration.timeout`, 1 min; `Duration::ZERO`: never).
     pub expire_inactive_after: Duration,
     /// str0m's transport-cc bandwidth estimation towards each endpoint, starting from this
-    /// estimate (bps); `None`: off. Feeds `ConnectionStats`. Note that with it on, str0m paces
+    /// estimate (bps); `None`: off. Feeds `ConnectionStats`. With it on, all media goes
+    /// through str0m (the fast path is off: str0m must see what it sends), which paces
     /// everything sent to the endpoint at 1.1 × the estimate (and probes with padding), while
     /// layer selection does not yet follow the estimate: hence off by default.
     pub bwe_initial_bps: Option<u64>,
