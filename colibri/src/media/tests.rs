@@ -1013,6 +1013,78 @@ fn garbage_is_dropped_and_counted() {
 }
 
 #[test]
+fn fast_path_rejects_forged_replayed_and_malformed_rtp() {
+    let mut net = Net::new(2);
+    net.connect();
+    net.media(Duration::from_millis(200), true);
+    let a_addr = net.clients[0].addr;
+    let a_audio = net.clients[0].audio;
+    let (a_l0, a_rtx0) = net.clients[0].layers[0];
+    // Keep a copy of ep1's real SRTP packets as they go by.
+    let seen = std::rc::Rc::new(std::cell::RefCell::new(Vec::<Vec<u8>>::new()));
+    let keep = seen.clone();
+    net.deliver_to_engine = Box::new(move |from, d| {
+        if from == a_addr && is_rtp_packet(d) {
+            keep.borrow_mut().push(d.to_vec());
+        }
+        true
+    });
+    net.media(Duration::from_millis(200), true);
+    net.deliver_to_engine = Box::new(|_, _| true);
+    let now = net.now;
+    let to = engine_addr();
+    let before = net.engine.stats().dropped_datagrams;
+    let got = net.clients[1].received(a_audio).len();
+    // Replays of authentic packets.
+    let replays: Vec<Vec<u8>> = seen.borrow().iter().take(20).cloned().collect();
+    assert!(!replays.is_empty());
+    for d in &replays {
+        net.engine.handle_datagram(now, a_addr, to, d);
+    }
+    // Forged packets on the endpoint's own SSRCs (they reach decryption), with every kind of
+    // header damage, and truncations of a real packet.
+    let mut seed = 0x9e37_79b9u32;
+    let mut rand = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 17;
+        seed ^= seed << 5;
+        seed
+    };
+    let mut forged = 0;
+    for ssrc in [a_audio, a_l0, a_rtx0] {
+        for len in [12usize, 13, 16, 20, 28, 29, 40, 100, 1200] {
+            let mut d: Vec<u8> = (0..len).map(|_| rand() as u8).collect();
+            d[0] = 0x80 | (d[0] & 0x3f); // V=2, random P/X/CC
+            d[1] &= 0x7f;
+            if (64..=95).contains(&d[1]) {
+                d[1] = 100;
+            }
+            d[8..12].copy_from_slice(&ssrc.to_be_bytes());
+            net.engine.handle_datagram(now, a_addr, to, &d);
+            forged += 1;
+        }
+    }
+    let real = replays[0].clone();
+    for n in 12..real.len() {
+        net.engine.handle_datagram(now, a_addr, to, &real[..n]);
+    }
+    let dropped = net.engine.stats().dropped_datagrams - before;
+    assert!(
+        dropped >= replays.len() as u64 + forged,
+        "replayed and forged packets are dropped and counted ({dropped})"
+    );
+    net.pump();
+    assert_eq!(
+        net.clients[1].received(a_audio).len(),
+        got,
+        "nothing of it was forwarded"
+    );
+    // And media keeps flowing.
+    net.media(Duration::from_millis(300), true);
+    assert!(net.clients[1].received(a_audio).len() > got + 5);
+}
+
+#[test]
 fn removing_an_endpoint_stops_its_media() {
     let mut net = Net::new(3);
     net.connect();
