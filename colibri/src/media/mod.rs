@@ -104,7 +104,8 @@ pub struct EngineConfig {
     /// Host candidates: the addresses (ip + media port) the bridge advertises and receives on.
     pub local_addrs: Vec<SocketAddr>,
     pub max_endpoints: usize,
-    /// Packets kept per outgoing video stream to answer NACKs (JVB: 500).
+    /// Forwarded packets kept per sender video stream (simulcast layer) to answer receivers'
+    /// NACKs (JVB: 500).
     pub rtx_cache_packets: usize,
     /// How long forwarded video packets are kept for retransmission.
     pub rtx_cache_age: Duration,
