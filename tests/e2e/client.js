@@ -956,6 +956,9 @@ class Client {
             };
             ws.onmessage = (ev) => {
                 this.channelMsgs.push(ev.data);
+                if (ev.data.includes('"ConnectionStats"')) {
+                    try { this.connectionStats = JSON.parse(ev.data); } catch { /* ignore */ }
+                }
                 if (this.channelMsgs.length > 200) this.channelMsgs.splice(0, 50);
             };
             ws.onerror = () => this.L('bridge channel error');
@@ -1048,6 +1051,7 @@ class Client {
             channel: { url: this.remote && this.remote.wsUrl, open: this.channelOpen, received: this.channelMsgs.slice(-30) },
             members: [...this.members.keys()], terminated: this.terminated || null,
             transport: this.transport, boshBodies: this.boshBodies, p2p: this.p2pInfo ? this.p2pInfo() : null,
+            connectionStats: this.connectionStats || null,
         };
     }
 }

@@ -39,11 +39,23 @@ pub(super) struct RtpOut {
 
 /// Append the RTP header (RFC 3550 §5.1) with the extensions `ids` allows (RFC 8285: the
 /// one-byte form, or the two-byte form when a value does not fit it).
-pub(super) fn write_header(buf: &mut Vec<u8>, h: &RtpOut, ids: &ExtIds, ext: &ExtOut) {
-    let mut items: [(u8, &[u8]); 3] = [(0, &[]); 3];
+pub(super) fn write_header(
+    buf: &mut Vec<u8>,
+    h: &RtpOut,
+    ids: &ExtIds,
+    ext: &ExtOut,
+    transport_seq: Option<u16>,
+) {
+    let mut items: [(u8, &[u8]); 4] = [(0, &[]); 4];
     let mut n = 0;
     let al;
     let vo;
+    let tw;
+    if let (id @ 1..=14, Some(v)) = (ids.transport_cc, transport_seq) {
+        tw = v.to_be_bytes();
+        items[n] = (id, &tw);
+        n += 1;
+    }
     if let (id @ 1..=14, Some(v)) = (ids.audio_level, ext.audio_level) {
         al = [v];
         items[n] = (id, &al);
@@ -203,6 +215,8 @@ pub(super) enum Feedback {
         ssrc: u32,
         ntp_mid: u32,
     },
+    /// Transport-cc feedback about what the bridge sent the endpoint.
+    TransportCc(super::bwe::TwccFeedback),
 }
 
 /// NACKs (RFC 4585 §6.2.1), PLIs (§6.3.1) and FIRs (RFC 5104 §4.3.1) in a compound RTCP
@@ -247,6 +261,11 @@ pub(super) fn parse_feedback(rtcp: &[u8], max_nacks: usize, out: &mut Vec<Feedba
                 }
             }
             (206, 1) => out.push(Feedback::Keyframe { ssrc: media }),
+            (205, 15) => {
+                if let Some(fb) = super::bwe::parse_twcc(pkt) {
+                    out.push(Feedback::TransportCc(fb));
+                }
+            }
             (206, 4) => {
                 for fci in pkt[12..].chunks_exact(8) {
                     let ssrc = u32::from_be_bytes([fci[0], fci[1], fci[2], fci[3]]);
@@ -339,7 +358,7 @@ mod tests {
             transport_cc: 0,
         };
         let mut b = Vec::new();
-        write_header(&mut b, &h, &ids, &ExtOut::default());
+        write_header(&mut b, &h, &ids, &ExtOut::default(), None);
         assert_eq!(
             b,
             [0x80, 0xEF, 0x12, 0x34, 0xde, 0xad, 0xbe, 0xef, 0, 0, 0, 7]
@@ -349,7 +368,7 @@ mod tests {
             audio_level: Some(0x80 | 30),
             ..ExtOut::default()
         };
-        write_header(&mut b, &h, &ids, &ext);
+        write_header(&mut b, &h, &ids, &ext, None);
         assert_eq!(&b[12..], [0xBE, 0xDE, 0, 1, 0x10, 0x9E, 0, 0]);
         assert_eq!(b[0], 0x90);
         b.clear();
@@ -357,7 +376,7 @@ mod tests {
             dependency_descriptor: Some(Arc::from(vec![9u8; 20])),
             ..ExtOut::default()
         };
-        write_header(&mut b, &h, &ids, &ext);
+        write_header(&mut b, &h, &ids, &ext, None);
         assert_eq!(&b[12..18], [0x10, 0x00, 0, 6, 11, 20]);
         assert_eq!(b.len(), 12 + 4 + 24);
     }

@@ -526,6 +526,9 @@ pub(super) struct Endpoint {
     pub other_ssrcs: HashSet<u32>,
     /// Fast path: transport-wide sequence numbers to report to the endpoint.
     pub twcc: TwccRecorder,
+    /// Fast path: transport-wide numbering of what the bridge sends the endpoint, and the
+    /// bandwidth estimate from its feedback.
+    pub sendside: super::bwe::SendSide,
     /// Fast path: the sender SSRC of the bridge's RTCP to the endpoint.
     pub fb_ssrc: u32,
     /// SSRCs declared as incoming streams on `rtc`.

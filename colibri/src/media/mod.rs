@@ -22,6 +22,7 @@
 //! NACKs, transport-cc feedback).
 
 mod buf;
+mod bwe;
 mod egress;
 mod endpoint;
 mod forward;
@@ -527,6 +528,7 @@ impl MediaEngine {
                 rtx_index: FastMap::default(),
                 other_ssrcs: HashSet::new(),
                 twcc: Default::default(),
+                sendside: Default::default(),
                 fb_ssrc: rand::random_range(1..=u32::MAX),
             },
         );
@@ -534,10 +536,8 @@ impl MediaEngine {
             .get_or_insert(now + STATUS_CHECK_INTERVAL);
         self.next_sr.get_or_insert(now + SR_INTERVAL);
         self.next_feedback.get_or_insert(now + FEEDBACK_INTERVAL);
-        if self.cfg.bwe_initial_bps.is_some() {
-            self.next_connection_stats
-                .get_or_insert(now + self.cfg.connection_stats_interval);
-        }
+        self.next_connection_stats
+            .get_or_insert(now + self.cfg.connection_stats_interval);
         self.by_name
             .insert((conference.to_string(), endpoint.to_string()), id);
         self.by_ufrag.insert(local_ufrag.to_string(), id);
@@ -1152,7 +1152,7 @@ impl MediaEngine {
                 .collect();
             eps.sort_by(|a, b| (&a.conference, &a.id).cmp(&(&b.conference, &b.id)));
             for ep in eps {
-                if let Some(bps) = ep.bwe_bps {
+                if let Some(bps) = ep.bwe_bps.or(ep.sendside.estimate()) {
                     self.out
                         .push_back(EngineOutput::Event(EngineEvent::ConnectionStats {
                             conference: ep.conference.clone(),
@@ -1369,6 +1369,22 @@ impl MediaEngine {
         for f in fb.drain(..) {
             match f {
                 Feedback::Nack { ssrc, seqs } => self.resend(id, ssrc, &seqs),
+                Feedback::TransportCc(fb) => {
+                    let now = self.now.unwrap_or_else(Instant::now);
+                    if let Some(ep) = self.endpoints.get_mut(&id)
+                        && let Some((rate, loss, queued)) = ep.sendside.on_feedback(&fb, now)
+                    {
+                        tracing::trace!(
+                            endpoint = %ep.id,
+                            statuses = fb.arrivals.len(),
+                            delivered_bps = rate as u64,
+                            loss,
+                            queued,
+                            estimate = ?ep.sendside.estimate(),
+                            "transport-cc feedback"
+                        );
+                    }
+                }
                 Feedback::SenderReport { ssrc, ntp_mid } => {
                     let now = self.now.unwrap_or_else(Instant::now);
                     if let Some(ep) = self.endpoints.get_mut(&id)
@@ -1637,6 +1653,8 @@ impl MediaEngine {
             let rtx_seq = slot.rtx_seq;
             slot.rtx_seq += 1;
             self.hdr.clear();
+            let tseq = (ep.caps.ext_ids.transport_cc != 0)
+                .then(|| ep.sendside.on_send(now, self.scratch.len() + 40));
             write_header(
                 &mut self.hdr,
                 &RtpOut {
@@ -1648,6 +1666,7 @@ impl MediaEngine {
                 },
                 &ep.caps.ext_ids,
                 &s.ext,
+                tseq,
             );
             let mut data = self.pool.pop().unwrap_or_default();
             if srtp
@@ -1931,6 +1950,8 @@ impl MediaEngine {
                     &payload
                 };
                 self.hdr.clear();
+                let tseq = (r.caps.ext_ids.transport_cc != 0)
+                    .then(|| r.sendside.on_send(now, body.len() + 40));
                 write_header(
                     &mut self.hdr,
                     &RtpOut {
@@ -1942,6 +1963,7 @@ impl MediaEngine {
                     },
                     &r.caps.ext_ids,
                     &ext_out,
+                    tseq,
                 );
                 let mut data = self.pool.pop().unwrap_or_default();
                 if srtp

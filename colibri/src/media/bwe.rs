@@ -1,0 +1,381 @@
+//! A send-side estimate of the bandwidth towards each receiver, from the transport-cc feedback
+//! (draft-holmer-rmcat-transport-wide-cc-extensions-01) it sends about the packets the bridge
+//! numbered. Not Google's GCC: per feedback it measures what got through (delivery rate),
+//! whether the path queued (arrival spread grew against send spread) and the loss; it
+//! backs off to below the delivery rate on queueing or loss and otherwise grows by 8% a
+//! second, never above 1.5 times what was delivered (the bridge does not probe). Feeds
+//! `ConnectionStats`. Sans-IO.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use super::ingress::extend_seq;
+
+/// Packets remembered for matching feedback at most.
+const MAX_SENT: usize = 4096;
+/// A packet not reported on for this long is forgotten.
+const SENT_MAX_AGE: Duration = Duration::from_secs(2);
+const MIN_BPS: f64 = 30_000.0;
+const MAX_BPS: f64 = 100_000_000.0;
+
+/// One transport-cc feedback: base sequence number, and per status the arrival time in µs
+/// (on the receiver's clock) or `None` (not received).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct TwccFeedback {
+    pub base: u16,
+    pub arrivals: Vec<Option<i64>>,
+}
+
+/// Parse an RTPFB FMT 15 packet (whole, from its RTCP header). `None` if malformed.
+pub(super) fn parse_twcc(pkt: &[u8]) -> Option<TwccFeedback> {
+    if pkt.len() < 20 || pkt[0] & 0x1f != 15 || pkt[1] != 205 {
+        return None;
+    }
+    let base = u16::from_be_bytes([pkt[12], pkt[13]]);
+    let count = usize::from(u16::from_be_bytes([pkt[14], pkt[15]]));
+    let r = u32::from_be_bytes([0, pkt[16], pkt[17], pkt[18]]);
+    // 24-bit signed, multiples of 64 ms.
+    let reference = (((r << 8) as i32) >> 8) as i64 * 64_000;
+    let mut symbols: Vec<u8> = Vec::with_capacity(count);
+    let mut i = 20;
+    while symbols.len() < count {
+        let c = u16::from_be_bytes([*pkt.get(i)?, *pkt.get(i + 1)?]);
+        i += 2;
+        if c & 0x8000 == 0 {
+            let sym = ((c >> 13) & 3) as u8;
+            let run = usize::from(c & 0x1fff).min(count - symbols.len());
+            symbols.extend(std::iter::repeat_n(sym, run));
+        } else if c & 0x4000 == 0 {
+            for b in (0..14).rev() {
+                symbols.push(((c >> b) & 1) as u8);
+            }
+        } else {
+            for b in (0..7).rev() {
+                symbols.push(((c >> (2 * b)) & 3) as u8);
+            }
+        }
+    }
+    symbols.truncate(count);
+    let mut t = reference;
+    let mut arrivals = Vec::with_capacity(count);
+    for s in symbols {
+        match s {
+            0 => arrivals.push(None),
+            1 => {
+                t += i64::from(*pkt.get(i)?) * 250;
+                i += 1;
+                arrivals.push(Some(t));
+            }
+            2 => {
+                t += i64::from(i16::from_be_bytes([*pkt.get(i)?, *pkt.get(i + 1)?])) * 250;
+                i += 2;
+                arrivals.push(Some(t));
+            }
+            _ => return None,
+        }
+    }
+    Some(TwccFeedback { base, arrivals })
+}
+
+#[derive(Debug, Clone, Copy)]
+struct SentRecord {
+    seq: u64,
+    at: Instant,
+    size: u32,
+}
+
+/// How far back the delivery rate and the loss are measured.
+const WINDOW: Duration = Duration::from_millis(1000);
+/// The shortest arrival span a delivery rate is computed over.
+const MIN_SPAN_US: i64 = 200_000;
+/// Decreases happen at most this often (feedback comes every 50–100 ms).
+const DECREASE_INTERVAL: Duration = Duration::from_millis(300);
+
+/// The transport-wide numbering of what the bridge sends one receiver, and the estimate.
+#[derive(Debug)]
+pub(super) struct SendSide {
+    next_seq: u64,
+    sent: VecDeque<SentRecord>,
+    /// Arrivals (receiver µs, bytes) of the last `WINDOW`.
+    arrived: VecDeque<(i64, u32)>,
+    /// Per feedback in the last `WINDOW`: when, packets received, packets lost.
+    reports: VecDeque<(Instant, u32, u32)>,
+    estimate: Option<f64>,
+    last_update: Option<Instant>,
+    last_decrease: Option<Instant>,
+}
+
+impl Default for SendSide {
+    fn default() -> Self {
+        SendSide {
+            next_seq: 1 << 20,
+            sent: VecDeque::new(),
+            arrived: VecDeque::new(),
+            reports: VecDeque::new(),
+            estimate: None,
+            last_update: None,
+            last_decrease: None,
+        }
+    }
+}
+
+impl SendSide {
+    /// Number a packet of `size` bytes sent at `at`: the transport-wide sequence number to
+    /// write in it.
+    pub fn on_send(&mut self, at: Instant, size: usize) -> u16 {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        while self.sent.len() >= MAX_SENT
+            || self
+                .sent
+                .front()
+                .is_some_and(|f| at.saturating_duration_since(f.at) > SENT_MAX_AGE)
+        {
+            self.sent.pop_front();
+        }
+        self.sent.push_back(SentRecord {
+            seq,
+            at,
+            size: size as u32,
+        });
+        seq as u16
+    }
+
+    /// The current estimate (bps), once feedback arrived.
+    pub fn estimate(&self) -> Option<u64> {
+        self.estimate.map(|e| e as u64)
+    }
+
+    /// Take one feedback; returns what the window measures (delivery rate bps, loss, whether
+    /// this feedback saw queueing) once it spans enough.
+    pub fn on_feedback(&mut self, fb: &TwccFeedback, now: Instant) -> Option<(f64, f64, bool)> {
+        let front = self.sent.front().map(|f| f.seq)?;
+        let base = extend_seq(self.next_seq.saturating_sub(1), fb.base);
+        // (send time, arrival µs) of what arrived, in sequence order; and the losses.
+        let mut acked: Vec<(Instant, i64)> = Vec::new();
+        let mut lost = 0u32;
+        let mut highest = None;
+        for (k, a) in fb.arrivals.iter().enumerate() {
+            let seq = base + k as u64;
+            let Some(r) = seq
+                .checked_sub(front)
+                .and_then(|i| self.sent.get(i as usize))
+                .filter(|r| r.seq == seq)
+            else {
+                continue;
+            };
+            highest = Some(seq);
+            match a {
+                Some(t) => {
+                    acked.push((r.at, *t));
+                    // A receiver clock that jumped back (reference time wrapped or reset)
+                    // starts the window over.
+                    if self
+                        .arrived
+                        .back()
+                        .is_some_and(|b| *t < b.0 - WINDOW.as_micros() as i64)
+                    {
+                        self.arrived.clear();
+                    }
+                    self.arrived.push_back((*t, r.size));
+                }
+                None => lost += 1,
+            }
+        }
+        // Everything up to the highest reported packet is settled.
+        if let Some(h) = highest {
+            while self.sent.front().is_some_and(|f| f.seq <= h) {
+                self.sent.pop_front();
+            }
+        }
+        self.reports.push_back((now, acked.len() as u32, lost));
+        while self
+            .reports
+            .front()
+            .is_some_and(|r| now.saturating_duration_since(r.0) > WINDOW)
+        {
+            self.reports.pop_front();
+        }
+        // Arrival times only grow within a receiver's clock; drop what is older than WINDOW.
+        if let Some(&(last, _)) = self.arrived.back() {
+            let horizon = last - WINDOW.as_micros() as i64;
+            while self.arrived.front().is_some_and(|a| a.0 < horizon) {
+                self.arrived.pop_front();
+            }
+        }
+        let (first, last) = (self.arrived.front()?.0, self.arrived.back()?.0);
+        let span = last - first;
+        if span < MIN_SPAN_US {
+            return None;
+        }
+        let bytes: u64 = self.arrived.iter().skip(1).map(|a| u64::from(a.1)).sum();
+        let rate = bytes as f64 * 8.0 * 1e6 / span as f64;
+        let (got, missed) = self
+            .reports
+            .iter()
+            .fold((0u32, 0u32), |(g, m), r| (g + r.1, m + r.2));
+        let loss = f64::from(missed) / f64::from((got + missed).max(1));
+        // This feedback saw a queue build if its arrivals spread by more than 5 ms (and 10%)
+        // beyond how they were sent.
+        let queued = match (acked.first(), acked.last()) {
+            (Some(&(s0, r0)), Some(&(s1, r1))) if acked.len() >= 2 => {
+                let recv_span = (r1 - r0) as f64 / 1e6;
+                let send_span = s1.saturating_duration_since(s0).as_secs_f64();
+                recv_span - send_span > 0.005f64.max(0.1 * send_span)
+            }
+            _ => false,
+        };
+        let elapsed = self.last_update.map_or(0.0, |t| {
+            now.saturating_duration_since(t).as_secs_f64().min(1.0)
+        });
+        self.last_update = Some(now);
+        let may_decrease = self
+            .last_decrease
+            .is_none_or(|t| now.saturating_duration_since(t) >= DECREASE_INTERVAL);
+        let est = match self.estimate {
+            None => rate,
+            Some(e) if loss > 0.1 => {
+                if may_decrease {
+                    self.last_decrease = Some(now);
+                    (e * (1.0 - 0.5 * loss)).max(0.5 * rate.min(e))
+                } else {
+                    e
+                }
+            }
+            Some(e) if queued => {
+                if may_decrease && e > 0.85 * rate {
+                    self.last_decrease = Some(now);
+                    0.85 * rate
+                } else {
+                    e
+                }
+            }
+            // What got through is the floor; grow 8% a second, up to 1.5x of it.
+            Some(e) => (e * (1.0 + 0.08 * elapsed))
+                .min(1.5 * rate)
+                .max(rate.min(e.max(rate))),
+        };
+        self.estimate = Some(est.clamp(MIN_BPS, MAX_BPS));
+        Some((rate, loss, queued))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::media::ingress::TwccRecorder;
+
+    /// Send `n` packets of 1000 bytes every `gap`, arriving after `delay(i)`; feedback written
+    /// by the receive side's own recorder every 25 packets.
+    fn run(
+        s: &mut SendSide,
+        t0: Instant,
+        n: usize,
+        gap: Duration,
+        lose: impl Fn(usize) -> bool,
+        delay: impl Fn(usize) -> Duration,
+    ) -> Instant {
+        let mut rec = TwccRecorder::default();
+        let mut now = t0;
+        for i in 0..n {
+            now = t0 + gap * i as u32;
+            let seq = s.on_send(now, 1000);
+            if !lose(i) {
+                rec.record(seq, now + delay(i), t0);
+            }
+            if (i + 1) % 25 == 0 {
+                let mut b = Vec::new();
+                if rec.write_feedback(&mut b, 1) {
+                    let fb = parse_twcc(&b).expect("our own feedback parses");
+                    s.on_feedback(&fb, now + delay(i));
+                }
+            }
+        }
+        now
+    }
+
+    #[test]
+    fn parses_what_the_recorder_writes() {
+        let t0 = Instant::now();
+        let mut rec = TwccRecorder::default();
+        rec.record(10, t0 + Duration::from_millis(1), t0);
+        rec.record(12, t0 + Duration::from_millis(2), t0);
+        rec.record(13, t0 + Duration::from_millis(100), t0);
+        let mut b = Vec::new();
+        assert!(rec.write_feedback(&mut b, 7));
+        let fb = parse_twcc(&b).unwrap();
+        assert_eq!(fb.base, 10);
+        assert_eq!(fb.arrivals.len(), 4);
+        assert!(fb.arrivals[1].is_none());
+        let a: Vec<i64> = fb.arrivals.iter().flatten().copied().collect();
+        assert_eq!(a[1] - a[0], 1000);
+        assert_eq!(a[2] - a[1], 98_000);
+        // Run-length and one-bit chunks (as browsers write them).
+        let mut p = vec![
+            0x8F, 205, 0, 0, 0, 0, 0, 1, 0, 0, 0, 2, 0, 5, 0, 17, 0, 0, 1, 0,
+        ];
+        p.extend_from_slice(&0x2003u16.to_be_bytes()); // run of 3 × "small delta"
+        p.extend_from_slice(&0xA000u16.to_be_bytes()); // 1-bit vector: 1, then 13 × 0
+        p.extend_from_slice(&[4, 4, 4, 8, 0, 0]);
+        let fb = parse_twcc(&p).unwrap();
+        assert_eq!(fb.arrivals.len(), 17);
+        assert_eq!(fb.arrivals[0], Some(64_000 + 1000));
+        assert_eq!(fb.arrivals[3], Some(64_000 + 5000));
+        assert!(fb.arrivals[4..].iter().all(Option::is_none));
+        // Truncated: None, never a panic.
+        for n in 0..p.len() - 2 {
+            let _ = parse_twcc(&p[..n]);
+        }
+        assert!(parse_twcc(&p[..22]).is_none());
+    }
+
+    #[test]
+    fn estimate_follows_the_path() {
+        let t0 = Instant::now();
+        // 1000-byte packets every 2 ms: 4 Mbit/s, constant delay, no loss.
+        let mut s = SendSide::default();
+        let t = run(
+            &mut s,
+            t0,
+            1000,
+            Duration::from_millis(2),
+            |_| false,
+            |_| Duration::from_millis(20),
+        );
+        let e = s.estimate().unwrap() as f64;
+        assert!((3.5e6..=6.1e6).contains(&e), "clean path: {e}");
+        // A queue builds (each packet 0.5 ms later than the one before): back off.
+        let before = e;
+        run(
+            &mut s,
+            t,
+            200,
+            Duration::from_millis(2),
+            |_| false,
+            |i| Duration::from_millis(20) + Duration::from_micros(500 * i as u64),
+        );
+        let e = s.estimate().unwrap() as f64;
+        assert!(e < 0.9 * before, "queueing: {before} -> {e}");
+        // Heavy loss: back off too.
+        let mut s = SendSide::default();
+        run(
+            &mut s,
+            t0,
+            200,
+            Duration::from_millis(2),
+            |_| false,
+            |_| Duration::from_millis(20),
+        );
+        let before = s.estimate().unwrap() as f64;
+        run(
+            &mut s,
+            t0 + Duration::from_secs(1),
+            1000,
+            Duration::from_millis(2),
+            |i| i % 4 == 0,
+            |_| Duration::from_millis(20),
+        );
+        let e = s.estimate().unwrap() as f64;
+        assert!(e < 0.9 * before, "25% loss: {before} -> {e}");
+    }
+}
