@@ -155,10 +155,11 @@ def test_stanza_flood_is_a_policy_violation(limited):
         c = Client(f"flood@{AUTH_DOMAIN}", "floodpw")
         c.connect(host="127.0.0.1", port=limited.c2s_port)
         await asyncio.wait_for(c.ready.wait(), 10)
-        # Far beyond the burst of 10 at 5/s, even if this machine is busy.
+        # Far beyond the burst: the server closes while much of this is still in flight, and
+        # its stream error must still arrive (no reset from unread input).
         for i in range(200):
             c.send_message(mto=f"nobody@{AUTH_DOMAIN}/x", mbody=str(i), mtype="chat")
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 5
         while time.monotonic() < deadline and "policy-violation" not in c.errors:
             await asyncio.sleep(0.05)
         assert "policy-violation" in c.errors, c.errors

@@ -52,6 +52,26 @@ impl Socket {
     }
 }
 
+/// After our side closed: discard what the peer still sends until it closes too, for at most
+/// `LINGER` and `LINGER_BYTES`, then drop the socket.
+async fn linger(mut sock: Socket) {
+    let mut buf = [0u8; 4096];
+    let mut total = 0usize;
+    let _ = tokio::time::timeout(LINGER, async {
+        while total < LINGER_BYTES {
+            match sock.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => total += n,
+            }
+        }
+    })
+    .await;
+}
+
+/// How long and how much a closed connection's late input is read and discarded.
+const LINGER: std::time::Duration = std::time::Duration::from_secs(2);
+const LINGER_BYTES: usize = 256 * 1024;
+
 /// Reads an XML stream from a socket, `events` buffered between calls (cancel-safe).
 pub struct StreamReader {
     pub socket: Socket,
@@ -175,6 +195,11 @@ impl Link for TcpLink {
             if close {
                 self.reader.socket.shutdown().await;
                 self.closed = true;
+                // Closing a socket with unread input makes the kernel send a reset, which
+                // can destroy the stream error before the peer reads it (a client that
+                // floods does have input in flight): read and discard for a moment first.
+                let sock = std::mem::replace(&mut self.reader.socket, Socket::Upgrading);
+                tokio::spawn(linger(sock));
             }
             r
         })
