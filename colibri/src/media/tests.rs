@@ -951,6 +951,59 @@ fn upstream_losses_are_nacked_and_repaired() {
 }
 
 #[test]
+fn nacks_after_a_layer_switch_are_answered_with_the_switched_stream() {
+    let mut net = Net::new(2);
+    net.connect();
+    net.media(Duration::from_millis(400), true);
+    net.engine.set_receiver_constraints(
+        (CONF, "ep2"),
+        ReceiverConstraints {
+            constraints: [("ep1-v0".to_string(), 720)].into_iter().collect(),
+            ..Default::default()
+        },
+    );
+    net.media(Duration::from_millis(600), true);
+    let switches = net.engine.stats().layer_switches;
+    assert!(switches > 0);
+    let (a_l0, a_rtx0) = net.clients[0].layers[0];
+    let b_addr = net.clients[1].addr;
+    // Lose every 5th RTP packet to ep2 for a while: the repairs come from ep1's top layer,
+    // through the offsets of the switch.
+    let mut n = 0u32;
+    net.deliver_to_client = Box::new(move |t| {
+        if t.to != b_addr || !is_rtp_packet(&t.data) {
+            return true;
+        }
+        n += 1;
+        !n.is_multiple_of(5)
+    });
+    net.media(Duration::from_millis(800), true);
+    net.deliver_to_client = Box::new(|_| true);
+    net.media(Duration::from_millis(400), true);
+    assert!(net.engine.stats().retransmissions > 0);
+    assert!(net.clients[1].raw_rx_ssrcs.contains(&a_rtx0));
+    let got = net.clients[1].received(a_l0);
+    let mut seqs: Vec<u64> = got.iter().map(|p| *p.seq_no).collect();
+    seqs.sort();
+    seqs.dedup();
+    assert_consecutive(&seqs, "layer 2 video after repair");
+    // Repaired packets carry the top layer's payload with this stream's picture ids.
+    let mut by_seq: Vec<&RtpPacket> = got.to_vec();
+    by_seq.sort_by_key(|p| *p.seq_no);
+    by_seq.dedup_by_key(|p| *p.seq_no);
+    let tail: Vec<&&RtpPacket> = by_seq.iter().rev().take(30).collect();
+    assert!(tail.iter().all(|p| p.payload[p.payload.len() - 2] == 2));
+    for w in tail.windows(2) {
+        let (p1, _) = vp8_pid_tl0(&w[0].payload);
+        let (p0, _) = vp8_pid_tl0(&w[1].payload);
+        assert!(
+            p1 == p0 || p1 == (p0 + 1) & 0x7fff,
+            "picture ids {p0} -> {p1}"
+        );
+    }
+}
+
+#[test]
 fn garbage_is_dropped_and_counted() {
     let mut net = Net::new(2);
     net.connect();
