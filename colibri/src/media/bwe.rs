@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 use super::ingress::extend_seq;
 
 /// Packets remembered for matching feedback at most.
-const MAX_SENT: usize = 4096;
+const MAX_SENT: usize = 1024;
 /// A packet not reported on for this long is forgotten.
-const SENT_MAX_AGE: Duration = Duration::from_secs(2);
+const SENT_MAX_AGE: Duration = Duration::from_millis(500);
 const MIN_BPS: f64 = 30_000.0;
 const MAX_BPS: f64 = 100_000_000.0;
 

@@ -82,7 +82,8 @@ const BWE_DESIRED_BPS: u64 = 10_000_000;
 const SR_INTERVAL: Duration = Duration::from_secs(1);
 /// A forwarded stream silent for this long gets no more sender reports.
 const SR_IDLE: Duration = Duration::from_secs(5);
-/// The fast path's feedback to senders (transport-cc, NACK) goes out this often…
+/// The fast path's NACKs to senders go out this often, transport-cc feedback every other
+/// time (100 ms, as browsers send theirs)…
 const FEEDBACK_INTERVAL: Duration = Duration::from_millis(50);
 /// …and its receiver reports this often.
 const RR_INTERVAL: Duration = Duration::from_secs(1);
@@ -355,6 +356,8 @@ pub struct MediaEngine {
     /// The next round of feedback to senders, and of receiver reports (fast path).
     next_feedback: Option<Instant>,
     next_rr: Option<Instant>,
+    /// Counts feedback rounds (transport-cc goes out every other one).
+    feedback_rounds: u64,
     /// Scratch: a decrypted payload, NACKed sequence numbers.
     rxbuf: Vec<u8>,
     nacks: Vec<u16>,
@@ -389,6 +392,7 @@ impl MediaEngine {
             next_sr: None,
             next_feedback: None,
             next_rr: None,
+            feedback_rounds: 0,
             rxbuf: Vec::with_capacity(1500),
             nacks: Vec::new(),
             clock: Clock::now(),
@@ -1526,6 +1530,8 @@ impl MediaEngine {
         if rr_due {
             self.next_rr = Some(now + RR_INTERVAL);
         }
+        self.feedback_rounds += 1;
+        let twcc_due = self.feedback_rounds.is_multiple_of(2);
         for ep in self.endpoints.values_mut() {
             let (Some(srtp), Some((from, to))) = (ep.srtp.as_mut(), ep.send_path) else {
                 continue;
@@ -1547,7 +1553,9 @@ impl MediaEngine {
             }
             let bare = self.rtcp.len() == 8;
             let had = self.rtcp.len();
-            ep.twcc.write_feedback(&mut self.rtcp, ep.fb_ssrc);
+            if twcc_due {
+                ep.twcc.write_feedback(&mut self.rtcp, ep.fb_ssrc);
+            }
             for s in ep.sources.iter_mut().filter(|s| s.kind == MediaType::Video) {
                 for l in &mut s.layers {
                     self.nacks.clear();
@@ -1941,7 +1949,10 @@ impl MediaEngine {
                 let (Some(srtp), Some((from, to))) = (r.srtp.as_mut(), r.send_path) else {
                     continue;
                 };
-                let body: &[u8] = if out.picture_id.is_some() || out.tl0.is_some() {
+                // Only a stream whose offsets moved (a switch) needs its descriptor patched,
+                // and a copy of the payload for it.
+                let patch = out.picture_id != input.picture_id || out.tl0 != input.tl0;
+                let body: &[u8] = if patch {
                     self.scratch.clear();
                     self.scratch.extend_from_slice(&payload);
                     patch_vp8(&mut self.scratch, out.picture_id, out.tl0);

@@ -876,7 +876,11 @@ fn senders_get_transport_cc_receiver_reports_and_sender_reports_they_can_parse()
             _ => None,
         })
         .collect();
-    assert!(twcc.len() >= 20, "transport-cc every 50 ms: {}", twcc.len());
+    assert!(
+        twcc.len() >= 20,
+        "transport-cc every 100 ms: {}",
+        twcc.len()
+    );
     assert!(twcc.iter().all(|t| t.status_count > 0));
     // Consecutive feedbacks: each starts where the previous ended.
     for w in twcc.windows(2) {
