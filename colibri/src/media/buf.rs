@@ -17,24 +17,50 @@ thread_local! {
     static FREE: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
 }
 
-/// One payload; returns its memory to the thread's free list when dropped.
+/// One payload (`0[1]` within the buffer); returns its memory to the thread's free list when
+/// dropped.
 #[derive(Debug, Default)]
-pub(super) struct Buf(Vec<u8>);
+pub(super) struct Buf(Vec<u8>, std::ops::Range<usize>);
 
 /// A payload shared by everyone it goes to.
 pub(super) type Payload = Arc<Buf>;
 
 impl Buf {
-    pub fn copy_of(data: &[u8]) -> Buf {
+    /// A buffer from the free list (or a new one), with stale contents: for writing into.
+    pub fn scratch() -> Vec<u8> {
         let mut v = FREE
             .try_with(|f| f.borrow_mut().pop())
             .ok()
             .flatten()
             .unwrap_or_default();
+        if v.capacity() < CAPACITY {
+            v.reserve(CAPACITY - v.len());
+        }
+        v
+    }
+
+    /// `v[range]` as a payload (an empty range when out of bounds).
+    pub fn from_vec(v: Vec<u8>, range: std::ops::Range<usize>) -> Buf {
+        let range = if range.start <= range.end && range.end <= v.len() {
+            range
+        } else {
+            0..0
+        };
+        Buf(v, range)
+    }
+
+    pub fn copy_of(data: &[u8]) -> Buf {
+        let mut v = Buf::scratch();
         v.clear();
         v.reserve(CAPACITY.max(data.len()));
         v.extend_from_slice(data);
-        Buf(v)
+        let n = v.len();
+        Buf(v, 0..n)
+    }
+
+    /// The whole buffer back (the range is forgotten).
+    pub fn into_vec(mut self) -> Vec<u8> {
+        std::mem::take(&mut self.0)
     }
 
     pub fn payload(data: &[u8]) -> Payload {
@@ -60,7 +86,7 @@ impl Drop for Buf {
 impl Deref for Buf {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
-        &self.0
+        self.0.get(self.1.clone()).unwrap_or_default()
     }
 }
 

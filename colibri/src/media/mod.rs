@@ -358,8 +358,7 @@ pub struct MediaEngine {
     next_rr: Option<Instant>,
     /// Counts feedback rounds (transport-cc goes out every other one).
     feedback_rounds: u64,
-    /// Scratch: a decrypted payload, NACKed sequence numbers.
-    rxbuf: Vec<u8>,
+    /// Scratch: NACKed sequence numbers.
     nacks: Vec<u16>,
     /// Wall clock reference for sender reports.
     clock: Clock,
@@ -393,7 +392,7 @@ impl MediaEngine {
             next_feedback: None,
             next_rr: None,
             feedback_rounds: 0,
-            rxbuf: Vec::with_capacity(1500),
+
             nacks: Vec::new(),
             clock: Clock::now(),
             pool: Vec::new(),
@@ -1447,18 +1446,21 @@ impl MediaEngine {
         let Some(srtp) = ep.srtp.as_mut() else {
             return;
         };
-        let Ok((index, mut len)) =
-            srtp.unprotect_rtp(data, h.hdr_len, h.ssrc, h.seq, &mut self.rxbuf)
+        // Decrypted straight into a payload buffer that receivers and the cache will share.
+        let mut plain = Buf::scratch();
+        let Ok((index, mut len)) = srtp.unprotect_rtp(data, h.hdr_len, h.ssrc, h.seq, &mut plain)
         else {
+            drop(Buf::from_vec(plain, 0..0));
             self.stats.dropped_datagrams += 1;
             return;
         };
+        let plain = Buf::from_vec(plain, 0..len);
         if let Some(t) = h.transport_seq {
             ep.twcc.record(t, now, epoch);
             ep.twcc.media_ssrc = h.ssrc;
         }
         if h.padding {
-            let pad = usize::from(len.checked_sub(1).map_or(0, |i| self.rxbuf[i]));
+            let pad = usize::from(plain.last().copied().unwrap_or(0));
             if pad == 0 || pad > len {
                 self.stats.dropped_datagrams += 1;
                 return;
@@ -1473,7 +1475,7 @@ impl MediaEngine {
                 if len < 2 {
                     return;
                 }
-                let osn = u16::from_be_bytes([self.rxbuf[0], self.rxbuf[1]]);
+                let osn = u16::from_be_bytes([plain[0], plain[1]]);
                 let near = ep
                     .sources
                     .get(si)
@@ -1509,7 +1511,7 @@ impl MediaEngine {
             ts: h.ts,
             pt,
             marker: h.marker,
-            payload: Buf::payload(&self.rxbuf[start..len]),
+            payload: Arc::new(Buf::from_vec(plain.into_vec(), start..len)),
             ext: ExtOut {
                 audio_level: h.audio_level,
                 video_orientation: h.video_orientation,
