@@ -1583,8 +1583,9 @@ fn measure(
     );
     let _ = writeln!(
         w,
-        "engine totals: dropped datagrams {}, rtc errors {}, keyframe requests {}, layer switches {}; client keyframe requests {}, client errors {}",
+        "engine totals: dropped datagrams {}, send dropped {}, rtc errors {}, keyframe requests {}, layer switches {}; client keyframe requests {}, client errors {}",
         end_stats.dropped_datagrams,
+        end_stats.send_dropped,
         end_stats.rtc_errors,
         end_stats.keyframe_requests,
         end_stats.layer_switches,

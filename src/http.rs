@@ -446,6 +446,12 @@ async fn metrics(
             s.receiver_keyframe_requests,
         );
         put(
+            "meetd_media_send_dropped_total",
+            "counter",
+            "Datagrams the media socket did not take (send buffer full, no route).",
+            s.send_dropped,
+        );
+        put(
             "meetd_media_dominant_speaker_changes_total",
             "counter",
             "Dominant speaker changes.",

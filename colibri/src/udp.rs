@@ -381,16 +381,21 @@ impl SendBatch {
                 Ok(r) => {
                     let n = r.count();
                     if n == 0 {
+                        engine.count_send_dropped((self.items.len() - at) as u64);
                         break;
                     }
                     at += n;
                 }
                 // The socket buffer is full: drop the rest.
-                Err(Errno::EAGAIN | Errno::ENOBUFS) => break,
+                Err(Errno::EAGAIN | Errno::ENOBUFS) => {
+                    engine.count_send_dropped((self.items.len() - at) as u64);
+                    break;
+                }
                 Err(Errno::EINTR) => {}
                 // This one datagram cannot go (e.g. no route): skip it.
                 Err(e) => {
                     tracing::debug!(error = %e, to = %rest[0].0, "media send failed");
+                    engine.count_send_dropped(1);
                     at += 1;
                 }
             }

@@ -260,6 +260,8 @@ pub struct EngineStats {
     pub retransmissions: u64,
     /// Keyframe requests (PLI/FIR) received from receivers about forwarded streams.
     pub receiver_keyframe_requests: u64,
+    /// Datagrams the socket did not take (send buffer full, no route).
+    pub send_dropped: u64,
 }
 
 /// One incoming RTP packet, from the fast path or from str0m.
@@ -1346,6 +1348,11 @@ impl MediaEngine {
             }
             _ => {}
         }
+    }
+
+    /// The I/O side could not send `n` datagrams.
+    pub fn count_send_dropped(&mut self, n: u64) {
+        self.stats.send_dropped += n;
     }
 
     /// Give a send buffer back once it is on the wire: the engine reuses it.
