@@ -103,6 +103,8 @@ pub(super) struct SendSide {
     estimate: Option<f64>,
     last_update: Option<Instant>,
     last_decrease: Option<Instant>,
+    /// Losses reported before this are not counted.
+    ignore_losses_until: Option<Instant>,
 }
 
 impl Default for SendSide {
@@ -115,6 +117,7 @@ impl Default for SendSide {
             estimate: None,
             last_update: None,
             last_decrease: None,
+            ignore_losses_until: None,
         }
     }
 }
@@ -139,6 +142,12 @@ impl SendSide {
             size: size as u32,
         });
         seq as u16
+    }
+
+    /// Losses reported until `t` are not congestion (the receiver is still setting up a
+    /// stream and drops its packets).
+    pub fn ignore_losses_until(&mut self, t: Instant) {
+        self.ignore_losses_until = Some(self.ignore_losses_until.map_or(t, |u| u.max(t)));
     }
 
     /// The current estimate (bps), once feedback arrived.
@@ -187,6 +196,9 @@ impl SendSide {
             while self.sent.front().is_some_and(|f| f.seq <= h) {
                 self.sent.pop_front();
             }
+        }
+        if self.ignore_losses_until.is_some_and(|t| now < t) {
+            lost = 0;
         }
         self.reports.push_back((now, acked.len() as u32, lost));
         while self
@@ -327,6 +339,33 @@ mod tests {
             let _ = parse_twcc(&p[..n]);
         }
         assert!(parse_twcc(&p[..22]).is_none());
+    }
+
+    #[test]
+    fn losses_while_a_receiver_sets_up_a_stream_are_not_congestion() {
+        let t0 = Instant::now();
+        let mut s = SendSide::default();
+        run(
+            &mut s,
+            t0,
+            200,
+            Duration::from_millis(2),
+            |_| false,
+            |_| Duration::from_millis(20),
+        );
+        let before = s.estimate().unwrap() as f64;
+        let t1 = t0 + Duration::from_secs(1);
+        s.ignore_losses_until(t1 + Duration::from_secs(5));
+        run(
+            &mut s,
+            t1,
+            1000,
+            Duration::from_millis(2),
+            |i| i % 4 == 0,
+            |_| Duration::from_millis(20),
+        );
+        let e = s.estimate().unwrap() as f64;
+        assert!(e >= 0.7 * before, "{before} -> {e}");
     }
 
     #[test]
