@@ -1334,18 +1334,12 @@ impl MediaEngine {
             }
             Event::RtpPacket(p) => self.forward(id, Incoming::from_str0m(p)),
             Event::KeyframeRequest(r) => {
-                let Some(ep) = self.endpoints.get(&id) else {
-                    return;
-                };
-                let Some(slot) = ep.by_mid.get(&r.mid).and_then(|s| ep.slots.get(s)) else {
-                    return;
-                };
-                let Some(f) = slot.source.and_then(|s| ep.forwards.get(&s)) else {
-                    return;
-                };
-                let (sender, name, layer) = (f.sender, f.name.clone(), slot.proj.layer());
-                if let Some(layer) = layer {
-                    self.request_keyframe(sender, &name, layer);
+                let slot = self
+                    .endpoints
+                    .get(&id)
+                    .and_then(|ep| ep.by_mid.get(&r.mid).copied());
+                if let Some(slot) = slot {
+                    self.receiver_wants_keyframe(id, slot);
                 }
             }
             _ => {}
@@ -1408,18 +1402,14 @@ impl MediaEngine {
                 }
                 Feedback::Keyframe { ssrc } => {
                     self.stats.receiver_keyframe_requests += 1;
-                    let Some(ep) = self.endpoints.get(&id) else {
-                        continue;
-                    };
-                    let Some(slot) = ep.slots.values().find(|s| s.ssrc == ssrc) else {
-                        continue;
-                    };
-                    let Some(f) = slot.source.and_then(|s| ep.forwards.get(&s)) else {
-                        continue;
-                    };
-                    let (sender, name, layer) = (f.sender, f.name.clone(), slot.proj.layer());
-                    if let Some(layer) = layer {
-                        self.request_keyframe(sender, &name, layer);
+                    let slot = self.endpoints.get(&id).and_then(|ep| {
+                        ep.slots
+                            .iter()
+                            .find(|(_, s)| s.ssrc == ssrc)
+                            .map(|(k, _)| *k)
+                    });
+                    if let Some(slot) = slot {
+                        self.receiver_wants_keyframe(id, slot);
                     }
                 }
             }
@@ -1743,6 +1733,24 @@ impl MediaEngine {
                 self.out
                     .push_back(EngineOutput::Transmit(Transmit { from, to, data }));
             }
+        }
+    }
+
+    /// A receiver asked for a keyframe on one of its streams: ask the sender of the source on
+    /// it for one on the layer it gets.
+    fn receiver_wants_keyframe(&mut self, id: EpId, slot: endpoint::SlotId) {
+        let Some(ep) = self.endpoints.get(&id) else {
+            return;
+        };
+        let Some(slot) = ep.slots.get(&slot) else {
+            return;
+        };
+        let Some(f) = slot.source.and_then(|s| ep.forwards.get(&s)) else {
+            return;
+        };
+        let (sender, name, layer) = (f.sender, f.name.clone(), slot.proj.layer());
+        if let Some(layer) = layer {
+            self.request_keyframe(sender, &name, layer);
         }
     }
 

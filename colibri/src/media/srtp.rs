@@ -21,7 +21,7 @@ use str0m::crypto::dtls::{
     SrtpProfile,
 };
 use str0m::crypto::{
-    AeadAes128Gcm, AeadAes128GcmCipher, AeadAes256Gcm, AeadAes256GcmCipher, Aes128CmSha1_80,
+    AeadAes128Gcm, AeadAes128GcmCipher, AeadAes256GcmCipher, Aes128CmSha1_80,
     Aes128CmSha1_80Cipher, CryptoError, CryptoProvider, Sha1HmacProvider, SrtpProvider,
 };
 
@@ -196,14 +196,47 @@ enum Ctx {
         salt: [u8; 14],
         auth: [u8; 20],
     },
-    Gcm128 {
-        cipher: Box<dyn AeadAes128GcmCipher>,
+    Gcm {
+        cipher: Aead,
         salt: [u8; 12],
     },
-    Gcm256 {
-        cipher: Box<dyn AeadAes256GcmCipher>,
-        salt: [u8; 12],
-    },
+}
+
+/// AES-GCM with a 128- or 256-bit key (RFC 7714: the same SRTP processing, IVs included, for
+/// both; the IV helpers of the 128-bit profile serve both).
+enum Aead {
+    Aes128(Box<dyn AeadAes128GcmCipher>),
+    Aes256(Box<dyn AeadAes256GcmCipher>),
+}
+
+impl Aead {
+    fn seal(
+        &mut self,
+        iv: &[u8; 12],
+        aad: &[u8],
+        input: &[u8],
+        out: &mut [u8],
+    ) -> Result<(), SrtpError> {
+        match self {
+            Aead::Aes128(c) => c.encrypt(iv, aad, input, out),
+            Aead::Aes256(c) => c.encrypt(iv, aad, input, out),
+        }
+        .map_err(|_| SrtpError::Cipher)
+    }
+
+    fn open(
+        &mut self,
+        iv: &[u8; 12],
+        aads: &[&[u8]],
+        input: &[u8],
+        out: &mut [u8],
+    ) -> Result<usize, SrtpError> {
+        match self {
+            Aead::Aes128(c) => c.decrypt(iv, aads, input, out),
+            Aead::Aes256(c) => c.decrypt(iv, aads, input, out),
+        }
+        .map_err(|_| SrtpError::Auth)
+    }
 }
 
 impl Ctx {
@@ -240,8 +273,8 @@ impl Ctx {
                 let mut s = [0u8; 12];
                 derive(p, master, salt, lk, &mut key);
                 derive(p, master, salt, ls, &mut s);
-                Ctx::Gcm128 {
-                    cipher: p.aead_aes_128_gcm().create_cipher(key, encrypt),
+                Ctx::Gcm {
+                    cipher: Aead::Aes128(p.aead_aes_128_gcm().create_cipher(key, encrypt)),
                     salt: s,
                 }
             }
@@ -250,8 +283,8 @@ impl Ctx {
                 let mut s = [0u8; 12];
                 derive(p, master, salt, lk, &mut key);
                 derive(p, master, salt, ls, &mut s);
-                Ctx::Gcm256 {
-                    cipher: p.aead_aes_256_gcm().create_cipher(key, encrypt),
+                Ctx::Gcm {
+                    cipher: Aead::Aes256(p.aead_aes_256_gcm().create_cipher(key, encrypt)),
                     salt: s,
                 }
             }
@@ -432,19 +465,10 @@ impl Srtp {
         let start = out.len();
         let roc = (index >> 16) as u32;
         match &mut self.tx_rtp {
-            Ctx::Gcm128 { cipher, salt } => {
+            Ctx::Gcm { cipher, salt } => {
                 let iv = AeadAes128Gcm::rtp_iv(*salt, ssrc, roc, index as u16);
                 out.resize(start + payload.len() + GCM_TAG, 0);
-                cipher
-                    .encrypt(&iv, header, payload, &mut out[start..])
-                    .map_err(|_| SrtpError::Cipher)?;
-            }
-            Ctx::Gcm256 { cipher, salt } => {
-                let iv = AeadAes256Gcm::rtp_iv(*salt, ssrc, roc, index as u16);
-                out.resize(start + payload.len() + GCM_TAG, 0);
-                cipher
-                    .encrypt(&iv, header, payload, &mut out[start..])
-                    .map_err(|_| SrtpError::Cipher)?;
+                cipher.seal(&iv, header, payload, &mut out[start..])?;
             }
             Ctx::Cm { cipher, salt, auth } => {
                 let index = index & 0xffff_ffff_ffff;
@@ -485,23 +509,12 @@ impl Srtp {
             out.resize(data.len() + CTR_PAD, 0);
         }
         let len = match &mut self.rx_rtp {
-            Ctx::Gcm128 { cipher, salt } => {
+            Ctx::Gcm { cipher, salt } => {
                 if data.len() < hdr_len + GCM_TAG {
                     return Err(SrtpError::Short);
                 }
                 let iv = AeadAes128Gcm::rtp_iv(*salt, ssrc, roc, seq);
-                cipher
-                    .decrypt(&iv, &[&data[..hdr_len]], &data[hdr_len..], out)
-                    .map_err(|_| SrtpError::Auth)?
-            }
-            Ctx::Gcm256 { cipher, salt } => {
-                if data.len() < hdr_len + GCM_TAG {
-                    return Err(SrtpError::Short);
-                }
-                let iv = AeadAes256Gcm::rtp_iv(*salt, ssrc, roc, seq);
-                cipher
-                    .decrypt(&iv, &[&data[..hdr_len]], &data[hdr_len..], out)
-                    .map_err(|_| SrtpError::Auth)?
+                cipher.open(&iv, &[&data[..hdr_len]], &data[hdr_len..], out)?
             }
             Ctx::Cm { cipher, salt, auth } => {
                 if data.len() < hdr_len + HMAC_TAG {
@@ -542,26 +555,13 @@ impl Srtp {
         out.extend_from_slice(&plain[..8]);
         let body = &plain[8..];
         match &mut self.tx_rtcp {
-            Ctx::Gcm128 { cipher, salt } => {
+            Ctx::Gcm { cipher, salt } => {
                 let iv = AeadAes128Gcm::rtcp_iv(*salt, ssrc, index);
                 let mut aad = [0u8; 12];
                 aad[..8].copy_from_slice(&plain[..8]);
                 aad[8..].copy_from_slice(&trailer);
                 out.resize(8 + body.len() + GCM_TAG, 0);
-                cipher
-                    .encrypt(&iv, &aad, body, &mut out[8..])
-                    .map_err(|_| SrtpError::Cipher)?;
-                out.extend_from_slice(&trailer);
-            }
-            Ctx::Gcm256 { cipher, salt } => {
-                let iv = AeadAes256Gcm::rtcp_iv(*salt, ssrc, index);
-                let mut aad = [0u8; 12];
-                aad[..8].copy_from_slice(&plain[..8]);
-                aad[8..].copy_from_slice(&trailer);
-                out.resize(8 + body.len() + GCM_TAG, 0);
-                cipher
-                    .encrypt(&iv, &aad, body, &mut out[8..])
-                    .map_err(|_| SrtpError::Cipher)?;
+                cipher.seal(&iv, &aad, body, &mut out[8..])?;
                 out.extend_from_slice(&trailer);
             }
             Ctx::Cm { cipher, salt, auth } => {
@@ -605,20 +605,10 @@ impl Srtp {
         out.extend_from_slice(&data[..8]);
         let body = &data[8..trailer_end - 4];
         match &mut self.rx_rtcp {
-            Ctx::Gcm128 { cipher, salt } => {
+            Ctx::Gcm { cipher, salt } => {
                 let iv = AeadAes128Gcm::rtcp_iv(*salt, ssrc, index);
                 out.resize(8 + body.len(), 0);
-                let n = cipher
-                    .decrypt(&iv, &[&data[..8], t], body, &mut out[8..])
-                    .map_err(|_| SrtpError::Auth)?;
-                out.truncate(8 + n);
-            }
-            Ctx::Gcm256 { cipher, salt } => {
-                let iv = AeadAes256Gcm::rtcp_iv(*salt, ssrc, index);
-                out.resize(8 + body.len(), 0);
-                let n = cipher
-                    .decrypt(&iv, &[&data[..8], t], body, &mut out[8..])
-                    .map_err(|_| SrtpError::Auth)?;
+                let n = cipher.open(&iv, &[&data[..8], t], body, &mut out[8..])?;
                 out.truncate(8 + n);
             }
             Ctx::Cm { cipher, salt, auth } => {
@@ -797,17 +787,10 @@ mod tests {
                     let iv = Aes128CmSha1_80::rtp_iv(salt, ssrc, index);
                     cipher.decrypt(&iv, &body[12..], &mut plain).unwrap();
                 }
-                Ctx::Gcm128 { mut cipher, salt } => {
+                Ctx::Gcm { mut cipher, salt } => {
                     let iv = AeadAes128Gcm::rtp_iv(salt, ssrc, (index >> 16) as u32, index as u16);
                     let n = cipher
-                        .decrypt(&iv, &[&wire[..12]], &wire[12..], &mut plain)
-                        .unwrap();
-                    assert_eq!(n, payload.len());
-                }
-                Ctx::Gcm256 { mut cipher, salt } => {
-                    let iv = AeadAes256Gcm::rtp_iv(salt, ssrc, (index >> 16) as u32, index as u16);
-                    let n = cipher
-                        .decrypt(&iv, &[&wire[..12]], &wire[12..], &mut plain)
+                        .open(&iv, &[&wire[..12]], &wire[12..], &mut plain)
                         .unwrap();
                     assert_eq!(n, payload.len());
                 }

@@ -1008,6 +1008,29 @@ fn nacks_after_a_layer_switch_are_answered_with_the_switched_stream() {
 }
 
 #[test]
+fn a_receivers_pli_becomes_a_keyframe_request_to_the_sender() {
+    let mut net = Net::new(2);
+    net.connect();
+    net.media(Duration::from_millis(600), true);
+    let a_l0 = net.clients[0].layers[0].0;
+    let before = net.clients[0].keyframe_requests.len();
+    // ep2's decoder lost track of ep1's video: PLI on the SSRC it receives it on.
+    net.clients[1]
+        .rtc
+        .direct_api()
+        .stream_rx(&a_l0.into())
+        .expect("ep2 receives ep1's video")
+        .request_keyframe(str0m::media::KeyframeRequestKind::Pli);
+    net.media(Duration::from_millis(200), true);
+    assert!(net.engine.stats().receiver_keyframe_requests >= 1);
+    let new = &net.clients[0].keyframe_requests[before..];
+    assert!(
+        new.contains(&Some(Rid::from("l0"))),
+        "ep1 was asked for a keyframe on the layer ep2 gets: {new:?}"
+    );
+}
+
+#[test]
 fn garbage_is_dropped_and_counted() {
     let mut net = Net::new(2);
     net.connect();
