@@ -43,8 +43,8 @@ use meetd_colibri::channel::{ChannelHub, ReceiverConstraints};
 use meetd_colibri::media::{EngineConfig, EngineStats};
 use meetd_colibri::udp::{Command, EngineHandle};
 use meetd_colibri::{
-    DtlsSetup, Fingerprint as CFingerprint, IceUdpTransport, Media, MediaSource, MediaType,
-    PayloadType, RtpHdrext, Source, Sources, SsrcGroup,
+    DtlsSetup, Fingerprint as CFingerprint, IceUdpTransport, Media, MediaSource, MediaType, Source,
+    Sources, SsrcGroup,
 };
 use str0m::config::Fingerprint;
 use str0m::crypto::{AeadAes128Gcm, AeadAes256Gcm};
@@ -270,7 +270,6 @@ fn parse_args() -> Result<Opts, String> {
 // ---------------------------------------------------------------------------------------------
 // The synthetic clients.
 
-const TCC_URI: &str = "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01";
 const MID_A: &str = "a";
 const MID_V: &str = "v";
 /// Largest video payload per packet.
@@ -288,44 +287,9 @@ const TICK: Duration = Duration::from_millis(5);
 /// SSRCs of the floor's packets (the clients count and drop them).
 const FLOOR_SSRC: u32 = 0xF100_0000;
 
-/// What the offer gives the bridge (as in the engine's unit tests).
+/// What the offer gives the bridge (Jicofo's lists, as meetd's focus offers them).
 fn offer_medias() -> Vec<Media> {
-    let pt = |id, name: &str, clockrate, channels, params: &[(&str, &str)]| PayloadType {
-        id,
-        name: name.into(),
-        clockrate,
-        channels,
-        parameters: params
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-        rtcp_fbs: Vec::new(),
-    };
-    let ext = |id, uri: &str| RtpHdrext {
-        id,
-        uri: uri.into(),
-    };
-    let mut audio = Media::new(MediaType::Audio);
-    audio.payload_types = vec![pt(111, "opus", 48000, Some(2), &[("useinbandfec", "1")])];
-    audio.rtp_hdrexts = vec![
-        ext(1, "urn:ietf:params:rtp-hdrext:ssrc-audio-level"),
-        ext(5, TCC_URI),
-        ext(10, "urn:ietf:params:rtp-hdrext:sdes:mid"),
-    ];
-    let mut video = Media::new(MediaType::Video);
-    video.payload_types = vec![
-        pt(100, "VP8", 90000, None, &[]),
-        pt(96, "rtx", 90000, None, &[("apt", "100")]),
-    ];
-    video.rtp_hdrexts = vec![
-        ext(
-            3,
-            "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time",
-        ),
-        ext(5, TCC_URI),
-        ext(10, "urn:ietf:params:rtp-hdrext:sdes:mid"),
-    ];
-    vec![audio, video]
+    meetd_colibri::codecs::default_media(&meetd_colibri::codecs::Features::all())
 }
 
 fn bridge_ufrag(name: &str) -> String {

@@ -3,23 +3,23 @@
 //! Datagrams and the current time go in ([`MediaEngine::handle_datagram`],
 //! [`MediaEngine::handle_timeout`]); datagrams to send, events and the next timeout come out of
 //! [`MediaEngine::poll_output`], which is drained until it returns a timeout. Each endpoint is
-//! one str0m `Rtc` (Direct API, RTP mode) doing ICE (bridge controlling), DTLS (bridge server,
-//! one certificate per process), SRTP and RTCP termination (RR/SR/NACK/transport-cc); the engine
-//! demultiplexes the port (STUN USERNAME, then remote address), forwards audio to everyone and
-//! one simulcast layer of each video source per receiver, rewritten onto the SSRC the receiver
-//! knows (bridge.md Part B, media-engine-notes.md). It also drops sender-signalled silence
-//! with gap-free sequence numbers (B.6), identifies each conference's dominant speaker from
-//! ssrc-audio-level (B.7, `speech.rs`), monitors per-endpoint packet flow (B.10), and, for
-//! receivers created with `ssrc-rewriting`, maps forwarded sources onto a bounded pool of
-//! bridge SSRCs announced as source maps (B.9).
+//! one str0m `Rtc` (Direct API) doing ICE (bridge controlling) and DTLS (bridge server, one
+//! certificate per process); the engine demultiplexes the port (STUN USERNAME, then remote
+//! address), forwards audio to everyone and one simulcast layer of each video source per
+//! receiver, rewritten onto the SSRC the receiver knows (bridge.md Part B,
+//! media-engine-notes.md). It also drops sender-signalled silence with gap-free sequence
+//! numbers (B.6), identifies each conference's dominant speaker from ssrc-audio-level (B.7,
+//! `speech.rs`), monitors per-endpoint packet flow (B.10), and, for receivers created with
+//! `ssrc-rewriting`, maps forwarded sources onto a bounded pool of bridge SSRCs announced as
+//! source maps (B.9).
 //!
-//! Forwarded media does not go through the receivers' `Rtc`s (unless bandwidth estimation is
-//! on, which needs str0m's send path): the engine writes the RTP header, encrypts with the
-//! receiver's SRTP keys (`srtp.rs`, captured from its DTLS session), keeps a retransmission
-//! ring per stream whose payloads are shared by all receivers, answers NACKs with RTX, turns
-//! PLI/FIR into keyframe requests and sends the sender reports (`egress.rs`). str0m still does
-//! ICE, DTLS, and everything about what each endpoint sends (decryption, receiver reports,
-//! NACKs, transport-cc feedback).
+//! Media does not go through str0m (unless bandwidth estimation is on, which needs str0m's
+//! send path): with each endpoint's SRTP keys (`srtp.rs`, captured from its DTLS session) the
+//! engine decrypts what senders send and answers them with receiver reports, NACKs, PLIs and
+//! transport-cc feedback (`ingress.rs`); it writes and encrypts what receivers get, answers
+//! their NACKs from a retransmission cache per sender layer, turns their PLI/FIR into keyframe
+//! requests, sends sender reports (`egress.rs`) and estimates their downlink from their
+//! transport-cc feedback (`bwe.rs`).
 
 mod buf;
 mod bwe;
@@ -1043,9 +1043,11 @@ impl MediaEngine {
                 }
             },
         };
-        // The fast path: the endpoint's RTP is decrypted and forwarded here, without str0m.
+        // The fast path: the endpoint's RTP and RTCP are handled here, without str0m (which
+        // has no streams to apply RTCP to in this mode).
+        let rtcp = is_rtcp(data);
         if stun_user.is_none()
-            && is_rtp(data)
+            && (rtcp || is_rtp(data))
             && let Some(ep) = self.endpoints.get_mut(&id)
             && ep.srtp.is_some()
             && !ep.failed
@@ -1054,7 +1056,11 @@ impl MediaEngine {
             if ep.status != Some(true) && ep.connected {
                 self.update_status(id);
             }
-            self.fast_rtp(id, now, data);
+            if rtcp {
+                self.receiver_feedback(id, data);
+            } else {
+                self.fast_rtp(id, now, data);
+            }
             return;
         }
         let Ok(recv) = Receive::new(Protocol::Udp, from, to, data) else {
@@ -1086,12 +1092,8 @@ impl MediaEngine {
             tracing::debug!(error = %e, "endpoint input");
             self.stats.rtc_errors += 1;
         }
-        let fast_rtcp = ep.srtp.is_some() && is_rtcp(data);
         if ep.status != Some(true) && ep.connected {
             self.update_status(id);
-        }
-        if fast_rtcp {
-            self.receiver_feedback(id, data);
         }
         // In RTP mode str0m holds one received packet until the next poll: take it now, or a
         // second datagram before `poll_output` would overwrite it. The rest of the endpoint's
@@ -1259,16 +1261,16 @@ impl MediaEngine {
                     if t.contents.first().is_some_and(|b| *b >= 20) {
                         ep.send_path = Some((t.source, t.destination));
                     }
-                    self.stats.packets_out += 1;
-                    self.stats.bytes_out += t.contents.len() as u64;
                     let mut data = self.pool.pop().unwrap_or_default();
                     data.clear();
                     data.extend_from_slice(&t.contents);
-                    self.out.push_back(EngineOutput::Transmit(Transmit {
-                        from: t.source,
-                        to: t.destination,
+                    queue_transmit(
+                        &mut self.out,
+                        &mut self.stats,
+                        t.source,
+                        t.destination,
                         data,
-                    }));
+                    );
                 }
                 Ok(Output::Event(e)) => {
                     let packet = matches!(e, Event::RtpPacket(_));
@@ -1359,14 +1361,14 @@ impl MediaEngine {
         }
     }
 
-    /// Fast path: the endpoint's RTCP about the streams forwarded to it (str0m has seen the
-    /// same packet and handles everything about the endpoint's own streams).
+    /// Fast path: the endpoint's RTCP — feedback about the streams forwarded to it, sender
+    /// reports about its own.
     fn receiver_feedback(&mut self, id: EpId, data: &[u8]) {
         let Some(srtp) = self.endpoints.get_mut(&id).and_then(|e| e.srtp.as_mut()) else {
             return;
         };
         if srtp.unprotect_rtcp(data, &mut self.rtcp).is_err() {
-            // str0m counts and logs what does not decrypt.
+            self.stats.dropped_datagrams += 1;
             return;
         }
         let mut fb = std::mem::take(&mut self.feedback);
@@ -1572,10 +1574,7 @@ impl MediaEngine {
             if srtp.protect_rtcp(&self.rtcp, &mut data).is_err() {
                 continue;
             }
-            self.stats.packets_out += 1;
-            self.stats.bytes_out += data.len() as u64;
-            self.out
-                .push_back(EngineOutput::Transmit(Transmit { from, to, data }));
+            queue_transmit(&mut self.out, &mut self.stats, from, to, data);
         }
     }
 
@@ -1686,10 +1685,7 @@ impl MediaEngine {
                 continue;
             }
             self.stats.retransmissions += 1;
-            self.stats.packets_out += 1;
-            self.stats.bytes_out += data.len() as u64;
-            self.out
-                .push_back(EngineOutput::Transmit(Transmit { from, to, data }));
+            queue_transmit(&mut self.out, &mut self.stats, from, to, data);
         }
     }
 
@@ -1728,10 +1724,7 @@ impl MediaEngine {
                 if srtp.protect_rtcp(&self.rtcp, &mut data).is_err() {
                     continue;
                 }
-                self.stats.packets_out += 1;
-                self.stats.bytes_out += data.len() as u64;
-                self.out
-                    .push_back(EngineOutput::Transmit(Transmit { from, to, data }));
+                queue_transmit(&mut self.out, &mut self.stats, from, to, data);
             }
         }
     }
@@ -1784,10 +1777,7 @@ impl MediaEngine {
             let mut data = self.pool.pop().unwrap_or_default();
             if srtp.protect_rtcp(&self.rtcp, &mut data).is_ok() {
                 self.stats.keyframe_requests += 1;
-                self.stats.packets_out += 1;
-                self.stats.bytes_out += data.len() as u64;
-                self.out
-                    .push_back(EngineOutput::Transmit(Transmit { from, to, data }));
+                queue_transmit(&mut self.out, &mut self.stats, from, to, data);
             }
             return;
         }
@@ -2024,10 +2014,7 @@ impl MediaEngine {
                     }
                 }
                 self.stats.rtp_forwarded += 1;
-                self.stats.packets_out += 1;
-                self.stats.bytes_out += data.len() as u64;
-                self.out
-                    .push_back(EngineOutput::Transmit(Transmit { from, to, data }));
+                queue_transmit(&mut self.out, &mut self.stats, from, to, data);
                 continue;
             }
             let mut w = RtpWrite::new(
@@ -2369,6 +2356,19 @@ fn stun_request_local_ufrag(data: &[u8]) -> Option<&str> {
         i += 4 + l.div_ceil(4) * 4;
     }
     None
+}
+
+/// Queue one datagram for the media socket, counted.
+fn queue_transmit(
+    out: &mut VecDeque<EngineOutput>,
+    stats: &mut EngineStats,
+    from: SocketAddr,
+    to: SocketAddr,
+    data: Vec<u8>,
+) {
+    stats.packets_out += 1;
+    stats.bytes_out += data.len() as u64;
+    out.push_back(EngineOutput::Transmit(Transmit { from, to, data }));
 }
 
 /// RTP (not RTCP, STUN or DTLS) on a multiplexed port.

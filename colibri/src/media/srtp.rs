@@ -293,36 +293,6 @@ impl Ctx {
     }
 }
 
-/// A 64-entry replay window over SRTCP indices (RFC 3711 §3.3.2).
-#[derive(Debug, Default)]
-struct Replay {
-    top: Option<u32>,
-    mask: u64,
-}
-
-impl Replay {
-    fn check_and_set(&mut self, index: u32) -> bool {
-        let Some(top) = self.top else {
-            self.top = Some(index);
-            self.mask = 1;
-            return true;
-        };
-        if index > top {
-            let shift = index - top;
-            self.mask = if shift >= 64 { 0 } else { self.mask << shift };
-            self.mask |= 1;
-            self.top = Some(index);
-            return true;
-        }
-        let back = top - index;
-        if back >= 64 || self.mask & (1 << back) != 0 {
-            return false;
-        }
-        self.mask |= 1 << back;
-        true
-    }
-}
-
 /// Why an SRTP operation failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub(super) enum SrtpError {
@@ -347,14 +317,15 @@ pub(super) struct Srtp {
     rx_rtcp: Ctx,
     hmac: &'static dyn Sha1HmacProvider,
     srtcp_index: u32,
-    replay: Replay,
+    /// Replay window over the endpoint's SRTCP indices.
+    rtcp_index: RxIndex,
     /// Rollover counter and replay state per incoming SSRC (only SSRCs the endpoint signalled
     /// are decrypted, so this stays as small as its source list).
     rx_streams: super::FastMap<u32, RxIndex>,
 }
 
 /// RFC 3711 §3.3.1: the receiver's estimate of the packet index, and a 64-packet replay
-/// window below the highest index authenticated.
+/// window below the highest index authenticated (§3.3.2; SRTCP indices use the window alone).
 #[derive(Debug, Default, Clone, Copy)]
 struct RxIndex {
     /// Highest index authenticated so far; `None` before the first packet.
@@ -393,6 +364,15 @@ impl RxIndex {
         }
         let back = top - index;
         back >= 64 || self.mask & (1 << back) != 0
+    }
+
+    /// Not a replay: then remember it.
+    fn check_and_set(&mut self, index: u64) -> bool {
+        if self.replayed(index) {
+            return false;
+        }
+        self.accept(index);
+        true
     }
 
     fn accept(&mut self, index: u64) {
@@ -445,7 +425,7 @@ impl Srtp {
             rx_rtcp: Ctx::new(p, keys.profile, rx.0, rx.1, true, false)?,
             hmac: provider.sha1_hmac_provider,
             srtcp_index: 0,
-            replay: Replay::default(),
+            rtcp_index: RxIndex::default(),
             rx_streams: super::FastMap::default(),
         })
     }
@@ -629,7 +609,7 @@ impl Srtp {
                 out.truncate(8 + body.len());
             }
         }
-        if !self.replay.check_and_set(index) {
+        if !self.rtcp_index.check_and_set(u64::from(index)) {
             return Err(SrtpError::Replay);
         }
         Ok(())
@@ -841,7 +821,7 @@ mod tests {
 
     #[test]
     fn replay_window() {
-        let mut r = Replay::default();
+        let mut r = RxIndex::default();
         assert!(r.check_and_set(10));
         assert!(r.check_and_set(12));
         assert!(r.check_and_set(11));

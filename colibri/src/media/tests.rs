@@ -16,55 +16,19 @@ use str0m::{Candidate, Event, Input, Output, Rtc};
 
 use super::*;
 use crate::colibri2::{
-    DtlsSetup, Fingerprint as CFingerprint, IceUdpTransport, Media, MediaSource, PayloadType,
-    RtpHdrext, Source, Sources, SsrcGroup,
+    DtlsSetup, Fingerprint as CFingerprint, IceUdpTransport, Media, MediaSource, Source, Sources,
+    SsrcGroup,
 };
 
 const CONF: &str = "conf1";
-const TCC_URI: &str = "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01";
 
 fn engine_addr() -> SocketAddr {
     "127.0.0.1:10000".parse().unwrap()
 }
 
-/// The offer as the focus would pass it to the bridge.
+/// The offer as the focus would pass it to the bridge (Jicofo's lists).
 fn offer_medias() -> Vec<Media> {
-    let pt = |id, name: &str, clockrate, channels, params: &[(&str, &str)]| PayloadType {
-        id,
-        name: name.into(),
-        clockrate,
-        channels,
-        parameters: params
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-        rtcp_fbs: Vec::new(),
-    };
-    let ext = |id, uri: &str| RtpHdrext {
-        id,
-        uri: uri.into(),
-    };
-    let mut audio = Media::new(MediaType::Audio);
-    audio.payload_types = vec![pt(111, "opus", 48000, Some(2), &[("useinbandfec", "1")])];
-    audio.rtp_hdrexts = vec![
-        ext(1, "urn:ietf:params:rtp-hdrext:ssrc-audio-level"),
-        ext(5, TCC_URI),
-        ext(10, "urn:ietf:params:rtp-hdrext:sdes:mid"),
-    ];
-    let mut video = Media::new(MediaType::Video);
-    video.payload_types = vec![
-        pt(100, "VP8", 90000, None, &[]),
-        pt(96, "rtx", 90000, None, &[("apt", "100")]),
-    ];
-    video.rtp_hdrexts = vec![
-        ext(
-            3,
-            "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time",
-        ),
-        ext(5, TCC_URI),
-        ext(10, "urn:ietf:params:rtp-hdrext:sdes:mid"),
-    ];
-    vec![audio, video]
+    jitsi_default_medias()
 }
 
 /// A fake browser.
