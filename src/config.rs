@@ -161,6 +161,7 @@ pub struct MediaSection {
     pub expire_unconnected_secs: u64,
     pub expire_inactive_secs: u64,
     pub bandwidth_estimation: bool,
+    pub trust_bwe: bool,
     pub socket_buffer_bytes: usize,
 }
 
@@ -178,6 +179,7 @@ impl Default for MediaSection {
             expire_unconnected_secs: e.expire_unconnected_after.as_secs(),
             expire_inactive_secs: e.expire_inactive_after.as_secs(),
             bandwidth_estimation: e.bwe_initial_bps.is_some(),
+            trust_bwe: e.trust_bwe,
             socket_buffer_bytes: meetd_colibri::udp::SOCKET_BUFFER_BYTES,
         }
     }

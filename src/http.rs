@@ -446,6 +446,18 @@ async fn metrics(
             s.receiver_keyframe_requests,
         );
         put(
+            "meetd_media_probe_packets_total",
+            "counter",
+            "Padding packets sent to probe receivers' bandwidth.",
+            s.probe_packets,
+        );
+        put(
+            "meetd_media_bwe_suspensions_total",
+            "counter",
+            "Times a forwarded video source was held back for lack of a receiver's bandwidth.",
+            s.bwe_suspensions,
+        );
+        put(
             "meetd_media_send_dropped_total",
             "counter",
             "Datagrams the media socket did not take (send buffer full, no route).",

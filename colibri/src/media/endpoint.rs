@@ -319,6 +319,10 @@ pub(super) struct Layer {
     pub rx: RxStream,
     /// Fast path: its packets forwarded lately, to answer receivers' NACKs.
     pub cache: RtxRing,
+    /// Bytes received since the last rate update, and the measured rate (bps) the bandwidth
+    /// allocation works with.
+    pub bytes: u64,
+    pub bps: u64,
 }
 
 impl Layer {
@@ -385,6 +389,8 @@ impl SenderSource {
                 last_pli: None,
                 rx: RxStream::default(),
                 cache: RtxRing::default(),
+                bytes: 0,
+                bps: 0,
             })
             .collect();
         let used: HashSet<u32> = layers
@@ -451,6 +457,9 @@ pub(super) struct Forward {
     pub slot: Option<SlotId>,
     /// Effective maxHeight after lastN (0: not forwarded).
     pub max_height: u32,
+    /// The height of the layer the bandwidth allocation gave it (0: suspended; `u32::MAX`: no
+    /// estimate to follow).
+    pub bwe_height: u32,
 }
 
 pub(super) type SlotId = u64;
@@ -479,6 +488,9 @@ pub(super) struct Slot {
     pub rtx_seq: u64,
     /// Fast path: for sender reports.
     pub sent: SendStats,
+    /// Fast path: the payload type of the last packet forwarded on it (probing pads on its
+    /// RTX).
+    pub pt: Option<u8>,
 }
 
 /// Where a forwarded stream's packets came from, from one sequence number on.
@@ -553,6 +565,12 @@ pub(super) struct Endpoint {
     pub connected_once: bool,
     /// The latest bandwidth estimate towards the endpoint (bps), with BWE enabled.
     pub bwe_bps: Option<u64>,
+    /// The estimate the last bandwidth allocation used (`None`: it followed none).
+    pub alloc_budget: Option<u64>,
+    /// Padding to send (bps) so the estimate can grow to what the allocation would like.
+    pub probe_bps: u64,
+    /// When padding was last sent, and the bytes owed since.
+    pub probe_at: Option<Instant>,
     /// Source name → video type (upper-case) from the endpoint's bridge channel.
     pub video_types: HashMap<String, String>,
     /// The fast path's SRTP session, once DTLS is up.
@@ -613,6 +631,7 @@ impl Endpoint {
                 recent: VecDeque::new(),
                 rtx_seq: u64::from(rand::random::<u16>()),
                 sent: SendStats::default(),
+                pt: None,
             },
         );
         id

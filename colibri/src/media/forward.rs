@@ -43,6 +43,106 @@ pub(super) fn select_layer(layers: &[LayerView], max_height: u32) -> Option<usiz
     best.or(lowest)
 }
 
+/// On-stage sources are raised straight to their highest layer up to this height before
+/// anything else gets more than its lowest layer (JVB `onstage-preferred-height-px`).
+pub(super) const ONSTAGE_PREFERRED_HEIGHT: u32 = 360;
+/// The first source, when it is an on-stage screenshare, gets its lowest layer even if that
+/// exceeds the estimate by up to this much (JVB's oversending, bridge.md B.8 step 4).
+pub(super) const MAX_OVERSEND_BPS: u64 = 500_000;
+
+/// One video source competing for a receiver's bandwidth.
+#[derive(Debug, Clone, Default)]
+pub(super) struct BandwidthCandidate {
+    /// The layers it may get (active and within its constraints), lowest first: (height,
+    /// measured bps).
+    pub layers: Vec<(u32, u64)>,
+    pub on_stage: bool,
+    pub desktop: bool,
+}
+
+/// What [`allocate_bandwidth`] decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct BandwidthAllocation {
+    /// Per candidate, the index into its `layers`; `None`: not forwarded (suspended).
+    pub chosen: Vec<Option<usize>>,
+    /// The measured rate of what was chosen.
+    pub target_bps: u64,
+    /// The rate with every candidate at its highest layer.
+    pub ideal_bps: u64,
+}
+
+/// Share `budget` (bps) among `candidates`, given in priority order (bridge.md B.8 step 3):
+/// rounds over the candidates in order, each taking its next layer if it fits in what is left;
+/// an on-stage source goes straight up to [`ONSTAGE_PREFERRED_HEIGHT`]; a candidate that cannot
+/// reach its preferred layer (on stage: that height; else its lowest) stops the round, so
+/// lower priorities never take bandwidth a higher one needs.
+pub(super) fn allocate_bandwidth(
+    candidates: &[BandwidthCandidate],
+    budget: u64,
+) -> BandwidthAllocation {
+    let rate = |c: &BandwidthCandidate, i: Option<usize>| i.map_or(0, |i| c.layers[i].1);
+    let preferred = |c: &BandwidthCandidate| {
+        if c.on_stage {
+            c.layers
+                .iter()
+                .rposition(|l| l.0 <= ONSTAGE_PREFERRED_HEIGHT)
+                .unwrap_or(0)
+        } else {
+            0
+        }
+    };
+    let mut chosen: Vec<Option<usize>> = vec![None; candidates.len()];
+    let mut used: u64 = 0;
+    loop {
+        let mut changed = false;
+        for (k, c) in candidates.iter().enumerate() {
+            if c.layers.is_empty() {
+                continue;
+            }
+            let cur = chosen[k];
+            let pref = preferred(c);
+            let first = cur.map_or(0, |i| i + 1);
+            let last = match cur {
+                Some(i) if i >= pref => i + 1,
+                _ => pref,
+            }
+            .min(c.layers.len() - 1);
+            // What is left for this candidate with its current layer given back.
+            let avail = budget.saturating_sub(used - rate(c, cur));
+            let mut best = (first..=last).rev().find(|&i| c.layers[i].1 <= avail);
+            if best.is_none()
+                && cur.is_none()
+                && k == 0
+                && c.on_stage
+                && c.desktop
+                && c.layers[0].1 <= avail + MAX_OVERSEND_BPS
+            {
+                best = Some(0);
+            }
+            if let Some(i) = best {
+                used = used - rate(c, cur) + c.layers[i].1;
+                chosen[k] = Some(i);
+                changed = true;
+            }
+            if chosen[k].is_none_or(|i| i < pref) {
+                break;
+            }
+        }
+        if !changed {
+            break;
+        }
+    }
+    let ideal_bps = candidates
+        .iter()
+        .map(|c| c.layers.last().map_or(0, |l| l.1))
+        .sum();
+    BandwidthAllocation {
+        chosen,
+        target_bps: used,
+        ideal_bps,
+    }
+}
+
 /// One incoming packet as the projection sees it.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct InPacket {
@@ -443,5 +543,85 @@ mod tests {
         assert!(!starts_keyframe(VideoCodec::H264, &[0x7c, 0x05]));
         assert!(starts_keyframe(VideoCodec::Vp9, &[0x08]));
         assert!(!starts_keyframe(VideoCodec::Vp9, &[0x48]));
+    }
+
+    fn cand(layers: &[(u32, u64)], on_stage: bool, desktop: bool) -> BandwidthCandidate {
+        BandwidthCandidate {
+            layers: layers.to_vec(),
+            on_stage,
+            desktop,
+        }
+    }
+
+    const CAMERA: [(u32, u64); 3] = [(180, 200_000), (360, 500_000), (720, 1_500_000)];
+
+    #[test]
+    fn bandwidth_goes_to_the_lowest_layers_first_then_up_in_priority_order() {
+        let c = vec![cand(&CAMERA, false, false); 3];
+        // Everything fits.
+        let a = allocate_bandwidth(&c, 10_000_000);
+        assert_eq!(a.chosen, vec![Some(2); 3]);
+        assert_eq!(a.target_bps, 4_500_000);
+        assert_eq!(a.ideal_bps, 4_500_000);
+        // 1.5 Mbit/s: everyone's lowest (600k), then the first to 360p (+300k), the second
+        // (+300k), the third (+300k): 1.5M exactly.
+        let a = allocate_bandwidth(&c, 1_500_000);
+        assert_eq!(a.chosen, vec![Some(1); 3]);
+        // 1 Mbit/s: lowest for all, then the first one step up; the second does not fit.
+        let a = allocate_bandwidth(&c, 1_000_000);
+        assert_eq!(a.chosen, vec![Some(1), Some(0), Some(0)]);
+        assert_eq!(a.target_bps, 900_000);
+        // Not enough for everyone's lowest: the last in priority is suspended.
+        let a = allocate_bandwidth(&c, 450_000);
+        assert_eq!(a.chosen, vec![Some(0), Some(0), None]);
+        // A higher priority that cannot be served stops the lower ones.
+        let c2 = vec![
+            cand(&[(180, 300_000)], false, false),
+            cand(&[(180, 100_000)], false, false),
+        ];
+        let a = allocate_bandwidth(&c2, 200_000);
+        assert_eq!(a.chosen, vec![None, None]);
+        assert_eq!(a.target_bps, 0);
+        assert_eq!(a.ideal_bps, 400_000);
+    }
+
+    #[test]
+    fn on_stage_goes_straight_to_its_preferred_height_and_screenshare_may_oversend() {
+        let c = vec![
+            cand(&CAMERA, true, false),
+            cand(&CAMERA, false, false),
+            cand(&CAMERA, false, false),
+        ];
+        // 1 Mbit/s: the on-stage source takes 360p before the others get their lowest.
+        let a = allocate_bandwidth(&c, 1_000_000);
+        assert_eq!(a.chosen, vec![Some(1), Some(0), Some(0)]);
+        let a = allocate_bandwidth(&c, 600_000);
+        assert_eq!(a.chosen, vec![Some(1), None, None]);
+        // Without room for its preferred layer, nothing below it gets anything.
+        let a = allocate_bandwidth(&c, 400_000);
+        assert_eq!(a.chosen, vec![Some(0), None, None]);
+        // A screenshare on stage gets its (single, costly) layer even 400k over the estimate.
+        let share = vec![
+            cand(&[(1080, 900_000)], true, true),
+            cand(&CAMERA, false, false),
+        ];
+        let a = allocate_bandwidth(&share, 500_000);
+        assert_eq!(a.chosen, vec![Some(0), None]);
+        assert_eq!(a.target_bps, 900_000);
+        let a = allocate_bandwidth(&share, 300_000);
+        assert_eq!(a.chosen, vec![None, None]);
+        // A camera never oversends.
+        let a = allocate_bandwidth(&[cand(&[(720, 900_000)], true, false)], 500_000);
+        assert_eq!(a.chosen, vec![None]);
+    }
+
+    #[test]
+    fn sources_without_layers_take_nothing_and_block_nothing() {
+        let c = vec![cand(&[], false, false), cand(&CAMERA, false, false)];
+        let a = allocate_bandwidth(&c, 250_000);
+        assert_eq!(a.chosen, vec![None, Some(0)]);
+        // Unmeasured layers (0 bps) always fit.
+        let a = allocate_bandwidth(&[cand(&[(180, 0), (360, 0)], false, false)], 0);
+        assert_eq!(a.chosen, vec![Some(1)]);
     }
 }

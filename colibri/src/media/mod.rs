@@ -54,7 +54,8 @@ use endpoint::{
     jitsi_default_medias, video_codec,
 };
 use forward::{
-    InPacket, LayerView, VideoCodec, select_layer, starts_keyframe, vp8_keyframe_height,
+    BandwidthCandidate, InPacket, LayerView, VideoCodec, allocate_bandwidth, select_layer,
+    starts_keyframe, vp8_keyframe_height,
 };
 use speech::SpeechActivity;
 use srtp::Srtp;
@@ -102,6 +103,18 @@ const SLOT_HISTORY: usize = 8;
 const RECENT_RESENDS: usize = 64;
 /// Send buffers kept for reuse.
 const BUFFER_POOL: usize = 1024;
+/// The estimate towards a receiver before its first transport-cc feedback (JVB: 2.5 Mbit/s).
+const INITIAL_BWE_BPS: u64 = 2_500_000;
+/// How often layer rates are measured and every receiver's allocation is redone; an
+/// estimate that moved by more than `REALLOCATE_CHANGE` redoes it at once.
+const RATE_INTERVAL: Duration = Duration::from_secs(1);
+const REALLOCATE_CHANGE: f64 = 0.15;
+/// Padding goes out this often while a receiver probes (JVB: 15 ms) ...
+const PROBE_INTERVAL: Duration = Duration::from_millis(15);
+/// ... at most this many packets per receiver each time, each this much padding (the most an
+/// RTP padding count can say).
+const PROBE_PACKETS_PER_ROUND: usize = 16;
+const PROBE_PADDING: usize = 255;
 
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -132,6 +145,10 @@ pub struct EngineConfig {
     pub bwe_initial_bps: Option<u64>,
     /// How often each endpoint gets its downlink estimate (`ConnectionStats`, JVB: 10 s).
     pub connection_stats_interval: Duration,
+    /// Video layers follow each receiver's bandwidth estimate (bridge.md B.8; JVB
+    /// `cc.trust-bwe`), and padding probes for more when the estimate holds layers back. Off:
+    /// only the receivers' constraints and lastN count.
+    pub trust_bwe: bool,
 }
 
 impl Default for EngineConfig {
@@ -148,6 +165,7 @@ impl Default for EngineConfig {
             expire_inactive_after: Duration::from_secs(60),
             bwe_initial_bps: None,
             connection_stats_interval: Duration::from_secs(10),
+            trust_bwe: true,
         }
     }
 }
@@ -264,6 +282,11 @@ pub struct EngineStats {
     pub receiver_keyframe_requests: u64,
     /// Datagrams the socket did not take (send buffer full, no route).
     pub send_dropped: u64,
+    /// Padding packets sent to probe receivers' bandwidth.
+    pub probe_packets: u64,
+    /// Forwarded video sources held back (not sent) because a receiver's estimate had no room
+    /// for them, counted per allocation that changed to that.
+    pub bwe_suspensions: u64,
 }
 
 /// One incoming RTP packet, from the fast path or from str0m.
@@ -360,6 +383,12 @@ pub struct MediaEngine {
     /// The next round of feedback to senders, and of receiver reports (fast path).
     next_feedback: Option<Instant>,
     next_rr: Option<Instant>,
+    /// The next layer rate measurement and bandwidth allocation round.
+    next_rates: Option<Instant>,
+    /// The next round of probing padding (while some receiver probes).
+    next_probe: Option<Instant>,
+    /// When layer rates were last measured.
+    rates_at: Option<Instant>,
     /// Counts feedback rounds (transport-cc goes out every other one).
     feedback_rounds: u64,
     /// Scratch: NACKed sequence numbers.
@@ -395,6 +424,9 @@ impl MediaEngine {
             next_sr: None,
             next_feedback: None,
             next_rr: None,
+            next_rates: None,
+            next_probe: None,
+            rates_at: None,
             feedback_rounds: 0,
 
             nacks: Vec::new(),
@@ -529,6 +561,9 @@ impl MediaEngine {
                 status: None,
                 connected_once: false,
                 bwe_bps: None,
+                alloc_budget: None,
+                probe_bps: 0,
+                probe_at: None,
                 video_types: HashMap::new(),
                 srtp: None,
                 send_path: None,
@@ -543,6 +578,7 @@ impl MediaEngine {
             .get_or_insert(now + STATUS_CHECK_INTERVAL);
         self.next_sr.get_or_insert(now + SR_INTERVAL);
         self.next_feedback.get_or_insert(now + FEEDBACK_INTERVAL);
+        self.next_rates.get_or_insert(now + RATE_INTERVAL);
         self.next_connection_stats
             .get_or_insert(now + self.cfg.connection_stats_interval);
         self.by_name
@@ -738,6 +774,8 @@ impl MediaEngine {
             self.next_connection_stats = None;
             self.next_sr = None;
             self.next_feedback = None;
+            self.next_rates = None;
+            self.next_probe = None;
         }
         self.sync_conference(&ep.conference);
     }
@@ -1144,6 +1182,18 @@ impl MediaEngine {
             self.next_sr = Some(now + SR_INTERVAL);
             self.sender_reports(now);
         }
+        if self.next_rates.is_some_and(|t| t <= now) {
+            self.next_rates = Some(now + RATE_INTERVAL);
+            self.measure_rates(now);
+            let ids: Vec<EpId> = self.endpoints.keys().copied().collect();
+            for id in ids {
+                self.allocate(id);
+            }
+        }
+        if self.next_probe.is_some_and(|t| t <= now) {
+            self.next_probe = None;
+            self.probe(now);
+        }
         if self.next_status_check.is_some_and(|t| t <= now) {
             self.next_status_check = Some(now + STATUS_CHECK_INTERVAL);
             let ids: Vec<EpId> = self.endpoints.keys().copied().collect();
@@ -1206,6 +1256,8 @@ impl MediaEngine {
             .chain(self.next_status_check)
             .chain(self.next_sr)
             .chain(self.next_feedback)
+            .chain(self.next_rates)
+            .chain(self.next_probe)
             .chain(self.next_connection_stats)
             .min();
         let idle = self.now.unwrap_or_else(Instant::now) + IDLE_TIMEOUT;
@@ -1391,6 +1443,15 @@ impl MediaEngine {
                             estimate = ?ep.sendside.estimate(),
                             "transport-cc feedback"
                         );
+                        let moved = match (ep.alloc_budget, ep.sendside.estimate()) {
+                            (Some(a), Some(e)) => {
+                                (e as f64 - a as f64).abs() > REALLOCATE_CHANGE * a as f64
+                            }
+                            _ => false,
+                        };
+                        if moved {
+                            self.allocate(id);
+                        }
                     }
                 }
                 Feedback::SenderReport { ssrc, ntp_mid } => {
@@ -1837,6 +1898,7 @@ impl MediaEngine {
         {
             let layer = &mut source.layers[li];
             layer.last_seen = Some(now);
+            layer.bytes += p.payload.len() as u64 + 12;
             if keyframe
                 && vcodec == VideoCodec::Vp8
                 && let Some(h) = vp8_keyframe_height(&p.payload)
@@ -1907,7 +1969,7 @@ impl MediaEngine {
             let target = if kind == MediaType::Audio {
                 Some(0)
             } else {
-                select_layer(views, f.max_height)
+                select_layer(views, f.max_height.min(f.bwe_height))
             };
             let Some(target) = target else {
                 continue;
@@ -1998,6 +2060,7 @@ impl MediaEngine {
                 slot.sent.last = Some((out.ts, now));
                 if kind == MediaType::Video && has_rtx && slot.rtx.is_some() {
                     cache_it = true;
+                    slot.pt = Some(pt_u8);
                     if slot.map_epoch != Some(slot.proj.epoch())
                         && let Some(off) = slot.proj.offsets()
                     {
@@ -2192,6 +2255,7 @@ impl MediaEngine {
                         video_type: w.video_type.clone(),
                         slot,
                         max_height: 0,
+                        bwe_height: u32::MAX,
                     },
                 );
                 // The receiver drops this source's first packets until its renegotiation
@@ -2279,7 +2343,6 @@ impl MediaEngine {
         };
         let default = c.default_max_height.map_or(DEFAULT_MAX_HEIGHT, wire_height);
         let mut heights: Vec<(SourceId, u32)> = Vec::new();
-        let mut forwarded: Vec<String> = Vec::new();
         let mut counted = 0usize;
         for x in &order {
             let h = if x.off || counted >= last_n {
@@ -2290,21 +2353,80 @@ impl MediaEngine {
                     .get(&x.name)
                     .map_or(default, |h| wire_height(*h))
             };
-            if h > 0 {
-                forwarded.push(x.name.clone());
-            }
             heights.push((x.id, h));
         }
+        // bridge.md B.8 step 3: share the receiver's estimate among what lastN and the
+        // constraints leave, in priority order. Per source, the height of the layer it got.
+        let mut bwe = vec![u32::MAX; order.len()];
+        let mut probe_bps = 0;
+        let budget = self.budget(r);
+        if let (Some(budget), Some(now)) = (budget, self.now) {
+            let mut cands: Vec<BandwidthCandidate> = Vec::new();
+            let mut at: Vec<usize> = Vec::new();
+            for (k, x) in order.iter().enumerate() {
+                let h = heights[k].1;
+                let Some(src) = r
+                    .forwards
+                    .get(&x.id)
+                    .and_then(|f| self.endpoints.get(&f.sender))
+                    .and_then(|s| s.sources.iter().find(|s| s.id == x.id))
+                else {
+                    continue;
+                };
+                let mut layers: Vec<(u32, u64)> = (0..src.layers.len())
+                    .filter(|&i| src.layer_selectable(i, now))
+                    .map(|i| (src.layer_height(i), src.layers[i].bps))
+                    .collect();
+                // Nothing flowing yet: nothing to share (the next round sees it).
+                if h == 0 || layers.is_empty() {
+                    continue;
+                }
+                // Constraints are soft: the lowest active layer when none is within them.
+                let within = layers.iter().rposition(|l| l.0 <= h).map_or(1, |p| p + 1);
+                layers.truncate(within);
+                cands.push(BandwidthCandidate {
+                    layers,
+                    on_stage: rank(&x.name) == 0,
+                    desktop: x.desktop,
+                });
+                at.push(k);
+            }
+            let a = allocate_bandwidth(&cands, budget);
+            for (j, k) in at.into_iter().enumerate() {
+                bwe[k] = a.chosen[j].map_or(0, |i| cands[j].layers[i].0);
+            }
+            if r.caps.fast_egress && a.ideal_bps > a.target_bps {
+                probe_bps = (a.ideal_bps - a.target_bps).min(budget.saturating_sub(a.target_bps));
+            }
+        }
+        let mut forwarded: Vec<String> = order
+            .iter()
+            .zip(&heights)
+            .zip(&bwe)
+            .filter(|((_, h), b)| h.1 > 0 && **b > 0)
+            .map(|((x, _), _)| x.name.clone())
+            .collect();
         let Some(r) = self.endpoints.get_mut(&rid) else {
             return;
         };
+        r.alloc_budget = budget;
+        r.probe_bps = probe_bps;
+        if probe_bps > 0 && self.next_probe.is_none() {
+            self.next_probe = self.now.map(|n| n + PROBE_INTERVAL);
+        }
         let mut changed = false;
-        for (sid, h) in heights {
-            if let Some(f) = r.forwards.get_mut(&sid)
-                && f.max_height != h
-            {
-                f.max_height = h;
-                changed = true;
+        for ((sid, h), b) in heights.into_iter().zip(bwe) {
+            if let Some(f) = r.forwards.get_mut(&sid) {
+                if f.max_height != h {
+                    f.max_height = h;
+                    changed = true;
+                }
+                if f.bwe_height != b {
+                    if b == 0 && h > 0 {
+                        self.stats.bwe_suspensions += 1;
+                    }
+                    f.bwe_height = b;
+                }
             }
         }
         if changed && !self.pending_sender_constraints.contains(&r.conference) {
@@ -2319,6 +2441,120 @@ impl MediaEngine {
                 sources: forwarded,
             };
             self.out.push_back(EngineOutput::Event(ev));
+        }
+    }
+}
+
+impl MediaEngine {
+    /// The bandwidth a receiver's video may take (bps), if the allocation follows one: str0m's
+    /// estimate on its path; on the fast path ours, or the initial one until feedback comes
+    /// (only receivers that send transport-cc feedback have one).
+    fn budget(&self, r: &Endpoint) -> Option<u64> {
+        if !self.cfg.trust_bwe {
+            return None;
+        }
+        if r.bwe_bps.is_some() {
+            return r.bwe_bps;
+        }
+        (r.caps.fast_egress && r.caps.ext_ids.transport_cc != 0)
+            .then(|| r.sendside.estimate().unwrap_or(INITIAL_BWE_BPS))
+    }
+
+    /// Measure every sender layer's rate (bps) over the time since the last measurement.
+    fn measure_rates(&mut self, now: Instant) {
+        let elapsed = self
+            .rates_at
+            .map_or(RATE_INTERVAL, |t| now.saturating_duration_since(t))
+            .as_secs_f64()
+            .max(0.001);
+        self.rates_at = Some(now);
+        for l in self
+            .endpoints
+            .values_mut()
+            .flat_map(|e| e.sources.iter_mut())
+            .flat_map(|s| s.layers.iter_mut())
+        {
+            let bps = (std::mem::take(&mut l.bytes) as f64 * 8.0 / elapsed) as u64;
+            // Smoothed over about two intervals: keyframes come and go.
+            l.bps = if l.bps == 0 { bps } else { (l.bps + bps) / 2 };
+        }
+    }
+
+    /// Padding towards every receiver whose allocation wants more than its estimate allows
+    /// (bridge.md B.4 probing): padding-only RTX packets on one of its video streams, numbered
+    /// for transport-cc, so the estimate can grow.
+    fn probe(&mut self, now: Instant) {
+        let mut any = false;
+        for ep in self.endpoints.values_mut() {
+            if ep.probe_bps == 0 || !ep.connected || ep.caps.ext_ids.transport_cc == 0 {
+                ep.probe_at = None;
+                continue;
+            }
+            any = true;
+            let (Some(srtp), Some((from, to))) = (ep.srtp.as_mut(), ep.send_path) else {
+                continue;
+            };
+            let elapsed = ep.probe_at.map_or(PROBE_INTERVAL, |t| {
+                now.saturating_duration_since(t).min(4 * PROBE_INTERVAL)
+            });
+            ep.probe_at = Some(now);
+            let Some(slot) = ep
+                .slots
+                .values_mut()
+                .filter(|s| s.kind == MediaType::Video && s.rtx.is_some() && s.pt.is_some())
+                .max_by_key(|s| s.last_used)
+            else {
+                continue;
+            };
+            let (Some(rtx), Some(rtx_pt)) = (
+                slot.rtx,
+                slot.pt.and_then(|pt| ep.caps.rtx_pts.get(&pt).copied()),
+            ) else {
+                continue;
+            };
+            let ts = slot.sent.last.map_or(0, |l| l.0);
+            let mut bytes = (ep.probe_bps as f64 * elapsed.as_secs_f64() / 8.0) as usize;
+            self.scratch.clear();
+            self.scratch.resize(PROBE_PADDING, 0);
+            self.scratch[PROBE_PADDING - 1] = PROBE_PADDING as u8;
+            for _ in 0..PROBE_PACKETS_PER_ROUND {
+                if bytes == 0 {
+                    break;
+                }
+                let seq = slot.rtx_seq;
+                slot.rtx_seq += 1;
+                let tseq = ep.sendside.on_send(now, PROBE_PADDING + 40);
+                self.hdr.clear();
+                write_header(
+                    &mut self.hdr,
+                    &RtpOut {
+                        pt: rtx_pt,
+                        marker: false,
+                        seq: seq as u16,
+                        ts,
+                        ssrc: rtx,
+                    },
+                    &ep.caps.ext_ids,
+                    &ExtOut::default(),
+                    Some(tseq),
+                );
+                // The padding bit: the payload is all padding (RFC 3550 §5.1).
+                self.hdr[0] |= 0x20;
+                let mut data = self.pool.pop().unwrap_or_default();
+                if srtp
+                    .protect_rtp(&self.hdr, &self.scratch, rtx, seq, &mut data)
+                    .is_err()
+                {
+                    self.stats.rtc_errors += 1;
+                    break;
+                }
+                self.stats.probe_packets += 1;
+                queue_transmit(&mut self.out, &mut self.stats, from, to, data);
+                bytes = bytes.saturating_sub(PROBE_PADDING + 40);
+            }
+        }
+        if any {
+            self.next_probe = Some(now + PROBE_INTERVAL);
         }
     }
 }

@@ -62,6 +62,9 @@ struct Client {
     /// Slot SSRC → (owner, source) from the source maps.
     mapped: HashMap<u32, (String, String)>,
     id_byte: u8,
+    /// Packets per frame on each layer, and filler bytes in each packet.
+    video_packets: [usize; 3],
+    video_filler: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -150,6 +153,8 @@ impl Client {
             rewriting: false,
             mapped: HashMap::new(),
             id_byte: n as u8,
+            video_packets: [1; 3],
+            video_filler: 20,
         }
     }
 
@@ -305,35 +310,41 @@ impl Client {
         );
     }
 
-    /// One frame on every layer: one packet each; payload ends with [layer, frame].
+    /// One frame on every layer (`video_packets` packets each, the last with the marker);
+    /// every payload ends with [layer, frame].
     fn send_video_frame(&mut self, now: Instant) {
         self.frame += 1;
         for i in 0..3 {
             let (ssrc, _) = self.layers[i];
-            let seq = self.next_seq(ssrc);
             let keyframe = std::mem::take(&mut self.force_keyframe[i]);
             let pid = (self.frame + 1000 * i as u32) as u16 & 0x7fff;
             let tl0 = (self.frame as u8).wrapping_add(50 * i as u8);
             let ts = 1_000_000 * (i as u32 + 1) + self.frame * 3000;
-            let mut payload = vec![0x90, 0xe0, 0x80 | (pid >> 8) as u8, pid as u8, tl0, 0x00];
-            if keyframe {
-                let h = [180u16, 360, 720][i];
-                let w = h * 16 / 9;
-                payload.extend_from_slice(&[0x10, 0x02, 0x00, 0x9d, 0x01, 0x2a]);
-                payload.extend_from_slice(&w.to_le_bytes());
-                payload.extend_from_slice(&h.to_le_bytes());
-            } else {
-                payload.extend_from_slice(&[0x31, 0x00, 0x00]);
+            let n = self.video_packets[i].max(1);
+            for k in 0..n {
+                let seq = self.next_seq(ssrc);
+                // X bit, and S (start of partition) on the first packet only.
+                let first = if k == 0 { 0x90 } else { 0x80 };
+                let mut payload = vec![first, 0xe0, 0x80 | (pid >> 8) as u8, pid as u8, tl0, 0x00];
+                if k == 0 && keyframe {
+                    let h = [180u16, 360, 720][i];
+                    let w = h * 16 / 9;
+                    payload.extend_from_slice(&[0x10, 0x02, 0x00, 0x9d, 0x01, 0x2a]);
+                    payload.extend_from_slice(&w.to_le_bytes());
+                    payload.extend_from_slice(&h.to_le_bytes());
+                } else if k == 0 {
+                    payload.extend_from_slice(&[0x31, 0x00, 0x00]);
+                }
+                payload.extend(std::iter::repeat_n(self.id_byte, self.video_filler));
+                payload.extend_from_slice(&[i as u8, self.frame as u8]);
+                let mut api = self.rtc.direct_api();
+                let s = api.stream_tx(&ssrc.into()).unwrap();
+                s.write_rtp(
+                    RtpWrite::new(100.into(), seq.into(), ts, now, payload)
+                        .marker(k + 1 == n)
+                        .nackable(true),
+                );
             }
-            payload.extend_from_slice(&[self.id_byte; 20]);
-            payload.extend_from_slice(&[i as u8, self.frame as u8]);
-            let mut api = self.rtc.direct_api();
-            let s = api.stream_tx(&ssrc.into()).unwrap();
-            s.write_rtp(
-                RtpWrite::new(100.into(), seq.into(), ts, now, payload)
-                    .marker(true)
-                    .nackable(true),
-            );
         }
     }
 
@@ -391,6 +402,8 @@ fn vp8_pid_tl0(payload: &[u8]) -> (u16, u8) {
 /// Engine + clients + the wire between them.
 /// Decides whether a datagram from a client (its address, the data) reaches the engine.
 type ToEngine = dyn FnMut(SocketAddr, &[u8]) -> bool;
+/// Decides whether a datagram from the engine, sent at the instant, reaches its client.
+type ToClient = dyn FnMut(&Transmit, Instant) -> bool;
 
 struct Net {
     now: Instant,
@@ -398,8 +411,8 @@ struct Net {
     engine_timeout: Instant,
     clients: Vec<Client>,
     events: Vec<EngineEvent>,
-    /// Return false to lose a datagram from the engine to a client.
-    deliver_to_client: Box<dyn FnMut(&Transmit) -> bool>,
+    /// Return false to lose a datagram from the engine to a client (sent at the instant).
+    deliver_to_client: Box<ToClient>,
     /// Return false to lose a datagram from a client (its address, the data) to the engine.
     deliver_to_engine: Box<ToEngine>,
 }
@@ -426,7 +439,7 @@ impl Net {
             engine_timeout: now,
             clients,
             events: Vec::new(),
-            deliver_to_client: Box::new(|_| true),
+            deliver_to_client: Box::new(|_, _| true),
             deliver_to_engine: Box::new(|_, _| true),
         };
         for i in 0..net.clients.len() {
@@ -480,7 +493,7 @@ impl Net {
                 match self.engine.poll_output() {
                     EngineOutput::Transmit(t) => {
                         moved = true;
-                        if !(self.deliver_to_client)(&t) {
+                        if !(self.deliver_to_client)(&t, now) {
                             continue;
                         }
                         if let Some(c) = self
@@ -797,7 +810,7 @@ fn nack_is_answered_from_the_rtx_cache() {
     let b_addr = net.clients[1].addr;
     // Lose every 7th RTP packet from the engine to ep2 for a while.
     let mut n = 0u32;
-    net.deliver_to_client = Box::new(move |t| {
+    net.deliver_to_client = Box::new(move |t, _| {
         let rtp = t.data.len() >= 12 && t.data[0] >> 6 == 2 && !(192..=223).contains(&t.data[1]);
         if t.to != b_addr || !rtp {
             return true;
@@ -806,7 +819,7 @@ fn nack_is_answered_from_the_rtx_cache() {
         !n.is_multiple_of(7)
     });
     net.media(Duration::from_millis(1000), true);
-    net.deliver_to_client = Box::new(|_| true);
+    net.deliver_to_client = Box::new(|_, _| true);
     net.media(Duration::from_millis(500), true);
     assert!(net.engine.stats().retransmissions > 0);
     let b = &net.clients[1];
@@ -938,7 +951,7 @@ fn nacks_after_a_layer_switch_are_answered_with_the_switched_stream() {
     // Lose every 5th RTP packet to ep2 for a while: the repairs come from ep1's top layer,
     // through the offsets of the switch.
     let mut n = 0u32;
-    net.deliver_to_client = Box::new(move |t| {
+    net.deliver_to_client = Box::new(move |t, _| {
         if t.to != b_addr || !is_rtp_packet(&t.data) {
             return true;
         }
@@ -946,7 +959,7 @@ fn nacks_after_a_layer_switch_are_answered_with_the_switched_stream() {
         !n.is_multiple_of(5)
     });
     net.media(Duration::from_millis(800), true);
-    net.deliver_to_client = Box::new(|_| true);
+    net.deliver_to_client = Box::new(|_, _| true);
     net.media(Duration::from_millis(400), true);
     assert!(net.engine.stats().retransmissions > 0);
     assert!(net.clients[1].raw_rx_ssrcs.contains(&a_rtx0));
@@ -1803,4 +1816,100 @@ fn connection_stats_carry_the_bandwidth_estimate() {
             .all(|(_, bps)| (30_000..5_000_000).contains(bps)),
         "{stats:?}"
     );
+}
+
+/// The layer (last payload byte but one) of the packets `c` got on `ssrc` since `from`.
+fn layers_since(c: &Client, ssrc: u32, from: usize) -> Vec<u8> {
+    c.received(ssrc)[from..]
+        .iter()
+        .map(|p| p.payload[p.payload.len() - 2])
+        .collect()
+}
+
+#[test]
+fn layers_follow_the_receivers_bandwidth_and_probing_finds_it_again() {
+    let mut net = Net::new(2);
+    // About 250 kbit/s, 500 kbit/s and 1.5 Mbit/s per layer.
+    for c in &mut net.clients {
+        c.video_packets = [1, 2, 6];
+        c.video_filler = 1000;
+    }
+    net.connect();
+    net.engine.set_receiver_constraints(
+        (CONF, "ep2"),
+        ReceiverConstraints {
+            constraints: [("ep1-v0".to_string(), 720)].into_iter().collect(),
+            ..Default::default()
+        },
+    );
+    net.media(Duration::from_millis(3000), true);
+    let a_l0 = net.clients[0].layers[0].0;
+    let a_rtx0 = net.clients[0].layers[0].1;
+    // A clear path: the top layer.
+    let seen = net.clients[1].received(a_l0).len();
+    assert!(seen > 50);
+    let got = layers_since(&net.clients[1], a_l0, seen - 20);
+    assert!(got.iter().all(|l| *l == 2), "{got:?}");
+    // The path to ep2 now takes 800 kbit/s (a policer: what is above is lost).
+    let b_addr = net.clients[1].addr;
+    let mut tokens = 0f64;
+    let mut last: Option<Instant> = None;
+    net.deliver_to_client = Box::new(move |t, now| {
+        if t.to != b_addr {
+            return true;
+        }
+        let dt = last.map_or(0.0, |l| now.saturating_duration_since(l).as_secs_f64());
+        last = Some(now);
+        tokens = (tokens + dt * 100_000.0).min(20_000.0);
+        if tokens < t.data.len() as f64 {
+            return false;
+        }
+        tokens -= t.data.len() as f64;
+        true
+    });
+    net.media(Duration::from_millis(8000), true);
+    let seen = net.clients[1].received(a_l0).len();
+    net.media(Duration::from_millis(1000), true);
+    let got = layers_since(&net.clients[1], a_l0, seen);
+    assert!(got.len() > 20, "video still flows");
+    assert!(got.iter().all(|l| *l == 1), "360p fits 800k: {got:?}");
+    let est = net
+        .engine
+        .endpoints
+        .values()
+        .find(|e| e.id == "ep2")
+        .and_then(|e| e.sendside.estimate());
+    eprintln!("limited estimate {est:?}");
+    assert!(est.is_some_and(|e| e < 1_200_000), "{est:?}");
+    // Probing: padding above the 360p layer, up to the estimate.
+    let probes = net.engine.stats().probe_packets;
+    assert!(probes > 0);
+    assert!(net.clients[1].raw_rx_ssrcs.contains(&a_rtx0));
+    // The path clears: padding lets the estimate grow until the top layer fits again.
+    net.deliver_to_client = Box::new(|_, _| true);
+    let mut back = None;
+    for s in 0..30 {
+        let seen = net.clients[1].received(a_l0).len();
+        net.media(Duration::from_millis(1000), true);
+        let got = layers_since(&net.clients[1], a_l0, seen);
+        if got.iter().rev().take(10).all(|l| *l == 2) {
+            back = Some(s);
+            break;
+        }
+    }
+    let est = net
+        .engine
+        .endpoints
+        .values()
+        .find(|e| e.id == "ep2")
+        .and_then(|e| e.sendside.estimate());
+    eprintln!(
+        "back after {back:?} s, estimate {est:?}, probes {probes} then {}",
+        net.engine.stats().probe_packets
+    );
+    assert!(
+        back.is_some(),
+        "top layer again after the path cleared; estimate {est:?}"
+    );
+    assert!(net.engine.stats().probe_packets > probes);
 }
