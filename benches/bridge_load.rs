@@ -2,7 +2,7 @@
 //! media engine thread (`meetd_colibri::udp::spawn`) on 127.0.0.1.
 //!
 //! `cargo bench --bench bridge_load [-- --confs K --per-conf M --seconds S --scale X
-//!  --realistic-seconds R]`
+//!  --realistic-seconds R --bwe]`
 //!
 //! 1. Setup (not timed): the engine on its own thread and UDP socket; K conferences of M
 //!    endpoints, each a str0m client (ICE controlled, DTLS client) on its own UDP socket, all
@@ -24,7 +24,9 @@
 //!
 //! Receivers do not hand forwarded RTP to str0m (that would cost the client thread more CPU
 //! than the engine): they count it by SSRC and drop it; STUN, DTLS and RTCP go to str0m (ICE
-//! consent, keyframe requests). Memory: a counting global allocator keeps live heap bytes per
+//! consent, keyframe requests). They therefore send no transport-cc feedback, so the engine
+//! runs with `trust_bwe` off (a fixed offered load; `--bwe` turns it on, and every receiver
+//! then stays at the initial 2.5 Mbit/s estimate). Memory: a counting global allocator keeps live heap bytes per
 //! thread; the engine's state lives on its thread, so its count is the engine's heap (requested
 //! sizes, without malloc's own overhead). Everything goes to 127.0.0.1; every phase is bounded.
 
@@ -228,6 +230,10 @@ struct Opts {
     scale: f64,
     /// SO_RCVBUF asked for the engine's socket (0: the system default).
     engine_rcvbuf: i32,
+    /// Layers follow the receivers' bandwidth estimates (the engine's default; off here: the
+    /// receivers drop forwarded RTP unread and so send no transport-cc feedback, and the
+    /// estimate would stay at the initial 2.5 Mbit/s, below the 4x load).
+    trust_bwe: bool,
 }
 
 fn parse_args() -> Result<Opts, String> {
@@ -238,6 +244,7 @@ fn parse_args() -> Result<Opts, String> {
         realistic_seconds: 5,
         scale: 4.0,
         engine_rcvbuf: 4 << 20,
+        trust_bwe: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -253,6 +260,7 @@ fn parse_args() -> Result<Opts, String> {
             "--engine-rcvbuf" => {
                 o.engine_rcvbuf = val(&a)?.parse().map_err(|e| format!("{a}: {e}"))?
             }
+            "--bwe" => o.trust_bwe = true,
             // cargo bench passes --bench to harness = false targets.
             "--bench" => {}
             _ => return Err(format!("unknown argument {a}")),
@@ -1250,6 +1258,7 @@ fn run(o: &Opts) -> Result<String, String> {
     let engine_addr: SocketAddr = ([127, 0, 0, 1], port).into();
     let cfg = EngineConfig {
         local_addrs: vec![engine_addr],
+        trust_bwe: o.trust_bwe,
         ..EngineConfig::default()
     };
     let rtx_cache = cfg.rtx_cache_packets;
@@ -1561,6 +1570,15 @@ fn measure(
         "engine retransmissions {}, receiver keyframe requests {} (forwarded packets are kept once, \
          in the sender's payload, shared by every receiver's retransmission ring)",
         end_stats.retransmissions, end_stats.receiver_keyframe_requests
+    );
+    let _ = writeln!(
+        w,
+        "bandwidth allocation ({}): probe packets {}, sources suspended {}, retransmissions \
+         limited {}",
+        if o.trust_bwe { "on: --bwe" } else { "off" },
+        end_stats.probe_packets,
+        end_stats.bwe_suspensions,
+        end_stats.retransmissions_limited
     );
     let per_ep = |b: i64| (b - heap0) as f64 / f64::from(n) / 1024.0;
     let _ = writeln!(

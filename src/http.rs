@@ -446,6 +446,18 @@ async fn metrics(
             s.receiver_keyframe_requests,
         );
         put(
+            "meetd_media_rtp_duplicates_total",
+            "counter",
+            "Incoming video packets received already (e.g. senders' RTX probes), not forwarded.",
+            s.rtp_duplicates,
+        );
+        put(
+            "meetd_media_retransmissions_limited_total",
+            "counter",
+            "NACKed packets not resent: retransmissions used their share of the receiver's estimate.",
+            s.retransmissions_limited,
+        );
+        put(
             "meetd_media_probe_packets_total",
             "counter",
             "Padding packets sent to probe receivers' bandwidth.",

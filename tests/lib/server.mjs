@@ -9,7 +9,7 @@
 // Network rule: everything here talks to 127.0.0.1 only.
 
 import { spawn } from 'node:child_process';
-import { mkdtempSync, mkdirSync, rmSync, writeFileSync, existsSync } from 'node:fs';
+import { appendFileSync, mkdtempSync, mkdirSync, rmSync, writeFileSync, existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import net from 'node:net';
 import dgram from 'node:dgram';
@@ -194,6 +194,8 @@ export class MeetdServer {
     }
 
     log(line) {
+        // MEETD_LOG_FILE: every line of every meetd the tests start, appended there too.
+        if (process.env.MEETD_LOG_FILE) appendFileSync(process.env.MEETD_LOG_FILE, line + '\n');
         this.logLines.push(line);
         if (this.logLines.length > 20000) this.logLines.splice(0, 5000);
     }

@@ -1,10 +1,12 @@
 //! A send-side estimate of the bandwidth towards each receiver, from the transport-cc feedback
 //! (draft-holmer-rmcat-transport-wide-cc-extensions-01) it sends about the packets the bridge
 //! numbered. Not Google's GCC: per feedback it measures what got through (delivery rate),
-//! whether the path queued (arrival spread grew against send spread) and the loss; it
+//! whether the path queued (one-way delay above its recent minimum) and the loss; it
 //! backs off to below the delivery rate on queueing or loss and otherwise grows by 8% a
-//! second, never above 1.5 times what was delivered (the bridge does not probe). Feeds
-//! `ConnectionStats`. Sans-IO.
+//! second, but not beyond 1.5 times what was delivered (the engine pads to let it grow when
+//! the allocation wants more). Starts from an initial estimate (2.5 Mbit/s, as JVB) unless
+//! the first measurement shows trouble. Feeds the bandwidth allocation and `ConnectionStats`.
+//! Sans-IO.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -88,6 +90,14 @@ struct SentRecord {
 const WINDOW: Duration = Duration::from_millis(1000);
 /// The shortest arrival span a delivery rate is computed over.
 const MIN_SPAN_US: i64 = 200_000;
+/// Losses in the first this long after the first packet sent are not counted.
+const STARTUP_GRACE: Duration = Duration::from_secs(2);
+/// A standing queue of more than this means congestion ...
+const QUEUE_DELAY: Duration = Duration::from_millis(25);
+/// ... measured against the lowest delay of this long.
+const BASE_DELAY_WINDOW: Duration = Duration::from_secs(10);
+/// Feedback delays remembered at most (10 s of feedback every 50 ms).
+const MAX_DELAYS: usize = 256;
 /// Decreases happen at most this often (feedback comes every 50–100 ms).
 const DECREASE_INTERVAL: Duration = Duration::from_millis(300);
 
@@ -105,6 +115,14 @@ pub(super) struct SendSide {
     last_decrease: Option<Instant>,
     /// Losses reported before this are not counted.
     ignore_losses_until: Option<Instant>,
+    /// The estimate to start from when the first measurement shows no trouble.
+    initial: f64,
+    /// The loss the last feedback measured (over the window).
+    loss: f64,
+    /// Send times are µs since this.
+    epoch: Option<Instant>,
+    /// Per feedback: when, and the mean one-way delay of its packets (µs, clocks unrelated).
+    delays: VecDeque<(Instant, i64)>,
 }
 
 impl Default for SendSide {
@@ -118,14 +136,32 @@ impl Default for SendSide {
             last_update: None,
             last_decrease: None,
             ignore_losses_until: None,
+            initial: 0.0,
+            loss: 0.0,
+            epoch: None,
+            delays: VecDeque::new(),
         }
     }
 }
 
 impl SendSide {
+    /// Start from `bps` until the path shows loss or queueing.
+    pub fn with_initial(bps: u64) -> SendSide {
+        SendSide {
+            initial: bps as f64,
+            ..SendSide::default()
+        }
+    }
+
     /// Number a packet of `size` bytes sent at `at`: the transport-wide sequence number to
     /// write in it.
     pub fn on_send(&mut self, at: Instant, size: usize) -> u16 {
+        if self.epoch.is_none() {
+            // A receiver loses the first packets while its streams come up (seen with
+            // Chromium: ~10% in the first feedback): not congestion.
+            self.epoch = Some(at);
+            self.ignore_losses_until(at + STARTUP_GRACE);
+        }
         let seq = self.next_seq;
         self.next_seq += 1;
         while self.sent.len() >= MAX_SENT
@@ -150,6 +186,16 @@ impl SendSide {
         self.ignore_losses_until = Some(self.ignore_losses_until.map_or(t, |u| u.max(t)));
     }
 
+    /// The path lost packets (over 2% in the last feedback's window, which came less than
+    /// a second ago): no probing. Without recent feedback it is not known to lose: probing is
+    /// then the way to learn more.
+    pub fn losing(&self, now: Instant) -> bool {
+        self.loss > 0.02
+            && self
+                .last_update
+                .is_some_and(|t| now.saturating_duration_since(t) < WINDOW)
+    }
+
     /// The current estimate (bps), once feedback arrived.
     pub fn estimate(&self) -> Option<u64> {
         self.estimate.map(|e| e as u64)
@@ -163,6 +209,9 @@ impl SendSide {
         // (send time, arrival µs) of what arrived, in sequence order; and the losses.
         let mut acked: Vec<(Instant, i64)> = Vec::new();
         let mut lost = 0u32;
+        // Packets sent before the last decrease are its cause, not news: not counted.
+        let mut counted = 0u32;
+        let since = self.last_decrease;
         let mut highest = None;
         for (k, a) in fb.arrivals.iter().enumerate() {
             let seq = base + k as u64;
@@ -174,9 +223,11 @@ impl SendSide {
                 continue;
             };
             highest = Some(seq);
+            let news = since.is_none_or(|d| r.at >= d);
             match a {
                 Some(t) => {
                     acked.push((r.at, *t));
+                    counted += u32::from(news);
                     // A receiver clock that jumped back (reference time wrapped or reset)
                     // starts the window over.
                     if self
@@ -188,7 +239,7 @@ impl SendSide {
                     }
                     self.arrived.push_back((*t, r.size));
                 }
-                None => lost += 1,
+                None => lost += u32::from(news),
             }
         }
         // Everything up to the highest reported packet is settled.
@@ -200,7 +251,7 @@ impl SendSide {
         if self.ignore_losses_until.is_some_and(|t| now < t) {
             lost = 0;
         }
-        self.reports.push_back((now, acked.len() as u32, lost));
+        self.reports.push_back((now, counted, lost));
         while self
             .reports
             .front()
@@ -227,15 +278,42 @@ impl SendSide {
             .iter()
             .fold((0u32, 0u32), |(g, m), r| (g + r.1, m + r.2));
         let loss = f64::from(missed) / f64::from((got + missed).max(1));
-        // This feedback saw a queue build if its arrivals spread by more than 5 ms (and 10%)
-        // beyond how they were sent.
-        let queued = match (acked.first(), acked.last()) {
-            (Some(&(s0, r0)), Some(&(s1, r1))) if acked.len() >= 2 => {
-                let recv_span = (r1 - r0) as f64 / 1e6;
-                let send_span = s1.saturating_duration_since(s0).as_secs_f64();
-                recv_span - send_span > 0.005f64.max(0.1 * send_span)
+        // Queueing: the mean one-way delay of this feedback's packets (on the receiver's
+        // clock against ours: only differences count) above the lowest of the last
+        // `BASE_DELAY_WINDOW` by more than `QUEUE_DELAY`: a standing queue, not the jitter of
+        // a busy receiver or of batched sends.
+        let queued = if acked.is_empty() {
+            false
+        } else {
+            let epoch = *self.epoch.get_or_insert(acked[0].0);
+            let sum: i64 = acked
+                .iter()
+                .map(|(s, a)| a - s.saturating_duration_since(epoch).as_micros() as i64)
+                .sum();
+            let mean = sum / acked.len() as i64;
+            while self
+                .delays
+                .front()
+                .is_some_and(|d| now.saturating_duration_since(d.0) > BASE_DELAY_WINDOW)
+            {
+                self.delays.pop_front();
             }
-            _ => false,
+            // A receiver clock that jumped back starts over.
+            if self.delays.back().is_some_and(|d| d.1 - mean > 10_000_000) {
+                self.delays.clear();
+            }
+            let base = self
+                .delays
+                .iter()
+                .map(|d| d.1)
+                .min()
+                .unwrap_or(mean)
+                .min(mean);
+            if self.delays.len() >= MAX_DELAYS {
+                self.delays.pop_front();
+            }
+            self.delays.push_back((now, mean));
+            mean - base > QUEUE_DELAY.as_micros() as i64
         };
         let elapsed = self.last_update.map_or(0.0, |t| {
             now.saturating_duration_since(t).as_secs_f64().min(1.0)
@@ -245,15 +323,22 @@ impl SendSide {
             .last_decrease
             .is_none_or(|t| now.saturating_duration_since(t) >= DECREASE_INTERVAL);
         let est = match self.estimate {
-            None => rate,
+            // Until the path shows trouble, start from the initial estimate (as GCC does).
+            None if loss > 0.1 || queued => rate,
+            None => rate.max(self.initial),
             Some(e) if loss > 0.1 => {
                 if may_decrease {
                     self.last_decrease = Some(now);
-                    (e * (1.0 - 0.5 * loss)).max(0.5 * rate.min(e))
+                    // These losses are answered: the next decrease needs new ones.
+                    self.reports.clear();
+                    // From what got through when the estimate is above it (an initial one).
+                    rate.min(e) * (1.0 - 0.5 * loss).max(0.5)
                 } else {
                     e
                 }
             }
+            // Some loss: hold (GCC's 2–10% band).
+            Some(e) if loss > 0.02 => e,
             Some(e) if queued => {
                 if may_decrease && e > 0.85 * rate {
                     self.last_decrease = Some(now);
@@ -262,12 +347,15 @@ impl SendSide {
                     e
                 }
             }
-            // What got through is the floor; grow 8% a second, up to 1.5x of it.
+            // Grow 8% a second, but not beyond 1.5x of what got through (more has not been
+            // tried; an estimate already above that stays, as in GCC); what got through is
+            // the floor.
             Some(e) => (e * (1.0 + 0.08 * elapsed))
-                .min(1.5 * rate)
-                .max(rate.min(e.max(rate))),
+                .min(e.max(1.5 * rate))
+                .max(rate),
         };
         self.estimate = Some(est.clamp(MIN_BPS, MAX_BPS));
+        self.loss = loss;
         Some((rate, loss, queued))
     }
 }
@@ -416,5 +504,45 @@ mod tests {
         );
         let e = s.estimate().unwrap() as f64;
         assert!(e < 0.9 * before, "25% loss: {before} -> {e}");
+    }
+
+    #[test]
+    fn starts_from_the_initial_estimate_and_takes_jitter_for_no_queue() {
+        let t0 = Instant::now();
+        let mut s = SendSide::with_initial(2_500_000);
+        // 500 kbit/s (1000 bytes every 16 ms) with up to 15 ms of jitter.
+        let t = run(
+            &mut s,
+            t0,
+            300,
+            Duration::from_millis(16),
+            |_| false,
+            |i| Duration::from_millis(20 + (i as u64 * 7) % 16),
+        );
+        let e = s.estimate().unwrap();
+        assert!(e >= 2_500_000, "the initial estimate stands: {e}");
+        // A standing queue (delay growing to 80 ms): back off below what gets through.
+        run(
+            &mut s,
+            t,
+            200,
+            Duration::from_millis(16),
+            |_| false,
+            |i| Duration::from_millis(20 + (2 * i as u64).min(60)),
+        );
+        let e = s.estimate().unwrap();
+        assert!(e < 600_000, "queueing: {e}");
+        // Loss at the start: no initial estimate, what got through.
+        let mut s = SendSide::with_initial(2_500_000);
+        run(
+            &mut s,
+            t0,
+            300,
+            Duration::from_millis(16),
+            |i| i % 3 == 0,
+            |_| Duration::from_millis(20),
+        );
+        let e = s.estimate().unwrap();
+        assert!(e < 600_000, "lossy start: {e}");
     }
 }

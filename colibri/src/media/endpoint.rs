@@ -569,8 +569,12 @@ pub(super) struct Endpoint {
     pub alloc_budget: Option<u64>,
     /// Padding to send (bps) so the estimate can grow to what the allocation would like.
     pub probe_bps: u64,
-    /// When padding was last sent, and the bytes owed since.
+    /// When padding was last sent.
     pub probe_at: Option<Instant>,
+    /// Retransmissions may take part of the estimate: bytes allowed now, and when that was
+    /// computed.
+    pub rtx_tokens: f64,
+    pub rtx_at: Option<Instant>,
     /// Source name → video type (upper-case) from the endpoint's bridge channel.
     pub video_types: HashMap<String, String>,
     /// The fast path's SRTP session, once DTLS is up.

@@ -150,7 +150,11 @@ impl RxStream {
         self.base.map(|_| self.max)
     }
 
-    /// A packet arrived (`seq` extended; `clock_rate` for the jitter).
+    /// A packet arrived (`seq` extended; `clock_rate` for the jitter). With `track_loss`,
+    /// returns false for a duplicate: a sequence number at or below the highest that is not
+    /// missing (received already, or given up on). Senders resend packets as RTX to probe their
+    /// bandwidth (Chromium does): forwarding those again would make receivers drop them as
+    /// SRTP replays.
     pub fn on_packet(
         &mut self,
         seq: u64,
@@ -159,7 +163,7 @@ impl RxStream {
         epoch: Instant,
         clock_rate: u32,
         track_loss: bool,
-    ) {
+    ) -> bool {
         match self.base {
             None => {
                 self.base = Some(seq);
@@ -189,7 +193,9 @@ impl RxStream {
                 self.max = seq;
             }
             Some(_) => {
-                self.missing.remove(&seq);
+                if self.missing.remove(&seq).is_none() && track_loss {
+                    return false;
+                }
             }
         }
         self.received += 1;
@@ -203,6 +209,7 @@ impl RxStream {
             self.jitter16 = self.jitter16 + d - (self.jitter16 + 8) / 16;
         }
         self.last_transit = Some(transit);
+        true
     }
 
     /// Sequence numbers to NACK now (appended to `out`); gives up on old ones.
@@ -471,15 +478,22 @@ mod tests {
         let t0 = Instant::now();
         let mut s = RxStream::default();
         for seq in [10u64, 11, 14, 15] {
-            s.on_packet(seq, 0, t0, t0, 90_000, true);
+            assert!(s.on_packet(seq, 0, t0, t0, 90_000, true));
         }
+        // Duplicates (a sender's RTX probes resend what arrived): not fresh.
+        assert!(!s.on_packet(11, 0, t0, t0, 90_000, true));
+        assert!(!s.on_packet(15, 0, t0, t0, 90_000, true));
         let mut due = Vec::new();
         s.due_nacks(t0, &mut due);
         assert_eq!(due, [12, 13]);
         due.clear();
         s.due_nacks(t0 + Duration::from_millis(10), &mut due);
         assert!(due.is_empty(), "not again before the interval");
-        s.on_packet(12, 0, t0, t0, 90_000, true);
+        assert!(
+            s.on_packet(12, 0, t0, t0, 90_000, true),
+            "a repair is fresh"
+        );
+        assert!(!s.on_packet(12, 0, t0, t0, 90_000, true));
         s.due_nacks(t0 + Duration::from_millis(150), &mut due);
         assert_eq!(due, [13], "12 was repaired");
         let mut b = Vec::new();

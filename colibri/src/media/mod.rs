@@ -115,6 +115,11 @@ const PROBE_INTERVAL: Duration = Duration::from_millis(15);
 /// RTP padding count can say).
 const PROBE_PACKETS_PER_ROUND: usize = 16;
 const PROBE_PADDING: usize = 255;
+/// Retransmissions to a receiver take at most this share of its estimate (so that repairs
+/// of losses on a congested path do not add to the congestion), with bursts of up to
+/// `RTX_BURST` of it.
+const RTX_SHARE: f64 = 0.5;
+const RTX_BURST: Duration = Duration::from_millis(250);
 
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -268,6 +273,9 @@ pub struct EngineStats {
     pub rtp_forwarded: u64,
     /// Incoming RTP packets from unsignalled SSRCs.
     pub rtp_unknown_ssrc: u64,
+    /// Incoming video packets (or RTX) whose sequence number was received already: not
+    /// forwarded.
+    pub rtp_duplicates: u64,
     pub keyframe_requests: u64,
     pub layer_switches: u64,
     /// Errors reported by str0m (the endpoint is marked failed when its `Rtc` dies).
@@ -278,6 +286,9 @@ pub struct EngineStats {
     pub dominant_speaker_changes: u64,
     /// Packets resent (as RTX) for receivers' NACKs.
     pub retransmissions: u64,
+    /// NACKed packets not resent because the receiver's retransmissions used their share of
+    /// its estimate.
+    pub retransmissions_limited: u64,
     /// Keyframe requests (PLI/FIR) received from receivers about forwarded streams.
     pub receiver_keyframe_requests: u64,
     /// Datagrams the socket did not take (send buffer full, no route).
@@ -564,13 +575,15 @@ impl MediaEngine {
                 alloc_budget: None,
                 probe_bps: 0,
                 probe_at: None,
+                rtx_tokens: 0.0,
+                rtx_at: None,
                 video_types: HashMap::new(),
                 srtp: None,
                 send_path: None,
                 rtx_index: FastMap::default(),
                 other_ssrcs: HashSet::new(),
                 twcc: Default::default(),
-                sendside: Default::default(),
+                sendside: bwe::SendSide::with_initial(INITIAL_BWE_BPS),
                 fb_ssrc: rand::random_range(1..=u32::MAX),
             },
         );
@@ -1450,6 +1463,15 @@ impl MediaEngine {
                             _ => false,
                         };
                         if moved {
+                            tracing::debug!(
+                                endpoint = %ep.id,
+                                delivered_bps = rate as u64,
+                                loss,
+                                queued,
+                                from = ?ep.alloc_budget,
+                                to = ?ep.sendside.estimate(),
+                                "bandwidth estimate moved: reallocating"
+                            );
                             self.allocate(id);
                         }
                     }
@@ -1564,9 +1586,13 @@ impl MediaEngine {
             MediaType::Audio => 48_000,
             MediaType::Video => 90_000,
         };
-        layer
+        if !layer
             .rx
-            .on_packet(seq, h.ts, now, epoch, clock_rate, kind == MediaType::Video);
+            .on_packet(seq, h.ts, now, epoch, clock_rate, kind == MediaType::Video)
+        {
+            self.stats.rtp_duplicates += 1;
+            return;
+        }
         let incoming = Incoming {
             ssrc: layer.ssrc,
             seq,
@@ -1707,7 +1733,26 @@ impl MediaEngine {
         let Some(rtx_ssrc) = slot.rtx else {
             return;
         };
+        // Bytes per second retransmissions may take now (`None`: no estimate, no limit).
+        let rtx_rate = ep.sendside.estimate().map(|e| e as f64 * RTX_SHARE / 8.0);
+        if let Some(rate) = rtx_rate {
+            let cap = rate * RTX_BURST.as_secs_f64();
+            ep.rtx_tokens = match ep.rtx_at {
+                Some(t) => ep.rtx_tokens + rate * now.saturating_duration_since(t).as_secs_f64(),
+                None => cap,
+            }
+            .min(cap);
+            ep.rtx_at = Some(now);
+        }
         for (out, s, off) in packets {
+            if rtx_rate.is_some() {
+                let size = (s.payload.len() + 40) as f64;
+                if ep.rtx_tokens < size {
+                    self.stats.retransmissions_limited += 1;
+                    continue;
+                }
+                ep.rtx_tokens -= size;
+            }
             let Some(&rtx_pt) = ep.caps.rtx_pts.get(&s.pt) else {
                 continue;
             };
@@ -2009,6 +2054,11 @@ impl MediaEngine {
             if out.switched && before.is_some() {
                 self.stats.layer_switches += 1;
             }
+            if before.is_none() && kind == MediaType::Video {
+                // A stream starts: the receiver may drop its packets until its signalling
+                // caught up (an SSRC it does not know yet); not congestion.
+                r.sendside.ignore_losses_until(now + NEW_SOURCE_GRACE);
+            }
             let Some((_, has_rtx)) = r.caps.pts.get(&pt).copied() else {
                 continue;
             };
@@ -2032,7 +2082,9 @@ impl MediaEngine {
                     &payload
                 };
                 self.hdr.clear();
-                let tseq = (r.caps.ext_ids.transport_cc != 0)
+                // Video only, as JVB: a receiver that did not negotiate transport-cc on its
+                // audio m-line would report every audio packet lost.
+                let tseq = (r.caps.ext_ids.transport_cc != 0 && kind == MediaType::Video)
                     .then(|| r.sendside.on_send(now, body.len() + 40));
                 write_header(
                     &mut self.hdr,
@@ -2491,6 +2543,10 @@ impl MediaEngine {
                 continue;
             }
             any = true;
+            if ep.sendside.losing(now) {
+                ep.probe_at = None;
+                continue;
+            }
             let (Some(srtp), Some((from, to))) = (ep.srtp.as_mut(), ep.send_path) else {
                 continue;
             };
@@ -2501,14 +2557,16 @@ impl MediaEngine {
             let Some(slot) = ep
                 .slots
                 .values_mut()
-                .filter(|s| s.kind == MediaType::Video && s.rtx.is_some() && s.pt.is_some())
+                .filter(|s| s.kind == MediaType::Video && s.rtx.is_some())
                 .max_by_key(|s| s.last_used)
             else {
                 continue;
             };
+            // The payload type of what it carried; before any video, the lowest with RTX.
+            let pt = slot.pt.or_else(|| ep.caps.rtx_pts.keys().min().copied());
             let (Some(rtx), Some(rtx_pt)) = (
                 slot.rtx,
-                slot.pt.and_then(|pt| ep.caps.rtx_pts.get(&pt).copied()),
+                pt.and_then(|pt| ep.caps.rtx_pts.get(&pt).copied()),
             ) else {
                 continue;
             };
