@@ -37,6 +37,7 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import http from 'node:http';
 import dgram from 'node:dgram';
+import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { readFileSync, existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
@@ -61,6 +62,9 @@ const MEDIA_TIMEOUT_MS = Number(process.env.E2E_MEDIA_TIMEOUT_MS || 45000);
 const TRANSPORT = process.env.E2E_TRANSPORT || 'websocket';
 const P2P = process.env.E2E_P2P === '1';
 const STUN = process.env.E2E_STUN !== '0';
+// E2E_SHAPE=1 (run.sh's vp8 pass): a bandwidth step shapes one receiver's link with tc (htb on
+// the namespace's lo; needs root in it, as run.sh gives).
+const SHAPE = process.env.E2E_SHAPE === '1';
 const MUC = `muc.${DOMAIN}`;
 const ROOM = `e2emedia@${MUC}`;
 
@@ -518,6 +522,57 @@ if (P2P) {
         t.diagnostic(`${rx.nick} ← ${tx.nick}: ${before?.frameWidth}x${before?.frameHeight} → ${v?.frameWidth}x${v?.frameHeight}; sender layers: ${txOut.join(' | ')}`);
         if (!(v && before && v.frameHeight > before.frameHeight)) {
             throw new Error(`resolution did not go up after maxHeight 720: ${before?.frameHeight} → ${v?.frameHeight}\n${await report()}`);
+        }
+    });
+
+    step('bandwidth: a receiver behind a 400 kbit/s link gets a lower layer, and a higher one again once it clears', async (t) => {
+        if (!SHAPE) return t.skip('only in the vp8 pass (E2E_SHAPE=1)');
+        if (!SIMULCAST || !['VP8', 'H264'].includes(CODEC)) return t.skip('no simulcast in this pass');
+        const [rx, tx] = parts.filter((p) => !p.left);
+        const video = async () => flowsOf(await stats(rx), tx.nick).video[0];
+        const port = Number(String((await stats(rx)).pair?.local || '').split(' ')[0].split(':').pop());
+        assert.ok(port > 0, 'the receiver\'s local port');
+        const before = await video();
+        const tc = (...args) => execFileSync('tc', args, { stdio: ['ignore', 'ignore', 'pipe'] });
+        // Everything to the receiver's UDP port through a 400 kbit/s class with a short queue.
+        tc('qdisc', 'add', 'dev', 'lo', 'root', 'handle', '1:', 'htb', 'default', '10');
+        const t0 = Date.now();
+        let low;
+        try {
+            tc('class', 'add', 'dev', 'lo', 'parent', '1:', 'classid', '1:10', 'htb', 'rate', '10gbit');
+            tc('class', 'add', 'dev', 'lo', 'parent', '1:', 'classid', '1:20', 'htb', 'rate', '400kbit', 'ceil', '400kbit');
+            tc('qdisc', 'add', 'dev', 'lo', 'parent', '1:20', 'handle', '20:', 'pfifo', 'limit', '30');
+            tc('filter', 'add', 'dev', 'lo', 'parent', '1:', 'protocol', 'ip', 'prio', '1', 'u32',
+                'match', 'ip', 'protocol', '17', '0xff', 'match', 'ip', 'dport', String(port), '0xffff', 'flowid', '1:20');
+            const deadline = Date.now() + 30000;
+            let prev = before;
+            while (Date.now() < deadline) {
+                await sleep(1000);
+                const v = await video();
+                // A lower layer, and still decoding.
+                if (v && v.frameHeight < before.frameHeight && prev && v.framesDecoded > prev.framesDecoded) {
+                    low = v;
+                    break;
+                }
+                prev = v;
+            }
+        } finally {
+            tc('qdisc', 'del', 'dev', 'lo', 'root');
+        }
+        const shaped = Date.now() - t0;
+        if (!low) throw new Error(`still ${before?.frameHeight}p behind 400 kbit/s after ${shaped} ms\n${await report()}`);
+        const t1 = Date.now();
+        const deadline = Date.now() + 60000;
+        let v = low;
+        while (Date.now() < deadline) {
+            await sleep(1000);
+            v = await video();
+            if (v && v.frameHeight > low.frameHeight) break;
+        }
+        const d = await debugOf(rx);
+        t.diagnostic(`${rx.nick} ← ${tx.nick}: ${before.frameHeight}p → ${low.frameHeight}p ${shaped} ms after shaping to 400 kbit/s → ${v?.frameHeight}p ${Date.now() - t1} ms after it cleared; last ConnectionStats ${d.connectionStats?.estimatedDownlinkBandwidth}`);
+        if (!(v && v.frameHeight > low.frameHeight)) {
+            throw new Error(`no higher layer within 60 s of the link clearing: ${low.frameHeight}p → ${v?.frameHeight}p\n${await report()}`);
         }
     });
 }
