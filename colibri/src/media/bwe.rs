@@ -204,7 +204,7 @@ impl SendSide {
     /// Take one feedback; returns what the window measures (delivery rate bps, loss, whether
     /// this feedback saw queueing) once it spans enough.
     pub fn on_feedback(&mut self, fb: &TwccFeedback, now: Instant) -> Option<(f64, f64, bool)> {
-        let front = self.sent.front().map(|f| f.seq)?;
+        self.sent.front()?;
         let base = extend_seq(self.next_seq.saturating_sub(1), fb.base);
         // (send time, arrival µs) of what arrived, in sequence order; and the losses.
         let mut acked: Vec<(Instant, i64)> = Vec::new();
@@ -212,6 +212,13 @@ impl SendSide {
         // Packets sent before the last decrease are its cause, not news: not counted.
         let mut counted = 0u32;
         let since = self.last_decrease;
+        // Packets before this feedback's base that no feedback reported will never be: lost
+        // (str0m starts each feedback at the first packet it received after the last one).
+        while let Some(r) = self.sent.front().filter(|r| r.seq < base).copied() {
+            self.sent.pop_front();
+            lost += u32::from(since.is_none_or(|d| r.at >= d));
+        }
+        let front = self.sent.front().map(|f| f.seq)?;
         let mut highest = None;
         for (k, a) in fb.arrivals.iter().enumerate() {
             let seq = base + k as u64;

@@ -1828,7 +1828,21 @@ fn layers_since(c: &Client, ssrc: u32, from: usize) -> Vec<u8> {
 
 #[test]
 fn layers_follow_the_receivers_bandwidth_and_probing_finds_it_again() {
-    let mut net = Net::new(2);
+    bandwidth_scenario(false);
+}
+
+#[test]
+fn with_ssrc_rewriting_layers_follow_the_bandwidth_too() {
+    bandwidth_scenario(true);
+}
+
+/// ep2 asks for ep1's camera at 720p; its link then takes 800 kbit/s, then clears.
+fn bandwidth_scenario(rewriting: bool) {
+    let mut net = Net::build(
+        2,
+        if rewriting { &["ep2"] } else { &[] },
+        EngineConfig::default(),
+    );
     // About 250 kbit/s, 500 kbit/s and 1.5 Mbit/s per layer.
     for c in &mut net.clients {
         c.video_packets = [1, 2, 6];
@@ -1843,8 +1857,17 @@ fn layers_follow_the_receivers_bandwidth_and_probing_finds_it_again() {
         },
     );
     net.media(Duration::from_millis(3000), true);
-    let a_l0 = net.clients[0].layers[0].0;
-    let a_rtx0 = net.clients[0].layers[0].1;
+    // The stream ep2 gets ep1's camera on (and its RTX): the sender's SSRCs, or a slot's.
+    let (a_l0, a_rtx0) = if rewriting {
+        let video = maps(&net.events, "ep2", MediaType::Video);
+        let m = video
+            .last()
+            .and_then(|v| v.iter().find(|m| m.source == "ep1-v0"))
+            .expect("ep1-v0 mapped for ep2");
+        (m.ssrc, m.rtx.expect("an RTX slot"))
+    } else {
+        net.clients[0].layers[0]
+    };
     // A clear path: the top layer.
     let seen = net.clients[1].received(a_l0).len();
     assert!(seen > 50);
@@ -1959,4 +1982,60 @@ fn a_packet_received_twice_is_forwarded_once() {
     );
     // The repair filled the gap (it came after its successors: reordered, not lost).
     assert_consecutive(&unique, "video");
+}
+
+#[test]
+fn a_source_that_does_not_fit_is_held_back_and_comes_back_when_the_link_clears() {
+    let mut net = Net::new(2);
+    for c in &mut net.clients {
+        c.video_packets = [1, 2, 6];
+        c.video_filler = 1000;
+    }
+    net.connect();
+    net.media(Duration::from_millis(3000), true);
+    let a_l0 = net.clients[0].layers[0].0;
+    assert_eq!(
+        forwarded(&net.events, "ep2"),
+        Some(vec!["ep1-v0".to_string()])
+    );
+    // 100 kbit/s to ep2: not even ep1's lowest layer (~200 kbit/s) fits.
+    let b_addr = net.clients[1].addr;
+    let mut tokens = 0f64;
+    let mut last: Option<Instant> = None;
+    net.deliver_to_client = Box::new(move |t, now| {
+        if t.to != b_addr {
+            return true;
+        }
+        let dt = last.map_or(0.0, |l| now.saturating_duration_since(l).as_secs_f64());
+        last = Some(now);
+        tokens = (tokens + dt * 12_500.0).min(5_000.0);
+        if tokens < t.data.len() as f64 {
+            return false;
+        }
+        tokens -= t.data.len() as f64;
+        true
+    });
+    net.media(Duration::from_millis(8000), true);
+    assert!(net.engine.stats().bwe_suspensions > 0);
+    assert_eq!(
+        forwarded(&net.events, "ep2"),
+        Some(vec![]),
+        "held back and announced"
+    );
+    let seen = net.clients[1].received(a_l0).len();
+    net.media(Duration::from_millis(1000), true);
+    assert_eq!(net.clients[1].received(a_l0).len(), seen, "nothing sent");
+    // The link clears: padding alone (no video goes to ep2) lets the estimate grow back.
+    net.deliver_to_client = Box::new(|_, _| true);
+    let mut back = None;
+    for s in 0..30 {
+        net.media(Duration::from_millis(1000), true);
+        if forwarded(&net.events, "ep2") == Some(vec!["ep1-v0".to_string()])
+            && net.clients[1].received(a_l0).len() > seen + 10
+        {
+            back = Some(s);
+            break;
+        }
+    }
+    assert!(back.is_some(), "ep1-v0 forwarded to ep2 again");
 }
