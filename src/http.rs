@@ -331,6 +331,8 @@ async fn metrics(
     }
     let f = &st.front;
     let mut out = String::with_capacity(2048);
+    // Non-integer gauges, appended at the end.
+    let mut gauges = String::new();
     let mut put = |name: &str, kind: &str, help: &str, v: u64| {
         out.push_str(&format!(
             "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}\n"
@@ -361,6 +363,13 @@ async fn metrics(
         f.bridge.endpoint_count() as u64,
     );
     if let Some(s) = f.engine.stats().await {
+        // JVB's stress: load over its threshold (0.9 of the CPU), here the media engine's
+        // thread (it uses one core); above 0.8 a stock Jicofo calls a bridge overloaded.
+        let stress = s.engine_cpu_permille as f64 / 900.0;
+        gauges.push_str(&format!(
+            "# HELP meetd_media_stress_level Media engine thread CPU use over 0.9 of a core (JVB stress_level).\n\
+             # TYPE meetd_media_stress_level gauge\nmeetd_media_stress_level {stress:.3}\n"
+        ));
         put(
             "meetd_media_endpoints",
             "gauge",
@@ -482,6 +491,7 @@ async fn metrics(
             s.dominant_speaker_changes,
         );
     }
+    out.push_str(&gauges);
     let mut r = (StatusCode::OK, out).into_response();
     r.headers_mut().insert(
         header::CONTENT_TYPE,

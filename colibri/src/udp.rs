@@ -231,7 +231,9 @@ async fn run(
     let mut recv = RecvBatch::new();
     let mut batch = SendBatch::default();
     let fd = sock.as_raw_fd();
+    let mut load = Load::default();
     loop {
+        load.update(Instant::now());
         let deadline = loop {
             match engine.poll_output() {
                 EngineOutput::Transmit(t) => {
@@ -269,14 +271,61 @@ async fn run(
                 }
             }
             c = rx.recv() => {
-                let Some(c) = c else { break };
-                command(&mut engine, &hub, c);
+                match c {
+                    None => break,
+                    Some(Command::Stats(tx)) => {
+                        let _ = tx.send(EngineStats {
+                            engine_cpu_permille: load.permille,
+                            ..engine.stats()
+                        });
+                    }
+                    Some(c) => command(&mut engine, &hub, c),
+                }
             }
             _ = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)) => {
                 engine.handle_timeout(Instant::now());
             }
         }
     }
+}
+
+/// How often the engine thread's CPU use is measured (JVB: stress every 5 s).
+const LOAD_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The engine thread's CPU use over the last `LOAD_INTERVAL`: the bridge's stress.
+#[derive(Default)]
+struct Load {
+    at: Option<Instant>,
+    cpu_ns: Option<u64>,
+    permille: u64,
+}
+
+impl Load {
+    fn update(&mut self, now: Instant) {
+        if self
+            .at
+            .is_some_and(|t| now.saturating_duration_since(t) < LOAD_INTERVAL)
+        {
+            return;
+        }
+        let ns = thread_cpu_ns();
+        if let (Some(at), Some(prev), Some(ns)) = (self.at, self.cpu_ns, ns) {
+            let wall = now.saturating_duration_since(at).as_nanos().max(1);
+            self.permille = (u128::from(ns.saturating_sub(prev)) * 1000 / wall) as u64;
+        }
+        self.at = Some(now);
+        self.cpu_ns = ns;
+    }
+}
+
+/// CPU time of the calling thread (Linux: the first field of its schedstat), if readable.
+fn thread_cpu_ns() -> Option<u64> {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// Datagrams read in one turn of the loop before outputs and timers are served.

@@ -115,4 +115,10 @@ test('metrics: /metrics exposes Prometheus counters to local scrapers', srv.wrap
         assert.match(res.body, new RegExp(`^${name} \\d+$`, 'm'), name);
         assert.match(res.body, new RegExp(`^# TYPE ${name} (gauge|counter)$`, 'm'));
     }
+    for (const name of ['meetd_media_probe_packets_total', 'meetd_media_rtp_duplicates_total', 'meetd_media_bwe_suspensions_total']) {
+        assert.match(res.body, new RegExp(`^${name} \\d+$`, 'm'), name);
+    }
+    // JVB's stress level: the media engine's CPU use over 0.9 of a core.
+    assert.match(res.body, /^# TYPE meetd_media_stress_level gauge$/m);
+    assert.match(res.body, /^meetd_media_stress_level \d+\.\d{3}$/m);
 }));

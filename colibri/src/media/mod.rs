@@ -295,6 +295,9 @@ pub struct EngineStats {
     pub send_dropped: u64,
     /// Padding packets sent to probe receivers' bandwidth.
     pub probe_packets: u64,
+    /// CPU use of the engine's thread over the last few seconds, per mille of one core (set
+    /// by the I/O loop; the stress level is this over 900, JVB's 0.9 CPU threshold).
+    pub engine_cpu_permille: u64,
     /// Forwarded video sources held back (not sent) because a receiver's estimate had no room
     /// for them, counted per allocation that changed to that.
     pub bwe_suspensions: u64,
