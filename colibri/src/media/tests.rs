@@ -1818,6 +1818,26 @@ fn connection_stats_carry_the_bandwidth_estimate() {
     );
 }
 
+/// A policer on the path to `to`: a token bucket of `rate` bytes per second, `burst` deep;
+/// what does not fit is lost.
+fn police(to: SocketAddr, rate: f64, burst: f64) -> Box<ToClient> {
+    let mut tokens = 0f64;
+    let mut last: Option<Instant> = None;
+    Box::new(move |t, now| {
+        if t.to != to {
+            return true;
+        }
+        let dt = last.map_or(0.0, |l| now.saturating_duration_since(l).as_secs_f64());
+        last = Some(now);
+        tokens = (tokens + dt * rate).min(burst);
+        if tokens < t.data.len() as f64 {
+            return false;
+        }
+        tokens -= t.data.len() as f64;
+        true
+    })
+}
+
 /// The layer (last payload byte but one) of the packets `c` got on `ssrc` since `from`.
 fn layers_since(c: &Client, ssrc: u32, from: usize) -> Vec<u8> {
     c.received(ssrc)[from..]
@@ -1874,22 +1894,7 @@ fn bandwidth_scenario(rewriting: bool) {
     let got = layers_since(&net.clients[1], a_l0, seen - 20);
     assert!(got.iter().all(|l| *l == 2), "{got:?}");
     // The path to ep2 now takes 800 kbit/s (a policer: what is above is lost).
-    let b_addr = net.clients[1].addr;
-    let mut tokens = 0f64;
-    let mut last: Option<Instant> = None;
-    net.deliver_to_client = Box::new(move |t, now| {
-        if t.to != b_addr {
-            return true;
-        }
-        let dt = last.map_or(0.0, |l| now.saturating_duration_since(l).as_secs_f64());
-        last = Some(now);
-        tokens = (tokens + dt * 100_000.0).min(20_000.0);
-        if tokens < t.data.len() as f64 {
-            return false;
-        }
-        tokens -= t.data.len() as f64;
-        true
-    });
+    net.deliver_to_client = police(net.clients[1].addr, 100_000.0, 20_000.0);
     net.media(Duration::from_millis(8000), true);
     let seen = net.clients[1].received(a_l0).len();
     net.media(Duration::from_millis(1000), true);
@@ -1999,22 +2004,7 @@ fn a_source_that_does_not_fit_is_held_back_and_comes_back_when_the_link_clears()
         Some(vec!["ep1-v0".to_string()])
     );
     // 100 kbit/s to ep2: not even ep1's lowest layer (~200 kbit/s) fits.
-    let b_addr = net.clients[1].addr;
-    let mut tokens = 0f64;
-    let mut last: Option<Instant> = None;
-    net.deliver_to_client = Box::new(move |t, now| {
-        if t.to != b_addr {
-            return true;
-        }
-        let dt = last.map_or(0.0, |l| now.saturating_duration_since(l).as_secs_f64());
-        last = Some(now);
-        tokens = (tokens + dt * 12_500.0).min(5_000.0);
-        if tokens < t.data.len() as f64 {
-            return false;
-        }
-        tokens -= t.data.len() as f64;
-        true
-    });
+    net.deliver_to_client = police(net.clients[1].addr, 12_500.0, 5_000.0);
     net.media(Duration::from_millis(8000), true);
     assert!(net.engine.stats().bwe_suspensions > 0);
     assert_eq!(
