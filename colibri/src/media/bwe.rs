@@ -1,12 +1,15 @@
 //! A send-side estimate of the bandwidth towards each receiver, from the transport-cc feedback
 //! (draft-holmer-rmcat-transport-wide-cc-extensions-01) it sends about the packets the bridge
-//! numbered. Not Google's GCC: per feedback it measures what got through (delivery rate),
-//! whether the path queued (one-way delay above its recent minimum) and the loss; it
-//! backs off to below the delivery rate on queueing or loss and otherwise grows by 8% a
-//! second, but not beyond 1.5 times what was delivered (the engine pads to let it grow when
-//! the allocation wants more). Starts from an initial estimate (2.5 Mbit/s, as JVB) unless
-//! the first measurement shows trouble. Feeds the bandwidth allocation and `ConnectionStats`.
-//! Sans-IO.
+//! numbered. GCC's rules in a simpler form: per feedback it measures what got through
+//! (delivery rate over 1 s), whether the path holds a standing queue (mean one-way delay
+//! 25 ms above its 10 s minimum; no trendline filter) and the loss over 1 s (packets no
+//! feedback reported count as lost). It backs off on queueing (to 0.85x of what got through)
+//! or on more than 10% loss (by half the loss, from what got through), holds between 2% and
+//! 10% loss, and otherwise grows by 8% a second, but never beyond 1.5x of what got through —
+//! an estimate already above that stays (the engine pads up to it when the allocation wants
+//! more). Losses of packets sent before a decrease do not decrease it again. Starts from an
+//! initial estimate (2.5 Mbit/s, as JVB) unless the first measurement shows trouble. Feeds
+//! the bandwidth allocation and `ConnectionStats`. Sans-IO.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
