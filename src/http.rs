@@ -467,6 +467,12 @@ async fn metrics(
             s.retransmissions_limited,
         );
         put(
+            "meetd_media_gso_datagrams_total",
+            "counter",
+            "Datagrams sent in UDP GSO runs (equal-sized ones to one receiver, one send).",
+            s.gso_datagrams,
+        );
+        put(
             "meetd_media_probe_packets_total",
             "counter",
             "Padding packets sent to probe receivers' bandwidth.",

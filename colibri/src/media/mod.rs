@@ -293,6 +293,8 @@ pub struct EngineStats {
     pub receiver_keyframe_requests: u64,
     /// Datagrams the socket did not take (send buffer full, no route).
     pub send_dropped: u64,
+    /// Datagrams that left in UDP GSO sends (runs of equal size to one receiver).
+    pub gso_datagrams: u64,
     /// Padding packets sent to probe receivers' bandwidth.
     pub probe_packets: u64,
     /// CPU use of the engine's thread over the last few seconds, per mille of one core (set
@@ -1419,6 +1421,11 @@ impl MediaEngine {
     /// The I/O side could not send `n` datagrams.
     pub fn count_send_dropped(&mut self, n: u64) {
         self.stats.send_dropped += n;
+    }
+
+    /// The I/O side sent `n` datagrams as one UDP GSO send.
+    pub fn count_gso(&mut self, n: u64) {
+        self.stats.gso_datagrams += n;
     }
 
     /// Give a send buffer back once it is on the wire: the engine reuses it.
