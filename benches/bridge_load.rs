@@ -140,12 +140,21 @@ unsafe impl GlobalAlloc for Counting {
 static GLOBAL: Counting = Counting;
 
 /// Live heap bytes allocated minus freed by thread `tid` (None if it never allocated).
-fn heap_of(tid: i64) -> Option<i64> {
+/// Live heap bytes of threads `tids`, summed (a buffer one allocates and another frees nets
+/// out).
+fn heap_of(tids: &[i64]) -> Option<i64> {
     let n = NEXT_SLOT.load(Ordering::Relaxed).min(MAX_THREADS);
-    SLOTS[..n]
-        .iter()
-        .find(|s| s.tid.load(Ordering::Relaxed) == tid)
-        .map(|s| s.bytes.load(Ordering::Relaxed))
+    let mut sum = None;
+    for &tid in tids {
+        if let Some(b) = SLOTS[..n]
+            .iter()
+            .find(|s| s.tid.load(Ordering::Relaxed) == tid)
+            .map(|s| s.bytes.load(Ordering::Relaxed))
+        {
+            *sum.get_or_insert(0) += b;
+        }
+    }
+    sum
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -231,6 +240,8 @@ struct Opts {
     scale: f64,
     /// SO_RCVBUF asked for the engine's socket (0: the system default).
     engine_rcvbuf: i32,
+    /// Media engine threads (`[media] threads`).
+    threads: usize,
     /// Layers follow the receivers' bandwidth estimates (the engine's default; off here: the
     /// receivers drop forwarded RTP unread and so send no transport-cc feedback, and the
     /// estimate would stay at the initial 2.5 Mbit/s, below the 4x load).
@@ -246,6 +257,7 @@ fn parse_args() -> Result<Opts, String> {
         scale: 4.0,
         engine_rcvbuf: 4 << 20,
         trust_bwe: false,
+        threads: 1,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -262,6 +274,7 @@ fn parse_args() -> Result<Opts, String> {
                 o.engine_rcvbuf = val(&a)?.parse().map_err(|e| format!("{a}: {e}"))?
             }
             "--bwe" => o.trust_bwe = true,
+            "--threads" => o.threads = val(&a)?.parse().map_err(|e| format!("{a}: {e}"))?,
             // cargo bench passes --bench to harness = false targets.
             "--bench" => {}
             _ => return Err(format!("unknown argument {a}")),
@@ -899,10 +912,8 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Capture {
 // The engine side.
 
 fn engine_stats(h: &EngineHandle) -> Result<EngineStats, String> {
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    h.send(Command::Stats(tx));
-    rx.blocking_recv()
-        .map_err(|_| "engine stats: no answer".to_string())
+    h.stats_blocking()
+        .ok_or_else(|| "engine stats: no answer".to_string())
 }
 
 #[derive(Clone, Copy)]
@@ -916,12 +927,15 @@ struct Sample {
     drops: (u64, u64),
 }
 
-fn sample(h: &EngineHandle, tid: i64, sh: &Shared) -> Result<Sample, String> {
+fn sample(h: &EngineHandle, tids: &[i64], sh: &Shared) -> Result<Sample, String> {
     let s = engine_stats(h)?;
     Ok(Sample {
         at: Instant::now(),
-        cpu: thread_cpu(tid),
-        ticks: thread_ticks(tid),
+        cpu: tids.iter().map(|&t| thread_cpu(t)).sum(),
+        ticks: tids
+            .iter()
+            .map(|&t| thread_ticks(t))
+            .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1)),
         client_cpu: thread_cpu(sh.client_tid.load(Ordering::Relaxed)),
         stats: [
             s.packets_in,
@@ -1261,6 +1275,7 @@ fn run(o: &Opts) -> Result<String, String> {
     let cfg = EngineConfig {
         local_addrs: vec![engine_addr],
         trust_bwe: o.trust_bwe,
+        threads: o.threads,
         ..EngineConfig::default()
     };
     let rtx_cache = cfg.rtx_cache_packets;
@@ -1274,7 +1289,17 @@ fn run(o: &Opts) -> Result<String, String> {
         set_rcvbuf_fd(efd, o.engine_rcvbuf);
     }
     let engine_rcvbuf = rcvbuf_fd(efd);
-    let etid = thread_named("meetd-media").ok_or("engine thread not found")?;
+    // The engine's threads: one, or the shards and the receive thread.
+    let etids: Vec<i64> = if o.threads <= 1 {
+        vec![thread_named("meetd-media").ok_or("engine thread not found")?]
+    } else {
+        (0..o.threads)
+            .map(|k| format!("meetd-media-{k}"))
+            .chain(["meetd-media-rx".to_string()])
+            .map(|n| thread_named(&n).ok_or(format!("engine thread {n} not found")))
+            .collect::<Result<_, _>>()?
+    };
+    let etid = etids.as_slice();
     let heap0 = heap_of(etid).unwrap_or(0);
 
     // Clients and their signalling.
@@ -1365,7 +1390,7 @@ fn run(o: &Opts) -> Result<String, String> {
 fn measure(
     o: &Opts,
     h: &EngineHandle,
-    etid: i64,
+    etid: &[i64],
     heap0: i64,
     sh: &Shared,
     names: &[(String, String, String)],

@@ -94,6 +94,7 @@ pub fn start(cfg: &Config) -> anyhow::Result<(Arc<ColibriService>, Arc<ChannelHu
         expire_inactive_after: Duration::from_secs(cfg.media.expire_inactive_secs),
         bwe_initial_bps: cfg.media.bandwidth_estimation.then_some(1_000_000),
         trust_bwe: cfg.media.trust_bwe,
+        threads: cfg.media.threads,
         ..EngineConfig::default()
     };
     let (engine, fingerprint) = meetd_colibri::udp::spawn_with_buffers(

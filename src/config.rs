@@ -162,6 +162,7 @@ pub struct MediaSection {
     pub expire_inactive_secs: u64,
     pub bandwidth_estimation: bool,
     pub trust_bwe: bool,
+    pub threads: usize,
     pub socket_buffer_bytes: usize,
 }
 
@@ -180,6 +181,7 @@ impl Default for MediaSection {
             expire_inactive_secs: e.expire_inactive_after.as_secs(),
             bandwidth_estimation: e.bwe_initial_bps.is_some(),
             trust_bwe: e.trust_bwe,
+            threads: e.threads,
             socket_buffer_bytes: meetd_colibri::udp::SOCKET_BUFFER_BYTES,
         }
     }

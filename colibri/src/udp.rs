@@ -2,9 +2,11 @@
 //! Colibri2 service and the bridge channel in, events out. No lock on the packet path: the
 //! engine is owned by this thread alone.
 
+use std::collections::HashMap;
 use std::io::IoSlice;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Instant;
 
@@ -82,10 +84,13 @@ impl ServiceLink {
     }
 }
 
-/// Sends commands to the engine thread (bounded; a full queue drops and logs).
+/// Sends commands to the engine thread(s) (bounded; a full queue drops and logs).
 #[derive(Clone, Debug)]
 pub struct EngineHandle {
-    tx: mpsc::Sender<Command>,
+    /// One command queue per engine shard.
+    txs: Vec<mpsc::Sender<Command>>,
+    /// With several shards: the receive thread's routing updates, and what it dropped.
+    router: Option<(mpsc::Sender<Route>, Arc<AtomicU64>)>,
     service: Arc<ServiceLink>,
 }
 
@@ -96,17 +101,115 @@ impl EngineHandle {
         *self.service.0.lock() = Some(Arc::downgrade(service));
     }
 
+    /// A command for the shard of its conference (and, with several shards, the routing
+    /// update the receive thread needs for it).
     pub fn send(&self, c: Command) {
-        if let Err(e) = self.tx.try_send(c) {
+        let conf = match &c {
+            Command::AddEndpoint { conf, .. }
+            | Command::SetRemote { conf, .. }
+            | Command::SetSources { conf, .. }
+            | Command::RemoveEndpoint { conf, .. }
+            | Command::RemoveConference { conf }
+            | Command::Constraints { conf, .. }
+            | Command::SourceVideoType { conf, .. } => conf.as_str(),
+            Command::Stats(_) => "",
+        };
+        let k = shard_of(conf, self.txs.len());
+        if let Some((router, _)) = &self.router {
+            let route = match &c {
+                Command::AddEndpoint {
+                    conf, ep, ufrag, ..
+                } => Some(Route::Add {
+                    conf: conf.clone(),
+                    ep: ep.clone(),
+                    ufrag: ufrag.clone(),
+                    shard: k,
+                }),
+                Command::RemoveEndpoint { conf, ep } => Some(Route::Remove {
+                    conf: conf.clone(),
+                    ep: ep.clone(),
+                }),
+                Command::RemoveConference { conf } => {
+                    Some(Route::RemoveConference { conf: conf.clone() })
+                }
+                _ => None,
+            };
+            if let Some(r) = route
+                && let Err(e) = router.try_send(r)
+            {
+                tracing::warn!(error = %e, "media routing queue full; update dropped");
+            }
+        }
+        if let Err(e) = self.txs[k].try_send(c) {
             tracing::warn!(error = %e, "media engine command queue full; command dropped");
         }
     }
 
-    pub async fn stats(&self) -> Option<EngineStats> {
-        let (tx, rx) = oneshot::channel();
-        self.tx.send(Command::Stats(tx)).await.ok()?;
-        rx.await.ok()
+    /// [`EngineHandle::stats`] from a thread that is not running async code.
+    pub fn stats_blocking(&self) -> Option<EngineStats> {
+        let mut sum: Option<EngineStats> = None;
+        for tx in &self.txs {
+            let (otx, orx) = oneshot::channel();
+            tx.blocking_send(Command::Stats(otx)).ok()?;
+            let s = orx.blocking_recv().ok()?;
+            match &mut sum {
+                Some(t) => t.add(&s),
+                None => sum = Some(s),
+            }
+        }
+        if let (Some(s), Some((_, dropped))) = (&mut sum, &self.router) {
+            s.dropped_datagrams += dropped.load(Ordering::Relaxed);
+        }
+        sum
     }
+
+    /// The counters of all shards, summed (a `Command::Stats` sent with [`EngineHandle::send`]
+    /// reaches one shard only).
+    pub async fn stats(&self) -> Option<EngineStats> {
+        let mut sum: Option<EngineStats> = None;
+        for tx in &self.txs {
+            let (otx, orx) = oneshot::channel();
+            tx.send(Command::Stats(otx)).await.ok()?;
+            let s = orx.await.ok()?;
+            match &mut sum {
+                Some(t) => t.add(&s),
+                None => sum = Some(s),
+            }
+        }
+        if let (Some(s), Some((_, dropped))) = (&mut sum, &self.router) {
+            s.dropped_datagrams += dropped.load(Ordering::Relaxed);
+        }
+        sum
+    }
+}
+
+/// The engine shard of a conference (a fixed hash of its name).
+fn shard_of(conf: &str, shards: usize) -> usize {
+    use std::hash::{BuildHasher, Hasher};
+    if shards <= 1 {
+        return 0;
+    }
+    let mut h = foldhash::fast::FixedState::with_seed(0x006d_6565_7464).build_hasher();
+    h.write(conf.as_bytes());
+    (h.finish() % shards as u64) as usize
+}
+
+/// What the receive thread needs to know to hand datagrams to shards.
+#[derive(Debug)]
+pub enum Route {
+    Add {
+        conf: String,
+        ep: String,
+        ufrag: String,
+        shard: usize,
+    },
+    Remove {
+        conf: String,
+        ep: String,
+    },
+    RemoveConference {
+        conf: String,
+    },
 }
 
 /// A STUN Binding request without USERNAME (a plain STUN client, e.g. for P2P) gets a
@@ -192,32 +295,91 @@ pub fn spawn_with_buffers(
     let _ = sock2.set_recv_buffer_size(socket_buffer);
     let _ = sock2.set_send_buffer_size(socket_buffer);
     let local = std_sock.local_addr()?;
-    let engine = MediaEngine::new(cfg);
-    let fingerprint = engine.dtls_fingerprint();
-    let (tx, rx) = mpsc::channel(queue.max(16));
+    let threads = cfg.threads.clamp(1, MAX_THREADS);
+    let first = MediaEngine::new(cfg.clone());
+    let fingerprint = first.dtls_fingerprint();
     let service = Arc::new(ServiceLink::default());
-    let link = service.clone();
-    std::thread::Builder::new()
-        .name("meetd-media".into())
-        .spawn(move || {
-            let rt = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    tracing::error!(error = %e, "media engine runtime failed");
-                    return;
-                }
-            };
-            rt.block_on(async move {
-                match UdpSocket::from_std(std_sock) {
-                    Ok(sock) => run(engine, sock, local, rx, hub, link).await,
-                    Err(e) => tracing::error!(error = %e, "media socket failed"),
-                }
-            });
+    if threads == 1 {
+        let (tx, rx) = mpsc::channel(queue.max(16));
+        let link = service.clone();
+        on_thread("meetd-media".into(), move || async move {
+            match UdpSocket::from_std(std_sock) {
+                Ok(sock) => run(first, sock, local, rx, hub, link).await,
+                Err(e) => tracing::error!(error = %e, "media socket failed"),
+            }
         })?;
-    Ok((EngineHandle { tx, service }, fingerprint))
+        return Ok((
+            EngineHandle {
+                txs: vec![tx],
+                router: None,
+                service,
+            },
+            fingerprint,
+        ));
+    }
+    tracing::info!(
+        threads,
+        "media engine threads (conferences spread by name), plus one receiving"
+    );
+    // Several shards: this thread receives and hands datagrams over by endpoint; each shard
+    // owns the conferences hashed to it and sends on its own handle of the same socket.
+    let mut txs = Vec::with_capacity(threads);
+    let mut inboxes = Vec::with_capacity(threads);
+    let siblings: Vec<MediaEngine> = (1..threads).map(|_| first.sibling(cfg.clone())).collect();
+    for (k, engine) in std::iter::once(first).chain(siblings).enumerate() {
+        let (tx, rx) = mpsc::channel(queue.max(16));
+        let (in_tx, in_rx) = mpsc::channel::<Inbound>(SHARD_INBOX);
+        txs.push(tx);
+        inboxes.push(in_tx);
+        let send_sock = std_sock.try_clone()?;
+        let (hub, link) = (hub.clone(), service.clone());
+        on_thread(format!("meetd-media-{k}"), move || async move {
+            run_shard(engine, send_sock, local, rx, in_rx, hub, link).await;
+        })?;
+    }
+    let (route_tx, route_rx) = mpsc::channel(queue.max(16));
+    let dropped = Arc::new(AtomicU64::new(0));
+    let counter = dropped.clone();
+    on_thread("meetd-media-rx".into(), move || async move {
+        match UdpSocket::from_std(std_sock) {
+            Ok(sock) => receive(sock, inboxes, route_rx, counter).await,
+            Err(e) => tracing::error!(error = %e, "media socket failed"),
+        }
+    })?;
+    Ok((
+        EngineHandle {
+            txs,
+            router: Some((route_tx, dropped)),
+            service,
+        },
+        fingerprint,
+    ))
+}
+
+/// Engine threads at most.
+const MAX_THREADS: usize = 64;
+/// Batches of datagrams waiting for one shard at most (a full inbox drops, as a full socket
+/// buffer would).
+const SHARD_INBOX: usize = 256;
+/// Remote addresses the receive thread maps at most.
+const MAX_ROUTED_ADDRS: usize = 100_000;
+
+/// Run the future `f` makes on a new thread with a current-thread runtime.
+fn on_thread<F, Fut>(name: String, f: F) -> std::io::Result<()>
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()>,
+{
+    std::thread::Builder::new().name(name).spawn(move || {
+        match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt.block_on(f()),
+            Err(e) => tracing::error!(error = %e, "media engine runtime failed"),
+        }
+    })?;
+    Ok(())
 }
 
 async fn run(
@@ -234,19 +396,7 @@ async fn run(
     let mut load = Load::default();
     loop {
         load.update(Instant::now());
-        let deadline = loop {
-            match engine.poll_output() {
-                EngineOutput::Transmit(t) => {
-                    batch.items.push((destination(local, t.to), t.data));
-                    if batch.items.len() >= SEND_BATCH {
-                        batch.flush(fd, &mut engine);
-                    }
-                }
-                EngineOutput::Event(e) => event(&hub, link.get().as_deref(), e),
-                EngineOutput::Timeout(t) => break t,
-            }
-        };
-        batch.flush(fd, &mut engine);
+        let deadline = drain_outputs(&mut engine, &mut batch, fd, local, &hub, &link);
         tokio::select! {
             r = sock.readable() => {
                 if r.is_err() {
@@ -271,19 +421,245 @@ async fn run(
                 }
             }
             c = rx.recv() => {
-                match c {
-                    None => break,
-                    Some(Command::Stats(tx)) => {
-                        let _ = tx.send(EngineStats {
-                            engine_cpu_permille: load.permille,
-                            ..engine.stats()
-                        });
-                    }
-                    Some(c) => command(&mut engine, &hub, c),
-                }
+                let Some(c) = c else { break };
+                on_command(&mut engine, &hub, &load, c);
             }
             _ = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)) => {
                 engine.handle_timeout(Instant::now());
+            }
+        }
+    }
+}
+
+/// Everything the engine has to send or report, sent or reported; returns its next deadline.
+fn drain_outputs(
+    engine: &mut MediaEngine,
+    batch: &mut SendBatch,
+    fd: RawFd,
+    local: SocketAddr,
+    hub: &ChannelHub,
+    link: &ServiceLink,
+) -> Instant {
+    let deadline = loop {
+        match engine.poll_output() {
+            EngineOutput::Transmit(t) => {
+                batch.items.push((destination(local, t.to), t.data));
+                if batch.items.len() >= SEND_BATCH {
+                    batch.flush(fd, engine);
+                }
+            }
+            EngineOutput::Event(e) => event(hub, link.get().as_deref(), e),
+            EngineOutput::Timeout(t) => break t,
+        }
+    };
+    batch.flush(fd, engine);
+    deadline
+}
+
+fn on_command(engine: &mut MediaEngine, hub: &Arc<ChannelHub>, load: &Load, c: Command) {
+    match c {
+        Command::Stats(tx) => {
+            let _ = tx.send(EngineStats {
+                engine_cpu_permille: load.permille,
+                ..engine.stats()
+            });
+        }
+        c => command(engine, hub, c),
+    }
+}
+
+/// Datagrams the receive thread hands to one shard: when they arrived, and from where.
+#[derive(Debug)]
+struct Inbound {
+    at: Instant,
+    items: Vec<(SocketAddr, Vec<u8>)>,
+}
+
+/// One engine shard: its conferences' datagrams come from the receive thread; it sends on its
+/// own handle of the media socket.
+async fn run_shard(
+    mut engine: MediaEngine,
+    send_sock: std::net::UdpSocket,
+    local: SocketAddr,
+    mut rx: mpsc::Receiver<Command>,
+    mut inbox: mpsc::Receiver<Inbound>,
+    hub: Arc<ChannelHub>,
+    link: Arc<ServiceLink>,
+) {
+    let mut batch = SendBatch::default();
+    let fd = send_sock.as_raw_fd();
+    let mut load = Load::default();
+    loop {
+        load.update(Instant::now());
+        let deadline = drain_outputs(&mut engine, &mut batch, fd, local, &hub, &link);
+        tokio::select! {
+            b = inbox.recv() => {
+                let Some(b) = b else { break };
+                for (from, data) in b.items {
+                    engine.handle_datagram(b.at, from, local_for(from, local), &data);
+                    engine.recycle(data);
+                }
+            }
+            c = rx.recv() => {
+                let Some(c) = c else { break };
+                on_command(&mut engine, &hub, &load, c);
+            }
+            _ = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)) => {
+                engine.handle_timeout(Instant::now());
+            }
+        }
+    }
+}
+
+/// Which shard each endpoint's datagrams go to: by the ICE username of STUN checks (from the
+/// AddEndpoint commands), and by remote address once a check came from it.
+#[derive(Debug, Default)]
+struct RouteTable {
+    ufrags: HashMap<String, usize>,
+    /// (conference, endpoint) → its ufrag.
+    eps: HashMap<(String, String), String>,
+    /// Remote address → (shard, the ufrag it was learned for).
+    addrs: HashMap<SocketAddr, (usize, String)>,
+}
+
+impl RouteTable {
+    fn apply(&mut self, r: Route) {
+        match r {
+            Route::Add {
+                conf,
+                ep,
+                ufrag,
+                shard,
+            } => {
+                if let Some(old) = self.eps.insert((conf, ep), ufrag.clone()) {
+                    self.forget(&old);
+                }
+                self.ufrags.insert(ufrag, shard);
+            }
+            Route::Remove { conf, ep } => {
+                if let Some(u) = self.eps.remove(&(conf, ep)) {
+                    self.forget(&u);
+                }
+            }
+            Route::RemoveConference { conf } => {
+                let gone: Vec<(String, String)> =
+                    self.eps.keys().filter(|k| k.0 == conf).cloned().collect();
+                for k in gone {
+                    if let Some(u) = self.eps.remove(&k) {
+                        self.forget(&u);
+                    }
+                }
+            }
+        }
+    }
+
+    fn forget(&mut self, ufrag: &str) {
+        self.ufrags.remove(ufrag);
+        self.addrs.retain(|_, v| v.1 != ufrag);
+    }
+
+    /// Where a datagram from `from` goes. An ICE check binds its address (the shard's engine
+    /// still verifies the check; a forged one only misroutes datagrams that shard then
+    /// drops). Other STUN from an address not bound yet (the answer to a check the bridge
+    /// sent first) goes to every shard: the one that sent the check takes it.
+    fn target(&mut self, from: SocketAddr, data: &[u8]) -> Target {
+        if let Some(u) = crate::media::stun_request_local_ufrag(data) {
+            let Some(&k) = self.ufrags.get(u) else {
+                return Target::Nowhere;
+            };
+            let known = self.addrs.get(&from).is_some_and(|v| v.0 == k && v.1 == u);
+            if !known && (self.addrs.len() < MAX_ROUTED_ADDRS || self.addrs.contains_key(&from)) {
+                self.addrs.insert(from, (k, u.to_string()));
+            }
+            return Target::Shard(k);
+        }
+        match self.addrs.get(&from) {
+            Some(v) => Target::Shard(v.0),
+            None if is_stun(data) => Target::Every,
+            None => Target::Nowhere,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Target {
+    Shard(usize),
+    Every,
+    Nowhere,
+}
+
+/// A STUN message (RFC 5389: first two bits 0, the magic cookie).
+fn is_stun(data: &[u8]) -> bool {
+    data.len() >= 20 && data[0] & 0xc0 == 0 && data[4..8] == [0x21, 0x12, 0xa4, 0x42]
+}
+
+/// The receive thread of a sharded engine: `recvmmsg`, plain STUN answered here, every other
+/// datagram handed to its endpoint's shard in one batch per shard and turn.
+async fn receive(
+    sock: UdpSocket,
+    inboxes: Vec<mpsc::Sender<Inbound>>,
+    mut routes: mpsc::Receiver<Route>,
+    dropped: Arc<AtomicU64>,
+) {
+    let mut recv = RecvBatch::new();
+    let fd = sock.as_raw_fd();
+    let mut table = RouteTable::default();
+    let mut out: Vec<Vec<(SocketAddr, Vec<u8>)>> = inboxes.iter().map(|_| Vec::new()).collect();
+    loop {
+        tokio::select! {
+            r = sock.readable() => {
+                if r.is_err() {
+                    continue;
+                }
+                match sock.try_io(tokio::io::Interest::READABLE, || recv.receive(fd)) {
+                    Ok(()) => {
+                        let now = Instant::now();
+                        for (i, &(n, from)) in recv.got.iter().enumerate() {
+                            let (Some(from), Some(data)) =
+                                (from, recv.bufs.get(i).and_then(|b| b.get(..n)))
+                            else {
+                                continue;
+                            };
+                            if let Some(resp) = plain_stun_response(data, canonical(from)) {
+                                let _ = sock.try_send_to(&resp, from);
+                                continue;
+                            }
+                            let from = canonical(from);
+                            match table.target(from, data) {
+                                Target::Shard(k) => match out.get_mut(k) {
+                                    Some(o) => o.push((from, data.to_vec())),
+                                    None => {
+                                        dropped.fetch_add(1, Ordering::Relaxed);
+                                    }
+                                },
+                                Target::Every => {
+                                    for o in &mut out {
+                                        o.push((from, data.to_vec()));
+                                    }
+                                }
+                                Target::Nowhere => {
+                                    dropped.fetch_add(1, Ordering::Relaxed);
+                                }
+                            }
+                        }
+                        for (o, inbox) in out.iter_mut().zip(&inboxes) {
+                            if o.is_empty() {
+                                continue;
+                            }
+                            let n = o.len() as u64;
+                            let items = std::mem::take(o);
+                            if inbox.try_send(Inbound { at: now, items }).is_err() {
+                                dropped.fetch_add(n, Ordering::Relaxed);
+                            }
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(e) => tracing::debug!(error = %e, "media receive failed"),
+                }
+            }
+            r = routes.recv() => {
+                let Some(r) = r else { break };
+                table.apply(r);
             }
         }
     }
@@ -584,11 +960,16 @@ fn datagram(
     // A dual-stack socket reports IPv4 peers as ::ffff:a.b.c.d: the engine sees them as
     // IPv4, received on the (unspecified) local address of the same family.
     let from = canonical(from);
-    let to = match from {
+    engine.handle_datagram(now, from, local_for(from, local), data);
+}
+
+/// The local address the engine takes a datagram from `from` as received on: the
+/// (unspecified) one of the same family, on the media port.
+fn local_for(from: SocketAddr, local: SocketAddr) -> SocketAddr {
+    match from {
         SocketAddr::V4(_) => SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), local.port()),
         SocketAddr::V6(_) => SocketAddr::new(std::net::Ipv6Addr::UNSPECIFIED.into(), local.port()),
-    };
-    engine.handle_datagram(now, from, to, data);
+    }
 }
 
 /// IPv4-mapped IPv6 addresses as plain IPv4.
@@ -835,6 +1216,72 @@ mod tests {
             v.push(serde_json::from_str(&t).unwrap());
         }
         v
+    }
+
+    fn stun_check(username: &str) -> Vec<u8> {
+        let mut attr = vec![0x00, 0x06];
+        attr.extend_from_slice(&(username.len() as u16).to_be_bytes());
+        attr.extend_from_slice(username.as_bytes());
+        while attr.len() % 4 != 0 {
+            attr.push(0);
+        }
+        let mut m = vec![0x00, 0x01];
+        m.extend_from_slice(&(attr.len() as u16).to_be_bytes());
+        m.extend_from_slice(&[0x21, 0x12, 0xa4, 0x42]);
+        m.extend_from_slice(&[7; 12]);
+        m.extend_from_slice(&attr);
+        m
+    }
+
+    #[test]
+    fn the_receive_thread_routes_by_ice_username_then_by_address() {
+        let mut t = RouteTable::default();
+        let add = |conf: &str, ep: &str, ufrag: &str, shard| Route::Add {
+            conf: conf.into(),
+            ep: ep.into(),
+            ufrag: ufrag.into(),
+            shard,
+        };
+        t.apply(add("c1", "a", "ua", 0));
+        t.apply(add("c2", "b", "ub", 1));
+        let (pa, pb, px): (SocketAddr, SocketAddr, SocketAddr) = (
+            "10.0.0.1:5000".parse().unwrap(),
+            "10.0.0.2:5000".parse().unwrap(),
+            "10.0.0.9:5000".parse().unwrap(),
+        );
+        let rtp = [0x80u8, 100, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1, 0xaa];
+        // Media from an address no check came from: nowhere.
+        assert_eq!(t.target(pa, &rtp), Target::Nowhere);
+        // A check names the endpoint (local ufrag first) and binds its address.
+        assert_eq!(t.target(pa, &stun_check("ua:remote")), Target::Shard(0));
+        assert_eq!(t.target(pb, &stun_check("ub:remote")), Target::Shard(1));
+        assert_eq!(t.target(pa, &rtp), Target::Shard(0));
+        assert_eq!(t.target(pb, &rtp), Target::Shard(1));
+        // Unknown username: nowhere, and nothing bound.
+        assert_eq!(t.target(px, &stun_check("nobody:r")), Target::Nowhere);
+        assert_eq!(t.target(px, &rtp), Target::Nowhere);
+        // A STUN answer from an address not bound yet: every shard.
+        let mut answer = stun_check("x:y");
+        answer[0] = 0x01;
+        answer[1] = 0x01;
+        assert_eq!(t.target(px, &answer), Target::Every);
+        assert_eq!(t.target(pa, &answer), Target::Shard(0));
+        // Removing the endpoint forgets its username and addresses.
+        t.apply(Route::Remove {
+            conf: "c1".into(),
+            ep: "a".into(),
+        });
+        assert_eq!(t.target(pa, &rtp), Target::Nowhere);
+        assert_eq!(t.target(pa, &stun_check("ua:remote")), Target::Nowhere);
+        assert_eq!(t.target(pb, &rtp), Target::Shard(1));
+        t.apply(Route::RemoveConference { conf: "c2".into() });
+        assert_eq!(t.target(pb, &rtp), Target::Nowhere);
+        assert!(t.ufrags.is_empty() && t.eps.is_empty() && t.addrs.is_empty());
+        // Conferences spread over shards by name, the same way every time.
+        let shards: Vec<usize> = (0..64).map(|i| shard_of(&format!("room{i}"), 4)).collect();
+        assert!((0..4).all(|k| shards.contains(&k)));
+        assert_eq!(shard_of("room7", 4), shards[7]);
+        assert_eq!(shard_of("anything", 1), 0);
     }
 
     /// A batch mixing runs of equal-sized datagrams (GSO) and odd ones, to two sockets on

@@ -86,7 +86,10 @@ const srv = useServer({
     extraArgs: (process.env.E2E_ADVERTISE || '127.0.0.1').split(',').flatMap((ip) => ['--advertise-ip', ip]),
     // P2P: a focus that never invites two participants (lib-jitsi-meet would also run the
     // bridge session and suspend it; here the pair only has the direct session).
-    config: `[focus]\nsingle_participant_timeout_secs = 60\n${P2P ? 'min_participants = 3\n' : ''}`,
+    // E2E_MEDIA_THREADS: media engine threads (run.sh's bosh pass uses 2: the receive thread
+    // hands datagrams to the conference's engine thread).
+    config: `[focus]\nsingle_participant_timeout_secs = 60\n${P2P ? 'min_participants = 3\n' : ''}`
+        + `[media]\nthreads = ${Number(process.env.E2E_MEDIA_THREADS || 1)}\n`,
 });
 
 let web;

@@ -47,12 +47,12 @@ exec timeout "${E2E_TIMEOUT:-900}" unshare -n sh -c '
     ip link set lo up || exit 1
     rc=0
     for pass in $E2E_PASSES; do
-        transport=websocket p2p=0 advertise=127.0.0.1 ifaces= shape=0
+        transport=websocket p2p=0 advertise=127.0.0.1 ifaces= shape=0 threads=1
         case "$pass" in
             vp8) codec=VP8 shape=1 ;;
             # Dual-stack bridge: IPv4 arrives as ::ffff:127.0.0.1 on the [::] socket.
             av1) codec=offer advertise=127.0.0.1,::1 ;;
-            bosh) codec=VP8 transport=bosh ;;
+            bosh) codec=VP8 transport=bosh threads=2 ;;
             p2p) codec=VP8 p2p=1 ;;
             ipv6)
                 codec=VP8 advertise=fd00::1 ifaces=v0,v1
@@ -66,7 +66,7 @@ exec timeout "${E2E_TIMEOUT:-900}" unshare -n sh -c '
         esac
         echo "# ---- e2e media pass: $pass (E2E_CODEC=$codec E2E_TRANSPORT=$transport E2E_P2P=$p2p)"
         E2E_CODEC="${E2E_CODEC:-$codec}" E2E_TRANSPORT="$transport" E2E_P2P="$p2p" \
-            E2E_ADVERTISE="${E2E_ADVERTISE:-$advertise}" E2E_NETNS_IFACES="$ifaces" E2E_SHAPE="$shape" \
+            E2E_ADVERTISE="${E2E_ADVERTISE:-$advertise}" E2E_NETNS_IFACES="$ifaces" E2E_SHAPE="$shape" E2E_MEDIA_THREADS="$threads" \
             node --test --test-reporter=spec --test-concurrency=1 e2e/media.test.mjs || rc=1
     done
     exit $rc'

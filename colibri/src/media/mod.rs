@@ -150,6 +150,9 @@ pub struct EngineConfig {
     pub bwe_initial_bps: Option<u64>,
     /// How often each endpoint gets its downlink estimate (`ConnectionStats`, JVB: 10 s).
     pub connection_stats_interval: Duration,
+    /// Engine threads (shards): conferences are spread over them by name, one more thread
+    /// receives and hands datagrams over. 1: one thread does everything (the default).
+    pub threads: usize,
     /// Video layers follow each receiver's bandwidth estimate (bridge.md B.8; JVB
     /// `cc.trust-bwe`), and padding probes for more when the estimate holds layers back. Off:
     /// only the receivers' constraints and lastN count.
@@ -171,7 +174,37 @@ impl Default for EngineConfig {
             bwe_initial_bps: None,
             connection_stats_interval: Duration::from_secs(10),
             trust_bwe: true,
+            threads: 1,
         }
+    }
+}
+
+impl EngineStats {
+    /// Add another shard's counters (the CPU share: the busiest shard's).
+    pub fn add(&mut self, o: &EngineStats) {
+        self.endpoints += o.endpoints;
+        self.conferences += o.conferences;
+        self.packets_in += o.packets_in;
+        self.bytes_in += o.bytes_in;
+        self.packets_out += o.packets_out;
+        self.bytes_out += o.bytes_out;
+        self.dropped_datagrams += o.dropped_datagrams;
+        self.rtp_forwarded += o.rtp_forwarded;
+        self.rtp_unknown_ssrc += o.rtp_unknown_ssrc;
+        self.rtp_duplicates += o.rtp_duplicates;
+        self.keyframe_requests += o.keyframe_requests;
+        self.layer_switches += o.layer_switches;
+        self.rtc_errors += o.rtc_errors;
+        self.silence_dropped += o.silence_dropped;
+        self.dominant_speaker_changes += o.dominant_speaker_changes;
+        self.retransmissions += o.retransmissions;
+        self.retransmissions_limited += o.retransmissions_limited;
+        self.receiver_keyframe_requests += o.receiver_keyframe_requests;
+        self.send_dropped += o.send_dropped;
+        self.gso_datagrams += o.gso_datagrams;
+        self.probe_packets += o.probe_packets;
+        self.engine_cpu_permille = self.engine_cpu_permille.max(o.engine_cpu_permille);
+        self.bwe_suspensions += o.bwe_suspensions;
     }
 }
 
@@ -259,6 +292,7 @@ pub enum EngineOutput {
     Timeout(Instant),
 }
 
+/// Counters of the media engine (summed over its shards).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EngineStats {
     pub endpoints: usize,
@@ -429,6 +463,17 @@ impl MediaEngine {
             .dtls_provider
             .generate_certificate()
             .expect("generate the DTLS certificate");
+        MediaEngine::with_cert(cfg, cert)
+    }
+
+    /// Another engine of the same bridge (a shard): the same DTLS certificate, so the one
+    /// fingerprint in the offers holds for all.
+    pub fn sibling(&self, cfg: EngineConfig) -> MediaEngine {
+        MediaEngine::with_cert(cfg, self.cert.clone())
+    }
+
+    fn with_cert(cfg: EngineConfig, cert: DtlsCert) -> MediaEngine {
+        let provider = str0m::crypto::from_feature_flags();
         let digest = provider.sha256_provider.sha256(&cert.certificate);
         let fingerprint = digest
             .iter()
@@ -2638,7 +2683,7 @@ fn wire_height(h: i64) -> u32 {
 
 /// The local ufrag (before ':') of a STUN Binding Request's USERNAME, or `None` for anything
 /// else (other STUN, DTLS, RTP, garbage). Only a quick look; str0m verifies the message.
-fn stun_request_local_ufrag(data: &[u8]) -> Option<&str> {
+pub(crate) fn stun_request_local_ufrag(data: &[u8]) -> Option<&str> {
     if data.len() < 20 || data[0] & 0xc0 != 0 || data[4..8] != [0x21, 0x12, 0xa4, 0x42] {
         return None;
     }
