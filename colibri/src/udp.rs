@@ -210,6 +210,11 @@ pub enum Route {
     RemoveConference {
         conf: String,
     },
+    /// The engine expired the endpoint with this ufrag (a newer one of the same id keeps its
+    /// route).
+    Forget {
+        ufrag: String,
+    },
 }
 
 /// A STUN Binding request without USERNAME (a plain STUN client, e.g. for P2P) gets a
@@ -325,6 +330,7 @@ pub fn spawn_with_buffers(
     // owns the conferences hashed to it and sends on its own handle of the same socket.
     let mut txs = Vec::with_capacity(threads);
     let mut inboxes = Vec::with_capacity(threads);
+    let (route_tx, route_rx) = mpsc::channel(queue.max(16));
     let siblings: Vec<MediaEngine> = (1..threads).map(|_| first.sibling(cfg.clone())).collect();
     for (k, engine) in std::iter::once(first).chain(siblings).enumerate() {
         let (tx, rx) = mpsc::channel(queue.max(16));
@@ -332,12 +338,16 @@ pub fn spawn_with_buffers(
         txs.push(tx);
         inboxes.push(in_tx);
         let send_sock = std_sock.try_clone()?;
-        let (hub, link) = (hub.clone(), service.clone());
+        let (hub, link, router) = (hub.clone(), service.clone(), route_tx.clone());
         on_thread(format!("meetd-media-{k}"), move || async move {
-            run_shard(engine, send_sock, local, rx, in_rx, hub, link).await;
+            let q = ShardQueues {
+                commands: rx,
+                inbox: in_rx,
+                router,
+            };
+            run_shard(engine, send_sock, local, q, hub, link).await;
         })?;
     }
-    let (route_tx, route_rx) = mpsc::channel(queue.max(16));
     let dropped = Arc::new(AtomicU64::new(0));
     let counter = dropped.clone();
     on_thread("meetd-media-rx".into(), move || async move {
@@ -396,7 +406,7 @@ async fn run(
     let mut load = Load::default();
     loop {
         load.update(Instant::now());
-        let deadline = drain_outputs(&mut engine, &mut batch, fd, local, &hub, &link);
+        let deadline = drain_outputs(&mut engine, &mut batch, fd, local, &hub, &link, None);
         tokio::select! {
             r = sock.readable() => {
                 if r.is_err() {
@@ -439,6 +449,7 @@ fn drain_outputs(
     local: SocketAddr,
     hub: &ChannelHub,
     link: &ServiceLink,
+    router: Option<&mpsc::Sender<Route>>,
 ) -> Instant {
     let deadline = loop {
         match engine.poll_output() {
@@ -448,7 +459,14 @@ fn drain_outputs(
                     batch.flush(fd, engine);
                 }
             }
-            EngineOutput::Event(e) => event(hub, link.get().as_deref(), e),
+            EngineOutput::Event(e) => {
+                if let (Some(r), EngineEvent::Expired { ufrag, .. }) = (router, &e) {
+                    let _ = r.try_send(Route::Forget {
+                        ufrag: ufrag.clone(),
+                    });
+                }
+                event(hub, link.get().as_deref(), e);
+            }
             EngineOutput::Timeout(t) => break t,
         }
     };
@@ -477,21 +495,40 @@ struct Inbound {
 
 /// One engine shard: its conferences' datagrams come from the receive thread; it sends on its
 /// own handle of the media socket.
+/// A shard's queues: its commands, its datagrams, and routing updates it sends (expiries).
+struct ShardQueues {
+    commands: mpsc::Receiver<Command>,
+    inbox: mpsc::Receiver<Inbound>,
+    router: mpsc::Sender<Route>,
+}
+
 async fn run_shard(
     mut engine: MediaEngine,
     send_sock: std::net::UdpSocket,
     local: SocketAddr,
-    mut rx: mpsc::Receiver<Command>,
-    mut inbox: mpsc::Receiver<Inbound>,
+    q: ShardQueues,
     hub: Arc<ChannelHub>,
     link: Arc<ServiceLink>,
 ) {
+    let ShardQueues {
+        commands: mut rx,
+        mut inbox,
+        router,
+    } = q;
     let mut batch = SendBatch::default();
     let fd = send_sock.as_raw_fd();
     let mut load = Load::default();
     loop {
         load.update(Instant::now());
-        let deadline = drain_outputs(&mut engine, &mut batch, fd, local, &hub, &link);
+        let deadline = drain_outputs(
+            &mut engine,
+            &mut batch,
+            fd,
+            local,
+            &hub,
+            &link,
+            Some(&router),
+        );
         tokio::select! {
             b = inbox.recv() => {
                 let Some(b) = b else { break };
@@ -540,6 +577,10 @@ impl RouteTable {
                 if let Some(u) = self.eps.remove(&(conf, ep)) {
                     self.forget(&u);
                 }
+            }
+            Route::Forget { ufrag } => {
+                self.eps.retain(|_, u| *u != ufrag);
+                self.forget(&ufrag);
             }
             Route::RemoveConference { conf } => {
                 let gone: Vec<(String, String)> =
@@ -1273,6 +1314,15 @@ mod tests {
         });
         assert_eq!(t.target(pa, &rtp), Target::Nowhere);
         assert_eq!(t.target(pa, &stun_check("ua:remote")), Target::Nowhere);
+        assert_eq!(t.target(pb, &rtp), Target::Shard(1));
+        // An expiry by ufrag: a newer endpoint of the same id keeps its route.
+        t.apply(add("c2", "b", "ub2", 1));
+        t.apply(Route::Forget { ufrag: "ub".into() });
+        assert_eq!(t.target(pb, &rtp), Target::Nowhere);
+        assert_eq!(t.target(pb, &stun_check("ub2:remote")), Target::Shard(1));
+        t.apply(Route::Forget {
+            ufrag: "ub-old".into(),
+        });
         assert_eq!(t.target(pb, &rtp), Target::Shard(1));
         t.apply(Route::RemoveConference { conf: "c2".into() });
         assert_eq!(t.target(pb, &rtp), Target::Nowhere);
