@@ -147,39 +147,38 @@ impl EngineHandle {
 
     /// [`EngineHandle::stats`] from a thread that is not running async code.
     pub fn stats_blocking(&self) -> Option<EngineStats> {
-        let mut sum: Option<EngineStats> = None;
+        let mut parts = Vec::with_capacity(self.txs.len());
         for tx in &self.txs {
             let (otx, orx) = oneshot::channel();
             tx.blocking_send(Command::Stats(otx)).ok()?;
-            let s = orx.blocking_recv().ok()?;
-            match &mut sum {
-                Some(t) => t.add(&s),
-                None => sum = Some(s),
-            }
+            parts.push(orx.blocking_recv().ok()?);
         }
-        if let (Some(s), Some((_, dropped))) = (&mut sum, &self.router) {
-            s.dropped_datagrams += dropped.load(Ordering::Relaxed);
-        }
-        sum
+        self.summed(parts)
     }
 
     /// The counters of all shards, summed (a `Command::Stats` sent with [`EngineHandle::send`]
     /// reaches one shard only).
     pub async fn stats(&self) -> Option<EngineStats> {
-        let mut sum: Option<EngineStats> = None;
+        let mut parts = Vec::with_capacity(self.txs.len());
         for tx in &self.txs {
             let (otx, orx) = oneshot::channel();
             tx.send(Command::Stats(otx)).await.ok()?;
-            let s = orx.await.ok()?;
-            match &mut sum {
-                Some(t) => t.add(&s),
-                None => sum = Some(s),
-            }
+            parts.push(orx.await.ok()?);
         }
-        if let (Some(s), Some((_, dropped))) = (&mut sum, &self.router) {
-            s.dropped_datagrams += dropped.load(Ordering::Relaxed);
+        self.summed(parts)
+    }
+
+    /// The shards' counters added up, with what the receive thread dropped.
+    fn summed(&self, parts: Vec<EngineStats>) -> Option<EngineStats> {
+        let mut parts = parts.into_iter();
+        let mut sum = parts.next()?;
+        for p in parts {
+            sum.add(&p);
         }
-        sum
+        if let Some((_, dropped)) = &self.router {
+            sum.dropped_datagrams += dropped.load(Ordering::Relaxed);
+        }
+        Some(sum)
     }
 }
 
@@ -414,21 +413,9 @@ async fn run(
                 }
                 // Up to RECV_BATCH queued datagrams in one recvmmsg, then back to the outputs
                 // and timers.
-                match sock.try_io(tokio::io::Interest::READABLE, || recv.receive(fd)) {
-                    Ok(()) => {
-                        // One clock reading per batch: they arrived together.
-                        let now = Instant::now();
-                        for (i, &(n, from)) in recv.got.iter().enumerate() {
-                            if let (Some(from), Some(data)) =
-                                (from, recv.bufs.get(i).and_then(|b| b.get(..n)))
-                            {
-                                datagram(&mut engine, &sock, local, now, from, data);
-                            }
-                        }
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                    Err(e) => tracing::debug!(error = %e, "media receive failed"),
-                }
+                recv.each(&sock, |now, from, data| {
+                    datagram(&mut engine, &sock, local, now, from, data);
+                });
             }
             c = rx.recv() => {
                 let Some(c) = c else { break };
@@ -643,7 +630,6 @@ async fn receive(
     dropped: Arc<AtomicU64>,
 ) {
     let mut recv = RecvBatch::new();
-    let fd = sock.as_raw_fd();
     let mut table = RouteTable::default();
     let mut out: Vec<Vec<(SocketAddr, Vec<u8>)>> = inboxes.iter().map(|_| Vec::new()).collect();
     loop {
@@ -652,50 +638,41 @@ async fn receive(
                 if r.is_err() {
                     continue;
                 }
-                match sock.try_io(tokio::io::Interest::READABLE, || recv.receive(fd)) {
-                    Ok(()) => {
-                        let now = Instant::now();
-                        for (i, &(n, from)) in recv.got.iter().enumerate() {
-                            let (Some(from), Some(data)) =
-                                (from, recv.bufs.get(i).and_then(|b| b.get(..n)))
-                            else {
-                                continue;
-                            };
-                            if let Some(resp) = plain_stun_response(data, canonical(from)) {
-                                let _ = sock.try_send_to(&resp, from);
-                                continue;
+                let mut now = None;
+                recv.each(&sock, |at, from, data| {
+                    now = Some(at);
+                    if let Some(resp) = plain_stun_response(data, canonical(from)) {
+                        let _ = sock.try_send_to(&resp, from);
+                        return;
+                    }
+                    let from = canonical(from);
+                    match table.target(from, data) {
+                        Target::Shard(k) => match out.get_mut(k) {
+                            Some(o) => o.push((from, data.to_vec())),
+                            None => {
+                                dropped.fetch_add(1, Ordering::Relaxed);
                             }
-                            let from = canonical(from);
-                            match table.target(from, data) {
-                                Target::Shard(k) => match out.get_mut(k) {
-                                    Some(o) => o.push((from, data.to_vec())),
-                                    None => {
-                                        dropped.fetch_add(1, Ordering::Relaxed);
-                                    }
-                                },
-                                Target::Every => {
-                                    for o in &mut out {
-                                        o.push((from, data.to_vec()));
-                                    }
-                                }
-                                Target::Nowhere => {
-                                    dropped.fetch_add(1, Ordering::Relaxed);
-                                }
+                        },
+                        Target::Every => {
+                            for o in &mut out {
+                                o.push((from, data.to_vec()));
                             }
                         }
-                        for (o, inbox) in out.iter_mut().zip(&inboxes) {
-                            if o.is_empty() {
-                                continue;
-                            }
-                            let n = o.len() as u64;
-                            let items = std::mem::take(o);
-                            if inbox.try_send(Inbound { at: now, items }).is_err() {
-                                dropped.fetch_add(n, Ordering::Relaxed);
-                            }
+                        Target::Nowhere => {
+                            dropped.fetch_add(1, Ordering::Relaxed);
                         }
                     }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                    Err(e) => tracing::debug!(error = %e, "media receive failed"),
+                });
+                let Some(now) = now else { continue };
+                for (o, inbox) in out.iter_mut().zip(&inboxes) {
+                    if o.is_empty() {
+                        continue;
+                    }
+                    let n = o.len() as u64;
+                    let items = std::mem::take(o);
+                    if inbox.try_send(Inbound { at: now, items }).is_err() {
+                        dropped.fetch_add(n, Ordering::Relaxed);
+                    }
                 }
             }
             r = routes.recv() => {
@@ -764,6 +741,26 @@ impl RecvBatch {
             bufs: (0..RECV_BATCH).map(|_| vec![0u8; 2048]).collect(),
             headers: nix::sys::socket::MultiHeaders::preallocate(RECV_BATCH, None),
             got: Vec::with_capacity(RECV_BATCH),
+        }
+    }
+
+    /// Read what is queued on `sock` (it polled readable) and call `f(now, from, data)` for each
+    /// datagram; one clock reading per batch: they arrived together.
+    fn each(&mut self, sock: &UdpSocket, mut f: impl FnMut(Instant, SocketAddr, &[u8])) {
+        let fd = sock.as_raw_fd();
+        match sock.try_io(tokio::io::Interest::READABLE, || self.receive(fd)) {
+            Ok(()) => {
+                let now = Instant::now();
+                for (i, &(n, from)) in self.got.iter().enumerate() {
+                    if let (Some(from), Some(data)) =
+                        (from, self.bufs.get(i).and_then(|b| b.get(..n)))
+                    {
+                        f(now, from, data);
+                    }
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => tracing::debug!(error = %e, "media receive failed"),
         }
     }
 

@@ -93,8 +93,6 @@ struct SentRecord {
 const WINDOW: Duration = Duration::from_millis(1000);
 /// The shortest arrival span a delivery rate is computed over.
 const MIN_SPAN_US: i64 = 200_000;
-/// Losses in the first this long after the first packet sent are not counted.
-const STARTUP_GRACE: Duration = Duration::from_secs(2);
 /// A standing queue of more than this means congestion ...
 const QUEUE_DELAY: Duration = Duration::from_millis(25);
 /// ... measured against the lowest delay of this long.
@@ -159,12 +157,6 @@ impl SendSide {
     /// Number a packet of `size` bytes sent at `at`: the transport-wide sequence number to
     /// write in it.
     pub fn on_send(&mut self, at: Instant, size: usize) -> u16 {
-        if self.epoch.is_none() {
-            // A receiver loses the first packets while its streams come up (seen with
-            // Chromium: ~10% in the first feedback): not congestion.
-            self.epoch = Some(at);
-            self.ignore_losses_until(at + STARTUP_GRACE);
-        }
         let seq = self.next_seq;
         self.next_seq += 1;
         while self.sent.len() >= MAX_SENT

@@ -95,7 +95,8 @@ pub(super) type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 /// Simulcast layers looked at per source (lib-jitsi-meet sends at most 3).
 const MAX_LAYERS: usize = 8;
-/// Losses towards a receiver are not counted this long after it got a new source.
+/// Losses towards a receiver are not counted this long after a video stream starts on it (it
+/// drops the packets of an SSRC its signalling has not caught up with).
 const NEW_SOURCE_GRACE: Duration = Duration::from_secs(2);
 /// Switches remembered per forwarded stream to map NACKed sequence numbers back.
 const SLOT_HISTORY: usize = 8;
@@ -2271,7 +2272,6 @@ impl MediaEngine {
     /// Make every endpoint of the conference have exactly one outgoing stream (and mid) per
     /// source of every other endpoint, then re-select.
     fn sync_conference(&mut self, conference: &str) {
-        let now = self.now;
         let members: Vec<EpId> = self
             .conferences
             .get(conference)
@@ -2365,11 +2365,6 @@ impl MediaEngine {
                         bwe_height: u32::MAX,
                     },
                 );
-                // The receiver drops this source's first packets until its renegotiation
-                // is done: do not read them as congestion.
-                if let Some(now) = now {
-                    r.sendside.ignore_losses_until(now + NEW_SOURCE_GRACE);
-                }
             }
             r.dirty = true;
         }

@@ -479,6 +479,14 @@ impl Net {
         }
     }
 
+    /// Every client's layers at about 250 kbit/s, 500 kbit/s and 1.5 Mbit/s.
+    fn realistic_layers(&mut self) {
+        for c in &mut self.clients {
+            c.video_packets = [1, 2, 6];
+            c.video_filler = 1000;
+        }
+    }
+
     fn client(&mut self, name: &str) -> &mut Client {
         self.clients.iter_mut().find(|c| c.name == name).unwrap()
     }
@@ -1765,6 +1773,21 @@ fn unconnected_and_silent_endpoints_expire() {
     assert_eq!(net.engine.stats().endpoints, 1);
 }
 
+/// (endpoint, estimate) of every ConnectionStats sent.
+fn connection_stats(events: &[EngineEvent]) -> Vec<(String, u64)> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            EngineEvent::ConnectionStats {
+                endpoint,
+                estimated_downlink_bps,
+                ..
+            } => Some((endpoint.clone(), *estimated_downlink_bps)),
+            _ => None,
+        })
+        .collect()
+}
+
 #[test]
 fn connection_stats_carry_the_bandwidth_estimate() {
     let cfg = EngineConfig {
@@ -1774,18 +1797,7 @@ fn connection_stats_carry_the_bandwidth_estimate() {
     let mut net = Net::build(2, &[], cfg);
     net.connect();
     net.media(Duration::from_millis(10_500), true);
-    let stats: Vec<(String, u64)> = net
-        .events
-        .iter()
-        .filter_map(|e| match e {
-            EngineEvent::ConnectionStats {
-                endpoint,
-                estimated_downlink_bps,
-                ..
-            } => Some((endpoint.clone(), *estimated_downlink_bps)),
-            _ => None,
-        })
-        .collect();
+    let stats = connection_stats(&net.events);
     assert_eq!(stats.len(), 2, "{stats:?}");
     assert!(stats.iter().all(|(_, bps)| *bps > 0), "{stats:?}");
     // Media still flows with the pacer in the path.
@@ -1795,18 +1807,7 @@ fn connection_stats_carry_the_bandwidth_estimate() {
     let mut net = Net::new(2);
     net.connect();
     net.media(Duration::from_millis(10_500), true);
-    let stats: Vec<(String, u64)> = net
-        .events
-        .iter()
-        .filter_map(|e| match e {
-            EngineEvent::ConnectionStats {
-                endpoint,
-                estimated_downlink_bps,
-                ..
-            } => Some((endpoint.clone(), *estimated_downlink_bps)),
-            _ => None,
-        })
-        .collect();
+    let stats = connection_stats(&net.events);
     assert_eq!(stats.len(), 2, "{stats:?}");
     // What the bridge sends each receiver here (one layer of video plus audio) is tens of
     // kbit/s: the estimate is of that order (it never exceeds 1.5x what got through).
@@ -1863,11 +1864,7 @@ fn bandwidth_scenario(rewriting: bool) {
         if rewriting { &["ep2"] } else { &[] },
         EngineConfig::default(),
     );
-    // About 250 kbit/s, 500 kbit/s and 1.5 Mbit/s per layer.
-    for c in &mut net.clients {
-        c.video_packets = [1, 2, 6];
-        c.video_filler = 1000;
-    }
+    net.realistic_layers();
     net.connect();
     net.engine.set_receiver_constraints(
         (CONF, "ep2"),
@@ -1992,10 +1989,7 @@ fn a_packet_received_twice_is_forwarded_once() {
 #[test]
 fn a_source_that_does_not_fit_is_held_back_and_comes_back_when_the_link_clears() {
     let mut net = Net::new(2);
-    for c in &mut net.clients {
-        c.video_packets = [1, 2, 6];
-        c.video_filler = 1000;
-    }
+    net.realistic_layers();
     net.connect();
     net.media(Duration::from_millis(3000), true);
     let a_l0 = net.clients[0].layers[0].0;
