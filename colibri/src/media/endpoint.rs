@@ -660,36 +660,29 @@ impl Endpoint {
         }
     }
 
-    /// SSRC rewriting: give `source` a slot of its kind — a free one, a new one while the pool
-    /// has fewer than `limit`, else the least recently used one (its source loses it). The
-    /// slot's stream continues (sequence numbers, timestamps) with the new source.
+    /// SSRC rewriting: give `source` a slot of its kind — a new one while the pool has fewer
+    /// than `limit`, else the least recently used one (its source loses it; the slot's stream
+    /// continues, sequence numbers and timestamps, with the new source).
     pub fn bind_slot(&mut self, source: SourceId, limit: usize, now: Instant) -> Option<SlotId> {
         let kind = self.forwards.get(&source)?.kind;
         let same_kind = || self.slots.iter().filter(|(_, s)| s.kind == kind);
-        let free = same_kind()
-            .filter(|(_, s)| s.source.is_none())
-            .min_by_key(|(id, _)| **id)
-            .map(|(id, _)| *id);
-        let count = same_kind().count();
-        let id = match free {
-            Some(id) => id,
-            None if count < limit => {
-                let ssrc = self.random_ssrc();
-                let rtx = if kind == MediaType::Video && self.video_rtx() {
-                    // Reserve the primary first so the RTX differs.
-                    let mut r = self.random_ssrc();
-                    while r == ssrc {
-                        r = self.random_ssrc();
-                    }
-                    Some(r)
-                } else {
-                    None
-                };
-                self.new_slot(kind, ssrc, rtx)
-            }
-            None => same_kind()
+        let id = if same_kind().count() < limit {
+            let ssrc = self.random_ssrc();
+            let rtx = if kind == MediaType::Video && self.video_rtx() {
+                // Reserve the primary first so the RTX differs.
+                let mut r = self.random_ssrc();
+                while r == ssrc {
+                    r = self.random_ssrc();
+                }
+                Some(r)
+            } else {
+                None
+            };
+            self.new_slot(kind, ssrc, rtx)
+        } else {
+            same_kind()
                 .min_by_key(|(id, s)| (s.last_used, **id))
-                .map(|(id, _)| *id)?,
+                .map(|(id, _)| *id)?
         };
         let slot = self.slots.get_mut(&id)?;
         if let Some(old) = slot.source.replace(source)

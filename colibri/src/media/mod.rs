@@ -2310,8 +2310,11 @@ impl MediaEngine {
                 continue;
             };
             let wanted: Vec<&Src> = all.iter().filter(|x| x.sender != *rid).collect();
-            // Drop what is gone: its stream without SSRC rewriting; with it, the slot stays
-            // (the receiver keeps the SSRC) and waits for another source.
+            // Drop what is gone with its slot. With SSRC rewriting too, as JVB does: the next
+            // source gets a new SSRC (a new remote track in the client) while there are fewer
+            // than the slot limit; lib-jitsi-meet handles an SSRC re-mapped to a new owner as a
+            // track of the old one that changed hands, which it never removes when the call
+            // moves to P2P (a stale track the app keeps showing).
             let gone: Vec<SourceId> = r
                 .forwards
                 .keys()
@@ -2319,15 +2322,7 @@ impl MediaEngine {
                 .copied()
                 .collect();
             for k in gone {
-                let Some(slot) = r.forwards.remove(&k).and_then(|f| f.slot) else {
-                    continue;
-                };
-                if r.ssrc_rewriting {
-                    if let Some(s) = r.slots.get_mut(&slot) {
-                        s.source = None;
-                        s.last_used = None;
-                    }
-                } else {
+                if let Some(slot) = r.forwards.remove(&k).and_then(|f| f.slot) {
                     r.remove_slot(slot);
                 }
             }

@@ -300,6 +300,8 @@ pub(super) enum SrtpError {
     Short,
     #[error("authentication failed")]
     Auth,
+    #[error("more SRTCP senders than an endpoint may have")]
+    TooManyRtcpSenders,
     #[error("replayed SRTCP index")]
     Replay,
     #[error("unencrypted SRTCP")]
@@ -307,6 +309,13 @@ pub(super) enum SrtpError {
     #[error("cipher failure")]
     Cipher,
 }
+
+/// SRTCP sender SSRCs tracked per endpoint (a browser has one per local channel: a sender per
+/// source it sends, a receive-only one per remote stream it gets); authenticated packets only,
+/// so only the endpoint itself fills it.
+const MAX_RTCP_SENDERS: usize = 256;
+
+use std::collections::hash_map::Entry;
 
 /// The bridge's SRTP session with one endpoint: protect RTP and RTCP towards it, unprotect
 /// its RTCP.
@@ -317,8 +326,10 @@ pub(super) struct Srtp {
     rx_rtcp: Ctx,
     hmac: &'static dyn Sha1HmacProvider,
     srtcp_index: u32,
-    /// Replay window over the endpoint's SRTCP indices.
-    rtcp_index: RxIndex,
+    /// Replay window over the endpoint's SRTCP indices, per sender SSRC: each of a browser's
+    /// RTCP senders counts its own index (RFC 3711 §3.4), and one that sends no media has
+    /// several (a receive-only channel each), whose indices interleave.
+    rtcp_index: super::FastMap<u32, RxIndex>,
     /// Rollover counter and replay state per incoming SSRC (only SSRCs the endpoint signalled
     /// are decrypted, so this stays as small as its source list).
     rx_streams: super::FastMap<u32, RxIndex>,
@@ -425,7 +436,7 @@ impl Srtp {
             rx_rtcp: Ctx::new(p, keys.profile, rx.0, rx.1, true, false)?,
             hmac: provider.sha1_hmac_provider,
             srtcp_index: 0,
-            rtcp_index: RxIndex::default(),
+            rtcp_index: super::FastMap::default(),
             rx_streams: super::FastMap::default(),
         })
     }
@@ -609,7 +620,13 @@ impl Srtp {
                 out.truncate(8 + body.len());
             }
         }
-        if !self.rtcp_index.check_and_set(u64::from(index)) {
+        let senders = self.rtcp_index.len();
+        let window = match self.rtcp_index.entry(ssrc) {
+            Entry::Occupied(w) => w.into_mut(),
+            Entry::Vacant(v) if senders < MAX_RTCP_SENDERS => v.insert(RxIndex::default()),
+            Entry::Vacant(_) => return Err(SrtpError::TooManyRtcpSenders),
+        };
+        if !window.check_and_set(u64::from(index)) {
             return Err(SrtpError::Replay);
         }
         Ok(())
@@ -712,6 +729,28 @@ mod tests {
             b.protect_rtcp(&pli, &mut back).unwrap();
             assert_eq!(a.unprotect_rtcp(&back, &mut plain), Ok(()));
             assert!(a.unprotect_rtcp(&wire, &mut plain).is_err());
+        }
+    }
+
+    #[test]
+    fn srtcp_replay_windows_are_per_sender_ssrc() {
+        let (mut a, mut b) = pair(SrtpProfile::AEAD_AES_256_GCM);
+        // A browser that sends no media: two receive-only channels (sender SSRCs 1 and 7),
+        // each counting its own SRTCP index from 0.
+        let pli = |sender: u8| [0x81, 206, 0, 2, 0, 0, 0, sender, 0, 0, 0, 2];
+        let mut plain = Vec::new();
+        for i in 0..3 {
+            for sender in [1, 7] {
+                let mut wire = Vec::new();
+                a.srtcp_index = i;
+                a.protect_rtcp(&pli(sender), &mut wire).unwrap();
+                assert_eq!(
+                    b.unprotect_rtcp(&wire, &mut plain),
+                    Ok(()),
+                    "index {i} of {sender}"
+                );
+                assert_eq!(b.unprotect_rtcp(&wire, &mut plain), Err(SrtpError::Replay));
+            }
         }
     }
 

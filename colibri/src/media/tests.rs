@@ -1499,6 +1499,43 @@ fn ssrc_rewriting_remaps_a_full_pool_with_continuity() {
     }
 }
 
+/// As JVB's SSRC cache: a source that leaves takes its slot along, and the next one gets a new
+/// SSRC (a new remote track in lib-jitsi-meet) instead of the departed one's.
+#[test]
+fn ssrc_rewriting_gives_a_new_ssrc_after_a_departure() {
+    let mut net = Net::build(3, &["ep1"], EngineConfig::default());
+    net.connect();
+    net.engine.set_receiver_constraints(
+        (CONF, "ep1"),
+        ReceiverConstraints {
+            last_n: Some(1),
+            ..Default::default()
+        },
+    );
+    net.client("ep3").voice = Voice::Silent;
+    net.client("ep2").voice = Voice::Talking;
+    net.media(Duration::from_millis(1500), true);
+    let first = maps(&net.events, "ep1", MediaType::Video)
+        .last()
+        .unwrap()
+        .clone();
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].source, "ep2-v0");
+    net.engine.remove_endpoint((CONF, "ep2"));
+    net.media(Duration::from_millis(1500), true);
+    let now = maps(&net.events, "ep1", MediaType::Video)
+        .last()
+        .unwrap()
+        .clone();
+    assert_eq!(now.len(), 1, "{now:?}");
+    assert_eq!(now[0].source, "ep3-v0");
+    assert_ne!(
+        now[0].ssrc, first[0].ssrc,
+        "ep3-v0 must not inherit ep2-v0's SSRC"
+    );
+    assert!(!net.clients[0].received(now[0].ssrc).is_empty());
+}
+
 fn sender_constraints(events: &[EngineEvent], who: &str, source: &str) -> Vec<u32> {
     events
         .iter()

@@ -1,0 +1,409 @@
+// The official Jitsi Meet web app through meetd, driven as a person would: one headless Chromium
+// context per participant, the room URL, the prejoin screen, "Join meeting", then the toolbar,
+// dialogs and panes. What a test checks comes from the app itself: its Redux store
+// (`APP.store.getState()`), the DOM and `<video>` elements that play.
+//
+// The app is the unmodified build in ../shared/clients/jitsi-meet-web.tar.xz (never copied into
+// the project): unpacked once per test process into a temporary directory and served by meetd
+// with --web-root. Where ../shared/clients is absent (a fresh clone outside CI), `appSkip` says
+// why and the suites skip.
+//
+// Every app test runs in a loopback-only network namespace (tests/app/run.sh creates it):
+// Chromium sends ICE checks from every interface it has (testing.md, "Network rule").
+
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { chromium } from 'playwright-core';
+import { startServer, REPO_DIR, withTimeout, sleep } from '../lib/server.mjs';
+
+export { sleep, withTimeout };
+
+const CHROMIUM = process.env.CHROMIUM_PATH || '/usr/bin/chromium';
+export const CLIENTS_DIR = process.env.JITSI_CLIENTS_DIR || path.resolve(REPO_DIR, '../shared/clients');
+const TARBALL = path.join(CLIENTS_DIR, 'jitsi-meet-web.tar.xz');
+
+/** Why the app suites cannot run here, or null. */
+export const appSkip = (() => {
+    if (!existsSync(TARBALL)) return `the official web app is not here (${TARBALL}); CI has it`;
+    if (!existsSync(CHROMIUM)) return `Chromium not found at ${CHROMIUM} (apt-get install chromium)`;
+    if (process.getuid && process.getuid() !== 0) return 'needs root (tests/app/run.sh makes a network namespace)';
+    const ifaces = readFileSync('/proc/net/dev', 'utf8').split('\n').slice(2)
+        .map((l) => l.split(':')[0].trim()).filter(Boolean);
+    if (ifaces.some((i) => i !== 'lo')) {
+        return `not in a loopback-only network namespace (interfaces: ${ifaces.join(', ')}); use tests/app/run.sh`;
+    }
+    return null;
+})();
+
+let webRoot = null;
+let strings = null;
+/** The web app's English text for an i18n key from its lang/main.json ({{x}} filled from params). */
+export function label(key, params = {}) {
+    strings ??= JSON.parse(readFileSync(path.join(unpackWebApp(), 'lang', 'main.json'), 'utf8'));
+    const v = key.split('.').reduce((o, k) => o?.[k], strings);
+    if (typeof v !== 'string') throw new Error(`no text for ${key} in the app's lang/main.json`);
+    return v.replace(/{{\s*(\w+)\s*}}/g, (_, k) => String(params[k] ?? ''));
+}
+/** The unpacked web app (once per process). */
+function unpackWebApp() {
+    if (webRoot) return webRoot;
+    const dir = mkdtempSync(path.join(tmpdir(), 'meetd-webapp-'));
+    execFileSync('tar', ['-xJf', TARBALL, '-C', dir]);
+    webRoot = path.join(dir, 'jitsi-meet-web');
+    process.on('exit', () => rmSync(dir, { recursive: true, force: true }));
+    return webRoot;
+}
+
+const BROWSER_ARGS = [
+    '--headless=new', '--no-sandbox', '--disable-gpu',
+    '--use-fake-ui-for-media-stream', '--use-fake-device-for-media-stream',
+    '--allow-loopback-in-peer-connection',
+    '--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run',
+    '--disable-quic', '--autoplay-policy=no-user-gesture-required',
+    '--disable-renderer-backgrounding', '--disable-background-timer-throttling',
+    '--disable-backgrounding-occluded-windows',
+];
+
+/**
+ * One meetd with the web app and one Chromium for a test file. `config` is extra meetd.toml
+ * text. Returns a handle whose `join()` opens a participant.
+ */
+export function useApp({ name = 'app', config = '', extraArgs = [] } = {}) {
+    const h = {
+        server: null,
+        browser: null,
+        participants: [],
+        failed: false,
+        get base() {
+            return h.server.httpBase;
+        },
+        /** A test body that, on failure, gets the meetd log tail and the pages' errors. */
+        wrap(fn) {
+            return async (t) => {
+                try {
+                    return await fn(t);
+                } catch (e) {
+                    h.failed = true;
+                    try {
+                        const pages = h.participants.map((p) => `[${p.name}] ${p.log.slice(-25).join('\n  ')}`).join('\n');
+                        e.message = `${e.message}\n--- page logs ---\n${pages}\n--- meetd log ---\n${h.server?.logTail(60)}`;
+                    } catch {
+                        // read-only message
+                    }
+                    throw e;
+                }
+            };
+        },
+        join: (room, opts) => join(h, room, opts),
+        /** Leave everyone (between tests). */
+        async leaveAll() {
+            await Promise.all(h.participants.splice(0).map((p) => p.close()));
+        },
+    };
+    if (appSkip) return h;
+    before(async () => {
+        const root = unpackWebApp();
+        h.server = await startServer({
+            name,
+            config: `[focus]\nsingle_participant_timeout_secs = 60\n${config}`,
+            extraArgs: ['--web-root', root, '--advertise-ip', '127.0.0.1', ...extraArgs],
+        });
+        h.browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: BROWSER_ARGS });
+    });
+    after(async () => {
+        await h.leaveAll().catch(() => {});
+        if (h.browser) await withTimeout(h.browser.close(), 10000, 'browser.close()').catch(() => {});
+        if (h.server) {
+            await h.server.stop();
+            if (h.failed) process.stderr.write(`meetd log of ${name} saved to ${h.server.logFile}\n`);
+        }
+    });
+    return h;
+}
+
+/** `test()` that skips with the reason when the app cannot run here. */
+export function appTest(name, fn, opts = {}) {
+    if (appSkip) {
+        return test(name, { skip: appSkip });
+    }
+    return test(name, { timeout: 180000, ...opts }, fn);
+}
+
+/**
+ * Open the room as a new participant: the room URL, the prejoin screen with a display name,
+ * "Join meeting"; resolves once the app says it has joined the conference.
+ * opts: name, hash (URL hash, e.g. 'config.startWithAudioMuted=true'), query, startAudioMuted,
+ * startVideoMuted (toggled on the prejoin screen as a person would), waitJoined (default true).
+ */
+async function join(h, room, opts = {}) {
+    let p = opts.reuse;
+    if (!p) {
+        const ctx = await h.browser.newContext({ permissions: ['camera', 'microphone'] });
+        const page = await ctx.newPage();
+        p = new Participant(h, opts.name || `p${h.participants.length + 1}`, ctx, page);
+        h.participants.push(p);
+    }
+    const { page } = p;
+    // The toolbar stays up (as in Jitsi's own UI tests): a hidden toolbar slides out of the
+    // viewport, and a moved mouse brings it back only after its transition.
+    const hash = `#config.toolbarConfig.alwaysVisible=true${opts.hash ? `&${opts.hash}` : ''}`;
+    const query = opts.query ? `?${opts.query}` : '';
+    await page.goto(`${h.base}/${room}${query}${hash}`);
+    if (opts.prejoin === false) return p;
+    await p.passPrejoin(opts);
+    if (opts.waitJoined !== false) await p.waitJoined();
+    return p;
+}
+
+export class Participant {
+    constructor(h, name, ctx, page) {
+        this.h = h;
+        this.name = name;
+        this.ctx = ctx;
+        this.page = page;
+        this.log = [];
+        this.closed = false;
+        page.on('pageerror', (e) => this.log.push(`pageerror: ${e}`));
+        page.on('console', (m) => {
+            const t = m.text();
+            if (m.type() === 'error' || m.type() === 'warning' || /\[(INFO|WARN|ERROR)\]/.test(t)) {
+                this.log.push(`${m.type()}: ${t.slice(0, 300)}`);
+                if (this.log.length > 400) this.log.splice(0, 100);
+            }
+        });
+    }
+
+    /** Fill the display name, set the prejoin mute buttons, press "Join meeting". */
+    /** Leave (hang up) and join the room again in the same browser (its storage kept). */
+    async rejoin(room, opts = {}) {
+        await this.hangUp();
+        await this.page.waitForURL((u) => !u.pathname.endsWith(`/${room}`), { timeout: 8000 }).catch(() => {});
+        await this.page.goto('about:blank');
+        return join(this.h, room, { ...opts, reuse: this });
+    }
+
+    async passPrejoin({ name = this.name, startAudioMuted = false, startVideoMuted = false } = {}) {
+        const { page } = this;
+        const joinBtn = page.locator('[data-testid="prejoin.joinMeeting"]');
+        await joinBtn.waitFor({ timeout: 30000 });
+        const input = page.locator('#premeeting-name-input');
+        if (name !== null && await input.count()) await input.fill(name);
+        // Wait for the local tracks the prejoin screen makes before toggling them.
+        await this.waitFor(() => {
+            const tracks = APP.store.getState()['features/base/tracks'];
+            return tracks.filter((t) => t.local).length >= 2;
+        }, 'local tracks on the prejoin screen', 20000);
+        if (startAudioMuted) await this.clickToolbar('toolbar.accessibilityLabel.mute', 'audio');
+        if (startVideoMuted) await this.clickToolbar('toolbar.accessibilityLabel.videomute', 'video');
+        await joinBtn.click();
+    }
+
+    /**
+     * Click a toolbar button by its aria-label's i18n key (the DOM carries the text), in the
+     * toolbar or, where the app put it, in the "More actions" menu.
+     */
+    async clickToolbar(key, what) {
+        const text = label(key);
+        const fail = (e) => { throw new Error(`${this.name}: toolbar button ${what} (${text}): ${e.message}`); };
+        const inBar = this.page.locator(`.toolbox-content-items [aria-label="${text}"]`);
+        if (await inBar.count()) {
+            await inBar.first().click({ timeout: 10000 }).catch(fail);
+            return;
+        }
+        await this.page.locator(`[aria-label="${label('toolbar.accessibilityLabel.moreActions')}"]`).first()
+            .click({ timeout: 10000 }).catch(fail);
+        await this.page.locator(`[aria-label="${text}"]`).first().click({ timeout: 10000 }).catch(fail);
+    }
+
+    /** The app's English text for an i18n key (so selectors follow the app's own labels). */
+    t(key, params) {
+        return label(key, params);
+    }
+
+    /** Evaluate fn in the page (gets the app's globals). */
+    eval(fn, arg) {
+        return withTimeout(this.page.evaluate(fn, arg), 15000, `${this.name}: page.evaluate`);
+    }
+
+    /** Poll a page predicate until it is truthy. */
+    async waitFor(fn, what, ms = 15000, arg) {
+        const deadline = Date.now() + ms;
+        let last;
+        while (Date.now() < deadline) {
+            try {
+                last = await this.page.evaluate(fn, arg);
+                if (last) return last;
+            } catch (e) {
+                last = String(e);
+            }
+            await sleep(200);
+        }
+        throw new Error(`${this.name}: timed out after ${ms} ms waiting for ${what} (last: ${JSON.stringify(last)?.slice(0, 500)})`);
+    }
+
+    waitJoined(ms = 30000) {
+        return this.waitFor(() => {
+            const c = APP.store.getState()['features/base/conference'];
+            return Boolean(c.conference) && !c.joining;
+        }, 'conference joined', ms);
+    }
+
+    /** My endpoint id (the MUC resource). */
+    id() {
+        return this.eval(() => APP.store.getState()['features/base/conference'].conference?.myUserId());
+    }
+
+    /** Remote participants the app knows: [{id, name, role}]. */
+    remotes() {
+        return this.eval(() => [...APP.store.getState()['features/base/participants'].remote.values()]
+            .map((p) => ({ id: p.id, name: p.name, role: p.role })));
+    }
+
+    /** Is the conference in P2P mode (the app's view). */
+    isP2p() {
+        return this.eval(() => Boolean(APP.conference._room?.isP2PActive()));
+    }
+
+    /**
+     * Media from `other` as this person sees it: the remote video track's <video> element plays
+     * (videoWidth > 0 and frames growing) and its audio track receives. Resolves with details;
+     * throws after `ms`.
+     */
+    async waitVideoFrom(other, ms = 5000, { audio = false } = {}) {
+        const otherId = typeof other === 'string' ? other : await other.id();
+        return this.waitFor(async ([id, wantAudio]) => {
+            const tracks = APP.store.getState()['features/base/tracks'];
+            const v = tracks.find((t) => !t.local && t.participantId === id && t.mediaType === 'video' && !t.muted);
+            if (!v?.jitsiTrack) return false;
+            const mst = v.jitsiTrack.getTrack();
+            const el = [...document.querySelectorAll('video')].find((e) => e.srcObject?.getVideoTracks?.()[0]?.id === mst.id);
+            if (!el || el.videoWidth === 0) return false;
+            const f0 = el.getVideoPlaybackQuality().totalVideoFrames;
+            await new Promise((r) => setTimeout(r, 400));
+            const f1 = el.getVideoPlaybackQuality().totalVideoFrames;
+            if (f1 <= f0) return false;
+            if (wantAudio) {
+                const a = tracks.find((t) => !t.local && t.participantId === id && t.mediaType === 'audio' && !t.muted);
+                if (!a?.jitsiTrack) return false;
+            }
+            return { width: el.videoWidth, frames: f1 };
+        }, `video from ${otherId}`, ms, [otherId, audio]);
+    }
+
+    // ---- dialogs and panes, with the app's own element ids and classes ----
+
+    /** The security dialog: open it from the toolbar. */
+    async openSecurityDialog() {
+        await this.clickToolbar('toolbar.accessibilityLabel.security', 'security options');
+        await this.page.locator('.security-dialog').first().waitFor({ timeout: 5000 });
+    }
+
+    async closeDialog() {
+        await this.page.locator('#modal-header-close-button').click({ timeout: 5000 });
+    }
+
+    /** The security dialog shows a password (set here or by another moderator). */
+    async dialogShowsLocked() {
+        return (await this.page.locator('.info-password-local, .info-password-remote').count()) > 0;
+    }
+
+    async waitDialogLocked(locked, ms = 3000) {
+        const deadline = Date.now() + ms;
+        while (Date.now() < deadline) {
+            if (await this.dialogShowsLocked() === locked) return;
+            await sleep(100);
+        }
+        throw new Error(`${this.name}: the security dialog does not show the room ${locked ? 'locked' : 'unlocked'}`);
+    }
+
+    /** Lock the room with a password through the security dialog, as a moderator does. */
+    async addPassword(password) {
+        await this.openSecurityDialog();
+        await this.waitDialogLocked(false);
+        await this.page.locator('.add-password').click({ timeout: 5000 });
+        const input = this.page.locator('#info-password-input');
+        await input.waitFor({ timeout: 5000 });
+        await input.click();
+        await this.page.keyboard.type(password);
+        await this.page.locator('.password-actions button', { hasText: 'Add' }).click({ timeout: 5000 });
+        await this.waitDialogLocked(true);
+        await this.closeDialog();
+    }
+
+    async removePassword() {
+        await this.openSecurityDialog();
+        await this.waitDialogLocked(true);
+        await this.page.locator('.remove-password').click({ timeout: 5000 });
+        await this.waitDialogLocked(false);
+        await this.closeDialog();
+    }
+
+    /** The password prompt a joiner of a locked room gets. */
+    async submitRoomPassword(password, ms = 10000) {
+        const input = this.page.locator('input[name="lockKey"]');
+        await input.waitFor({ timeout: ms });
+        await input.fill(password);
+        await this.page.locator('#modal-dialog-ok-button').click({ timeout: 5000 });
+    }
+
+    async openParticipantsPane() {
+        if (await this.page.locator('#participants-pane').count()) return;
+        await this.page.locator('[aria-label^="Open participants panel"]').first().click({ timeout: 10000 });
+        await this.page.locator('#participants-pane').waitFor({ timeout: 5000 });
+    }
+
+    /** Wait until the participants pane shows (or no longer shows) a mute icon for `other`. */
+    async waitMuteIcon(other, kind, shown = true, ms = 5000) {
+        await this.openParticipantsPane();
+        const id = typeof other === 'string' ? other : await other.id();
+        const icon = this.page.locator(`#participant-item-${id} .indicators svg#${kind === 'video' ? 'videoMuted' : 'audioMuted'}`);
+        await icon.first().waitFor({ state: shown ? 'visible' : 'hidden', timeout: ms })
+            .catch(() => { throw new Error(`${this.name}: ${kind} mute icon of ${id} ${shown ? 'not shown' : 'still shown'} in the participants pane after ${ms} ms`); });
+    }
+
+    /**
+     * In the participants pane, open `other`'s "more" menu and click an entry by its element id
+     * prefix (`ejectlink` for kick, ...); `confirm` presses the dialog's OK.
+     */
+    async participantAction(other, idPrefix, confirm) {
+        await this.openParticipantsPane();
+        const id = typeof other === 'string' ? other : await other.id();
+        await this.page.locator(`#participant-item-${id}`).hover();
+        await this.page.locator(`[data-testid="participant-more-options-${id}"]`).click({ timeout: 5000 });
+        await this.page.locator(`#${idPrefix}_${id}`).click({ timeout: 5000 });
+        if (confirm) await this.page.locator('#modal-dialog-ok-button').click({ timeout: 5000 });
+    }
+
+    /** Change my display name in the filmstrip, as a person does. */
+    async setDisplayName(name) {
+        await this.page.locator('#localVideoContainer').hover();
+        await this.page.locator('#localVideoContainer #localDisplayName').click();
+        await this.page.keyboard.press('Control+A');
+        await this.page.keyboard.type(name);
+        await this.page.keyboard.press('Enter');
+    }
+
+    /** The name `other` has on my screen. */
+    remoteName(other) {
+        return this.eval((id) => APP.store.getState()['features/base/participants'].remote.get(id)?.name, other);
+    }
+
+    /** Leave through the hang-up button, as a person would. */
+    async hangUp() {
+        await this.clickToolbar('toolbar.accessibilityLabel.hangup', 'leave');
+    }
+
+    async close() {
+        if (this.closed) return;
+        this.closed = true;
+        const i = this.h.participants.indexOf(this);
+        if (i >= 0) this.h.participants.splice(i, 1);
+        await withTimeout(this.ctx.close(), 10000, `${this.name}: close`).catch(() => {});
+    }
+}
+
+export { assert };
