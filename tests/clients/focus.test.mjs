@@ -243,10 +243,22 @@ test('room metadata: advertised in disco, set by the moderator, delivered to eve
     await joinRoom(b, room, 'bbbb3333');
     const update = JSON.stringify({ key: 'startMuted', data: { audio: true, video: false }, type: 'room_metadata' });
     await a.xmpp.send(xml('message', { to: `metadata.${DOMAIN}` }, xml('room_metadata', { xmlns: 'http://jitsi.org/jitmeet', room }, update)));
+    const metadataOf = (m) => JSON.parse(m.getChildText('json-message', 'http://jitsi.org/jitmeet'));
     for (const c of [a, b]) {
-        const m = await next(c, (st) => st.is('message') && st.attrs.from === `metadata.${DOMAIN}`, 'metadata message');
-        const v = JSON.parse(m.getChildText('json-message', 'http://jitsi.org/jitmeet'));
+        const m = await next(c, (st) => st.is('message') && st.attrs.from === `metadata.${DOMAIN}`
+            && metadataOf(st).metadata.startMuted, 'metadata message');
+        const v = metadataOf(m);
         assert.equal(v.type, 'room_metadata');
         assert.deepEqual(v.metadata.startMuted, { audio: true, video: false });
     }
+    // A joiner gets the map before its own presence (a stock install sends `{}` too).
+    const c = await connect();
+    const seen = [];
+    c.xmpp.on('stanza', (st) => {
+        if (st.attrs.from === `metadata.${DOMAIN}`) seen.push('metadata');
+        if (st.is('presence') && st.attrs.from === `${room}/cccc4444`) seen.push('self');
+    });
+    await conferenceRequest(c, room);
+    await joinRoom(c, room, 'cccc4444');
+    assert.deepEqual(seen.slice(0, 2), ['metadata', 'self']);
 }));

@@ -1,6 +1,7 @@
 //! Room metadata (muc-jitsi.md §12): moderators set keys (`startMuted`, `whiteboard`, ...)
 //! through `metadata.<domain>`; every occupant, the focus included, gets the whole map as
-//! `{"type":"room_metadata","metadata":{…}}` on each change and when joining.
+//! `{"type":"room_metadata","metadata":{…}}` on each change, and a joiner gets it (`{}` when
+//! nothing is set) before its own presence, as a stock install sends it.
 
 use std::collections::HashMap;
 
@@ -30,8 +31,10 @@ impl RoomMetadata {
         }
     }
 
-    fn message(&self, room: &Room, to: &str) -> Option<Element> {
-        let meta = self.rooms.get(&room.jid)?;
+    /// The whole map (`{}` before anything was set) for one occupant.
+    fn message(&self, room: &Room, to: &str) -> Element {
+        let empty = Map::new();
+        let meta = self.rooms.get(&room.jid).unwrap_or(&empty);
         let body = json!({"type": "room_metadata", "room": room.jid, "metadata": meta}).to_string();
         let mut m = el("message", ns::CLIENT, &[("from", &self.domain), ("to", to)]);
         m.append_child(
@@ -39,14 +42,12 @@ impl RoomMetadata {
                 .append(body)
                 .build(),
         );
-        Some(m)
+        m
     }
 
     fn broadcast(&self, room: &Room, out: &mut Vec<Element>) {
         for o in &room.occupants {
-            if let Some(m) = self.message(room, &o.real_jid) {
-                out.push(m);
-            }
+            out.push(self.message(room, &o.real_jid));
         }
     }
 }
@@ -130,19 +131,15 @@ impl RoomModule for RoomMetadata {
         self.broadcast(room, out);
     }
 
-    fn on_event(&mut self, room: &Room, event: &RoomEvent, out: &mut Vec<Element>) {
-        match event {
-            RoomEvent::Joined { nick } => {
-                if let Some(o) = room.occupant(nick)
-                    && let Some(m) = self.message(room, &o.real_jid)
-                {
-                    out.push(m);
-                }
-            }
-            RoomEvent::Destroyed => {
-                self.rooms.remove(&room.jid);
-            }
-            _ => {}
+    fn before_join_presences(&mut self, room: &Room, nick: &str, out: &mut Vec<Element>) {
+        if let Some(o) = room.occupant(nick) {
+            out.push(self.message(room, &o.real_jid));
+        }
+    }
+
+    fn on_event(&mut self, room: &Room, event: &RoomEvent, _out: &mut Vec<Element>) {
+        if let RoomEvent::Destroyed = event {
+            self.rooms.remove(&room.jid);
         }
     }
 }

@@ -74,6 +74,9 @@ pub trait RoomModule: Send {
     fn check_join(&mut self, _room: &Room, _join: &JoinRequest<'_>) -> Option<Element> {
         None
     }
+    /// A join was let in: stanzas pushed to `out` reach the joiner before the join's
+    /// presences do (room metadata, which a stock install sends before the self-presence).
+    fn before_join_presences(&mut self, _room: &Room, _nick: &str, _out: &mut Vec<Element>) {}
     /// After the room handled a stanza, once per event, in order. Stanzas pushed to
     /// `out` are routed.
     fn on_event(&mut self, _room: &Room, _event: &RoomEvent, _out: &mut Vec<Element>) {}
@@ -276,8 +279,16 @@ impl Shard {
         let Some(room) = self.rooms.get_mut(room_jid) else {
             return;
         };
-        out.extend(room.take_output());
+        let output = room.take_output();
         let mut events = room.take_events();
+        for ev in &events {
+            if let RoomEvent::Joined { nick } = ev {
+                for m in self.modules.iter_mut() {
+                    m.before_join_presences(room, nick, out);
+                }
+            }
+        }
+        out.extend(output);
         let empty = room.is_empty();
         if empty && !events.iter().any(|e| matches!(e, RoomEvent::Destroyed)) {
             events.push(RoomEvent::Destroyed);

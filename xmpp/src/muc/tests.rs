@@ -487,7 +487,31 @@ fn room_metadata_from_moderators_reaches_everyone_and_joiners() {
     let mut s = shard(cfg());
     s.modules
         .push(Box::new(metadata::RoomMetadata::new("metadata.meet.jitsi")));
-    join(&mut s, &user(1), "a", "");
+    // Each joiner gets the map before its own presence, `{}` while nothing is set.
+    let metadata_then_self = |out: &[Element], jid: &str| -> serde_json::Value {
+        let meta = out
+            .iter()
+            .position(|m| {
+                m.attr("to") == Some(jid) && m.attr("from") == Some("metadata.meet.jitsi")
+            })
+            .expect("metadata for the joiner");
+        let own = out
+            .iter()
+            .position(|p| {
+                p.name() == "presence"
+                    && p.attr("to") == Some(jid)
+                    && statuses(p).iter().any(|c| c == "110")
+            })
+            .expect("self-presence");
+        assert!(meta < own, "metadata after the self-presence: {out:?}");
+        let text = out[meta]
+            .get_child("json-message", room::NS_JITMEET)
+            .unwrap()
+            .text();
+        serde_json::from_str::<serde_json::Value>(&text).unwrap()["metadata"].clone()
+    };
+    let out = join(&mut s, &user(1), "a", "");
+    assert_eq!(metadata_then_self(&out, &user(1)), serde_json::json!({}));
     join(&mut s, &user(2), "b", "");
     let set = |from: &str, json: &str| {
         parse(&format!(
@@ -522,9 +546,8 @@ fn room_metadata_from_moderators_reaches_everyone_and_joiners() {
     assert_eq!(error_condition(&out[0]).as_deref(), Some("bad-request"));
     // A late joiner gets the current map.
     let out = join(&mut s, &user(3), "c", "");
-    assert!(
-        out.iter().any(
-            |m| m.attr("to") == Some(&user(3)) && m.attr("from") == Some("metadata.meet.jitsi")
-        )
+    assert_eq!(
+        metadata_then_self(&out, &user(3))["startMuted"]["audio"],
+        true
     );
 }
