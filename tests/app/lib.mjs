@@ -378,6 +378,27 @@ export class Participant {
         if (confirm) await this.page.locator('#modal-dialog-ok-button').click({ timeout: 5000 });
     }
 
+    /** Settings dialog, Moderator tab: "everyone starts muted" (audio, video), then OK. */
+    async setStartMuted({ audio, video }) {
+        await this.clickToolbar('toolbar.accessibilityLabel.Settings', 'settings');
+        await this.page.locator('.settings-pane').first().waitFor({ timeout: 5000 });
+        await this.page.locator('.settings-dialog').getByText(label('settings.moderator'), { exact: true }).first()
+            .click({ timeout: 5000 });
+        for (const [name, want] of [['start-audio-muted', audio], ['start-video-muted', video]]) {
+            const box = this.page.locator(`input[name="${name}"]`);
+            await box.waitFor({ state: 'attached', timeout: 5000 });
+            // The label's decoration grabs the click: click the box's parent, as the app's own tests do.
+            if (await box.isChecked() !== want) await box.locator('xpath=ancestor::div[1]').click();
+        }
+        await this.page.locator('#modal-dialog-ok-button').click({ timeout: 5000 });
+    }
+
+    /** My own microphone / camera is muted (the app's local track state). */
+    localMuted(kind) {
+        return this.eval((k) => APP.store.getState()['features/base/tracks']
+            .some((t) => t.local && t.mediaType === k && t.muted), kind);
+    }
+
     /** Change my display name in the filmstrip, as a person does. */
     async setDisplayName(name) {
         await this.page.locator('#localVideoContainer').hover();
@@ -390,6 +411,28 @@ export class Participant {
     /** The name `other` has on my screen. */
     remoteName(other) {
         return this.eval((id) => APP.store.getState()['features/base/participants'].remote.get(id)?.name, other);
+    }
+
+    /** The large video plays `other`'s screenshare (desktop) or camera. */
+    async waitLargeVideo(other, kind = 'camera', ms = 10000) {
+        const id = typeof other === 'string' ? other : await other.id();
+        return this.waitFor(async ([pid, k]) => {
+            const t = APP.store.getState()['features/base/tracks'].find((x) => !x.local && x.participantId === pid
+                && (k === 'desktop' ? x.videoType === 'desktop' : x.mediaType === 'video' && x.videoType !== 'desktop'));
+            const el = document.getElementById('largeVideo');
+            if (!t?.jitsiTrack || !el || el.srcObject?.getVideoTracks?.()[0]?.id !== t.jitsiTrack.getTrack().id) return false;
+            const f0 = el.getVideoPlaybackQuality().totalVideoFrames;
+            await new Promise((r) => setTimeout(r, 400));
+            return el.videoWidth > 0 && el.getVideoPlaybackQuality().totalVideoFrames > f0;
+        }, `${id}'s ${kind} on the large video`, ms, [id, kind]);
+    }
+
+    /** The app shows `other` as outside last-N (the "ninja" on its thumbnail), or no longer. */
+    async waitNotInLastN(other, shown = true, ms = 5000) {
+        const id = typeof other === 'string' ? other : await other.id();
+        await this.page.locator(`#participant_${id} .connection_ninja`).first()
+            .waitFor({ state: shown ? 'visible' : 'hidden', timeout: ms })
+            .catch(() => { throw new Error(`${this.name}: ${id} is ${shown ? 'not shown' : 'still shown'} as outside last-N after ${ms} ms`); });
     }
 
     /** Leave through the hang-up button, as a person would. */

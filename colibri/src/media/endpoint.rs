@@ -661,9 +661,16 @@ impl Endpoint {
     }
 
     /// SSRC rewriting: give `source` a slot of its kind — a new one while the pool has fewer
-    /// than `limit`, else the least recently used one (its source loses it; the slot's stream
-    /// continues, sequence numbers and timestamps, with the new source).
-    pub fn bind_slot(&mut self, source: SourceId, limit: usize, now: Instant) -> Option<SlotId> {
+    /// than `limit`, else the least recently used one whose source is not in `keep` (that
+    /// source loses it; the slot's stream continues, sequence numbers and timestamps, with the
+    /// new source).
+    pub fn bind_slot(
+        &mut self,
+        source: SourceId,
+        limit: usize,
+        now: Instant,
+        keep: &[SourceId],
+    ) -> Option<SlotId> {
         let kind = self.forwards.get(&source)?.kind;
         let same_kind = || self.slots.iter().filter(|(_, s)| s.kind == kind);
         let id = if same_kind().count() < limit {
@@ -681,6 +688,7 @@ impl Endpoint {
             self.new_slot(kind, ssrc, rtx)
         } else {
             same_kind()
+                .filter(|(_, s)| !s.source.is_some_and(|x| keep.contains(&x)))
                 .min_by_key(|(id, s)| (s.last_used, **id))
                 .map(|(id, _)| *id)?
         };
@@ -696,6 +704,26 @@ impl Endpoint {
             f.slot = Some(id);
         }
         Some(id)
+    }
+
+    /// SSRC rewriting, as JVB activates its SSRC cache: `active` (video sources in priority
+    /// order, at most `limit`) all get a slot, those that have one keep it, and the others
+    /// take new or least recently used ones. True when a mapping changed (the receiver needs
+    /// the new source map).
+    pub fn activate_slots(&mut self, active: &[SourceId], limit: usize, now: Instant) -> bool {
+        let mut changed = false;
+        for &sid in active {
+            let bound = self.forwards.get(&sid).and_then(|f| f.slot);
+            match bound {
+                Some(slot) => {
+                    if let Some(s) = self.slots.get_mut(&slot) {
+                        s.last_used = Some(now);
+                    }
+                }
+                None => changed |= self.bind_slot(sid, limit, now, active).is_some(),
+            }
+        }
+        changed
     }
 
     /// The current source map of one kind (SSRC rewriting), in slot order.

@@ -825,11 +825,10 @@ impl MediaEngine {
             }
         }
         self.dirty.retain(|x| *x != id);
-        if let Some(sa) = self.speech.get_mut(&ep.conference)
-            && sa.remove(id)
-        {
-            self.speakers_changed(&ep.conference);
-        }
+        let was_speaker = self
+            .speech
+            .get_mut(&ep.conference)
+            .is_some_and(|sa| sa.remove(id));
         if !self.conferences.contains_key(&ep.conference) {
             self.speech.remove(&ep.conference);
         }
@@ -841,7 +840,11 @@ impl MediaEngine {
             self.next_rates = None;
             self.next_probe = None;
         }
+        // The others drop its sources (and their slots) before anything is reallocated.
         self.sync_conference(&ep.conference);
+        if was_speaker && self.speech.contains_key(&ep.conference) {
+            self.speakers_changed(&ep.conference);
+        }
     }
 
     /// Whether the engine has endpoints in `conference`.
@@ -2082,7 +2085,7 @@ impl MediaEngine {
                         MediaType::Audio => self.cfg.rewrite_audio_slots,
                         MediaType::Video => self.cfg.rewrite_video_slots,
                     };
-                    let Some(s) = r.bind_slot(source_id, limit, now) else {
+                    let Some(s) = r.bind_slot(source_id, limit, now, &[]) else {
                         continue;
                     };
                     let ev = EngineEvent::SourcesMap {
@@ -2512,7 +2515,7 @@ impl MediaEngine {
             self.next_probe = self.now.map(|n| n + PROBE_INTERVAL);
         }
         let mut changed = false;
-        for ((sid, h), b) in heights.into_iter().zip(bwe) {
+        for (&(sid, h), &b) in heights.iter().zip(&bwe) {
             if let Some(f) = r.forwards.get_mut(&sid) {
                 if f.max_height != h {
                     f.max_height = h;
@@ -2528,6 +2531,30 @@ impl MediaEngine {
         }
         if changed && !self.pending_sender_constraints.contains(&r.conference) {
             self.pending_sender_constraints.insert(r.conference.clone());
+        }
+        if r.ssrc_rewriting
+            && let Some(now) = self.now
+        {
+            // As JVB: what lastN and the constraints let through (with video on), then the
+            // rest with video on while slots remain, so the client has a track for everyone
+            // and shows who is outside last-N.
+            let limit = self.cfg.rewrite_video_slots;
+            let on = || order.iter().zip(&heights).filter(|(x, _)| !x.off);
+            let active: Vec<SourceId> = on()
+                .filter(|(_, h)| h.1 > 0)
+                .chain(on().filter(|(_, h)| h.1 == 0))
+                .map(|(x, _)| x.id)
+                .take(limit)
+                .collect();
+            if r.activate_slots(&active, limit, now) {
+                let ev = EngineEvent::SourcesMap {
+                    conference: r.conference.clone(),
+                    endpoint: r.id.clone(),
+                    kind: MediaType::Video,
+                    sources: r.mapped_sources(MediaType::Video),
+                };
+                self.out.push_back(EngineOutput::Event(ev));
+            }
         }
         forwarded.sort();
         if forwarded != r.announced {

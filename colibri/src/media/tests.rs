@@ -1499,11 +1499,48 @@ fn ssrc_rewriting_remaps_a_full_pool_with_continuity() {
     }
 }
 
+/// As JVB: a receiver with SSRC rewriting gets slots for every video source while there are
+/// slots, not only for what lastN forwards, so the app has a track for everyone and shows
+/// those outside last-N as such.
+#[test]
+fn ssrc_rewriting_maps_sources_outside_last_n() {
+    let mut net = Net::build(3, &["ep1"], EngineConfig::default());
+    net.connect();
+    net.engine.set_receiver_constraints(
+        (CONF, "ep1"),
+        ReceiverConstraints {
+            last_n: Some(1),
+            ..Default::default()
+        },
+    );
+    net.client("ep3").voice = Voice::Silent;
+    net.client("ep2").voice = Voice::Talking;
+    net.media(Duration::from_millis(1500), true);
+    let map = maps(&net.events, "ep1", MediaType::Video)
+        .last()
+        .unwrap()
+        .clone();
+    let mut names: Vec<&str> = map.iter().map(|m| m.source.as_str()).collect();
+    names.sort();
+    assert_eq!(names, ["ep2-v0", "ep3-v0"]);
+    assert_eq!(forwarded(&net.events, "ep1").unwrap(), ["ep2-v0"]);
+    let ep3 = map.iter().find(|m| m.source == "ep3-v0").unwrap().ssrc;
+    assert!(
+        net.clients[0].received(ep3).is_empty(),
+        "ep3-v0 is outside lastN"
+    );
+}
+
 /// As JVB's SSRC cache: a source that leaves takes its slot along, and the next one gets a new
 /// SSRC (a new remote track in lib-jitsi-meet) instead of the departed one's.
 #[test]
 fn ssrc_rewriting_gives_a_new_ssrc_after_a_departure() {
-    let mut net = Net::build(3, &["ep1"], EngineConfig::default());
+    // One slot: ep3-v0 (outside lastN) has none until ep2 leaves.
+    let cfg = EngineConfig {
+        rewrite_video_slots: 1,
+        ..EngineConfig::default()
+    };
+    let mut net = Net::build(3, &["ep1"], cfg);
     net.connect();
     net.engine.set_receiver_constraints(
         (CONF, "ep1"),
