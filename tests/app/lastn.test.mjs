@@ -4,7 +4,10 @@
 import { useApp, appTest } from './lib.mjs';
 
 const app = useApp({ name: 'app-lastn' });
-const hash = 'config.channelLastN=1';
+// The app notices a stream that stopped from its stats, every pcStatsInterval (10 s by default);
+// Jitsi's own tests use 1.5 s, so the indicator follows within seconds.
+const stats = 'config.pcStatsInterval=1500';
+const hash = `config.channelLastN=1&${stats}`;
 
 appTest('channelLastN 1: the speaker with video is received, the others are outside last-N', app.wrap(async () => {
     const r = 'lastn';
@@ -17,6 +20,7 @@ appTest('channelLastN 1: the speaker with video is received, the others are outs
     await p4.clickToolbar('toolbar.accessibilityLabel.mute', 'mute');
     await p3.clickToolbar('toolbar.accessibilityLabel.unmute', 'unmute');
     // P3 speaks: P1 gets P3, and P4 is outside last-N.
+    await p1.waitDominantSpeaker(p3);
     await p1.waitVideoFrom(p3);
     await p1.waitNotInLastN(p4, true);
     // P3 stops the camera: P4 (the only other one with video) comes in.
@@ -32,13 +36,13 @@ appTest('channelLastN 1: the speaker with video is received, the others are outs
 
 appTest('a screenshare on stage with channelLastN 2: the speaker is received, the others outside last-N', app.wrap(async () => {
     const r = 'lastnshare';
-    const p1 = await app.join(r, { name: 'P1' });
-    const p2 = await app.join(r, { name: 'P2' });
-    const p3 = await app.join(r, { name: 'P3' });
+    const p1 = await app.join(r, { name: 'P1', hash: stats });
+    const p2 = await app.join(r, { name: 'P2', hash: stats });
+    const p3 = await app.join(r, { name: 'P3', hash: stats });
     await p3.clickToolbar('toolbar.accessibilityLabel.shareYourScreen', 'share screen');
     await p1.clickToolbar('toolbar.accessibilityLabel.mute', 'mute');
     await p3.clickToolbar('toolbar.accessibilityLabel.mute', 'mute');
-    const p4 = await app.join(r, { name: 'P4', hash: 'config.channelLastN=2', startAudioMuted: true });
+    const p4 = await app.join(r, { name: 'P4', hash: `config.channelLastN=2&${stats}`, startAudioMuted: true });
     const p3id = await p3.id();
     // Everyone has P3's screenshare tile; P4 plays it on the large video.
     for (const p of [p1, p2, p4]) {
@@ -46,12 +50,14 @@ appTest('a screenshare on stage with channelLastN 2: the speaker is received, th
     }
     await p4.waitLargeVideo(p3, 'desktop');
     // P2 speaks: P4 (lastN 2 = the screenshare and one camera) gets P2, P1 is outside.
-    await p4.waitNotInLastN(p1, true, 10000);
+    await p4.waitDominantSpeaker(p2);
+    await p4.waitNotInLastN(p1, true);
     await p4.waitVideoFrom(p2);
     // P1 speaks instead of P2.
     await p1.clickToolbar('toolbar.accessibilityLabel.unmute', 'unmute');
     await p2.clickToolbar('toolbar.accessibilityLabel.mute', 'mute');
-    await p4.waitNotInLastN(p2, true, 10000);
-    await p4.waitVideoFrom(p1, 10000);
+    await p4.waitDominantSpeaker(p1);
+    await p4.waitNotInLastN(p2, true);
+    await p4.waitVideoFrom(p1);
     await app.leaveAll();
 }));

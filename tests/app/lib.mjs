@@ -427,6 +427,13 @@ export class Participant {
         }, `${id}'s ${kind} on the large video`, ms, [id, kind]);
     }
 
+    /** The app shows `other` as the dominant speaker. */
+    async waitDominantSpeaker(other, ms = 10000) {
+        const id = typeof other === 'string' ? other : await other.id();
+        return this.waitFor((pid) => APP.store.getState()['features/base/participants'].dominantSpeaker === pid,
+            `${id} as dominant speaker`, ms, id);
+    }
+
     /** The app shows `other` as outside last-N (the "ninja" on its thumbnail), or no longer. */
     async waitNotInLastN(other, shown = true, ms = 5000) {
         const id = typeof other === 'string' ? other : await other.id();
