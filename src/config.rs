@@ -187,10 +187,21 @@ impl Default for MediaSection {
     }
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WebSection {
     pub root: String,
+    /// config.js: the app's "Record" offers recording in the browser, to the person's own disk.
+    pub local_recording: bool,
+}
+
+impl Default for WebSection {
+    fn default() -> Self {
+        WebSection {
+            root: String::new(),
+            local_recording: true,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -62,6 +62,12 @@ pub fn config_js(cfg: &Config, x: &meetd_xmpp::XmppConfig, base: &str) -> String
         // meetd's bridge channel is the WebSocket (colibri-ws).
         "bridgeChannel": { "preferSctp": false },
         "enableWelcomePage": true,
+        // meetd records and streams nothing itself (yet): the app hides those buttons.
+        "recordingService": { "enabled": false },
+        "fileRecordingsEnabled": false,
+        "liveStreaming": { "enabled": false },
+        "liveStreamingEnabled": false,
+        "localRecording": { "disable": !cfg.web.local_recording },
         "deploymentInfo": {},
     });
     let body = serde_json::to_string_pretty(&config).unwrap_or_else(|_| "{}".into());
@@ -114,5 +120,16 @@ mod tests {
         assert!(js.contains("\"bosh\": \"https://meet.example.com:8443/http-bind\""));
         assert!(js.contains("stun:meet.example.com:10000"));
         assert!(!js.contains("jitsi.net"));
+        assert!(js.contains("\"liveStreaming\": {\n    \"enabled\": false"));
+    }
+
+    #[test]
+    fn local_recording_follows_the_setting() {
+        let mut cfg = Config::default();
+        let js = config_js(&cfg, &cfg.xmpp(), "https://meet.example.com");
+        assert!(js.contains("\"localRecording\": {\n    \"disable\": false"));
+        cfg.web.local_recording = false;
+        let js = config_js(&cfg, &cfg.xmpp(), "https://meet.example.com");
+        assert!(js.contains("\"localRecording\": {\n    \"disable\": true"));
     }
 }

@@ -219,6 +219,17 @@ export class Participant {
         await this.page.locator(`[aria-label="${text}"]`).first().click({ timeout: 10000 }).catch(fail);
     }
 
+    /** The aria-labels of the toolbar's buttons and of its "More actions" menu. */
+    async toolbarLabels() {
+        await this.page.locator(`[aria-label="${label('toolbar.accessibilityLabel.moreActions')}"]`).first()
+            .click({ timeout: 10000 });
+        await this.page.locator('#overflow-context-menu').waitFor({ timeout: 5000 });
+        const labels = await this.eval(() => [...document.querySelectorAll(
+            '.toolbox-content-items [aria-label], #overflow-context-menu [aria-label]')].map((e) => e.getAttribute('aria-label')));
+        await this.page.keyboard.press('Escape');
+        return labels;
+    }
+
     /** The app's English text for an i18n key (so selectors follow the app's own labels). */
     t(key, params) {
         return label(key, params);
