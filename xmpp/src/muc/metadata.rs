@@ -8,8 +8,8 @@ use std::collections::HashMap;
 use minidom::Element;
 use serde_json::{Map, Value, json};
 
-use super::RoomModule;
 use super::room::{NS_JITMEET, Role, Room, RoomEvent};
+use super::{Ctx, RoomModule};
 use crate::ns;
 use crate::stanza::{self, StanzaError, el};
 
@@ -63,7 +63,9 @@ impl RoomModule for RoomMetadata {
             .map(|r| r.to_lowercase())
     }
 
-    fn component_stanza(&mut self, room: Option<&Room>, st: &Element, out: &mut Vec<Element>) {
+    fn component_stanza(&mut self, ctx: &mut Ctx<'_>, _conference: Option<&str>, st: &Element) {
+        let room = self.room_of(st).and_then(|r| ctx.rooms.get(&r));
+        let out = &mut *ctx.out;
         let refuse = |out: &mut Vec<Element>, e: StanzaError, text: &str| {
             if let Some(r) = stanza::error_reply(st, e, Some(text)) {
                 out.push(r);
@@ -137,9 +139,9 @@ impl RoomModule for RoomMetadata {
         }
     }
 
-    fn on_event(&mut self, room: &Room, event: &RoomEvent, _out: &mut Vec<Element>) {
+    fn on_event(&mut self, _ctx: &mut Ctx<'_>, room: &str, event: &RoomEvent) {
         if let RoomEvent::Destroyed = event {
-            self.rooms.remove(&room.jid);
+            self.rooms.remove(room);
         }
     }
 }

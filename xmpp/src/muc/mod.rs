@@ -6,8 +6,12 @@
 //! and its instances of the room modules, so no room state is shared between threads.
 
 pub mod form;
+pub mod max_occupants;
+pub mod members_only;
 pub mod metadata;
+pub mod password;
 pub mod room;
+pub mod whois;
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -15,12 +19,13 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use minidom::Element;
+use parking_lot::Mutex;
 use tokio::sync::mpsc;
 
 use crate::router::{Router, ServiceHandle};
 use crate::stanza::{self, StanzaError, el};
 use crate::{ns, router::bare_of};
-pub use room::{Affiliation, JoinRequest, Role, Room, RoomEvent};
+pub use room::{Affiliation, Departure, JoinRequest, Role, Room, RoomEvent};
 
 /// Who may create rooms.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,38 +72,135 @@ impl MucConfig {
     }
 }
 
-/// A room feature (lobby, breakout rooms, speaker stats, ...) hooked onto room events.
-/// Each shard gets its own instance; state is per room name.
+/// What a module says about a join, in module order.
+pub enum JoinCheck {
+    /// No objection: the next module decides.
+    Continue,
+    /// Refused with this error stanza; later modules are not asked.
+    Refuse(Element),
+    /// Give the joiner this affiliation (a lobby letting a password holder in), then go on.
+    Grant(Affiliation),
+}
+
+/// A room feature (lobby, breakout rooms, speaker stats, ...) hooked onto room events, as a
+/// Prosody module hooks MUC events. Each shard gets its own instance; a module sees all rooms
+/// of a conference (main, lobby and breakout rooms live on one shard) through [`Ctx`].
 pub trait RoomModule: Send {
-    /// Before a join is let through. Return an error stanza to refuse it.
-    fn check_join(&mut self, _room: &Room, _join: &JoinRequest<'_>) -> Option<Element> {
-        None
+    /// Before a join is let through, in module order.
+    fn check_join(&mut self, _room: &Room, _join: &JoinRequest<'_>) -> JoinCheck {
+        JoinCheck::Continue
     }
     /// A join was let in: stanzas pushed to `out` reach the joiner before the join's
     /// presences do (room metadata, which a stock install sends before the self-presence).
     fn before_join_presences(&mut self, _room: &Room, _nick: &str, _out: &mut Vec<Element>) {}
-    /// After the room handled a stanza, once per event, in order. Stanzas pushed to
-    /// `out` are routed.
-    fn on_event(&mut self, _room: &Room, _event: &RoomEvent, _out: &mut Vec<Element>) {}
+    /// A stanza the room is about to send: drop it (false) or change it (a lobby hides its
+    /// occupants from each other; a semi-anonymous room hides real JIDs).
+    fn filter_output(&mut self, _room: &Room, _st: &mut Element) -> bool {
+        true
+    }
+    /// After the room handled a stanza, once per event, in order.
+    fn on_event(&mut self, _ctx: &mut Ctx<'_>, _room: &str, _event: &RoomEvent) {}
+    /// Keep an empty room (a lobby while it is enabled, a main room while it has breakout
+    /// rooms).
+    fn keep_alive(&self, _room: &Room) -> bool {
+        false
+    }
     /// A component domain this module answers on (`metadata.<domain>`, ...), served by the
     /// MUC service so the module sees the rooms.
     fn component(&self) -> Option<String> {
         None
     }
-    /// The bare room JID a stanza to the component is about (used to pick the shard).
+    /// A MUC domain whose rooms this module creates (`lobby.<domain>`); joins never create
+    /// them.
+    fn room_domain(&self) -> Option<String> {
+        None
+    }
+    /// The room a component stanza names itself (otherwise the sender's conference is used).
     fn room_of(&self, _st: &Element) -> Option<String> {
         None
     }
-    /// A stanza addressed to the module's component, with the room it is about.
-    fn component_stanza(&mut self, _room: Option<&Room>, _st: &Element, _out: &mut Vec<Element>) {}
+    /// A stanza addressed to the module's component. `conference`: the main room of the
+    /// sender's conference, when the sender is in one.
+    fn component_stanza(&mut self, _ctx: &mut Ctx<'_>, _conference: Option<&str>, _st: &Element) {}
 }
 
 pub type ModuleFactory = Arc<dyn Fn() -> Box<dyn RoomModule> + Send + Sync>;
 
-/// Start a MUC service and register it with the router. Returns false when the domain is taken.
+/// What a module may touch: the shard's rooms and the stanzas going out.
+pub struct Ctx<'a> {
+    pub rooms: &'a mut HashMap<String, Room>,
+    pub cfg: &'a MucConfig,
+    pub out: &'a mut Vec<Element>,
+    pub now: Instant,
+}
+
+impl Ctx<'_> {
+    pub fn room(&self, jid: &str) -> Option<&Room> {
+        self.rooms.get(jid)
+    }
+    pub fn room_mut(&mut self, jid: &str) -> Option<&mut Room> {
+        self.rooms.get_mut(jid)
+    }
+    /// Create a room (or find it); `owners` get owner affiliation.
+    pub fn create_room(&mut self, jid: &str) -> &mut Room {
+        let cfg = self.cfg;
+        self.rooms
+            .entry(jid.to_string())
+            .or_insert_with(|| Room::new(jid.to_string(), cfg))
+    }
+}
+
+/// The access rules every room has (Prosody's `plugins/muc/*.lib.lua`), after the configured
+/// modules (a lobby admits a password holder before the password rule asks).
+fn builtin_modules(cfg: &Arc<MucConfig>) -> Vec<ModuleFactory> {
+    let c = cfg.clone();
+    vec![
+        Arc::new(|| Box::new(password::Password) as Box<dyn RoomModule>),
+        Arc::new(|| Box::new(members_only::MembersOnly) as Box<dyn RoomModule>),
+        Arc::new(move || {
+            Box::new(max_occupants::MaxOccupants::new(c.clone())) as Box<dyn RoomModule>
+        }),
+        Arc::new(|| Box::new(whois::Whois) as Box<dyn RoomModule>),
+    ]
+}
+
+/// The shard a room lives on: its node up to the first `~`, so a conference's main room
+/// (`n`), lobby (`n@lobby…`) and breakout rooms (`n~x@breakout…`) share one.
+pub fn conference_key(room_jid: &str) -> &str {
+    let node = room_jid.split('@').next().unwrap_or("");
+    node.split('~').next().unwrap_or(node)
+}
+
+/// Which conference each occupant (real full JID) is in, for component stanzas that do not
+/// name their room. Shards fill it on joins and leaves; bounded by the occupants.
+#[derive(Default)]
+pub struct Occupancy(Mutex<HashMap<String, String>>);
+
+impl Occupancy {
+    fn set(&self, jid: &str, room: &str) {
+        self.0.lock().insert(jid.to_string(), room.to_string());
+    }
+    fn clear(&self, jid: &str, room: &str) {
+        let mut m = self.0.lock();
+        if m.get(jid).is_some_and(|r| r == room) {
+            m.remove(jid);
+        }
+    }
+    /// The room the occupant `jid` is in.
+    pub fn room_of(&self, jid: &str) -> Option<String> {
+        self.0.lock().get(jid).cloned()
+    }
+}
+
+/// Start a MUC service and register it with the router. `modules` run in order before the
+/// built-in access rules (password, members-only, room size). Returns false when the domain
+/// is taken.
 pub fn start(router: Arc<Router>, cfg: MucConfig, modules: Vec<ModuleFactory>) -> bool {
     let shards = cfg.shards.max(1);
     let cfg = Arc::new(cfg);
+    let occupancy = Arc::new(Occupancy::default());
+    let mut all = modules;
+    all.extend(builtin_modules(&cfg));
     let mut txs = Vec::with_capacity(shards);
     for _ in 0..shards {
         let (tx, rx) = mpsc::channel::<Box<Element>>(cfg.queue.max(1));
@@ -106,7 +208,8 @@ pub fn start(router: Arc<Router>, cfg: MucConfig, modules: Vec<ModuleFactory>) -
         let shard = Shard {
             cfg: cfg.clone(),
             rooms: HashMap::new(),
-            modules: modules.iter().map(|f| f()).collect(),
+            modules: all.iter().map(|f| f()).collect(),
+            occupancy: occupancy.clone(),
         };
         tokio::spawn(shard.run(router.clone(), rx));
     }
@@ -114,38 +217,47 @@ pub fn start(router: Arc<Router>, cfg: MucConfig, modules: Vec<ModuleFactory>) -
     if !router.register_service(&cfg.domain, ServiceHandle { tx: tx.clone() }) {
         return false;
     }
-    // Modules' components share the dispatcher; one instance of each finds the room.
-    let routers: Vec<Box<dyn RoomModule>> = modules.iter().map(|f| f()).collect();
-    for m in &routers {
-        if let Some(d) = m.component()
-            && !router.register_service(&d, ServiceHandle { tx: tx.clone() })
-        {
+    // Modules' components and room domains share the dispatcher; one instance of each finds
+    // the room.
+    let routers: Vec<Box<dyn RoomModule>> = all.iter().map(|f| f()).collect();
+    let mut room_domains = vec![cfg.domain.clone()];
+    room_domains.extend(routers.iter().filter_map(|m| m.room_domain()));
+    let mut served = vec![cfg.domain.clone()];
+    for d in routers
+        .iter()
+        .flat_map(|m| [m.component(), m.room_domain()])
+        .flatten()
+    {
+        if served.contains(&d) {
+            continue;
+        }
+        if !router.register_service(&d, ServiceHandle { tx: tx.clone() }) {
             tracing::error!(domain = %d, "room module domain already taken");
         }
+        served.push(d);
     }
-    let muc_domain = cfg.domain.clone();
     let router2 = router.clone();
     tokio::spawn(async move {
         while let Some(st) = rx.recv().await {
-            let to_domain = st
-                .attr("to")
-                .map(|t| bare_of(t).rsplit('@').next().unwrap_or("").to_string())
-                .unwrap_or_default();
-            let room = if to_domain == muc_domain {
-                st.attr("to").map(|t| bare_of(t).to_string())
+            let to = st.attr("to").unwrap_or("");
+            let bare = bare_of(to);
+            let room = if bare.contains('@')
+                && room_domains
+                    .iter()
+                    .any(|d| bare.ends_with(&format!("@{d}")))
+            {
+                Some(bare.to_string())
             } else {
+                let domain = bare.rsplit('@').next().unwrap_or("");
                 routers
                     .iter()
-                    .filter(|m| m.component().as_deref() == Some(to_domain.as_str()))
+                    .filter(|m| m.component().as_deref() == Some(domain))
                     .find_map(|m| m.room_of(&st))
+                    .or_else(|| st.attr("from").and_then(|f| occupancy.room_of(f)))
             };
-            let node = room
-                .as_deref()
-                .and_then(|t| t.split_once('@'))
-                .map(|(n, _)| n.to_string())
-                .unwrap_or_default();
+            let key = room.as_deref().map(conference_key).unwrap_or_default();
             let mut h = std::collections::hash_map::DefaultHasher::new();
-            node.hash(&mut h);
+            key.hash(&mut h);
             let i = (h.finish() as usize) % txs.len();
             if let Err(mpsc::error::TrySendError::Full(st)) = txs[i].try_send(st) {
                 tracing::warn!("MUC shard queue full");
@@ -162,6 +274,7 @@ struct Shard {
     cfg: Arc<MucConfig>,
     rooms: HashMap<String, Room>,
     modules: Vec<Box<dyn RoomModule>>,
+    occupancy: Arc<Occupancy>,
 }
 
 impl Shard {
@@ -173,20 +286,48 @@ impl Shard {
         }
     }
 
+    /// The domains whose rooms modules create (never a join).
+    fn module_room_domain(&self, domain: &str) -> bool {
+        self.modules
+            .iter()
+            .any(|m| m.room_domain().as_deref() == Some(domain))
+    }
+
     /// Everything a stanza to this service produces.
     pub fn handle(&mut self, st: Element, now: Instant) -> Vec<Element> {
         let mut out = Vec::new();
         let from = st.attr("from").unwrap_or("").to_string();
         let to = st.attr("to").unwrap_or("").to_string();
-        let to_domain = bare_of(&to).rsplit('@').next().unwrap_or("");
-        if to_domain != self.cfg.domain {
+        let to_bare = bare_of(&to);
+        let to_domain = to_bare.rsplit('@').next().unwrap_or("").to_string();
+        let module_rooms = self.module_room_domain(&to_domain);
+        if to_domain != self.cfg.domain && !(module_rooms && to_bare.contains('@')) {
             // A module's component.
-            for m in self.modules.iter_mut() {
-                if m.component().as_deref() == Some(to_domain) {
-                    let room = m.room_of(&st).and_then(|r| self.rooms.get(&r));
-                    m.component_stanza(room, &st, &mut out);
+            let conference = self
+                .modules
+                .iter()
+                .filter(|m| m.component().as_deref() == Some(to_domain.as_str()))
+                .find_map(|m| m.room_of(&st))
+                .or_else(|| self.occupancy.room_of(&from))
+                .map(|r| self.main_room_of(&r));
+            let Shard {
+                rooms,
+                modules,
+                cfg,
+                ..
+            } = self;
+            let mut ctx = Ctx {
+                rooms,
+                cfg,
+                out: &mut out,
+                now,
+            };
+            for m in modules.iter_mut() {
+                if m.component().as_deref() == Some(to_domain.as_str()) {
+                    m.component_stanza(&mut ctx, conference.as_deref(), &st);
                 }
             }
+            self.settle(&mut out, now);
             return out;
         }
         let (node, nick) = match to.split_once('@') {
@@ -199,7 +340,7 @@ impl Shard {
                 rest.split_once('/').map(|(_, r)| r.to_string()),
             ),
         };
-        let room_jid = format!("{node}@{}", self.cfg.domain);
+        let room_jid = format!("{node}@{to_domain}");
         if !self.allowed(&from) {
             if let Some(e) = stanza::error_reply(
                 &st,
@@ -212,7 +353,7 @@ impl Shard {
         }
         let is_join = st.name() == "presence" && st.attr("type").is_none() && nick.is_some();
         if !self.rooms.contains_key(&room_jid) {
-            if !is_join {
+            if !is_join || module_rooms {
                 if st.attr("type") != Some("error")
                     && st.attr("type") != Some("unavailable")
                     && let Some(e) =
@@ -250,15 +391,20 @@ impl Shard {
                         real_jid: &from,
                         password: password.as_deref(),
                         presence: &st,
+                        privileged: self.cfg.admins.iter().any(|a| a == bare_of(&from)),
                     };
-                    let refused = self
-                        .modules
-                        .iter_mut()
-                        .find_map(|m| m.check_join(room, &req));
-                    if let Some(e) = refused {
-                        out.push(e);
-                        self.finish(&room_jid, &mut out);
-                        return out;
+                    for m in self.modules.iter_mut() {
+                        match m.check_join(room, &req) {
+                            JoinCheck::Continue => {}
+                            JoinCheck::Grant(a) => {
+                                room.affiliations.insert(bare_of(&from).to_string(), a);
+                            }
+                            JoinCheck::Refuse(e) => {
+                                out.push(e);
+                                self.settle(&mut out, now);
+                                return out;
+                            }
+                        }
                     }
                 }
                 room.handle_presence(&st, &nick, &from, &self.cfg, now);
@@ -270,37 +416,108 @@ impl Shard {
             },
             _ => {}
         }
-        self.finish(&room_jid, &mut out);
+        self.settle(&mut out, now);
         out
     }
 
-    /// Collect the room's output, run the modules over its events, drop it when empty.
-    fn finish(&mut self, room_jid: &str, out: &mut Vec<Element>) {
-        let Some(room) = self.rooms.get_mut(room_jid) else {
-            return;
-        };
-        let output = room.take_output();
-        let mut events = room.take_events();
-        for ev in &events {
-            if let RoomEvent::Joined { nick } = ev {
-                for m in self.modules.iter_mut() {
-                    m.before_join_presences(room, nick, out);
+    /// The main room of the conference `room` belongs to (itself for a main room).
+    fn main_room_of(&self, room: &str) -> String {
+        format!("{}@{}", conference_key(room), self.cfg.domain)
+    }
+
+    /// Collect what rooms produced, run the modules over their events (which may touch rooms
+    /// again), and drop rooms that are destroyed or empty and not kept.
+    fn settle(&mut self, out: &mut Vec<Element>, now: Instant) {
+        // Modules acting on events act on rooms, whose events the next round handles; a
+        // module loop cannot run away.
+        for _ in 0..16 {
+            let busy: Vec<String> = self
+                .rooms
+                .iter()
+                .filter(|(_, r)| !r.events.is_empty() || r.has_output())
+                .map(|(j, _)| j.clone())
+                .collect();
+            if busy.is_empty() {
+                break;
+            }
+            for jid in busy {
+                let Some(room) = self.rooms.get_mut(&jid) else {
+                    continue;
+                };
+                let output = room.take_output();
+                let events = room.take_events();
+                for ev in &events {
+                    match ev {
+                        RoomEvent::Joined { nick, jid: real } => {
+                            self.occupancy.set(real, &jid);
+                            for m in self.modules.iter_mut() {
+                                m.before_join_presences(room, nick, out);
+                            }
+                        }
+                        RoomEvent::Left { jid: real, .. } => self.occupancy.clear(real, &jid),
+                        _ => {}
+                    }
+                }
+                for mut st in output {
+                    if self
+                        .modules
+                        .iter_mut()
+                        .all(|m| m.filter_output(room, &mut st))
+                    {
+                        out.push(st);
+                    }
+                }
+                let Shard {
+                    rooms,
+                    modules,
+                    cfg,
+                    ..
+                } = self;
+                let mut ctx = Ctx {
+                    rooms,
+                    cfg,
+                    out,
+                    now,
+                };
+                for ev in &events {
+                    for m in modules.iter_mut() {
+                        m.on_event(&mut ctx, &jid, ev);
+                    }
                 }
             }
-        }
-        out.extend(output);
-        let empty = room.is_empty();
-        if empty && !events.iter().any(|e| matches!(e, RoomEvent::Destroyed)) {
-            events.push(RoomEvent::Destroyed);
-        }
-        for ev in &events {
-            for m in self.modules.iter_mut() {
-                m.on_event(room, ev, out);
+            let gone: Vec<String> = self
+                .rooms
+                .iter()
+                .filter(|(_, r)| {
+                    r.destroyed || (r.is_empty() && !self.modules.iter().any(|m| m.keep_alive(r)))
+                })
+                .map(|(j, _)| j.clone())
+                .collect();
+            for jid in gone {
+                let Some(mut room) = self.rooms.remove(&jid) else {
+                    continue;
+                };
+                out.extend(room.take_output());
+                for o in &room.occupants {
+                    self.occupancy.clear(&o.real_jid, &jid);
+                }
+                tracing::debug!(room = %jid, "room destroyed");
+                let Shard {
+                    rooms,
+                    modules,
+                    cfg,
+                    ..
+                } = self;
+                let mut ctx = Ctx {
+                    rooms,
+                    cfg,
+                    out,
+                    now,
+                };
+                for m in modules.iter_mut() {
+                    m.on_event(&mut ctx, &jid, &RoomEvent::Destroyed);
+                }
             }
-        }
-        if empty {
-            self.rooms.remove(room_jid);
-            tracing::debug!(room = room_jid, "room destroyed");
         }
     }
 

@@ -23,6 +23,9 @@ pub const NS_MUC_OWNER: &str = "http://jabber.org/protocol/muc#owner";
 pub const NS_OCCUPANT_ID: &str = "urn:xmpp:occupant-id:0";
 pub const NS_JITMEET: &str = "http://jitsi.org/jitmeet";
 
+/// Invitees one invitation message may name.
+const MAX_INVITEES: usize = 50;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Affiliation {
     Outcast,
@@ -113,11 +116,41 @@ impl Occupant {
 pub enum RoomEvent {
     Created,
     Destroyed,
-    Joined { nick: String },
-    Left { nick: String },
-    PresenceChanged { nick: String },
-    Message { nick: String, message: Element },
+    /// `jid`: the occupant's real (full) JID.
+    Joined {
+        nick: String,
+        jid: String,
+    },
+    Left {
+        nick: String,
+        jid: String,
+        why: Departure,
+    },
+    PresenceChanged {
+        nick: String,
+    },
+    Message {
+        nick: String,
+        message: Element,
+    },
     ConfigChanged,
+    /// A moderator's mediated invitation (XEP-0045 §7.8.2) let `jid` (a real JID) in.
+    Invited {
+        by: String,
+        jid: String,
+    },
+}
+
+/// Why an occupant left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Departure {
+    Left,
+    /// 307
+    Kicked,
+    /// 301
+    Banned,
+    /// 321: no longer a member of a members-only room.
+    Affiliation,
 }
 
 /// Room configuration (the muc#owner form fields Jitsi uses).
@@ -145,6 +178,8 @@ pub struct Room {
     secret: [u8; 16],
     pub events: Vec<RoomEvent>,
     out: Vec<Element>,
+    /// Destroyed (by an owner or a module): the service drops it.
+    pub destroyed: bool,
 }
 
 /// A client's request to join, as the modules see it.
@@ -153,6 +188,8 @@ pub struct JoinRequest<'a> {
     pub real_jid: &'a str,
     pub password: Option<&'a str>,
     pub presence: &'a Element,
+    /// A service admin (the focus): passes passwords, members-only and limits.
+    pub privileged: bool,
 }
 
 impl Room {
@@ -177,6 +214,7 @@ impl Room {
             secret,
             events: vec![RoomEvent::Created],
             out: Vec::new(),
+            destroyed: false,
             // The service fills admin affiliations on creation.
         }
         .with_admins(cfg)
@@ -187,6 +225,10 @@ impl Room {
             self.affiliations.insert(a.clone(), Affiliation::Owner);
         }
         self
+    }
+
+    pub fn has_output(&self) -> bool {
+        !self.out.is_empty()
     }
 
     pub fn take_output(&mut self) -> Vec<Element> {
@@ -209,7 +251,7 @@ impl Room {
         self.occupants.iter().position(|o| o.nick == nick)
     }
 
-    fn occupant_by_real(&self, real: &str) -> Option<usize> {
+    pub fn occupant_by_real(&self, real: &str) -> Option<usize> {
         self.occupants.iter().position(|o| o.real_jid == real)
     }
 
@@ -253,17 +295,12 @@ impl Room {
         }
         p.append_child(el("occupant-id", NS_OCCUPANT_ID, &[("id", &o.occupant_id)]));
         let aff = self.affiliation(o.bare());
-        let to_is_moderator = || {
-            self.occupant_by_real(to)
-                .is_some_and(|i| self.occupants[i].role == Role::Moderator)
-        };
+        // The real JID; the whois module takes it out where the room is semi-anonymous.
         let mut item = Element::builder("item", NS_MUC_USER)
             .attr(rxml_name("affiliation"), aff.as_str())
-            .attr(rxml_name("role"), o.role.as_str());
-        if self.config.whois_anyone || to == o.real_jid || to_is_moderator() {
-            item = item.attr(rxml_name("jid"), o.real_jid.as_str());
-        }
-        let mut item = item.build();
+            .attr(rxml_name("role"), o.role.as_str())
+            .attr(rxml_name("jid"), o.real_jid.as_str())
+            .build();
         if let Some(x) = extra_item {
             for c in x.children() {
                 item.append_child(c.clone());
@@ -301,7 +338,7 @@ impl Room {
     }
 
     /// The number of occupants that count against `max_occupants` (service admins do not).
-    fn counted_occupants(&self, cfg: &MucConfig) -> usize {
+    pub fn counted_occupants(&self, cfg: &MucConfig) -> usize {
         self.occupants
             .iter()
             .filter(|o| !cfg.admins.iter().any(|a| a == o.bare()))
@@ -352,10 +389,10 @@ impl Room {
         true
     }
 
+    /// A join the room modules let through (password, members-only, lobby, limits are modules).
     fn join(&mut self, p: &Element, nick: &str, from: &str, cfg: &MucConfig, now: Instant) {
         let bare = bare_of(from).to_string();
         let aff = self.affiliation(&bare);
-        // The focus (and other service admins) pass passwords, members-only and limits.
         let privileged = cfg.admins.contains(&bare);
         let err = |room: &mut Room, e: StanzaError, text: Option<&str>| {
             if let Some(r) = stanza::error_reply(p, e, text) {
@@ -387,46 +424,6 @@ impl Room {
         }
         if !self.presence_size_ok(p, cfg) {
             return;
-        }
-        if !privileged {
-            if let Some(pw) = &self.config.password {
-                let given = p
-                    .get_child("x", NS_MUC)
-                    .and_then(|x| x.get_child("password", NS_MUC))
-                    .map(|e| e.text());
-                if given.as_deref() != Some(pw.as_str()) {
-                    return err(
-                        self,
-                        StanzaError {
-                            kind: "auth",
-                            condition: "not-authorized",
-                        },
-                        Some("A password is required"),
-                    );
-                }
-            }
-            if self.config.members_only && aff < Affiliation::Member {
-                return err(
-                    self,
-                    StanzaError {
-                        kind: "auth",
-                        condition: "registration-required",
-                    },
-                    Some("Members only"),
-                );
-            }
-            let max = match (self.config.max_occupants, cfg.max_occupants) {
-                (0, s) => s,
-                (r, 0) => r,
-                (r, s) => r.min(s),
-            };
-            if max > 0 && self.counted_occupants(cfg) >= max {
-                return err(
-                    self,
-                    StanzaError::SERVICE_UNAVAILABLE,
-                    Some("The room is full"),
-                );
-            }
         }
         let mut presence = p.clone();
         presence.remove_child("x", NS_MUC);
@@ -479,6 +476,7 @@ impl Room {
         }
         self.events.push(RoomEvent::Joined {
             nick: nick.to_string(),
+            jid: from.to_string(),
         });
     }
 
@@ -543,9 +541,14 @@ impl Room {
         presence.remove_child("x", NS_MUC);
         self.occupants[i].presence = presence;
         self.broadcast_presence(i, &[], &[], None);
-        self.events.push(RoomEvent::Left { nick: o.nick });
+        self.events.push(RoomEvent::Left {
+            nick: o.nick,
+            jid: o.real_jid.clone(),
+            why: Departure::Left,
+        });
         self.events.push(RoomEvent::Joined {
             nick: new_nick.to_string(),
+            jid: o.real_jid,
         });
     }
 
@@ -568,7 +571,11 @@ impl Room {
         }
         self.out.extend(out);
         self.occupants.remove(i);
-        self.events.push(RoomEvent::Left { nick: o.nick });
+        self.events.push(RoomEvent::Left {
+            nick: o.nick,
+            jid: o.real_jid,
+            why: Departure::Left,
+        });
     }
 
     /// Remove an occupant with status codes (307 kick, 301 ban, 321 affiliation change).
@@ -598,7 +605,16 @@ impl Room {
         }
         self.out.extend(out);
         self.occupants.remove(i);
-        self.events.push(RoomEvent::Left { nick: o.nick });
+        let why = match code {
+            "307" => Departure::Kicked,
+            "301" => Departure::Banned,
+            _ => Departure::Affiliation,
+        };
+        self.events.push(RoomEvent::Left {
+            nick: o.nick,
+            jid: o.real_jid,
+            why,
+        });
     }
 
     /// Messages to the room (groupchat) or to an occupant (private).
@@ -656,6 +672,13 @@ impl Room {
             o.tokens -= 1.0;
         }
         let sender = self.occupants[si].clone();
+        if nick.is_none()
+            && ty != "groupchat"
+            && let Some(x) = m.get_child("x", NS_MUC_USER)
+            && x.get_child("invite", NS_MUC_USER).is_some()
+        {
+            return self.invite(m, x, &sender);
+        }
         match nick {
             None => {
                 if ty != "groupchat" {
@@ -739,6 +762,59 @@ impl Room {
                 }
                 self.out.push(c);
             }
+        }
+    }
+
+    /// Mediated invitations (XEP-0045 §7.8.2): each invitee gets an invitation from the room
+    /// (with the password, if any). In a members-only room only moderators may invite, and
+    /// the invitee becomes a member (how a lobby admits a knocker).
+    fn invite(&mut self, m: &Element, x: &Element, sender: &Occupant) {
+        if self.config.members_only && sender.role != Role::Moderator {
+            if let Some(e) = stanza::error_reply(
+                m,
+                StanzaError {
+                    kind: "auth",
+                    condition: "forbidden",
+                },
+                Some("Only moderators may invite to a members-only room"),
+            ) {
+                self.out.push(e);
+            }
+            return;
+        }
+        let invitees: Vec<String> = x
+            .children()
+            .filter(|c| c.is("invite", NS_MUC_USER))
+            .filter_map(|c| c.attr("to"))
+            .filter(|to| jid::Jid::new(to).is_ok())
+            .take(MAX_INVITEES)
+            .map(str::to_string)
+            .collect();
+        let from_occ = self.occupant_jid(&sender.nick);
+        for to in invitees {
+            let bare = bare_of(&to).to_string();
+            if self.config.members_only && self.affiliation(&bare) < Affiliation::Member {
+                self.affiliations.insert(bare, Affiliation::Member);
+            }
+            let mut inv = Element::builder("x", NS_MUC_USER).append(el(
+                "invite",
+                NS_MUC_USER,
+                &[("from", &from_occ)],
+            ));
+            if let Some(pw) = &self.config.password {
+                inv = inv.append(
+                    Element::builder("password", NS_MUC_USER)
+                        .append(pw.clone())
+                        .build(),
+                );
+            }
+            let mut msg = el("message", ns::CLIENT, &[("from", &self.jid), ("to", &to)]);
+            msg.append_child(inv.build());
+            self.out.push(msg);
+            self.events.push(RoomEvent::Invited {
+                by: sender.nick.clone(),
+                jid: to,
+            });
         }
     }
 
@@ -1040,7 +1116,7 @@ impl Room {
             p.append_child(x);
             self.out.push(p);
         }
-        self.events.push(RoomEvent::Destroyed);
+        self.destroyed = true;
     }
 
     fn admin_iq(

@@ -3,10 +3,12 @@ use super::*;
 const R: &str = "room@muc.meet.jitsi";
 
 fn shard(cfg: MucConfig) -> Shard {
+    let cfg = Arc::new(cfg);
     Shard {
-        cfg: Arc::new(cfg),
+        modules: builtin_modules(&cfg).iter().map(|f| f()).collect(),
+        cfg,
         rooms: HashMap::new(),
-        modules: Vec::new(),
+        occupancy: Default::default(),
     }
 }
 
@@ -452,17 +454,18 @@ fn brewery_only_for_service_accounts() {
 
 struct DenyNick;
 impl RoomModule for DenyNick {
-    fn check_join(&mut self, _room: &Room, join: &JoinRequest<'_>) -> Option<Element> {
-        (join.nick == "evil")
-            .then(|| stanza::error_reply(join.presence, StanzaError::NOT_ALLOWED, None))
-            .flatten()
+    fn check_join(&mut self, _room: &Room, join: &JoinRequest<'_>) -> JoinCheck {
+        match stanza::error_reply(join.presence, StanzaError::NOT_ALLOWED, None) {
+            Some(e) if join.nick == "evil" => JoinCheck::Refuse(e),
+            _ => JoinCheck::Continue,
+        }
     }
-    fn on_event(&mut self, room: &Room, ev: &RoomEvent, out: &mut Vec<Element>) {
-        if let RoomEvent::Joined { nick } = ev {
-            out.push(el(
+    fn on_event(&mut self, ctx: &mut Ctx<'_>, room: &str, ev: &RoomEvent) {
+        if let RoomEvent::Joined { nick, .. } = ev {
+            ctx.out.push(el(
                 "message",
                 ns::CLIENT,
-                &[("to", "log@meet.jitsi"), ("from", &room.jid), ("id", nick)],
+                &[("to", "log@meet.jitsi"), ("from", room), ("id", nick)],
             ));
         }
     }
@@ -471,7 +474,7 @@ impl RoomModule for DenyNick {
 #[test]
 fn modules_hook_joins() {
     let mut s = shard(cfg());
-    s.modules.push(Box::new(DenyNick));
+    s.modules.insert(0, Box::new(DenyNick));
     let out = join(&mut s, &user(1), "evil", "");
     assert_eq!(error_condition(&out[0]).as_deref(), Some("not-allowed"));
     assert!(s.rooms.is_empty());
@@ -485,8 +488,10 @@ fn modules_hook_joins() {
 #[test]
 fn room_metadata_from_moderators_reaches_everyone_and_joiners() {
     let mut s = shard(cfg());
-    s.modules
-        .push(Box::new(metadata::RoomMetadata::new("metadata.meet.jitsi")));
+    s.modules.insert(
+        0,
+        Box::new(metadata::RoomMetadata::new("metadata.meet.jitsi")),
+    );
     // Each joiner gets the map before its own presence, `{}` while nothing is set.
     let metadata_then_self = |out: &[Element], jid: &str| -> serde_json::Value {
         let meta = out
@@ -550,4 +555,75 @@ fn room_metadata_from_moderators_reaches_everyone_and_joiners() {
         metadata_then_self(&out, &user(3))["startMuted"]["audio"],
         true
     );
+}
+
+#[test]
+fn semi_anonymous_rooms_show_real_jids_to_moderators_only() {
+    let mut s = shard(cfg());
+    let focus = "focus@auth.meet.jitsi/focus";
+    join(&mut s, focus, "focus", "");
+    owner_set(
+        &mut s,
+        focus,
+        "<field var='muc#roomconfig_whois'><value>moderators</value></field>",
+    );
+    let out = join(&mut s, &user(1), "a", "");
+    // The participant sees the focus without its real JID, itself with its own.
+    let focus_seen = out
+        .iter()
+        .find(|p| p.attr("from") == Some(&format!("{R}/focus")) && p.attr("to") == Some(&user(1)))
+        .unwrap();
+    assert_eq!(item(focus_seen).attr("jid"), None);
+    let own = out
+        .iter()
+        .find(|p| p.attr("to") == Some(&user(1)) && statuses(p).contains(&"110".into()))
+        .unwrap();
+    assert_eq!(item(own).attr("jid"), Some(user(1).as_str()));
+    // The focus (a moderator) sees the participant's real JID.
+    let to_focus = out.iter().find(|p| p.attr("to") == Some(focus)).unwrap();
+    assert_eq!(item(to_focus).attr("jid"), Some(user(1).as_str()));
+}
+
+#[test]
+fn mediated_invitations_make_members_in_members_only_rooms() {
+    let mut s = shard(cfg());
+    let focus = "focus@auth.meet.jitsi/focus";
+    join(&mut s, focus, "focus", "");
+    owner_set(
+        &mut s,
+        focus,
+        "<field var='muc#roomconfig_roomsecret'><value>pw</value></field><field var='muc#roomconfig_membersonly'><value>true</value></field>",
+    );
+    let invite = |from: &str, to: &str| {
+        parse(&format!(
+            "<message xmlns='jabber:client' from='{from}' to='{R}'><x xmlns='http://jabber.org/protocol/muc#user'><invite to='{to}'/></x></message>"
+        ))
+    };
+    // u1 knocks with the password: not a member yet.
+    let with_pw = || {
+        parse(&format!(
+            "<presence xmlns='jabber:client' from='{}' to='{R}/a'><x xmlns='http://jabber.org/protocol/muc'><password>pw</password></x></presence>",
+            user(1)
+        ))
+    };
+    let out = s.handle(with_pw(), Instant::now());
+    assert_eq!(
+        error_condition(&out[0]).as_deref(),
+        Some("registration-required")
+    );
+    // The moderator (the focus here) invites u1: an invitation with the password, from the room.
+    let out = s.handle(invite(focus, &user(1)), Instant::now());
+    let inv = out.iter().find(|m| m.attr("to") == Some(&user(1))).unwrap();
+    assert_eq!(inv.attr("from"), Some(R));
+    let x = inv.get_child("x", room::NS_MUC_USER).unwrap();
+    assert!(x.get_child("invite", room::NS_MUC_USER).is_some());
+    assert_eq!(
+        x.get_child("password", room::NS_MUC_USER).unwrap().text(),
+        "pw"
+    );
+    let out = s.handle(with_pw(), Instant::now());
+    assert!(out.iter().any(|p| statuses(p).contains(&"110".into())));
+    // A participant may not invite into a members-only room.
+    let out = s.handle(invite(&user(1), &user(2)), Instant::now());
+    assert_eq!(error_condition(&out[0]).as_deref(), Some("forbidden"));
 }
