@@ -63,6 +63,7 @@ pub struct Config {
     pub focus: FocusSection,
     pub bridge: BridgeSection,
     pub turn: TurnSection,
+    pub lobby: LobbySection,
     pub metrics: MetricsSection,
     pub components: Vec<ComponentEntry>,
     pub database: DatabaseSection,
@@ -146,6 +147,25 @@ pub struct DomainsSection {
     pub internal_muc: String,
     pub focus: String,
     pub hidden: String,
+    pub lobby: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LobbySection {
+    pub enabled: bool,
+    pub max_waiting: usize,
+    pub whitelist: Vec<String>,
+}
+
+impl Default for LobbySection {
+    fn default() -> Self {
+        LobbySection {
+            enabled: true,
+            max_waiting: 100,
+            whitelist: Vec::new(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -562,6 +582,11 @@ impl Config {
         m.message_burst = self.muc.message_burst;
         m.queue = self.limits.session_queue.max(1024);
         m
+    }
+
+    /// The lobby rooms' MUC domain (`lobby.<domain>`).
+    pub fn lobby_domain(&self) -> String {
+        self.domain_or(&self.domains.lobby, "lobby")
     }
 
     /// The room-metadata component (`metadata.<domain>`).

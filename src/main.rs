@@ -248,10 +248,29 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     // Jitsi's room modules, each one file over the MUC's room events.
     let metadata = cfg.metadata_domain(&server.config);
     server.add_identity("component", "room_metadata", &metadata);
-    let modules: Vec<meetd_xmpp::muc::ModuleFactory> = vec![Arc::new(move || {
+    let mut modules: Vec<meetd_xmpp::muc::ModuleFactory> = Vec::new();
+    if cfg.lobby.enabled {
+        let lobby = cfg.lobby_domain();
+        server.add_identity("component", "lobbyrooms", &lobby);
+        let (admins, muc, l) = (
+            muc_cfg.admins.clone(),
+            muc_cfg.domain.clone(),
+            cfg.lobby.clone(),
+        );
+        modules.push(Arc::new(move || {
+            Box::new(meetd_xmpp::muc::lobby::Lobby::new(
+                admins.clone(),
+                &muc,
+                &lobby,
+                l.whitelist.clone(),
+                l.max_waiting,
+            )) as Box<dyn meetd_xmpp::muc::RoomModule>
+        }));
+    }
+    modules.push(Arc::new(move || {
         Box::new(meetd_xmpp::muc::metadata::RoomMetadata::new(&metadata))
             as Box<dyn meetd_xmpp::muc::RoomModule>
-    })];
+    }));
     meetd_xmpp::muc::start(server.router.clone(), muc_cfg, modules);
     meetd_xmpp::muc::start(server.router.clone(), brewery_cfg, Vec::new());
     let (bridge, channels, engine) = bridge::start(&cfg)?;

@@ -331,6 +331,66 @@ export class Participant {
         throw new Error(`${this.name}: the security dialog does not show the room ${locked ? 'locked' : 'unlocked'}`);
     }
 
+    /** Turn the lobby on or off from the security dialog, as a moderator does. */
+    async setLobby(on) {
+        await this.openSecurityDialog();
+        const box = this.page.locator('#lobby-section-switch');
+        await box.waitFor({ state: 'attached', timeout: 5000 });
+        if (await box.isChecked() !== on) await this.page.locator('label[for="lobby-section-switch"]').click();
+        await this.waitFor((want) => document.querySelector('#lobby-section-switch')?.checked === want,
+            `the lobby switch ${on ? 'on' : 'off'}`, 5000, on);
+        await this.closeDialog();
+    }
+
+    /**
+     * On the lobby screen: knock ("Ask to join"), with a name if the field is empty. The app
+     * knocks by itself when it has a name from the prejoin screen.
+     */
+    async knock(name = this.name) {
+        const state = () => this.eval(() => {
+            const l = APP.store.getState()['features/lobby'];
+            return l.knocking ? 'knocking' : document.querySelector('[data-testid="lobby.knockButton"]') ? 'button' : '';
+        });
+        const deadline = Date.now() + 15000;
+        let s = '';
+        while (Date.now() < deadline && !(s = await state())) await sleep(200);
+        if (s === 'button') {
+            const field = this.page.locator('#lobby-name-field');
+            if (await field.count() && !(await field.inputValue())) await field.fill(name);
+            await this.page.locator('[data-testid="lobby.knockButton"]').click();
+        } else if (!s) {
+            throw new Error(`${this.name}: no lobby screen`);
+        }
+        await this.waitFor(() => APP.store.getState()['features/lobby'].knocking, 'knocking', 5000);
+    }
+
+    /** The moderator's view: someone named `name` knocks (participants pane lobby list). */
+    async lobbyEntry(name, ms = 10000) {
+        await this.openParticipantsPane();
+        const row = this.page.locator('#lobby-list [id^="participant-item-"]', { hasText: name });
+        await row.first().waitFor({ timeout: ms });
+        return (await row.first().getAttribute('id')).slice('participant-item-'.length);
+    }
+
+    /** Admit a knocker from the participants pane. */
+    async admit(name) {
+        const id = await this.lobbyEntry(name);
+        await this.page.locator(`#participant-item-${id}`).hover();
+        await this.page.locator(`[data-testid="admit-${id}"]`).click({ timeout: 5000 });
+    }
+
+    /** Reject a knocker from the participants pane ("More moderation options" → Reject). */
+    async reject(name) {
+        const id = await this.lobbyEntry(name);
+        await this.page.locator(`#participant-item-${id}`).hover();
+        const inline = this.page.locator(`[data-testid="reject-${id}"]`);
+        if (!(await inline.isVisible())) {
+            await this.page.locator(`button[title="${label('participantsPane.actions.moreModerationActions')} ${name}"]`)
+                .first().click({ timeout: 5000 });
+        }
+        await inline.click({ timeout: 5000 });
+    }
+
     /** Lock the room with a password through the security dialog, as a moderator does. */
     async addPassword(password) {
         await this.openSecurityDialog();

@@ -6,6 +6,7 @@
 //! and its instances of the room modules, so no room state is shared between threads.
 
 pub mod form;
+pub mod lobby;
 pub mod max_occupants;
 pub mod members_only;
 pub mod metadata;
@@ -78,8 +79,11 @@ pub enum JoinCheck {
     Continue,
     /// Refused with this error stanza; later modules are not asked.
     Refuse(Element),
-    /// Give the joiner this affiliation (a lobby letting a password holder in), then go on.
+    /// Give the joiner this affiliation, then go on.
     Grant(Affiliation),
+    /// Give the joiner this affiliation and let the password rule pass it (a lobby letting in
+    /// someone a moderator approved or who gave the password).
+    Approve(Affiliation),
 }
 
 /// A room feature (lobby, breakout rooms, speaker stats, ...) hooked onto room events, as a
@@ -114,6 +118,10 @@ pub trait RoomModule: Send {
     /// them.
     fn room_domain(&self) -> Option<String> {
         None
+    }
+    /// disco#info features of a MUC domain (or a node of it) this module adds.
+    fn domain_features(&self, _domain: &str, _node: Option<&str>) -> Vec<&'static str> {
+        Vec::new()
     }
     /// The room a component stanza names itself (otherwise the sender's conference is used).
     fn room_of(&self, _st: &Element) -> Option<String> {
@@ -301,6 +309,15 @@ impl Shard {
         let to_bare = bare_of(&to);
         let to_domain = to_bare.rsplit('@').next().unwrap_or("").to_string();
         let module_rooms = self.module_room_domain(&to_domain);
+        let component = self
+            .modules
+            .iter()
+            .any(|m| m.component().as_deref() == Some(to_domain.as_str()));
+        if module_rooms && !to_bare.contains('@') && !component {
+            // The module's MUC domain itself (disco).
+            self.service_stanza(&st, &mut out);
+            return out;
+        }
         if to_domain != self.cfg.domain && !(module_rooms && to_bare.contains('@')) {
             // A module's component.
             let conference = self
@@ -386,18 +403,23 @@ impl Shard {
                         .get_child("x", room::NS_MUC)
                         .and_then(|x| x.get_child("password", room::NS_MUC))
                         .map(|p| p.text());
-                    let req = JoinRequest {
+                    let mut req = JoinRequest {
                         nick: &nick,
                         real_jid: &from,
                         password: password.as_deref(),
                         presence: &st,
                         privileged: self.cfg.admins.iter().any(|a| a == bare_of(&from)),
+                        approved: false,
                     };
                     for m in self.modules.iter_mut() {
                         match m.check_join(room, &req) {
                             JoinCheck::Continue => {}
                             JoinCheck::Grant(a) => {
                                 room.affiliations.insert(bare_of(&from).to_string(), a);
+                            }
+                            JoinCheck::Approve(a) => {
+                                room.affiliations.insert(bare_of(&from).to_string(), a);
+                                req.approved = true;
                             }
                             JoinCheck::Refuse(e) => {
                                 out.push(e);
@@ -561,7 +583,19 @@ impl Shard {
         let ty = st.attr("type").unwrap_or("");
         match stanza::payload(st) {
             Some(p) if p.is("query", ns::DISCO_INFO) && ty == "get" => {
-                let q = Element::builder("query", ns::DISCO_INFO)
+                let domain = st.attr("to").unwrap_or("");
+                let mut q = Element::builder("query", ns::DISCO_INFO);
+                if let Some(n) = p.attr("node") {
+                    q = q.attr(stanza::rxml_name("node"), n);
+                }
+                for f in self
+                    .modules
+                    .iter()
+                    .flat_map(|m| m.domain_features(domain, p.attr("node")))
+                {
+                    q = q.append(el("feature", ns::DISCO_INFO, &[("var", f)]));
+                }
+                let q = q
                     .append(el(
                         "identity",
                         ns::DISCO_INFO,

@@ -10,7 +10,9 @@ pub struct Password;
 impl RoomModule for Password {
     fn check_join(&mut self, room: &Room, join: &JoinRequest<'_>) -> JoinCheck {
         match &room.config.password {
-            Some(pw) if !join.privileged && join.password != Some(pw.as_str()) => {
+            Some(pw)
+                if !join.privileged && !join.approved && join.password != Some(pw.as_str()) =>
+            {
                 stanza::error_reply(
                     join.presence,
                     StanzaError {

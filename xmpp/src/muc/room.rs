@@ -133,7 +133,10 @@ pub enum RoomEvent {
         nick: String,
         message: Element,
     },
-    ConfigChanged,
+    /// `by`: the real JID of the owner who changed it.
+    ConfigChanged {
+        by: String,
+    },
     /// A moderator's mediated invitation (XEP-0045 §7.8.2) let `jid` (a real JID) in.
     Invited {
         by: String,
@@ -180,6 +183,8 @@ pub struct Room {
     out: Vec<Element>,
     /// Destroyed (by an owner or a module): the service drops it.
     pub destroyed: bool,
+    /// Fields modules add to the room's disco#info form (`muc#roominfo_lobbyroom`, ...).
+    pub info_fields: std::collections::BTreeMap<String, String>,
 }
 
 /// A client's request to join, as the modules see it.
@@ -190,6 +195,8 @@ pub struct JoinRequest<'a> {
     pub presence: &'a Element,
     /// A service admin (the focus): passes passwords, members-only and limits.
     pub privileged: bool,
+    /// A module (the lobby) let it in: no password asked.
+    pub approved: bool,
 }
 
 impl Room {
@@ -215,6 +222,7 @@ impl Room {
             events: vec![RoomEvent::Created],
             out: Vec::new(),
             destroyed: false,
+            info_fields: Default::default(),
             // The service fills admin affiliations on creation.
         }
         .with_admins(cfg)
@@ -765,6 +773,26 @@ impl Room {
         }
     }
 
+    /// A groupchat message from the room itself (`from` an occupant's nick when given) to
+    /// every occupant: what modules announce in a room (`json-message` notifications).
+    pub fn broadcast_message(&mut self, from_nick: Option<&str>, payload: Element) {
+        let from = from_nick.map_or_else(|| self.jid.clone(), |n| self.occupant_jid(n));
+        for o in &self.occupants {
+            let mut m = el(
+                "message",
+                ns::CLIENT,
+                &[("type", "groupchat"), ("from", &from), ("to", &o.real_jid)],
+            );
+            m.append_child(payload.clone());
+            self.out.push(m);
+        }
+    }
+
+    /// Send a stanza on the room's behalf (to an occupant or anyone).
+    pub fn send(&mut self, st: Element) {
+        self.out.push(st);
+    }
+
     /// Mediated invitations (XEP-0045 §7.8.2): each invitee gets an invitation from the room
     /// (with the password, if any). In a members-only room only moderators may invite, and
     /// the invitee becomes a member (how a lobby admits a knocker).
@@ -946,7 +974,7 @@ impl Room {
             .map(|t| t.to_string())
             .unwrap_or_default();
         let occupants = self.occupants.len().to_string();
-        let fields: Vec<(&str, String)> = vec![
+        let mut fields: Vec<(&str, String)> = vec![
             ("muc#roominfo_description", String::new()),
             ("muc#roominfo_occupants", occupants),
             ("muc#roomconfig_roomname", self.config.name.clone()),
@@ -957,6 +985,11 @@ impl Room {
                 if self.config.change_subject { "1" } else { "0" }.into(),
             ),
         ];
+        fields.extend(
+            self.info_fields
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.clone())),
+        );
         q = q.append(form::result(
             "http://jabber.org/protocol/muc#roominfo",
             &fields,
@@ -1047,7 +1080,7 @@ impl Room {
                     self.meeting_id = v.clone();
                 }
                 if changed {
-                    self.config_changed();
+                    self.config_changed(from);
                 }
                 Ok(None)
             }
@@ -1056,7 +1089,7 @@ impl Room {
     }
 
     /// Status 104 to everyone so clients re-read the room's disco#info.
-    fn config_changed(&mut self) {
+    fn config_changed(&mut self, actor: &str) {
         let mut out = Vec::new();
         for o in &self.occupants {
             let mut m = el(
@@ -1076,7 +1109,9 @@ impl Room {
             out.push(m);
         }
         self.out.extend(out);
-        self.events.push(RoomEvent::ConfigChanged);
+        self.events.push(RoomEvent::ConfigChanged {
+            by: actor.to_string(),
+        });
     }
 
     /// Destroy the room: everyone gets unavailable with `<destroy/>`.

@@ -627,3 +627,160 @@ fn mediated_invitations_make_members_in_members_only_rooms() {
     let out = s.handle(invite(&user(1), &user(2)), Instant::now());
     assert_eq!(error_condition(&out[0]).as_deref(), Some("forbidden"));
 }
+
+const L: &str = "room@lobby.meet.jitsi";
+
+fn lobby_shard() -> Shard {
+    let mut s = shard(cfg());
+    s.modules.insert(
+        0,
+        Box::new(lobby::Lobby::new(
+            vec!["focus@auth.meet.jitsi".into()],
+            "muc.meet.jitsi",
+            "lobby.meet.jitsi",
+            Vec::new(),
+            10,
+        )),
+    );
+    s
+}
+
+fn json_of(m: &Element) -> Option<serde_json::Value> {
+    m.get_child("json-message", room::NS_JITMEET)
+        .and_then(|j| serde_json::from_str(&j.text()).ok())
+}
+
+fn presence_to(room: &str, from: &str, nick: &str, name: &str, pw: Option<&str>) -> Element {
+    let pw = pw.map_or(String::new(), |p| format!("<password>{p}</password>"));
+    let nick_el = if name.is_empty() {
+        String::new()
+    } else {
+        format!("<nick xmlns='http://jabber.org/protocol/nick'>{name}</nick>")
+    };
+    parse(&format!(
+        "<presence xmlns='jabber:client' from='{from}' to='{room}/{nick}'><x xmlns='http://jabber.org/protocol/muc'>{pw}</x>{nick_el}</presence>"
+    ))
+}
+
+fn joined(out: &[Element], jid: &str) -> bool {
+    out.iter().any(|p| {
+        p.attr("to") == Some(jid) && statuses(p).contains(&"110".into()) && p.attr("type").is_none()
+    })
+}
+
+#[test]
+fn lobby_knock_admit_reject_password_and_disable() {
+    let mut s = lobby_shard();
+    let now = Instant::now;
+    let focus = "focus@auth.meet.jitsi/focus";
+    join(&mut s, focus, "focus", "");
+    join(&mut s, &user(1), "alice", "");
+    admin_set(
+        &mut s,
+        focus,
+        &format!("<item affiliation='owner' jid='{}'/>", bare_of(&user(1))),
+    );
+    owner_set(
+        &mut s,
+        &user(1),
+        "<field var='muc#roomconfig_roomsecret'><value>pw</value></field>",
+    );
+    // Alice turns the lobby on: everyone hears it from her, the room names its lobby.
+    let out = owner_set(
+        &mut s,
+        &user(1),
+        "<field var='muc#roomconfig_membersonly'><value>true</value></field><field var='muc#roomconfig_roomsecret'><value>pw</value></field>",
+    );
+    let note = out
+        .iter()
+        .find_map(|m| json_of(m).filter(|v| v["event"] == "LOBBY-ENABLED"))
+        .unwrap();
+    assert_eq!(note["value"], true);
+    assert!(s.rooms.contains_key(L));
+    let disco = s.handle(parse(&format!("<iq xmlns='jabber:client' type='get' id='d' from='{}' to='{R}'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>", user(1))), now());
+    assert!(crate::xml::to_string(&disco[0]).contains(L));
+    // Bob knocks on the main room: no name → 406; with a name → 407 naming the lobby.
+    let out = s.handle(presence_to(R, &user(2), "bob", "", None), now());
+    assert_eq!(error_condition(&out[0]).as_deref(), Some("not-acceptable"));
+    let out = s.handle(presence_to(R, &user(2), "bob", "Bob", None), now());
+    assert_eq!(
+        error_condition(&out[0]).as_deref(),
+        Some("registration-required")
+    );
+    assert!(crate::xml::to_string(&out[0]).contains(&format!(">{L}</lobbyroom>")));
+    // In the lobby: Bob waits; Alice (an owner) joins and sees him, he does not see her.
+    assert!(joined(
+        &s.handle(presence_to(L, &user(2), "bob", "Bob", None), now()),
+        &user(2)
+    ));
+    let out = s.handle(presence_to(L, &user(1), "alice", "Alice", None), now());
+    assert!(
+        out.iter()
+            .any(|p| p.attr("to") == Some(&user(1)) && p.attr("from") == Some(&format!("{L}/bob")))
+    );
+    assert!(
+        !out.iter().any(|p| p.attr("to") == Some(&user(2))),
+        "{out:?}"
+    );
+    // Lobby chat reaches the moderators only.
+    s.handle(presence_to(L, &user(3), "carol", "Carol", None), now());
+    let out = s.handle(parse(&format!("<message xmlns='jabber:client' type='groupchat' from='{}' to='{L}'><body>hi</body></message>", user(2))), now());
+    let to: Vec<&str> = out.iter().filter_map(|m| m.attr("to")).collect();
+    assert_eq!(to, [user(1).as_str()]);
+    // Alice admits Bob: he is invited (with the password), everyone hears it.
+    let out = s.handle(parse(&format!("<message xmlns='jabber:client' from='{}' to='{R}'><x xmlns='http://jabber.org/protocol/muc#user'><invite to='{}'/></x></message>", user(1), user(2))), now());
+    assert!(
+        out.iter()
+            .any(|m| m.attr("to") == Some(&user(2)) && m.attr("from") == Some(R))
+    );
+    let granted = out
+        .iter()
+        .find_map(|m| json_of(m).filter(|v| v["event"] == "LOBBY-ACCESS-GRANTED"))
+        .unwrap();
+    assert_eq!(granted["value"], format!("{L}/bob"));
+    assert_eq!(granted["name"], "Bob");
+    assert!(joined(
+        &s.handle(presence_to(R, &user(2), "bob", "Bob", Some("pw")), now()),
+        &user(2)
+    ));
+    // Alice rejects Carol: a kick from the lobby, everyone hears it; Carol cannot walk in.
+    let out = s.handle(parse(&format!("<iq xmlns='jabber:client' type='set' id='k' from='{}' to='{L}'><query xmlns='http://jabber.org/protocol/muc#admin'><item nick='carol' role='none'/></query></iq>", user(1))), now());
+    assert!(
+        out.iter()
+            .any(|p| p.attr("to") == Some(&user(3)) && statuses(p).contains(&"307".into()))
+    );
+    assert!(
+        out.iter()
+            .any(|m| json_of(m).is_some_and(|v| v["event"] == "LOBBY-ACCESS-DENIED"))
+    );
+    let out = s.handle(presence_to(R, &user(3), "carol", "Carol", None), now());
+    assert_eq!(
+        error_condition(&out[0]).as_deref(),
+        Some("registration-required")
+    );
+    // The password lets Dave past the lobby.
+    assert!(joined(
+        &s.handle(presence_to(R, &user(4), "dave", "Dave", Some("pw")), now()),
+        &user(4)
+    ));
+    // Eve waits; Alice turns the lobby off: the lobby is destroyed pointing at the room, and Eve
+    // gets in without knocking.
+    s.handle(presence_to(L, &user(5), "eve", "Eve", None), now());
+    let out = owner_set(
+        &mut s,
+        &user(1),
+        "<field var='muc#roomconfig_membersonly'><value>false</value></field>",
+    );
+    let destroy = out.iter().find(|p| p.attr("to") == Some(&user(5))).unwrap();
+    let d = destroy
+        .get_child("x", room::NS_MUC_USER)
+        .unwrap()
+        .get_child("destroy", room::NS_MUC_USER)
+        .unwrap();
+    assert_eq!(d.attr("jid"), Some(R));
+    assert!(!s.rooms.contains_key(L));
+    assert!(joined(
+        &s.handle(presence_to(R, &user(5), "eve", "Eve", Some("pw")), now()),
+        &user(5)
+    ));
+}
