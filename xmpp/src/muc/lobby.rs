@@ -391,13 +391,11 @@ impl RoomModule for Lobby {
             {
                 self.sync_owners(ctx, room);
             }
-            RoomEvent::Destroyed => {
-                if self.enabled.remove(room) {
-                    let lobby = self.lobby_of(room);
-                    self.owners.remove(&lobby);
-                    if let Some(l) = ctx.room_mut(&lobby) {
-                        l.destroy(None, Some("The meeting has ended."));
-                    }
+            RoomEvent::Destroyed if self.enabled.remove(room) => {
+                let lobby = self.lobby_of(room);
+                self.owners.remove(&lobby);
+                if let Some(l) = ctx.room_mut(&lobby) {
+                    l.destroy(None, Some("The meeting has ended."));
                 }
             }
             _ => {}
