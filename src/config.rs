@@ -64,6 +64,7 @@ pub struct Config {
     pub bridge: BridgeSection,
     pub turn: TurnSection,
     pub lobby: LobbySection,
+    pub polls: PollsSection,
     pub metrics: MetricsSection,
     pub components: Vec<ComponentEntry>,
     pub database: DatabaseSection,
@@ -156,6 +157,24 @@ pub struct LobbySection {
     pub enabled: bool,
     pub max_waiting: usize,
     pub whitelist: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PollsSection {
+    pub enabled: bool,
+    pub max_per_room: usize,
+    pub max_options: usize,
+}
+
+impl Default for PollsSection {
+    fn default() -> Self {
+        PollsSection {
+            enabled: true,
+            max_per_room: 128,
+            max_options: 32,
+        }
+    }
 }
 
 impl Default for LobbySection {

@@ -267,6 +267,18 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
             )) as Box<dyn meetd_xmpp::muc::RoomModule>
         }));
     }
+    if cfg.polls.enabled {
+        let polls = format!("polls.{}", server.config.domain);
+        server.add_identity("component", "polls", &polls);
+        let limits = meetd_xmpp::muc::polls::PollLimits {
+            per_room: cfg.polls.max_per_room,
+            options: cfg.polls.max_options,
+        };
+        modules.push(Arc::new(move || {
+            Box::new(meetd_xmpp::muc::polls::Polls::new(&polls, limits))
+                as Box<dyn meetd_xmpp::muc::RoomModule>
+        }));
+    }
     modules.push(Arc::new(move || {
         Box::new(meetd_xmpp::muc::metadata::RoomMetadata::new(&metadata))
             as Box<dyn meetd_xmpp::muc::RoomModule>

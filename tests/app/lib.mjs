@@ -391,6 +391,49 @@ export class Participant {
         await inline.click({ timeout: 5000 });
     }
 
+    /** The chat panel's polls tab. */
+    async openPolls() {
+        if (!(await this.page.locator('#polls-tab').isVisible())) {
+            await this.clickToolbar('toolbar.accessibilityLabel.openChat', 'chat');
+        }
+        await this.page.locator('#polls-tab').click({ timeout: 5000 });
+        await this.page.locator('#polls-tab-panel').waitFor({ timeout: 5000 });
+    }
+
+    /** Create and send a poll from the polls tab; resolves with its id. */
+    async createPoll(question, options) {
+        await this.openPolls();
+        await this.page.getByRole('button', { name: label('polls.create.create') }).click({ timeout: 5000 });
+        await this.page.locator('#polls-create-input').fill(question);
+        for (let i = 0; i < options.length; i++) {
+            const input = this.page.locator(`#polls-answer-input-${i}`);
+            if (!(await input.count())) {
+                await this.page.getByRole('button', { name: label('polls.create.addOption') }).click();
+            }
+            await input.fill(options[i]);
+        }
+        await this.page.getByRole('button', { name: label('polls.create.save') }).click({ timeout: 5000 });
+        await this.page.getByRole('button', { name: label('polls.create.accessibilityLabel.send') }).click({ timeout: 5000 });
+        return this.waitFor((q) => Object.values(APP.store.getState()['features/polls'].polls)
+            .find((p) => p.question === q)?.id ?? Object.keys(APP.store.getState()['features/polls'].polls)
+            .find((k) => APP.store.getState()['features/polls'].polls[k].question === q), `poll "${question}"`, 10000, question);
+    }
+
+    /** Tick the options (indexes) of a poll and submit. */
+    async answerPoll(pollId, picks) {
+        await this.openPolls();
+        await this.page.locator(`#poll-${pollId}`).waitFor({ timeout: 10000 });
+        for (const i of picks) {
+            await this.page.locator(`#poll-answer-checkbox-${pollId}-${i}`).check({ force: true });
+        }
+        await this.page.locator(`#poll-${pollId}`).getByRole('button', { name: label('polls.answer.submit') }).click({ timeout: 5000 });
+    }
+
+    /** The result line of one option as the app shows it ("1 (50%)"). */
+    pollResult(pollId, i) {
+        return this.page.locator(`#poll-result-${pollId}-${i}`).innerText({ timeout: 10000 });
+    }
+
     /** Lock the room with a password through the security dialog, as a moderator does. */
     async addPassword(password) {
         await this.openSecurityDialog();

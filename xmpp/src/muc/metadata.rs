@@ -63,7 +63,7 @@ impl RoomModule for RoomMetadata {
             .map(|r| r.to_lowercase())
     }
 
-    fn component_stanza(&mut self, ctx: &mut Ctx<'_>, _conference: Option<&str>, st: &Element) {
+    fn component_stanza(&mut self, ctx: &mut Ctx<'_>, _sender_room: Option<&str>, st: &Element) {
         let room = self.room_of(st).and_then(|r| ctx.rooms.get(&r));
         let out = &mut *ctx.out;
         let refuse = |out: &mut Vec<Element>, e: StanzaError, text: &str| {

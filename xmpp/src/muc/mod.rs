@@ -11,6 +11,7 @@ pub mod max_occupants;
 pub mod members_only;
 pub mod metadata;
 pub mod password;
+pub mod polls;
 pub mod room;
 pub mod whois;
 
@@ -127,9 +128,9 @@ pub trait RoomModule: Send {
     fn room_of(&self, _st: &Element) -> Option<String> {
         None
     }
-    /// A stanza addressed to the module's component. `conference`: the main room of the
-    /// sender's conference, when the sender is in one.
-    fn component_stanza(&mut self, _ctx: &mut Ctx<'_>, _conference: Option<&str>, _st: &Element) {}
+    /// A stanza addressed to the module's component. `sender_room`: the room its sender is
+    /// in (main, lobby or breakout room; [`conference_key`] leads to its conference).
+    fn component_stanza(&mut self, _ctx: &mut Ctx<'_>, _sender_room: Option<&str>, _st: &Element) {}
 }
 
 pub type ModuleFactory = Arc<dyn Fn() -> Box<dyn RoomModule> + Send + Sync>;
@@ -179,24 +180,35 @@ pub fn conference_key(room_jid: &str) -> &str {
     node.split('~').next().unwrap_or(node)
 }
 
-/// Which conference each occupant (real full JID) is in, for component stanzas that do not
-/// name their room. Shards fill it on joins and leaves; bounded by the occupants.
+/// Which rooms each occupant (real full JID) is in, in join order, for component stanzas that
+/// do not name their room: the first one is where it takes part (a moderator joins the lobby
+/// after the main room). Shards fill it on joins and leaves; bounded by the occupants, and to
+/// a few rooms per JID (the focus is in every room).
 #[derive(Default)]
-pub struct Occupancy(Mutex<HashMap<String, String>>);
+pub struct Occupancy(Mutex<HashMap<String, Vec<String>>>);
+
+const ROOMS_PER_OCCUPANT: usize = 4;
 
 impl Occupancy {
     fn set(&self, jid: &str, room: &str) {
-        self.0.lock().insert(jid.to_string(), room.to_string());
+        let mut m = self.0.lock();
+        let rooms = m.entry(jid.to_string()).or_default();
+        if !rooms.iter().any(|r| r == room) && rooms.len() < ROOMS_PER_OCCUPANT {
+            rooms.push(room.to_string());
+        }
     }
     fn clear(&self, jid: &str, room: &str) {
         let mut m = self.0.lock();
-        if m.get(jid).is_some_and(|r| r == room) {
-            m.remove(jid);
+        if let Some(rooms) = m.get_mut(jid) {
+            rooms.retain(|r| r != room);
+            if rooms.is_empty() {
+                m.remove(jid);
+            }
         }
     }
-    /// The room the occupant `jid` is in.
+    /// The room the occupant `jid` takes part in.
     pub fn room_of(&self, jid: &str) -> Option<String> {
-        self.0.lock().get(jid).cloned()
+        self.0.lock().get(jid).and_then(|r| r.first().cloned())
     }
 }
 
@@ -320,13 +332,12 @@ impl Shard {
         }
         if to_domain != self.cfg.domain && !(module_rooms && to_bare.contains('@')) {
             // A module's component.
-            let conference = self
+            let sender_room = self
                 .modules
                 .iter()
                 .filter(|m| m.component().as_deref() == Some(to_domain.as_str()))
                 .find_map(|m| m.room_of(&st))
-                .or_else(|| self.occupancy.room_of(&from))
-                .map(|r| self.main_room_of(&r));
+                .or_else(|| self.occupancy.room_of(&from));
             let Shard {
                 rooms,
                 modules,
@@ -341,7 +352,7 @@ impl Shard {
             };
             for m in modules.iter_mut() {
                 if m.component().as_deref() == Some(to_domain.as_str()) {
-                    m.component_stanza(&mut ctx, conference.as_deref(), &st);
+                    m.component_stanza(&mut ctx, sender_room.as_deref(), &st);
                 }
             }
             self.settle(&mut out, now);
@@ -440,11 +451,6 @@ impl Shard {
         }
         self.settle(&mut out, now);
         out
-    }
-
-    /// The main room of the conference `room` belongs to (itself for a main room).
-    fn main_room_of(&self, room: &str) -> String {
-        format!("{}@{}", conference_key(room), self.cfg.domain)
     }
 
     /// Collect what rooms produced, run the modules over their events (which may touch rooms

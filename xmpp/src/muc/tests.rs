@@ -784,3 +784,126 @@ fn lobby_knock_admit_reject_password_and_disable() {
         &user(5)
     ));
 }
+
+#[test]
+fn polls_created_answered_and_given_to_late_joiners() {
+    let mut s = shard(cfg());
+    s.modules.insert(
+        0,
+        Box::new(polls::Polls::new(
+            "polls.meet.jitsi",
+            polls::PollLimits {
+                per_room: 2,
+                options: 3,
+            },
+        )),
+    );
+    let cmd = |from: &str, json: &str| {
+        parse(&format!(
+            "<message xmlns='jabber:client' type='chat' from='{from}' to='polls.meet.jitsi'><json-message xmlns='http://jitsi.org/jitmeet'>{json}</json-message></message>"
+        ))
+    };
+    let now = Instant::now;
+    s.handle(presence_to(R, &user(1), "aaaa1111", "Alice", None), now());
+    s.handle(presence_to(R, &user(2), "bbbb2222", "Bob", None), now());
+    let out = s.handle(cmd(&user(1), r#"{"type":"polls","command":"new-poll","pollId":"p1","question":"Lunch?","answers":[{"name":"Pizza"},{"name":"Sushi"}]}"#), now());
+    assert_eq!(out.len(), 2);
+    for m in &out {
+        let v = json_of(m).unwrap();
+        assert_eq!(
+            (v["command"].as_str(), v["senderId"].as_str()),
+            (Some("new-poll"), Some("aaaa1111"))
+        );
+        assert_eq!(m.attr("from"), Some("polls.meet.jitsi"));
+    }
+    let out = s.handle(
+        cmd(
+            &user(2),
+            r#"{"type":"polls","command":"answer-poll","pollId":"p1","answers":[false,true]}"#,
+        ),
+        now(),
+    );
+    let v = json_of(&out[0]).unwrap();
+    assert_eq!(
+        (v["senderId"].as_str(), v["senderName"].as_str()),
+        (Some("bbbb2222"), Some("Bob"))
+    );
+    // Bob changes his mind: his vote moves, it is not counted twice.
+    s.handle(
+        cmd(
+            &user(2),
+            r#"{"type":"polls","command":"answer-poll","pollId":"p1","answers":[true,false]}"#,
+        ),
+        now(),
+    );
+    // Errors: an unknown poll, the same id again, a bad answer count, too large, too many.
+    let err = |out: Vec<Element>| error_condition(&out[0]);
+    assert_eq!(
+        err(s.handle(
+            cmd(
+                &user(2),
+                r#"{"type":"polls","command":"answer-poll","pollId":"nope","answers":[true]}"#
+            ),
+            now()
+        ))
+        .as_deref(),
+        Some("item-not-found")
+    );
+    let again = r#"{"type":"polls","command":"new-poll","pollId":"p1","question":"Again?","answers":[{"name":"x"}]}"#;
+    assert_eq!(
+        err(s.handle(cmd(&user(2), again), now())).as_deref(),
+        Some("not-allowed")
+    );
+    assert_eq!(
+        err(s.handle(
+            cmd(
+                &user(2),
+                r#"{"type":"polls","command":"answer-poll","pollId":"p1","answers":[true]}"#
+            ),
+            now()
+        ))
+        .as_deref(),
+        Some("bad-request")
+    );
+    let big = format!(
+        r#"{{"type":"polls","command":"new-poll","pollId":"p9","question":"{}","answers":[{{"name":"x"}}]}}"#,
+        "q".repeat(1100)
+    );
+    assert_eq!(
+        err(s.handle(cmd(&user(2), &big), now())).as_deref(),
+        Some("policy-violation")
+    );
+    let four = r#"{"type":"polls","command":"new-poll","pollId":"p2","question":"?","answers":[{"name":"a"},{"name":"b"},{"name":"c"},{"name":"d"}]}"#;
+    assert_eq!(
+        err(s.handle(cmd(&user(2), four), now())).as_deref(),
+        Some("policy-violation")
+    );
+    s.handle(cmd(&user(2), r#"{"type":"polls","command":"new-poll","pollId":"p2","question":"?","answers":[{"name":"a"}]}"#), now());
+    assert_eq!(err(s.handle(cmd(&user(2), r#"{"type":"polls","command":"new-poll","pollId":"p3","question":"?","answers":[{"name":"a"}]}"#), now())).as_deref(), Some("policy-violation"));
+    // Someone outside the room cannot vote.
+    assert_eq!(
+        err(s.handle(
+            cmd(
+                &user(9),
+                r#"{"type":"polls","command":"answer-poll","pollId":"p1","answers":[true,true]}"#
+            ),
+            now()
+        ))
+        .as_deref(),
+        Some("not-allowed")
+    );
+    // A late joiner gets both polls with their voters.
+    let out = s.handle(presence_to(R, &user(3), "cccc3333", "Carol", None), now());
+    let old = out
+        .iter()
+        .find_map(|m| json_of(m).filter(|v| v["command"] == "old-polls"))
+        .unwrap();
+    assert_eq!(old["polls"].as_array().unwrap().len(), 2);
+    assert_eq!(old["polls"][0]["answers"][0]["voters"][0]["name"], "Bob");
+    assert!(
+        old["polls"][0]["answers"][1]["voters"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+}
