@@ -23,13 +23,16 @@ pub struct PollLimits {
     pub options: usize,
 }
 
+/// A voter: occupant id and display name.
+type Voter = (String, Option<String>);
+
 struct Poll {
     id: String,
     sender_id: String,
     sender_name: Option<String>,
     question: String,
     /// Option names, and per option the voters (occupant id → name).
-    answers: Vec<(String, Vec<(String, Option<String>)>)>,
+    answers: Vec<(String, Vec<Voter>)>,
 }
 
 pub struct Polls {
