@@ -65,6 +65,8 @@ pub struct Config {
     pub turn: TurnSection,
     pub lobby: LobbySection,
     pub polls: PollsSection,
+    pub end_conference: EndConferenceSection,
+    pub speaker_stats: SpeakerStatsSection,
     pub metrics: MetricsSection,
     pub components: Vec<ComponentEntry>,
     pub database: DatabaseSection,
@@ -173,6 +175,34 @@ impl Default for PollsSection {
             enabled: true,
             max_per_room: 128,
             max_options: 32,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EndConferenceSection {
+    pub enabled: bool,
+}
+
+impl Default for EndConferenceSection {
+    fn default() -> Self {
+        EndConferenceSection { enabled: true }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SpeakerStatsSection {
+    pub enabled: bool,
+    pub max_per_room: usize,
+}
+
+impl Default for SpeakerStatsSection {
+    fn default() -> Self {
+        SpeakerStatsSection {
+            enabled: true,
+            max_per_room: 1000,
         }
     }
 }

@@ -279,6 +279,28 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
                 as Box<dyn meetd_xmpp::muc::RoomModule>
         }));
     }
+    if cfg.end_conference.enabled {
+        let end = format!("endconference.{}", server.config.domain);
+        server.add_identity("component", "end_conference", &end);
+        let muc = muc_cfg.domain.clone();
+        modules.push(Arc::new(move || {
+            Box::new(meetd_xmpp::muc::end_conference::EndConference::new(
+                &end, &muc,
+            )) as Box<dyn meetd_xmpp::muc::RoomModule>
+        }));
+    }
+    if cfg.speaker_stats.enabled {
+        let stats = format!("speakerstats.{}", server.config.domain);
+        server.add_identity("component", "speakerstats", &stats);
+        let (admins, max) = (muc_cfg.admins.clone(), cfg.speaker_stats.max_per_room);
+        modules.push(Arc::new(move || {
+            Box::new(meetd_xmpp::muc::speaker_stats::SpeakerStats::new(
+                &stats,
+                admins.clone(),
+                max,
+            )) as Box<dyn meetd_xmpp::muc::RoomModule>
+        }));
+    }
     modules.push(Arc::new(move || {
         Box::new(meetd_xmpp::muc::metadata::RoomMetadata::new(&metadata))
             as Box<dyn meetd_xmpp::muc::RoomModule>

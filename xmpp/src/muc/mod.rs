@@ -5,6 +5,7 @@
 //! over a few shard tasks by room name; each shard owns its rooms (sans-IO [`Room`]s)
 //! and its instances of the room modules, so no room state is shared between threads.
 
+pub mod end_conference;
 pub mod form;
 pub mod lobby;
 pub mod max_occupants;
@@ -13,6 +14,7 @@ pub mod metadata;
 pub mod password;
 pub mod polls;
 pub mod room;
+pub mod speaker_stats;
 pub mod whois;
 
 use std::collections::HashMap;

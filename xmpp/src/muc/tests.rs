@@ -907,3 +907,104 @@ fn polls_created_answered_and_given_to_late_joiners() {
             .is_empty()
     );
 }
+
+#[test]
+fn end_conference_by_a_moderator_only() {
+    let mut s = shard(cfg());
+    s.modules.insert(
+        0,
+        Box::new(end_conference::EndConference::new(
+            "endconference.meet.jitsi",
+            "muc.meet.jitsi",
+        )),
+    );
+    let focus = "focus@auth.meet.jitsi/focus";
+    let now = Instant::now;
+    join(&mut s, focus, "focus", "");
+    join(&mut s, &user(1), "a", "");
+    join(&mut s, &user(2), "b", "");
+    admin_set(
+        &mut s,
+        focus,
+        &format!("<item affiliation='owner' jid='{}'/>", bare_of(&user(1))),
+    );
+    let end = |from: &str| {
+        parse(&format!(
+            "<message xmlns='jabber:client' from='{from}' to='endconference.meet.jitsi'><end_conference/></message>"
+        ))
+    };
+    let out = s.handle(end(&user(2)), now());
+    assert_eq!(error_condition(&out[0]).as_deref(), Some("forbidden"));
+    assert!(s.rooms.contains_key(R));
+    assert_eq!(
+        error_condition(&s.handle(end(&user(7)), now())[0]).as_deref(),
+        Some("not-allowed")
+    );
+    let out = s.handle(end(&user(1)), now());
+    for who in [focus.to_string(), user(1), user(2)] {
+        let p = out.iter().find(|p| p.attr("to") == Some(&who)).unwrap();
+        let d = p
+            .get_child("x", room::NS_MUC_USER)
+            .unwrap()
+            .get_child("destroy", room::NS_MUC_USER)
+            .unwrap();
+        assert_eq!(
+            d.get_child("reason", room::NS_MUC_USER).unwrap().text(),
+            "The meeting has been terminated"
+        );
+    }
+    assert!(!s.rooms.contains_key(R));
+}
+
+#[test]
+fn speaker_stats_add_up_and_reach_late_joiners() {
+    let mut s = shard(cfg());
+    s.modules.insert(
+        0,
+        Box::new(speaker_stats::SpeakerStats::new(
+            "speakerstats.meet.jitsi",
+            vec!["focus@auth.meet.jitsi".into()],
+            100,
+        )),
+    );
+    let t0 = Instant::now();
+    let at = |ms: u64| t0 + std::time::Duration::from_millis(ms);
+    let speak = |from: &str| {
+        parse(&format!(
+            "<message xmlns='jabber:client' from='{from}' to='speakerstats.meet.jitsi'><speakerstats xmlns='http://jitsi.org/jitmeet' room='{R}'/></message>"
+        ))
+    };
+    s.handle(join_el("focus@auth.meet.jitsi/focus", "focus"), at(0));
+    s.handle(presence_to(R, &user(1), "aaaa1111", "Alice", None), at(0));
+    s.handle(presence_to(R, &user(2), "bbbb2222", "Bob", None), at(0));
+    s.handle(speak(&user(1)), at(1000));
+    s.handle(speak(&user(2)), at(4000));
+    // Someone outside the room cannot claim time.
+    s.handle(speak(&user(8)), at(4500));
+    // Bob leaves at 6 s; Carol joins at 7 s and gets the totals: Alice 3 s, Bob 2 s.
+    s.handle(
+        parse(&format!(
+            "<presence xmlns='jabber:client' type='unavailable' from='{}' to='{R}/bbbb2222'/>",
+            user(2)
+        )),
+        at(6000),
+    );
+    let out = s.handle(
+        presence_to(R, &user(3), "cccc3333", "Carol", None),
+        at(7000),
+    );
+    let v = out
+        .iter()
+        .find_map(|m| json_of(m).filter(|v| v["type"] == "speakerstats"))
+        .unwrap();
+    assert_eq!(v["users"]["aaaa1111"]["totalDominantSpeakerTime"], 3000);
+    assert_eq!(v["users"]["aaaa1111"]["displayName"], "Alice");
+    assert_eq!(v["users"]["bbbb2222"]["totalDominantSpeakerTime"], 2000);
+    assert!(v["users"].get("focus").is_none());
+}
+
+fn join_el(from: &str, nick: &str) -> Element {
+    parse(&format!(
+        "<presence xmlns='jabber:client' from='{from}' to='{R}/{nick}'><x xmlns='http://jabber.org/protocol/muc'/></presence>"
+    ))
+}
