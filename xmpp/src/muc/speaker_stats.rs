@@ -100,9 +100,9 @@ impl RoomModule for SpeakerStats {
         };
         let from = st.attr("from").unwrap_or("");
         // Only an occupant speaks for itself.
-        if !ctx
+        if ctx
             .room(&room_jid)
-            .is_some_and(|r| r.occupant_by_real(from).is_some())
+            .is_none_or(|r| r.occupant_by_real(from).is_none())
         {
             return;
         }
