@@ -66,6 +66,7 @@ pub struct Config {
     pub lobby: LobbySection,
     pub polls: PollsSection,
     pub end_conference: EndConferenceSection,
+    pub av_moderation: AvModerationSection,
     pub speaker_stats: SpeakerStatsSection,
     pub metrics: MetricsSection,
     pub components: Vec<ComponentEntry>,
@@ -204,6 +205,18 @@ impl Default for SpeakerStatsSection {
             enabled: true,
             max_per_room: 1000,
         }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AvModerationSection {
+    pub enabled: bool,
+}
+
+impl Default for AvModerationSection {
+    fn default() -> Self {
+        AvModerationSection { enabled: true }
     }
 }
 
@@ -638,6 +651,11 @@ impl Config {
         self.domain_or(&self.domains.lobby, "lobby")
     }
 
+    /// The A/V moderation component (`avmoderation.<domain>`).
+    pub fn av_moderation_domain(&self, x: &meetd_xmpp::XmppConfig) -> String {
+        format!("avmoderation.{}", x.domain)
+    }
+
     /// The room-metadata component (`metadata.<domain>`).
     pub fn metadata_domain(&self, x: &meetd_xmpp::XmppConfig) -> String {
         format!("metadata.{}", x.domain)
@@ -672,7 +690,7 @@ impl Config {
             muc_domain: x.muc_domain.clone(),
             max_conferences: self.focus.max_conferences,
             queue: self.limits.session_queue,
-            metadata_domain: Some(self.metadata_domain(x)),
+            component_domains: vec![self.metadata_domain(x), self.av_moderation_domain(x)],
         }
     }
 

@@ -425,6 +425,12 @@ async fn metrics(
             s.keyframe_requests,
         );
         put(
+            "meetd_media_force_muted_dropped_total",
+            "counter",
+            "RTP packets dropped because the focus force-muted their sender.",
+            s.force_muted_dropped,
+        );
+        put(
             "meetd_media_layer_switches_total",
             "counter",
             "Simulcast layer switches.",

@@ -289,6 +289,14 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
             )) as Box<dyn meetd_xmpp::muc::RoomModule>
         }));
     }
+    if cfg.av_moderation.enabled {
+        let av = cfg.av_moderation_domain(&server.config);
+        server.add_identity("component", "av_moderation", &av);
+        modules.push(Arc::new(move || {
+            Box::new(meetd_xmpp::muc::av_moderation::AvModeration::new(&av))
+                as Box<dyn meetd_xmpp::muc::RoomModule>
+        }));
+    }
     if cfg.speaker_stats.enabled {
         let stats = format!("speakerstats.{}", server.config.domain);
         server.add_identity("component", "speakerstats", &stats);

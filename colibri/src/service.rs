@@ -374,6 +374,12 @@ impl ColibriService {
                 if let Some(v) = fm.video {
                     state.force_mute_video = v;
                 }
+                self.engine(crate::udp::Command::ForceMute {
+                    conf: conf.id.clone(),
+                    ep: ep.id.clone(),
+                    audio: fm.audio,
+                    video: fm.video,
+                });
             }
             resp.endpoints.push(out);
         }

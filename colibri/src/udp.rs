@@ -65,6 +65,13 @@ pub enum Command {
         source: String,
         video_type: String,
     },
+    /// Colibri2 `force-mute` from the focus.
+    ForceMute {
+        conf: String,
+        ep: String,
+        audio: Option<bool>,
+        video: Option<bool>,
+    },
     Stats(oneshot::Sender<EngineStats>),
 }
 
@@ -111,7 +118,8 @@ impl EngineHandle {
             | Command::RemoveEndpoint { conf, .. }
             | Command::RemoveConference { conf }
             | Command::Constraints { conf, .. }
-            | Command::SourceVideoType { conf, .. } => conf.as_str(),
+            | Command::SourceVideoType { conf, .. }
+            | Command::ForceMute { conf, .. } => conf.as_str(),
             Command::Stats(_) => "",
         };
         let k = shard_of(conf, self.txs.len());
@@ -1047,6 +1055,12 @@ fn command(engine: &mut MediaEngine, hub: &ChannelHub, c: Command) {
             transport,
         } => engine.set_remote_transport((&conf, &ep), &transport, now),
         Command::SetSources { conf, ep, sources } => engine.set_sources((&conf, &ep), &sources),
+        Command::ForceMute {
+            conf,
+            ep,
+            audio,
+            video,
+        } => engine.set_force_mute((&conf, &ep), audio, video),
         Command::RemoveEndpoint { conf, ep } => {
             engine.remove_endpoint((&conf, &ep));
             hub.forget_endpoint(&conf, &ep);

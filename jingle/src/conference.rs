@@ -2,7 +2,7 @@
 //! source map and the bridge allocation. Sans-IO: feed [`Input`]s with the time, drain
 //! [`Output`]s, call [`Conference::poll_timeout`] for the next deadline.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use meetd_colibri::colibri2::{
@@ -203,6 +203,9 @@ pub struct Conference {
     published: (bool, bool, bool),
     /// `startMuted` from the room metadata: (audio, video).
     metadata_start_muted: (bool, bool),
+    /// A/V moderation (the av_moderation component's notices): per media (audio, video), when
+    /// on, the nicks allowed to unmute besides moderators.
+    av_moderation: [Option<HashSet<String>>; 2],
 }
 
 fn focus_presence(room: &str, focus_jid: &str) -> Element {
@@ -291,6 +294,7 @@ impl Conference {
             start_video_muted: None,
             published: (false, false, false),
             metadata_start_muted: (false, false),
+            av_moderation: [None, None],
             cfg,
         };
         let p = focus_presence(room, &c.cfg.focus_jid);
@@ -334,23 +338,105 @@ impl Conference {
         }
     }
 
-    /// Room metadata (muc-jitsi.md §12): `startMuted {audio, video}` set by a moderator makes
-    /// participants invited from now on start muted (Jicofo's `policy.audio && justJoined`).
-    fn metadata(&mut self, m: &Element) {
+    /// JSON notices from the room components: room metadata and A/V moderation.
+    fn component_message(&mut self, m: &Element) {
         let Some(j) = m.get_child("json-message", NS_JITMEET) else {
             return;
         };
         let Ok(v) = serde_json::from_str::<serde_json::Value>(&j.text()) else {
             return;
         };
-        if v.get("type").and_then(|t| t.as_str()) != Some("room_metadata") {
-            return;
+        match v.get("type").and_then(|t| t.as_str()) {
+            Some("room_metadata") => self.metadata(&v),
+            Some("av_moderation") => self.av_moderation(&v),
+            _ => {}
         }
+    }
+
+    /// Room metadata (muc-jitsi.md §12): `startMuted {audio, video}` set by a moderator makes
+    /// participants invited from now on start muted (Jicofo's `policy.audio && justJoined`).
+    fn metadata(&mut self, v: &serde_json::Value) {
         let sm = &v["metadata"]["startMuted"];
         self.metadata_start_muted = (
             sm.get("audio").and_then(|x| x.as_bool()).unwrap_or(false),
             sm.get("video").and_then(|x| x.as_bool()).unwrap_or(false),
         );
+    }
+
+    /// A/V moderation (docs/rooms.md): turned on for a media, everyone but the moderators is
+    /// muted at the bridge; from then on only moderators and those on the whitelist may unmute.
+    fn av_moderation(&mut self, v: &serde_json::Value) {
+        let media = |m: Option<&serde_json::Value>| match m.and_then(|m| m.as_str()) {
+            Some("audio") => Some(0),
+            Some("video") => Some(1),
+            _ => None,
+        };
+        if let Some(enabled) = v.get("enabled").and_then(|e| e.as_bool()) {
+            let Some(i) = media(v.get("mediaType")) else {
+                return;
+            };
+            let was = self.av_moderation[i].is_some();
+            if !enabled {
+                self.av_moderation[i] = None;
+                return;
+            }
+            if !was {
+                self.av_moderation[i] = Some(HashSet::new());
+                let targets: Vec<String> = self
+                    .participants
+                    .iter()
+                    .filter(|p| !is_moderator(&p.affiliation))
+                    .map(|p| p.nick.clone())
+                    .collect();
+                // Muted by the moderator who turned it on: the app then shows who muted it and
+                // offers "Unmute" once it is approved.
+                let actor = v
+                    .get("actor")
+                    .and_then(|a| a.as_str())
+                    .filter(|a| a.starts_with(&format!("{}/", self.room)))
+                    .map_or_else(|| format!("{}/focus", self.room), str::to_string);
+                for t in targets {
+                    let (a, vid) = if i == 0 {
+                        (Some(true), None)
+                    } else {
+                        (None, Some(true))
+                    };
+                    self.force_mute(&t, a, vid, Some(&actor));
+                }
+            }
+        } else if let Some(lists) = v.get("whitelists").and_then(|w| w.as_object()) {
+            for (k, list) in lists {
+                let Some(i) = media(Some(&serde_json::Value::String(k.clone()))) else {
+                    continue;
+                };
+                if let Some(wl) = self.av_moderation[i].as_mut() {
+                    wl.clear();
+                    for j in list
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|x| x.as_str())
+                    {
+                        if let Some((_, nick)) = j.rsplit_once('/') {
+                            wl.insert(nick.to_string());
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// May `nick` unmute this media (index 0 audio, 1 video) under A/V moderation?
+    fn may_unmute(&self, nick: &str, i: usize) -> bool {
+        match &self.av_moderation[i] {
+            None => true,
+            Some(wl) => {
+                wl.contains(nick)
+                    || self
+                        .participant(nick)
+                        .is_some_and(|p| is_moderator(&p.affiliation))
+            }
+        }
     }
 
     /// Endpoints whose sources the focus has accepted.
@@ -423,7 +509,7 @@ impl Conference {
             Input::Stanza(s) => match s.name() {
                 "presence" => self.presence(&s, now),
                 "iq" => self.iq_in(&s, now),
-                "message" => self.metadata(&s),
+                "message" => self.component_message(&s),
                 _ => {}
             },
             Input::Colibri { req, result } => self.colibri_result(req, result, now),
@@ -818,6 +904,18 @@ impl Conference {
                 .unwrap_or_default()
                 .to_colibri(nick),
         );
+        // Under A/V moderation a newcomer's media is dropped until it may unmute.
+        let (ma, mv) = (!self.may_unmute(nick, 0), !self.may_unmute(nick, 1));
+        if ma || mv {
+            ep.force_mute = Some(ForceMute {
+                audio: ma.then_some(true),
+                video: mv.then_some(true),
+            });
+            if let Some(p) = self.participant_mut(nick) {
+                p.audio_muted_by_focus |= ma;
+                p.video_muted_by_focus |= mv;
+            }
+        }
         let mut m = ConferenceModify::new(self.meeting_id.clone());
         if create {
             m.create = true;
@@ -1419,7 +1517,28 @@ impl Conference {
             "video" | "desktop" => (None, Some(mute)),
             _ => return Err((StanzaError::BAD_REQUEST, "unknown media".into())),
         };
-        if let Some(p) = self.participant_mut(&target) {
+        let index = usize::from(audio.is_none());
+        if !mute && !self.may_unmute(&target, index) {
+            return Err((
+                StanzaError::NOT_ALLOWED,
+                "A/V moderation: ask a moderator to unmute".into(),
+            ));
+        }
+        let actor = (mute && target != actor).then(|| format!("{}/{}", self.room, actor));
+        self.force_mute(&target, audio, video, actor.as_deref());
+        Ok(())
+    }
+
+    /// Mute (or let unmute) `target` at the bridge; `notify`: the actor's occupant JID, to tell
+    /// the participant to mute its track.
+    fn force_mute(
+        &mut self,
+        target: &str,
+        audio: Option<bool>,
+        video: Option<bool>,
+        notify: Option<&str>,
+    ) {
+        if let Some(p) = self.participant_mut(target) {
             if let Some(a) = audio {
                 p.audio_muted_by_focus = a;
             }
@@ -1428,25 +1547,33 @@ impl Conference {
             }
         }
         if self.bridge == BridgeConf::Created
-            && self.participant(&target).is_some_and(|p| p.allocated)
+            && self.participant(target).is_some_and(|p| p.allocated)
         {
-            let mut ep = Endpoint::new(&target);
+            let mut ep = Endpoint::new(target);
             ep.force_mute = Some(ForceMute { audio, video });
             let mut mm = ConferenceModify::new(self.meeting_id.clone());
             mm.endpoints.push(ep);
             self.colibri(mm, ColibriPending::Update);
         }
-        if mute && target != actor {
-            let mut notice = Element::builder("mute", m.ns())
-                .attr(n("actor"), format!("{}/{}", self.room, actor))
+        if let Some(actor) = notify {
+            let ns = if audio.is_some() {
+                "http://jitsi.org/jitmeet/audio"
+            } else {
+                "http://jitsi.org/jitmeet/video"
+            };
+            let jid = format!("{}/{}", self.room, target);
+            let notice = Element::builder("mute", ns)
+                .attr(n("actor"), actor)
+                .attr(n("jid"), jid.as_str())
                 .append("true")
                 .build();
-            stanza::set_attr(&mut notice, "jid", &target_jid);
-            let to = format!("{}/{}", self.room, target);
-            self.iq(&to, "set", notice, Pending::Ignore);
+            self.iq(&jid, "set", notice, Pending::Ignore);
         }
-        Ok(())
     }
+}
+
+fn is_moderator(affiliation: &str) -> bool {
+    affiliation == "owner" || affiliation == "admin"
 }
 
 /// Keep only media the receiver can take.

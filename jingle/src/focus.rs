@@ -59,8 +59,9 @@ pub struct FocusOptions {
     pub muc_domain: String,
     pub max_conferences: usize,
     pub queue: usize,
-    /// `metadata.<domain>`: room metadata (startMuted) arrives from there.
-    pub metadata_domain: Option<String>,
+    /// Room components whose JSON notices name their room (`metadata.<domain>` with
+    /// startMuted, `avmoderation.<domain>`).
+    pub component_domains: Vec<String>,
 }
 
 /// Start the focus; returns a handle for HTTP conference requests.
@@ -84,11 +85,11 @@ pub fn start(router: Arc<Router>, opts: FocusOptions, bridge: Arc<dyn Bridge>) -
                     conference_iq(&router, &opts, &bridge, &mut rooms, &mut generation, &done_tx, *st);
                 }
                 Some(st) = jid_rx.recv() => {
-                    // From the MUC: the room is the bare `from`; from the metadata component:
-                    // the room named in its JSON.
+                    // From the MUC: the room is the bare `from`; from a room component: the
+                    // room named in its JSON.
                     let from = st.attr("from").unwrap_or("");
-                    let room = if opts.metadata_domain.as_deref() == Some(from) {
-                        match metadata_room(&st) {
+                    let room = if opts.component_domains.iter().any(|d| d == from) {
+                        match component_room(&st) {
                             Some(r) => r,
                             None => continue,
                         }
@@ -132,8 +133,8 @@ pub fn start(router: Arc<Router>, opts: FocusOptions, bridge: Arc<dyn Bridge>) -
     FocusHandle { http: http_tx }
 }
 
-/// The room a room-metadata message is about.
-fn metadata_room(st: &Element) -> Option<String> {
+/// The room a room component's JSON notice is about.
+fn component_room(st: &Element) -> Option<String> {
     let text = st
         .get_child("json-message", "http://jitsi.org/jitmeet")?
         .text();

@@ -581,6 +581,9 @@ pub(super) struct Endpoint {
     pub srtp: Option<Srtp>,
     /// Where str0m last sent DTLS or RTCP (local, remote): the selected pair.
     pub send_path: Option<(SocketAddr, SocketAddr)>,
+    /// The focus muted this endpoint's audio / video (Colibri2 `force-mute`): dropped on
+    /// arrival, not forwarded and not heard by the dominant speaker identification.
+    pub force_mute: (bool, bool),
 }
 
 impl Endpoint {

@@ -194,6 +194,7 @@ impl EngineStats {
         self.rtp_unknown_ssrc += o.rtp_unknown_ssrc;
         self.rtp_duplicates += o.rtp_duplicates;
         self.keyframe_requests += o.keyframe_requests;
+        self.force_muted_dropped += o.force_muted_dropped;
         self.layer_switches += o.layer_switches;
         self.rtc_errors += o.rtc_errors;
         self.silence_dropped += o.silence_dropped;
@@ -312,6 +313,8 @@ pub struct EngineStats {
     /// forwarded.
     pub rtp_duplicates: u64,
     pub keyframe_requests: u64,
+    /// Packets dropped because the focus force-muted their sender.
+    pub force_muted_dropped: u64,
     pub layer_switches: u64,
     /// Errors reported by str0m (the endpoint is marked failed when its `Rtc` dies).
     pub rtc_errors: u64,
@@ -631,6 +634,7 @@ impl MediaEngine {
                 video_types: HashMap::new(),
                 srtp: None,
                 send_path: None,
+                force_mute: (false, false),
                 rtx_index: FastMap::default(),
                 other_ssrcs: HashSet::new(),
                 twcc: Default::default(),
@@ -844,6 +848,26 @@ impl MediaEngine {
         self.sync_conference(&ep.conference);
         if was_speaker && self.speech.contains_key(&ep.conference) {
             self.speakers_changed(&ep.conference);
+        }
+    }
+
+    /// Colibri2 `force-mute`: drop (or stop dropping) an endpoint's audio / video.
+    pub fn set_force_mute(
+        &mut self,
+        endpoint: (&str, &str),
+        audio: Option<bool>,
+        video: Option<bool>,
+    ) {
+        let Some(id) = self.id_of(endpoint) else {
+            return;
+        };
+        if let Some(ep) = self.endpoints.get_mut(&id) {
+            if let Some(a) = audio {
+                ep.force_mute.0 = a;
+            }
+            if let Some(v) = video {
+                ep.force_mute.1 = v;
+            }
         }
     }
 
@@ -1969,6 +1993,14 @@ impl MediaEngine {
         let codec = s.caps.pts.get(&pt).map(|(c, _)| *c);
         let source = &mut s.sources[si];
         let kind = source.kind;
+        let muted = match kind {
+            MediaType::Audio => s.force_mute.0,
+            MediaType::Video => s.force_mute.1,
+        };
+        if muted {
+            self.stats.force_muted_dropped += 1;
+            return;
+        }
         let vcodec = match (kind, codec) {
             (MediaType::Video, Some(c)) => video_codec(c),
             _ => VideoCodec::Other,

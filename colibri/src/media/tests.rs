@@ -2097,3 +2097,28 @@ fn a_source_that_does_not_fit_is_held_back_and_comes_back_when_the_link_clears()
     }
     assert!(back.is_some(), "ep1-v0 forwarded to ep2 again");
 }
+
+/// Colibri2 `force-mute` (a moderator's mute, A/V moderation): the endpoint's audio is dropped
+/// on arrival, its video still goes; lifted, its audio flows again.
+#[test]
+fn force_muted_audio_is_dropped_at_the_bridge() {
+    let mut net = Net::new(2);
+    net.connect();
+    net.media(Duration::from_millis(500), false);
+    let a_audio = net.clients[0].audio;
+    assert!(!net.client("ep2").received(a_audio).is_empty());
+    net.engine.set_force_mute((CONF, "ep1"), Some(true), None);
+    net.client("ep2").rtp.clear();
+    net.media(Duration::from_millis(1000), false);
+    assert!(
+        net.client("ep2").received(a_audio).is_empty(),
+        "muted audio forwarded"
+    );
+    assert!(net.engine.stats().force_muted_dropped > 0);
+    net.engine.set_force_mute((CONF, "ep1"), Some(false), None);
+    net.media(Duration::from_millis(500), false);
+    assert!(
+        !net.client("ep2").received(a_audio).is_empty(),
+        "audio back after the mute is lifted"
+    );
+}

@@ -758,3 +758,71 @@ fn start_muted_from_room_metadata() {
     assert_eq!(sm.attr("audio"), Some("false"));
     assert_eq!(sm.attr("video"), Some("true"));
 }
+
+#[test]
+fn av_moderation_mutes_others_and_refuses_their_unmute_until_approved() {
+    let (mut h, sa, sb) = two_in_session();
+    h.accept("aaaa", &sa, 100);
+    h.accept("bbbb", &sb, 200);
+    h.bridge();
+    h.take_sent();
+    h.colibri.clear();
+    let av = |json: &str| {
+        format!(
+            "<message xmlns='jabber:client' from='avmoderation.meet.jitsi' to='{FOCUS}'><json-message xmlns='http://jitsi.org/jitmeet'>{json}</json-message></message>"
+        )
+    };
+    // a (the owner) turned audio moderation on: b is muted at the bridge and told; a is not.
+    h.stanza(&av(&format!(r#"{{"type":"av_moderation","enabled":true,"room":"{ROOM}","actor":"{ROOM}/aaaa","mediaType":"audio"}}"#)));
+    let sent = h.take_sent();
+    assert!(sent.iter().any(|e| {
+        e.attr("to") == Some(&*format!("{ROOM}/bbbb"))
+            && e.get_child("mute", "http://jitsi.org/jitmeet/audio")
+                .is_some()
+    }));
+    assert!(
+        !sent
+            .iter()
+            .any(|e| e.attr("to") == Some(&*format!("{ROOM}/aaaa")))
+    );
+    let muted: Vec<&str> = h
+        .colibri
+        .iter()
+        .flat_map(|(_, m)| m.endpoints.iter())
+        .filter(|e| e.force_mute.as_ref().is_some_and(|f| f.audio == Some(true)))
+        .map(|e| e.id.as_str())
+        .collect();
+    assert_eq!(muted, ["bbbb"]);
+    let unmute = |id: &str| {
+        format!(
+            "<iq xmlns='jabber:client' type='set' id='{id}' from='{ROOM}/bbbb' to='{FOCUS}'><mute xmlns='http://jitsi.org/jitmeet/audio' jid='{ROOM}/bbbb'>false</mute></iq>"
+        )
+    };
+    // b tries to unmute: refused.
+    h.stanza(&unmute("u1"));
+    let r = h
+        .take_sent()
+        .into_iter()
+        .find(|e| e.attr("id") == Some("u1"))
+        .unwrap();
+    assert!(
+        meetd_xmpp::xml::to_string(&r).contains("not-allowed"),
+        "{r:?}"
+    );
+    // a approves b (the whitelist): b's unmute goes through and the bridge lets its audio pass.
+    h.stanza(&av(&format!(r#"{{"type":"av_moderation","room":"{ROOM}","whitelists":{{"audio":["{ROOM}/bbbb"]}},"mediaType":"audio"}}"#)));
+    h.colibri.clear();
+    h.stanza(&unmute("u2"));
+    let r = h
+        .take_sent()
+        .into_iter()
+        .find(|e| e.attr("id") == Some("u2"))
+        .unwrap();
+    assert_eq!(r.attr("type"), Some("result"));
+    assert!(h.colibri.iter().any(|(_, m)| m.endpoints.iter().any(|e| {
+        e.id == "bbbb"
+            && e.force_mute
+                .as_ref()
+                .is_some_and(|f| f.audio == Some(false))
+    })));
+}

@@ -5,6 +5,7 @@
 //! over a few shard tasks by room name; each shard owns its rooms (sans-IO [`Room`]s)
 //! and its instances of the room modules, so no room state is shared between threads.
 
+pub mod av_moderation;
 pub mod end_conference;
 pub mod form;
 pub mod lobby;

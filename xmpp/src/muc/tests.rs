@@ -1008,3 +1008,105 @@ fn join_el(from: &str, nick: &str) -> Element {
         "<presence xmlns='jabber:client' from='{from}' to='{R}/{nick}'><x xmlns='http://jabber.org/protocol/muc'/></presence>"
     ))
 }
+
+#[test]
+fn av_moderation_commands_notices_and_whitelists() {
+    let mut s = shard(cfg());
+    s.modules.insert(
+        0,
+        Box::new(av_moderation::AvModeration::new("avmoderation.meet.jitsi")),
+    );
+    let focus = "focus@auth.meet.jitsi/focus";
+    let now = Instant::now;
+    join(&mut s, focus, "focus", "");
+    s.handle(presence_to(R, &user(1), "aaaa1111", "Alice", None), now());
+    s.handle(presence_to(R, &user(2), "bbbb2222", "Bob", None), now());
+    admin_set(
+        &mut s,
+        focus,
+        &format!("<item affiliation='owner' jid='{}'/>", bare_of(&user(1))),
+    );
+    let cmd = |from: &str, attrs: &str| {
+        parse(&format!(
+            "<message xmlns='jabber:client' from='{from}' to='avmoderation.meet.jitsi'><av_moderation {attrs}/></message>"
+        ))
+    };
+    // A participant may not turn it on.
+    let out = s.handle(cmd(&user(2), "enable='true' mediaType='audio'"), now());
+    assert_eq!(error_condition(&out[0]).as_deref(), Some("forbidden"));
+    // The moderator does: everyone hears it, the focus too.
+    let out = s.handle(cmd(&user(1), "enable='true' mediaType='audio'"), now());
+    for who in [focus.to_string(), user(1), user(2)] {
+        let v = out
+            .iter()
+            .filter(|m| m.attr("to") == Some(&who))
+            .find_map(json_of)
+            .unwrap();
+        assert_eq!(
+            (v["enabled"].as_bool(), v["mediaType"].as_str()),
+            (Some(true), Some("audio"))
+        );
+        assert_eq!(v["actor"], format!("{R}/aaaa1111"));
+    }
+    // Approving Bob: moderators get the whitelist, Bob that he is approved.
+    let out = s.handle(
+        cmd(
+            &user(1),
+            &format!("jidToWhitelist='{R}/bbbb2222' mediaType='audio'"),
+        ),
+        now(),
+    );
+    let to_bob = out
+        .iter()
+        .filter(|m| m.attr("to") == Some(&user(2)))
+        .find_map(json_of)
+        .unwrap();
+    assert_eq!(to_bob["approved"], true);
+    let to_alice = out
+        .iter()
+        .filter(|m| m.attr("to") == Some(&user(1)))
+        .find_map(json_of)
+        .unwrap();
+    assert_eq!(to_alice["whitelists"]["audio"][0], format!("{R}/bbbb2222"));
+    // A late joiner learns it is on.
+    let out = s.handle(presence_to(R, &user(3), "cccc3333", "Carol", None), now());
+    assert!(
+        out.iter()
+            .filter(|m| m.attr("to") == Some(&user(3)))
+            .filter_map(json_of)
+            .any(|v| v["enabled"] == true)
+    );
+    // Taking Bob off again.
+    let out = s.handle(
+        cmd(
+            &user(1),
+            &format!("jidToBlacklist='{R}/bbbb2222' mediaType='audio'"),
+        ),
+        now(),
+    );
+    let to_bob = out
+        .iter()
+        .filter(|m| m.attr("to") == Some(&user(2)))
+        .find_map(json_of)
+        .unwrap();
+    assert_eq!(to_bob["removed"], true);
+    // Unknown media and unknown occupants are errors.
+    assert_eq!(
+        error_condition(&s.handle(cmd(&user(1), "enable='true' mediaType='smell'"), now())[0])
+            .as_deref(),
+        Some("bad-request")
+    );
+    assert_eq!(
+        error_condition(
+            &s.handle(
+                cmd(
+                    &user(1),
+                    &format!("jidToWhitelist='{R}/nobody' mediaType='audio'")
+                ),
+                now()
+            )[0]
+        )
+        .as_deref(),
+        Some("item-not-found")
+    );
+}
