@@ -234,10 +234,8 @@ impl RoomModule for AvModeration {
                 }
                 let jid = o.real_jid.clone();
                 ctx.out.extend(out);
-                if let Some(s) = self.rooms.get_mut(room) {
-                    if new_moderator {
-                        s.told.insert(jid);
-                    }
+                if new_moderator && let Some(s) = self.rooms.get_mut(room) {
+                    s.told.insert(jid);
                 }
             }
             RoomEvent::Left { jid, .. } => {
