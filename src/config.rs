@@ -64,6 +64,7 @@ pub struct Config {
     pub bridge: BridgeSection,
     pub turn: TurnSection,
     pub lobby: LobbySection,
+    pub breakout_rooms: BreakoutRoomsSection,
     pub polls: PollsSection,
     pub end_conference: EndConferenceSection,
     pub av_moderation: AvModerationSection,
@@ -152,6 +153,7 @@ pub struct DomainsSection {
     pub focus: String,
     pub hidden: String,
     pub lobby: String,
+    pub breakout: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -217,6 +219,22 @@ pub struct AvModerationSection {
 impl Default for AvModerationSection {
     fn default() -> Self {
         AvModerationSection { enabled: true }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BreakoutRoomsSection {
+    pub enabled: bool,
+    pub max_rooms: usize,
+}
+
+impl Default for BreakoutRoomsSection {
+    fn default() -> Self {
+        BreakoutRoomsSection {
+            enabled: true,
+            max_rooms: 100,
+        }
     }
 }
 
@@ -646,6 +664,11 @@ impl Config {
         m
     }
 
+    /// The breakout rooms' MUC domain (`breakout.<domain>`).
+    pub fn breakout_domain(&self) -> String {
+        self.domain_or(&self.domains.breakout, "breakout")
+    }
+
     /// The lobby rooms' MUC domain (`lobby.<domain>`).
     pub fn lobby_domain(&self) -> String {
         self.domain_or(&self.domains.lobby, "lobby")
@@ -687,7 +710,11 @@ impl Config {
         meetd_jingle::focus::FocusOptions {
             cfg: c,
             service_domain: x.focus_domain.clone(),
-            muc_domain: x.muc_domain.clone(),
+            muc_domains: if self.breakout_rooms.enabled {
+                vec![x.muc_domain.clone(), self.breakout_domain()]
+            } else {
+                vec![x.muc_domain.clone()]
+            },
             max_conferences: self.focus.max_conferences,
             queue: self.limits.session_queue,
             component_domains: vec![self.metadata_domain(x), self.av_moderation_domain(x)],

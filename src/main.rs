@@ -267,6 +267,23 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
             )) as Box<dyn meetd_xmpp::muc::RoomModule>
         }));
     }
+    if cfg.breakout_rooms.enabled {
+        let breakout = cfg.breakout_domain();
+        server.add_identity("component", "breakout_rooms", &breakout);
+        let (admins, muc, max) = (
+            muc_cfg.admins.clone(),
+            muc_cfg.domain.clone(),
+            cfg.breakout_rooms.max_rooms,
+        );
+        modules.push(Arc::new(move || {
+            Box::new(meetd_xmpp::muc::breakout_rooms::BreakoutRooms::new(
+                &muc,
+                &breakout,
+                admins.clone(),
+                max,
+            )) as Box<dyn meetd_xmpp::muc::RoomModule>
+        }));
+    }
     if cfg.polls.enabled {
         let polls = format!("polls.{}", server.config.domain);
         server.add_identity("component", "polls", &polls);

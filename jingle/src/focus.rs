@@ -55,8 +55,8 @@ pub struct FocusOptions {
     pub cfg: FocusConfig,
     /// `focus.<domain>`: where clients send conference requests.
     pub service_domain: String,
-    /// `muc.<domain>`: rooms the focus may manage.
-    pub muc_domain: String,
+    /// `muc.<domain>` (and `breakout.<domain>`): rooms the focus may manage.
+    pub muc_domains: Vec<String>,
     pub max_conferences: usize,
     pub queue: usize,
     /// Room components whose JSON notices name their room (`metadata.<domain>` with
@@ -159,9 +159,9 @@ fn room_actor(
     room: &str,
 ) -> Result<mpsc::Sender<ActorMsg>, (StanzaError, String)> {
     let room = room.to_lowercase();
-    let valid = meetd_xmpp::jid::BareJid::new(&room)
-        .ok()
-        .filter(|j| j.node().is_some() && j.domain().as_str() == opts.muc_domain);
+    let valid = meetd_xmpp::jid::BareJid::new(&room).ok().filter(|j| {
+        j.node().is_some() && opts.muc_domains.iter().any(|d| d == j.domain().as_str())
+    });
     if valid.is_none() {
         return Err((StanzaError::BAD_REQUEST, format!("Invalid room: {room}")));
     }

@@ -89,8 +89,9 @@ export function useApp({ name = 'app', config = '', extraArgs = [] } = {}) {
                 } catch (e) {
                     h.failed = true;
                     try {
+                        const states = await Promise.all(h.participants.map((p) => p.describe()));
                         const pages = h.participants.map((p) => `[${p.name}] ${p.log.slice(-25).join('\n  ')}`).join('\n');
-                        e.message = `${e.message}\n--- page logs ---\n${pages}\n--- meetd log ---\n${h.server?.logTail(60)}`;
+                        e.message = `${e.message}\n--- what the apps show ---\n${states.join('\n')}\n--- page logs ---\n${pages}\n--- meetd log ---\n${h.server?.logTail(60)}`;
                     } catch {
                         // read-only message
                     }
@@ -554,6 +555,23 @@ export class Participant {
         await this.page.locator(`#participant_${id} .connection_ninja`).first()
             .waitFor({ state: shown ? 'visible' : 'hidden', timeout: ms })
             .catch(() => { throw new Error(`${this.name}: ${id} is ${shown ? 'not shown' : 'still shown'} as outside last-N after ${ms} ms`); });
+    }
+
+    /** One line of what the app shows: room, P2P, remote participants, tracks and videos. */
+    async describe() {
+        try {
+            return `[${this.name}] ` + await withTimeout(this.page.evaluate(() => JSON.stringify({
+                me: APP.conference.getMyUserId?.(),
+                room: APP.conference._room?.room?.roomjid,
+                joined: APP.conference.isJoined?.(),
+                p2p: APP.conference._room?.isP2PActive?.(),
+                remotes: [...APP.store.getState()['features/base/participants'].remote.values()].map((p) => `${p.id}:${p.name}`),
+                tracks: APP.store.getState()['features/base/tracks'].map((t) => `${t.local ? 'local' : t.participantId}/${t.mediaType}${t.muted ? '(muted)' : ''}${t.jitsiTrack?.isP2P ? '(p2p)' : ''}=${t.jitsiTrack?.getTrack?.()?.id?.slice(0, 12)}`),
+                videos: [...document.querySelectorAll('video')].map((e) => `${e.id}:${e.srcObject?.getVideoTracks?.()[0]?.id?.slice(0, 12)}:${e.videoWidth}`),
+            })), 3000, 'describe');
+        } catch (e) {
+            return `[${this.name}] (no state: ${e.message})`;
+        }
     }
 
     /** Leave through the hang-up button, as a person would. */

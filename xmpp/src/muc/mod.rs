@@ -6,6 +6,7 @@
 //! and its instances of the room modules, so no room state is shared between threads.
 
 pub mod av_moderation;
+pub mod breakout_rooms;
 pub mod end_conference;
 pub mod form;
 pub mod lobby;
@@ -123,6 +124,13 @@ pub trait RoomModule: Send {
     fn room_domain(&self) -> Option<String> {
         None
     }
+    /// When the module wants [`RoomModule::timeout`] called (time as input: the shard's task
+    /// waits for the earliest).
+    fn next_timeout(&self) -> Option<Instant> {
+        None
+    }
+    /// The time asked for by [`RoomModule::next_timeout`] has come.
+    fn timeout(&mut self, _ctx: &mut Ctx<'_>) {}
     /// disco#info features of a MUC domain (or a node of it) this module adds.
     fn domain_features(&self, _domain: &str, _node: Option<&str>) -> Vec<&'static str> {
         Vec::new()
@@ -159,6 +167,14 @@ impl Ctx<'_> {
         self.rooms
             .entry(jid.to_string())
             .or_insert_with(|| Room::new(jid.to_string(), cfg))
+    }
+}
+
+/// Sleep until `t`; never, without one.
+async fn sleep_until(t: Option<Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t.into()).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -302,11 +318,45 @@ struct Shard {
 
 impl Shard {
     async fn run(mut self, router: Arc<Router>, mut rx: mpsc::Receiver<Box<Element>>) {
-        while let Some(st) = rx.recv().await {
-            for out in self.handle(*st, Instant::now()) {
-                router.route(out);
+        loop {
+            let wake = self.modules.iter().filter_map(|m| m.next_timeout()).min();
+            let out = tokio::select! {
+                st = rx.recv() => match st {
+                    Some(st) => self.handle(*st, Instant::now()),
+                    None => break,
+                },
+                _ = sleep_until(wake) => self.tick(Instant::now()),
+            };
+            for st in out {
+                router.route(st);
             }
         }
+    }
+
+    /// Modules whose time has come.
+    pub fn tick(&mut self, now: Instant) -> Vec<Element> {
+        let mut out = Vec::new();
+        {
+            let Shard {
+                rooms,
+                modules,
+                cfg,
+                ..
+            } = self;
+            let mut ctx = Ctx {
+                rooms,
+                cfg,
+                out: &mut out,
+                now,
+            };
+            for m in modules.iter_mut() {
+                if m.next_timeout().is_some_and(|t| t <= now) {
+                    m.timeout(&mut ctx);
+                }
+            }
+        }
+        self.settle(&mut out, now);
+        out
     }
 
     /// The domains whose rooms modules create (never a join).

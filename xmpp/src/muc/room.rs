@@ -788,6 +788,28 @@ impl Room {
         }
     }
 
+    /// A new subject (a module renaming the room), told to every occupant.
+    pub fn set_subject(&mut self, subject: &str) {
+        self.config.subject = subject.to_string();
+        for o in &self.occupants {
+            let mut m = el(
+                "message",
+                ns::CLIENT,
+                &[
+                    ("type", "groupchat"),
+                    ("from", &self.jid),
+                    ("to", &o.real_jid),
+                ],
+            );
+            m.append_child(
+                Element::builder("subject", ns::CLIENT)
+                    .append(subject.to_string())
+                    .build(),
+            );
+            self.out.push(m);
+        }
+    }
+
     /// Send a stanza on the room's behalf (to an occupant or anyone).
     pub fn send(&mut self, st: Element) {
         self.out.push(st);

@@ -1110,3 +1110,222 @@ fn av_moderation_commands_notices_and_whitelists() {
         Some("item-not-found")
     );
 }
+
+#[test]
+fn breakout_rooms_add_move_rename_remove_and_close() {
+    let mut s = shard(cfg());
+    s.modules.insert(
+        0,
+        Box::new(breakout_rooms::BreakoutRooms::new(
+            "muc.meet.jitsi",
+            "breakout.meet.jitsi",
+            vec!["focus@auth.meet.jitsi".into()],
+            2,
+        )),
+    );
+    let focus = "focus@auth.meet.jitsi/focus";
+    let t0 = Instant::now();
+    let at = |ms: u64| t0 + std::time::Duration::from_millis(ms);
+    s.handle(join_el(focus, "focus"), at(0));
+    s.handle(presence_to(R, &user(1), "aaaa1111", "Alice", None), at(0));
+    s.handle(presence_to(R, &user(2), "bbbb2222", "Bob", None), at(0));
+    admin_set(
+        &mut s,
+        focus,
+        &format!("<item affiliation='owner' jid='{}'/>", bare_of(&user(1))),
+    );
+    let cmd = |from: &str, attrs: &str| {
+        parse(&format!(
+            "<message xmlns='jabber:client' from='{from}' to='breakout.meet.jitsi'><breakout_rooms {attrs}/></message>"
+        ))
+    };
+    // Bob (a participant) may not add rooms.
+    let out = s.handle(
+        cmd(
+            &user(2),
+            "type='features/breakout-rooms/add' subject='Nope'",
+        ),
+        at(10),
+    );
+    assert_eq!(error_condition(&out[0]).as_deref(), Some("forbidden"));
+    s.handle(
+        cmd(
+            &user(1),
+            "type='features/breakout-rooms/add' subject='Room 1'",
+        ),
+        at(20),
+    );
+    // The update comes a moment later, to everyone but the focus.
+    assert!(s.tick(at(100)).is_empty());
+    let out = s.tick(at(400));
+    let to: Vec<&str> = out.iter().filter_map(|m| m.attr("to")).collect();
+    assert!(
+        to.contains(&user(1).as_str()) && to.contains(&user(2).as_str()) && !to.contains(&focus)
+    );
+    let v = json_of(&out[0]).unwrap();
+    assert_eq!(v["event"], "features/breakout-rooms/update");
+    let rooms = v["rooms"].as_object().unwrap();
+    assert_eq!(rooms["room"]["isMainRoom"], true);
+    assert!(
+        rooms["room"]["participants"]
+            .get(format!("{R}/bbbb2222"))
+            .is_some()
+    );
+    let b = rooms.values().find(|r| r["name"] == "Room 1").unwrap()["jid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(b.starts_with("room~") && b.ends_with("@breakout.meet.jitsi"));
+    // Alice moves Bob; he leaves the main room and joins the breakout room.
+    let out = s.handle(
+        cmd(
+            &user(1),
+            &format!(
+                "type='features/breakout-rooms/move-to-room' participantJid='{}' roomJid='{b}'",
+                user(2)
+            ),
+        ),
+        at(500),
+    );
+    let mv = out
+        .iter()
+        .filter(|m| m.attr("to") == Some(&user(2)))
+        .find_map(json_of)
+        .unwrap();
+    assert_eq!(
+        (mv["event"].as_str(), mv["roomJid"].as_str()),
+        (
+            Some("features/breakout-rooms/move-to-room"),
+            Some(b.as_str())
+        )
+    );
+    s.handle(
+        parse(&format!(
+            "<presence xmlns='jabber:client' type='unavailable' from='{}' to='{R}/bbbb2222'/>",
+            user(2)
+        )),
+        at(600),
+    );
+    let out = s.handle(presence_to(&b, &user(2), "bbbb2222", "Bob", None), at(650));
+    assert!(joined(&out, &user(2)));
+    let v = s.tick(at(1000)).iter().find_map(json_of).unwrap();
+    assert!(v["rooms"].as_object().unwrap().values().any(
+        |r| r["jid"] == b.as_str() && r["participants"].get(format!("{b}/bbbb2222")).is_some()
+    ));
+    // Unknown rooms and people are errors; two rooms at most.
+    assert_eq!(error_condition(&s.handle(cmd(&user(1), &format!("type='features/breakout-rooms/move-to-room' participantJid='{}' roomJid='x@breakout.meet.jitsi'", user(2))), at(1100))[0]).as_deref(), Some("item-not-found"));
+    s.handle(
+        cmd(
+            &user(1),
+            "type='features/breakout-rooms/add' subject='Room 2'",
+        ),
+        at(1200),
+    );
+    assert_eq!(
+        error_condition(
+            &s.handle(
+                cmd(
+                    &user(1),
+                    "type='features/breakout-rooms/add' subject='Room 3'"
+                ),
+                at(1300)
+            )[0]
+        )
+        .as_deref(),
+        Some("policy-violation")
+    );
+    // Rename: Bob's room tells him its new subject.
+    let out = s.handle(
+        cmd(
+            &user(1),
+            &format!(
+                "type='features/breakout-rooms/rename' breakoutRoomJid='{b}' subject='Group A'"
+            ),
+        ),
+        at(1400),
+    );
+    assert!(out.iter().any(|m| {
+        m.attr("to") == Some(&user(2))
+            && m.get_child("subject", ns::CLIENT)
+                .is_some_and(|s| s.text() == "Group A")
+    }));
+    // Alice leaves: the main room stays while Bob is in a breakout room.
+    s.handle(
+        parse(&format!(
+            "<presence xmlns='jabber:client' type='unavailable' from='{}' to='{R}/aaaa1111'/>",
+            user(1)
+        )),
+        at(1500),
+    );
+    s.tick(at(8000));
+    assert!(s.rooms.contains_key(R));
+    // Bob leaves too: five seconds later everything is gone.
+    s.handle(
+        parse(&format!(
+            "<presence xmlns='jabber:client' type='unavailable' from='{}' to='{b}/bbbb2222'/>",
+            user(2)
+        )),
+        at(9000),
+    );
+    s.tick(at(10000));
+    assert!(s.rooms.contains_key(R));
+    s.tick(at(14100));
+    assert!(
+        !s.rooms.contains_key(R) && !s.rooms.contains_key(&b),
+        "{:?}",
+        s.rooms.keys().collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn removing_a_breakout_room_sends_its_people_back() {
+    let mut s = shard(cfg());
+    s.modules.insert(
+        0,
+        Box::new(breakout_rooms::BreakoutRooms::new(
+            "muc.meet.jitsi",
+            "breakout.meet.jitsi",
+            vec!["focus@auth.meet.jitsi".into()],
+            10,
+        )),
+    );
+    let focus = "focus@auth.meet.jitsi/focus";
+    let now = Instant::now();
+    s.handle(join_el(focus, "focus"), now);
+    s.handle(presence_to(R, &user(1), "aaaa1111", "Alice", None), now);
+    admin_set(
+        &mut s,
+        focus,
+        &format!("<item affiliation='owner' jid='{}'/>", bare_of(&user(1))),
+    );
+    s.handle(parse(&format!("<message xmlns='jabber:client' from='{}' to='breakout.meet.jitsi'><breakout_rooms type='features/breakout-rooms/add' subject='X'/></message>", user(1))), now);
+    let b = s
+        .rooms
+        .keys()
+        .find(|k| k.contains("@breakout."))
+        .unwrap()
+        .clone();
+    // Moderators of the main room are moderators in the breakout room.
+    let out = s.handle(presence_to(&b, &user(1), "aaaa1111", "Alice", None), now);
+    let own = out
+        .iter()
+        .find(|p| p.attr("to") == Some(&user(1)) && statuses(p).contains(&"110".into()))
+        .unwrap();
+    assert_eq!(item(own).attr("role"), Some("moderator"));
+    s.handle(presence_to(&b, &user(2), "bbbb2222", "Bob", None), now);
+    let out = s.handle(parse(&format!("<message xmlns='jabber:client' from='{}' to='breakout.meet.jitsi'><breakout_rooms type='features/breakout-rooms/remove' breakoutRoomJid='{b}'/></message>", user(1))), now);
+    let p = out.iter().find(|p| p.attr("to") == Some(&user(2))).unwrap();
+    let d = p
+        .get_child("x", room::NS_MUC_USER)
+        .unwrap()
+        .get_child("destroy", room::NS_MUC_USER)
+        .unwrap();
+    assert_eq!(d.attr("jid"), Some(R));
+    assert!(!s.rooms.contains_key(&b));
+    // A breakout room that does not exist cannot be joined.
+    let out = s.handle(
+        presence_to("nope~1@breakout.meet.jitsi", &user(3), "cccc", "C", None),
+        now,
+    );
+    assert_eq!(error_condition(&out[0]).as_deref(), Some("item-not-found"));
+}
