@@ -132,6 +132,7 @@ pub struct AuthSection {
     pub mode: String,
     pub guest_domain: String,
     pub scram_iterations: u32,
+    pub wait_for_host: bool,
 }
 
 impl Default for AuthSection {
@@ -140,6 +141,7 @@ impl Default for AuthSection {
             mode: "anonymous".into(),
             guest_domain: String::new(),
             scram_iterations: 10_000,
+            wait_for_host: false,
         }
     }
 }
@@ -698,6 +700,8 @@ impl Config {
         use meetd_jingle::conference::FocusConfig;
         let mut c = FocusConfig::new(&format!("focus@{}/focus", x.auth_domain));
         c.min_participants = self.focus.min_participants;
+        // Waiting for the host: hosts are the moderators, not whoever came first.
+        c.auto_owner = !self.auth.wait_for_host;
         c.single_participant_timeout =
             std::time::Duration::from_secs(self.focus.single_participant_timeout_secs);
         c.source_limits = meetd_jingle::sources::SourceLimits {

@@ -115,6 +115,14 @@ impl ChannelHub {
     }
 
     /// The endpoint expired: close its socket and forget what was kept for it.
+    /// A new endpoint took this id (the focus allocated it again): what was kept for the
+    /// previous one (source maps, constraints) must not reach the new one's channel.
+    pub fn reset_endpoint(&self, conf: &str, ep: &str) {
+        let key = (conf.to_string(), ep.to_string());
+        self.sticky_ep.lock().remove(&key);
+        self.constraints.lock().remove(&key);
+    }
+
     pub fn forget_endpoint(&self, conf: &str, ep: &str) {
         let key = (conf.to_string(), ep.to_string());
         self.sticky_ep.lock().remove(&key);
@@ -448,6 +456,24 @@ async fn run(hub: Arc<ChannelHub>, mut socket: WebSocket, conf: String, ep: Stri
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A new endpoint with the id of an earlier one (the focus allocated it again) must not
+    /// get the earlier one's source maps when its channel connects: the client would map the
+    /// same sources to two SSRCs and show two tracks of each.
+    #[test]
+    fn a_reallocated_endpoint_starts_without_the_old_source_maps() {
+        let hub = ChannelHub::new(8);
+        hub.set_endpoint_sticky("c", "a", "VideoSourcesMap", "old".into());
+        assert!(
+            hub.on_connect_messages("c", "a")
+                .contains(&"old".to_string())
+        );
+        hub.reset_endpoint("c", "a");
+        assert!(
+            !hub.on_connect_messages("c", "a")
+                .contains(&"old".to_string())
+        );
+    }
 
     #[tokio::test]
     async fn endpoint_messages_are_relayed_with_from() {

@@ -1044,6 +1044,7 @@ fn command(engine: &mut MediaEngine, hub: &ChannelHub, c: Command) {
             medias,
             ssrc_rewriting,
         } => {
+            hub.reset_endpoint(&conf, &ep);
             engine.add_endpoint(&conf, &ep, &ufrag, &pwd, ssrc_rewriting, now);
             if !medias.is_empty() {
                 engine.set_medias((&conf, &ep), &medias);
@@ -1212,36 +1213,37 @@ fn event(hub: &ChannelHub, service: Option<&ColibriService>, e: EngineEvent) {
             endpoint,
             kind,
             sources,
+            changed,
         } => {
-            let (class, mapped): (&str, Vec<serde_json::Value>) = match kind {
-                MediaType::Video => (
-                    "VideoSourcesMap",
-                    sources
-                        .iter()
-                        .map(|m| {
-                            serde_json::json!({
-                                "source": m.source,
-                                "owner": m.owner,
-                                "ssrc": m.ssrc,
-                                "rtx": m.rtx,
-                                "videoType": m.video_type,
-                            })
-                        })
-                        .collect(),
-                ),
-                MediaType::Audio => (
-                    "AudioSourcesMap",
-                    sources
-                        .iter()
-                        .map(|m| serde_json::json!({"source": m.source, "owner": m.owner, "ssrc": m.ssrc}))
-                        .collect(),
-                ),
+            let class = match kind {
+                MediaType::Video => "VideoSourcesMap",
+                MediaType::Audio => "AudioSourcesMap",
             };
-            // The full map every time: the client ignores entries it already has.
+            let entries = |list: &[crate::media::MappedSource]| -> Vec<serde_json::Value> {
+                list.iter()
+                    .map(|m| match kind {
+                        MediaType::Video => serde_json::json!({
+                            "source": m.source,
+                            "owner": m.owner,
+                            "ssrc": m.ssrc,
+                            "rtx": m.rtx,
+                            "videoType": m.video_type,
+                        }),
+                        MediaType::Audio => {
+                            serde_json::json!({"source": m.source, "owner": m.owner, "ssrc": m.ssrc})
+                        }
+                    })
+                    .collect()
+            };
+            // Live, what changed (as JVB): lib-jitsi-meet handles a new SSRC by renegotiating,
+            // and the same SSRC again before that finished becomes a second remote track. A
+            // channel that (re)connects gets the whole map.
+            let full =
+                serde_json::json!({"colibriClass": class, "mappedSources": entries(&sources)});
+            hub.set_endpoint_sticky(&conference, &endpoint, class, full.to_string());
             let msg =
-                serde_json::json!({"colibriClass": class, "mappedSources": mapped}).to_string();
-            hub.set_endpoint_sticky(&conference, &endpoint, class, msg.clone());
-            hub.send(&conference, &endpoint, msg);
+                serde_json::json!({"colibriClass": class, "mappedSources": entries(&changed)});
+            hub.send(&conference, &endpoint, msg.to_string());
         }
         EngineEvent::SpeakersCleared { conference } => {
             hub.set_conference_sticky(&conference, "DominantSpeakerEndpointChangeEvent", None);

@@ -566,8 +566,8 @@ export class Participant {
                 joined: APP.conference.isJoined?.(),
                 p2p: APP.conference._room?.isP2PActive?.(),
                 remotes: [...APP.store.getState()['features/base/participants'].remote.values()].map((p) => `${p.id}:${p.name}`),
-                tracks: APP.store.getState()['features/base/tracks'].map((t) => `${t.local ? 'local' : t.participantId}/${t.mediaType}${t.muted ? '(muted)' : ''}${t.jitsiTrack?.isP2P ? '(p2p)' : ''}=${t.jitsiTrack?.getTrack?.()?.id?.slice(0, 12)}`),
-                videos: [...document.querySelectorAll('video')].map((e) => `${e.id}:${e.srcObject?.getVideoTracks?.()[0]?.id?.slice(0, 12)}:${e.videoWidth}`),
+                tracks: APP.store.getState()['features/base/tracks'].map((t) => `${t.local ? 'local' : t.participantId}/${t.mediaType}${t.muted ? '(muted)' : ''}${t.jitsiTrack?.isP2P ? '(p2p)' : ''}${t.jitsiTrack?.conference && t.jitsiTrack.conference !== APP.conference._room ? '(old conference)' : ''}=${t.jitsiTrack?.getTrack?.()?.id?.slice(0, 16)}/${t.jitsiTrack?.getTrack?.()?.readyState}`),
+                videos: [...document.querySelectorAll('video')].map((e) => `${e.id}:${e.srcObject?.getVideoTracks?.()[0]?.id?.slice(0, 16)}:${e.videoWidth}`),
             })), 3000, 'describe');
         } catch (e) {
             return `[${this.name}] (no state: ${e.message})`;

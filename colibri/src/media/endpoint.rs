@@ -711,22 +711,51 @@ impl Endpoint {
 
     /// SSRC rewriting, as JVB activates its SSRC cache: `active` (video sources in priority
     /// order, at most `limit`) all get a slot, those that have one keep it, and the others
-    /// take new or least recently used ones. True when a mapping changed (the receiver needs
-    /// the new source map).
-    pub fn activate_slots(&mut self, active: &[SourceId], limit: usize, now: Instant) -> bool {
-        let mut changed = false;
+    /// take new or least recently used ones. Returns the sources that got a slot (the receiver
+    /// needs their mappings).
+    pub fn activate_slots(
+        &mut self,
+        active: &[SourceId],
+        limit: usize,
+        now: Instant,
+    ) -> Vec<SourceId> {
+        let mut bound = Vec::new();
         for &sid in active {
-            let bound = self.forwards.get(&sid).and_then(|f| f.slot);
-            match bound {
+            match self.forwards.get(&sid).and_then(|f| f.slot) {
                 Some(slot) => {
                     if let Some(s) = self.slots.get_mut(&slot) {
                         s.last_used = Some(now);
                     }
                 }
-                None => changed |= self.bind_slot(sid, limit, now, active).is_some(),
+                None => {
+                    if self.bind_slot(sid, limit, now, active).is_some() {
+                        bound.push(sid);
+                    }
+                }
             }
         }
-        changed
+        bound
+    }
+
+    /// The source map event for `changed` sources (and the full map of their kind).
+    pub fn sources_map_event(&self, kind: MediaType, changed: &[SourceId]) -> super::EngineEvent {
+        let names: Vec<&str> = changed
+            .iter()
+            .filter_map(|s| self.forwards.get(s).map(|f| f.name.as_str()))
+            .collect();
+        let sources = self.mapped_sources(kind);
+        let changed = sources
+            .iter()
+            .filter(|m| names.contains(&m.source.as_str()))
+            .cloned()
+            .collect();
+        super::EngineEvent::SourcesMap {
+            conference: self.conference.clone(),
+            endpoint: self.id.clone(),
+            kind,
+            sources,
+            changed,
+        }
     }
 
     /// The current source map of one kind (SSRC rewriting), in slot order.

@@ -241,14 +241,15 @@ pub enum EngineEvent {
         previous: Vec<String>,
         silence: bool,
     },
-    /// SSRC rewriting: the full current map of one kind for one receiver (bridge.md A.3
-    /// `VideoSourcesMap` / `AudioSourcesMap`). Emitted when a slot gets another source; slots
-    /// are never announced as removed.
+    /// SSRC rewriting: a receiver's slots of one kind got sources (bridge.md A.3
+    /// `VideoSourcesMap` / `AudioSourcesMap`): `changed` the new mappings, `sources` the full
+    /// map. Slots are never announced as removed.
     SourcesMap {
         conference: String,
         endpoint: String,
         kind: MediaType,
         sources: Vec<MappedSource>,
+        changed: Vec<MappedSource>,
     },
     /// The recent-speakers list became empty (its endpoints left): nothing to send to a newly
     /// connected channel any more.
@@ -1030,12 +1031,7 @@ impl MediaEngine {
                 continue;
             };
             if r.ssrc_rewriting && r.forwards.get(&sid).is_some_and(|f| f.slot.is_some()) {
-                let ev = EngineEvent::SourcesMap {
-                    conference: r.conference.clone(),
-                    endpoint: r.id.clone(),
-                    kind: MediaType::Video,
-                    sources: r.mapped_sources(MediaType::Video),
-                };
+                let ev = r.sources_map_event(MediaType::Video, &[sid]);
                 self.out.push_back(EngineOutput::Event(ev));
             }
         }
@@ -2120,12 +2116,7 @@ impl MediaEngine {
                     let Some(s) = r.bind_slot(source_id, limit, now, &[]) else {
                         continue;
                     };
-                    let ev = EngineEvent::SourcesMap {
-                        conference: r.conference.clone(),
-                        endpoint: r.id.clone(),
-                        kind,
-                        sources: r.mapped_sources(kind),
-                    };
+                    let ev = r.sources_map_event(kind, &[source_id]);
                     self.out.push_back(EngineOutput::Event(ev));
                     s
                 }
@@ -2578,13 +2569,9 @@ impl MediaEngine {
                 .map(|(x, _)| x.id)
                 .take(limit)
                 .collect();
-            if r.activate_slots(&active, limit, now) {
-                let ev = EngineEvent::SourcesMap {
-                    conference: r.conference.clone(),
-                    endpoint: r.id.clone(),
-                    kind: MediaType::Video,
-                    sources: r.mapped_sources(MediaType::Video),
-                };
+            let bound = r.activate_slots(&active, limit, now);
+            if !bound.is_empty() {
+                let ev = r.sources_map_event(MediaType::Video, &bound);
                 self.out.push_back(EngineOutput::Event(ev));
             }
         }

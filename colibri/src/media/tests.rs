@@ -1524,6 +1524,24 @@ fn ssrc_rewriting_maps_sources_outside_last_n() {
     names.sort();
     assert_eq!(names, ["ep2-v0", "ep3-v0"]);
     assert_eq!(forwarded(&net.events, "ep1").unwrap(), ["ep2-v0"]);
+    // Each mapping is announced once (as JVB): the same SSRC twice while the client is still
+    // renegotiating the first would become a second remote track in lib-jitsi-meet.
+    let mut announced: Vec<String> = net
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            EngineEvent::SourcesMap {
+                endpoint,
+                kind: MediaType::Video,
+                changed,
+                ..
+            } if endpoint == "ep1" => Some(changed.iter().map(|m| m.source.clone())),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    announced.sort();
+    assert_eq!(announced, ["ep2-v0", "ep3-v0"]);
     let ep3 = map.iter().find(|m| m.source == "ep3-v0").unwrap().ssrc;
     assert!(
         net.clients[0].received(ep3).is_empty(),

@@ -36,6 +36,13 @@ pub struct Lobby {
     enabled: HashSet<String>,
     /// Lobby room → the owners of its main room, kept in step with it (who sees what).
     owners: HashMap<String, HashSet<String>>,
+    /// Wait for host: the domain of signed-in users (hosts). Until one is in a room, everyone
+    /// else waits in its lobby; hosts become owners.
+    hosts: Option<String>,
+    /// Main rooms whose lobby is open because no host came yet.
+    waiting: HashSet<String>,
+    /// Main rooms a host has been in.
+    hosted: HashSet<String>,
 }
 
 impl Lobby {
@@ -54,7 +61,22 @@ impl Lobby {
             max_waiting,
             enabled: HashSet::new(),
             owners: HashMap::new(),
+            hosts: None,
+            waiting: HashSet::new(),
+            hosted: HashSet::new(),
         }
+    }
+
+    /// Wait for host (docs/rooms.md): signed-in users of `domain` are hosts.
+    pub fn wait_for_host(mut self, domain: &str) -> Lobby {
+        self.hosts = Some(domain.to_string());
+        self
+    }
+
+    fn is_host(&self, jid: &str) -> bool {
+        self.hosts
+            .as_deref()
+            .is_some_and(|d| bare_of(jid).rsplit_once('@').is_some_and(|(_, h)| h == d))
     }
 
     fn lobby_of(&self, main: &str) -> String {
@@ -93,11 +115,14 @@ impl Lobby {
         if let Some(room) = ctx.room_mut(main) {
             room.info_fields
                 .insert("muc#roominfo_lobbyroom".into(), lobby.clone());
-            Self::notify(
-                room,
-                actor.as_deref(),
-                json!({"type": "lobby-notify", "event": "LOBBY-ENABLED", "value": true}),
-            );
+            // A moderator's doing is announced (waiting for the host is nobody's).
+            if actor.is_some() {
+                Self::notify(
+                    room,
+                    actor.as_deref(),
+                    json!({"type": "lobby-notify", "event": "LOBBY-ENABLED", "value": true}),
+                );
+            }
         }
         tracing::info!(room = %main, "lobby enabled");
     }
@@ -115,11 +140,13 @@ impl Lobby {
         }
         if let Some(room) = ctx.room_mut(main) {
             room.info_fields.remove("muc#roominfo_lobbyroom");
-            Self::notify(
-                room,
-                actor.as_deref(),
-                json!({"type": "lobby-notify", "event": "LOBBY-ENABLED", "value": false}),
-            );
+            if actor.is_some() {
+                Self::notify(
+                    room,
+                    actor.as_deref(),
+                    json!({"type": "lobby-notify", "event": "LOBBY-ENABLED", "value": false}),
+                );
+            }
         }
         tracing::info!(room = %main, "lobby disabled");
     }
@@ -181,7 +208,8 @@ impl Lobby {
             .get_child("nick", NS_NICK)
             .map(|n| n.text())
             .unwrap_or_default();
-        if name.trim().is_empty() {
+        let waiting = self.waiting.contains(&room.jid);
+        if name.trim().is_empty() && !waiting {
             let Some(mut e) = stanza::error_reply(
                 join.presence,
                 StanzaError {
@@ -212,6 +240,9 @@ impl Lobby {
         let lobby = self.lobby_of(&room.jid);
         if let Some(err) = e.get_child_mut("error", crate::ns::CLIENT) {
             stanza::set_attr(err, "code", "407");
+            if waiting {
+                err.append_child(Element::bare("waiting-for-host", NS_JITMEET));
+            }
             err.append_child(
                 Element::builder("lobbyroom", NS_JITMEET)
                     .append(lobby.clone())
@@ -256,12 +287,47 @@ impl RoomModule for Lobby {
         Some(self.lobby_domain.clone())
     }
 
+    fn before_join(&mut self, ctx: &mut Ctx<'_>, room: &str, join: &JoinRequest<'_>) {
+        if self.hosts.is_none()
+            || join.privileged
+            || self.is_lobby(room)
+            || !room.ends_with(&format!("@{}", self.main_domain))
+            || self.hosted.contains(room)
+        {
+            return;
+        }
+        let host_inside = ctx
+            .room(room)
+            .is_some_and(|r| r.occupants.iter().any(|o| self.is_host(&o.real_jid)));
+        if self.is_host(join.real_jid) || host_inside {
+            // The host is here: the lobby it was waiting with goes, the waiting come in.
+            self.hosted.insert(room.to_string());
+            if self.waiting.remove(room) {
+                if let Some(r) = ctx.room_mut(room) {
+                    r.config.members_only = false;
+                }
+                tracing::info!(room, "host arrived");
+                self.disable(ctx, room, None);
+            }
+        } else if !self.enabled.contains(room) {
+            tracing::info!(room, "waiting for the host");
+            if let Some(r) = ctx.room_mut(room) {
+                r.config.members_only = true;
+            }
+            self.waiting.insert(room.to_string());
+            self.enable(ctx, room, None);
+        }
+    }
+
     fn check_join(&mut self, room: &Room, join: &JoinRequest<'_>) -> JoinCheck {
         if self.is_lobby(&room.jid) {
-            self.lobby_room_join(room, join)
-        } else {
-            self.main_room_join(room, join)
+            return self.lobby_room_join(room, join);
         }
+        if self.is_host(join.real_jid) && !join.privileged {
+            // Signed-in users are the meeting's moderators.
+            return JoinCheck::Approve(Affiliation::Owner);
+        }
+        self.main_room_join(room, join)
     }
 
     fn filter_output(&mut self, room: &Room, st: &mut Element) -> bool {
@@ -391,11 +457,15 @@ impl RoomModule for Lobby {
             {
                 self.sync_owners(ctx, room);
             }
-            RoomEvent::Destroyed if self.enabled.remove(room) => {
-                let lobby = self.lobby_of(room);
-                self.owners.remove(&lobby);
-                if let Some(l) = ctx.room_mut(&lobby) {
-                    l.destroy(None, Some("The meeting has ended."));
+            RoomEvent::Destroyed => {
+                self.waiting.remove(room);
+                self.hosted.remove(room);
+                if self.enabled.remove(room) {
+                    let lobby = self.lobby_of(room);
+                    self.owners.remove(&lobby);
+                    if let Some(l) = ctx.room_mut(&lobby) {
+                        l.destroy(None, Some("The meeting has ended."));
+                    }
                 }
             }
             _ => {}

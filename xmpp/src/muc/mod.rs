@@ -95,6 +95,9 @@ pub enum JoinCheck {
 /// Prosody module hooks MUC events. Each shard gets its own instance; a module sees all rooms
 /// of a conference (main, lobby and breakout rooms live on one shard) through [`Ctx`].
 pub trait RoomModule: Send {
+    /// A join is about to be checked: the module may change rooms first (a lobby that opens
+    /// because no host is there yet, or closes because the host came).
+    fn before_join(&mut self, _ctx: &mut Ctx<'_>, _room: &str, _join: &JoinRequest<'_>) {}
     /// Before a join is let through, in module order.
     fn check_join(&mut self, _room: &Room, _join: &JoinRequest<'_>) -> JoinCheck {
         JoinCheck::Continue
@@ -456,25 +459,48 @@ impl Shard {
             }
             self.rooms.insert(room_jid.clone(), room);
         }
+        let nick_s = nick.clone().unwrap_or_default();
+        let fresh_join = is_join
+            && self
+                .rooms
+                .get(&room_jid)
+                .is_some_and(|r| !r.occupants.iter().any(|o| o.real_jid == from));
+        let password = st
+            .get_child("x", room::NS_MUC)
+            .and_then(|x| x.get_child("password", room::NS_MUC))
+            .map(|p| p.text());
+        let mut req = JoinRequest {
+            nick: &nick_s,
+            real_jid: &from,
+            password: password.as_deref(),
+            presence: &st,
+            privileged: self.cfg.admins.iter().any(|a| a == bare_of(&from)),
+            approved: false,
+        };
+        if fresh_join {
+            let Shard {
+                rooms,
+                modules,
+                cfg,
+                ..
+            } = self;
+            let mut ctx = Ctx {
+                rooms,
+                cfg,
+                out: &mut out,
+                now,
+            };
+            for m in modules.iter_mut() {
+                m.before_join(&mut ctx, &room_jid, &req);
+            }
+        }
         let Some(room) = self.rooms.get_mut(&room_jid) else {
             return out;
         };
         match st.name() {
             "presence" => {
                 let nick = nick.unwrap_or_default();
-                if is_join && !room.occupants.iter().any(|o| o.real_jid == from) {
-                    let password = st
-                        .get_child("x", room::NS_MUC)
-                        .and_then(|x| x.get_child("password", room::NS_MUC))
-                        .map(|p| p.text());
-                    let mut req = JoinRequest {
-                        nick: &nick,
-                        real_jid: &from,
-                        password: password.as_deref(),
-                        presence: &st,
-                        privileged: self.cfg.admins.iter().any(|a| a == bare_of(&from)),
-                        approved: false,
-                    };
+                if fresh_join {
                     for m in self.modules.iter_mut() {
                         match m.check_join(room, &req) {
                             JoinCheck::Continue => {}

@@ -1329,3 +1329,68 @@ fn removing_a_breakout_room_sends_its_people_back() {
     );
     assert_eq!(error_condition(&out[0]).as_deref(), Some("item-not-found"));
 }
+
+#[test]
+fn guests_wait_for_the_host() {
+    let mut s = shard(cfg());
+    s.modules.insert(
+        0,
+        Box::new(
+            lobby::Lobby::new(
+                vec!["focus@auth.meet.jitsi".into()],
+                "muc.meet.jitsi",
+                "lobby.meet.jitsi",
+                Vec::new(),
+                10,
+            )
+            .wait_for_host("meet.jitsi"),
+        ),
+    );
+    let now = Instant::now;
+    let guest = "g1@guest.meet.jitsi/web";
+    let host = "teacher@meet.jitsi/web";
+    join(&mut s, "focus@auth.meet.jitsi/focus", "focus", "");
+    // The guest comes first: it waits in the lobby, without having to give a name.
+    let out = s.handle(presence_to(R, guest, "gggg", "", None), now());
+    assert_eq!(
+        error_condition(&out[0]).as_deref(),
+        Some("registration-required")
+    );
+    assert!(crate::xml::to_string(&out[0]).contains("waiting-for-host"));
+    assert!(joined(
+        &s.handle(presence_to(L, guest, "gggg", "Guest", None), now()),
+        guest
+    ));
+    // The host comes: a moderator, the lobby goes and sends the guest in.
+    let out = s.handle(presence_to(R, host, "hhhh", "Teacher", None), now());
+    let own = out
+        .iter()
+        .find(|p| p.attr("to") == Some(host) && statuses(p).contains(&"110".into()))
+        .unwrap();
+    assert_eq!(item(own).attr("role"), Some("moderator"));
+    let d = out.iter().find(|p| p.attr("to") == Some(guest)).unwrap();
+    assert_eq!(
+        d.get_child("x", room::NS_MUC_USER)
+            .unwrap()
+            .get_child("destroy", room::NS_MUC_USER)
+            .unwrap()
+            .attr("jid"),
+        Some(R)
+    );
+    assert!(joined(
+        &s.handle(presence_to(R, guest, "gggg", "Guest", None), now()),
+        guest
+    ));
+    // Later guests walk straight in, and are not moderators.
+    let out = s.handle(
+        presence_to(R, "g2@guest.meet.jitsi/web", "g2g2", "Other", None),
+        now(),
+    );
+    let own = out
+        .iter()
+        .find(|p| {
+            p.attr("to") == Some("g2@guest.meet.jitsi/web") && statuses(p).contains(&"110".into())
+        })
+        .unwrap();
+    assert_eq!(item(own).attr("role"), Some("participant"));
+}
