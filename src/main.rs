@@ -249,7 +249,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     let metadata = cfg.metadata_domain(&server.config);
     server.add_identity("component", "room_metadata", &metadata);
     let mut modules: Vec<meetd_xmpp::muc::ModuleFactory> = Vec::new();
-    if cfg.lobby.enabled {
+    if cfg.lobby.enabled || cfg.auth.wait_for_host {
         let lobby = cfg.lobby_domain();
         server.add_identity("component", "lobbyrooms", &lobby);
         let (admins, muc, l) = (
@@ -257,14 +257,20 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
             muc_cfg.domain.clone(),
             cfg.lobby.clone(),
         );
+        // Wait for host: signed-in users of the main domain are the hosts.
+        let hosts = cfg.auth.wait_for_host.then(|| server.config.domain.clone());
         modules.push(Arc::new(move || {
-            Box::new(meetd_xmpp::muc::lobby::Lobby::new(
+            let lobby = meetd_xmpp::muc::lobby::Lobby::new(
                 admins.clone(),
                 &muc,
                 &lobby,
                 l.whitelist.clone(),
                 l.max_waiting,
-            )) as Box<dyn meetd_xmpp::muc::RoomModule>
+            );
+            Box::new(match &hosts {
+                Some(d) => lobby.wait_for_host(d),
+                None => lobby,
+            }) as Box<dyn meetd_xmpp::muc::RoomModule>
         }));
     }
     if cfg.breakout_rooms.enabled {
