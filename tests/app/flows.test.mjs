@@ -132,7 +132,7 @@ appTest('moderator kicks; a non-moderator\'s kick is refused and media stays', a
     await mediaBothWays(a, b);
 
     // Alice kicks Bob from his thumbnail's menu; he sees why he left.
-    await a.participantAction(b, 'ejectlink', true);
+    await a.participantAction(b, (id) => `#ejectlink_${id}`, true);
     await a.waitFor(() => APP.conference.listMembers().length === 0, 'Bob gone', 5000);
     await b.page.locator('[data-testid="dialog.leaveReason"]').waitFor({ timeout: 5000 });
 

@@ -481,15 +481,17 @@ export class Participant {
     }
 
     /**
-     * In the participants pane, open `other`'s "more" menu and click an entry by its element id
-     * prefix (`ejectlink` for kick, ...); `confirm` presses the dialog's OK.
+     * In the participants pane, open `other`'s "more" menu and click an entry: `item` is a
+     * CSS selector, or a function of the participant id giving one (`(id) => `#ejectlink_${id}``
+     * for kick); `confirm` presses the dialog's OK.
      */
-    async participantAction(other, idPrefix, confirm) {
+    async participantAction(other, item, confirm) {
         await this.openParticipantsPane();
         const id = typeof other === 'string' ? other : await other.id();
         await this.page.locator(`#participant-item-${id}`).hover();
         await this.page.locator(`[data-testid="participant-more-options-${id}"]`).click({ timeout: 5000 });
-        await this.page.locator(`#${idPrefix}_${id}`).click({ timeout: 5000 });
+        const sel = typeof item === 'function' ? item(id) : item;
+        await this.page.locator(sel).filter({ visible: true }).first().click({ timeout: 5000 });
         if (confirm) await this.page.locator('#modal-dialog-ok-button').click({ timeout: 5000 });
     }
 
