@@ -295,6 +295,13 @@ pub struct WebSection {
     pub root: String,
     /// config.js: the app's "Record" offers recording in the browser, to the person's own disk.
     pub local_recording: bool,
+    /// config.js `disableThirdPartyRequests` is the negation: off by default (privacy).
+    pub third_party_requests: bool,
+    /// config.js `sharedVideoAllowedURLDomains`: hosts whose videos play for everyone unasked.
+    pub shared_video_domains: Vec<String>,
+    /// config.js `whiteboard.collabServerBaseUrl`: an Excalidraw collaboration server; empty
+    /// turns the whiteboard off.
+    pub whiteboard_url: String,
 }
 
 impl Default for WebSection {
@@ -302,6 +309,9 @@ impl Default for WebSection {
         WebSection {
             root: String::new(),
             local_recording: true,
+            third_party_requests: false,
+            shared_video_domains: Vec::new(),
+            whiteboard_url: String::new(),
         }
     }
 }

@@ -24,7 +24,8 @@ fn host_of(base: &str) -> &str {
 }
 
 /// `config.js` as the web app and the mobile apps load it: plain JS defining `var config`,
-/// no DOM needed, and nothing that makes the client talk to a third party.
+/// no DOM needed, and nothing that makes the client talk to a third party unless `[web]`
+/// allows it.
 pub fn config_js(cfg: &Config, x: &meetd_xmpp::XmppConfig, base: &str) -> String {
     let ws_base = if let Some(rest) = base.strip_prefix("https://") {
         format!("wss://{rest}")
@@ -43,6 +44,11 @@ pub fn config_js(cfg: &Config, x: &meetd_xmpp::XmppConfig, base: &str) -> String
         hosts["authdomain"] = json!(x.domain);
     }
     let stun = format!("stun:{}:{}", host_of(base), cfg.media.port);
+    let whiteboard = if cfg.web.whiteboard_url.is_empty() {
+        json!({ "enabled": false })
+    } else {
+        json!({ "enabled": true, "collabServerBaseUrl": cfg.web.whiteboard_url })
+    };
     let config = json!({
         "hosts": hosts,
         "focusUserJid": format!("focus@{}", x.auth_domain),
@@ -50,11 +56,12 @@ pub fn config_js(cfg: &Config, x: &meetd_xmpp::XmppConfig, base: &str) -> String
         "bosh": format!("{base}/http-bind"),
         "websocket": format!("{ws_base}/xmpp-websocket"),
         "enableWebsocketResume": true,
-        "disableThirdPartyRequests": true,
+        "disableThirdPartyRequests": !cfg.web.third_party_requests,
         "analytics": { "disabled": true },
         "gravatar": { "disabled": true },
         "giphy": { "enabled": false },
-        "whiteboard": { "enabled": false },
+        "whiteboard": whiteboard,
+        "sharedVideoAllowedURLDomains": cfg.web.shared_video_domains,
         "enableCalendarIntegration": false,
         "p2p": { "enabled": true, "stunServers": [ { "urls": stun } ] },
         "prejoinConfig": { "enabled": true },
@@ -131,5 +138,20 @@ mod tests {
         cfg.web.local_recording = false;
         let js = config_js(&cfg, &cfg.xmpp(), "https://meet.example.com");
         assert!(js.contains("\"localRecording\": {\n    \"disable\": true"));
+    }
+
+    #[test]
+    fn third_parties_only_when_allowed() {
+        let mut cfg = Config::default();
+        let js = config_js(&cfg, &cfg.xmpp(), "https://meet.example.com");
+        assert!(js.contains("\"disableThirdPartyRequests\": true"));
+        assert!(js.contains("\"whiteboard\": {\n    \"enabled\": false"));
+        cfg.web.third_party_requests = true;
+        cfg.web.shared_video_domains = vec!["videos.example.org".into()];
+        cfg.web.whiteboard_url = "https://board.example.org".into();
+        let js = config_js(&cfg, &cfg.xmpp(), "https://meet.example.com");
+        assert!(js.contains("\"disableThirdPartyRequests\": false"));
+        assert!(js.contains("\"collabServerBaseUrl\": \"https://board.example.org\""));
+        assert!(js.contains("\"videos.example.org\""));
     }
 }

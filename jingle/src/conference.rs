@@ -1229,9 +1229,35 @@ impl Conference {
         }
     }
 
+    /// lib-jitsi-meet names a source `<endpoint>-<a|v><n>` and receivers take the part before
+    /// the dash as its owner. Sources named after another participant are left out (logged):
+    /// the web app signals such when a stale conference in the same tab still holds tracks it
+    /// moved to a new one (the wait-for-host sign-in), and receivers would give that
+    /// participant's video to the stale one.
+    fn own_sources(&self, nick: &str, set: EndpointSourceSet) -> EndpointSourceSet {
+        let foreign = |name: &str| {
+            name.rsplit_once('-')
+                .is_some_and(|(owner, _)| owner != nick && self.participant(owner).is_some())
+        };
+        if !set
+            .sources
+            .iter()
+            .any(|s| s.name.as_deref().is_some_and(foreign))
+        {
+            return set;
+        }
+        tracing::info!(
+            room = %self.room,
+            endpoint = nick,
+            "left out sources named after another participant"
+        );
+        set.without_names(foreign)
+    }
+
     fn session_accept(&mut self, nick: &str, j: &Element) -> Result<(), (StanzaError, String)> {
         let set = EndpointSourceSet::from_jingle(j)
             .map_err(|e| (StanzaError::BAD_REQUEST, e.to_string()))?;
+        let set = self.own_sources(nick, set);
         self.sources
             .try_add(nick, &set)
             .map_err(|e| (StanzaError::BAD_REQUEST, e.to_string()))?;
@@ -1269,6 +1295,7 @@ impl Conference {
                 "sender limit reached".into(),
             ));
         }
+        let set = self.own_sources(nick, set);
         self.sources
             .try_add(nick, &set)
             .map_err(|e| (StanzaError::BAD_REQUEST, e.to_string()))?;

@@ -186,6 +186,30 @@ impl EndpointSourceSet {
 
     /// Keep only the first SSRC of each simulcast group (and its RTX); drop SIM groups.
     /// The bridge rewrites all layers onto that first SSRC.
+    /// The set without the sources `drop_name` picks (by name) and the groups that used them.
+    pub fn without_names(&self, drop_name: impl Fn(&str) -> bool) -> EndpointSourceSet {
+        let drop: HashSet<u32> = self
+            .sources
+            .iter()
+            .filter(|s| s.name.as_deref().is_some_and(&drop_name))
+            .map(|s| s.ssrc)
+            .collect();
+        EndpointSourceSet {
+            sources: self
+                .sources
+                .iter()
+                .filter(|s| !drop.contains(&s.ssrc))
+                .cloned()
+                .collect(),
+            groups: self
+                .groups
+                .iter()
+                .filter(|g| !g.ssrcs.iter().any(|s| drop.contains(s)))
+                .cloned()
+                .collect(),
+        }
+    }
+
     pub fn strip_simulcast(&self) -> EndpointSourceSet {
         let mut drop: HashSet<u32> = HashSet::new();
         for g in self.groups.iter().filter(|g| g.semantics == Semantics::Sim) {
@@ -625,6 +649,9 @@ mod tests {
         let mut map = ConferenceSourceMap::new(SourceLimits::default());
         let added = map.try_add("aaaa", &set).unwrap();
         assert_eq!(added.sources.len(), 7);
+        let audio_only = set.without_names(|n| n.ends_with("-v0"));
+        assert_eq!(audio_only.sources.len(), 1);
+        assert!(audio_only.groups.is_empty());
         let stripped = map.get("aaaa").unwrap().strip_simulcast();
         let ssrcs: Vec<u32> = stripped.sources.iter().map(|s| s.ssrc).collect();
         assert_eq!(ssrcs, vec![100, 101, 104]);

@@ -90,7 +90,7 @@ export function useApp({ name = 'app', config = '', extraArgs = [] } = {}) {
                     h.failed = true;
                     try {
                         const states = await Promise.all(h.participants.map((p) => p.describe()));
-                        const pages = h.participants.map((p) => `[${p.name}] ${p.log.slice(-25).join('\n  ')}`).join('\n');
+                        const pages = h.participants.map((p) => `[${p.name}] ${p.log.slice(-(Number(process.env.APP_PAGE_LOG_LINES) || 25)).join('\n  ')}`).join('\n');
                         e.message = `${e.message}\n--- what the apps show ---\n${states.join('\n')}\n--- page logs ---\n${pages}\n--- meetd log ---\n${h.server?.logTail(60)}`;
                     } catch {
                         // read-only message

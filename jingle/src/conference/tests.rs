@@ -363,6 +363,30 @@ fn accept_updates_bridge_and_signals_sources_to_the_other() {
 }
 
 #[test]
+fn sources_named_after_another_participant_are_left_out() {
+    let (mut h, sa, sb) = two_in_session();
+    h.accept("aaaa", &sa, 100);
+    h.bridge();
+    // b's accept carries a's source names (the app's stale conference in a's tab does this).
+    let xml = accept_xml("bbbb", &sb, 200)
+        .replace("bbbb-a0", "aaaa-a0")
+        .replace("bbbb-v0", "aaaa-v0");
+    h.stanza(&xml);
+    let r = h
+        .take_sent()
+        .into_iter()
+        .find(|e| e.attr("id") == Some("acc"))
+        .unwrap();
+    assert_eq!(
+        r.attr("type"),
+        Some("result"),
+        "accepted, the session goes on"
+    );
+    assert!(h.c.sources.get("bbbb").is_none_or(|s| s.sources.is_empty()));
+    assert_eq!(h.c.sources.get("aaaa").unwrap().sources.len(), 5);
+}
+
+#[test]
 fn invalid_sources_are_rejected_and_leave_the_conference_intact() {
     let (mut h, sa, sb) = two_in_session();
     h.accept("aaaa", &sa, 100);
