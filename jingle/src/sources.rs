@@ -194,6 +194,11 @@ impl EndpointSourceSet {
             .filter(|s| s.name.as_deref().is_some_and(&drop_name))
             .map(|s| s.ssrc)
             .collect();
+        self.without_ssrcs(&drop)
+    }
+
+    /// The set without the SSRCs in `drop` and the groups that used them.
+    fn without_ssrcs(&self, drop: &HashSet<u32>) -> EndpointSourceSet {
         EndpointSourceSet {
             sources: self
                 .sources
@@ -221,21 +226,9 @@ impl EndpointSourceSet {
                 drop.extend(g.ssrcs.iter().skip(1));
             }
         }
-        EndpointSourceSet {
-            sources: self
-                .sources
-                .iter()
-                .filter(|s| !drop.contains(&s.ssrc))
-                .cloned()
-                .collect(),
-            groups: self
-                .groups
-                .iter()
-                .filter(|g| g.semantics != Semantics::Sim)
-                .filter(|g| !g.ssrcs.iter().any(|s| drop.contains(s)))
-                .cloned()
-                .collect(),
-        }
+        let mut set = self.without_ssrcs(&drop);
+        set.groups.retain(|g| g.semantics != Semantics::Sim);
+        set
     }
 
     /// Classic Jingle `<content>`s (one per media type) with `<source>`/`<ssrc-group>`

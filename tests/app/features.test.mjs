@@ -28,7 +28,14 @@ appTest('chat, private chat, raised hand, reactions, follow-me, subject', app.wr
     await c.page.waitForTimeout(1000);
     assert.equal(await c.eval(() => APP.store.getState()['features/chat'].messages.some((m) => m.message === 'Just for you')), false);
     // Carol raises her hand; Alice sees it.
+    // (The toolbar may still be settling from the chat panel: the click is checked in Carol's
+    // own app, and made once more if it did not land.)
+    const handUp = () => APP.store.getState()['features/base/participants'].local.raisedHandTimestamp > 0;
     await c.clickToolbar('toolbar.accessibilityLabel.raiseHand', 'raise hand');
+    if (!(await c.waitFor(handUp, 'Carol\'s hand up', 2000).then(() => true, () => false))) {
+        await c.clickToolbar('toolbar.accessibilityLabel.raiseHand', 'raise hand');
+        await c.waitFor(handUp, 'Carol\'s hand up', 5000);
+    }
     const cid = await c.id();
     await a.waitFor((id) => APP.store.getState()['features/base/participants'].remote.get(id)?.raisedHandTimestamp > 0,
         'Carol\'s raised hand', 5000, cid);

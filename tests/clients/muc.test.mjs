@@ -186,9 +186,9 @@ async function configure(c, room, fields) {
     return c.xmpp.iqCaller.request(xml('iq', { type: 'set', to: room }, xml('query', { xmlns: NS_OWNER }, form)), 5000);
 }
 
-async function joinError(c, room, nick, password) {
+async function joinError(c, room, nick, password, extra = []) {
     const x = xml('x', { xmlns: NS_MUC }, password ? xml('password', {}, password) : null);
-    await c.xmpp.send(xml('presence', { to: `${room}/${nick}` }, x));
+    await c.xmpp.send(xml('presence', { to: `${room}/${nick}` }, x, ...extra));
     const e = await next(c, (st) => st.is('presence') && st.attrs.from === `${room}/${nick}`, 'join answer');
     assert.equal(e.attrs.type, 'error', `expected an error, got ${e}`);
     return errCond(e);
@@ -214,7 +214,11 @@ test('MUC: password-protected and members-only rooms, room full', srv.wrap(async
     await configure(owner, room2, { 'muc#roomconfig_membersonly': 'true', 'muc#roomconfig_maxusers': '2' });
     const m1 = await connect();
     const m2 = await connect();
-    assert.equal(await joinError(m1, room2, 'm1'), 'registration-required');
+    // Members-only turns the Jitsi lobby on: a joiner must give a display name (XEP-0172)
+    // to knock, and a non-member with one is pointed at the lobby.
+    assert.equal(await joinError(m1, room2, 'm1'), 'not-acceptable');
+    assert.equal(await joinError(m1, room2, 'm1', undefined,
+        [xml('nick', { xmlns: 'http://jabber.org/protocol/nick' }, 'Member One')]), 'registration-required');
     for (const c of [m1, m2]) {
         await owner.xmpp.iqCaller.request(xml('iq', { type: 'set', to: room2 },
             xml('query', { xmlns: NS_ADMIN }, xml('item', { affiliation: 'member', jid: c.jid.split('/')[0] }))), 5000);

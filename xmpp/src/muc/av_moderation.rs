@@ -171,17 +171,7 @@ impl RoomModule for AvModeration {
     }
 
     fn component_stanza(&mut self, ctx: &mut Ctx<'_>, sender_room: Option<&str>, st: &Element) {
-        if st.name() == "iq" {
-            if st.attr("type") == Some("get") {
-                let q = Element::builder("query", ns::DISCO_INFO)
-                    .append(el(
-                        "identity",
-                        ns::DISCO_INFO,
-                        &[("category", "component"), ("type", "av_moderation")],
-                    ))
-                    .build();
-                ctx.out.push(stanza::iq_result(st, Some(q)));
-            }
+        if super::answer_component_iq(st, "av_moderation", ctx.out) {
             return;
         }
         if st.name() != "message" || st.attr("type") == Some("error") {

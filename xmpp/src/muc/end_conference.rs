@@ -6,8 +6,7 @@ use minidom::Element;
 
 use super::room::Role;
 use super::{Ctx, RoomModule};
-use crate::ns;
-use crate::stanza::{self, StanzaError, el};
+use crate::stanza::{self, StanzaError};
 
 const REASON: &str = "The meeting has been terminated";
 
@@ -32,17 +31,7 @@ impl RoomModule for EndConference {
     }
 
     fn component_stanza(&mut self, ctx: &mut Ctx<'_>, sender_room: Option<&str>, st: &Element) {
-        if st.name() == "iq" {
-            if st.attr("type") == Some("get") {
-                let q = Element::builder("query", ns::DISCO_INFO)
-                    .append(el(
-                        "identity",
-                        ns::DISCO_INFO,
-                        &[("category", "component"), ("type", "end_conference")],
-                    ))
-                    .build();
-                ctx.out.push(stanza::iq_result(st, Some(q)));
-            }
+        if super::answer_component_iq(st, "end_conference", ctx.out) {
             return;
         }
         if st.name() != "message"

@@ -713,5 +713,24 @@ impl Shard {
     }
 }
 
+/// A feature component's answer to an IQ: its disco#info identity (`component`/`kind`, which
+/// lib-jitsi-meet looks for) to a get, nothing to the rest. False for other stanzas.
+pub(crate) fn answer_component_iq(st: &Element, kind: &str, out: &mut Vec<Element>) -> bool {
+    if st.name() != "iq" {
+        return false;
+    }
+    if st.attr("type") == Some("get") {
+        let q = Element::builder("query", ns::DISCO_INFO)
+            .append(el(
+                "identity",
+                ns::DISCO_INFO,
+                &[("category", "component"), ("type", kind)],
+            ))
+            .build();
+        out.push(stanza::iq_result(st, Some(q)));
+    }
+    true
+}
+
 #[cfg(test)]
 mod tests;

@@ -178,17 +178,7 @@ impl RoomModule for Polls {
     }
 
     fn component_stanza(&mut self, ctx: &mut Ctx<'_>, sender_room: Option<&str>, st: &Element) {
-        if st.name() == "iq" {
-            if st.attr("type") == Some("get") {
-                let q = Element::builder("query", ns::DISCO_INFO)
-                    .append(el(
-                        "identity",
-                        ns::DISCO_INFO,
-                        &[("category", "component"), ("type", "polls")],
-                    ))
-                    .build();
-                ctx.out.push(stanza::iq_result(st, Some(q)));
-            }
+        if super::answer_component_iq(st, "polls", ctx.out) {
             return;
         }
         if st.name() != "message"

@@ -13,7 +13,7 @@ use super::room::{NS_JITMEET, RoomEvent};
 use super::{Ctx, RoomModule};
 use crate::ns;
 use crate::router::bare_of;
-use crate::stanza::{self, el};
+use crate::stanza::el;
 
 const NS_NICK: &str = "http://jabber.org/protocol/nick";
 
@@ -79,17 +79,7 @@ impl RoomModule for SpeakerStats {
     }
 
     fn component_stanza(&mut self, ctx: &mut Ctx<'_>, _sender_room: Option<&str>, st: &Element) {
-        if st.name() == "iq" {
-            if st.attr("type") == Some("get") {
-                let q = Element::builder("query", ns::DISCO_INFO)
-                    .append(el(
-                        "identity",
-                        ns::DISCO_INFO,
-                        &[("category", "component"), ("type", "speakerstats")],
-                    ))
-                    .build();
-                ctx.out.push(stanza::iq_result(st, Some(q)));
-            }
+        if super::answer_component_iq(st, "speakerstats", ctx.out) {
             return;
         }
         if st.name() != "message" || st.attr("type") == Some("error") {
