@@ -1045,10 +1045,7 @@ fn command(engine: &mut MediaEngine, hub: &ChannelHub, c: Command) {
             ssrc_rewriting,
         } => {
             hub.reset_endpoint(&conf, &ep);
-            engine.add_endpoint(&conf, &ep, &ufrag, &pwd, ssrc_rewriting, now);
-            if !medias.is_empty() {
-                engine.set_medias((&conf, &ep), &medias);
-            }
+            engine.add_endpoint(&conf, &ep, &ufrag, &pwd, ssrc_rewriting, &medias, now);
         }
         Command::SetRemote {
             conf,

@@ -23,8 +23,7 @@ appTest('add a room, move someone, join and leave by oneself, close the room', a
     const room = (await rooms(a)).find((x) => x.name === name);
     // Alice sends Bob there from his entry's menu.
     const bid = await b.id();
-    await a.page.locator(`#participant-item-${bid}`).hover();
-    await a.page.locator(`[data-testid="participant-more-options-${bid}"]`).click({ timeout: 5000 });
+    await a.openMoreOptions(bid);
     await a.page.locator(`[role="button"][aria-label="${name}"]`).filter({ visible: true }).first().click({ timeout: 5000 });
     await b.waitFor(inBreakout, 'Bob in the breakout room', 15000);
     await b.waitJoined();

@@ -481,6 +481,16 @@ export class Participant {
     }
 
     /**
+     * Open a participant's "more" menu in the participants pane. The button shows on hover; when
+     * the pane's list leaves it outside the viewport, a click event is sent to it directly.
+     */
+    async openMoreOptions(id) {
+        await this.page.locator(`#participant-item-${id}`).hover().catch(() => {});
+        const button = this.page.locator(`[data-testid="participant-more-options-${id}"]`);
+        await button.click({ timeout: 3000 }).catch(() => button.dispatchEvent('click', {}, { timeout: 5000 }));
+    }
+
+    /**
      * In the participants pane, open `other`'s "more" menu and click an entry: `item` is a
      * CSS selector, or a function of the participant id giving one (`(id) => `#ejectlink_${id}``
      * for kick); `confirm` presses the dialog's OK.
@@ -488,8 +498,7 @@ export class Participant {
     async participantAction(other, item, confirm) {
         await this.openParticipantsPane();
         const id = typeof other === 'string' ? other : await other.id();
-        await this.page.locator(`#participant-item-${id}`).hover();
-        await this.page.locator(`[data-testid="participant-more-options-${id}"]`).click({ timeout: 5000 });
+        await this.openMoreOptions(id);
         const sel = typeof item === 'function' ? item(id) : item;
         await this.page.locator(sel).filter({ visible: true }).first().click({ timeout: 5000 });
         if (confirm) await this.page.locator('#modal-dialog-ok-button').click({ timeout: 5000 });

@@ -551,6 +551,10 @@ impl MediaEngine {
     /// A new endpoint with the ICE credentials the Colibri2 service handed out. Replaces an
     /// endpoint of the same name. Ignored (and logged) past `max_endpoints` or when the ufrag
     /// is taken. `ssrc_rewriting`: the focus created it with that capability (bridge.md B.9).
+    /// `medias`: the payload types and header extensions offered (empty: Jitsi's defaults).
+    /// Building with them at once matters: a rebuild drops the receiver's SSRC-rewriting
+    /// slots, and a client that got the first slots' mappings shows their tracks as well.
+    #[allow(clippy::too_many_arguments)]
     pub fn add_endpoint(
         &mut self,
         conference: &str,
@@ -558,6 +562,7 @@ impl MediaEngine {
         local_ufrag: &str,
         local_pwd: &str,
         ssrc_rewriting: bool,
+        medias: &[colibri2::Media],
         now: Instant,
     ) {
         let now = self.tick(now);
@@ -576,7 +581,8 @@ impl MediaEngine {
             tracing::warn!(conference, endpoint, "ICE ufrag empty or in use");
             return;
         }
-        let medias = jitsi_default_medias();
+        let offered = (!medias.is_empty()).then(|| medias.to_vec());
+        let medias = offered.clone().unwrap_or_else(jitsi_default_medias);
         let (rtc, caps) = build_rtc(
             &RtcSetup {
                 cert: &self.cert,
@@ -608,7 +614,7 @@ impl MediaEngine {
                 dirty: false,
                 connected: false,
                 failed: false,
-                medias: None,
+                medias: offered,
                 remote: None,
                 dtls_started: false,
                 sources: Vec::new(),

@@ -459,9 +459,9 @@ impl Net {
             &bridge_ufrag(&name),
             &bridge_pwd(&name),
             self.clients[i].rewriting,
+            &offer_medias(),
             now,
         );
-        e.set_medias((CONF, &name), &offer_medias());
         let t = self.clients[i].transport();
         e.set_remote_transport((CONF, &name), &t, now);
         e.set_sources((CONF, &name), &self.clients[i].sources());
@@ -1343,6 +1343,7 @@ fn connectivity_follows_packet_flow() {
         "brghost",
         "bridgepasswordghostxxxxxxxx",
         false,
+        &[],
         net.now,
     );
     net.connect();
@@ -1389,6 +1390,26 @@ fn maps(events: &[EngineEvent], who: &str, kind: MediaType) -> Vec<Vec<MappedSou
             _ => None,
         })
         .collect()
+}
+
+#[test]
+fn a_late_rewriting_joiner_gets_each_source_on_one_slot() {
+    // ep3 joins while the others already send: its slots are bound once (an endpoint built
+    // first with default medias and rebuilt with the offered ones got two sets of mappings,
+    // and the web app showed every remote video twice, once dead).
+    let mut net = Net::build(3, &["ep3"], EngineConfig::default());
+    net.connect();
+    net.media(Duration::from_millis(1000), true);
+    for kind in [MediaType::Video, MediaType::Audio] {
+        let mut seen: HashMap<String, u32> = HashMap::new();
+        for map in maps(&net.events, "ep3", kind) {
+            for m in map {
+                let first = *seen.entry(m.source.clone()).or_insert(m.ssrc);
+                assert_eq!(first, m.ssrc, "{} mapped to two SSRCs", m.source);
+            }
+        }
+        assert_eq!(seen.len(), 2, "{kind:?}");
+    }
 }
 
 #[test]
@@ -1834,6 +1855,7 @@ fn unconnected_and_silent_endpoints_expire() {
         "brghost",
         "bridgepasswordghostxxxxxxxx",
         false,
+        &[],
         net.now,
     );
     net.connect();
