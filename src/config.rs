@@ -133,6 +133,50 @@ pub struct AuthSection {
     pub guest_domain: String,
     pub scram_iterations: u32,
     pub wait_for_host: bool,
+    pub jwt: JwtSection,
+}
+
+/// `[auth.jwt]`: sign-in with tokens (mode "jwt"), as a learning platform signs them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JwtSection {
+    pub app_id: String,
+    pub app_secret: String,
+    pub app_secret_file: String,
+    pub accepted_issuers: Vec<String>,
+    pub accepted_audiences: Vec<String>,
+    pub public_keys: std::collections::BTreeMap<String, PathBuf>,
+    pub key_server: String,
+    pub check_subject: bool,
+    pub require_room: bool,
+    pub allow_empty: bool,
+    pub first_joiner_moderator: bool,
+    pub clock_skew_secs: u64,
+    pub key_cache_size: usize,
+    pub key_cache_secs: u64,
+    pub key_fetch_timeout_secs: u64,
+}
+
+impl Default for JwtSection {
+    fn default() -> Self {
+        JwtSection {
+            app_id: String::new(),
+            app_secret: String::new(),
+            app_secret_file: String::new(),
+            accepted_issuers: Vec::new(),
+            accepted_audiences: vec!["jitsi".into()],
+            public_keys: Default::default(),
+            key_server: String::new(),
+            check_subject: true,
+            require_room: true,
+            allow_empty: false,
+            first_joiner_moderator: false,
+            clock_skew_secs: 60,
+            key_cache_size: 64,
+            key_cache_secs: 3600,
+            key_fetch_timeout_secs: 5,
+        }
+    }
 }
 
 impl Default for AuthSection {
@@ -142,6 +186,7 @@ impl Default for AuthSection {
             guest_domain: String::new(),
             scram_iterations: 10_000,
             wait_for_host: false,
+            jwt: JwtSection::default(),
         }
     }
 }
@@ -547,7 +592,37 @@ impl Config {
         }
         match self.auth.mode.as_str() {
             "anonymous" | "internal" => {}
-            _ => return err("auth.mode", "must be \"anonymous\" or \"internal\""),
+            "jwt" => {
+                let j = &self.auth.jwt;
+                if j.app_secret.is_empty()
+                    && j.app_secret_file.is_empty()
+                    && j.public_keys.is_empty()
+                    && j.key_server.is_empty()
+                {
+                    return err(
+                        "auth.jwt",
+                        "mode \"jwt\" needs app_secret, app_secret_file, public_keys or key_server",
+                    );
+                }
+                if j.app_id.is_empty() && j.accepted_issuers.is_empty() {
+                    return err(
+                        "auth.jwt.app_id",
+                        "set the issuer (app_id) tokens must carry",
+                    );
+                }
+                if !(j.key_server.is_empty()
+                    || j.key_server.starts_with("https://")
+                    || j.key_server.starts_with("http://"))
+                {
+                    return err("auth.jwt.key_server", "must start with https:// or http://");
+                }
+            }
+            _ => {
+                return err(
+                    "auth.mode",
+                    "must be \"anonymous\", \"internal\" or \"jwt\"",
+                );
+            }
         }
         match self.server.log_format.as_str() {
             "text" | "json" => {}
@@ -711,7 +786,9 @@ impl Config {
         let mut c = FocusConfig::new(&format!("focus@{}/focus", x.auth_domain));
         c.min_participants = self.focus.min_participants;
         // Waiting for the host: hosts are the moderators, not whoever came first.
-        c.auto_owner = !self.auth.wait_for_host;
+        // With tokens, the tokens say who moderates.
+        c.auto_owner = !self.auth.wait_for_host
+            && (self.auth.mode != "jwt" || self.auth.jwt.first_joiner_moderator);
         c.single_participant_timeout =
             std::time::Duration::from_secs(self.focus.single_participant_timeout_secs);
         c.source_limits = meetd_jingle::sources::SourceLimits {
@@ -735,6 +812,60 @@ impl Config {
         }
     }
 
+    /// How tokens are checked (mode "jwt"); reads the secret and key files.
+    pub fn token_config(&self) -> Result<meetd_xmpp::token::TokenConfig, ConfigError> {
+        use std::time::Duration;
+        let j = &self.auth.jwt;
+        let read = |what: &str, p: &std::path::Path| {
+            std::fs::read(p).map_err(|e| ConfigError(format!("{what} {}: {e}", p.display())))
+        };
+        let app_secret = if !j.app_secret_file.is_empty() {
+            let b = read(
+                "auth.jwt.app_secret_file",
+                std::path::Path::new(&j.app_secret_file),
+            )?;
+            Some(String::from_utf8_lossy(&b).trim().to_string())
+        } else {
+            (!j.app_secret.is_empty()).then(|| j.app_secret.clone())
+        };
+        let mut public_keys = Vec::new();
+        for (kid, path) in &j.public_keys {
+            public_keys.push((kid.clone(), read("auth.jwt.public_keys", path)?));
+        }
+        let mut subjects = Vec::new();
+        if j.check_subject {
+            subjects.push(self.server.domain.clone());
+            if let Some(host) = self
+                .server
+                .public_url
+                .split("://")
+                .nth(1)
+                .and_then(|r| r.split(['/', ':']).next())
+                .filter(|h| !h.is_empty() && *h != self.server.domain)
+            {
+                subjects.push(host.to_string());
+            }
+        }
+        Ok(meetd_xmpp::token::TokenConfig {
+            app_secret,
+            public_keys,
+            key_server: (!j.key_server.is_empty()).then(|| j.key_server.clone()),
+            accepted_issuers: if j.accepted_issuers.is_empty() {
+                vec![j.app_id.clone()]
+            } else {
+                j.accepted_issuers.clone()
+            },
+            accepted_audiences: j.accepted_audiences.clone(),
+            accepted_subjects: subjects,
+            clock_skew: Duration::from_secs(j.clock_skew_secs),
+            require_room: j.require_room,
+            allow_empty: j.allow_empty,
+            key_cache_size: j.key_cache_size,
+            key_cache_ttl: Duration::from_secs(j.key_cache_secs),
+            key_fetch_timeout: Duration::from_secs(j.key_fetch_timeout_secs),
+        })
+    }
+
     pub fn sqlite_path(&self) -> PathBuf {
         self.server.data_dir.join("meetd.db")
     }
@@ -743,11 +874,12 @@ impl Config {
     pub fn xmpp(&self) -> meetd_xmpp::XmppConfig {
         use std::time::Duration;
         let mut x = meetd_xmpp::XmppConfig::for_domain(&self.server.domain);
-        x.main_auth = if self.auth.mode == "internal" {
-            meetd_xmpp::AuthMode::Internal
-        } else {
-            meetd_xmpp::AuthMode::Anonymous
+        x.main_auth = match self.auth.mode.as_str() {
+            "internal" => meetd_xmpp::AuthMode::Internal,
+            "jwt" => meetd_xmpp::AuthMode::Token,
+            _ => meetd_xmpp::AuthMode::Anonymous,
         };
+        x.allow_empty_token = self.auth.jwt.allow_empty;
         x.guest_domain =
             (!self.auth.guest_domain.is_empty()).then(|| self.auth.guest_domain.clone());
         x.auth_domain = self.domain_or(&self.domains.auth, "auth");

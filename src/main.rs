@@ -245,10 +245,27 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     let muc_cfg = cfg.muc(&xcfg);
     let brewery_cfg = cfg.brewery(&xcfg);
     let server = meetd_xmpp::Server::new(xcfg, storage::accounts(&storage));
+    let jwt = cfg.auth.mode == "jwt";
+    if jwt {
+        let tokens = meetd_xmpp::token::TokenAuthority::new(cfg.token_config()?)
+            .map_err(|e| anyhow::anyhow!("auth.jwt: {e}"))?;
+        server.set_token_authority(Arc::new(tokens));
+    }
     // Jitsi's room modules, each one file over the MUC's room events.
     let metadata = cfg.metadata_domain(&server.config);
     server.add_identity("component", "room_metadata", &metadata);
     let mut modules: Vec<meetd_xmpp::muc::ModuleFactory> = Vec::new();
+    if jwt {
+        // First: a token for another room is refused before anything else looks at the join.
+        let ids = server.token_identities.clone();
+        let breakout = cfg.breakout_rooms.enabled.then(|| cfg.breakout_domain());
+        modules.push(Arc::new(move || {
+            Box::new(meetd_xmpp::muc::token::TokenRooms::new(
+                ids.clone(),
+                breakout.clone(),
+            )) as Box<dyn meetd_xmpp::muc::RoomModule>
+        }));
+    }
     if cfg.lobby.enabled || cfg.auth.wait_for_host {
         let lobby = cfg.lobby_domain();
         server.add_identity("component", "lobbyrooms", &lobby);
@@ -257,8 +274,15 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
             muc_cfg.domain.clone(),
             cfg.lobby.clone(),
         );
-        // Wait for host: signed-in users of the main domain are the hosts.
-        let hosts = cfg.auth.wait_for_host.then(|| server.config.domain.clone());
+        // Wait for host: signed-in users of the main domain, or token moderators, are the hosts.
+        use meetd_xmpp::muc::lobby::Hosts;
+        let hosts = cfg.auth.wait_for_host.then(|| {
+            if jwt {
+                Hosts::TokenModerators(server.token_identities.clone())
+            } else {
+                Hosts::Domain(server.config.domain.clone())
+            }
+        });
         modules.push(Arc::new(move || {
             let lobby = meetd_xmpp::muc::lobby::Lobby::new(
                 admins.clone(),
@@ -268,7 +292,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
                 l.max_waiting,
             );
             Box::new(match &hosts {
-                Some(d) => lobby.wait_for_host(d),
+                Some(h) => lobby.wait_for_host(h.clone()),
                 None => lobby,
             }) as Box<dyn meetd_xmpp::muc::RoomModule>
         }));

@@ -9,6 +9,8 @@ pub enum AuthMode {
     Anonymous,
     /// Internal accounts (SCRAM-SHA-1, SCRAM-SHA-256, PLAIN over TLS).
     Internal,
+    /// SASL ANONYMOUS with a JSON Web Token in the `token` query parameter (`token.rs`).
+    Token,
 }
 
 /// A STUN/TURN server announced through XEP-0215.
@@ -64,6 +66,8 @@ pub struct XmppConfig {
     pub main_auth: AuthMode,
     /// Anonymous guests' domain (`hosts.anonymousdomain`) when the main domain needs accounts.
     pub guest_domain: Option<String>,
+    /// Token sign-in: users without a token get in as guests (stock `allow_empty_token`).
+    pub allow_empty_token: bool,
     /// Service accounts (focus, jvb, jibri, jigasi).
     pub auth_domain: String,
     pub muc_domain: String,
@@ -99,6 +103,7 @@ impl XmppConfig {
             domain: domain.to_string(),
             main_auth: AuthMode::Anonymous,
             guest_domain: None,
+            allow_empty_token: false,
             auth_domain: format!("auth.{domain}"),
             muc_domain: format!("muc.{domain}"),
             internal_muc_domain: format!("internal-muc.{domain}"),

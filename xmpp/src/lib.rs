@@ -21,6 +21,7 @@ pub mod server;
 pub mod session;
 pub mod stanza;
 pub mod tcp;
+pub mod token;
 pub mod ws;
 pub mod xml;
 

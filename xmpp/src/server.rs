@@ -17,6 +17,7 @@ use crate::router::{DomainHandler, Router};
 use crate::sasl::StoredCredentials;
 use crate::session::Handover;
 use crate::stanza::{self, StanzaError};
+use crate::token::{Identities, TokenAuthority};
 use crate::{ns, stanza::el};
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -46,6 +47,10 @@ pub struct Server {
     total: Mutex<usize>,
     /// Extra disco identities on the main domain: (category, type, name).
     identities: Mutex<Vec<(String, String, String)>>,
+    /// Token sign-in (`AuthMode::Token`).
+    tokens: std::sync::OnceLock<Arc<TokenAuthority>>,
+    /// What signed-in users' tokens say, by full JID; the rooms read it.
+    pub token_identities: Arc<Identities>,
 }
 
 /// Holds one connection slot of an IP address; released on drop.
@@ -83,11 +88,22 @@ impl Server {
             per_ip: Mutex::new(HashMap::new()),
             total: Mutex::new(0),
             identities: Mutex::new(Vec::new()),
+            tokens: std::sync::OnceLock::new(),
+            token_identities: Arc::new(Identities::default()),
         });
         router.set_domain_handler(Arc::new(HostHandler {
             server: Arc::downgrade(&server),
         }));
         server
+    }
+
+    /// Verify tokens with `authority` (set once, before the transports start).
+    pub fn set_token_authority(&self, authority: Arc<TokenAuthority>) {
+        let _ = self.tokens.set(authority);
+    }
+
+    pub fn token_authority(&self) -> Option<&Arc<TokenAuthority>> {
+        self.tokens.get()
     }
 
     /// Advertise a component on the main domain (XEP-0030 identity the Jitsi client reads).

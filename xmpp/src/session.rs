@@ -24,6 +24,7 @@ use crate::router::bare_of;
 use crate::sasl::{Mechanism, SaslFailure, SaslServer, Step, StoredCredentials};
 use crate::server::{ConnectionSlot, ResumeEntry, Server};
 use crate::stanza::{self, StanzaError, el};
+use crate::token::{TokenError, TokenIdentity};
 use crate::xml::StreamHeader;
 
 /// Query parameters of the WebSocket/BOSH URL that stay attached to the session.
@@ -53,7 +54,7 @@ impl QueryParams {
     }
 }
 
-fn percent_decode(s: &str) -> String {
+pub(crate) fn percent_decode(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
@@ -106,10 +107,26 @@ pub struct ConnInfo {
 pub enum Action {
     Send(Out),
     Route(Element),
-    LookupCredentials { username: String, domain: String },
-    Bind { full_jid: String },
-    EnableResume { id: String },
-    Resume { previd: String, h: u32 },
+    LookupCredentials {
+        username: String,
+        domain: String,
+    },
+    Bind {
+        full_jid: String,
+    },
+    EnableResume {
+        id: String,
+    },
+    Resume {
+        previd: String,
+        h: u32,
+    },
+    /// Check the session's token (`token` query parameter); answer with
+    /// [`C2s::token_checked`]. `tenant`: the `prefix` query parameter.
+    VerifyToken {
+        token: String,
+        tenant: Option<String>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -165,6 +182,10 @@ pub struct C2s {
     sasl_failures: u32,
     pending_user: Option<String>,
     username: Option<String>,
+    /// SASL ANONYMOUS succeeded and waits for the token check.
+    pending_token: bool,
+    /// What the session's token says about its user.
+    identity: Option<Arc<TokenIdentity>>,
     jid: Option<String>,
     sm: Option<Sm>,
     directed: HashSet<String>,
@@ -187,6 +208,8 @@ impl C2s {
             sasl_failures: 0,
             pending_user: None,
             username: None,
+            pending_token: false,
+            identity: None,
             jid: None,
             sm: None,
             directed: HashSet::new(),
@@ -215,6 +238,11 @@ impl C2s {
 
     pub fn query(&self) -> &QueryParams {
         &self.info.query
+    }
+
+    /// What a verified token said about this session's user.
+    pub fn identity(&self) -> Option<Arc<TokenIdentity>> {
+        self.identity.clone()
     }
 
     /// Resumable: a transport loss should hibernate rather than end the session.
@@ -311,7 +339,7 @@ impl C2s {
 
     fn offered_mechanisms(&self) -> Vec<Mechanism> {
         match self.mode {
-            AuthMode::Anonymous => vec![Mechanism::Anonymous],
+            AuthMode::Anonymous | AuthMode::Token => vec![Mechanism::Anonymous],
             AuthMode::Internal => {
                 let mut m = vec![Mechanism::ScramSha256, Mechanism::ScramSha1];
                 if self.tls {
@@ -414,6 +442,10 @@ impl C2s {
     }
 
     fn sasl_element(&mut self, name: &str, e: &Element) {
+        if self.pending_token {
+            self.stream_error("policy-violation", Some("authentication in progress"));
+            return;
+        }
         if self.username.is_some() {
             self.stream_error("policy-violation", Some("already authenticated"));
             return;
@@ -505,6 +537,22 @@ impl C2s {
                 additional_data,
             } => {
                 self.sasl = None;
+                if username.is_none() && self.mode == AuthMode::Token && self.identity.is_none() {
+                    // ANONYMOUS on a token domain: the token decides.
+                    match self.info.query.token.clone().filter(|t| !t.is_empty()) {
+                        Some(token) => {
+                            self.pending_token = true;
+                            let tenant = self.info.query.prefix.clone().filter(|p| !p.is_empty());
+                            self.actions.push(Action::VerifyToken { token, tenant });
+                            return;
+                        }
+                        None if self.cfg.allow_empty_token => {}
+                        None => {
+                            self.token_failure(&TokenError::Missing);
+                            return;
+                        }
+                    }
+                }
                 let user = match username {
                     Some(u) => u.to_lowercase(),
                     None => self
@@ -527,6 +575,40 @@ impl C2s {
                 self.sasl_failure(f);
             }
         }
+    }
+
+    /// Answer to [`Action::VerifyToken`].
+    pub fn token_checked(&mut self, r: Result<TokenIdentity, TokenError>) {
+        if !std::mem::take(&mut self.pending_token) {
+            return;
+        }
+        match r {
+            Ok(id) => {
+                self.identity = Some(Arc::new(id));
+                self.sasl_step(Step::Success {
+                    username: None,
+                    additional_data: None,
+                });
+            }
+            Err(e) => self.token_failure(&e),
+        }
+    }
+
+    /// A refused token: the SASL failure carries the reason in the shape lib-jitsi-meet reads
+    /// (`<not-allowed/><text>…</text>`), then the stream ends.
+    fn token_failure(&mut self, e: &TokenError) {
+        tracing::warn!(ip = %self.info.ip, reason = %e, "token refused");
+        let fail = Element::builder("failure", ns::SASL)
+            .append(Element::bare("not-allowed", ns::SASL))
+            .append(
+                Element::builder("text", ns::SASL)
+                    .append(e.to_string())
+                    .build(),
+            )
+            .build();
+        self.send_el(fail);
+        self.send(Out::Close);
+        self.phase = Phase::Closed;
     }
 
     fn sasl_failure(&mut self, f: SaslFailure) {
@@ -917,6 +999,13 @@ pub async fn run(server: Arc<Server>, link: Box<dyn Link>, info: ConnInfo, slot:
                         };
                         c2s.credentials(creds);
                     }
+                    Action::VerifyToken { token, tenant } => {
+                        let r = match server.token_authority() {
+                            Some(a) => a.verify(&token, tenant.as_deref()).await,
+                            None => Err(crate::token::TokenError::Missing),
+                        };
+                        c2s.token_checked(r);
+                    }
                     Action::Bind { full_jid } => {
                         if server.router.is_bound(&full_jid) {
                             // Resource conflict: keep the old session, give this one a fresh resource.
@@ -932,6 +1021,9 @@ pub async fn run(server: Arc<Server>, link: Box<dyn Link>, info: ConnInfo, slot:
                             server.router.bind(&full_jid, tx.clone());
                         }
                         bound = true;
+                        if let (Some(id), Some(full)) = (c2s.identity(), c2s.full_jid()) {
+                            server.token_identities.set(full, id);
+                        }
                         tracing::debug!(jid = c2s.full_jid(), "bound");
                     }
                     Action::EnableResume { id } => {
@@ -1049,6 +1141,9 @@ pub async fn run(server: Arc<Server>, link: Box<dyn Link>, info: ConnInfo, slot:
     }
     if let Some(full) = c2s.full_jid().map(str::to_string) {
         server.router.unbind(&full, &tx);
+        if c2s.identity().is_some() {
+            server.token_identities.remove(&full);
+        }
     }
     mailbox.close();
     while let Ok(e) = mailbox.try_recv() {
@@ -1160,6 +1255,7 @@ mod tests {
                 }
                 Action::EnableResume { id } => format!("resume-enabled:{id}"),
                 Action::Resume { previd, h } => format!("resume:{previd}:{h}"),
+                Action::VerifyToken { token, tenant } => format!("verify:{token}:{tenant:?}"),
             })
             .collect()
     }
@@ -1198,6 +1294,81 @@ mod tests {
         let jid = c.full_jid().unwrap().to_string();
         assert!(jid.ends_with(&format!("@meet.jitsi/{}", jid.rsplit('/').next().unwrap())));
         (c, jid)
+    }
+
+    fn token_session(query: &str, allow_empty: bool) -> (C2s, Vec<String>) {
+        let now = Instant::now();
+        let mut c = XmppConfig::for_domain("meet.jitsi");
+        c.main_auth = AuthMode::Token;
+        c.allow_empty_token = allow_empty;
+        let mut i = info(TransportKind::WebSocket);
+        i.query = QueryParams::from_query(Some(query));
+        let mut c = C2s::new(Arc::new(c), i, now);
+        c.input(open("meet.jitsi"), now);
+        let out = sent(&mut c);
+        assert!(
+            out[1].contains("<mechanism>ANONYMOUS</mechanism>"),
+            "{out:?}"
+        );
+        c.input(
+            LinkEvent::Element(parse(
+                "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='ANONYMOUS'/>",
+            )),
+            now,
+        );
+        let out = sent(&mut c);
+        (c, out)
+    }
+
+    #[test]
+    fn a_token_is_checked_before_the_session_signs_in() {
+        let (mut c, out) = token_session("room=r&token=T0K&prefix=faculty", false);
+        assert_eq!(out, vec!["verify:T0K:Some(\"faculty\")"]);
+        // Nothing else happens while the check runs.
+        c.input(
+            LinkEvent::Element(parse(
+                "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='ANONYMOUS'/>",
+            )),
+            Instant::now(),
+        );
+        assert_eq!(sent(&mut c), vec!["stream-error:policy-violation"]);
+
+        let (mut c, _) = token_session("token=T0K", false);
+        let id = TokenIdentity {
+            moderator: true,
+            ..Default::default()
+        };
+        c.token_checked(Ok(id.clone()));
+        let out = sent(&mut c);
+        assert!(out[0].starts_with("<success"), "{out:?}");
+        assert_eq!(c.identity().as_deref(), Some(&id));
+        // A second answer changes nothing.
+        c.token_checked(Err(TokenError::Expired));
+        assert!(sent(&mut c).is_empty());
+    }
+
+    #[test]
+    fn a_bad_or_missing_token_ends_the_stream_with_its_reason() {
+        let (mut c, _) = token_session("token=T0K", false);
+        c.token_checked(Err(TokenError::WrongAudience));
+        let out = sent(&mut c);
+        assert_eq!(
+            out[0],
+            "<failure xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><not-allowed/><text>wrong audience</text></failure>"
+        );
+        assert_eq!(out[1], "Close");
+        assert!(c.is_closed() && c.identity().is_none());
+
+        let (c, out) = token_session("room=r", false);
+        assert!(out[0].contains("<text>token required</text>"), "{out:?}");
+        assert!(c.is_closed());
+        let (c, out) = token_session("room=r&token=", false);
+        assert!(out[0].contains("token required"), "{out:?}");
+        assert!(c.is_closed());
+        // Guests allowed: no token, no identity.
+        let (c, out) = token_session("room=r", true);
+        assert!(out[0].starts_with("<success"), "{out:?}");
+        assert!(c.identity().is_none());
     }
 
     #[test]

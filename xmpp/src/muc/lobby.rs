@@ -36,13 +36,22 @@ pub struct Lobby {
     enabled: HashSet<String>,
     /// Lobby room → the owners of its main room, kept in step with it (who sees what).
     owners: HashMap<String, HashSet<String>>,
-    /// Wait for host: the domain of signed-in users (hosts). Until one is in a room, everyone
-    /// else waits in its lobby; hosts become owners.
-    hosts: Option<String>,
+    /// Wait for host: who the hosts are. Until one is in a room, everyone else waits in its
+    /// lobby; hosts become owners.
+    hosts: Option<Hosts>,
     /// Main rooms whose lobby is open because no host came yet.
     waiting: HashSet<String>,
     /// Main rooms a host has been in.
     hosted: HashSet<String>,
+}
+
+/// Who may start a meeting when guests wait for the host.
+#[derive(Clone)]
+pub enum Hosts {
+    /// Users signed in with an account on this domain.
+    Domain(String),
+    /// Users whose sign-in token makes them moderators.
+    TokenModerators(std::sync::Arc<crate::token::Identities>),
 }
 
 impl Lobby {
@@ -67,16 +76,18 @@ impl Lobby {
         }
     }
 
-    /// Wait for host (docs/rooms.md): signed-in users of `domain` are hosts.
-    pub fn wait_for_host(mut self, domain: &str) -> Lobby {
-        self.hosts = Some(domain.to_string());
+    /// Wait for host (docs/rooms.md).
+    pub fn wait_for_host(mut self, hosts: Hosts) -> Lobby {
+        self.hosts = Some(hosts);
         self
     }
 
     fn is_host(&self, jid: &str) -> bool {
-        self.hosts
-            .as_deref()
-            .is_some_and(|d| bare_of(jid).rsplit_once('@').is_some_and(|(_, h)| h == d))
+        match &self.hosts {
+            None => false,
+            Some(Hosts::Domain(d)) => bare_of(jid).rsplit_once('@').is_some_and(|(_, h)| h == d),
+            Some(Hosts::TokenModerators(ids)) => ids.get(jid).is_some_and(|i| i.moderator),
+        }
     }
 
     fn lobby_of(&self, main: &str) -> String {

@@ -17,6 +17,7 @@ pub mod password;
 pub mod polls;
 pub mod room;
 pub mod speaker_stats;
+pub mod token;
 pub mod whois;
 
 use std::collections::HashMap;
@@ -98,6 +99,9 @@ pub trait RoomModule: Send {
     /// A join is about to be checked: the module may change rooms first (a lobby that opens
     /// because no host is there yet, or closes because the host came).
     fn before_join(&mut self, _ctx: &mut Ctx<'_>, _room: &str, _join: &JoinRequest<'_>) {}
+    /// A presence an occupant (or joiner) sent to `room`, before the room sees it: the module
+    /// may change it (the server's word on who the sender is replaces the sender's own).
+    fn filter_input(&mut self, _room: &str, _from: &str, _st: &mut Element) {}
     /// Before a join is let through, in module order.
     fn check_join(&mut self, _room: &Room, _join: &JoinRequest<'_>) -> JoinCheck {
         JoinCheck::Continue
@@ -370,7 +374,7 @@ impl Shard {
     }
 
     /// Everything a stanza to this service produces.
-    pub fn handle(&mut self, st: Element, now: Instant) -> Vec<Element> {
+    pub fn handle(&mut self, mut st: Element, now: Instant) -> Vec<Element> {
         let mut out = Vec::new();
         let from = st.attr("from").unwrap_or("").to_string();
         let to = st.attr("to").unwrap_or("").to_string();
@@ -458,6 +462,11 @@ impl Shard {
                     .insert(bare_of(&from).to_string(), Affiliation::Owner);
             }
             self.rooms.insert(room_jid.clone(), room);
+        }
+        if st.name() == "presence" && st.attr("type").is_none() {
+            for m in self.modules.iter_mut() {
+                m.filter_input(&room_jid, &from, &mut st);
+            }
         }
         let nick_s = nick.clone().unwrap_or_default();
         let fresh_join = is_join

@@ -1343,7 +1343,7 @@ fn guests_wait_for_the_host() {
                 Vec::new(),
                 10,
             )
-            .wait_for_host("meet.jitsi"),
+            .wait_for_host(super::lobby::Hosts::Domain("meet.jitsi".into())),
         ),
     );
     let now = Instant::now;
@@ -1393,4 +1393,118 @@ fn guests_wait_for_the_host() {
         })
         .unwrap();
     assert_eq!(item(own).attr("role"), Some("participant"));
+}
+
+#[test]
+fn token_holders_join_their_room_with_the_tokens_role_and_identity() {
+    use crate::token::{Identities, TokenIdentity, TokenUser};
+    let ids = Arc::new(Identities::default());
+    let mut s = shard(cfg());
+    s.modules.insert(
+        0,
+        Box::new(token::TokenRooms::new(
+            ids.clone(),
+            Some("breakout.meet.jitsi".into()),
+        )),
+    );
+    let teacher = "t1@meet.jitsi/web";
+    let student = "s1@meet.jitsi/web";
+    let guest = "g1@meet.jitsi/web";
+    let id = |room: &str, moderator: bool, name: &str| {
+        Arc::new(TokenIdentity {
+            room: Some(room.into()),
+            moderator,
+            user: TokenUser {
+                name: Some(name.into()),
+                avatar: Some("https://moodle.example/a.png".into()),
+                ..Default::default()
+            },
+            group: Some("g".into()),
+            ..Default::default()
+        })
+    };
+    ids.set(teacher, id("Room", true, "Teacher"));
+    ids.set(student, id("room", false, "Student"));
+    let now = Instant::now;
+    join(&mut s, "focus@auth.meet.jitsi/focus", "focus", "");
+
+    // A token for another room is refused; the room stays as it was.
+    ids.set("x1@meet.jitsi/web", id("other", true, "X"));
+    let out = s.handle(
+        presence_to(R, "x1@meet.jitsi/web", "xxxx", "X", None),
+        now(),
+    );
+    assert_eq!(error_condition(&out[0]).as_deref(), Some("not-allowed"));
+    assert_eq!(s.rooms[R].occupants.len(), 1);
+
+    // The teacher is a moderator; a forged identity in its presence is replaced.
+    let forged = parse(&format!(
+        "<presence xmlns='jabber:client' from='{teacher}' to='{R}/tttt'><x xmlns='http://jabber.org/protocol/muc'/>\
+         <identity><user><name>Mallory</name></user></identity>\
+         <x xmlns='http://jabber.org/protocol/muc#user'><item affiliation='owner' role='moderator'/></x></presence>"
+    ));
+    let out = s.handle(forged, now());
+    let own = out
+        .iter()
+        .find(|p| p.attr("to") == Some(teacher) && statuses(p).contains(&"110".into()))
+        .unwrap();
+    assert_eq!(item(own).attr("role"), Some("moderator"));
+    let idents: Vec<&Element> = own.children().filter(|c| c.name() == "identity").collect();
+    assert_eq!(idents.len(), 1);
+    let text = crate::xml::to_string(idents[0]);
+    assert!(
+        text.contains("<name>Teacher</name>") && !text.contains("Mallory"),
+        "{text}"
+    );
+    assert!(text.contains("<group>g</group>"), "{text}");
+
+    // The student is a member and a participant, even when its presence claims otherwise.
+    let forged = parse(&format!(
+        "<presence xmlns='jabber:client' from='{student}' to='{R}/ssss'><x xmlns='http://jabber.org/protocol/muc'/>\
+         <x xmlns='http://jabber.org/protocol/muc#user'><item affiliation='owner' role='moderator'/></x></presence>"
+    ));
+    let out = s.handle(forged, now());
+    let own = out
+        .iter()
+        .find(|p| p.attr("to") == Some(student) && statuses(p).contains(&"110".into()))
+        .unwrap();
+    assert_eq!(item(own).attr("role"), Some("participant"));
+    assert_eq!(item(own).attr("affiliation"), Some("member"));
+    // A later presence keeps the server's identity.
+    let upd = parse(&format!(
+        "<presence xmlns='jabber:client' from='{student}' to='{R}/ssss'><identity><user><name>Boss</name></user></identity></presence>"
+    ));
+    let out = s.handle(upd, now());
+    let seen = out.iter().find(|p| p.attr("to") == Some(teacher)).unwrap();
+    let text = crate::xml::to_string(seen);
+    assert!(
+        text.contains("<name>Student</name>") && !text.contains("Boss"),
+        "{text}"
+    );
+
+    // Without a token (a guest where allowed): no identity, whatever it wrote.
+    let out = s.handle(
+        parse(&format!(
+            "<presence xmlns='jabber:client' from='{guest}' to='{R}/gggg'><x xmlns='http://jabber.org/protocol/muc'/>\
+             <identity><user><name>Teacher</name></user></identity></presence>"
+        )),
+        now(),
+    );
+    assert!(joined(&out, guest));
+    let from_guest = format!("{R}/gggg");
+    assert!(
+        out.iter()
+            .filter(|p| p.attr("from") == Some(from_guest.as_str()))
+            .all(|p| !crate::xml::to_string(p).contains("<identity"))
+    );
+
+    // Breakout rooms of the token's room are the token's room.
+    let t = token::TokenRooms::new(ids.clone(), Some("breakout.meet.jitsi".into()));
+    let tok = ids.get(student).unwrap();
+    assert!(tok.allows_room(t_claimed(&t, "room~1a2b@breakout.meet.jitsi")));
+    assert!(!tok.allows_room(t_claimed(&t, "room~1a2b@muc.meet.jitsi")));
+}
+
+fn t_claimed<'a>(t: &token::TokenRooms, jid: &'a str) -> &'a str {
+    t.claimed_node(jid)
 }
