@@ -835,15 +835,20 @@ impl Config {
         let mut subjects = Vec::new();
         if j.check_subject {
             subjects.push(self.server.domain.clone());
-            if let Some(host) = self
+            // The public host, with and without its port (Moodle's "domain" setting).
+            if let Some(authority) = self
                 .server
                 .public_url
                 .split("://")
                 .nth(1)
-                .and_then(|r| r.split(['/', ':']).next())
-                .filter(|h| !h.is_empty() && *h != self.server.domain)
+                .and_then(|r| r.split('/').next())
+                .filter(|h| !h.is_empty())
             {
-                subjects.push(host.to_string());
+                for h in [authority, authority.split(':').next().unwrap_or(authority)] {
+                    if !subjects.iter().any(|s| s == h) {
+                        subjects.push(h.to_string());
+                    }
+                }
             }
         }
         Ok(meetd_xmpp::token::TokenConfig {

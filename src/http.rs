@@ -128,9 +128,10 @@ async fn bosh_post(
 async fn config_js(
     State(st): State<St>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    uri: Uri,
     headers: HeaderMap,
 ) -> Response {
-    let base = base_url(&st, peer, &headers);
+    let base = base_url(&st, peer, &uri, &headers);
     let body = web::config_js(&st.front.cfg, &st.front.server.config, &base);
     let mut r = (StatusCode::OK, body).into_response();
     let h = r.headers_mut();
@@ -147,8 +148,8 @@ async fn config_js(
 }
 
 /// `https://host[:port]` as the client sees us: the configured public URL, else the
-/// request's Host header and scheme.
-fn base_url(st: &St, peer: SocketAddr, headers: &HeaderMap) -> String {
+/// request's Host header (HTTP/2: its `:authority`) and scheme.
+fn base_url(st: &St, peer: SocketAddr, uri: &Uri, headers: &HeaderMap) -> String {
     let public = st.front.cfg.server.public_url.trim_end_matches('/');
     if !public.is_empty() {
         return public.to_string();
@@ -166,6 +167,7 @@ fn base_url(st: &St, peer: SocketAddr, headers: &HeaderMap) -> String {
     let host = forwarded_host
         .or_else(|| headers.get(header::HOST))
         .and_then(|v| v.to_str().ok())
+        .or_else(|| uri.authority().map(|a| a.as_str()))
         .filter(|h| web::valid_host(h))
         .map(str::to_string)
         .unwrap_or_else(|| st.front.cfg.server.domain.clone());
@@ -188,9 +190,10 @@ async fn health(State(st): State<St>) -> Response {
 async fn index(
     State(st): State<St>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    uri: Uri,
     headers: HeaderMap,
 ) -> Response {
-    let base = base_url(&st, peer, &headers);
+    let base = base_url(&st, peer, &uri, &headers);
     match &st.front.web_root {
         Some(w) => {
             let config = web::config_js(&st.front.cfg, &st.front.server.config, &base);
@@ -217,10 +220,16 @@ async fn web_fallback(
         return (StatusCode::METHOD_NOT_ALLOWED, "").into_response();
     }
     let path = req.uri().path().to_string();
-    let base = base_url(&st, peer, req.headers());
+    let base = base_url(&st, peer, req.uri(), req.headers());
     // /<tenant>/config.js is the same generated file.
     if path.ends_with("/config.js") && path.matches('/').count() == 2 {
-        return config_js(State(st.clone()), ConnectInfo(peer), req.headers().clone()).await;
+        return config_js(
+            State(st.clone()),
+            ConnectInfo(peer),
+            req.uri().clone(),
+            req.headers().clone(),
+        )
+        .await;
     }
     match w.route(&path) {
         crate::webroot::Target::Index(tenant) => {

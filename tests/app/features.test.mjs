@@ -49,8 +49,8 @@ appTest('chat, private chat, raised hand, reactions, follow-me, subject', app.wr
     const box = a.page.locator('input[name="follow-me"]');
     if (!(await box.isChecked())) await box.locator('xpath=ancestor::div[1]').click();
     await a.page.locator('#modal-dialog-ok-button').click({ timeout: 5000 });
-    const tile = () => APP.store.getState()['features/video-layout'].tileViewEnabled;
-    const before = await b.eval(tile);
+    // Alice's button says what her screen shows (tile view may be on by itself, by layout).
+    const before = await a.eval(() => Boolean(document.querySelector('.tile-view')));
     await a.clickToolbar(before ? 'toolbar.accessibilityLabel.exitTileView' : 'toolbar.accessibilityLabel.enterTileView', 'tile view');
     await b.waitFor((want) => APP.store.getState()['features/video-layout'].tileViewEnabled === want, 'Bob following', 5000, !before);
     await app.leaveAll();

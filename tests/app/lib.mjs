@@ -72,7 +72,7 @@ const BROWSER_ARGS = [
  * One meetd with the web app and one Chromium for a test file. `config` is extra meetd.toml
  * text. Returns a handle whose `join()` opens a participant.
  */
-export function useApp({ name = 'app', config = '', extraArgs = [] } = {}) {
+export function useApp({ name = 'app', config = '', extraArgs = [], https = false } = {}) {
     const h = {
         server: null,
         browser: null,
@@ -100,6 +100,15 @@ export function useApp({ name = 'app', config = '', extraArgs = [] } = {}) {
             };
         },
         join: (room, opts) => join(h, room, opts),
+        /** A new participant's browser on `url` (a page that embeds the app, say). */
+        async open(name, url) {
+            const ctx = await h.browser.newContext({ permissions: ['camera', 'microphone'], ignoreHTTPSErrors: true });
+            const page = await ctx.newPage();
+            const p = new Participant(h, name, ctx, page);
+            h.participants.push(p);
+            await page.goto(url);
+            return p;
+        },
         /** Leave everyone (between tests). */
         async leaveAll() {
             await Promise.all(h.participants.splice(0).map((p) => p.close()));
@@ -112,6 +121,7 @@ export function useApp({ name = 'app', config = '', extraArgs = [] } = {}) {
             name,
             config: `[focus]\nsingle_participant_timeout_secs = 60\n${config}`,
             extraArgs: ['--web-root', root, '--advertise-ip', '127.0.0.1', ...extraArgs],
+            https,
         });
         h.browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: BROWSER_ARGS });
     });
@@ -143,7 +153,7 @@ export function appTest(name, fn, opts = {}) {
 async function join(h, room, opts = {}) {
     let p = opts.reuse;
     if (!p) {
-        const ctx = await h.browser.newContext({ permissions: ['camera', 'microphone'] });
+        const ctx = await h.browser.newContext({ permissions: ['camera', 'microphone'], ignoreHTTPSErrors: true });
         const page = await ctx.newPage();
         p = new Participant(h, opts.name || `p${h.participants.length + 1}`, ctx, page);
         h.participants.push(p);
@@ -168,6 +178,8 @@ export class Participant {
         this.page = page;
         this.log = [];
         this.closed = false;
+        /** The app's frame where it is embedded in another page (IFrame API), else null. */
+        this.frame = null;
         page.on('pageerror', (e) => this.log.push(`pageerror: ${e}`));
         page.on('console', (m) => {
             const t = m.text();
@@ -210,21 +222,21 @@ export class Participant {
     async clickToolbar(key, what) {
         const text = label(key);
         const fail = (e) => { throw new Error(`${this.name}: toolbar button ${what} (${text}): ${e.message}`); };
-        const inBar = this.page.locator(`.toolbox-content-items [aria-label="${text}"]`);
+        const inBar = this.doc.locator(`.toolbox-content-items [aria-label="${text}"]`);
         if (await inBar.count()) {
             await inBar.first().click({ timeout: 10000 }).catch(fail);
             return;
         }
-        await this.page.locator(`[aria-label="${label('toolbar.accessibilityLabel.moreActions')}"]`).first()
+        await this.doc.locator(`[aria-label="${label('toolbar.accessibilityLabel.moreActions')}"]`).first()
             .click({ timeout: 10000 }).catch(fail);
-        await this.page.locator(`[aria-label="${text}"]`).first().click({ timeout: 10000 }).catch(fail);
+        await this.doc.locator(`[aria-label="${text}"]`).first().click({ timeout: 10000 }).catch(fail);
     }
 
     /** The aria-labels of the toolbar's buttons and of its "More actions" menu. */
     async toolbarLabels() {
-        await this.page.locator(`[aria-label="${label('toolbar.accessibilityLabel.moreActions')}"]`).first()
+        await this.doc.locator(`[aria-label="${label('toolbar.accessibilityLabel.moreActions')}"]`).first()
             .click({ timeout: 10000 });
-        await this.page.locator('#overflow-context-menu').waitFor({ timeout: 5000 });
+        await this.doc.locator('#overflow-context-menu').waitFor({ timeout: 5000 });
         const labels = await this.eval(() => [...document.querySelectorAll(
             '.toolbox-content-items [aria-label], #overflow-context-menu [aria-label]')].map((e) => e.getAttribute('aria-label')));
         await this.page.keyboard.press('Escape');
@@ -236,9 +248,14 @@ export class Participant {
         return label(key, params);
     }
 
+    /** Where the app runs: its iframe when embedded, else the page. */
+    get doc() {
+        return this.frame ?? this.page;
+    }
+
     /** Evaluate fn in the page (gets the app's globals). */
     eval(fn, arg) {
-        return withTimeout(this.page.evaluate(fn, arg), 15000, `${this.name}: page.evaluate`);
+        return withTimeout(this.doc.evaluate(fn, arg), 15000, `${this.name}: page.evaluate`);
     }
 
     /** Poll a page predicate until it is truthy. */
@@ -247,7 +264,7 @@ export class Participant {
         let last;
         while (Date.now() < deadline) {
             try {
-                last = await this.page.evaluate(fn, arg);
+                last = await this.doc.evaluate(fn, arg);
                 if (last) return last;
             } catch (e) {
                 last = String(e);
@@ -311,16 +328,16 @@ export class Participant {
     /** The security dialog: open it from the toolbar. */
     async openSecurityDialog() {
         await this.clickToolbar('toolbar.accessibilityLabel.security', 'security options');
-        await this.page.locator('.security-dialog').first().waitFor({ timeout: 5000 });
+        await this.doc.locator('.security-dialog').first().waitFor({ timeout: 5000 });
     }
 
     async closeDialog() {
-        await this.page.locator('#modal-header-close-button').click({ timeout: 5000 });
+        await this.doc.locator('#modal-header-close-button').click({ timeout: 5000 });
     }
 
     /** The security dialog shows a password (set here or by another moderator). */
     async dialogShowsLocked() {
-        return (await this.page.locator('.info-password-local, .info-password-remote').count()) > 0;
+        return (await this.doc.locator('.info-password-local, .info-password-remote').count()) > 0;
     }
 
     async waitDialogLocked(locked, ms = 3000) {
@@ -335,9 +352,9 @@ export class Participant {
     /** Turn the lobby on or off from the security dialog, as a moderator does. */
     async setLobby(on) {
         await this.openSecurityDialog();
-        const box = this.page.locator('#lobby-section-switch');
+        const box = this.doc.locator('#lobby-section-switch');
         await box.waitFor({ state: 'attached', timeout: 5000 });
-        if (await box.isChecked() !== on) await this.page.locator('label[for="lobby-section-switch"]').click();
+        if (await box.isChecked() !== on) await this.doc.locator('label[for="lobby-section-switch"]').click();
         await this.waitFor((want) => document.querySelector('#lobby-section-switch')?.checked === want,
             `the lobby switch ${on ? 'on' : 'off'}`, 5000, on);
         await this.closeDialog();
@@ -356,9 +373,9 @@ export class Participant {
         let s = '';
         while (Date.now() < deadline && !(s = await state())) await sleep(200);
         if (s === 'button') {
-            const field = this.page.locator('#lobby-name-field');
+            const field = this.doc.locator('#lobby-name-field');
             if (await field.count() && !(await field.inputValue())) await field.fill(name);
-            await this.page.locator('[data-testid="lobby.knockButton"]').click();
+            await this.doc.locator('[data-testid="lobby.knockButton"]').click();
         } else if (!s) {
             throw new Error(`${this.name}: no lobby screen`);
         }
@@ -368,7 +385,7 @@ export class Participant {
     /** The moderator's view: someone named `name` knocks (participants pane lobby list). */
     async lobbyEntry(name, ms = 10000) {
         await this.openParticipantsPane();
-        const row = this.page.locator('#lobby-list [id^="participant-item-"]', { hasText: name });
+        const row = this.doc.locator('#lobby-list [id^="participant-item-"]', { hasText: name });
         await row.first().waitFor({ timeout: ms });
         return (await row.first().getAttribute('id')).slice('participant-item-'.length);
     }
@@ -376,17 +393,17 @@ export class Participant {
     /** Admit a knocker from the participants pane. */
     async admit(name) {
         const id = await this.lobbyEntry(name);
-        await this.page.locator(`#participant-item-${id}`).hover();
-        await this.page.locator(`[data-testid="admit-${id}"]`).click({ timeout: 5000 });
+        await this.doc.locator(`#participant-item-${id}`).hover();
+        await this.doc.locator(`[data-testid="admit-${id}"]`).click({ timeout: 5000 });
     }
 
     /** Reject a knocker from the participants pane ("More moderation options" → Reject). */
     async reject(name) {
         const id = await this.lobbyEntry(name);
-        await this.page.locator(`#participant-item-${id}`).hover();
-        const inline = this.page.locator(`[data-testid="reject-${id}"]`);
+        await this.doc.locator(`#participant-item-${id}`).hover();
+        const inline = this.doc.locator(`[data-testid="reject-${id}"]`);
         if (!(await inline.isVisible())) {
-            await this.page.locator(`button[title="${label('participantsPane.actions.moreModerationActions')} ${name}"]`)
+            await this.doc.locator(`button[title="${label('participantsPane.actions.moreModerationActions')} ${name}"]`)
                 .first().click({ timeout: 5000 });
         }
         await inline.click({ timeout: 5000 });
@@ -394,27 +411,27 @@ export class Participant {
 
     /** The chat panel's polls tab. */
     async openPolls() {
-        if (!(await this.page.locator('#polls-tab').isVisible())) {
+        if (!(await this.doc.locator('#polls-tab').isVisible())) {
             await this.clickToolbar('toolbar.accessibilityLabel.openChat', 'chat');
         }
-        await this.page.locator('#polls-tab').click({ timeout: 5000 });
-        await this.page.locator('#polls-tab-panel').waitFor({ timeout: 5000 });
+        await this.doc.locator('#polls-tab').click({ timeout: 5000 });
+        await this.doc.locator('#polls-tab-panel').waitFor({ timeout: 5000 });
     }
 
     /** Create and send a poll from the polls tab; resolves with its id. */
     async createPoll(question, options) {
         await this.openPolls();
-        await this.page.getByRole('button', { name: label('polls.create.create') }).click({ timeout: 5000 });
-        await this.page.locator('#polls-create-input').fill(question);
+        await this.doc.getByRole('button', { name: label('polls.create.create') }).click({ timeout: 5000 });
+        await this.doc.locator('#polls-create-input').fill(question);
         for (let i = 0; i < options.length; i++) {
-            const input = this.page.locator(`#polls-answer-input-${i}`);
+            const input = this.doc.locator(`#polls-answer-input-${i}`);
             if (!(await input.count())) {
-                await this.page.getByRole('button', { name: label('polls.create.addOption') }).click();
+                await this.doc.getByRole('button', { name: label('polls.create.addOption') }).click();
             }
             await input.fill(options[i]);
         }
-        await this.page.getByRole('button', { name: label('polls.create.save') }).click({ timeout: 5000 });
-        await this.page.getByRole('button', { name: label('polls.create.accessibilityLabel.send') }).click({ timeout: 5000 });
+        await this.doc.getByRole('button', { name: label('polls.create.save') }).click({ timeout: 5000 });
+        await this.doc.getByRole('button', { name: label('polls.create.accessibilityLabel.send') }).click({ timeout: 5000 });
         return this.waitFor((q) => Object.values(APP.store.getState()['features/polls'].polls)
             .find((p) => p.question === q)?.id ?? Object.keys(APP.store.getState()['features/polls'].polls)
             .find((k) => APP.store.getState()['features/polls'].polls[k].question === q), `poll "${question}"`, 10000, question);
@@ -423,28 +440,28 @@ export class Participant {
     /** Tick the options (indexes) of a poll and submit. */
     async answerPoll(pollId, picks) {
         await this.openPolls();
-        await this.page.locator(`#poll-${pollId}`).waitFor({ timeout: 10000 });
+        await this.doc.locator(`#poll-${pollId}`).waitFor({ timeout: 10000 });
         for (const i of picks) {
-            await this.page.locator(`#poll-answer-checkbox-${pollId}-${i}`).check({ force: true });
+            await this.doc.locator(`#poll-answer-checkbox-${pollId}-${i}`).check({ force: true });
         }
-        await this.page.locator(`#poll-${pollId}`).getByRole('button', { name: label('polls.answer.submit') }).click({ timeout: 5000 });
+        await this.doc.locator(`#poll-${pollId}`).getByRole('button', { name: label('polls.answer.submit') }).click({ timeout: 5000 });
     }
 
     /** The result line of one option as the app shows it ("1 (50%)"). */
     pollResult(pollId, i) {
-        return this.page.locator(`#poll-result-${pollId}-${i}`).innerText({ timeout: 10000 });
+        return this.doc.locator(`#poll-result-${pollId}-${i}`).innerText({ timeout: 10000 });
     }
 
     /** Lock the room with a password through the security dialog, as a moderator does. */
     async addPassword(password) {
         await this.openSecurityDialog();
         await this.waitDialogLocked(false);
-        await this.page.locator('.add-password').click({ timeout: 5000 });
-        const input = this.page.locator('#info-password-input');
+        await this.doc.locator('.add-password').click({ timeout: 5000 });
+        const input = this.doc.locator('#info-password-input');
         await input.waitFor({ timeout: 5000 });
         await input.click();
         await this.page.keyboard.type(password);
-        await this.page.locator('.password-actions button', { hasText: 'Add' }).click({ timeout: 5000 });
+        await this.doc.locator('.password-actions button', { hasText: 'Add' }).click({ timeout: 5000 });
         await this.waitDialogLocked(true);
         await this.closeDialog();
     }
@@ -452,30 +469,30 @@ export class Participant {
     async removePassword() {
         await this.openSecurityDialog();
         await this.waitDialogLocked(true);
-        await this.page.locator('.remove-password').click({ timeout: 5000 });
+        await this.doc.locator('.remove-password').click({ timeout: 5000 });
         await this.waitDialogLocked(false);
         await this.closeDialog();
     }
 
     /** The password prompt a joiner of a locked room gets. */
     async submitRoomPassword(password, ms = 10000) {
-        const input = this.page.locator('input[name="lockKey"]');
+        const input = this.doc.locator('input[name="lockKey"]');
         await input.waitFor({ timeout: ms });
         await input.fill(password);
-        await this.page.locator('#modal-dialog-ok-button').click({ timeout: 5000 });
+        await this.doc.locator('#modal-dialog-ok-button').click({ timeout: 5000 });
     }
 
     async openParticipantsPane() {
-        if (await this.page.locator('#participants-pane').count()) return;
-        await this.page.locator('[aria-label^="Open participants panel"]').first().click({ timeout: 10000 });
-        await this.page.locator('#participants-pane').waitFor({ timeout: 5000 });
+        if (await this.doc.locator('#participants-pane').count()) return;
+        await this.doc.locator('[aria-label^="Open participants panel"]').first().click({ timeout: 10000 });
+        await this.doc.locator('#participants-pane').waitFor({ timeout: 5000 });
     }
 
     /** Wait until the participants pane shows (or no longer shows) a mute icon for `other`. */
     async waitMuteIcon(other, kind, shown = true, ms = 5000) {
         await this.openParticipantsPane();
         const id = typeof other === 'string' ? other : await other.id();
-        const icon = this.page.locator(`#participant-item-${id} .indicators svg#${kind === 'video' ? 'videoMuted' : 'audioMuted'}`);
+        const icon = this.doc.locator(`#participant-item-${id} .indicators svg#${kind === 'video' ? 'videoMuted' : 'audioMuted'}`);
         await icon.first().waitFor({ state: shown ? 'visible' : 'hidden', timeout: ms })
             .catch(() => { throw new Error(`${this.name}: ${kind} mute icon of ${id} ${shown ? 'not shown' : 'still shown'} in the participants pane after ${ms} ms`); });
     }
@@ -485,8 +502,8 @@ export class Participant {
      * the pane's list leaves it outside the viewport, a click event is sent to it directly.
      */
     async openMoreOptions(id) {
-        await this.page.locator(`#participant-item-${id}`).hover().catch(() => {});
-        const button = this.page.locator(`[data-testid="participant-more-options-${id}"]`);
+        await this.doc.locator(`#participant-item-${id}`).hover().catch(() => {});
+        const button = this.doc.locator(`[data-testid="participant-more-options-${id}"]`);
         await button.click({ timeout: 3000 }).catch(() => button.dispatchEvent('click', {}, { timeout: 5000 }));
     }
 
@@ -500,23 +517,23 @@ export class Participant {
         const id = typeof other === 'string' ? other : await other.id();
         await this.openMoreOptions(id);
         const sel = typeof item === 'function' ? item(id) : item;
-        await this.page.locator(sel).filter({ visible: true }).first().click({ timeout: 5000 });
-        if (confirm) await this.page.locator('#modal-dialog-ok-button').click({ timeout: 5000 });
+        await this.doc.locator(sel).filter({ visible: true }).first().click({ timeout: 5000 });
+        if (confirm) await this.doc.locator('#modal-dialog-ok-button').click({ timeout: 5000 });
     }
 
     /** Settings dialog, Moderator tab: "everyone starts muted" (audio, video), then OK. */
     async setStartMuted({ audio, video }) {
         await this.clickToolbar('toolbar.accessibilityLabel.Settings', 'settings');
-        await this.page.locator('.settings-pane').first().waitFor({ timeout: 5000 });
-        await this.page.locator('.settings-dialog').getByText(label('settings.moderator'), { exact: true }).first()
+        await this.doc.locator('.settings-pane').first().waitFor({ timeout: 5000 });
+        await this.doc.locator('.settings-dialog').getByText(label('settings.moderator'), { exact: true }).first()
             .click({ timeout: 5000 });
         for (const [name, want] of [['start-audio-muted', audio], ['start-video-muted', video]]) {
-            const box = this.page.locator(`input[name="${name}"]`);
+            const box = this.doc.locator(`input[name="${name}"]`);
             await box.waitFor({ state: 'attached', timeout: 5000 });
             // The label's decoration grabs the click: click the box's parent, as the app's own tests do.
             if (await box.isChecked() !== want) await box.locator('xpath=ancestor::div[1]').click();
         }
-        await this.page.locator('#modal-dialog-ok-button').click({ timeout: 5000 });
+        await this.doc.locator('#modal-dialog-ok-button').click({ timeout: 5000 });
     }
 
     /** My own microphone / camera is muted (the app's local track state). */
@@ -527,8 +544,8 @@ export class Participant {
 
     /** Change my display name in the filmstrip, as a person does. */
     async setDisplayName(name) {
-        await this.page.locator('#localVideoContainer').hover();
-        await this.page.locator('#localVideoContainer #localDisplayName').click();
+        await this.doc.locator('#localVideoContainer').hover();
+        await this.doc.locator('#localVideoContainer #localDisplayName').click();
         await this.page.keyboard.press('Control+A');
         await this.page.keyboard.type(name);
         await this.page.keyboard.press('Enter');
@@ -563,7 +580,7 @@ export class Participant {
     /** The app shows `other` as outside last-N (the "ninja" on its thumbnail), or no longer. */
     async waitNotInLastN(other, shown = true, ms = 5000) {
         const id = typeof other === 'string' ? other : await other.id();
-        await this.page.locator(`#participant_${id} .connection_ninja`).first()
+        await this.doc.locator(`#participant_${id} .connection_ninja`).first()
             .waitFor({ state: shown ? 'visible' : 'hidden', timeout: ms })
             .catch(() => { throw new Error(`${this.name}: ${id} is ${shown ? 'not shown' : 'still shown'} as outside last-N after ${ms} ms`); });
     }
@@ -571,7 +588,7 @@ export class Participant {
     /** One line of what the app shows: room, P2P, remote participants, tracks and videos. */
     async describe() {
         try {
-            return `[${this.name}] ` + await withTimeout(this.page.evaluate(() => JSON.stringify({
+            return `[${this.name}] ` + await withTimeout(this.doc.evaluate(() => JSON.stringify({
                 me: APP.conference.getMyUserId?.(),
                 room: APP.conference._room?.room?.roomjid,
                 joined: APP.conference.isJoined?.(),

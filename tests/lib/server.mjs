@@ -128,6 +128,10 @@ export class MeetdServer {
     get httpBase() {
         return `http://127.0.0.1:${this.httpPort}`;
     }
+    /** With opts.https: meetd's HTTPS listener (its self-signed certificate). */
+    get httpsBase() {
+        return `https://127.0.0.1:${this.httpsPort}`;
+    }
     get wsUrl() {
         return `ws://127.0.0.1:${this.httpPort}/xmpp-websocket`;
     }
@@ -151,13 +155,13 @@ export class MeetdServer {
             this.configPath = path.join(this.dataDir, 'meetd-test.toml');
             writeFileSync(this.configPath, this.opts.config);
         }
-        [this.httpPort, this.c2sPort, this.componentPort] = await distinctFreePorts(3);
+        [this.httpPort, this.c2sPort, this.componentPort, this.httpsPort] = await distinctFreePorts(4);
         this.mediaPort = await freeUdpPort();
         const args = [
             'serve',
             ...this.commonArgs(),
             '--http', `127.0.0.1:${this.httpPort}`,
-            '--https', 'off',
+            '--https', this.opts.https ? `127.0.0.1:${this.httpsPort}` : 'off',
             '--c2s', `127.0.0.1:${this.c2sPort}`,
             '--component', `127.0.0.1:${this.componentPort}`,
             '--media-port', String(this.mediaPort),

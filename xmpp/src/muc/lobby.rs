@@ -210,8 +210,10 @@ impl Lobby {
                 JoinCheck::Continue
             };
         }
-        if aff >= Affiliation::Member {
-            // Admitted earlier: no password asked.
+        let waiting = self.waiting.contains(&room.jid);
+        // Admitted earlier: no password asked. While the room waits for its host, members
+        // (students whose token makes them members) wait too.
+        if aff >= Affiliation::Member && !(waiting && aff < Affiliation::Owner) {
             return JoinCheck::Approve(aff);
         }
         let name = join
@@ -219,7 +221,6 @@ impl Lobby {
             .get_child("nick", NS_NICK)
             .map(|n| n.text())
             .unwrap_or_default();
-        let waiting = self.waiting.contains(&room.jid);
         if name.trim().is_empty() && !waiting {
             let Some(mut e) = stanza::error_reply(
                 join.presence,
