@@ -78,6 +78,10 @@ pub enum Colibri2Error {
     /// A non-create request for an unknown meeting-id.
     #[error("Conference not found for ID: {meeting_id}")]
     ConferenceNotFound { meeting_id: String },
+    /// The media engine's queue has no room for the request now; nothing changed, and the
+    /// request may be sent again.
+    #[error("Bridge busy, try again")]
+    Busy,
     /// `create` while the bridge is in graceful shutdown.
     #[error("In graceful shutdown")]
     GracefulShutdown,
@@ -167,6 +171,7 @@ impl Colibri2Error {
                 "item-not-found"
             }
             Colibri2Error::GracefulShutdown => "service-unavailable",
+            Colibri2Error::Busy => "resource-constraint",
             Colibri2Error::UnsupportedRequest(_) | Colibri2Error::FeatureNotImplemented(_) => {
                 "feature-not-implemented"
             }
@@ -178,6 +183,7 @@ impl Colibri2Error {
     pub fn error_type(&self) -> &'static str {
         match self.condition() {
             "bad-request" => "modify",
+            "resource-constraint" => "wait",
             _ => "cancel",
         }
     }

@@ -57,7 +57,7 @@ pub struct EndpointState {
     pub ssrc_rewriting: bool,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct ConferenceState {
     /// The bridge's own id (in colibri-ws URLs), not the meeting id.
     pub id: String,
@@ -128,9 +128,15 @@ impl ColibriService {
         true
     }
 
-    fn engine(&self, c: crate::udp::Command) {
-        if let Some(e) = &self.engine {
-            e.send(c);
+    /// Queue a request's engine commands, all or none: with no room the request fails as
+    /// busy before it changed anything.
+    fn submit(&self, conf: &str, cmds: Vec<crate::udp::Command>) -> Result<(), Colibri2Error> {
+        match &self.engine {
+            Some(e) => e.submit(conf, cmds).map_err(|e| {
+                tracing::warn!(conf, error = %e, "Colibri2 request refused");
+                Colibri2Error::Busy
+            }),
+            None => Ok(()),
         }
     }
 
@@ -216,10 +222,13 @@ impl ColibriService {
         }
     }
 
-    /// Handle one `conference-modify` (synchronously; the answer is immediate).
+    /// Handle one `conference-modify` (synchronously; the answer is immediate). The request
+    /// works on a copy of its conference; the copy replaces the conference only once the
+    /// engine has taken the request's commands, so a busy engine leaves everything as it was.
     pub fn handle(&self, req: &ConferenceModify) -> Result<ConferenceModified, Colibri2Error> {
         let mut confs = self.conferences.lock();
         let mut resp = ConferenceModified::default();
+        let mut created = None;
         if req.create {
             if confs.contains_key(&req.meeting_id) {
                 return Err(Colibri2Error::ConferenceAlreadyExists {
@@ -259,21 +268,35 @@ impl ColibriService {
                     src(MediaType::Video, "jvb-v0", c.feedback_video),
                 ],
             });
-            confs.insert(req.meeting_id.clone(), c);
-            tracing::debug!(meeting = %req.meeting_id, "bridge conference created");
+            // As on a stock bridge, the conference exists even when its endpoints are refused.
+            confs.insert(req.meeting_id.clone(), c.clone());
+            created = Some(c);
         }
         if req.expire {
-            if let Some(c) = confs.remove(&req.meeting_id) {
-                self.engine(crate::udp::Command::RemoveConference { conf: c.id });
+            if created.is_some() {
+                confs.remove(&req.meeting_id);
+            } else if let Some(id) = confs.get(&req.meeting_id).map(|c| c.id.clone()) {
+                self.submit(
+                    &id,
+                    vec![crate::udp::Command::RemoveConference { conf: id.clone() }],
+                )?;
+                confs.remove(&req.meeting_id);
             }
             tracing::debug!(meeting = %req.meeting_id, "bridge conference expired");
             return Ok(resp);
         }
-        let Some(conf) = confs.get_mut(&req.meeting_id) else {
-            return Err(Colibri2Error::ConferenceNotFound {
-                meeting_id: req.meeting_id.clone(),
-            });
+        let mut conf = match created {
+            Some(c) => c,
+            None => match confs.get(&req.meeting_id) {
+                Some(c) => c.clone(),
+                None => {
+                    return Err(Colibri2Error::ConferenceNotFound {
+                        meeting_id: req.meeting_id.clone(),
+                    });
+                }
+            },
         };
+        let mut cmds = Vec::new();
         let max_eps = self.cfg.max_endpoints_per_conference;
         // Validate the whole request before changing anything.
         let mut creating = 0;
@@ -306,7 +329,7 @@ impl ColibriService {
         for ep in &req.endpoints {
             if ep.expire {
                 if conf.endpoints.remove(&ep.id).is_some() {
-                    self.engine(crate::udp::Command::RemoveEndpoint {
+                    cmds.push(crate::udp::Command::RemoveEndpoint {
                         conf: conf.id.clone(),
                         ep: ep.id.clone(),
                     });
@@ -331,7 +354,7 @@ impl ColibriService {
                 };
                 let sctp = ep.transport.as_ref().is_some_and(|t| t.sctp.is_some());
                 out.transport = Some(self.local_transport(&conf.id, &state, sctp));
-                self.engine(crate::udp::Command::AddEndpoint {
+                cmds.push(crate::udp::Command::AddEndpoint {
                     conf: conf.id.clone(),
                     ep: ep.id.clone(),
                     ufrag: state.ufrag.clone(),
@@ -352,7 +375,7 @@ impl ColibriService {
             if let Some(t) = ep.transport.as_ref().and_then(|t| t.ice.clone())
                 && (t.ufrag.is_some() || !t.candidates.is_empty() || !t.fingerprints.is_empty())
             {
-                self.engine(crate::udp::Command::SetRemote {
+                cmds.push(crate::udp::Command::SetRemote {
                     conf: conf.id.clone(),
                     ep: ep.id.clone(),
                     transport: t.clone(),
@@ -360,7 +383,7 @@ impl ColibriService {
                 state.remote = Some(t);
             }
             if let Some(s) = &ep.sources {
-                self.engine(crate::udp::Command::SetSources {
+                cmds.push(crate::udp::Command::SetSources {
                     conf: conf.id.clone(),
                     ep: ep.id.clone(),
                     sources: s.clone(),
@@ -374,7 +397,7 @@ impl ColibriService {
                 if let Some(v) = fm.video {
                     state.force_mute_video = v;
                 }
-                self.engine(crate::udp::Command::ForceMute {
+                cmds.push(crate::udp::Command::ForceMute {
                     conf: conf.id.clone(),
                     ep: ep.id.clone(),
                     audio: fm.audio,
@@ -383,6 +406,11 @@ impl ColibriService {
             }
             resp.endpoints.push(out);
         }
+        self.submit(&conf.id, cmds)?;
+        if req.create {
+            tracing::debug!(meeting = %req.meeting_id, "bridge conference created");
+        }
+        confs.insert(req.meeting_id.clone(), conf);
         Ok(resp)
     }
 }
@@ -480,6 +508,61 @@ mod tests {
             s.handle(&m3),
             Err(Colibri2Error::ConferenceNotFound { .. })
         ));
+    }
+
+    /// A full engine queue: the request is refused as busy and nothing changes; once the
+    /// engine has read its queue, the same request goes through.
+    #[test]
+    fn a_busy_engine_refuses_the_request_and_changes_nothing() {
+        use crate::udp::Command;
+        for shards in [1, 2] {
+            // Two places: the two creates below fill the queue (one AddEndpoint each).
+            let (engine, mut rxs, mut routes) = crate::udp::EngineHandle::detached(shards, 2);
+            let s = ColibriService::with_engine(svc().cfg.clone(), Some(engine));
+            let mut m = ConferenceModify::new("m1");
+            m.create = true;
+            m.endpoints.push(create_ep("aaaa"));
+            s.handle(&m).unwrap();
+            let mut m2 = ConferenceModify::new("m1");
+            m2.endpoints.push(create_ep("bbbb"));
+            s.handle(&m2).unwrap();
+            let mut expire = ConferenceModify::new("m1");
+            let mut e = Endpoint::new("bbbb");
+            e.expire = true;
+            expire.endpoints.push(e);
+            let err = s.handle(&expire).unwrap_err();
+            assert_eq!(err.condition(), "resource-constraint");
+            assert_eq!(err.error_type(), "wait");
+            assert!(s.endpoint("m1", "bbbb").is_some(), "nothing changed");
+            // A new conference's endpoints are refused too (the conference itself exists, as
+            // when a stock bridge refuses an endpoint of a create).
+            let mut m3 = ConferenceModify::new("m2");
+            m3.create = true;
+            m3.endpoints.push(create_ep("cccc"));
+            if shards == 1 {
+                assert!(matches!(s.handle(&m3), Err(Colibri2Error::Busy)));
+                assert!(s.endpoint("m2", "cccc").is_none());
+            }
+            // The engine reads its queue: both endpoints, in order.
+            let mut seen = Vec::new();
+            for rx in rxs.iter_mut() {
+                while let Ok(c) = rx.try_recv() {
+                    if let Command::AddEndpoint { ep, .. } = c {
+                        seen.push(ep);
+                    }
+                }
+            }
+            assert_eq!(seen, ["aaaa", "bbbb"]);
+            if let Some(r) = routes.as_mut() {
+                let mut n = 0;
+                while r.try_recv().is_ok() {
+                    n += 1;
+                }
+                assert_eq!(n, 2, "each endpoint's route went with it");
+            }
+            s.handle(&expire).unwrap();
+            assert!(s.endpoint("m1", "bbbb").is_none());
+        }
     }
 
     #[test]

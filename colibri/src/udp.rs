@@ -91,7 +91,34 @@ impl ServiceLink {
     }
 }
 
-/// Sends commands to the engine thread(s) (bounded; a full queue drops and logs).
+/// The engine's command queue has no room for a request's commands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("media engine busy: command queue full")]
+pub struct EngineBusy;
+
+/// The receive thread's routing update a command needs (several shards only).
+fn route_of(c: &Command, shard: usize) -> Option<Route> {
+    match c {
+        Command::AddEndpoint {
+            conf, ep, ufrag, ..
+        } => Some(Route::Add {
+            conf: conf.clone(),
+            ep: ep.clone(),
+            ufrag: ufrag.clone(),
+            shard,
+        }),
+        Command::RemoveEndpoint { conf, ep } => Some(Route::Remove {
+            conf: conf.clone(),
+            ep: ep.clone(),
+        }),
+        Command::RemoveConference { conf } => Some(Route::RemoveConference { conf: conf.clone() }),
+        _ => None,
+    }
+}
+
+/// Sends commands to the engine thread(s). [`EngineHandle::submit`] takes all of a request's
+/// commands or none (the caller answers "busy"); [`EngineHandle::send`], for the bridge
+/// channel's hints, drops and logs when the queue is full.
 #[derive(Clone, Debug)]
 pub struct EngineHandle {
     /// One command queue per engine shard.
@@ -108,8 +135,69 @@ impl EngineHandle {
         *self.service.0.lock() = Some(Arc::downgrade(service));
     }
 
+    /// A handle on queues no engine reads (tests fill them): `shards` command queues of
+    /// `queue` places, and with several shards a routing queue of `queue` places.
+    #[cfg(test)]
+    pub(crate) fn detached(
+        shards: usize,
+        queue: usize,
+    ) -> (
+        EngineHandle,
+        Vec<mpsc::Receiver<Command>>,
+        Option<mpsc::Receiver<Route>>,
+    ) {
+        let (txs, rxs): (Vec<_>, Vec<_>) = (0..shards).map(|_| mpsc::channel(queue)).unzip();
+        let (router, rrx) = if shards > 1 {
+            let (t, r) = mpsc::channel(queue);
+            (Some((t, Arc::new(AtomicU64::new(0)))), Some(r))
+        } else {
+            (None, None)
+        };
+        (
+            EngineHandle {
+                txs,
+                router,
+                service: Arc::new(ServiceLink::default()),
+            },
+            rxs,
+            rrx,
+        )
+    }
+
+    /// All of one request's commands for conference `conf`, with their routing updates:
+    /// room for every one is reserved first, so either all are queued, in order, or none is
+    /// and the caller gets [`EngineBusy`].
+    pub fn submit(&self, conf: &str, cmds: Vec<Command>) -> Result<(), EngineBusy> {
+        if cmds.is_empty() {
+            return Ok(());
+        }
+        let k = shard_of(conf, self.txs.len());
+        let routes: Vec<Route> = match &self.router {
+            Some(_) => cmds.iter().filter_map(|c| route_of(c, k)).collect(),
+            None => Vec::new(),
+        };
+        let mut cmd_permits = self.txs[k]
+            .try_reserve_many(cmds.len())
+            .map_err(|_| EngineBusy)?;
+        if let (Some((router, _)), false) = (&self.router, routes.is_empty()) {
+            let permits = router
+                .try_reserve_many(routes.len())
+                .map_err(|_| EngineBusy)?;
+            // Routes first: the receive thread knows the endpoint before its shard does.
+            for (p, r) in permits.zip(routes) {
+                p.send(r);
+            }
+        }
+        for c in cmds {
+            if let Some(p) = cmd_permits.next() {
+                p.send(c);
+            }
+        }
+        Ok(())
+    }
+
     /// A command for the shard of its conference (and, with several shards, the routing
-    /// update the receive thread needs for it).
+    /// update the receive thread needs for it). A full queue drops it with a log line.
     pub fn send(&self, c: Command) {
         let conf = match &c {
             Command::AddEndpoint { conf, .. }
@@ -123,30 +211,11 @@ impl EngineHandle {
             Command::Stats(_) => "",
         };
         let k = shard_of(conf, self.txs.len());
-        if let Some((router, _)) = &self.router {
-            let route = match &c {
-                Command::AddEndpoint {
-                    conf, ep, ufrag, ..
-                } => Some(Route::Add {
-                    conf: conf.clone(),
-                    ep: ep.clone(),
-                    ufrag: ufrag.clone(),
-                    shard: k,
-                }),
-                Command::RemoveEndpoint { conf, ep } => Some(Route::Remove {
-                    conf: conf.clone(),
-                    ep: ep.clone(),
-                }),
-                Command::RemoveConference { conf } => {
-                    Some(Route::RemoveConference { conf: conf.clone() })
-                }
-                _ => None,
-            };
-            if let Some(r) = route
-                && let Err(e) = router.try_send(r)
-            {
-                tracing::warn!(error = %e, "media routing queue full; update dropped");
-            }
+        if let Some((router, _)) = &self.router
+            && let Some(r) = route_of(&c, k)
+            && let Err(e) = router.try_send(r)
+        {
+            tracing::warn!(error = %e, "media routing queue full; update dropped");
         }
         if let Err(e) = self.txs[k].try_send(c) {
             tracing::warn!(error = %e, "media engine command queue full; command dropped");

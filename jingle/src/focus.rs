@@ -98,8 +98,16 @@ pub fn start(router: Arc<Router>, opts: FocusOptions, bridge: Arc<dyn Bridge>) -
                     };
                     match rooms.get(&room) {
                         Some(r) => {
-                            if r.tx.try_send(ActorMsg::Input(Input::Stanza(*st))).is_err() {
-                                tracing::warn!(%room, "conference queue full");
+                            if let Err(e) = r.tx.try_send(ActorMsg::Input(Input::Stanza(*st))) {
+                                // The sender learns it (an IQ — session-accept, mute — gets
+                                // resource-constraint and may send it again); a presence has no
+                                // answer, so the log says which.
+                                let ActorMsg::Input(Input::Stanza(st)) = e.into_inner() else { continue };
+                                tracing::warn!(%room, stanza = st.name(), from = st.attr("from"), "conference queue full");
+                                if let Some(mut e) = stanza::error_reply(&st, StanzaError::RESOURCE_CONSTRAINT, Some("conference busy")) {
+                                    stanza::set_attr(&mut e, "from", st.attr("to").unwrap_or(&opts.cfg.focus_jid));
+                                    router.route(e);
+                                }
                             }
                         }
                         None => {
@@ -114,7 +122,12 @@ pub fn start(router: Arc<Router>, opts: FocusOptions, bridge: Arc<dyn Bridge>) -
                 Some(req) = http_rx.recv() => {
                     match room_actor(&router, &opts, &bridge, &mut rooms, &mut generation, &done_tx, &req.room) {
                         Ok(tx) => {
-                            let _ = tx.try_send(ActorMsg::Http(req.reply));
+                            if let Err(e) = tx.try_send(ActorMsg::Http(req.reply)) {
+                                tracing::warn!(room = %req.room, "conference queue full");
+                                if let ActorMsg::Http(reply) = e.into_inner() {
+                                    let _ = reply.send(Err("conference busy".into()));
+                                }
+                            }
                         }
                         Err(e) => {
                             let _ = req.reply.send(Err(e.1));

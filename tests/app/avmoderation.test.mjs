@@ -52,13 +52,7 @@ appTest('moderated audio: muted, refused, asked to unmute, heard; the unapproved
     assert.equal(await b.eval(audioMuted), true);
     // Alice asks Bob to unmute (participants pane); Bob unmutes from the notice and is heard.
     const bid = await b.id();
-    await a.page.mouse.move(0, 0);
-    await a.page.locator(`#participant-item-${bid}`).hover();
-    const ask = a.page.locator(`[data-testid="unmute-audio-${bid}"]`);
-    if (!(await ask.isVisible())) {
-        await a.page.locator(`[data-testid="participant-more-options-${bid}"]`).click({ timeout: 5000 });
-    }
-    await ask.click({ timeout: 5000 });
+    await a.clickParticipantEntry(bid, `[data-testid="unmute-audio-${bid}"]`);
     await b.page.locator('[data-testid="notify.hostAskedUnmute"]').waitFor({ timeout: 5000 });
     await b.page.locator('[data-testid="notify.unmute"]').click({ timeout: 5000 });
     await a.waitMuteIcon(b, 'audio', false);

@@ -5,8 +5,10 @@
 // bad tokens get the app's "Authentication failed" and meetd keeps serving; RS256 keys come
 // from a key server served here; a guest waits until a token moderator arrives.
 import http from 'node:http';
-import { createHash, createHmac, generateKeyPairSync, sign as cryptoSign } from 'node:crypto';
+import { after } from 'node:test';
+import { createHash, generateKeyPairSync, sign as cryptoSign } from 'node:crypto';
 import { useApp, appTest, assert, label, sleep } from './lib.mjs';
+import { b64u, signToken, moodleClaims as claimsFor } from '../lib/jwt.mjs';
 
 const SECRET = 'moodle-shared-secret';
 const APP_ID = 'moodle';
@@ -38,7 +40,12 @@ const pages = http.createServer((req, res) => {
 });
 await new Promise((r) => pages.listen(0, '127.0.0.1', r));
 const pagesBase = `http://127.0.0.1:${pages.address().port}`;
-process.on('exit', () => pages.close());
+// Neither keeps the test process alive once the tests are done.
+pages.unref();
+after(() => {
+    pages.closeAllConnections();
+    pages.close();
+});
 
 /** The page mod_jitsi renders for a session (classes/local/session.php), trimmed to the call. */
 function moodlePage(room, jwt, name, teacher) {
@@ -75,24 +82,12 @@ api.executeCommand('displayName', ${JSON.stringify(name)});
 </script></body></html>`;
 }
 
-const b64u = (s) => Buffer.from(s).toString('base64url');
 /** A token as mod_jitsi's build_token signs it (HS256, kid jitsi/custom_key_name). */
 function token(claims = {}, { alg = 'HS256', secret = SECRET, kid = 'jitsi/custom_key_name' } = {}) {
-    const head = `${b64u(JSON.stringify({ kid, typ: 'JWT', alg }))}.${b64u(JSON.stringify(claims))}`;
-    let sig = '';
-    if (alg === 'HS256') sig = createHmac('sha256', secret).update(head).digest('base64url');
-    if (alg === 'RS256') sig = cryptoSign('sha256', Buffer.from(head), rsa.privateKey).toString('base64url');
-    return `${head}.${sig}`;
+    return signToken(claims, { alg, secret, kid, privateKey: rsa.privateKey });
 }
-function moodleClaims({ name, teacher, room = ROOM, exp = Math.floor(Date.now() / 1000) + 86400, ...rest }) {
-    return {
-        context: {
-            user: { affiliation: teacher ? 'owner' : 'member', avatar: AVATAR, name, email: `${name.split(' ')[0].toLowerCase()}@uni.example`, id: '', moderator: teacher },
-            group: '',
-        },
-        aud: 'jitsi', iss: APP_ID, sub: 'meet.jitsi', room: encodeURIComponent(room), exp, moderator: teacher,
-        ...rest,
-    };
+function moodleClaims({ room = ROOM, ...rest }) {
+    return claimsFor({ room, appId: APP_ID, avatar: AVATAR, ...rest });
 }
 
 const jwtConfig = `[auth]\nmode = "jwt"\n[auth.jwt]\napp_id = "${APP_ID}"\napp_secret = "${SECRET}"\n`

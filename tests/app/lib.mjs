@@ -508,6 +508,27 @@ export class Participant {
     }
 
     /**
+     * In the participants pane, click an entry of participant `id`'s row (shown on hover, or in
+     * its "more" menu). The pane re-renders rows as mute icons change: tried again then.
+     */
+    async clickParticipantEntry(id, sel) {
+        let last;
+        for (let i = 0; i < 3; i++) {
+            try {
+                await this.page.mouse.move(0, 0);
+                await this.doc.locator(`#participant-item-${id}`).hover({ timeout: 3000 });
+                const entry = this.doc.locator(sel);
+                if (!(await entry.isVisible())) await this.openMoreOptions(id);
+                await entry.click({ timeout: 3000 });
+                return;
+            } catch (e) {
+                last = e;
+            }
+        }
+        throw last;
+    }
+
+    /**
      * In the participants pane, open `other`'s "more" menu and click an entry: `item` is a
      * CSS selector, or a function of the participant id giving one (`(id) => `#ejectlink_${id}``
      * for kick); `confirm` presses the dialog's OK.

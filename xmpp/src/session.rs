@@ -1264,20 +1264,7 @@ mod tests {
     fn logged_in(kind: TransportKind) -> (C2s, String) {
         let now = Instant::now();
         let mut c = C2s::new(cfg(), info(kind), now);
-        c.input(open("meet.jitsi"), now);
-        let out = sent(&mut c);
-        assert_eq!(out[0], "open:meet.jitsi");
-        assert!(
-            out[1].contains("<mechanism>ANONYMOUS</mechanism>"),
-            "{out:?}"
-        );
-        c.input(
-            LinkEvent::Element(parse(
-                "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='ANONYMOUS'/>",
-            )),
-            now,
-        );
-        let out = sent(&mut c);
+        let out = anonymous_auth(&mut c, now);
         assert!(out[0].starts_with("<success"), "{out:?}");
         assert_eq!(out[1], "Reset");
         c.input(open("meet.jitsi"), now);
@@ -1304,8 +1291,15 @@ mod tests {
         let mut i = info(TransportKind::WebSocket);
         i.query = QueryParams::from_query(Some(query));
         let mut c = C2s::new(Arc::new(c), i, now);
+        let out = anonymous_auth(&mut c, now);
+        (c, out)
+    }
+
+    /// Open the stream on the main domain, which offers ANONYMOUS, and send `<auth/>`.
+    fn anonymous_auth(c: &mut C2s, now: Instant) -> Vec<String> {
         c.input(open("meet.jitsi"), now);
-        let out = sent(&mut c);
+        let out = sent(c);
+        assert_eq!(out[0], "open:meet.jitsi");
         assert!(
             out[1].contains("<mechanism>ANONYMOUS</mechanism>"),
             "{out:?}"
@@ -1316,8 +1310,7 @@ mod tests {
             )),
             now,
         );
-        let out = sent(&mut c);
-        (c, out)
+        sent(c)
     }
 
     #[test]
