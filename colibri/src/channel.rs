@@ -16,18 +16,8 @@ use parking_lot::Mutex;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
+pub use crate::media::ReceiverConstraints;
 use crate::service::ColibriService;
-
-/// A receiver's video wishes (ReceiverVideoConstraints), kept as the bridge last saw them.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct ReceiverConstraints {
-    pub last_n: Option<i64>,
-    pub default_max_height: Option<i64>,
-    /// Source name → maxHeight.
-    pub constraints: HashMap<String, i64>,
-    pub on_stage: Vec<String>,
-    pub selected: Vec<String>,
-}
 
 type Key = (String, String);
 

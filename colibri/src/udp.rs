@@ -15,9 +15,10 @@ use parking_lot::Mutex;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::channel::{ChannelHub, ReceiverConstraints};
+use crate::channel::ChannelHub;
 use crate::colibri2::MediaType;
 use crate::colibri2::{IceUdpTransport, Media, Sources};
+use crate::media::ReceiverConstraints;
 use crate::media::{EngineConfig, EngineEvent, EngineOutput, EngineStats, MediaEngine};
 use crate::service::ColibriService;
 

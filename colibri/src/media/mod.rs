@@ -23,6 +23,7 @@
 
 mod buf;
 mod bwe;
+mod constraints;
 mod egress;
 mod endpoint;
 mod forward;
@@ -44,9 +45,9 @@ use str0m::net::{Protocol, Receive};
 use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite, Ssrc, Vp8Descriptor};
 use str0m::{Event, IceConnectionState, Input, Output};
 
-pub use crate::channel::ReceiverConstraints;
 use crate::colibri2::{self, MediaType};
 use buf::{Buf, Payload};
+pub use constraints::ReceiverConstraints;
 use egress::{Clock, ExtOut, Feedback, RtpOut, Sent, parse_feedback, patch_vp8, write_header};
 pub use endpoint::MappedSource;
 use endpoint::{
