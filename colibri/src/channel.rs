@@ -16,6 +16,8 @@ use parking_lot::Mutex;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
+pub mod events;
+
 pub use crate::media::ReceiverConstraints;
 use crate::service::ColibriService;
 
