@@ -249,7 +249,7 @@ async fn cors_ok() -> Response {
     http_bind::preflight()
 }
 
-/// `POST /conference-request/v1`: the HTTP form of the conference IQ (focus-jingle.md §1.3).
+/// `POST /conference-request/v1`: the HTTP form of the conference IQ (docs/focus.md §1.3).
 async fn conference_request(State(st): State<St>, body: Bytes) -> Response {
     let json = |status: StatusCode, v: serde_json::Value| {
         let mut r = (status, v.to_string()).into_response();

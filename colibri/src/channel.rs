@@ -1,5 +1,5 @@
 //! The bridge channel (`/colibri-ws/<bridge>/<conference>/<endpoint>?pwd=…`): JSON messages
-//! between the bridge and each endpoint (bridge.md Part A).
+//! between the bridge and each endpoint (docs/bridge.md Part A).
 //!
 //! [`ChannelHub`] holds one bounded outbound queue per connected endpoint and the receivers'
 //! latest constraints; [`ChannelHub::client_message`] is the sans-IO handling of one message
@@ -266,7 +266,7 @@ impl ChannelHub {
                     .and_then(|v| v.as_i64())
                 {
                     Some(h) => c.default_max_height = Some(h),
-                    // bridge.md A.3: a first message without defaults means 180.
+                    // docs/bridge.md A.3: a first message without defaults means 180.
                     None if first => c.default_max_height = Some(180),
                     None => {}
                 }
@@ -383,7 +383,7 @@ pub fn serve(
 async fn run(hub: Arc<ChannelHub>, mut socket: WebSocket, conf: String, ep: String) {
     let (mut rx, generation) = hub.register(&conf, &ep);
     tracing::debug!(%conf, %ep, "bridge channel open");
-    // bridge.md A.2: ServerHello, then the current state.
+    // docs/bridge.md A.2: ServerHello, then the current state.
     let mut hello = vec![json!({"colibriClass": "ServerHello"}).to_string()];
     hello.extend(hub.on_connect_messages(&conf, &ep));
     for h in hello {

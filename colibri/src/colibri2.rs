@@ -2,7 +2,7 @@
 //!
 //! The focus sends `<conference-modify/>` in an IQ `get`/`set`; the bridge answers
 //! `<conference-modified/>` or a stanza error carrying a colibri2 `<error reason=…/>`
-//! (shared/protocol/colibri2.md §1, §2, §2.7). The types here have exactly the wire
+//! (docs/colibri2.md §1, §2, §2.7). The types here have exactly the wire
 //! shape, so driving a stock JVB (or being driven by a stock Jicofo) is only a matter
 //! of [`ConferenceModify::to_element`] / [`ConferenceModified::parse`] and back.
 //!
@@ -179,7 +179,7 @@ impl Colibri2Error {
     }
 
     /// The stanza error `type`: RFC 6120's usual type for the condition (the stock
-    /// bridge's choice is unverified, see colibri2.md §3).
+    /// bridge's choice is unverified, see docs/colibri2.md §3).
     pub fn error_type(&self) -> &'static str {
         match self.condition() {
             "bad-request" => "modify",

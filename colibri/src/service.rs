@@ -106,7 +106,7 @@ impl ColibriService {
         svc
     }
 
-    /// The media engine expired an endpoint (bridge.md B.10): forget it, so that the focus's
+    /// The media engine expired an endpoint (docs/bridge.md B.10): forget it, so that the focus's
     /// next request about it gets `unknown-endpoint` (and the focus re-invites). `conf_id` is
     /// the bridge's conference id (as in colibri-ws URLs), `ufrag` the local ICE ufrag the
     /// endpoint was created with: a newer endpoint of the same id is kept. Whether it was

@@ -129,7 +129,7 @@ pub struct EngineHandle {
 }
 
 impl EngineHandle {
-    /// Endpoints the engine expires (bridge.md B.10) are removed from this service too
+    /// Endpoints the engine expires (docs/bridge.md B.10) are removed from this service too
     /// ([`ColibriService::with_engine`] attaches itself).
     pub fn attach_service(&self, service: &Arc<ColibriService>) {
         *self.service.0.lock() = Some(Arc::downgrade(service));

@@ -353,7 +353,7 @@ impl Conference {
         }
     }
 
-    /// Room metadata (muc-jitsi.md §12): `startMuted {audio, video}` set by a moderator makes
+    /// Room metadata (docs/rooms.md ("Room metadata")): `startMuted {audio, video}` set by a moderator makes
     /// participants invited from now on start muted (Jicofo's `policy.audio && justJoined`).
     fn metadata(&mut self, v: &serde_json::Value) {
         let sm = &v["metadata"]["startMuted"];

@@ -381,7 +381,7 @@ impl EndpointSourceSet {
     }
 }
 
-/// Limits of §4.4.
+/// Limits of docs/focus.md §4.4.
 #[derive(Debug, Clone, Copy)]
 pub struct SourceLimits {
     pub max_ssrcs: usize,
@@ -543,7 +543,7 @@ impl ConferenceSourceMap {
     }
 }
 
-/// The checks on a resulting source set (§4.3).
+/// The checks on a resulting source set (docs/focus.md §4.3).
 fn validate(set: &EndpointSourceSet) -> Result<(), SourceError> {
     let msid_of = |ssrc: u32| {
         set.sources

@@ -89,7 +89,7 @@ fn broadcast(hub: &ChannelHub, conf: &str, text: &str) {
     }
 }
 
-/// One engine event as bridge-channel messages (bridge.md A.3); an expired endpoint also
+/// One engine event as bridge-channel messages (docs/bridge.md A.3); an expired endpoint also
 /// leaves `service`.
 pub fn event(hub: &ChannelHub, service: Option<&ColibriService>, e: EngineEvent) {
     match e {
@@ -123,7 +123,7 @@ pub fn event(hub: &ChannelHub, service: Option<&ColibriService>, e: EngineEvent)
             .text();
             hub.send(&conference, &endpoint, msg);
         }
-        // bridge.md B.10 / colibri2.md §5: the focus learns of it by `unknown-endpoint` on its
+        // docs/bridge.md B.10 / docs/colibri2.md §5: the focus learns of it by `unknown-endpoint` on its
         // next request and re-invites. A newer endpoint of the same id (another ufrag) stays.
         EngineEvent::Expired {
             conference,
@@ -149,7 +149,7 @@ pub fn event(hub: &ChannelHub, service: Option<&ColibriService>, e: EngineEvent)
             hub.set_endpoint_sticky(&conference, &endpoint, "ForwardedSources", msg.clone());
             hub.send(&conference, &endpoint, msg);
         }
-        // JVB's connection-status monitor (bridge.md B.10): `active:"false"` to everyone
+        // JVB's connection-status monitor (docs/bridge.md B.10): `active:"false"` to everyone
         // (the endpoint included) when an endpoint's media stops, `"true"` when it resumes
         // after that; endpoints connecting later are told about the inactive ones.
         EngineEvent::Connected {

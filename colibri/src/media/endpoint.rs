@@ -502,7 +502,7 @@ pub(super) struct SlotMap {
     pub off: Offsets,
 }
 
-/// One entry of `VideoSourcesMap` / `AudioSourcesMap` (bridge.md A.3).
+/// One entry of `VideoSourcesMap` / `AudioSourcesMap` (docs/bridge.md A.3).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MappedSource {
     pub source: String,
@@ -799,7 +799,7 @@ impl Endpoint {
     }
 
     /// Declare every SSRC of every source as an incoming stream (and drop vanished ones):
-    /// str0m drops unknown SSRCs before transport-cc sees them (media-engine-notes.md).
+    /// str0m drops unknown SSRCs before transport-cc sees them (docs/bridge.md Part C).
     pub fn declare_rx(&mut self) {
         let mut want: HashMap<u32, (Option<u32>, MediaType)> = HashMap::new();
         for s in &self.sources {

@@ -1,4 +1,4 @@
-//! Per-receiver rewriting of one forwarded source (bridge.md B.9) and layer choice (B.8).
+//! Per-receiver rewriting of one forwarded source (docs/bridge.md B.9) and layer choice (B.8).
 //!
 //! Every forwarded source reaches a receiver as one continuous stream on the SSRC the receiver
 //! was told about. Switching simulcast layers happens only on a keyframe of the target layer;
@@ -21,7 +21,7 @@ pub(super) struct LayerView {
 }
 
 /// The layer to forward: the highest active layer within `max_height`, else the lowest active
-/// layer (constraints are soft except 0, bridge.md B.8); `None` if nothing is active or the
+/// layer (constraints are soft except 0, docs/bridge.md B.8); `None` if nothing is active or the
 /// receiver asked for nothing.
 pub(super) fn select_layer(layers: &[LayerView], max_height: u32) -> Option<usize> {
     if max_height == 0 {
@@ -47,7 +47,7 @@ pub(super) fn select_layer(layers: &[LayerView], max_height: u32) -> Option<usiz
 /// anything else gets more than its lowest layer (JVB `onstage-preferred-height-px`).
 pub(super) const ONSTAGE_PREFERRED_HEIGHT: u32 = 360;
 /// The first source, when it is an on-stage screenshare, gets its lowest layer even if that
-/// exceeds the estimate by up to this much (JVB's oversending, bridge.md B.8 step 4).
+/// exceeds the estimate by up to this much (JVB's oversending, docs/bridge.md B.8 step 4).
 pub(super) const MAX_OVERSEND_BPS: u64 = 500_000;
 
 /// One video source competing for a receiver's bandwidth.
@@ -71,7 +71,7 @@ pub(super) struct BandwidthAllocation {
     pub ideal_bps: u64,
 }
 
-/// Share `budget` (bps) among `candidates`, given in priority order (bridge.md B.8 step 3):
+/// Share `budget` (bps) among `candidates`, given in priority order (docs/bridge.md B.8 step 3):
 /// rounds over the candidates in order, each taking its next layer if it fits in what is left;
 /// an on-stage source goes straight up to [`ONSTAGE_PREFERRED_HEIGHT`]; a candidate that cannot
 /// reach its preferred layer (on stage: that height; else its lowest) stops the round, so
@@ -303,10 +303,10 @@ impl Projection {
 }
 
 /// Silent audio packets forwarded in a row before the rest of the run is dropped
-/// (`forwarded-silence-packets-limit`, bridge.md B.6).
+/// (`forwarded-silence-packets-limit`, docs/bridge.md B.6).
 pub(super) const SILENCE_PACKETS_LIMIT: u32 = 3;
 
-/// Silence suppression of one sending audio stream (bridge.md B.6): a packet whose
+/// Silence suppression of one sending audio stream (docs/bridge.md B.6): a packet whose
 /// ssrc-audio-level says silence (-127 dBov) is dropped once more than
 /// [`SILENCE_PACKETS_LIMIT`] silent packets in a row went through, and the sequence numbers of
 /// what is forwarded are lowered by the number dropped so receivers see no gaps (JVB's

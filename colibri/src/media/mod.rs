@@ -6,8 +6,8 @@
 //! one str0m `Rtc` (Direct API) doing ICE (bridge controlling) and DTLS (bridge server, one
 //! certificate per process); the engine demultiplexes the port (STUN USERNAME, then remote
 //! address), forwards audio to everyone and one simulcast layer of each video source per
-//! receiver, rewritten onto the SSRC the receiver knows (bridge.md Part B,
-//! media-engine-notes.md). It also drops sender-signalled silence with gap-free sequence
+//! receiver, rewritten onto the SSRC the receiver knows (docs/bridge.md Part B,
+//! docs/bridge.md Part C). It also drops sender-signalled silence with gap-free sequence
 //! numbers (B.6), identifies each conference's dominant speaker from ssrc-audio-level (B.7,
 //! `speech.rs`), monitors per-endpoint packet flow (B.10), and, for receivers created with
 //! `ssrc-rewriting`, maps forwarded sources onto a bounded pool of bridge SSRCs announced as
@@ -61,15 +61,15 @@ use forward::{
 use speech::SpeechActivity;
 use srtp::Srtp;
 
-/// maxHeight for sources a receiver has not constrained yet (bridge.md A.3).
+/// maxHeight for sources a receiver has not constrained yet (docs/bridge.md A.3).
 const DEFAULT_MAX_HEIGHT: u32 = 180;
-/// At most one keyframe request per sender layer per this interval (bridge.md B.4).
+/// At most one keyframe request per sender layer per this interval (docs/bridge.md B.4).
 const PLI_INTERVAL: Duration = Duration::from_millis(200);
 /// How far a receiver's str0m clock may lag before a forwarded packet advances it.
 const RECEIVER_CLOCK_STEP: Duration = Duration::from_millis(1);
 /// Timeout reported when no endpoint has anything scheduled.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(1);
-/// The connectivity monitor runs this often (bridge.md B.10).
+/// The connectivity monitor runs this often (docs/bridge.md B.10).
 const STATUS_CHECK_INTERVAL: Duration = Duration::from_millis(500);
 /// An endpoint that sent nothing for this long is announced inactive.
 const INACTIVE_AFTER: Duration = Duration::from_secs(8);
@@ -139,7 +139,7 @@ pub struct EngineConfig {
     pub rewrite_video_slots: usize,
     pub rewrite_audio_slots: usize,
     /// An endpoint whose ICE + DTLS did not come up this long after creation is expired
-    /// (bridge.md B.10; `Duration::ZERO`: never).
+    /// (docs/bridge.md B.10; `Duration::ZERO`: never).
     pub expire_unconnected_after: Duration,
     /// A connected endpoint from which nothing (not even STUN) arrived for this long is
     /// expired (JVB `entity-expiration.timeout`, 1 min; `Duration::ZERO`: never).
@@ -155,7 +155,7 @@ pub struct EngineConfig {
     /// Engine threads (shards): conferences are spread over them by name, one more thread
     /// receives and hands datagrams over. 1: one thread does everything (the default).
     pub threads: usize,
-    /// Video layers follow each receiver's bandwidth estimate (bridge.md B.8; JVB
+    /// Video layers follow each receiver's bandwidth estimate (docs/bridge.md B.8; JVB
     /// `cc.trust-bwe`), and padding probes for more when the estimate holds layers back. Off:
     /// only the receivers' constraints and lastN count.
     pub trust_bwe: bool,
@@ -222,7 +222,7 @@ pub struct Transmit {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EngineEvent {
     /// The endpoint's media is flowing: ICE and DTLS are up and it sent something in the last
-    /// 8 s (bridge.md B.10). Emitted on every change to active.
+    /// 8 s (docs/bridge.md B.10). Emitted on every change to active.
     Connected {
         conference: String,
         endpoint: String,
@@ -234,7 +234,7 @@ pub enum EngineEvent {
         conference: String,
         endpoint: String,
     },
-    /// The conference's recent-speakers list changed (bridge.md B.7): `endpoint` is the
+    /// The conference's recent-speakers list changed (docs/bridge.md B.7): `endpoint` is the
     /// dominant speaker, `previous` the rest of the list (at most 9), most recent first.
     DominantSpeaker {
         conference: String,
@@ -242,7 +242,7 @@ pub enum EngineEvent {
         previous: Vec<String>,
         silence: bool,
     },
-    /// SSRC rewriting: a receiver's slots of one kind got sources (bridge.md A.3
+    /// SSRC rewriting: a receiver's slots of one kind got sources (docs/bridge.md A.3
     /// `VideoSourcesMap` / `AudioSourcesMap`): `changed` the new mappings, `sources` the full
     /// map. Slots are never announced as removed.
     SourcesMap {
@@ -263,7 +263,7 @@ pub enum EngineEvent {
         sources: Vec<String>,
     },
     /// The largest height any receiver currently needs of one of `endpoint`'s video sources
-    /// (bridge.md A.3 `SenderSourceConstraints`, sent to the sender); 0: nobody wants it.
+    /// (docs/bridge.md A.3 `SenderSourceConstraints`, sent to the sender); 0: nobody wants it.
     /// Emitted when it changes (and first when the source appears).
     SenderSourceConstraints {
         conference: String,
@@ -271,14 +271,14 @@ pub enum EngineEvent {
         source: String,
         max_height: u32,
     },
-    /// The bandwidth estimate towards `endpoint` (bridge.md A.3 `ConnectionStats`), every
+    /// The bandwidth estimate towards `endpoint` (docs/bridge.md A.3 `ConnectionStats`), every
     /// `connection_stats_interval` while one exists (only with `bwe_initial_bps`).
     ConnectionStats {
         conference: String,
         endpoint: String,
         estimated_downlink_bps: u64,
     },
-    /// The engine expired the endpoint (never connected, or silent too long; bridge.md B.10)
+    /// The engine expired the endpoint (never connected, or silent too long; docs/bridge.md B.10)
     /// and removed it. `ufrag` is the local ICE ufrag it was created with, so that a newer
     /// endpoint of the same id is not mistaken for it.
     Expired {
@@ -320,7 +320,7 @@ pub struct EngineStats {
     pub layer_switches: u64,
     /// Errors reported by str0m (the endpoint is marked failed when its `Rtc` dies).
     pub rtc_errors: u64,
-    /// Silent audio packets dropped (bridge.md B.6).
+    /// Silent audio packets dropped (docs/bridge.md B.6).
     pub silence_dropped: u64,
     /// Changes of a conference's dominant speaker.
     pub dominant_speaker_changes: u64,
@@ -551,7 +551,7 @@ impl MediaEngine {
 
     /// A new endpoint with the ICE credentials the Colibri2 service handed out. Replaces an
     /// endpoint of the same name. Ignored (and logged) past `max_endpoints` or when the ufrag
-    /// is taken. `ssrc_rewriting`: the focus created it with that capability (bridge.md B.9).
+    /// is taken. `ssrc_rewriting`: the focus created it with that capability (docs/bridge.md B.9).
     /// `medias`: the payload types and header extensions offered (empty: Jitsi's defaults).
     /// Building with them at once matters: a rebuild drops the receiver's SSRC-rewriting
     /// slots, and a client that got the first slots' mappings shows their tracks as well.
@@ -740,7 +740,7 @@ impl MediaEngine {
             return;
         };
         if ep.connected {
-            // bridge.md B.1: a transport update after ICE completed is ignored.
+            // docs/bridge.md B.1: a transport update after ICE completed is ignored.
             return;
         }
         ep.remote = Some(t.clone());
@@ -923,7 +923,7 @@ impl MediaEngine {
         }
     }
 
-    /// The connectivity monitor for one endpoint (bridge.md B.10): announce a change of
+    /// The connectivity monitor for one endpoint (docs/bridge.md B.10): announce a change of
     /// "media flowing".
     fn update_status(&mut self, id: EpId) {
         let Some(now) = self.now else {
@@ -990,7 +990,7 @@ impl MediaEngine {
     }
 
     /// The sender's bridge channel declared what one of its sources is (`SourceVideoTypeMessage`:
-    /// `camera`, `desktop`, `desktop_high_fps`, `none`, `disabled`; bridge.md A.3). Kept for
+    /// `camera`, `desktop`, `desktop_high_fps`, `none`, `disabled`; docs/bridge.md A.3). Kept for
     /// the endpoint (the source may be signalled later) and used in the receivers' source maps
     /// and allocation: `none`/`disabled` sources are not forwarded and do not count for lastN,
     /// a desktop source on stage or selected comes before cameras of the same rank.
@@ -1060,7 +1060,7 @@ impl MediaEngine {
     }
 
     /// Recompute the conferences' `SenderSourceConstraints`: per video source, the largest
-    /// effective maxHeight any receiver has for it (after lastN; bridge.md B.8 step 2).
+    /// effective maxHeight any receiver has for it (after lastN; docs/bridge.md B.8 step 2).
     fn flush_sender_constraints(&mut self) {
         let confs: Vec<String> = self.pending_sender_constraints.drain().collect();
         for conf in confs {
@@ -1105,7 +1105,7 @@ impl MediaEngine {
         }
     }
 
-    /// Expire endpoints that never connected or went silent for too long (bridge.md B.10).
+    /// Expire endpoints that never connected or went silent for too long (docs/bridge.md B.10).
     fn expire_endpoints(&mut self, now: Instant) {
         let (unconnected, inactive) = (
             self.cfg.expire_unconnected_after,
@@ -2011,7 +2011,7 @@ impl MediaEngine {
         let keyframe = kind == MediaType::Video && starts_keyframe(vcodec, &p.payload);
         let mut seq = p.seq;
         if kind == MediaType::Audio {
-            // bridge.md B.6: silence suppression; B.7: what is forwarded feeds the dominant
+            // docs/bridge.md B.6: silence suppression; B.7: what is forwarded feeds the dominant
             // speaker identification (level 0 = silence … 127 = loud).
             let level = p.ext.audio_level.map(|b| -((b & 0x7f) as i8));
             match source.silence.filter(seq, level == Some(-127)) {
@@ -2460,7 +2460,7 @@ impl MediaEngine {
                 2
             }
         };
-        // bridge.md B.8: on-stage, selected, then by speaker order (join order after); a
+        // docs/bridge.md B.8: on-stage, selected, then by speaker order (join order after); a
         // screenshare before a camera of the same rank on stage or selected; sources that
         // send nothing last.
         order.sort_by_key(|x| {
@@ -2485,7 +2485,7 @@ impl MediaEngine {
             };
             heights.push((x.id, h));
         }
-        // bridge.md B.8 step 3: share the receiver's estimate among what lastN and the
+        // docs/bridge.md B.8 step 3: share the receiver's estimate among what lastN and the
         // constraints leave, in priority order. Per source, the height of the layer it got.
         let mut bwe = vec![u32::MAX; order.len()];
         let mut probe_bps = 0;
@@ -2631,7 +2631,7 @@ impl MediaEngine {
     }
 
     /// Padding towards every receiver whose allocation wants more than its estimate allows
-    /// (bridge.md B.4 probing): padding-only RTX packets on one of its video streams, numbered
+    /// (docs/bridge.md B.4 probing): padding-only RTX packets on one of its video streams, numbered
     /// for transport-cc, so the estimate can grow.
     fn probe(&mut self, now: Instant) {
         let mut any = false;

@@ -1,4 +1,4 @@
-//! Dominant speaker identification per conference (bridge.md B.7).
+//! Dominant speaker identification per conference (docs/bridge.md B.7).
 //!
 //! The algorithm is JVB's (jitsi-utils `DominantSpeakerIdentification`, after Volfin & Cohen,
 //! "Dominant Speaker Identification for Multipoint Videoconferencing"), driven by the

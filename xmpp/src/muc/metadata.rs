@@ -1,4 +1,4 @@
-//! Room metadata (muc-jitsi.md §12): moderators set keys (`startMuted`, `whiteboard`, ...)
+//! Room metadata (docs/rooms.md ("Room metadata")): moderators set keys (`startMuted`, `whiteboard`, ...)
 //! through `metadata.<domain>`; every occupant, the focus included, gets the whole map as
 //! `{"type":"room_metadata","metadata":{…}}` on each change, and a joiner gets it (`{}` when
 //! nothing is set) before its own presence, as a stock install sends it.
