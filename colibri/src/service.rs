@@ -424,20 +424,26 @@ impl Bridge for ColibriService {
     }
 }
 
+/// A bridge on 127.0.0.1:10000 for tests, with room for `max_endpoints` per conference.
+#[cfg(test)]
+pub(crate) fn test_config(max_endpoints: usize) -> BridgeConfig {
+    BridgeConfig {
+        id: "jvb1".into(),
+        media_port: 10000,
+        advertise_ips: vec!["127.0.0.1".parse().unwrap()],
+        ws_base: "ws://127.0.0.1:8080".into(),
+        dtls_fingerprint: "AA:BB".into(),
+        max_conferences: 10,
+        max_endpoints_per_conference: max_endpoints,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn svc() -> Arc<ColibriService> {
-        ColibriService::new(BridgeConfig {
-            id: "jvb1".into(),
-            media_port: 10000,
-            advertise_ips: vec!["127.0.0.1".parse().unwrap()],
-            ws_base: "ws://127.0.0.1:8080".into(),
-            dtls_fingerprint: "AA:BB".into(),
-            max_conferences: 10,
-            max_endpoints_per_conference: 2,
-        })
+        ColibriService::new(test_config(2))
     }
 
     fn create_ep(id: &str) -> Endpoint {

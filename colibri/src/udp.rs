@@ -1161,14 +1161,6 @@ fn command(engine: &mut MediaEngine, hub: &ChannelHub, c: Command) {
 mod tests {
     use super::*;
 
-    fn drain(rx: &mut tokio::sync::mpsc::Receiver<String>) -> Vec<serde_json::Value> {
-        let mut v = Vec::new();
-        while let Ok(t) = rx.try_recv() {
-            v.push(serde_json::from_str(&t).unwrap());
-        }
-        v
-    }
-
     fn stun_check(username: &str) -> Vec<u8> {
         let mut attr = vec![0x00, 0x06];
         attr.extend_from_slice(&(username.len() as u16).to_be_bytes());

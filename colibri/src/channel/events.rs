@@ -362,15 +362,7 @@ mod tests {
     }
 
     fn service() -> Arc<ColibriService> {
-        ColibriService::new(crate::service::BridgeConfig {
-            id: "jvb1".into(),
-            media_port: 10000,
-            advertise_ips: vec!["127.0.0.1".parse().unwrap()],
-            ws_base: "ws://127.0.0.1:8080".into(),
-            dtls_fingerprint: "AA:BB".into(),
-            max_conferences: 10,
-            max_endpoints_per_conference: 10,
-        })
+        ColibriService::new(crate::service::test_config(10))
     }
 
     /// Create endpoint `id` (and the conference): its bridge conference id and ICE ufrag.
