@@ -1,4 +1,4 @@
-//! Serving an unpacked Jitsi Meet web build as the stock nginx site does (web-serving.md):
+//! Serving an unpacked Jitsi Meet web build as the stock nginx site does (docs/web.md):
 //! room URLs answered with index.html, its server-side includes, the static folders with
 //! long caching for versioned URLs, `external_api.js`, tenants (`/<tenant>/<room>`).
 
