@@ -864,7 +864,6 @@ impl Config {
             accepted_subjects: subjects,
             clock_skew: Duration::from_secs(j.clock_skew_secs),
             require_room: j.require_room,
-            allow_empty: j.allow_empty,
             key_cache_size: j.key_cache_size,
             key_cache_ttl: Duration::from_secs(j.key_cache_secs),
             key_fetch_timeout: Duration::from_secs(j.key_fetch_timeout_secs),

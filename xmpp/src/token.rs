@@ -36,8 +36,6 @@ pub struct TokenConfig {
     pub clock_skew: Duration,
     /// A token must name its room (`room`, or `*` for any).
     pub require_room: bool,
-    /// Users without a token may sign in as guests (stock `allow_empty_token`).
-    pub allow_empty: bool,
     /// Fetched keys kept at most.
     pub key_cache_size: usize,
     /// How long a fetched key is trusted before it is fetched again.
@@ -204,10 +202,6 @@ impl TokenVerifier {
             );
         }
         Ok(TokenVerifier { cfg, secret, keys })
-    }
-
-    pub fn config(&self) -> &TokenConfig {
-        &self.cfg
     }
 
     /// The key `token` is to be checked with.
@@ -452,10 +446,6 @@ impl TokenAuthority {
         })
     }
 
-    pub fn allow_empty(&self) -> bool {
-        self.verifier.cfg.allow_empty
-    }
-
     /// Verify `token` now; `tenant` as in [`TokenVerifier::verify`].
     pub async fn verify(
         &self,
@@ -531,12 +521,6 @@ impl Identities {
     }
     pub fn get(&self, full_jid: &str) -> Option<Arc<TokenIdentity>> {
         self.0.lock().get(full_jid).cloned()
-    }
-    pub fn len(&self) -> usize {
-        self.0.lock().len()
-    }
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
