@@ -9,10 +9,9 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use minidom::Element;
 use serde_json::{Value, json};
 
-use super::room::{NS_JITMEET, Role, Room, RoomEvent};
+use super::room::{Role, Room, RoomEvent};
 use super::{Ctx, RoomModule};
-use crate::ns;
-use crate::stanza::{self, StanzaError, el};
+use crate::stanza::{self, StanzaError};
 
 const MEDIA: [&str; 3] = ["audio", "video", "desktop"];
 
@@ -38,13 +37,7 @@ impl AvModeration {
     }
 
     fn message(&self, to: &str, body: &Value) -> Element {
-        let mut m = el("message", ns::CLIENT, &[("from", &self.domain), ("to", to)]);
-        m.append_child(
-            Element::builder("json-message", NS_JITMEET)
-                .append(body.to_string())
-                .build(),
-        );
-        m
+        super::json_message(&self.domain, to, body)
     }
 
     fn whitelists(state: &State) -> Value {

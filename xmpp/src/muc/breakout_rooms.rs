@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use minidom::Element;
 use serde_json::{Map, Value, json};
 
-use super::room::{Affiliation, JoinRequest, NS_JITMEET, Role, Room, RoomEvent};
+use super::room::{Affiliation, JoinRequest, Role, Room, RoomEvent};
 use super::{Ctx, JoinCheck, RoomModule, conference_key};
 use crate::ns;
 use crate::router::bare_of;
@@ -85,13 +85,7 @@ impl BreakoutRooms {
 
     /// `{"type":"breakout_rooms",...}` from the breakout domain.
     fn message(&self, to: &str, body: &Value) -> Element {
-        let mut m = el("message", ns::CLIENT, &[("from", &self.domain), ("to", to)]);
-        m.append_child(
-            Element::builder("json-message", NS_JITMEET)
-                .append(body.to_string())
-                .build(),
-        );
-        m
+        super::json_message(&self.domain, to, body)
     }
 
     fn participants(&self, room: Option<&Room>) -> Value {

@@ -177,6 +177,18 @@ impl Ctx<'_> {
     }
 }
 
+/// A component's `<json-message xmlns='http://jitsi.org/jitmeet'>` carrying `body` (how the
+/// A/V moderation, breakout-room and polls components talk to the app).
+pub(crate) fn json_message(from: &str, to: &str, body: &serde_json::Value) -> Element {
+    let mut m = el("message", ns::CLIENT, &[("from", from), ("to", to)]);
+    m.append_child(
+        Element::builder("json-message", room::NS_JITMEET)
+            .append(body.to_string())
+            .build(),
+    );
+    m
+}
+
 /// Sleep until `t`; never, without one.
 async fn sleep_until(t: Option<Instant>) {
     match t {

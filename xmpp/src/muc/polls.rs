@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use super::room::{NS_JITMEET, Room, RoomEvent};
 use super::{Ctx, RoomModule};
 use crate::ns;
-use crate::stanza::{self, StanzaError, el};
+use crate::stanza::{self, StanzaError};
 
 const NS_NICK: &str = "http://jabber.org/protocol/nick";
 /// Largest command accepted (the JSON text), as stock.
@@ -51,13 +51,7 @@ impl Polls {
     }
 
     fn message(&self, to: &str, body: &Value) -> Element {
-        let mut m = el("message", ns::CLIENT, &[("from", &self.domain), ("to", to)]);
-        m.append_child(
-            Element::builder("json-message", NS_JITMEET)
-                .append(body.to_string())
-                .build(),
-        );
-        m
+        super::json_message(&self.domain, to, body)
     }
 
     fn to_all(&self, room: &Room, body: &Value, out: &mut Vec<Element>) {
