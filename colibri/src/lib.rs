@@ -6,6 +6,7 @@ pub mod channel;
 pub mod codecs;
 pub mod colibri2;
 pub mod media;
+pub mod rtp;
 pub mod service;
 pub mod udp;
 

@@ -668,7 +668,7 @@ impl RouteTable {
     /// drops). Other STUN from an address not bound yet (the answer to a check the bridge
     /// sent first) goes to every shard: the one that sent the check takes it.
     fn target(&mut self, from: SocketAddr, data: &[u8]) -> Target {
-        if let Some(u) = crate::media::stun_request_local_ufrag(data) {
+        if let Some(u) = crate::rtp::stun::stun_request_local_ufrag(data) {
             let Some(&k) = self.ufrags.get(u) else {
                 return Target::Nowhere;
             };

@@ -14,7 +14,8 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use super::ingress::extend_seq;
+use crate::rtp::extend_seq;
+use crate::rtp::rtcp::twcc::TwccFeedback;
 
 /// Packets remembered for matching feedback at most.
 const MAX_SENT: usize = 1024;
@@ -22,65 +23,6 @@ const MAX_SENT: usize = 1024;
 const SENT_MAX_AGE: Duration = Duration::from_millis(500);
 const MIN_BPS: f64 = 30_000.0;
 const MAX_BPS: f64 = 100_000_000.0;
-
-/// One transport-cc feedback: base sequence number, and per status the arrival time in µs
-/// (on the receiver's clock) or `None` (not received).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) struct TwccFeedback {
-    pub base: u16,
-    pub arrivals: Vec<Option<i64>>,
-}
-
-/// Parse an RTPFB FMT 15 packet (whole, from its RTCP header). `None` if malformed.
-pub(super) fn parse_twcc(pkt: &[u8]) -> Option<TwccFeedback> {
-    if pkt.len() < 20 || pkt[0] & 0x1f != 15 || pkt[1] != 205 {
-        return None;
-    }
-    let base = u16::from_be_bytes([pkt[12], pkt[13]]);
-    let count = usize::from(u16::from_be_bytes([pkt[14], pkt[15]]));
-    let r = u32::from_be_bytes([0, pkt[16], pkt[17], pkt[18]]);
-    // 24-bit signed, multiples of 64 ms.
-    let reference = (((r << 8) as i32) >> 8) as i64 * 64_000;
-    let mut symbols: Vec<u8> = Vec::with_capacity(count);
-    let mut i = 20;
-    while symbols.len() < count {
-        let c = u16::from_be_bytes([*pkt.get(i)?, *pkt.get(i + 1)?]);
-        i += 2;
-        if c & 0x8000 == 0 {
-            let sym = ((c >> 13) & 3) as u8;
-            let run = usize::from(c & 0x1fff).min(count - symbols.len());
-            symbols.extend(std::iter::repeat_n(sym, run));
-        } else if c & 0x4000 == 0 {
-            for b in (0..14).rev() {
-                symbols.push(((c >> b) & 1) as u8);
-            }
-        } else {
-            for b in (0..7).rev() {
-                symbols.push(((c >> (2 * b)) & 3) as u8);
-            }
-        }
-    }
-    symbols.truncate(count);
-    let mut t = reference;
-    let mut arrivals = Vec::with_capacity(count);
-    for s in symbols {
-        match s {
-            0 => arrivals.push(None),
-            1 => {
-                t += i64::from(*pkt.get(i)?) * 250;
-                i += 1;
-                arrivals.push(Some(t));
-            }
-            2 => {
-                t += i64::from(i16::from_be_bytes([*pkt.get(i)?, *pkt.get(i + 1)?])) * 250;
-                i += 2;
-                arrivals.push(Some(t));
-            }
-            _ => return None,
-        }
-    }
-    Some(TwccFeedback { base, arrivals })
-}
 
 #[derive(Debug, Clone, Copy)]
 struct SentRecord {
@@ -388,7 +330,7 @@ mod tests {
             if (i + 1) % 25 == 0 {
                 let mut b = Vec::new();
                 if rec.write_feedback(&mut b, 1) {
-                    let fb = parse_twcc(&b).expect("our own feedback parses");
+                    let fb = crate::rtp::rtcp::twcc::parse(&b).expect("our own feedback parses");
                     s.on_feedback(&fb, now + delay(i));
                 }
             }
@@ -405,30 +347,13 @@ mod tests {
         rec.record(13, t0 + Duration::from_millis(100), t0);
         let mut b = Vec::new();
         assert!(rec.write_feedback(&mut b, 7));
-        let fb = parse_twcc(&b).unwrap();
+        let fb = crate::rtp::rtcp::twcc::parse(&b).unwrap();
         assert_eq!(fb.base, 10);
         assert_eq!(fb.arrivals.len(), 4);
         assert!(fb.arrivals[1].is_none());
         let a: Vec<i64> = fb.arrivals.iter().flatten().copied().collect();
         assert_eq!(a[1] - a[0], 1000);
         assert_eq!(a[2] - a[1], 98_000);
-        // Run-length and one-bit chunks (as browsers write them).
-        let mut p = vec![
-            0x8F, 205, 0, 0, 0, 0, 0, 1, 0, 0, 0, 2, 0, 5, 0, 17, 0, 0, 1, 0,
-        ];
-        p.extend_from_slice(&0x2003u16.to_be_bytes()); // run of 3 × "small delta"
-        p.extend_from_slice(&0xA000u16.to_be_bytes()); // 1-bit vector: 1, then 13 × 0
-        p.extend_from_slice(&[4, 4, 4, 8, 0, 0]);
-        let fb = parse_twcc(&p).unwrap();
-        assert_eq!(fb.arrivals.len(), 17);
-        assert_eq!(fb.arrivals[0], Some(64_000 + 1000));
-        assert_eq!(fb.arrivals[3], Some(64_000 + 5000));
-        assert!(fb.arrivals[4..].iter().all(Option::is_none));
-        // Truncated: None, never a panic.
-        for n in 0..p.len() - 2 {
-            let _ = parse_twcc(&p[..n]);
-        }
-        assert!(parse_twcc(&p[..22]).is_none());
     }
 
     #[test]

@@ -13,12 +13,14 @@ use str0m::media::{Frequency, MediaKind, Mid, Pt};
 use str0m::rtp::{Extension, ExtensionSerializer, ExtensionValues, Ssrc};
 use str0m::{Candidate, Rtc, RtcConfig};
 
-use super::egress::{ExtIds, RtxRing, SendStats};
-use super::forward::{Offsets, Projection, SilenceFilter, VideoCodec, default_height};
+use super::egress::{RtxRing, SendStats};
+use super::forward::{Offsets, Projection, SilenceFilter, default_height};
 use super::ingress::{RxStream, TwccRecorder};
 use super::srtp::{KeySlot, Srtp, crypto_provider, with_key_capture};
 use super::{FastMap, ReceiverConstraints};
 use crate::colibri2::{self, MediaType};
+use crate::rtp::ExtIds;
+use crate::rtp::payload::VideoCodec;
 
 /// The mids of the receive side: every SSRC the endpoint sends is declared on one of these.
 pub(super) const MID_RX_AUDIO: &str = "ra";

@@ -1,114 +1,14 @@
-//! The receive side of the fast path: RTP header parsing, per-stream reception statistics
-//! and loss tracking (receiver reports, NACKs), and transport-wide congestion control feedback
-//! for the senders' bandwidth estimation (draft-holmer-rmcat-transport-wide-cc-extensions-01).
-//! Sans-IO; `srtp.rs` decrypts.
+//! The receive side of the fast path: per-stream reception statistics and loss tracking
+//! (what goes into receiver reports and NACKs), and the record of transport-wide sequence
+//! numbers behind the transport-cc feedback the senders' bandwidth estimation needs. The
+//! packet formats are in `crate::rtp`; `srtp.rs` decrypts. Sans-IO.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use super::egress::ExtIds;
-
-/// What the fast path needs from an RTP header (RFC 3550 §5.1, RFC 8285 extensions).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(super) struct RtpView {
-    pub marker: bool,
-    pub pt: u8,
-    pub seq: u16,
-    pub ts: u32,
-    pub ssrc: u32,
-    pub hdr_len: usize,
-    pub padding: bool,
-    /// The ssrc-audio-level byte.
-    pub audio_level: Option<u8>,
-    pub video_orientation: Option<u8>,
-    /// Byte range of the dependency descriptor in the packet.
-    pub dependency_descriptor: Option<(usize, usize)>,
-    pub transport_seq: Option<u16>,
-}
-
-/// Parse an RTP header with the extension ids `ids`. `None`: not a well-formed RTP header.
-pub(super) fn parse_rtp(data: &[u8], ids: &ExtIds) -> Option<RtpView> {
-    if data.len() < 12 || data[0] >> 6 != 2 {
-        return None;
-    }
-    let cc = usize::from(data[0] & 0x0f);
-    let mut v = RtpView {
-        marker: data[1] & 0x80 != 0,
-        pt: data[1] & 0x7f,
-        seq: u16::from_be_bytes([data[2], data[3]]),
-        ts: u32::from_be_bytes([data[4], data[5], data[6], data[7]]),
-        ssrc: u32::from_be_bytes([data[8], data[9], data[10], data[11]]),
-        padding: data[0] & 0x20 != 0,
-        ..RtpView::default()
-    };
-    let mut off = 12 + 4 * cc;
-    if data[0] & 0x10 != 0 {
-        let x = data.get(off..off + 4)?;
-        let profile = u16::from_be_bytes([x[0], x[1]]);
-        let words = usize::from(u16::from_be_bytes([x[2], x[3]]));
-        let start = off + 4;
-        let end = start + words * 4;
-        let ext = data.get(start..end)?;
-        let two_byte = profile & 0xfff0 == 0x1000;
-        if profile == 0xBEDE || two_byte {
-            let mut i = 0;
-            while i < ext.len() {
-                let (id, len, hdr) = if two_byte {
-                    let id = ext[i];
-                    if id == 0 {
-                        i += 1;
-                        continue;
-                    }
-                    let Some(&l) = ext.get(i + 1) else {
-                        break;
-                    };
-                    (id, usize::from(l), 2)
-                } else {
-                    let b = ext[i];
-                    if b == 0 {
-                        i += 1;
-                        continue;
-                    }
-                    if b >> 4 == 15 {
-                        break;
-                    }
-                    (b >> 4, usize::from(b & 0x0f) + 1, 1)
-                };
-                let vs = i + hdr;
-                let Some(val) = ext.get(vs..vs + len) else {
-                    break;
-                };
-                if id == ids.audio_level && len >= 1 {
-                    v.audio_level = Some(val[0]);
-                } else if id == ids.video_orientation && len >= 1 {
-                    v.video_orientation = Some(val[0]);
-                } else if id == ids.dependency_descriptor {
-                    v.dependency_descriptor = Some((start + vs, start + vs + len));
-                } else if id == ids.transport_cc && len >= 2 {
-                    v.transport_seq = Some(u16::from_be_bytes([val[0], val[1]]));
-                }
-                i = vs + len;
-            }
-        }
-        off = end;
-    }
-    if off > data.len() {
-        return None;
-    }
-    v.hdr_len = off;
-    Some(v)
-}
-
-/// The sequence number `seq` extended to be closest to `near`.
-pub(super) fn extend_seq(near: u64, seq: u16) -> u64 {
-    let base = near & !0xffff;
-    let cand = base | u64::from(seq);
-    let alts = [cand.wrapping_sub(0x10000), cand, cand + 0x10000];
-    alts.into_iter()
-        .filter(|c| *c < (1 << 48))
-        .min_by_key(|c| c.abs_diff(near))
-        .unwrap_or(cand)
-}
+use crate::rtp::extend_seq;
+use crate::rtp::rtcp::rr::ReportBlock;
+use crate::rtp::rtcp::twcc::{self, FeedbackHeader};
 
 /// A missing packet of a stream, until it arrives or is given up.
 #[derive(Debug, Clone, Copy)]
@@ -245,12 +145,6 @@ impl RxStream {
         let fraction = (lost_interval << 8)
             .checked_div(expected_interval)
             .map_or(0, |f| f.min(255) as u8);
-        let cumulative = lost.min(0x7f_ffff) as u32;
-        buf.extend_from_slice(&ssrc.to_be_bytes());
-        buf.push(fraction);
-        buf.extend_from_slice(&cumulative.to_be_bytes()[1..]);
-        buf.extend_from_slice(&(self.max as u32).to_be_bytes());
-        buf.extend_from_slice(&((self.jitter16 / 16) as u32).to_be_bytes());
         let (lsr, dlsr) = match self.last_sr {
             Some((ntp, at)) => {
                 let d = now.saturating_duration_since(at);
@@ -258,54 +152,18 @@ impl RxStream {
             }
             None => (0, 0),
         };
-        buf.extend_from_slice(&lsr.to_be_bytes());
-        buf.extend_from_slice(&dlsr.to_be_bytes());
+        ReportBlock {
+            ssrc,
+            fraction_lost: fraction,
+            cumulative_lost: lost.min(0x7f_ffff) as u32,
+            highest_seq: self.max as u32,
+            jitter: (self.jitter16 / 16) as u32,
+            lsr,
+            dlsr,
+        }
+        .write(buf);
         true
     }
-}
-
-/// Append a generic NACK (RFC 4585 §6.2.1) for `seqs` (sorted, of one stream).
-pub(super) fn write_nack(buf: &mut Vec<u8>, sender: u32, media: u32, seqs: &[u16]) {
-    if seqs.is_empty() {
-        return;
-    }
-    let start = buf.len();
-    buf.extend_from_slice(&[0x81, 205, 0, 0]);
-    buf.extend_from_slice(&sender.to_be_bytes());
-    buf.extend_from_slice(&media.to_be_bytes());
-    let mut i = 0;
-    while i < seqs.len() {
-        let pid = seqs[i];
-        let mut blp: u16 = 0;
-        i += 1;
-        while i < seqs.len() {
-            let d = seqs[i].wrapping_sub(pid);
-            if d == 0 || d > 16 {
-                break;
-            }
-            blp |= 1 << (d - 1);
-            i += 1;
-        }
-        buf.extend_from_slice(&pid.to_be_bytes());
-        buf.extend_from_slice(&blp.to_be_bytes());
-    }
-    let words = ((buf.len() - start) / 4 - 1) as u16;
-    buf[start + 2..start + 4].copy_from_slice(&words.to_be_bytes());
-}
-
-/// Append a PLI (RFC 4585 §6.3.1).
-pub(super) fn write_pli(buf: &mut Vec<u8>, sender: u32, media: u32) {
-    buf.extend_from_slice(&[0x81, 206, 0, 2]);
-    buf.extend_from_slice(&sender.to_be_bytes());
-    buf.extend_from_slice(&media.to_be_bytes());
-}
-
-/// Append an RR header for `blocks` report blocks that follow (RFC 3550 §6.4.2).
-pub(super) fn write_rr_header(buf: &mut Vec<u8>, sender: u32, blocks: u8) {
-    buf.push(0x80 | (blocks & 0x1f));
-    buf.push(201);
-    buf.extend_from_slice(&(1 + 6 * u16::from(blocks)).to_be_bytes());
-    buf.extend_from_slice(&sender.to_be_bytes());
 }
 
 /// Transport-wide sequence numbers seen since the last feedback, per endpoint.
@@ -364,14 +222,14 @@ impl TwccRecorder {
         let mut deltas: Vec<u8> = Vec::new();
         for a in self.arrivals.iter().take(TWCC_MAX_STATUSES) {
             match a {
-                None => statuses.push(0),
+                None => statuses.push(twcc::NOT_RECEIVED),
                 Some(t) => {
                     let d = t - prev;
                     if (0..=255).contains(&d) {
-                        statuses.push(1);
+                        statuses.push(twcc::SMALL_DELTA);
                         deltas.push(d as u8);
                     } else if let Ok(d) = i16::try_from(d) {
-                        statuses.push(2);
+                        statuses.push(twcc::LARGE_DELTA);
                         deltas.extend_from_slice(&d.to_be_bytes());
                     } else {
                         break; // The rest goes in the next feedback.
@@ -381,41 +239,22 @@ impl TwccRecorder {
             }
         }
         // Never end on a lost packet: those may still arrive.
-        while statuses.last() == Some(&0) {
+        while statuses.last() == Some(&twcc::NOT_RECEIVED) {
             statuses.pop();
         }
         let n = statuses.len();
         if n == 0 {
             return false;
         }
-        let start = buf.len();
-        buf.extend_from_slice(&[0x8F, 205, 0, 0]);
-        buf.extend_from_slice(&sender.to_be_bytes());
-        buf.extend_from_slice(&self.media_ssrc.to_be_bytes());
-        buf.extend_from_slice(&(base as u16).to_be_bytes());
-        buf.extend_from_slice(&(n as u16).to_be_bytes());
-        let r = (reference as u32) & 0x00ff_ffff;
-        buf.extend_from_slice(&r.to_be_bytes()[1..]);
-        buf.push(self.fb_count);
+        let header = FeedbackHeader {
+            sender,
+            media: self.media_ssrc,
+            base: base as u16,
+            reference: reference as u32,
+            count: self.fb_count,
+        };
+        twcc::write(buf, &header, &statuses, &deltas);
         self.fb_count = self.fb_count.wrapping_add(1);
-        // Status vector chunks with two-bit symbols: seven statuses each.
-        for chunk in statuses.chunks(7) {
-            let mut c: u16 = 0xC000;
-            for (i, s) in chunk.iter().enumerate() {
-                c |= u16::from(*s) << (12 - 2 * i);
-            }
-            buf.extend_from_slice(&c.to_be_bytes());
-        }
-        buf.extend_from_slice(&deltas);
-        let body = buf.len() - start;
-        let pad = (4 - body % 4) % 4;
-        if pad > 0 {
-            buf.extend(std::iter::repeat_n(0u8, pad - 1));
-            buf.push(pad as u8);
-            buf[start] |= 0x20;
-        }
-        let words = ((buf.len() - start) / 4 - 1) as u16;
-        buf[start + 2..start + 4].copy_from_slice(&words.to_be_bytes());
         self.arrivals.drain(..n);
         self.base = Some(base + n as u64);
         true
@@ -425,53 +264,6 @@ impl TwccRecorder {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const IDS: ExtIds = ExtIds {
-        audio_level: 1,
-        video_orientation: 4,
-        dependency_descriptor: 11,
-        transport_cc: 5,
-    };
-
-    #[test]
-    fn parses_headers_and_extensions() {
-        // One-byte form: audio level 0x9e, transport-cc 0x0102, padding.
-        let mut p = vec![0x90, 0xEF, 0x12, 0x34, 0, 0, 0, 9, 0, 0, 0, 7];
-        p.extend_from_slice(&[0xBE, 0xDE, 0, 2, 0x10, 0x9e, 0x51, 0x01, 0x02, 0, 0, 0]);
-        p.extend_from_slice(&[1, 2, 3]);
-        let v = parse_rtp(&p, &IDS).unwrap();
-        assert_eq!(
-            (v.marker, v.pt, v.seq, v.ts, v.ssrc, v.hdr_len),
-            (true, 111, 0x1234, 9, 7, 24)
-        );
-        assert_eq!(v.audio_level, Some(0x9e));
-        assert_eq!(v.transport_seq, Some(0x0102));
-        // Two-byte form with a 20-byte dependency descriptor.
-        let mut p = vec![0x90, 96, 0, 1, 0, 0, 0, 1, 0, 0, 0, 2];
-        p.extend_from_slice(&[0x10, 0x00, 0, 6, 11, 20]);
-        p.extend_from_slice(&[7u8; 20]);
-        p.extend_from_slice(&[0, 0]);
-        let v = parse_rtp(&p, &IDS).unwrap();
-        assert_eq!(v.dependency_descriptor, Some((18, 38)));
-        assert_eq!(v.hdr_len, 40);
-        // Truncated or garbage: None, never a panic.
-        assert!(parse_rtp(&p[..20], &IDS).is_none());
-        assert!(parse_rtp(&[0x40; 12], &IDS).is_none());
-        for n in 0..p.len() {
-            let _ = parse_rtp(&p[..n], &IDS);
-        }
-        let mut bad = p.clone();
-        bad[17] = 200; // element longer than the block
-        assert!(parse_rtp(&bad, &IDS).is_some());
-    }
-
-    #[test]
-    fn sequence_extension() {
-        assert_eq!(extend_seq(65_535, 0), 65_536);
-        assert_eq!(extend_seq(65_536, 65_535), 65_535);
-        assert_eq!(extend_seq(100, 50), 50);
-        assert_eq!(extend_seq(5, 65_534), 65_534);
-    }
 
     #[test]
     fn losses_become_nacks_and_reports() {
@@ -501,23 +293,6 @@ mod tests {
         assert_eq!(b.len(), 24);
         assert_eq!(u32::from(b[4]), 256 / 6, "1 of 6 lost");
         assert_eq!(u32::from_be_bytes([b[8], b[9], b[10], b[11]]), 15);
-        let mut n = Vec::new();
-        write_nack(&mut n, 1, 2, &[12, 13, 30]);
-        assert_eq!(
-            n,
-            [
-                0x81, 205, 0, 4, 0, 0, 0, 1, 0, 0, 0, 2, 0, 12, 0, 1, 0, 30, 0, 0
-            ]
-        );
-        let mut fb = Vec::new();
-        super::super::egress::parse_feedback(&n, 100, &mut fb);
-        assert_eq!(
-            fb,
-            [super::super::egress::Feedback::Nack {
-                ssrc: 2,
-                seqs: vec![12, 13, 30]
-            }]
-        );
     }
 
     #[test]

@@ -46,18 +46,20 @@ use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite, Ssrc, Vp8Descriptor};
 use str0m::{Event, IceConnectionState, Input, Output};
 
 use crate::colibri2::{self, MediaType};
+use crate::rtp::payload::{VideoCodec, patch_vp8, starts_keyframe, vp8_keyframe_height};
+use crate::rtp::rtcp::sr::Clock;
+use crate::rtp::rtcp::{Feedback, parse_feedback};
+use crate::rtp::stun::stun_request_local_ufrag;
+use crate::rtp::{ExtOut, RtpOut, is_rtcp, is_rtp, write_header};
 use buf::{Buf, Payload};
 pub use constraints::ReceiverConstraints;
-use egress::{Clock, ExtOut, Feedback, RtpOut, Sent, parse_feedback, patch_vp8, write_header};
+use egress::Sent;
 pub use endpoint::MappedSource;
 use endpoint::{
     DependencyDescriptor, Endpoint, EpId, Forward, RtcSetup, SenderSource, SourceId, build_rtc,
     jitsi_default_medias, video_codec,
 };
-use forward::{
-    BandwidthCandidate, InPacket, LayerView, VideoCodec, allocate_bandwidth, select_layer,
-    starts_keyframe, vp8_keyframe_height,
-};
+use forward::{BandwidthCandidate, InPacket, LayerView, allocate_bandwidth, select_layer};
 use speech::SpeechActivity;
 use srtp::Srtp;
 
@@ -497,7 +499,10 @@ impl MediaEngine {
             feedback_rounds: 0,
 
             nacks: Vec::new(),
-            clock: Clock::now(),
+            clock: Clock {
+                instant: Instant::now(),
+                system: std::time::SystemTime::now(),
+            },
             pool: Vec::new(),
             hdr: Vec::with_capacity(64),
             scratch: Vec::with_capacity(1500),
@@ -1599,7 +1604,7 @@ impl MediaEngine {
         let Some(ep) = self.endpoints.get_mut(&id) else {
             return;
         };
-        let Some(h) = ingress::parse_rtp(data, &ep.caps.ext_ids) else {
+        let Some(h) = crate::rtp::parse_rtp(data, &ep.caps.ext_ids) else {
             self.stats.dropped_datagrams += 1;
             return;
         };
@@ -1655,7 +1660,7 @@ impl MediaEngine {
                 let Some((&apt, _)) = ep.caps.rtx_pts.iter().find(|(_, r)| **r == h.pt) else {
                     return;
                 };
-                (si, li, ingress::extend_seq(near, osn), 2, apt)
+                (si, li, crate::rtp::extend_seq(near, osn), 2, apt)
             }
         };
         if len <= start {
@@ -1716,7 +1721,7 @@ impl MediaEngine {
                 continue;
             }
             self.rtcp.clear();
-            ingress::write_rr_header(&mut self.rtcp, ep.fb_ssrc, 0);
+            crate::rtp::rtcp::rr::write_header(&mut self.rtcp, ep.fb_ssrc, 0);
             let mut blocks: u8 = 0;
             if rr_due {
                 for l in ep.sources.iter_mut().flat_map(|s| s.layers.iter_mut()) {
@@ -1737,7 +1742,7 @@ impl MediaEngine {
                     self.nacks.clear();
                     l.rx.due_nacks(now, &mut self.nacks);
                     self.nacks.sort_unstable();
-                    ingress::write_nack(&mut self.rtcp, ep.fb_ssrc, l.ssrc, &self.nacks);
+                    crate::rtp::rtcp::nack::write(&mut self.rtcp, ep.fb_ssrc, l.ssrc, &self.nacks);
                 }
             }
             if bare && self.rtcp.len() == had {
@@ -1771,7 +1776,7 @@ impl MediaEngine {
                 return;
             };
             for &seq in seqs {
-                let out = ingress::extend_seq(last, seq);
+                let out = crate::rtp::extend_seq(last, seq);
                 if out > last
                     || slot.recent.iter().any(|(s, t)| {
                         *s == out && now.saturating_duration_since(*t) < egress::RESEND_INTERVAL
@@ -1964,8 +1969,8 @@ impl MediaEngine {
         let media = l.ssrc;
         if let (Some(srtp), Some((from, to))) = (ep.srtp.as_mut(), ep.send_path) {
             self.rtcp.clear();
-            ingress::write_rr_header(&mut self.rtcp, ep.fb_ssrc, 0);
-            ingress::write_pli(&mut self.rtcp, ep.fb_ssrc, media);
+            crate::rtp::rtcp::rr::write_header(&mut self.rtcp, ep.fb_ssrc, 0);
+            crate::rtp::rtcp::pli::write(&mut self.rtcp, ep.fb_ssrc, media);
             let mut data = self.pool.pop().unwrap_or_default();
             if srtp.protect_rtcp(&self.rtcp, &mut data).is_ok() {
                 self.stats.keyframe_requests += 1;
@@ -2724,32 +2729,6 @@ fn wire_height(h: i64) -> u32 {
     }
 }
 
-/// The local ufrag (before ':') of a STUN Binding Request's USERNAME, or `None` for anything
-/// else (other STUN, DTLS, RTP, garbage). Only a quick look; str0m verifies the message.
-pub(crate) fn stun_request_local_ufrag(data: &[u8]) -> Option<&str> {
-    if data.len() < 20 || data[0] & 0xc0 != 0 || data[4..8] != [0x21, 0x12, 0xa4, 0x42] {
-        return None;
-    }
-    // Binding (0x001) request (class 00).
-    if u16::from_be_bytes([data[0], data[1]]) != 0x0001 {
-        return None;
-    }
-    let len = u16::from_be_bytes([data[2], data[3]]) as usize;
-    let body = data.get(20..20 + len)?;
-    let mut i = 0;
-    while i + 4 <= body.len() {
-        let t = u16::from_be_bytes([body[i], body[i + 1]]);
-        let l = u16::from_be_bytes([body[i + 2], body[i + 3]]) as usize;
-        let v = body.get(i + 4..i + 4 + l)?;
-        if t == 0x0006 {
-            let user = std::str::from_utf8(v).ok()?;
-            return user.split(':').next().filter(|u| !u.is_empty());
-        }
-        i += 4 + l.div_ceil(4) * 4;
-    }
-    None
-}
-
 /// Queue one datagram for the media socket, counted.
 fn queue_transmit(
     out: &mut VecDeque<EngineOutput>,
@@ -2761,15 +2740,4 @@ fn queue_transmit(
     stats.packets_out += 1;
     stats.bytes_out += data.len() as u64;
     out.push_back(EngineOutput::Transmit(Transmit { from, to, data }));
-}
-
-/// RTP (not RTCP, STUN or DTLS) on a multiplexed port.
-fn is_rtp(data: &[u8]) -> bool {
-    data.len() >= 12 && data[0] >> 6 == 2 && !(192..=223).contains(&data[1])
-}
-
-/// RTCP rather than RTP on a multiplexed port (RFC 5761 §4: payload types 64–95 with the
-/// marker bit).
-fn is_rtcp(data: &[u8]) -> bool {
-    data.len() >= 8 && data[0] >> 6 == 2 && (192..=223).contains(&data[1])
 }

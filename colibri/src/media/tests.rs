@@ -1171,21 +1171,6 @@ fn removing_an_endpoint_stops_its_media() {
 }
 
 #[test]
-fn stun_username_parsing() {
-    assert_eq!(stun_request_local_ufrag(&[]), None);
-    let mut m = vec![0x00, 0x01, 0x00, 0x0c, 0x21, 0x12, 0xa4, 0x42];
-    m.extend_from_slice(&[0; 12]);
-    m.extend_from_slice(&[0x00, 0x06, 0x00, 0x07]);
-    m.extend_from_slice(b"abc:def\0");
-    assert_eq!(stun_request_local_ufrag(&m), Some("abc"));
-    m[1] = 0x11; // an indication
-    assert_eq!(stun_request_local_ufrag(&m), None);
-    m[1] = 0x01;
-    m[3] = 0x40; // length beyond the datagram
-    assert_eq!(stun_request_local_ufrag(&m), None);
-}
-
-#[test]
 fn silent_client_is_reported_disconnected() {
     let mut net = Net::new(2);
     net.connect();
