@@ -1,5 +1,5 @@
 //! Videobridge forwarding benchmark: synthetic SRTP senders and receivers through the real
-//! media engine thread (`meetd_colibri::udp::spawn`) on 127.0.0.1.
+//! media engine thread (`meetd_colibri::driver::spawn`) on 127.0.0.1.
 //!
 //! `cargo bench --bench bridge_load [-- --confs K --per-conf M --seconds S --scale X
 //!  --realistic-seconds R --bwe]`
@@ -43,8 +43,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use meetd_colibri::channel::{ChannelHub, ReceiverConstraints};
+use meetd_colibri::driver::{Command, EngineHandle};
 use meetd_colibri::media::{EngineConfig, EngineStats};
-use meetd_colibri::udp::{Command, EngineHandle};
 use meetd_colibri::{
     DtlsSetup, Fingerprint as CFingerprint, IceUdpTransport, Media, MediaSource, MediaType, Source,
     Sources, SsrcGroup,
@@ -755,7 +755,7 @@ fn rcvbuf_fd(fd: i32) -> i32 {
     v
 }
 
-/// The fd of this process's UDP socket bound to 127.0.0.1:`port` (the engine's: `udp::spawn`
+/// The fd of this process's UDP socket bound to 127.0.0.1:`port` (the engine's: `driver::spawn`
 /// keeps it private).
 fn fd_bound_to(port: u16) -> Option<i32> {
     for e in std::fs::read_dir("/proc/self/fd").ok()?.flatten() {
@@ -1281,8 +1281,15 @@ fn run(o: &Opts) -> Result<String, String> {
     let rtx_cache = cfg.rtx_cache_packets;
     let rtx_age = cfg.rtx_cache_age.as_secs_f64();
     let hub = ChannelHub::new(64);
-    let (h, fingerprint) = meetd_colibri::udp::spawn(cfg, engine_addr, hub, 8192)
+    let spawned = meetd_colibri::driver::spawn(cfg, engine_addr, 8192)
         .map_err(|e| format!("engine spawn: {e}"))?;
+    let (h, fingerprint, mut events) = (spawned.handle, spawned.fingerprint, spawned.events);
+    // The bridge task's job, as meetd runs it (no Colibri2 service here).
+    std::thread::spawn(move || {
+        while let Some(e) = events.blocking_recv() {
+            meetd_colibri::channel::events::on_event(&hub, None, e);
+        }
+    });
     engine_stats(&h)?;
     let efd = fd_bound_to(port).ok_or("engine socket not found")?;
     if o.engine_rcvbuf > 0 {
@@ -1480,7 +1487,7 @@ fn measure(
     let w = &mut r;
     let _ = writeln!(
         w,
-        "bridge_load: {} conferences x {} endpoints = {n}, engine = meetd_colibri::udp::spawn on 127.0.0.1, \
+        "bridge_load: {} conferences x {} endpoints = {n}, engine = meetd_colibri::driver::spawn on 127.0.0.1, \
          clients on 1 thread, setup {setup_secs:.1} s",
         o.confs, o.per_conf
     );

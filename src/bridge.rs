@@ -5,9 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use meetd_colibri::channel::ChannelHub;
+use meetd_colibri::driver::EngineHandle;
 use meetd_colibri::media::EngineConfig;
 use meetd_colibri::service::{BridgeConfig, ColibriService};
-use meetd_colibri::udp::EngineHandle;
 
 use crate::config::Config;
 
@@ -97,14 +97,14 @@ pub fn start(cfg: &Config) -> anyhow::Result<(Arc<ColibriService>, Arc<ChannelHu
         threads: cfg.media.threads,
         ..EngineConfig::default()
     };
-    let (engine, fingerprint) = meetd_colibri::udp::spawn_with_buffers(
+    let spawned = meetd_colibri::driver::spawn_with_buffers(
         engine_cfg,
         bind,
-        hub.clone(),
-        4096,
+        cfg.media.engine_queue,
         cfg.media.socket_buffer_bytes,
     )
     .map_err(|e| anyhow::anyhow!("media port {bind}: {e}"))?;
+    let (engine, fingerprint) = (spawned.handle, spawned.fingerprint);
     hub.set_engine(engine.clone());
     let bc = BridgeConfig {
         id: cfg.bridge.id.clone(),
@@ -119,11 +119,14 @@ pub fn start(cfg: &Config) -> anyhow::Result<(Arc<ColibriService>, Arc<ChannelHu
         candidates = ?bc.advertise_ips,
         "media (UDP) listening on {bind}"
     );
-    Ok((
-        ColibriService::with_engine(bc, Some(engine.clone())),
-        hub,
-        engine,
-    ))
+    let service = ColibriService::with_engine(bc, Some(engine.clone()));
+    // The one task that turns engine events into bridge-channel messages (and expiries).
+    tokio::spawn(meetd_colibri::channel::events::run(
+        hub.clone(),
+        Some(service.clone()),
+        spawned.events,
+    ));
+    Ok((service, hub, engine))
 }
 
 #[cfg(test)]

@@ -311,6 +311,8 @@ pub struct MediaSection {
     pub trust_bwe: bool,
     pub threads: usize,
     pub socket_buffer_bytes: usize,
+    /// Places in each engine thread's command queue and in the engine's event queue.
+    pub engine_queue: usize,
 }
 
 impl Default for MediaSection {
@@ -329,7 +331,8 @@ impl Default for MediaSection {
             bandwidth_estimation: e.bwe_initial_bps.is_some(),
             trust_bwe: e.trust_bwe,
             threads: e.threads,
-            socket_buffer_bytes: meetd_colibri::udp::SOCKET_BUFFER_BYTES,
+            socket_buffer_bytes: meetd_colibri::socket::SOCKET_BUFFER_BYTES,
+            engine_queue: 4096,
         }
     }
 }
@@ -693,6 +696,7 @@ impl Config {
             ("media.rewrite_video_slots", self.media.rewrite_video_slots),
             ("media.rewrite_audio_slots", self.media.rewrite_audio_slots),
             ("media.socket_buffer_bytes", self.media.socket_buffer_bytes),
+            ("media.engine_queue", self.media.engine_queue),
         ] {
             if v == 0 {
                 return err(k, "must be greater than 0");

@@ -25,7 +25,7 @@ pub struct Front {
     pub focus: Option<meetd_jingle::focus::FocusHandle>,
     pub bridge: Arc<meetd_colibri::service::ColibriService>,
     pub channels: Arc<meetd_colibri::channel::ChannelHub>,
-    pub engine: meetd_colibri::udp::EngineHandle,
+    pub engine: meetd_colibri::driver::EngineHandle,
     /// An unpacked Jitsi Meet web build, when configured.
     pub web_root: Option<crate::webroot::WebRoot>,
     /// Set once every listener is bound.

@@ -35,7 +35,7 @@ pub struct ChannelHub {
     video_types: Mutex<HashMap<(String, String), String>>,
     next: Mutex<u64>,
     queue: usize,
-    engine: Mutex<Option<crate::udp::EngineHandle>>,
+    engine: Mutex<Option<crate::driver::EngineHandle>>,
     /// The latest message of some classes, per conference (DominantSpeakerEndpointChangeEvent)
     /// and per endpoint (ForwardedSources, VideoSourcesMap, AudioSourcesMap): sent again to a
     /// channel when it (re)connects.
@@ -169,7 +169,7 @@ impl ChannelHub {
     }
 
     /// Receivers' constraints go to this media engine.
-    pub fn set_engine(&self, e: crate::udp::EngineHandle) {
+    pub fn set_engine(&self, e: crate::driver::EngineHandle) {
         *self.engine.lock() = Some(e);
     }
 
@@ -403,7 +403,7 @@ async fn run(hub: Arc<ChannelHub>, mut socket: WebSocket, conf: String, ep: Stri
                             }
                             Effect::Constraints(c) => {
                                 if let Some(engine) = hub.engine.lock().clone() {
-                                    engine.send(crate::udp::Command::Constraints {
+                                    engine.send(crate::driver::Command::Constraints {
                                         conf: conf.clone(),
                                         ep: ep.clone(),
                                         constraints: c,
@@ -412,7 +412,7 @@ async fn run(hub: Arc<ChannelHub>, mut socket: WebSocket, conf: String, ep: Stri
                             }
                             Effect::VideoType { source, video_type } => {
                                 if let Some(engine) = hub.engine.lock().clone() {
-                                    engine.send(crate::udp::Command::SourceVideoType {
+                                    engine.send(crate::driver::Command::SourceVideoType {
                                         conf: conf.clone(),
                                         ep: ep.clone(),
                                         source,

@@ -5,10 +5,11 @@
 pub mod channel;
 pub mod codecs;
 pub mod colibri2;
+pub mod driver;
 pub mod media;
 pub mod rtp;
 pub mod service;
-pub mod udp;
+pub mod socket;
 
 pub use colibri2::{
     Candidate, CandidateType, Colibri2Error, ConferenceModified, ConferenceModify, DtlsSetup,

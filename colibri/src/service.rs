@@ -72,7 +72,7 @@ pub struct ColibriService {
     cfg: BridgeConfig,
     conferences: Mutex<HashMap<String, ConferenceState>>,
     /// The media engine, when one runs (tests of the control side run without).
-    engine: Option<crate::udp::EngineHandle>,
+    engine: Option<crate::driver::EngineHandle>,
 }
 
 fn random_string(len: usize) -> String {
@@ -93,17 +93,13 @@ impl ColibriService {
 
     pub fn with_engine(
         cfg: BridgeConfig,
-        engine: Option<crate::udp::EngineHandle>,
+        engine: Option<crate::driver::EngineHandle>,
     ) -> Arc<ColibriService> {
-        let svc = Arc::new(ColibriService {
+        Arc::new(ColibriService {
             cfg,
             conferences: Mutex::new(HashMap::new()),
             engine,
-        });
-        if let Some(e) = &svc.engine {
-            e.attach_service(&svc);
-        }
-        svc
+        })
     }
 
     /// The media engine expired an endpoint (docs/bridge.md B.10): forget it, so that the focus's
@@ -130,7 +126,7 @@ impl ColibriService {
 
     /// Queue a request's engine commands, all or none: with no room the request fails as
     /// busy before it changed anything.
-    fn submit(&self, conf: &str, cmds: Vec<crate::udp::Command>) -> Result<(), Colibri2Error> {
+    fn submit(&self, conf: &str, cmds: Vec<crate::driver::Command>) -> Result<(), Colibri2Error> {
         match &self.engine {
             Some(e) => e.submit(conf, cmds).map_err(|e| {
                 tracing::warn!(conf, error = %e, "Colibri2 request refused");
@@ -278,7 +274,7 @@ impl ColibriService {
             } else if let Some(id) = confs.get(&req.meeting_id).map(|c| c.id.clone()) {
                 self.submit(
                     &id,
-                    vec![crate::udp::Command::RemoveConference { conf: id.clone() }],
+                    vec![crate::driver::Command::RemoveConference { conf: id.clone() }],
                 )?;
                 confs.remove(&req.meeting_id);
             }
@@ -329,7 +325,7 @@ impl ColibriService {
         for ep in &req.endpoints {
             if ep.expire {
                 if conf.endpoints.remove(&ep.id).is_some() {
-                    cmds.push(crate::udp::Command::RemoveEndpoint {
+                    cmds.push(crate::driver::Command::RemoveEndpoint {
                         conf: conf.id.clone(),
                         ep: ep.id.clone(),
                     });
@@ -354,7 +350,7 @@ impl ColibriService {
                 };
                 let sctp = ep.transport.as_ref().is_some_and(|t| t.sctp.is_some());
                 out.transport = Some(self.local_transport(&conf.id, &state, sctp));
-                cmds.push(crate::udp::Command::AddEndpoint {
+                cmds.push(crate::driver::Command::AddEndpoint {
                     conf: conf.id.clone(),
                     ep: ep.id.clone(),
                     ufrag: state.ufrag.clone(),
@@ -375,7 +371,7 @@ impl ColibriService {
             if let Some(t) = ep.transport.as_ref().and_then(|t| t.ice.clone())
                 && (t.ufrag.is_some() || !t.candidates.is_empty() || !t.fingerprints.is_empty())
             {
-                cmds.push(crate::udp::Command::SetRemote {
+                cmds.push(crate::driver::Command::SetRemote {
                     conf: conf.id.clone(),
                     ep: ep.id.clone(),
                     transport: t.clone(),
@@ -383,7 +379,7 @@ impl ColibriService {
                 state.remote = Some(t);
             }
             if let Some(s) = &ep.sources {
-                cmds.push(crate::udp::Command::SetSources {
+                cmds.push(crate::driver::Command::SetSources {
                     conf: conf.id.clone(),
                     ep: ep.id.clone(),
                     sources: s.clone(),
@@ -397,7 +393,7 @@ impl ColibriService {
                 if let Some(v) = fm.video {
                     state.force_mute_video = v;
                 }
-                cmds.push(crate::udp::Command::ForceMute {
+                cmds.push(crate::driver::Command::ForceMute {
                     conf: conf.id.clone(),
                     ep: ep.id.clone(),
                     audio: fm.audio,
@@ -520,10 +516,10 @@ mod tests {
     /// engine has read its queue, the same request goes through.
     #[test]
     fn a_busy_engine_refuses_the_request_and_changes_nothing() {
-        use crate::udp::Command;
+        use crate::driver::Command;
         for shards in [1, 2] {
             // Two places: the two creates below fill the queue (one AddEndpoint each).
-            let (engine, mut rxs, mut routes) = crate::udp::EngineHandle::detached(shards, 2);
+            let (engine, mut rxs, mut routes) = crate::driver::EngineHandle::detached(shards, 2);
             let s = ColibriService::with_engine(svc().cfg.clone(), Some(engine));
             let mut m = ConferenceModify::new("m1");
             m.create = true;

@@ -3,10 +3,14 @@
 //! `colibriClass` JSON the clients read, sent now and, for the classes a reconnecting
 //! channel needs, remembered in the hub.
 
+use std::sync::Arc;
+
 use serde::Serialize;
+use tokio::sync::mpsc;
 
 use super::ChannelHub;
 use crate::colibri2::MediaType;
+use crate::driver::Event;
 use crate::media::{EngineEvent, MappedSource};
 use crate::service::ColibriService;
 
@@ -86,6 +90,41 @@ pub fn connectivity_key(ep: &str) -> String {
 fn broadcast(hub: &ChannelHub, conf: &str, text: &str) {
     for ep in hub.connected(conf) {
         hub.send(conf, &ep, text.to_string());
+    }
+}
+
+/// The bridge task: every event of the engine threads, in order, applied to the channels
+/// (and an expired endpoint to `service`), until the engine is gone.
+pub async fn run(
+    hub: Arc<ChannelHub>,
+    service: Option<Arc<ColibriService>>,
+    mut events: mpsc::Receiver<Event>,
+) {
+    while let Some(e) = events.recv().await {
+        on_event(&hub, service.as_deref(), e);
+    }
+}
+
+/// One event of the engine threads.
+pub fn on_event(hub: &ChannelHub, service: Option<&ColibriService>, e: Event) {
+    match e {
+        Event::EndpointAdded {
+            conference,
+            endpoint,
+        } => hub.reset_endpoint(&conference, &endpoint),
+        Event::EndpointRemoved {
+            conference,
+            endpoint,
+            conference_gone,
+        } => {
+            hub.forget_endpoint(&conference, &endpoint);
+            hub.set_conference_sticky(&conference, &connectivity_key(&endpoint), None);
+            if conference_gone {
+                hub.forget_conference(&conference);
+            }
+        }
+        Event::ConferenceRemoved { conference } => hub.forget_conference(&conference),
+        Event::Engine(e) => event(hub, service, e),
     }
 }
 
@@ -235,8 +274,6 @@ fn connectivity_message(endpoint: &str, active: bool) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
-    use tokio::sync::mpsc;
 
     fn drain(rx: &mut tokio::sync::mpsc::Receiver<String>) -> Vec<serde_json::Value> {
         let mut v = Vec::new();

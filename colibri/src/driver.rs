@@ -1,28 +1,123 @@
-//! The media engine's thread: one UDP socket, the sans-IO [`MediaEngine`], commands from the
-//! Colibri2 service and the bridge channel in, events out. No lock on the packet path: the
-//! engine is owned by this thread alone.
+//! The media engine's driver: the threads that own the sans-IO [`MediaEngine`] shards, the
+//! receive thread that hands datagrams to them, and the two queues to the rest of the bridge:
+//! commands in ([`EngineHandle`]) and events out ([`Event`], consumed by one bridge task,
+//! `channel::events::run`). It reads the clock and the socket and feeds both to the engine.
+//! No lock on the packet path: each engine shard is owned by its thread alone.
 
-use std::collections::HashMap;
-use std::io::IoSlice;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
 use std::time::Instant;
 
-use parking_lot::Mutex;
-
 use tokio::net::UdpSocket;
+use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::channel::ChannelHub;
 use crate::colibri2::{IceUdpTransport, Media, Sources};
 use crate::media::ReceiverConstraints;
 use crate::media::{EngineConfig, EngineEvent, EngineOutput, EngineStats, MediaEngine};
-use crate::service::ColibriService;
+use crate::socket::{
+    RecvBatch, SEND_BATCH, SOCKET_BUFFER_BYTES, SendBatch, SendOwner, canonical, destination,
+    local_for,
+};
 
-/// Receive and send buffer requested for the media socket.
-pub const SOCKET_BUFFER_BYTES: usize = 4 * 1024 * 1024;
+/// What the engine threads report to the bridge, in the order it happened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// An endpoint was (re)created: what the bridge channel kept for an older endpoint of the
+    /// same id (source maps, constraints) is stale.
+    EndpointAdded {
+        conference: String,
+        endpoint: String,
+    },
+    /// The focus removed an endpoint; `conference_gone`: it was the conference's last.
+    EndpointRemoved {
+        conference: String,
+        endpoint: String,
+        conference_gone: bool,
+    },
+    /// The focus removed a whole conference.
+    ConferenceRemoved { conference: String },
+    /// What the engine itself reported.
+    Engine(EngineEvent),
+}
+
+/// The engine threads' end of the event queue. A full queue keeps events in a backlog (in
+/// order) that is retried every turn; beyond `limit` of them they are dropped and counted.
+#[derive(Debug)]
+struct EventSink {
+    tx: mpsc::Sender<Event>,
+    backlog: VecDeque<Event>,
+    limit: usize,
+    dropped: u64,
+}
+
+impl EventSink {
+    fn new(tx: mpsc::Sender<Event>, limit: usize) -> EventSink {
+        EventSink {
+            tx,
+            backlog: VecDeque::new(),
+            limit,
+            dropped: 0,
+        }
+    }
+
+    fn push(&mut self, e: Event) {
+        self.flush();
+        if self.backlog.is_empty() {
+            match self.tx.try_send(e) {
+                Ok(()) | Err(TrySendError::Closed(_)) => return,
+                Err(TrySendError::Full(e)) => {
+                    self.backlog.push_back(e);
+                    return;
+                }
+            }
+        }
+        if self.backlog.len() < self.limit {
+            self.backlog.push_back(e);
+        } else {
+            self.dropped += 1;
+            if self.dropped.is_power_of_two() {
+                tracing::warn!(
+                    dropped = self.dropped,
+                    limit = self.limit,
+                    "media event queue and backlog full: events dropped"
+                );
+            }
+        }
+    }
+
+    /// Hand over what waits in the backlog, as far as the queue takes it.
+    fn flush(&mut self) {
+        while let Some(e) = self.backlog.pop_front() {
+            match self.tx.try_send(e) {
+                Ok(()) => {}
+                Err(TrySendError::Full(e)) => {
+                    self.backlog.push_front(e);
+                    return;
+                }
+                Err(TrySendError::Closed(_)) => {
+                    self.backlog.clear();
+                    return;
+                }
+            }
+        }
+    }
+}
+
+impl SendOwner for MediaEngine {
+    fn recycle(&mut self, buf: Vec<u8>) {
+        MediaEngine::recycle(self, buf);
+    }
+    fn count_gso(&mut self, segments: u64) {
+        MediaEngine::count_gso(self, segments);
+    }
+    fn count_send_dropped(&mut self, n: u64) {
+        MediaEngine::count_send_dropped(self, n);
+    }
+}
 
 /// What the signalling side asks of the engine.
 #[derive(Debug)]
@@ -75,22 +170,6 @@ pub enum Command {
     Stats(oneshot::Sender<EngineStats>),
 }
 
-/// The Colibri2 service the engine thread tells about endpoints it expires.
-#[derive(Default)]
-struct ServiceLink(Mutex<Option<Weak<ColibriService>>>);
-
-impl std::fmt::Debug for ServiceLink {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("ServiceLink")
-    }
-}
-
-impl ServiceLink {
-    fn get(&self) -> Option<Arc<ColibriService>> {
-        self.0.lock().as_ref().and_then(Weak::upgrade)
-    }
-}
-
 /// The engine's command queue has no room for a request's commands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("media engine busy: command queue full")]
@@ -125,16 +204,9 @@ pub struct EngineHandle {
     txs: Vec<mpsc::Sender<Command>>,
     /// With several shards: the receive thread's routing updates, and what it dropped.
     router: Option<(mpsc::Sender<Route>, Arc<AtomicU64>)>,
-    service: Arc<ServiceLink>,
 }
 
 impl EngineHandle {
-    /// Endpoints the engine expires (docs/bridge.md B.10) are removed from this service too
-    /// ([`ColibriService::with_engine`] attaches itself).
-    pub fn attach_service(&self, service: &Arc<ColibriService>) {
-        *self.service.0.lock() = Some(Arc::downgrade(service));
-    }
-
     /// A handle on queues no engine reads (tests fill them): `shards` command queues of
     /// `queue` places, and with several shards a routing queue of `queue` places.
     #[cfg(test)]
@@ -153,15 +225,7 @@ impl EngineHandle {
         } else {
             (None, None)
         };
-        (
-            EngineHandle {
-                txs,
-                router,
-                service: Arc::new(ServiceLink::default()),
-            },
-            rxs,
-            rrx,
-        )
+        (EngineHandle { txs, router }, rxs, rrx)
     }
 
     /// All of one request's commands for conference `conf`, with their routing updates:
@@ -293,81 +357,28 @@ pub enum Route {
     },
 }
 
-/// A STUN Binding request without USERNAME (a plain STUN client, e.g. for P2P) gets a
-/// Binding success response with XOR-MAPPED-ADDRESS (RFC 5389). ICE checks carry USERNAME
-/// and go to the engine instead.
-pub fn plain_stun_response(req: &[u8], from: SocketAddr) -> Option<Vec<u8>> {
-    const MAGIC: u32 = 0x2112_A442;
-    if req.len() < 20 || req[0] != 0x00 || req[1] != 0x01 {
-        return None;
-    }
-    if u32::from_be_bytes([req[4], req[5], req[6], req[7]]) != MAGIC {
-        return None;
-    }
-    let len = u16::from_be_bytes([req[2], req[3]]) as usize;
-    if req.len() < 20 + len {
-        return None;
-    }
-    let mut i = 20;
-    while i + 4 <= 20 + len {
-        let ty = u16::from_be_bytes([req[i], req[i + 1]]);
-        let alen = u16::from_be_bytes([req[i + 2], req[i + 3]]) as usize;
-        if ty == 0x0006 {
-            return None; // USERNAME: an ICE check.
-        }
-        i += 4 + alen.div_ceil(4) * 4;
-    }
-    let tid = &req[8..20];
-    let mut attr = Vec::with_capacity(24);
-    let port = from.port() ^ (MAGIC >> 16) as u16;
-    match from {
-        SocketAddr::V4(a) => {
-            attr.extend_from_slice(&[0x00, 0x01]);
-            attr.extend_from_slice(&port.to_be_bytes());
-            let ip = u32::from(*a.ip()) ^ MAGIC;
-            attr.extend_from_slice(&ip.to_be_bytes());
-        }
-        SocketAddr::V6(a) => {
-            attr.extend_from_slice(&[0x00, 0x02]);
-            attr.extend_from_slice(&port.to_be_bytes());
-            let mut key = [0u8; 16];
-            key[..4].copy_from_slice(&MAGIC.to_be_bytes());
-            key[4..].copy_from_slice(tid);
-            for (b, k) in a.ip().octets().iter().zip(key) {
-                attr.push(b ^ k);
-            }
-        }
-    }
-    let mut out = Vec::with_capacity(20 + 4 + attr.len());
-    out.extend_from_slice(&[0x01, 0x01]);
-    out.extend_from_slice(&((4 + attr.len()) as u16).to_be_bytes());
-    out.extend_from_slice(&MAGIC.to_be_bytes());
-    out.extend_from_slice(tid);
-    out.extend_from_slice(&[0x00, 0x20]);
-    out.extend_from_slice(&(attr.len() as u16).to_be_bytes());
-    out.extend_from_slice(&attr);
-    Some(out)
+/// A started engine: its command handle, the DTLS fingerprint to put in offers, and the
+/// queue of its events (one task must consume it: `channel::events::run`).
+#[derive(Debug)]
+pub struct Spawned {
+    pub handle: EngineHandle,
+    pub fingerprint: String,
+    pub events: mpsc::Receiver<Event>,
 }
 
-/// Start the engine on its own thread, bound to `bind`. Returns the command handle and the
-/// DTLS fingerprint to put in offers.
-pub fn spawn(
-    cfg: EngineConfig,
-    bind: SocketAddr,
-    hub: Arc<ChannelHub>,
-    queue: usize,
-) -> std::io::Result<(EngineHandle, String)> {
-    spawn_with_buffers(cfg, bind, hub, queue, SOCKET_BUFFER_BYTES)
+/// Start the engine on its own thread(s), bound to `bind`; `queue` places in each command
+/// queue and in the event queue.
+pub fn spawn(cfg: EngineConfig, bind: SocketAddr, queue: usize) -> std::io::Result<Spawned> {
+    spawn_with_buffers(cfg, bind, queue, SOCKET_BUFFER_BYTES)
 }
 
 /// [`spawn`] with the media socket's receive and send buffer size.
 pub fn spawn_with_buffers(
     cfg: EngineConfig,
     bind: SocketAddr,
-    hub: Arc<ChannelHub>,
     queue: usize,
     socket_buffer: usize,
-) -> std::io::Result<(EngineHandle, String)> {
+) -> std::io::Result<Spawned> {
     let std_sock = std::net::UdpSocket::bind(bind)?;
     std_sock.set_nonblocking(true)?;
     // Media arrives in bursts (keyframes, many senders at once): the default ~200 KB buffer
@@ -379,24 +390,25 @@ pub fn spawn_with_buffers(
     let threads = cfg.threads.clamp(1, MAX_THREADS);
     let first = MediaEngine::new(cfg.clone());
     let fingerprint = first.dtls_fingerprint();
-    let service = Arc::new(ServiceLink::default());
+    let queue = queue.max(16);
+    let (event_tx, events) = mpsc::channel(queue);
     if threads == 1 {
-        let (tx, rx) = mpsc::channel(queue.max(16));
-        let link = service.clone();
+        let (tx, rx) = mpsc::channel(queue);
+        let sink = EventSink::new(event_tx, queue);
         on_thread("meetd-media".into(), move || async move {
             match UdpSocket::from_std(std_sock) {
-                Ok(sock) => run(first, sock, local, rx, hub, link).await,
+                Ok(sock) => run(first, sock, local, rx, sink).await,
                 Err(e) => tracing::error!(error = %e, "media socket failed"),
             }
         })?;
-        return Ok((
-            EngineHandle {
+        return Ok(Spawned {
+            handle: EngineHandle {
                 txs: vec![tx],
                 router: None,
-                service,
             },
             fingerprint,
-        ));
+            events,
+        });
     }
     tracing::info!(
         threads,
@@ -406,22 +418,22 @@ pub fn spawn_with_buffers(
     // owns the conferences hashed to it and sends on its own handle of the same socket.
     let mut txs = Vec::with_capacity(threads);
     let mut inboxes = Vec::with_capacity(threads);
-    let (route_tx, route_rx) = mpsc::channel(queue.max(16));
+    let (route_tx, route_rx) = mpsc::channel(queue);
     let siblings: Vec<MediaEngine> = (1..threads).map(|_| first.sibling(cfg.clone())).collect();
     for (k, engine) in std::iter::once(first).chain(siblings).enumerate() {
-        let (tx, rx) = mpsc::channel(queue.max(16));
+        let (tx, rx) = mpsc::channel(queue);
         let (in_tx, in_rx) = mpsc::channel::<Inbound>(SHARD_INBOX);
         txs.push(tx);
         inboxes.push(in_tx);
         let send_sock = std_sock.try_clone()?;
-        let (hub, link, router) = (hub.clone(), service.clone(), route_tx.clone());
+        let (sink, router) = (EventSink::new(event_tx.clone(), queue), route_tx.clone());
         on_thread(format!("meetd-media-{k}"), move || async move {
             let q = ShardQueues {
                 commands: rx,
                 inbox: in_rx,
                 router,
             };
-            run_shard(engine, send_sock, local, q, hub, link).await;
+            run_shard(engine, send_sock, local, q, sink).await;
         })?;
     }
     let dropped = Arc::new(AtomicU64::new(0));
@@ -432,14 +444,14 @@ pub fn spawn_with_buffers(
             Err(e) => tracing::error!(error = %e, "media socket failed"),
         }
     })?;
-    Ok((
-        EngineHandle {
+    Ok(Spawned {
+        handle: EngineHandle {
             txs,
             router: Some((route_tx, dropped)),
-            service,
         },
         fingerprint,
-    ))
+        events,
+    })
 }
 
 /// Engine threads at most.
@@ -473,8 +485,7 @@ async fn run(
     sock: UdpSocket,
     local: SocketAddr,
     mut rx: mpsc::Receiver<Command>,
-    hub: Arc<ChannelHub>,
-    link: Arc<ServiceLink>,
+    mut sink: EventSink,
 ) {
     let mut recv = RecvBatch::new();
     let mut batch = SendBatch::default();
@@ -482,7 +493,7 @@ async fn run(
     let mut load = Load::default();
     loop {
         load.update(Instant::now());
-        let deadline = drain_outputs(&mut engine, &mut batch, fd, local, &hub, &link, None);
+        let deadline = drain_outputs(&mut engine, &mut batch, fd, local, &mut sink, None);
         tokio::select! {
             r = sock.readable() => {
                 if r.is_err() {
@@ -496,7 +507,7 @@ async fn run(
             }
             c = rx.recv() => {
                 let Some(c) = c else { break };
-                on_command(&mut engine, &hub, &load, c);
+                on_command(&mut engine, &mut sink, &load, c);
             }
             _ = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)) => {
                 engine.handle_timeout(Instant::now());
@@ -511,8 +522,7 @@ fn drain_outputs(
     batch: &mut SendBatch,
     fd: RawFd,
     local: SocketAddr,
-    hub: &ChannelHub,
-    link: &ServiceLink,
+    sink: &mut EventSink,
     router: Option<&mpsc::Sender<Route>>,
 ) -> Instant {
     let deadline = loop {
@@ -529,16 +539,17 @@ fn drain_outputs(
                         ufrag: ufrag.clone(),
                     });
                 }
-                crate::channel::events::event(hub, link.get().as_deref(), e);
+                sink.push(Event::Engine(e));
             }
             EngineOutput::Timeout(t) => break t,
         }
     };
     batch.flush(fd, engine);
+    sink.flush();
     deadline
 }
 
-fn on_command(engine: &mut MediaEngine, hub: &Arc<ChannelHub>, load: &Load, c: Command) {
+fn on_command(engine: &mut MediaEngine, sink: &mut EventSink, load: &Load, c: Command) {
     match c {
         Command::Stats(tx) => {
             let _ = tx.send(EngineStats {
@@ -546,7 +557,7 @@ fn on_command(engine: &mut MediaEngine, hub: &Arc<ChannelHub>, load: &Load, c: C
                 ..engine.stats()
             });
         }
-        c => command(engine, hub, c),
+        c => command(engine, sink, c),
     }
 }
 
@@ -571,8 +582,7 @@ async fn run_shard(
     send_sock: std::net::UdpSocket,
     local: SocketAddr,
     q: ShardQueues,
-    hub: Arc<ChannelHub>,
-    link: Arc<ServiceLink>,
+    mut sink: EventSink,
 ) {
     let ShardQueues {
         commands: mut rx,
@@ -584,15 +594,7 @@ async fn run_shard(
     let mut load = Load::default();
     loop {
         load.update(Instant::now());
-        let deadline = drain_outputs(
-            &mut engine,
-            &mut batch,
-            fd,
-            local,
-            &hub,
-            &link,
-            Some(&router),
-        );
+        let deadline = drain_outputs(&mut engine, &mut batch, fd, local, &mut sink, Some(&router));
         tokio::select! {
             b = inbox.recv() => {
                 let Some(b) = b else { break };
@@ -603,7 +605,7 @@ async fn run_shard(
             }
             c = rx.recv() => {
                 let Some(c) = c else { break };
-                on_command(&mut engine, &hub, &load, c);
+                on_command(&mut engine, &mut sink, &load, c);
             }
             _ = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)) => {
                 engine.handle_timeout(Instant::now());
@@ -680,7 +682,7 @@ impl RouteTable {
         }
         match self.addrs.get(&from) {
             Some(v) => Target::Shard(v.0),
-            None if is_stun(data) => Target::Every,
+            None if crate::rtp::stun::is_stun(data) => Target::Every,
             None => Target::Nowhere,
         }
     }
@@ -691,11 +693,6 @@ enum Target {
     Shard(usize),
     Every,
     Nowhere,
-}
-
-/// A STUN message (RFC 5389: first two bits 0, the magic cookie).
-fn is_stun(data: &[u8]) -> bool {
-    data.len() >= 20 && data[0] & 0xc0 == 0 && data[4..8] == [0x21, 0x12, 0xa4, 0x42]
 }
 
 /// The receive thread of a sharded engine: `recvmmsg`, plain STUN answered here, every other
@@ -718,7 +715,7 @@ async fn receive(
                 let mut now = None;
                 recv.each(&sock, |at, from, data| {
                     now = Some(at);
-                    if let Some(resp) = plain_stun_response(data, canonical(from)) {
+                    if let Some(resp) = crate::rtp::stun::plain_binding_response(data, canonical(from)) {
                         let _ = sock.try_send_to(&resp, from);
                         return;
                     }
@@ -799,267 +796,6 @@ fn thread_cpu_ns() -> Option<u64> {
         .ok()
 }
 
-/// Datagrams read in one turn of the loop before outputs and timers are served.
-const RECV_BATCH: usize = 32;
-/// Datagrams handed to the kernel in one `sendmmsg`.
-const SEND_BATCH: usize = 32;
-
-/// Buffers for one `recvmmsg`.
-struct RecvBatch {
-    bufs: Vec<Vec<u8>>,
-    headers: nix::sys::socket::MultiHeaders<nix::sys::socket::SockaddrStorage>,
-    /// Length and sender of each datagram received by the last call.
-    got: Vec<(usize, Option<SocketAddr>)>,
-}
-
-impl RecvBatch {
-    fn new() -> RecvBatch {
-        RecvBatch {
-            bufs: (0..RECV_BATCH).map(|_| vec![0u8; 2048]).collect(),
-            headers: nix::sys::socket::MultiHeaders::preallocate(RECV_BATCH, None),
-            got: Vec::with_capacity(RECV_BATCH),
-        }
-    }
-
-    /// Read what is queued on `sock` (it polled readable) and call `f(now, from, data)` for each
-    /// datagram; one clock reading per batch: they arrived together.
-    fn each(&mut self, sock: &UdpSocket, mut f: impl FnMut(Instant, SocketAddr, &[u8])) {
-        let fd = sock.as_raw_fd();
-        match sock.try_io(tokio::io::Interest::READABLE, || self.receive(fd)) {
-            Ok(()) => {
-                let now = Instant::now();
-                for (i, &(n, from)) in self.got.iter().enumerate() {
-                    if let (Some(from), Some(data)) =
-                        (from, self.bufs.get(i).and_then(|b| b.get(..n)))
-                    {
-                        f(now, from, data);
-                    }
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(e) => tracing::debug!(error = %e, "media receive failed"),
-        }
-    }
-
-    /// Read what is queued (at least one datagram, or `WouldBlock`).
-    fn receive(&mut self, fd: RawFd) -> std::io::Result<()> {
-        use nix::sys::socket::{MsgFlags, SockaddrLike, recvmmsg};
-        self.got.clear();
-        let mut iovs: Vec<[std::io::IoSliceMut<'_>; 1]> = self
-            .bufs
-            .iter_mut()
-            .map(|b| [std::io::IoSliceMut::new(&mut b[..])])
-            .collect();
-        let res = recvmmsg(
-            fd,
-            &mut self.headers,
-            &mut iovs,
-            MsgFlags::MSG_DONTWAIT,
-            None,
-        )
-        .map_err(std::io::Error::from)?;
-        for m in res {
-            let from = m.address.and_then(|a| match a.family() {
-                Some(nix::sys::socket::AddressFamily::Inet) => {
-                    a.as_sockaddr_in().map(|v| SocketAddr::from(*v))
-                }
-                Some(nix::sys::socket::AddressFamily::Inet6) => {
-                    a.as_sockaddr_in6().map(|v| SocketAddr::from(*v))
-                }
-                _ => None,
-            });
-            // Larger than the buffer: truncated, useless.
-            let truncated = m.flags.contains(MsgFlags::MSG_TRUNC);
-            self.got
-                .push((m.bytes, if truncated { None } else { from }));
-        }
-        if self.got.is_empty() {
-            return Err(std::io::ErrorKind::WouldBlock.into());
-        }
-        Ok(())
-    }
-}
-
-/// Datagrams waiting for one `sendmmsg`.
-struct SendBatch {
-    items: Vec<(SocketAddr, Vec<u8>)>,
-    addrs: Vec<Option<nix::sys::socket::SockaddrStorage>>,
-    headers: nix::sys::socket::MultiHeaders<nix::sys::socket::SockaddrStorage>,
-    /// UDP GSO (Linux `UDP_SEGMENT`) works on this socket: runs of equal-sized datagrams to one
-    /// destination go down the stack as one. Turned off for good at the first refusal.
-    gso: bool,
-    /// Scratch: item indices by destination; the ones sent singly.
-    order: Vec<usize>,
-    singles: Vec<(SocketAddr, Vec<u8>)>,
-}
-
-impl Default for SendBatch {
-    fn default() -> SendBatch {
-        SendBatch {
-            items: Vec::with_capacity(SEND_BATCH),
-            addrs: Vec::with_capacity(SEND_BATCH),
-            headers: nix::sys::socket::MultiHeaders::preallocate(SEND_BATCH, None),
-            gso: true,
-            order: Vec::with_capacity(SEND_BATCH),
-            singles: Vec::with_capacity(SEND_BATCH),
-        }
-    }
-}
-
-/// Segments in one GSO send at most (the kernel's UDP_MAX_SEGMENTS is 64 or more), and bytes.
-const GSO_MAX_SEGMENTS: usize = 64;
-const GSO_MAX_BYTES: usize = 60_000;
-
-impl SendBatch {
-    /// Send everything queued (what the socket buffer cannot take is dropped, as the network
-    /// would) and give the buffers back to the engine.
-    fn flush(&mut self, fd: RawFd, engine: &mut MediaEngine) {
-        if self.gso && (2..=64).contains(&self.items.len()) {
-            self.send_gso_runs(fd, engine);
-        }
-        self.send_each(fd, engine);
-    }
-
-    /// For each destination with a run of equal-sized datagrams (the last of a run may be
-    /// shorter), send its datagrams in order: each run with one GSO `sendmsg`, the others
-    /// with plain ones. Other destinations' datagrams stay in `items` for `sendmmsg`.
-    fn send_gso_runs(&mut self, fd: RawFd, engine: &mut MediaEngine) {
-        use nix::errno::Errno;
-        use nix::sys::socket::{ControlMessage, MsgFlags, SockaddrStorage, sendmsg};
-        let n = self.items.len();
-        self.order.clear();
-        self.order.extend(0..n);
-        // Stable: each destination's datagrams keep their order.
-        let items = &self.items;
-        self.order.sort_by_key(|&i| items[i].0);
-        // The end of the run starting at order[i] (exclusive).
-        let run_end = |order: &[usize], i: usize| {
-            let (to, size) = (items[order[i]].0, items[order[i]].1.len());
-            let mut j = i + 1;
-            let mut total = size;
-            while j < n && j - i < GSO_MAX_SEGMENTS {
-                let (t, d) = &items[order[j]];
-                if *t != to || d.len() > size || total + d.len() > GSO_MAX_BYTES {
-                    break;
-                }
-                total += d.len();
-                j += 1;
-                if d.len() < size {
-                    break;
-                }
-            }
-            j
-        };
-        // Bit k: item k is done with (sent, or dropped for a full buffer).
-        let mut sent = 0u64;
-        let mut start = 0;
-        'destinations: while start < n {
-            let to = items[self.order[start]].0;
-            let end = (start..n)
-                .find(|&k| items[self.order[k]].0 != to)
-                .unwrap_or(n);
-            let mut i = start;
-            let has_run = (start..end).any(|k| run_end(&self.order, k) - k >= 2);
-            if !has_run {
-                start = end;
-                continue;
-            }
-            let addr = SockaddrStorage::from(to);
-            while i < end {
-                let j = run_end(&self.order, i);
-                let iovs: Vec<IoSlice<'_>> = self.order[i..j]
-                    .iter()
-                    .map(|&k| IoSlice::new(&items[k].1))
-                    .collect();
-                let seg = items[self.order[i]].1.len().min(usize::from(u16::MAX)) as u16;
-                let gso = [ControlMessage::UdpGsoSegments(&seg)];
-                let cmsgs: &[ControlMessage<'_>] = if j - i >= 2 { &gso } else { &[] };
-                match sendmsg(fd, &iovs, cmsgs, MsgFlags::MSG_DONTWAIT, Some(&addr)) {
-                    Ok(_) if j - i >= 2 => engine.count_gso((j - i) as u64),
-                    Ok(_) => {}
-                    Err(Errno::EAGAIN | Errno::ENOBUFS) => {
-                        engine.count_send_dropped((j - i) as u64);
-                    }
-                    Err(Errno::EINTR) => continue,
-                    // No GSO here (old kernel, no checksum offload, IPsec): the rest goes
-                    // datagram by datagram (after what went, so in order).
-                    Err(e) if j - i >= 2 => {
-                        tracing::info!(error = %e, "UDP GSO refused: media sent datagram by datagram");
-                        self.gso = false;
-                        break 'destinations;
-                    }
-                    // This one datagram cannot go (e.g. no route): skip it.
-                    Err(e) => {
-                        tracing::debug!(error = %e, %to, "media send failed");
-                        engine.count_send_dropped(1);
-                    }
-                }
-                for &k in &self.order[i..j] {
-                    sent |= 1 << k;
-                }
-                i = j;
-            }
-            start = end;
-        }
-        // Keep what is left (in its order) for sendmmsg, recycle what went.
-        self.singles.clear();
-        for (k, item) in self.items.drain(..).enumerate() {
-            if sent & (1 << k) != 0 {
-                engine.recycle(item.1);
-            } else {
-                self.singles.push(item);
-            }
-        }
-        std::mem::swap(&mut self.items, &mut self.singles);
-    }
-
-    /// `sendmmsg` of everything in `items`.
-    fn send_each(&mut self, fd: RawFd, engine: &mut MediaEngine) {
-        use nix::errno::Errno;
-        use nix::sys::socket::{MsgFlags, SockaddrStorage, sendmmsg};
-        let mut at = 0;
-        while at < self.items.len() {
-            let rest = &self.items[at..];
-            let iovs: Vec<[IoSlice<'_>; 1]> = rest.iter().map(|(_, d)| [IoSlice::new(d)]).collect();
-            self.addrs.clear();
-            self.addrs
-                .extend(rest.iter().map(|(a, _)| Some(SockaddrStorage::from(*a))));
-            match sendmmsg(
-                fd,
-                &mut self.headers,
-                &iovs,
-                &self.addrs,
-                [],
-                MsgFlags::MSG_DONTWAIT,
-            ) {
-                Ok(r) => {
-                    let n = r.count();
-                    if n == 0 {
-                        engine.count_send_dropped((self.items.len() - at) as u64);
-                        break;
-                    }
-                    at += n;
-                }
-                // The socket buffer is full: drop the rest.
-                Err(Errno::EAGAIN | Errno::ENOBUFS) => {
-                    engine.count_send_dropped((self.items.len() - at) as u64);
-                    break;
-                }
-                Err(Errno::EINTR) => {}
-                // This one datagram cannot go (e.g. no route): skip it.
-                Err(e) => {
-                    tracing::debug!(error = %e, to = %rest[0].0, "media send failed");
-                    engine.count_send_dropped(1);
-                    at += 1;
-                }
-            }
-        }
-        for (_, data) in self.items.drain(..) {
-            engine.recycle(data);
-        }
-    }
-}
-
 fn datagram(
     engine: &mut MediaEngine,
     sock: &UdpSocket,
@@ -1068,7 +804,7 @@ fn datagram(
     from: SocketAddr,
     data: &[u8],
 ) {
-    if let Some(resp) = plain_stun_response(data, canonical(from)) {
+    if let Some(resp) = crate::rtp::stun::plain_binding_response(data, canonical(from)) {
         let _ = sock.try_send_to(&resp, from);
         return;
     }
@@ -1078,31 +814,7 @@ fn datagram(
     engine.handle_datagram(now, from, local_for(from, local), data);
 }
 
-/// The local address the engine takes a datagram from `from` as received on: the
-/// (unspecified) one of the same family, on the media port.
-fn local_for(from: SocketAddr, local: SocketAddr) -> SocketAddr {
-    match from {
-        SocketAddr::V4(_) => SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), local.port()),
-        SocketAddr::V6(_) => SocketAddr::new(std::net::Ipv6Addr::UNSPECIFIED.into(), local.port()),
-    }
-}
-
-/// IPv4-mapped IPv6 addresses as plain IPv4.
-fn canonical(a: SocketAddr) -> SocketAddr {
-    SocketAddr::new(a.ip().to_canonical(), a.port())
-}
-
-/// The address to send to on `sock`: IPv4 destinations are mapped on an IPv6 socket.
-fn destination(local: SocketAddr, to: SocketAddr) -> SocketAddr {
-    match (local, to) {
-        (SocketAddr::V6(_), SocketAddr::V4(v4)) => {
-            SocketAddr::new(v4.ip().to_ipv6_mapped().into(), v4.port())
-        }
-        _ => to,
-    }
-}
-
-fn command(engine: &mut MediaEngine, hub: &ChannelHub, c: Command) {
+fn command(engine: &mut MediaEngine, sink: &mut EventSink, c: Command) {
     let now = Instant::now();
     match c {
         Command::AddEndpoint {
@@ -1113,7 +825,10 @@ fn command(engine: &mut MediaEngine, hub: &ChannelHub, c: Command) {
             medias,
             ssrc_rewriting,
         } => {
-            hub.reset_endpoint(&conf, &ep);
+            sink.push(Event::EndpointAdded {
+                conference: conf.clone(),
+                endpoint: ep.clone(),
+            });
             engine.add_endpoint(&conf, &ep, &ufrag, &pwd, ssrc_rewriting, &medias, now);
         }
         Command::SetRemote {
@@ -1130,15 +845,16 @@ fn command(engine: &mut MediaEngine, hub: &ChannelHub, c: Command) {
         } => engine.set_force_mute((&conf, &ep), audio, video),
         Command::RemoveEndpoint { conf, ep } => {
             engine.remove_endpoint((&conf, &ep));
-            hub.forget_endpoint(&conf, &ep);
-            hub.set_conference_sticky(&conf, &crate::channel::events::connectivity_key(&ep), None);
-            if !engine.has_conference(&conf) {
-                hub.forget_conference(&conf);
-            }
+            let conference_gone = !engine.has_conference(&conf);
+            sink.push(Event::EndpointRemoved {
+                conference: conf,
+                endpoint: ep,
+                conference_gone,
+            });
         }
         Command::RemoveConference { conf } => {
             engine.remove_conference(&conf);
-            hub.forget_conference(&conf);
+            sink.push(Event::ConferenceRemoved { conference: conf });
         }
         Command::Constraints {
             conf,
@@ -1236,101 +952,35 @@ mod tests {
         assert_eq!(shard_of("anything", 1), 0);
     }
 
-    /// A batch mixing runs of equal-sized datagrams (GSO) and odd ones, to two sockets on
-    /// loopback: each datagram arrives once, whole, in its destination's order.
     #[test]
-    fn batched_sends_arrive_once_whole_and_in_order() {
-        use std::net::UdpSocket as StdSocket;
-        let tx = StdSocket::bind("127.0.0.1:0").unwrap();
-        let rx: Vec<StdSocket> = (0..2)
-            .map(|_| {
-                let s = StdSocket::bind("127.0.0.1:0").unwrap();
-                s.set_read_timeout(Some(std::time::Duration::from_millis(200)))
-                    .unwrap();
-                s
-            })
-            .collect();
-        let to: Vec<SocketAddr> = rx.iter().map(|s| s.local_addr().unwrap()).collect();
-        // (destination, size): a run of five with a shorter last one, interleaved with
-        // uneven sizes to the other, then another run.
-        let plan: Vec<(usize, usize)> = vec![
-            (0, 1000),
-            (1, 1000),
-            (0, 1000),
-            (1, 900),
-            (0, 1000),
-            (0, 1000),
-            (1, 900),
-            (0, 600),
-            (1, 1000),
-            (0, 1000),
-            (0, 1000),
-            (1, 50),
-        ];
-        let mut engine = MediaEngine::new(EngineConfig::default());
-        for gso in [true, false] {
-            let mut batch = SendBatch {
-                gso,
-                ..SendBatch::default()
-            };
-            for (k, &(d, size)) in plan.iter().enumerate() {
-                let mut data = vec![k as u8; size];
-                data[0] = d as u8;
-                batch.items.push((to[d], data));
-            }
-            batch.flush(tx.as_raw_fd(), &mut engine);
-            assert!(batch.items.is_empty());
-            for (d, sock) in rx.iter().enumerate() {
-                let want: Vec<(usize, usize)> = plan
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, p)| p.0 == d)
-                    .map(|(k, p)| (k, p.1))
-                    .collect();
-                let mut got = Vec::new();
-                let mut buf = [0u8; 2048];
-                while let Ok(n) = sock.recv(&mut buf) {
-                    assert!(buf[..n].iter().skip(1).all(|b| *b == buf[n - 1]), "whole");
-                    assert_eq!(usize::from(buf[0]), d);
-                    got.push((usize::from(buf[n - 1]), n));
-                }
-                assert_eq!(got, want, "gso={gso} destination {d}");
-            }
+    fn a_full_event_queue_keeps_order_in_a_bounded_backlog() {
+        let (tx, mut rx) = mpsc::channel(2);
+        let mut sink = EventSink::new(tx, 3);
+        let ev = |i: usize| Event::ConferenceRemoved {
+            conference: format!("c{i}"),
+        };
+        for i in 0..7 {
+            sink.push(ev(i));
         }
-        assert_eq!(engine.stats().send_dropped, 0);
-    }
-
-    #[test]
-    fn dual_stack_addresses_are_mapped_both_ways() {
-        let mapped: SocketAddr = "[::ffff:10.0.0.7]:5000".parse().unwrap();
-        let v4: SocketAddr = "10.0.0.7:5000".parse().unwrap();
-        let v6: SocketAddr = "[2001:db8::1]:5000".parse().unwrap();
-        assert_eq!(canonical(mapped), v4);
-        assert_eq!(canonical(v6), v6);
-        let any6: SocketAddr = "[::]:10000".parse().unwrap();
-        let any4: SocketAddr = "0.0.0.0:10000".parse().unwrap();
-        assert_eq!(destination(any6, v4), mapped);
-        assert_eq!(destination(any6, v6), v6);
-        assert_eq!(destination(any4, v4), v4);
-    }
-
-    #[test]
-    fn plain_binding_request_gets_xor_mapped_address() {
-        let mut req = vec![0x00, 0x01, 0x00, 0x00, 0x21, 0x12, 0xA4, 0x42];
-        req.extend_from_slice(&[7u8; 12]);
-        let from: SocketAddr = "127.0.0.1:40000".parse().unwrap();
-        let r = plain_stun_response(&req, from).unwrap();
-        assert_eq!(&r[0..2], &[0x01, 0x01]);
-        assert_eq!(&r[8..20], &[7u8; 12]);
-        // XOR-MAPPED-ADDRESS port and address.
-        assert_eq!(u16::from_be_bytes([r[26], r[27]]) ^ 0x2112, 40000);
-        let ip = u32::from_be_bytes([r[28], r[29], r[30], r[31]]) ^ 0x2112_A442;
-        assert_eq!(std::net::Ipv4Addr::from(ip), std::net::Ipv4Addr::LOCALHOST);
-        // With USERNAME it is an ICE check: not ours.
-        let mut ice = vec![0x00, 0x01, 0x00, 0x08, 0x21, 0x12, 0xA4, 0x42];
-        ice.extend_from_slice(&[7u8; 12]);
-        ice.extend_from_slice(&[0x00, 0x06, 0x00, 0x04, b'a', b':', b'b', b'c']);
-        assert!(plain_stun_response(&ice, from).is_none());
-        assert!(plain_stun_response(b"garbage", from).is_none());
+        // Two in the queue, three waiting, two dropped and counted.
+        assert_eq!((sink.backlog.len(), sink.dropped), (3, 2));
+        let mut got = Vec::new();
+        while let Ok(e) = rx.try_recv() {
+            got.push(e);
+        }
+        sink.flush();
+        while let Ok(e) = rx.try_recv() {
+            got.push(e);
+        }
+        sink.flush();
+        while let Ok(e) = rx.try_recv() {
+            got.push(e);
+        }
+        assert_eq!(got, (0..5).map(ev).collect::<Vec<_>>(), "in order");
+        assert!(sink.backlog.is_empty());
+        // A closed queue (no bridge task): nothing piles up.
+        drop(rx);
+        sink.push(ev(9));
+        assert!(sink.backlog.is_empty());
     }
 }
