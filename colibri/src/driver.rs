@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::colibri2::{IceUdpTransport, Media, Sources};
 use crate::media::ReceiverConstraints;
-use crate::media::{EngineConfig, EngineEvent, EngineOutput, EngineStats, MediaEngine};
+use crate::media::{Clock, EngineConfig, EngineEvent, EngineOutput, EngineStats, MediaEngine};
 use crate::socket::{
     RecvBatch, SEND_BATCH, SOCKET_BUFFER_BYTES, SendBatch, SendOwner, canonical, destination,
     local_for,
@@ -388,7 +388,12 @@ pub fn spawn_with_buffers(
     let _ = sock2.set_send_buffer_size(socket_buffer);
     let local = std_sock.local_addr()?;
     let threads = cfg.threads.clamp(1, MAX_THREADS);
-    let first = MediaEngine::new(cfg.clone());
+    // The driver reads the clocks and draws the seeds; the engine only takes them.
+    let start = Clock {
+        instant: Instant::now(),
+        system: std::time::SystemTime::now(),
+    };
+    let first = MediaEngine::new(cfg.clone(), start, rand::random());
     let fingerprint = first.dtls_fingerprint();
     let queue = queue.max(16);
     let (event_tx, events) = mpsc::channel(queue);
@@ -419,7 +424,9 @@ pub fn spawn_with_buffers(
     let mut txs = Vec::with_capacity(threads);
     let mut inboxes = Vec::with_capacity(threads);
     let (route_tx, route_rx) = mpsc::channel(queue);
-    let siblings: Vec<MediaEngine> = (1..threads).map(|_| first.sibling(cfg.clone())).collect();
+    let siblings: Vec<MediaEngine> = (1..threads)
+        .map(|_| first.sibling(cfg.clone(), rand::random()))
+        .collect();
     for (k, engine) in std::iter::once(first).chain(siblings).enumerate() {
         let (tx, rx) = mpsc::channel(queue);
         let (in_tx, in_rx) = mpsc::channel::<Inbound>(SHARD_INBOX);

@@ -5,6 +5,9 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use rand::Rng;
+use rand::rngs::SmallRng;
+
 use str0m::bwe::Bitrate;
 use str0m::config::DtlsCert;
 use str0m::format::{Codec, FormatParams};
@@ -516,6 +519,8 @@ pub struct MappedSource {
 }
 
 pub(super) struct Endpoint {
+    /// Seeded by the engine: this endpoint's SSRCs and sequence number starts.
+    pub rng: SmallRng,
     pub conference: String,
     pub id: String,
     pub ufrag: String,
@@ -638,7 +643,7 @@ impl Endpoint {
                 history: VecDeque::new(),
                 map_epoch: None,
                 recent: VecDeque::new(),
-                rtx_seq: u64::from(rand::random::<u16>()),
+                rtx_seq: u64::from(self.rng.random::<u16>()),
                 sent: SendStats::default(),
                 pt: None,
             },
@@ -656,9 +661,9 @@ impl Endpoint {
         }
     }
 
-    fn random_ssrc(&self) -> u32 {
+    fn random_ssrc(&mut self) -> u32 {
         loop {
-            let s = rand::random_range(1..=u32::MAX);
+            let s = self.rng.random_range(1..=u32::MAX);
             if !self.ssrc_taken(s) {
                 return s;
             }

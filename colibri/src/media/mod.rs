@@ -38,6 +38,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
 use str0m::bwe::BweKind;
 use str0m::config::DtlsCert;
 use str0m::media::{KeyframeRequestKind, Pt};
@@ -47,7 +49,7 @@ use str0m::{Event, IceConnectionState, Input, Output};
 
 use crate::colibri2::{self, MediaType};
 use crate::rtp::payload::{VideoCodec, patch_vp8, starts_keyframe, vp8_keyframe_height};
-use crate::rtp::rtcp::sr::Clock;
+pub use crate::rtp::rtcp::sr::Clock;
 use crate::rtp::rtcp::{Feedback, parse_feedback};
 use crate::rtp::stun::stun_request_local_ufrag;
 use crate::rtp::{ExtOut, RtpOut, is_rtcp, is_rtp, write_header};
@@ -451,8 +453,11 @@ pub struct MediaEngine {
     feedback_rounds: u64,
     /// Scratch: NACKed sequence numbers.
     nacks: Vec<u16>,
-    /// Wall clock reference for sender reports.
+    /// Wall clock reference for sender reports; its instant stands for "now" before the first
+    /// input.
     clock: Clock,
+    /// Seeded: SSRCs and sequence numbers the engine picks (and each endpoint's own generator).
+    rng: SmallRng,
     /// Send buffers given back by the I/O side ([`MediaEngine::recycle`]).
     pool: Vec<Vec<u8>>,
     /// Scratch space: an RTP header, a payload, an RTCP packet, parsed feedback.
@@ -463,24 +468,27 @@ pub struct MediaEngine {
 }
 
 impl MediaEngine {
-    /// A new engine with a fresh ECDSA P-256 certificate shared by all endpoints.
-    pub fn new(cfg: EngineConfig) -> MediaEngine {
+    /// A new engine with a fresh ECDSA P-256 certificate shared by all endpoints. The engine
+    /// reads no clock and draws no randomness of its own: `start` is the wall clock against
+    /// the monotonic one when it starts (time then comes with every input), `seed` seeds its
+    /// SSRCs and sequence numbers (the DTLS keys and str0m's ICE credentials excepted).
+    pub fn new(cfg: EngineConfig, start: Clock, seed: u64) -> MediaEngine {
         let provider = str0m::crypto::from_feature_flags();
         // Only fails if the platform's crypto cannot make a key pair: nothing can run then.
         let cert = provider
             .dtls_provider
             .generate_certificate()
             .expect("generate the DTLS certificate");
-        MediaEngine::with_cert(cfg, cert)
+        MediaEngine::with_cert(cfg, cert, start, seed)
     }
 
     /// Another engine of the same bridge (a shard): the same DTLS certificate, so the one
     /// fingerprint in the offers holds for all.
-    pub fn sibling(&self, cfg: EngineConfig) -> MediaEngine {
-        MediaEngine::with_cert(cfg, self.cert.clone())
+    pub fn sibling(&self, cfg: EngineConfig, seed: u64) -> MediaEngine {
+        MediaEngine::with_cert(cfg, self.cert.clone(), self.clock, seed)
     }
 
-    fn with_cert(cfg: EngineConfig, cert: DtlsCert) -> MediaEngine {
+    fn with_cert(cfg: EngineConfig, cert: DtlsCert, start: Clock, seed: u64) -> MediaEngine {
         let provider = str0m::crypto::from_feature_flags();
         let digest = provider.sha256_provider.sha256(&cert.certificate);
         let fingerprint = digest
@@ -499,10 +507,8 @@ impl MediaEngine {
             feedback_rounds: 0,
 
             nacks: Vec::new(),
-            clock: Clock {
-                instant: Instant::now(),
-                system: std::time::SystemTime::now(),
-            },
+            clock: start,
+            rng: SmallRng::seed_from_u64(seed),
             pool: Vec::new(),
             hdr: Vec::with_capacity(64),
             scratch: Vec::with_capacity(1500),
@@ -652,7 +658,8 @@ impl MediaEngine {
                 other_ssrcs: HashSet::new(),
                 twcc: Default::default(),
                 sendside: bwe::SendSide::with_initial(INITIAL_BWE_BPS),
-                fb_ssrc: rand::random_range(1..=u32::MAX),
+                fb_ssrc: self.rng.random_range(1..=u32::MAX),
+                rng: SmallRng::seed_from_u64(self.rng.random()),
             },
         );
         self.next_status_check
@@ -680,7 +687,7 @@ impl MediaEngine {
         let Some(id) = self.id_of(endpoint) else {
             return;
         };
-        let now = self.now.unwrap_or_else(Instant::now);
+        let now = self.now.unwrap_or(self.clock.instant);
         let Some(ep) = self.endpoints.get_mut(&id) else {
             return;
         };
@@ -1359,7 +1366,7 @@ impl MediaEngine {
             .chain(self.next_probe)
             .chain(self.next_connection_stats)
             .min();
-        let idle = self.now.unwrap_or_else(Instant::now) + IDLE_TIMEOUT;
+        let idle = self.now.unwrap_or(self.clock.instant) + IDLE_TIMEOUT;
         EngineOutput::Timeout(next.map_or(idle, |n| n.min(idle)))
     }
 
@@ -1534,7 +1541,7 @@ impl MediaEngine {
             match f {
                 Feedback::Nack { ssrc, seqs } => self.resend(id, ssrc, &seqs),
                 Feedback::TransportCc(fb) => {
-                    let now = self.now.unwrap_or_else(Instant::now);
+                    let now = self.now.unwrap_or(self.clock.instant);
                     if let Some(ep) = self.endpoints.get_mut(&id)
                         && let Some((rate, loss, queued)) = ep.sendside.on_feedback(&fb, now)
                     {
@@ -1568,7 +1575,7 @@ impl MediaEngine {
                     }
                 }
                 Feedback::SenderReport { ssrc, ntp_mid } => {
-                    let now = self.now.unwrap_or_else(Instant::now);
+                    let now = self.now.unwrap_or(self.clock.instant);
                     if let Some(ep) = self.endpoints.get_mut(&id)
                         && let Some(&(si, li)) = ep.ssrc_index.get(&ssrc)
                         && let Some(l) = ep.sources.get_mut(si).and_then(|s| s.layers.get_mut(li))

@@ -417,6 +417,14 @@ struct Net {
     deliver_to_engine: Box<ToEngine>,
 }
 
+/// The engine's start: `instant`, at a fixed wall-clock time.
+fn test_clock(instant: Instant) -> Clock {
+    Clock {
+        instant,
+        system: std::time::UNIX_EPOCH + Duration::from_secs(1_800_000_000),
+    }
+}
+
 impl Net {
     fn new(n: u32) -> Net {
         Net::build(n, &[], EngineConfig::default())
@@ -425,10 +433,15 @@ impl Net {
     /// `rewriting`: the names of the clients created with the `ssrc-rewriting` capability.
     fn build(n: u32, rewriting: &[&str], cfg: EngineConfig) -> Net {
         let now = Instant::now();
-        let engine = MediaEngine::new(EngineConfig {
-            local_addrs: vec![engine_addr()],
-            ..cfg
-        });
+        // Virtual time from `now`, a fixed wall clock and a fixed seed: every run the same.
+        let engine = MediaEngine::new(
+            EngineConfig {
+                local_addrs: vec![engine_addr()],
+                ..cfg
+            },
+            test_clock(now),
+            7,
+        );
         let mut clients: Vec<Client> = (1..=n).map(|i| Client::new(i, now)).collect();
         for c in &mut clients {
             c.rewriting = rewriting.contains(&c.name.as_str());
@@ -656,7 +669,7 @@ fn connected_events(events: &[EngineEvent]) -> Vec<String> {
 
 #[test]
 fn fingerprint_is_sha256_upper_hex() {
-    let e = MediaEngine::new(EngineConfig::default());
+    let e = MediaEngine::new(EngineConfig::default(), test_clock(Instant::now()), 1);
     let fp = e.dtls_fingerprint();
     assert_eq!(fp.len(), 32 * 3 - 1);
     assert!(
