@@ -32,6 +32,7 @@ mod speech;
 mod srtp;
 #[cfg(test)]
 mod tests;
+mod timers;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
@@ -64,6 +65,7 @@ use endpoint::{
 use forward::{BandwidthCandidate, InPacket, LayerView, allocate_bandwidth, select_layer};
 use speech::SpeechActivity;
 use srtp::Srtp;
+use timers::{Timer, TimerTable};
 
 /// maxHeight for sources a receiver has not constrained yet (docs/bridge.md A.3).
 const DEFAULT_MAX_HEIGHT: u32 = 180;
@@ -429,24 +431,15 @@ pub struct MediaEngine {
     stats: EngineStats,
     /// Conference → its dominant speaker identification.
     speech: FastMap<String, SpeechActivity>,
-    /// The next run of the connectivity monitor.
-    next_status_check: Option<Instant>,
+    /// The bridge-wide timers (feedback, reports, rates, probes, monitor, stats).
+    timers: TimerTable,
     /// Conferences whose `SenderSourceConstraints` may have changed.
     pending_sender_constraints: HashSet<String>,
-    /// The next round of `ConnectionStats`.
-    next_connection_stats: Option<Instant>,
     /// Earliest `next_timeout` of all endpoints, when known (`None`: scan again). Only ever
     /// too early, never too late: an early wake-up just rescans.
     ep_deadline: Option<Instant>,
-    /// The next round of sender reports for forwarded streams (fast path).
-    next_sr: Option<Instant>,
-    /// The next round of feedback to senders, and of receiver reports (fast path).
-    next_feedback: Option<Instant>,
+    /// When the next feedback round also sends receiver reports (unset: the first one does).
     next_rr: Option<Instant>,
-    /// The next layer rate measurement and bandwidth allocation round.
-    next_rates: Option<Instant>,
-    /// The next round of probing padding (while some receiver probes).
-    next_probe: Option<Instant>,
     /// When layer rates were last measured.
     rates_at: Option<Instant>,
     /// Counts feedback rounds (transport-cc goes out every other one).
@@ -498,11 +491,8 @@ impl MediaEngine {
             .join(":");
         MediaEngine {
             ep_deadline: None,
-            next_sr: None,
-            next_feedback: None,
+            timers: TimerTable::default(),
             next_rr: None,
-            next_rates: None,
-            next_probe: None,
             rates_at: None,
             feedback_rounds: 0,
 
@@ -528,9 +518,7 @@ impl MediaEngine {
             dirty: Vec::new(),
             stats: EngineStats::default(),
             speech: FastMap::default(),
-            next_status_check: None,
             pending_sender_constraints: HashSet::new(),
-            next_connection_stats: None,
         }
     }
 
@@ -662,13 +650,15 @@ impl MediaEngine {
                 rng: SmallRng::seed_from_u64(self.rng.random()),
             },
         );
-        self.next_status_check
-            .get_or_insert(now + STATUS_CHECK_INTERVAL);
-        self.next_sr.get_or_insert(now + SR_INTERVAL);
-        self.next_feedback.get_or_insert(now + FEEDBACK_INTERVAL);
-        self.next_rates.get_or_insert(now + RATE_INTERVAL);
-        self.next_connection_stats
-            .get_or_insert(now + self.cfg.connection_stats_interval);
+        self.timers
+            .start(Timer::StatusCheck, now + STATUS_CHECK_INTERVAL);
+        self.timers.start(Timer::SenderReports, now + SR_INTERVAL);
+        self.timers.start(Timer::Feedback, now + FEEDBACK_INTERVAL);
+        self.timers.start(Timer::Rates, now + RATE_INTERVAL);
+        self.timers.start(
+            Timer::ConnectionStats,
+            now + self.cfg.connection_stats_interval,
+        );
         self.by_name
             .insert((conference.to_string(), endpoint.to_string()), id);
         self.by_ufrag.insert(local_ufrag.to_string(), id);
@@ -857,12 +847,7 @@ impl MediaEngine {
             self.speech.remove(&ep.conference);
         }
         if self.endpoints.is_empty() {
-            self.next_status_check = None;
-            self.next_connection_stats = None;
-            self.next_sr = None;
-            self.next_feedback = None;
-            self.next_rates = None;
-            self.next_probe = None;
+            self.timers.stop_all();
         }
         // The others drop its sources (and their slots) before anything is reallocated.
         self.sync_conference(&ep.conference);
@@ -1280,51 +1265,68 @@ impl MediaEngine {
                 self.speakers_changed(&conf);
             }
         }
-        if self.next_feedback.is_some_and(|t| t <= now) {
-            self.next_feedback = Some(now + FEEDBACK_INTERVAL);
-            self.feedback_round(now);
-        }
-        if self.next_sr.is_some_and(|t| t <= now) {
-            self.next_sr = Some(now + SR_INTERVAL);
-            self.sender_reports(now);
-        }
-        if self.next_rates.is_some_and(|t| t <= now) {
-            self.next_rates = Some(now + RATE_INTERVAL);
-            self.measure_rates(now);
-            let ids: Vec<EpId> = self.endpoints.keys().copied().collect();
-            for id in ids {
-                self.allocate(id);
+        for timer in Timer::ALL {
+            if self.timers.is_due(timer, now) {
+                self.on_timer(timer, now);
             }
         }
-        if self.next_probe.is_some_and(|t| t <= now) {
-            self.next_probe = None;
-            self.probe(now);
-        }
-        if self.next_status_check.is_some_and(|t| t <= now) {
-            self.next_status_check = Some(now + STATUS_CHECK_INTERVAL);
-            let ids: Vec<EpId> = self.endpoints.keys().copied().collect();
-            for id in ids {
-                self.update_status(id);
+    }
+
+    /// Run one due bridge-wide timer (and set it again, if it repeats).
+    fn on_timer(&mut self, timer: Timer, now: Instant) {
+        match timer {
+            Timer::Feedback => {
+                self.timers.set(timer, now + FEEDBACK_INTERVAL);
+                self.feedback_round(now);
             }
-            self.expire_endpoints(now);
-        }
-        if self.next_connection_stats.is_some_and(|t| t <= now) {
-            self.next_connection_stats = Some(now + self.cfg.connection_stats_interval);
-            let mut eps: Vec<&Endpoint> = self
-                .endpoints
-                .values()
-                .filter(|e| e.connected && !e.failed)
-                .collect();
-            eps.sort_by(|a, b| (&a.conference, &a.id).cmp(&(&b.conference, &b.id)));
-            for ep in eps {
-                if let Some(bps) = ep.bwe_bps.or(ep.sendside.estimate()) {
-                    self.out
-                        .push_back(EngineOutput::Event(EngineEvent::ConnectionStats {
-                            conference: ep.conference.clone(),
-                            endpoint: ep.id.clone(),
-                            estimated_downlink_bps: bps,
-                        }));
+            Timer::SenderReports => {
+                self.timers.set(timer, now + SR_INTERVAL);
+                self.sender_reports(now);
+            }
+            Timer::Rates => {
+                self.timers.set(timer, now + RATE_INTERVAL);
+                self.measure_rates(now);
+                let ids: Vec<EpId> = self.endpoints.keys().copied().collect();
+                for id in ids {
+                    self.allocate(id);
                 }
+            }
+            Timer::Probe => {
+                self.timers.stop(timer);
+                self.probe(now);
+            }
+            Timer::StatusCheck => {
+                self.timers.set(timer, now + STATUS_CHECK_INTERVAL);
+                let ids: Vec<EpId> = self.endpoints.keys().copied().collect();
+                for id in ids {
+                    self.update_status(id);
+                }
+                self.expire_endpoints(now);
+            }
+            Timer::ConnectionStats => {
+                self.timers
+                    .set(timer, now + self.cfg.connection_stats_interval);
+                self.connection_stats();
+            }
+        }
+    }
+
+    /// `ConnectionStats` for every connected endpoint with an estimate, in a stable order.
+    fn connection_stats(&mut self) {
+        let mut eps: Vec<&Endpoint> = self
+            .endpoints
+            .values()
+            .filter(|e| e.connected && !e.failed)
+            .collect();
+        eps.sort_by(|a, b| (&a.conference, &a.id).cmp(&(&b.conference, &b.id)));
+        for ep in eps {
+            if let Some(bps) = ep.bwe_bps.or(ep.sendside.estimate()) {
+                self.out
+                    .push_back(EngineOutput::Event(EngineEvent::ConnectionStats {
+                        conference: ep.conference.clone(),
+                        endpoint: ep.id.clone(),
+                        estimated_downlink_bps: bps,
+                    }));
             }
         }
     }
@@ -1359,12 +1361,7 @@ impl MediaEngine {
         let next = ep_min
             .into_iter()
             .chain(self.speech.values().filter_map(|sa| sa.next_timeout()))
-            .chain(self.next_status_check)
-            .chain(self.next_sr)
-            .chain(self.next_feedback)
-            .chain(self.next_rates)
-            .chain(self.next_probe)
-            .chain(self.next_connection_stats)
+            .chain(self.timers.next())
             .min();
         let idle = self.now.unwrap_or(self.clock.instant) + IDLE_TIMEOUT;
         EngineOutput::Timeout(next.map_or(idle, |n| n.min(idle)))
@@ -2553,8 +2550,11 @@ impl MediaEngine {
         };
         r.alloc_budget = budget;
         r.probe_bps = probe_bps;
-        if probe_bps > 0 && self.next_probe.is_none() {
-            self.next_probe = self.now.map(|n| n + PROBE_INTERVAL);
+        if probe_bps > 0
+            && self.timers.get(Timer::Probe).is_none()
+            && let Some(n) = self.now
+        {
+            self.timers.set(Timer::Probe, n + PROBE_INTERVAL);
         }
         let mut changed = false;
         for (&(sid, h), &b) in heights.iter().zip(&bwe) {
@@ -2722,7 +2722,7 @@ impl MediaEngine {
             }
         }
         if any {
-            self.next_probe = Some(now + PROBE_INTERVAL);
+            self.timers.set(Timer::Probe, now + PROBE_INTERVAL);
         }
     }
 }
