@@ -23,6 +23,7 @@
 
 mod buf;
 mod bwe;
+mod conference;
 mod constraints;
 mod egress;
 mod endpoint;
@@ -55,6 +56,7 @@ use crate::rtp::rtcp::{Feedback, parse_feedback};
 use crate::rtp::stun::stun_request_local_ufrag;
 use crate::rtp::{ExtOut, RtpOut, is_rtcp, is_rtp, write_header};
 use buf::{Buf, Payload};
+use conference::Conference;
 pub use constraints::ReceiverConstraints;
 use egress::Sent;
 pub use endpoint::MappedSource;
@@ -63,7 +65,6 @@ use endpoint::{
     jitsi_default_medias, video_codec,
 };
 use forward::{BandwidthCandidate, InPacket, LayerView, allocate_bandwidth, select_layer};
-use speech::SpeechActivity;
 use srtp::Srtp;
 use timers::{Timer, TimerTable};
 
@@ -423,14 +424,12 @@ pub struct MediaEngine {
     by_name: HashMap<(String, String), EpId>,
     by_ufrag: HashMap<String, EpId>,
     by_addr: FastMap<SocketAddr, EpId>,
-    /// Conference → endpoints in join order.
-    conferences: FastMap<String, Vec<EpId>>,
+    /// The conferences, by name.
+    conferences: FastMap<String, Conference>,
     next_id: u64,
     out: VecDeque<EngineOutput>,
     dirty: Vec<EpId>,
     stats: EngineStats,
-    /// Conference → its dominant speaker identification.
-    speech: FastMap<String, SpeechActivity>,
     /// The bridge-wide timers (feedback, reports, rates, probes, monitor, stats).
     timers: TimerTable,
     /// Conferences whose `SenderSourceConstraints` may have changed.
@@ -517,7 +516,6 @@ impl MediaEngine {
             out: VecDeque::new(),
             dirty: Vec::new(),
             stats: EngineStats::default(),
-            speech: FastMap::default(),
             pending_sender_constraints: HashSet::new(),
         }
     }
@@ -665,6 +663,7 @@ impl MediaEngine {
         self.conferences
             .entry(conference.to_string())
             .or_default()
+            .members
             .push(id);
         self.mark_dirty(id);
         self.sync_conference(conference);
@@ -832,26 +831,25 @@ impl MediaEngine {
                 self.by_addr.remove(a);
             }
         }
-        if let Some(list) = self.conferences.get_mut(&ep.conference) {
-            list.retain(|x| *x != id);
-            if list.is_empty() {
+        let mut was_speaker = false;
+        if let Some(c) = self.conferences.get_mut(&ep.conference) {
+            was_speaker = c.remove(id);
+            if c.members.is_empty() {
                 self.conferences.remove(&ep.conference);
             }
         }
         self.dirty.retain(|x| *x != id);
-        let was_speaker = self
-            .speech
-            .get_mut(&ep.conference)
-            .is_some_and(|sa| sa.remove(id));
-        if !self.conferences.contains_key(&ep.conference) {
-            self.speech.remove(&ep.conference);
-        }
         if self.endpoints.is_empty() {
             self.timers.stop_all();
         }
         // The others drop its sources (and their slots) before anything is reallocated.
         self.sync_conference(&ep.conference);
-        if was_speaker && self.speech.contains_key(&ep.conference) {
+        if was_speaker
+            && self
+                .conferences
+                .get(&ep.conference)
+                .is_some_and(|c| c.speech.is_some())
+        {
             self.speakers_changed(&ep.conference);
         }
     }
@@ -883,10 +881,10 @@ impl MediaEngine {
 
     /// The conference's recent speakers, dominant first.
     pub fn recent_speakers(&self, conference: &str) -> Vec<String> {
-        self.speech
+        self.conferences
             .get(conference)
-            .map(|sa| {
-                sa.recent()
+            .map(|c| {
+                c.recent_speakers()
                     .iter()
                     .filter_map(|id| self.endpoints.get(id).map(|e| e.id.clone()))
                     .collect()
@@ -913,7 +911,7 @@ impl MediaEngine {
         let members = self
             .conferences
             .get(conference)
-            .cloned()
+            .map(|c| c.members.clone())
             .unwrap_or_default();
         for id in members {
             self.allocate(id);
@@ -966,7 +964,7 @@ impl MediaEngine {
             .conferences
             .get(conference)
             .into_iter()
-            .flatten()
+            .flat_map(|c| &c.members)
             .filter_map(|id| self.endpoints.get(id).map(|e| e.id.clone()))
             .collect();
         for n in names {
@@ -1029,7 +1027,11 @@ impl MediaEngine {
         let conf = ep.conference.clone();
         self.sync_conference(&conf);
         // Receivers with SSRC rewriting learn the type from the video map.
-        let members = self.conferences.get(&conf).cloned().unwrap_or_default();
+        let members = self
+            .conferences
+            .get(&conf)
+            .map(|c| c.members.clone())
+            .unwrap_or_default();
         for rid in members {
             let Some(r) = self.endpoints.get(&rid) else {
                 continue;
@@ -1061,7 +1063,7 @@ impl MediaEngine {
     fn flush_sender_constraints(&mut self) {
         let confs: Vec<String> = self.pending_sender_constraints.drain().collect();
         for conf in confs {
-            let Some(members) = self.conferences.get(&conf) else {
+            let Some(members) = self.conferences.get(&conf).map(|c| &c.members) else {
                 continue;
             };
             let mut wanted: HashMap<SourceId, u32> = HashMap::new();
@@ -1252,13 +1254,16 @@ impl MediaEngine {
             self.mark_dirty(id);
         }
         let due: Vec<String> = self
-            .speech
+            .conferences
             .iter()
-            .filter(|(_, sa)| sa.next_timeout().is_some_and(|t| t <= now))
-            .map(|(c, _)| c.clone())
+            .filter(|(_, c)| c.next_timeout().is_some_and(|t| t <= now))
+            .map(|(name, _)| name.clone())
             .collect();
         for conf in due {
-            if let Some(sa) = self.speech.get_mut(&conf)
+            if let Some(sa) = self
+                .conferences
+                .get_mut(&conf)
+                .and_then(|c| c.speech.as_mut())
                 && sa.poll(now)
             {
                 self.stats.dominant_speaker_changes += 1;
@@ -1360,7 +1365,11 @@ impl MediaEngine {
         };
         let next = ep_min
             .into_iter()
-            .chain(self.speech.values().filter_map(|sa| sa.next_timeout()))
+            .chain(
+                self.conferences
+                    .values()
+                    .filter_map(Conference::next_timeout),
+            )
             .chain(self.timers.next())
             .min();
         let idle = self.now.unwrap_or(self.clock.instant) + IDLE_TIMEOUT;
@@ -2032,13 +2041,8 @@ impl MediaEngine {
             }
             if let Some(l) = level {
                 let level = (127 + i16::from(l)).clamp(0, 127) as u8;
-                match self.speech.get_mut(&s.conference) {
-                    Some(sa) => sa.level(sender, level, now),
-                    None => {
-                        let mut sa = SpeechActivity::default();
-                        sa.level(sender, level, now);
-                        self.speech.insert(s.conference.clone(), sa);
-                    }
+                if let Some(c) = self.conferences.get_mut(&s.conference) {
+                    c.level(sender, level, now);
                 }
             }
         }
@@ -2096,7 +2100,7 @@ impl MediaEngine {
             ..
         } = p;
         let pt_u8 = pt;
-        let Some(members) = self.conferences.get(&s.conference) else {
+        let Some(members) = self.conferences.get(&s.conference).map(|c| &c.members) else {
             return;
         };
         let mut want_keyframe = false;
@@ -2317,7 +2321,7 @@ impl MediaEngine {
         let members: Vec<EpId> = self
             .conferences
             .get(conference)
-            .cloned()
+            .map(|c| c.members.clone())
             .unwrap_or_default();
         struct Src {
             sender: EpId,
@@ -2425,15 +2429,11 @@ impl MediaEngine {
         let Some(r) = self.endpoints.get(&rid) else {
             return;
         };
-        let Some(members) = self.conferences.get(&r.conference) else {
+        let Some(conf) = self.conferences.get(&r.conference) else {
             return;
         };
+        let (members, recent) = (&conf.members, conf.recent_speakers());
         let c = &r.constraints;
-        let recent = self
-            .speech
-            .get(&r.conference)
-            .map(|sa| sa.recent())
-            .unwrap_or_default();
         struct Candidate {
             id: SourceId,
             name: String,
