@@ -518,24 +518,54 @@ pub struct MappedSource {
     pub video_type: String,
 }
 
+/// One endpoint: who it is, what was negotiated, and its three parts.
 pub(super) struct Endpoint {
     /// Seeded by the engine: this endpoint's SSRCs and sequence number starts.
     pub rng: SmallRng,
     pub conference: String,
     pub id: String,
+    pub caps: RtcCaps,
+    pub dirty: bool,
+    pub medias: Option<Vec<colibri2::Media>>,
+    pub created: Instant,
+    /// ICE, DTLS and SRTP: how datagrams reach and leave it.
+    pub transport: Transport,
+    /// What it sends the bridge: its sources and their streams (per sender stream).
+    pub rx: RxSide,
+    /// What the bridge sends it: forwarded sources, slots, bandwidth (per receiver stream).
+    pub tx: TxSide,
+}
+
+/// An endpoint's connection: str0m's `Rtc` (ICE, DTLS), the fast path's SRTP session, and
+/// whether media flows.
+pub(super) struct Transport {
     pub ufrag: String,
     pub pwd: String,
     pub rtc: Rtc,
-    pub caps: RtcCaps,
     /// The last time given to `rtc`.
     pub rtc_now: Instant,
     pub next_timeout: Instant,
-    pub dirty: bool,
     pub connected: bool,
     pub failed: bool,
-    pub medias: Option<Vec<colibri2::Media>>,
     pub remote: Option<colibri2::IceUdpTransport>,
     pub dtls_started: bool,
+    /// Remote addresses bound to this endpoint in the demultiplexer.
+    pub addrs: Vec<SocketAddr>,
+    /// The last datagram from the endpoint that reached its `Rtc`.
+    pub last_rx: Option<Instant>,
+    /// Last announced connectivity (`Connected`/`Disconnected`), `None` before the first.
+    pub status: Option<bool>,
+    /// ICE and DTLS came up at least once.
+    pub connected_once: bool,
+    /// The fast path's SRTP session, once DTLS is up.
+    pub srtp: Option<Srtp>,
+    /// Where str0m last sent DTLS or RTCP (local, remote): the selected pair.
+    pub send_path: Option<(SocketAddr, SocketAddr)>,
+}
+
+/// The streams an endpoint sends the bridge: its declared sources, SSRC lookups, and the
+/// records behind the feedback the bridge sends about them.
+pub(super) struct RxSide {
     pub sources: Vec<SenderSource>,
     /// Incoming main SSRC → (source index, layer index).
     pub ssrc_index: FastMap<u32, (usize, usize)>,
@@ -545,13 +575,23 @@ pub(super) struct Endpoint {
     pub other_ssrcs: HashSet<u32>,
     /// Fast path: transport-wide sequence numbers to report to the endpoint.
     pub twcc: TwccRecorder,
+    /// SSRCs declared as incoming streams on `rtc`.
+    pub declared_rx: HashSet<u32>,
+    /// Source name → video type (upper-case) from the endpoint's bridge channel.
+    pub video_types: HashMap<String, String>,
+    /// The focus muted this endpoint's audio / video (Colibri2 `force-mute`): dropped on
+    /// arrival, not forwarded and not heard by the dominant speaker identification.
+    pub force_mute: (bool, bool),
+}
+
+/// What the bridge sends an endpoint: the sources forwarded to it and the slots they ride on,
+/// its constraints, and the bandwidth estimate and budget towards it.
+pub(super) struct TxSide {
     /// Fast path: transport-wide numbering of what the bridge sends the endpoint, and the
     /// bandwidth estimate from its feedback.
     pub sendside: super::bwe::SendSide,
     /// Fast path: the sender SSRC of the bridge's RTCP to the endpoint.
     pub fb_ssrc: u32,
-    /// SSRCs declared as incoming streams on `rtc`.
-    pub declared_rx: HashSet<u32>,
     pub constraints: ReceiverConstraints,
     pub forwards: FastMap<SourceId, Forward>,
     pub slots: FastMap<SlotId, Slot>,
@@ -561,15 +601,6 @@ pub(super) struct Endpoint {
     /// ride on a bounded pool of bridge SSRCs announced in source maps.
     pub ssrc_rewriting: bool,
     pub announced: Vec<String>,
-    /// Remote addresses bound to this endpoint in the demultiplexer.
-    pub addrs: Vec<SocketAddr>,
-    pub created: Instant,
-    /// The last datagram from the endpoint that reached its `Rtc`.
-    pub last_rx: Option<Instant>,
-    /// Last announced connectivity (`Connected`/`Disconnected`), `None` before the first.
-    pub status: Option<bool>,
-    /// ICE and DTLS came up at least once.
-    pub connected_once: bool,
     /// The latest bandwidth estimate towards the endpoint (bps), with BWE enabled.
     pub bwe_bps: Option<u64>,
     /// The estimate the last bandwidth allocation used (`None`: it followed none).
@@ -582,22 +613,57 @@ pub(super) struct Endpoint {
     /// computed.
     pub rtx_tokens: f64,
     pub rtx_at: Option<Instant>,
-    /// Source name → video type (upper-case) from the endpoint's bridge channel.
-    pub video_types: HashMap<String, String>,
-    /// The fast path's SRTP session, once DTLS is up.
-    pub srtp: Option<Srtp>,
-    /// Where str0m last sent DTLS or RTCP (local, remote): the selected pair.
-    pub send_path: Option<(SocketAddr, SocketAddr)>,
-    /// The focus muted this endpoint's audio / video (Colibri2 `force-mute`): dropped on
-    /// arrival, not forwarded and not heard by the dominant speaker identification.
-    pub force_mute: (bool, bool),
+}
+
+impl Transport {
+    /// ICE and DTLS are up and did not fail since.
+    pub fn is_up(&self) -> bool {
+        self.connected && !self.failed
+    }
+}
+
+impl RxSide {
+    /// The (source, layer) an incoming SSRC belongs to, and whether it is that layer's RTX.
+    pub fn stream_of(&self, ssrc: u32) -> Option<((usize, usize), bool)> {
+        if let Some(&sl) = self.ssrc_index.get(&ssrc) {
+            return Some((sl, false));
+        }
+        self.rtx_index.get(&ssrc).map(|&sl| (sl, true))
+    }
+
+    /// Whether the focus muted this kind of media (Colibri2 `force-mute`).
+    pub fn muted(&self, kind: MediaType) -> bool {
+        match kind {
+            MediaType::Audio => self.force_mute.0,
+            MediaType::Video => self.force_mute.1,
+        }
+    }
+
+    /// Colibri2 `force-mute`: `Some` changes that kind, `None` leaves it.
+    pub fn set_muted(&mut self, audio: Option<bool>, video: Option<bool>) {
+        if let Some(a) = audio {
+            self.force_mute.0 = a;
+        }
+        if let Some(v) = video {
+            self.force_mute.1 = v;
+        }
+    }
+}
+
+impl TxSide {
+    /// The bandwidth estimate towards the endpoint: str0m's (with its estimator) or the
+    /// bridge's own from transport-cc feedback.
+    pub fn estimate(&self) -> Option<u64> {
+        self.bwe_bps.or(self.sendside.estimate())
+    }
 }
 
 impl Endpoint {
     /// Whether `ssrc` is in use towards or from this endpoint.
     pub fn ssrc_taken(&self, ssrc: u32) -> bool {
-        self.declared_rx.contains(&ssrc)
+        self.rx.declared_rx.contains(&ssrc)
             || self
+                .tx
                 .slots
                 .values()
                 .any(|s| s.ssrc == ssrc || s.rtx == Some(ssrc))
@@ -610,15 +676,15 @@ impl Endpoint {
 
     /// A new outgoing stream on its own mid.
     pub fn new_slot(&mut self, kind: MediaType, ssrc: u32, rtx: Option<u32>) -> SlotId {
-        let id = self.next_mid;
-        self.next_mid += 1;
+        let id = self.tx.next_mid;
+        self.tx.next_mid += 1;
         let mid = Mid::from(format!("f{id}").as_str());
         let mk = match kind {
             MediaType::Audio => MediaKind::Audio,
             MediaType::Video => MediaKind::Video,
         };
         if !self.caps.fast_egress {
-            let mut api = self.rtc.direct_api();
+            let mut api = self.transport.rtc.direct_api();
             api.declare_media(mid, mk);
             api.declare_stream_tx(ssrc.into(), rtx.map(Ssrc::from), mid, None);
             // The cache answers NACKs; a second of packets covers any sane RTT and keeps
@@ -629,8 +695,8 @@ impl Endpoint {
                 tx.set_rtx_cache(n, age, Some(0.15));
             }
         }
-        self.by_mid.insert(mid, id);
-        self.slots.insert(
+        self.tx.by_mid.insert(mid, id);
+        self.tx.slots.insert(
             id,
             Slot {
                 kind,
@@ -653,10 +719,10 @@ impl Endpoint {
 
     /// Drop a slot and its stream (without SSRC rewriting, when its source goes).
     pub fn remove_slot(&mut self, id: SlotId) {
-        if let Some(s) = self.slots.remove(&id) {
-            self.by_mid.remove(&s.mid);
+        if let Some(s) = self.tx.slots.remove(&id) {
+            self.tx.by_mid.remove(&s.mid);
             if !self.caps.fast_egress {
-                self.rtc.direct_api().remove_media(s.mid);
+                self.transport.rtc.direct_api().remove_media(s.mid);
             }
         }
     }
@@ -681,8 +747,8 @@ impl Endpoint {
         now: Instant,
         keep: &[SourceId],
     ) -> Option<SlotId> {
-        let kind = self.forwards.get(&source)?.kind;
-        let same_kind = || self.slots.iter().filter(|(_, s)| s.kind == kind);
+        let kind = self.tx.forwards.get(&source)?.kind;
+        let same_kind = || self.tx.slots.iter().filter(|(_, s)| s.kind == kind);
         let id = if same_kind().count() < limit {
             let ssrc = self.random_ssrc();
             let rtx = if kind == MediaType::Video && self.video_rtx() {
@@ -702,15 +768,15 @@ impl Endpoint {
                 .min_by_key(|(id, s)| (s.last_used, **id))
                 .map(|(id, _)| *id)?
         };
-        let slot = self.slots.get_mut(&id)?;
+        let slot = self.tx.slots.get_mut(&id)?;
         if let Some(old) = slot.source.replace(source)
-            && let Some(f) = self.forwards.get_mut(&old)
+            && let Some(f) = self.tx.forwards.get_mut(&old)
         {
             f.slot = None;
         }
         slot.proj.rebind();
         slot.last_used = Some(now);
-        if let Some(f) = self.forwards.get_mut(&source) {
+        if let Some(f) = self.tx.forwards.get_mut(&source) {
             f.slot = Some(id);
         }
         Some(id)
@@ -728,9 +794,9 @@ impl Endpoint {
     ) -> Vec<SourceId> {
         let mut bound = Vec::new();
         for &sid in active {
-            match self.forwards.get(&sid).and_then(|f| f.slot) {
+            match self.tx.forwards.get(&sid).and_then(|f| f.slot) {
                 Some(slot) => {
-                    if let Some(s) = self.slots.get_mut(&slot) {
+                    if let Some(s) = self.tx.slots.get_mut(&slot) {
                         s.last_used = Some(now);
                     }
                 }
@@ -748,7 +814,7 @@ impl Endpoint {
     pub fn sources_map_event(&self, kind: MediaType, changed: &[SourceId]) -> super::EngineEvent {
         let names: Vec<&str> = changed
             .iter()
-            .filter_map(|s| self.forwards.get(s).map(|f| f.name.as_str()))
+            .filter_map(|s| self.tx.forwards.get(s).map(|f| f.name.as_str()))
             .collect();
         let sources = self.mapped_sources(kind);
         let changed = sources
@@ -767,13 +833,17 @@ impl Endpoint {
 
     /// The current source map of one kind (SSRC rewriting), in slot order.
     pub fn mapped_sources(&self, kind: MediaType) -> Vec<MappedSource> {
-        let mut slots: Vec<(&SlotId, &Slot)> =
-            self.slots.iter().filter(|(_, s)| s.kind == kind).collect();
+        let mut slots: Vec<(&SlotId, &Slot)> = self
+            .tx
+            .slots
+            .iter()
+            .filter(|(_, s)| s.kind == kind)
+            .collect();
         slots.sort_by_key(|(id, _)| **id);
         slots
             .into_iter()
             .filter_map(|(_, s)| {
-                let f = self.forwards.get(&s.source?)?;
+                let f = self.tx.forwards.get(&s.source?)?;
                 Some(MappedSource {
                     source: f.name.clone(),
                     owner: f.owner.clone(),
@@ -787,20 +857,24 @@ impl Endpoint {
 
     /// Rebuild the index from incoming SSRC to (source, layer).
     pub fn reindex(&mut self) {
-        self.ssrc_index.clear();
-        self.rtx_index.clear();
-        self.other_ssrcs.clear();
-        for (si, s) in self.sources.iter().enumerate() {
+        self.rx.ssrc_index.clear();
+        self.rx.rtx_index.clear();
+        self.rx.other_ssrcs.clear();
+        for (si, s) in self.rx.sources.iter().enumerate() {
             for (li, l) in s.layers.iter().enumerate() {
-                self.ssrc_index.insert(l.ssrc, (si, li));
+                self.rx.ssrc_index.insert(l.ssrc, (si, li));
                 if let Some(r) = l.rtx {
-                    self.rtx_index.insert(r, (si, li));
+                    self.rx.rtx_index.insert(r, (si, li));
                 }
             }
-            self.other_ssrcs.extend(s.other_ssrcs.iter().copied());
+            self.rx.other_ssrcs.extend(s.other_ssrcs.iter().copied());
         }
-        let (main, rtx, other) = (&self.ssrc_index, &self.rtx_index, &self.other_ssrcs);
-        if let Some(srtp) = self.srtp.as_mut() {
+        let (main, rtx, other) = (
+            &self.rx.ssrc_index,
+            &self.rx.rtx_index,
+            &self.rx.other_ssrcs,
+        );
+        if let Some(srtp) = self.transport.srtp.as_mut() {
             srtp.retain_rx(|x| main.contains_key(&x) || rtx.contains_key(&x) || other.contains(&x));
         }
     }
@@ -809,7 +883,7 @@ impl Endpoint {
     /// str0m drops unknown SSRCs before transport-cc sees them (docs/bridge.md Part C).
     pub fn declare_rx(&mut self) {
         let mut want: HashMap<u32, (Option<u32>, MediaType)> = HashMap::new();
-        for s in &self.sources {
+        for s in &self.rx.sources {
             for l in &s.layers {
                 want.insert(l.ssrc, (l.rtx, s.kind));
             }
@@ -818,25 +892,26 @@ impl Endpoint {
             }
         }
         let tx: HashSet<u32> = self
+            .tx
             .slots
             .values()
             .flat_map(|f| std::iter::once(f.ssrc).chain(f.rtx))
             .collect();
         // With the fast path str0m never sees the endpoint's RTP: it must not report on it.
         let fast = self.caps.fast_egress;
-        let mut api = self.rtc.direct_api();
-        for gone in self.declared_rx.iter().filter(|s| !want.contains_key(s)) {
+        let mut api = self.transport.rtc.direct_api();
+        for gone in self.rx.declared_rx.iter().filter(|s| !want.contains_key(s)) {
             if !fast {
                 api.remove_stream_rx(Ssrc::from(*gone));
             }
         }
-        self.declared_rx.clear();
+        self.rx.declared_rx.clear();
         for (ssrc, (rtx, kind)) in want {
             if tx.contains(&ssrc) {
                 continue;
             }
             if fast {
-                self.declared_rx.insert(ssrc);
+                self.rx.declared_rx.insert(ssrc);
                 continue;
             }
             let mid = match kind {
@@ -844,26 +919,29 @@ impl Endpoint {
                 MediaType::Video => MID_RX_VIDEO,
             };
             api.expect_stream_rx(ssrc.into(), rtx.map(Ssrc::from), Mid::from(mid), None);
-            self.declared_rx.insert(ssrc);
+            self.rx.declared_rx.insert(ssrc);
         }
     }
 
     /// Give the `Rtc` the remote ICE credentials, candidates and fingerprint, and start DTLS
     /// once the fingerprint is known.
     pub fn apply_remote(&mut self) -> Result<(), str0m::RtcError> {
-        let Some(t) = self.remote.clone() else {
+        let Some(t) = self.transport.remote.clone() else {
             return Ok(());
         };
         if let (Some(ufrag), Some(pwd)) = (&t.ufrag, &t.pwd) {
-            self.rtc.direct_api().set_remote_ice_credentials(IceCreds {
-                ufrag: ufrag.clone(),
-                pass: pwd.clone(),
-            });
+            self.transport
+                .rtc
+                .direct_api()
+                .set_remote_ice_credentials(IceCreds {
+                    ufrag: ufrag.clone(),
+                    pass: pwd.clone(),
+                });
         }
         for c in t.candidates.iter().filter_map(remote_candidate) {
-            self.rtc.add_remote_candidate(c);
+            self.transport.rtc.add_remote_candidate(c);
         }
-        if self.dtls_started {
+        if self.transport.dtls_started {
             return Ok(());
         }
         let Some(f) = t.fingerprints.iter().find_map(|f| {
@@ -875,10 +953,10 @@ impl Endpoint {
         let (fp, setup) = f;
         // The client answers actpass with active: the bridge is the DTLS server.
         let active = setup == Some(colibri2::DtlsSetup::Passive);
-        let mut api = self.rtc.direct_api();
+        let mut api = self.transport.rtc.direct_api();
         api.set_remote_fingerprint(fp);
         api.start_dtls(active)?;
-        self.dtls_started = true;
+        self.transport.dtls_started = true;
         Ok(())
     }
 }

@@ -61,8 +61,8 @@ pub use constraints::ReceiverConstraints;
 use egress::Sent;
 pub use endpoint::MappedSource;
 use endpoint::{
-    DependencyDescriptor, Endpoint, EpId, Forward, RtcSetup, SenderSource, SourceId, build_rtc,
-    jitsi_default_medias, video_codec,
+    DependencyDescriptor, Endpoint, EpId, Forward, RtcSetup, RxSide, SenderSource, SourceId,
+    Transport, TxSide, build_rtc, jitsi_default_medias, video_codec,
 };
 use forward::{BandwidthCandidate, InPacket, LayerView, allocate_bandwidth, select_layer};
 use srtp::Srtp;
@@ -601,51 +601,57 @@ impl MediaEngine {
         self.endpoints.insert(
             id,
             Endpoint {
+                rng: SmallRng::seed_from_u64(self.rng.random()),
                 conference: conference.to_string(),
                 id: endpoint.to_string(),
-                ufrag: local_ufrag.to_string(),
-                pwd: local_pwd.to_string(),
-                rtc,
                 caps,
-                rtc_now: now,
-                next_timeout: now,
                 dirty: false,
-                connected: false,
-                failed: false,
                 medias: offered,
-                remote: None,
-                dtls_started: false,
-                sources: Vec::new(),
-                ssrc_index: FastMap::default(),
-                declared_rx: Default::default(),
-                constraints: ReceiverConstraints::default(),
-                forwards: FastMap::default(),
-                slots: FastMap::default(),
-                by_mid: HashMap::new(),
-                next_mid: 0,
-                ssrc_rewriting,
-                announced: Vec::new(),
-                addrs: Vec::new(),
                 created: now,
-                last_rx: None,
-                status: None,
-                connected_once: false,
-                bwe_bps: None,
-                alloc_budget: None,
-                probe_bps: 0,
-                probe_at: None,
-                rtx_tokens: 0.0,
-                rtx_at: None,
-                video_types: HashMap::new(),
-                srtp: None,
-                send_path: None,
-                force_mute: (false, false),
-                rtx_index: FastMap::default(),
-                other_ssrcs: HashSet::new(),
-                twcc: Default::default(),
-                sendside: bwe::SendSide::with_initial(INITIAL_BWE_BPS),
-                fb_ssrc: self.rng.random_range(1..=u32::MAX),
-                rng: SmallRng::seed_from_u64(self.rng.random()),
+                transport: Transport {
+                    ufrag: local_ufrag.to_string(),
+                    pwd: local_pwd.to_string(),
+                    rtc,
+                    rtc_now: now,
+                    next_timeout: now,
+                    connected: false,
+                    failed: false,
+                    remote: None,
+                    dtls_started: false,
+                    addrs: Vec::new(),
+                    last_rx: None,
+                    status: None,
+                    connected_once: false,
+                    srtp: None,
+                    send_path: None,
+                },
+                rx: RxSide {
+                    sources: Vec::new(),
+                    ssrc_index: FastMap::default(),
+                    rtx_index: FastMap::default(),
+                    other_ssrcs: HashSet::new(),
+                    twcc: Default::default(),
+                    declared_rx: Default::default(),
+                    video_types: HashMap::new(),
+                    force_mute: (false, false),
+                },
+                tx: TxSide {
+                    sendside: bwe::SendSide::with_initial(INITIAL_BWE_BPS),
+                    fb_ssrc: self.rng.random_range(1..=u32::MAX),
+                    constraints: ReceiverConstraints::default(),
+                    forwards: FastMap::default(),
+                    slots: FastMap::default(),
+                    by_mid: HashMap::new(),
+                    next_mid: 0,
+                    ssrc_rewriting,
+                    announced: Vec::new(),
+                    bwe_bps: None,
+                    alloc_budget: None,
+                    probe_bps: 0,
+                    probe_at: None,
+                    rtx_tokens: 0.0,
+                    rtx_at: None,
+                },
             },
         );
         self.timers
@@ -683,7 +689,7 @@ impl MediaEngine {
         if ep.medias.as_deref() == Some(medias) {
             return;
         }
-        if ep.connected || ep.rtc.is_connected() {
+        if ep.transport.connected || ep.transport.rtc.is_connected() {
             tracing::warn!(
                 conference = endpoint.0,
                 endpoint = endpoint.1,
@@ -695,8 +701,8 @@ impl MediaEngine {
         let (rtc, caps) = build_rtc(
             &RtcSetup {
                 cert: &self.cert,
-                ufrag: &ep.ufrag,
-                pwd: &ep.pwd,
+                ufrag: &ep.transport.ufrag,
+                pwd: &ep.transport.pwd,
                 medias,
                 local_addrs: &self.cfg.local_addrs,
                 rtx_cache_packets: self.cfg.rtx_cache_packets,
@@ -704,16 +710,16 @@ impl MediaEngine {
                 bwe_initial_bps: self.cfg.bwe_initial_bps,
                 fast_egress: self.cfg.bwe_initial_bps.is_none(),
             },
-            now.max(ep.rtc_now),
+            now.max(ep.transport.rtc_now),
         );
-        ep.rtc = rtc;
+        ep.transport.rtc = rtc;
         ep.caps = caps;
-        ep.rtc_now = now.max(ep.rtc_now);
-        ep.dtls_started = false;
-        ep.declared_rx.clear();
-        ep.forwards.clear();
-        ep.slots.clear();
-        ep.by_mid.clear();
+        ep.transport.rtc_now = now.max(ep.transport.rtc_now);
+        ep.transport.dtls_started = false;
+        ep.rx.declared_rx.clear();
+        ep.tx.forwards.clear();
+        ep.tx.slots.clear();
+        ep.tx.by_mid.clear();
         if let Err(e) = ep.apply_remote() {
             tracing::warn!(error = %e, "applying remote transport");
             self.stats.rtc_errors += 1;
@@ -740,14 +746,14 @@ impl MediaEngine {
         let Some(ep) = self.endpoints.get_mut(&id) else {
             return;
         };
-        if ep.connected {
+        if ep.transport.connected {
             // docs/bridge.md B.1: a transport update after ICE completed is ignored.
             return;
         }
-        ep.remote = Some(t.clone());
-        if ep.rtc_now < now {
-            ep.rtc_now = now;
-            let _ = ep.rtc.handle_input(Input::Timeout(now));
+        ep.transport.remote = Some(t.clone());
+        if ep.transport.rtc_now < now {
+            ep.transport.rtc_now = now;
+            let _ = ep.transport.rtc.handle_input(Input::Timeout(now));
         }
         if let Err(e) = ep.apply_remote() {
             tracing::warn!(error = %e, "applying remote transport");
@@ -773,7 +779,7 @@ impl MediaEngine {
                 continue;
             }
             // Keep the id (and layer state) of a source whose name and SSRCs did not change.
-            let old = ep.sources.iter().find(|x| x.name == ms.id);
+            let old = ep.rx.sources.iter().find(|x| x.name == ms.id);
             let sid = old.map_or_else(
                 || {
                     next_id += 1;
@@ -785,7 +791,7 @@ impl MediaEngine {
                 continue;
             };
             // The bridge channel's SourceVideoTypeMessage wins over the signalled type.
-            if let Some(t) = ep.video_types.get(&new.name) {
+            if let Some(t) = ep.rx.video_types.get(&new.name) {
                 new.video_type.clone_from(t);
             }
             if let Some(o) = old {
@@ -806,7 +812,7 @@ impl MediaEngine {
             }
             sources.push(new);
         }
-        ep.sources = sources;
+        ep.rx.sources = sources;
         ep.reindex();
         ep.declare_rx();
         let conf = ep.conference.clone();
@@ -825,8 +831,8 @@ impl MediaEngine {
         let Some(ep) = self.endpoints.remove(&id) else {
             return;
         };
-        self.by_ufrag.remove(&ep.ufrag);
-        for a in &ep.addrs {
+        self.by_ufrag.remove(&ep.transport.ufrag);
+        for a in &ep.transport.addrs {
             if self.by_addr.get(a) == Some(&id) {
                 self.by_addr.remove(a);
             }
@@ -865,12 +871,7 @@ impl MediaEngine {
             return;
         };
         if let Some(ep) = self.endpoints.get_mut(&id) {
-            if let Some(a) = audio {
-                ep.force_mute.0 = a;
-            }
-            if let Some(v) = video {
-                ep.force_mute.1 = v;
-            }
+            ep.rx.set_muted(audio, video);
         }
     }
 
@@ -928,21 +929,23 @@ impl MediaEngine {
             return;
         };
         let recent = ep
+            .transport
             .last_rx
             .is_some_and(|t| now.saturating_duration_since(t) < INACTIVE_AFTER);
-        let active = ep.connected && !ep.failed && recent;
-        let announce = match (ep.status, active) {
+        let active = ep.transport.is_up() && recent;
+        let announce = match (ep.transport.status, active) {
             (Some(was), is) if was == is => return,
             (_, true) => true,
             (Some(_), false) => false,
             (None, false)
-                if ep.failed || now.saturating_duration_since(ep.created) >= NEVER_ACTIVE_AFTER =>
+                if ep.transport.failed
+                    || now.saturating_duration_since(ep.created) >= NEVER_ACTIVE_AFTER =>
             {
                 false
             }
             (None, false) => return,
         };
-        ep.status = Some(announce);
+        ep.transport.status = Some(announce);
         let (conference, endpoint) = (ep.conference.clone(), ep.id.clone());
         let ev = if announce {
             EngineEvent::Connected {
@@ -979,7 +982,7 @@ impl MediaEngine {
             return;
         };
         if let Some(ep) = self.endpoints.get_mut(&id) {
-            ep.constraints = c;
+            ep.tx.constraints = c;
             self.allocate(id);
         }
     }
@@ -1002,17 +1005,18 @@ impl MediaEngine {
             return;
         };
         let t = video_type.to_ascii_uppercase();
-        if ep.video_types.get(source) == Some(&t) {
+        if ep.rx.video_types.get(source) == Some(&t) {
             return;
         }
         // Bounded like the sources themselves.
-        if !ep.video_types.contains_key(source)
-            && ep.video_types.len() >= self.cfg.max_sources_per_endpoint.max(1) * 2
+        if !ep.rx.video_types.contains_key(source)
+            && ep.rx.video_types.len() >= self.cfg.max_sources_per_endpoint.max(1) * 2
         {
             return;
         }
-        ep.video_types.insert(source.to_string(), t.clone());
+        ep.rx.video_types.insert(source.to_string(), t.clone());
         let Some(src) = ep
+            .rx
             .sources
             .iter_mut()
             .find(|s| s.name == source && s.kind == MediaType::Video)
@@ -1036,7 +1040,7 @@ impl MediaEngine {
             let Some(r) = self.endpoints.get(&rid) else {
                 continue;
             };
-            if r.ssrc_rewriting && r.forwards.get(&sid).is_some_and(|f| f.slot.is_some()) {
+            if r.tx.ssrc_rewriting && r.tx.forwards.get(&sid).is_some_and(|f| f.slot.is_some()) {
                 let ev = r.sources_map_event(MediaType::Video, &[sid]);
                 self.out.push_back(EngineOutput::Event(ev));
             }
@@ -1049,7 +1053,8 @@ impl MediaEngine {
         self.id_of(endpoint)
             .and_then(|id| self.endpoints.get(&id))
             .map(|ep| {
-                ep.sources
+                ep.rx
+                    .sources
                     .iter()
                     .filter(|s| s.kind == MediaType::Video)
                     .map(|s| (s.name.clone(), s.announced_max_height))
@@ -1071,7 +1076,7 @@ impl MediaEngine {
                 let Some(r) = self.endpoints.get(rid) else {
                     continue;
                 };
-                for (sid, f) in &r.forwards {
+                for (sid, f) in &r.tx.forwards {
                     if f.kind == MediaType::Video {
                         let w = wanted.entry(*sid).or_insert(0);
                         *w = (*w).max(f.max_height);
@@ -1082,7 +1087,11 @@ impl MediaEngine {
                 let Some(s) = self.endpoints.get_mut(sid) else {
                     continue;
                 };
-                for src in s.sources.iter_mut().filter(|x| x.kind == MediaType::Video) {
+                for src in
+                    s.rx.sources
+                        .iter_mut()
+                        .filter(|x| x.kind == MediaType::Video)
+                {
                     let h = wanted
                         .get(&src.id)
                         .copied()
@@ -1114,15 +1123,21 @@ impl MediaEngine {
             .endpoints
             .values()
             .filter(|ep| {
-                if ep.connected_once {
-                    let last = ep.last_rx.unwrap_or(ep.created);
+                if ep.transport.connected_once {
+                    let last = ep.transport.last_rx.unwrap_or(ep.created);
                     !inactive.is_zero() && now.saturating_duration_since(last) >= inactive
                 } else {
                     !unconnected.is_zero()
                         && now.saturating_duration_since(ep.created) >= unconnected
                 }
             })
-            .map(|ep| (ep.conference.clone(), ep.id.clone(), ep.ufrag.clone()))
+            .map(|ep| {
+                (
+                    ep.conference.clone(),
+                    ep.id.clone(),
+                    ep.transport.ufrag.clone(),
+                )
+            })
             .collect();
         for (conference, endpoint, ufrag) in expired {
             tracing::info!(%conference, %endpoint, "endpoint expired (inactivity)");
@@ -1180,11 +1195,11 @@ impl MediaEngine {
         if stun_user.is_none()
             && (rtcp || is_rtp(data))
             && let Some(ep) = self.endpoints.get_mut(&id)
-            && ep.srtp.is_some()
-            && !ep.failed
+            && ep.transport.srtp.is_some()
+            && !ep.transport.failed
         {
-            ep.last_rx = Some(now);
-            if ep.status != Some(true) && ep.connected {
+            ep.transport.last_rx = Some(now);
+            if ep.transport.status != Some(true) && ep.transport.connected {
                 self.update_status(id);
             }
             if rtcp {
@@ -1202,28 +1217,28 @@ impl MediaEngine {
             self.stats.dropped_datagrams += 1;
             return;
         };
-        if ep.failed {
+        if ep.transport.failed {
             self.stats.dropped_datagrams += 1;
             return;
         }
-        let input = Input::Receive(now.max(ep.rtc_now), recv);
+        let input = Input::Receive(now.max(ep.transport.rtc_now), recv);
         if stun_user.is_some() {
-            if !ep.rtc.accepts(&input) {
+            if !ep.transport.rtc.accepts(&input) {
                 self.stats.dropped_datagrams += 1;
                 return;
             }
             // A verified check binds the address to this endpoint (it may move endpoints).
             if self.by_addr.insert(from, id) != Some(id) {
-                ep.addrs.push(from);
+                ep.transport.addrs.push(from);
             }
         }
-        ep.rtc_now = now.max(ep.rtc_now);
-        ep.last_rx = Some(now);
-        if let Err(e) = ep.rtc.handle_input(input) {
+        ep.transport.rtc_now = now.max(ep.transport.rtc_now);
+        ep.transport.last_rx = Some(now);
+        if let Err(e) = ep.transport.rtc.handle_input(input) {
             tracing::debug!(error = %e, "endpoint input");
             self.stats.rtc_errors += 1;
         }
-        if ep.status != Some(true) && ep.connected {
+        if ep.transport.status != Some(true) && ep.transport.connected {
             self.update_status(id);
         }
         // In RTP mode str0m holds one received packet until the next poll: take it now, or a
@@ -1240,13 +1255,17 @@ impl MediaEngine {
         let due: Vec<EpId> = self
             .endpoints
             .iter()
-            .filter(|(_, e)| e.next_timeout <= now && !e.failed)
+            .filter(|(_, e)| e.transport.next_timeout <= now && !e.transport.failed)
             .map(|(id, _)| *id)
             .collect();
         for id in due {
             if let Some(ep) = self.endpoints.get_mut(&id) {
-                ep.rtc_now = now.max(ep.rtc_now);
-                if let Err(e) = ep.rtc.handle_input(Input::Timeout(ep.rtc_now)) {
+                ep.transport.rtc_now = now.max(ep.transport.rtc_now);
+                if let Err(e) = ep
+                    .transport
+                    .rtc
+                    .handle_input(Input::Timeout(ep.transport.rtc_now))
+                {
                     tracing::debug!(error = %e, "endpoint timeout");
                     self.stats.rtc_errors += 1;
                 }
@@ -1321,11 +1340,11 @@ impl MediaEngine {
         let mut eps: Vec<&Endpoint> = self
             .endpoints
             .values()
-            .filter(|e| e.connected && !e.failed)
+            .filter(|e| e.transport.is_up())
             .collect();
         eps.sort_by(|a, b| (&a.conference, &a.id).cmp(&(&b.conference, &b.id)));
         for ep in eps {
-            if let Some(bps) = ep.bwe_bps.or(ep.sendside.estimate()) {
+            if let Some(bps) = ep.tx.estimate() {
                 self.out
                     .push_back(EngineOutput::Event(EngineEvent::ConnectionStats {
                         conference: ep.conference.clone(),
@@ -1356,8 +1375,8 @@ impl MediaEngine {
                 let m = self
                     .endpoints
                     .values()
-                    .filter(|e| !e.failed)
-                    .map(|e| e.next_timeout)
+                    .filter(|e| !e.transport.failed)
+                    .map(|e| e.transport.next_timeout)
                     .min();
                 self.ep_deadline = m;
                 m
@@ -1401,13 +1420,13 @@ impl MediaEngine {
                 return;
             };
             ep.dirty = false;
-            if ep.failed {
+            if ep.transport.failed {
                 return;
             }
-            let polled = ep.rtc.poll_output();
+            let polled = ep.transport.rtc.poll_output();
             match polled {
                 Ok(Output::Timeout(t)) => {
-                    ep.next_timeout = t;
+                    ep.transport.next_timeout = t;
                     if let Some(d) = self.ep_deadline {
                         self.ep_deadline = Some(d.min(t));
                     }
@@ -1419,11 +1438,11 @@ impl MediaEngine {
                         self.by_addr.entry(t.destination)
                     {
                         v.insert(id);
-                        ep.addrs.push(t.destination);
+                        ep.transport.addrs.push(t.destination);
                     }
                     // DTLS and RTCP (not STUN checks) go over the selected pair.
                     if t.contents.first().is_some_and(|b| *b >= 20) {
-                        ep.send_path = Some((t.source, t.destination));
+                        ep.transport.send_path = Some((t.source, t.destination));
                     }
                     let mut data = self.pool.pop().unwrap_or_default();
                     data.clear();
@@ -1447,8 +1466,8 @@ impl MediaEngine {
                 Err(e) => {
                     tracing::warn!(error = %e, conference = %ep.conference, endpoint = %ep.id, "endpoint failed");
                     self.stats.rtc_errors += 1;
-                    if !ep.rtc.is_alive() {
-                        ep.failed = true;
+                    if !ep.transport.rtc.is_alive() {
+                        ep.transport.failed = true;
                         self.update_status(id);
                     }
                     return;
@@ -1463,11 +1482,11 @@ impl MediaEngine {
                 let Some(ep) = self.endpoints.get_mut(&id) else {
                     return;
                 };
-                ep.connected = true;
-                ep.connected_once = true;
-                if ep.caps.fast_egress && ep.srtp.is_none() {
-                    ep.srtp = ep.caps.keys.get().and_then(Srtp::new);
-                    if ep.srtp.is_none() {
+                ep.transport.connected = true;
+                ep.transport.connected_once = true;
+                if ep.caps.fast_egress && ep.transport.srtp.is_none() {
+                    ep.transport.srtp = ep.caps.keys.get().and_then(Srtp::new);
+                    if ep.transport.srtp.is_none() {
                         tracing::debug!(conference = %ep.conference, endpoint = %ep.id, "SRTP keys not known yet");
                     }
                 }
@@ -1477,24 +1496,24 @@ impl MediaEngine {
                 BweKind::Twcc { estimate, .. } | BweKind::Remb { estimate, .. },
             ) => {
                 if let Some(ep) = self.endpoints.get_mut(&id) {
-                    ep.bwe_bps = Some(estimate.as_u64());
+                    ep.tx.bwe_bps = Some(estimate.as_u64());
                 }
             }
             Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
                 let Some(ep) = self.endpoints.get_mut(&id) else {
                     return;
                 };
-                ep.connected = false;
+                ep.transport.connected = false;
                 self.update_status(id);
             }
             Event::IceConnectionStateChange(IceConnectionState::Connected)
             | Event::IceConnectionStateChange(IceConnectionState::Completed) => {
                 // Back after a disconnect: DTLS is still up.
                 if let Some(ep) = self.endpoints.get_mut(&id)
-                    && !ep.connected
-                    && ep.rtc.is_connected()
+                    && !ep.transport.connected
+                    && ep.transport.rtc.is_connected()
                 {
-                    ep.connected = true;
+                    ep.transport.connected = true;
                     self.update_status(id);
                 }
             }
@@ -1503,7 +1522,7 @@ impl MediaEngine {
                 let slot = self
                     .endpoints
                     .get(&id)
-                    .and_then(|ep| ep.by_mid.get(&r.mid).copied());
+                    .and_then(|ep| ep.tx.by_mid.get(&r.mid).copied());
                 if let Some(slot) = slot {
                     self.receiver_wants_keyframe(id, slot);
                 }
@@ -1533,7 +1552,11 @@ impl MediaEngine {
     /// Fast path: the endpoint's RTCP — feedback about the streams forwarded to it, sender
     /// reports about its own.
     fn receiver_feedback(&mut self, id: EpId, data: &[u8]) {
-        let Some(srtp) = self.endpoints.get_mut(&id).and_then(|e| e.srtp.as_mut()) else {
+        let Some(srtp) = self
+            .endpoints
+            .get_mut(&id)
+            .and_then(|e| e.transport.srtp.as_mut())
+        else {
             return;
         };
         if srtp.unprotect_rtcp(data, &mut self.rtcp).is_err() {
@@ -1549,7 +1572,7 @@ impl MediaEngine {
                 Feedback::TransportCc(fb) => {
                     let now = self.now.unwrap_or(self.clock.instant);
                     if let Some(ep) = self.endpoints.get_mut(&id)
-                        && let Some((rate, loss, queued)) = ep.sendside.on_feedback(&fb, now)
+                        && let Some((rate, loss, queued)) = ep.tx.sendside.on_feedback(&fb, now)
                     {
                         tracing::trace!(
                             endpoint = %ep.id,
@@ -1557,10 +1580,10 @@ impl MediaEngine {
                             delivered_bps = rate as u64,
                             loss,
                             queued,
-                            estimate = ?ep.sendside.estimate(),
+                            estimate = ?ep.tx.sendside.estimate(),
                             "transport-cc feedback"
                         );
-                        let moved = match (ep.alloc_budget, ep.sendside.estimate()) {
+                        let moved = match (ep.tx.alloc_budget, ep.tx.sendside.estimate()) {
                             (Some(a), Some(e)) => {
                                 (e as f64 - a as f64).abs() > REALLOCATE_CHANGE * a as f64
                             }
@@ -1572,8 +1595,8 @@ impl MediaEngine {
                                 delivered_bps = rate as u64,
                                 loss,
                                 queued,
-                                from = ?ep.alloc_budget,
-                                to = ?ep.sendside.estimate(),
+                                from = ?ep.tx.alloc_budget,
+                                to = ?ep.tx.sendside.estimate(),
                                 "bandwidth estimate moved: reallocating"
                             );
                             self.allocate(id);
@@ -1583,8 +1606,9 @@ impl MediaEngine {
                 Feedback::SenderReport { ssrc, ntp_mid } => {
                     let now = self.now.unwrap_or(self.clock.instant);
                     if let Some(ep) = self.endpoints.get_mut(&id)
-                        && let Some(&(si, li)) = ep.ssrc_index.get(&ssrc)
-                        && let Some(l) = ep.sources.get_mut(si).and_then(|s| s.layers.get_mut(li))
+                        && let Some(&(si, li)) = ep.rx.ssrc_index.get(&ssrc)
+                        && let Some(l) =
+                            ep.rx.sources.get_mut(si).and_then(|s| s.layers.get_mut(li))
                     {
                         l.rx.last_sr = Some((ntp_mid, now));
                     }
@@ -1592,7 +1616,8 @@ impl MediaEngine {
                 Feedback::Keyframe { ssrc } => {
                     self.stats.receiver_keyframe_requests += 1;
                     let slot = self.endpoints.get(&id).and_then(|ep| {
-                        ep.slots
+                        ep.tx
+                            .slots
                             .iter()
                             .find(|(_, s)| s.ssrc == ssrc)
                             .map(|(k, _)| *k)
@@ -1621,17 +1646,19 @@ impl MediaEngine {
             self.stats.dropped_datagrams += 1;
             return;
         };
-        let which = if let Some(&(si, li)) = ep.ssrc_index.get(&h.ssrc) {
-            Which::Main(si, li)
-        } else if let Some(&(si, li)) = ep.rtx_index.get(&h.ssrc) {
-            Which::Rtx(si, li)
-        } else if ep.other_ssrcs.contains(&h.ssrc) {
+        let which = if let Some(((si, li), rtx)) = ep.rx.stream_of(h.ssrc) {
+            if rtx {
+                Which::Rtx(si, li)
+            } else {
+                Which::Main(si, li)
+            }
+        } else if ep.rx.other_ssrcs.contains(&h.ssrc) {
             Which::Other
         } else {
             self.stats.rtp_unknown_ssrc += 1;
             return;
         };
-        let Some(srtp) = ep.srtp.as_mut() else {
+        let Some(srtp) = ep.transport.srtp.as_mut() else {
             return;
         };
         // Decrypted straight into a payload buffer that receivers and the cache will share.
@@ -1644,8 +1671,8 @@ impl MediaEngine {
         };
         let plain = Buf::from_vec(plain, 0..len);
         if let Some(t) = h.transport_seq {
-            ep.twcc.record(t, now, epoch);
-            ep.twcc.media_ssrc = h.ssrc;
+            ep.rx.twcc.record(t, now, epoch);
+            ep.rx.twcc.media_ssrc = h.ssrc;
         }
         if h.padding {
             let pad = usize::from(plain.last().copied().unwrap_or(0));
@@ -1665,6 +1692,7 @@ impl MediaEngine {
                 }
                 let osn = u16::from_be_bytes([plain[0], plain[1]]);
                 let near = ep
+                    .rx
                     .sources
                     .get(si)
                     .and_then(|s| s.layers.get(li))
@@ -1679,7 +1707,7 @@ impl MediaEngine {
         if len <= start {
             return;
         }
-        let Some(source) = ep.sources.get_mut(si) else {
+        let Some(source) = ep.rx.sources.get_mut(si) else {
             return;
         };
         let kind = source.kind;
@@ -1727,17 +1755,19 @@ impl MediaEngine {
         self.feedback_rounds += 1;
         let twcc_due = self.feedback_rounds.is_multiple_of(2);
         for ep in self.endpoints.values_mut() {
-            let (Some(srtp), Some((from, to))) = (ep.srtp.as_mut(), ep.send_path) else {
+            let (Some(srtp), Some((from, to))) =
+                (ep.transport.srtp.as_mut(), ep.transport.send_path)
+            else {
                 continue;
             };
-            if !ep.connected {
+            if !ep.transport.connected {
                 continue;
             }
             self.rtcp.clear();
-            crate::rtp::rtcp::rr::write_header(&mut self.rtcp, ep.fb_ssrc, 0);
+            crate::rtp::rtcp::rr::write_header(&mut self.rtcp, ep.tx.fb_ssrc, 0);
             let mut blocks: u8 = 0;
             if rr_due {
-                for l in ep.sources.iter_mut().flat_map(|s| s.layers.iter_mut()) {
+                for l in ep.rx.sources.iter_mut().flat_map(|s| s.layers.iter_mut()) {
                     if blocks < 31 && l.rx.write_report_block(l.ssrc, now, &mut self.rtcp) {
                         blocks += 1;
                     }
@@ -1748,14 +1778,24 @@ impl MediaEngine {
             let bare = self.rtcp.len() == 8;
             let had = self.rtcp.len();
             if twcc_due {
-                ep.twcc.write_feedback(&mut self.rtcp, ep.fb_ssrc);
+                ep.rx.twcc.write_feedback(&mut self.rtcp, ep.tx.fb_ssrc);
             }
-            for s in ep.sources.iter_mut().filter(|s| s.kind == MediaType::Video) {
+            for s in ep
+                .rx
+                .sources
+                .iter_mut()
+                .filter(|s| s.kind == MediaType::Video)
+            {
                 for l in &mut s.layers {
                     self.nacks.clear();
                     l.rx.due_nacks(now, &mut self.nacks);
                     self.nacks.sort_unstable();
-                    crate::rtp::rtcp::nack::write(&mut self.rtcp, ep.fb_ssrc, l.ssrc, &self.nacks);
+                    crate::rtp::rtcp::nack::write(
+                        &mut self.rtcp,
+                        ep.tx.fb_ssrc,
+                        l.ssrc,
+                        &self.nacks,
+                    );
                 }
             }
             if bare && self.rtcp.len() == had {
@@ -1781,7 +1821,7 @@ impl MediaEngine {
             let Some(slot) = self
                 .endpoints
                 .get_mut(&id)
-                .and_then(|ep| ep.slots.values_mut().find(|s| s.ssrc == ssrc))
+                .and_then(|ep| ep.tx.slots.values_mut().find(|s| s.ssrc == ssrc))
             else {
                 return;
             };
@@ -1815,7 +1855,7 @@ impl MediaEngine {
             let cached = self
                 .endpoints
                 .get(&m.sender)
-                .and_then(|e| e.sources.iter().find(|s| s.id == m.source))
+                .and_then(|e| e.rx.sources.iter().find(|s| s.id == m.source))
                 .and_then(|s| s.layers.get(m.off.layer))
                 .and_then(|l| l.cache.get(in_seq));
             if let Some(c) = cached {
@@ -1828,34 +1868,39 @@ impl MediaEngine {
         let Some(ep) = self.endpoints.get_mut(&id) else {
             return;
         };
-        let (Some(srtp), Some((from, to))) = (ep.srtp.as_mut(), ep.send_path) else {
+        let (Some(srtp), Some((from, to))) = (ep.transport.srtp.as_mut(), ep.transport.send_path)
+        else {
             return;
         };
-        let Some(slot) = ep.slots.values_mut().find(|s| s.ssrc == ssrc) else {
+        let Some(slot) = ep.tx.slots.values_mut().find(|s| s.ssrc == ssrc) else {
             return;
         };
         let Some(rtx_ssrc) = slot.rtx else {
             return;
         };
         // Bytes per second retransmissions may take now (`None`: no estimate, no limit).
-        let rtx_rate = ep.sendside.estimate().map(|e| e as f64 * RTX_SHARE / 8.0);
+        let rtx_rate = ep
+            .tx
+            .sendside
+            .estimate()
+            .map(|e| e as f64 * RTX_SHARE / 8.0);
         if let Some(rate) = rtx_rate {
             let cap = rate * RTX_BURST.as_secs_f64();
-            ep.rtx_tokens = match ep.rtx_at {
-                Some(t) => ep.rtx_tokens + rate * now.saturating_duration_since(t).as_secs_f64(),
+            ep.tx.rtx_tokens = match ep.tx.rtx_at {
+                Some(t) => ep.tx.rtx_tokens + rate * now.saturating_duration_since(t).as_secs_f64(),
                 None => cap,
             }
             .min(cap);
-            ep.rtx_at = Some(now);
+            ep.tx.rtx_at = Some(now);
         }
         for (out, s, off) in packets {
             if rtx_rate.is_some() {
                 let size = (s.payload.len() + 40) as f64;
-                if ep.rtx_tokens < size {
+                if ep.tx.rtx_tokens < size {
                     self.stats.retransmissions_limited += 1;
                     continue;
                 }
-                ep.rtx_tokens -= size;
+                ep.tx.rtx_tokens -= size;
             }
             let Some(&rtx_pt) = ep.caps.rtx_pts.get(&s.pt) else {
                 continue;
@@ -1872,7 +1917,7 @@ impl MediaEngine {
             slot.rtx_seq += 1;
             self.hdr.clear();
             let tseq = (ep.caps.ext_ids.transport_cc != 0)
-                .then(|| ep.sendside.on_send(now, self.scratch.len() + 40));
+                .then(|| ep.tx.sendside.on_send(now, self.scratch.len() + 40));
             write_header(
                 &mut self.hdr,
                 &RtpOut {
@@ -1904,13 +1949,16 @@ impl MediaEngine {
     fn sender_reports(&mut self, now: Instant) {
         let clock = self.clock;
         for ep in self.endpoints.values_mut() {
-            let (Some(srtp), Some((from, to))) = (ep.srtp.as_mut(), ep.send_path) else {
+            let (Some(srtp), Some((from, to))) =
+                (ep.transport.srtp.as_mut(), ep.transport.send_path)
+            else {
                 continue;
             };
-            if !ep.connected {
+            if !ep.transport.connected {
                 continue;
             }
             let mut slots: Vec<&endpoint::Slot> = ep
+                .tx
                 .slots
                 .values()
                 .filter(|s| {
@@ -1945,10 +1993,10 @@ impl MediaEngine {
         let Some(ep) = self.endpoints.get(&id) else {
             return;
         };
-        let Some(slot) = ep.slots.get(&slot) else {
+        let Some(slot) = ep.tx.slots.get(&slot) else {
             return;
         };
-        let Some(f) = slot.source.and_then(|s| ep.forwards.get(&s)) else {
+        let Some(f) = slot.source.and_then(|s| ep.tx.forwards.get(&s)) else {
             return;
         };
         let (sender, name, layer) = (f.sender, f.name.clone(), slot.proj.layer());
@@ -1966,6 +2014,7 @@ impl MediaEngine {
             return;
         };
         let Some(l) = ep
+            .rx
             .sources
             .iter_mut()
             .find(|s| s.name == source && s.kind == MediaType::Video)
@@ -1980,10 +2029,11 @@ impl MediaEngine {
         }
         l.last_pli = Some(now);
         let media = l.ssrc;
-        if let (Some(srtp), Some((from, to))) = (ep.srtp.as_mut(), ep.send_path) {
+        if let (Some(srtp), Some((from, to))) = (ep.transport.srtp.as_mut(), ep.transport.send_path)
+        {
             self.rtcp.clear();
-            crate::rtp::rtcp::rr::write_header(&mut self.rtcp, ep.fb_ssrc, 0);
-            crate::rtp::rtcp::pli::write(&mut self.rtcp, ep.fb_ssrc, media);
+            crate::rtp::rtcp::rr::write_header(&mut self.rtcp, ep.tx.fb_ssrc, 0);
+            crate::rtp::rtcp::pli::write(&mut self.rtcp, ep.tx.fb_ssrc, media);
             let mut data = self.pool.pop().unwrap_or_default();
             if srtp.protect_rtcp(&self.rtcp, &mut data).is_ok() {
                 self.stats.keyframe_requests += 1;
@@ -1992,7 +2042,7 @@ impl MediaEngine {
             return;
         }
         let ssrc = Ssrc::from(media);
-        if let Some(s) = ep.rtc.direct_api().stream_rx(&ssrc) {
+        if let Some(s) = ep.transport.rtc.direct_api().stream_rx(&ssrc) {
             s.request_keyframe(KeyframeRequestKind::Pli);
             self.stats.keyframe_requests += 1;
             self.mark_dirty(sender);
@@ -2006,18 +2056,15 @@ impl MediaEngine {
             return;
         };
         let ssrc = p.ssrc;
-        let Some(&(si, li)) = s.ssrc_index.get(&ssrc) else {
+        let Some(&(si, li)) = s.rx.ssrc_index.get(&ssrc) else {
             self.stats.rtp_unknown_ssrc += 1;
             return;
         };
         let pt = p.pt;
         let codec = s.caps.pts.get(&pt).map(|(c, _)| *c);
-        let source = &mut s.sources[si];
+        let muted = s.rx.muted(s.rx.sources[si].kind);
+        let source = &mut s.rx.sources[si];
         let kind = source.kind;
-        let muted = match kind {
-            MediaType::Audio => s.force_mute.0,
-            MediaType::Video => s.force_mute.1,
-        };
         if muted {
             self.stats.force_muted_dropped += 1;
             return;
@@ -2112,10 +2159,10 @@ impl MediaEngine {
             let Some(r) = self.endpoints.get_mut(rid) else {
                 continue;
             };
-            if !r.connected || r.failed {
+            if !r.transport.connected || r.transport.failed {
                 continue;
             }
-            let Some(f) = r.forwards.get_mut(&source_id) else {
+            let Some(f) = r.tx.forwards.get_mut(&source_id) else {
                 continue;
             };
             let target = if kind == MediaType::Audio {
@@ -2128,7 +2175,7 @@ impl MediaEngine {
             };
             let slot_id = match f.slot {
                 Some(s) => s,
-                None if r.ssrc_rewriting => {
+                None if r.tx.ssrc_rewriting => {
                     let limit = match kind {
                         MediaType::Audio => self.cfg.rewrite_audio_slots,
                         MediaType::Video => self.cfg.rewrite_video_slots,
@@ -2142,7 +2189,7 @@ impl MediaEngine {
                 }
                 None => continue,
             };
-            let Some(slot) = r.slots.get_mut(&slot_id) else {
+            let Some(slot) = r.tx.slots.get_mut(&slot_id) else {
                 continue;
             };
             slot.last_used = Some(now);
@@ -2159,17 +2206,19 @@ impl MediaEngine {
             if before.is_none() && kind == MediaType::Video {
                 // A stream starts: the receiver may drop its packets until its signalling
                 // caught up (an SSRC it does not know yet); not congestion.
-                r.sendside.ignore_losses_until(now + NEW_SOURCE_GRACE);
+                r.tx.sendside.ignore_losses_until(now + NEW_SOURCE_GRACE);
             }
             let Some((_, has_rtx)) = r.caps.pts.get(&pt).copied() else {
                 continue;
             };
             if r.caps.fast_egress {
                 // The fast path: header, encryption and retransmission ring of our own.
-                if r.srtp.is_none() {
-                    r.srtp = r.caps.keys.get().and_then(Srtp::new);
+                if r.transport.srtp.is_none() {
+                    r.transport.srtp = r.caps.keys.get().and_then(Srtp::new);
                 }
-                let (Some(srtp), Some((from, to))) = (r.srtp.as_mut(), r.send_path) else {
+                let (Some(srtp), Some((from, to))) =
+                    (r.transport.srtp.as_mut(), r.transport.send_path)
+                else {
                     continue;
                 };
                 // Only a stream whose offsets moved (a switch) needs its descriptor patched,
@@ -2187,7 +2236,7 @@ impl MediaEngine {
                 // Video only, as JVB: a receiver that did not negotiate transport-cc on its
                 // audio m-line would report every audio packet lost.
                 let tseq = (r.caps.ext_ids.transport_cc != 0 && kind == MediaType::Video)
-                    .then(|| r.sendside.on_send(now, body.len() + 40));
+                    .then(|| r.tx.sendside.on_send(now, body.len() + 40));
                 write_header(
                     &mut self.hdr,
                     &RtpOut {
@@ -2264,13 +2313,13 @@ impl MediaEngine {
             let out_ssrc = Ssrc::from(slot.ssrc);
             // Advancing a receiver's clock walks all its streams: do it at most once per
             // millisecond, not for every forwarded packet.
-            if now.saturating_duration_since(r.rtc_now) >= RECEIVER_CLOCK_STEP {
-                r.rtc_now = now;
-                if r.rtc.handle_input(Input::Timeout(now)).is_err() {
+            if now.saturating_duration_since(r.transport.rtc_now) >= RECEIVER_CLOCK_STEP {
+                r.transport.rtc_now = now;
+                if r.transport.rtc.handle_input(Input::Timeout(now)).is_err() {
                     self.stats.rtc_errors += 1;
                 }
             }
-            if let Some(stream) = r.rtc.direct_api().stream_tx(&out_ssrc) {
+            if let Some(stream) = r.transport.rtc.direct_api().stream_tx(&out_ssrc) {
                 stream.write_rtp(w);
                 self.stats.rtp_forwarded += 1;
                 if !r.dirty {
@@ -2283,7 +2332,7 @@ impl MediaEngine {
             && let Some(layer) = self
                 .endpoints
                 .get_mut(&sender)
-                .and_then(|e| e.sources.get_mut(si))
+                .and_then(|e| e.rx.sources.get_mut(si))
                 .and_then(|s| s.layers.get_mut(li))
         {
             layer.cache.push(
@@ -2307,7 +2356,7 @@ impl MediaEngine {
             let name = self
                 .endpoints
                 .get(&sender)
-                .and_then(|e| e.sources.get(si))
+                .and_then(|e| e.rx.sources.get(si))
                 .map(|s| s.name.clone());
             if let Some(name) = name {
                 self.request_keyframe(sender, &name, li);
@@ -2336,7 +2385,7 @@ impl MediaEngine {
         let mut all: Vec<Src> = Vec::new();
         for id in &members {
             if let Some(ep) = self.endpoints.get(id) {
-                for s in &ep.sources {
+                for s in &ep.rx.sources {
                     let l0 = &s.layers[0];
                     all.push(Src {
                         sender: *id,
@@ -2361,25 +2410,25 @@ impl MediaEngine {
             // than the slot limit; lib-jitsi-meet handles an SSRC re-mapped to a new owner as a
             // track of the old one that changed hands, which it never removes when the call
             // moves to P2P (a stale track the app keeps showing).
-            let gone: Vec<SourceId> = r
-                .forwards
-                .keys()
-                .filter(|k| !wanted.iter().any(|w| w.id == **k))
-                .copied()
-                .collect();
+            let gone: Vec<SourceId> =
+                r.tx.forwards
+                    .keys()
+                    .filter(|k| !wanted.iter().any(|w| w.id == **k))
+                    .copied()
+                    .collect();
             for k in gone {
-                if let Some(slot) = r.forwards.remove(&k).and_then(|f| f.slot) {
+                if let Some(slot) = r.tx.forwards.remove(&k).and_then(|f| f.slot) {
                     r.remove_slot(slot);
                 }
             }
             let video_rtx = r.video_rtx();
             for w in wanted {
-                if let Some(f) = r.forwards.get_mut(&w.id) {
+                if let Some(f) = r.tx.forwards.get_mut(&w.id) {
                     f.video_type.clone_from(&w.video_type);
                     continue;
                 }
                 let mut slot = None;
-                if !r.ssrc_rewriting {
+                if !r.tx.ssrc_rewriting {
                     let rtx = w.rtx.filter(|_| w.kind == MediaType::Video && video_rtx);
                     // An SSRC the receiver itself sends, or one already forwarded: skip (str0m
                     // keys streams by SSRC).
@@ -2388,12 +2437,12 @@ impl MediaEngine {
                         continue;
                     }
                     let id = r.new_slot(w.kind, w.ssrc, rtx);
-                    if let Some(s) = r.slots.get_mut(&id) {
+                    if let Some(s) = r.tx.slots.get_mut(&id) {
                         s.source = Some(w.id);
                     }
                     slot = Some(id);
                 }
-                r.forwards.insert(
+                r.tx.forwards.insert(
                     w.id,
                     Forward {
                         sender: w.sender,
@@ -2433,7 +2482,7 @@ impl MediaEngine {
             return;
         };
         let (members, recent) = (&conf.members, conf.recent_speakers());
-        let c = &r.constraints;
+        let c = &r.tx.constraints;
         struct Candidate {
             id: SourceId,
             name: String,
@@ -2447,8 +2496,8 @@ impl MediaEngine {
         for sid in members {
             if let Some(s) = self.endpoints.get(sid) {
                 let speaker = recent.iter().position(|x| x == sid).unwrap_or(usize::MAX);
-                for src in s.sources.iter().filter(|x| x.kind == MediaType::Video) {
-                    if r.forwards.contains_key(&src.id) {
+                for src in s.rx.sources.iter().filter(|x| x.kind == MediaType::Video) {
+                    if r.tx.forwards.contains_key(&src.id) {
                         order.push(Candidate {
                             id: src.id,
                             name: src.name.clone(),
@@ -2504,11 +2553,11 @@ impl MediaEngine {
             let mut at: Vec<usize> = Vec::new();
             for (k, x) in order.iter().enumerate() {
                 let h = heights[k].1;
-                let Some(src) = r
-                    .forwards
-                    .get(&x.id)
-                    .and_then(|f| self.endpoints.get(&f.sender))
-                    .and_then(|s| s.sources.iter().find(|s| s.id == x.id))
+                let Some(src) =
+                    r.tx.forwards
+                        .get(&x.id)
+                        .and_then(|f| self.endpoints.get(&f.sender))
+                        .and_then(|s| s.rx.sources.iter().find(|s| s.id == x.id))
                 else {
                     continue;
                 };
@@ -2548,8 +2597,8 @@ impl MediaEngine {
         let Some(r) = self.endpoints.get_mut(&rid) else {
             return;
         };
-        r.alloc_budget = budget;
-        r.probe_bps = probe_bps;
+        r.tx.alloc_budget = budget;
+        r.tx.probe_bps = probe_bps;
         if probe_bps > 0
             && self.timers.get(Timer::Probe).is_none()
             && let Some(n) = self.now
@@ -2558,7 +2607,7 @@ impl MediaEngine {
         }
         let mut changed = false;
         for (&(sid, h), &b) in heights.iter().zip(&bwe) {
-            if let Some(f) = r.forwards.get_mut(&sid) {
+            if let Some(f) = r.tx.forwards.get_mut(&sid) {
                 if f.max_height != h {
                     f.max_height = h;
                     changed = true;
@@ -2574,7 +2623,7 @@ impl MediaEngine {
         if changed && !self.pending_sender_constraints.contains(&r.conference) {
             self.pending_sender_constraints.insert(r.conference.clone());
         }
-        if r.ssrc_rewriting
+        if r.tx.ssrc_rewriting
             && let Some(now) = self.now
         {
             // As JVB: what lastN and the constraints let through (with video on), then the
@@ -2595,8 +2644,8 @@ impl MediaEngine {
             }
         }
         forwarded.sort();
-        if forwarded != r.announced {
-            r.announced = forwarded.clone();
+        if forwarded != r.tx.announced {
+            r.tx.announced = forwarded.clone();
             let ev = EngineEvent::ForwardedSources {
                 conference: r.conference.clone(),
                 endpoint: r.id.clone(),
@@ -2615,11 +2664,11 @@ impl MediaEngine {
         if !self.cfg.trust_bwe {
             return None;
         }
-        if r.bwe_bps.is_some() {
-            return r.bwe_bps;
+        if r.tx.bwe_bps.is_some() {
+            return r.tx.bwe_bps;
         }
         (r.caps.fast_egress && r.caps.ext_ids.transport_cc != 0)
-            .then(|| r.sendside.estimate().unwrap_or(INITIAL_BWE_BPS))
+            .then(|| r.tx.sendside.estimate().unwrap_or(INITIAL_BWE_BPS))
     }
 
     /// Measure every sender layer's rate (bps) over the time since the last measurement.
@@ -2633,7 +2682,7 @@ impl MediaEngine {
         for l in self
             .endpoints
             .values_mut()
-            .flat_map(|e| e.sources.iter_mut())
+            .flat_map(|e| e.rx.sources.iter_mut())
             .flat_map(|s| s.layers.iter_mut())
         {
             let bps = (std::mem::take(&mut l.bytes) as f64 * 8.0 / elapsed) as u64;
@@ -2648,23 +2697,27 @@ impl MediaEngine {
     fn probe(&mut self, now: Instant) {
         let mut any = false;
         for ep in self.endpoints.values_mut() {
-            if ep.probe_bps == 0 || !ep.connected || ep.caps.ext_ids.transport_cc == 0 {
-                ep.probe_at = None;
+            if ep.tx.probe_bps == 0 || !ep.transport.connected || ep.caps.ext_ids.transport_cc == 0
+            {
+                ep.tx.probe_at = None;
                 continue;
             }
             any = true;
-            if ep.sendside.losing(now) {
-                ep.probe_at = None;
+            if ep.tx.sendside.losing(now) {
+                ep.tx.probe_at = None;
                 continue;
             }
-            let (Some(srtp), Some((from, to))) = (ep.srtp.as_mut(), ep.send_path) else {
+            let (Some(srtp), Some((from, to))) =
+                (ep.transport.srtp.as_mut(), ep.transport.send_path)
+            else {
                 continue;
             };
-            let elapsed = ep.probe_at.map_or(PROBE_INTERVAL, |t| {
+            let elapsed = ep.tx.probe_at.map_or(PROBE_INTERVAL, |t| {
                 now.saturating_duration_since(t).min(4 * PROBE_INTERVAL)
             });
-            ep.probe_at = Some(now);
+            ep.tx.probe_at = Some(now);
             let Some(slot) = ep
+                .tx
                 .slots
                 .values_mut()
                 .filter(|s| s.kind == MediaType::Video && s.rtx.is_some())
@@ -2681,7 +2734,7 @@ impl MediaEngine {
                 continue;
             };
             let ts = slot.sent.last.map_or(0, |l| l.0);
-            let mut bytes = (ep.probe_bps as f64 * elapsed.as_secs_f64() / 8.0) as usize;
+            let mut bytes = (ep.tx.probe_bps as f64 * elapsed.as_secs_f64() / 8.0) as usize;
             self.scratch.clear();
             self.scratch.resize(PROBE_PADDING, 0);
             self.scratch[PROBE_PADDING - 1] = PROBE_PADDING as u8;
@@ -2691,7 +2744,7 @@ impl MediaEngine {
                 }
                 let seq = slot.rtx_seq;
                 slot.rtx_seq += 1;
-                let tseq = ep.sendside.on_send(now, PROBE_PADDING + 40);
+                let tseq = ep.tx.sendside.on_send(now, PROBE_PADDING + 40);
                 self.hdr.clear();
                 write_header(
                     &mut self.hdr,

@@ -2015,7 +2015,7 @@ fn bandwidth_scenario(rewriting: bool) {
         .endpoints
         .values()
         .find(|e| e.id == "ep2")
-        .and_then(|e| e.sendside.estimate());
+        .and_then(|e| e.tx.sendside.estimate());
     assert!(est.is_some_and(|e| e < 1_200_000), "{est:?}");
     // Probing: padding above the 360p layer, up to the estimate.
     let probes = net.engine.stats().probe_packets;
@@ -2038,7 +2038,7 @@ fn bandwidth_scenario(rewriting: bool) {
         .endpoints
         .values()
         .find(|e| e.id == "ep2")
-        .and_then(|e| e.sendside.estimate());
+        .and_then(|e| e.tx.sendside.estimate());
     eprintln!(
         "back after {back:?} s, estimate {est:?}, probes {probes} then {}",
         net.engine.stats().probe_packets
