@@ -242,6 +242,8 @@ struct Opts {
     engine_rcvbuf: i32,
     /// Media engine threads (`[media] threads`).
     threads: usize,
+    /// Threads the synthetic clients are spread over (enough to saturate several shards).
+    client_threads: usize,
     /// Layers follow the receivers' bandwidth estimates (the engine's default; off here: the
     /// receivers drop forwarded RTP unread and so send no transport-cc feedback, and the
     /// estimate would stay at the initial 2.5 Mbit/s, below the 4x load).
@@ -258,6 +260,7 @@ fn parse_args() -> Result<Opts, String> {
         engine_rcvbuf: 4 << 20,
         trust_bwe: false,
         threads: 1,
+        client_threads: 1,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -275,6 +278,12 @@ fn parse_args() -> Result<Opts, String> {
             }
             "--bwe" => o.trust_bwe = true,
             "--threads" => o.threads = val(&a)?.parse().map_err(|e| format!("{a}: {e}"))?,
+            "--client-threads" => {
+                o.client_threads = val(&a)?
+                    .parse::<usize>()
+                    .map_err(|e| format!("{a}: {e}"))?
+                    .clamp(1, 32)
+            }
             // cargo bench passes --bench to harness = false targets.
             "--bench" => {}
             _ => return Err(format!("unknown argument {a}")),
@@ -359,7 +368,8 @@ struct Shared {
     scale: f64,
     stop: AtomicBool,
     connected: AtomicUsize,
-    client_tid: AtomicI64,
+    /// The client threads' ids (their CPU time is the client side's cost).
+    client_tids: Mutex<Vec<i64>>,
     c: Counters,
     engine_port: u16,
     /// Sorted.
@@ -841,11 +851,35 @@ async fn run_client(mut c: Client, sh: Arc<Shared>) {
     }
 }
 
-fn spawn_clients(clients: Vec<Client>, sh: Arc<Shared>) -> std::thread::JoinHandle<()> {
+/// The clients spread round-robin over `threads` threads, each its own runtime.
+fn spawn_clients(
+    clients: Vec<Client>,
+    sh: &Arc<Shared>,
+    threads: usize,
+) -> Vec<std::thread::JoinHandle<()>> {
+    let mut groups: Vec<Vec<Client>> = (0..threads.max(1)).map(|_| Vec::new()).collect();
+    let n = groups.len();
+    for (i, c) in clients.into_iter().enumerate() {
+        groups[i % n].push(c);
+    }
+    groups
+        .into_iter()
+        .enumerate()
+        .map(|(k, g)| spawn_client_thread(k, g, sh.clone()))
+        .collect()
+}
+
+fn spawn_client_thread(
+    k: usize,
+    clients: Vec<Client>,
+    sh: Arc<Shared>,
+) -> std::thread::JoinHandle<()> {
     std::thread::Builder::new()
-        .name("bench-clients".into())
+        .name(format!("bench-clients-{k}"))
         .spawn(move || {
-            sh.client_tid.store(gettid(), Ordering::Relaxed);
+            if let Ok(mut t) = sh.client_tids.lock() {
+                t.push(gettid());
+            }
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -936,7 +970,11 @@ fn sample(h: &EngineHandle, tids: &[i64], sh: &Shared) -> Result<Sample, String>
             .iter()
             .map(|&t| thread_ticks(t))
             .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1)),
-        client_cpu: thread_cpu(sh.client_tid.load(Ordering::Relaxed)),
+        client_cpu: sh
+            .client_tids
+            .lock()
+            .map(|t| t.iter().map(|&t| thread_cpu(t)).sum())
+            .unwrap_or_default(),
         stats: [
             s.packets_in,
             s.bytes_in,
@@ -1355,7 +1393,7 @@ fn run(o: &Opts) -> Result<String, String> {
         scale: o.scale,
         stop: AtomicBool::new(false),
         connected: AtomicUsize::new(0),
-        client_tid: AtomicI64::new(0),
+        client_tids: Mutex::new(Vec::new()),
         c: Counters::default(),
         engine_port: port,
         client_ports: {
@@ -1364,7 +1402,7 @@ fn run(o: &Opts) -> Result<String, String> {
             p
         },
     });
-    let client_thread = spawn_clients(clients, sh.clone());
+    let client_threads = spawn_clients(clients, &sh, o.client_threads);
     let result = measure(
         o,
         &h,
@@ -1381,7 +1419,9 @@ fn run(o: &Opts) -> Result<String, String> {
     // Quiet the logs first: the engine thread keeps running until the process exits.
     let _ = reload.reload(tracing_subscriber::EnvFilter::new("error"));
     sh.stop.store(true, Ordering::Relaxed);
-    let _ = client_thread.join();
+    for t in client_threads {
+        let _ = t.join();
+    }
     let mut report = result?;
     let _ = writeln!(
         report,
@@ -1488,8 +1528,8 @@ fn measure(
     let _ = writeln!(
         w,
         "bridge_load: {} conferences x {} endpoints = {n}, engine = meetd_colibri::driver::spawn on 127.0.0.1, \
-         clients on 1 thread, setup {setup_secs:.1} s",
-        o.confs, o.per_conf
+         {} engine shard(s), clients on {} thread(s), setup {setup_secs:.1} s",
+        o.confs, o.per_conf, o.threads, o.client_threads
     );
     let _ = writeln!(
         w,

@@ -424,6 +424,7 @@ pub fn spawn_with_buffers(
     let mut txs = Vec::with_capacity(threads);
     let mut inboxes = Vec::with_capacity(threads);
     let (route_tx, route_rx) = mpsc::channel(queue);
+    let (free_tx, free_rx) = std::sync::mpsc::sync_channel(FREE_RECEIVE_BUFFERS);
     let siblings: Vec<MediaEngine> = (1..threads)
         .map(|_| first.sibling(cfg.clone(), rand::random()))
         .collect();
@@ -434,11 +435,13 @@ pub fn spawn_with_buffers(
         inboxes.push(in_tx);
         let send_sock = std_sock.try_clone()?;
         let (sink, router) = (EventSink::new(event_tx.clone(), queue), route_tx.clone());
+        let free = free_tx.clone();
         on_thread(format!("meetd-media-{k}"), move || async move {
             let q = ShardQueues {
                 commands: rx,
                 inbox: in_rx,
                 router,
+                free,
             };
             run_shard(engine, send_sock, local, q, sink).await;
         })?;
@@ -447,7 +450,7 @@ pub fn spawn_with_buffers(
     let counter = dropped.clone();
     on_thread("meetd-media-rx".into(), move || async move {
         match UdpSocket::from_std(std_sock) {
-            Ok(sock) => receive(sock, inboxes, route_rx, counter).await,
+            Ok(sock) => receive(sock, inboxes, route_rx, free_rx, counter).await,
             Err(e) => tracing::error!(error = %e, "media socket failed"),
         }
     })?;
@@ -466,6 +469,10 @@ const MAX_THREADS: usize = 64;
 /// Batches of datagrams waiting for one shard at most (a full inbox drops, as a full socket
 /// buffer would).
 const SHARD_INBOX: usize = 256;
+/// Receive buffers waiting to be reused by the receive thread at most.
+const FREE_RECEIVE_BUFFERS: usize = 4096;
+/// The capacity a new receive buffer gets (a datagram up to the usual MTU fits).
+const RECEIVE_BUFFER: usize = 1536;
 /// Remote addresses the receive thread maps at most.
 const MAX_ROUTED_ADDRS: usize = 100_000;
 
@@ -582,6 +589,8 @@ struct ShardQueues {
     commands: mpsc::Receiver<Command>,
     inbox: mpsc::Receiver<Inbound>,
     router: mpsc::Sender<Route>,
+    /// Receive buffers go back to the receive thread through this.
+    free: std::sync::mpsc::SyncSender<Vec<u8>>,
 }
 
 async fn run_shard(
@@ -595,6 +604,7 @@ async fn run_shard(
         commands: mut rx,
         mut inbox,
         router,
+        free,
     } = q;
     let mut batch = SendBatch::default();
     let fd = send_sock.as_raw_fd();
@@ -607,7 +617,15 @@ async fn run_shard(
                 let Some(b) = b else { break };
                 for (from, data) in b.items {
                     engine.handle_datagram(b.at, from, local_for(from, local), &data);
-                    engine.recycle(data);
+                    // Back to the receive thread (or, if it has plenty, to the engine's
+                    // send pool).
+                    if let Err(
+                        std::sync::mpsc::TrySendError::Full(d)
+                        | std::sync::mpsc::TrySendError::Disconnected(d),
+                    ) = free.try_send(data)
+                    {
+                        engine.recycle(d);
+                    }
                 }
             }
             c = rx.recv() => {
@@ -708,8 +726,18 @@ async fn receive(
     sock: UdpSocket,
     inboxes: Vec<mpsc::Sender<Inbound>>,
     mut routes: mpsc::Receiver<Route>,
+    free: std::sync::mpsc::Receiver<Vec<u8>>,
     dropped: Arc<AtomicU64>,
 ) {
+    // A copy of a datagram in a buffer a shard gave back (a new one only while none is).
+    let copy = |data: &[u8]| {
+        let mut b = free
+            .try_recv()
+            .unwrap_or_else(|_| Vec::with_capacity(RECEIVE_BUFFER));
+        b.clear();
+        b.extend_from_slice(data);
+        b
+    };
     let mut recv = RecvBatch::new();
     let mut table = RouteTable::default();
     let mut out: Vec<Vec<(SocketAddr, Vec<u8>)>> = inboxes.iter().map(|_| Vec::new()).collect();
@@ -729,14 +757,14 @@ async fn receive(
                     let from = canonical(from);
                     match table.target(from, data) {
                         Target::Shard(k) => match out.get_mut(k) {
-                            Some(o) => o.push((from, data.to_vec())),
+                            Some(o) => o.push((from, copy(data))),
                             None => {
                                 dropped.fetch_add(1, Ordering::Relaxed);
                             }
                         },
                         Target::Every => {
                             for o in &mut out {
-                                o.push((from, data.to_vec()));
+                                o.push((from, copy(data)));
                             }
                         }
                         Target::Nowhere => {
