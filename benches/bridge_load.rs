@@ -45,17 +45,13 @@ use std::time::{Duration, Instant};
 use meetd_colibri::channel::{ChannelHub, ReceiverConstraints};
 use meetd_colibri::driver::{Command, EngineHandle};
 use meetd_colibri::media::{EngineConfig, EngineStats};
-use meetd_colibri::{
-    DtlsSetup, Fingerprint as CFingerprint, IceUdpTransport, Media, MediaSource, MediaType, Source,
-    Sources, SsrcGroup,
-};
+use meetd_colibri::{IceUdpTransport, Media, Sources};
 use str0m::config::Fingerprint;
 use str0m::crypto::{AeadAes128Gcm, AeadAes256Gcm};
-use str0m::format::{Codec, FormatParams};
 use str0m::ice::IceCreds;
-use str0m::media::{Frequency, MediaKind, Mid, Rid};
+use str0m::media::Rid;
 use str0m::net::{Protocol, Receive};
-use str0m::rtp::{Extension, ExtensionValues, RtpWrite};
+use str0m::rtp::{ExtensionValues, RtpWrite};
 use str0m::{Candidate, Event, Input, Output, Rtc};
 
 // ---------------------------------------------------------------------------------------------
@@ -301,8 +297,7 @@ fn parse_args() -> Result<Opts, String> {
 // ---------------------------------------------------------------------------------------------
 // The synthetic clients.
 
-const MID_A: &str = "a";
-const MID_V: &str = "v";
+use meetd_colibri::testkit::{self};
 /// Largest video payload per packet.
 const MAX_PAYLOAD: usize = 1100;
 const AUDIO_PAYLOAD: usize = 80;
@@ -410,31 +405,7 @@ impl Client {
         sock.set_nonblocking(true)?;
         set_rcvbuf(&sock, 1 << 20);
         let local = sock.local_addr()?;
-        let mut cfg = Rtc::builder()
-            .set_rtp_mode(true)
-            .clear_codecs()
-            .clear_extension_map()
-            .set_extension(1, Extension::AudioLevel)
-            .set_extension(3, Extension::AbsoluteSendTime)
-            .set_extension(5, Extension::TransportSequenceNumber)
-            .set_stats_interval(None);
-        cfg.codec_config().add_config(
-            111.into(),
-            None,
-            Codec::Opus,
-            Frequency::FORTY_EIGHT_KHZ,
-            Some(2),
-            FormatParams::default(),
-        );
-        cfg.codec_config().add_config(
-            100.into(),
-            Some(96.into()),
-            Codec::Vp8,
-            Frequency::NINETY_KHZ,
-            None,
-            FormatParams::default(),
-        );
-        let mut rtc = cfg.build(now);
+        let mut rtc = testkit::client_rtc(now, |c| c.set_stats_interval(None));
         let cand = |a| Candidate::host(a, "udp").map_err(std::io::Error::other);
         rtc.add_local_candidate(cand(local)?);
         rtc.add_remote_candidate(cand(engine)?);
@@ -451,21 +422,8 @@ impl Client {
                 keyframe: true,
             })
             .collect();
-        let mut api = rtc.direct_api();
-        api.set_ice_controlling(false);
-        api.enable_twcc_feedback();
-        api.declare_media(Mid::from(MID_A), MediaKind::Audio);
-        api.declare_media(Mid::from(MID_V), MediaKind::Video);
-        api.declare_stream_tx(audio.into(), None, Mid::from(MID_A), None);
-        for (i, l) in layers.iter().enumerate() {
-            let rid = Rid::from(format!("l{i}").as_str());
-            api.declare_stream_tx(
-                l.ssrc.into(),
-                Some(l.rtx.into()),
-                Mid::from(MID_V),
-                Some(rid),
-            );
-        }
+        let pairs: Vec<(u32, u32)> = layers.iter().map(|l| (l.ssrc, l.rtx)).collect();
+        testkit::declare_client_streams(&mut rtc, audio, &pairs);
         Ok(Client {
             name,
             local,
@@ -487,24 +445,7 @@ impl Client {
 
     fn transport(&mut self) -> IceUdpTransport {
         let fp = self.rtc.direct_api().local_dtls_fingerprint().clone();
-        let value = fp
-            .bytes
-            .iter()
-            .map(|b| format!("{b:02X}"))
-            .collect::<Vec<_>>()
-            .join(":");
-        IceUdpTransport {
-            ufrag: Some(self.ufrag.clone()),
-            pwd: Some(self.pwd.clone()),
-            fingerprints: vec![CFingerprint {
-                hash: "sha-256".into(),
-                setup: Some(DtlsSetup::Active),
-                cryptex: None,
-                value,
-            }],
-            rtcp_mux: true,
-            ..IceUdpTransport::default()
-        }
+        IceUdpTransport::client_answer(&self.ufrag, &self.pwd, &fp.bytes)
     }
 
     fn video_source_name(&self) -> String {
@@ -512,37 +453,8 @@ impl Client {
     }
 
     fn sources(&self) -> Sources {
-        let mut video = Vec::new();
-        let mut groups = vec![SsrcGroup {
-            semantics: "SIM".into(),
-            ssrcs: self.layers.iter().map(|l| l.ssrc).collect(),
-        }];
-        for l in &self.layers {
-            video.push(Source::new(l.ssrc));
-            video.push(Source::new(l.rtx));
-            groups.push(SsrcGroup {
-                semantics: "FID".into(),
-                ssrcs: vec![l.ssrc, l.rtx],
-            });
-        }
-        Sources {
-            media_sources: vec![
-                MediaSource {
-                    kind: MediaType::Audio,
-                    id: format!("{}-a0", self.name),
-                    synthetic: None,
-                    sources: vec![Source::new(self.audio)],
-                    ssrc_groups: Vec::new(),
-                },
-                MediaSource {
-                    kind: MediaType::Video,
-                    id: self.video_source_name(),
-                    synthetic: None,
-                    sources: video,
-                    ssrc_groups: groups,
-                },
-            ],
-        }
+        let pairs: Vec<(u32, u32)> = self.layers.iter().map(|l| (l.ssrc, l.rtx)).collect();
+        testkit::client_sources(&self.name, self.audio, &pairs)
     }
 
     fn start(&mut self, fingerprint: &str) -> Result<(), String> {

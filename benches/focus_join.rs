@@ -19,14 +19,7 @@ fn parse(s: &str) -> Element {
     meetd_xmpp::xml::parse_document(s.as_bytes(), &Default::default()).expect("bench XML")
 }
 
-const FEATURES: &[&str] = &[
-    "urn:xmpp:jingle:apps:rtp:audio",
-    "urn:xmpp:jingle:apps:rtp:video",
-    "urn:ietf:rfc:4588",
-    "http://jitsi.org/tcc",
-    "urn:xmpp:jingle:transports:dtls-sctp:1",
-    "http://jitsi.org/json-encoded-sources",
-];
+use meetd_jingle::offer::WEB_CLIENT_FEATURES as FEATURES;
 
 fn presence(nick: &str, n: usize) -> String {
     format!(

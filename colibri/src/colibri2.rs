@@ -762,6 +762,28 @@ pub struct IceUdpTransport {
 }
 
 impl IceUdpTransport {
+    /// What a client's session-accept carries for the bridge: its ICE credentials and its
+    /// SHA-256 certificate fingerprint as DTLS client (`setup=active`), mux, no candidates.
+    pub fn client_answer(ufrag: &str, pwd: &str, sha256: &[u8]) -> IceUdpTransport {
+        let value = sha256
+            .iter()
+            .map(|b| format!("{b:02X}"))
+            .collect::<Vec<_>>()
+            .join(":");
+        IceUdpTransport {
+            ufrag: Some(ufrag.to_string()),
+            pwd: Some(pwd.to_string()),
+            fingerprints: vec![Fingerprint {
+                hash: "sha-256".into(),
+                setup: Some(DtlsSetup::Active),
+                cryptex: None,
+                value,
+            }],
+            rtcp_mux: true,
+            ..IceUdpTransport::default()
+        }
+    }
+
     pub fn parse(el: &Element) -> Result<Self> {
         const E: &str = "transport";
         expect(el, E, ns::JINGLE_ICE_UDP)?;

@@ -10,6 +10,7 @@ pub mod media;
 pub mod rtp;
 pub mod service;
 pub mod socket;
+pub mod testkit;
 
 pub use colibri2::{
     Candidate, CandidateType, Colibri2Error, ConferenceModified, ConferenceModify, DtlsSetup,

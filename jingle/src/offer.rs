@@ -171,20 +171,25 @@ pub fn session_terminate(sid: &str, reason: &str, text: &str) -> Element {
         .build()
 }
 
+/// The Jingle-related disco#info features the Jitsi Meet web app advertises (audio, video,
+/// RTX, transport-cc, SCTP, JSON sources): what a simulated client answers in tests and
+/// benchmarks.
+pub const WEB_CLIENT_FEATURES: &[&str] = &[
+    "urn:xmpp:jingle:apps:rtp:audio",
+    "urn:xmpp:jingle:apps:rtp:video",
+    "urn:ietf:rfc:4588",
+    "http://jitsi.org/tcc",
+    "urn:xmpp:jingle:transports:dtls-sctp:1",
+    "http://jitsi.org/json-encoded-sources",
+];
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn default_lists_match_jicofo() {
-        let f = Features::from_disco(&[
-            "urn:xmpp:jingle:apps:rtp:audio",
-            "urn:xmpp:jingle:apps:rtp:video",
-            "urn:ietf:rfc:4588",
-            "http://jitsi.org/tcc",
-            "urn:xmpp:jingle:transports:dtls-sctp:1",
-            "http://jitsi.org/json-encoded-sources",
-        ]);
+        let f = Features::from_disco(WEB_CLIENT_FEATURES);
         let m = default_media(&f);
         let ids: Vec<u8> = m[1].payload_types.iter().map(|p| p.id).collect();
         assert_eq!(ids, vec![41, 100, 107, 101, 42, 96, 97, 99]);

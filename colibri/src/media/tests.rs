@@ -7,18 +7,14 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use str0m::config::Fingerprint;
-use str0m::format::{Codec, FormatParams};
 use str0m::ice::IceCreds;
-use str0m::media::{Frequency, MediaKind, Mid, Rid};
+use str0m::media::{MediaKind, Mid, Rid};
 use str0m::net::{Protocol, Receive};
-use str0m::rtp::{Extension, ExtensionValues, RawPacket, RtpPacket, RtpWrite};
+use str0m::rtp::{ExtensionValues, RawPacket, RtpPacket, RtpWrite};
 use str0m::{Candidate, Event, Input, Output, Rtc};
 
 use super::*;
-use crate::colibri2::{
-    DtlsSetup, Fingerprint as CFingerprint, IceUdpTransport, Media, MediaSource, Source, Sources,
-    SsrcGroup,
-};
+use crate::colibri2::{IceUdpTransport, Media, Sources};
 
 const CONF: &str = "conf1";
 
@@ -77,38 +73,13 @@ enum Voice {
     Silent,
 }
 
-const MID_A: &str = "a";
-const MID_V: &str = "v";
+use crate::testkit::{self};
 
 impl Client {
     fn new(n: u32, now: Instant) -> Client {
         let name = format!("ep{n}");
         let addr: SocketAddr = format!("127.0.0.1:{}", 5000 + n).parse().unwrap();
-        let mut cfg = Rtc::builder()
-            .set_rtp_mode(true)
-            .enable_raw_packets(true)
-            .clear_codecs()
-            .clear_extension_map()
-            .set_extension(1, Extension::AudioLevel)
-            .set_extension(3, Extension::AbsoluteSendTime)
-            .set_extension(5, Extension::TransportSequenceNumber);
-        cfg.codec_config().add_config(
-            111.into(),
-            None,
-            Codec::Opus,
-            Frequency::FORTY_EIGHT_KHZ,
-            Some(2),
-            FormatParams::default(),
-        );
-        cfg.codec_config().add_config(
-            100.into(),
-            Some(96.into()),
-            Codec::Vp8,
-            Frequency::NINETY_KHZ,
-            None,
-            FormatParams::default(),
-        );
-        let mut rtc = cfg.build(now);
+        let mut rtc = testkit::client_rtc(now, |c| c.enable_raw_packets(true));
         rtc.add_local_candidate(Candidate::host(addr, "udp").unwrap());
         // The browser learns the bridge's candidate from the offer.
         rtc.add_remote_candidate(Candidate::host(engine_addr(), "udp").unwrap());
@@ -120,16 +91,7 @@ impl Client {
             (base + 31, base + 32),
         ];
         let audio = base + 1;
-        let mut api = rtc.direct_api();
-        api.set_ice_controlling(false);
-        api.enable_twcc_feedback();
-        api.declare_media(Mid::from(MID_A), MediaKind::Audio);
-        api.declare_media(Mid::from(MID_V), MediaKind::Video);
-        api.declare_stream_tx(audio.into(), None, Mid::from(MID_A), None);
-        for (i, (s, r)) in layers.iter().enumerate() {
-            let rid = Rid::from(format!("l{i}").as_str());
-            api.declare_stream_tx((*s).into(), Some((*r).into()), Mid::from(MID_V), Some(rid));
-        }
+        testkit::declare_client_streams(&mut rtc, audio, &layers);
         Client {
             name,
             addr,
@@ -162,60 +124,12 @@ impl Client {
     /// candidates.
     fn transport(&mut self) -> IceUdpTransport {
         let fp = self.rtc.direct_api().local_dtls_fingerprint().clone();
-        let value = fp
-            .bytes
-            .iter()
-            .map(|b| format!("{b:02X}"))
-            .collect::<Vec<_>>()
-            .join(":");
-        IceUdpTransport {
-            ufrag: Some(self.ufrag.clone()),
-            pwd: Some(self.pwd.clone()),
-            fingerprints: vec![CFingerprint {
-                hash: "sha-256".into(),
-                setup: Some(DtlsSetup::Active),
-                cryptex: None,
-                value,
-            }],
-            rtcp_mux: true,
-            ..IceUdpTransport::default()
-        }
+        IceUdpTransport::client_answer(&self.ufrag, &self.pwd, &fp.bytes)
     }
 
     /// The sources of the session-accept: one mic, one camera with SIM + 3 FID groups.
     fn sources(&self) -> Sources {
-        let src = |ssrc| Source::new(ssrc);
-        let mut video_sources = Vec::new();
-        let mut groups = vec![SsrcGroup {
-            semantics: "SIM".into(),
-            ssrcs: self.layers.iter().map(|l| l.0).collect(),
-        }];
-        for (s, r) in self.layers {
-            video_sources.push(src(s));
-            video_sources.push(src(r));
-            groups.push(SsrcGroup {
-                semantics: "FID".into(),
-                ssrcs: vec![s, r],
-            });
-        }
-        Sources {
-            media_sources: vec![
-                MediaSource {
-                    kind: MediaType::Audio,
-                    id: format!("{}-a0", self.name),
-                    synthetic: None,
-                    sources: vec![src(self.audio)],
-                    ssrc_groups: Vec::new(),
-                },
-                MediaSource {
-                    kind: MediaType::Video,
-                    id: format!("{}-v0", self.name),
-                    synthetic: None,
-                    sources: video_sources,
-                    ssrc_groups: groups,
-                },
-            ],
-        }
+        testkit::client_sources(&self.name, self.audio, &self.layers)
     }
 
     /// What the focus signals to the others (source-add): the mic and the FIRST SIM SSRC

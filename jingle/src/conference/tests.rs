@@ -88,15 +88,7 @@ impl Harness {
         let id = disco.attr("id").unwrap().to_string();
         self.sent
             .extend(sent.into_iter().filter(|e| e.attr("id") != Some(&*id)));
-        let feats = [
-            "urn:xmpp:jingle:apps:rtp:audio",
-            "urn:xmpp:jingle:apps:rtp:video",
-            "urn:ietf:rfc:4588",
-            "http://jitsi.org/tcc",
-            "urn:xmpp:jingle:transports:dtls-sctp:1",
-            "http://jitsi.org/json-encoded-sources",
-        ];
-        let f: String = feats
+        let f: String = crate::offer::WEB_CLIENT_FEATURES
             .iter()
             .map(|v| format!("<feature var='{v}'/>"))
             .collect();
