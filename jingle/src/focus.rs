@@ -98,16 +98,8 @@ pub fn start(router: Arc<Router>, opts: FocusOptions, bridge: Arc<dyn Bridge>) -
                     };
                     match rooms.get(&room) {
                         Some(r) => {
-                            if let Err(e) = r.tx.try_send(ActorMsg::Input(Input::Stanza(*st))) {
-                                // The sender learns it (an IQ — session-accept, mute — gets
-                                // resource-constraint and may send it again); a presence has no
-                                // answer, so the log says which.
-                                let ActorMsg::Input(Input::Stanza(st)) = e.into_inner() else { continue };
-                                tracing::warn!(%room, stanza = st.name(), from = st.attr("from"), "conference queue full");
-                                if let Some(mut e) = stanza::error_reply(&st, StanzaError::RESOURCE_CONSTRAINT, Some("conference busy")) {
-                                    stanza::set_attr(&mut e, "from", st.attr("to").unwrap_or(&opts.cfg.focus_jid));
-                                    router.route(e);
-                                }
+                            if let Some(busy) = deliver_stanza(&r.tx, &room, *st, &opts.cfg.focus_jid) {
+                                router.route(busy);
                             }
                         }
                         None => {
@@ -121,14 +113,7 @@ pub fn start(router: Arc<Router>, opts: FocusOptions, bridge: Arc<dyn Bridge>) -
                 }
                 Some(req) = http_rx.recv() => {
                     match room_actor(&router, &opts, &bridge, &mut rooms, &mut generation, &done_tx, &req.room) {
-                        Ok(tx) => {
-                            if let Err(e) = tx.try_send(ActorMsg::Http(req.reply)) {
-                                tracing::warn!(room = %req.room, "conference queue full");
-                                if let ActorMsg::Http(reply) = e.into_inner() {
-                                    let _ = reply.send(Err("conference busy".into()));
-                                }
-                            }
-                        }
+                        Ok(tx) => deliver_http(&tx, &req.room, req.reply),
                         Err(e) => {
                             let _ = req.reply.send(Err(e.1));
                         }
@@ -144,6 +129,46 @@ pub fn start(router: Arc<Router>, opts: FocusOptions, bridge: Arc<dyn Bridge>) -
         }
     });
     FocusHandle { http: http_tx }
+}
+
+/// Hand a stanza to its conference's actor. When the actor's queue is full the sender learns
+/// it: an IQ (session-accept, mute, …) gets resource-constraint back (returned, to route) and
+/// may be sent again; a presence or message has no answer, so the log line says which.
+fn deliver_stanza(
+    tx: &mpsc::Sender<ActorMsg>,
+    room: &str,
+    st: Element,
+    focus_jid: &str,
+) -> Option<Element> {
+    let e = tx.try_send(ActorMsg::Input(Input::Stanza(st))).err()?;
+    let ActorMsg::Input(Input::Stanza(st)) = e.into_inner() else {
+        return None;
+    };
+    tracing::warn!(%room, stanza = st.name(), from = st.attr("from"), "conference queue full");
+    if st.name() != "iq" {
+        return None;
+    }
+    let mut busy = stanza::error_reply(
+        &st,
+        StanzaError::RESOURCE_CONSTRAINT,
+        Some("conference busy"),
+    )?;
+    stanza::set_attr(&mut busy, "from", st.attr("to").unwrap_or(focus_jid));
+    Some(busy)
+}
+
+/// Hand an HTTP conference request to its actor; a full queue answers "conference busy".
+fn deliver_http(
+    tx: &mpsc::Sender<ActorMsg>,
+    room: &str,
+    reply: oneshot::Sender<Result<(), String>>,
+) {
+    if let Err(e) = tx.try_send(ActorMsg::Http(reply)) {
+        tracing::warn!(%room, "conference queue full");
+        if let ActorMsg::Http(reply) = e.into_inner() {
+            let _ = reply.send(Err("conference busy".into()));
+        }
+    }
 }
 
 /// The room a room component's JSON notice is about.
@@ -403,5 +428,61 @@ async fn sleep_opt(until: Option<tokio::time::Instant>) {
     match until {
         Some(t) => tokio::time::sleep_until(t).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Element {
+        meetd_xmpp::xml::parse_document(s.as_bytes(), &Default::default()).unwrap()
+    }
+
+    /// A conference actor's queue with its one place taken.
+    fn full_queue() -> (mpsc::Sender<ActorMsg>, mpsc::Receiver<ActorMsg>) {
+        let (tx, rx) = mpsc::channel(1);
+        assert!(tx.try_send(ActorMsg::Input(Input::Timeout)).is_ok());
+        (tx, rx)
+    }
+
+    #[test]
+    fn a_full_conference_queue_answers_iqs_busy_and_drops_nothing_silently() {
+        let (tx, mut rx) = full_queue();
+        let iq = parse(
+            "<iq xmlns='jabber:client' type='set' id='j1' from='r@muc.example/abcd' \
+             to='focus@auth.example/focus'><jingle xmlns='urn:xmpp:jingle:1' \
+             action='session-accept' sid='s'/></iq>",
+        );
+        let busy = deliver_stanza(&tx, "r@muc.example", iq, "focus@auth.example/focus")
+            .expect("an IQ is answered");
+        assert_eq!(busy.attr("type"), Some("error"));
+        assert_eq!(busy.attr("id"), Some("j1"));
+        assert_eq!(busy.attr("to"), Some("r@muc.example/abcd"));
+        assert_eq!(busy.attr("from"), Some("focus@auth.example/focus"));
+        let err = busy.get_child("error", "jabber:client").expect("error");
+        assert!(err.children().any(|c| c.name() == "resource-constraint"));
+        // A presence has no answer (logged).
+        let p = parse("<presence xmlns='jabber:client' from='r@muc.example/abcd'/>");
+        assert!(deliver_stanza(&tx, "r@muc.example", p, "focus").is_none());
+        // With room again, the stanza reaches the actor.
+        assert!(rx.try_recv().is_ok());
+        let p = parse("<presence xmlns='jabber:client' from='r@muc.example/abcd'/>");
+        assert!(deliver_stanza(&tx, "r@muc.example", p, "focus").is_none());
+        assert!(matches!(
+            rx.try_recv(),
+            Ok(ActorMsg::Input(Input::Stanza(_)))
+        ));
+    }
+
+    #[test]
+    fn a_full_conference_queue_answers_http_busy() {
+        let (tx, _rx) = full_queue();
+        let (reply, answer) = oneshot::channel();
+        deliver_http(&tx, "r@muc.example", reply);
+        assert_eq!(
+            answer.blocking_recv().ok(),
+            Some(Err("conference busy".to_string()))
+        );
     }
 }
