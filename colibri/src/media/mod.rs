@@ -30,7 +30,7 @@ mod endpoint;
 mod forward;
 mod ingress;
 mod speech;
-mod srtp;
+pub mod srtp;
 #[cfg(test)]
 mod tests;
 mod timers;

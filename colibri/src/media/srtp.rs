@@ -27,7 +27,7 @@ use str0m::crypto::{
 
 /// DTLS-SRTP keying material of one endpoint, as exported by its DTLS session.
 #[derive(Clone)]
-pub(super) struct MasterKeys {
+pub struct MasterKeys {
     pub profile: SrtpProfile,
     /// client key, server key, client salt, server salt (RFC 5764 §4.2).
     pub material: Vec<u8>,
@@ -295,7 +295,7 @@ impl Ctx {
 
 /// Why an SRTP operation failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub(super) enum SrtpError {
+pub enum SrtpError {
     #[error("packet too short")]
     Short,
     #[error("authentication failed")]
@@ -319,7 +319,7 @@ use std::collections::hash_map::Entry;
 
 /// The bridge's SRTP session with one endpoint: protect RTP and RTCP towards it, unprotect
 /// its RTCP.
-pub(super) struct Srtp {
+pub struct Srtp {
     tx_rtp: Ctx,
     tx_rtcp: Ctx,
     rx_rtp: Ctx,
