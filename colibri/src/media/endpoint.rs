@@ -17,6 +17,7 @@ use str0m::rtp::{Extension, ExtensionSerializer, ExtensionValues, Ssrc};
 use str0m::{Candidate, Rtc, RtcConfig};
 
 use super::egress::{RtxRing, SendStats};
+use super::events::MappedSource;
 use super::forward::{Offsets, Projection, SilenceFilter, default_height};
 use super::ingress::{RxStream, TwccRecorder};
 use super::srtp::{KeySlot, Srtp, crypto_provider, with_key_capture};
@@ -24,6 +25,9 @@ use super::{FastMap, ReceiverConstraints};
 use crate::colibri2::{self, MediaType};
 use crate::rtp::ExtIds;
 use crate::rtp::payload::VideoCodec;
+
+/// What str0m's bandwidth estimator probes towards (bridge → endpoint), when enabled.
+const BWE_DESIRED_BPS: u64 = 10_000_000;
 
 /// The mids of the receive side: every SSRC the endpoint sends is declared on one of these.
 pub(super) const MID_RX_AUDIO: &str = "ra";
@@ -264,7 +268,7 @@ pub(super) fn build_rtc(s: &RtcSetup<'_>, now: Instant) -> (Rtc, RtcCaps) {
     if s.bwe_initial_bps.is_some() {
         // No padding floor of our own; probe up to what a few HD streams need.
         rtc.bwe()
-            .set_bitrate(Bitrate::ZERO, Bitrate::bps(super::BWE_DESIRED_BPS));
+            .set_bitrate(Bitrate::ZERO, Bitrate::bps(BWE_DESIRED_BPS));
     }
     for addr in s.local_addrs {
         if let Ok(c) = Candidate::host(*addr, "udp") {
@@ -505,17 +509,6 @@ pub(super) struct SlotMap {
     pub sender: EpId,
     pub source: SourceId,
     pub off: Offsets,
-}
-
-/// One entry of `VideoSourcesMap` / `AudioSourcesMap` (docs/bridge.md A.3).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MappedSource {
-    pub source: String,
-    pub owner: String,
-    pub ssrc: u32,
-    /// Always set for video (the client only understands a real RTX SSRC), `None` for audio.
-    pub rtx: Option<u32>,
-    pub video_type: String,
 }
 
 /// One endpoint: who it is, what was negotiated, and its three parts.
@@ -811,7 +804,11 @@ impl Endpoint {
     }
 
     /// The source map event for `changed` sources (and the full map of their kind).
-    pub fn sources_map_event(&self, kind: MediaType, changed: &[SourceId]) -> super::EngineEvent {
+    pub fn sources_map_event(
+        &self,
+        kind: MediaType,
+        changed: &[SourceId],
+    ) -> super::events::EngineEvent {
         let names: Vec<&str> = changed
             .iter()
             .filter_map(|s| self.tx.forwards.get(s).map(|f| f.name.as_str()))
@@ -822,7 +819,7 @@ impl Endpoint {
             .filter(|m| names.contains(&m.source.as_str()))
             .cloned()
             .collect();
-        super::EngineEvent::SourcesMap {
+        super::events::EngineEvent::SourcesMap {
             conference: self.conference.clone(),
             endpoint: self.id.clone(),
             kind,

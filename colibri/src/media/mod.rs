@@ -27,6 +27,7 @@ mod conference;
 mod constraints;
 mod egress;
 mod endpoint;
+mod events;
 mod forward;
 mod ingress;
 mod speech;
@@ -59,11 +60,11 @@ use buf::{Buf, Payload};
 use conference::Conference;
 pub use constraints::ReceiverConstraints;
 use egress::Sent;
-pub use endpoint::MappedSource;
 use endpoint::{
     DependencyDescriptor, Endpoint, EpId, Forward, RtcSetup, RxSide, SenderSource, SourceId,
     Transport, TxSide, build_rtc, jitsi_default_medias, video_codec,
 };
+pub use events::{EngineEvent, MappedSource};
 use forward::{BandwidthCandidate, InPacket, LayerView, allocate_bandwidth, select_layer};
 use srtp::Srtp;
 use timers::{Timer, TimerTable};
@@ -85,8 +86,6 @@ const NEVER_ACTIVE_AFTER: Duration = Duration::from_secs(15);
 /// `SenderSourceConstraints` for a source some receiver wants unlimited (maxHeight −1):
 /// lib-jitsi-meet's own maximum (`MAX_LOCAL_RESOLUTION`).
 const UNLIMITED_SENDER_HEIGHT: u32 = 2160;
-/// What the bandwidth estimator probes towards (bridge → endpoint), when enabled.
-const BWE_DESIRED_BPS: u64 = 10_000_000;
 /// Sender reports for forwarded streams go out this often (fast path).
 const SR_INTERVAL: Duration = Duration::from_secs(1);
 /// A forwarded stream silent for this long gets no more sender reports.
@@ -224,75 +223,6 @@ pub struct Transmit {
     pub from: SocketAddr,
     pub to: SocketAddr,
     pub data: Vec<u8>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum EngineEvent {
-    /// The endpoint's media is flowing: ICE and DTLS are up and it sent something in the last
-    /// 8 s (docs/bridge.md B.10). Emitted on every change to active.
-    Connected {
-        conference: String,
-        endpoint: String,
-    },
-    /// The endpoint's media stopped: ICE lost or failed, nothing received for 8 s, or never
-    /// active 15 s after creation. Only after a `Connected`, or once for an endpoint that never
-    /// connected.
-    Disconnected {
-        conference: String,
-        endpoint: String,
-    },
-    /// The conference's recent-speakers list changed (docs/bridge.md B.7): `endpoint` is the
-    /// dominant speaker, `previous` the rest of the list (at most 9), most recent first.
-    DominantSpeaker {
-        conference: String,
-        endpoint: String,
-        previous: Vec<String>,
-        silence: bool,
-    },
-    /// SSRC rewriting: a receiver's slots of one kind got sources (docs/bridge.md A.3
-    /// `VideoSourcesMap` / `AudioSourcesMap`): `changed` the new mappings, `sources` the full
-    /// map. Slots are never announced as removed.
-    SourcesMap {
-        conference: String,
-        endpoint: String,
-        kind: MediaType,
-        sources: Vec<MappedSource>,
-        changed: Vec<MappedSource>,
-    },
-    /// The recent-speakers list became empty (its endpoints left): nothing to send to a newly
-    /// connected channel any more.
-    SpeakersCleared { conference: String },
-    /// The video sources now forwarded to `endpoint` (for the bridge channel's
-    /// `ForwardedSources`).
-    ForwardedSources {
-        conference: String,
-        endpoint: String,
-        sources: Vec<String>,
-    },
-    /// The largest height any receiver currently needs of one of `endpoint`'s video sources
-    /// (docs/bridge.md A.3 `SenderSourceConstraints`, sent to the sender); 0: nobody wants it.
-    /// Emitted when it changes (and first when the source appears).
-    SenderSourceConstraints {
-        conference: String,
-        endpoint: String,
-        source: String,
-        max_height: u32,
-    },
-    /// The bandwidth estimate towards `endpoint` (docs/bridge.md A.3 `ConnectionStats`), every
-    /// `connection_stats_interval` while one exists (only with `bwe_initial_bps`).
-    ConnectionStats {
-        conference: String,
-        endpoint: String,
-        estimated_downlink_bps: u64,
-    },
-    /// The engine expired the endpoint (never connected, or silent too long; docs/bridge.md B.10)
-    /// and removed it. `ufrag` is the local ICE ufrag it was created with, so that a newer
-    /// endpoint of the same id is not mistaken for it.
-    Expired {
-        conference: String,
-        endpoint: String,
-        ufrag: String,
-    },
 }
 
 #[derive(Debug)]
