@@ -284,6 +284,20 @@ pub struct EngineStats {
 
 /// One incoming RTP packet, from the fast path or from str0m.
 #[derive(Debug)]
+/// What forwarding one packet needs from its sender's side ([`MediaEngine::ingest`]).
+struct Ingested {
+    /// The sender's source and layer the packet belongs to.
+    si: usize,
+    li: usize,
+    kind: MediaType,
+    source_id: SourceId,
+    /// The source's layers as layer selection sees them (the first `nviews`).
+    views: [LayerView; MAX_LAYERS],
+    nviews: usize,
+    input: InPacket,
+    vp8: Option<Vp8Descriptor>,
+}
+
 struct Incoming {
     ssrc: u32,
     /// Extended sequence number.
@@ -1980,15 +1994,15 @@ impl MediaEngine {
     }
 
     /// Forward one incoming RTP packet of `sender` to the other endpoints of its conference.
-    fn forward(&mut self, sender: EpId, p: Incoming) {
-        let now = self.now.unwrap_or(p.arrival);
-        let Some(s) = self.endpoints.get_mut(&sender) else {
-            return;
-        };
+    /// The sender's side of forwarding `p` (docs/bridge.md B.6–B.8): which source and layer it
+    /// is, force-mute, silence suppression and the speech detector for audio, the layer's rate
+    /// and keyframe height for video. `None`: not forwarded (counted).
+    fn ingest(&mut self, sender: EpId, p: &Incoming, now: Instant) -> Option<Ingested> {
+        let s = self.endpoints.get_mut(&sender)?;
         let ssrc = p.ssrc;
         let Some(&(si, li)) = s.rx.ssrc_index.get(&ssrc) else {
             self.stats.rtp_unknown_ssrc += 1;
-            return;
+            return None;
         };
         let pt = p.pt;
         let codec = s.caps.pts.get(&pt).map(|(c, _)| *c);
@@ -1997,7 +2011,7 @@ impl MediaEngine {
         let kind = source.kind;
         if muted {
             self.stats.force_muted_dropped += 1;
-            return;
+            return None;
         }
         let vcodec = match (kind, codec) {
             (MediaType::Video, Some(c)) => video_codec(c),
@@ -2013,7 +2027,7 @@ impl MediaEngine {
                 Some(out) => seq = out,
                 None => {
                     self.stats.silence_dropped += 1;
-                    return;
+                    return None;
                 }
             }
             if let Some(l) = level {
@@ -2047,7 +2061,6 @@ impl MediaEngine {
                 active: source.layer_selectable(i, now),
             };
         }
-        let views = &view_buf[..nviews];
         let source_id: SourceId = source.id;
         let vp8 = if vcodec == VideoCodec::Vp8 {
             Vp8Descriptor::parse(&p.payload).ok()
@@ -2069,6 +2082,36 @@ impl MediaEngine {
                 48_000
             },
         };
+        Some(Ingested {
+            si,
+            li,
+            kind,
+            source_id,
+            views: view_buf,
+            nviews,
+            input,
+            vp8,
+        })
+    }
+
+    fn forward(&mut self, sender: EpId, p: Incoming) {
+        let now = self.now.unwrap_or(p.arrival);
+        let Some(Ingested {
+            si,
+            li,
+            kind,
+            source_id,
+            views: view_buf,
+            nviews,
+            input,
+            vp8,
+        }) = self.ingest(sender, &p, now)
+        else {
+            return;
+        };
+        let views = &view_buf[..nviews];
+        let seq = input.seq;
+        let pt = p.pt;
         let Incoming {
             payload,
             ext: ext_out,
@@ -2077,7 +2120,12 @@ impl MediaEngine {
             ..
         } = p;
         let pt_u8 = pt;
-        let Some(members) = self.conferences.get(&s.conference).map(|c| &c.members) else {
+        let Some(members) = self
+            .endpoints
+            .get(&sender)
+            .and_then(|s| self.conferences.get(&s.conference))
+            .map(|c| &c.members)
+        else {
             return;
         };
         let mut want_keyframe = false;
