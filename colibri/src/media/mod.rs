@@ -394,11 +394,10 @@ pub struct MediaEngine {
     clock: Clock,
     /// Seeded: SSRCs and sequence numbers the engine picks (and each endpoint's own generator).
     rng: SmallRng,
-    /// Send buffers given back by the I/O side ([`MediaEngine::recycle`]).
-    pool: Vec<Vec<u8>>,
-    /// Scratch space: an RTP header, a payload, an RTCP packet, parsed feedback.
-    hdr: Vec<u8>,
-    scratch: Vec<u8>,
+    /// Send buffers given back by the I/O side ([`MediaEngine::recycle`]), and scratch space
+    /// for an RTP header and a payload.
+    bufs: SendBufs,
+    /// Scratch space: an RTCP packet, parsed feedback.
     rtcp: Vec<u8>,
     feedback: Vec<Feedback>,
 }
@@ -442,9 +441,11 @@ impl MediaEngine {
             nacks: Vec::new(),
             clock: start,
             rng: SmallRng::seed_from_u64(seed),
-            pool: Vec::new(),
-            hdr: Vec::with_capacity(64),
-            scratch: Vec::with_capacity(1500),
+            bufs: SendBufs {
+                pool: Vec::new(),
+                hdr: Vec::with_capacity(64),
+                scratch: Vec::with_capacity(1500),
+            },
             rtcp: Vec::with_capacity(1500),
             feedback: Vec::new(),
             cfg,
@@ -1388,7 +1389,7 @@ impl MediaEngine {
                     if t.contents.first().is_some_and(|b| *b >= 20) {
                         ep.transport.send_path = Some((t.source, t.destination));
                     }
-                    let mut data = self.pool.pop().unwrap_or_default();
+                    let mut data = self.bufs.pool.pop().unwrap_or_default();
                     data.clear();
                     data.extend_from_slice(&t.contents);
                     queue_transmit(
@@ -1487,9 +1488,9 @@ impl MediaEngine {
 
     /// Give a send buffer back once it is on the wire: the engine reuses it.
     pub fn recycle(&mut self, mut buf: Vec<u8>) {
-        if self.pool.len() < BUFFER_POOL && buf.capacity() >= 1500 {
+        if self.bufs.pool.len() < BUFFER_POOL && buf.capacity() >= 1500 {
             buf.clear();
-            self.pool.push(buf);
+            self.bufs.pool.push(buf);
         }
     }
 
@@ -1745,7 +1746,7 @@ impl MediaEngine {
             if bare && self.rtcp.len() == had {
                 continue;
             }
-            let mut data = self.pool.pop().unwrap_or_default();
+            let mut data = self.bufs.pool.pop().unwrap_or_default();
             if srtp.protect_rtcp(&self.rtcp, &mut data).is_err() {
                 continue;
             }
@@ -1849,21 +1850,23 @@ impl MediaEngine {
             let Some(&rtx_pt) = ep.caps.rtx_pts.get(&s.pt) else {
                 continue;
             };
-            self.scratch.clear();
-            self.scratch.extend_from_slice(&(out as u16).to_be_bytes());
-            self.scratch.extend_from_slice(&s.payload);
+            self.bufs.scratch.clear();
+            self.bufs
+                .scratch
+                .extend_from_slice(&(out as u16).to_be_bytes());
+            self.bufs.scratch.extend_from_slice(&s.payload);
             patch_vp8(
-                &mut self.scratch[2..],
+                &mut self.bufs.scratch[2..],
                 s.picture_id.map(|p| p.wrapping_add(off.pid) & 0x7fff),
                 s.tl0.map(|t| t.wrapping_add(off.tl0)),
             );
             let rtx_seq = slot.rtx_seq;
             slot.rtx_seq += 1;
-            self.hdr.clear();
+            self.bufs.hdr.clear();
             let tseq = (ep.caps.ext_ids.transport_cc != 0)
-                .then(|| ep.tx.sendside.on_send(now, self.scratch.len() + 40));
+                .then(|| ep.tx.sendside.on_send(now, self.bufs.scratch.len() + 40));
             write_header(
-                &mut self.hdr,
+                &mut self.bufs.hdr,
                 &RtpOut {
                     pt: rtx_pt,
                     marker: s.marker,
@@ -1875,9 +1878,15 @@ impl MediaEngine {
                 &s.ext,
                 tseq,
             );
-            let mut data = self.pool.pop().unwrap_or_default();
+            let mut data = self.bufs.pool.pop().unwrap_or_default();
             if srtp
-                .protect_rtp(&self.hdr, &self.scratch, rtx_ssrc, rtx_seq, &mut data)
+                .protect_rtp(
+                    &self.bufs.hdr,
+                    &self.bufs.scratch,
+                    rtx_ssrc,
+                    rtx_seq,
+                    &mut data,
+                )
                 .is_err()
             {
                 self.stats.rtc_errors += 1;
@@ -1922,7 +1931,7 @@ impl MediaEngine {
                     };
                     egress::write_sr(&mut self.rtcp, s.ssrc, &s.sent, rate, now, &clock);
                 }
-                let mut data = self.pool.pop().unwrap_or_default();
+                let mut data = self.bufs.pool.pop().unwrap_or_default();
                 if srtp.protect_rtcp(&self.rtcp, &mut data).is_err() {
                     continue;
                 }
@@ -1978,7 +1987,7 @@ impl MediaEngine {
             self.rtcp.clear();
             crate::rtp::rtcp::rr::write_header(&mut self.rtcp, ep.tx.fb_ssrc, 0);
             crate::rtp::rtcp::pli::write(&mut self.rtcp, ep.tx.fb_ssrc, media);
-            let mut data = self.pool.pop().unwrap_or_default();
+            let mut data = self.bufs.pool.pop().unwrap_or_default();
             if srtp.protect_rtcp(&self.rtcp, &mut data).is_ok() {
                 self.stats.keyframe_requests += 1;
                 queue_transmit(&mut self.out, &mut self.stats, from, to, data);
@@ -2190,75 +2199,28 @@ impl MediaEngine {
                 continue;
             };
             if r.caps.fast_egress {
-                // The fast path: header, encryption and retransmission ring of our own.
-                if r.transport.srtp.is_none() {
-                    r.transport.srtp = r.caps.keys.get().and_then(Srtp::new);
-                }
-                let (Some(srtp), Some((from, to))) =
-                    (r.transport.srtp.as_mut(), r.transport.send_path)
-                else {
-                    continue;
+                let fwd = Forwarded {
+                    sender,
+                    source_id,
+                    kind,
+                    pt: pt_u8,
+                    marker,
+                    payload: &payload,
+                    ext: &ext_out,
+                    input: &input,
+                    now,
                 };
-                // Only a stream whose offsets moved (a switch) needs its descriptor patched,
-                // and a copy of the payload for it.
-                let patch = out.picture_id != input.picture_id || out.tl0 != input.tl0;
-                let body: &[u8] = if patch {
-                    self.scratch.clear();
-                    self.scratch.extend_from_slice(&payload);
-                    patch_vp8(&mut self.scratch, out.picture_id, out.tl0);
-                    &self.scratch
-                } else {
-                    &payload
-                };
-                self.hdr.clear();
-                // Video only, as JVB: a receiver that did not negotiate transport-cc on its
-                // audio m-line would report every audio packet lost.
-                let tseq = (r.caps.ext_ids.transport_cc != 0 && kind == MediaType::Video)
-                    .then(|| r.tx.sendside.on_send(now, body.len() + 40));
-                write_header(
-                    &mut self.hdr,
-                    &RtpOut {
-                        pt: pt_u8,
-                        marker,
-                        seq: out.seq as u16,
-                        ts: out.ts,
-                        ssrc: slot.ssrc,
-                    },
-                    &r.caps.ext_ids,
-                    &ext_out,
-                    tseq,
+                let sent = send_fast(
+                    r,
+                    slot_id,
+                    &fwd,
+                    &out,
+                    has_rtx,
+                    &mut self.bufs,
+                    &mut self.out,
+                    &mut self.stats,
                 );
-                let mut data = self.pool.pop().unwrap_or_default();
-                if srtp
-                    .protect_rtp(&self.hdr, body, slot.ssrc, out.seq, &mut data)
-                    .is_err()
-                {
-                    self.stats.rtc_errors += 1;
-                    continue;
-                }
-                slot.sent.packets = slot.sent.packets.wrapping_add(1);
-                slot.sent.octets = slot.sent.octets.wrapping_add(body.len() as u32);
-                slot.sent.last = Some((out.ts, now));
-                if kind == MediaType::Video && has_rtx && slot.rtx.is_some() {
-                    cache_it = true;
-                    slot.pt = Some(pt_u8);
-                    if slot.map_epoch != Some(slot.proj.epoch())
-                        && let Some(off) = slot.proj.offsets()
-                    {
-                        slot.map_epoch = Some(slot.proj.epoch());
-                        if slot.history.len() >= SLOT_HISTORY {
-                            slot.history.pop_front();
-                        }
-                        slot.history.push_back(endpoint::SlotMap {
-                            first_out: out.seq,
-                            sender,
-                            source: source_id,
-                            off,
-                        });
-                    }
-                }
-                self.stats.rtp_forwarded += 1;
-                queue_transmit(&mut self.out, &mut self.stats, from, to, data);
+                cache_it |= sent == Some(true);
                 continue;
             }
             let mut w = RtpWrite::new(
@@ -2713,9 +2675,9 @@ impl MediaEngine {
             };
             let ts = slot.sent.last.map_or(0, |l| l.0);
             let mut bytes = (ep.tx.probe_bps as f64 * elapsed.as_secs_f64() / 8.0) as usize;
-            self.scratch.clear();
-            self.scratch.resize(PROBE_PADDING, 0);
-            self.scratch[PROBE_PADDING - 1] = PROBE_PADDING as u8;
+            self.bufs.scratch.clear();
+            self.bufs.scratch.resize(PROBE_PADDING, 0);
+            self.bufs.scratch[PROBE_PADDING - 1] = PROBE_PADDING as u8;
             for _ in 0..PROBE_PACKETS_PER_ROUND {
                 if bytes == 0 {
                     break;
@@ -2723,9 +2685,9 @@ impl MediaEngine {
                 let seq = slot.rtx_seq;
                 slot.rtx_seq += 1;
                 let tseq = ep.tx.sendside.on_send(now, PROBE_PADDING + 40);
-                self.hdr.clear();
+                self.bufs.hdr.clear();
                 write_header(
-                    &mut self.hdr,
+                    &mut self.bufs.hdr,
                     &RtpOut {
                         pt: rtx_pt,
                         marker: false,
@@ -2738,10 +2700,10 @@ impl MediaEngine {
                     Some(tseq),
                 );
                 // The padding bit: the payload is all padding (RFC 3550 §5.1).
-                self.hdr[0] |= 0x20;
-                let mut data = self.pool.pop().unwrap_or_default();
+                self.bufs.hdr[0] |= 0x20;
+                let mut data = self.bufs.pool.pop().unwrap_or_default();
                 if srtp
-                    .protect_rtp(&self.hdr, &self.scratch, rtx, seq, &mut data)
+                    .protect_rtp(&self.bufs.hdr, &self.bufs.scratch, rtx, seq, &mut data)
                     .is_err()
                 {
                     self.stats.rtc_errors += 1;
@@ -2765,6 +2727,112 @@ fn wire_height(h: i64) -> u32 {
     } else {
         h.min(i64::from(u32::MAX)) as u32
     }
+}
+
+/// Reusable buffers of the fast path: send buffers given back by the I/O side, an RTP header,
+/// a payload copy.
+struct SendBufs {
+    pool: Vec<Vec<u8>>,
+    hdr: Vec<u8>,
+    scratch: Vec<u8>,
+}
+
+/// One forwarded packet as every receiver gets it, before each receiver's own rewriting.
+struct Forwarded<'a> {
+    sender: EpId,
+    source_id: SourceId,
+    kind: MediaType,
+    pt: u8,
+    marker: bool,
+    payload: &'a [u8],
+    ext: &'a ExtOut,
+    input: &'a InPacket,
+    now: Instant,
+}
+
+/// The fast path to receiver `r` on its slot `slot_id`: our own RTP header (rewritten as
+/// `out` says), SRTP, and the slot's counts and retransmission history; the datagram goes on
+/// `queue`. `Some(keep)`: sent, and whether the packet is to be kept for retransmissions.
+#[allow(clippy::too_many_arguments)]
+fn send_fast(
+    r: &mut Endpoint,
+    slot_id: endpoint::SlotId,
+    f: &Forwarded<'_>,
+    out: &forward::OutPacket,
+    has_rtx: bool,
+    bufs: &mut SendBufs,
+    queue: &mut VecDeque<EngineOutput>,
+    stats: &mut EngineStats,
+) -> Option<bool> {
+    let now = f.now;
+    if r.transport.srtp.is_none() {
+        r.transport.srtp = r.caps.keys.get().and_then(Srtp::new);
+    }
+    let (Some(srtp), Some((from, to))) = (r.transport.srtp.as_mut(), r.transport.send_path) else {
+        return None;
+    };
+    let slot = r.tx.slots.get_mut(&slot_id)?;
+    // Only a stream whose offsets moved (a switch) needs its descriptor patched, and a copy
+    // of the payload for it.
+    let patch = out.picture_id != f.input.picture_id || out.tl0 != f.input.tl0;
+    let body: &[u8] = if patch {
+        bufs.scratch.clear();
+        bufs.scratch.extend_from_slice(f.payload);
+        patch_vp8(&mut bufs.scratch, out.picture_id, out.tl0);
+        &bufs.scratch
+    } else {
+        f.payload
+    };
+    bufs.hdr.clear();
+    // Video only, as JVB: a receiver that did not negotiate transport-cc on its audio m-line
+    // would report every audio packet lost.
+    let tseq = (r.caps.ext_ids.transport_cc != 0 && f.kind == MediaType::Video)
+        .then(|| r.tx.sendside.on_send(now, body.len() + 40));
+    write_header(
+        &mut bufs.hdr,
+        &RtpOut {
+            pt: f.pt,
+            marker: f.marker,
+            seq: out.seq as u16,
+            ts: out.ts,
+            ssrc: slot.ssrc,
+        },
+        &r.caps.ext_ids,
+        f.ext,
+        tseq,
+    );
+    let mut data = bufs.pool.pop().unwrap_or_default();
+    if srtp
+        .protect_rtp(&bufs.hdr, body, slot.ssrc, out.seq, &mut data)
+        .is_err()
+    {
+        stats.rtc_errors += 1;
+        return None;
+    }
+    slot.sent.packets = slot.sent.packets.wrapping_add(1);
+    slot.sent.octets = slot.sent.octets.wrapping_add(body.len() as u32);
+    slot.sent.last = Some((out.ts, now));
+    let keep = f.kind == MediaType::Video && has_rtx && slot.rtx.is_some();
+    if keep {
+        slot.pt = Some(f.pt);
+        if slot.map_epoch != Some(slot.proj.epoch())
+            && let Some(off) = slot.proj.offsets()
+        {
+            slot.map_epoch = Some(slot.proj.epoch());
+            if slot.history.len() >= SLOT_HISTORY {
+                slot.history.pop_front();
+            }
+            slot.history.push_back(endpoint::SlotMap {
+                first_out: out.seq,
+                sender: f.sender,
+                source: f.source_id,
+                off,
+            });
+        }
+    }
+    stats.rtp_forwarded += 1;
+    queue_transmit(queue, stats, from, to, data);
+    Some(keep)
 }
 
 /// Queue one datagram for the media socket, counted.
