@@ -402,22 +402,24 @@ async fn run(hub: Arc<ChannelHub>, mut socket: WebSocket, conf: String, ep: Stri
                                 hub.send(&conf, &to, text);
                             }
                             Effect::Constraints(c) => {
-                                if let Some(engine) = hub.engine.lock().clone() {
-                                    engine.send(crate::driver::Command::Constraints {
+                                let engine = hub.engine.lock().clone();
+                                if let Some(engine) = engine {
+                                    let _ = engine.send_hint(crate::driver::Command::Constraints {
                                         conf: conf.clone(),
                                         ep: ep.clone(),
                                         constraints: c,
-                                    });
+                                    }).await;
                                 }
                             }
                             Effect::VideoType { source, video_type } => {
-                                if let Some(engine) = hub.engine.lock().clone() {
-                                    engine.send(crate::driver::Command::SourceVideoType {
+                                let engine = hub.engine.lock().clone();
+                                if let Some(engine) = engine {
+                                    let _ = engine.send_hint(crate::driver::Command::SourceVideoType {
                                         conf: conf.clone(),
                                         ep: ep.clone(),
                                         source,
                                         video_type,
-                                    });
+                                    }).await;
                                 }
                             }
                             Effect::None => {}

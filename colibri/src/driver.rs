@@ -196,8 +196,9 @@ fn route_of(c: &Command, shard: usize) -> Option<Route> {
 }
 
 /// Sends commands to the engine thread(s). [`EngineHandle::submit`] takes all of a request's
-/// commands or none (the caller answers "busy"); [`EngineHandle::send`], for the bridge
-/// channel's hints, drops and logs when the queue is full.
+/// commands or none (the caller answers "busy"); [`EngineHandle::send_hint`], for the bridge
+/// channel's hints, waits for room a while, then fails with a log line;
+/// [`EngineHandle::send`] (benchmarks, tools) drops and logs when the queue is full.
 #[derive(Clone, Debug)]
 pub struct EngineHandle {
     /// One command queue per engine shard.
@@ -260,20 +261,24 @@ impl EngineHandle {
         Ok(())
     }
 
+    /// A bridge channel's hint (constraints, video type) for the shard of its conference. A
+    /// full queue makes the caller (the channel's reader, so the client's socket) wait, up to
+    /// [`HINT_WAIT`]; after that the hint is dropped with a log line and `EngineBusy`.
+    pub async fn send_hint(&self, c: Command) -> Result<(), EngineBusy> {
+        let k = shard_of(conf_of(&c), self.txs.len());
+        match self.txs[k].send_timeout(c, HINT_WAIT).await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                tracing::warn!(error = %e, "media engine command queue full; bridge-channel hint dropped");
+                Err(EngineBusy)
+            }
+        }
+    }
+
     /// A command for the shard of its conference (and, with several shards, the routing
     /// update the receive thread needs for it). A full queue drops it with a log line.
     pub fn send(&self, c: Command) {
-        let conf = match &c {
-            Command::AddEndpoint { conf, .. }
-            | Command::SetRemote { conf, .. }
-            | Command::SetSources { conf, .. }
-            | Command::RemoveEndpoint { conf, .. }
-            | Command::RemoveConference { conf }
-            | Command::Constraints { conf, .. }
-            | Command::SourceVideoType { conf, .. }
-            | Command::ForceMute { conf, .. } => conf.as_str(),
-            Command::Stats(_) => "",
-        };
+        let conf = conf_of(&c);
         let k = shard_of(conf, self.txs.len());
         if let Some((router, _)) = &self.router
             && let Some(r) = route_of(&c, k)
@@ -320,6 +325,24 @@ impl EngineHandle {
             sum.dropped_datagrams += dropped.load(Ordering::Relaxed);
         }
         Some(sum)
+    }
+}
+
+/// How long a bridge-channel hint waits for room in a full command queue.
+pub const HINT_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The conference a command is about ("" for stats).
+fn conf_of(c: &Command) -> &str {
+    match c {
+        Command::AddEndpoint { conf, .. }
+        | Command::SetRemote { conf, .. }
+        | Command::SetSources { conf, .. }
+        | Command::RemoveEndpoint { conf, .. }
+        | Command::RemoveConference { conf }
+        | Command::Constraints { conf, .. }
+        | Command::SourceVideoType { conf, .. }
+        | Command::ForceMute { conf, .. } => conf,
+        Command::Stats(_) => "",
     }
 }
 
@@ -1017,5 +1040,24 @@ mod tests {
         drop(rx);
         sink.push(ev(9));
         assert!(sink.backlog.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_bridge_channel_hint_waits_for_room_then_fails_loudly() {
+        let (h, mut rxs, _) = EngineHandle::detached(1, 1);
+        let hint = || Command::RemoveConference { conf: "c".into() };
+        h.send_hint(hint()).await.expect("room");
+        // Full: the hint waits until the engine takes the first command.
+        let waiting = tokio::spawn({
+            let h = h.clone();
+            async move { h.send_hint(hint()).await }
+        });
+        tokio::task::yield_now().await;
+        assert!(rxs[0].recv().await.is_some());
+        assert_eq!(waiting.await.ok(), Some(Ok(())));
+        assert!(rxs[0].recv().await.is_some(), "the hint arrived");
+        // Full and nobody reading: after HINT_WAIT the caller learns it.
+        h.send_hint(hint()).await.expect("room");
+        assert_eq!(h.send_hint(hint()).await, Err(EngineBusy));
     }
 }
