@@ -1,0 +1,4 @@
+//! afl harness for [`meetd_fuzz::bosh_body`]; build and run it with `fuzz/run.sh bosh_body <seconds>`.
+fn main() {
+    afl::fuzz!(|data: &[u8]| meetd_fuzz::bosh_body(data));
+}

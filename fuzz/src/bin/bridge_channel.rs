@@ -1,0 +1,4 @@
+//! afl harness for [`meetd_fuzz::bridge_channel`]; build and run it with `fuzz/run.sh bridge_channel <seconds>`.
+fn main() {
+    afl::fuzz!(|data: &[u8]| meetd_fuzz::bridge_channel(data));
+}

@@ -1,0 +1,4 @@
+//! afl harness for [`meetd_fuzz::colibri2`]; build and run it with `fuzz/run.sh colibri2 <seconds>`.
+fn main() {
+    afl::fuzz!(|data: &[u8]| meetd_fuzz::colibri2(data));
+}

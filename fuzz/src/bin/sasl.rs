@@ -1,0 +1,4 @@
+//! afl harness for [`meetd_fuzz::sasl`]; build and run it with `fuzz/run.sh sasl <seconds>`.
+fn main() {
+    afl::fuzz!(|data: &[u8]| meetd_fuzz::sasl(data));
+}

@@ -1,0 +1,4 @@
+//! afl harness for [`meetd_fuzz::xml_stream`]; build and run it with `fuzz/run.sh xml_stream <seconds>`.
+fn main() {
+    afl::fuzz!(|data: &[u8]| meetd_fuzz::xml_stream(data));
+}
