@@ -54,17 +54,10 @@ impl Focus {
         for (n, nick) in NICKS.iter().enumerate() {
             f.stanza(&format!("<presence xmlns='jabber:client' from='{ROOM}/{nick}' to='{FOCUS}'><stats-id>s{n}</stats-id><x xmlns='http://jabber.org/protocol/muc#user'><item affiliation='none' role='participant' jid='u{n}@meet.jitsi/r{n}'/></x></presence>"))?;
             let id = f.take_iq_id(&format!("{ROOM}/{nick}"))?;
-            let features: String = [
-                "urn:xmpp:jingle:apps:rtp:audio",
-                "urn:xmpp:jingle:apps:rtp:video",
-                "urn:ietf:rfc:4588",
-                "http://jitsi.org/tcc",
-                "urn:xmpp:jingle:transports:dtls-sctp:1",
-                "http://jitsi.org/json-encoded-sources",
-            ]
-            .iter()
-            .map(|v| format!("<feature var='{v}'/>"))
-            .collect();
+            let features: String = meetd_jingle::offer::WEB_CLIENT_FEATURES
+                .iter()
+                .map(|v| format!("<feature var='{v}'/>"))
+                .collect();
             f.stanza(&format!("<iq xmlns='jabber:client' type='result' id='{id}' from='{ROOM}/{nick}' to='{FOCUS}'><query xmlns='http://jabber.org/protocol/disco#info'>{features}</query></iq>"))?;
         }
         f.bridge();

@@ -16,6 +16,9 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use meetd_colibri::channel::{ChannelHub, Effect};
 use meetd_colibri::colibri2::{ConferenceModified, ConferenceModify, Reason};
+use meetd_colibri::media::srtp::{MasterKeys, Srtp};
+use meetd_colibri::rtp::payload::{self, VideoCodec};
+use meetd_colibri::rtp::{self, ExtIds, ExtOut, RtpOut, rtcp};
 use meetd_colibri::service::{BridgeConfig, ColibriService};
 use meetd_jingle::sources::{ConferenceSourceMap, EndpointSourceSet, NS_JINGLE, SourceLimits};
 use meetd_xmpp::Element;
@@ -23,6 +26,7 @@ use meetd_xmpp::bosh::{self, Action, BoshConfig, BoshSession, CreateRequest};
 use meetd_xmpp::sasl::{self, Mechanism, SaslServer, ScramHash, Step, StoredCredentials};
 use meetd_xmpp::xml::{self, StreamEvent, StreamParser, XmlLimits};
 use minidom::Node;
+use str0m::crypto::dtls::SrtpProfile;
 
 mod focus;
 
@@ -40,8 +44,10 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("jingle", jingle),
     ("colibri2", colibri2),
     ("bridge_channel", bridge_channel),
-    // Media-path targets (STUN, RTP, RTCP, SRTP) go here, each with a src/bin harness and
-    // a corpus directory of the same name.
+    ("stun", stun),
+    ("rtp_packet", rtp_packet),
+    ("rtcp", rtcp),
+    ("srtp", srtp),
 ];
 
 /// Splits off the first byte, which the targets use as flags; `None` for empty or oversized
@@ -749,4 +755,213 @@ pub fn bridge_channel(data: &[u8]) {
         hub.reset_endpoint("conf", ep);
     }
     hub.forget_conference("conf");
+}
+
+// ---------------------------------------------------------------------------------------------
+// The media path (colibri/src/rtp, colibri/src/media/srtp.rs): every datagram on the media
+// port is untrusted.
+
+/// A remote address for the control byte's low bit (IPv4 or IPv6).
+fn remote(ctl: u8) -> std::net::SocketAddr {
+    if ctl & 1 == 0 {
+        std::net::SocketAddr::from(([192, 0, 2, 1], 5000))
+    } else {
+        std::net::SocketAddr::from((
+            std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1),
+            5000,
+        ))
+    }
+}
+
+/// STUN on the media port: the USERNAME peek that routes a datagram to its endpoint, the
+/// demultiplexing tests, and the answer to a plain Binding request (which must be STUN).
+pub fn stun(data: &[u8]) {
+    let Some((ctl, rest)) = control(data) else {
+        return;
+    };
+    let _ = rtp::stun::stun_request_local_ufrag(rest);
+    let _ = (
+        rtp::is_rtp(rest),
+        rtp::is_rtcp(rest),
+        rtp::stun::is_stun(rest),
+    );
+    if let Some(answer) = rtp::stun::plain_binding_response(rest, remote(ctl)) {
+        assert!(rtp::stun::is_stun(&answer), "a Binding answer is STUN");
+        assert!(rtp::stun::stun_request_local_ufrag(&answer).is_none());
+    }
+}
+
+/// RTP: the header and its extensions (ids from the control byte), the video payload
+/// descriptors, and the header the bridge writes from what it read, which must read back.
+pub fn rtp_packet(data: &[u8]) {
+    let Some((ctl, rest)) = control(data) else {
+        return;
+    };
+    // Ids 1..=14 or 0 (not negotiated), varied by the control byte.
+    let id = |shift: u32| (ctl.rotate_left(shift) & 0x0f) % 15;
+    let ids = ExtIds {
+        audio_level: id(0),
+        video_orientation: id(2),
+        dependency_descriptor: id(4),
+        transport_cc: id(6),
+    };
+    let Some(v) = rtp::parse_rtp(rest, &ids) else {
+        return;
+    };
+    assert!(
+        v.hdr_len >= 12 && v.hdr_len <= rest.len(),
+        "header within the packet"
+    );
+    let dd = v.dependency_descriptor.map(|(a, b)| {
+        assert!(a <= b && b <= rest.len(), "descriptor within the packet");
+        std::sync::Arc::<[u8]>::from(&rest[a..b])
+    });
+    let payload = &rest[v.hdr_len..];
+    for codec in [
+        VideoCodec::Vp8,
+        VideoCodec::Vp9,
+        VideoCodec::H264,
+        VideoCodec::Av1,
+    ] {
+        let _ = payload::starts_keyframe(codec, payload);
+    }
+    let _ = payload::vp8_keyframe_height(payload);
+    let mut copy = payload.to_vec();
+    payload::patch_vp8(&mut copy, Some(u16::from(ctl) << 7 | 0x55), Some(ctl));
+    assert_eq!(copy.len(), payload.len(), "patched in place");
+    // What the bridge writes for a receiver from this packet reads back the same.
+    let out = RtpOut {
+        pt: v.pt,
+        marker: v.marker,
+        seq: v.seq,
+        ts: v.ts,
+        ssrc: v.ssrc,
+    };
+    let ext = ExtOut {
+        audio_level: v.audio_level,
+        video_orientation: v.video_orientation,
+        dependency_descriptor: dd.clone(),
+    };
+    let mut hdr = Vec::new();
+    rtp::write_header(&mut hdr, &out, &ids, &ext, v.transport_seq);
+    let back = rtp::parse_rtp(&hdr, &ids).expect("our header parses");
+    assert_eq!(back.hdr_len, hdr.len());
+    assert_eq!(
+        (back.pt, back.marker, back.seq, back.ts, back.ssrc),
+        (v.pt, v.marker, v.seq, v.ts, v.ssrc)
+    );
+    if ids.audio_level != 0 {
+        assert_eq!(back.audio_level, v.audio_level);
+    }
+    if ids.transport_cc != 0 {
+        assert_eq!(back.transport_seq, v.transport_seq);
+    }
+    if ids.dependency_descriptor != 0
+        && let Some(d) = &dd
+        && !d.is_empty()
+        && d.len() <= 255
+        && ids.dependency_descriptor != ids.audio_level
+        && ids.dependency_descriptor != ids.video_orientation
+        && ids.dependency_descriptor != ids.transport_cc
+    {
+        let (a, b) = back.dependency_descriptor.expect("descriptor written");
+        assert_eq!(&hdr[a..b], &d[..]);
+    }
+}
+
+/// RTCP from a receiver: the compound walk with every feedback type the bridge acts on (the
+/// NACK budget from the control byte), each per-type parser on its own, and NACKs the bridge
+/// writes for the sequence numbers found, which must read back.
+pub fn rtcp(data: &[u8]) {
+    let Some((ctl, rest)) = control(data) else {
+        return;
+    };
+    let mut out = Vec::new();
+    rtcp::parse_feedback(rest, usize::from(ctl) * 4, &mut out);
+    let mut budget = 1000;
+    let _ = rtcp::nack::parse(rest, &mut budget);
+    let _ = rtcp::twcc::parse(rest);
+    let _ = rtcp::sr::parse(rest);
+    let _ = rtcp::pli::parse(rest);
+    let _ = rtcp::fir::requested(rest).count();
+    for fb in &out {
+        if let rtcp::Feedback::Nack { ssrc, seqs } = fb {
+            let mut sorted = seqs.clone();
+            sorted.sort_unstable();
+            sorted.dedup();
+            let mut b = Vec::new();
+            rtcp::nack::write(&mut b, 1, *ssrc, &sorted);
+            let mut budget = usize::MAX;
+            let (media, mut again) = rtcp::nack::parse(&b, &mut budget).expect("our NACK parses");
+            again.sort_unstable();
+            again.dedup();
+            assert_eq!(media, *ssrc);
+            assert_eq!(again, sorted, "our NACK asks for what it was given");
+        }
+    }
+}
+
+/// The three SRTP profiles the bridge negotiates, by the control byte.
+fn srtp_keys(ctl: u8, active: bool) -> MasterKeys {
+    let (profile, len) = match ctl % 3 {
+        0 => (SrtpProfile::AES128_CM_SHA1_80, 2 * 16 + 2 * 14),
+        1 => (SrtpProfile::AEAD_AES_128_GCM, 2 * 16 + 2 * 12),
+        _ => (SrtpProfile::AEAD_AES_256_GCM, 2 * 32 + 2 * 12),
+    };
+    MasterKeys {
+        profile,
+        material: (0..len).map(|i| i as u8 ^ 0xa5).collect(),
+        active,
+    }
+}
+
+/// SRTP and SRTCP from an endpoint: unprotecting arbitrary bytes (fails at the tag, never
+/// panics), and what a peer with the same keys protects unprotects to what it protected
+/// (so the parsing behind the tag is reached too).
+pub fn srtp(data: &[u8]) {
+    let Some((ctl, rest)) = control(data) else {
+        return;
+    };
+    let (Some(mut bridge), Some(mut peer)) = (
+        Srtp::new(&srtp_keys(ctl, false)),
+        Srtp::new(&srtp_keys(ctl, true)),
+    ) else {
+        return;
+    };
+    let mut out = Vec::new();
+    if let Some(v) = rtp::parse_rtp(rest, &ExtIds::default()) {
+        let _ = bridge.unprotect_rtp(rest, v.hdr_len, v.ssrc, v.seq, &mut out);
+        // The same packet as the peer would send it.
+        let mut wire = Vec::new();
+        let index = u64::from(ctl >> 2) << 16 | u64::from(v.seq);
+        if peer
+            .protect_rtp(
+                &rest[..v.hdr_len],
+                &rest[v.hdr_len..],
+                v.ssrc,
+                index,
+                &mut wire,
+            )
+            .is_ok()
+        {
+            let mut fresh = Srtp::new(&srtp_keys(ctl, false)).expect("keys");
+            if index >> 16 == 0 {
+                let (_, len) = fresh
+                    .unprotect_rtp(&wire, v.hdr_len, v.ssrc, v.seq, &mut out)
+                    .expect("the peer's packet unprotects");
+                assert_eq!(&out[..len], &rest[v.hdr_len..], "the payload survives");
+            } else {
+                let _ = fresh.unprotect_rtp(&wire, v.hdr_len, v.ssrc, v.seq, &mut out);
+            }
+        }
+    }
+    let _ = bridge.unprotect_rtcp(rest, &mut out);
+    let mut wire = Vec::new();
+    if rtp::is_rtcp(rest) && peer.protect_rtcp(rest, &mut wire).is_ok() {
+        let mut fresh = Srtp::new(&srtp_keys(ctl, false)).expect("keys");
+        fresh
+            .unprotect_rtcp(&wire, &mut out)
+            .expect("the peer's SRTCP unprotects");
+        assert_eq!(out, rest, "the RTCP survives");
+    }
 }

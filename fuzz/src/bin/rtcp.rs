@@ -1,0 +1,4 @@
+//! afl harness for [`meetd_fuzz::rtcp`]; build and run it with `fuzz/run.sh rtcp <seconds>`.
+fn main() {
+    afl::fuzz!(|data: &[u8]| meetd_fuzz::rtcp(data));
+}

@@ -1,0 +1,4 @@
+//! afl harness for [`meetd_fuzz::rtp_packet`]; build and run it with `fuzz/run.sh rtp_packet <seconds>`.
+fn main() {
+    afl::fuzz!(|data: &[u8]| meetd_fuzz::rtp_packet(data));
+}

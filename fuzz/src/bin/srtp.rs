@@ -1,0 +1,4 @@
+//! afl harness for [`meetd_fuzz::srtp`]; build and run it with `fuzz/run.sh srtp <seconds>`.
+fn main() {
+    afl::fuzz!(|data: &[u8]| meetd_fuzz::srtp(data));
+}

@@ -1,0 +1,4 @@
+//! afl harness for [`meetd_fuzz::stun`]; build and run it with `fuzz/run.sh stun <seconds>`.
+fn main() {
+    afl::fuzz!(|data: &[u8]| meetd_fuzz::stun(data));
+}
