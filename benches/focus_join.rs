@@ -129,7 +129,7 @@ fn one_round(n: usize) -> (Duration, usize) {
     let mut cfg = FocusConfig::new(FOCUS);
     cfg.source_limits.max_ssrcs = 20;
     let mut r = Run {
-        conf: Conference::new(ROOM, cfg, now),
+        conf: Conference::new(ROOM, cfg, now, 1),
         bridge: bridge(),
         sent: Vec::new(),
         stanzas_out: 0,

@@ -39,7 +39,7 @@ impl Focus {
     pub fn in_session(bridge_fails: bool) -> Option<Focus> {
         let now = Instant::now();
         let mut f = Focus {
-            c: Conference::new(ROOM, FocusConfig::new(FOCUS), now),
+            c: Conference::new(ROOM, FocusConfig::new(FOCUS), now, 1),
             now,
             sent: Vec::new(),
             colibri: Vec::new(),

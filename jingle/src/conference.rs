@@ -5,6 +5,9 @@
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+
 use meetd_colibri::colibri2::{
     self, ConferenceModified, ConferenceModify, Endpoint, ForceMute, IceUdpTransport, MediaType,
     Sctp, Transport,
@@ -178,6 +181,8 @@ enum ColibriPending {
 }
 
 pub struct Conference {
+    /// Seeded: the Jingle sids it makes up.
+    rng: SmallRng,
     pub room: String,
     cfg: FocusConfig,
     phase: Phase,
@@ -272,12 +277,23 @@ fn focus_presence_with(room: &str, focus_jid: &str, flags: (bool, bool, bool)) -
 }
 
 impl Conference {
-    pub fn new(room: &str, cfg: FocusConfig, now: Instant) -> Conference {
+    /// A conference for `room`, created at `now`. `seed` seeds every identifier it makes up
+    /// (meeting id, bridge session, Jingle sids): the conference reads no clock and draws no
+    /// randomness of its own, so a test replays.
+    pub fn new(room: &str, cfg: FocusConfig, now: Instant, seed: u64) -> Conference {
+        let mut rng = SmallRng::seed_from_u64(seed);
+        let mut uuid = || {
+            uuid::Builder::from_random_bytes(rng.random())
+                .into_uuid()
+                .to_string()
+        };
+        let (meeting_id, bridge_session_id) = (uuid(), uuid());
         let mut c = Conference {
             room: room.to_string(),
             phase: Phase::Joining,
-            meeting_id: uuid::Uuid::new_v4().to_string(),
-            bridge_session_id: uuid::Uuid::new_v4().to_string(),
+            meeting_id,
+            bridge_session_id,
+            rng,
             participants: Vec::new(),
             sources: ConferenceSourceMap::new(cfg.source_limits),
             feedback: EndpointSourceSet::default(),
@@ -1050,7 +1066,7 @@ impl Conference {
             }
             None
         };
-        let sid = format!("{:x}", rand::random::<u64>());
+        let sid = format!("{:x}", self.rng.random::<u64>());
         let bridge = BridgeTransport {
             ice: &ice,
             sctp_port: if f.sctp && self.cfg.sctp {

@@ -224,7 +224,7 @@ fn room_actor(
             generation: g,
         },
     );
-    let conf = Conference::new(&room, opts.cfg.clone(), Instant::now());
+    let conf = Conference::new(&room, opts.cfg.clone(), Instant::now(), rand::random());
     tokio::spawn(run_actor(
         conf,
         rx,

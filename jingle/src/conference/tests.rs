@@ -26,7 +26,7 @@ impl Harness {
 
     fn with(cfg: FocusConfig) -> Harness {
         let now = Instant::now();
-        let c = Conference::new(ROOM, cfg, now);
+        let c = Conference::new(ROOM, cfg, now, 1);
         let mut h = Harness {
             c,
             now,
