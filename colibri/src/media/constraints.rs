@@ -14,3 +14,16 @@ pub struct ReceiverConstraints {
     pub on_stage: Vec<String>,
     pub selected: Vec<String>,
 }
+
+impl ReceiverConstraints {
+    /// How the receiver ranks a source (docs/bridge.md B.8): 0 on stage, 1 selected, 2 neither.
+    pub fn rank(&self, source: &str) -> u8 {
+        if self.on_stage.iter().any(|x| x == source) {
+            0
+        } else if self.selected.iter().any(|x| x == source) {
+            1
+        } else {
+            2
+        }
+    }
+}

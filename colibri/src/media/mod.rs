@@ -2414,32 +2414,22 @@ impl MediaEngine {
     /// Decide each forwarded video source's effective maxHeight for one receiver (lastN,
     /// on-stage and selected first, then speaker order, then join order) and announce the
     /// forwarded set.
-    fn allocate(&mut self, rid: EpId) {
-        let Some(r) = self.endpoints.get(&rid) else {
-            return;
-        };
-        let Some(conf) = self.conferences.get(&r.conference) else {
-            return;
-        };
+    /// docs/bridge.md B.8 step 1: the video sources forwarded to `r`, on-stage first, then
+    /// selected, then by speaker order (join order after); a screenshare before a camera of the
+    /// same rank on stage or selected; sources that send nothing last.
+    fn allocation_order(&self, r: &Endpoint) -> Option<Vec<VideoCandidate>> {
+        let conf = self.conferences.get(&r.conference)?;
         let (members, recent) = (&conf.members, conf.recent_speakers());
         let c = &r.tx.constraints;
-        struct Candidate {
-            id: SourceId,
-            name: String,
-            speaker: usize,
-            desktop: bool,
-            /// Declared `none`/`disabled`: not sending.
-            off: bool,
-        }
-        // Video sources forwarded to r, in join order of their senders.
-        let mut order: Vec<Candidate> = Vec::new();
+        let mut order: Vec<VideoCandidate> = Vec::new();
         for sid in members {
             if let Some(s) = self.endpoints.get(sid) {
                 let speaker = recent.iter().position(|x| x == sid).unwrap_or(usize::MAX);
                 for src in s.rx.sources.iter().filter(|x| x.kind == MediaType::Video) {
                     if r.tx.forwards.contains_key(&src.id) {
-                        order.push(Candidate {
+                        order.push(VideoCandidate {
                             id: src.id,
+                            rank: c.rank(&src.name),
                             name: src.name.clone(),
                             speaker,
                             desktop: src.video_type.starts_with("DESKTOP"),
@@ -2449,84 +2439,80 @@ impl MediaEngine {
                 }
             }
         }
-        let rank = |name: &str| {
-            if c.on_stage.iter().any(|x| x == name) {
-                0
-            } else if c.selected.iter().any(|x| x == name) {
-                1
-            } else {
-                2
-            }
-        };
-        // docs/bridge.md B.8: on-stage, selected, then by speaker order (join order after); a
-        // screenshare before a camera of the same rank on stage or selected; sources that
-        // send nothing last.
-        order.sort_by_key(|x| {
-            let r = rank(&x.name);
-            (x.off, r, !(x.desktop && r < 2), x.speaker)
-        });
-        let last_n = match c.last_n {
-            Some(n) if n >= 0 => n as usize,
-            _ => usize::MAX,
-        };
-        let default = c.default_max_height.map_or(DEFAULT_MAX_HEIGHT, wire_height);
-        let mut heights: Vec<(SourceId, u32)> = Vec::new();
-        let mut counted = 0usize;
-        for x in &order {
-            let h = if x.off || counted >= last_n {
-                0
-            } else {
-                counted += 1;
-                c.constraints
-                    .get(&x.name)
-                    .map_or(default, |h| wire_height(*h))
-            };
-            heights.push((x.id, h));
-        }
-        // docs/bridge.md B.8 step 3: share the receiver's estimate among what lastN and the
-        // constraints leave, in priority order. Per source, the height of the layer it got.
+        order.sort_by_key(|x| (x.off, x.rank, !(x.desktop && x.rank < 2), x.speaker));
+        Some(order)
+    }
+
+    /// docs/bridge.md B.8 step 3: share the receiver's estimate `budget` among what lastN and
+    /// the constraints leave (`heights`), in priority order. Per source, the height of the
+    /// layer it got (0: none), and the padding to probe with for more.
+    fn share_bandwidth(
+        &self,
+        r: &Endpoint,
+        order: &[VideoCandidate],
+        heights: &[(SourceId, u32)],
+        budget: u64,
+        now: Instant,
+    ) -> (Vec<u32>, u64) {
         let mut bwe = vec![u32::MAX; order.len()];
-        let mut probe_bps = 0;
-        let budget = self.budget(r);
-        if let (Some(budget), Some(now)) = (budget, self.now) {
-            let mut cands: Vec<BandwidthCandidate> = Vec::new();
-            let mut at: Vec<usize> = Vec::new();
-            for (k, x) in order.iter().enumerate() {
-                let h = heights[k].1;
-                let Some(src) =
-                    r.tx.forwards
-                        .get(&x.id)
-                        .and_then(|f| self.endpoints.get(&f.sender))
-                        .and_then(|s| s.rx.sources.iter().find(|s| s.id == x.id))
-                else {
-                    continue;
-                };
-                let mut layers: Vec<(u32, u64)> = (0..src.layers.len())
-                    .filter(|&i| src.layer_selectable(i, now))
-                    .map(|i| (src.layer_height(i), src.layers[i].bps))
-                    .collect();
-                // Nothing flowing yet: nothing to share (the next round sees it).
-                if h == 0 || layers.is_empty() {
-                    continue;
-                }
-                // Constraints are soft: the lowest active layer when none is within them.
-                let within = layers.iter().rposition(|l| l.0 <= h).map_or(1, |p| p + 1);
-                layers.truncate(within);
-                cands.push(BandwidthCandidate {
-                    layers,
-                    on_stage: rank(&x.name) == 0,
-                    desktop: x.desktop,
-                });
-                at.push(k);
+        let mut cands: Vec<BandwidthCandidate> = Vec::new();
+        let mut at: Vec<usize> = Vec::new();
+        for (k, x) in order.iter().enumerate() {
+            let h = heights[k].1;
+            let Some(src) =
+                r.tx.forwards
+                    .get(&x.id)
+                    .and_then(|f| self.endpoints.get(&f.sender))
+                    .and_then(|s| s.rx.sources.iter().find(|s| s.id == x.id))
+            else {
+                continue;
+            };
+            let mut layers: Vec<(u32, u64)> = (0..src.layers.len())
+                .filter(|&i| src.layer_selectable(i, now))
+                .map(|i| (src.layer_height(i), src.layers[i].bps))
+                .collect();
+            // Nothing flowing yet: nothing to share (the next round sees it).
+            if h == 0 || layers.is_empty() {
+                continue;
             }
-            let a = allocate_bandwidth(&cands, budget);
-            for (j, k) in at.into_iter().enumerate() {
-                bwe[k] = a.chosen[j].map_or(0, |i| cands[j].layers[i].0);
-            }
-            if r.caps.fast_egress && a.ideal_bps > a.target_bps {
-                probe_bps = (a.ideal_bps - a.target_bps).min(budget.saturating_sub(a.target_bps));
-            }
+            // Constraints are soft: the lowest active layer when none is within them.
+            let within = layers.iter().rposition(|l| l.0 <= h).map_or(1, |p| p + 1);
+            layers.truncate(within);
+            cands.push(BandwidthCandidate {
+                layers,
+                on_stage: x.rank == 0,
+                desktop: x.desktop,
+            });
+            at.push(k);
         }
+        let a = allocate_bandwidth(&cands, budget);
+        for (j, k) in at.into_iter().enumerate() {
+            bwe[k] = a.chosen[j].map_or(0, |i| cands[j].layers[i].0);
+        }
+        let mut probe_bps = 0;
+        if r.caps.fast_egress && a.ideal_bps > a.target_bps {
+            probe_bps = (a.ideal_bps - a.target_bps).min(budget.saturating_sub(a.target_bps));
+        }
+        (bwe, probe_bps)
+    }
+
+    /// docs/bridge.md B.8 for receiver `rid`: the order of the video sources it may get,
+    /// the height lastN and its constraints allow each, and the share of its bandwidth
+    /// estimate each gets; then the forwarders, slots and announcements follow.
+    fn allocate(&mut self, rid: EpId) {
+        let Some(r) = self.endpoints.get(&rid) else {
+            return;
+        };
+        let Some(order) = self.allocation_order(r) else {
+            return;
+        };
+        let c = &r.tx.constraints;
+        let heights = constrained_heights(c, &order);
+        let budget = self.budget(r);
+        let (bwe, probe_bps) = match (budget, self.now) {
+            (Some(budget), Some(now)) => self.share_bandwidth(r, &order, &heights, budget, now),
+            _ => (vec![u32::MAX; order.len()], 0),
+        };
         let mut forwarded: Vec<String> = order
             .iter()
             .zip(&heights)
@@ -2727,6 +2713,44 @@ fn wire_height(h: i64) -> u32 {
     } else {
         h.min(i64::from(u32::MAX)) as u32
     }
+}
+
+/// A video source a receiver may get, as bandwidth allocation ranks it.
+struct VideoCandidate {
+    id: SourceId,
+    name: String,
+    /// 0 on stage, 1 selected, 2 neither.
+    rank: u8,
+    /// Position in the recent-speakers list (`usize::MAX`: not in it).
+    speaker: usize,
+    desktop: bool,
+    /// Declared `none`/`disabled`: not sending.
+    off: bool,
+}
+
+/// docs/bridge.md B.8 step 2: the height each source in `order` may have under lastN and the
+/// receiver's constraints (0: not forwarded).
+fn constrained_heights(c: &ReceiverConstraints, order: &[VideoCandidate]) -> Vec<(SourceId, u32)> {
+    let last_n = match c.last_n {
+        Some(n) if n >= 0 => n as usize,
+        _ => usize::MAX,
+    };
+    let default = c.default_max_height.map_or(DEFAULT_MAX_HEIGHT, wire_height);
+    let mut counted = 0usize;
+    order
+        .iter()
+        .map(|x| {
+            let h = if x.off || counted >= last_n {
+                0
+            } else {
+                counted += 1;
+                c.constraints
+                    .get(&x.name)
+                    .map_or(default, |h| wire_height(*h))
+            };
+            (x.id, h)
+        })
+        .collect()
 }
 
 /// Reusable buffers of the fast path: send buffers given back by the I/O side, an RTP header,
