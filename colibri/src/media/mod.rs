@@ -2411,9 +2411,6 @@ impl MediaEngine {
         }
     }
 
-    /// Decide each forwarded video source's effective maxHeight for one receiver (lastN,
-    /// on-stage and selected first, then speaker order, then join order) and announce the
-    /// forwarded set.
     /// docs/bridge.md B.8 step 1: the video sources forwarded to `r`, on-stage first, then
     /// selected, then by speaker order (join order after); a screenshare before a camera of the
     /// same rank on stage or selected; sources that send nothing last.
@@ -2496,9 +2493,10 @@ impl MediaEngine {
         (bwe, probe_bps)
     }
 
-    /// docs/bridge.md B.8 for receiver `rid`: the order of the video sources it may get,
-    /// the height lastN and its constraints allow each, and the share of its bandwidth
-    /// estimate each gets; then the forwarders, slots and announcements follow.
+    /// Decide each forwarded video source's effective maxHeight for one receiver `rid`
+    /// (docs/bridge.md B.8: the order of the sources it may get, the height lastN and its
+    /// constraints allow each, the share of its bandwidth estimate each gets) and announce the
+    /// forwarded set; the forwarders, slots and announcements follow.
     fn allocate(&mut self, rid: EpId) {
         let Some(r) = self.endpoints.get(&rid) else {
             return;
