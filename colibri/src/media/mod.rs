@@ -20,6 +20,14 @@
 //! their NACKs from a retransmission cache per sender layer, turns their PLI/FIR into keyframe
 //! requests, sends sender reports (`egress.rs`) and estimates their downlink from their
 //! transport-cc feedback (`bwe.rs`).
+//!
+//! The files: `conference.rs` (a conference's members and speech detector), `endpoint.rs`
+//! (an endpoint's transport, receive side and send side), `forward.rs` (layer choice,
+//! per-receiver rewriting, bandwidth shares), `speech.rs`, `ingress.rs`, `egress.rs`,
+//! `bwe.rs`, `srtp.rs`, `timers.rs` (the bridge-wide timer table), `events.rs` (what the
+//! engine reports), `buf.rs` (shared payload buffers), `constraints.rs` (a receiver's video
+//! wishes). Packet formats are in `crate::rtp`; the engine reads no clock and draws no
+//! randomness itself (`MediaEngine::new` takes both).
 
 mod buf;
 mod bwe;
