@@ -32,7 +32,7 @@ use tokio::sync::mpsc;
 use crate::router::{Router, ServiceHandle};
 use crate::stanza::{self, StanzaError, el};
 use crate::{ns, router::bare_of};
-pub use room::{Affiliation, Departure, JoinRequest, Role, Room, RoomEvent};
+pub use room::{Affiliation, Departure, JoinRequest, Role, Room, RoomEvent, WallClock};
 
 /// Who may create rooms.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -156,6 +156,9 @@ pub type ModuleFactory = Arc<dyn Fn() -> Box<dyn RoomModule> + Send + Sync>;
 /// What a module may touch: the shard's rooms and the stanzas going out.
 pub struct Ctx<'a> {
     pub rooms: &'a mut HashMap<String, Room>,
+    /// For rooms a module creates.
+    pub rng: &'a mut rand::rngs::StdRng,
+    pub wall: WallClock,
     pub cfg: &'a MucConfig,
     pub out: &'a mut Vec<Element>,
     pub now: Instant,
@@ -170,10 +173,11 @@ impl Ctx<'_> {
     }
     /// Create a room (or find it); `owners` get owner affiliation.
     pub fn create_room(&mut self, jid: &str) -> &mut Room {
-        let cfg = self.cfg;
+        let (cfg, wall) = (self.cfg, self.wall);
+        let rng = &mut *self.rng;
         self.rooms
             .entry(jid.to_string())
-            .or_insert_with(|| Room::new(jid.to_string(), cfg))
+            .or_insert_with(|| Room::new(jid.to_string(), cfg, rng, wall))
     }
 }
 
@@ -264,6 +268,13 @@ pub fn start(router: Arc<Router>, cfg: MucConfig, modules: Vec<ModuleFactory>) -
         let (tx, rx) = mpsc::channel::<Box<Element>>(cfg.queue.max(1));
         txs.push(tx);
         let shard = Shard {
+            rng: rand::SeedableRng::from_os_rng(),
+            wall: WallClock {
+                instant: Instant::now(),
+                unix_ms: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64),
+            },
             cfg: cfg.clone(),
             rooms: HashMap::new(),
             modules: all.iter().map(|f| f()).collect(),
@@ -329,6 +340,9 @@ pub fn start(router: Arc<Router>, cfg: MucConfig, modules: Vec<ModuleFactory>) -
 }
 
 struct Shard {
+    /// Seeded from the OS: room secrets and meeting ids.
+    rng: rand::rngs::StdRng,
+    wall: WallClock,
     cfg: Arc<MucConfig>,
     rooms: HashMap<String, Room>,
     modules: Vec<Box<dyn RoomModule>>,
@@ -360,10 +374,14 @@ impl Shard {
                 rooms,
                 modules,
                 cfg,
+                rng,
+                wall,
                 ..
             } = self;
             let mut ctx = Ctx {
                 rooms,
+                rng,
+                wall: *wall,
                 cfg,
                 out: &mut out,
                 now,
@@ -414,10 +432,14 @@ impl Shard {
                 rooms,
                 modules,
                 cfg,
+                rng,
+                wall,
                 ..
             } = self;
             let mut ctx = Ctx {
                 rooms,
+                rng,
+                wall: *wall,
                 cfg,
                 out: &mut out,
                 now,
@@ -467,7 +489,7 @@ impl Shard {
                 out.push(e);
                 return out;
             }
-            let mut room = Room::new(room_jid.clone(), &self.cfg);
+            let mut room = Room::new(room_jid.clone(), &self.cfg, &mut self.rng, self.wall);
             if self.cfg.creation == Creation::Anyone {
                 // XEP-0045 §10.1: the creator owns the room.
                 room.affiliations
@@ -503,10 +525,14 @@ impl Shard {
                 rooms,
                 modules,
                 cfg,
+                rng,
+                wall,
                 ..
             } = self;
             let mut ctx = Ctx {
                 rooms,
+                rng,
+                wall: *wall,
                 cfg,
                 out: &mut out,
                 now,
@@ -599,10 +625,14 @@ impl Shard {
                     rooms,
                     modules,
                     cfg,
+                    rng,
+                    wall,
                     ..
                 } = self;
                 let mut ctx = Ctx {
                     rooms,
+                    rng,
+                    wall: *wall,
                     cfg,
                     out,
                     now,
@@ -634,10 +664,14 @@ impl Shard {
                     rooms,
                     modules,
                     cfg,
+                    rng,
+                    wall,
                     ..
                 } = self;
                 let mut ctx = Ctx {
                     rooms,
+                    rng,
+                    wall: *wall,
                     cfg,
                     out,
                     now,

@@ -5,7 +5,7 @@
 //! room modules. The service ([`super::MucService`]) owns the rooms and the modules.
 
 use std::collections::HashMap;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use base64::Engine;
 use minidom::Element;
@@ -178,6 +178,7 @@ pub struct Room {
     pub meeting_id: String,
     /// ms since epoch, set when the first non-admin occupant joins.
     pub created_timestamp: Option<u64>,
+    wall: WallClock,
     secret: [u8; 16],
     pub events: Vec<RoomEvent>,
     out: Vec<Element>,
@@ -199,12 +200,35 @@ pub struct JoinRequest<'a> {
     pub approved: bool,
 }
 
-impl Room {
-    pub fn new(jid: String, cfg: &MucConfig) -> Room {
-        let mut secret = [0u8; 16];
-        for b in secret.iter_mut() {
-            *b = rand::random();
+/// Wall-clock time for an `Instant`, from one reference pair taken by whoever runs the MUC
+/// (rooms read no clock themselves).
+#[derive(Debug, Clone, Copy)]
+pub struct WallClock {
+    pub instant: Instant,
+    /// Milliseconds since the Unix epoch at `instant`.
+    pub unix_ms: u64,
+}
+
+impl WallClock {
+    /// Milliseconds since the Unix epoch at `at`.
+    pub fn unix_ms_at(&self, at: Instant) -> u64 {
+        if at >= self.instant {
+            self.unix_ms + (at - self.instant).as_millis() as u64
+        } else {
+            self.unix_ms
+                .saturating_sub((self.instant - at).as_millis() as u64)
         }
+    }
+}
+
+impl Room {
+    /// A room `jid`. `rng` makes its secret (the key of its occupant ids) and its meeting id:
+    /// seeded from the OS by the service, fixed in tests. `wall` dates its creation.
+    pub fn new(jid: String, cfg: &MucConfig, rng: &mut impl rand::Rng, wall: WallClock) -> Room {
+        let secret: [u8; 16] = rng.random();
+        let meeting_id = uuid::Builder::from_random_bytes(rng.random())
+            .into_uuid()
+            .to_string();
         let name = jid.split('@').next().unwrap_or("").to_string();
         Room {
             jid,
@@ -216,8 +240,9 @@ impl Room {
             },
             occupants: Vec::new(),
             affiliations: HashMap::new(),
-            meeting_id: uuid::Uuid::new_v4().to_string(),
+            meeting_id,
             created_timestamp: None,
+            wall,
             secret,
             events: vec![RoomEvent::Created],
             out: Vec::new(),
@@ -475,12 +500,7 @@ impl Room {
         subj.append_child(s);
         self.out.push(subj);
         if self.created_timestamp.is_none() && !privileged {
-            self.created_timestamp = Some(
-                SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .unwrap_or_default()
-                    .as_millis() as u64,
-            );
+            self.created_timestamp = Some(self.wall.unix_ms_at(now));
         }
         self.events.push(RoomEvent::Joined {
             nick: nick.to_string(),

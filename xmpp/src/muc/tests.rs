@@ -5,6 +5,11 @@ const R: &str = "room@muc.meet.jitsi";
 fn shard(cfg: MucConfig) -> Shard {
     let cfg = Arc::new(cfg);
     Shard {
+        rng: rand::SeedableRng::seed_from_u64(1),
+        wall: WallClock {
+            instant: Instant::now(),
+            unix_ms: 1_800_000_000_000,
+        },
         modules: builtin_modules(&cfg).iter().map(|f| f()).collect(),
         cfg,
         rooms: HashMap::new(),
