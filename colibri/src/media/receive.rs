@@ -1,0 +1,299 @@
+//! What arrives from endpoints: the demultiplexer (STUN USERNAME, then remote address), RTP
+//! on the fast path (decrypt, reception statistics, transport-cc record) and the RTCP
+//! feedback receivers send about forwarded streams.
+
+use super::*;
+
+impl MediaEngine {
+    /// One datagram received on the media port. Never panics on any input.
+    pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, to: SocketAddr, data: &[u8]) {
+        let now = self.tick(now);
+        self.stats.packets_in += 1;
+        self.stats.bytes_in += data.len() as u64;
+        // The socket may see another local address than the one advertised (NAT, wildcard
+        // bind): str0m needs one of its own candidates as destination.
+        let to = if self.cfg.local_addrs.contains(&to) {
+            to
+        } else {
+            match self
+                .cfg
+                .local_addrs
+                .iter()
+                .find(|a| a.is_ipv4() == to.is_ipv4())
+            {
+                Some(a) => *a,
+                None => {
+                    self.stats.dropped_datagrams += 1;
+                    return;
+                }
+            }
+        };
+        let stun_user = stun_request_local_ufrag(data);
+        let id = match stun_user.and_then(|u| self.by_ufrag.get(u)) {
+            Some(id) => *id,
+            None if stun_user.is_some() => {
+                self.stats.dropped_datagrams += 1;
+                return;
+            }
+            None => match self.by_addr.get(&from) {
+                Some(id) => *id,
+                None => {
+                    self.stats.dropped_datagrams += 1;
+                    return;
+                }
+            },
+        };
+        // The fast path: the endpoint's RTP and RTCP are handled here, without str0m (which
+        // has no streams to apply RTCP to in this mode).
+        let rtcp = is_rtcp(data);
+        if stun_user.is_none()
+            && (rtcp || is_rtp(data))
+            && let Some(ep) = self.endpoints.get_mut(&id)
+            && ep.transport.srtp.is_some()
+            && !ep.transport.failed
+        {
+            ep.transport.last_rx = Some(now);
+            if ep.transport.status != Some(true) && ep.transport.connected {
+                self.update_status(id);
+            }
+            if rtcp {
+                self.receiver_feedback(id, data);
+            } else {
+                self.fast_rtp(id, now, data);
+            }
+            return;
+        }
+        let Ok(recv) = Receive::new(Protocol::Udp, from, to, data) else {
+            self.stats.dropped_datagrams += 1;
+            return;
+        };
+        let Some(ep) = self.endpoints.get_mut(&id) else {
+            self.stats.dropped_datagrams += 1;
+            return;
+        };
+        if ep.transport.failed {
+            self.stats.dropped_datagrams += 1;
+            return;
+        }
+        let input = Input::Receive(now.max(ep.transport.rtc_now), recv);
+        if stun_user.is_some() {
+            if !ep.transport.rtc.accepts(&input) {
+                self.stats.dropped_datagrams += 1;
+                return;
+            }
+            // A verified check binds the address to this endpoint (it may move endpoints).
+            if self.by_addr.insert(from, id) != Some(id) {
+                ep.transport.addrs.push(from);
+            }
+        }
+        ep.transport.rtc_now = now.max(ep.transport.rtc_now);
+        ep.transport.last_rx = Some(now);
+        if let Err(e) = ep.transport.rtc.handle_input(input) {
+            tracing::debug!(error = %e, "endpoint input");
+            self.stats.rtc_errors += 1;
+        }
+        if ep.transport.status != Some(true) && ep.transport.connected {
+            self.update_status(id);
+        }
+        // In RTP mode str0m holds one received packet until the next poll: take it now, or a
+        // second datagram before `poll_output` would overwrite it. The rest of the endpoint's
+        // output waits for `poll_output` (one full drain per batch of datagrams).
+        self.drain_until_packet(id);
+    }
+
+    /// Fast path: the endpoint's RTCP — feedback about the streams forwarded to it, sender
+    /// reports about its own.
+    pub(super) fn receiver_feedback(&mut self, id: EpId, data: &[u8]) {
+        let Some(srtp) = self
+            .endpoints
+            .get_mut(&id)
+            .and_then(|e| e.transport.srtp.as_mut())
+        else {
+            return;
+        };
+        if srtp.unprotect_rtcp(data, &mut self.rtcp).is_err() {
+            self.stats.dropped_datagrams += 1;
+            return;
+        }
+        let mut fb = std::mem::take(&mut self.feedback);
+        fb.clear();
+        parse_feedback(&self.rtcp, MAX_NACKS_PER_PACKET, &mut fb);
+        for f in fb.drain(..) {
+            match f {
+                Feedback::Nack { ssrc, seqs } => self.resend(id, ssrc, &seqs),
+                Feedback::TransportCc(fb) => {
+                    let now = self.now.unwrap_or(self.clock.instant);
+                    if let Some(ep) = self.endpoints.get_mut(&id)
+                        && let Some((rate, loss, queued)) = ep.tx.sendside.on_feedback(&fb, now)
+                    {
+                        tracing::trace!(
+                            endpoint = %ep.id,
+                            statuses = fb.arrivals.len(),
+                            delivered_bps = rate as u64,
+                            loss,
+                            queued,
+                            estimate = ?ep.tx.sendside.estimate(),
+                            "transport-cc feedback"
+                        );
+                        let moved = match (ep.tx.alloc_budget, ep.tx.sendside.estimate()) {
+                            (Some(a), Some(e)) => {
+                                (e as f64 - a as f64).abs() > REALLOCATE_CHANGE * a as f64
+                            }
+                            _ => false,
+                        };
+                        if moved {
+                            tracing::debug!(
+                                endpoint = %ep.id,
+                                delivered_bps = rate as u64,
+                                loss,
+                                queued,
+                                from = ?ep.tx.alloc_budget,
+                                to = ?ep.tx.sendside.estimate(),
+                                "bandwidth estimate moved: reallocating"
+                            );
+                            self.allocate(id);
+                        }
+                    }
+                }
+                Feedback::SenderReport { ssrc, ntp_mid } => {
+                    let now = self.now.unwrap_or(self.clock.instant);
+                    if let Some(ep) = self.endpoints.get_mut(&id)
+                        && let Some(&(si, li)) = ep.rx.ssrc_index.get(&ssrc)
+                        && let Some(l) =
+                            ep.rx.sources.get_mut(si).and_then(|s| s.layers.get_mut(li))
+                    {
+                        l.rx.last_sr = Some((ntp_mid, now));
+                    }
+                }
+                Feedback::Keyframe { ssrc } => {
+                    self.stats.receiver_keyframe_requests += 1;
+                    let slot = self.endpoints.get(&id).and_then(|ep| {
+                        ep.tx
+                            .slots
+                            .iter()
+                            .find(|(_, s)| s.ssrc == ssrc)
+                            .map(|(k, _)| *k)
+                    });
+                    if let Some(slot) = slot {
+                        self.receiver_wants_keyframe(id, slot);
+                    }
+                }
+            }
+        }
+        self.feedback = fb;
+    }
+
+    /// Fast path: one RTP packet from an endpoint whose SRTP keys are known.
+    pub(super) fn fast_rtp(&mut self, id: EpId, now: Instant, data: &[u8]) {
+        enum Which {
+            Main(usize, usize),
+            Rtx(usize, usize),
+            Other,
+        }
+        let epoch = self.clock.instant;
+        let Some(ep) = self.endpoints.get_mut(&id) else {
+            return;
+        };
+        let Some(h) = crate::rtp::parse_rtp(data, &ep.caps.ext_ids) else {
+            self.stats.dropped_datagrams += 1;
+            return;
+        };
+        let which = if let Some(((si, li), rtx)) = ep.rx.stream_of(h.ssrc) {
+            if rtx {
+                Which::Rtx(si, li)
+            } else {
+                Which::Main(si, li)
+            }
+        } else if ep.rx.other_ssrcs.contains(&h.ssrc) {
+            Which::Other
+        } else {
+            self.stats.rtp_unknown_ssrc += 1;
+            return;
+        };
+        let Some(srtp) = ep.transport.srtp.as_mut() else {
+            return;
+        };
+        // Decrypted straight into a payload buffer that receivers and the cache will share.
+        let mut plain = Buf::scratch();
+        let Ok((index, mut len)) = srtp.unprotect_rtp(data, h.hdr_len, h.ssrc, h.seq, &mut plain)
+        else {
+            drop(Buf::from_vec(plain, 0..0));
+            self.stats.dropped_datagrams += 1;
+            return;
+        };
+        let plain = Buf::from_vec(plain, 0..len);
+        if let Some(t) = h.transport_seq {
+            ep.rx.twcc.record(t, now, epoch);
+            ep.rx.twcc.media_ssrc = h.ssrc;
+        }
+        if h.padding {
+            let pad = usize::from(plain.last().copied().unwrap_or(0));
+            if pad == 0 || pad > len {
+                self.stats.dropped_datagrams += 1;
+                return;
+            }
+            len -= pad;
+        }
+        let (si, li, seq, start, pt) = match which {
+            Which::Other => return,
+            Which::Main(si, li) => (si, li, index, 0, h.pt),
+            Which::Rtx(si, li) => {
+                // Padding-only RTX packets probe the bandwidth: nothing to forward.
+                if len < 2 {
+                    return;
+                }
+                let osn = u16::from_be_bytes([plain[0], plain[1]]);
+                let near = ep
+                    .rx
+                    .sources
+                    .get(si)
+                    .and_then(|s| s.layers.get(li))
+                    .and_then(|l| l.rx.max())
+                    .unwrap_or(u64::from(osn));
+                let Some((&apt, _)) = ep.caps.rtx_pts.iter().find(|(_, r)| **r == h.pt) else {
+                    return;
+                };
+                (si, li, crate::rtp::extend_seq(near, osn), 2, apt)
+            }
+        };
+        if len <= start {
+            return;
+        }
+        let Some(source) = ep.rx.sources.get_mut(si) else {
+            return;
+        };
+        let kind = source.kind;
+        let Some(layer) = source.layers.get_mut(li) else {
+            return;
+        };
+        let clock_rate = match kind {
+            MediaType::Audio => 48_000,
+            MediaType::Video => 90_000,
+        };
+        if !layer
+            .rx
+            .on_packet(seq, h.ts, now, epoch, clock_rate, kind == MediaType::Video)
+        {
+            self.stats.rtp_duplicates += 1;
+            return;
+        }
+        let incoming = Incoming {
+            ssrc: layer.ssrc,
+            seq,
+            ts: h.ts,
+            pt,
+            marker: h.marker,
+            payload: Arc::new(Buf::from_vec(plain.into_vec(), start..len)),
+            ext: ExtOut {
+                audio_level: h.audio_level,
+                video_orientation: h.video_orientation,
+                dependency_descriptor: h
+                    .dependency_descriptor
+                    .and_then(|(a, b)| data.get(a..b))
+                    .map(Arc::from),
+            },
+            arrival: now,
+        };
+        self.forward(id, incoming);
+    }
+}
