@@ -609,6 +609,14 @@ pub(super) struct TxSide {
 }
 
 impl Transport {
+    /// The fast path's SRTP session and the selected pair (local, remote), once connected.
+    pub fn fast_path(&mut self) -> Option<(&mut Srtp, (SocketAddr, SocketAddr))> {
+        if !self.connected {
+            return None;
+        }
+        Some((self.srtp.as_mut()?, self.send_path?))
+    }
+
     /// ICE and DTLS are up and did not fail since.
     pub fn is_up(&self) -> bool {
         self.connected && !self.failed

@@ -15,14 +15,9 @@ impl MediaEngine {
         self.feedback_rounds += 1;
         let twcc_due = self.feedback_rounds.is_multiple_of(2);
         for ep in self.endpoints.values_mut() {
-            let (Some(srtp), Some((from, to))) =
-                (ep.transport.srtp.as_mut(), ep.transport.send_path)
-            else {
+            let Some((srtp, (from, to))) = ep.transport.fast_path() else {
                 continue;
             };
-            if !ep.transport.connected {
-                continue;
-            }
             self.rtcp.clear();
             crate::rtp::rtcp::rr::write_header(&mut self.rtcp, ep.tx.fb_ssrc, 0);
             let mut blocks: u8 = 0;
@@ -217,14 +212,9 @@ impl MediaEngine {
     pub(super) fn sender_reports(&mut self, now: Instant) {
         let clock = self.clock;
         for ep in self.endpoints.values_mut() {
-            let (Some(srtp), Some((from, to))) =
-                (ep.transport.srtp.as_mut(), ep.transport.send_path)
-            else {
+            let Some((srtp, (from, to))) = ep.transport.fast_path() else {
                 continue;
             };
-            if !ep.transport.connected {
-                continue;
-            }
             let mut slots: Vec<&endpoint::Slot> = ep
                 .tx
                 .slots
