@@ -300,20 +300,7 @@ mod tests {
         assert_eq!(drain(&mut ra), std::slice::from_ref(&expect));
         assert_eq!(drain(&mut rb), std::slice::from_ref(&expect));
         // First activity is not announced; inactivity is, to everyone; then recovery.
-        let who = |active| {
-            let (conference, endpoint) = ("c".to_string(), "a".to_string());
-            if active {
-                EngineEvent::Connected {
-                    conference,
-                    endpoint,
-                }
-            } else {
-                EngineEvent::Disconnected {
-                    conference,
-                    endpoint,
-                }
-            }
-        };
+        let who = |active| EngineEvent::connectivity("c".to_string(), "a".to_string(), active);
         ev(who(true));
         assert!(drain(&mut rb).is_empty());
         ev(who(false));

@@ -74,6 +74,23 @@ pub enum EngineEvent {
     },
 }
 
+impl EngineEvent {
+    /// `Connected` (`active`) or `Disconnected` for one endpoint.
+    pub fn connectivity(conference: String, endpoint: String, active: bool) -> EngineEvent {
+        if active {
+            EngineEvent::Connected {
+                conference,
+                endpoint,
+            }
+        } else {
+            EngineEvent::Disconnected {
+                conference,
+                endpoint,
+            }
+        }
+    }
+}
+
 /// One entry of `VideoSourcesMap` / `AudioSourcesMap` (docs/bridge.md A.3).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MappedSource {

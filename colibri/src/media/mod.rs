@@ -910,18 +910,7 @@ impl MediaEngine {
             (None, false) => return,
         };
         ep.transport.status = Some(announce);
-        let (conference, endpoint) = (ep.conference.clone(), ep.id.clone());
-        let ev = if announce {
-            EngineEvent::Connected {
-                conference,
-                endpoint,
-            }
-        } else {
-            EngineEvent::Disconnected {
-                conference,
-                endpoint,
-            }
-        };
+        let ev = EngineEvent::connectivity(ep.conference.clone(), ep.id.clone(), announce);
         self.out.push_back(EngineOutput::Event(ev));
     }
 

@@ -108,20 +108,12 @@ impl MediaEngine {
 
     pub(super) fn forward(&mut self, sender: EpId, p: Incoming) {
         let now = self.now.unwrap_or(p.arrival);
-        let Some(Ingested {
-            si,
-            li,
-            kind,
-            source_id,
-            views: view_buf,
-            nviews,
-            input,
-            vp8,
-        }) = self.ingest(sender, &p, now)
-        else {
+        let Some(g) = self.ingest(sender, &p, now) else {
             return;
         };
-        let views = &view_buf[..nviews];
+        let (si, li, kind, source_id, input, vp8) =
+            (g.si, g.li, g.kind, g.source_id, g.input, g.vp8);
+        let views = &g.views[..g.nviews];
         let seq = input.seq;
         let pt = p.pt;
         let Incoming {
