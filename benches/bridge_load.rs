@@ -1277,6 +1277,7 @@ fn run(o: &Opts) -> Result<String, String> {
                 medias: offer_medias(),
                 // Classic mode: receivers get the senders' SSRCs (counted by SSRC here).
                 ssrc_rewriting: false,
+                sctp: false,
             });
             h.send(Command::SetRemote {
                 conf: conf.clone(),

@@ -471,7 +471,7 @@ impl Default for FocusSection {
             max_ssrc_groups_per_endpoint: 20,
             max_audio_senders: 999_999,
             max_video_senders: 999_999,
-            sctp: false,
+            sctp: true,
         }
     }
 }

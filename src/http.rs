@@ -494,6 +494,24 @@ async fn metrics(
             s.probe_packets,
         );
         put(
+            "meetd_bridge_channel_sctp_messages_in_total",
+            "counter",
+            "Bridge-channel messages received over SCTP data channels.",
+            s.channel_messages_in,
+        );
+        put(
+            "meetd_bridge_channel_sctp_messages_out_total",
+            "counter",
+            "Bridge-channel messages sent over SCTP data channels.",
+            s.channel_messages_out,
+        );
+        put(
+            "meetd_bridge_channel_sctp_messages_dropped_total",
+            "counter",
+            "Bridge-channel messages dropped on SCTP data channels (buffer full, too large, not text).",
+            s.channel_messages_dropped,
+        );
+        put(
             "meetd_media_bwe_suspensions_total",
             "counter",
             "Times a forwarded video source was held back for lack of a receiver's bandwidth.",

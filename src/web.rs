@@ -66,8 +66,6 @@ pub fn config_js(cfg: &Config, x: &meetd_xmpp::XmppConfig, base: &str) -> String
         "p2p": { "enabled": true, "stunServers": [ { "urls": stun } ] },
         "prejoinConfig": { "enabled": true },
         "e2eping": { "enabled": false },
-        // meetd's bridge channel is the WebSocket (colibri-ws).
-        "bridgeChannel": { "preferSctp": false },
         "enableWelcomePage": true,
         // meetd records and streams nothing itself (yet): the app hides those buttons.
         "recordingService": { "enabled": false },

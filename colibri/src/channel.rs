@@ -17,6 +17,7 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
 pub mod events;
+pub mod sctp;
 
 pub use crate::media::ReceiverConstraints;
 use crate::service::ColibriService;
@@ -41,6 +42,9 @@ pub struct ChannelHub {
     /// channel when it (re)connects.
     sticky_conf: Mutex<HashMap<String, HashMap<String, String>>>,
     sticky_ep: Mutex<HashMap<Key, HashMap<String, String>>>,
+    /// Endpoints whose bridge channel is an SCTP data channel: where the engine's reports of
+    /// their messages go (the channel's task reads them, [`sctp`]).
+    sctp_in: Mutex<HashMap<Key, mpsc::Sender<String>>>,
 }
 
 /// What one client message asks the bridge to do.
@@ -67,6 +71,7 @@ impl ChannelHub {
             engine: Mutex::new(None),
             sticky_conf: Mutex::new(HashMap::new()),
             sticky_ep: Mutex::new(HashMap::new()),
+            sctp_in: Mutex::new(HashMap::new()),
         })
     }
 
@@ -120,6 +125,7 @@ impl ChannelHub {
         self.sticky_ep.lock().remove(&key);
         self.conns.lock().remove(&key);
         self.constraints.lock().remove(&key);
+        self.sctp_in.lock().remove(&key);
     }
 
     /// The conference ended: close its sockets and forget everything kept for it.
@@ -129,6 +135,7 @@ impl ChannelHub {
         self.conns.lock().retain(|(c, _), _| c != conf);
         self.constraints.lock().retain(|(c, _), _| c != conf);
         self.video_types.lock().retain(|(c, _), _| c != conf);
+        self.sctp_in.lock().retain(|(c, _), _| c != conf);
     }
 
     /// What a channel gets right after it connects, after ServerHello: the endpoint's latest
@@ -380,71 +387,117 @@ pub fn serve(
         .on_upgrade(move |socket| run(hub, socket, conf, endpoint))
 }
 
-async fn run(hub: Arc<ChannelHub>, mut socket: WebSocket, conf: String, ep: String) {
+/// One bridge channel's two directions, whatever carries them: the WebSocket here, or the
+/// SCTP data channel inside the media transport ([`sctp`]).
+pub(crate) trait Link {
+    /// The next text message from the client; `None` once the channel is gone.
+    async fn recv(&mut self) -> Option<String>;
+    /// Send one message; false when the channel is gone.
+    async fn send(&mut self, text: String) -> bool;
+    /// The bridge ends the channel (a newer one replaced it, or the endpoint expired).
+    async fn close(&mut self);
+}
+
+struct WsLink(WebSocket);
+
+impl Link for WsLink {
+    async fn recv(&mut self) -> Option<String> {
+        loop {
+            match self.0.recv().await {
+                Some(Ok(Message::Text(t))) => return Some(t.as_str().to_string()),
+                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Binary(_))) => {}
+                _ => return None,
+            }
+        }
+    }
+
+    async fn send(&mut self, text: String) -> bool {
+        self.0.send(Message::Text(text.into())).await.is_ok()
+    }
+
+    async fn close(&mut self) {
+        let _ = self.0.send(Message::Close(None)).await;
+    }
+}
+
+async fn run(hub: Arc<ChannelHub>, socket: WebSocket, conf: String, ep: String) {
+    drive(hub, WsLink(socket), conf, ep, "websocket").await;
+}
+
+/// Serve one bridge channel until either side ends it: ServerHello and the current state
+/// first, then the client's messages applied and the bridge's queued ones sent.
+pub(crate) async fn drive<L: Link>(
+    hub: Arc<ChannelHub>,
+    mut link: L,
+    conf: String,
+    ep: String,
+    kind: &'static str,
+) {
     let (mut rx, generation) = hub.register(&conf, &ep);
-    tracing::debug!(%conf, %ep, "bridge channel open");
+    tracing::debug!(%conf, %ep, kind, "bridge channel open");
     // docs/bridge.md A.2: ServerHello, then the current state.
     let mut hello = vec![json!({"colibriClass": "ServerHello"}).to_string()];
     hello.extend(hub.on_connect_messages(&conf, &ep));
     for h in hello {
-        if socket.send(Message::Text(h.into())).await.is_err() {
+        if !link.send(h).await {
             hub.unregister(&conf, &ep, generation);
             return;
         }
     }
     loop {
         tokio::select! {
-            m = socket.recv() => match m {
-                Some(Ok(Message::Text(t))) => {
-                    for e in hub.client_message(&conf, &ep, t.as_str()) {
-                        match e {
-                            Effect::Send { to, text } => {
-                                hub.send(&conf, &to, text);
-                            }
-                            Effect::Constraints(c) => {
-                                let engine = hub.engine.lock().clone();
-                                if let Some(engine) = engine {
-                                    let _ = engine.send_hint(crate::driver::Command::Constraints {
-                                        conf: conf.clone(),
-                                        ep: ep.clone(),
-                                        constraints: c,
-                                    }).await;
-                                }
-                            }
-                            Effect::VideoType { source, video_type } => {
-                                let engine = hub.engine.lock().clone();
-                                if let Some(engine) = engine {
-                                    let _ = engine.send_hint(crate::driver::Command::SourceVideoType {
-                                        conf: conf.clone(),
-                                        ep: ep.clone(),
-                                        source,
-                                        video_type,
-                                    }).await;
-                                }
-                            }
-                            Effect::None => {}
-                        }
-                    }
-                }
-                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Binary(_))) => {}
-                _ => break,
+            m = link.recv() => match m {
+                Some(text) => hub.apply(&conf, &ep, &text).await,
+                None => break,
             },
             out = rx.recv() => match out {
                 Some(text) => {
-                    if socket.send(Message::Text(text.into())).await.is_err() {
+                    if !link.send(text).await {
                         break;
                     }
                 }
-                // Replaced by a newer socket or the endpoint expired.
+                // Replaced by a newer channel or the endpoint expired.
                 None => {
-                    let _ = socket.send(Message::Close(None)).await;
+                    link.close().await;
                     break;
                 }
             },
         }
     }
     hub.unregister(&conf, &ep, generation);
-    tracing::debug!(%conf, %ep, "bridge channel closed");
+    tracing::debug!(%conf, %ep, kind, "bridge channel closed");
+}
+
+impl ChannelHub {
+    /// One client message, applied: relayed to the others, or handed to the engine.
+    async fn apply(&self, conf: &str, ep: &str, text: &str) {
+        for e in self.client_message(conf, ep, text) {
+            let cmd = match e {
+                Effect::Send { to, text } => {
+                    self.send(conf, &to, text);
+                    continue;
+                }
+                Effect::Constraints(c) => crate::driver::Command::Constraints {
+                    conf: conf.to_string(),
+                    ep: ep.to_string(),
+                    constraints: c,
+                },
+                Effect::VideoType { source, video_type } => {
+                    crate::driver::Command::SourceVideoType {
+                        conf: conf.to_string(),
+                        ep: ep.to_string(),
+                        source,
+                        video_type,
+                    }
+                }
+                Effect::None => continue,
+            };
+            let engine = self.engine.lock().clone();
+            if let Some(engine) = engine {
+                let _ = engine.send_hint(cmd).await;
+            }
+        }
+    }
 }
 
 #[cfg(test)]

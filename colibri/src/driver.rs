@@ -130,6 +130,8 @@ pub enum Command {
         medias: Vec<Media>,
         /// Created with the `ssrc-rewriting` capability.
         ssrc_rewriting: bool,
+        /// The focus asked for SCTP (the bridge channel may be a data channel).
+        sctp: bool,
     },
     SetRemote {
         conf: String,
@@ -159,6 +161,12 @@ pub enum Command {
         ep: String,
         source: String,
         video_type: String,
+    },
+    /// A bridge-channel message for an endpoint whose channel is an SCTP data channel.
+    ChannelSend {
+        conf: String,
+        ep: String,
+        text: String,
     },
     /// Colibri2 `force-mute` from the focus.
     ForceMute {
@@ -341,6 +349,7 @@ fn conf_of(c: &Command) -> &str {
         | Command::RemoveConference { conf }
         | Command::Constraints { conf, .. }
         | Command::SourceVideoType { conf, .. }
+        | Command::ChannelSend { conf, .. }
         | Command::ForceMute { conf, .. } => conf,
         Command::Stats(_) => "",
     }
@@ -882,12 +891,16 @@ fn command(engine: &mut MediaEngine, sink: &mut EventSink, c: Command) {
             pwd,
             medias,
             ssrc_rewriting,
+            sctp,
         } => {
             sink.push(Event::EndpointAdded {
                 conference: conf.clone(),
                 endpoint: ep.clone(),
             });
-            engine.add_endpoint(&conf, &ep, &ufrag, &pwd, ssrc_rewriting, &medias, now);
+            engine.add_endpoint(&conf, &ep, &ufrag, &pwd, ssrc_rewriting, sctp, &medias, now);
+        }
+        Command::ChannelSend { conf, ep, text } => {
+            engine.channel_send((&conf, &ep), &text);
         }
         Command::SetRemote {
             conf,

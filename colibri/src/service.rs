@@ -357,6 +357,7 @@ impl ColibriService {
                     pwd: state.pwd.clone(),
                     medias: ep.medias.clone(),
                     ssrc_rewriting: state.ssrc_rewriting,
+                    sctp,
                 });
                 conf.endpoints.insert(ep.id.clone(), state);
             }

@@ -39,7 +39,11 @@ appTest('chat, private chat, raised hand, reactions, follow-me, subject', app.wr
     const cid = await c.id();
     await a.waitFor((id) => APP.store.getState()['features/base/participants'].remote.get(id)?.raisedHandTimestamp > 0,
         'Carol\'s raised hand', 5000, cid);
-    // Bob claps (the app's keyboard shortcut, Alt+C); the others see it fly.
+    // Bob claps (the app's keyboard shortcut, Alt+C); the others see it fly. Reactions are
+    // endpoint messages on the bridge channel: the SCTP data channel here.
+    for (const p of [a, b, c]) {
+        assert.equal(await p.eval(() => APP.conference._room?.rtc?._channel?.mode), 'datachannel', `${p.name}'s bridge channel`);
+    }
     await b.clickToolbar('toolbar.accessibilityLabel.closeChat', 'close chat');
     await b.page.locator('body').press('Alt+c');
     await a.page.locator('.reaction-emoji').first().waitFor({ timeout: 5000 });

@@ -145,8 +145,11 @@ test('focus: conference request, join, session-initiate, accept, source-add, inv
     for (const si of [siA, siB]) {
         assert.equal(si.attrs.from, `${room}/focus`);
         const j = si.getChild('jingle', NS_JINGLE);
-        // No data content: the bridge channel is the WebSocket (lib-jitsi-meet prefers SCTP).
-        assert.deepEqual(j.getChildren('content').map((c) => c.attrs.name), ['audio', 'video']);
+        // A data content (the bridge channel over SCTP, port 5000) and the WebSocket fallback.
+        assert.deepEqual(j.getChildren('content').map((c) => c.attrs.name), ['audio', 'video', 'data']);
+        const sctpmap = j.getChildren('content')[2].getChild('transport', NS_ICE).getChild('sctpmap', 'urn:xmpp:jingle:transports:dtls-sctp:1');
+        assert.equal(sctpmap.attrs.number, '5000');
+        assert.equal(sctpmap.attrs.protocol, 'webrtc-datachannel');
         const tr = j.getChildren('content')[0].getChild('transport', NS_ICE);
         assert.ok(tr.attrs.ufrag && tr.attrs.pwd.length >= 22);
         assert.equal(tr.getChild('fingerprint', 'urn:xmpp:jingle:apps:dtls:0').attrs.setup, 'actpass');

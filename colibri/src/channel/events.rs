@@ -106,7 +106,7 @@ pub async fn run(
 }
 
 /// One event of the engine threads.
-pub fn on_event(hub: &ChannelHub, service: Option<&ColibriService>, e: Event) {
+pub fn on_event(hub: &Arc<ChannelHub>, service: Option<&ColibriService>, e: Event) {
     match e {
         Event::EndpointAdded {
             conference,
@@ -130,7 +130,7 @@ pub fn on_event(hub: &ChannelHub, service: Option<&ColibriService>, e: Event) {
 
 /// One engine event as bridge-channel messages (docs/bridge.md A.3); an expired endpoint also
 /// leaves `service`.
-pub fn event(hub: &ChannelHub, service: Option<&ColibriService>, e: EngineEvent) {
+pub fn event(hub: &Arc<ChannelHub>, service: Option<&ColibriService>, e: EngineEvent) {
     match e {
         EngineEvent::SenderSourceConstraints {
             conference,
@@ -162,6 +162,19 @@ pub fn event(hub: &ChannelHub, service: Option<&ColibriService>, e: EngineEvent)
             .text();
             hub.send(&conference, &endpoint, msg);
         }
+        EngineEvent::ChannelOpen {
+            conference,
+            endpoint,
+        } => hub.sctp_opened(&conference, &endpoint),
+        EngineEvent::ChannelMessage {
+            conference,
+            endpoint,
+            text,
+        } => hub.sctp_message(&conference, &endpoint, text),
+        EngineEvent::ChannelClosed {
+            conference,
+            endpoint,
+        } => hub.sctp_closed(&conference, &endpoint),
         // docs/bridge.md B.10 / docs/colibri2.md §5: the focus learns of it by `unknown-endpoint` on its
         // next request and re-invites. A newer endpoint of the same id (another ufrag) stays.
         EngineEvent::Expired {

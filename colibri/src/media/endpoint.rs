@@ -9,6 +9,7 @@ use rand::Rng;
 use rand::rngs::SmallRng;
 
 use str0m::bwe::Bitrate;
+use str0m::channel::ChannelId;
 use str0m::config::DtlsCert;
 use str0m::format::{Codec, FormatParams};
 use str0m::ice::IceCreds;
@@ -16,6 +17,7 @@ use str0m::media::{Frequency, MediaKind, Mid, Pt};
 use str0m::rtp::{Extension, ExtensionSerializer, ExtensionValues, Ssrc};
 use str0m::{Candidate, Rtc, RtcConfig};
 
+use super::datachannel::MAX_CHANNEL_MESSAGE;
 use super::egress::{RtxRing, SendStats};
 use super::events::MappedSource;
 use super::forward::{Offsets, Projection, SilenceFilter, default_height};
@@ -219,6 +221,7 @@ pub(super) fn build_rtc(s: &RtcSetup<'_>, now: Instant) -> (Rtc, RtcCaps) {
         .clear_extension_map()
         .set_send_buffer_video(s.rtx_cache_packets.max(1))
         .set_stats_interval(None)
+        .set_sctp_max_message_size(MAX_CHANNEL_MESSAGE as u32)
         .set_crypto_provider(crypto_provider());
     if let Some(bps) = s.bwe_initial_bps {
         cfg = cfg.enable_bwe(Some(Bitrate::bps(bps)));
@@ -554,6 +557,11 @@ pub(super) struct Transport {
     pub srtp: Option<Srtp>,
     /// Where str0m last sent DTLS or RTCP (local, remote): the selected pair.
     pub send_path: Option<(SocketAddr, SocketAddr)>,
+    /// The focus asked for an SCTP association (the offer has a `data` content): the bridge
+    /// channel may run over a data channel (docs/bridge.md A.1).
+    pub sctp: bool,
+    /// The data channel the client opened for the bridge channel.
+    pub channel: Option<ChannelId>,
 }
 
 /// The streams an endpoint sends the bridge: its declared sources, SSRC lookups, and the
@@ -961,6 +969,10 @@ impl Endpoint {
         let mut api = self.transport.rtc.direct_api();
         api.set_remote_fingerprint(fp);
         api.start_dtls(active)?;
+        if self.transport.sctp {
+            // The client connects the association and opens the channel; the bridge listens.
+            api.start_sctp(false);
+        }
         self.transport.dtls_started = true;
         Ok(())
     }

@@ -64,6 +64,23 @@ pub enum EngineEvent {
         endpoint: String,
         estimated_downlink_bps: u64,
     },
+    /// The client opened its bridge channel as an SCTP data channel (docs/bridge.md A.1):
+    /// from now on [`MediaEngine::channel_send`](super::MediaEngine::channel_send) reaches it.
+    ChannelOpen {
+        conference: String,
+        endpoint: String,
+    },
+    /// One text message on the endpoint's data channel.
+    ChannelMessage {
+        conference: String,
+        endpoint: String,
+        text: String,
+    },
+    /// The data channel closed (the endpoint itself may stay).
+    ChannelClosed {
+        conference: String,
+        endpoint: String,
+    },
     /// The engine expired the endpoint (never connected, or silent too long; docs/bridge.md B.10)
     /// and removed it. `ufrag` is the local ICE ufrag it was created with, so that a newer
     /// endpoint of the same id is not mistaken for it.

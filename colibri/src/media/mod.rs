@@ -39,6 +39,7 @@ mod buf;
 mod bwe;
 mod conference;
 mod constraints;
+mod datachannel;
 mod egress;
 mod endpoint;
 mod events;
@@ -77,6 +78,7 @@ use crate::rtp::{ExtOut, RtpOut, is_rtcp, is_rtp, write_header};
 use buf::{Buf, Payload};
 use conference::Conference;
 pub use constraints::ReceiverConstraints;
+pub use datachannel::MAX_CHANNEL_MESSAGE;
 use egress::Sent;
 use endpoint::{
     DependencyDescriptor, Endpoint, EpId, Forward, RtcSetup, RxSide, SenderSource, SourceId,
@@ -233,6 +235,9 @@ impl EngineStats {
         self.probe_packets += o.probe_packets;
         self.engine_cpu_permille = self.engine_cpu_permille.max(o.engine_cpu_permille);
         self.bwe_suspensions += o.bwe_suspensions;
+        self.channel_messages_in += o.channel_messages_in;
+        self.channel_messages_out += o.channel_messages_out;
+        self.channel_messages_dropped += o.channel_messages_dropped;
     }
 }
 
@@ -299,6 +304,12 @@ pub struct EngineStats {
     /// Forwarded video sources held back (not sent) because a receiver's estimate had no room
     /// for them, counted per allocation that changed to that.
     pub bwe_suspensions: u64,
+    /// Bridge-channel messages received / sent over SCTP data channels.
+    pub channel_messages_in: u64,
+    pub channel_messages_out: u64,
+    /// Bridge-channel messages not sent or not taken over SCTP (buffer full, too large, not
+    /// text, no channel).
+    pub channel_messages_dropped: u64,
 }
 
 /// One incoming RTP packet, from the fast path or from str0m.
@@ -513,6 +524,8 @@ impl MediaEngine {
     /// A new endpoint with the ICE credentials the Colibri2 service handed out. Replaces an
     /// endpoint of the same name. Ignored (and logged) past `max_endpoints` or when the ufrag
     /// is taken. `ssrc_rewriting`: the focus created it with that capability (docs/bridge.md B.9).
+    /// `sctp`: the offer has a `data` content, so the client may open the bridge channel as
+    /// an SCTP data channel (docs/bridge.md A.1).
     /// `medias`: the payload types and header extensions offered (empty: Jitsi's defaults).
     /// Building with them at once matters: a rebuild drops the receiver's SSRC-rewriting
     /// slots, and a client that got the first slots' mappings shows their tracks as well.
@@ -524,6 +537,7 @@ impl MediaEngine {
         local_ufrag: &str,
         local_pwd: &str,
         ssrc_rewriting: bool,
+        sctp: bool,
         medias: &[colibri2::Media],
         now: Instant,
     ) {
@@ -588,6 +602,8 @@ impl MediaEngine {
                     connected_once: false,
                     srtp: None,
                     send_path: None,
+                    sctp,
+                    channel: None,
                 },
                 rx: RxSide {
                     sources: Vec::new(),

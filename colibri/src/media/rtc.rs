@@ -119,6 +119,9 @@ impl MediaEngine {
                 }
             }
             Event::RtpPacket(p) => self.forward(id, Incoming::from_str0m(p)),
+            Event::ChannelOpen(channel, label) => self.channel_opened(id, channel, &label),
+            Event::ChannelData(d) => self.channel_data(id, d),
+            Event::ChannelClose(channel) => self.channel_closed(id, channel),
             Event::KeyframeRequest(r) => {
                 let slot = self
                     .endpoints

@@ -55,6 +55,12 @@ struct Client {
     paused: bool,
     /// SSRC rewriting: the client learns remote SSRCs from the source maps only.
     rewriting: bool,
+    /// The bridge channel as an SCTP data channel: the client connects the association and
+    /// opens the channel as lib-jitsi-meet does.
+    sctp: bool,
+    channel: Option<str0m::channel::ChannelId>,
+    /// Text messages received on the data channel.
+    channel_rx: Vec<String>,
     /// Slot SSRC → (owner, source) from the source maps.
     mapped: HashMap<u32, (String, String)>,
     id_byte: u8,
@@ -113,6 +119,9 @@ impl Client {
             audio_sent: 0,
             paused: false,
             rewriting: false,
+            sctp: false,
+            channel: None,
+            channel_rx: Vec::new(),
             mapped: HashMap::new(),
             id_byte: n as u8,
             video_packets: [1; 3],
@@ -186,6 +195,14 @@ impl Client {
             pass: bridge_pwd(&self.name),
         });
         api.start_dtls(true).unwrap();
+        if self.sctp {
+            api.start_sctp(true);
+            api.create_data_channel(str0m::channel::ChannelConfig {
+                label: "JVB data channel".into(),
+                protocol: "http://jitsi.org/protocols/colibri".into(),
+                ..Default::default()
+            });
+        }
     }
 
     fn next_seq(&mut self, ssrc: u32) -> u64 {
@@ -270,6 +287,10 @@ impl Client {
                 Output::Transmit(t) => out.push((t.source, t.destination, t.contents.to_vec())),
                 Output::Event(e) => match e {
                     Event::Connected => self.connected = true,
+                    Event::ChannelOpen(id, _) => self.channel = Some(id),
+                    Event::ChannelData(d) => {
+                        self.channel_rx.push(String::from_utf8(d.data).unwrap());
+                    }
                     Event::RtpPacket(p) => self.rtp.push(p),
                     Event::KeyframeRequest(r) => {
                         self.keyframe_requests.push(r.rid);
@@ -346,6 +367,15 @@ impl Net {
 
     /// `rewriting`: the names of the clients created with the `ssrc-rewriting` capability.
     fn build(n: u32, rewriting: &[&str], cfg: EngineConfig) -> Net {
+        Net::build_with(
+            n,
+            |c| c.rewriting = rewriting.contains(&c.name.as_str()),
+            cfg,
+        )
+    }
+
+    /// `n` clients, each set up by `setup` before it joins.
+    fn build_with(n: u32, setup: impl Fn(&mut Client), cfg: EngineConfig) -> Net {
         let now = Instant::now();
         // Virtual time from `now`, a fixed wall clock and a fixed seed: every run the same.
         let engine = MediaEngine::new(
@@ -358,7 +388,7 @@ impl Net {
         );
         let mut clients: Vec<Client> = (1..=n).map(|i| Client::new(i, now)).collect();
         for c in &mut clients {
-            c.rewriting = rewriting.contains(&c.name.as_str());
+            setup(c);
         }
         let mut net = Net {
             now,
@@ -386,6 +416,7 @@ impl Net {
             &bridge_ufrag(&name),
             &bridge_pwd(&name),
             self.clients[i].rewriting,
+            self.clients[i].sctp,
             &offer_medias(),
             now,
         );
@@ -1255,6 +1286,7 @@ fn connectivity_follows_packet_flow() {
         "brghost",
         "bridgepasswordghostxxxxxxxx",
         false,
+        false,
         &[],
         net.now,
     );
@@ -1767,6 +1799,7 @@ fn unconnected_and_silent_endpoints_expire() {
         "brghost",
         "bridgepasswordghostxxxxxxxx",
         false,
+        false,
         &[],
         net.now,
     );
@@ -2073,4 +2106,57 @@ fn force_muted_audio_is_dropped_at_the_bridge() {
         !net.client("ep2").received(a_audio).is_empty(),
         "audio back after the mute is lifted"
     );
+}
+
+/// The bridge channel over SCTP: the client opens its data channel, its messages come out as
+/// events, and what the bridge sends reaches it; an endpoint without a channel gets nothing.
+#[test]
+fn bridge_channel_over_a_data_channel() {
+    let mut net = Net::build_with(2, |c| c.sctp = c.name == "ep1", EngineConfig::default());
+    net.connect();
+    net.advance(Duration::from_millis(500));
+    let opened = |e: &EngineEvent| matches!(e, EngineEvent::ChannelOpen { endpoint, .. } if endpoint == "ep1");
+    assert_eq!(net.events.iter().filter(|e| opened(e)).count(), 1);
+    let ch = net.clients[0].channel.expect("client channel open");
+    let hello = r#"{"colibriClass":"ReceiverVideoConstraints","lastN":3}"#;
+    assert!(
+        net.clients[0]
+            .rtc
+            .channel(ch)
+            .unwrap()
+            .write(false, hello.as_bytes())
+            .unwrap()
+    );
+    net.advance(Duration::from_millis(100));
+    assert!(net.events.iter().any(|e| matches!(e,
+        EngineEvent::ChannelMessage { endpoint, text, .. } if endpoint == "ep1" && text == hello)));
+    assert!(
+        net.engine
+            .channel_send((CONF, "ep1"), r#"{"colibriClass":"ServerHello"}"#)
+    );
+    assert!(
+        !net.engine.channel_send((CONF, "ep2"), "{}"),
+        "ep2 has no channel"
+    );
+    let big = "x".repeat(MAX_CHANNEL_MESSAGE + 1);
+    assert!(!net.engine.channel_send((CONF, "ep1"), &big), "too large");
+    net.advance(Duration::from_millis(100));
+    assert_eq!(
+        net.clients[0].channel_rx,
+        [r#"{"colibriClass":"ServerHello"}"#]
+    );
+    let s = net.engine.stats();
+    assert_eq!((s.channel_messages_in, s.channel_messages_out), (1, 1));
+    assert_eq!(s.channel_messages_dropped, 2);
+    // Binary messages are not the bridge channel's.
+    assert!(
+        net.clients[0]
+            .rtc
+            .channel(ch)
+            .unwrap()
+            .write(true, b"\x00\x01")
+            .unwrap()
+    );
+    net.advance(Duration::from_millis(100));
+    assert_eq!(net.engine.stats().channel_messages_dropped, 3);
 }
