@@ -115,6 +115,7 @@ fn bridge() -> std::sync::Arc<ColibriService> {
     ColibriService::new(BridgeConfig {
         id: "jvb1".into(),
         media_port: 10000,
+        tcp_ports: Vec::new(),
         advertise_ips: vec!["127.0.0.1".parse().expect("ip")],
         ws_base: "ws://127.0.0.1:8080".into(),
         dtls_fingerprint: "AA:BB".into(),

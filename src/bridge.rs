@@ -8,6 +8,7 @@ use meetd_colibri::channel::ChannelHub;
 use meetd_colibri::driver::EngineHandle;
 use meetd_colibri::media::EngineConfig;
 use meetd_colibri::service::{BridgeConfig, ColibriService};
+use meetd_colibri::tcp::{TcpLimits, TcpMedia};
 
 use crate::config::Config;
 
@@ -54,8 +55,18 @@ fn ws_base(cfg: &Config, media_host: &str) -> String {
     }
 }
 
-/// The bridge: media engine thread on the media port, Colibri2 service, bridge channels.
-pub fn start(cfg: &Config) -> anyhow::Result<(Arc<ColibriService>, Arc<ChannelHub>, EngineHandle)> {
+/// A started bridge: the Colibri2 service, the bridge channels, the engine's command handle,
+/// and the ICE-TCP side when the HTTPS listener is to share it.
+pub struct Started {
+    pub service: Arc<ColibriService>,
+    pub hub: Arc<ChannelHub>,
+    pub engine: EngineHandle,
+    pub tcp_on_https: Option<Arc<TcpMedia>>,
+}
+
+/// The bridge: media engine thread on the media port, ICE-TCP listener, Colibri2 service,
+/// bridge channels.
+pub fn start(cfg: &Config) -> anyhow::Result<Started> {
     let mut ips = cfg.media.advertise_ips.clone();
     if ips.is_empty() {
         ips = interface_addresses();
@@ -78,8 +89,34 @@ pub fn start(cfg: &Config) -> anyhow::Result<(Arc<ColibriService>, Arc<ChannelHu
     } else {
         (Ipv4Addr::UNSPECIFIED, port).into()
     };
+    // ICE-TCP: passive candidates on the TCP port and on the HTTPS port (docs/bridge.md B.1).
+    // The engine knows them by the ports it accepts on; clients get the public ones.
+    let https_port = cfg
+        .listen
+        .https
+        .addr()
+        .filter(|_| cfg.media.tcp_on_https)
+        .map(|a| a.port());
+    let tcp_listen_ports: Vec<u16> = [Some(cfg.media.tcp_port).filter(|p| *p != 0), https_port]
+        .into_iter()
+        .flatten()
+        .collect();
+    let tcp_public_ports: Vec<u16> = [
+        Some(cfg.media.tcp_port).filter(|p| *p != 0),
+        https_port.map(|p| match cfg.media.tcp_https_public_port {
+            0 => p,
+            public => public,
+        }),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
     let engine_cfg = EngineConfig {
         local_addrs: ips.iter().map(|ip| SocketAddr::new(*ip, port)).collect(),
+        tcp_local_addrs: ips
+            .iter()
+            .flat_map(|ip| tcp_listen_ports.iter().map(|p| SocketAddr::new(*ip, *p)))
+            .collect(),
         max_endpoints: cfg
             .bridge
             .max_conferences
@@ -102,13 +139,42 @@ pub fn start(cfg: &Config) -> anyhow::Result<(Arc<ColibriService>, Arc<ChannelHu
         bind,
         cfg.media.engine_queue,
         cfg.media.socket_buffer_bytes,
+        TcpLimits {
+            max_connections: cfg.media.tcp_max_connections,
+            send_queue: cfg.media.tcp_send_queue,
+            ..TcpLimits::default()
+        },
     )
     .map_err(|e| anyhow::anyhow!("media port {bind}: {e}"))?;
+    if cfg.media.tcp_port != 0 {
+        let tcp_bind = SocketAddr::new(bind.ip(), cfg.media.tcp_port);
+        let l = std::net::TcpListener::bind(tcp_bind)
+            .map_err(|e| anyhow::anyhow!("media.tcp_port {tcp_bind}: {e}"))?;
+        l.set_nonblocking(true)?;
+        let l = tokio::net::TcpListener::from_std(l)?;
+        tracing::info!("media (ICE-TCP) listening on {tcp_bind}");
+        let media = spawned.tcp.clone();
+        tokio::spawn(async move {
+            loop {
+                match l.accept().await {
+                    Ok((s, _)) => {
+                        tokio::spawn(media.clone().serve(s));
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "ICE-TCP accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            }
+        });
+    }
+    let tcp_on_https = https_port.map(|_| spawned.tcp.clone());
     let (engine, fingerprint) = (spawned.handle, spawned.fingerprint);
     hub.set_engine(engine.clone());
     let bc = BridgeConfig {
         id: cfg.bridge.id.clone(),
         media_port: cfg.media.port,
+        tcp_ports: tcp_public_ports,
         advertise_ips: ips,
         ws_base: ws_base(cfg, &host),
         dtls_fingerprint: fingerprint,
@@ -126,7 +192,12 @@ pub fn start(cfg: &Config) -> anyhow::Result<(Arc<ColibriService>, Arc<ChannelHu
         Some(service.clone()),
         spawned.events,
     ));
-    Ok((service, hub, engine))
+    Ok(Started {
+        service,
+        hub,
+        engine,
+        tcp_on_https,
+    })
 }
 
 #[cfg(test)]

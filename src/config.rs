@@ -313,6 +313,14 @@ pub struct MediaSection {
     pub socket_buffer_bytes: usize,
     /// Places in each engine thread's command queue and in the engine's event queue.
     pub engine_queue: usize,
+    /// ICE-TCP port (0: off).
+    pub tcp_port: u16,
+    /// ICE-TCP also on the HTTPS listener.
+    pub tcp_on_https: bool,
+    /// The HTTPS port as clients reach it (0: the listener's).
+    pub tcp_https_public_port: u16,
+    pub tcp_max_connections: usize,
+    pub tcp_send_queue: usize,
 }
 
 impl Default for MediaSection {
@@ -333,6 +341,11 @@ impl Default for MediaSection {
             threads: e.threads,
             socket_buffer_bytes: meetd_colibri::socket::SOCKET_BUFFER_BYTES,
             engine_queue: 4096,
+            tcp_port: 4443,
+            tcp_on_https: true,
+            tcp_https_public_port: 0,
+            tcp_max_connections: 1000,
+            tcp_send_queue: 512,
         }
     }
 }
@@ -697,6 +710,8 @@ impl Config {
             ("media.rewrite_audio_slots", self.media.rewrite_audio_slots),
             ("media.socket_buffer_bytes", self.media.socket_buffer_bytes),
             ("media.engine_queue", self.media.engine_queue),
+            ("media.tcp_max_connections", self.media.tcp_max_connections),
+            ("media.tcp_send_queue", self.media.tcp_send_queue),
         ] {
             if v == 0 {
                 return err(k, "must be greater than 0");

@@ -4,6 +4,7 @@
 mod bridge;
 mod config;
 mod http;
+mod ice_tcp;
 mod storage;
 mod tls;
 mod web;
@@ -99,6 +100,9 @@ struct Overrides {
     /// UDP port of the media engine.
     #[arg(long)]
     media_port: Option<u16>,
+    /// ICE-TCP port of the media engine (0: off).
+    #[arg(long)]
+    media_tcp_port: Option<u16>,
     /// Address announced as ICE host candidate (repeatable).
     #[arg(long)]
     advertise_ip: Vec<IpAddr>,
@@ -143,6 +147,9 @@ fn effective(o: &Overrides) -> Result<Config, config::ConfigError> {
     }
     if let Some(v) = o.media_port {
         cfg.media.port = v;
+    }
+    if let Some(v) = o.media_tcp_port {
+        cfg.media.tcp_port = v;
     }
     if !o.advertise_ip.is_empty() {
         cfg.media.advertise_ips = o.advertise_ip.clone();
@@ -362,7 +369,12 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     }));
     meetd_xmpp::muc::start(server.router.clone(), muc_cfg, modules);
     meetd_xmpp::muc::start(server.router.clone(), brewery_cfg, Vec::new());
-    let (bridge, channels, engine) = bridge::start(&cfg)?;
+    let bridge::Started {
+        service: bridge,
+        hub: channels,
+        engine,
+        tcp_on_https,
+    } = bridge::start(&cfg)?;
     let focus = cfg.focus.enabled.then(|| {
         meetd_jingle::focus::start(
             server.router.clone(),
@@ -431,7 +443,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         let app = http::router(front.clone(), true);
         tasks.spawn(async move {
             axum_server::from_tcp_rustls(std_l, rcfg)?
-                .map(|a| a.acceptor(axum_server::accept::NoDelayAcceptor::new()))
+                .map(|a| a.acceptor(ice_tcp::IceTcpOrTls::new(tcp_on_https)))
                 .serve(app.into_make_service_with_connect_info::<std::net::SocketAddr>())
                 .await?;
             anyhow::Ok(())

@@ -147,6 +147,8 @@ fn json_logs_say_what_listens_where() {
             "off",
             "--media-port",
             "0",
+            "--media-tcp-port",
+            "0",
             "--data-dir",
         ])
         .arg(&d)

@@ -586,6 +586,8 @@ pub struct Candidate {
     pub network: Option<u32>,
     pub rel_addr: Option<String>,
     pub rel_port: Option<u16>,
+    /// RFC 6544 `tcptype` of a TCP candidate: `active`, `passive` or `so`.
+    pub tcptype: Option<String>,
 }
 
 impl Candidate {
@@ -605,6 +607,7 @@ impl Candidate {
             network: optional_parsed(el, E, "network")?,
             rel_addr: optional_string(el, "rel-addr"),
             rel_port: optional_parsed(el, E, "rel-port")?,
+            tcptype: optional_string(el, "tcptype"),
         })
     }
 
@@ -622,6 +625,7 @@ impl Candidate {
             .with("port", self.port)
             .with("rel-addr", self.rel_addr.as_deref())
             .with("rel-port", self.rel_port)
+            .with("tcptype", self.tcptype.as_deref())
             .build()
     }
 }
@@ -2023,6 +2027,7 @@ mod tests {
                 network: Some(0),
                 rel_addr: None,
                 rel_port: None,
+                tcptype: None,
             }]
         );
         assert_eq!(

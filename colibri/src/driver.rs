@@ -16,12 +16,14 @@ use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::colibri2::{IceUdpTransport, Media, Sources};
+use crate::media::Protocol;
 use crate::media::ReceiverConstraints;
 use crate::media::{Clock, EngineConfig, EngineEvent, EngineOutput, EngineStats, MediaEngine};
 use crate::socket::{
     RecvBatch, SEND_BATCH, SOCKET_BUFFER_BYTES, SendBatch, SendOwner, canonical, destination,
     local_for,
 };
+use crate::tcp::{TcpFrame, TcpLimits, TcpMedia};
 
 /// What the engine threads report to the bridge, in the order it happened.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -396,20 +398,23 @@ pub struct Spawned {
     pub handle: EngineHandle,
     pub fingerprint: String,
     pub events: mpsc::Receiver<Event>,
+    /// The ICE-TCP side: accepted connections are handed to [`TcpMedia::serve`].
+    pub tcp: Arc<TcpMedia>,
 }
 
 /// Start the engine on its own thread(s), bound to `bind`; `queue` places in each command
 /// queue and in the event queue.
 pub fn spawn(cfg: EngineConfig, bind: SocketAddr, queue: usize) -> std::io::Result<Spawned> {
-    spawn_with_buffers(cfg, bind, queue, SOCKET_BUFFER_BYTES)
+    spawn_with_buffers(cfg, bind, queue, SOCKET_BUFFER_BYTES, TcpLimits::default())
 }
 
-/// [`spawn`] with the media socket's receive and send buffer size.
+/// [`spawn`] with the media socket's receive and send buffer size and the ICE-TCP limits.
 pub fn spawn_with_buffers(
     cfg: EngineConfig,
     bind: SocketAddr,
     queue: usize,
     socket_buffer: usize,
+    tcp_limits: TcpLimits,
 ) -> std::io::Result<Spawned> {
     let std_sock = std::net::UdpSocket::bind(bind)?;
     std_sock.set_nonblocking(true)?;
@@ -429,12 +434,28 @@ pub fn spawn_with_buffers(
     let fingerprint = first.dtls_fingerprint();
     let queue = queue.max(16);
     let (event_tx, events) = mpsc::channel(queue);
+    let (frame_tx, tcp_in) = mpsc::channel(queue);
+    let tcp = TcpMedia::new(tcp_limits, frame_tx);
     if threads == 1 {
         let (tx, rx) = mpsc::channel(queue);
         let sink = EventSink::new(event_tx, queue);
+        let out = tcp.clone();
         on_thread("meetd-media".into(), move || async move {
             match UdpSocket::from_std(std_sock) {
-                Ok(sock) => run(first, sock, local, rx, sink).await,
+                Ok(sock) => {
+                    run(
+                        first,
+                        sock,
+                        local,
+                        rx,
+                        sink,
+                        Tcp {
+                            frames: Some(tcp_in),
+                            out,
+                        },
+                    )
+                    .await
+                }
                 Err(e) => tracing::error!(error = %e, "media socket failed"),
             }
         })?;
@@ -445,6 +466,7 @@ pub fn spawn_with_buffers(
             },
             fingerprint,
             events,
+            tcp,
         });
     }
     tracing::info!(
@@ -468,12 +490,14 @@ pub fn spawn_with_buffers(
         let send_sock = std_sock.try_clone()?;
         let (sink, router) = (EventSink::new(event_tx.clone(), queue), route_tx.clone());
         let free = free_tx.clone();
+        let tcp_out = tcp.clone();
         on_thread(format!("meetd-media-{k}"), move || async move {
             let q = ShardQueues {
                 commands: rx,
                 inbox: in_rx,
                 router,
                 free,
+                tcp: tcp_out,
             };
             run_shard(engine, send_sock, local, q, sink).await;
         })?;
@@ -482,7 +506,7 @@ pub fn spawn_with_buffers(
     let counter = dropped.clone();
     on_thread("meetd-media-rx".into(), move || async move {
         match UdpSocket::from_std(std_sock) {
-            Ok(sock) => receive(sock, inboxes, route_rx, free_rx, counter).await,
+            Ok(sock) => receive(sock, inboxes, route_rx, free_rx, counter, tcp_in).await,
             Err(e) => tracing::error!(error = %e, "media socket failed"),
         }
     })?;
@@ -493,6 +517,7 @@ pub fn spawn_with_buffers(
         },
         fingerprint,
         events,
+        tcp,
     })
 }
 
@@ -526,12 +551,31 @@ where
     Ok(())
 }
 
+/// An engine thread's ICE-TCP queues: frames from the connections (single thread only; with
+/// several, the receive thread reads them), and the connections to write to.
+struct Tcp {
+    frames: Option<mpsc::Receiver<TcpFrame>>,
+    out: Arc<TcpMedia>,
+}
+
+/// The next frame, or never once the queue is closed.
+async fn next_frame(frames: &mut Option<mpsc::Receiver<TcpFrame>>) -> TcpFrame {
+    if let Some(rx) = frames {
+        if let Some(f) = rx.recv().await {
+            return f;
+        }
+        *frames = None;
+    }
+    std::future::pending().await
+}
+
 async fn run(
     mut engine: MediaEngine,
     sock: UdpSocket,
     local: SocketAddr,
     mut rx: mpsc::Receiver<Command>,
     mut sink: EventSink,
+    mut tcp: Tcp,
 ) {
     let mut recv = RecvBatch::new();
     let mut batch = SendBatch::default();
@@ -539,8 +583,20 @@ async fn run(
     let mut load = Load::default();
     loop {
         load.update(Instant::now());
-        let deadline = drain_outputs(&mut engine, &mut batch, fd, local, &mut sink, None);
+        let deadline = drain_outputs(
+            &mut engine,
+            &mut batch,
+            fd,
+            local,
+            &mut sink,
+            None,
+            &tcp.out,
+        );
         tokio::select! {
+            f = next_frame(&mut tcp.frames) => {
+                engine.handle_tcp_frame(f.at, f.from, f.to, &f.data);
+                engine.recycle(f.data);
+            }
             r = sock.readable() => {
                 if r.is_err() {
                     continue;
@@ -570,9 +626,15 @@ fn drain_outputs(
     local: SocketAddr,
     sink: &mut EventSink,
     router: Option<&mpsc::Sender<Route>>,
+    tcp: &TcpMedia,
 ) -> Instant {
     let deadline = loop {
         match engine.poll_output() {
+            EngineOutput::Transmit(t) if t.proto == Protocol::Tcp => {
+                if !tcp.send(t.to, t.data) {
+                    engine.count_send_dropped(1);
+                }
+            }
             EngineOutput::Transmit(t) => {
                 batch.items.push((destination(local, t.to), t.data));
                 if batch.items.len() >= SEND_BATCH {
@@ -607,12 +669,16 @@ fn on_command(engine: &mut MediaEngine, sink: &mut EventSink, load: &Load, c: Co
     }
 }
 
-/// Datagrams the receive thread hands to one shard: when they arrived, and from where.
+/// Datagrams the receive thread hands to one shard: when they arrived, from where, and for
+/// ICE-TCP frames the connection's local end.
 #[derive(Debug)]
 struct Inbound {
     at: Instant,
-    items: Vec<(SocketAddr, Vec<u8>)>,
+    items: Vec<InItem>,
 }
+
+/// One datagram for a shard: from, the ICE-TCP connection's local end (`None`: UDP), the bytes.
+type InItem = (SocketAddr, Option<SocketAddr>, Vec<u8>);
 
 /// One engine shard: its conferences' datagrams come from the receive thread; it sends on its
 /// own handle of the media socket.
@@ -623,6 +689,8 @@ struct ShardQueues {
     router: mpsc::Sender<Route>,
     /// Receive buffers go back to the receive thread through this.
     free: std::sync::mpsc::SyncSender<Vec<u8>>,
+    /// The ICE-TCP connections to write to.
+    tcp: Arc<TcpMedia>,
 }
 
 async fn run_shard(
@@ -637,18 +705,30 @@ async fn run_shard(
         mut inbox,
         router,
         free,
+        tcp,
     } = q;
     let mut batch = SendBatch::default();
     let fd = send_sock.as_raw_fd();
     let mut load = Load::default();
     loop {
         load.update(Instant::now());
-        let deadline = drain_outputs(&mut engine, &mut batch, fd, local, &mut sink, Some(&router));
+        let deadline = drain_outputs(
+            &mut engine,
+            &mut batch,
+            fd,
+            local,
+            &mut sink,
+            Some(&router),
+            &tcp,
+        );
         tokio::select! {
             b = inbox.recv() => {
                 let Some(b) = b else { break };
-                for (from, data) in b.items {
-                    engine.handle_datagram(b.at, from, local_for(from, local), &data);
+                for (from, tcp_local, data) in b.items {
+                    match tcp_local {
+                        Some(to) => engine.handle_tcp_frame(b.at, from, to, &data),
+                        None => engine.handle_datagram(b.at, from, local_for(from, local), &data),
+                    }
                     // Back to the receive thread (or, if it has plenty, to the engine's
                     // send pool).
                     if let Err(
@@ -760,7 +840,9 @@ async fn receive(
     mut routes: mpsc::Receiver<Route>,
     free: std::sync::mpsc::Receiver<Vec<u8>>,
     dropped: Arc<AtomicU64>,
+    tcp_in: mpsc::Receiver<TcpFrame>,
 ) {
+    let mut tcp_in = Some(tcp_in);
     // A copy of a datagram in a buffer a shard gave back (a new one only while none is).
     let copy = |data: &[u8]| {
         let mut b = free
@@ -772,9 +854,26 @@ async fn receive(
     };
     let mut recv = RecvBatch::new();
     let mut table = RouteTable::default();
-    let mut out: Vec<Vec<(SocketAddr, Vec<u8>)>> = inboxes.iter().map(|_| Vec::new()).collect();
+    let mut out: Vec<Vec<InItem>> = inboxes.iter().map(|_| Vec::new()).collect();
     loop {
         tokio::select! {
+            // An ICE-TCP frame: routed as a datagram from the connection's client address.
+            f = next_frame(&mut tcp_in) => {
+                let targets: Vec<usize> = match table.target(f.from, &f.data) {
+                    Target::Shard(k) => vec![k],
+                    Target::Every => (0..inboxes.len()).collect(),
+                    Target::Nowhere => Vec::new(),
+                };
+                if targets.is_empty() {
+                    dropped.fetch_add(1, Ordering::Relaxed);
+                }
+                for k in targets {
+                    let items = vec![(f.from, Some(f.to), f.data.clone())];
+                    if inboxes.get(k).is_none_or(|i| i.try_send(Inbound { at: f.at, items }).is_err()) {
+                        dropped.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
             r = sock.readable() => {
                 if r.is_err() {
                     continue;
@@ -789,14 +888,14 @@ async fn receive(
                     let from = canonical(from);
                     match table.target(from, data) {
                         Target::Shard(k) => match out.get_mut(k) {
-                            Some(o) => o.push((from, copy(data))),
+                            Some(o) => o.push((from, None, copy(data))),
                             None => {
                                 dropped.fetch_add(1, Ordering::Relaxed);
                             }
                         },
                         Target::Every => {
                             for o in &mut out {
-                                o.push((from, copy(data)));
+                                o.push((from, None, copy(data)));
                             }
                         }
                         Target::Nowhere => {

@@ -1,5 +1,5 @@
 //! meetd-colibri: the videobridge (JVB's job): the Colibri2 service, the bridge channel,
-//! and the media engine on one UDP port.
+//! and the media engine on one UDP port (and ICE-TCP for clients without UDP).
 #![forbid(unsafe_code)]
 
 pub mod channel;
@@ -10,6 +10,7 @@ pub mod media;
 pub mod rtp;
 pub mod service;
 pub mod socket;
+pub mod tcp;
 pub mod testkit;
 
 pub use colibri2::{

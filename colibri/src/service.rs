@@ -34,6 +34,8 @@ pub struct BridgeConfig {
     /// Identifier in colibri-ws URLs (JVB's default is `default-id`; meetd uses `jvb1`).
     pub id: String,
     pub media_port: u16,
+    /// ICE-TCP passive candidates' ports (empty: no ICE-TCP).
+    pub tcp_ports: Vec<u16>,
     pub advertise_ips: Vec<IpAddr>,
     /// `ws[s]://host[:port]` under which `/colibri-ws/...` is served.
     pub ws_base: String,
@@ -167,7 +169,7 @@ impl ColibriService {
     }
 
     fn local_transport(&self, conf_id: &str, ep: &EndpointState, sctp: bool) -> Transport {
-        let candidates = self
+        let udp = self
             .cfg
             .advertise_ips
             .iter()
@@ -186,8 +188,33 @@ impl ColibriService {
                 network: Some(0),
                 rel_addr: None,
                 rel_port: None,
-            })
-            .collect();
+                tcptype: None,
+            });
+        // ICE-TCP (RFC 6544): passive host candidates, below every UDP one so that clients
+        // take TCP only when UDP fails (type preference 90).
+        let n = self.cfg.advertise_ips.len();
+        let tcp = self
+            .cfg
+            .tcp_ports
+            .iter()
+            .flat_map(|port| self.cfg.advertise_ips.iter().map(move |ip| (*port, ip)))
+            .enumerate()
+            .map(|(i, (port, ip))| Candidate {
+                component: 1,
+                foundation: (n + i + 1).to_string(),
+                generation: 0,
+                id: format!("{}t{i}", ep.ufrag),
+                ip: ip.to_string(),
+                port,
+                priority: (90 << 24) | ((65535 - i as u32) << 8) | 255,
+                protocol: "tcp".into(),
+                type_: CandidateType::Host,
+                network: Some(0),
+                rel_addr: None,
+                rel_port: None,
+                tcptype: Some("passive".into()),
+            });
+        let candidates = udp.chain(tcp).collect();
         let url = format!(
             "{}/colibri-ws/{}/{}/{}?pwd={}",
             self.cfg.ws_base, self.cfg.id, conf_id, ep.id, ep.pwd
@@ -427,6 +454,7 @@ pub(crate) fn test_config(max_endpoints: usize) -> BridgeConfig {
     BridgeConfig {
         id: "jvb1".into(),
         media_port: 10000,
+        tcp_ports: vec![4443],
         advertise_ips: vec!["127.0.0.1".parse().unwrap()],
         ws_base: "ws://127.0.0.1:8080".into(),
         dtls_fingerprint: "AA:BB".into(),

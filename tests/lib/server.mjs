@@ -155,7 +155,7 @@ export class MeetdServer {
             this.configPath = path.join(this.dataDir, 'meetd-test.toml');
             writeFileSync(this.configPath, this.opts.config);
         }
-        [this.httpPort, this.c2sPort, this.componentPort, this.httpsPort] = await distinctFreePorts(4);
+        [this.httpPort, this.c2sPort, this.componentPort, this.httpsPort, this.mediaTcpPort] = await distinctFreePorts(5);
         this.mediaPort = await freeUdpPort();
         const args = [
             'serve',
@@ -165,6 +165,7 @@ export class MeetdServer {
             '--c2s', `127.0.0.1:${this.c2sPort}`,
             '--component', `127.0.0.1:${this.componentPort}`,
             '--media-port', String(this.mediaPort),
+            '--media-tcp-port', String(this.mediaTcpPort),
             '--log-level', process.env.MEETD_LOG_LEVEL || 'info',
             ...(this.opts.extraArgs || []),
         ];

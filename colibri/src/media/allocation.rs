@@ -330,8 +330,7 @@ impl MediaEngine {
                 ep.tx.probe_at = None;
                 continue;
             }
-            let (Some(srtp), Some((from, to))) =
-                (ep.transport.srtp.as_mut(), ep.transport.send_path)
+            let (Some(srtp), Some(path)) = (ep.transport.srtp.as_mut(), ep.transport.send_path)
             else {
                 continue;
             };
@@ -393,7 +392,7 @@ impl MediaEngine {
                     break;
                 }
                 self.stats.probe_packets += 1;
-                queue_transmit(&mut self.out, &mut self.stats, from, to, data);
+                queue_transmit(&mut self.out, &mut self.stats, path, data);
                 bytes = bytes.saturating_sub(PROBE_PADDING + 40);
             }
         }

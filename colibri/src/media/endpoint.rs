@@ -14,6 +14,7 @@ use str0m::config::DtlsCert;
 use str0m::format::{Codec, FormatParams};
 use str0m::ice::IceCreds;
 use str0m::media::{Frequency, MediaKind, Mid, Pt};
+use str0m::net::TcpType;
 use str0m::rtp::{Extension, ExtensionSerializer, ExtensionValues, Ssrc};
 use str0m::{Candidate, Rtc, RtcConfig};
 
@@ -23,7 +24,7 @@ use super::events::MappedSource;
 use super::forward::{Offsets, Projection, SilenceFilter, default_height};
 use super::ingress::{RxStream, TwccRecorder};
 use super::srtp::{KeySlot, Srtp, crypto_provider, with_key_capture};
-use super::{FastMap, ReceiverConstraints};
+use super::{FastMap, Path, ReceiverConstraints};
 use crate::colibri2::{self, MediaType};
 use crate::rtp::ExtIds;
 use crate::rtp::payload::VideoCodec;
@@ -184,6 +185,7 @@ pub(super) struct RtcSetup<'a> {
     pub pwd: &'a str,
     pub medias: &'a [colibri2::Media],
     pub local_addrs: &'a [SocketAddr],
+    pub tcp_local_addrs: &'a [SocketAddr],
     pub rtx_cache_packets: usize,
     /// How long forwarded video packets stay in the RTX cache.
     pub rtx_cache_age: Duration,
@@ -275,6 +277,16 @@ pub(super) fn build_rtc(s: &RtcSetup<'_>, now: Instant) -> (Rtc, RtcCaps) {
     }
     for addr in s.local_addrs {
         if let Ok(c) = Candidate::host(*addr, "udp") {
+            rtc.add_local_candidate(c);
+        }
+    }
+    for addr in s.tcp_local_addrs {
+        if let Ok(c) = Candidate::builder()
+            .tcp()
+            .host(*addr)
+            .tcptype(TcpType::Passive)
+            .build()
+        {
             rtc.add_local_candidate(c);
         }
     }
@@ -555,8 +567,8 @@ pub(super) struct Transport {
     pub connected_once: bool,
     /// The fast path's SRTP session, once DTLS is up.
     pub srtp: Option<Srtp>,
-    /// Where str0m last sent DTLS or RTCP (local, remote): the selected pair.
-    pub send_path: Option<(SocketAddr, SocketAddr)>,
+    /// Where str0m last sent DTLS or RTCP: the selected pair.
+    pub send_path: Option<Path>,
     /// The focus asked for an SCTP association (the offer has a `data` content): the bridge
     /// channel may run over a data channel (docs/bridge.md A.1).
     pub sctp: bool,
@@ -617,8 +629,8 @@ pub(super) struct TxSide {
 }
 
 impl Transport {
-    /// The fast path's SRTP session and the selected pair (local, remote), once connected.
-    pub fn fast_path(&mut self) -> Option<(&mut Srtp, (SocketAddr, SocketAddr))> {
+    /// The fast path's SRTP session and the selected pair, once connected.
+    pub fn fast_path(&mut self) -> Option<(&mut Srtp, Path)> {
         if !self.connected {
             return None;
         }

@@ -15,7 +15,7 @@ impl MediaEngine {
         self.feedback_rounds += 1;
         let twcc_due = self.feedback_rounds.is_multiple_of(2);
         for ep in self.endpoints.values_mut() {
-            let Some((srtp, (from, to))) = ep.transport.fast_path() else {
+            let Some((srtp, path)) = ep.transport.fast_path() else {
                 continue;
             };
             self.rtcp.clear();
@@ -60,7 +60,7 @@ impl MediaEngine {
             if srtp.protect_rtcp(&self.rtcp, &mut data).is_err() {
                 continue;
             }
-            queue_transmit(&mut self.out, &mut self.stats, from, to, data);
+            queue_transmit(&mut self.out, &mut self.stats, path, data);
         }
     }
 
@@ -123,8 +123,7 @@ impl MediaEngine {
         let Some(ep) = self.endpoints.get_mut(&id) else {
             return;
         };
-        let (Some(srtp), Some((from, to))) = (ep.transport.srtp.as_mut(), ep.transport.send_path)
-        else {
+        let (Some(srtp), Some(path)) = (ep.transport.srtp.as_mut(), ep.transport.send_path) else {
             return;
         };
         let Some(slot) = ep.tx.slots.values_mut().find(|s| s.ssrc == ssrc) else {
@@ -203,7 +202,7 @@ impl MediaEngine {
                 continue;
             }
             self.stats.retransmissions += 1;
-            queue_transmit(&mut self.out, &mut self.stats, from, to, data);
+            queue_transmit(&mut self.out, &mut self.stats, path, data);
         }
     }
 
@@ -212,7 +211,7 @@ impl MediaEngine {
     pub(super) fn sender_reports(&mut self, now: Instant) {
         let clock = self.clock;
         for ep in self.endpoints.values_mut() {
-            let Some((srtp, (from, to))) = ep.transport.fast_path() else {
+            let Some((srtp, path)) = ep.transport.fast_path() else {
                 continue;
             };
             let mut slots: Vec<&endpoint::Slot> = ep
@@ -240,7 +239,7 @@ impl MediaEngine {
                 if srtp.protect_rtcp(&self.rtcp, &mut data).is_err() {
                     continue;
                 }
-                queue_transmit(&mut self.out, &mut self.stats, from, to, data);
+                queue_transmit(&mut self.out, &mut self.stats, path, data);
             }
         }
     }
@@ -287,15 +286,14 @@ impl MediaEngine {
         }
         l.last_pli = Some(now);
         let media = l.ssrc;
-        if let (Some(srtp), Some((from, to))) = (ep.transport.srtp.as_mut(), ep.transport.send_path)
-        {
+        if let (Some(srtp), Some(path)) = (ep.transport.srtp.as_mut(), ep.transport.send_path) {
             self.rtcp.clear();
             crate::rtp::rtcp::rr::write_header(&mut self.rtcp, ep.tx.fb_ssrc, 0);
             crate::rtp::rtcp::pli::write(&mut self.rtcp, ep.tx.fb_ssrc, media);
             let mut data = self.bufs.pool.pop().unwrap_or_default();
             if srtp.protect_rtcp(&self.rtcp, &mut data).is_ok() {
                 self.stats.keyframe_requests += 1;
-                queue_transmit(&mut self.out, &mut self.stats, from, to, data);
+                queue_transmit(&mut self.out, &mut self.stats, path, data);
             }
             return;
         }

@@ -65,7 +65,8 @@ use rand::{Rng, SeedableRng};
 use str0m::bwe::BweKind;
 use str0m::config::DtlsCert;
 use str0m::media::{KeyframeRequestKind, Pt};
-use str0m::net::{Protocol, Receive};
+pub use str0m::net::Protocol;
+use str0m::net::Receive;
 use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite, Ssrc, Vp8Descriptor};
 use str0m::{Event, IceConnectionState, Input, Output};
 
@@ -154,6 +155,9 @@ const RTX_BURST: Duration = Duration::from_millis(250);
 pub struct EngineConfig {
     /// Host candidates: the addresses (ip + media port) the bridge advertises and receives on.
     pub local_addrs: Vec<SocketAddr>,
+    /// ICE-TCP passive host candidates (RFC 6544): the addresses (ip + TCP port) where the
+    /// bridge accepts TCP connections carrying RFC 4571-framed media. Empty: no ICE-TCP.
+    pub tcp_local_addrs: Vec<SocketAddr>,
     pub max_endpoints: usize,
     /// Forwarded packets kept per sender video stream (simulcast layer) to answer receivers'
     /// NACKs (JVB: 500).
@@ -192,6 +196,7 @@ impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
             local_addrs: Vec::new(),
+            tcp_local_addrs: Vec::new(),
             max_endpoints: 1000,
             rtx_cache_packets: 500,
             rtx_cache_age: Duration::from_secs(1),
@@ -246,7 +251,18 @@ impl EngineStats {
 pub struct Transmit {
     pub from: SocketAddr,
     pub to: SocketAddr,
+    /// UDP, or TCP (ICE-TCP: the driver frames it onto the connection from `to`).
+    pub proto: Protocol,
     pub data: Vec<u8>,
+}
+
+/// Where an endpoint's datagrams go: the local candidate, the remote address, and whether the
+/// pair is UDP or TCP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Path {
+    pub from: SocketAddr,
+    pub to: SocketAddr,
+    pub proto: Protocol,
 }
 
 #[derive(Debug)]
@@ -566,6 +582,7 @@ impl MediaEngine {
                 pwd: local_pwd,
                 medias: &medias,
                 local_addrs: &self.cfg.local_addrs,
+                tcp_local_addrs: &self.cfg.tcp_local_addrs,
                 rtx_cache_packets: self.cfg.rtx_cache_packets,
                 rtx_cache_age: self.cfg.rtx_cache_age,
                 bwe_initial_bps: self.cfg.bwe_initial_bps,
@@ -685,6 +702,7 @@ impl MediaEngine {
                 pwd: &ep.transport.pwd,
                 medias,
                 local_addrs: &self.cfg.local_addrs,
+                tcp_local_addrs: &self.cfg.tcp_local_addrs,
                 rtx_cache_packets: self.cfg.rtx_cache_packets,
                 rtx_cache_age: self.cfg.rtx_cache_age,
                 bwe_initial_bps: self.cfg.bwe_initial_bps,
@@ -1299,11 +1317,15 @@ impl MediaEngine {
 fn queue_transmit(
     out: &mut VecDeque<EngineOutput>,
     stats: &mut EngineStats,
-    from: SocketAddr,
-    to: SocketAddr,
+    path: Path,
     data: Vec<u8>,
 ) {
     stats.packets_out += 1;
     stats.bytes_out += data.len() as u64;
-    out.push_back(EngineOutput::Transmit(Transmit { from, to, data }));
+    out.push_back(EngineOutput::Transmit(Transmit {
+        from: path.from,
+        to: path.to,
+        proto: path.proto,
+        data,
+    }));
 }

@@ -7,26 +7,35 @@ use super::*;
 impl MediaEngine {
     /// One datagram received on the media port. Never panics on any input.
     pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, to: SocketAddr, data: &[u8]) {
+        self.receive(now, Protocol::Udp, from, to, data);
+    }
+
+    /// One RFC 4571 frame from an ICE-TCP connection (docs/bridge.md B.1): `from` the
+    /// client's end, `to` the bridge's end of the connection. Never panics on any input.
+    pub fn handle_tcp_frame(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        to: SocketAddr,
+        data: &[u8],
+    ) {
+        self.receive(now, Protocol::Tcp, from, to, data);
+    }
+
+    fn receive(
+        &mut self,
+        now: Instant,
+        proto: Protocol,
+        from: SocketAddr,
+        to: SocketAddr,
+        data: &[u8],
+    ) {
         let now = self.tick(now);
         self.stats.packets_in += 1;
         self.stats.bytes_in += data.len() as u64;
-        // The socket may see another local address than the one advertised (NAT, wildcard
-        // bind): str0m needs one of its own candidates as destination.
-        let to = if self.cfg.local_addrs.contains(&to) {
-            to
-        } else {
-            match self
-                .cfg
-                .local_addrs
-                .iter()
-                .find(|a| a.is_ipv4() == to.is_ipv4())
-            {
-                Some(a) => *a,
-                None => {
-                    self.stats.dropped_datagrams += 1;
-                    return;
-                }
-            }
+        let Some(to) = self.local_candidate(proto, to) else {
+            self.stats.dropped_datagrams += 1;
+            return;
         };
         let stun_user = stun_request_local_ufrag(data);
         let id = match stun_user.and_then(|u| self.by_ufrag.get(u)) {
@@ -63,7 +72,7 @@ impl MediaEngine {
             }
             return;
         }
-        let Ok(recv) = Receive::new(Protocol::Udp, from, to, data) else {
+        let Ok(recv) = Receive::new(proto, from, to, data) else {
             self.stats.dropped_datagrams += 1;
             return;
         };
@@ -99,6 +108,26 @@ impl MediaEngine {
         // second datagram before `poll_output` would overwrite it. The rest of the endpoint's
         // output waits for `poll_output` (one full drain per batch of datagrams).
         self.drain_until_packet(id);
+    }
+
+    /// The local candidate a datagram arrived on. The socket may see another local address
+    /// than the one advertised (NAT, wildcard bind): str0m needs one of its own candidates
+    /// as destination, of the same protocol, preferably of the same port, and of the same
+    /// address family.
+    fn local_candidate(&self, proto: Protocol, to: SocketAddr) -> Option<SocketAddr> {
+        let own = match proto {
+            Protocol::Udp => &self.cfg.local_addrs,
+            _ => &self.cfg.tcp_local_addrs,
+        };
+        if own.contains(&to) {
+            return Some(to);
+        }
+        let family = own.iter().filter(|a| a.is_ipv4() == to.is_ipv4());
+        family
+            .clone()
+            .find(|a| a.port() == to.port())
+            .or_else(|| family.clone().next())
+            .copied()
     }
 
     /// Fast path: the endpoint's RTCP — feedback about the streams forwarded to it, sender

@@ -339,7 +339,7 @@ pub(super) fn send_fast(
     if r.transport.srtp.is_none() {
         r.transport.srtp = r.caps.keys.get().and_then(Srtp::new);
     }
-    let (Some(srtp), Some((from, to))) = (r.transport.srtp.as_mut(), r.transport.send_path) else {
+    let (Some(srtp), Some(path)) = (r.transport.srtp.as_mut(), r.transport.send_path) else {
         return None;
     };
     let slot = r.tx.slots.get_mut(&slot_id)?;
@@ -402,6 +402,6 @@ pub(super) fn send_fast(
         }
     }
     stats.rtp_forwarded += 1;
-    queue_transmit(queue, stats, from, to, data);
+    queue_transmit(queue, stats, path, data);
     Some(keep)
 }

@@ -42,19 +42,18 @@ impl MediaEngine {
                         ep.transport.addrs.push(t.destination);
                     }
                     // DTLS and RTCP (not STUN checks) go over the selected pair.
+                    let path = Path {
+                        from: t.source,
+                        to: t.destination,
+                        proto: t.proto,
+                    };
                     if t.contents.first().is_some_and(|b| *b >= 20) {
-                        ep.transport.send_path = Some((t.source, t.destination));
+                        ep.transport.send_path = Some(path);
                     }
                     let mut data = self.bufs.pool.pop().unwrap_or_default();
                     data.clear();
                     data.extend_from_slice(&t.contents);
-                    queue_transmit(
-                        &mut self.out,
-                        &mut self.stats,
-                        t.source,
-                        t.destination,
-                        data,
-                    );
+                    queue_transmit(&mut self.out, &mut self.stats, path, data);
                 }
                 Ok(Output::Event(e)) => {
                     let packet = matches!(e, Event::RtpPacket(_));

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use str0m::config::Fingerprint;
 use str0m::ice::IceCreds;
 use str0m::media::{MediaKind, Mid, Rid};
-use str0m::net::{Protocol, Receive};
+use str0m::net::{Protocol, Receive, TcpType};
 use str0m::rtp::{ExtensionValues, RawPacket, RtpPacket, RtpWrite};
 use str0m::{Candidate, Event, Input, Output, Rtc};
 
@@ -20,6 +20,11 @@ const CONF: &str = "conf1";
 
 fn engine_addr() -> SocketAddr {
     "127.0.0.1:10000".parse().unwrap()
+}
+
+/// The engine's ICE-TCP passive candidate.
+fn engine_tcp_addr() -> SocketAddr {
+    "127.0.0.1:4443".parse().unwrap()
 }
 
 /// The offer as the focus would pass it to the bridge (Jicofo's lists).
@@ -61,6 +66,8 @@ struct Client {
     channel: Option<str0m::channel::ChannelId>,
     /// Text messages received on the data channel.
     channel_rx: Vec<String>,
+    /// Behind a firewall that drops UDP: reaches the bridge by ICE-TCP only.
+    tcp: bool,
     /// Slot SSRC → (owner, source) from the source maps.
     mapped: HashMap<u32, (String, String)>,
     id_byte: u8,
@@ -122,6 +129,7 @@ impl Client {
             sctp: false,
             channel: None,
             channel_rx: Vec::new(),
+            tcp: false,
             mapped: HashMap::new(),
             id_byte: n as u8,
             video_packets: [1; 3],
@@ -195,6 +203,24 @@ impl Client {
             pass: bridge_pwd(&self.name),
         });
         api.start_dtls(true).unwrap();
+        if self.tcp {
+            // The browser's active TCP candidate, and the bridge's passive one from the offer.
+            let active = Candidate::builder()
+                .tcp()
+                .host(self.addr)
+                .tcptype(TcpType::Active)
+                .build()
+                .unwrap();
+            self.rtc.add_local_candidate(active);
+            let passive = Candidate::builder()
+                .tcp()
+                .host(engine_tcp_addr())
+                .tcptype(TcpType::Passive)
+                .build()
+                .unwrap();
+            self.rtc.add_remote_candidate(passive);
+        }
+        let mut api = self.rtc.direct_api();
         if self.sctp {
             api.start_sctp(true);
             api.create_data_channel(str0m::channel::ChannelConfig {
@@ -280,11 +306,13 @@ impl Client {
     }
 
     /// Drain the client's outputs; returns the datagrams it sends.
-    fn poll(&mut self) -> Vec<(SocketAddr, SocketAddr, Vec<u8>)> {
+    fn poll(&mut self) -> Vec<(SocketAddr, SocketAddr, Vec<u8>, Protocol)> {
         let mut out = Vec::new();
         loop {
             match self.rtc.poll_output().unwrap() {
-                Output::Transmit(t) => out.push((t.source, t.destination, t.contents.to_vec())),
+                Output::Transmit(t) => {
+                    out.push((t.source, t.destination, t.contents.to_vec(), t.proto));
+                }
                 Output::Event(e) => match e {
                     Event::Connected => self.connected = true,
                     Event::ChannelOpen(id, _) => self.channel = Some(id),
@@ -381,6 +409,7 @@ impl Net {
         let engine = MediaEngine::new(
             EngineConfig {
                 local_addrs: vec![engine_addr()],
+                tcp_local_addrs: vec![engine_tcp_addr()],
                 ..cfg
             },
             test_clock(now),
@@ -467,12 +496,12 @@ impl Net {
                             .iter_mut()
                             .find(|c| c.addr == t.to && !c.paused)
                         {
-                            let r = Receive::new(Protocol::Udp, t.from, t.to, &t.data).unwrap();
+                            let r = Receive::new(t.proto, t.from, t.to, &t.data).unwrap();
                             c.rtc.handle_input(Input::Receive(now, r)).unwrap();
                             // One pending RTP packet in str0m's RTP mode: poll after each.
                             for t in c.poll() {
                                 if (self.deliver_to_engine)(t.0, &t.2) {
-                                    self.engine.handle_datagram(now, t.0, t.1, &t.2);
+                                    deliver(&mut self.engine, now, c.tcp, t);
                                 }
                             }
                         }
@@ -502,7 +531,7 @@ impl Net {
                 for t in c.poll() {
                     moved = true;
                     if !c.paused && (self.deliver_to_engine)(t.0, &t.2) {
-                        self.engine.handle_datagram(now, t.0, t.1, &t.2);
+                        deliver(&mut self.engine, now, c.tcp, t);
                     }
                 }
             }
@@ -581,6 +610,21 @@ impl Net {
             }
         }
         panic!("not connected");
+    }
+}
+
+/// A client's datagram to the engine: over UDP, or as a frame of its ICE-TCP connection. A
+/// client behind a UDP-blocking firewall (`tcp_only`) loses its UDP.
+fn deliver(
+    engine: &mut MediaEngine,
+    now: Instant,
+    tcp_only: bool,
+    (from, to, data, proto): (SocketAddr, SocketAddr, Vec<u8>, Protocol),
+) {
+    match proto {
+        Protocol::Tcp => engine.handle_tcp_frame(now, from, to, &data),
+        _ if tcp_only => {}
+        _ => engine.handle_datagram(now, from, to, &data),
     }
 }
 
@@ -2159,4 +2203,55 @@ fn bridge_channel_over_a_data_channel() {
     );
     net.advance(Duration::from_millis(100));
     assert_eq!(net.engine.stats().channel_messages_dropped, 3);
+}
+
+/// ICE-TCP: a client whose UDP is blocked reaches the bridge over TCP (the bridge's passive
+/// candidate, RFC 6544); its media flows both ways and everything the engine sends it is TCP,
+/// while the other client stays on UDP.
+#[test]
+fn a_client_without_udp_connects_over_tcp() {
+    let mut net = Net::build_with(2, |c| c.tcp = c.name == "ep1", EngineConfig::default());
+    net.connect();
+    net.media(Duration::from_millis(1000), true);
+    let a1 = net.clients[0].audio;
+    let a2 = net.clients[1].audio;
+    assert!(
+        !net.clients[1].received(a1).is_empty(),
+        "ep2 hears ep1 (sent over TCP)"
+    );
+    assert!(
+        !net.clients[0].received(a2).is_empty(),
+        "ep1 hears ep2 (over TCP)"
+    );
+    let seen = std::rc::Rc::new(std::cell::RefCell::new(HashMap::new()));
+    let record = seen.clone();
+    net.deliver_to_client = Box::new(move |t, _| {
+        record
+            .borrow_mut()
+            .entry(t.to)
+            .or_insert_with(HashSet::new)
+            .insert(t.proto);
+        true
+    });
+    net.media(Duration::from_millis(300), true);
+    let protos: HashMap<Option<String>, HashSet<Protocol>> = seen
+        .borrow()
+        .iter()
+        .map(|(to, p)| {
+            let name = net
+                .clients
+                .iter()
+                .find(|c| c.addr == *to)
+                .map(|c| c.name.clone());
+            (name, p.clone())
+        })
+        .collect();
+    assert_eq!(
+        protos.get(&Some("ep1".to_string())),
+        Some(&HashSet::from([Protocol::Tcp]))
+    );
+    assert_eq!(
+        protos.get(&Some("ep2".to_string())),
+        Some(&HashSet::from([Protocol::Udp]))
+    );
 }

@@ -135,6 +135,7 @@ impl Harness {
                                     network: Some(0),
                                     rel_addr: None,
                                     rel_port: None,
+                                    tcptype: None,
                                 }],
                                 ..IceUdpTransport::default()
                             }),
