@@ -72,7 +72,11 @@ const BROWSER_ARGS = [
  * One meetd with the web app and one Chromium for a test file. `config` is extra meetd.toml
  * text. Returns a handle whose `join()` opens a participant.
  */
-export function useApp({ name = 'app', config = '', extraArgs = [], https = false } = {}) {
+/**
+ * One meetd serving the app, and a Chromium, for the calling test file. `ipv6`: the media
+ * address to announce (an IPv6 one); the listeners are then on [::1].
+ */
+export function useApp({ name = 'app', config = '', extraArgs = [], https = false, ipv6 = '' } = {}) {
     const h = {
         server: null,
         browser: null,
@@ -120,8 +124,9 @@ export function useApp({ name = 'app', config = '', extraArgs = [], https = fals
         h.server = await startServer({
             name,
             config: `[focus]\nsingle_participant_timeout_secs = 60\n${config}`,
-            extraArgs: ['--web-root', root, '--advertise-ip', '127.0.0.1', ...extraArgs],
+            extraArgs: ['--web-root', root, '--advertise-ip', ipv6 || '127.0.0.1', ...extraArgs],
             https,
+            ipv6: Boolean(ipv6),
         });
         h.browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: BROWSER_ARGS });
     });
@@ -134,6 +139,53 @@ export function useApp({ name = 'app', config = '', extraArgs = [], https = fals
         }
     });
     return h;
+}
+
+const nft = (...args) => execFileSync('nft', args, { stdio: ['ignore', 'ignore', 'pipe'] });
+
+/** Why firewall tests cannot run here (no `nft`), or false. */
+export const noNft = (() => {
+    try {
+        nft('--version');
+        return false;
+    } catch {
+        return 'nft (Debian nftables) is not installed';
+    }
+})();
+
+/**
+ * Drop what each rule matches (nftables, output hook of the test's network namespace), e.g.
+ * `udp dport 10000`, until `openFirewall()`.
+ */
+export function firewall(rules) {
+    nft('add', 'table', 'inet', 'meetd_fw');
+    nft('add', 'chain', 'inet', 'meetd_fw', 'out', '{ type filter hook output priority 0; }');
+    for (const r of rules) nft('add', 'rule', 'inet', 'meetd_fw', 'out', ...r.split(' '), 'drop');
+}
+
+export function openFirewall() {
+    try {
+        nft('delete', 'table', 'inet', 'meetd_fw');
+    } catch {
+        // not there
+    }
+}
+
+/**
+ * Alice and Bob in `room` without P2P: both see each other through the bridge. Returns each
+ * one's transport as the app reports it ({type, ip, ...}), then everyone leaves.
+ */
+export async function bridgeCall(h, room) {
+    const hash = 'config.p2p.enabled=false';
+    const a = await h.join(room, { name: 'Alice', hash });
+    const b = await h.join(room, { name: 'Bob', hash });
+    await Promise.all([a.waitVideoFrom(b, 30000), b.waitVideoFrom(a, 30000)]);
+    const transports = [];
+    for (const p of [a, b]) {
+        transports.push(await p.waitFor(() => APP.conference.getStats().transport?.[0], 'transport stats', 15000));
+    }
+    await h.leaveAll();
+    return transports;
 }
 
 /** `test()` that skips with the reason when the app cannot run here. */

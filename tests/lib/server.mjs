@@ -125,18 +125,22 @@ export class MeetdServer {
         this.exited = null; // {code, signal} once the process has exited
     }
 
+    /** Where the listeners are: 127.0.0.1, or with opts.ipv6 [::1]. */
+    get host() {
+        return this.opts.ipv6 ? '[::1]' : '127.0.0.1';
+    }
     get httpBase() {
-        return `http://127.0.0.1:${this.httpPort}`;
+        return `http://${this.host}:${this.httpPort}`;
     }
     /** With opts.https: meetd's HTTPS listener (its self-signed certificate). */
     get httpsBase() {
-        return `https://127.0.0.1:${this.httpsPort}`;
+        return `https://${this.host}:${this.httpsPort}`;
     }
     get wsUrl() {
-        return `ws://127.0.0.1:${this.httpPort}/xmpp-websocket`;
+        return `ws://${this.host}:${this.httpPort}/xmpp-websocket`;
     }
     get boshUrl() {
-        return `http://127.0.0.1:${this.httpPort}/http-bind`;
+        return `http://${this.host}:${this.httpPort}/http-bind`;
     }
 
     /** Common CLI options for every sub-command. */
@@ -160,10 +164,10 @@ export class MeetdServer {
         const args = [
             'serve',
             ...this.commonArgs(),
-            '--http', `127.0.0.1:${this.httpPort}`,
-            '--https', this.opts.https ? `127.0.0.1:${this.httpsPort}` : 'off',
-            '--c2s', `127.0.0.1:${this.c2sPort}`,
-            '--component', `127.0.0.1:${this.componentPort}`,
+            '--http', `${this.host}:${this.httpPort}`,
+            '--https', this.opts.https ? `${this.host}:${this.httpsPort}` : 'off',
+            '--c2s', `${this.host}:${this.c2sPort}`,
+            '--component', `${this.host}:${this.componentPort}`,
             '--media-port', String(this.mediaPort),
             '--media-tcp-port', String(this.mediaTcpPort),
             '--log-level', process.env.MEETD_LOG_LEVEL || 'info',
