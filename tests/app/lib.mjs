@@ -354,6 +354,18 @@ export class Participant {
      * (videoWidth > 0 and frames growing) and its audio track receives. Resolves with details;
      * throws after `ms`.
      */
+    /** The height of `other`'s video as it arrives here (its element's videoHeight), or 0. */
+    async receivedHeight(other) {
+        const id = await other.id();
+        return this.eval((pid) => {
+            const tracks = APP.store.getState()['features/base/tracks'];
+            const v = tracks.find((t) => !t.local && t.participantId === pid && t.mediaType === 'video' && !t.muted);
+            const mst = v?.jitsiTrack?.getTrack();
+            const el = mst && [...document.querySelectorAll('video')].find((e) => e.srcObject?.getVideoTracks?.()[0]?.id === mst.id);
+            return el?.videoHeight ?? 0;
+        }, id);
+    }
+
     async waitVideoFrom(other, ms = 5000, { audio = false } = {}) {
         const otherId = typeof other === 'string' ? other : await other.id();
         return this.waitFor(async ([id, wantAudio]) => {
