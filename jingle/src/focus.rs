@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
+use meetd_colibri::ConferenceModify;
 use meetd_colibri::service::Bridge;
 use meetd_xmpp::router::{Router, ServiceHandle};
 use meetd_xmpp::stanza::{self, StanzaError, el};
@@ -332,6 +333,28 @@ fn conference_reply(iq: &Element, focus_bare: &str, ready: bool) -> Element {
     stanza::iq_result(iq, Some(c))
 }
 
+/// Colibri2 requests of one conference waiting for the bridge at most.
+const COLIBRI_QUEUE: usize = 256;
+
+/// One conference's Colibri2 requests, sent to the bridge in order; each answer goes back to
+/// the conference's actor.
+async fn colibri_worker(
+    bridge: Arc<dyn Bridge>,
+    mut rx: mpsc::Receiver<(u64, ConferenceModify)>,
+    tx: mpsc::Sender<ActorMsg>,
+) {
+    while let Some((req, modify)) = rx.recv().await {
+        let result = bridge.modify(modify).await;
+        if tx
+            .send(ActorMsg::Input(Input::Colibri { req, result }))
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+}
+
 async fn run_actor(
     mut conf: Conference,
     mut rx: mpsc::Receiver<ActorMsg>,
@@ -347,6 +370,10 @@ async fn run_actor(
     let mut waiting_http: Vec<oneshot::Sender<Result<(), String>>> = Vec::new();
     let mut failed: Option<String> = None;
     let mut stopped = false;
+    // Colibri2 requests go to the bridge one after the other, in the order the conference
+    // made them: an endpoint's expiry must reach the bridge before its re-allocation.
+    let (colibri_tx, colibri_rx) = mpsc::channel(COLIBRI_QUEUE);
+    tokio::spawn(colibri_worker(bridge.clone(), colibri_rx, self_tx.clone()));
     loop {
         for o in conf.take_output() {
             match o {
@@ -354,14 +381,17 @@ async fn run_actor(
                     router.route(e);
                 }
                 Output::Colibri { req, modify } => {
-                    let bridge = bridge.clone();
-                    let tx = self_tx.clone();
-                    tokio::spawn(async move {
-                        let result = bridge.modify(modify).await;
-                        let _ = tx
-                            .send(ActorMsg::Input(Input::Colibri { req, result }))
-                            .await;
-                    });
+                    if colibri_tx.try_send((req, modify)).is_err() {
+                        // As a busy bridge would answer (the conference retries or gives up).
+                        tracing::warn!(%room, "Colibri2 request queue full");
+                        let busy = Input::Colibri {
+                            req,
+                            result: Err(meetd_colibri::Colibri2Error::Busy),
+                        };
+                        if self_tx.try_send(ActorMsg::Input(busy)).is_err() {
+                            tracing::warn!(%room, "conference queue full; Colibri2 answer lost");
+                        }
+                    }
                 }
                 Output::Ready => {
                     for iq in waiting.drain(..) {
@@ -483,6 +513,51 @@ mod tests {
         assert_eq!(
             answer.blocking_recv().ok(),
             Some(Err("conference busy".to_string()))
+        );
+    }
+
+    /// A bridge that takes longer for the first request than for the second, and notes when
+    /// each starts and ends.
+    struct SlowFirst(std::sync::Mutex<Vec<String>>);
+
+    impl Bridge for SlowFirst {
+        fn modify(
+            &self,
+            req: ConferenceModify,
+        ) -> meetd_colibri::service::BoxFuture<
+            '_,
+            Result<meetd_colibri::ConferenceModified, meetd_colibri::Colibri2Error>,
+        > {
+            Box::pin(async move {
+                let id = req.meeting_id.clone();
+                self.0.lock().unwrap().push(format!("start {id}"));
+                let ms = if id == "expire" { 50 } else { 1 };
+                tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+                self.0.lock().unwrap().push(format!("end {id}"));
+                Ok(meetd_colibri::ConferenceModified::default())
+            })
+        }
+    }
+
+    /// An endpoint's expiry reaches the bridge before its re-allocation, however long the
+    /// bridge takes for it, and the answers come back in order.
+    #[tokio::test]
+    async fn colibri_requests_reach_the_bridge_in_order() {
+        let bridge = Arc::new(SlowFirst(std::sync::Mutex::new(Vec::new())));
+        let (tx, rx) = mpsc::channel(8);
+        let (actor_tx, mut actor_rx) = mpsc::channel(8);
+        tokio::spawn(colibri_worker(bridge.clone(), rx, actor_tx));
+        tx.send((1, ConferenceModify::new("expire"))).await.unwrap();
+        tx.send((2, ConferenceModify::new("create"))).await.unwrap();
+        for want in [1, 2] {
+            match actor_rx.recv().await {
+                Some(ActorMsg::Input(Input::Colibri { req, .. })) => assert_eq!(req, want),
+                _ => panic!("no answer {want}"),
+            }
+        }
+        assert_eq!(
+            *bridge.0.lock().unwrap(),
+            ["start expire", "end expire", "start create", "end create"]
         );
     }
 }
