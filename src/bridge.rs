@@ -62,6 +62,8 @@ pub struct Started {
     pub hub: Arc<ChannelHub>,
     pub engine: EngineHandle,
     pub tcp_on_https: Option<Arc<TcpMedia>>,
+    /// The media addresses announced (configured, or this host's).
+    pub media_ips: Vec<IpAddr>,
 }
 
 /// The bridge: media engine thread on the media port, ICE-TCP listener, Colibri2 service,
@@ -175,7 +177,7 @@ pub fn start(cfg: &Config) -> anyhow::Result<Started> {
         id: cfg.bridge.id.clone(),
         media_port: cfg.media.port,
         tcp_ports: tcp_public_ports,
-        advertise_ips: ips,
+        advertise_ips: ips.clone(),
         ws_base: ws_base(cfg, &host),
         dtls_fingerprint: fingerprint,
         max_conferences: cfg.bridge.max_conferences,
@@ -197,6 +199,7 @@ pub fn start(cfg: &Config) -> anyhow::Result<Started> {
         hub,
         engine,
         tcp_on_https,
+        media_ips: ips,
     })
 }
 

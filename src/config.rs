@@ -515,6 +515,15 @@ pub struct TurnSection {
     pub secret: String,
     pub ttl_secs: u64,
     pub services: Vec<TurnService>,
+    /// The embedded TURN server's UDP and TCP port (0: off).
+    pub port: u16,
+    /// TURN over TLS on the HTTPS port as well.
+    pub on_https: bool,
+    pub relay_min_port: u16,
+    pub relay_max_port: u16,
+    pub max_allocations: usize,
+    pub max_connections: usize,
+    pub relay_private_peers: bool,
 }
 
 impl Default for TurnSection {
@@ -523,7 +532,21 @@ impl Default for TurnSection {
             secret: String::new(),
             ttl_secs: 86400,
             services: Vec::new(),
+            port: 3478,
+            on_https: true,
+            relay_min_port: 49152,
+            relay_max_port: 65535,
+            max_allocations: 1000,
+            max_connections: 1000,
+            relay_private_peers: false,
         }
+    }
+}
+
+impl TurnSection {
+    /// The embedded server runs (on its port, or through the HTTPS port).
+    pub fn embedded(&self, https: bool) -> bool {
+        self.port != 0 || (self.on_https && https)
     }
 }
 
@@ -712,6 +735,8 @@ impl Config {
             ("media.engine_queue", self.media.engine_queue),
             ("media.tcp_max_connections", self.media.tcp_max_connections),
             ("media.tcp_send_queue", self.media.tcp_send_queue),
+            ("turn.max_allocations", self.turn.max_allocations),
+            ("turn.max_connections", self.turn.max_connections),
         ] {
             if v == 0 {
                 return err(k, "must be greater than 0");
@@ -725,6 +750,12 @@ impl Config {
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         {
             return err("bridge.id", "letters, digits, - and _ only");
+        }
+        if self.turn.relay_min_port == 0 || self.turn.relay_min_port > self.turn.relay_max_port {
+            return err(
+                "turn.relay_min_port",
+                "must be between 1 and turn.relay_max_port",
+            );
         }
         for (i, s) in self.turn.services.iter().enumerate() {
             if !matches!(s.kind.as_str(), "stun" | "turn" | "turns") {

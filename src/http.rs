@@ -28,6 +28,8 @@ pub struct Front {
     pub engine: meetd_colibri::driver::EngineHandle,
     /// An unpacked Jitsi Meet web build, when configured.
     pub web_root: Option<crate::webroot::WebRoot>,
+    /// The embedded TURN server, when it runs.
+    pub turn: Option<Arc<crate::turn::Turn>>,
     /// Set once every listener is bound.
     pub ready: AtomicBool,
 }
@@ -359,6 +361,14 @@ async fn metrics(
         "BOSH sessions.",
         f.bosh.session_count() as u64,
     );
+    if let Some(t) = &f.turn {
+        put(
+            "meetd_turn_allocations",
+            "gauge",
+            "Relayed addresses the embedded TURN server holds.",
+            t.allocations() as u64,
+        );
+    }
     put(
         "meetd_bridge_conferences",
         "gauge",

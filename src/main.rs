@@ -4,9 +4,10 @@
 mod bridge;
 mod config;
 mod http;
-mod ice_tcp;
+mod shared_port;
 mod storage;
 mod tls;
+mod turn;
 mod web;
 mod webroot;
 
@@ -103,6 +104,9 @@ struct Overrides {
     /// ICE-TCP port of the media engine (0: off).
     #[arg(long)]
     media_tcp_port: Option<u16>,
+    /// UDP and TCP port of the embedded TURN server (0: off).
+    #[arg(long)]
+    turn_port: Option<u16>,
     /// Address announced as ICE host candidate (repeatable).
     #[arg(long)]
     advertise_ip: Vec<IpAddr>,
@@ -150,6 +154,9 @@ fn effective(o: &Overrides) -> Result<Config, config::ConfigError> {
     }
     if let Some(v) = o.media_tcp_port {
         cfg.media.tcp_port = v;
+    }
+    if let Some(v) = o.turn_port {
+        cfg.turn.port = v;
     }
     if !o.advertise_ip.is_empty() {
         cfg.media.advertise_ips = o.advertise_ip.clone();
@@ -239,12 +246,21 @@ async fn open_storage(cfg: &Config) -> anyhow::Result<Storage> {
     Ok(Storage::open(&cfg.sqlite_path()).await?)
 }
 
-async fn serve(cfg: Config) -> anyhow::Result<()> {
+async fn serve(mut cfg: Config) -> anyhow::Result<()> {
     init_logging(&cfg);
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let storage = open_storage(&cfg).await?;
     let secret = storage.secret("scram-unknown-user").await?;
     meetd_xmpp::sasl::set_unknown_user_secret(&secret);
+    let embedded_turn = cfg.turn.embedded(cfg.listen.https.addr().is_some());
+    if embedded_turn {
+        if cfg.turn.secret.is_empty() {
+            let s = storage.secret("turn").await?;
+            cfg.turn.secret = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, s);
+        }
+        let announced = turn::announced(&cfg);
+        cfg.turn.services.extend(announced);
+    }
     let tls_files = tls::ensure(&cfg)?;
     let tls_cfg = tls::server_config(&tls_files)?;
 
@@ -374,7 +390,13 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         hub: channels,
         engine,
         tcp_on_https,
+        media_ips,
     } = bridge::start(&cfg)?;
+    let turn_server = if embedded_turn {
+        Some(turn::Turn::start(turn::setup(&cfg, &media_ips)).await?)
+    } else {
+        None
+    };
     let focus = cfg.focus.enabled.then(|| {
         meetd_jingle::focus::start(
             server.router.clone(),
@@ -393,6 +415,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         channels,
         engine,
         web_root: web_root(&cfg)?,
+        turn: turn_server.clone(),
         ready: Default::default(),
     });
 
@@ -441,9 +464,13 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
             std_l.local_addr()?
         );
         let app = http::router(front.clone(), true);
+        // ICE-TCP before TLS, TURN after it, HTTPS for the rest (src/shared_port.rs).
+        let tls = axum_server::tls_rustls::RustlsAcceptor::new(rcfg)
+            .acceptor(shared_port::IceTcpOrTls::new(tcp_on_https));
+        let turn_tls = turn_server.clone().filter(|_| cfg.turn.on_https);
         tasks.spawn(async move {
-            axum_server::from_tcp_rustls(std_l, rcfg)?
-                .map(|a| a.acceptor(ice_tcp::IceTcpOrTls::new(tcp_on_https)))
+            axum_server::from_tcp(std_l)?
+                .acceptor(shared_port::TurnOrHttps::new(tls, turn_tls))
                 .serve(app.into_make_service_with_connect_info::<std::net::SocketAddr>())
                 .await?;
             anyhow::Ok(())

@@ -149,6 +149,8 @@ fn json_logs_say_what_listens_where() {
             "0",
             "--media-tcp-port",
             "0",
+            "--turn-port",
+            "0",
             "--data-dir",
         ])
         .arg(&d)

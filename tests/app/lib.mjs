@@ -74,9 +74,10 @@ const BROWSER_ARGS = [
  */
 /**
  * One meetd serving the app, and a Chromium, for the calling test file. `ipv6`: the media
- * address to announce (an IPv6 one); the listeners are then on [::1].
+ * address to announce (an IPv6 one); the listeners are then on [::1]. `browserArgs`: more
+ * Chromium flags.
  */
-export function useApp({ name = 'app', config = '', extraArgs = [], https = false, ipv6 = '' } = {}) {
+export function useApp({ name = 'app', config = '', extraArgs = [], https = false, ipv6 = '', browserArgs = [] } = {}) {
     const h = {
         server: null,
         browser: null,
@@ -128,7 +129,7 @@ export function useApp({ name = 'app', config = '', extraArgs = [], https = fals
             https,
             ipv6: Boolean(ipv6),
         });
-        h.browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: BROWSER_ARGS });
+        h.browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: [...BROWSER_ARGS, ...browserArgs] });
     });
     after(async () => {
         await h.leaveAll().catch(() => {});
@@ -172,11 +173,12 @@ export function openFirewall() {
 }
 
 /**
- * Alice and Bob in `room` without P2P: both see each other through the bridge. Returns each
- * one's transport as the app reports it ({type, ip, ...}), then everyone leaves.
+ * Alice and Bob in `room` without P2P (and with `extraHash` config): both see each other
+ * through the bridge. Returns each one's transport as the app reports it ({type, ip,
+ * localCandidateType, ...}), then everyone leaves.
  */
-export async function bridgeCall(h, room) {
-    const hash = 'config.p2p.enabled=false';
+export async function bridgeCall(h, room, extraHash = '') {
+    const hash = `config.p2p.enabled=false${extraHash ? `&${extraHash}` : ''}`;
     const a = await h.join(room, { name: 'Alice', hash });
     const b = await h.join(room, { name: 'Bob', hash });
     await Promise.all([a.waitVideoFrom(b, 30000), b.waitVideoFrom(a, 30000)]);

@@ -159,7 +159,7 @@ export class MeetdServer {
             this.configPath = path.join(this.dataDir, 'meetd-test.toml');
             writeFileSync(this.configPath, this.opts.config);
         }
-        [this.httpPort, this.c2sPort, this.componentPort, this.httpsPort, this.mediaTcpPort] = await distinctFreePorts(5);
+        [this.httpPort, this.c2sPort, this.componentPort, this.httpsPort, this.mediaTcpPort, this.turnPort] = await distinctFreePorts(6);
         this.mediaPort = await freeUdpPort();
         const args = [
             'serve',
@@ -170,6 +170,7 @@ export class MeetdServer {
             '--component', `${this.host}:${this.componentPort}`,
             '--media-port', String(this.mediaPort),
             '--media-tcp-port', String(this.mediaTcpPort),
+            '--turn-port', String(this.turnPort),
             '--log-level', process.env.MEETD_LOG_LEVEL || 'info',
             ...(this.opts.extraArgs || []),
         ];

@@ -60,6 +60,9 @@ class Meetd:
             "--c2s", f"127.0.0.1:{self.c2s_port}",
             "--component", f"127.0.0.1:{self.component_port}",
             "--media-port", str(self.media_port),
+            # ICE-TCP and TURN off: these suites test XMPP, and fixed ports would collide.
+            "--media-tcp-port", "0",
+            "--turn-port", "0",
             "--log-level", os.environ.get("MEETD_LOG_LEVEL", "info"),
             *self.extra_args,
         ]
