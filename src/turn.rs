@@ -5,7 +5,7 @@
 //! - UDP and TCP on `[turn] port` (3478), and TLS on the HTTPS port through the demultiplexer
 //!   (`src/shared_port.rs`): a TLS connection whose first bytes are STUN is TURN, not HTTPS.
 //! - Credentials: the username is an expiry time, the password the base64 HMAC-SHA1 of it
-//!   with `[turn] secret` (what the XEP-0215 answer hands out, docs/auth.md).
+//!   with `[turn] secret` (what the XEP-0215 answer hands out; docs/bridge.md B.12).
 //! - Relayed addresses on `relay_min_port..=relay_max_port` of the first advertised address,
 //!   `max_allocations` at most. Peers on private, loopback and link-local addresses other
 //!   than meetd's own are refused unless `relay_private_peers`: a TURN server must not become
