@@ -44,6 +44,8 @@ pub fn announced(cfg: &Config) -> Vec<TurnService> {
         .filter(|h| !h.is_empty());
     let host = match (public, cfg.media.advertise_ips.first()) {
         (Some(h), _) => h.to_string(),
+        // lib-jitsi-meet writes `turn:<host>:<port>`: an IPv6 address needs its brackets.
+        (None, Some(IpAddr::V6(v6))) => format!("[{v6}]"),
         (None, Some(ip)) => ip.to_string(),
         (None, None) => cfg.server.domain.clone(),
     };
@@ -481,6 +483,19 @@ mod tests {
         }
         assert!(ok("10.1.2.3", true));
         assert!(!ok("224.0.0.1", true), "never multicast");
+    }
+
+    #[test]
+    fn an_ipv6_host_is_announced_in_brackets() {
+        let mut cfg = Config::default();
+        cfg.media.advertise_ips = vec!["fd00::1".parse().unwrap()];
+        let a = announced(&cfg);
+        assert!(!a.is_empty());
+        assert!(a.iter().all(|s| s.host == "[fd00::1]"), "{a:?}");
+        cfg.media.advertise_ips = vec!["192.0.2.1".parse().unwrap()];
+        assert_eq!(announced(&cfg)[0].host, "192.0.2.1");
+        cfg.server.public_url = "https://meet.example.org:8443/".into();
+        assert_eq!(announced(&cfg)[0].host, "meet.example.org");
     }
 
     #[test]

@@ -574,24 +574,22 @@ async fn run(
     sock: UdpSocket,
     local: SocketAddr,
     mut rx: mpsc::Receiver<Command>,
-    mut sink: EventSink,
+    sink: EventSink,
     mut tcp: Tcp,
 ) {
     let mut recv = RecvBatch::new();
-    let mut batch = SendBatch::default();
-    let fd = sock.as_raw_fd();
+    let mut out = Outbox {
+        batch: SendBatch::default(),
+        fd: sock.as_raw_fd(),
+        local,
+        sink,
+        router: None,
+        tcp: tcp.out.clone(),
+    };
     let mut load = Load::default();
     loop {
         load.update(Instant::now());
-        let deadline = drain_outputs(
-            &mut engine,
-            &mut batch,
-            fd,
-            local,
-            &mut sink,
-            None,
-            &tcp.out,
-        );
+        let deadline = out.drain(&mut engine);
         tokio::select! {
             f = next_frame(&mut tcp.frames) => {
                 engine.handle_tcp_frame(f.at, f.from, f.to, &f.data);
@@ -609,7 +607,7 @@ async fn run(
             }
             c = rx.recv() => {
                 let Some(c) = c else { break };
-                on_command(&mut engine, &mut sink, &load, c);
+                on_command(&mut engine, &mut out.sink, &load, c);
             }
             _ = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)) => {
                 engine.handle_timeout(Instant::now());
@@ -618,43 +616,52 @@ async fn run(
     }
 }
 
-/// Everything the engine has to send or report, sent or reported; returns its next deadline.
-fn drain_outputs(
-    engine: &mut MediaEngine,
-    batch: &mut SendBatch,
+/// Where an engine thread's outputs go: its handle of the media socket (in batches), the
+/// ICE-TCP connections, the event queue, and with several shards the receive thread's
+/// routing (expiries).
+struct Outbox {
+    batch: SendBatch,
     fd: RawFd,
     local: SocketAddr,
-    sink: &mut EventSink,
-    router: Option<&mpsc::Sender<Route>>,
-    tcp: &TcpMedia,
-) -> Instant {
-    let deadline = loop {
-        match engine.poll_output() {
-            EngineOutput::Transmit(t) if t.proto == Protocol::Tcp => {
-                if !tcp.send(t.to, t.data) {
-                    engine.count_send_dropped(1);
+    sink: EventSink,
+    router: Option<mpsc::Sender<Route>>,
+    tcp: Arc<TcpMedia>,
+}
+
+impl Outbox {
+    /// Everything the engine has to send or report, sent or reported; returns its next
+    /// deadline.
+    fn drain(&mut self, engine: &mut MediaEngine) -> Instant {
+        let deadline = loop {
+            match engine.poll_output() {
+                EngineOutput::Transmit(t) if t.proto == Protocol::Tcp => {
+                    if !self.tcp.send(t.to, t.data) {
+                        engine.count_send_dropped(1);
+                    }
                 }
-            }
-            EngineOutput::Transmit(t) => {
-                batch.items.push((destination(local, t.to), t.data));
-                if batch.items.len() >= SEND_BATCH {
-                    batch.flush(fd, engine);
+                EngineOutput::Transmit(t) => {
+                    self.batch
+                        .items
+                        .push((destination(self.local, t.to), t.data));
+                    if self.batch.items.len() >= SEND_BATCH {
+                        self.batch.flush(self.fd, engine);
+                    }
                 }
-            }
-            EngineOutput::Event(e) => {
-                if let (Some(r), EngineEvent::Expired { ufrag, .. }) = (router, &e) {
-                    let _ = r.try_send(Route::Forget {
-                        ufrag: ufrag.clone(),
-                    });
+                EngineOutput::Event(e) => {
+                    if let (Some(r), EngineEvent::Expired { ufrag, .. }) = (&self.router, &e) {
+                        let _ = r.try_send(Route::Forget {
+                            ufrag: ufrag.clone(),
+                        });
+                    }
+                    self.sink.push(Event::Engine(e));
                 }
-                sink.push(Event::Engine(e));
+                EngineOutput::Timeout(t) => break t,
             }
-            EngineOutput::Timeout(t) => break t,
-        }
-    };
-    batch.flush(fd, engine);
-    sink.flush();
-    deadline
+        };
+        self.batch.flush(self.fd, engine);
+        self.sink.flush();
+        deadline
+    }
 }
 
 fn on_command(engine: &mut MediaEngine, sink: &mut EventSink, load: &Load, c: Command) {
@@ -698,7 +705,7 @@ async fn run_shard(
     send_sock: std::net::UdpSocket,
     local: SocketAddr,
     q: ShardQueues,
-    mut sink: EventSink,
+    sink: EventSink,
 ) {
     let ShardQueues {
         commands: mut rx,
@@ -707,20 +714,18 @@ async fn run_shard(
         free,
         tcp,
     } = q;
-    let mut batch = SendBatch::default();
-    let fd = send_sock.as_raw_fd();
+    let mut out = Outbox {
+        batch: SendBatch::default(),
+        fd: send_sock.as_raw_fd(),
+        local,
+        sink,
+        router: Some(router),
+        tcp,
+    };
     let mut load = Load::default();
     loop {
         load.update(Instant::now());
-        let deadline = drain_outputs(
-            &mut engine,
-            &mut batch,
-            fd,
-            local,
-            &mut sink,
-            Some(&router),
-            &tcp,
-        );
+        let deadline = out.drain(&mut engine);
         tokio::select! {
             b = inbox.recv() => {
                 let Some(b) = b else { break };
@@ -742,7 +747,7 @@ async fn run_shard(
             }
             c = rx.recv() => {
                 let Some(c) = c else { break };
-                on_command(&mut engine, &mut sink, &load, c);
+                on_command(&mut engine, &mut out.sink, &load, c);
             }
             _ = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)) => {
                 engine.handle_timeout(Instant::now());

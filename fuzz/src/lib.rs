@@ -636,6 +636,7 @@ fn bridge_config() -> BridgeConfig {
     BridgeConfig {
         id: "jvb1".into(),
         media_port: 10000,
+        tcp_ports: vec![4443],
         advertise_ips: vec![std::net::Ipv4Addr::LOCALHOST.into()],
         ws_base: "wss://meet.example".into(),
         dtls_fingerprint: "AA:BB".into(),

@@ -3,6 +3,7 @@
 // gathers no candidates on IPv6 loopback), nftables drops every IPv4 packet, and the app loads,
 // signals and sends media over IPv6.
 import { execFileSync } from 'node:child_process';
+import { after } from 'node:test';
 import { useApp, appTest, assert, bridgeCall, firewall, openFirewall, noNft } from './lib.mjs';
 
 const ip = (...args) => execFileSync('ip', args, { stdio: ['ignore', 'ignore', 'pipe'] });
@@ -15,6 +16,9 @@ try {
     ip('-6', 'addr', 'add', 'fd00::1/64', 'dev', 'v6a', 'nodad');
     ip('-6', 'addr', 'add', 'fd00::2/64', 'dev', 'v6b', 'nodad');
 }
+
+// The other suites in this namespace expect it loopback-only again.
+after(() => ip('link', 'del', 'v6a'));
 
 const app = useApp({ name: 'app-ipv6', ipv6: 'fd00::1' });
 

@@ -1,0 +1,145 @@
+// Bad networks (issue 14): one receiver's link from the bridge gets 5% random loss (nftables),
+// then 300 kbit/s (tc htb), then a 2 s outage. Its video must keep decoding with NACK/RTX
+// repair, step down and back up, and recover; its audio stays usable; another receiver of
+// the same sender is not affected. (This kernel has no sch_netem: the 100 ms RTT of the
+// issue's loss case cannot be added, the loss is.)
+import { execFileSync } from 'node:child_process';
+import { useApp, appTest, assert, sleep, firewall, openFirewall, noNft } from './lib.mjs';
+
+const app = useApp({ name: 'app-badnet' });
+const tc = (...args) => execFileSync('tc', args, { stdio: ['ignore', 'ignore', 'pipe'] });
+
+/** What `p` receives from `other`: video and audio counters from getStats(). */
+async function flow(p, other) {
+    const id = await other.id();
+    return p.eval(async (pid) => {
+        const tracks = APP.store.getState()['features/base/tracks'];
+        const ids = {};
+        for (const k of ['video', 'audio']) {
+            ids[k] = tracks.find((t) => !t.local && t.participantId === pid && t.mediaType === k)?.jitsiTrack?.getTrack()?.id;
+        }
+        const pc = APP.conference._room.jvbJingleSession.peerconnection.peerconnection;
+        const out = { video: null, audio: null };
+        (await pc.getStats()).forEach((s) => {
+            if (s.type !== 'inbound-rtp') return;
+            if (s.trackIdentifier === ids.video) {
+                out.video = { decoded: s.framesDecoded ?? 0, freezes: s.freezeCount ?? 0, height: s.frameHeight ?? 0,
+                    nacks: s.nackCount ?? 0, rtx: s.retransmittedPacketsReceived ?? 0, lost: s.packetsLost ?? 0 };
+            }
+            if (s.trackIdentifier === ids.audio) {
+                out.audio = { concealed: s.concealedSamples ?? 0, samples: s.totalSamplesReceived ?? 0, lost: s.packetsLost ?? 0 };
+            }
+        });
+        return out;
+    }, id);
+}
+
+/** `p`'s reception of `other` over `ms`: frame rate, freezes, NACKs, repairs, audio concealment. */
+async function over(p, other, ms) {
+    const a = await flow(p, other);
+    await sleep(ms);
+    const b = await flow(p, other);
+    const s = ms / 1000;
+    return {
+        fps: +((b.video.decoded - a.video.decoded) / s).toFixed(1),
+        freezes: b.video.freezes - a.video.freezes,
+        nacks: b.video.nacks - a.video.nacks,
+        rtx: b.video.rtx - a.video.rtx,
+        lost: b.video.lost - a.video.lost,
+        height: b.video.height,
+        concealed: +((b.audio.concealed - a.audio.concealed) / Math.max(1, b.audio.samples - a.audio.samples)).toFixed(3),
+    };
+}
+
+appTest('loss, a narrow link and an outage on one receiver\'s link', app.wrap(async () => {
+    const hash = 'config.p2p.enabled=false';
+    const alice = await app.join('badnet', { name: 'Alice', hash });
+    const bob = await app.join('badnet', { name: 'Bob', hash });
+    const carol = await app.join('badnet', { name: 'Carol', hash });
+    await Promise.all([alice.waitVideoFrom(bob, 15000), carol.waitVideoFrom(bob, 15000)]);
+    // Alice has Bob on stage: she receives his high layer (and Carol the same).
+    const pin = (id) => {
+        APP.store.dispatch({ type: 'SET_TILE_VIEW', enabled: false });
+        APP.store.dispatch({ type: 'PIN_PARTICIPANT', participant: { id, local: false } });
+    };
+    const bobId = await bob.id();
+    await alice.eval(pin, bobId);
+    await carol.eval(pin, bobId);
+    await sleep(5000);
+    const t = await alice.waitFor(() => APP.conference.getStats().transport?.[0], 'transport stats', 15000);
+    const port = Number(t.localip.split(':').pop());
+    assert.ok(port > 0, JSON.stringify(t));
+    const report = {};
+    const [ab, cb] = await Promise.all([over(alice, bob, 10000), over(carol, bob, 10000)]);
+    report.baseline = { alice: ab, carol: cb };
+
+    // 5% of the datagrams to Alice lost.
+    firewall([`udp dport ${port} numgen random mod 100 < 5`]);
+    let carolDuring;
+    try {
+        [report.loss, carolDuring] = await Promise.all([over(alice, bob, 20000), over(carol, bob, 20000)]);
+    } finally {
+        openFirewall();
+    }
+    report.lossCarol = carolDuring;
+
+    // 300 kbit/s to Alice: her video steps down, and up again once the link clears.
+    const high = (await flow(alice, bob)).video.height;
+    tc('qdisc', 'add', 'dev', 'lo', 'root', 'handle', '1:', 'htb', 'default', '10');
+    let low = 0;
+    try {
+        tc('class', 'add', 'dev', 'lo', 'parent', '1:', 'classid', '1:10', 'htb', 'rate', '10gbit');
+        tc('class', 'add', 'dev', 'lo', 'parent', '1:', 'classid', '1:20', 'htb', 'rate', '300kbit', 'ceil', '300kbit');
+        tc('qdisc', 'add', 'dev', 'lo', 'parent', '1:20', 'handle', '20:', 'pfifo', 'limit', '30');
+        tc('filter', 'add', 'dev', 'lo', 'parent', '1:', 'protocol', 'ip', 'prio', '1', 'u32',
+            'match', 'ip', 'protocol', '17', '0xff', 'match', 'ip', 'dport', String(port), '0xffff', 'flowid', '1:20');
+        const deadline = Date.now() + 30000;
+        while (Date.now() < deadline && !low) {
+            await sleep(1000);
+            const h = (await flow(alice, bob)).video.height;
+            if (h > 0 && h < high) low = h;
+        }
+        report.narrow = await over(alice, bob, 5000);
+    } finally {
+        tc('qdisc', 'del', 'dev', 'lo', 'root');
+    }
+    let back = 0;
+    const deadline = Date.now() + 60000;
+    while (Date.now() < deadline && !back) {
+        await sleep(1000);
+        const h = (await flow(alice, bob)).video.height;
+        if (h > low) back = h;
+    }
+    report.steps = { high, low, back };
+
+    // 2 s with nothing reaching Alice: her video comes back.
+    firewall([`udp dport ${port}`]);
+    await sleep(2000);
+    openFirewall();
+    const before = (await flow(alice, bob)).video.decoded;
+    let resumedMs = -1;
+    const t0 = Date.now();
+    while (Date.now() - t0 < 15000) {
+        await sleep(500);
+        if ((await flow(alice, bob)).video.decoded > before + 5) {
+            resumedMs = Date.now() - t0;
+            break;
+        }
+    }
+    report.outage = { resumedMs, after: await over(alice, bob, 5000) };
+    console.log(`badnet: ${JSON.stringify(report)}`);
+
+    // Loss: repaired by NACK/RTX, video still flowing, audio concealment small.
+    assert.ok(report.loss.nacks > 0 && report.loss.rtx > 0, `NACKs ${report.loss.nacks}, RTX ${report.loss.rtx}`);
+    assert.ok(report.loss.fps >= report.baseline.alice.fps / 2, `fps ${report.loss.fps} under loss (baseline ${report.baseline.alice.fps})`);
+    assert.ok(report.loss.concealed < 0.2, `audio concealed ${report.loss.concealed}`);
+    // Carol, on the same sender, unaffected.
+    assert.ok(report.lossCarol.fps >= report.baseline.carol.fps / 2, `Carol at ${report.lossCarol.fps} fps`);
+    assert.ok(report.lossCarol.nacks <= 5, `Carol NACKed ${report.lossCarol.nacks}`);
+    // The narrow link: down, and up again.
+    assert.ok(low > 0, `no lower layer behind 300 kbit/s (from ${high}p)`);
+    assert.ok(back > low, `not back above ${low}p after the link cleared`);
+    // The outage: video again within 15 s.
+    assert.ok(resumedMs >= 0, 'video did not resume after the outage');
+    await app.leaveAll();
+}), { skip: noNft, timeout: 300000 });
