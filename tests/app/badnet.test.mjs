@@ -63,9 +63,16 @@ appTest('loss, a narrow link and an outage on one receiver\'s link', app.wrap(as
         APP.store.dispatch({ type: 'PIN_PARTICIPANT', participant: { id, local: false } });
     };
     const bobId = await bob.id();
-    await alice.eval(pin, bobId);
-    await carol.eval(pin, bobId);
-    await sleep(5000);
+    // Until the app shows Bob on the large video and the high layer arrives.
+    for (const p of [alice, carol]) {
+        const deadline = Date.now() + 20000;
+        while (Date.now() < deadline) {
+            await p.eval(pin, bobId);
+            await sleep(1000);
+            const onStage = await p.eval(() => APP.store.getState()['features/large-video'].participantId);
+            if (onStage === bobId && await p.receivedHeight(bob) > 180) break;
+        }
+    }
     const t = await alice.waitFor(() => APP.conference.getStats().transport?.[0], 'transport stats', 15000);
     const port = Number(t.localip.split(':').pop());
     assert.ok(port > 0, JSON.stringify(t));
@@ -132,7 +139,8 @@ appTest('loss, a narrow link and an outage on one receiver\'s link', app.wrap(as
     // Loss: repaired by NACK/RTX, video still flowing, audio concealment small.
     assert.ok(report.loss.nacks > 0 && report.loss.rtx > 0, `NACKs ${report.loss.nacks}, RTX ${report.loss.rtx}`);
     assert.ok(report.loss.fps >= report.baseline.alice.fps / 2, `fps ${report.loss.fps} under loss (baseline ${report.baseline.alice.fps})`);
-    assert.ok(report.loss.concealed < 0.2, `audio concealed ${report.loss.concealed}`);
+    assert.ok(report.loss.concealed < report.baseline.alice.concealed + 0.1,
+        `audio concealed ${report.loss.concealed} (baseline ${report.baseline.alice.concealed})`);
     // Carol, on the same sender, unaffected.
     assert.ok(report.lossCarol.fps >= report.baseline.carol.fps / 2, `Carol at ${report.lossCarol.fps} fps`);
     assert.ok(report.lossCarol.nacks <= 5, `Carol NACKed ${report.lossCarol.nacks}`);
