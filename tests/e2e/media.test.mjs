@@ -37,7 +37,6 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import http from 'node:http';
 import dgram from 'node:dgram';
-import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { readFileSync, existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
@@ -45,6 +44,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
 import { useServer, DOMAIN, TESTS_DIR, withTimeout, sleep } from '../lib/server.mjs';
+import { shapePort, unshape } from '../lib/shape.mjs';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const require = createRequire(import.meta.url);
@@ -536,21 +536,16 @@ if (P2P) {
         const port = Number(String((await stats(rx)).pair?.local || '').split(' ')[0].split(':').pop());
         assert.ok(port > 0, 'the receiver\'s local port');
         const before = await video();
-        const tc = (...args) => execFileSync('tc', args, { stdio: ['ignore', 'ignore', 'pipe'] });
         // Everything to the receiver's UDP port through a 400 kbit/s class with a short queue.
         try {
-            tc('qdisc', 'add', 'dev', 'lo', 'root', 'handle', '1:', 'htb', 'default', '10');
+            shapePort(port, '400kbit');
         } catch (e) {
+            unshape();
             return t.skip(`tc htb unavailable here: ${String(e.stderr || e).trim()}`);
         }
         const t0 = Date.now();
         let low;
         try {
-            tc('class', 'add', 'dev', 'lo', 'parent', '1:', 'classid', '1:10', 'htb', 'rate', '10gbit');
-            tc('class', 'add', 'dev', 'lo', 'parent', '1:', 'classid', '1:20', 'htb', 'rate', '400kbit', 'ceil', '400kbit');
-            tc('qdisc', 'add', 'dev', 'lo', 'parent', '1:20', 'handle', '20:', 'pfifo', 'limit', '30');
-            tc('filter', 'add', 'dev', 'lo', 'parent', '1:', 'protocol', 'ip', 'prio', '1', 'u32',
-                'match', 'ip', 'protocol', '17', '0xff', 'match', 'ip', 'dport', String(port), '0xffff', 'flowid', '1:20');
             const deadline = Date.now() + 30000;
             let prev = before;
             while (Date.now() < deadline) {
@@ -564,7 +559,7 @@ if (P2P) {
                 prev = v;
             }
         } finally {
-            tc('qdisc', 'del', 'dev', 'lo', 'root');
+            unshape();
         }
         const shaped = Date.now() - t0;
         if (!low) throw new Error(`still ${before?.frameHeight}p behind 400 kbit/s after ${shaped} ms\n${await report()}`);
