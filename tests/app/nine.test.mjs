@@ -65,7 +65,7 @@ appTest(`${N} on video in tile view: everyone sees everyone`, app.wrap(async () 
     }
     // Everyone sees every other one's video.
     await Promise.all(people.map(async (x) => {
-        for (const y of people) if (y !== x) await x.waitVideoFrom(y, 60000);
+        for (const y of people) if (y !== x) await x.waitVideoFrom(y, 120000);
     }));
     const tile = await people[0].eval(() => APP.store.getState()['features/video-layout'].tileViewEnabled);
     // A steady 20 s: the bridge's CPU and memory, then what each browser received.
