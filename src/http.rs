@@ -452,8 +452,14 @@ async fn metrics(
         put(
             "meetd_media_layer_switches_total",
             "counter",
-            "Simulcast layer switches.",
+            "Simulcast layer and SVC decode target switches.",
             s.layer_switches,
+        );
+        put(
+            "meetd_media_svc_skipped_total",
+            "counter",
+            "Packets of SVC layers not forwarded to a receiver that gets a lower layer.",
+            s.svc_skipped,
         );
         put(
             "meetd_media_rtc_errors_total",

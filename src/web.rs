@@ -64,10 +64,6 @@ pub fn config_js(cfg: &Config, x: &meetd_xmpp::XmppConfig, base: &str) -> String
         "sharedVideoAllowedURLDomains": cfg.web.shared_video_domains,
         "enableCalendarIntegration": false,
         "p2p": { "enabled": true, "stunServers": [ { "urls": stun } ] },
-        // The bridge picks simulcast layers per receiver (docs/bridge.md B.8) but does not yet
-        // drop SVC layers: AV1 and VP9 are sent as simulcast too, so that a thumbnail gets the
-        // low layer and not the whole stream.
-        "videoQuality": { "av1": { "useSimulcast": true }, "vp9": { "useSimulcast": true } },
         "prejoinConfig": { "enabled": true },
         "e2eping": { "enabled": false },
         "enableWelcomePage": true,

@@ -793,7 +793,7 @@ pub fn stun(data: &[u8]) {
 }
 
 /// RTP: the header and its extensions (ids from the control byte), the video payload
-/// descriptors, and the header the bridge writes from what it read, which must read back.
+/// descriptors, the AV1 dependency descriptor, and the header the bridge writes from what it read, which must read back.
 pub fn rtp_packet(data: &[u8]) {
     let Some((ctl, rest)) = control(data) else {
         return;
@@ -827,6 +827,15 @@ pub fn rtp_packet(data: &[u8]) {
         let _ = payload::starts_keyframe(codec, payload);
     }
     let _ = payload::vp8_keyframe_height(payload);
+    let _ = payload::vp9_layers(payload);
+    // The dependency descriptor: alone, and against the structure it carries.
+    if let Some(d) = &dd
+        && let Ok(first) = rtp::dd::parse(d, None)
+        && let Some(s) = &first.structure
+    {
+        let again = rtp::dd::parse(d, Some(s)).expect("a descriptor reads with its own structure");
+        assert_eq!(again.frame_number, first.frame_number);
+    }
     let mut copy = payload.to_vec();
     payload::patch_vp8(&mut copy, Some(u16::from(ctl) << 7 | 0x55), Some(ctl));
     assert_eq!(copy.len(), payload.len(), "patched in place");

@@ -94,6 +94,7 @@ impl MediaEngine {
                         slot,
                         max_height: 0,
                         bwe_height: u32::MAX,
+                        bwe_view: usize::MAX,
                     },
                 );
             }
@@ -143,7 +144,8 @@ impl MediaEngine {
 
     /// docs/bridge.md B.8 step 3: share the receiver's estimate `budget` among what lastN and
     /// the constraints leave (`heights`), in priority order. Per source, the height of the
-    /// layer it got (0: none), and the padding to probe with for more.
+    /// layer it got (0: none) and that layer's view index (an SVC stream's temporal layers share
+    /// a height), and the padding to probe with for more.
     pub(super) fn share_bandwidth(
         &self,
         r: &Endpoint,
@@ -151,8 +153,10 @@ impl MediaEngine {
         heights: &[(SourceId, u32)],
         budget: u64,
         now: Instant,
-    ) -> (Vec<u32>, u64) {
+    ) -> (Vec<u32>, Vec<usize>, u64) {
         let mut bwe = vec![u32::MAX; order.len()];
+        let mut bwe_views = vec![usize::MAX; order.len()];
+        let mut view_ids: Vec<Vec<usize>> = Vec::new();
         let mut cands: Vec<BandwidthCandidate> = Vec::new();
         let mut at: Vec<usize> = Vec::new();
         for (k, x) in order.iter().enumerate() {
@@ -165,9 +169,12 @@ impl MediaEngine {
             else {
                 continue;
             };
-            let mut layers: Vec<(u32, u64)> = (0..src.layers.len())
-                .filter(|&i| src.layer_selectable(i, now))
-                .map(|i| (src.layer_height(i), src.layers[i].bps))
+            let mut ids: Vec<usize> = (0..src.view_count())
+                .filter(|&i| src.view_selectable(i, now) && src.view_allocatable(i))
+                .collect();
+            let mut layers: Vec<(u32, u64)> = ids
+                .iter()
+                .map(|&i| (src.view_height(i), src.view_bps(i)))
                 .collect();
             // Nothing flowing yet: nothing to share (the next round sees it).
             if h == 0 || layers.is_empty() {
@@ -176,6 +183,8 @@ impl MediaEngine {
             // Constraints are soft: the lowest active layer when none is within them.
             let within = layers.iter().rposition(|l| l.0 <= h).map_or(1, |p| p + 1);
             layers.truncate(within);
+            ids.truncate(within);
+            view_ids.push(ids);
             cands.push(BandwidthCandidate {
                 layers,
                 on_stage: x.rank == 0,
@@ -186,12 +195,13 @@ impl MediaEngine {
         let a = allocate_bandwidth(&cands, budget);
         for (j, k) in at.into_iter().enumerate() {
             bwe[k] = a.chosen[j].map_or(0, |i| cands[j].layers[i].0);
+            bwe_views[k] = a.chosen[j].map_or(usize::MAX, |i| view_ids[j][i]);
         }
         let mut probe_bps = 0;
         if r.caps.fast_egress && a.ideal_bps > a.target_bps {
             probe_bps = (a.ideal_bps - a.target_bps).min(budget.saturating_sub(a.target_bps));
         }
-        (bwe, probe_bps)
+        (bwe, bwe_views, probe_bps)
     }
 
     /// Decide each forwarded video source's effective maxHeight for one receiver `rid`
@@ -208,9 +218,13 @@ impl MediaEngine {
         let c = &r.tx.constraints;
         let heights = constrained_heights(c, &order);
         let budget = self.budget(r);
-        let (bwe, probe_bps) = match (budget, self.now) {
+        let (bwe, bwe_views, probe_bps) = match (budget, self.now) {
             (Some(budget), Some(now)) => self.share_bandwidth(r, &order, &heights, budget, now),
-            _ => (vec![u32::MAX; order.len()], 0),
+            _ => (
+                vec![u32::MAX; order.len()],
+                vec![usize::MAX; order.len()],
+                0,
+            ),
         };
         let mut forwarded: Vec<String> = order
             .iter()
@@ -231,8 +245,9 @@ impl MediaEngine {
             self.timers.set(Timer::Probe, n + PROBE_INTERVAL);
         }
         let mut changed = false;
-        for (&(sid, h), &b) in heights.iter().zip(&bwe) {
+        for ((&(sid, h), &b), &v) in heights.iter().zip(&bwe).zip(&bwe_views) {
             if let Some(f) = r.tx.forwards.get_mut(&sid) {
+                f.bwe_view = v;
                 if f.max_height != h {
                     f.max_height = h;
                     changed = true;
@@ -308,9 +323,15 @@ impl MediaEngine {
             .flat_map(|e| e.rx.sources.iter_mut())
             .flat_map(|s| s.layers.iter_mut())
         {
-            let bps = (std::mem::take(&mut l.bytes) as f64 * 8.0 / elapsed) as u64;
-            // Smoothed over about two intervals: keyframes come and go.
-            l.bps = if l.bps == 0 { bps } else { (l.bps + bps) / 2 };
+            let smooth = |bytes: &mut u64, bps: &mut u64| {
+                let now = (std::mem::take(bytes) as f64 * 8.0 / elapsed) as u64;
+                // Smoothed over about two intervals: keyframes come and go.
+                *bps = if *bps == 0 { now } else { (*bps + now) / 2 };
+            };
+            smooth(&mut l.bytes, &mut l.bps);
+            for v in &mut l.svc.views {
+                smooth(&mut v.bytes, &mut v.bps);
+            }
         }
     }
 

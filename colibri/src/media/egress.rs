@@ -21,6 +21,8 @@ pub(super) struct Sent {
     pub at: Instant,
     pub payload: super::buf::Payload,
     pub ext: ExtOut,
+    /// SVC: the spatial layer of the frame this packet ends.
+    pub end_spatial: Option<u8>,
 }
 
 /// A NACKed packet is resent to one receiver at most once per this interval.
@@ -110,6 +112,7 @@ mod tests {
             at: t0 + Duration::from_millis(ms),
             payload: super::super::buf::Buf::payload(&[seq as u8]),
             ext: ExtOut::default(),
+            end_spatial: None,
         };
         let mut r = RtxRing::default();
         for (i, seq) in [65_534u64, 65_535, 65_536, 65_540, 65_541]

@@ -24,6 +24,7 @@ use super::events::MappedSource;
 use super::forward::{Offsets, Projection, SilenceFilter, default_height};
 use super::ingress::{RxStream, TwccRecorder};
 use super::srtp::{KeySlot, Srtp, crypto_provider, with_key_capture};
+use super::svc::{SvcFilter, SvcStream};
 use super::{FastMap, Path, ReceiverConstraints};
 use crate::colibri2::{self, MediaType};
 use crate::rtp::ExtIds;
@@ -347,6 +348,8 @@ pub(super) struct Layer {
     /// allocation works with.
     pub bytes: u64,
     pub bps: u64,
+    /// The layers inside the stream (SVC), when it has any.
+    pub svc: SvcStream,
 }
 
 impl Layer {
@@ -375,6 +378,9 @@ pub(super) struct SenderSource {
     pub video_type: String,
     /// The last `SenderSourceConstraints` maxHeight announced for it (video only).
     pub announced_max_height: Option<u32>,
+    /// The layer (SSRC) that carries all of the source's spatial layers as one SVC stream,
+    /// while it does (the app signals three simulcast SSRCs and sends on the first).
+    pub svc_layer: Option<usize>,
 }
 
 impl SenderSource {
@@ -415,6 +421,7 @@ impl SenderSource {
                 cache: RtxRing::default(),
                 bytes: 0,
                 bps: 0,
+                svc: SvcStream::default(),
             })
             .collect();
         let used: HashSet<u32> = layers
@@ -444,6 +451,7 @@ impl SenderSource {
                 .unwrap_or("camera")
                 .to_ascii_uppercase(),
             announced_max_height: None,
+            svc_layer: None,
         })
     }
 
@@ -463,6 +471,67 @@ impl SenderSource {
         self.layers[i]
             .height
             .unwrap_or_else(|| default_height(i, self.layers.len()))
+    }
+
+    /// The spatial layers of the source's SVC stream, while it sends one with two or more.
+    pub fn svc(&self) -> Option<&SvcStream> {
+        let l = &self.layers.get(self.svc_layer?)?.svc;
+        l.layout
+            .as_ref()
+            .filter(|x| x.spatial_layers > 1)
+            .map(|_| l)
+    }
+
+    /// What receivers choose from (docs/bridge.md B.8, B.13): the simulcast layers, or the
+    /// spatial layers of one SVC stream.
+    pub fn view_count(&self) -> usize {
+        match self.svc().and_then(|s| s.layout.as_ref()) {
+            Some(l) => l.views(),
+            None => self.layers.len(),
+        }
+    }
+
+    pub fn view_height(&self, i: usize) -> u32 {
+        match self.svc().and_then(|s| s.layout.as_ref()) {
+            Some(l) => l
+                .heights
+                .get(i)
+                .copied()
+                .flatten()
+                .unwrap_or_else(|| default_height(l.view_spatial(i), l.spatial_layers)),
+            None => self.layer_height(i),
+        }
+    }
+
+    pub fn view_selectable(&self, i: usize, now: Instant) -> bool {
+        match self.svc() {
+            Some(s) => s
+                .views
+                .get(i)
+                .and_then(|v| v.last_seen)
+                .is_some_and(|t| now.saturating_duration_since(t) < LAYER_IDLE),
+            None => self.layer_selectable(i, now),
+        }
+    }
+
+    /// Whether the bandwidth allocation may choose view `i`: as JVB for cameras, below the
+    /// on-stage preferred height at any frame rate, above it only at the full frame rate.
+    pub fn view_allocatable(&self, i: usize) -> bool {
+        match self.svc().and_then(|s| s.layout.as_ref()) {
+            Some(l) => {
+                l.full_rate(i)
+                    || l.view_spatial(i) == 0
+                    || self.view_height(i) < super::forward::ONSTAGE_PREFERRED_HEIGHT
+            }
+            None => true,
+        }
+    }
+
+    pub fn view_bps(&self, i: usize) -> u64 {
+        match self.svc() {
+            Some(s) => s.views.get(i).map_or(0, |v| v.bps),
+            None => self.layers[i].bps,
+        }
     }
 }
 
@@ -484,6 +553,9 @@ pub(super) struct Forward {
     /// The height of the layer the bandwidth allocation gave it (0: suspended; `u32::MAX`: no
     /// estimate to follow).
     pub bwe_height: u32,
+    /// The highest view (layer) the allocation gave it: below `bwe_height`'s best when an SVC
+    /// stream's lower frame rate was all that fit (`usize::MAX`: no limit).
+    pub bwe_view: usize,
 }
 
 pub(super) type SlotId = u64;
@@ -499,6 +571,8 @@ pub(super) struct Slot {
     /// Rewriting state: continuous across layer switches and, with SSRC rewriting, across
     /// changes of the source riding on the slot.
     pub proj: Projection,
+    /// The decode target of an SVC source riding on it.
+    pub svc: SvcFilter,
     pub source: Option<SourceId>,
     pub last_used: Option<Instant>,
     /// Fast path: which sender stream, with which offsets, produced the sequence numbers from
@@ -524,6 +598,8 @@ pub(super) struct SlotMap {
     pub sender: EpId,
     pub source: SourceId,
     pub off: Offsets,
+    /// SVC: the spatial layer whose frame ends carried the marker.
+    pub mark_spatial: Option<u8>,
 }
 
 /// One endpoint: who it is, what was negotiated, and its three parts.
@@ -725,6 +801,7 @@ impl Endpoint {
                 ssrc,
                 rtx,
                 proj: Projection::default(),
+                svc: SvcFilter::default(),
                 source: None,
                 last_used: None,
                 history: VecDeque::new(),
@@ -796,6 +873,7 @@ impl Endpoint {
             f.slot = None;
         }
         slot.proj.rebind();
+        slot.svc.reset();
         slot.last_used = Some(now);
         if let Some(f) = self.tx.forwards.get_mut(&source) {
             f.slot = Some(id);

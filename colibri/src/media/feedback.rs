@@ -102,7 +102,7 @@ impl MediaEngine {
                 todo.push((out, *m));
             }
         }
-        let mut packets: Vec<(u64, Sent, forward::Offsets)> = Vec::new();
+        let mut packets: Vec<(u64, Sent, forward::Offsets, Option<u8>)> = Vec::new();
         for (out, m) in todo {
             let Ok(in_seq) = u64::try_from(out as i64 - m.off.seq) else {
                 continue;
@@ -114,7 +114,7 @@ impl MediaEngine {
                 .and_then(|s| s.layers.get(m.off.layer))
                 .and_then(|l| l.cache.get(in_seq));
             if let Some(c) = cached {
-                packets.push((out, c.clone(), m.off));
+                packets.push((out, c.clone(), m.off, m.mark_spatial));
             }
         }
         if packets.is_empty() {
@@ -147,7 +147,7 @@ impl MediaEngine {
             .min(cap);
             ep.tx.rtx_at = Some(now);
         }
-        for (out, s, off) in packets {
+        for (out, s, off, mark_spatial) in packets {
             if rtx_rate.is_some() {
                 let size = (s.payload.len() + 40) as f64;
                 if ep.tx.rtx_tokens < size {
@@ -178,7 +178,8 @@ impl MediaEngine {
                 &mut self.bufs.hdr,
                 &RtpOut {
                     pt: rtx_pt,
-                    marker: s.marker,
+                    // SVC: the end of the receiver's picture, as first sent.
+                    marker: s.marker || s.end_spatial.is_some() && s.end_spatial == mark_spatial,
                     seq: rtx_seq as u16,
                     ts: s.ts.wrapping_add(off.ts),
                     ssrc: rtx_ssrc,

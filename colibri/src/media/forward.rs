@@ -184,7 +184,15 @@ pub(super) struct Projection {
     last: Option<LastOut>,
     /// Incremented at every switch: the offsets below changed.
     epoch: u32,
+    /// The highest input sequence number of the current layer seen.
+    highest_in: Option<u64>,
+    /// Input sequence numbers skipped lately (SVC frames a receiver does not get), oldest
+    /// first: a late packet before some of them is numbered as if they were not yet skipped.
+    skipped: std::collections::VecDeque<u64>,
 }
+
+/// Skipped sequence numbers remembered for late packets.
+const SKIPPED_KEPT: usize = 64;
 
 /// The offsets from a sender's stream to what a receiver gets, since one switch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -238,6 +246,24 @@ impl Projection {
         self.layer = None;
     }
 
+    /// `p`, of the layer forwarded, is not sent (an SVC frame the receiver does not get):
+    /// later packets are numbered without a gap for it. A late one leaves its gap.
+    pub fn skip(&mut self, p: &InPacket) {
+        if self.layer != Some(p.layer) || p.seq < self.switch_seq {
+            return;
+        }
+        if self.highest_in.is_some_and(|h| p.seq <= h) {
+            return;
+        }
+        self.highest_in = Some(p.seq);
+        self.seq_off -= 1;
+        self.epoch = self.epoch.wrapping_add(1);
+        if self.skipped.len() >= SKIPPED_KEPT {
+            self.skipped.pop_front();
+        }
+        self.skipped.push_back(p.seq);
+    }
+
     /// Project `p` given the layer the receiver should get. `None`: drop the packet.
     pub fn project(&mut self, p: &InPacket, target: usize) -> Option<OutPacket> {
         let mut switched = false;
@@ -248,7 +274,20 @@ impl Projection {
         if self.layer != Some(p.layer) || p.seq < self.switch_seq {
             return None;
         }
-        let seq = p.seq as i64 + self.seq_off;
+        let mut off = self.seq_off;
+        match self.highest_in {
+            Some(h) if p.seq < h => {
+                // Late: the skips after it had not happened yet.
+                off += self
+                    .skipped
+                    .iter()
+                    .rev()
+                    .take_while(|s| **s > p.seq)
+                    .count() as i64;
+            }
+            _ => self.highest_in = Some(p.seq),
+        }
+        let seq = p.seq as i64 + off;
         if seq < 0 {
             return None;
         }
@@ -297,6 +336,8 @@ impl Projection {
             }
         }
         self.switch_seq = p.seq;
+        self.highest_in = None;
+        self.skipped.clear();
         self.layer = Some(p.layer);
         self.epoch = self.epoch.wrapping_add(1);
     }
@@ -378,6 +419,32 @@ mod tests {
         assert_eq!(default_height(0, 3), 180);
         assert_eq!(default_height(2, 3), 720);
         assert_eq!(default_height(0, 1), 720);
+    }
+
+    #[test]
+    fn skipped_packets_leave_no_gap_and_late_ones_keep_their_place() {
+        let t = Instant::now();
+        let mut p = Projection::default();
+        let out = |p: &mut Projection, seq| p.project(&pkt(0, seq, 0, seq == 100, 1, t), 0);
+        assert_eq!(out(&mut p, 100).map(|o| o.seq), Some(100));
+        let e = p.epoch();
+        // 101 and 102 are another layer's frame: skipped.
+        p.skip(&pkt(0, 101, 0, false, 1, t));
+        p.skip(&pkt(0, 102, 0, false, 1, t));
+        assert_ne!(p.epoch(), e, "the offsets changed: NACK mapping follows");
+        assert_eq!(out(&mut p, 104).map(|o| o.seq), Some(102));
+        // 103 comes late: it keeps the number between 100 and 104's.
+        assert_eq!(out(&mut p, 103).map(|o| o.seq), Some(101));
+        // A late packet that is skipped leaves its gap (later numbers already went out).
+        p.skip(&pkt(0, 99, 0, false, 1, t));
+        assert_eq!(out(&mut p, 105).map(|o| o.seq), Some(103));
+        // Before the first keyframe there is nothing to skip.
+        let mut q = Projection::default();
+        q.skip(&pkt(0, 5, 0, false, 1, t));
+        assert_eq!(
+            q.project(&pkt(0, 6, 0, true, 1, t), 0).map(|o| o.seq),
+            Some(6)
+        );
     }
 
     #[test]

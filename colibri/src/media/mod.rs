@@ -51,6 +51,7 @@ mod relay;
 mod rtc;
 mod speech;
 pub mod srtp;
+mod svc;
 #[cfg(test)]
 mod tests;
 mod timers;
@@ -123,12 +124,12 @@ const MAX_NACKS_PER_PACKET: usize = 256;
 pub(super) type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 /// Simulcast layers looked at per source (lib-jitsi-meet sends at most 3).
-const MAX_LAYERS: usize = 8;
+const MAX_LAYERS: usize = svc::MAX_VIEWS;
 /// Losses towards a receiver are not counted this long after a video stream starts on it (it
 /// drops the packets of an SSRC its signalling has not caught up with).
 const NEW_SOURCE_GRACE: Duration = Duration::from_secs(2);
 /// Switches remembered per forwarded stream to map NACKed sequence numbers back.
-const SLOT_HISTORY: usize = 8;
+const SLOT_HISTORY: usize = 64;
 /// Resent sequence numbers remembered per forwarded stream.
 const RECENT_RESENDS: usize = 64;
 /// Send buffers kept for reuse.
@@ -229,6 +230,7 @@ impl EngineStats {
         self.keyframe_requests += o.keyframe_requests;
         self.force_muted_dropped += o.force_muted_dropped;
         self.layer_switches += o.layer_switches;
+        self.svc_skipped += o.svc_skipped;
         self.rtc_errors += o.rtc_errors;
         self.silence_dropped += o.silence_dropped;
         self.dominant_speaker_changes += o.dominant_speaker_changes;
@@ -294,7 +296,10 @@ pub struct EngineStats {
     pub keyframe_requests: u64,
     /// Packets dropped because the focus force-muted their sender.
     pub force_muted_dropped: u64,
+    /// Simulcast layer switches and SVC decode target switches.
     pub layer_switches: u64,
+    /// Packets of SVC layers a receiver does not get (docs/bridge.md B.13), per receiver.
+    pub svc_skipped: u64,
     /// Errors reported by str0m (the endpoint is marked failed when its `Rtc` dies).
     pub rtc_errors: u64,
     /// Silent audio packets dropped (docs/bridge.md B.6).
@@ -342,6 +347,18 @@ struct Ingested {
     nviews: usize,
     input: InPacket,
     vp8: Option<Vp8Descriptor>,
+    /// An SVC stream's packet: its frame, and the views (`views` are its spatial layers).
+    svc: Option<SvcPacket>,
+    /// `views` are the spatial layers of the source's SVC stream.
+    svc_views: bool,
+}
+
+/// One packet of an SVC stream (docs/bridge.md B.13).
+#[derive(Debug)]
+struct SvcPacket {
+    frame: svc::FrameInfo,
+    layout: Arc<svc::SvcLayout>,
+    generation: u32,
 }
 
 struct Incoming {

@@ -50,27 +50,62 @@ impl MediaEngine {
             }
         }
         source.first_seen.get_or_insert(now);
+        let single_layer = source.layers.len() == 1;
+        let mut svc = None;
         {
             let layer = &mut source.layers[li];
             layer.last_seen = Some(now);
-            layer.bytes += p.payload.len() as u64 + 12;
+            let bytes = p.payload.len() as u64 + 12;
+            layer.bytes += bytes;
             if keyframe
                 && vcodec == VideoCodec::Vp8
                 && let Some(h) = vp8_keyframe_height(&p.payload)
             {
                 layer.height = Some(h);
             }
+            // docs/bridge.md B.13: the layers inside one stream.
+            if matches!(vcodec, VideoCodec::Av1 | VideoCodec::Vp9)
+                && let Some(frame) = layer.svc.observe(
+                    vcodec,
+                    p.ext.dependency_descriptor.as_deref(),
+                    &p.payload,
+                    now,
+                    bytes,
+                )
+                && let Some(layout) = layer.svc.layout.clone().filter(|l| l.spatial_layers > 1)
+            {
+                svc = Some(SvcPacket {
+                    frame,
+                    layout,
+                    generation: layer.svc.generation,
+                });
+            }
         }
-        let single_layer = source.layers.len() == 1;
+        // The source is an SVC stream while this layer sends one; a packet of another layer
+        // (simulcast again) or a layout without spatial layers ends that. (A packet whose
+        // descriptor did not read goes to everyone.)
+        if svc.is_some() {
+            source.svc_layer = Some(li);
+        } else if source.svc_layer.is_some()
+            && (source.svc_layer != Some(li)
+                || source.layers[li]
+                    .svc
+                    .layout
+                    .as_ref()
+                    .is_none_or(|l| l.spatial_layers < 2))
+        {
+            source.svc_layer = None;
+        }
+        let svc_views = source.svc().is_some();
         let mut view_buf = [LayerView {
             height: 0,
             active: false,
         }; MAX_LAYERS];
-        let nviews = source.layers.len().min(MAX_LAYERS);
+        let nviews = source.view_count().min(MAX_LAYERS);
         for (i, v) in view_buf.iter_mut().enumerate().take(nviews) {
             *v = LayerView {
-                height: source.layer_height(i),
-                active: source.layer_selectable(i, now),
+                height: source.view_height(i),
+                active: source.view_selectable(i, now),
             };
         }
         let source_id: SourceId = source.id;
@@ -103,6 +138,8 @@ impl MediaEngine {
             nviews,
             input,
             vp8,
+            svc,
+            svc_views,
         })
     }
 
@@ -113,6 +150,7 @@ impl MediaEngine {
         };
         let (si, li, kind, source_id, input, vp8) =
             (g.si, g.li, g.kind, g.source_id, g.input, g.vp8);
+        let svc = g.svc.as_ref();
         let views = &g.views[..g.nviews];
         let seq = input.seq;
         let pt = p.pt;
@@ -150,10 +188,25 @@ impl MediaEngine {
             let target = if kind == MediaType::Audio {
                 Some(0)
             } else {
-                select_layer(views, f.max_height.min(f.bwe_height))
+                select_layer(views, f.max_height.min(f.bwe_height)).map(|t| t.min(f.bwe_view))
             };
-            let Some(target) = target else {
+            let Some(mut target) = target else {
+                // Suspended (lastN, constraints or the estimate): what comes back starts at a
+                // keyframe and continues the numbering, with no gap for the receiver to NACK.
+                if let Some(slot) = f.slot.and_then(|id| r.tx.slots.get_mut(&id))
+                    && slot.source == Some(source_id)
+                    && slot.proj.layer().is_some()
+                {
+                    slot.proj.rebind();
+                    slot.svc.reset();
+                }
                 continue;
+            };
+            // SVC: the choice is a spatial layer inside the one stream.
+            let view = if g.svc_views {
+                Some(std::mem::replace(&mut target, li)).filter(|_| svc.is_some())
+            } else {
+                None
             };
             let slot_id = match f.slot {
                 Some(s) => s,
@@ -175,6 +228,20 @@ impl MediaEngine {
                 continue;
             };
             slot.last_used = Some(now);
+            let mut mark = marker;
+            if let (Some(s), Some(view)) = (svc, view) {
+                let v = slot.svc.decide(&s.frame, view, &s.layout, s.generation);
+                want_keyframe |= v.want_keyframe;
+                if !v.forward {
+                    slot.proj.skip(&input);
+                    self.stats.svc_skipped += 1;
+                    continue;
+                }
+                if v.switched {
+                    self.stats.layer_switches += 1;
+                }
+                mark |= v.mark;
+            }
             if slot.proj.layer() != Some(target) && li == target && !input.keyframe {
                 want_keyframe = true;
             }
@@ -199,7 +266,7 @@ impl MediaEngine {
                     source_id,
                     kind,
                     pt: pt_u8,
-                    marker,
+                    marker: mark,
                     payload: &payload,
                     ext: &ext_out,
                     input: &input,
@@ -225,7 +292,7 @@ impl MediaEngine {
                 arrival,
                 Arc::<[u8]>::from(&payload[..]),
             )
-            .marker(marker)
+            .marker(mark)
             .ext_vals(ext_out.to_str0m())
             .nackable(kind == MediaType::Video && has_rtx && slot.rtx.is_some());
             if let Some(d) = vp8 {
@@ -281,6 +348,7 @@ impl MediaEngine {
                     at: now,
                     payload,
                     ext: ext_out,
+                    end_spatial: svc.filter(|s| s.frame.end).map(|s| s.frame.spatial),
                 },
                 self.cfg.rtx_cache_packets,
                 self.cfg.rtx_cache_age,
@@ -386,7 +454,9 @@ pub(super) fn send_fast(
     let keep = f.kind == MediaType::Video && has_rtx && slot.rtx.is_some();
     if keep {
         slot.pt = Some(f.pt);
-        if slot.map_epoch != Some(slot.proj.epoch())
+        let mapped = slot.history.back().map(|m| m.mark_spatial);
+        if (slot.map_epoch != Some(slot.proj.epoch())
+            || mapped.is_some_and(|m| m != slot.svc.mark_spatial))
             && let Some(off) = slot.proj.offsets()
         {
             slot.map_epoch = Some(slot.proj.epoch());
@@ -398,6 +468,7 @@ pub(super) fn send_fast(
                 sender: f.sender,
                 source: f.source_id,
                 off,
+                mark_spatial: slot.svc.mark_spatial,
             });
         }
     }

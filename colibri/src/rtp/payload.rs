@@ -57,7 +57,10 @@ pub fn starts_keyframe(codec: VideoCodec, payload: &[u8]) -> bool {
                 && vp8_header_offset(payload).is_some_and(|h| payload[h] & 0x01 == 0)
         }
         // RFC 9628: P=0 (not inter-predicted) and B=1 (start of frame).
-        VideoCodec::Vp9 => b0 & 0x40 == 0 && b0 & 0x08 != 0,
+        // With layer indices, the base spatial layer's frame starts the picture.
+        VideoCodec::Vp9 => {
+            b0 & 0x40 == 0 && b0 & 0x08 != 0 && vp9_layers(payload).is_none_or(|l| l.spatial == 0)
+        }
         // AV1 aggregation header: N=1 starts a coded video sequence.
         VideoCodec::Av1 => b0 & 0x08 != 0,
         VideoCodec::H264 => match b0 & 0x1f {
@@ -72,6 +75,93 @@ pub fn starts_keyframe(codec: VideoCodec, payload: &[u8]) -> bool {
         },
         VideoCodec::Other => false,
     }
+}
+
+/// The layer fields of a VP9 payload descriptor (RFC 9628 §4.2), for SVC forwarding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Vp9Layers {
+    /// The 7- or 15-bit picture id (the same for every spatial layer of a picture).
+    pub picture_id: Option<u16>,
+    pub spatial: u8,
+    pub temporal: u8,
+    /// B: the first packet of a layer frame; E: its last.
+    pub start: bool,
+    pub end: bool,
+    /// P = 0: not predicted from an earlier picture (a keyframe's layer frames).
+    pub intra: bool,
+    /// The spatial layer heights of the scalability structure, when this packet has one
+    /// (keyframes), lowest first.
+    pub heights: [u16; 8],
+    pub layers: u8,
+}
+
+/// The layer fields of a VP9 payload descriptor; `None` without layer indices (no SVC) or
+/// when truncated.
+pub fn vp9_layers(payload: &[u8]) -> Option<Vp9Layers> {
+    let b0 = *payload.first()?;
+    let (i, p, l, f, b, e, v) = (
+        b0 & 0x80 != 0,
+        b0 & 0x40 != 0,
+        b0 & 0x20 != 0,
+        b0 & 0x10 != 0,
+        b0 & 0x08 != 0,
+        b0 & 0x04 != 0,
+        b0 & 0x02 != 0,
+    );
+    if !l {
+        return None;
+    }
+    let mut at = 1;
+    let mut picture_id = None;
+    if i {
+        let p0 = *payload.get(at)?;
+        if p0 & 0x80 != 0 {
+            picture_id = Some(u16::from(p0 & 0x7f) << 8 | u16::from(*payload.get(at + 1)?));
+            at += 2;
+        } else {
+            picture_id = Some(u16::from(p0));
+            at += 1;
+        }
+    }
+    let lb = *payload.get(at)?;
+    at += 1;
+    if !f {
+        at += 1; // TL0PICIDX
+    }
+    if p && f {
+        // Up to three reference indices, N = 1 continuing.
+        for _ in 0..3 {
+            let d = *payload.get(at)?;
+            at += 1;
+            if d & 1 == 0 {
+                break;
+            }
+        }
+    }
+    let mut out = Vp9Layers {
+        picture_id,
+        temporal: lb >> 5,
+        spatial: (lb >> 1) & 7,
+        start: b,
+        end: e,
+        intra: !p,
+        heights: [0; 8],
+        layers: 0,
+    };
+    if v {
+        let ss = *payload.get(at)?;
+        at += 1;
+        let n = (ss >> 5) + 1;
+        if ss & 0x10 != 0 {
+            for k in 0..usize::from(n) {
+                let h = payload.get(at + 2..at + 4)?;
+                out.heights[k] = u16::from_be_bytes([h[0], h[1]]);
+                at += 4;
+            }
+            out.layers = n;
+        }
+    }
+    Some(out)
 }
 
 /// Rewrite the PictureID and TL0PICIDX of a VP8 payload descriptor (RFC 7741 §4.2) in place,
@@ -132,6 +222,30 @@ mod tests {
         assert!(!starts_keyframe(VideoCodec::H264, &[0x7c, 0x05]));
         assert!(starts_keyframe(VideoCodec::Vp9, &[0x08]));
         assert!(!starts_keyframe(VideoCodec::Vp9, &[0x48]));
+    }
+
+    #[test]
+    fn vp9_layer_fields() {
+        // I (15-bit pid 0x0102), L, B, keyframe with SS: three layers 320x180 … 1280x720.
+        let mut p = vec![0xAA, 0x81, 0x02, 0b010_1_001_0, 7, 0b010_1_1000];
+        for (w, h) in [(320u16, 180u16), (640, 360), (1280, 720)] {
+            p.extend_from_slice(&w.to_be_bytes());
+            p.extend_from_slice(&h.to_be_bytes());
+        }
+        let v = vp9_layers(&p).unwrap();
+        assert_eq!(v.picture_id, Some(0x0102));
+        assert_eq!((v.spatial, v.temporal), (1, 2));
+        assert!(v.start && !v.end && v.intra);
+        assert_eq!((v.layers, &v.heights[..3]), (3, &[180, 360, 720][..]));
+        // Flexible mode, predicted, two reference indices; E set.
+        let v = vp9_layers(&[0xF4, 0x05, 0b001_0_010_0, 0x03, 0x02, 0x99]).unwrap();
+        assert_eq!((v.spatial, v.temporal, v.end, v.intra), (2, 1, true, false));
+        assert_eq!(v.picture_id, Some(5));
+        // No layer indices: not SVC; truncated: None, no panic.
+        assert_eq!(vp9_layers(&[0x88, 0x05]), None);
+        for n in 0..p.len() {
+            let _ = vp9_layers(&p[..n]);
+        }
     }
 
     #[test]
