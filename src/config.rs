@@ -63,6 +63,7 @@ pub struct Config {
     pub focus: FocusSection,
     pub bridge: BridgeSection,
     pub turn: TurnSection,
+    pub jibri: JibriSection,
     pub lobby: LobbySection,
     pub breakout_rooms: BreakoutRoomsSection,
     pub polls: PollsSection,
@@ -489,6 +490,33 @@ impl Default for FocusSection {
     }
 }
 
+/// Recording and live streaming through stock Jibri instances (docs/jibri.md).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JibriSection {
+    /// The brewery room on the internal MUC domain that Jibris join ("" : none).
+    pub brewery: String,
+    /// Show the app's "Start live stream" / "Start recording" (config.js).
+    pub live_streaming: bool,
+    pub recording: bool,
+    pub reply_timeout_secs: u64,
+    pub pending_timeout_secs: u64,
+    pub retries: usize,
+}
+
+impl Default for JibriSection {
+    fn default() -> Self {
+        JibriSection {
+            brewery: "jibribrewery".into(),
+            live_streaming: false,
+            recording: false,
+            reply_timeout_secs: 15,
+            pending_timeout_secs: 90,
+            retries: 5,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BridgeSection {
@@ -848,6 +876,10 @@ impl Config {
         c.max_audio_senders = self.focus.max_audio_senders;
         c.sctp = self.focus.sctp;
         c.max_video_senders = self.focus.max_video_senders;
+        c.recorder = meetd_jingle::jibri::RecorderConfig {
+            pending_timeout: std::time::Duration::from_secs(self.jibri.pending_timeout_secs),
+            retries: self.jibri.retries,
+        };
         meetd_jingle::focus::FocusOptions {
             cfg: c,
             service_domain: x.focus_domain.clone(),
@@ -859,6 +891,9 @@ impl Config {
             max_conferences: self.focus.max_conferences,
             queue: self.limits.session_queue,
             component_domains: vec![self.metadata_domain(x), self.av_moderation_domain(x)],
+            jibri_brewery: (!self.jibri.brewery.is_empty())
+                .then(|| format!("{}@{}", self.jibri.brewery, x.internal_muc_domain)),
+            jibri_reply_timeout: std::time::Duration::from_secs(self.jibri.reply_timeout_secs),
         }
     }
 

@@ -67,11 +67,11 @@ pub fn config_js(cfg: &Config, x: &meetd_xmpp::XmppConfig, base: &str) -> String
         "prejoinConfig": { "enabled": true },
         "e2eping": { "enabled": false },
         "enableWelcomePage": true,
-        // meetd records and streams nothing itself (yet): the app hides those buttons.
-        "recordingService": { "enabled": false },
-        "fileRecordingsEnabled": false,
-        "liveStreaming": { "enabled": false },
-        "liveStreamingEnabled": false,
+        // Recording and streaming go to stock Jibris ([jibri]); the buttons show when asked.
+        "recordingService": { "enabled": cfg.jibri.recording },
+        "fileRecordingsEnabled": cfg.jibri.recording,
+        "liveStreaming": { "enabled": cfg.jibri.live_streaming },
+        "liveStreamingEnabled": cfg.jibri.live_streaming,
         "localRecording": { "disable": !cfg.web.local_recording },
         "deploymentInfo": {},
     });

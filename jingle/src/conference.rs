@@ -15,6 +15,7 @@ use meetd_colibri::colibri2::{
 use meetd_xmpp::Element;
 use meetd_xmpp::stanza::{self, StanzaError, el, rxml_name as n};
 
+use crate::jibri::{self, NS_JIBRI};
 use crate::offer::{self, BridgeTransport, Features, NS_FOCUS};
 use crate::sources::{
     ConferenceSourceMap, EndpointSourceSet, NS_JINGLE, NS_JITMEET, Source, SourceLimits,
@@ -48,6 +49,8 @@ pub struct FocusConfig {
     /// Offer the `data` content (SCTP bridge channel). The bridge speaks the bridge channel
     /// over WebSocket only, and lib-jitsi-meet prefers SCTP when it is offered, so off.
     pub sctp: bool,
+    /// Recording and live streaming through Jibri (`[jibri]`).
+    pub recorder: jibri::RecorderConfig,
 }
 
 impl FocusConfig {
@@ -68,6 +71,7 @@ impl FocusConfig {
             max_audio_senders: 999_999,
             max_video_senders: 999_999,
             sctp: false,
+            recorder: jibri::RecorderConfig::default(),
         }
     }
 
@@ -87,6 +91,18 @@ pub enum Input {
     },
     /// The deadline from [`Conference::poll_timeout`] passed.
     Timeout,
+    /// The answer to [`Output::JibriStart`]: the Jibri that took the session, or why none.
+    JibriStarted {
+        session_id: String,
+        result: Result<String, (StanzaError, String)>,
+    },
+    /// A status IQ from the Jibri (brewery occupant JID) of this conference's session.
+    JibriStatus {
+        jibri: String,
+        status: jibri::Status,
+    },
+    /// That Jibri left the brewery.
+    JibriGone { jibri: String },
 }
 
 #[derive(Debug)]
@@ -101,6 +117,11 @@ pub enum Output {
     Failed(String),
     /// The conference is over; drop the actor.
     Stopped,
+    /// Hand a recording / live-streaming session to a Jibri; answer with
+    /// [`Input::JibriStarted`].
+    JibriStart(jibri::StartRequest),
+    /// Tell a Jibri to stop a session (no answer needed).
+    JibriStop { jibri: String, session_id: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -211,6 +232,10 @@ pub struct Conference {
     /// A/V moderation (the av_moderation component's notices): per media (audio, video), when
     /// on, the nicks allowed to unmute besides moderators.
     av_moderation: [Option<HashSet<String>>; 2],
+    /// Recording / live streaming (docs/jibri.md).
+    recorder: jibri::Recorder,
+    /// The `jibri-recording-status` the focus's presence carries, once there was a session.
+    recording_status: Option<Element>,
 }
 
 fn focus_presence(room: &str, focus_jid: &str) -> Element {
@@ -311,6 +336,8 @@ impl Conference {
             published: (false, false, false),
             metadata_start_muted: (false, false),
             av_moderation: [None, None],
+            recorder: jibri::Recorder::new(cfg.recorder),
+            recording_status: None,
             cfg,
         };
         let p = focus_presence(room, &c.cfg.focus_jid);
@@ -512,6 +539,9 @@ impl Conference {
         if let Some(s) = self.single_since {
             min(s + self.cfg.single_participant_timeout);
         }
+        if let Some(d) = self.recorder.deadline() {
+            min(d);
+        }
         for p in &self.participants {
             if p.features.is_none() {
                 min(p.disco_deadline);
@@ -530,10 +560,64 @@ impl Conference {
             },
             Input::Colibri { req, result } => self.colibri_result(req, result, now),
             Input::Timeout => self.timeout(now),
+            Input::JibriStarted { session_id, result } => {
+                let a = self.recorder.started(&session_id, result, now);
+                self.recorder_actions(a);
+            }
+            Input::JibriStatus { jibri, status } => {
+                let a = self.recorder.status(&jibri, &status);
+                self.recorder_actions(a);
+            }
+            Input::JibriGone { jibri } => {
+                let a = self.recorder.jibri_gone(&jibri);
+                self.recorder_actions(a);
+            }
         }
     }
 
+    /// Whether this conference's recording session runs on `jibri`.
+    pub fn has_jibri(&self, jibri: &str) -> bool {
+        self.recorder.has_jibri(jibri)
+    }
+
+    /// A moderator's `jibri` IQ (start or stop recording / live streaming).
+    fn jibri_request(&mut self, iq: &Element, nick: &str) {
+        let moderator = self.participant(nick).map(|p| is_moderator(&p.affiliation));
+        let from = format!("{}/{nick}", self.room);
+        let room = self.room.clone();
+        let id = self.uuid();
+        let a = self.recorder.request(iq, &from, moderator, &room, || id);
+        self.recorder_actions(a);
+    }
+
+    fn recorder_actions(&mut self, actions: Vec<jibri::Action>) {
+        for a in actions {
+            match a {
+                jibri::Action::Reply(e) => {
+                    let e = from_focus(e, &self.cfg.focus_jid);
+                    self.send(e);
+                }
+                jibri::Action::Start(req) => self.out.push(Output::JibriStart(req)),
+                jibri::Action::Stop { jibri, session_id } => {
+                    self.out.push(Output::JibriStop { jibri, session_id });
+                }
+                jibri::Action::Publish(e) => {
+                    self.recording_status = Some(e);
+                    self.send_presence();
+                }
+            }
+        }
+    }
+
+    fn uuid(&mut self) -> String {
+        uuid::Builder::from_random_bytes(self.rng.random())
+            .into_uuid()
+            .to_string()
+    }
+
     fn timeout(&mut self, now: Instant) {
+        let a = self.recorder.timeout(now);
+        self.recorder_actions(a);
         if self.phase == Phase::Running
             && self.participants.is_empty()
             && now >= self.created + self.cfg.initial_timeout
@@ -728,8 +812,19 @@ impl Conference {
             return;
         }
         self.published = flags;
-        let mut p = focus_presence_with(&self.room, &self.cfg.focus_jid, flags);
+        self.send_presence();
+    }
+
+    /// The focus's presence as it stands (limits, bridge, recording), to the room.
+    fn send_presence(&mut self) {
+        if matches!(self.phase, Phase::Joining | Phase::Stopped) {
+            return;
+        }
+        let mut p = focus_presence_with(&self.room, &self.cfg.focus_jid, self.published);
         p.remove_child("x", NS_MUC);
+        if let Some(r) = &self.recording_status {
+            p.append_child(r.clone());
+        }
         self.send(p);
     }
 
@@ -842,6 +937,8 @@ impl Conference {
     }
 
     fn stop(&mut self) {
+        let a = self.recorder.end();
+        self.recorder_actions(a);
         self.expire_bridge_conference();
         self.leave_room();
     }
@@ -1171,6 +1268,10 @@ impl Conference {
         if let Some(j) = iq.get_child("jingle", NS_JINGLE) {
             let r = self.jingle(&nick, j, now);
             self.reply(iq, r);
+            return;
+        }
+        if iq.get_child("jibri", NS_JIBRI).is_some() && iq.attr("type") == Some("set") {
+            self.jibri_request(iq, &nick);
             return;
         }
         if let Some(m) = stanza::payload(iq)

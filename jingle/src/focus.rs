@@ -3,8 +3,9 @@
 //! actor task per room. Thin tokio glue around the sans-IO actor.
 
 use std::collections::HashMap;
-use std::sync::Arc;
-use std::time::Instant;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use meetd_colibri::ConferenceModify;
 use meetd_colibri::service::Bridge;
@@ -14,6 +15,7 @@ use meetd_xmpp::{Element, router::bare_of};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::conference::{Conference, FocusConfig, Input, Output};
+use crate::jibri;
 use crate::offer::NS_FOCUS;
 
 /// A conference request that arrived over HTTP (`POST /conference-request/v1`).
@@ -63,6 +65,179 @@ pub struct FocusOptions {
     /// Room components whose JSON notices name their room (`metadata.<domain>` with
     /// startMuted, `avmoderation.<domain>`).
     pub component_domains: Vec<String>,
+    /// Jibri's brewery room, which the focus joins to find Jibris (docs/jibri.md).
+    pub jibri_brewery: Option<String>,
+    /// How long a Jibri has to answer a start.
+    pub jibri_reply_timeout: Duration,
+}
+
+/// The Jibri brewery as the focus sees it: who is there, which IQs to Jibris await an
+/// answer, which conference each busy Jibri works for. Shared by the focus's dispatcher and
+/// the tasks that hand sessions to Jibris.
+struct Brewery {
+    room: String,
+    /// The focus's occupant JID in it.
+    occupant: String,
+    focus_jid: String,
+    pool: Mutex<jibri::Pool>,
+    waiting: Mutex<HashMap<String, oneshot::Sender<Element>>>,
+    owners: Mutex<HashMap<String, String>>,
+    next_id: AtomicU64,
+    reply_timeout: Duration,
+    retries: usize,
+}
+
+/// A poisoned lock only means another task panicked while holding it; the data (a pool, a
+/// map of waiters) is still usable.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Brewery {
+    fn join(&self, router: &Router) {
+        let mut p = el(
+            "presence",
+            "jabber:client",
+            &[("to", &self.occupant), ("from", &self.focus_jid)],
+        );
+        p.append_child(Element::bare("x", "http://jabber.org/protocol/muc"));
+        router.route(p);
+    }
+
+    fn iq(&self, to: &str, payload: Element) -> (String, Element) {
+        let id = format!("jibri{}", self.next_id.fetch_add(1, Ordering::Relaxed));
+        let mut iq = el(
+            "iq",
+            "jabber:client",
+            &[
+                ("type", "set"),
+                ("id", &id),
+                ("to", to),
+                ("from", &self.focus_jid),
+            ],
+        );
+        iq.append_child(payload);
+        (id, iq)
+    }
+
+    /// A stanza from the brewery room. Returns (room, input) when a conference must hear of it.
+    fn stanza(&self, router: &Router, st: &Element) -> Option<(String, Input)> {
+        let from = st.attr("from").unwrap_or("");
+        match st.name() {
+            "presence" if from != self.occupant => {
+                let left = lock(&self.pool).presence(from, st);
+                if left {
+                    tracing::info!(jibri = from, "Jibri left the brewery");
+                    let room = lock(&self.owners).remove(from)?;
+                    return Some((
+                        room,
+                        Input::JibriGone {
+                            jibri: from.to_string(),
+                        },
+                    ));
+                }
+                None
+            }
+            "iq" => match st.attr("type") {
+                Some("result" | "error") => {
+                    let id = st.attr("id").unwrap_or("");
+                    if let Some(tx) = lock(&self.waiting).remove(id) {
+                        let _ = tx.send(st.clone());
+                    }
+                    None
+                }
+                Some("set") => {
+                    let Some(status) = jibri::parse_status(st) else {
+                        error_reply(router, st, StanzaError::SERVICE_UNAVAILABLE, "unsupported");
+                        return None;
+                    };
+                    let mut ok = stanza::iq_result(st, None);
+                    stanza::set_attr(&mut ok, "from", &self.focus_jid);
+                    router.route(ok);
+                    let owners = lock(&self.owners);
+                    let room = owners.get(from)?.clone();
+                    drop(owners);
+                    if status.status.as_deref() == Some("off") {
+                        lock(&self.owners).remove(from);
+                    }
+                    Some((
+                        room,
+                        Input::JibriStatus {
+                            jibri: from.to_string(),
+                            status,
+                        },
+                    ))
+                }
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
+    fn stop(&self, router: &Router, jibri: &str, session_id: &str) {
+        lock(&self.owners).remove(jibri);
+        let (_, iq) = self.iq(jibri, jibri::stop_payload(session_id));
+        router.route(iq);
+    }
+
+    /// Hand a session to a Jibri: the first idle one that answers `pending`, trying others
+    /// when one refuses or does not answer in time.
+    async fn start(
+        self: Arc<Self>,
+        router: Arc<Router>,
+        req: jibri::StartRequest,
+        tx: mpsc::Sender<ActorMsg>,
+    ) {
+        let mut tried = req.tried.clone();
+        let mut attempts = 0;
+        let result = loop {
+            let pick = lock(&self.pool).select(Instant::now(), &tried);
+            let jibri = match pick {
+                Ok(j) => j,
+                Err(no) => {
+                    let (e, text) = no.error();
+                    break Err((e, text.to_string()));
+                }
+            };
+            let (id, iq) = self.iq(&jibri, req.payload());
+            let (otx, orx) = oneshot::channel();
+            lock(&self.waiting).insert(id.clone(), otx);
+            router.route(iq);
+            let answer = tokio::time::timeout(self.reply_timeout, orx).await;
+            lock(&self.waiting).remove(&id);
+            let status = match &answer {
+                Ok(Ok(a)) if a.attr("type") == Some("result") => jibri::parse_status(a),
+                _ => None,
+            };
+            if status.as_ref().and_then(|s| s.status.as_deref()) == Some("pending") {
+                lock(&self.owners).insert(jibri.clone(), req.room.clone());
+                tracing::info!(room = %req.room, %jibri, mode = req.mode.as_str(), "Jibri took the session");
+                break Ok(jibri);
+            }
+            tracing::warn!(room = %req.room, %jibri, ?status, timed_out = answer.is_err(), "Jibri did not take the session");
+            lock(&self.pool).failed(&jibri, Instant::now());
+            if answer.is_err() {
+                // It may still start late: tell it to stop.
+                let (_, stop) = self.iq(&jibri, jibri::stop_payload(&req.session_id));
+                router.route(stop);
+            }
+            tried.push(jibri);
+            attempts += 1;
+            if attempts > self.retries {
+                break Err((
+                    jibri::INTERNAL_SERVER_ERROR,
+                    "no Jibri took the session".to_string(),
+                ));
+            }
+        };
+        let input = Input::JibriStarted {
+            session_id: req.session_id.clone(),
+            result,
+        };
+        if tx.send(ActorMsg::Input(input)).await.is_err() {
+            tracing::debug!(room = %req.room, "conference ended before its Jibri answered");
+        }
+    }
 }
 
 /// Start the focus; returns a handle for HTTP conference requests.
@@ -76,6 +251,22 @@ pub fn start(router: Arc<Router>, opts: FocusOptions, bridge: Arc<dyn Bridge>) -
     }
     let focus_jid = opts.cfg.focus_jid.clone();
     router.bind(&focus_jid, jid_tx.clone());
+    let brewery = opts.jibri_brewery.as_ref().map(|room| {
+        Arc::new(Brewery {
+            room: room.clone(),
+            occupant: format!("{room}/focus"),
+            focus_jid: focus_jid.clone(),
+            pool: Mutex::new(jibri::Pool::default()),
+            waiting: Mutex::new(HashMap::new()),
+            owners: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            reply_timeout: opts.jibri_reply_timeout,
+            retries: opts.cfg.recorder.retries,
+        })
+    });
+    if let Some(b) = &brewery {
+        b.join(&router);
+    }
     let opts = Arc::new(opts);
     tokio::spawn(async move {
         let mut rooms: HashMap<String, Room> = HashMap::new();
@@ -83,12 +274,21 @@ pub fn start(router: Arc<Router>, opts: FocusOptions, bridge: Arc<dyn Bridge>) -
         loop {
             tokio::select! {
                 Some(st) = svc_rx.recv() => {
-                    conference_iq(&router, &opts, &bridge, &mut rooms, &mut generation, &done_tx, *st);
+                    conference_iq(&router, &opts, &bridge, &brewery, &mut rooms, &mut generation, &done_tx, *st);
                 }
                 Some(st) = jid_rx.recv() => {
                     // From the MUC: the room is the bare `from`; from a room component: the
                     // room named in its JSON.
                     let from = st.attr("from").unwrap_or("");
+                    if let Some(b) = brewery.as_ref().filter(|b| bare_of(from) == b.room) {
+                        if let Some((room, input)) = b.stanza(&router, &st)
+                            && let Some(r) = rooms.get(&room)
+                            && r.tx.try_send(ActorMsg::Input(input)).is_err()
+                        {
+                            tracing::warn!(%room, "conference queue full; Jibri status lost");
+                        }
+                        continue;
+                    }
                     let room = if opts.component_domains.iter().any(|d| d == from) {
                         match component_room(&st) {
                             Some(r) => r,
@@ -113,7 +313,7 @@ pub fn start(router: Arc<Router>, opts: FocusOptions, bridge: Arc<dyn Bridge>) -
                     }
                 }
                 Some(req) = http_rx.recv() => {
-                    match room_actor(&router, &opts, &bridge, &mut rooms, &mut generation, &done_tx, &req.room) {
+                    match room_actor(&router, &opts, &bridge, &brewery, &mut rooms, &mut generation, &done_tx, &req.room) {
                         Ok(tx) => deliver_http(&tx, &req.room, req.reply),
                         Err(e) => {
                             let _ = req.reply.send(Err(e.1));
@@ -188,10 +388,12 @@ fn error_reply(router: &Router, iq: &Element, e: StanzaError, text: &str) {
 }
 
 /// The actor for `room`, started if needed.
+#[allow(clippy::too_many_arguments)]
 fn room_actor(
     router: &Arc<Router>,
     opts: &Arc<FocusOptions>,
     bridge: &Arc<dyn Bridge>,
+    brewery: &Option<Arc<Brewery>>,
     rooms: &mut HashMap<String, Room>,
     generation: &mut u64,
     done: &mpsc::Sender<(String, u64)>,
@@ -232,16 +434,19 @@ fn room_actor(
         tx.clone(),
         router.clone(),
         bridge.clone(),
+        brewery.clone(),
         done.clone(),
         g,
     ));
     Ok(tx)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn conference_iq(
     router: &Arc<Router>,
     opts: &Arc<FocusOptions>,
     bridge: &Arc<dyn Bridge>,
+    brewery: &Option<Arc<Brewery>>,
     rooms: &mut HashMap<String, Room>,
     generation: &mut u64,
     done: &mpsc::Sender<(String, u64)>,
@@ -295,7 +500,7 @@ fn conference_iq(
         );
         return;
     };
-    match room_actor(router, opts, bridge, rooms, generation, done, room) {
+    match room_actor(router, opts, bridge, brewery, rooms, generation, done, room) {
         Ok(tx) => {
             if tx.try_send(ActorMsg::Request(iq.clone())).is_err() {
                 error_reply(router, &iq, StanzaError::RESOURCE_CONSTRAINT, "busy");
@@ -355,12 +560,14 @@ async fn colibri_worker(
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn run_actor(
     mut conf: Conference,
     mut rx: mpsc::Receiver<ActorMsg>,
     self_tx: mpsc::Sender<ActorMsg>,
     router: Arc<Router>,
     bridge: Arc<dyn Bridge>,
+    brewery: Option<Arc<Brewery>>,
     done: mpsc::Sender<(String, u64)>,
     generation: u64,
 ) {
@@ -406,6 +613,26 @@ async fn run_actor(
                     failed = Some(why);
                 }
                 Output::Stopped => stopped = true,
+                Output::JibriStart(req) => match &brewery {
+                    Some(b) => {
+                        tokio::spawn(b.clone().start(router.clone(), req, self_tx.clone()));
+                    }
+                    None => {
+                        let (e, text) = jibri::NoJibri::Unavailable.error();
+                        let input = Input::JibriStarted {
+                            session_id: req.session_id,
+                            result: Err((e, text.to_string())),
+                        };
+                        if self_tx.try_send(ActorMsg::Input(input)).is_err() {
+                            tracing::warn!(%room, "conference queue full; Jibri answer lost");
+                        }
+                    }
+                },
+                Output::JibriStop { jibri, session_id } => {
+                    if let Some(b) = &brewery {
+                        b.stop(&router, &jibri, &session_id);
+                    }
+                }
             }
         }
         if let Some(why) = &failed {

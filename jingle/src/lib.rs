@@ -5,5 +5,6 @@
 
 pub mod conference;
 pub mod focus;
+pub mod jibri;
 pub mod offer;
 pub mod sources;

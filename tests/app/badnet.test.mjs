@@ -73,15 +73,23 @@ appTest('loss, a narrow link and an outage on one receiver\'s link', app.wrap(as
             if (onStage === bobId && await p.receivedHeight(bob) > 180) break;
         }
     }
-    const t = await alice.waitFor(() => APP.conference.getStats().transport?.[0], 'transport stats', 15000);
-    const port = Number(t.localip.split(':').pop());
-    assert.ok(port > 0, JSON.stringify(t));
+    // Alice's end of the bridge connection as her browser uses it now (its selected pair).
+    const path = await alice.waitFor(async () => {
+        const pc = APP.conference._room.jvbJingleSession.peerconnection.peerconnection;
+        const stats = [...(await pc.getStats()).values()];
+        const t = stats.find((s) => s.type === 'transport' && s.selectedCandidatePairId);
+        const pair = stats.find((s) => s.id === t?.selectedCandidatePairId);
+        const local = stats.find((s) => s.id === pair?.localCandidateId);
+        return local && { proto: local.protocol, port: local.port };
+    }, 'the selected candidate pair', 15000);
+    const { port, proto } = path;
+    assert.ok(port > 0, JSON.stringify(path));
     const report = {};
     const [ab, cb] = await Promise.all([over(alice, bob, 10000), over(carol, bob, 10000)]);
     report.baseline = { alice: ab, carol: cb };
 
     // 5% of the datagrams to Alice lost.
-    firewall([`udp dport ${port} numgen random mod 100 < 5`]);
+    firewall([`${proto} dport ${port} numgen random mod 100 < 5`]);
     let carolDuring;
     try {
         [report.loss, carolDuring] = await Promise.all([over(alice, bob, 20000), over(carol, bob, 20000)]);
@@ -94,7 +102,7 @@ appTest('loss, a narrow link and an outage on one receiver\'s link', app.wrap(as
     const high = (await flow(alice, bob)).video.height;
     let low = 0;
     try {
-        shapePort(port, '300kbit');
+        shapePort(port, '300kbit', proto);
         const deadline = Date.now() + 30000;
         while (Date.now() < deadline && !low) {
             await sleep(1000);
@@ -102,6 +110,8 @@ appTest('loss, a narrow link and an outage on one receiver\'s link', app.wrap(as
             if (h > 0 && h < high) low = h;
         }
         report.narrow = await over(alice, bob, 5000);
+        // And once it settled (the estimate picks frame rates within the low layer).
+        report.narrowSettled = await over(alice, bob, 8000);
     } finally {
         unshape();
     }
@@ -115,7 +125,7 @@ appTest('loss, a narrow link and an outage on one receiver\'s link', app.wrap(as
     report.steps = { high, low, back };
 
     // 2 s with nothing reaching Alice: her video comes back.
-    firewall([`udp dport ${port}`]);
+    firewall([`${proto} dport ${port}`]);
     await sleep(2000);
     openFirewall();
     const before = (await flow(alice, bob)).video.decoded;
@@ -129,6 +139,7 @@ appTest('loss, a narrow link and an outage on one receiver\'s link', app.wrap(as
         }
     }
     report.outage = { resumedMs, after: await over(alice, bob, 5000) };
+    report.path = path;
     console.log(`badnet: ${JSON.stringify(report)}`);
 
     // Loss: repaired by NACK/RTX, video still flowing, audio concealment small.
@@ -141,6 +152,7 @@ appTest('loss, a narrow link and an outage on one receiver\'s link', app.wrap(as
     assert.ok(report.lossCarol.nacks <= 5, `Carol NACKed ${report.lossCarol.nacks}`);
     // The narrow link: down, and up again.
     assert.ok(low > 0, `no lower layer behind 300 kbit/s (from ${high}p)`);
+    assert.ok(report.narrowSettled.fps > 0, 'video kept decoding behind 300 kbit/s');
     assert.ok(back > low, `not back above ${low}p after the link cleared`);
     // The outage: video again within 15 s.
     assert.ok(resumedMs >= 0, 'video did not resume after the outage');

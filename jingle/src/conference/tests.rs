@@ -17,6 +17,8 @@ struct Harness {
     colibri: Vec<(u64, ConferenceModify)>,
     ready: bool,
     stopped: bool,
+    jibri_starts: Vec<jibri::StartRequest>,
+    jibri_stops: Vec<(String, String)>,
 }
 
 impl Harness {
@@ -34,6 +36,8 @@ impl Harness {
             colibri: vec![],
             ready: false,
             stopped: false,
+            jibri_starts: vec![],
+            jibri_stops: vec![],
         };
         h.drain();
         h
@@ -47,6 +51,10 @@ impl Harness {
                 Output::Ready => self.ready = true,
                 Output::Failed(_) => {}
                 Output::Stopped => self.stopped = true,
+                Output::JibriStart(r) => self.jibri_starts.push(r),
+                Output::JibriStop { jibri, session_id } => {
+                    self.jibri_stops.push((jibri, session_id));
+                }
             }
         }
     }
@@ -842,4 +850,69 @@ fn av_moderation_mutes_others_and_refuses_their_unmute_until_approved() {
                 .as_ref()
                 .is_some_and(|f| f.audio == Some(false))
     })));
+}
+
+#[test]
+fn a_moderator_starts_and_stops_a_live_stream_through_a_jibri() {
+    let (mut h, sa, sb) = two_in_session();
+    h.accept("aaaa", &sa, 100);
+    h.accept("bbbb", &sb, 200);
+    h.bridge();
+    h.take_sent();
+    let start = |from: &str, id: &str| {
+        format!(
+            "<iq xmlns='jabber:client' type='set' id='{id}' from='{ROOM}/{from}' to='{ROOM}/focus'><jibri xmlns='http://jitsi.org/protocol/jibri' action='start' recording_mode='stream' streamid='lecture-1'/></iq>"
+        )
+    };
+    // bbbb is no moderator.
+    h.stanza(&start("bbbb", "j0"));
+    let r = reply_to(&mut h, "j0");
+    assert!(meetd_xmpp::xml::to_string(&r).contains("not-allowed"));
+    assert!(h.jibri_starts.is_empty());
+    // aaaa (owner): handed to a Jibri; the answer waits for it.
+    h.stanza(&start("aaaa", "j1"));
+    assert!(!h.take_sent().iter().any(|e| e.attr("id") == Some("j1")));
+    let req = h.jibri_starts.pop().expect("a start for the Jibri");
+    assert_eq!(req.room, ROOM);
+    assert_eq!(req.streamid.as_deref(), Some("lecture-1"));
+    h.input(Input::JibriStarted {
+        session_id: req.session_id.clone(),
+        result: Ok("jibribrewery@internal-muc.meet.jitsi/jibri-1".into()),
+    });
+    let r = reply_to(&mut h, "j1");
+    assert_eq!(r.attr("type"), Some("result"));
+    assert_eq!(r.attr("from"), Some(FOCUS));
+    assert!(h.c.has_jibri("jibribrewery@internal-muc.meet.jitsi/jibri-1"));
+    // The Jibri is on: the focus's presence says so, with who started it.
+    h.input(Input::JibriStatus {
+        jibri: "jibribrewery@internal-muc.meet.jitsi/jibri-1".into(),
+        status: jibri::Status {
+            status: Some("on".into()),
+            ..Default::default()
+        },
+    });
+    let p = h
+        .take_sent()
+        .into_iter()
+        .find(|e| e.name() == "presence")
+        .expect("focus presence");
+    let st = p
+        .get_child("jibri-recording-status", NS_JIBRI)
+        .expect("recording status");
+    assert_eq!(st.attr("status"), Some("on"));
+    assert_eq!(st.attr("session_id"), Some(req.session_id.as_str()));
+    assert_eq!(st.attr("initiator"), Some(&*format!("{ROOM}/aaaa")));
+    assert!(p.has_child("conference-properties", NS_FOCUS));
+    // The owner stops it: the Jibri is told, the room sees off.
+    h.stanza(&format!("<iq xmlns='jabber:client' type='set' id='j2' from='{ROOM}/aaaa' to='{ROOM}/focus'><jibri xmlns='http://jitsi.org/protocol/jibri' action='stop' recording_mode='stream'/></iq>"));
+    let sent = h.take_sent();
+    assert!(
+        sent.iter()
+            .any(|e| e.attr("id") == Some("j2") && e.attr("type") == Some("result"))
+    );
+    assert!(sent.iter().any(|e| {
+        e.get_child("jibri-recording-status", NS_JIBRI)
+            .is_some_and(|s| s.attr("status") == Some("off"))
+    }));
+    assert_eq!(h.jibri_stops.len(), 1);
 }

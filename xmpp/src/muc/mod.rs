@@ -106,6 +106,11 @@ pub trait RoomModule: Send {
     fn check_join(&mut self, _room: &Room, _join: &JoinRequest<'_>) -> JoinCheck {
         JoinCheck::Continue
     }
+    /// An IQ from `from` (a real JID) to an occupant, before it is relayed: `Some` refuses it
+    /// with that error reply.
+    fn check_occupant_iq(&mut self, _room: &Room, _from: &str, _iq: &Element) -> Option<Element> {
+        None
+    }
     /// A join was let in: stanzas pushed to `out` reach the joiner before the join's
     /// presences do (room metadata, which a stock install sends before the self-presence).
     fn before_join_presences(&mut self, _room: &Room, _nick: &str, _out: &mut Vec<Element>) {}
@@ -571,7 +576,16 @@ impl Shard {
             "message" => room.handle_message(&st, nick.as_deref(), &from, &self.cfg, now),
             "iq" => match nick {
                 None => room.handle_room_iq(&st, &from, &self.cfg),
-                Some(n) => room.handle_occupant_iq(&st, &n, &from),
+                Some(n) => {
+                    let refused = self
+                        .modules
+                        .iter_mut()
+                        .find_map(|m| m.check_occupant_iq(room, &from, &st));
+                    match refused {
+                        Some(e) => out.push(e),
+                        None => room.handle_occupant_iq(&st, &n, &from),
+                    }
+                }
             },
             _ => {}
         }

@@ -1513,3 +1513,57 @@ fn token_holders_join_their_room_with_the_tokens_role_and_identity() {
 fn t_claimed<'a>(t: &token::TokenRooms, jid: &'a str) -> &'a str {
     t.claimed_node(jid)
 }
+
+#[test]
+fn token_features_gate_recording_and_streaming_requests() {
+    use crate::token::{Identities, TokenIdentity};
+    let ids = Arc::new(Identities::default());
+    let mut s = shard(cfg());
+    s.modules
+        .insert(0, Box::new(token::TokenRooms::new(ids.clone(), None)));
+    let now = Instant::now;
+    join(&mut s, "focus@auth.meet.jitsi/focus", "focus", "");
+    let features = |pairs: &[(&str, bool)]| {
+        Arc::new(TokenIdentity {
+            moderator: true,
+            features: Some(pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()),
+            ..Default::default()
+        })
+    };
+    let streamer = "t1@meet.jitsi/web";
+    let recorder = "t2@meet.jitsi/web";
+    let plain = "t3@meet.jitsi/web";
+    ids.set(streamer, features(&[("livestreaming", true)]));
+    ids.set(recorder, features(&[("recording", true)]));
+    ids.set(
+        plain,
+        Arc::new(TokenIdentity {
+            moderator: true,
+            ..Default::default()
+        }),
+    );
+    for (who, nick) in [(streamer, "aaaa"), (recorder, "bbbb"), (plain, "cccc")] {
+        join(&mut s, who, nick, "");
+    }
+    let jibri = |from: &str, mode: &str| {
+        parse(&format!(
+            "<iq xmlns='jabber:client' type='set' id='j1' from='{from}' to='{R}/focus'>\
+             <jibri xmlns='http://jitsi.org/protocol/jibri' action='start' recording_mode='{mode}' streamid='k'/></iq>"
+        ))
+    };
+    let relayed = |out: &[Element]| {
+        out.iter()
+            .any(|e| e.attr("to") == Some("focus@auth.meet.jitsi/focus"))
+    };
+    // Granted: relayed to the focus (which checks the moderator).
+    assert!(relayed(&s.handle(jibri(streamer, "stream"), now())));
+    assert!(relayed(&s.handle(jibri(recorder, "file"), now())));
+    // A token without context.features grants what the role allows.
+    assert!(relayed(&s.handle(jibri(plain, "stream"), now())));
+    // Not granted: refused here, the focus never sees it.
+    let out = s.handle(jibri(streamer, "file"), now());
+    assert!(!relayed(&out));
+    assert_eq!(error_condition(&out[0]).as_deref(), Some("forbidden"));
+    let out = s.handle(jibri(recorder, "stream"), now());
+    assert_eq!(error_condition(&out[0]).as_deref(), Some("forbidden"));
+}

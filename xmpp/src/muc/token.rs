@@ -64,7 +64,39 @@ pub fn identity_element(id: &TokenIdentity) -> Element {
     e.build()
 }
 
+/// Jibri's namespace: recording and live-streaming requests to the focus.
+const NS_JIBRI: &str = "http://jitsi.org/protocol/jibri";
+
 impl RoomModule for TokenRooms {
+    /// A token's `context.features` gate recording and live streaming (stock
+    /// `mod_filter_iq_jibri`): a start or stop from a holder whose token does not grant
+    /// `recording` (file) or `livestreaming` (stream) is refused before it reaches the focus.
+    fn check_occupant_iq(&mut self, _room: &Room, from: &str, iq: &Element) -> Option<Element> {
+        let j = iq.get_child("jibri", NS_JIBRI)?;
+        if iq.attr("type") != Some("set")
+            || !matches!(j.attr("action"), Some("start") | Some("stop"))
+        {
+            return None;
+        }
+        let feature = match j.attr("recording_mode") {
+            Some("file") => "recording",
+            _ => "livestreaming",
+        };
+        let id = self.identities.get(from)?;
+        if id.feature(feature) != Some(false) {
+            return None;
+        }
+        tracing::info!(jid = from, feature, "token does not grant this; refused");
+        stanza::error_reply(
+            iq,
+            StanzaError {
+                kind: "auth",
+                condition: "forbidden",
+            },
+            Some("not allowed by the token"),
+        )
+    }
+
     fn filter_input(&mut self, _room: &str, from: &str, st: &mut Element) {
         // Nobody writes their own identity: only the server's, from the token, goes out.
         while st.remove_child("identity", crate::ns::CLIENT).is_some() {}
