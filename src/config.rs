@@ -64,6 +64,7 @@ pub struct Config {
     pub bridge: BridgeSection,
     pub turn: TurnSection,
     pub jibri: JibriSection,
+    pub dialin: DialInSection,
     pub lobby: LobbySection,
     pub breakout_rooms: BreakoutRoomsSection,
     pub polls: PollsSection,
@@ -488,6 +489,36 @@ impl Default for FocusSection {
             sctp: true,
         }
     }
+}
+
+/// Phone dial-in numbers and PINs for the web app (docs/dialin.md).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DialInSection {
+    /// The numbers the app shows; none: no dial-in.
+    pub numbers: Vec<DialInNumber>,
+    /// Digits of each room's PIN.
+    pub pin_digits: u32,
+}
+
+impl Default for DialInSection {
+    fn default() -> Self {
+        DialInSection {
+            numbers: Vec::new(),
+            pin_digits: 9,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DialInNumber {
+    /// ISO country code (the app shows its flag).
+    pub country: String,
+    /// As the app shows it, e.g. "+49 30 1234567".
+    pub number: String,
+    #[serde(default)]
+    pub toll_free: bool,
 }
 
 /// Recording and live streaming through stock Jibri instances (docs/jibri.md).

@@ -1,5 +1,6 @@
 //! The HTTP(S) front door: what nginx does in a stock install, plus the XMPP transports.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,6 +14,7 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use meetd_xmpp::Server;
 use meetd_xmpp::http_bind::{self, Bosh};
+use serde_json::json;
 
 use crate::config::Config;
 use crate::web;
@@ -30,6 +32,8 @@ pub struct Front {
     pub web_root: Option<crate::webroot::WebRoot>,
     /// The embedded TURN server, when it runs.
     pub turn: Option<Arc<crate::turn::Turn>>,
+    /// The database (dial-in PINs).
+    pub storage: crate::storage::Storage,
     /// Set once every listener is bound.
     pub ready: AtomicBool,
 }
@@ -54,6 +58,8 @@ pub fn router(front: Arc<Front>, tls: bool) -> Router {
             axum::routing::post(conference_request).options(cors_ok),
         )
         .route("/about/health", get(health))
+        .route("/dialin/numbers", get(dialin_numbers))
+        .route("/dialin/conference-code", get(dialin_code))
         .route("/metrics", get(metrics))
         .route("/colibri-ws/{bridge}/{conf}/{endpoint}", get(colibri_ws))
         .route("/", get(index))
@@ -149,6 +155,73 @@ async fn config_js(
     r
 }
 
+/// `dialInNumbersUrl` (docs/dialin.md): the configured numbers.
+async fn dialin_numbers(State(st): State<St>) -> Response {
+    let cfg = &st.front.cfg.dialin;
+    if cfg.numbers.is_empty() {
+        return dialin_json(404, json!({ "message": "dial-in is not configured" }));
+    }
+    dialin_json(200, crate::dialin::numbers(cfg))
+}
+
+/// `dialInConfCodeUrl` (docs/dialin.md): `?conference=<room JID>` gives the room's PIN (made
+/// on first use), `?id=<PIN>` the room.
+async fn dialin_code(
+    State(st): State<St>,
+    axum::extract::Query(q): axum::extract::Query<HashMap<String, String>>,
+) -> Response {
+    use crate::dialin;
+    let f = &st.front;
+    if f.cfg.dialin.numbers.is_empty() {
+        return dialin_json(404, json!({ "message": "dial-in is not configured" }));
+    }
+    if let Some(id) = q.get("id") {
+        let Ok(pin) = id.trim().trim_end_matches('#').parse::<u64>() else {
+            return dialin_json(400, json!({ "message": "id must be a number" }));
+        };
+        return match f.storage.dialin_room(pin).await {
+            Ok(Some(room)) => dialin_json(200, dialin::mapping(pin, &room)),
+            Ok(None) => dialin_json(404, json!({ "message": "No conference mapping was found" })),
+            Err(e) => {
+                tracing::warn!(error = %e, "dial-in PIN lookup failed");
+                dialin_json(503, json!({ "message": "try again later" }))
+            }
+        };
+    }
+    let x = &f.server.config;
+    let breakout = f.cfg.breakout_domain();
+    let domains = [x.muc_domain.as_str(), breakout.as_str()];
+    let room = match q.get("conference").map(|c| dialin::room_of(c, &domains)) {
+        Some(Ok(r)) => r,
+        Some(Err(r)) => return dialin_json(r.status, json!({ "message": r.message })),
+        None => return dialin_json(400, json!({ "message": "conference or id is required" })),
+    };
+    let digits = f.cfg.dialin.pin_digits;
+    match f
+        .storage
+        .dialin_pin(&room, || dialin::random_pin(digits, &mut rand::rng()))
+        .await
+    {
+        Ok(pin) => dialin_json(200, dialin::mapping(pin, &room)),
+        Err(e) => {
+            tracing::warn!(error = %e, %room, "dial-in PIN not made");
+            dialin_json(503, json!({ "message": "try again later" }))
+        }
+    }
+}
+
+fn dialin_json(status: u16, v: serde_json::Value) -> Response {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut r = (status, v.to_string()).into_response();
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    r
+}
+
 /// `https://host[:port]` as the client sees us: the configured public URL, else the
 /// request's Host header (HTTP/2: its `:authority`) and scheme.
 fn base_url(st: &St, peer: SocketAddr, uri: &Uri, headers: &HeaderMap) -> String {
@@ -237,6 +310,10 @@ async fn web_fallback(
         crate::webroot::Target::Index(tenant) => {
             let config = web::config_js(&st.front.cfg, &st.front.server.config, &base);
             w.index(tenant.as_deref(), host_of(&base), &config)
+        }
+        crate::webroot::Target::File(p) if p.ends_with(".html") => {
+            let config = web::config_js(&st.front.cfg, &st.front.server.config, &base);
+            w.page(&p, None, host_of(&base), &config)
         }
         crate::webroot::Target::File(p) => w.file(&p, req).await,
         crate::webroot::Target::NotFound => w.not_found(),

@@ -3,6 +3,7 @@
 
 mod bridge;
 mod config;
+mod dialin;
 mod http;
 mod shared_port;
 mod storage;
@@ -416,6 +417,7 @@ async fn serve(mut cfg: Config) -> anyhow::Result<()> {
         engine,
         web_root: web_root(&cfg)?,
         turn: turn_server.clone(),
+        storage: storage.clone(),
         ready: Default::default(),
     });
 

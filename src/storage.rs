@@ -36,6 +36,56 @@ impl Storage {
         Ok(Storage { pool })
     }
 
+    /// The dial-in PIN of `room` (a room JID, lower case), made on first use: `digits`
+    /// digits, not starting with 0, unique. `pin` makes candidates (random in production).
+    pub async fn dialin_pin(
+        &self,
+        room: &str,
+        mut pin: impl FnMut() -> u64,
+    ) -> Result<u64, StorageError> {
+        if let Some(row) = sqlx::query("SELECT pin FROM dialin_pins WHERE room = ?")
+            .bind(room)
+            .fetch_optional(&self.pool)
+            .await?
+        {
+            return Ok(row.get::<i64, _>(0) as u64);
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        // A PIN already taken is retried; a room another request mapped meanwhile wins.
+        for _ in 0..16 {
+            sqlx::query(
+                "INSERT OR IGNORE INTO dialin_pins (room, pin, created_at) VALUES (?, ?, ?)",
+            )
+            .bind(room)
+            .bind(pin() as i64)
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
+            if let Some(row) = sqlx::query("SELECT pin FROM dialin_pins WHERE room = ?")
+                .bind(room)
+                .fetch_optional(&self.pool)
+                .await?
+            {
+                return Ok(row.get::<i64, _>(0) as u64);
+            }
+        }
+        Err(StorageError::Db(sqlx::Error::RowNotFound))
+    }
+
+    /// The room a dial-in PIN belongs to.
+    pub async fn dialin_room(&self, pin: u64) -> Result<Option<String>, StorageError> {
+        let Ok(pin) = i64::try_from(pin) else {
+            return Ok(None);
+        };
+        Ok(sqlx::query("SELECT room FROM dialin_pins WHERE pin = ?")
+            .bind(pin)
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|r| r.get::<String, _>(0)))
+    }
+
     /// A random secret created once and kept (e.g. for SCRAM's fake salts).
     pub async fn secret(&self, key: &str) -> Result<Vec<u8>, StorageError> {
         if let Some(row) = sqlx::query("SELECT value FROM settings WHERE key = ?")

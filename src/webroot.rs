@@ -149,12 +149,27 @@ impl WebRoot {
 
     /// index.html with its includes expanded.
     pub fn index(&self, tenant: Option<&str>, host: &str, config_js: &str) -> Response {
-        let Some(index) = read_under(&self.dir, "/index.html") else {
+        if read_under(&self.dir, "/index.html").is_none() {
             return (
                 StatusCode::NOT_FOUND,
                 "index.html missing from the web root\n",
             )
                 .into_response();
+        }
+        self.page("/index.html", tenant, host, config_js)
+    }
+
+    /// An HTML page of the root (index.html, static/dialInInfo.html, …) with its includes
+    /// expanded, as nginx's `ssi on` does for the whole site.
+    pub fn page(
+        &self,
+        site_path: &str,
+        tenant: Option<&str>,
+        host: &str,
+        config_js: &str,
+    ) -> Response {
+        let Some(index) = read_under(&self.dir, site_path) else {
+            return self.not_found();
         };
         let subdomain = tenant.map(|t| format!("{t}.")).unwrap_or_default();
         let subdir = tenant.map(|t| format!("{t}/")).unwrap_or_default();

@@ -155,6 +155,7 @@ impl Focus {
     }
 
     fn drain(&mut self) {
+        let mut jibri = Vec::new();
         for o in self.c.take_output() {
             match o {
                 Output::Send(e) => {
@@ -174,8 +175,22 @@ impl Focus {
                     );
                     self.colibri.push((req, modify));
                 }
+                Output::JibriStart(req) => {
+                    // What the Jibri gets must parse; it takes the session at once.
+                    crate::assert_reparses(&req.payload());
+                    jibri.push(req.session_id);
+                }
+                Output::JibriStop { session_id, .. } => {
+                    crate::assert_reparses(&meetd_jingle::jibri::stop_payload(&session_id));
+                }
                 Output::Ready | Output::Failed(_) | Output::Stopped => {}
             }
+        }
+        for session_id in jibri {
+            self.input(Input::JibriStarted {
+                session_id,
+                result: Ok("jibribrewery@internal-muc.meet.jitsi/jibri-1".into()),
+            });
         }
         let _ = (
             self.c.is_ready(),
