@@ -907,6 +907,7 @@ impl Config {
         c.max_audio_senders = self.focus.max_audio_senders;
         c.sctp = self.focus.sctp;
         c.max_video_senders = self.focus.max_video_senders;
+        c.trusted_domains = vec![x.recorder_domain.clone()];
         c.recorder = meetd_jingle::jibri::RecorderConfig {
             pending_timeout: std::time::Duration::from_secs(self.jibri.pending_timeout_secs),
             retries: self.jibri.retries,

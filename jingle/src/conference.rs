@@ -51,6 +51,9 @@ pub struct FocusConfig {
     pub sctp: bool,
     /// Recording and live streaming through Jibri (`[jibri]`).
     pub recorder: jibri::RecorderConfig,
+    /// Domains whose occupants may say they are a Jibri (the hidden domain, Jicofo's
+    /// `trusted-domains`): such a recorder is never made the room's owner.
+    pub trusted_domains: Vec<String>,
 }
 
 impl FocusConfig {
@@ -72,6 +75,7 @@ impl FocusConfig {
             max_video_senders: 999_999,
             sctp: false,
             recorder: jibri::RecorderConfig::default(),
+            trusted_domains: Vec::new(),
         }
     }
 
@@ -157,6 +161,8 @@ struct Participant {
     /// From the presence `<SourceInfo>`: sending unmuted audio / video.
     sending_audio: bool,
     sending_video: bool,
+    /// A Jibri's browser (from a trusted domain, with the Jibri feature in its presence).
+    jibri: bool,
 }
 
 impl Participant {
@@ -730,6 +736,7 @@ impl Conference {
                     return;
                 }
                 let stats_id = p.get_child("stats-id", NS_CLIENT).map(|s| s.text());
+                let jibri = self.is_jibri(&real, p);
                 self.participants.push(Participant {
                     nick: nick.to_string(),
                     real_jid: real,
@@ -745,6 +752,7 @@ impl Conference {
                     video_muted_by_focus: false,
                     sending_audio: false,
                     sending_video: false,
+                    jibri,
                 });
                 self.source_info(nick, p);
                 let to = format!("{}/{}", self.room, nick);
@@ -858,7 +866,7 @@ impl Conference {
         if !self.cfg.auto_owner || self.participants.iter().any(|p| p.affiliation == "owner") {
             return;
         }
-        let Some(first) = self.participants.first() else {
+        let Some(first) = self.participants.iter().find(|p| !p.jibri) else {
             return;
         };
         let bare = first.real_jid.split('/').next().unwrap_or("").to_string();
@@ -878,6 +886,20 @@ impl Conference {
             .build();
         let room = self.room.clone();
         self.iq(&room, "set", q, Pending::Ignore);
+    }
+
+    /// Whether an occupant with real JID `real` and presence `p` is a Jibri's browser.
+    fn is_jibri(&self, real: &str, p: &Element) -> bool {
+        let domain = real
+            .split('/')
+            .next()
+            .and_then(|b| b.rsplit_once('@').map(|(_, d)| d).or(Some(b)))
+            .unwrap_or("");
+        self.cfg.trusted_domains.iter().any(|d| d == domain)
+            && p.get_child("features", NS_CLIENT).is_some_and(|f| {
+                f.children()
+                    .any(|c| c.name() == "feature" && c.attr("var") == Some(NS_JIBRI))
+            })
     }
 
     fn update_single(&mut self, now: Instant) {

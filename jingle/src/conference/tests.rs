@@ -916,3 +916,33 @@ fn a_moderator_starts_and_stops_a_live_stream_through_a_jibri() {
     }));
     assert_eq!(h.jibri_stops.len(), 1);
 }
+
+#[test]
+fn a_jibri_browser_is_never_made_owner() {
+    let mut cfg = FocusConfig::new(FOCUS);
+    cfg.trusted_domains = vec!["hidden.meet.jitsi".into()];
+    let mut h = Harness::with(cfg);
+    h.start();
+    h.take_sent();
+    // The recorder joins first (a room being recorded before anyone else came back).
+    h.stanza(&format!("<presence xmlns='jabber:client' from='{ROOM}/rec1' to='{FOCUS}'><features><feature var='http://jitsi.org/protocol/jibri'/></features><x xmlns='http://jabber.org/protocol/muc#user'><item affiliation='none' role='participant' jid='recorder@hidden.meet.jitsi/r'/></x></presence>"));
+    let sent = h.take_sent();
+    assert!(
+        !sent
+            .iter()
+            .any(|e| meetd_xmpp::xml::to_string(e).contains("affiliation='owner'"))
+    );
+    // A person joins: they are made owner.
+    h.stanza(&format!("<presence xmlns='jabber:client' from='{ROOM}/aaaa' to='{FOCUS}'><x xmlns='http://jabber.org/protocol/muc#user'><item affiliation='none' role='participant' jid='u1@meet.jitsi/r1'/></x></presence>"));
+    assert!(h.take_sent().iter().any(|e| {
+        meetd_xmpp::xml::to_string(e).contains("affiliation='owner' jid='u1@meet.jitsi'")
+    }));
+    // The same feature from an untrusted domain is just a participant.
+    let mut h = Harness::with(FocusConfig::new(FOCUS));
+    h.start();
+    h.take_sent();
+    h.stanza(&format!("<presence xmlns='jabber:client' from='{ROOM}/fake' to='{FOCUS}'><features><feature var='http://jitsi.org/protocol/jibri'/></features><x xmlns='http://jabber.org/protocol/muc#user'><item affiliation='none' role='participant' jid='x@meet.jitsi/r'/></x></presence>"));
+    assert!(h.take_sent().iter().any(|e| {
+        meetd_xmpp::xml::to_string(e).contains("affiliation='owner' jid='x@meet.jitsi'")
+    }));
+}
