@@ -65,6 +65,7 @@ pub struct Config {
     pub turn: TurnSection,
     pub jibri: JibriSection,
     pub dialin: DialInSection,
+    pub jigasi: JigasiSection,
     pub lobby: LobbySection,
     pub breakout_rooms: BreakoutRoomsSection,
     pub polls: PollsSection,
@@ -487,6 +488,25 @@ impl Default for FocusSection {
             max_audio_senders: 999_999,
             max_video_senders: 999_999,
             sctp: true,
+        }
+    }
+}
+
+/// Phone dial-out through stock Jigasi instances (docs/dialin.md).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JigasiSection {
+    /// Offer dial-out (the app's invite dialog takes phone numbers) and hand calls to Jigasis.
+    pub dial_out: bool,
+    /// The brewery room on the internal MUC domain that Jigasis join.
+    pub brewery: String,
+}
+
+impl Default for JigasiSection {
+    fn default() -> Self {
+        JigasiSection {
+            dial_out: false,
+            brewery: "jigasibrewery".into(),
         }
     }
 }
@@ -926,6 +946,8 @@ impl Config {
             jibri_brewery: (!self.jibri.brewery.is_empty())
                 .then(|| format!("{}@{}", self.jibri.brewery, x.internal_muc_domain)),
             jibri_reply_timeout: std::time::Duration::from_secs(self.jibri.reply_timeout_secs),
+            jigasi_brewery: (self.jigasi.dial_out && !self.jigasi.brewery.is_empty())
+                .then(|| format!("{}@{}", self.jigasi.brewery, x.internal_muc_domain)),
         }
     }
 

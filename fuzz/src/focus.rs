@@ -180,6 +180,9 @@ impl Focus {
                     crate::assert_reparses(&req.payload());
                     jibri.push(req.session_id);
                 }
+                Output::JigasiDial(iq) => {
+                    crate::assert_reparses(&iq);
+                }
                 Output::JibriStop { session_id, .. } => {
                     crate::assert_reparses(&meetd_jingle::jibri::stop_payload(&session_id));
                 }

@@ -126,6 +126,9 @@ pub enum Output {
     JibriStart(jibri::StartRequest),
     /// Tell a Jibri to stop a session (no answer needed).
     JibriStop { jibri: String, session_id: String },
+    /// A moderator's Rayo `dial` (its IQ, from the moderator's occupant JID) for a Jigasi; the
+    /// glue answers the moderator.
+    JigasiDial(Element),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -365,6 +368,11 @@ impl Conference {
 
     pub fn focus_bare(&self) -> &str {
         self.cfg.focus_bare()
+    }
+
+    /// The focus's full JID.
+    pub fn focus_jid(&self) -> &str {
+        &self.cfg.focus_jid
     }
 
     /// Options from a conference request (the first one that sets them wins):
@@ -1294,6 +1302,23 @@ impl Conference {
         }
         if iq.get_child("jibri", NS_JIBRI).is_some() && iq.attr("type") == Some("set") {
             self.jibri_request(iq, &nick);
+            return;
+        }
+        if let Some(dial) = iq.get_child("dial", crate::jigasi::NS_RAYO)
+            && iq.attr("type") == Some("set")
+        {
+            let moderator = self
+                .participant(&nick)
+                .is_some_and(|p| is_moderator(&p.affiliation));
+            if !moderator || !crate::jigasi::names_room(dial, &self.room) {
+                let e = (
+                    jibri::FORBIDDEN,
+                    "only moderators dial out, into this room".into(),
+                );
+                self.reply(iq, Err(e));
+                return;
+            }
+            self.out.push(Output::JigasiDial(iq.clone()));
             return;
         }
         if let Some(m) = stanza::payload(iq)

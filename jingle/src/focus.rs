@@ -69,6 +69,104 @@ pub struct FocusOptions {
     pub jibri_brewery: Option<String>,
     /// How long a Jibri has to answer a start.
     pub jibri_reply_timeout: Duration,
+    /// Jigasi's brewery room, for phone dial-out (docs/dialin.md).
+    pub jigasi_brewery: Option<String>,
+}
+
+/// The gateways the focus hands work to: Jibris (recording, streaming) and Jigasis (phone).
+#[derive(Clone, Default)]
+struct Gateways {
+    jibri: Option<Arc<Brewery>>,
+    jigasi: Option<Arc<JigasiBrewery>>,
+}
+
+/// The Jigasi brewery as the focus sees it: the instances and the dial IQs awaiting an answer.
+struct JigasiBrewery {
+    room: String,
+    occupant: String,
+    focus_jid: String,
+    pool: Mutex<crate::jigasi::Pool>,
+    waiting: Mutex<HashMap<String, oneshot::Sender<Element>>>,
+    next_id: AtomicU64,
+    reply_timeout: Duration,
+}
+
+impl JigasiBrewery {
+    fn stanza(&self, st: &Element) {
+        let from = st.attr("from").unwrap_or("");
+        match st.name() {
+            "presence" if from != self.occupant => lock(&self.pool).presence(from, st),
+            "iq" if matches!(st.attr("type"), Some("result" | "error")) => {
+                let id = st.attr("id").unwrap_or("");
+                if let Some(tx) = lock(&self.waiting).remove(id) {
+                    let _ = tx.send(st.clone());
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Hand a moderator's dial to a Jigasi (others when one fails or is silent) and answer the
+    /// moderator with the Jigasi's `ref`, or why none dialled.
+    async fn dial(self: Arc<Self>, router: Arc<Router>, client_iq: Element) {
+        let Some(dial) = client_iq.get_child("dial", crate::jigasi::NS_RAYO).cloned() else {
+            return;
+        };
+        let mut tried: Vec<String> = Vec::new();
+        let mut timed_out = false;
+        let reply = loop {
+            let Some(jigasi) = lock(&self.pool).select(&tried) else {
+                break Err(if tried.is_empty() {
+                    StanzaError::SERVICE_UNAVAILABLE
+                } else if timed_out {
+                    crate::jigasi::REMOTE_SERVER_TIMEOUT
+                } else {
+                    crate::jigasi::UNDEFINED_CONDITION
+                });
+            };
+            let id = format!("dial{}", self.next_id.fetch_add(1, Ordering::Relaxed));
+            let mut iq = el(
+                "iq",
+                "jabber:client",
+                &[
+                    ("type", "set"),
+                    ("id", &id),
+                    ("to", &jigasi),
+                    ("from", &self.focus_jid),
+                ],
+            );
+            iq.append_child(dial.clone());
+            let (tx, rx) = oneshot::channel();
+            lock(&self.waiting).insert(id.clone(), tx);
+            router.route(iq);
+            let answer = tokio::time::timeout(self.reply_timeout, rx).await;
+            lock(&self.waiting).remove(&id);
+            match answer {
+                Ok(Ok(a)) if a.attr("type") == Some("result") => {
+                    break Ok(a.children().next().cloned());
+                }
+                Ok(_) => timed_out = false,
+                Err(_) => timed_out = true,
+            }
+            tracing::warn!(%jigasi, timed_out, "Jigasi did not dial");
+            tried.push(jigasi);
+            if tried.len() >= crate::jigasi::ATTEMPTS {
+                break Err(if timed_out {
+                    crate::jigasi::REMOTE_SERVER_TIMEOUT
+                } else {
+                    crate::jigasi::UNDEFINED_CONDITION
+                });
+            }
+        };
+        let out = match reply {
+            Ok(payload) => Some(stanza::iq_result(&client_iq, payload)),
+            Err(e) => stanza::error_reply(&client_iq, e, Some("no Jigasi dialled")),
+        };
+        if let Some(mut out) = out {
+            stanza::set_attr(&mut out, "from", &self.focus_jid);
+            router.route(out);
+        }
+    }
 }
 
 /// The Jibri brewery as the focus sees it: who is there, which IQs to Jibris await an
@@ -267,6 +365,30 @@ pub fn start(router: Arc<Router>, opts: FocusOptions, bridge: Arc<dyn Bridge>) -
     if let Some(b) = &brewery {
         b.join(&router);
     }
+    let jigasi = opts.jigasi_brewery.as_ref().map(|room| {
+        Arc::new(JigasiBrewery {
+            room: room.clone(),
+            occupant: format!("{room}/focus"),
+            focus_jid: focus_jid.clone(),
+            pool: Mutex::new(crate::jigasi::Pool::default()),
+            waiting: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            reply_timeout: opts.jibri_reply_timeout,
+        })
+    });
+    if let Some(j) = &jigasi {
+        let mut p = el(
+            "presence",
+            "jabber:client",
+            &[("to", &j.occupant), ("from", &focus_jid)],
+        );
+        p.append_child(Element::bare("x", "http://jabber.org/protocol/muc"));
+        router.route(p);
+    }
+    let gw = Gateways {
+        jibri: brewery.clone(),
+        jigasi: jigasi.clone(),
+    };
     let opts = Arc::new(opts);
     tokio::spawn(async move {
         let mut rooms: HashMap<String, Room> = HashMap::new();
@@ -274,12 +396,16 @@ pub fn start(router: Arc<Router>, opts: FocusOptions, bridge: Arc<dyn Bridge>) -
         loop {
             tokio::select! {
                 Some(st) = svc_rx.recv() => {
-                    conference_iq(&router, &opts, &bridge, &brewery, &mut rooms, &mut generation, &done_tx, *st);
+                    conference_iq(&router, &opts, &bridge, &gw, &mut rooms, &mut generation, &done_tx, *st);
                 }
                 Some(st) = jid_rx.recv() => {
                     // From the MUC: the room is the bare `from`; from a room component: the
                     // room named in its JSON.
                     let from = st.attr("from").unwrap_or("");
+                    if let Some(j) = jigasi.as_ref().filter(|j| bare_of(from) == j.room) {
+                        j.stanza(&st);
+                        continue;
+                    }
                     if let Some(b) = brewery.as_ref().filter(|b| bare_of(from) == b.room) {
                         if let Some((room, input)) = b.stanza(&router, &st)
                             && let Some(r) = rooms.get(&room)
@@ -313,7 +439,7 @@ pub fn start(router: Arc<Router>, opts: FocusOptions, bridge: Arc<dyn Bridge>) -
                     }
                 }
                 Some(req) = http_rx.recv() => {
-                    match room_actor(&router, &opts, &bridge, &brewery, &mut rooms, &mut generation, &done_tx, &req.room) {
+                    match room_actor(&router, &opts, &bridge, &gw, &mut rooms, &mut generation, &done_tx, &req.room) {
                         Ok(tx) => deliver_http(&tx, &req.room, req.reply),
                         Err(e) => {
                             let _ = req.reply.send(Err(e.1));
@@ -393,7 +519,7 @@ fn room_actor(
     router: &Arc<Router>,
     opts: &Arc<FocusOptions>,
     bridge: &Arc<dyn Bridge>,
-    brewery: &Option<Arc<Brewery>>,
+    gw: &Gateways,
     rooms: &mut HashMap<String, Room>,
     generation: &mut u64,
     done: &mpsc::Sender<(String, u64)>,
@@ -434,7 +560,7 @@ fn room_actor(
         tx.clone(),
         router.clone(),
         bridge.clone(),
-        brewery.clone(),
+        gw.clone(),
         done.clone(),
         g,
     ));
@@ -446,7 +572,7 @@ fn conference_iq(
     router: &Arc<Router>,
     opts: &Arc<FocusOptions>,
     bridge: &Arc<dyn Bridge>,
-    brewery: &Option<Arc<Brewery>>,
+    gw: &Gateways,
     rooms: &mut HashMap<String, Room>,
     generation: &mut u64,
     done: &mpsc::Sender<(String, u64)>,
@@ -500,7 +626,7 @@ fn conference_iq(
         );
         return;
     };
-    match room_actor(router, opts, bridge, brewery, rooms, generation, done, room) {
+    match room_actor(router, opts, bridge, gw, rooms, generation, done, room) {
         Ok(tx) => {
             if tx.try_send(ActorMsg::Request(iq.clone())).is_err() {
                 error_reply(router, &iq, StanzaError::RESOURCE_CONSTRAINT, "busy");
@@ -511,7 +637,7 @@ fn conference_iq(
 }
 
 /// The reply to a conference IQ (fixture 03): ready, the focus JID, properties.
-fn conference_reply(iq: &Element, focus_bare: &str, ready: bool) -> Element {
+fn conference_reply(iq: &Element, focus_bare: &str, ready: bool, sip: bool) -> Element {
     let room = iq
         .get_child("conference", NS_FOCUS)
         .and_then(|c| c.attr("room"))
@@ -533,9 +659,18 @@ fn conference_reply(iq: &Element, focus_bare: &str, ready: bool) -> Element {
             "property",
             NS_FOCUS,
             &[("name", "visitors-supported"), ("value", "false")],
+        ));
+    // The app offers phone dial-out to moderators when a Jigasi brewery is there.
+    let c = if sip {
+        c.append(el(
+            "property",
+            NS_FOCUS,
+            &[("name", "sipGatewayEnabled"), ("value", "true")],
         ))
-        .build();
-    stanza::iq_result(iq, Some(c))
+    } else {
+        c
+    };
+    stanza::iq_result(iq, Some(c.build()))
 }
 
 /// Colibri2 requests of one conference waiting for the bridge at most.
@@ -567,12 +702,15 @@ async fn run_actor(
     self_tx: mpsc::Sender<ActorMsg>,
     router: Arc<Router>,
     bridge: Arc<dyn Bridge>,
-    brewery: Option<Arc<Brewery>>,
+    gw: Gateways,
     done: mpsc::Sender<(String, u64)>,
     generation: u64,
 ) {
     let room = conf.room.clone();
     let focus_bare = conf.focus_bare().to_string();
+    let sip = gw.jigasi.is_some();
+    let focus_jid = conf.focus_jid().to_string();
+    let brewery = gw.jibri.clone();
     let mut waiting: Vec<Element> = Vec::new();
     let mut waiting_http: Vec<oneshot::Sender<Result<(), String>>> = Vec::new();
     let mut failed: Option<String> = None;
@@ -602,7 +740,7 @@ async fn run_actor(
                 }
                 Output::Ready => {
                     for iq in waiting.drain(..) {
-                        router.route(conference_reply(&iq, &focus_bare, true));
+                        router.route(conference_reply(&iq, &focus_bare, true, sip));
                     }
                     for h in waiting_http.drain(..) {
                         let _ = h.send(Ok(()));
@@ -625,6 +763,21 @@ async fn run_actor(
                         };
                         if self_tx.try_send(ActorMsg::Input(input)).is_err() {
                             tracing::warn!(%room, "conference queue full; Jibri answer lost");
+                        }
+                    }
+                },
+                Output::JigasiDial(iq) => match &gw.jigasi {
+                    Some(j) => {
+                        tokio::spawn(j.clone().dial(router.clone(), iq));
+                    }
+                    None => {
+                        if let Some(mut e) = stanza::error_reply(
+                            &iq,
+                            StanzaError::SERVICE_UNAVAILABLE,
+                            Some("no phone gateway"),
+                        ) {
+                            stanza::set_attr(&mut e, "from", &focus_jid);
+                            router.route(e);
                         }
                     }
                 },
@@ -659,7 +812,7 @@ async fn run_actor(
                     conf.request_properties(c);
                 }
                 if conf.is_ready() {
-                    router.route(conference_reply(&iq, &focus_bare, true));
+                    router.route(conference_reply(&iq, &focus_bare, true, sip));
                 } else {
                     waiting.push(iq);
                 }
@@ -675,7 +828,7 @@ async fn run_actor(
     }
     // Requests that arrived while stopping: the client retries and gets a fresh conference.
     for iq in waiting.drain(..) {
-        router.route(conference_reply(&iq, &focus_bare, false));
+        router.route(conference_reply(&iq, &focus_bare, false, sip));
     }
     tracing::debug!(%room, "conference ended");
     let _ = done.send((room, generation)).await;

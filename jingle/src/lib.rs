@@ -6,5 +6,6 @@
 pub mod conference;
 pub mod focus;
 pub mod jibri;
+pub mod jigasi;
 pub mod offer;
 pub mod sources;

@@ -2,7 +2,12 @@
 // app's "Invite people" dialog shows the number and the meeting's PIN, the dial-in page
 // (static/dialInInfo.html) shows them too, the PIN stays the same and maps back to the room
 // (what a SIP gateway asks), and bad lookups get clear JSON errors.
+import { client, xml } from '@xmpp/client';
+import WebSocket from 'ws';
 import { useApp, appTest, assert } from './lib.mjs';
+import { withTimeout } from '../lib/server.mjs';
+
+globalThis.WebSocket ??= WebSocket;
 
 const NUMBER = '+49 30 1234567';
 const app = useApp({
@@ -44,4 +49,70 @@ appTest('the invite dialog and the dial-in page show the number and the meeting 
     await page.waitFor((want) => want.every((w) => document.body.innerText.replace(/\s/g, '').includes(w.replace(/\s/g, ''))),
         'number and PIN on the dial-in page', 20000, [NUMBER, pin]);
     await app.leaveAll();
+}));
+
+// Dial-out through a stock Jigasi: a moderator's dial (the app's invite dialog calls
+// conference.dial) goes through meetd's focus to the least loaded Jigasi in its brewery, whose
+// answer (the phone participant's room JID) comes back; others are refused.
+const out = useApp({ name: 'app-dialout', config: '[jigasi]\ndial_out = true\n' });
+const NS_RAYO = 'urn:xmpp:rayo:1';
+
+let jigasiAccount = null;
+async function fakeJigasi(nick, participants) {
+    jigasiAccount ??= out.server.userAdd('jigasi@auth.meet.jitsi', 'jigasipass');
+    await jigasiAccount;
+    const xmpp = client({ service: out.server.wsUrl, domain: 'auth.meet.jitsi', username: 'jigasi', password: 'jigasipass', resource: nick });
+    const j = { xmpp, dials: [] };
+    xmpp.on('error', () => {});
+    xmpp.iqCallee.set(NS_RAYO, 'dial', (ctx) => {
+        const d = ctx.element;
+        const headers = Object.fromEntries(d.getChildren('header').map((h) => [h.attrs.name, h.attrs.value]));
+        j.dials.push({ to: d.attrs.to, from: ctx.from?.toString(), headers });
+        // As Jigasi: it joins the room as the phone participant and answers with its JID there.
+        return xml('ref', { xmlns: NS_RAYO, uri: `xmpp:${headers.JvbRoomName}/${nick}-call` });
+    });
+    await withTimeout(xmpp.start(), 15000, 'Jigasi login');
+    await xmpp.send(xml('presence', { to: `jigasibrewery@internal-muc.meet.jitsi/${nick}` },
+        xml('x', { xmlns: 'http://jabber.org/protocol/muc' }),
+        xml('stats', { xmlns: 'http://jitsi.org/protocol/colibri' },
+            xml('stat', { name: 'supports_sip', value: 'true' }),
+            xml('stat', { name: 'graceful_shutdown', value: 'false' }),
+            xml('stat', { name: 'participants', value: String(participants) }))));
+    j.stop = () => withTimeout(xmpp.stop(), 3000, 'Jigasi logout').catch(() => {});
+    return j;
+}
+
+appTest('a moderator dials a phone number out through the least loaded Jigasi; a participant cannot', out.wrap(async () => {
+    const jigasis = [];
+    try {
+        const busy = await fakeJigasi('jigasi-busy', 7);
+        jigasis.push(busy);
+        const idle = await fakeJigasi('jigasi-idle', 1);
+        jigasis.push(idle);
+        const a = await out.join('dialout', { name: 'Alice' });
+        const b = await out.join('dialout', { name: 'Bob' });
+        await a.waitFor(() => APP.store.getState()['features/base/participants'].local.role === 'moderator', 'moderator');
+        // The app knows it can dial out (the focus said sipGatewayEnabled).
+        assert.equal(String(await a.eval(() => APP.conference._room.isSIPCallingSupported())), 'true');
+        await a.eval(() => APP.conference._room.dial('+49 30 1234567'));
+        assert.equal(idle.dials.length, 1, 'the idle Jigasi dialled');
+        assert.equal(busy.dials.length, 0);
+        assert.equal(idle.dials[0].to, '+49 30 1234567');
+        assert.equal(idle.dials[0].headers.JvbRoomName, 'dialout@muc.meet.jitsi');
+        assert.equal(idle.dials[0].from, 'jigasibrewery@internal-muc.meet.jitsi/focus');
+        // Bob is no moderator.
+        const refused = await b.eval(async () => {
+            try {
+                await APP.conference._room.dial('+49 30 7654321');
+                return 'dialled';
+            } catch (e) {
+                return e?.querySelector?.('error')?.firstElementChild?.tagName ?? String(e?.message ?? e);
+            }
+        });
+        assert.equal(refused, 'forbidden');
+        assert.equal(idle.dials.length + busy.dials.length, 1);
+        await out.leaveAll();
+    } finally {
+        for (const j of jigasis) await j.stop();
+    }
 }));

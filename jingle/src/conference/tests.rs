@@ -19,6 +19,7 @@ struct Harness {
     stopped: bool,
     jibri_starts: Vec<jibri::StartRequest>,
     jibri_stops: Vec<(String, String)>,
+    dials: Vec<Element>,
 }
 
 impl Harness {
@@ -38,6 +39,7 @@ impl Harness {
             stopped: false,
             jibri_starts: vec![],
             jibri_stops: vec![],
+            dials: vec![],
         };
         h.drain();
         h
@@ -55,6 +57,7 @@ impl Harness {
                 Output::JibriStop { jibri, session_id } => {
                     self.jibri_stops.push((jibri, session_id));
                 }
+                Output::JigasiDial(iq) => self.dials.push(iq),
             }
         }
     }
@@ -945,4 +948,23 @@ fn a_jibri_browser_is_never_made_owner() {
     assert!(h.take_sent().iter().any(|e| {
         meetd_xmpp::xml::to_string(e).contains("affiliation='owner' jid='x@meet.jitsi'")
     }));
+}
+
+#[test]
+fn a_moderators_dial_goes_to_a_jigasi_and_others_are_refused() {
+    let (mut h, _, _) = two_in_session();
+    h.take_sent();
+    let dial = |from: &str, id: &str, room: &str| {
+        format!(
+            "<iq xmlns='jabber:client' type='set' id='{id}' from='{ROOM}/{from}' to='{ROOM}/focus'><dial xmlns='urn:xmpp:rayo:1' to='+4930123' from='fromnumber'><header name='JvbRoomName' value='{room}'/></dial></iq>"
+        )
+    };
+    h.stanza(&dial("bbbb", "d1", ROOM));
+    assert!(meetd_xmpp::xml::to_string(&reply_to(&mut h, "d1")).contains("forbidden"));
+    h.stanza(&dial("aaaa", "d2", "elsewhere@muc.meet.jitsi"));
+    assert!(meetd_xmpp::xml::to_string(&reply_to(&mut h, "d2")).contains("forbidden"));
+    assert!(h.dials.is_empty());
+    h.stanza(&dial("aaaa", "d3", ROOM));
+    assert_eq!(h.dials.len(), 1);
+    assert_eq!(h.dials[0].attr("id"), Some("d3"));
 }

@@ -1566,4 +1566,14 @@ fn token_features_gate_recording_and_streaming_requests() {
     assert_eq!(error_condition(&out[0]).as_deref(), Some("forbidden"));
     let out = s.handle(jibri(recorder, "stream"), now());
     assert_eq!(error_condition(&out[0]).as_deref(), Some("forbidden"));
+    // Phone dial-out needs outbound-call (stock mod_filter_iq_rayo).
+    let dial = |from: &str| {
+        parse(&format!(
+            "<iq xmlns='jabber:client' type='set' id='d1' from='{from}' to='{R}/focus'>\
+             <dial xmlns='urn:xmpp:rayo:1' to='+4930' from='fromnumber'/></iq>"
+        ))
+    };
+    let out = s.handle(dial(streamer), now());
+    assert_eq!(error_condition(&out[0]).as_deref(), Some("forbidden"));
+    assert!(relayed(&s.handle(dial(plain), now())));
 }

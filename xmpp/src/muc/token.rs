@@ -66,21 +66,34 @@ pub fn identity_element(id: &TokenIdentity) -> Element {
 
 /// Jibri's namespace: recording and live-streaming requests to the focus.
 const NS_JIBRI: &str = "http://jitsi.org/protocol/jibri";
+/// Rayo: phone dial-out requests to the focus.
+const NS_RAYO: &str = "urn:xmpp:rayo:1";
 
 impl RoomModule for TokenRooms {
-    /// A token's `context.features` gate recording and live streaming (stock
-    /// `mod_filter_iq_jibri`): a start or stop from a holder whose token does not grant
-    /// `recording` (file) or `livestreaming` (stream) is refused before it reaches the focus.
+    /// A token's `context.features` gate recording, live streaming and phone dial-out (stock
+    /// `mod_filter_iq_jibri` and `mod_filter_iq_rayo`): a start or stop from a holder whose
+    /// token does not grant `recording` (file) or `livestreaming` (stream), or a dial without
+    /// `outbound-call`, is refused before it reaches the focus.
     fn check_occupant_iq(&mut self, _room: &Room, from: &str, iq: &Element) -> Option<Element> {
-        let j = iq.get_child("jibri", NS_JIBRI)?;
-        if iq.attr("type") != Some("set")
-            || !matches!(j.attr("action"), Some("start") | Some("stop"))
-        {
+        if iq.attr("type") != Some("set") {
             return None;
         }
-        let feature = match j.attr("recording_mode") {
-            Some("file") => "recording",
-            _ => "livestreaming",
+        // Phone dial-out (stock mod_filter_iq_rayo): `outbound-call`.
+        let feature = if let Some(d) = iq.get_child("dial", NS_RAYO) {
+            if d.attr("to") == Some("jitsi_meet_transcribe") {
+                "transcription"
+            } else {
+                "outbound-call"
+            }
+        } else {
+            let j = iq.get_child("jibri", NS_JIBRI)?;
+            if !matches!(j.attr("action"), Some("start") | Some("stop")) {
+                return None;
+            }
+            match j.attr("recording_mode") {
+                Some("file") => "recording",
+                _ => "livestreaming",
+            }
         };
         let id = self.identities.get(from)?;
         if id.feature(feature) != Some(false) {
