@@ -80,29 +80,109 @@ struct Gateways {
     jigasi: Option<Arc<JigasiBrewery>>,
 }
 
-/// The Jigasi brewery as the focus sees it: the instances and the dial IQs awaiting an answer.
-struct JigasiBrewery {
+/// The focus's place in one brewery room (Jibri's or Jigasi's): joining it, IQs to its
+/// occupants and their answers. The gateways below add their pools on top.
+struct BreweryRoom {
     room: String,
+    /// The focus's occupant JID in it.
     occupant: String,
     focus_jid: String,
-    pool: Mutex<crate::jigasi::Pool>,
     waiting: Mutex<HashMap<String, oneshot::Sender<Element>>>,
     next_id: AtomicU64,
     reply_timeout: Duration,
 }
 
+/// A poisoned lock only means another task panicked while holding it; the data (a pool, a
+/// map of waiters) is still usable.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl BreweryRoom {
+    fn new(room: &str, focus_jid: &str, reply_timeout: Duration) -> BreweryRoom {
+        BreweryRoom {
+            room: room.to_string(),
+            occupant: format!("{room}/focus"),
+            focus_jid: focus_jid.to_string(),
+            waiting: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            reply_timeout,
+        }
+    }
+
+    fn join(&self, router: &Router) {
+        let mut p = el(
+            "presence",
+            "jabber:client",
+            &[("to", &self.occupant), ("from", &self.focus_jid)],
+        );
+        p.append_child(Element::bare("x", "http://jabber.org/protocol/muc"));
+        router.route(p);
+    }
+
+    /// An IQ set from the focus to an occupant.
+    fn iq(&self, to: &str, payload: Element) -> (String, Element) {
+        let id = format!("gw{}", self.next_id.fetch_add(1, Ordering::Relaxed));
+        let mut iq = el(
+            "iq",
+            "jabber:client",
+            &[
+                ("type", "set"),
+                ("id", &id),
+                ("to", to),
+                ("from", &self.focus_jid),
+            ],
+        );
+        iq.append_child(payload);
+        (id, iq)
+    }
+
+    /// Send an IQ set without waiting for its answer.
+    fn send(&self, router: &Router, to: &str, payload: Element) {
+        router.route(self.iq(to, payload).1);
+    }
+
+    /// Send an IQ set and wait for its answer; `None` when none came in time.
+    async fn request(&self, router: &Router, to: &str, payload: Element) -> Option<Element> {
+        let (id, iq) = self.iq(to, payload);
+        let (tx, rx) = oneshot::channel();
+        lock(&self.waiting).insert(id.clone(), tx);
+        router.route(iq);
+        let answer = tokio::time::timeout(self.reply_timeout, rx).await;
+        lock(&self.waiting).remove(&id);
+        answer.ok().and_then(Result::ok)
+    }
+
+    /// An IQ result or error from the room: hand it to its waiter. False for anything else.
+    fn answered(&self, st: &Element) -> bool {
+        if st.name() != "iq" || !matches!(st.attr("type"), Some("result" | "error")) {
+            return false;
+        }
+        if let Some(tx) = lock(&self.waiting).remove(st.attr("id").unwrap_or("")) {
+            let _ = tx.send(st.clone());
+        }
+        true
+    }
+
+    /// A presence from another occupant (not the focus's own).
+    fn other_presence<'a>(&self, st: &'a Element) -> Option<&'a str> {
+        let from = st.attr("from").unwrap_or("");
+        (st.name() == "presence" && from != self.occupant).then_some(from)
+    }
+}
+
+/// The Jigasi brewery as the focus sees it: the base room and the instances.
+struct JigasiBrewery {
+    room: BreweryRoom,
+    pool: Mutex<crate::jigasi::Pool>,
+}
+
 impl JigasiBrewery {
     fn stanza(&self, st: &Element) {
-        let from = st.attr("from").unwrap_or("");
-        match st.name() {
-            "presence" if from != self.occupant => lock(&self.pool).presence(from, st),
-            "iq" if matches!(st.attr("type"), Some("result" | "error")) => {
-                let id = st.attr("id").unwrap_or("");
-                if let Some(tx) = lock(&self.waiting).remove(id) {
-                    let _ = tx.send(st.clone());
-                }
-            }
-            _ => {}
+        if let Some(from) = self.room.other_presence(st) {
+            lock(&self.pool).presence(from, st);
+        } else {
+            self.room.answered(st);
         }
     }
 
@@ -124,29 +204,11 @@ impl JigasiBrewery {
                     crate::jigasi::UNDEFINED_CONDITION
                 });
             };
-            let id = format!("dial{}", self.next_id.fetch_add(1, Ordering::Relaxed));
-            let mut iq = el(
-                "iq",
-                "jabber:client",
-                &[
-                    ("type", "set"),
-                    ("id", &id),
-                    ("to", &jigasi),
-                    ("from", &self.focus_jid),
-                ],
-            );
-            iq.append_child(dial.clone());
-            let (tx, rx) = oneshot::channel();
-            lock(&self.waiting).insert(id.clone(), tx);
-            router.route(iq);
-            let answer = tokio::time::timeout(self.reply_timeout, rx).await;
-            lock(&self.waiting).remove(&id);
-            match answer {
-                Ok(Ok(a)) if a.attr("type") == Some("result") => {
+            match self.room.request(&router, &jigasi, dial.clone()).await {
+                Some(a) if a.attr("type") == Some("result") => {
                     break Ok(a.children().next().cloned());
                 }
-                Ok(_) => timed_out = false,
-                Err(_) => timed_out = true,
+                answer => timed_out = answer.is_none(),
             }
             tracing::warn!(%jigasi, timed_out, "Jigasi did not dial");
             tried.push(jigasi);
@@ -163,94 +225,51 @@ impl JigasiBrewery {
             Err(e) => stanza::error_reply(&client_iq, e, Some("no Jigasi dialled")),
         };
         if let Some(mut out) = out {
-            stanza::set_attr(&mut out, "from", &self.focus_jid);
+            stanza::set_attr(&mut out, "from", &self.room.focus_jid);
             router.route(out);
         }
     }
 }
 
-/// The Jibri brewery as the focus sees it: who is there, which IQs to Jibris await an
-/// answer, which conference each busy Jibri works for. Shared by the focus's dispatcher and
-/// the tasks that hand sessions to Jibris.
+/// The Jibri brewery as the focus sees it: the base room, who is there, which conference each
+/// busy Jibri works for. Shared by the focus's dispatcher and the tasks that hand sessions to
+/// Jibris.
 struct Brewery {
-    room: String,
-    /// The focus's occupant JID in it.
-    occupant: String,
-    focus_jid: String,
+    room: BreweryRoom,
     pool: Mutex<jibri::Pool>,
-    waiting: Mutex<HashMap<String, oneshot::Sender<Element>>>,
     owners: Mutex<HashMap<String, String>>,
-    next_id: AtomicU64,
-    reply_timeout: Duration,
     retries: usize,
 }
 
-/// A poisoned lock only means another task panicked while holding it; the data (a pool, a
-/// map of waiters) is still usable.
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 impl Brewery {
-    fn join(&self, router: &Router) {
-        let mut p = el(
-            "presence",
-            "jabber:client",
-            &[("to", &self.occupant), ("from", &self.focus_jid)],
-        );
-        p.append_child(Element::bare("x", "http://jabber.org/protocol/muc"));
-        router.route(p);
-    }
-
-    fn iq(&self, to: &str, payload: Element) -> (String, Element) {
-        let id = format!("jibri{}", self.next_id.fetch_add(1, Ordering::Relaxed));
-        let mut iq = el(
-            "iq",
-            "jabber:client",
-            &[
-                ("type", "set"),
-                ("id", &id),
-                ("to", to),
-                ("from", &self.focus_jid),
-            ],
-        );
-        iq.append_child(payload);
-        (id, iq)
-    }
-
     /// A stanza from the brewery room. Returns (room, input) when a conference must hear of it.
     fn stanza(&self, router: &Router, st: &Element) -> Option<(String, Input)> {
+        if let Some(from) = self.room.other_presence(st) {
+            if !lock(&self.pool).presence(from, st) {
+                return None;
+            }
+            tracing::info!(jibri = from, "Jibri left the brewery");
+            let room = lock(&self.owners).remove(from)?;
+            return Some((
+                room,
+                Input::JibriGone {
+                    jibri: from.to_string(),
+                },
+            ));
+        }
+        if self.room.answered(st) {
+            return None;
+        }
         let from = st.attr("from").unwrap_or("");
         match st.name() {
-            "presence" if from != self.occupant => {
-                let left = lock(&self.pool).presence(from, st);
-                if left {
-                    tracing::info!(jibri = from, "Jibri left the brewery");
-                    let room = lock(&self.owners).remove(from)?;
-                    return Some((
-                        room,
-                        Input::JibriGone {
-                            jibri: from.to_string(),
-                        },
-                    ));
-                }
-                None
-            }
             "iq" => match st.attr("type") {
-                Some("result" | "error") => {
-                    let id = st.attr("id").unwrap_or("");
-                    if let Some(tx) = lock(&self.waiting).remove(id) {
-                        let _ = tx.send(st.clone());
-                    }
-                    None
-                }
                 Some("set") => {
                     let Some(status) = jibri::parse_status(st) else {
                         error_reply(router, st, StanzaError::SERVICE_UNAVAILABLE, "unsupported");
                         return None;
                     };
                     let mut ok = stanza::iq_result(st, None);
-                    stanza::set_attr(&mut ok, "from", &self.focus_jid);
+                    stanza::set_attr(&mut ok, "from", &self.room.focus_jid);
                     router.route(ok);
                     let owners = lock(&self.owners);
                     let room = owners.get(from)?.clone();
@@ -274,8 +293,8 @@ impl Brewery {
 
     fn stop(&self, router: &Router, jibri: &str, session_id: &str) {
         lock(&self.owners).remove(jibri);
-        let (_, iq) = self.iq(jibri, jibri::stop_payload(session_id));
-        router.route(iq);
+        self.room
+            .send(router, jibri, jibri::stop_payload(session_id));
     }
 
     /// Hand a session to a Jibri: the first idle one that answers `pending`, trying others
@@ -297,27 +316,22 @@ impl Brewery {
                     break Err((e, text.to_string()));
                 }
             };
-            let (id, iq) = self.iq(&jibri, req.payload());
-            let (otx, orx) = oneshot::channel();
-            lock(&self.waiting).insert(id.clone(), otx);
-            router.route(iq);
-            let answer = tokio::time::timeout(self.reply_timeout, orx).await;
-            lock(&self.waiting).remove(&id);
-            let status = match &answer {
-                Ok(Ok(a)) if a.attr("type") == Some("result") => jibri::parse_status(a),
-                _ => None,
-            };
+            let answer = self.room.request(&router, &jibri, req.payload()).await;
+            let status = answer
+                .as_ref()
+                .filter(|a| a.attr("type") == Some("result"))
+                .and_then(jibri::parse_status);
             if status.as_ref().and_then(|s| s.status.as_deref()) == Some("pending") {
                 lock(&self.owners).insert(jibri.clone(), req.room.clone());
                 tracing::info!(room = %req.room, %jibri, mode = req.mode.as_str(), "Jibri took the session");
                 break Ok(jibri);
             }
-            tracing::warn!(room = %req.room, %jibri, ?status, timed_out = answer.is_err(), "Jibri did not take the session");
+            tracing::warn!(room = %req.room, %jibri, ?status, timed_out = answer.is_none(), "Jibri did not take the session");
             lock(&self.pool).failed(&jibri, Instant::now());
-            if answer.is_err() {
+            if answer.is_none() {
                 // It may still start late: tell it to stop.
-                let (_, stop) = self.iq(&jibri, jibri::stop_payload(&req.session_id));
-                router.route(stop);
+                self.room
+                    .send(&router, &jibri, jibri::stop_payload(&req.session_id));
             }
             tried.push(jibri);
             attempts += 1;
@@ -349,41 +363,29 @@ pub fn start(router: Arc<Router>, opts: FocusOptions, bridge: Arc<dyn Bridge>) -
     }
     let focus_jid = opts.cfg.focus_jid.clone();
     router.bind(&focus_jid, jid_tx.clone());
+    let base = |room: &String| BreweryRoom::new(room, &focus_jid, opts.jibri_reply_timeout);
     let brewery = opts.jibri_brewery.as_ref().map(|room| {
         Arc::new(Brewery {
-            room: room.clone(),
-            occupant: format!("{room}/focus"),
-            focus_jid: focus_jid.clone(),
+            room: base(room),
             pool: Mutex::new(jibri::Pool::default()),
-            waiting: Mutex::new(HashMap::new()),
             owners: Mutex::new(HashMap::new()),
-            next_id: AtomicU64::new(1),
-            reply_timeout: opts.jibri_reply_timeout,
             retries: opts.cfg.recorder.retries,
         })
     });
-    if let Some(b) = &brewery {
-        b.join(&router);
-    }
     let jigasi = opts.jigasi_brewery.as_ref().map(|room| {
         Arc::new(JigasiBrewery {
-            room: room.clone(),
-            occupant: format!("{room}/focus"),
-            focus_jid: focus_jid.clone(),
+            room: base(room),
             pool: Mutex::new(crate::jigasi::Pool::default()),
-            waiting: Mutex::new(HashMap::new()),
-            next_id: AtomicU64::new(1),
-            reply_timeout: opts.jibri_reply_timeout,
         })
     });
-    if let Some(j) = &jigasi {
-        let mut p = el(
-            "presence",
-            "jabber:client",
-            &[("to", &j.occupant), ("from", &focus_jid)],
-        );
-        p.append_child(Element::bare("x", "http://jabber.org/protocol/muc"));
-        router.route(p);
+    for r in [
+        brewery.as_ref().map(|b| &b.room),
+        jigasi.as_ref().map(|j| &j.room),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        r.join(&router);
     }
     let gw = Gateways {
         jibri: brewery.clone(),
@@ -402,11 +404,11 @@ pub fn start(router: Arc<Router>, opts: FocusOptions, bridge: Arc<dyn Bridge>) -
                     // From the MUC: the room is the bare `from`; from a room component: the
                     // room named in its JSON.
                     let from = st.attr("from").unwrap_or("");
-                    if let Some(j) = jigasi.as_ref().filter(|j| bare_of(from) == j.room) {
+                    if let Some(j) = jigasi.as_ref().filter(|j| bare_of(from) == j.room.room) {
                         j.stanza(&st);
                         continue;
                     }
-                    if let Some(b) = brewery.as_ref().filter(|b| bare_of(from) == b.room) {
+                    if let Some(b) = brewery.as_ref().filter(|b| bare_of(from) == b.room.room) {
                         if let Some((room, input)) = b.stanza(&router, &st)
                             && let Some(r) = rooms.get(&room)
                             && r.tx.try_send(ActorMsg::Input(input)).is_err()
