@@ -14,7 +14,7 @@ use crate::config::Config;
 
 /// The host's own addresses, as JVB announces without configuration: global and
 /// private unicast, no loopback, no link-local (those need a scope and rarely route).
-fn interface_addresses() -> Vec<IpAddr> {
+pub(crate) fn interface_addresses() -> Vec<IpAddr> {
     let mut ips: Vec<IpAddr> = if_addrs::get_if_addrs()
         .unwrap_or_default()
         .into_iter()

@@ -51,6 +51,8 @@ impl Listen {
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub server: ServerSection,
+    pub log: LogSection,
+    pub privacy: PrivacySection,
     pub listen: ListenSection,
     pub tls: TlsSection,
     pub auth: AuthSection,
@@ -83,8 +85,6 @@ pub struct ServerSection {
     pub domain: String,
     pub data_dir: PathBuf,
     pub public_url: String,
-    pub log_level: String,
-    pub log_format: String,
 }
 
 impl Default for ServerSection {
@@ -93,8 +93,47 @@ impl Default for ServerSection {
             domain: "meet.jitsi".into(),
             data_dir: PathBuf::from("./meetd-data"),
             public_url: String::new(),
-            log_level: "info".into(),
-            log_format: "text".into(),
+        }
+    }
+}
+
+/// `[log]`: where log lines go and how long log files are kept (docs/operations.md).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSection {
+    /// A level or a tracing filter ("info", "info,meetd_xmpp=debug").
+    pub level: String,
+    /// "text" or "json".
+    pub format: String,
+    /// Empty: standard output (journald). Otherwise a directory for daily files.
+    pub dir: String,
+    /// Log files older than this many days are deleted (at start and every hour).
+    pub retention_days: u32,
+}
+
+impl Default for LogSection {
+    fn default() -> Self {
+        LogSection {
+            level: "info".into(),
+            format: "text".into(),
+            dir: String::new(),
+            retention_days: 7,
+        }
+    }
+}
+
+/// `[privacy]`: what log lines may say about the people in meetings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PrivacySection {
+    /// "full", "masked" (IPv4 without its last octet, IPv6 without its last 80 bits) or "none".
+    pub log_ips: String,
+}
+
+impl Default for PrivacySection {
+    fn default() -> Self {
+        PrivacySection {
+            log_ips: "masked".into(),
         }
     }
 }
@@ -742,9 +781,21 @@ impl Config {
                 );
             }
         }
-        match self.server.log_format.as_str() {
+        match self.log.format.as_str() {
             "text" | "json" => {}
-            _ => return err("server.log_format", "must be \"text\" or \"json\""),
+            _ => return err("log.format", "must be \"text\" or \"json\""),
+        }
+        if let Err(e) = crate::logging::effective_filter(&self.log.level) {
+            return err("log.level", &format!("not a level or tracing filter: {e}"));
+        }
+        if self.log.retention_days == 0 {
+            return err("log.retention_days", "must be at least 1");
+        }
+        if crate::logging::IpMode::parse(&self.privacy.log_ips).is_none() {
+            return err(
+                "privacy.log_ips",
+                "must be \"full\", \"masked\" or \"none\"",
+            );
         }
         let url = &self.server.public_url;
         if !(url.is_empty() || url.starts_with("https://") || url.starts_with("http://")) {

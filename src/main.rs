@@ -5,6 +5,8 @@ mod bridge;
 mod config;
 mod dialin;
 mod http;
+mod logging;
+mod reload;
 mod shared_port;
 mod storage;
 mod tls;
@@ -57,8 +59,11 @@ enum ConfigCmd {
 enum UserCmd {
     /// Create an account: `meetd user add focus@auth.meet.jitsi`.
     Add(UserArgs),
-    /// Delete an account.
+    /// Delete an account and everything stored about it (a data-subject erasure request).
     Remove(UserArgs),
+    /// Print, as JSON, everything the database holds about an account (a data-subject
+    /// access request).
+    Export(UserArgs),
     /// Change an account's password.
     Passwd(UserArgs),
     /// List accounts.
@@ -172,10 +177,10 @@ fn effective(o: &Overrides) -> Result<Config, config::ConfigError> {
         cfg.server.public_url = v.clone();
     }
     if let Some(v) = &o.log_level {
-        cfg.server.log_level = v.clone();
+        cfg.log.level = v.clone();
     }
     if o.log_json {
-        cfg.server.log_format = "json".into();
+        cfg.log.format = "json".into();
     }
     cfg.validate()?;
     Ok(cfg)
@@ -197,7 +202,9 @@ fn main() -> ExitCode {
             Err(e) => Err(Failure::Config(e)),
         },
         Cmd::Serve(o) => match effective(&o) {
-            Ok(cfg) => runtime().and_then(|rt| rt.block_on(serve(cfg)).map_err(Failure::Runtime)),
+            Ok(cfg) => {
+                runtime().and_then(|rt| rt.block_on(serve(cfg, o)).map_err(Failure::Runtime))
+            }
             Err(e) => Err(Failure::Config(e)),
         },
         Cmd::User { cmd } => runtime().and_then(|rt| rt.block_on(user(cmd))),
@@ -227,28 +234,18 @@ fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
         .map_err(|e| Failure::Runtime(e.into()))
 }
 
-fn init_logging(cfg: &Config) {
-    use tracing_subscriber::EnvFilter;
-    let filter =
-        EnvFilter::try_new(&cfg.server.log_level).unwrap_or_else(|_| EnvFilter::new("info"));
-    let b = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false);
-    if cfg.server.log_format == "json" {
-        b.json().init();
-    } else {
-        b.init();
-    }
-}
-
 async fn open_storage(cfg: &Config) -> anyhow::Result<Storage> {
     std::fs::create_dir_all(&cfg.server.data_dir)
         .map_err(|e| anyhow::anyhow!("data directory {}: {e}", cfg.server.data_dir.display()))?;
     Ok(Storage::open(&cfg.sqlite_path()).await?)
 }
 
-async fn serve(mut cfg: Config) -> anyhow::Result<()> {
-    init_logging(&cfg);
+async fn serve(mut cfg: Config, flags: Overrides) -> anyhow::Result<()> {
+    // As configured, before the defaults filled in below: what a reload compares against.
+    let configured = cfg.clone();
+    logging::set_own_addresses(&cfg);
+    let log = logging::init(&cfg).map_err(|e| anyhow::anyhow!("log.dir {}: {e}", cfg.log.dir))?;
+    logging::spawn_sweeper(&cfg);
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let storage = open_storage(&cfg).await?;
     let secret = storage.secret("scram-unknown-user").await?;
@@ -524,13 +521,21 @@ async fn serve(mut cfg: Config) -> anyhow::Result<()> {
         for w in tls::chain_warnings(&tls_files) {
             tracing::warn!("{w}");
         }
-        tokio::spawn(tls::watch(
-            tls_files,
-            acceptor.clone(),
-            https_cfg,
-            std::time::Duration::from_secs(30),
-        ));
     }
+    let tls_now = Arc::new(tokio::sync::Notify::new());
+    tokio::spawn(tls::watch(
+        tls_files,
+        acceptor.clone(),
+        https_cfg,
+        std::time::Duration::from_secs(30),
+        tls_now.clone(),
+    ));
+    let live = reload::Live {
+        log,
+        tls: tls_now,
+        server: server.clone(),
+    };
+    tokio::spawn(reload_on_sighup(live, configured, flags));
     front.ready.store(true, Ordering::Release);
     tracing::info!("ready");
 
@@ -560,6 +565,27 @@ fn web_root(cfg: &Config) -> anyhow::Result<Option<webroot::WebRoot>> {
     }
     tracing::info!(root = %dir.display(), "serving the Jitsi Meet web app");
     Ok(Some(webroot::WebRoot { dir }))
+}
+
+/// SIGHUP: read the file and flags again and apply what can change while running.
+async fn reload_on_sighup(live: reload::Live, mut running: Config, flags: Overrides) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            return;
+        };
+        while hup.recv().await.is_some() {
+            match effective(&flags) {
+                Ok(new) => reload::report(&reload::apply(&live, &mut running, &new)),
+                Err(e) => tracing::error!("SIGHUP: configuration error, nothing reloaded: {e}"),
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (live, &mut running, flags);
+    }
 }
 
 async fn shutdown_signal() {
@@ -624,7 +650,9 @@ fn read_password() -> Result<String, Failure> {
 
 async fn user(cmd: UserCmd) -> Result<(), Failure> {
     let common = match &cmd {
-        UserCmd::Add(a) | UserCmd::Remove(a) | UserCmd::Passwd(a) => a.common.clone(),
+        UserCmd::Add(a) | UserCmd::Remove(a) | UserCmd::Passwd(a) | UserCmd::Export(a) => {
+            a.common.clone()
+        }
         UserCmd::List(c) => c.clone(),
     };
     let cfg = load(&common).map_err(Failure::Config)?;
@@ -655,6 +683,29 @@ async fn user(cmd: UserCmd) -> Result<(), Failure> {
                 return Err(Failure::Runtime(anyhow::anyhow!("{u}@{d} does not exist")));
             }
             println!("removed {u}@{d}");
+        }
+        UserCmd::Export(a) => {
+            let (u, d) = split_jid(&cfg, &a.jid)?;
+            let Some((created, iterations)) = st.account_record(&u, &d).await.map_err(rt)? else {
+                return Err(Failure::Runtime(anyhow::anyhow!("{u}@{d} does not exist")));
+            };
+            let created = std::time::UNIX_EPOCH
+                + std::time::Duration::from_secs(u64::try_from(created).unwrap_or(0));
+            let doc = serde_json::json!({
+                "jid": format!("{u}@{d}"),
+                "created": httpdate::fmt_http_date(created),
+                "stored": {
+                    "account": "the user name and domain above, and when the account was created",
+                    "password": format!(
+                        "not stored; only SCRAM-SHA-1 and SCRAM-SHA-256 verifiers derived from it                          (salted, {iterations} PBKDF2 iterations), which cannot be turned back into it"
+                    ),
+                },
+                "meetings": "none: meetd keeps no record of meetings, participants, chat or media",
+            });
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&doc).map_err(|e| Failure::Runtime(e.into()))?
+            );
         }
         UserCmd::List(_) => {
             for a in st.list_accounts().await.map_err(rt)? {

@@ -157,6 +157,23 @@ impl Storage {
         Ok(r.rows_affected() == 1)
     }
 
+    /// What the database holds about one account, for a data-subject request: its creation
+    /// time (Unix seconds) and the PBKDF2 iterations of its SCRAM verifiers.
+    pub async fn account_record(
+        &self,
+        user: &str,
+        domain: &str,
+    ) -> Result<Option<(i64, i64)>, StorageError> {
+        let row = sqlx::query(
+            "SELECT created_at, iterations FROM accounts WHERE username = ? AND domain = ?",
+        )
+        .bind(user)
+        .bind(domain)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| (r.get::<i64, _>(0), r.get::<i64, _>(1))))
+    }
+
     pub async fn list_accounts(&self) -> Result<Vec<String>, StorageError> {
         let rows = sqlx::query("SELECT username, domain FROM accounts ORDER BY domain, username")
             .fetch_all(&self.pool)

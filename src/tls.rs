@@ -153,18 +153,23 @@ fn mtimes(files: &TlsFiles) -> Option<(std::time::SystemTime, std::time::SystemT
     Some((m(&files.cert)?, m(&files.key)?))
 }
 
-/// Reload the certificate when its files change (renewals), for HTTPS and XMPP alike.
+/// Reload the certificate when its files change (renewals), or when `reload_now` is notified
+/// (SIGHUP), for HTTPS and XMPP alike.
 pub async fn watch(
     files: TlsFiles,
     c2s: meetd_xmpp::tcp::TlsSource,
     https: Option<axum_server::tls_rustls::RustlsConfig>,
     every: std::time::Duration,
+    reload_now: Arc<tokio::sync::Notify>,
 ) {
     let mut last = mtimes(&files);
     loop {
-        tokio::time::sleep(every).await;
+        let forced = tokio::select! {
+            _ = tokio::time::sleep(every) => false,
+            _ = reload_now.notified() => true,
+        };
         let now = mtimes(&files);
-        if now.is_none() || now == last {
+        if now.is_none() || (now == last && !forced) {
             continue;
         }
         match server_config(&files) {
@@ -218,6 +223,7 @@ mod tests {
             source.clone(),
             None,
             std::time::Duration::from_millis(20),
+            Arc::new(tokio::sync::Notify::new()),
         ));
         // A renewal: new files with a later modification time.
         tokio::time::sleep(std::time::Duration::from_millis(1100)).await;

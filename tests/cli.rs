@@ -117,8 +117,25 @@ fn user_add_list_passwd_remove() {
             .status
             .success()
     );
+    // A data-subject access request: what is stored, as JSON, without secrets.
+    let out = user(&d, &["export", "alice@auth.meet.jitsi"], "");
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["jid"], "alice@auth.meet.jitsi");
+    assert!(v["created"].as_str().unwrap().ends_with("GMT"));
+    assert!(v["meetings"].as_str().unwrap().starts_with("none"));
+    assert!(
+        !user(&d, &["export", "bob@auth.meet.jitsi"], "")
+            .status
+            .success()
+    );
     assert!(
         user(&d, &["remove", "alice@auth.meet.jitsi"], "")
+            .status
+            .success()
+    );
+    assert!(
+        !user(&d, &["export", "alice@auth.meet.jitsi"], "")
             .status
             .success()
     );
@@ -181,4 +198,93 @@ fn json_logs_say_what_listens_where() {
             .any(|l| l.contains("HTTP listening on http://127.0.0.1:")),
         "{lines:?}"
     );
+}
+
+/// SIGHUP applies the log level, limits and token keys, names what needs a restart, and
+/// survives a broken file.
+#[test]
+fn sighup_reloads_what_it_can() {
+    use std::io::BufRead;
+    use std::time::{Duration, Instant};
+    let d = tmpdir("sighup");
+    let f = d.join("meetd.toml");
+    std::fs::write(&f, "[log]\nlevel = \"info\"\n").unwrap();
+    let mut c = meetd()
+        .args(["serve", "--config"])
+        .arg(&f)
+        .args([
+            "--http",
+            "127.0.0.1:0",
+            "--https",
+            "off",
+            "--c2s",
+            "off",
+            "--component",
+            "off",
+            "--media-port",
+            "0",
+            "--media-tcp-port",
+            "0",
+            "--turn-port",
+            "0",
+            "--data-dir",
+        ])
+        .arg(&d)
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let out = std::io::BufReader::new(c.stdout.take().unwrap());
+    std::thread::spawn(move || {
+        for l in out.lines().map_while(Result::ok) {
+            if tx.send(l).is_err() {
+                break;
+            }
+        }
+    });
+    let wait_for = |what: &str| -> String {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match rx.recv_timeout(left) {
+                Ok(l) if l.contains(what) => return l,
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        panic!("no log line with {what:?}");
+    };
+    let hup = || {
+        let ok = Command::new("kill")
+            .args(["-HUP", &c.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+    };
+    wait_for("ready");
+    std::fs::write(
+        &f,
+        "[log]\nlevel = \"debug\"\n[limits]\nmax_sessions_per_ip = 3\n[lobby]\nenabled = false\n",
+    )
+    .unwrap();
+    hup();
+    let l = wait_for("configuration reloaded");
+    assert!(
+        l.contains("log.level") && l.contains("limits.max_sessions_per_ip"),
+        "{l}"
+    );
+    let l = wait_for("take effect after a restart");
+    assert!(
+        l.contains("lobby.enabled") && !l.contains("log.level"),
+        "{l}"
+    );
+    std::fs::write(&f, "[log]\nlevel = \"debug\"\n[limits]\nmax_sesions = 3\n").unwrap();
+    hup();
+    let l = wait_for("nothing reloaded");
+    assert!(l.contains("max_sesions"), "{l}");
+    assert!(c.try_wait().unwrap().is_none(), "meetd keeps running");
+    let _ = c.kill();
+    let _ = c.wait();
 }

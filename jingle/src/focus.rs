@@ -470,18 +470,29 @@ fn deliver_stanza(
     focus_jid: &str,
 ) -> Option<Element> {
     let e = tx.try_send(ActorMsg::Input(Input::Stanza(st))).err()?;
+    let closed = matches!(e, mpsc::error::TrySendError::Closed(_));
     let ActorMsg::Input(Input::Stanza(st)) = e.into_inner() else {
         return None;
     };
-    tracing::warn!(%room, stanza = st.name(), from = st.attr("from"), "conference queue full");
+    if closed {
+        // The conference has just ended (its actor is gone, the map learns it next): what
+        // was for it, typically the focus's own leave presence, has nobody to go to.
+        tracing::debug!(%room, stanza = st.name(), "conference ended; stanza dropped");
+    } else {
+        tracing::warn!(%room, stanza = st.name(), from = st.attr("from"), "conference queue full");
+    }
     if st.name() != "iq" {
         return None;
     }
-    let mut busy = stanza::error_reply(
-        &st,
-        StanzaError::RESOURCE_CONSTRAINT,
-        Some("conference busy"),
-    )?;
+    let mut busy = if closed {
+        stanza::error_reply(&st, StanzaError::ITEM_NOT_FOUND, Some("no conference"))?
+    } else {
+        stanza::error_reply(
+            &st,
+            StanzaError::RESOURCE_CONSTRAINT,
+            Some("conference busy"),
+        )?
+    };
     stanza::set_attr(&mut busy, "from", st.attr("to").unwrap_or(focus_jid));
     Some(busy)
 }

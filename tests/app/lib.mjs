@@ -74,15 +74,18 @@ const BROWSER_ARGS = [
  */
 /**
  * One meetd serving the app, and a Chromium, for the calling test file. `ipv6`: the media
- * address to announce (an IPv6 one); the listeners are then on [::1]. `browserArgs`: more
- * Chromium flags.
+ * address to announce (an IPv6 one); the listeners are then on [::1]. `host`: another
+ * loopback address for meetd's listeners and media (127.0.0.2: clients still come from
+ * 127.0.0.1). `browserArgs`: more Chromium flags.
  */
-export function useApp({ name = 'app', config = '', extraArgs = [], https = false, ipv6 = '', browserArgs = [] } = {}) {
+export function useApp({ name = 'app', config = '', extraArgs = [], https = false, ipv6 = '', host = '', browserArgs = [] } = {}) {
     const h = {
         server: null,
         browser: null,
         participants: [],
         failed: false,
+        /** Called with each new browser context before its page opens (to watch requests). */
+        onContext: null,
         get base() {
             return h.server.httpBase;
         },
@@ -108,6 +111,7 @@ export function useApp({ name = 'app', config = '', extraArgs = [], https = fals
         /** A new participant's browser on `url` (a page that embeds the app, say). */
         async open(name, url) {
             const ctx = await h.browser.newContext({ permissions: ['camera', 'microphone'], ignoreHTTPSErrors: true });
+            h.onContext?.(ctx);
             const page = await ctx.newPage();
             const p = new Participant(h, name, ctx, page);
             h.participants.push(p);
@@ -125,8 +129,9 @@ export function useApp({ name = 'app', config = '', extraArgs = [], https = fals
         h.server = await startServer({
             name,
             config: `[focus]\nsingle_participant_timeout_secs = 60\n${config}`,
-            extraArgs: ['--web-root', root, '--advertise-ip', ipv6 || '127.0.0.1', ...extraArgs],
+            extraArgs: ['--web-root', root, '--advertise-ip', ipv6 || host || '127.0.0.1', ...extraArgs],
             https,
+            host,
             ipv6: Boolean(ipv6),
         });
         h.browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: [...BROWSER_ARGS, ...browserArgs] });
@@ -208,6 +213,7 @@ async function join(h, room, opts = {}) {
     let p = opts.reuse;
     if (!p) {
         const ctx = await h.browser.newContext({ permissions: ['camera', 'microphone'], ignoreHTTPSErrors: true });
+        h.onContext?.(ctx);
         const page = await ctx.newPage();
         p = new Participant(h, opts.name || `p${h.participants.length + 1}`, ctx, page);
         h.participants.push(p);

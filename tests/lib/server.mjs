@@ -125,9 +125,9 @@ export class MeetdServer {
         this.exited = null; // {code, signal} once the process has exited
     }
 
-    /** Where the listeners are: 127.0.0.1, or with opts.ipv6 [::1]. */
+    /** Where the listeners are: 127.0.0.1 (or opts.host, another loopback address), or with opts.ipv6 [::1]. */
     get host() {
-        return this.opts.ipv6 ? '[::1]' : '127.0.0.1';
+        return this.opts.ipv6 ? '[::1]' : (this.opts.host || '127.0.0.1');
     }
     get httpBase() {
         return `http://${this.host}:${this.httpPort}`;

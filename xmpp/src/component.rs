@@ -96,7 +96,7 @@ async fn handle(
     secrets: &HashMap<String, String>,
 ) -> std::io::Result<()> {
     let _ = tcp.set_nodelay(true);
-    let mut reader = StreamReader::new(Socket::Plain(tcp), server.config.xml_limits());
+    let mut reader = StreamReader::new(Socket::Plain(tcp), server.xml_limits());
     let id = uuid::Uuid::new_v4().simple().to_string();
     let header = match reader.next().await {
         Ok(StreamEvent::Open(h)) => h,
@@ -127,7 +127,7 @@ async fn handle(
     {
         return fail(&mut reader, "not-authorized", "bad handshake").await;
     }
-    let (tx, mut rx) = mpsc::channel::<Box<Element>>(server.config.limits.session_queue.max(1));
+    let (tx, mut rx) = mpsc::channel::<Box<Element>>(server.limits().session_queue.max(1));
     if !server
         .router
         .register_service(&domain, ServiceHandle { tx })

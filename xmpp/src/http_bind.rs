@@ -70,12 +70,12 @@ impl Bosh {
         secure: bool,
         body: &[u8],
     ) -> Response {
-        if body.len() > self.server.config.limits.bosh_max_body_bytes {
+        if body.len() > self.server.limits().bosh_max_body_bytes {
             return reply(413, bosh::terminal_body("policy-violation"));
         }
         let limits = crate::xml::XmlLimits {
-            max_stanza_bytes: self.server.config.limits.bosh_max_body_bytes,
-            max_depth: self.server.config.limits.max_xml_depth + 1,
+            max_stanza_bytes: self.server.limits().bosh_max_body_bytes,
+            max_depth: self.server.limits().max_xml_depth + 1,
         };
         let el = match xml::parse_document(body, &limits) {
             Ok(e) => e,

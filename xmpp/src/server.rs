@@ -47,8 +47,10 @@ pub struct Server {
     total: Mutex<usize>,
     /// Extra disco identities on the main domain: (category, type, name).
     identities: Mutex<Vec<(String, String, String)>>,
-    /// Token sign-in (`AuthMode::Token`).
-    tokens: std::sync::OnceLock<Arc<TokenAuthority>>,
+    /// Token sign-in (`AuthMode::Token`); replaced when the configuration is reloaded.
+    tokens: parking_lot::RwLock<Option<Arc<TokenAuthority>>>,
+    /// The limits new sessions get (`config.limits` until a reload changes them).
+    limits: parking_lot::RwLock<crate::config::Limits>,
     /// What signed-in users' tokens say, by full JID; the rooms read it.
     pub token_identities: Arc<Identities>,
 }
@@ -80,7 +82,9 @@ impl Server {
             hosts.push(g.clone());
         }
         let router = Router::new(hosts);
+        let limits = parking_lot::RwLock::new(config.limits);
         let server = Arc::new(Server {
+            limits,
             config,
             router: router.clone(),
             accounts,
@@ -88,7 +92,7 @@ impl Server {
             per_ip: Mutex::new(HashMap::new()),
             total: Mutex::new(0),
             identities: Mutex::new(Vec::new()),
-            tokens: std::sync::OnceLock::new(),
+            tokens: parking_lot::RwLock::new(None),
             token_identities: Arc::new(Identities::default()),
         });
         router.set_domain_handler(Arc::new(HostHandler {
@@ -97,13 +101,34 @@ impl Server {
         server
     }
 
-    /// Verify tokens with `authority` (set once, before the transports start).
+    /// Verify tokens with `authority` from now on (at start, and on a configuration reload:
+    /// new keys and secrets apply to the next sign-in).
     pub fn set_token_authority(&self, authority: Arc<TokenAuthority>) {
-        let _ = self.tokens.set(authority);
+        *self.tokens.write() = Some(authority);
     }
 
-    pub fn token_authority(&self) -> Option<&Arc<TokenAuthority>> {
-        self.tokens.get()
+    pub fn token_authority(&self) -> Option<Arc<TokenAuthority>> {
+        self.tokens.read().clone()
+    }
+
+    /// The limits a new session or request gets.
+    pub fn limits(&self) -> crate::config::Limits {
+        *self.limits.read()
+    }
+
+    /// New limits for the sessions and requests that start from now on; running sessions
+    /// keep theirs.
+    pub fn set_limits(&self, limits: crate::config::Limits) {
+        *self.limits.write() = limits;
+    }
+
+    /// The XML parser limits for a new stream.
+    pub fn xml_limits(&self) -> crate::xml::XmlLimits {
+        let l = self.limits();
+        crate::xml::XmlLimits {
+            max_stanza_bytes: l.max_stanza_bytes,
+            max_depth: l.max_xml_depth,
+        }
     }
 
     /// Advertise a component on the main domain (XEP-0030 identity the Jitsi client reads).
@@ -115,7 +140,7 @@ impl Server {
 
     /// Take a connection slot for `ip`, or None when the per-IP or total limit is reached.
     pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<ConnectionSlot> {
-        let limits = &self.config.limits;
+        let limits = self.limits();
         let mut total = self.total.lock();
         if *total >= limits.max_sessions {
             return None;

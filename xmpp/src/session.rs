@@ -966,9 +966,10 @@ pub struct Handover {
 
 /// Drive one session over `link` until it ends.
 pub async fn run(server: Arc<Server>, link: Box<dyn Link>, info: ConnInfo, slot: ConnectionSlot) {
-    let cfg = Arc::new(server.config.clone());
-    let (tx, mut mailbox) =
-        mpsc::channel::<Box<Element>>(server.config.limits.session_queue.max(1));
+    let mut cfg = server.config.clone();
+    cfg.limits = server.limits();
+    let cfg = Arc::new(cfg);
+    let (tx, mut mailbox) = mpsc::channel::<Box<Element>>(server.limits().session_queue.max(1));
     let (htx, mut hrx) = mpsc::channel::<Box<Handover>>(1);
     let mut c2s = C2s::new(cfg.clone(), info, Instant::now());
     let mut link: Option<Box<dyn Link>> = Some(link);

@@ -292,7 +292,7 @@ async fn handle(
         let _ = tcp.write_all(msg.as_bytes()).await;
         return;
     };
-    let limits = server.config.xml_limits();
+    let limits = server.xml_limits();
     let (socket, secure) = if direct_tls {
         let Some(acc) = tls.clone() else { return };
         match acc.accept(tcp).await {

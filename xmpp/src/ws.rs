@@ -146,7 +146,7 @@ pub fn upgrade(
         tracing::warn!(%peer, "too many sessions, refusing WebSocket");
         return (StatusCode::TOO_MANY_REQUESTS, "too many sessions\n").into_response();
     };
-    let limits = server.config.xml_limits();
+    let limits = server.xml_limits();
     let query = QueryParams::from_query(query);
     let resume_username = query
         .previd
