@@ -85,6 +85,9 @@ pub struct ServerSection {
     pub domain: String,
     pub data_dir: PathBuf,
     pub public_url: String,
+    /// On SIGTERM: wait up to this long for running conferences to end (taking no new
+    /// ones) before stopping. 0: stop at once; clients resume on the next meetd.
+    pub drain_timeout_secs: u64,
 }
 
 impl Default for ServerSection {
@@ -93,6 +96,7 @@ impl Default for ServerSection {
             domain: "meet.jitsi".into(),
             data_dir: PathBuf::from("./meetd-data"),
             public_url: String::new(),
+            drain_timeout_secs: 0,
         }
     }
 }
@@ -999,6 +1003,7 @@ impl Config {
             jibri_reply_timeout: std::time::Duration::from_secs(self.jibri.reply_timeout_secs),
             jigasi_brewery: (self.jigasi.dial_out && !self.jigasi.brewery.is_empty())
                 .then(|| format!("{}@{}", self.jigasi.brewery, x.internal_muc_domain)),
+            draining: Default::default(),
         }
     }
 

@@ -36,6 +36,10 @@ pub struct Front {
     pub storage: crate::storage::Storage,
     /// Set once every listener is bound.
     pub ready: AtomicBool,
+    /// This process's shard name (config.js `deploymentInfo.shard`, the `x-jitsi-shard`
+    /// header): a restarted meetd has another one, which tells the web app to reconnect
+    /// in place (docs/operations.md "Restarts").
+    pub shard: String,
 }
 
 #[derive(Clone)]
@@ -105,13 +109,20 @@ async fn websocket(
             uri.query(),
             is_secure(&st, peer, &headers),
         ),
-        // lib-jitsi-meet's keep-alive is a plain GET of the WebSocket URL.
-        Err(_) => (
-            StatusCode::OK,
-            [(header::CACHE_CONTROL, "no-cache")],
-            "meetd XMPP over WebSocket\n",
-        )
-            .into_response(),
+        // lib-jitsi-meet's keep-alive is a plain GET of the WebSocket URL; it compares the
+        // shard header with the one it connected to.
+        Err(_) => {
+            let mut r = (
+                StatusCode::OK,
+                [(header::CACHE_CONTROL, "no-cache")],
+                "meetd XMPP over WebSocket\n",
+            )
+                .into_response();
+            if let Ok(v) = HeaderValue::from_str(&st.front.shard) {
+                r.headers_mut().insert("x-jitsi-shard", v);
+            }
+            r
+        }
     }
 }
 
@@ -140,7 +151,12 @@ async fn config_js(
     headers: HeaderMap,
 ) -> Response {
     let base = base_url(&st, peer, &uri, &headers);
-    let body = web::config_js(&st.front.cfg, &st.front.server.config, &base);
+    let body = web::config_js(
+        &st.front.cfg,
+        &st.front.server.config,
+        &base,
+        &st.front.shard,
+    );
     let mut r = (StatusCode::OK, body).into_response();
     let h = r.headers_mut();
     h.insert(
@@ -271,7 +287,12 @@ async fn index(
     let base = base_url(&st, peer, &uri, &headers);
     match &st.front.web_root {
         Some(w) => {
-            let config = web::config_js(&st.front.cfg, &st.front.server.config, &base);
+            let config = web::config_js(
+                &st.front.cfg,
+                &st.front.server.config,
+                &base,
+                &st.front.shard,
+            );
             w.index(None, host_of(&base), &config)
         }
         None => Html(web::index_page(&st.front.cfg, &base)).into_response(),
@@ -308,11 +329,21 @@ async fn web_fallback(
     }
     match w.route(&path) {
         crate::webroot::Target::Index(tenant) => {
-            let config = web::config_js(&st.front.cfg, &st.front.server.config, &base);
+            let config = web::config_js(
+                &st.front.cfg,
+                &st.front.server.config,
+                &base,
+                &st.front.shard,
+            );
             w.index(tenant.as_deref(), host_of(&base), &config)
         }
         crate::webroot::Target::File(p) if p.ends_with(".html") => {
-            let config = web::config_js(&st.front.cfg, &st.front.server.config, &base);
+            let config = web::config_js(
+                &st.front.cfg,
+                &st.front.server.config,
+                &base,
+                &st.front.shard,
+            );
             w.page(&p, None, host_of(&base), &config)
         }
         crate::webroot::Target::File(p) => w.file(&p, req).await,

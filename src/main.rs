@@ -265,7 +265,16 @@ async fn serve(mut cfg: Config, flags: Overrides) -> anyhow::Result<()> {
     let xcfg = cfg.xmpp();
     let muc_cfg = cfg.muc(&xcfg);
     let brewery_cfg = cfg.brewery(&xcfg);
+    let resume_timeout = xcfg.sm_resume_timeout;
     let server = meetd_xmpp::Server::new(xcfg, storage::accounts(&storage));
+    let previous = read_handoff(&cfg, resume_timeout);
+    if !previous.is_empty() {
+        tracing::info!(
+            sessions = previous.len(),
+            "the previous meetd's clients may resume their streams here"
+        );
+        server.set_adoptable(previous, std::time::Instant::now() + resume_timeout);
+    }
     let jwt = cfg.auth.mode == "jwt";
     if jwt {
         let tokens = meetd_xmpp::token::TokenAuthority::new(cfg.token_config()?)
@@ -416,6 +425,7 @@ async fn serve(mut cfg: Config, flags: Overrides) -> anyhow::Result<()> {
         turn: turn_server.clone(),
         storage: storage.clone(),
         ready: Default::default(),
+        shard: format!("meetd-{:08x}", rand::random::<u32>()),
     });
 
     tracing::info!(
@@ -546,8 +556,86 @@ async fn serve(mut cfg: Config, flags: Overrides) -> anyhow::Result<()> {
             _ => Ok(()),
         },
         _ = shutdown_signal() => {
-            tracing::info!("shutting down");
+            drain(&cfg, &front).await;
+            let sessions = server.stop_and_hand_off();
+            let n = sessions.len();
+            match write_handoff(&cfg, sessions) {
+                Ok(()) => tracing::info!(resumable_sessions = n, "shutting down; the next meetd can resume these streams"),
+                Err(e) => tracing::warn!(error = %e, "shutting down; stream resumption records not written"),
+            }
             Ok(())
+        }
+    }
+}
+
+/// `[server] drain_timeout_secs`: take no new conferences and wait for the running ones to
+/// end, up to the timeout.
+async fn drain(cfg: &Config, front: &http::Front) {
+    let limit = std::time::Duration::from_secs(cfg.server.drain_timeout_secs);
+    if limit.is_zero() {
+        return;
+    }
+    if let Some(f) = &front.focus {
+        f.drain();
+    }
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut last = usize::MAX;
+    loop {
+        let n = front.bridge.conference_count();
+        if n == 0 {
+            tracing::info!("drained: no conference left");
+            return;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            tracing::info!(
+                conferences = n,
+                "drain timeout; stopping with conferences running"
+            );
+            return;
+        }
+        if n != last {
+            tracing::info!(
+                conferences = n,
+                "draining: no new conferences, waiting for these to end"
+            );
+            last = n;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+            _ = shutdown_signal() => {
+                tracing::info!("second signal: stopping now");
+                return;
+            }
+        }
+    }
+}
+
+/// Where a stopping meetd leaves its resumable sessions for the next one (meetd_xmpp::handoff).
+fn handoff_path(cfg: &Config) -> PathBuf {
+    cfg.server.data_dir.join("resume-handoff.json")
+}
+
+fn write_handoff(cfg: &Config, sessions: Vec<meetd_xmpp::handoff::Record>) -> std::io::Result<()> {
+    let f = meetd_xmpp::handoff::File::new(sessions, std::time::SystemTime::now());
+    let json = serde_json::to_vec(&f).map_err(std::io::Error::other)?;
+    let path = handoff_path(cfg);
+    let tmp = path.with_extension("tmp");
+    tls::write_private(&tmp, &json)?;
+    std::fs::rename(&tmp, &path)
+}
+
+/// The previous meetd's resumable sessions, read once and deleted.
+fn read_handoff(cfg: &Config, timeout: std::time::Duration) -> Vec<meetd_xmpp::handoff::Record> {
+    let path = handoff_path(cfg);
+    let Ok(data) = std::fs::read(&path) else {
+        return Vec::new();
+    };
+    let _ = std::fs::remove_file(&path);
+    match serde_json::from_slice::<meetd_xmpp::handoff::File>(&data) {
+        Ok(f) => f.fresh(std::time::SystemTime::now(), timeout),
+        Err(e) => {
+            tracing::warn!(error = %e, file = %path.display(), "unreadable stream resumption records ignored");
+            Vec::new()
         }
     }
 }

@@ -51,7 +51,7 @@ pub fn ensure(cfg: &Config) -> anyhow::Result<TlsFiles> {
     })
 }
 
-fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
+pub fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
     #[cfg(unix)]
     {
         use std::io::Write;

@@ -26,7 +26,7 @@ fn host_of(base: &str) -> &str {
 /// `config.js` as the web app and the mobile apps load it: plain JS defining `var config`,
 /// no DOM needed, and nothing that makes the client talk to a third party unless `[web]`
 /// allows it.
-pub fn config_js(cfg: &Config, x: &meetd_xmpp::XmppConfig, base: &str) -> String {
+pub fn config_js(cfg: &Config, x: &meetd_xmpp::XmppConfig, base: &str, shard: &str) -> String {
     let ws_base = if let Some(rest) = base.strip_prefix("https://") {
         format!("wss://{rest}")
     } else if let Some(rest) = base.strip_prefix("http://") {
@@ -73,7 +73,10 @@ pub fn config_js(cfg: &Config, x: &meetd_xmpp::XmppConfig, base: &str) -> String
         "liveStreaming": { "enabled": cfg.jibri.live_streaming },
         "liveStreamingEnabled": cfg.jibri.live_streaming,
         "localRecording": { "disable": !cfg.web.local_recording },
-        "deploymentInfo": {},
+        // A restarted meetd names another shard: lib-jitsi-meet notices it right after its
+        // stream is resumed and, with graceful reconnect, the app joins again in place.
+        "deploymentInfo": { "shard": shard },
+        "testing": { "enableGracefulReconnect": true },
     });
     let mut config = config;
     if !cfg.dialin.numbers.is_empty() {
@@ -126,7 +129,12 @@ mod tests {
     #[test]
     fn config_names_own_stun_and_endpoints() {
         let cfg = Config::default();
-        let js = config_js(&cfg, &cfg.xmpp(), "https://meet.example.com:8443");
+        let js = config_js(
+            &cfg,
+            &cfg.xmpp(),
+            "https://meet.example.com:8443",
+            "meetd-1",
+        );
         assert!(js.contains("\"websocket\": \"wss://meet.example.com:8443/xmpp-websocket\""));
         assert!(js.contains("\"bosh\": \"https://meet.example.com:8443/http-bind\""));
         assert!(js.contains("stun:meet.example.com:10000"));
@@ -137,23 +145,23 @@ mod tests {
     #[test]
     fn local_recording_follows_the_setting() {
         let mut cfg = Config::default();
-        let js = config_js(&cfg, &cfg.xmpp(), "https://meet.example.com");
+        let js = config_js(&cfg, &cfg.xmpp(), "https://meet.example.com", "meetd-1");
         assert!(js.contains("\"localRecording\": {\n    \"disable\": false"));
         cfg.web.local_recording = false;
-        let js = config_js(&cfg, &cfg.xmpp(), "https://meet.example.com");
+        let js = config_js(&cfg, &cfg.xmpp(), "https://meet.example.com", "meetd-1");
         assert!(js.contains("\"localRecording\": {\n    \"disable\": true"));
     }
 
     #[test]
     fn third_parties_only_when_allowed() {
         let mut cfg = Config::default();
-        let js = config_js(&cfg, &cfg.xmpp(), "https://meet.example.com");
+        let js = config_js(&cfg, &cfg.xmpp(), "https://meet.example.com", "meetd-1");
         assert!(js.contains("\"disableThirdPartyRequests\": true"));
         assert!(js.contains("\"whiteboard\": {\n    \"enabled\": false"));
         cfg.web.third_party_requests = true;
         cfg.web.shared_video_domains = vec!["videos.example.org".into()];
         cfg.web.whiteboard_url = "https://board.example.org".into();
-        let js = config_js(&cfg, &cfg.xmpp(), "https://meet.example.com");
+        let js = config_js(&cfg, &cfg.xmpp(), "https://meet.example.com", "meetd-1");
         assert!(js.contains("\"disableThirdPartyRequests\": false"));
         assert!(js.contains("\"collabServerBaseUrl\": \"https://board.example.org\""));
         assert!(js.contains("\"videos.example.org\""));

@@ -39,9 +39,16 @@ struct Room {
 #[derive(Clone)]
 pub struct FocusHandle {
     http: mpsc::Sender<HttpRequest>,
+    draining: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl FocusHandle {
+    /// Take no new conferences from now on; running ones go on.
+    pub fn drain(&self) {
+        self.draining
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
     /// Ask for a conference as the HTTP endpoint does; resolves when the focus is ready.
     pub async fn request(&self, room: String) -> Result<(), String> {
         let (tx, rx) = oneshot::channel();
@@ -71,6 +78,8 @@ pub struct FocusOptions {
     pub jibri_reply_timeout: Duration,
     /// Jigasi's brewery room, for phone dial-out (docs/dialin.md).
     pub jigasi_brewery: Option<String>,
+    /// Set while meetd drains before it stops: no new conferences (FocusHandle::drain).
+    pub draining: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// The gateways the focus hands work to: Jibris (recording, streaming) and Jigasis (phone).
@@ -391,6 +400,7 @@ pub fn start(router: Arc<Router>, opts: FocusOptions, bridge: Arc<dyn Bridge>) -
         jibri: brewery.clone(),
         jigasi: jigasi.clone(),
     };
+    let draining = opts.draining.clone();
     let opts = Arc::new(opts);
     tokio::spawn(async move {
         let mut rooms: HashMap<String, Room> = HashMap::new();
@@ -457,7 +467,10 @@ pub fn start(router: Arc<Router>, opts: FocusOptions, bridge: Arc<dyn Bridge>) -
             }
         }
     });
-    FocusHandle { http: http_tx }
+    FocusHandle {
+        http: http_tx,
+        draining,
+    }
 }
 
 /// Hand a stanza to its conference's actor. When the actor's queue is full the sender learns
@@ -549,6 +562,12 @@ fn room_actor(
         && !r.tx.is_closed()
     {
         return Ok(r.tx.clone());
+    }
+    if opts.draining.load(std::sync::atomic::Ordering::SeqCst) {
+        return Err((
+            StanzaError::SERVICE_UNAVAILABLE,
+            "meetd is shutting down".into(),
+        ));
     }
     if rooms.len() >= opts.max_conferences {
         return Err((
@@ -690,21 +709,19 @@ fn conference_reply(iq: &Element, focus_bare: &str, ready: bool, sip: bool) -> E
 const COLIBRI_QUEUE: usize = 256;
 
 /// One conference's Colibri2 requests, sent to the bridge in order; each answer goes back to
-/// the conference's actor.
+/// the conference's actor while it runs.
 async fn colibri_worker(
     bridge: Arc<dyn Bridge>,
     mut rx: mpsc::Receiver<(u64, ConferenceModify)>,
     tx: mpsc::Sender<ActorMsg>,
 ) {
+    // Every queued request goes to the bridge, also after the conference has ended: its last
+    // ones expire its endpoints and the bridge conference itself.
     while let Some((req, modify)) = rx.recv().await {
         let result = bridge.modify(modify).await;
-        if tx
+        let _ = tx
             .send(ActorMsg::Input(Input::Colibri { req, result }))
-            .await
-            .is_err()
-        {
-            break;
-        }
+            .await;
     }
 }
 

@@ -29,7 +29,7 @@ const FEATURES = [
 
 const srv = useServer({
     name: 'focus',
-    config: '[focus]\nsingle_participant_timeout_secs = 2\n',
+    config: '[server]\ndrain_timeout_secs = 60\n[focus]\nsingle_participant_timeout_secs = 2\n',
     extraArgs: ['--advertise-ip', '127.0.0.1'],
 });
 const all = [];
@@ -264,4 +264,37 @@ test('room metadata: advertised in disco, set by the moderator, delivered to eve
     await conferenceRequest(c, room);
     await joinRoom(c, room, 'cccc4444');
     assert.deepEqual(seen.slice(0, 2), ['metadata', 'self']);
+}));
+
+// Last: it stops the server. SIGTERM with [server] drain_timeout_secs: meetd keeps the running
+// conference, refuses new ones, and stops once the last one has ended.
+test('drain: SIGTERM waits for the running conference and refuses new ones', srv.wrap(async (t, server) => {
+    // The earlier tests' participants leave, and with them their conferences.
+    for (const c of all.splice(0)) await withTimeout(c.xmpp.stop(), 3000, 'stop').catch(() => {});
+    const room = `draining@${MUC}`;
+    const a = await connect();
+    const b = await connect();
+    for (const [c, nick] of [[a, 'aaaa5555'], [b, 'bbbb6666']]) {
+        await conferenceRequest(c, room);
+        await joinRoom(c, room, nick);
+    }
+    await next(a, jingle('session-initiate'), 'session-initiate for a');
+    await next(b, jingle('session-initiate'), 'session-initiate for b');
+    const seen = (what) => server.logLines.some((l) => l.includes(what));
+    server.proc.kill('SIGTERM');
+    const deadline = Date.now() + 10000;
+    while (!seen('draining') && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+    assert.ok(seen('draining'), 'meetd says it drains');
+    assert.equal(server.exited, null, 'still running');
+    const c = await connect().catch(() => null);
+    const refused = await conferenceRequest(c ?? a, `later@${MUC}`).then(() => null, (e) => e);
+    assert.equal(refused?.condition, 'service-unavailable');
+    assert.equal(server.exited, null, 'the running conference goes on');
+    for (const [x, nick] of [[a, 'aaaa5555'], [b, 'bbbb6666']]) {
+        await x.xmpp.send(xml('presence', { to: `${room}/${nick}`, type: 'unavailable' }));
+    }
+    const end = Date.now() + 15000;
+    while (!server.exited && Date.now() < end) await new Promise((r) => setTimeout(r, 100));
+    assert.ok(server.exited, 'meetd stopped once the conference ended');
+    assert.ok(seen('drained: no conference left'));
 }));

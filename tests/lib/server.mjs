@@ -174,6 +174,14 @@ export class MeetdServer {
             '--log-level', process.env.MEETD_LOG_LEVEL || 'info',
             ...(this.opts.extraArgs || []),
         ];
+        this.args = args;
+        this.spawn();
+        await this.waitHealthy();
+        return this;
+    }
+
+    spawn() {
+        const args = this.args;
         this.cmdline = `${MEETD_BIN} ${args.join(' ')}`;
         this.log(`# ${this.cmdline}`);
         this.proc = spawn(MEETD_BIN, args, {
@@ -193,14 +201,13 @@ export class MeetdServer {
         };
         this.proc.stdout.on('data', onData(''));
         this.proc.stderr.on('data', onData(''));
-        running.add(this.proc);
-        this.proc.on('exit', (code, signal) => {
-            running.delete(this.proc);
-            this.exited = { code, signal };
+        const proc = this.proc;
+        running.add(proc);
+        proc.on('exit', (code, signal) => {
+            running.delete(proc);
+            if (this.proc === proc) this.exited = { code, signal };
             this.log(`# meetd exited code=${code} signal=${signal}`);
         });
-        await this.waitHealthy();
-        return this;
     }
 
     log(line) {
@@ -241,6 +248,23 @@ export class MeetdServer {
             throw new Error(`meetd user add ${jid} failed (exit ${r.code})\nstdout: ${r.stdout}\nstderr: ${r.stderr}`);
         }
         return r;
+    }
+
+    /**
+     * Stop meetd (SIGTERM) and start it again on the same ports, data and configuration, as
+     * an upgrade or `systemctl restart` does. Resolves once the new one is healthy.
+     */
+    async restart() {
+        if (this.proc && !this.exited) {
+            const exited = new Promise((r) => this.proc.once('exit', r));
+            this.proc.kill('SIGTERM');
+            const t = setTimeout(() => this.proc.kill('SIGKILL'), 10000);
+            await exited;
+            clearTimeout(t);
+        }
+        this.exited = null;
+        this.spawn();
+        await this.waitHealthy();
     }
 
     async stop() {

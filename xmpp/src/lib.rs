@@ -11,6 +11,7 @@
 pub mod bosh;
 pub mod component;
 pub mod config;
+pub mod handoff;
 pub mod http_bind;
 pub mod link;
 pub mod muc;

@@ -35,6 +35,8 @@ pub trait AccountStore: Send + Sync {
 pub struct ResumeEntry {
     pub full_jid: String,
     pub handover: mpsc::Sender<Box<Handover>>,
+    /// The session's XEP-0198 `h` (client stanzas handled), kept current by its task.
+    pub inbound: Arc<std::sync::atomic::AtomicU32>,
 }
 
 /// Everything sessions and transports share.
@@ -43,6 +45,15 @@ pub struct Server {
     pub router: Arc<Router>,
     pub accounts: Arc<dyn AccountStore>,
     resumable: Mutex<HashMap<String, ResumeEntry>>,
+    /// Sessions of the meetd that ran before this one, which their clients may resume here
+    /// until the deadline (crate::handoff).
+    adoptable: Mutex<(
+        HashMap<String, crate::handoff::Record>,
+        Option<std::time::Instant>,
+    )>,
+    /// Set when meetd stops: sessions take no more input from their clients, so that the
+    /// `h` handed to the next meetd stays what the clients were last told.
+    stopping: std::sync::atomic::AtomicBool,
     per_ip: Mutex<HashMap<IpAddr, usize>>,
     total: Mutex<usize>,
     /// Extra disco identities on the main domain: (category, type, name).
@@ -89,6 +100,8 @@ impl Server {
             router: router.clone(),
             accounts,
             resumable: Mutex::new(HashMap::new()),
+            adoptable: Mutex::new((HashMap::new(), None)),
+            stopping: std::sync::atomic::AtomicBool::new(false),
             per_ip: Mutex::new(HashMap::new()),
             total: Mutex::new(0),
             identities: Mutex::new(Vec::new()),
@@ -169,6 +182,55 @@ impl Server {
 
     pub fn unregister_resumable(&self, id: &str) {
         self.resumable.lock().remove(id);
+    }
+
+    /// meetd is stopping: sessions stop reading their clients. Answers the records of every
+    /// resumable session, for the next meetd.
+    pub fn stop_and_hand_off(&self) -> Vec<crate::handoff::Record> {
+        use std::sync::atomic::Ordering;
+        self.stopping.store(true, Ordering::SeqCst);
+        let mut out: Vec<crate::handoff::Record> = self
+            .resumable
+            .lock()
+            .iter()
+            .filter(|(_, e)| !e.full_jid.is_empty())
+            .map(|(id, e)| crate::handoff::Record {
+                id: id.clone(),
+                jid: e.full_jid.clone(),
+                h: e.inbound.load(Ordering::SeqCst),
+            })
+            .collect();
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        out
+    }
+
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Offer the sessions of the previous meetd for resumption until `deadline`.
+    pub fn set_adoptable(
+        &self,
+        records: Vec<crate::handoff::Record>,
+        deadline: std::time::Instant,
+    ) {
+        let mut a = self.adoptable.lock();
+        a.0 = records.into_iter().map(|r| (r.id.clone(), r)).collect();
+        a.1 = Some(deadline);
+    }
+
+    /// The previous meetd's session `id`, if it may still be resumed here; `take` claims it.
+    pub fn adoptable(&self, id: &str, take: bool) -> Option<crate::handoff::Record> {
+        let mut a = self.adoptable.lock();
+        if a.1.is_none_or(|d| std::time::Instant::now() > d) {
+            a.0.clear();
+            return None;
+        }
+        if take {
+            a.0.remove(id)
+        } else {
+            a.0.get(id).cloned()
+        }
     }
 
     pub fn resumable(&self, id: &str) -> Option<(String, mpsc::Sender<Box<Handover>>)> {

@@ -740,6 +740,29 @@ impl C2s {
         self.send_el(f);
     }
 
+    /// The XEP-0198 `h` of this session (client stanzas handled), once enabled.
+    pub fn sm_inbound(&self) -> Option<u32> {
+        self.sm.as_ref().map(|s| s.inbound)
+    }
+
+    /// `<resume/>` named a session of the meetd that ran before this one (crate::handoff):
+    /// this stream takes over its full JID, its resumption id and its `h`. The client said it
+    /// received `h` of the old session's stanzas; nothing of them is left to send again.
+    pub fn adopt(&mut self, full_jid: String, id: String, inbound: u32, h: u32) {
+        self.jid = Some(full_jid);
+        self.phase = Phase::Open;
+        self.sm = Some(Sm {
+            id: id.clone(),
+            resume: true,
+            inbound,
+            acked: h,
+            unacked: VecDeque::new(),
+            ack_requested: false,
+        });
+        let inbound = inbound.to_string();
+        self.send_el(el("resumed", ns::SM, &[("previd", &id), ("h", &inbound)]));
+    }
+
     /// The bare JID this stream authenticated as (for resumption checks).
     pub fn authenticated_bare(&self) -> Option<String> {
         Some(format!(
@@ -784,6 +807,15 @@ impl C2s {
 
     fn client_stanza(&mut self, mut e: Element) {
         let Some(full) = self.jid.clone() else { return };
+        // What and where, never the content (docs/operations.md "Logs").
+        tracing::trace!(
+            from = %full,
+            stanza = e.name(),
+            kind = e.attr("type").unwrap_or(""),
+            to = e.attr("to").unwrap_or(""),
+            payload = stanza::payload(&e).map(|p| p.name()).unwrap_or(""),
+            "from client"
+        );
         // RFC 3921 session establishment: a no-op that strophe.js still performs.
         if e.name() == "iq"
             && e.attr("type") == Some("set")
@@ -976,6 +1008,8 @@ pub async fn run(server: Arc<Server>, link: Box<dyn Link>, info: ConnInfo, slot:
     let mut hibernate_until: Option<tokio::time::Instant> = None;
     let mut bound = false;
     let mut resume_id: Option<String> = None;
+    // Our `h`, for the next meetd should this one stop (crate::handoff).
+    let inbound = Arc::new(std::sync::atomic::AtomicU32::new(0));
     // The connection slot moves with the link: a hibernating session holds none.
     let mut slot = Some(slot);
     let bind_deadline = tokio::time::Instant::now() + cfg.limits.bind_timeout;
@@ -1033,6 +1067,7 @@ pub async fn run(server: Arc<Server>, link: Box<dyn Link>, info: ConnInfo, slot:
                             ResumeEntry {
                                 full_jid: c2s.full_jid().unwrap_or_default().to_string(),
                                 handover: htx.clone(),
+                                inbound: inbound.clone(),
                             },
                         );
                         resume_id = Some(id);
@@ -1059,6 +1094,39 @@ pub async fn run(server: Arc<Server>, link: Box<dyn Link>, info: ConnInfo, slot:
                                     // The old session now owns the link and our slot's purpose.
                                     drop(slot.take());
                                     return;
+                                }
+                            }
+                            (None, Some(me), l) => {
+                                link = l;
+                                // A session of the meetd that ran before this one?
+                                match server.adoptable(&previd, false) {
+                                    Some(r)
+                                        if bare_of(&r.jid) == me
+                                            && !server.router.is_bound(&r.jid) =>
+                                    {
+                                        server.adoptable(&previd, true);
+                                        c2s.adopt(r.jid.clone(), r.id.clone(), r.h, h);
+                                        server.router.bind(&r.jid, tx.clone());
+                                        bound = true;
+                                        if let Some(id) = c2s.identity() {
+                                            server.token_identities.set(&r.jid, id);
+                                        }
+                                        inbound.store(r.h, std::sync::atomic::Ordering::SeqCst);
+                                        server.register_resumable(
+                                            &r.id,
+                                            ResumeEntry {
+                                                full_jid: r.jid.clone(),
+                                                handover: htx.clone(),
+                                                inbound: inbound.clone(),
+                                            },
+                                        );
+                                        resume_id = Some(r.id);
+                                        tracing::debug!(
+                                            jid = c2s.full_jid(),
+                                            "resumed a session of the previous meetd"
+                                        );
+                                    }
+                                    _ => c2s.resume_failed(),
                                 }
                             }
                             (_, _, l) => {
@@ -1095,6 +1163,13 @@ pub async fn run(server: Arc<Server>, link: Box<dyn Link>, info: ConnInfo, slot:
         tokio::select! {
             ev = recv_opt(&mut link) => {
                 let gone = matches!(ev, LinkEvent::Gone);
+                if server.is_stopping() {
+                    // Our `h` went to the next meetd: handle nothing more from the client.
+                    if gone {
+                        link = None;
+                    }
+                    continue;
+                }
                 if gone {
                     link = None;
                     if c2s.resumable() {
@@ -1102,6 +1177,9 @@ pub async fn run(server: Arc<Server>, link: Box<dyn Link>, info: ConnInfo, slot:
                     }
                 }
                 c2s.input(ev, Instant::now());
+                if let Some(n) = c2s.sm_inbound() {
+                    inbound.store(n, std::sync::atomic::Ordering::SeqCst);
+                }
                 if gone {
                     break;
                 }
@@ -1689,5 +1767,30 @@ mod tests {
             now,
         );
         assert_eq!(sent(&mut c), vec!["resume:abc:4"]);
+        // The previous meetd handled 9 of the client's stanzas; the client got 4 of ours.
+        c.adopt("olduser@meet.jitsi/r1".into(), "abc".into(), 9, 4);
+        let out = sent(&mut c);
+        assert_eq!(out.len(), 1);
+        assert!(
+            out[0].starts_with("<resumed")
+                && out[0].contains("previd='abc'")
+                && out[0].contains("h='9'"),
+            "{out:?}"
+        );
+        assert_eq!(c.full_jid(), Some("olduser@meet.jitsi/r1"));
+        assert!(c.resumable());
+        // Counting goes on from there: one more stanza makes h 10.
+        c.input(
+            LinkEvent::Element(parse("<presence xmlns='jabber:client'/>")),
+            now,
+        );
+        sent(&mut c);
+        c.input(LinkEvent::Element(parse("<r xmlns='urn:xmpp:sm:3'/>")), now);
+        let out = sent(&mut c);
+        assert!(
+            out.iter().any(|o| o.contains("<a") && o.contains("h='10'")),
+            "{out:?}"
+        );
+        assert_eq!(c.sm_inbound(), Some(10));
     }
 }

@@ -151,8 +151,13 @@ pub fn upgrade(
     let resume_username = query
         .previd
         .as_deref()
-        .and_then(|p| server.resumable(p))
-        .and_then(|(full, _)| full.split_once('@').map(|(u, _)| u.to_string()));
+        .and_then(|p| {
+            server
+                .resumable(p)
+                .map(|(full, _)| full)
+                .or_else(|| server.adoptable(p, false).map(|r| r.jid))
+        })
+        .and_then(|full| full.split_once('@').map(|(u, _)| u.to_string()));
     let info = ConnInfo {
         kind: TransportKind::WebSocket,
         secure: secure || server.config.consider_http_secure,
