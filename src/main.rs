@@ -4,6 +4,7 @@
 mod bridge;
 mod config;
 mod dialin;
+mod doctor;
 mod http;
 mod logging;
 mod reload;
@@ -42,6 +43,9 @@ enum Cmd {
         #[command(subcommand)]
         cmd: ConfigCmd,
     },
+    /// Check this deployment (configuration, listeners, media addresses, TLS, DNS, clock,
+    /// database, web root) and say what to fix; exit code 1 on errors.
+    Doctor(Overrides),
     /// Manage internal accounts (passwords are read from standard input).
     User {
         #[command(subcommand)]
@@ -208,9 +212,25 @@ fn main() -> ExitCode {
             Err(e) => Err(Failure::Config(e)),
         },
         Cmd::User { cmd } => runtime().and_then(|rt| rt.block_on(user(cmd))),
+        Cmd::Doctor(o) => match effective(&o) {
+            Ok(cfg) => runtime().and_then(|rt| {
+                let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+                let findings = rt.block_on(doctor::run(&cfg));
+                if doctor::print(&findings) {
+                    Err(Failure::Findings)
+                } else {
+                    Ok(())
+                }
+            }),
+            Err(e) => {
+                println!("ERROR configuration: {e}");
+                Err(Failure::Config(e))
+            }
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Findings) => ExitCode::FAILURE,
         Err(Failure::Config(e)) => {
             eprintln!("meetd: configuration error: {e}");
             ExitCode::from(2)
@@ -223,6 +243,8 @@ fn main() -> ExitCode {
 }
 
 enum Failure {
+    /// `meetd doctor` found errors (it printed them).
+    Findings,
     Config(config::ConfigError),
     Runtime(anyhow::Error),
 }

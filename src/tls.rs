@@ -148,6 +148,44 @@ pub fn chain_warnings(files: &TlsFiles) -> Vec<String> {
     out
 }
 
+/// The names the first certificate of `cert` (a PEM file) covers (DNS and IP subject
+/// alternative names, else its common name) and the days until it expires (negative once
+/// expired).
+pub fn leaf_facts(cert: &Path) -> Option<(Vec<String>, i64)> {
+    let der = CertificateDer::pem_file_iter(cert).ok()?.next()?.ok()?;
+    let (_, x) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
+    let mut names = Vec::new();
+    if let Ok(Some(san)) = x.subject_alternative_name() {
+        for n in &san.value.general_names {
+            match n {
+                x509_parser::extensions::GeneralName::DNSName(d) => names.push(d.to_string()),
+                x509_parser::extensions::GeneralName::IPAddress(b) => match b.len() {
+                    4 => names
+                        .push(std::net::Ipv4Addr::from(<[u8; 4]>::try_from(*b).ok()?).to_string()),
+                    16 => names
+                        .push(std::net::Ipv6Addr::from(<[u8; 16]>::try_from(*b).ok()?).to_string()),
+                    _ => {}
+                },
+                _ => {}
+            }
+        }
+    }
+    if names.is_empty() {
+        names.extend(
+            x.subject()
+                .iter_common_name()
+                .filter_map(|c| c.as_str().ok())
+                .map(str::to_string),
+        );
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let days = (x.validity().not_after.timestamp() - now).div_euclid(86_400);
+    Some((names, days))
+}
+
 fn mtimes(files: &TlsFiles) -> Option<(std::time::SystemTime, std::time::SystemTime)> {
     let m = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
     Some((m(&files.cert)?, m(&files.key)?))

@@ -288,3 +288,185 @@ fn sighup_reloads_what_it_can() {
     let _ = c.kill();
     let _ = c.wait();
 }
+
+fn doctor(args: &[&str]) -> (bool, String) {
+    let out = meetd().arg("doctor").args(args).output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+/// A free TCP port on 127.0.0.1.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `meetd doctor`: a port another program holds, a missing web root and a leaf-only chain
+/// are errors with a fix, and the exit code says so; a clean setup passes.
+#[test]
+fn doctor_names_what_to_fix() {
+    let d = tmpdir("doctor");
+    let dir = d.to_str().unwrap().to_string();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_at = taken.local_addr().unwrap().to_string();
+    let http = format!("127.0.0.1:{}", free_port());
+    let media = free_port().to_string();
+    let base = [
+        "--data-dir",
+        &dir,
+        "--c2s",
+        "off",
+        "--component",
+        "off",
+        "--media-tcp-port",
+        "0",
+        "--media-port",
+        &media,
+        "--advertise-ip",
+        "127.0.0.1",
+    ];
+    let (ok, out) = doctor(&[&base[..], &["--http", &http, "--https", "off"]].concat());
+    assert!(ok, "{out}");
+    assert!(out.contains("0 error(s)"), "{out}");
+
+    let (ok, out) = doctor(&[&base[..], &["--http", &taken_at, "--https", "off"]].concat());
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("taken by another program") && out.contains("fix:"),
+        "{out}"
+    );
+
+    let (ok, out) = doctor(
+        &[
+            &base[..],
+            &[
+                "--http",
+                &http,
+                "--https",
+                "off",
+                "--web-root",
+                "/nonexistent/jitsi",
+            ],
+        ]
+        .concat(),
+    );
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("ERROR web: /nonexistent/jitsi/index.html"),
+        "{out}"
+    );
+
+    // A chain of the server certificate alone, for public_url's host.
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(vec![]).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "Doctor Test CA");
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let leaf_key = rcgen::KeyPair::generate().unwrap();
+    let mut lp = rcgen::CertificateParams::new(vec!["localhost".into()]).unwrap();
+    lp.distinguished_name
+        .push(rcgen::DnType::CommonName, "localhost");
+    let leaf = lp.signed_by(&leaf_key, &issuer).unwrap();
+    std::fs::write(d.join("leaf.pem"), leaf.pem()).unwrap();
+    std::fs::write(d.join("leaf.key"), leaf_key.serialize_pem()).unwrap();
+    let conf = d.join("tls.toml");
+    std::fs::write(
+        &conf,
+        format!(
+            "[tls]\ncert = \"{}\"\nkey = \"{}\"\n[server]\npublic_url = \"https://localhost\"\n",
+            d.join("leaf.pem").display(),
+            d.join("leaf.key").display()
+        ),
+    )
+    .unwrap();
+    let https = format!("127.0.0.1:{}", free_port());
+    let (ok, out) = doctor(
+        &[
+            &base[..],
+            &[
+                "--http",
+                &http,
+                "--https",
+                &https,
+                "--config",
+                conf.to_str().unwrap(),
+            ],
+        ]
+        .concat(),
+    );
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("ERROR tls:") && out.contains("incomplete"),
+        "{out}"
+    );
+    assert!(out.contains("days to expiry"), "{out}");
+    drop(taken);
+}
+
+/// `meetd doctor` against a running meetd: a STUN round trip through each announced media
+/// address; an address that is not this host's and does not answer is an error.
+#[test]
+fn doctor_checks_the_media_path_of_a_running_meetd() {
+    let d = tmpdir("doctor-running");
+    let dir = d.to_str().unwrap().to_string();
+    let http = format!("127.0.0.1:{}", free_port());
+    let media = free_port().to_string();
+    let flags = [
+        "--data-dir",
+        &dir,
+        "--http",
+        &http,
+        "--https",
+        "off",
+        "--c2s",
+        "off",
+        "--component",
+        "off",
+        "--media-tcp-port",
+        "0",
+        "--turn-port",
+        "0",
+        "--media-port",
+        &media,
+        "--advertise-ip",
+        "127.0.0.1",
+    ];
+    let mut c = meetd()
+        .arg("serve")
+        .args(flags)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut up = false;
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(&http).is_ok() {
+            up = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(up);
+    let (ok, out) = doctor(&flags);
+    let (wrong_ok, wrong) = doctor(&[&flags[..], &["--advertise-ip", "203.0.113.77"]].concat());
+    let _ = c.kill();
+    let _ = c.wait();
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("meetd listens") && out.contains("STUN round trip to 127.0.0.1:"),
+        "{out}"
+    );
+    assert!(!wrong_ok, "{wrong}");
+    assert!(
+        wrong.contains("203.0.113.77 is not an address of this host")
+            && wrong.contains("ERROR media: no STUN answer from 203.0.113.77"),
+        "{wrong}"
+    );
+}
