@@ -165,11 +165,39 @@ impl Default for ListenSection {
     }
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TlsSection {
     pub cert: String,
     pub key: String,
+    /// Get and renew the certificate for `server.public_url`'s host automatically (ACME,
+    /// HTTP-01 on the HTTP listener, which must be reachable on port 80 of that host).
+    pub acme: bool,
+    pub acme_directory: String,
+    /// Contact address given to the ACME server (optional).
+    pub acme_email: String,
+    /// PEM file of the CA that signs the ACME server's own HTTPS certificate, for a private
+    /// or test ACME server (pebble). Empty: the public web PKI.
+    pub acme_ca_root: String,
+    /// Renew when the certificate has fewer days left than this.
+    pub acme_renew_days: u32,
+    /// How often the certificate's age is checked.
+    pub acme_check_secs: u64,
+}
+
+impl Default for TlsSection {
+    fn default() -> Self {
+        TlsSection {
+            cert: String::new(),
+            key: String::new(),
+            acme: false,
+            acme_directory: "https://acme-v02.api.letsencrypt.org/directory".into(),
+            acme_email: String::new(),
+            acme_ca_root: String::new(),
+            acme_renew_days: 30,
+            acme_check_secs: 43_200,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -807,6 +835,20 @@ impl Config {
         }
         if self.tls.cert.is_empty() != self.tls.key.is_empty() {
             return err("tls.cert", "tls.cert and tls.key go together");
+        }
+        if self.tls.acme {
+            if !self.tls.cert.is_empty() {
+                return err("tls.acme", "either tls.acme or tls.cert/key, not both");
+            }
+            if crate::acme::host(self).is_none() {
+                return err(
+                    "tls.acme",
+                    "needs server.public_url (https://<the host to certify>)",
+                );
+            }
+            if !self.tls.acme_directory.starts_with("https://") {
+                return err("tls.acme_directory", "must start with https://");
+            }
         }
         let l = &self.limits;
         for (k, v) in [

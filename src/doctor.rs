@@ -298,7 +298,18 @@ pub fn stun_round_trip(to: SocketAddr, wait: Duration) -> std::io::Result<Durati
 
 fn tls(cfg: &Config) -> Vec<Finding> {
     let mut out = Vec::new();
-    if cfg.tls.cert.is_empty() {
+    if cfg.tls.acme {
+        let cert = cfg.server.data_dir.join("acme").join("fullchain.pem");
+        let host = crate::acme::host(cfg).unwrap_or_default();
+        if crate::acme::due(&cert, &host, 0) {
+            out.push(
+                Finding::new(Level::Warn, "tls", format!("ACME: no certificate for {host} yet ({})", cert.display()))
+                    .fix(format!("meetd orders it when running; the ACME server must reach http://{host}/.well-known/acme-challenge/ on port 80 (forward it to listen.http); see meetd's log lines \"ACME:\""))
+            );
+            return out;
+        }
+    }
+    if cfg.tls.cert.is_empty() && !cfg.tls.acme {
         if cfg.listen.https.addr().is_some() {
             out.push(
                 Finding::new(Level::Warn, "tls", "a self-signed certificate (made in data_dir): browsers warn and the iOS and Android apps refuse it")
@@ -307,10 +318,19 @@ fn tls(cfg: &Config) -> Vec<Finding> {
         }
         return out;
     }
-    let files = crate::tls::TlsFiles {
-        cert: cfg.tls.cert.clone().into(),
-        key: cfg.tls.key.clone().into(),
-        self_signed: false,
+    let files = if cfg.tls.acme {
+        let d = cfg.server.data_dir.join("acme");
+        crate::tls::TlsFiles {
+            cert: d.join("fullchain.pem"),
+            key: d.join("key.pem"),
+            self_signed: false,
+        }
+    } else {
+        crate::tls::TlsFiles {
+            cert: cfg.tls.cert.clone().into(),
+            key: cfg.tls.key.clone().into(),
+            self_signed: false,
+        }
     };
     if let Err(e) = crate::tls::server_config(&files) {
         out.push(

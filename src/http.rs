@@ -40,6 +40,23 @@ pub struct Front {
     /// header): a restarted meetd has another one, which tells the web app to reconnect
     /// in place (docs/operations.md "Restarts").
     pub shard: String,
+    /// HTTP-01 answers of an ACME order in flight (src/acme.rs).
+    pub acme: Arc<crate::acme::Challenges>,
+}
+
+async fn acme_challenge(
+    State(st): State<St>,
+    axum::extract::Path(token): axum::extract::Path<String>,
+) -> Response {
+    match st.front.acme.answer(&token) {
+        Some(a) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/octet-stream")],
+            a,
+        )
+            .into_response(),
+        None => StatusCode::NOT_FOUND.into_response(),
+    }
 }
 
 #[derive(Clone)]
@@ -62,6 +79,7 @@ pub fn router(front: Arc<Front>, tls: bool) -> Router {
             axum::routing::post(conference_request).options(cors_ok),
         )
         .route("/about/health", get(health))
+        .route("/.well-known/acme-challenge/{token}", get(acme_challenge))
         .route("/dialin/numbers", get(dialin_numbers))
         .route("/dialin/conference-code", get(dialin_code))
         .route("/metrics", get(metrics))

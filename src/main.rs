@@ -1,6 +1,7 @@
 //! meetd: the whole server side of a Jitsi Meet deployment in one program.
 #![forbid(unsafe_code)]
 
+mod acme;
 mod bridge;
 mod config;
 mod dialin;
@@ -281,7 +282,11 @@ async fn serve(mut cfg: Config, flags: Overrides) -> anyhow::Result<()> {
         let announced = turn::announced(&cfg);
         cfg.turn.services.extend(announced);
     }
-    let tls_files = tls::ensure(&cfg)?;
+    let tls_files = if cfg.tls.acme {
+        acme::files(&cfg)?
+    } else {
+        tls::ensure(&cfg)?
+    };
     let tls_cfg = tls::server_config(&tls_files)?;
 
     let xcfg = cfg.xmpp();
@@ -448,6 +453,7 @@ async fn serve(mut cfg: Config, flags: Overrides) -> anyhow::Result<()> {
         storage: storage.clone(),
         ready: Default::default(),
         shard: format!("meetd-{:08x}", rand::random::<u32>()),
+        acme: Default::default(),
     });
 
     tracing::info!(
@@ -555,6 +561,18 @@ async fn serve(mut cfg: Config, flags: Overrides) -> anyhow::Result<()> {
         }
     }
     let tls_now = Arc::new(tokio::sync::Notify::new());
+    if cfg.tls.acme {
+        tokio::spawn(acme::run(
+            (*cfg).clone(),
+            tls::TlsFiles {
+                cert: tls_files.cert.clone(),
+                key: tls_files.key.clone(),
+                self_signed: false,
+            },
+            front.acme.clone(),
+            tls_now.clone(),
+        ));
+    }
     tokio::spawn(tls::watch(
         tls_files,
         acceptor.clone(),
