@@ -457,6 +457,70 @@ async fn colibri_ws(
 
 /// Prometheus text exposition of meetd's counters. Only for loopback clients unless
 /// `metrics.public` is set (a scraper usually runs next to the server).
+/// Bridge conferences by their number of endpoints, as labelled gauges.
+fn conference_sizes(sizes: &[usize]) -> String {
+    const BANDS: [(&str, usize, usize); 7] = [
+        ("1", 1, 1),
+        ("2", 2, 2),
+        ("3-4", 3, 4),
+        ("5-9", 5, 9),
+        ("10-19", 10, 19),
+        ("20-49", 20, 49),
+        ("50+", 50, usize::MAX),
+    ];
+    let mut out = String::from(
+        "# HELP meetd_conferences_by_size Bridge conferences by their number of endpoints.\n\
+         # TYPE meetd_conferences_by_size gauge\n",
+    );
+    for (label, lo, hi) in BANDS {
+        let n = sizes.iter().filter(|s| (lo..=hi).contains(*s)).count();
+        out.push_str(&format!(
+            "meetd_conferences_by_size{{size=\"{label}\"}} {n}\n"
+        ));
+    }
+    out
+}
+
+/// Join latency (allocation to ICE and DTLS up) as a histogram, and how endpoints connected
+/// or failed to.
+fn media_setup(s: &meetd_colibri::media::EngineStats) -> String {
+    use meetd_colibri::media::CONNECT_BUCKETS_MS;
+    let mut out = String::from(
+        "# HELP meetd_media_connect_seconds Time from an endpoint's allocation until its ICE and DTLS were up.\n\
+         # TYPE meetd_media_connect_seconds histogram\n",
+    );
+    let mut cumulative = 0;
+    for (i, le) in CONNECT_BUCKETS_MS.iter().enumerate() {
+        cumulative += s.connect_ms_buckets[i];
+        out.push_str(&format!(
+            "meetd_media_connect_seconds_bucket{{le=\"{}\"}} {cumulative}\n",
+            *le as f64 / 1000.0
+        ));
+    }
+    cumulative += s.connect_ms_buckets[CONNECT_BUCKETS_MS.len()];
+    out.push_str(&format!(
+        "meetd_media_connect_seconds_bucket{{le=\"+Inf\"}} {cumulative}\n\
+         meetd_media_connect_seconds_sum {}\nmeetd_media_connect_seconds_count {cumulative}\n",
+        s.connect_ms_sum as f64 / 1000.0
+    ));
+    out.push_str(&format!(
+        "# HELP meetd_media_connections_total Endpoints whose ICE and DTLS came up, by transport (tcp: ICE-TCP, also on 443).\n\
+         # TYPE meetd_media_connections_total counter\n\
+         meetd_media_connections_total{{transport=\"udp\"}} {}\n\
+         meetd_media_connections_total{{transport=\"tcp\"}} {}\n",
+        s.connected_udp, s.connected_tcp
+    ));
+    out.push_str(&format!(
+        "# HELP meetd_media_ice_failures_total Endpoints that ended without media, by reason.\n\
+         # TYPE meetd_media_ice_failures_total counter\n\
+         meetd_media_ice_failures_total{{reason=\"never_connected\"}} {}\n\
+         meetd_media_ice_failures_total{{reason=\"inactive\"}} {}\n\
+         meetd_media_ice_failures_total{{reason=\"failed\"}} {}\n",
+        s.ice_never_connected, s.ice_inactive, s.ice_failed
+    ));
+    out
+}
+
 async fn metrics(
     State(st): State<St>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -494,7 +558,14 @@ async fn metrics(
             "Relayed addresses the embedded TURN server holds.",
             t.allocations() as u64,
         );
+        put(
+            "meetd_turn_allocations_total",
+            "counter",
+            "Relayed addresses the embedded TURN server gave out since start.",
+            t.allocations_total(),
+        );
     }
+    gauges.push_str(&conference_sizes(&f.bridge.conference_sizes()));
     put(
         "meetd_bridge_conferences",
         "gauge",
@@ -521,6 +592,7 @@ async fn metrics(
             "Endpoints in the media engine.",
             s.endpoints as u64,
         );
+        gauges.push_str(&media_setup(&s));
         put(
             "meetd_media_packets_received_total",
             "counter",

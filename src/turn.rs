@@ -125,6 +125,8 @@ pub struct TurnSetup {
 pub struct Turn {
     setup: TurnSetup,
     allocations: Arc<AtomicUsize>,
+    /// Allocations made since start (`meetd_turn_allocations_total`).
+    allocated: Arc<std::sync::atomic::AtomicU64>,
     connections: AtomicUsize,
     /// The UDP listener's server (dropping it stops it).
     _udp: Option<Server>,
@@ -142,17 +144,19 @@ impl Turn {
     /// Bind UDP and TCP on the TURN port and start serving.
     pub async fn start(setup: TurnSetup) -> anyhow::Result<Arc<Turn>> {
         let allocations = Arc::new(AtomicUsize::new(0));
+        let allocated = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let mut udp = None;
         if setup.port != 0 {
             let addr = SocketAddr::new(setup.bind_ip, setup.port);
             let sock = UdpSocket::bind(addr)
                 .await
                 .map_err(|e| anyhow::anyhow!("turn.port {addr} (UDP): {e}"))?;
-            udp = Some(server(&setup, Arc::new(sock), &allocations).await?);
+            udp = Some(server(&setup, Arc::new(sock), &allocations, &allocated).await?);
         }
         let turn = Arc::new(Turn {
             setup: setup.clone(),
             allocations,
+            allocated,
             connections: AtomicUsize::new(0),
             _udp: udp,
         });
@@ -184,6 +188,10 @@ impl Turn {
     }
 
     /// Allocations open now.
+    pub fn allocations_total(&self) -> u64 {
+        self.allocated.load(Ordering::Relaxed)
+    }
+
     pub fn allocations(&self) -> usize {
         self.allocations.load(Ordering::Relaxed)
     }
@@ -199,7 +207,14 @@ impl Turn {
             return;
         }
         let conn = Arc::new(StreamConn::new(stream, peer, local));
-        match server(&self.setup, conn.clone(), &self.allocations).await {
+        match server(
+            &self.setup,
+            conn.clone(),
+            &self.allocations,
+            &self.allocated,
+        )
+        .await
+        {
             Ok(s) => {
                 conn.closed.notified().await;
                 let _ = s.close().await;
@@ -214,10 +229,12 @@ async fn server(
     setup: &TurnSetup,
     conn: Arc<dyn Conn + Send + Sync>,
     allocations: &Arc<AtomicUsize>,
+    allocated: &Arc<std::sync::atomic::AtomicU64>,
 ) -> anyhow::Result<Server> {
     let relays = Relays {
         setup: setup.clone(),
         allocations: allocations.clone(),
+        allocated: allocated.clone(),
     };
     Ok(Server::new(ServerConfig {
         conn_configs: vec![ConnConfig {
@@ -259,6 +276,7 @@ pub fn peer_allowed(ip: IpAddr, own: &[IpAddr], private_ok: bool) -> bool {
 struct Relays {
     setup: TurnSetup,
     allocations: Arc<AtomicUsize>,
+    allocated: Arc<std::sync::atomic::AtomicU64>,
 }
 
 #[async_trait]
@@ -277,6 +295,7 @@ impl RelayAddressGenerator for Relays {
             tracing::warn!("TURN allocation limit reached");
             return Err(turn::Error::Other("allocation quota reached".into()));
         }
+        self.allocated.fetch_add(1, Ordering::Relaxed);
         let guard = AllocationGuard(self.allocations.clone());
         let (lo, hi) = self.setup.relay_ports;
         let span = u32::from(hi.saturating_sub(lo)) + 1;

@@ -138,6 +138,15 @@ impl ColibriService {
         }
     }
 
+    /// How many endpoints each conference has.
+    pub fn conference_sizes(&self) -> Vec<usize> {
+        self.conferences
+            .lock()
+            .values()
+            .map(|c| c.endpoints.len())
+            .collect()
+    }
+
     pub fn conference_count(&self) -> usize {
         self.conferences.lock().len()
     }

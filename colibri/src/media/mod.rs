@@ -245,6 +245,15 @@ impl EngineStats {
         self.channel_messages_in += o.channel_messages_in;
         self.channel_messages_out += o.channel_messages_out;
         self.channel_messages_dropped += o.channel_messages_dropped;
+        self.connected_udp += o.connected_udp;
+        self.connected_tcp += o.connected_tcp;
+        for (a, b) in self.connect_ms_buckets.iter_mut().zip(o.connect_ms_buckets) {
+            *a += b;
+        }
+        self.connect_ms_sum += o.connect_ms_sum;
+        self.ice_never_connected += o.ice_never_connected;
+        self.ice_inactive += o.ice_inactive;
+        self.ice_failed += o.ice_failed;
     }
 }
 
@@ -331,6 +340,34 @@ pub struct EngineStats {
     /// Bridge-channel messages not sent or not taken over SCTP (buffer full, too large, not
     /// text, no channel).
     pub channel_messages_dropped: u64,
+    /// Endpoints whose ICE and DTLS came up, by the transport of their pair.
+    pub connected_udp: u64,
+    pub connected_tcp: u64,
+    /// How long endpoints took from their allocation to ICE and DTLS up (join latency on the
+    /// media side), counted per upper bound in [`CONNECT_BUCKETS_MS`] (the last: above all).
+    pub connect_ms_buckets: [u64; CONNECT_BUCKETS_MS.len() + 1],
+    pub connect_ms_sum: u64,
+    /// Endpoints that ended without media, by reason: never connected within
+    /// `expire_unconnected_after`; connected once, then silent for `expire_inactive_after`;
+    /// their ICE/DTLS state failed.
+    pub ice_never_connected: u64,
+    pub ice_inactive: u64,
+    pub ice_failed: u64,
+}
+
+/// Upper bounds (ms) of the join-latency histogram.
+pub const CONNECT_BUCKETS_MS: [u64; 8] = [100, 250, 500, 1000, 2000, 5000, 10_000, 30_000];
+
+impl EngineStats {
+    /// Counts one endpoint that connected `ms` after its allocation.
+    pub fn record_connect(&mut self, ms: u64) {
+        let i = CONNECT_BUCKETS_MS
+            .iter()
+            .position(|b| ms <= *b)
+            .unwrap_or(CONNECT_BUCKETS_MS.len());
+        self.connect_ms_buckets[i] += 1;
+        self.connect_ms_sum += ms;
+    }
 }
 
 /// One incoming RTP packet, from the fast path or from str0m.
@@ -1123,7 +1160,7 @@ impl MediaEngine {
             self.cfg.expire_unconnected_after,
             self.cfg.expire_inactive_after,
         );
-        let expired: Vec<(String, String, String)> = self
+        let expired: Vec<(String, String, String, bool)> = self
             .endpoints
             .values()
             .filter(|ep| {
@@ -1140,11 +1177,17 @@ impl MediaEngine {
                     ep.conference.clone(),
                     ep.id.clone(),
                     ep.transport.ufrag.clone(),
+                    ep.transport.connected_once,
                 )
             })
             .collect();
-        for (conference, endpoint, ufrag) in expired {
-            tracing::info!(%conference, %endpoint, "endpoint expired (inactivity)");
+        for (conference, endpoint, ufrag, connected_once) in expired {
+            if connected_once {
+                self.stats.ice_inactive += 1;
+            } else {
+                self.stats.ice_never_connected += 1;
+            }
+            tracing::info!(%conference, %endpoint, connected_once, "endpoint expired (inactivity)");
             self.remove_endpoint((&conference, &endpoint));
             self.out
                 .push_back(EngineOutput::Event(EngineEvent::Expired {

@@ -67,6 +67,9 @@ impl MediaEngine {
                     tracing::warn!(error = %e, conference = %ep.conference, endpoint = %ep.id, "endpoint failed");
                     self.stats.rtc_errors += 1;
                     if !ep.transport.rtc.is_alive() {
+                        if !ep.transport.failed {
+                            self.stats.ice_failed += 1;
+                        }
                         ep.transport.failed = true;
                         self.update_status(id);
                     }
@@ -83,6 +86,17 @@ impl MediaEngine {
                     return;
                 };
                 ep.transport.connected = true;
+                if !ep.transport.connected_once {
+                    let ms = self
+                        .now
+                        .map(|n| n.saturating_duration_since(ep.created).as_millis() as u64)
+                        .unwrap_or(0);
+                    self.stats.record_connect(ms);
+                    match ep.transport.send_path.map(|p| p.proto) {
+                        Some(str0m::net::Protocol::Udp) | None => self.stats.connected_udp += 1,
+                        Some(_) => self.stats.connected_tcp += 1,
+                    }
+                }
                 ep.transport.connected_once = true;
                 if ep.caps.fast_egress && ep.transport.srtp.is_none() {
                     ep.transport.srtp = ep.caps.keys.get().and_then(Srtp::new);
