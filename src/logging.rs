@@ -8,6 +8,8 @@ use std::borrow::Cow;
 use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, SystemTime};
 
 use tracing_subscriber::EnvFilter;
@@ -247,13 +249,19 @@ impl<W: Write> Write for ScrubWriter<W> {
 const PREFIX: &str = "meetd";
 const SUFFIX: &str = "log";
 
-/// Changes the level filter of the running process (SIGHUP).
+/// Changes the level filter and the retention of the running process (SIGHUP).
 #[derive(Clone)]
 pub struct LogHandle {
     filter: reload::Handle<EnvFilter, tracing_subscriber::Registry>,
+    /// `[log] retention_days`, as the sweeper reads it.
+    pub retention_days: Arc<AtomicU32>,
 }
 
 impl LogHandle {
+    pub fn set_retention_days(&self, days: u32) {
+        self.retention_days.store(days, Ordering::Relaxed);
+    }
+
     pub fn set_level(&self, level: &str) -> Result<(), String> {
         let f = effective_filter(level)
             .and_then(|f| EnvFilter::try_new(f).map_err(|e| e.to_string()))
@@ -368,7 +376,10 @@ pub fn init(cfg: &Config) -> std::io::Result<LogHandle> {
             }
         }
     }
-    Ok(LogHandle { filter: handle })
+    Ok(LogHandle {
+        filter: handle,
+        retention_days: Arc::new(AtomicU32::new(cfg.log.retention_days)),
+    })
 }
 
 /// Deletes meetd's log files in `dir` last written more than `retention` before `now`.
@@ -400,15 +411,17 @@ pub fn sweep(dir: &Path, retention: Duration, now: SystemTime) -> Vec<PathBuf> {
     gone
 }
 
-/// Sweeps the log directory now and then every hour, for as long as meetd runs.
-pub fn spawn_sweeper(cfg: &Config) {
+/// Sweeps the log directory now and then every hour, for as long as meetd runs, with the
+/// retention in `days` (which a reload may change).
+pub fn spawn_sweeper(cfg: &Config, days: Arc<AtomicU32>) {
     let Some(dir) = log_dir(cfg) else { return };
-    let retention = Duration::from_secs(u64::from(cfg.log.retention_days) * 86_400);
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(3600));
         loop {
             tick.tick().await;
             let d = dir.clone();
+            let retention =
+                Duration::from_secs(u64::from(days.load(Ordering::Relaxed).max(1)) * 86_400);
             let gone = tokio::task::spawn_blocking(move || sweep(&d, retention, SystemTime::now()))
                 .await
                 .unwrap_or_default();

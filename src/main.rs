@@ -268,7 +268,7 @@ async fn serve(mut cfg: Config, flags: Overrides) -> anyhow::Result<()> {
     let configured = cfg.clone();
     logging::set_own_addresses(&cfg);
     let log = logging::init(&cfg).map_err(|e| anyhow::anyhow!("log.dir {}: {e}", cfg.log.dir))?;
-    logging::spawn_sweeper(&cfg);
+    logging::spawn_sweeper(&cfg, log.retention_days.clone());
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let storage = open_storage(&cfg).await?;
     let secret = storage.secret("scram-unknown-user").await?;

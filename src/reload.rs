@@ -59,6 +59,7 @@ fn flatten(prefix: &str, v: &toml::Value, out: &mut BTreeMap<String, String>) {
 /// Whether a changed key takes effect on reload.
 pub fn applies_live(key: &str) -> bool {
     key == "log.level"
+        || key == "log.retention_days"
         || key.starts_with("limits.")
         || (key.starts_with("auth.jwt.") && key != "auth.jwt.key_cache_size")
 }
@@ -88,6 +89,10 @@ pub fn apply(live: &Live, old: &mut Config, new: &Config) -> Outcome {
                 out.applied.retain(|k| k != "log.level");
             }
         }
+    }
+    if out.applied.iter().any(|k| k == "log.retention_days") {
+        live.log.set_retention_days(new.log.retention_days);
+        old.log.retention_days = new.log.retention_days;
     }
     if out.applied.iter().any(|k| k.starts_with("limits.")) {
         live.server.set_limits(new.xmpp().limits);
