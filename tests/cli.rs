@@ -7,6 +7,26 @@ fn meetd() -> Command {
     Command::new(env!("CARGO_BIN_EXE_meetd"))
 }
 
+/// `serve` flags for a meetd with only an HTTP listener on a free port, followed by the data
+/// directory's value.
+const QUIET_LISTENERS: [&str; 15] = [
+    "--http",
+    "127.0.0.1:0",
+    "--https",
+    "off",
+    "--c2s",
+    "off",
+    "--component",
+    "off",
+    "--media-port",
+    "0",
+    "--media-tcp-port",
+    "0",
+    "--turn-port",
+    "0",
+    "--data-dir",
+];
+
 fn tmpdir(name: &str) -> std::path::PathBuf {
     let d = std::env::temp_dir().join(format!("meetd-cli-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
@@ -151,25 +171,8 @@ fn json_logs_say_what_listens_where() {
     use std::io::BufRead;
     let d = tmpdir("jsonlog");
     let mut c = meetd()
-        .args([
-            "serve",
-            "--log-json",
-            "--http",
-            "127.0.0.1:0",
-            "--https",
-            "off",
-            "--c2s",
-            "off",
-            "--component",
-            "off",
-            "--media-port",
-            "0",
-            "--media-tcp-port",
-            "0",
-            "--turn-port",
-            "0",
-            "--data-dir",
-        ])
+        .args(["serve", "--log-json"])
+        .args(QUIET_LISTENERS)
         .arg(&d)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -212,23 +215,7 @@ fn sighup_reloads_what_it_can() {
     let mut c = meetd()
         .args(["serve", "--config"])
         .arg(&f)
-        .args([
-            "--http",
-            "127.0.0.1:0",
-            "--https",
-            "off",
-            "--c2s",
-            "off",
-            "--component",
-            "off",
-            "--media-port",
-            "0",
-            "--media-tcp-port",
-            "0",
-            "--turn-port",
-            "0",
-            "--data-dir",
-        ])
+        .args(QUIET_LISTENERS)
         .arg(&d)
         .env("NO_COLOR", "1")
         .stdout(Stdio::piped())

@@ -255,26 +255,25 @@ export class MeetdServer {
      * an upgrade or `systemctl restart` does. Resolves once the new one is healthy.
      */
     async restart() {
-        if (this.proc && !this.exited) {
-            const exited = new Promise((r) => this.proc.once('exit', r));
-            this.proc.kill('SIGTERM');
-            const t = setTimeout(() => this.proc.kill('SIGKILL'), 10000);
-            await exited;
-            clearTimeout(t);
-        }
+        await this.terminate(10000);
         this.exited = null;
         this.spawn();
         await this.waitHealthy();
     }
 
-    async stop() {
+    /** SIGTERM, and SIGKILL after `ms` if it is still running. */
+    async terminate(ms) {
         if (this.proc && !this.exited) {
             const exited = new Promise((r) => this.proc.once('exit', r));
             this.proc.kill('SIGTERM');
-            const t = setTimeout(() => this.proc.kill('SIGKILL'), 5000);
+            const t = setTimeout(() => this.proc.kill('SIGKILL'), ms);
             await exited;
             clearTimeout(t);
         }
+    }
+
+    async stop() {
+        await this.terminate(5000);
         this.saveLog();
         if (this.dataDir && !process.env.MEETD_KEEP_DATA) {
             rmSync(this.dataDir, { recursive: true, force: true });

@@ -7,6 +7,7 @@
 
 pub mod av_moderation;
 pub mod breakout_rooms;
+pub mod directory;
 pub mod end_conference;
 pub mod form;
 pub mod lobby;
@@ -260,12 +261,17 @@ impl Occupancy {
 }
 
 /// Start a MUC service and register it with the router. `modules` run in order before the
-/// built-in access rules (password, members-only, room size). Returns false when the domain
-/// is taken.
-pub fn start(router: Arc<Router>, cfg: MucConfig, modules: Vec<ModuleFactory>) -> bool {
+/// built-in access rules (password, members-only, room size). Answers the service's room
+/// directory, or None when the domain is taken.
+pub fn start(
+    router: Arc<Router>,
+    cfg: MucConfig,
+    modules: Vec<ModuleFactory>,
+) -> Option<Arc<directory::Directory>> {
     let shards = cfg.shards.max(1);
     let cfg = Arc::new(cfg);
     let occupancy = Arc::new(Occupancy::default());
+    let directory = Arc::new(directory::Directory::default());
     let mut all = modules;
     all.extend(builtin_modules(&cfg));
     let mut txs = Vec::with_capacity(shards);
@@ -284,12 +290,13 @@ pub fn start(router: Arc<Router>, cfg: MucConfig, modules: Vec<ModuleFactory>) -
             rooms: HashMap::new(),
             modules: all.iter().map(|f| f()).collect(),
             occupancy: occupancy.clone(),
+            directory: directory.clone(),
         };
         tokio::spawn(shard.run(router.clone(), rx));
     }
     let (tx, mut rx) = mpsc::channel::<Box<Element>>(cfg.queue.max(1));
     if !router.register_service(&cfg.domain, ServiceHandle { tx: tx.clone() }) {
-        return false;
+        return None;
     }
     // Modules' components and room domains share the dispatcher; one instance of each finds
     // the room.
@@ -341,7 +348,7 @@ pub fn start(router: Arc<Router>, cfg: MucConfig, modules: Vec<ModuleFactory>) -
             }
         }
     });
-    true
+    Some(directory)
 }
 
 struct Shard {
@@ -352,6 +359,8 @@ struct Shard {
     rooms: HashMap<String, Room>,
     modules: Vec<Box<dyn RoomModule>>,
     occupancy: Arc<Occupancy>,
+    /// What the HTTP APIs read: refreshed for every room that changed.
+    directory: Arc<directory::Directory>,
 }
 
 impl Shard {
@@ -614,6 +623,7 @@ impl Shard {
                 };
                 let output = room.take_output();
                 let events = room.take_events();
+                self.directory.update(room);
                 for ev in &events {
                     match ev {
                         RoomEvent::Joined { nick, jid: real } => {
@@ -673,6 +683,7 @@ impl Shard {
                 for o in &room.occupants {
                     self.occupancy.clear(&o.real_jid, &jid);
                 }
+                self.directory.remove(&jid);
                 tracing::debug!(room = %jid, "room destroyed");
                 let Shard {
                     rooms,

@@ -14,6 +14,7 @@ fn shard(cfg: MucConfig) -> Shard {
         cfg,
         rooms: HashMap::new(),
         occupancy: Default::default(),
+        directory: Default::default(),
     }
 }
 
