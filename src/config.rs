@@ -75,6 +75,7 @@ pub struct Config {
     pub av_moderation: AvModerationSection,
     pub speaker_stats: SpeakerStatsSection,
     pub metrics: MetricsSection,
+    pub http_api: HttpApiSection,
     pub components: Vec<ComponentEntry>,
     pub database: DatabaseSection,
 }
@@ -709,6 +710,79 @@ pub struct TurnService {
     pub port: u16,
     #[serde(default)]
     pub transport: String,
+}
+
+/// `[http_api]`: the HTTP APIs of a stock install's Prosody modules (docs/http-api.md).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpApiSection {
+    pub enabled: bool,
+    /// /room-size, /room, /sessions, /room-census and /turn-credentials have no token in
+    /// stock (its proxy does not publish them): loopback only unless this is true.
+    pub public: bool,
+    /// /room-size and /room want a sign-in token (`?token=`) for the room.
+    pub room_size_token: bool,
+    /// /room-info wants a sign-in token (`Authorization: Bearer`).
+    pub room_info_token: bool,
+    /// Keys of system tokens (kick-participant, end-meeting, send-system-chat-message,
+    /// invite-jigasi): PEM public keys by `kid`, and/or a key server serving
+    /// `<url>/<sha256-hex(kid)>.pem` (stock `prosody_password_public_key_repo_url`).
+    pub system_public_keys: std::collections::BTreeMap<String, PathBuf>,
+    pub system_key_server: String,
+    /// Accepted `iss` and `aud` of system tokens ("*": any).
+    pub system_issuers: Vec<String>,
+    pub system_audiences: Vec<String>,
+}
+
+impl Default for HttpApiSection {
+    fn default() -> Self {
+        HttpApiSection {
+            enabled: true,
+            public: false,
+            room_size_token: false,
+            room_info_token: true,
+            system_public_keys: Default::default(),
+            system_key_server: String::new(),
+            system_issuers: vec!["jitsi".into()],
+            system_audiences: vec!["*".into()],
+        }
+    }
+}
+
+impl Config {
+    /// How system tokens are checked: None when no key is configured.
+    pub fn system_token_config(
+        &self,
+    ) -> Result<Option<meetd_xmpp::token::TokenConfig>, ConfigError> {
+        let a = &self.http_api;
+        if a.system_public_keys.is_empty() && a.system_key_server.is_empty() {
+            return Ok(None);
+        }
+        let mut public_keys = Vec::new();
+        for (kid, path) in &a.system_public_keys {
+            let pem = std::fs::read(path).map_err(|e| {
+                ConfigError(format!(
+                    "http_api.system_public_keys {}: {e}",
+                    path.display()
+                ))
+            })?;
+            public_keys.push((kid.clone(), pem));
+        }
+        let j = &self.auth.jwt;
+        Ok(Some(meetd_xmpp::token::TokenConfig {
+            app_secret: None,
+            public_keys,
+            key_server: (!a.system_key_server.is_empty()).then(|| a.system_key_server.clone()),
+            accepted_issuers: a.system_issuers.clone(),
+            accepted_audiences: a.system_audiences.clone(),
+            accepted_subjects: Vec::new(),
+            clock_skew: std::time::Duration::from_secs(j.clock_skew_secs),
+            require_room: false,
+            key_cache_size: j.key_cache_size,
+            key_cache_ttl: std::time::Duration::from_secs(j.key_cache_secs),
+            key_fetch_timeout: std::time::Duration::from_secs(j.key_fetch_timeout_secs),
+        }))
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

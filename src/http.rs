@@ -42,6 +42,199 @@ pub struct Front {
     pub shard: String,
     /// HTTP-01 answers of an ACME order in flight (src/acme.rs).
     pub acme: Arc<crate::acme::Challenges>,
+    /// The stock HTTP APIs (src/http_api.rs).
+    pub api: Arc<crate::http_api::HttpApi>,
+}
+
+type ApiQuery = axum::extract::Query<std::collections::HashMap<String, String>>;
+
+/// The API when enabled, and for the endpoints stock leaves open, only for local callers
+/// (or everyone with `[http_api] public`).
+async fn api_gate(st: &St, peer: SocketAddr, headers: &HeaderMap, open: bool) -> Option<Response> {
+    let api = &st.front.api;
+    if !api.cfg.enabled || (open && !api.open_to(client_ip(peer, headers))) {
+        return Some(not_found().await);
+    }
+    None
+}
+
+/// Bodies the API reads: small JSON objects.
+const API_MAX_BODY: usize = 64 * 1024;
+
+async fn api_body(body: axum::body::Body) -> Result<axum::body::Bytes, Response> {
+    axum::body::to_bytes(body, API_MAX_BODY)
+        .await
+        .map_err(|_| StatusCode::PAYLOAD_TOO_LARGE.into_response())
+}
+
+async fn api_room_size(
+    State(st): State<St>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    axum::extract::Query(q): ApiQuery,
+) -> Response {
+    if let Some(r) = api_gate(&st, peer, &headers, true).await {
+        return r;
+    }
+    st.front.api.room_size(&st.front.server, &q, false).await
+}
+
+async fn api_room(
+    State(st): State<St>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    axum::extract::Query(q): ApiQuery,
+) -> Response {
+    if let Some(r) = api_gate(&st, peer, &headers, true).await {
+        return r;
+    }
+    st.front.api.room_size(&st.front.server, &q, true).await
+}
+
+async fn api_sessions(
+    State(st): State<St>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(r) = api_gate(&st, peer, &headers, true).await {
+        return r;
+    }
+    (
+        StatusCode::OK,
+        st.front.server.router.session_count().to_string(),
+    )
+        .into_response()
+}
+
+async fn api_census(
+    State(st): State<St>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(r) = api_gate(&st, peer, &headers, true).await {
+        return r;
+    }
+    let router = st.front.server.router.clone();
+    st.front.api.census(|jid| router.is_bound(jid))
+}
+
+async fn api_room_info(
+    State(st): State<St>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    axum::extract::Query(q): ApiQuery,
+) -> Response {
+    if let Some(r) = api_gate(&st, peer, &headers, false).await {
+        return r;
+    }
+    st.front
+        .api
+        .room_info(&st.front.server, &headers, &q, None)
+        .await
+}
+
+async fn api_room_info_put(
+    State(st): State<St>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    axum::extract::Query(q): ApiQuery,
+    body: axum::body::Body,
+) -> Response {
+    if let Some(r) = api_gate(&st, peer, &headers, false).await {
+        return r;
+    }
+    let body = match api_body(body).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    st.front
+        .api
+        .room_info(&st.front.server, &headers, &q, Some(&body))
+        .await
+}
+
+async fn api_kick(
+    State(st): State<St>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    axum::extract::Query(q): ApiQuery,
+    body: axum::body::Body,
+) -> Response {
+    if let Some(r) = api_gate(&st, peer, &headers, false).await {
+        return r;
+    }
+    let body = match api_body(body).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    st.front
+        .api
+        .kick(&st.front.server.router, &headers, &q, &body)
+        .await
+}
+
+async fn api_end_meeting(
+    State(st): State<St>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    axum::extract::Query(q): ApiQuery,
+) -> Response {
+    if let Some(r) = api_gate(&st, peer, &headers, false).await {
+        return r;
+    }
+    st.front
+        .api
+        .end_meeting(&st.front.server.router, &headers, &q)
+        .await
+}
+
+async fn api_system_chat(
+    State(st): State<St>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> Response {
+    if let Some(r) = api_gate(&st, peer, &headers, false).await {
+        return r;
+    }
+    let body = match api_body(body).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    st.front
+        .api
+        .system_chat(&st.front.server.router, &headers, &body)
+        .await
+}
+
+async fn api_invite_jigasi(
+    State(st): State<St>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> Response {
+    if let Some(r) = api_gate(&st, peer, &headers, false).await {
+        return r;
+    }
+    let body = match api_body(body).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    st.front
+        .api
+        .invite_jigasi(st.front.focus.as_ref(), &headers, &body)
+        .await
+}
+
+async fn api_turn_credentials(
+    State(st): State<St>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(r) = api_gate(&st, peer, &headers, true).await {
+        return r;
+    }
+    st.front.api.turn_credentials(&st.front.server)
 }
 
 async fn acme_challenge(
@@ -80,6 +273,19 @@ pub fn router(front: Arc<Front>, tls: bool) -> Router {
         )
         .route("/about/health", get(health))
         .route("/.well-known/acme-challenge/{token}", get(acme_challenge))
+        .route("/room-size", get(api_room_size))
+        .route("/room", get(api_room))
+        .route("/sessions", get(api_sessions))
+        .route("/room-census", get(api_census))
+        .route("/room-info", get(api_room_info).put(api_room_info_put))
+        .route("/kick-participant", axum::routing::put(api_kick))
+        .route("/end-meeting", axum::routing::post(api_end_meeting))
+        .route(
+            "/send-system-chat-message",
+            axum::routing::post(api_system_chat),
+        )
+        .route("/invite-jigasi", axum::routing::post(api_invite_jigasi))
+        .route("/turn-credentials", get(api_turn_credentials))
         .route("/dialin/numbers", get(dialin_numbers))
         .route("/dialin/conference-code", get(dialin_code))
         .route("/metrics", get(metrics))

@@ -7,6 +7,7 @@ mod config;
 mod dialin;
 mod doctor;
 mod http;
+mod http_api;
 mod logging;
 mod reload;
 mod shared_port;
@@ -417,7 +418,24 @@ async fn serve(mut cfg: Config, flags: Overrides) -> anyhow::Result<()> {
         Box::new(meetd_xmpp::muc::metadata::RoomMetadata::new(&metadata))
             as Box<dyn meetd_xmpp::muc::RoomModule>
     }));
-    meetd_xmpp::muc::start(server.router.clone(), muc_cfg, modules);
+    let muc_domain = muc_cfg.domain.clone();
+    let rooms = meetd_xmpp::muc::start(server.router.clone(), muc_cfg, modules)
+        .ok_or_else(|| anyhow::anyhow!("MUC domain {muc_domain} taken"))?;
+    let system_tokens = match cfg.system_token_config()? {
+        Some(c) => Some(Arc::new(
+            meetd_xmpp::token::TokenAuthority::new(c)
+                .map_err(|e| anyhow::anyhow!("http_api system keys: {e}"))?,
+        )),
+        None => None,
+    };
+    let api = Arc::new(http_api::HttpApi {
+        cfg: cfg.http_api.clone(),
+        domain: server.config.domain.clone(),
+        muc_domain,
+        rooms,
+        system: system_tokens,
+        focus_jid: format!("focus@{}/focus", server.config.auth_domain),
+    });
     meetd_xmpp::muc::start(server.router.clone(), brewery_cfg, Vec::new());
     let bridge::Started {
         service: bridge,
@@ -454,6 +472,7 @@ async fn serve(mut cfg: Config, flags: Overrides) -> anyhow::Result<()> {
         ready: Default::default(),
         shard: format!("meetd-{:08x}", rand::random::<u32>()),
         acme: Default::default(),
+        api,
     });
 
     tracing::info!(

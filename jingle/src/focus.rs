@@ -40,9 +40,48 @@ struct Room {
 pub struct FocusHandle {
     http: mpsc::Sender<HttpRequest>,
     draining: Arc<std::sync::atomic::AtomicBool>,
+    router: Arc<Router>,
+    jigasi: Option<Arc<JigasiBrewery>>,
+}
+
+/// Why a phone number could not be invited into a conference.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InviteError {
+    /// The focus does not use a Jigasi brewery (`[jigasi] dial_out` off).
+    NoBrewery,
+    /// No SIP-capable Jigasi is in the brewery.
+    NoJigasi,
 }
 
 impl FocusHandle {
+    /// Have the least loaded SIP-capable Jigasi call `number` into `room` (the HTTP API's
+    /// invite-jigasi). The dial goes out now; its outcome is the Jigasi's and the room's.
+    pub fn invite_jigasi(&self, room: &str, number: &str) -> Result<(), InviteError> {
+        let j = self.jigasi.clone().ok_or(InviteError::NoBrewery)?;
+        let jigasi = lock(&j.pool).select(&[]).ok_or(InviteError::NoJigasi)?;
+        let dial = Element::builder("dial", crate::jigasi::NS_RAYO)
+            .attr(stanza::rxml_name("from"), "fromnumber")
+            .attr(stanza::rxml_name("to"), number)
+            .append(el(
+                "header",
+                crate::jigasi::NS_RAYO,
+                &[("name", "JvbRoomName"), ("value", room)],
+            ))
+            .build();
+        let router = self.router.clone();
+        tokio::spawn(async move {
+            if j.room
+                .request(&router, &jigasi, dial)
+                .await
+                .map(|a| a.attr("type") == Some("result"))
+                != Some(true)
+            {
+                tracing::warn!(%jigasi, "Jigasi did not dial (HTTP invite)");
+            }
+        });
+        Ok(())
+    }
+
     /// Take no new conferences from now on; running ones go on.
     pub fn drain(&self) {
         self.draining
@@ -401,6 +440,7 @@ pub fn start(router: Arc<Router>, opts: FocusOptions, bridge: Arc<dyn Bridge>) -
         jigasi: jigasi.clone(),
     };
     let draining = opts.draining.clone();
+    let (handle_router, handle_jigasi) = (router.clone(), jigasi.clone());
     let opts = Arc::new(opts);
     tokio::spawn(async move {
         let mut rooms: HashMap<String, Room> = HashMap::new();
@@ -470,6 +510,8 @@ pub fn start(router: Arc<Router>, opts: FocusOptions, bridge: Arc<dyn Bridge>) -
     FocusHandle {
         http: http_tx,
         draining,
+        router: handle_router,
+        jigasi: handle_jigasi,
     }
 }
 

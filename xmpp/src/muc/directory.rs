@@ -30,7 +30,8 @@ pub struct RoomSummary {
     /// ms since the epoch, once the first participant joined.
     pub created_ms: Option<u64>,
     pub occupants: Vec<OccupantSummary>,
-    pub password: bool,
+    /// The room password (for `/room-info`'s passcode check; never logged).
+    pub password: Option<String>,
     pub members_only: bool,
     pub lobby: bool,
     pub subject: String,
@@ -63,11 +64,7 @@ impl RoomSummary {
                     occupant_id: o.occupant_id.clone(),
                 })
                 .collect(),
-            password: room
-                .config
-                .password
-                .as_deref()
-                .is_some_and(|p| !p.is_empty()),
+            password: room.config.password.clone().filter(|p| !p.is_empty()),
             members_only: room.config.members_only,
             lobby: room.info_fields.contains_key("muc#roominfo_lobbyroom"),
             subject: room.config.subject.clone(),
