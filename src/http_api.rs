@@ -514,7 +514,7 @@ mod tests {
     #[test]
     fn iso_dates() {
         assert_eq!(iso_to_unix("1970-01-01T00:00:00Z"), Some(0));
-        assert_eq!(iso_to_unix("2026-12-05T06:00:00Z"), Some(1_796_536_800));
+        assert_eq!(iso_to_unix("2026-12-05T06:00:00Z"), Some(1_796_450_400));
         assert_eq!(iso_to_unix("2026-12-05 06:00:00"), None);
     }
 
