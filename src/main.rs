@@ -309,6 +309,11 @@ async fn serve(mut cfg: Config, flags: Overrides) -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!("auth.jwt: {e}"))?;
         server.set_token_authority(Arc::new(tokens));
     }
+    // This process's shard (a restarted meetd is another one: docs/operations.md) and
+    // release, announced as stock's jiconop does.
+    let shard = format!("meetd-{:08x}", rand::random::<u32>());
+    server.add_identity("server", "shard", &shard);
+    server.add_identity("server", "release", env!("CARGO_PKG_VERSION"));
     // Jitsi's room modules, each one file over the MUC's room events.
     let metadata = cfg.metadata_domain(&server.config);
     server.add_identity("component", "room_metadata", &metadata);
@@ -470,7 +475,7 @@ async fn serve(mut cfg: Config, flags: Overrides) -> anyhow::Result<()> {
         turn: turn_server.clone(),
         storage: storage.clone(),
         ready: Default::default(),
-        shard: format!("meetd-{:08x}", rand::random::<u32>()),
+        shard: shard.clone(),
         acme: Default::default(),
         api,
     });

@@ -1,6 +1,7 @@
 // The stock HTTP APIs (issue 20, docs/http-api.md) against a meeting of @xmpp/client
 // participants: room size and occupants, sessions, census, room info and passcode checks,
-// kicking, system chat messages, ending the meeting, inviting Jigasi, TURN credentials.
+// kicking, system chat messages, ending the meeting, inviting Jigasi, TURN credentials, and
+// the login-time disco push.
 // Each with its authorised and unauthorised cases and bad parameters, with stock's status
 // codes; meetd keeps running.
 import WebSocket from 'ws';
@@ -87,7 +88,13 @@ async function call(method, p, { token, body, type = 'application/json', headers
 
 test('room size, occupants, sessions and census', srv.wrap(async () => {
     const room = `apisize@${MUC}`;
-    await participant(room, 'aaaa1111', 'Alice', 'alice@uni.example');
+    const alice = await participant(room, 'aaaa1111', 'Alice', 'alice@uni.example');
+    // The login-time push (stock's jiconop): the domain's identities, this shard, TURN.
+    const push = await until(alice, (st) => st.is('message') && st.attrs.from === DOMAIN, 'login push');
+    const ids = push.getChild('query', 'http://jabber.org/protocol/disco#info').getChildren('identity');
+    assert.match(ids.find((i) => i.attrs.type === 'shard')?.attrs.name ?? '', /^meetd-[0-9a-f]{8}$/);
+    assert.ok(ids.some((i) => i.attrs.category === 'component' && i.attrs.type === 'room_metadata'));
+    assert.ok(push.getChild('services', 'urn:xmpp:extdisco:2')?.getChildren('service').length > 0);
     await participant(room, 'bbbb2222', 'Bob');
     const q = `room=apisize&domain=${DOMAIN}`;
     assert.deepEqual((await call('GET', `/room-size?${q}`)).json, { participants: 2 });
