@@ -517,6 +517,12 @@ pub struct MucSection {
     pub message_rate_per_second: u32,
     pub message_burst: u32,
     pub admins: Vec<String>,
+    /// Domains or bare JIDs that pass room passwords and size limits (stock's
+    /// `muc_access_whitelist` / `muc_password_whitelist`).
+    pub allow_list: Vec<String>,
+    /// Nicks must be letters, digits and `_` as the web app makes them (stock's
+    /// `muc_resource_validate`).
+    pub validate_nicknames: bool,
 }
 
 impl Default for MucSection {
@@ -530,6 +536,8 @@ impl Default for MucSection {
             message_rate_per_second: d.message_rate,
             message_burst: d.message_burst,
             admins: Vec::new(),
+            allow_list: Vec::new(),
+            validate_nicknames: true,
         }
     }
 }
@@ -1048,6 +1056,8 @@ impl Config {
         m.message_rate = self.muc.message_rate_per_second;
         m.message_burst = self.muc.message_burst;
         m.queue = self.limits.session_queue.max(1024);
+        m.allow_list = self.muc.allow_list.clone();
+        m.validate_nicknames = self.muc.validate_nicknames;
         m
     }
 

@@ -1,6 +1,6 @@
 //! Room size (Prosody's `muc/occupant_limit` and `muc_max_occupants`): the room's own
 //! `maxusers` and the service's `[muc] max_occupants`, whichever is smaller; the focus and
-//! other service admins neither count nor are refused.
+//! other service admins, and the service's allow-list, neither count nor are refused.
 
 use std::sync::Arc;
 
@@ -25,7 +25,11 @@ impl RoomModule for MaxOccupants {
             (r, 0) => r,
             (r, s) => r.min(s),
         };
-        if join.privileged || max == 0 || room.counted_occupants(&self.cfg) < max {
+        if join.privileged
+            || join.allow_listed
+            || max == 0
+            || room.counted_occupants(&self.cfg) < max
+        {
             return JoinCheck::Continue;
         }
         stanza::error_reply(

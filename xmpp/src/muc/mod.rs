@@ -15,6 +15,7 @@ pub mod max_occupants;
 pub mod members_only;
 pub mod metadata;
 pub mod password;
+pub mod policies;
 pub mod polls;
 pub mod room;
 pub mod speaker_stats;
@@ -60,9 +61,24 @@ pub struct MucConfig {
     pub message_burst: u32,
     pub shards: usize,
     pub queue: usize,
+    /// Domains or bare JIDs that pass room passwords and size limits and do not count
+    /// against them (stock's `muc_access_whitelist` and `muc_password_whitelist`).
+    pub allow_list: Vec<String>,
+    /// Nicks must look like the web app's (letters, digits, `_`); `focus` is the focus's
+    /// (stock's `muc_resource_validate`).
+    pub validate_nicknames: bool,
 }
 
 impl MucConfig {
+    /// Whether `jid` (a real JID) is on the allow-list, by its domain or bare JID.
+    pub fn allow_listed(&self, jid: &str) -> bool {
+        let bare = bare_of(jid);
+        let domain = bare.rsplit('@').next().unwrap_or(bare);
+        self.allow_list
+            .iter()
+            .any(|a| a.eq_ignore_ascii_case(bare) || a.eq_ignore_ascii_case(domain))
+    }
+
     pub fn new(domain: &str) -> MucConfig {
         MucConfig {
             domain: domain.to_string(),
@@ -76,6 +92,8 @@ impl MucConfig {
             message_burst: 60,
             shards: 4,
             queue: 4096,
+            allow_list: Vec::new(),
+            validate_nicknames: false,
         }
     }
 }
@@ -211,7 +229,9 @@ async fn sleep_until(t: Option<Instant>) {
 /// modules (a lobby admits a password holder before the password rule asks).
 fn builtin_modules(cfg: &Arc<MucConfig>) -> Vec<ModuleFactory> {
     let c = cfg.clone();
+    let p = cfg.clone();
     vec![
+        Arc::new(move || Box::new(policies::Policies::new(p.clone())) as Box<dyn RoomModule>),
         Arc::new(|| Box::new(password::Password) as Box<dyn RoomModule>),
         Arc::new(|| Box::new(members_only::MembersOnly) as Box<dyn RoomModule>),
         Arc::new(move || {
@@ -532,6 +552,7 @@ impl Shard {
             password: password.as_deref(),
             presence: &st,
             privileged: self.cfg.admins.iter().any(|a| a == bare_of(&from)),
+            allow_listed: self.cfg.allow_listed(&from),
             approved: false,
         };
         if fresh_join {

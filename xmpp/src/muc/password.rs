@@ -1,5 +1,5 @@
 //! Password-protected rooms (Prosody's `muc/password`): a join must carry the room's
-//! password; the focus and other service admins pass.
+//! password; the focus and other service admins, and the service's allow-list, pass.
 
 use super::room::{JoinRequest, Room};
 use super::{JoinCheck, RoomModule};
@@ -11,7 +11,10 @@ impl RoomModule for Password {
     fn check_join(&mut self, room: &Room, join: &JoinRequest<'_>) -> JoinCheck {
         match &room.config.password {
             Some(pw)
-                if !join.privileged && !join.approved && join.password != Some(pw.as_str()) =>
+                if !join.privileged
+                    && !join.allow_listed
+                    && !join.approved
+                    && join.password != Some(pw.as_str()) =>
             {
                 stanza::error_reply(
                     join.presence,

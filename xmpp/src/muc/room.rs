@@ -196,6 +196,8 @@ pub struct JoinRequest<'a> {
     pub presence: &'a Element,
     /// A service admin (the focus): passes passwords, members-only and limits.
     pub privileged: bool,
+    /// On the service's allow-list: passes passwords and size limits.
+    pub allow_listed: bool,
     /// A module (the lobby) let it in: no password asked.
     pub approved: bool,
 }
@@ -374,7 +376,7 @@ impl Room {
     pub fn counted_occupants(&self, cfg: &MucConfig) -> usize {
         self.occupants
             .iter()
-            .filter(|o| !cfg.admins.iter().any(|a| a == o.bare()))
+            .filter(|o| !cfg.admins.iter().any(|a| a == o.bare()) && !cfg.allow_listed(&o.real_jid))
             .count()
     }
 
@@ -944,7 +946,7 @@ impl Room {
         } else if payload.is("query", NS_MUC_OWNER) {
             self.owner_iq(ty, payload, from, cfg)
         } else if payload.is("query", NS_MUC_ADMIN) {
-            self.admin_iq(ty, payload, from)
+            self.admin_iq(ty, payload, from, &cfg.admins)
         } else if payload.is("ping", ns::PING) {
             // XEP-0410 self-ping: are we still an occupant?
             if self.occupant_by_real(from).is_some() {
@@ -1201,6 +1203,7 @@ impl Room {
         ty: &str,
         q: &Element,
         from: &str,
+        service_admins: &[String],
     ) -> Result<Option<Element>, (StanzaError, Option<&'static str>)> {
         let (aff, actor_idx) = self.requester(from);
         let actor_role = actor_idx
@@ -1313,6 +1316,13 @@ impl Room {
                     _ => return Err((StanzaError::BAD_REQUEST, None)),
                 };
                 let taff = self.affiliation(&target_bare);
+                // The focus (a service admin) keeps its place: nobody but another service
+                // admin changes its affiliation (an owner's ban or demotion is refused).
+                if service_admins.iter().any(|a| a == &target_bare)
+                    && !service_admins.iter().any(|a| a == bare_of(from))
+                {
+                    return Err((StanzaError::NOT_ALLOWED, Some("The focus cannot be banned")));
+                }
                 let ok = match aff {
                     Affiliation::Owner => true,
                     Affiliation::Admin => taff < Affiliation::Admin && new_aff < Affiliation::Admin,

@@ -1578,3 +1578,79 @@ fn token_features_gate_recording_and_streaming_requests() {
     assert_eq!(error_condition(&out[0]).as_deref(), Some("forbidden"));
     assert!(relayed(&s.handle(dial(plain), now())));
 }
+
+#[test]
+fn policies_nicks_health_checks_allow_list_and_the_focus() {
+    let mut c = cfg();
+    c.validate_nicknames = true;
+    c.allow_list = vec!["recorder.meet.jitsi".into(), "ops@meet.jitsi".into()];
+    let mut s = shard(c);
+    let focus = "focus@auth.meet.jitsi/focus";
+    join(&mut s, focus, "focus", "");
+    // Nicks as the web app makes them pass; others, and the focus's, are refused.
+    assert!(
+        join(&mut s, &user(1), "a1b2c3d4", "")
+            .iter()
+            .any(|p| statuses(p).contains(&"110".into()))
+    );
+    for bad in ["has-dash", "_x", "focus", "FOCUS"] {
+        let out = join(&mut s, &user(2), bad, "");
+        assert_eq!(
+            error_condition(&out[0]).as_deref(),
+            Some("not-allowed"),
+            "{bad}"
+        );
+    }
+    // The allow-list passes the password and the size limit and does not count.
+    owner_set(
+        &mut s,
+        focus,
+        "<field var='muc#roomconfig_roomsecret'><value>1234</value></field><field var='muc#roomconfig_maxusers'><value>1</value></field>",
+    );
+    let out = join(&mut s, &user(3), "c3", "");
+    assert_eq!(error_condition(&out[0]).as_deref(), Some("not-authorized"));
+    for (n, jid) in [
+        (4, "jibri@recorder.meet.jitsi/r"),
+        (5, "ops@meet.jitsi/laptop"),
+    ] {
+        let out = join(&mut s, jid, &format!("allowed{n}"), "");
+        assert!(
+            out.iter().any(|p| statuses(p).contains(&"110".into())),
+            "{jid}"
+        );
+    }
+    // An owner may not ban or demote the focus.
+    admin_set(
+        &mut s,
+        focus,
+        "<item affiliation='owner' jid='u1@meet.jitsi'/>",
+    );
+    let out = admin_set(
+        &mut s,
+        &user(1),
+        "<item affiliation='outcast' jid='focus@auth.meet.jitsi'/>",
+    );
+    assert_eq!(error_condition(&out[0]).as_deref(), Some("not-allowed"));
+    let out = admin_set(&mut s, &user(1), "<item role='none' nick='focus'/>");
+    assert_eq!(error_condition(&out[0]).as_deref(), Some("not-allowed"));
+    assert!(s.rooms[R].occupants.iter().any(|o| o.nick == "focus"));
+}
+
+#[test]
+fn health_check_rooms_are_the_focus_s() {
+    let mut s = shard(cfg());
+    let hc = "__jicofo-health-check-1@muc.meet.jitsi";
+    let focus_join = parse(&format!(
+        "<presence xmlns='jabber:client' from='focus@auth.meet.jitsi/focus' to='{hc}/focus'><x xmlns='http://jabber.org/protocol/muc'/></presence>"
+    ));
+    assert!(
+        s.handle(focus_join, Instant::now())
+            .iter()
+            .any(|p| statuses(p).contains(&"110".into()))
+    );
+    let out = s.handle(parse(&format!("<presence xmlns='jabber:client' from='{}' to='{hc}/x1'><x xmlns='http://jabber.org/protocol/muc'/></presence>", user(1))), Instant::now());
+    assert_eq!(
+        error_condition(&out[0]).as_deref(),
+        Some("service-unavailable")
+    );
+}
