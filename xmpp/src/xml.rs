@@ -95,7 +95,19 @@ pub fn parse_document(data: &[u8], limits: &XmlLimits) -> Result<Element, XmlErr
             Err(EndOrError::Error(e)) => return Err(map_err(e)),
         }
     }
-    builder.root.take().ok_or(XmlError::Incomplete)
+    let mut root = builder.root.take().ok_or(XmlError::Incomplete)?;
+    forget_prefixes(&mut root);
+    Ok(root)
+}
+
+/// Drops the prefix declarations a sender wrote: names and namespaces are resolved already,
+/// and the writer declares what it needs itself. Kept, a sender's declarations (a child
+/// redeclaring an ancestor's prefix, say) could make the writer fail on the way out.
+fn forget_prefixes(el: &mut Element) {
+    el.prefixes = Default::default();
+    for c in el.children_mut() {
+        forget_prefixes(c);
+    }
 }
 
 /// What a TCP XML stream yields.
@@ -226,9 +238,10 @@ impl StreamParser {
         }
         if is_foot
             && self.builder.depth() == 1
-            && let Some(stanza) = self.builder.unshift_child()
+            && let Some(mut stanza) = self.builder.unshift_child()
         {
             self.stanza_bytes = 0;
+            forget_prefixes(&mut stanza);
             out.push(StreamEvent::Stanza(stanza));
         }
         Ok(())
@@ -254,6 +267,21 @@ pub fn to_string(el: &Element) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn senders_prefixes_do_not_reach_the_writer() {
+        // A child redeclaring its parent's prefix made the writer panic (found by fuzzing).
+        let el = parse_document(
+            b"<iq xmlns='jabber:client' xmlns:p='urn:a' type='get'><q xmlns='urn:b' xmlns:p='urn:a' p:x='1'><p:y/></q></iq>",
+            &XmlLimits::default(),
+        )
+        .unwrap();
+        let out = to_string(&el);
+        let again = parse_document(out.as_bytes(), &XmlLimits::default()).unwrap();
+        let q = again.get_child("q", "urn:b").unwrap();
+        assert!(q.get_child("y", "urn:a").is_some());
+        assert_eq!(q.attr_ns("urn:a", "x"), Some("1"));
+    }
 
     #[test]
     fn document_parses() {
