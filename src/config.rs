@@ -523,6 +523,9 @@ pub struct MucSection {
     /// Nicks must be letters, digits and `_` as the web app makes them (stock's
     /// `muc_resource_validate`).
     pub validate_nicknames: bool,
+    /// Chat messages a room carries before its chat closes (stock's
+    /// `muc_limit_messages_count`); 0: no limit.
+    pub max_chat_messages: u32,
 }
 
 impl Default for MucSection {
@@ -538,6 +541,7 @@ impl Default for MucSection {
             admins: Vec::new(),
             allow_list: Vec::new(),
             validate_nicknames: true,
+            max_chat_messages: 0,
         }
     }
 }
@@ -1058,6 +1062,7 @@ impl Config {
         m.queue = self.limits.session_queue.max(1024);
         m.allow_list = self.muc.allow_list.clone();
         m.validate_nicknames = self.muc.validate_nicknames;
+        m.max_chat_messages = self.muc.max_chat_messages;
         m
     }
 

@@ -53,6 +53,45 @@ impl RoomMetadata {
 }
 
 impl RoomModule for RoomMetadata {
+    /// `permissions.groupChatRestricted` / `privateChatRestricted` (set by a moderator, as the
+    /// web app does): chat with a body from anyone but a moderator is refused (stock's
+    /// `filter_messages`, where a token's `send-groupchat` feature would also let one through).
+    fn check_message(
+        &mut self,
+        room: &Room,
+        from: &str,
+        msg: &Element,
+        private: bool,
+        _out: &mut Vec<Element>,
+    ) -> Option<Element> {
+        msg.get_child("body", ns::CLIENT)?;
+        let key = if private {
+            "privateChatRestricted"
+        } else {
+            "groupChatRestricted"
+        };
+        let restricted = self
+            .rooms
+            .get(&room.jid)
+            .and_then(|m| m.get("permissions"))
+            .and_then(|p| p.get(key))
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        if !restricted {
+            return None;
+        }
+        let sender = room.occupant_by_real(from)?;
+        if room.occupants[sender].role == Role::Moderator {
+            return None;
+        }
+        let text = if private {
+            "Sending private messages not allowed"
+        } else {
+            "Sending group messages not allowed"
+        };
+        stanza::error_reply(msg, StanzaError::NOT_ALLOWED, Some(text))
+    }
+
     fn component(&self) -> Option<String> {
         Some(self.domain.clone())
     }

@@ -67,6 +67,9 @@ pub struct MucConfig {
     /// Nicks must look like the web app's (letters, digits, `_`); `focus` is the focus's
     /// (stock's `muc_resource_validate`).
     pub validate_nicknames: bool,
+    /// Chat messages a room may carry, then chat is closed (stock's
+    /// `muc_limit_messages_count`); 0: no limit.
+    pub max_chat_messages: u32,
 }
 
 impl MucConfig {
@@ -94,6 +97,7 @@ impl MucConfig {
             queue: 4096,
             allow_list: Vec::new(),
             validate_nicknames: false,
+            max_chat_messages: 0,
         }
     }
 }
@@ -128,6 +132,19 @@ pub trait RoomModule: Send {
     /// An IQ from `from` (a real JID) to an occupant, before it is relayed: `Some` refuses it
     /// with that error reply.
     fn check_occupant_iq(&mut self, _room: &Room, _from: &str, _iq: &Element) -> Option<Element> {
+        None
+    }
+    /// A message from `from` (a real JID) to the room (`private`: to one occupant), before
+    /// the room relays it: `Some` refuses it with that error reply; stanzas pushed to `out`
+    /// go out as well (a notice to the room).
+    fn check_message(
+        &mut self,
+        _room: &Room,
+        _from: &str,
+        _msg: &Element,
+        _private: bool,
+        _out: &mut Vec<Element>,
+    ) -> Option<Element> {
         None
     }
     /// A join was let in: stanzas pushed to `out` reach the joiner before the join's
@@ -603,7 +620,17 @@ impl Shard {
                 }
                 room.handle_presence(&st, &nick, &from, &self.cfg, now);
             }
-            "message" => room.handle_message(&st, nick.as_deref(), &from, &self.cfg, now),
+            "message" => {
+                let private = nick.is_some();
+                let refused = self
+                    .modules
+                    .iter_mut()
+                    .find_map(|m| m.check_message(room, &from, &st, private, &mut out));
+                match refused {
+                    Some(e) => out.push(e),
+                    None => room.handle_message(&st, nick.as_deref(), &from, &self.cfg, now),
+                }
+            }
             "iq" => match nick {
                 None => room.handle_room_iq(&st, &from, &self.cfg),
                 Some(n) => {

@@ -3,23 +3,49 @@
 //! with `[muc] validate_nicknames`, nicks look like the ones the web app makes (stock's
 //! `muc_resource_validate`).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::room::{JoinRequest, Room};
-use super::{JoinCheck, MucConfig, RoomModule};
-use crate::stanza::{self, StanzaError};
+use minidom::Element;
+
+use super::room::{JoinRequest, NS_JITMEET, Room, RoomEvent};
+use super::{Ctx, JoinCheck, MucConfig, RoomModule};
+use crate::ns;
+use crate::stanza::{self, StanzaError, el};
 
 /// Rooms Jicofo creates to check itself.
 pub const HEALTH_CHECK_PREFIX: &str = "__jicofo-health-check";
 
 pub struct Policies {
     cfg: Arc<MucConfig>,
+    /// Chat messages each room carried (with `max_chat_messages`).
+    chat_counts: HashMap<String, u32>,
 }
 
 impl Policies {
     pub fn new(cfg: Arc<MucConfig>) -> Policies {
-        Policies { cfg }
+        Policies {
+            cfg,
+            chat_counts: HashMap::new(),
+        }
     }
+}
+
+/// What the room says, and the refusal says, once its chat is closed.
+pub const CHAT_LIMIT_TEXT: &str =
+    "The message limit for the room has been reached. Messaging is now disabled.";
+
+/// A chat message, as the limit counts them: a group message with a body, or one without a
+/// body that is not a poll answer (those always pass).
+fn counts_as_chat(msg: &Element) -> bool {
+    if msg.attr("type") != Some("groupchat") {
+        return false;
+    }
+    if msg.get_child("body", ns::CLIENT).is_some() {
+        return true;
+    }
+    !msg.get_child("json-message", NS_JITMEET)
+        .is_some_and(|j| j.text().contains("answer-poll"))
 }
 
 /// A nick as the web app makes them (the first characters of a UUID) and stock accepts:
@@ -61,6 +87,60 @@ impl RoomModule for Policies {
             return refuse(NOT_ALLOWED, "Invalid resource");
         }
         JoinCheck::Continue
+    }
+
+    fn check_message(
+        &mut self,
+        room: &Room,
+        from: &str,
+        msg: &Element,
+        private: bool,
+        out: &mut Vec<Element>,
+    ) -> Option<Element> {
+        let max = self.cfg.max_chat_messages;
+        if max == 0
+            || private
+            || !counts_as_chat(msg)
+            || room.occupant_by_real(from).is_none()
+            || self.cfg.admins.iter().any(|a| a == super::bare_of(from))
+        {
+            return None;
+        }
+        let n = self.chat_counts.entry(room.jid.clone()).or_insert(0);
+        if *n < max {
+            *n += 1;
+            return None;
+        }
+        if *n == max {
+            // The first one over the limit: the room says so, once.
+            *n += 1;
+            let id = format!("chat-limit-{}", room.meeting_id);
+            for o in &room.occupants {
+                let mut m = el(
+                    "message",
+                    ns::CLIENT,
+                    &[
+                        ("from", &room.jid),
+                        ("to", &o.real_jid),
+                        ("type", "groupchat"),
+                        ("id", &id),
+                    ],
+                );
+                m.append_child(
+                    Element::builder("body", ns::CLIENT)
+                        .append(CHAT_LIMIT_TEXT.to_string())
+                        .build(),
+                );
+                out.push(m);
+            }
+        }
+        stanza::error_reply(msg, NOT_ALLOWED, Some(CHAT_LIMIT_TEXT))
+    }
+
+    fn on_event(&mut self, _ctx: &mut Ctx<'_>, room: &str, event: &RoomEvent) {
+        if matches!(event, RoomEvent::Destroyed) {
+            self.chat_counts.remove(room);
+        }
     }
 }
 

@@ -1654,3 +1654,117 @@ fn health_check_rooms_are_the_focus_s() {
         Some("service-unavailable")
     );
 }
+
+#[test]
+fn name_readonly_tokens_fix_the_display_name() {
+    use crate::token::{Identities, TokenIdentity, TokenUser};
+    let ids = Arc::new(Identities::default());
+    let mut s = shard(cfg());
+    s.modules
+        .insert(0, Box::new(token::TokenRooms::new(ids.clone(), None)));
+    let features = |ro: bool| Some([("name-readonly".to_string(), ro)].into_iter().collect());
+    for (jid, ro, name) in [
+        ("t1@meet.jitsi/web", true, Some("Teacher")),
+        ("t2@meet.jitsi/web", false, Some("Tutor")),
+        ("t3@meet.jitsi/web", true, None),
+    ] {
+        ids.set(
+            jid,
+            Arc::new(TokenIdentity {
+                room: Some("*".into()),
+                user: TokenUser {
+                    name: name.map(str::to_string),
+                    ..Default::default()
+                },
+                features: features(ro),
+                ..Default::default()
+            }),
+        );
+    }
+    join(&mut s, "focus@auth.meet.jitsi/focus", "focus", "");
+    let nick_of = |out: &[Element], jid: &str| {
+        out.iter()
+            .find(|p| p.attr("to") == Some(jid) && statuses(p).contains(&"110".into()))
+            .and_then(|p| p.get_child("nick", "http://jabber.org/protocol/nick"))
+            .map(|n| n.text())
+    };
+    let claim = "<nick xmlns='http://jabber.org/protocol/nick'>Mallory</nick>";
+    let out = join(&mut s, "t1@meet.jitsi/web", "t1", claim);
+    assert_eq!(
+        nick_of(&out, "t1@meet.jitsi/web").as_deref(),
+        Some("Teacher")
+    );
+    let out = join(&mut s, "t2@meet.jitsi/web", "t2", claim);
+    assert_eq!(
+        nick_of(&out, "t2@meet.jitsi/web").as_deref(),
+        Some("Mallory")
+    );
+    let out = join(&mut s, "t3@meet.jitsi/web", "t3", claim);
+    assert_eq!(nick_of(&out, "t3@meet.jitsi/web"), None);
+}
+
+fn groupchat(s: &mut Shard, from: &str, body: &str) -> Vec<Element> {
+    s.handle(
+        parse(&format!("<message xmlns='jabber:client' type='groupchat' from='{from}' to='{R}'><body>{body}</body></message>")),
+        Instant::now(),
+    )
+}
+
+#[test]
+fn chat_limit_closes_the_chat_once() {
+    let mut c = cfg();
+    c.max_chat_messages = 2;
+    let mut s = shard(c);
+    join(&mut s, "focus@auth.meet.jitsi/focus", "focus", "");
+    join(&mut s, &user(1), "a", "");
+    join(&mut s, &user(2), "b", "");
+    for n in 0..2 {
+        let out = groupchat(&mut s, &user(1), &format!("m{n}"));
+        assert!(
+            out.iter().any(|m| m.attr("to") == Some(&user(2))),
+            "message {n} relayed"
+        );
+    }
+    let out = groupchat(&mut s, &user(2), "one too many");
+    assert!(
+        out.iter()
+            .any(|m| error_condition(m).as_deref() == Some("not-allowed"))
+    );
+    let notices = out
+        .iter()
+        .filter(|m| {
+            m.get_child("body", ns::CLIENT)
+                .is_some_and(|b| b.text() == policies::CHAT_LIMIT_TEXT)
+        })
+        .count();
+    assert_eq!(notices, 3, "the room tells everyone once: {out:?}");
+    let out = groupchat(&mut s, &user(1), "later");
+    assert_eq!(out.len(), 1);
+    assert_eq!(error_condition(&out[0]).as_deref(), Some("not-allowed"));
+    // A poll answer (no body) still passes.
+    let out = s.handle(parse(&format!("<message xmlns='jabber:client' type='groupchat' from='{}' to='{R}'><json-message xmlns='http://jitsi.org/jitmeet'>{{\"type\":\"answer-poll\"}}</json-message></message>", user(2))), Instant::now());
+    assert!(out.iter().all(|m| error_condition(m).is_none()));
+}
+
+#[test]
+fn group_chat_restricted_to_moderators() {
+    let mut s = shard({
+        let mut c = cfg();
+        c.creation = Creation::Anyone;
+        c
+    });
+    s.modules.insert(
+        0,
+        Box::new(metadata::RoomMetadata::new("metadata.meet.jitsi")),
+    );
+    join(&mut s, &user(1), "a", "");
+    join(&mut s, &user(2), "b", "");
+    s.handle(parse(&format!(
+        "<message xmlns='jabber:client' from='{}' to='metadata.meet.jitsi'><room_metadata xmlns='http://jitsi.org/jitmeet' room='{R}'>{{\"key\":\"permissions\",\"data\":{{\"groupChatRestricted\":true}},\"type\":\"room_metadata\"}}</room_metadata></message>",
+        user(1)
+    )), Instant::now());
+    let out = groupchat(&mut s, &user(2), "may I?");
+    assert_eq!(error_condition(&out[0]).as_deref(), Some("not-allowed"));
+    let out = groupchat(&mut s, &user(1), "the moderator may");
+    assert!(out.iter().any(|m| m.attr("to") == Some(&user(2))));
+}

@@ -115,6 +115,19 @@ impl RoomModule for TokenRooms {
         while st.remove_child("identity", crate::ns::CLIENT).is_some() {}
         if let Some(id) = self.identities.get(from) {
             st.append_child(identity_element(&id));
+            // A token with `name-readonly` fixes the display name to the token's (stock's
+            // muc_displayname): whatever the client says is replaced, or dropped without one.
+            if id.features.as_ref().and_then(|f| f.get("name-readonly")) == Some(&true) {
+                const NS_NICK: &str = "http://jabber.org/protocol/nick";
+                while st.remove_child("nick", NS_NICK).is_some() {}
+                if let Some(name) = id.user.name.as_deref().filter(|n| !n.is_empty()) {
+                    st.append_child(
+                        Element::builder("nick", NS_NICK)
+                            .append(name.to_string())
+                            .build(),
+                    );
+                }
+            }
         }
     }
 
