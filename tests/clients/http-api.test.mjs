@@ -203,3 +203,26 @@ test('invite-jigasi without a Jigasi, TURN credentials, meetd keeps running', sr
     assert.ok(t.password && t.restricted === true && typeof t.expires === 'number');
     assert.equal((await fetch(`${srv.server.httpBase}/about/health`)).status, 200);
 }));
+
+test('room policies seen by a client: nicks, the focus\'s nick, health-check rooms', srv.wrap(async () => {
+    const xmpp = client({ service: `${srv.server.wsUrl}?room=apipolicy`, domain: DOMAIN });
+    const c = { xmpp, stanzas: [] };
+    xmpp.on('error', () => {});
+    xmpp.on('stanza', (st) => c.stanzas.push(st));
+    await withTimeout(xmpp.start(), 15000, 'login');
+    clients.push(c);
+    const room = `apipolicy@${MUC}`;
+    await xmpp.iqCaller.request(xml('iq', { type: 'set', to: `focus.${DOMAIN}` },
+        xml('conference', { xmlns: 'http://jitsi.org/protocol/focus', room, 'machine-uid': 'x' })), 15000);
+    const joinError = async (to) => {
+        await xmpp.send(xml('presence', { to }, xml('x', { xmlns: 'http://jabber.org/protocol/muc' })));
+        const e = await until(c, (st) => st.is('presence') && st.attrs.from === to, `answer to ${to}`);
+        assert.equal(e.attrs.type, 'error', to);
+        return e.getChild('error').children[0].name;
+    };
+    assert.equal(await joinError(`${room}/not-a-nick`), 'not-allowed');
+    assert.equal(await joinError(`${room}/focus`), 'not-allowed');
+    // (Refused as room creation by a client here; a health-check room the focus made answers
+    // service-unavailable, xmpp/src/muc/tests.rs.)
+    assert.ok(['service-unavailable', 'not-allowed'].includes(await joinError(`__jicofo-health-check-1@${MUC}/abcd1234`)));
+}));
