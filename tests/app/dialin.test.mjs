@@ -51,6 +51,33 @@ appTest('the invite dialog and the dial-in page show the number and the meeting 
     await app.leaveAll();
 }));
 
+// Dial-in through a stock Jigasi: the gateway looks the caller's PIN up as Jigasi does, logs in
+// with its account, asks the focus for the conference and joins the room as the phone
+// participant with the masked number as its name; the people in the meeting see it.
+appTest('a phone caller joins through Jigasi with the meeting PIN', app.wrap(async () => {
+    const a = await app.join('Lecture9', { name: 'Alice' });
+    const pin = String((await getJson('/dialin/conference-code?conference=lecture9@muc.meet.jitsi')).body.id);
+    // The caller typed the PIN and '#'.
+    const map = await getJson(`/dialin/conference-code?id=${pin}%23`);
+    assert.equal(map.status, 200);
+    const room = map.body.conference;
+    await app.server.userAdd('jigasi@auth.meet.jitsi', 'jigasipass');
+    const xmpp = client({ service: app.server.wsUrl, domain: 'auth.meet.jitsi', username: 'jigasi', password: 'jigasipass', resource: 'sip1' });
+    xmpp.on('error', () => {});
+    await withTimeout(xmpp.start(), 15000, 'Jigasi login');
+    const answer = await xmpp.iqCaller.request(xml('iq', { type: 'set', to: 'focus.meet.jitsi' },
+        xml('conference', { xmlns: 'http://jitsi.org/protocol/focus', room, 'machine-uid': 'jigasi' })), 15000);
+    assert.equal(answer.getChild('conference', 'http://jitsi.org/protocol/focus').attrs.ready, 'true');
+    await xmpp.send(xml('presence', { to: `${room}/c4ll3r01` },
+        xml('x', { xmlns: 'http://jabber.org/protocol/muc' }),
+        xml('nick', { xmlns: 'http://jabber.org/protocol/nick' }, '+49 30 ***4567')));
+    await a.waitFor(() => APP.conference.listMembers().some((m) => m.getDisplayName() === '+49 30 ***4567'),
+        'the phone participant in the meeting', 15000);
+    await withTimeout(xmpp.stop(), 3000, 'Jigasi logout').catch(() => {});
+    await a.waitFor(() => APP.conference.listMembers().length === 0, 'the caller hung up', 15000);
+    await app.leaveAll();
+}));
+
 // Dial-out through a stock Jigasi: a moderator's dial (the app's invite dialog calls
 // conference.dial) goes through meetd's focus to the least loaded Jigasi in its brewery, whose
 // answer (the phone participant's room JID) comes back; others are refused.
