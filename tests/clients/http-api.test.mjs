@@ -32,7 +32,8 @@ const loginToken = signToken(moodleClaims({ name: 'Teacher', teacher: true, room
 const srv = useServer({
     name: 'http-api',
     config: `[auth]\nmode = "jwt"\n[auth.jwt]\napp_id = "moodle"\napp_secret = "${SECRET}"\nallow_empty = true\nfirst_joiner_moderator = true\n`
-        + `[http_api]\nsystem_public_keys = { "sys-1" = "${path.join(dir, 'sys-1.pem')}" }\n`,
+        + `[http_api]\nsystem_public_keys = { "sys-1" = "${path.join(dir, 'sys-1.pem')}" }\n`
+        + '[jigasi]\ndial_out = true\n',
     extraArgs: ['--advertise-ip', '127.0.0.1'],
 });
 const clients = [];
@@ -187,13 +188,36 @@ test('kick, system chat message, end of the meeting with a system token', srv.wr
     assert.equal((await call('GET', `/room-size?room=apiact&domain=${DOMAIN}`)).status, 404, 'the room is gone');
 }));
 
-test('invite-jigasi without a Jigasi, TURN credentials, meetd keeps running', srv.wrap(async () => {
+test('invite-jigasi through a stock Jigasi, TURN credentials, meetd keeps running', srv.wrap(async () => {
     const invite = (body, token) => call('POST', '/invite-jigasi', { token, body });
     assert.equal((await invite({ conference: `x@${MUC}`, phoneNo: '+15551234567' })).status, 401);
     assert.equal((await invite({ conference: `x@${MUC}` }, systemToken)).status, 400);
     const r = await invite({ conference: `x@${MUC}`, phoneNo: '+15551234567' }, systemToken);
     assert.equal(r.status, 404);
-    assert.deepEqual(r.json, { error: 'Brewery room was not found' });
+    assert.deepEqual(r.json, { error: 'Jigasi not found' });
+    // A stock Jigasi in the brewery gets the dial: the number and the room.
+    await srv.server.userAdd('jigasi@auth.meet.jitsi', 'jigasipass');
+    const xmpp = client({ service: srv.server.wsUrl, domain: `auth.${DOMAIN}`, username: 'jigasi', password: 'jigasipass', resource: 'sip1' });
+    xmpp.on('error', () => {});
+    const dials = [];
+    xmpp.iqCallee.set('urn:xmpp:rayo:1', 'dial', (ctx) => {
+        const d = ctx.element;
+        dials.push({ to: d.attrs.to, room: d.getChildren('header').find((h) => h.attrs.name === 'JvbRoomName')?.attrs.value });
+        return xml('ref', { xmlns: 'urn:xmpp:rayo:1', uri: `xmpp:x@${MUC}/call1` });
+    });
+    await withTimeout(xmpp.start(), 15000, 'Jigasi login');
+    clients.push({ xmpp });
+    await xmpp.send(xml('presence', { to: `jigasibrewery@internal-muc.${DOMAIN}/sip1` },
+        xml('x', { xmlns: 'http://jabber.org/protocol/muc' }),
+        xml('stats', { xmlns: 'http://jitsi.org/protocol/colibri' }, xml('stat', { name: 'supports_sip', value: 'true' }))));
+    let ok;
+    for (let i = 0; i < 50 && ok?.status !== 200; i++) {
+        ok = await invite({ conference: `lecture@${MUC}`, phoneNo: '+15551234567' }, systemToken);
+        await new Promise((res) => setTimeout(res, 100));
+    }
+    assert.equal(ok.status, 200);
+    for (let i = 0; i < 50 && !dials.length; i++) await new Promise((res) => setTimeout(res, 100));
+    assert.deepEqual(dials[0], { to: '+15551234567', room: `lecture@${MUC}` });
     const turn = await call('GET', '/turn-credentials');
     assert.equal(turn.status, 200);
     assert.ok(Array.isArray(turn.json) && turn.json.length > 0, 'services');

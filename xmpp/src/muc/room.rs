@@ -401,6 +401,22 @@ impl Room {
             }
             (None, Some(i)) => {
                 if self.occupants[i].nick != nick {
+                    // Stock's muc_resource_validate: nicks stay what they were at the join
+                    // (display names travel in <nick>), and none becomes the focus's.
+                    let admin = cfg.admins.iter().any(|a| a == bare_of(from));
+                    if !admin
+                        && (cfg.validate_nicknames
+                            || (!cfg.admins.is_empty() && nick.eq_ignore_ascii_case("focus")))
+                    {
+                        if let Some(r) = stanza::error_reply(
+                            p,
+                            StanzaError::NOT_ALLOWED,
+                            Some("Nick changes are not allowed"),
+                        ) {
+                            self.out.push(r);
+                        }
+                        return;
+                    }
                     self.change_nick(i, nick, p);
                 } else {
                     self.update_presence(i, p, cfg);

@@ -1768,3 +1768,21 @@ fn group_chat_restricted_to_moderators() {
     let out = groupchat(&mut s, &user(1), "the moderator may");
     assert!(out.iter().any(|m| m.attr("to") == Some(&user(2))));
 }
+
+#[test]
+fn nick_changes_refused_when_nicks_are_validated() {
+    let mut c = cfg();
+    c.validate_nicknames = true;
+    let mut s = shard(c);
+    join(&mut s, "focus@auth.meet.jitsi/focus", "focus", "");
+    join(&mut s, &user(1), "a1", "");
+    let out = s.handle(
+        parse(&format!(
+            "<presence xmlns='jabber:client' from='{}' to='{R}/b2'/>",
+            user(1)
+        )),
+        Instant::now(),
+    );
+    assert_eq!(error_condition(&out[0]).as_deref(), Some("not-allowed"));
+    assert!(s.rooms[R].occupants.iter().any(|o| o.nick == "a1"));
+}
