@@ -46,195 +46,160 @@ pub struct Front {
     pub api: Arc<crate::http_api::HttpApi>,
 }
 
-type ApiQuery = axum::extract::Query<std::collections::HashMap<String, String>>;
-
-/// The API when enabled, and for the endpoints stock leaves open, only for local callers
-/// (or everyone with `[http_api] public`).
-async fn api_gate(st: &St, peer: SocketAddr, headers: &HeaderMap, open: bool) -> Option<Response> {
-    let api = &st.front.api;
-    if !api.cfg.enabled || (open && !api.open_to(client_ip(peer, headers))) {
-        return Some(not_found().await);
-    }
-    None
+/// One call of the stock HTTP APIs (src/http_api.rs): who asks, the query, the headers and
+/// the body (at most [`API_MAX_BODY`]).
+struct ApiCall {
+    st: St,
+    client: IpAddr,
+    headers: HeaderMap,
+    query: std::collections::HashMap<String, String>,
+    body: axum::body::Bytes,
 }
 
 /// Bodies the API reads: small JSON objects.
 const API_MAX_BODY: usize = 64 * 1024;
 
-async fn api_body(body: axum::body::Body) -> Result<axum::body::Bytes, Response> {
-    axum::body::to_bytes(body, API_MAX_BODY)
-        .await
-        .map_err(|_| StatusCode::PAYLOAD_TOO_LARGE.into_response())
-}
+impl axum::extract::FromRequest<St> for ApiCall {
+    type Rejection = Response;
 
-async fn api_room_size(
-    State(st): State<St>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    axum::extract::Query(q): ApiQuery,
-) -> Response {
-    if let Some(r) = api_gate(&st, peer, &headers, true).await {
-        return r;
+    async fn from_request(req: axum::extract::Request, st: &St) -> Result<Self, Response> {
+        let peer = req
+            .extensions()
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0)
+            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+        let (parts, body) = req.into_parts();
+        let query = parts
+            .uri
+            .query()
+            .and_then(query_pairs)
+            .unwrap_or_default();
+        let body = axum::body::to_bytes(body, API_MAX_BODY)
+            .await
+            .map_err(|_| StatusCode::PAYLOAD_TOO_LARGE.into_response())?;
+        Ok(ApiCall {
+            st: st.clone(),
+            client: client_ip(peer, &parts.headers),
+            headers: parts.headers,
+            query,
+            body,
+        })
     }
-    st.front.api.room_size(&st.front.server, &q, false).await
 }
 
-async fn api_room(
-    State(st): State<St>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    axum::extract::Query(q): ApiQuery,
-) -> Response {
-    if let Some(r) = api_gate(&st, peer, &headers, true).await {
-        return r;
+/// `a=1&b=2` as a map (percent-decoded).
+fn query_pairs(q: &str) -> Option<std::collections::HashMap<String, String>> {
+    axum::extract::Query::<std::collections::HashMap<String, String>>::try_from_uri(
+        &format!("/?{q}").parse().ok()?,
+    )
+    .ok()
+    .map(|axum::extract::Query(m)| m)
+}
+
+impl ApiCall {
+    fn api(&self) -> &crate::http_api::HttpApi {
+        &self.st.front.api
     }
-    st.front.api.room_size(&st.front.server, &q, true).await
+
+    /// Refused with 404: the API is off, or (for what stock leaves open) the caller is not
+    /// local and the API is not public.
+    fn closed(&self, open_endpoint: bool) -> bool {
+        let api = self.api();
+        !api.cfg.enabled || (open_endpoint && !api.open_to(self.client))
+    }
 }
 
-async fn api_sessions(
-    State(st): State<St>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-) -> Response {
-    if let Some(r) = api_gate(&st, peer, &headers, true).await {
-        return r;
+async fn api_room_size(c: ApiCall) -> Response {
+    if c.closed(true) {
+        return not_found().await;
+    }
+    c.api().room_size(&c.st.front.server, &c.query, false).await
+}
+
+async fn api_room(c: ApiCall) -> Response {
+    if c.closed(true) {
+        return not_found().await;
+    }
+    c.api().room_size(&c.st.front.server, &c.query, true).await
+}
+
+async fn api_sessions(c: ApiCall) -> Response {
+    if c.closed(true) {
+        return not_found().await;
     }
     (
         StatusCode::OK,
-        st.front.server.router.session_count().to_string(),
+        c.st.front.server.router.session_count().to_string(),
     )
         .into_response()
 }
 
-async fn api_census(
-    State(st): State<St>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-) -> Response {
-    if let Some(r) = api_gate(&st, peer, &headers, true).await {
-        return r;
+async fn api_census(c: ApiCall) -> Response {
+    if c.closed(true) {
+        return not_found().await;
     }
-    let router = st.front.server.router.clone();
-    st.front.api.census(|jid| router.is_bound(jid))
+    let router = c.st.front.server.router.clone();
+    c.api().census(|jid| router.is_bound(jid))
 }
 
-async fn api_room_info(
-    State(st): State<St>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    axum::extract::Query(q): ApiQuery,
-) -> Response {
-    if let Some(r) = api_gate(&st, peer, &headers, false).await {
-        return r;
+async fn api_room_info(c: ApiCall) -> Response {
+    if c.closed(false) {
+        return not_found().await;
     }
-    st.front
-        .api
-        .room_info(&st.front.server, &headers, &q, None)
+    c.api()
+        .room_info(&c.st.front.server, &c.headers, &c.query, None)
         .await
 }
 
-async fn api_room_info_put(
-    State(st): State<St>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    axum::extract::Query(q): ApiQuery,
-    body: axum::body::Body,
-) -> Response {
-    if let Some(r) = api_gate(&st, peer, &headers, false).await {
-        return r;
+async fn api_room_info_put(c: ApiCall) -> Response {
+    if c.closed(false) {
+        return not_found().await;
     }
-    let body = match api_body(body).await {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
-    st.front
-        .api
-        .room_info(&st.front.server, &headers, &q, Some(&body))
+    let api = c.api();
+    api.room_info(&c.st.front.server, &c.headers, &c.query, Some(&c.body))
         .await
 }
 
-async fn api_kick(
-    State(st): State<St>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    axum::extract::Query(q): ApiQuery,
-    body: axum::body::Body,
-) -> Response {
-    if let Some(r) = api_gate(&st, peer, &headers, false).await {
-        return r;
+async fn api_kick(c: ApiCall) -> Response {
+    if c.closed(false) {
+        return not_found().await;
     }
-    let body = match api_body(body).await {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
-    st.front
-        .api
-        .kick(&st.front.server.router, &headers, &q, &body)
+    let router = &c.st.front.server.router;
+    c.api().kick(router, &c.headers, &c.query, &c.body).await
+}
+
+async fn api_end_meeting(c: ApiCall) -> Response {
+    if c.closed(false) {
+        return not_found().await;
+    }
+    c.api()
+        .end_meeting(&c.st.front.server.router, &c.headers, &c.query)
         .await
 }
 
-async fn api_end_meeting(
-    State(st): State<St>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    axum::extract::Query(q): ApiQuery,
-) -> Response {
-    if let Some(r) = api_gate(&st, peer, &headers, false).await {
-        return r;
+async fn api_system_chat(c: ApiCall) -> Response {
+    if c.closed(false) {
+        return not_found().await;
     }
-    st.front
-        .api
-        .end_meeting(&st.front.server.router, &headers, &q)
+    c.api()
+        .system_chat(&c.st.front.server.router, &c.headers, &c.body)
         .await
 }
 
-async fn api_system_chat(
-    State(st): State<St>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    body: axum::body::Body,
-) -> Response {
-    if let Some(r) = api_gate(&st, peer, &headers, false).await {
-        return r;
+async fn api_invite_jigasi(c: ApiCall) -> Response {
+    if c.closed(false) {
+        return not_found().await;
     }
-    let body = match api_body(body).await {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
-    st.front
-        .api
-        .system_chat(&st.front.server.router, &headers, &body)
+    c.api()
+        .invite_jigasi(c.st.front.focus.as_ref(), &c.headers, &c.body)
         .await
 }
 
-async fn api_invite_jigasi(
-    State(st): State<St>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    body: axum::body::Body,
-) -> Response {
-    if let Some(r) = api_gate(&st, peer, &headers, false).await {
-        return r;
+async fn api_turn_credentials(c: ApiCall) -> Response {
+    if c.closed(true) {
+        return not_found().await;
     }
-    let body = match api_body(body).await {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
-    st.front
-        .api
-        .invite_jigasi(st.front.focus.as_ref(), &headers, &body)
-        .await
-}
-
-async fn api_turn_credentials(
-    State(st): State<St>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-) -> Response {
-    if let Some(r) = api_gate(&st, peer, &headers, true).await {
-        return r;
-    }
-    st.front.api.turn_credentials(&st.front.server)
+    c.api().turn_credentials(&c.st.front.server)
 }
 
 async fn acme_challenge(

@@ -99,6 +99,23 @@ impl HttpApi {
         (ours && valid_node(&node)).then(|| format!("{node}@{}", self.muc_domain))
     }
 
+    /// A `set` IQ from the focus to `room` with `<query xmlns=ns>` around `item`: the
+    /// room's owner acting for the API.
+    fn as_focus(&self, room: &str, ns: &str, item: minidom::Element) -> minidom::Element {
+        let mut iq = meetd_xmpp::stanza::el(
+            "iq",
+            meetd_xmpp::ns::CLIENT,
+            &[
+                ("type", "set"),
+                ("id", &format!("http-api-{}", rand::random::<u32>())),
+                ("from", &self.focus_jid),
+                ("to", room),
+            ],
+        );
+        iq.append_child(minidom::Element::builder("query", ns).append(item).build());
+        iq
+    }
+
     fn room(&self, jid: &str) -> Option<RoomSummary> {
         self.rooms.room(jid)
     }
@@ -278,28 +295,12 @@ impl HttpApi {
         let Some(t) = target else {
             return status(StatusCode::NOT_FOUND);
         };
-        let iq = meetd_xmpp::stanza::el(
-            "iq",
-            meetd_xmpp::ns::CLIENT,
-            &[
-                ("type", "set"),
-                ("id", &format!("http-kick-{}", rand::random::<u32>())),
-                ("from", &self.focus_jid),
-                ("to", &room.jid),
-            ],
-        );
-        let mut iq = iq;
         let item = meetd_xmpp::stanza::el(
             "item",
             "http://jabber.org/protocol/muc#admin",
             &[("nick", &t.nick), ("role", "none")],
         );
-        iq.append_child(
-            minidom::Element::builder("query", "http://jabber.org/protocol/muc#admin")
-                .append(item)
-                .build(),
-        );
-        router.route(iq);
+        router.route(self.as_focus(&room.jid, "http://jabber.org/protocol/muc#admin", item));
         tracing::info!(room = %room.jid, nick = %t.nick, "participant kicked (HTTP API)");
         status(StatusCode::OK)
     }
@@ -338,22 +339,7 @@ impl HttpApi {
                     .build(),
             )
             .build();
-        let mut iq = meetd_xmpp::stanza::el(
-            "iq",
-            meetd_xmpp::ns::CLIENT,
-            &[
-                ("type", "set"),
-                ("id", &format!("http-end-{}", rand::random::<u32>())),
-                ("from", &self.focus_jid),
-                ("to", &room.jid),
-            ],
-        );
-        iq.append_child(
-            minidom::Element::builder("query", "http://jabber.org/protocol/muc#owner")
-                .append(destroy)
-                .build(),
-        );
-        router.route(iq);
+        router.route(self.as_focus(&room.jid, "http://jabber.org/protocol/muc#owner", destroy));
         tracing::info!(room = %room.jid, silent, "meeting ended (HTTP API)");
         status(StatusCode::OK)
     }
