@@ -69,11 +69,7 @@ impl axum::extract::FromRequest<St> for ApiCall {
             .map(|c| c.0)
             .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
         let (parts, body) = req.into_parts();
-        let query = parts
-            .uri
-            .query()
-            .and_then(query_pairs)
-            .unwrap_or_default();
+        let query = parts.uri.query().and_then(query_pairs).unwrap_or_default();
         let body = axum::body::to_bytes(body, API_MAX_BODY)
             .await
             .map_err(|_| StatusCode::PAYLOAD_TOO_LARGE.into_response())?;

@@ -419,9 +419,12 @@ async fn serve(mut cfg: Config, flags: Overrides) -> anyhow::Result<()> {
             )) as Box<dyn meetd_xmpp::muc::RoomModule>
         }));
     }
+    let token_ids = server.token_identities.clone();
     modules.push(Arc::new(move || {
-        Box::new(meetd_xmpp::muc::metadata::RoomMetadata::new(&metadata))
-            as Box<dyn meetd_xmpp::muc::RoomModule>
+        Box::new(
+            meetd_xmpp::muc::metadata::RoomMetadata::new(&metadata)
+                .with_identities(token_ids.clone()),
+        ) as Box<dyn meetd_xmpp::muc::RoomModule>
     }));
     let muc_domain = muc_cfg.domain.clone();
     let rooms = meetd_xmpp::muc::start(server.router.clone(), muc_cfg, modules)

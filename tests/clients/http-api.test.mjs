@@ -182,6 +182,7 @@ test('kick, system chat message, end of the meeting with a system token', srv.wr
     assert.equal((await end(`?conference=${room}`)).status, 401);
     assert.equal((await end(`?conference=${room}`, loginToken)).status, 401);
     assert.equal((await end(`?conference=nosuch@${MUC}`, systemToken)).status, 404);
+    assert.equal((await end('?conference=not%20a%20jid', systemToken)).status, 404, 'a malformed JID');
     assert.equal((await end(`?conference=${room}`, systemToken)).status, 200);
     const destroyed = await until(a, (st) => st.is('presence') && st.attrs.type === 'unavailable' && st.attrs.from === `${room}/dddd4444`, 'destroy presence');
     assert.equal(destroyed.getChild('x', 'http://jabber.org/protocol/muc#user').getChild('destroy').getChildText('reason'), 'The meeting has been terminated');

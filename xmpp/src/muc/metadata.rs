@@ -21,6 +21,8 @@ const MAX_KEYS: usize = 64;
 pub struct RoomMetadata {
     domain: String,
     rooms: HashMap<String, Map<String, Value>>,
+    /// What sign-in tokens say (their `send-groupchat` / `send-private-message` features).
+    identities: Option<std::sync::Arc<crate::token::Identities>>,
 }
 
 impl RoomMetadata {
@@ -28,7 +30,14 @@ impl RoomMetadata {
         RoomMetadata {
             domain: domain.to_string(),
             rooms: HashMap::new(),
+            identities: None,
         }
+    }
+
+    /// Token features decide who may chat in a restricted room, as stock does.
+    pub fn with_identities(mut self, ids: std::sync::Arc<crate::token::Identities>) -> Self {
+        self.identities = Some(ids);
+        self
     }
 
     /// The whole map (`{}` before anything was set) for one occupant.
@@ -54,8 +63,9 @@ impl RoomMetadata {
 
 impl RoomModule for RoomMetadata {
     /// `permissions.groupChatRestricted` / `privateChatRestricted` (set by a moderator, as the
-    /// web app does): chat with a body from anyone but a moderator is refused (stock's
-    /// `filter_messages`, where a token's `send-groupchat` feature would also let one through).
+    /// web app does): chat with a body is refused unless the sender's token grants
+    /// `send-groupchat` (`send-private-message`), or, without token features, the sender
+    /// moderates (stock's `filter_messages` with Jitsi's default permissions).
     fn check_message(
         &mut self,
         room: &Room,
@@ -81,8 +91,23 @@ impl RoomModule for RoomMetadata {
             return None;
         }
         let sender = room.occupant_by_real(from)?;
-        if room.occupants[sender].role == Role::Moderator {
-            return None;
+        // A token's features decide (`send-groupchat`, `send-private-message`); without
+        // features, moderators may (Jitsi's default permissions), others not.
+        let feature = if private {
+            "send-private-message"
+        } else {
+            "send-groupchat"
+        };
+        let granted = self
+            .identities
+            .as_ref()
+            .and_then(|ids| ids.get(from))
+            .and_then(|id| id.features.as_ref().map(|f| f.get(feature) == Some(&true)));
+        match granted {
+            Some(true) => return None,
+            Some(false) => {}
+            None if room.occupants[sender].role == Role::Moderator => return None,
+            None => {}
         }
         let text = if private {
             "Sending private messages not allowed"

@@ -1786,3 +1786,41 @@ fn nick_changes_refused_when_nicks_are_validated() {
     assert_eq!(error_condition(&out[0]).as_deref(), Some("not-allowed"));
     assert!(s.rooms[R].occupants.iter().any(|o| o.nick == "a1"));
 }
+
+#[test]
+fn group_chat_restricted_follows_token_features() {
+    use crate::token::{Identities, TokenIdentity};
+    let ids = Arc::new(Identities::default());
+    let mut s = shard({
+        let mut c = cfg();
+        c.creation = Creation::Anyone;
+        c
+    });
+    s.modules.insert(
+        0,
+        Box::new(metadata::RoomMetadata::new("metadata.meet.jitsi").with_identities(ids.clone())),
+    );
+    let feature = |ok: bool| {
+        Arc::new(TokenIdentity {
+            features: Some([("send-groupchat".to_string(), ok)].into_iter().collect()),
+            ..Default::default()
+        })
+    };
+    join(&mut s, &user(1), "a", "");
+    join(&mut s, &user(2), "b", "");
+    join(&mut s, &user(3), "c", "");
+    ids.set(&user(2), feature(true));
+    ids.set(&user(1), feature(false));
+    s.handle(parse(&format!(
+        "<message xmlns='jabber:client' from='{}' to='metadata.meet.jitsi'><room_metadata xmlns='http://jitsi.org/jitmeet' room='{R}'>{{\"key\":\"permissions\",\"data\":{{\"groupChatRestricted\":true}},\"type\":\"room_metadata\"}}</room_metadata></message>",
+        user(1)
+    )), Instant::now());
+    // The participant whose token grants it may; the moderator whose token says no may not.
+    assert!(
+        groupchat(&mut s, &user(2), "granted")
+            .iter()
+            .any(|m| m.attr("to") == Some(&user(3)))
+    );
+    let out = groupchat(&mut s, &user(1), "denied");
+    assert_eq!(error_condition(&out[0]).as_deref(), Some("not-allowed"));
+}
