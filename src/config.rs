@@ -558,6 +558,8 @@ pub struct FocusSection {
     pub max_audio_senders: usize,
     pub max_video_senders: usize,
     pub sctp: bool,
+    /// Opus with RED redundancy for clients that support it (config.js `enableOpusRed`).
+    pub opus_red: bool,
 }
 
 impl Default for FocusSection {
@@ -572,6 +574,7 @@ impl Default for FocusSection {
             max_audio_senders: 999_999,
             max_video_senders: 999_999,
             sctp: true,
+            opus_red: false,
         }
     }
 }
@@ -1112,6 +1115,7 @@ impl Config {
         };
         c.max_audio_senders = self.focus.max_audio_senders;
         c.sctp = self.focus.sctp;
+        c.opus_red = self.focus.opus_red;
         c.max_video_senders = self.focus.max_video_senders;
         c.trusted_domains = vec![x.recorder_domain.clone()];
         c.recorder = meetd_jingle::jibri::RecorderConfig {

@@ -821,6 +821,12 @@ async fn metrics(
             s.layer_switches,
         );
         put(
+            "meetd_media_red_stripped_total",
+            "counter",
+            "Opus-with-RED packets sent as plain Opus to receivers that did not negotiate RED.",
+            s.red_stripped,
+        );
+        put(
             "meetd_media_svc_skipped_total",
             "counter",
             "Packets of SVC layers not forwarded to a receiver that gets a lower layer.",

@@ -75,6 +75,7 @@ pub fn config_js(cfg: &Config, x: &meetd_xmpp::XmppConfig, base: &str, shard: &s
         "localRecording": { "disable": !cfg.web.local_recording },
         // A restarted meetd names another shard: lib-jitsi-meet notices it right after its
         // stream is resumed and, with graceful reconnect, the app joins again in place.
+        "enableOpusRed": cfg.focus.opus_red,
         "deploymentInfo": { "shard": shard },
         "testing": { "enableGracefulReconnect": true },
     });

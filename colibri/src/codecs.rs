@@ -14,7 +14,14 @@ pub struct Features {
     pub remb: bool,
     pub json_sources: bool,
     pub ssrc_rewriting: bool,
+    /// Opus with RFC 2198 redundancy (`http://jitsi.org/opus-red`, the app's
+    /// `enableOpusRed`); offered only where the focus is configured for it.
+    pub opus_red: bool,
 }
+
+/// RED's payload type in Jitsi's offers (Jicofo's `opus.red.pt`), carrying Opus (111).
+pub const RED_PT: u8 = 112;
+pub const OPUS_PT: u8 = 111;
 
 impl Default for Features {
     /// What Jicofo assumes when a participant does not answer disco#info.
@@ -28,6 +35,7 @@ impl Default for Features {
             remb: false,
             json_sources: false,
             ssrc_rewriting: false,
+            opus_red: false,
         }
     }
 }
@@ -44,6 +52,7 @@ impl Features {
             remb: false,
             json_sources: true,
             ssrc_rewriting: false,
+            opus_red: false,
         }
     }
 
@@ -58,6 +67,7 @@ impl Features {
             remb: has("http://jitsi.org/remb"),
             json_sources: has("http://jitsi.org/json-encoded-sources"),
             ssrc_rewriting: has("http://jitsi.org/ssrc-rewriting-1"),
+            opus_red: has("http://jitsi.org/opus-red"),
         }
     }
 }
@@ -108,17 +118,23 @@ pub fn default_media(f: &Features) -> Vec<Media> {
         } else {
             &[]
         };
-        m.payload_types = vec![
-            pt(
-                111,
-                "opus",
-                48000,
-                Some(2),
-                &[("minptime", "10"), ("useinbandfec", "1")],
-                tcc,
-            ),
+        m.payload_types = Vec::new();
+        if f.opus_red {
+            // Before Opus, so that it is what the client sends (as Jicofo offers it).
+            let red_fmtp = format!("{OPUS_PT}/{OPUS_PT}");
+            m.payload_types
+                .push(pt(RED_PT, "red", 48000, Some(2), &[("", &red_fmtp)], &[]));
+        }
+        // No in-band FEC where RED carries the redundancy already.
+        let opus_params: &[(&str, &str)] = if f.opus_red {
+            &[("minptime", "10")]
+        } else {
+            &[("minptime", "10"), ("useinbandfec", "1")]
+        };
+        m.payload_types.extend([
+            pt(OPUS_PT, "opus", 48000, Some(2), opus_params, tcc),
             pt(126, "telephone-event", 8000, None, &[], &[]),
-        ];
+        ]);
         m.rtp_hdrexts = vec![
             ext(1, "urn:ietf:params:rtp-hdrext:ssrc-audio-level"),
             ext(10, "urn:ietf:params:rtp-hdrext:sdes:mid"),

@@ -434,8 +434,9 @@ impl PayloadType {
         };
         for child in el.children() {
             if child.is("parameter", ns::JINGLE_RTP) {
+                // A parameter without a name is a whole fmtp value (RED's `111/111`).
                 pt.parameters.push((
-                    required(child, "parameter", "name")?.to_string(),
+                    child.attr("name").unwrap_or("").to_string(),
                     required(child, "parameter", "value")?.to_string(),
                 ));
             } else if child.is("rtcp-fb", ns::JINGLE_RTCP_FB) {
@@ -453,7 +454,7 @@ impl PayloadType {
             .with("channels", self.channels)
             .append_all(self.parameters.iter().map(|(name, value)| {
                 Element::builder("parameter", ns::JINGLE_RTP)
-                    .with("name", name.as_str())
+                    .with("name", (!name.is_empty()).then_some(name.as_str()))
                     .with("value", value.as_str())
                     .build()
             }))

@@ -828,6 +828,10 @@ pub fn rtp_packet(data: &[u8]) {
     }
     let _ = payload::vp8_keyframe_height(payload);
     let _ = payload::vp9_layers(payload);
+    // RED audio: the primary block lies within the payload.
+    if let Some((_, primary)) = meetd_colibri::rtp::red::primary(payload) {
+        assert!(primary.len() <= payload.len());
+    }
     // The dependency descriptor: alone, and against the structure it carries.
     if let Some(d) = &dd
         && let Ok(first) = rtp::dd::parse(d, None)

@@ -54,6 +54,9 @@ pub struct FocusConfig {
     /// Domains whose occupants may say they are a Jibri (the hidden domain, Jicofo's
     /// `trusted-domains`): such a recorder is never made the room's owner.
     pub trusted_domains: Vec<String>,
+    /// Offer Opus with RED (RFC 2198) to participants that say they support it (Jicofo's
+    /// `codec.audio.opus.red.enabled`, off by default as there).
+    pub opus_red: bool,
 }
 
 impl FocusConfig {
@@ -76,6 +79,7 @@ impl FocusConfig {
             sctp: false,
             recorder: jibri::RecorderConfig::default(),
             trusted_domains: Vec::new(),
+            opus_red: false,
         }
     }
 
@@ -1027,6 +1031,10 @@ impl Conference {
             return;
         };
         let f = p.features();
+        let f = Features {
+            opus_red: f.opus_red && self.cfg.opus_red,
+            ..f
+        };
         let mut ep = Endpoint::new(nick);
         ep.create = true;
         ep.stats_id = p.stats_id.clone();
@@ -1166,6 +1174,10 @@ impl Conference {
             return;
         }
         let f = p.features();
+        let f = Features {
+            opus_red: f.opus_red && self.cfg.opus_red,
+            ..f
+        };
         let rewriting = f.ssrc_rewriting && self.cfg.use_ssrc_rewriting;
         let json = f.json_sources && self.cfg.use_json_sources;
         let media = offer::default_media(&f);

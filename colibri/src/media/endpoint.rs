@@ -210,6 +210,9 @@ pub(super) struct RtcCaps {
     /// Where the `Rtc`'s DTLS session leaves its SRTP keying material.
     pub keys: KeySlot,
     pub fast_egress: bool,
+    /// The RED payload type the endpoint negotiated (audio redundancy, RFC 2198): without
+    /// one, RED packets reach it as their primary encoding.
+    pub red_pt: Option<u8>,
 }
 
 pub(super) fn build_rtc(s: &RtcSetup<'_>, now: Instant) -> (Rtc, RtcCaps) {
@@ -245,6 +248,13 @@ pub(super) fn build_rtc(s: &RtcSetup<'_>, now: Instant) -> (Rtc, RtcCaps) {
             caps.rtx_pts.insert(pt, r);
         }
     }
+    caps.red_pt = s
+        .medias
+        .iter()
+        .filter(|m| m.kind == colibri2::MediaType::Audio)
+        .flat_map(|m| &m.payload_types)
+        .find(|p| p.name.eq_ignore_ascii_case("red"))
+        .map(|p| p.id);
     let mut twcc = false;
     let mut used_ids = HashSet::new();
     for m in s.medias {

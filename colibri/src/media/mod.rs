@@ -254,6 +254,7 @@ impl EngineStats {
         self.ice_never_connected += o.ice_never_connected;
         self.ice_inactive += o.ice_inactive;
         self.ice_failed += o.ice_failed;
+        self.red_stripped += o.red_stripped;
     }
 }
 
@@ -353,6 +354,8 @@ pub struct EngineStats {
     pub ice_never_connected: u64,
     pub ice_inactive: u64,
     pub ice_failed: u64,
+    /// Opus-with-RED packets sent as plain Opus to receivers without RED.
+    pub red_stripped: u64,
 }
 
 /// Upper bounds (ms) of the join-latency histogram.

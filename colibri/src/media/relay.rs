@@ -257,9 +257,22 @@ impl MediaEngine {
                 // caught up (an SSRC it does not know yet); not congestion.
                 r.tx.sendside.ignore_losses_until(now + NEW_SOURCE_GRACE);
             }
-            let Some((_, has_rtx)) = r.caps.pts.get(&pt).copied() else {
-                continue;
+            // Opus with RED goes as it is to a receiver that negotiated RED, and as its
+            // primary Opus block to one that did not (send_fast).
+            let red = kind == MediaType::Audio && pt == crate::codecs::RED_PT;
+            let has_rtx = if red && r.caps.red_pt == Some(pt) {
+                false
+            } else {
+                let want = if red { crate::codecs::OPUS_PT } else { pt };
+                let Some((_, has_rtx)) = r.caps.pts.get(&want).copied() else {
+                    continue;
+                };
+                has_rtx
             };
+            if red && !r.caps.fast_egress {
+                // str0m's streams know no RED.
+                continue;
+            }
             if r.caps.fast_egress {
                 let fwd = Forwarded {
                     sender,
@@ -414,7 +427,25 @@ pub(super) fn send_fast(
     // Only a stream whose offsets moved (a switch) needs its descriptor patched, and a copy
     // of the payload for it.
     let patch = out.picture_id != f.input.picture_id || out.tl0 != f.input.tl0;
-    let body: &[u8] = if patch {
+    // Opus with RED to a receiver that did not negotiate RED: its primary block alone.
+    let mut pt = f.pt;
+    let red = if f.kind == MediaType::Audio
+        && f.pt == crate::codecs::RED_PT
+        && r.caps.red_pt != Some(f.pt)
+    {
+        let Some((primary, data)) = crate::rtp::red::primary(f.payload) else {
+            stats.dropped_datagrams += 1;
+            return None;
+        };
+        pt = primary;
+        stats.red_stripped += 1;
+        Some(data)
+    } else {
+        None
+    };
+    let body: &[u8] = if let Some(data) = red {
+        data
+    } else if patch {
         bufs.scratch.clear();
         bufs.scratch.extend_from_slice(f.payload);
         patch_vp8(&mut bufs.scratch, out.picture_id, out.tl0);
@@ -430,7 +461,7 @@ pub(super) fn send_fast(
     write_header(
         &mut bufs.hdr,
         &RtpOut {
-            pt: f.pt,
+            pt,
             marker: f.marker,
             seq: out.seq as u16,
             ts: out.ts,

@@ -1,6 +1,6 @@
 //! The media wire: stateless reading and writing of what arrives on and leaves the bridge's
 //! media port. RTP headers and their extensions (`header`), video payload descriptors
-//! (`payload`), the AV1 dependency descriptor (`dd`), the STUN peek that routes a datagram
+//! (`payload`), the AV1 dependency descriptor (`dd`), RED audio (`red`), the STUN peek that routes a datagram
 //! (`stun`) and RTCP, one file per packet type (`rtcp`). Nothing here keeps state, reads a
 //! clock or allocates beyond the buffer it writes into (a dependency descriptor's template
 //! structure, sent with keyframes, is the exception); the media engine (`crate::media`) keeps the state. Every reader takes
@@ -9,6 +9,7 @@
 pub mod dd;
 pub mod header;
 pub mod payload;
+pub mod red;
 pub mod rtcp;
 pub mod stun;
 
