@@ -210,8 +210,16 @@ impl ChannelHub {
         match tx {
             Some(tx) => match tx.try_send(text) {
                 Ok(()) => true,
-                Err(_) => {
-                    tracing::debug!(%conf, %ep, "bridge channel queue full, message dropped");
+                Err(e) => {
+                    // Loud: a dropped source map leaves the client with a stale SSRC mapping
+                    // (a remote track that never plays) until its channel reconnects.
+                    let text = e.into_inner();
+                    let class = text
+                        .split("\"colibriClass\":\"")
+                        .nth(1)
+                        .and_then(|r| r.split('"').next())
+                        .unwrap_or("?");
+                    tracing::warn!(%conf, %ep, class, "bridge channel queue full, message dropped");
                     false
                 }
             },
