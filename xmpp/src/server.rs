@@ -273,31 +273,6 @@ impl Server {
         stanza::iq_result(iq, Some(q.build()))
     }
 
-    /// What stock's jiconop module pushes right after a session binds: the main domain's
-    /// identities (components, and this server's shard and release) and the XEP-0215
-    /// services, so that the client need not ask (lib-jitsi-meet reads it before its own
-    /// disco#info).
-    pub fn login_push(&self, full: &str, now: SystemTime) -> Element {
-        let mut q = Element::builder("query", ns::DISCO_INFO);
-        for (c, t, n) in self.identities.lock().iter() {
-            q = q.append(el(
-                "identity",
-                ns::DISCO_INFO,
-                &[("category", c), ("type", t), ("name", n)],
-            ));
-        }
-        let mut m = el(
-            "message",
-            ns::CLIENT,
-            &[("from", &self.config.domain), ("to", full)],
-        );
-        m.append_child(q.build());
-        if !self.config.external_services.is_empty() {
-            m.append_child(self.external_services(ns::EXTDISCO_2, now));
-        }
-        m
-    }
-
     fn disco_items(&self, iq: &Element, to: &str) -> Element {
         let mut q = Element::builder("query", ns::DISCO_ITEMS);
         if to == self.config.domain {

@@ -1059,11 +1059,6 @@ pub async fn run(server: Arc<Server>, link: Box<dyn Link>, info: ConnInfo, slot:
                         if let (Some(id), Some(full)) = (c2s.identity(), c2s.full_jid()) {
                             server.token_identities.set(full, id);
                         }
-                        if let Some(full) = c2s.full_jid() {
-                            server
-                                .router
-                                .route(server.login_push(full, std::time::SystemTime::now()));
-                        }
                         tracing::debug!(jid = c2s.full_jid(), "bound");
                     }
                     Action::EnableResume { id } => {
