@@ -48,9 +48,7 @@ fn dir(cfg: &Config) -> PathBuf {
 
 /// The host the certificate is for.
 pub fn host(cfg: &Config) -> Option<String> {
-    let rest = cfg.server.public_url.split_once("://")?.1;
-    let host = rest.split(['/', ':']).next()?;
-    (!host.is_empty()).then(|| host.to_ascii_lowercase())
+    crate::tls::public_host(&cfg.server.public_url).map(|h| h.to_ascii_lowercase())
 }
 
 /// The files HTTPS and XMPP serve with ACME on; a self-signed placeholder is written there

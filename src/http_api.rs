@@ -16,9 +16,6 @@ use meetd_xmpp::muc::directory::{Directory, RoomSummary};
 use meetd_xmpp::token::TokenAuthority;
 use serde_json::{Value, json};
 
-/// Rooms whose name starts with this are Jicofo's health checks: never reported.
-pub const HEALTH_CHECK_PREFIX: &str = "__jicofo-health-check";
-
 /// What the endpoints need besides the XMPP server.
 pub struct HttpApi {
     pub cfg: crate::config::HttpApiSection,
@@ -55,11 +52,15 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
-/// Whether the JSON body's Content-Type is exactly `application/json`, as stock demands.
-fn is_json(headers: &HeaderMap) -> bool {
-    headers
+/// The JSON body, as stock takes it: Content-Type exactly `application/json`, not empty, JSON.
+fn json_body(headers: &HeaderMap, body: &[u8]) -> Option<Value> {
+    let json = headers
         .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes() == b"application/json")
+        .is_some_and(|v| v.as_bytes() == b"application/json");
+    if !json || body.is_empty() {
+        return None;
+    }
+    serde_json::from_slice(body).ok()
 }
 
 impl HttpApi {
@@ -188,7 +189,10 @@ impl HttpApi {
             .rooms
             .rooms()
             .into_iter()
-            .filter(|r| !r.jid.starts_with(HEALTH_CHECK_PREFIX))
+            .filter(|r| {
+                !r.jid
+                    .starts_with(meetd_xmpp::muc::policies::HEALTH_CHECK_PREFIX)
+            })
             .map(|r| {
                 let people = r.occupants.iter().filter(|o| o.nick != "focus").count();
                 let leaked = people > 0
@@ -221,10 +225,7 @@ impl HttpApi {
     ) -> Response {
         let mut passcode = None;
         if let Some(body) = put {
-            if !is_json(headers) || body.is_empty() {
-                return status(StatusCode::BAD_REQUEST);
-            }
-            let Ok(v) = serde_json::from_slice::<Value>(body) else {
+            let Some(v) = json_body(headers, body) else {
                 return status(StatusCode::BAD_REQUEST);
             };
             let Some(p) = v.get("passcode").and_then(Value::as_str) else {
@@ -267,10 +268,7 @@ impl HttpApi {
         q: &HashMap<String, String>,
         body: &[u8],
     ) -> Response {
-        if !is_json(headers) || body.is_empty() {
-            return status(StatusCode::BAD_REQUEST);
-        }
-        let Ok(v) = serde_json::from_slice::<Value>(body) else {
+        let Some(v) = json_body(headers, body) else {
             return status(StatusCode::BAD_REQUEST);
         };
         let id = v.get("participantId").and_then(Value::as_str);
@@ -351,10 +349,7 @@ impl HttpApi {
         headers: &HeaderMap,
         body: &[u8],
     ) -> Response {
-        if !is_json(headers) || body.is_empty() {
-            return status(StatusCode::BAD_REQUEST);
-        }
-        let Ok(v) = serde_json::from_slice::<Value>(body) else {
+        let Some(v) = json_body(headers, body) else {
             return status(StatusCode::BAD_REQUEST);
         };
         let (Some(message), Some(jids), Some(room)) = (
@@ -410,10 +405,7 @@ impl HttpApi {
         if !self.system_ok(headers).await {
             return status(StatusCode::UNAUTHORIZED);
         }
-        if !is_json(headers) || body.is_empty() {
-            return status(StatusCode::BAD_REQUEST);
-        }
-        let Ok(v) = serde_json::from_slice::<Value>(body) else {
+        let Some(v) = json_body(headers, body) else {
             return status(StatusCode::BAD_REQUEST);
         };
         let (Some(conference), Some(number)) = (

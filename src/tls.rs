@@ -70,7 +70,8 @@ pub fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
     }
 }
 
-fn public_host(url: &str) -> Option<String> {
+/// The host of a `scheme://host[:port]/…` URL.
+pub fn public_host(url: &str) -> Option<String> {
     let rest = url.split_once("://")?.1;
     let host = rest.split(['/', ':']).next()?;
     (!host.is_empty()).then(|| host.to_string())

@@ -162,6 +162,7 @@ impl MediaEngine {
             ..
         } = p;
         let pt_u8 = pt;
+        let red = kind == MediaType::Audio && pt == crate::codecs::RED_PT;
         let Some(members) = self
             .endpoints
             .get(&sender)
@@ -259,7 +260,6 @@ impl MediaEngine {
             }
             // Opus with RED goes as it is to a receiver that negotiated RED, and as its
             // primary Opus block to one that did not (send_fast).
-            let red = kind == MediaType::Audio && pt == crate::codecs::RED_PT;
             let has_rtx = if red && r.caps.red_pt == Some(pt) {
                 false
             } else {

@@ -671,7 +671,11 @@ impl Shard {
                 };
                 let output = room.take_output();
                 let events = room.take_events();
-                self.directory.update(room);
+                // What the directory holds changes with joins, leaves, presences and
+                // configuration, never with the chat messages that keep a room busy.
+                if !events.is_empty() || output.iter().any(|st| st.name() != "message") {
+                    self.directory.update(room);
+                }
                 for ev in &events {
                     match ev {
                         RoomEvent::Joined { nick, jid: real } => {
