@@ -66,6 +66,7 @@ pub struct Config {
     pub bridge: BridgeSection,
     pub turn: TurnSection,
     pub jibri: JibriSection,
+    pub streaming: StreamingSection,
     pub dialin: DialInSection,
     pub jigasi: JigasiSection,
     pub lobby: LobbySection,
@@ -655,6 +656,64 @@ impl Default for JibriSection {
     }
 }
 
+/// Live streaming and recording done by meetd itself, with Debian's ffmpeg as the encoder
+/// (docs/streaming.md). Used when no Jibri is registered.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StreamingSection {
+    /// Off: meetd never streams itself (only Jibris do).
+    pub enabled: bool,
+    /// The RTMP server streams go to; the stream key the moderator enters is appended
+    /// ("rtmp://stream.example.org/live" + "/" + key). "": live streaming is unavailable.
+    pub rtmp_url: String,
+    /// Where file recordings go. "": recording is unavailable (no content is stored).
+    pub recording_dir: String,
+    /// Streams and recordings running at once, all conferences together.
+    pub max_concurrent: usize,
+    /// The encoder: ffmpeg, as a path or a name on PATH.
+    pub ffmpeg: String,
+    pub width: u32,
+    pub height: u32,
+    pub fps: u32,
+    pub video_kbps: u32,
+    pub audio_kbps: u32,
+    /// x264's speed preset (ultrafast … veryslow): faster costs less CPU per stream.
+    pub preset: String,
+    /// Speakers heard at once in the mix.
+    pub audio_mix: usize,
+}
+
+impl Default for StreamingSection {
+    fn default() -> Self {
+        StreamingSection {
+            enabled: true,
+            rtmp_url: String::new(),
+            recording_dir: String::new(),
+            max_concurrent: 6,
+            ffmpeg: "ffmpeg".into(),
+            width: 1280,
+            height: 720,
+            fps: 30,
+            video_kbps: 2500,
+            audio_kbps: 128,
+            preset: "veryfast".into(),
+            audio_mix: 3,
+        }
+    }
+}
+
+impl StreamingSection {
+    /// The app shows "Start live stream".
+    pub fn live_streaming(&self) -> bool {
+        self.enabled && !self.rtmp_url.is_empty()
+    }
+
+    /// The app shows "Start recording".
+    pub fn recording(&self) -> bool {
+        self.enabled && !self.recording_dir.is_empty()
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BridgeSection {
@@ -1035,6 +1094,52 @@ impl Config {
                 return err(&format!("components[{i}].secret"), "must not be empty");
             }
         }
+        let st = &self.streaming;
+        if !(st.rtmp_url.is_empty()
+            || st.rtmp_url.starts_with("rtmp://")
+            || st.rtmp_url.starts_with("rtmps://"))
+        {
+            return err("streaming.rtmp_url", "must start with rtmp:// or rtmps://");
+        }
+        if !(16..=3840).contains(&st.width)
+            || !(16..=2160).contains(&st.height)
+            || !st.width.is_multiple_of(2)
+            || !st.height.is_multiple_of(2)
+        {
+            return err(
+                "streaming.width/height",
+                "must be even, 16..3840 wide and 16..2160 high",
+            );
+        }
+        if !(1..=60).contains(&st.fps) {
+            return err("streaming.fps", "must be 1..60");
+        }
+        if !(1..=8).contains(&st.audio_mix) {
+            return err("streaming.audio_mix", "must be 1..8");
+        }
+        if !(1..=64).contains(&st.max_concurrent) {
+            return err("streaming.max_concurrent", "must be 1..64");
+        }
+        if st.video_kbps == 0 || st.audio_kbps == 0 {
+            return err("streaming.video_kbps/audio_kbps", "must not be 0");
+        }
+        const PRESETS: [&str; 9] = [
+            "ultrafast",
+            "superfast",
+            "veryfast",
+            "faster",
+            "fast",
+            "medium",
+            "slow",
+            "slower",
+            "veryslow",
+        ];
+        if !PRESETS.contains(&st.preset.as_str()) {
+            return err(
+                "streaming.preset",
+                "must be an x264 preset (ultrafast … veryslow)",
+            );
+        }
         Ok(())
     }
 
@@ -1056,6 +1161,10 @@ impl Config {
             Creation::Anyone
         };
         m.admins = vec![format!("focus@{}", x.auth_domain)];
+        if self.streaming.enabled {
+            // meetd's own live-stream occupant passes passwords, lobbies and limits.
+            m.admins.push(self.streamer_bare(x));
+        }
         m.admins.extend(self.muc.admins.iter().cloned());
         m.max_rooms = self.muc.max_rooms;
         m.max_occupants = self.muc.max_occupants;
@@ -1118,6 +1227,10 @@ impl Config {
         c.opus_red = self.focus.opus_red;
         c.max_video_senders = self.focus.max_video_senders;
         c.trusted_domains = vec![x.recorder_domain.clone()];
+        c.streamer_jid = self
+            .streaming
+            .enabled
+            .then(|| format!("{}/meetd", self.streamer_bare(x)));
         c.recorder = meetd_jingle::jibri::RecorderConfig {
             pending_timeout: std::time::Duration::from_secs(self.jibri.pending_timeout_secs),
             retries: self.jibri.retries,
@@ -1139,7 +1252,14 @@ impl Config {
             jigasi_brewery: (self.jigasi.dial_out && !self.jigasi.brewery.is_empty())
                 .then(|| format!("{}@{}", self.jigasi.brewery, x.internal_muc_domain)),
             draining: Default::default(),
+            live_streams: None,
         }
+    }
+
+    /// The bare JID of meetd's own live-stream occupant (docs/streaming.md): on the hidden
+    /// domain, so that the clients treat it as a recorder, and a service admin of the rooms.
+    pub fn streamer_bare(&self, x: &meetd_xmpp::XmppConfig) -> String {
+        format!("live-stream@{}", x.recorder_domain)
     }
 
     /// How tokens are checked (mode "jwt"); reads the secret and key files.

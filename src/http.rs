@@ -916,6 +916,18 @@ async fn metrics(
             "Dominant speaker changes.",
             s.dominant_speaker_changes,
         );
+        put(
+            "meetd_media_live_stream_packets_total",
+            "counter",
+            "RTP packets the bridge sent to live-stream encoders.",
+            s.broadcast_packets,
+        );
+        put(
+            "meetd_media_live_stream_switches_total",
+            "counter",
+            "Times a live stream's picture switched to another video source.",
+            s.broadcast_switches,
+        );
     }
     out.push_str(&gauges);
     let mut r = (StatusCode::OK, out).into_response();

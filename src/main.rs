@@ -8,6 +8,7 @@ mod dialin;
 mod doctor;
 mod http;
 mod http_api;
+mod live_stream;
 mod logging;
 mod reload;
 mod shared_port;
@@ -329,6 +330,17 @@ async fn serve(mut cfg: Config, flags: Overrides) -> anyhow::Result<()> {
             )) as Box<dyn meetd_xmpp::muc::RoomModule>
         }));
     }
+    {
+        // What moderators may use, for those whose token does not say (mod_jitsi_permissions).
+        let ids = jwt.then(|| server.token_identities.clone());
+        let admins = muc_cfg.admins.clone();
+        modules.push(Arc::new(move || {
+            Box::new(meetd_xmpp::muc::permissions::Permissions::new(
+                ids.clone(),
+                admins.clone(),
+            )) as Box<dyn meetd_xmpp::muc::RoomModule>
+        }));
+    }
     if cfg.lobby.enabled || cfg.auth.wait_for_host {
         let lobby = cfg.lobby_domain();
         server.add_identity("component", "lobbyrooms", &lobby);
@@ -458,11 +470,24 @@ async fn serve(mut cfg: Config, flags: Overrides) -> anyhow::Result<()> {
         None
     };
     let focus = cfg.focus.enabled.then(|| {
-        meetd_jingle::focus::start(
-            server.router.clone(),
-            cfg.focus(&server.config),
-            bridge.clone(),
-        )
+        let mut opts = cfg.focus(&server.config);
+        if cfg.streaming.enabled {
+            // The encoders listen on loopback in the bridge socket's family.
+            let loopback = if media_ips.iter().any(|ip| ip.is_ipv6()) {
+                std::net::IpAddr::V6(std::net::Ipv6Addr::LOCALHOST)
+            } else {
+                std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)
+            };
+            let streams: Arc<dyn meetd_jingle::live_stream::LiveStreams> =
+                live_stream::LiveStreamer::new(
+                    cfg.streaming.clone(),
+                    bridge.clone(),
+                    loopback,
+                    cfg.server.data_dir.join("streams"),
+                );
+            opts.live_streams = Some(streams);
+        }
+        meetd_jingle::focus::start(server.router.clone(), opts, bridge.clone())
     });
     let bosh = meetd_xmpp::http_bind::Bosh::new(server.clone());
     let cfg = Arc::new(cfg);

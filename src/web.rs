@@ -67,11 +67,11 @@ pub fn config_js(cfg: &Config, x: &meetd_xmpp::XmppConfig, base: &str, shard: &s
         "prejoinConfig": { "enabled": true },
         "e2eping": { "enabled": false },
         "enableWelcomePage": true,
-        // Recording and streaming go to stock Jibris ([jibri]); the buttons show when asked.
-        "recordingService": { "enabled": cfg.jibri.recording },
-        "fileRecordingsEnabled": cfg.jibri.recording,
-        "liveStreaming": { "enabled": cfg.jibri.live_streaming },
-        "liveStreamingEnabled": cfg.jibri.live_streaming,
+        // Recording and streaming: stock Jibris ([jibri]) or meetd's own ([streaming]).
+        "recordingService": { "enabled": cfg.jibri.recording || cfg.streaming.recording() },
+        "fileRecordingsEnabled": cfg.jibri.recording || cfg.streaming.recording(),
+        "liveStreaming": { "enabled": cfg.jibri.live_streaming || cfg.streaming.live_streaming() },
+        "liveStreamingEnabled": cfg.jibri.live_streaming || cfg.streaming.live_streaming(),
         "localRecording": { "disable": !cfg.web.local_recording },
         // A restarted meetd names another shard: lib-jitsi-meet notices it right after its
         // stream is resumed and, with graceful reconnect, the app joins again in place.
@@ -80,6 +80,11 @@ pub fn config_js(cfg: &Config, x: &meetd_xmpp::XmppConfig, base: &str, shard: &s
         "testing": { "enableGracefulReconnect": true },
     });
     let mut config = config;
+    if cfg.streaming.live_streaming() || cfg.streaming.recording() {
+        // meetd's own streams take VP8 (ffmpeg 5.1 has no AV1 over RTP, docs/streaming.md):
+        // the clients send VP8 to the bridge first. Their own codec list otherwise.
+        config["videoQuality"] = json!({ "codecPreferenceOrder": ["VP8", "VP9", "AV1", "H264"] });
+    }
     if !cfg.dialin.numbers.is_empty() {
         // The app's invite dialog and dial-in page (docs/dialin.md).
         config["dialInNumbersUrl"] = json!(format!("{base}/dialin/numbers"));

@@ -177,6 +177,11 @@ pub enum Command {
         audio: Option<bool>,
         video: Option<bool>,
     },
+    /// Start (`Some`) or stop a conference's live-stream feed (docs/streaming.md).
+    Broadcast {
+        conf: String,
+        target: Option<crate::media::BroadcastTarget>,
+    },
     Stats(oneshot::Sender<EngineStats>),
 }
 
@@ -352,7 +357,8 @@ fn conf_of(c: &Command) -> &str {
         | Command::Constraints { conf, .. }
         | Command::SourceVideoType { conf, .. }
         | Command::ChannelSend { conf, .. }
-        | Command::ForceMute { conf, .. } => conf,
+        | Command::ForceMute { conf, .. }
+        | Command::Broadcast { conf, .. } => conf,
         Command::Stats(_) => "",
     }
 }
@@ -1027,6 +1033,7 @@ fn command(engine: &mut MediaEngine, sink: &mut EventSink, c: Command) {
                 conference_gone,
             });
         }
+        Command::Broadcast { conf, target } => engine.set_broadcast(&conf, target),
         Command::RemoveConference { conf } => {
             engine.remove_conference(&conf);
             sink.push(Event::ConferenceRemoved { conference: conf });

@@ -73,6 +73,9 @@ pub struct ConferenceState {
 pub struct ColibriService {
     cfg: BridgeConfig,
     conferences: Mutex<HashMap<String, ConferenceState>>,
+    /// Live-stream feeds by meeting id (docs/streaming.md), also for a conference the bridge
+    /// does not have yet: it gets its feed when it is created.
+    broadcasts: Mutex<HashMap<String, crate::media::BroadcastTarget>>,
     /// The media engine, when one runs (tests of the control side run without).
     engine: Option<crate::driver::EngineHandle>,
 }
@@ -100,6 +103,7 @@ impl ColibriService {
         Arc::new(ColibriService {
             cfg,
             conferences: Mutex::new(HashMap::new()),
+            broadcasts: Mutex::new(HashMap::new()),
             engine,
         })
     }
@@ -124,6 +128,36 @@ impl ColibriService {
             "endpoint expired by the media engine"
         );
         true
+    }
+
+    /// Start (`Some`) or stop the live-stream feed of the conference with `meeting_id`
+    /// (docs/streaming.md): now if the bridge has it, else when the focus creates it. Fails
+    /// only when the engine's queue is full.
+    pub fn set_broadcast(
+        &self,
+        meeting_id: &str,
+        target: Option<crate::media::BroadcastTarget>,
+    ) -> Result<(), Colibri2Error> {
+        let confs = self.conferences.lock();
+        if let Some(c) = confs.get(meeting_id) {
+            self.submit(
+                &c.id,
+                vec![crate::driver::Command::Broadcast {
+                    conf: c.id.clone(),
+                    target: target.clone(),
+                }],
+            )?;
+        }
+        let mut b = self.broadcasts.lock();
+        match target {
+            Some(t) => {
+                b.insert(meeting_id.to_string(), t);
+            }
+            None => {
+                b.remove(meeting_id);
+            }
+        }
+        Ok(())
     }
 
     /// Queue a request's engine commands, all or none: with no room the request fails as
@@ -317,6 +351,7 @@ impl ColibriService {
             tracing::debug!(meeting = %req.meeting_id, "bridge conference expired");
             return Ok(resp);
         }
+        let is_new = created.is_some();
         let mut conf = match created {
             Some(c) => c,
             None => match confs.get(&req.meeting_id) {
@@ -329,6 +364,12 @@ impl ColibriService {
             },
         };
         let mut cmds = Vec::new();
+        if is_new && let Some(t) = self.broadcasts.lock().get(&req.meeting_id) {
+            cmds.push(crate::driver::Command::Broadcast {
+                conf: conf.id.clone(),
+                target: Some(t.clone()),
+            });
+        }
         let max_eps = self.cfg.max_endpoints_per_conference;
         // Validate the whole request before changing anything.
         let mut creating = 0;

@@ -16,6 +16,10 @@ use meetd_xmpp::Element;
 use meetd_xmpp::stanza::{self, StanzaError, el, rxml_name as n};
 
 use crate::jibri::{self, NS_JIBRI};
+use crate::live_stream::NATIVE;
+
+/// The nick of meetd's own live-stream occupant.
+const STREAMER_NICK: &str = "meetd-live-stream";
 use crate::offer::{self, BridgeTransport, Features, NS_FOCUS};
 use crate::sources::{
     ConferenceSourceMap, EndpointSourceSet, NS_JINGLE, NS_JITMEET, Source, SourceLimits,
@@ -57,6 +61,9 @@ pub struct FocusConfig {
     /// Offer Opus with RED (RFC 2198) to participants that say they support it (Jicofo's
     /// `codec.audio.opus.red.enabled`, off by default as there).
     pub opus_red: bool,
+    /// The full JID of meetd's own live-stream occupant (docs/streaming.md): in the room
+    /// while a native stream runs, never a participant.
+    pub streamer_jid: Option<String>,
 }
 
 impl FocusConfig {
@@ -80,6 +87,7 @@ impl FocusConfig {
             recorder: jibri::RecorderConfig::default(),
             trusted_domains: Vec::new(),
             opus_red: false,
+            streamer_jid: None,
         }
     }
 
@@ -249,6 +257,8 @@ pub struct Conference {
     recorder: jibri::Recorder,
     /// The `jibri-recording-status` the focus's presence carries, once there was a session.
     recording_status: Option<Element>,
+    /// meetd's own live-stream occupant is in the room (docs/streaming.md).
+    streamer_in: bool,
 }
 
 fn focus_presence(room: &str, focus_jid: &str) -> Element {
@@ -351,6 +361,7 @@ impl Conference {
             av_moderation: [None, None],
             recorder: jibri::Recorder::new(cfg.recorder),
             recording_status: None,
+            streamer_in: false,
             cfg,
         };
         let p = focus_presence(room, &c.cfg.focus_jid);
@@ -375,6 +386,11 @@ impl Conference {
     }
 
     /// The focus's full JID.
+    /// The bridge's meeting id of this conference.
+    pub fn meeting_id(&self) -> &str {
+        &self.meeting_id
+    }
+
     pub fn focus_jid(&self) -> &str {
         &self.cfg.focus_jid
     }
@@ -591,6 +607,54 @@ impl Conference {
                 self.recorder_actions(a);
             }
         }
+        self.sync_streamer(now);
+    }
+
+    /// meetd's own live-stream occupant is in the room exactly while a native session is on
+    /// (docs/streaming.md), as a Jibri's browser is: its presence names the session, which is
+    /// what turns the session "on" in the apps.
+    fn sync_streamer(&mut self, now: Instant) {
+        let Some(jid) = self.cfg.streamer_jid.clone() else {
+            return;
+        };
+        let on = (self.phase == Phase::Running)
+            .then(|| self.recorder.on_with(NATIVE))
+            .flatten()
+            .map(|(id, mode)| (id.to_string(), mode));
+        if on.is_some() == self.streamer_in {
+            return;
+        }
+        self.streamer_in = on.is_some();
+        let to = format!("{}/{}", self.room, STREAMER_NICK);
+        let mut p = stanza::el("presence", NS_CLIENT, &[("from", &jid), ("to", &to)]);
+        match on {
+            Some((session_id, mode)) => {
+                p.append_child(stanza::el("x", NS_MUC, &[]));
+                let mut n = stanza::el("nick", "http://jabber.org/protocol/nick", &[]);
+                n.append_text_node("Live stream");
+                p.append_child(n);
+                let mut s = stanza::el("session_id", NS_CLIENT, &[]);
+                s.append_text_node(session_id);
+                p.append_child(s);
+                let mut m = stanza::el("mode", NS_CLIENT, &[]);
+                m.append_text_node(mode.as_str());
+                p.append_child(m);
+                // The feed takes VP8 (the encoder's RTP input): while the stream runs, the
+                // clients pick the codec every participant decodes, as for any participant.
+                let mut c = stanza::el("jitsi_participant_codecList", NS_CLIENT, &[]);
+                c.append_text_node("vp8");
+                p.append_child(c);
+            }
+            None => stanza::set_attr(&mut p, "type", "unavailable"),
+        }
+        self.out.push(Output::Send(p));
+        self.maybe_invite(now);
+        self.update_single(now);
+    }
+
+    /// Whether meetd's own live-stream occupant is in the room.
+    pub fn streamer_in(&self) -> bool {
+        self.streamer_in
     }
 
     /// Whether this conference's recording session runs on `jibri`.
@@ -735,6 +799,10 @@ impl Conference {
             return;
         }
         let real = item.and_then(|i| i.attr("jid")).unwrap_or("").to_string();
+        if self.cfg.streamer_jid.as_deref() == Some(real.as_str()) {
+            // meetd's own live-stream occupant: no Jingle session, no owner.
+            return;
+        }
         let affiliation = item
             .and_then(|i| i.attr("affiliation"))
             .unwrap_or("none")
@@ -915,7 +983,7 @@ impl Conference {
     }
 
     fn update_single(&mut self, now: Instant) {
-        let active = self.participants.len();
+        let active = self.participants.len() + usize::from(self.streamer_in);
         if active == 1 && self.participants.iter().any(|p| p.sid().is_some()) {
             self.single_since.get_or_insert(now);
         } else {
@@ -996,7 +1064,11 @@ impl Conference {
     }
 
     fn maybe_invite(&mut self, now: Instant) {
-        if self.phase != Phase::Running || self.participants.len() < self.cfg.min_participants {
+        // A native live stream counts as a participant (a Jibri's browser would be one).
+        let streaming = usize::from(self.streamer_in);
+        if self.phase != Phase::Running
+            || self.participants.len() + streaming < self.cfg.min_participants
+        {
             return;
         }
         let ready: Vec<String> = self

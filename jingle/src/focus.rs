@@ -16,6 +16,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::conference::{Conference, FocusConfig, Input, Output};
 use crate::jibri;
+use crate::live_stream::{LiveStreams, NATIVE};
 use crate::offer::NS_FOCUS;
 
 /// A conference request that arrived over HTTP (`POST /conference-request/v1`).
@@ -119,6 +120,8 @@ pub struct FocusOptions {
     pub jigasi_brewery: Option<String>,
     /// Set while meetd drains before it stops: no new conferences (FocusHandle::drain).
     pub draining: Arc<std::sync::atomic::AtomicBool>,
+    /// meetd's own live streaming, used when no Jibri is registered (docs/streaming.md).
+    pub live_streams: Option<Arc<dyn LiveStreams>>,
 }
 
 /// The gateways the focus hands work to: Jibris (recording, streaming) and Jigasis (phone).
@@ -126,6 +129,7 @@ pub struct FocusOptions {
 struct Gateways {
     jibri: Option<Arc<Brewery>>,
     jigasi: Option<Arc<JigasiBrewery>>,
+    streams: Option<Arc<dyn LiveStreams>>,
 }
 
 /// The focus's place in one brewery room (Jibri's or Jigasi's): joining it, IQs to its
@@ -411,6 +415,13 @@ pub fn start(router: Arc<Router>, opts: FocusOptions, bridge: Arc<dyn Bridge>) -
     }
     let focus_jid = opts.cfg.focus_jid.clone();
     router.bind(&focus_jid, jid_tx.clone());
+    if let Some(jid) = &opts.cfg.streamer_jid {
+        // meetd's own live-stream occupant hears the room and ignores it (docs/streaming.md):
+        // bound, so that the room does not take it for gone.
+        let (tx, mut rx) = mpsc::channel::<Box<Element>>(64);
+        router.bind(jid, tx);
+        tokio::spawn(async move { while rx.recv().await.is_some() {} });
+    }
     let base = |room: &String| BreweryRoom::new(room, &focus_jid, opts.jibri_reply_timeout);
     let brewery = opts.jibri_brewery.as_ref().map(|room| {
         Arc::new(Brewery {
@@ -438,6 +449,7 @@ pub fn start(router: Arc<Router>, opts: FocusOptions, bridge: Arc<dyn Bridge>) -
     let gw = Gateways {
         jibri: brewery.clone(),
         jigasi: jigasi.clone(),
+        streams: opts.live_streams.clone(),
     };
     let draining = opts.draining.clone();
     let (handle_router, handle_jigasi) = (router.clone(), jigasi.clone());
@@ -823,11 +835,38 @@ async fn run_actor(
                     failed = Some(why);
                 }
                 Output::Stopped => stopped = true,
-                Output::JibriStart(req) => match &brewery {
-                    Some(b) => {
+                Output::JibriStart(req) => match (&brewery, &gw.streams) {
+                    (Some(b), _) if !lock(&b.pool).is_empty() => {
                         tokio::spawn(b.clone().start(router.clone(), req, self_tx.clone()));
                     }
-                    None => {
+                    (_, Some(streams)) => {
+                        // No Jibri: meetd streams it itself.
+                        let tx = self_tx.clone();
+                        let status_room = room.clone();
+                        let status = Box::new(move |status| {
+                            let input = Input::JibriStatus {
+                                jibri: NATIVE.to_string(),
+                                status,
+                            };
+                            if tx.try_send(ActorMsg::Input(input)).is_err() {
+                                tracing::warn!(room = %status_room, "conference queue full; live-stream status lost");
+                            }
+                        });
+                        let result = streams
+                            .start(&req, conf.meeting_id(), status)
+                            .map(|()| NATIVE.to_string());
+                        let input = Input::JibriStarted {
+                            session_id: req.session_id,
+                            result,
+                        };
+                        if self_tx.try_send(ActorMsg::Input(input)).is_err() {
+                            tracing::warn!(%room, "conference queue full; live-stream answer lost");
+                        }
+                    }
+                    (Some(b), None) => {
+                        tokio::spawn(b.clone().start(router.clone(), req, self_tx.clone()));
+                    }
+                    (None, None) => {
                         let (e, text) = jibri::NoJibri::Unavailable.error();
                         let input = Input::JibriStarted {
                             session_id: req.session_id,
@@ -853,6 +892,11 @@ async fn run_actor(
                         }
                     }
                 },
+                Output::JibriStop { jibri, session_id } if jibri == NATIVE => {
+                    if let Some(streams) = &gw.streams {
+                        streams.stop(&session_id);
+                    }
+                }
                 Output::JibriStop { jibri, session_id } => {
                     if let Some(b) = &brewery {
                         b.stop(&router, &jibri, &session_id);

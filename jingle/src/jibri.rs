@@ -310,6 +310,14 @@ impl Recorder {
             .is_some_and(|s| s.jibri.as_deref() == Some(jibri))
     }
 
+    /// The session `jibri` runs, once it is on: its id and mode.
+    pub fn on_with(&self, jibri: &str) -> Option<(&str, Mode)> {
+        self.session
+            .as_ref()
+            .filter(|s| s.jibri.as_deref() == Some(jibri) && s.state == State::On)
+            .map(|s| (s.req.session_id.as_str(), s.req.mode))
+    }
+
     /// A participant's `jibri` IQ. `moderator`: `None` when the sender is not in the room.
     /// `session_id` makes the id of a new session.
     pub fn request(

@@ -7,5 +7,6 @@ pub mod conference;
 pub mod focus;
 pub mod jibri;
 pub mod jigasi;
+pub mod live_stream;
 pub mod offer;
 pub mod sources;

@@ -6,7 +6,7 @@
 // unavailable, and a participant who is not a moderator is refused.
 import { client, xml } from '@xmpp/client';
 import WebSocket from 'ws';
-import { useApp, appTest, assert, sleep, label } from './lib.mjs';
+import { useApp, appTest, assert, sleep, recordingSessions, startLiveStreamFromMenu, stopLiveStreamFromMenu, ownStartRefusal } from './lib.mjs';
 import { withTimeout } from '../lib/server.mjs';
 import { signToken, moodleClaims } from '../lib/jwt.mjs';
 
@@ -88,24 +88,13 @@ async function fakeJibri(nick) {
     return j;
 }
 
-/** The app's recording sessions (redux): mode, status, error. */
-const sessions = (p) => p.eval(() => Object.values(APP.store.getState()['features/recording'].sessionDatas ?? [])
-    .map((s) => ({ id: s.id, mode: s.mode, status: s.status, error: s.error ?? null })));
-
-async function startFromMenu(p, key) {
-    await p.clickToolbar('dialog.startLiveStreaming', 'start live stream');
-    const input = p.doc.locator(`input[placeholder="${label('liveStreaming.enterStreamKey')}"]`);
-    await input.first().fill(key, { timeout: 10000 });
-    await p.doc.locator('#modal-dialog-ok-button').click({ timeout: 10000 });
-}
-
 appTest('a moderator streams through the Jibri in the brewery and stops; others are refused', app.wrap(async () => {
     const jibri = await fakeJibri('jibri-1');
     try {
         const a = await join('lecture', 'Teacher', true, { livestreaming: true, recording: false });
         const b = await join('lecture', 'Student', false, { livestreaming: true });
         await a.waitFor(() => APP.store.getState()['features/base/participants'].local.role === 'moderator', 'moderator');
-        await startFromMenu(a, 'lecture-2026');
+        await startLiveStreamFromMenu(a, 'lecture-2026');
         // The Jibri was asked, with the key, the room and a session id.
         const deadline = Date.now() + 15000;
         while (!jibri.requests.length && Date.now() < deadline) await sleep(200);
@@ -123,31 +112,15 @@ appTest('a moderator streams through the Jibri in the brewery and stops; others 
                 .some((s) => s.id === id && s.mode === 'stream' && s.status === 'on'), 'live stream on', 20000, start.session_id);
         }
         // The student (no moderator) cannot stop or start it: the focus refuses.
-        const refused = await b.eval(async () => {
-            try {
-                await APP.conference._room.startRecording({ mode: 'stream', streamId: 'mine' });
-                return 'accepted';
-            } catch (e) {
-                // The error IQ: its condition.
-                return e?.querySelector?.('error')?.firstElementChild?.tagName ?? String(e?.message ?? e);
-            }
-        });
+        const refused = await ownStartRefusal(b);
         assert.equal(refused, 'not-allowed');
         // A moderator whose token does not grant live streaming: refused by the room.
         const c = await join('lecture', 'Assistant', true, { livestreaming: false });
-        const gated = await c.eval(async () => {
-            try {
-                await APP.conference._room.startRecording({ mode: 'stream', streamId: 'mine' });
-                return 'accepted';
-            } catch (e) {
-                return e?.querySelector?.('error')?.firstElementChild?.tagName ?? String(e?.message ?? e);
-            }
-        });
+        const gated = await ownStartRefusal(c);
         assert.equal(gated, 'forbidden');
         assert.equal(jibri.requests.length, 1, 'nothing reached the Jibri');
         // The teacher stops from the menu: the Jibri is told, everyone sees it off.
-        await a.clickToolbar('dialog.stopLiveStreaming', 'stop live stream');
-        await a.doc.locator('#modal-dialog-ok-button').click({ timeout: 10000 });
+        await stopLiveStreamFromMenu(a);
         const until = Date.now() + 15000;
         while (jibri.requests.length < 2 && Date.now() < until) await sleep(200);
         assert.equal(jibri.requests[1]?.action, 'stop');
@@ -156,7 +129,7 @@ appTest('a moderator streams through the Jibri in the brewery and stops; others 
             await p.waitFor((id) => Object.values(APP.store.getState()['features/recording'].sessionDatas ?? [])
                 .some((s) => s.id === id && s.status === 'off'), 'live stream off', 20000, start.session_id);
         }
-        assert.ok((await sessions(b)).every((x) => x.status === 'off'));
+        assert.ok((await recordingSessions(b)).every((x) => x.status === 'off'));
         await app.leaveAll();
     } finally {
         await jibri.stop();
@@ -166,7 +139,7 @@ appTest('a moderator streams through the Jibri in the brewery and stops; others 
 appTest('without a Jibri the app says live streaming is unavailable', app.wrap(async () => {
     const a = await join('nojibri', 'Teacher', true, { livestreaming: true });
     await a.waitFor(() => APP.store.getState()['features/base/participants'].local.role === 'moderator', 'moderator');
-    await startFromMenu(a, 'lecture-x');
+    await startLiveStreamFromMenu(a, 'lecture-x');
     await a.waitFor(() => APP.store.getState()['features/notifications'].notifications
         .some((n) => (n.props?.titleKey ?? n.titleKey) === 'liveStreaming.unavailableTitle'), 'the "Live Streaming unavailable" notice', 20000);
     await app.leaveAll();

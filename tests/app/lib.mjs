@@ -710,3 +710,31 @@ export class Participant {
 }
 
 export { assert };
+
+/** The app's recording / live-stream sessions (redux): id, mode, status, error. */
+export const recordingSessions = (p) => p.eval(() => Object.values(APP.store.getState()['features/recording'].sessionDatas ?? [])
+    .map((s) => ({ id: s.id, mode: s.mode, status: s.status, error: s.error ?? null })));
+
+/** "Start live stream" from the app's menu with stream key `key`. */
+export async function startLiveStreamFromMenu(p, key) {
+    await p.clickToolbar('dialog.startLiveStreaming', 'start live stream');
+    const input = p.doc.locator(`input[placeholder="${label('liveStreaming.enterStreamKey')}"]`);
+    await input.first().fill(key, { timeout: 10000 });
+    await p.doc.locator('#modal-dialog-ok-button').click({ timeout: 10000 });
+}
+
+/** "Stop live stream" from the app's menu, confirmed. */
+export async function stopLiveStreamFromMenu(p) {
+    await p.clickToolbar('dialog.stopLiveStreaming', 'stop live stream');
+    await p.doc.locator('#modal-dialog-ok-button').click({ timeout: 10000 });
+}
+
+/** The condition of the error a participant's own start of a live stream gets. */
+export const ownStartRefusal = (p) => p.eval(async () => {
+    try {
+        await APP.conference._room.startRecording({ mode: 'stream', streamId: 'mine' });
+        return 'accepted';
+    } catch (e) {
+        return e?.querySelector?.('error')?.firstElementChild?.tagName ?? String(e?.message ?? e);
+    }
+});

@@ -2,6 +2,7 @@
 //! endpoints themselves live in the engine's table by id (the datagram path finds them by
 //! address or ICE username without knowing the conference); a conference holds their ids.
 
+use super::broadcast::Broadcast;
 use super::endpoint::EpId;
 use super::speech::SpeechActivity;
 
@@ -11,6 +12,8 @@ pub(super) struct Conference {
     pub members: Vec<EpId>,
     /// Dominant speaker identification, from the first audio level on.
     pub speech: Option<SpeechActivity>,
+    /// The live-stream feed, while one runs (docs/streaming.md).
+    pub broadcast: Option<Broadcast>,
 }
 
 impl Conference {
@@ -34,6 +37,8 @@ impl Conference {
 
     /// When the speech detector next needs a timeout.
     pub fn next_timeout(&self) -> Option<std::time::Instant> {
-        self.speech.as_ref().and_then(SpeechActivity::next_timeout)
+        let speech = self.speech.as_ref().and_then(SpeechActivity::next_timeout);
+        let feed = self.broadcast.as_ref().map(Broadcast::next_timeout);
+        speech.into_iter().chain(feed).min()
     }
 }

@@ -494,6 +494,25 @@ impl SenderSource {
 
     /// What receivers choose from (docs/bridge.md B.8, B.13): the simulcast layers, or the
     /// spatial layers of one SVC stream.
+    /// The layers as layer selection sees them now (the first `.1` of `.0`).
+    pub fn layer_views(
+        &self,
+        now: Instant,
+    ) -> ([super::forward::LayerView; super::MAX_LAYERS], usize) {
+        let mut views = [super::forward::LayerView {
+            height: 0,
+            active: false,
+        }; super::MAX_LAYERS];
+        let n = self.view_count().min(super::MAX_LAYERS);
+        for (i, v) in views.iter_mut().enumerate().take(n) {
+            *v = super::forward::LayerView {
+                height: self.view_height(i),
+                active: self.view_selectable(i, now),
+            };
+        }
+        (views, n)
+    }
+
     pub fn view_count(&self) -> usize {
         match self.svc().and_then(|s| s.layout.as_ref()) {
             Some(l) => l.views(),

@@ -35,6 +35,7 @@
 //! clock and draws no randomness itself (`MediaEngine::new` takes both).
 
 mod allocation;
+mod broadcast;
 mod buf;
 mod bwe;
 mod conference;
@@ -77,6 +78,7 @@ pub use crate::rtp::rtcp::sr::Clock;
 use crate::rtp::rtcp::{Feedback, parse_feedback};
 use crate::rtp::stun::stun_request_local_ufrag;
 use crate::rtp::{ExtOut, RtpOut, is_rtcp, is_rtp, write_header};
+pub use broadcast::{AUDIO_PT, BroadcastStats, BroadcastTarget, VIDEO_PT};
 use buf::{Buf, Payload};
 use conference::Conference;
 pub use constraints::ReceiverConstraints;
@@ -234,6 +236,8 @@ impl EngineStats {
         self.rtc_errors += o.rtc_errors;
         self.silence_dropped += o.silence_dropped;
         self.dominant_speaker_changes += o.dominant_speaker_changes;
+        self.broadcast_packets += o.broadcast_packets;
+        self.broadcast_switches += o.broadcast_switches;
         self.retransmissions += o.retransmissions;
         self.retransmissions_limited += o.retransmissions_limited;
         self.receiver_keyframe_requests += o.receiver_keyframe_requests;
@@ -316,6 +320,10 @@ pub struct EngineStats {
     pub silence_dropped: u64,
     /// Changes of a conference's dominant speaker.
     pub dominant_speaker_changes: u64,
+    /// RTP packets sent to live-stream encoders (docs/streaming.md).
+    pub broadcast_packets: u64,
+    /// On-stage video switches in live streams.
+    pub broadcast_switches: u64,
     /// Packets resent (as RTX) for receivers' NACKs.
     pub retransmissions: u64,
     /// NACKed packets not resent because the receiver's retransmissions used their share of
@@ -386,6 +394,9 @@ struct Ingested {
     views: [LayerView; MAX_LAYERS],
     nviews: usize,
     input: InPacket,
+    /// The packet starts a keyframe (`input.keyframe` also holds for any packet that may
+    /// start a single-layer stream).
+    keyframe: bool,
     vp8: Option<Vp8Descriptor>,
     /// An SVC stream's packet: its frame, and the views (`views` are its spatial layers).
     svc: Option<SvcPacket>,
@@ -895,7 +906,7 @@ impl MediaEngine {
         let mut was_speaker = false;
         if let Some(c) = self.conferences.get_mut(&ep.conference) {
             was_speaker = c.remove(id);
-            if c.members.is_empty() {
+            if c.members.is_empty() && c.broadcast.is_none() {
                 self.conferences.remove(&ep.conference);
             }
         }
@@ -1116,6 +1127,15 @@ impl MediaEngine {
                 continue;
             };
             let mut wanted: HashMap<SourceId, u32> = HashMap::new();
+            // A live stream wants its on-stage source (docs/streaming.md).
+            if let Some(b) = self
+                .conferences
+                .get(&conf)
+                .and_then(|c| c.broadcast.as_ref())
+                && let Some((_, sid)) = b.on_stage()
+            {
+                wanted.insert(sid, b.target().max_height);
+            }
             for rid in members {
                 let Some(r) = self.endpoints.get(rid) else {
                     continue;
@@ -1242,6 +1262,7 @@ impl MediaEngine {
                 self.stats.dominant_speaker_changes += 1;
                 self.speakers_changed(&conf);
             }
+            self.broadcast_tick(&conf, now);
         }
         for timer in Timer::ALL {
             if self.timers.is_due(timer, now) {

@@ -97,17 +97,7 @@ impl MediaEngine {
             source.svc_layer = None;
         }
         let svc_views = source.svc().is_some();
-        let mut view_buf = [LayerView {
-            height: 0,
-            active: false,
-        }; MAX_LAYERS];
-        let nviews = source.view_count().min(MAX_LAYERS);
-        for (i, v) in view_buf.iter_mut().enumerate().take(nviews) {
-            *v = LayerView {
-                height: source.view_height(i),
-                active: source.view_selectable(i, now),
-            };
-        }
+        let (view_buf, nviews) = source.layer_views(now);
         let source_id: SourceId = source.id;
         let vp8 = if vcodec == VideoCodec::Vp8 {
             Vp8Descriptor::parse(&p.payload).ok()
@@ -137,6 +127,7 @@ impl MediaEngine {
             views: view_buf,
             nviews,
             input,
+            keyframe,
             vp8,
             svc,
             svc_views,
@@ -163,11 +154,11 @@ impl MediaEngine {
         } = p;
         let pt_u8 = pt;
         let red = kind == MediaType::Audio && pt == crate::codecs::RED_PT;
-        let Some(members) = self
+        let Some((members, has_broadcast)) = self
             .endpoints
             .get(&sender)
             .and_then(|s| self.conferences.get(&s.conference))
-            .map(|c| &c.members)
+            .map(|c| (&c.members, c.broadcast.is_some()))
         else {
             return;
         };
@@ -342,6 +333,9 @@ impl MediaEngine {
                     self.dirty.push(*rid);
                 }
             }
+        }
+        if has_broadcast {
+            self.broadcast_packet(sender, &g, pt_u8, marker, &payload, now);
         }
         if cache_it
             && let Some(layer) = self

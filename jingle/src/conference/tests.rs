@@ -968,3 +968,78 @@ fn a_moderators_dial_goes_to_a_jigasi_and_others_are_refused() {
     assert_eq!(h.dials.len(), 1);
     assert_eq!(h.dials[0].attr("id"), Some("d3"));
 }
+
+#[test]
+fn a_native_live_stream_brings_the_streamer_in_and_puts_a_lone_teacher_on_the_bridge() {
+    const STREAMER: &str = "live-stream@hidden.meet.jitsi/meetd";
+    let mut cfg = FocusConfig::new(FOCUS);
+    cfg.streamer_jid = Some(STREAMER.into());
+    let mut h = Harness::with(cfg);
+    h.start();
+    h.join("aaaa", 1);
+    h.take_sent();
+    assert!(h.jingle_to("aaaa").is_empty(), "alone: no session yet");
+    h.stanza(&format!(
+        "<iq xmlns='jabber:client' type='set' id='j1' from='{ROOM}/aaaa' to='{ROOM}/focus'><jibri xmlns='http://jitsi.org/protocol/jibri' action='start' recording_mode='stream' streamid='lecture-1'/></iq>"
+    ));
+    let req = h.jibri_starts.pop().expect("a start");
+    h.input(Input::JibriStarted {
+        session_id: req.session_id.clone(),
+        result: Ok(crate::live_stream::NATIVE.into()),
+    });
+    let sent = h.take_sent();
+    assert!(
+        sent.iter()
+            .any(|e| e.attr("id") == Some("j1") && e.attr("type") == Some("result"))
+    );
+    assert!(
+        !sent.iter().any(|e| e.attr("from") == Some(STREAMER)),
+        "not before it is on"
+    );
+    // The encoder runs: the streamer joins with the session, as a Jibri's browser would.
+    h.input(Input::JibriStatus {
+        jibri: crate::live_stream::NATIVE.into(),
+        status: jibri::Status {
+            status: Some("on".into()),
+            ..Default::default()
+        },
+    });
+    let sent = h.take_sent();
+    let join = sent
+        .iter()
+        .find(|e| e.name() == "presence" && e.attr("from") == Some(STREAMER))
+        .expect("the streamer joins");
+    assert_eq!(join.attr("type"), None);
+    assert_eq!(
+        join.get_child("session_id", NS_CLIENT).map(|e| e.text()),
+        Some(req.session_id.clone())
+    );
+    assert_eq!(
+        join.get_child("mode", NS_CLIENT)
+            .map(|e| e.text())
+            .as_deref(),
+        Some("stream")
+    );
+    assert!(
+        sent.iter().any(|e| e
+            .get_child("jibri-recording-status", NS_JIBRI)
+            .is_some_and(|s| s.attr("status") == Some("on"))),
+        "{sent:?}"
+    );
+    // The streamer's own presence in the room is no participant: nobody invites it.
+    h.stanza(&format!(
+        "<presence xmlns='jabber:client' from='{ROOM}/meetd-live-stream' to='{FOCUS}'><x xmlns='http://jabber.org/protocol/muc#user'><item jid='{STREAMER}' affiliation='owner' role='moderator'/></x></presence>"
+    ));
+    assert!(h.jingle_to("meetd-live-stream").is_empty());
+    // The lone teacher goes on the bridge (the stream needs her media there).
+    h.bridge();
+    assert_eq!(h.jingle_to("aaaa").len(), 1, "the teacher is invited");
+    // Stopped: the encoder is told, the streamer leaves.
+    h.stanza(&format!("<iq xmlns='jabber:client' type='set' id='j2' from='{ROOM}/aaaa' to='{ROOM}/focus'><jibri xmlns='http://jitsi.org/protocol/jibri' action='stop' recording_mode='stream'/></iq>"));
+    assert_eq!(h.jibri_stops.len(), 1);
+    assert!(
+        h.take_sent()
+            .iter()
+            .any(|e| e.attr("from") == Some(STREAMER) && e.attr("type") == Some("unavailable"))
+    );
+}

@@ -15,6 +15,7 @@ pub mod max_occupants;
 pub mod members_only;
 pub mod metadata;
 pub mod password;
+pub mod permissions;
 pub mod policies;
 pub mod polls;
 pub mod room;

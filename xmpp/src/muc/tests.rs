@@ -1824,3 +1824,60 @@ fn group_chat_restricted_follows_token_features() {
     let out = groupchat(&mut s, &user(1), "denied");
     assert_eq!(error_condition(&out[0]).as_deref(), Some("not-allowed"));
 }
+
+#[test]
+fn moderators_without_token_features_are_told_their_permissions() {
+    use crate::token::{Identities, TokenIdentity};
+    let ids = Arc::new(Identities::default());
+    let mut s = shard(cfg());
+    s.modules.push(Box::new(permissions::Permissions::new(
+        Some(ids.clone()),
+        vec!["focus@auth.meet.jitsi".into()],
+    )));
+    let own = |out: &[Element], to: &str| {
+        out.iter()
+            .find(|p| p.attr("to") == Some(to) && statuses(p).contains(&"110".into()))
+            .cloned()
+            .unwrap()
+    };
+    let granted = |p: &Element| -> Vec<String> {
+        p.get_child("permissions", permissions::NS_PERMISSIONS)
+            .map(|x| {
+                x.children()
+                    .filter(|c| c.attr("val") == Some("true"))
+                    .filter_map(|c| c.attr("name").map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    // The creator moderates: told, live streaming and recording among them.
+    let out = join(&mut s, &user(1), "a", "");
+    let g = granted(&own(&out, &user(1)));
+    assert!(
+        g.contains(&"livestreaming".into()) && g.contains(&"recording".into()),
+        "{g:?}"
+    );
+    // A participant is not told; nor is a moderator whose token lists its own features.
+    let out = join(&mut s, &user(2), "b", "");
+    assert!(granted(&own(&out, &user(2))).is_empty());
+    let teacher = "t1@meet.jitsi/web";
+    ids.set(
+        teacher,
+        Arc::new(TokenIdentity {
+            moderator: true,
+            features: Some([("livestreaming".to_string(), false)].into_iter().collect()),
+            ..Default::default()
+        }),
+    );
+    // Made moderators: b is told; the token holder, whose token says, is not.
+    let out = admin_set(&mut s, &user(1), "<item nick='b' role='moderator'/>");
+    assert!(granted(&own(&out, &user(2))).contains(&"livestreaming".into()));
+    join(&mut s, teacher, "t", "");
+    let out = admin_set(&mut s, &user(1), "<item nick='t' role='moderator'/>");
+    let p = own(&out, teacher);
+    assert_eq!(item(&p).attr("role"), Some("moderator"));
+    assert!(
+        p.get_child("permissions", permissions::NS_PERMISSIONS)
+            .is_none()
+    );
+}
