@@ -681,6 +681,18 @@ pub struct StreamingSection {
     pub preset: String,
     /// Speakers heard at once in the mix.
     pub audio_mix: usize,
+    /// Also write each live stream as HLS, served by meetd at `/live/<key>.m3u8` (keys
+    /// starting with "X" unlisted, "U" for signed-in accounts only); with `rtmp_url` empty,
+    /// live streams go to HLS alone.
+    pub hls: bool,
+    /// HLS segment length in seconds (the viewers' delay is about three of them).
+    pub hls_segment_secs: u32,
+    /// Segments in the HLS playlist (older ones are deleted as the stream goes on).
+    pub hls_list_size: u32,
+    /// A copy of hls.js (`hls.min.js` from npm's hls.js) for the player page at
+    /// `/live/<key>.html`, served as `/live/hls.min.js`. "": the page uses the browser's
+    /// own HLS (Safari, iOS).
+    pub hls_js: String,
 }
 
 impl Default for StreamingSection {
@@ -698,6 +710,10 @@ impl Default for StreamingSection {
             audio_kbps: 128,
             preset: "veryfast".into(),
             audio_mix: 3,
+            hls: false,
+            hls_segment_secs: 2,
+            hls_list_size: 6,
+            hls_js: String::new(),
         }
     }
 }
@@ -705,7 +721,7 @@ impl Default for StreamingSection {
 impl StreamingSection {
     /// The app shows "Start live stream".
     pub fn live_streaming(&self) -> bool {
-        self.enabled && !self.rtmp_url.is_empty()
+        self.enabled && (!self.rtmp_url.is_empty() || self.hls)
     }
 
     /// The app shows "Start recording".
@@ -1101,6 +1117,12 @@ impl Config {
         {
             return err("streaming.rtmp_url", "must start with rtmp:// or rtmps://");
         }
+        if !crate::live_stream::tee_safe(&st.rtmp_url) {
+            return err(
+                "streaming.rtmp_url",
+                "must not hold spaces, quotes, backslashes, '|', '[' or ']'",
+            );
+        }
         if !(16..=3840).contains(&st.width)
             || !(16..=2160).contains(&st.height)
             || !st.width.is_multiple_of(2)
@@ -1122,6 +1144,12 @@ impl Config {
         }
         if st.video_kbps == 0 || st.audio_kbps == 0 {
             return err("streaming.video_kbps/audio_kbps", "must not be 0");
+        }
+        if !(1..=10).contains(&st.hls_segment_secs) {
+            return err("streaming.hls_segment_secs", "must be 1..10");
+        }
+        if !(3..=30).contains(&st.hls_list_size) {
+            return err("streaming.hls_list_size", "must be 3..30");
         }
         const PRESETS: [&str; 9] = [
             "ultrafast",

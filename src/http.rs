@@ -44,6 +44,8 @@ pub struct Front {
     pub acme: Arc<crate::acme::Challenges>,
     /// The stock HTTP APIs (src/http_api.rs).
     pub api: Arc<crate::http_api::HttpApi>,
+    /// HLS of meetd's own live streams, when `[streaming] hls` is on (src/hls.rs).
+    pub hls: Option<Arc<crate::hls::Hls>>,
 }
 
 /// One call of the stock HTTP APIs (src/http_api.rs): who asks, the query, the headers and
@@ -251,6 +253,8 @@ pub fn router(front: Arc<Front>, tls: bool) -> Router {
         .route("/dialin/conference-code", get(dialin_code))
         .route("/metrics", get(metrics))
         .route("/colibri-ws/{bridge}/{conf}/{endpoint}", get(colibri_ws))
+        .route("/live/", get(live))
+        .route("/live/{*rest}", get(live))
         .route("/", get(index))
         .fallback(web_fallback)
         .with_state(St { front, tls })
@@ -534,6 +538,20 @@ async fn web_fallback(
         crate::webroot::Target::File(p) => w.file(&p, req).await,
         crate::webroot::Target::NotFound => w.not_found(),
     }
+}
+
+/// `/live/…`: meetd's own live streams as HLS (src/hls.rs).
+/// Without HLS, `/live/…` is the web app's as any path (a tenant named "live").
+async fn live(
+    State(st): State<St>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    req: axum::extract::Request,
+) -> Response {
+    if st.front.hls.is_none() {
+        return web_fallback(State(st), ConnectInfo(peer), req).await;
+    }
+    let secure = is_secure(&st, peer, req.headers());
+    crate::hls::serve(&st.front, secure, req.uri(), req.headers()).await
 }
 
 async fn not_found() -> Response {

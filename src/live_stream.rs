@@ -24,9 +24,12 @@ use tokio::process::{Child, Command};
 use tokio::sync::Notify;
 
 use crate::config::StreamingSection;
+use crate::hls::{Hls, valid_name};
 
 /// How long a stopped encoder has to finish its output before it is killed.
 const STOP_GRACE: Duration = Duration::from_secs(5);
+/// How long a starting encoder has to open its ports before the feed starts anyway.
+const LISTEN_WAIT: Duration = Duration::from_secs(10);
 /// Encoder restarts per session after it died.
 const RESTARTS: usize = 1;
 /// Encoder error lines logged per run (the rest are counted).
@@ -42,6 +45,8 @@ pub struct LiveStreamer {
     work_dir: PathBuf,
     /// Running sessions by id, each with its stop signal.
     sessions: Arc<Mutex<HashMap<String, Arc<Notify>>>>,
+    /// Where live streams are also written as HLS (`[streaming] hls`).
+    hls: Option<Arc<Hls>>,
 }
 
 impl LiveStreamer {
@@ -50,6 +55,7 @@ impl LiveStreamer {
         bridge: Arc<ColibriService>,
         loopback: IpAddr,
         work_dir: PathBuf,
+        hls: Option<Arc<Hls>>,
     ) -> Arc<LiveStreamer> {
         Arc::new(LiveStreamer {
             cfg,
@@ -57,25 +63,30 @@ impl LiveStreamer {
             loopback,
             work_dir,
             sessions: Arc::default(),
+            hls,
         })
     }
-}
-
-/// Stream keys are names on the RTMP server: letters, digits and `-_.`, as the seed's
-/// server expects; nothing that could change the URL.
-fn valid_key(k: &str) -> bool {
-    !k.is_empty()
-        && k.len() <= 128
-        && k.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-        && !k.starts_with('.')
 }
 
 /// Where one session's output goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Output {
-    Rtmp(String),
+    /// A live stream: to the RTMP server, as HLS, or both.
+    Stream {
+        rtmp: Option<String>,
+        hls: Option<HlsOut>,
+    },
     File(PathBuf),
+}
+
+/// A live stream's HLS files (`src/hls.rs`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct HlsOut {
+    name: String,
+    playlist: PathBuf,
+    segments: PathBuf,
+    segment_secs: u32,
+    list_size: u32,
 }
 
 impl LiveStreams for LiveStreamer {
@@ -88,18 +99,30 @@ impl LiveStreams for LiveStreamer {
         let unavailable = |why: &str| Err((StanzaError::SERVICE_UNAVAILABLE, why.to_string()));
         let output = match req.mode {
             Mode::Stream => {
-                if self.cfg.rtmp_url.is_empty() {
+                if self.cfg.rtmp_url.is_empty() && self.hls.is_none() {
                     return unavailable("live streaming is not configured");
                 }
+                // Stream keys are names on the RTMP server and in /live/: nothing that
+                // could change the URL or the path.
                 let key = req.streamid.as_deref().unwrap_or("").trim();
-                if !valid_key(key) {
+                if !valid_name(key) {
                     return Err((
                         StanzaError::BAD_REQUEST,
                         "the stream key may hold letters, digits, '-', '_' and '.' only"
                             .to_string(),
                     ));
                 }
-                Output::Rtmp(format!("{}/{key}", self.cfg.rtmp_url.trim_end_matches('/')))
+                Output::Stream {
+                    rtmp: (!self.cfg.rtmp_url.is_empty())
+                        .then(|| format!("{}/{key}", self.cfg.rtmp_url.trim_end_matches('/'))),
+                    hls: self.hls.as_ref().map(|h| HlsOut {
+                        name: key.to_string(),
+                        playlist: h.playlist(key),
+                        segments: h.segment_pattern(key),
+                        segment_secs: self.cfg.hls_segment_secs,
+                        list_size: self.cfg.hls_list_size,
+                    }),
+                }
             }
             Mode::File => {
                 if self.cfg.recording_dir.is_empty() {
@@ -123,6 +146,15 @@ impl LiveStreams for LiveStreamer {
                     "all live streams are in use".to_string(),
                 ));
             }
+            if let (Some(h), Output::Stream { hls: Some(o), .. }) = (&self.hls, &output)
+                && !h.begin(&o.name)
+            {
+                tracing::warn!(room = %req.room, "live stream refused: its key is streaming already");
+                return Err((
+                    StanzaError::CONFLICT,
+                    "a live stream with this key is running already".to_string(),
+                ));
+            }
             s.insert(req.session_id.clone(), stop.clone());
         }
         let run = Session {
@@ -138,9 +170,17 @@ impl LiveStreams for LiveStreamer {
             stop,
         };
         let me = self.sessions.clone();
+        // Its HLS name is free again, and its files gone, when the session ends.
+        let hls = match (&self.hls, &run.output) {
+            (Some(h), Output::Stream { hls: Some(o), .. }) => Some((h.clone(), o.name.clone())),
+            _ => None,
+        };
         tokio::spawn(async move {
             let id = run.session_id.clone();
             run.run().await;
+            if let Some((h, name)) = hls {
+                h.end(&name);
+            }
             me.lock().remove(&id);
         });
         Ok(())
@@ -173,6 +213,8 @@ enum RunEnd {
     Stopped,
     /// The encoder exited by itself; whether it ever produced output.
     Died { was_on: bool },
+    /// The bridge refused the feed.
+    NoFeed,
 }
 
 impl Session {
@@ -207,7 +249,13 @@ impl Session {
         let sdp_path = self
             .work_dir
             .join(format!("stream-{}.sdp", self.session_id));
-        let written = std::fs::create_dir_all(&self.work_dir)
+        let out_dir = match &self.output {
+            Output::File(p) => p.parent().map(std::path::Path::to_path_buf),
+            Output::Stream { .. } => None,
+        };
+        let written = out_dir
+            .map_or(Ok(()), std::fs::create_dir_all)
+            .and_then(|()| std::fs::create_dir_all(&self.work_dir))
             .and_then(|()| std::fs::write(&sdp_path, sdp(&target, self.loopback)));
         if let Err(e) = written {
             tracing::warn!(room = %self.room, error = %e, path = %sdp_path.display(), "live stream: cannot write the session description");
@@ -219,19 +267,13 @@ impl Session {
         let mut on = false;
         let mut failure = None;
         loop {
-            // The bridge (re)starts the feed with each encoder run: a fresh keyframe and
-            // silence from the first moment.
-            if let Err(e) = self
-                .bridge
-                .set_broadcast(&self.meeting_id, Some(target.clone()))
-            {
-                tracing::warn!(room = %self.room, error = %e, "live stream: the bridge refused the feed");
-                failure = Some("error");
-                break;
-            }
-            let end = self.encode(&sdp_path, &mut on).await;
+            let end = self.encode(&sdp_path, &target, &mut on).await;
             match end {
                 RunEnd::Stopped => break,
+                RunEnd::NoFeed => {
+                    failure = Some("error");
+                    break;
+                }
                 RunEnd::Died { was_on } if restarts > 0 => {
                     restarts -= 1;
                     tracing::warn!(room = %self.room, was_on, "live stream: the encoder died; restarting it once");
@@ -252,7 +294,12 @@ impl Session {
     }
 
     /// One encoder run, until it is stopped or exits.
-    async fn encode(&self, sdp_path: &std::path::Path, on: &mut bool) -> RunEnd {
+    async fn encode(
+        &self,
+        sdp_path: &std::path::Path,
+        target: &BroadcastTarget,
+        on: &mut bool,
+    ) -> RunEnd {
         let mut cmd = Command::new(&self.cfg.ffmpeg);
         cmd.args(ffmpeg_args(&self.cfg, sdp_path, &self.output))
             .stdin(Stdio::piped())
@@ -284,6 +331,27 @@ impl Session {
                 }
             }
         });
+        // The bridge (re)starts the feed with each encoder run, with a fresh keyframe and
+        // silence from the first moment, once the encoder listens: a VP8 decoder that missed
+        // the keyframe cannot size its picture, and ffmpeg then gives up.
+        let ports: Vec<u16> = std::iter::once(target.video.port())
+            .chain(target.audio.iter().map(SocketAddr::port))
+            .collect();
+        let deadline = Instant::now() + LISTEN_WAIT;
+        while !ports.iter().all(|p| udp_bound(self.loopback, *p))
+            && Instant::now() < deadline
+            && matches!(child.try_wait(), Ok(None))
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if let Err(e) = self
+            .bridge
+            .set_broadcast(&self.meeting_id, Some(target.clone()))
+        {
+            tracing::warn!(room = %self.room, error = %e, "live stream: the bridge refused the feed");
+            stop_gracefully(&mut child).await;
+            return RunEnd::NoFeed;
+        }
         let mut progress = BufReader::new(stdout).lines();
         let mut was_on = false;
         let mut cpu = CpuMeter::new(pid);
@@ -345,9 +413,19 @@ async fn stop_gracefully(child: &mut Child) {
 fn describe(o: &Output) -> String {
     match o {
         // The key is the stream's name on the server; it is logged without it.
-        Output::Rtmp(url) => url
-            .rsplit_once('/')
-            .map_or(url.clone(), |(u, _)| format!("{u}/…")),
+        Output::Stream { rtmp, hls } => {
+            let mut parts: Vec<String> = rtmp
+                .iter()
+                .map(|url| {
+                    url.rsplit_once('/')
+                        .map_or(url.clone(), |(u, _)| format!("{u}/…"))
+                })
+                .collect();
+            if hls.is_some() {
+                parts.push("HLS".into());
+            }
+            parts.join(" + ")
+        }
         Output::File(p) => p.display().to_string(),
     }
 }
@@ -356,6 +434,12 @@ fn describe(o: &Output) -> String {
 /// slots mixed, the picture scaled into the configured size, H.264 + AAC out.
 fn ffmpeg_args(cfg: &StreamingSection, sdp: &std::path::Path, out: &Output) -> Vec<String> {
     let (w, h, fps) = (cfg.width, cfg.height, cfg.fps);
+    // A keyframe every two seconds (RTMP servers and players expect about that), or every
+    // HLS segment where those are shorter: segments start at keyframes.
+    let gop_secs = match out {
+        Output::Stream { hls: Some(h), .. } => h.segment_secs.min(2),
+        _ => 2,
+    };
     let inputs: String = (0..cfg.audio_mix).map(|i| format!("[0:a:{i}]")).collect();
     let mut a: Vec<String> = [
         "-hide_banner",
@@ -399,7 +483,7 @@ fn ffmpeg_args(cfg: &StreamingSection, sdp: &std::path::Path, out: &Output) -> V
             "-bufsize".into(),
             format!("{}k", cfg.video_kbps * 2),
             "-g".into(),
-            (fps * 2).to_string(),
+            (fps * gop_secs).to_string(),
             "-c:a".into(),
             "aac".into(),
             "-b:a".into(),
@@ -413,8 +497,52 @@ fn ffmpeg_args(cfg: &StreamingSection, sdp: &std::path::Path, out: &Output) -> V
         ],
     );
     match out {
-        Output::Rtmp(url) => {
+        Output::Stream {
+            rtmp: Some(url),
+            hls: None,
+        } => {
             a.extend(["-f".into(), "flv".into(), url.clone()]);
+        }
+        Output::Stream {
+            rtmp: None,
+            hls: Some(h),
+        } => {
+            a.extend(["-f".into(), "hls".into()]);
+            a.extend(
+                hls_options(h)
+                    .into_iter()
+                    .flat_map(|(k, v)| [format!("-{k}"), v]),
+            );
+            a.push(h.playlist.display().to_string());
+        }
+        Output::Stream {
+            rtmp: Some(url),
+            hls: Some(h),
+        } => {
+            // One encoding, two outputs (ffmpeg's tee muxer); either may fail alone. FLV
+            // and HLS both need the codecs' global headers.
+            let hls_opts: Vec<String> = hls_options(h)
+                .into_iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            a.extend([
+                "-flags".into(),
+                "+global_header".into(),
+                "-f".into(),
+                "tee".into(),
+                format!(
+                    "[f=flv:onfail=ignore]{url}|[f=hls:onfail=ignore:{}]{}",
+                    hls_opts.join(":"),
+                    h.playlist.display()
+                ),
+            ]);
+        }
+        Output::Stream {
+            rtmp: None,
+            hls: None,
+        } => {
+            // Refused in start(); nothing to write.
+            a.extend(["-f".into(), "null".into(), "-".into()]);
         }
         Output::File(p) => {
             a.extend([
@@ -426,6 +554,31 @@ fn ffmpeg_args(cfg: &StreamingSection, sdp: &std::path::Path, out: &Output) -> V
         }
     }
     a
+}
+
+/// ffmpeg's HLS muxer options: segments of `segment_secs` (the encoder makes a keyframe
+/// at least that often), `list_size` in the playlist and as many older ones kept for a
+/// player that lags behind before they are deleted, each written under a temporary name
+/// first, with wall-clock times.
+fn hls_options(h: &HlsOut) -> Vec<(&'static str, String)> {
+    vec![
+        ("hls_time", h.segment_secs.to_string()),
+        ("hls_list_size", h.list_size.to_string()),
+        ("hls_delete_threshold", h.list_size.to_string()),
+        (
+            "hls_flags",
+            "delete_segments+temp_file+program_date_time+independent_segments".into(),
+        ),
+        ("hls_segment_filename", h.segments.display().to_string()),
+    ]
+}
+
+/// Whether `v` can stand in ffmpeg's tee muxer argument as it is: none of the characters
+/// that separate outputs and options there, or that need quoting (the RTMP URL and the HLS
+/// directory are checked with this before a stream goes to both).
+pub fn tee_safe(v: &str) -> bool {
+    !v.chars()
+        .any(|c| matches!(c, '|' | '[' | ']' | '\\' | '\'' | '"') || c.is_whitespace())
 }
 
 /// The session description the encoder reads: one VP8 stream, then the audio slots.
@@ -443,6 +596,28 @@ fn sdp(t: &BroadcastTarget, ip: IpAddr) -> String {
         ));
     }
     s
+}
+
+/// Whether some process has UDP `port` open on `ip`'s family (`/proc/net/udp`, `udp6`):
+/// the encoder listens. Read, not probed with a bind, which could take the port from it.
+fn udp_bound(ip: IpAddr, port: u16) -> bool {
+    let table = if ip.is_ipv6() {
+        "/proc/net/udp6"
+    } else {
+        "/proc/net/udp"
+    };
+    std::fs::read_to_string(table).is_ok_and(|t| udp_table_has_port(&t, port))
+}
+
+/// `/proc/net/udp` text: whether a socket's local address has `port`.
+fn udp_table_has_port(table: &str, port: u16) -> bool {
+    table.lines().skip(1).any(|l| {
+        l.split_whitespace()
+            .nth(1)
+            .and_then(|local| local.rsplit_once(':'))
+            .and_then(|(_, p)| u16::from_str_radix(p, 16).ok())
+            == Some(port)
+    })
 }
 
 /// `n` even loopback ports whose next port (RTCP) is free too.
@@ -572,10 +747,10 @@ mod tests {
 
     #[test]
     fn stream_keys_are_plain_names() {
-        assert!(valid_key("stream5"));
-        assert!(valid_key("X-lecture_2026.1"));
+        assert!(valid_name("stream5"));
+        assert!(valid_name("X-lecture_2026.1"));
         for bad in ["", "a/b", "../x", ".hidden", "a b", "a?b=c", "ä"] {
-            assert!(!valid_key(bad), "{bad}");
+            assert!(!valid_name(bad), "{bad}");
         }
     }
 
@@ -610,12 +785,85 @@ mod tests {
             audio_mix: 3,
             ..Default::default()
         };
-        let out = Output::Rtmp("rtmp://s/live/secret".into());
+        let out = Output::Stream {
+            rtmp: Some("rtmp://s/live/secret".into()),
+            hls: None,
+        };
         let a = ffmpeg_args(&cfg, std::path::Path::new("/x.sdp"), &out);
         let fc = &a[a.iter().position(|x| x == "-filter_complex").unwrap() + 1];
         assert!(fc.starts_with("[0:a:0][0:a:1][0:a:2]amix=inputs=3"), "{fc}");
         assert_eq!(a.last().unwrap(), "rtmp://s/live/secret");
         assert_eq!(describe(&out), "rtmp://s/live/…");
+    }
+
+    #[test]
+    fn hls_alone_or_with_rtmp_from_one_encoding() {
+        let cfg = StreamingSection::default();
+        let h = HlsOut {
+            name: "lecture".into(),
+            playlist: "/d/live/lecture.m3u8".into(),
+            segments: "/d/live/lecture-%d.ts".into(),
+            segment_secs: 2,
+            list_size: 6,
+        };
+        let alone = ffmpeg_args(
+            &cfg,
+            std::path::Path::new("/x.sdp"),
+            &Output::Stream {
+                rtmp: None,
+                hls: Some(h.clone()),
+            },
+        );
+        let tail: Vec<&str> = alone[alone.len() - 13..]
+            .iter()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(
+            tail,
+            [
+                "-f",
+                "hls",
+                "-hls_time",
+                "2",
+                "-hls_list_size",
+                "6",
+                "-hls_delete_threshold",
+                "6",
+                "-hls_flags",
+                "delete_segments+temp_file+program_date_time+independent_segments",
+                "-hls_segment_filename",
+                "/d/live/lecture-%d.ts",
+                "/d/live/lecture.m3u8"
+            ]
+        );
+        let both = Output::Stream {
+            rtmp: Some("rtmp://s:1935/live/lecture".into()),
+            hls: Some(h),
+        };
+        let a = ffmpeg_args(&cfg, std::path::Path::new("/x.sdp"), &both);
+        assert_eq!(a[a.len() - 2], "tee");
+        assert_eq!(
+            a.last().unwrap(),
+            "[f=flv:onfail=ignore]rtmp://s:1935/live/lecture|[f=hls:onfail=ignore:hls_time=2:\
+             hls_list_size=6:hls_delete_threshold=6:hls_flags=delete_segments+temp_file+\
+             program_date_time+\
+             independent_segments:hls_segment_filename=/d/live/lecture-%d.ts]/d/live/lecture.m3u8"
+        );
+        assert_eq!(describe(&both), "rtmp://s:1935/live/… + HLS");
+        assert!(tee_safe("rtmp://s:1935/live") && tee_safe("/var/lib/meetd/live"));
+        assert!(!tee_safe("/a b") && !tee_safe("rtmp://s/x|y") && !tee_safe("/a[1]"));
+    }
+
+    #[test]
+    fn the_udp_table_tells_which_ports_are_open() {
+        let t = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops\n\
+                 \x20 12: 0100007F:9C40 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 1 2 0000 0\n";
+        assert!(udp_table_has_port(t, 40000));
+        assert!(!udp_table_has_port(t, 40002));
+        assert!(!udp_table_has_port("junk\nmore junk", 1));
+        let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = s.local_addr().unwrap().port();
+        assert!(udp_bound("127.0.0.1".parse().unwrap(), port));
     }
 
     #[test]

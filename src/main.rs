@@ -6,6 +6,7 @@ mod bridge;
 mod config;
 mod dialin;
 mod doctor;
+mod hls;
 mod http;
 mod http_api;
 mod live_stream;
@@ -259,6 +260,31 @@ fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
         .map_err(|e| Failure::Runtime(e.into()))
 }
 
+/// HLS of the live streams from meetd itself (`[streaming] hls`, src/hls.rs).
+async fn start_hls(cfg: &Config, storage: &storage::Storage) -> anyhow::Result<hls::Hls> {
+    let st = &cfg.streaming;
+    let dir = cfg.server.data_dir.join("live");
+    if !st.rtmp_url.is_empty() && !live_stream::tee_safe(&dir.display().to_string()) {
+        anyhow::bail!(
+            "streaming.hls with rtmp_url: the HLS directory {} must not hold spaces, quotes, \
+             backslashes, '|', '[' or ']' (ffmpeg's tee muxer); choose another server.data_dir",
+            dir.display()
+        );
+    }
+    let script = (!st.hls_js.is_empty()).then(|| std::path::PathBuf::from(&st.hls_js));
+    if let Some(p) = &script
+        && !p.is_file()
+    {
+        tracing::warn!(path = %p.display(), "streaming.hls_js: no such file; the player page relies on the browser's own HLS");
+    }
+    let secret = storage
+        .secret("hls-sign-in")
+        .await
+        .map_err(|e| anyhow::anyhow!("database: {e}"))?;
+    hls::Hls::new(dir.clone(), script, &secret)
+        .map_err(|e| anyhow::anyhow!("streaming.hls: {}: {e}", dir.display()))
+}
+
 async fn open_storage(cfg: &Config) -> anyhow::Result<Storage> {
     std::fs::create_dir_all(&cfg.server.data_dir)
         .map_err(|e| anyhow::anyhow!("data directory {}: {e}", cfg.server.data_dir.display()))?;
@@ -469,6 +495,11 @@ async fn serve(mut cfg: Config, flags: Overrides) -> anyhow::Result<()> {
     } else {
         None
     };
+    let hls = if cfg.streaming.enabled && cfg.streaming.hls {
+        Some(Arc::new(start_hls(&cfg, &storage).await?))
+    } else {
+        None
+    };
     let focus = cfg.focus.enabled.then(|| {
         let mut opts = cfg.focus(&server.config);
         if cfg.streaming.enabled {
@@ -484,6 +515,7 @@ async fn serve(mut cfg: Config, flags: Overrides) -> anyhow::Result<()> {
                     bridge.clone(),
                     loopback,
                     cfg.server.data_dir.join("streams"),
+                    hls.clone(),
                 );
             opts.live_streams = Some(streams);
         }
@@ -506,6 +538,7 @@ async fn serve(mut cfg: Config, flags: Overrides) -> anyhow::Result<()> {
         shard: shard.clone(),
         acme: Default::default(),
         api,
+        hls,
     });
 
     tracing::info!(

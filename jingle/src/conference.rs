@@ -259,6 +259,8 @@ pub struct Conference {
     recording_status: Option<Element>,
     /// meetd's own live-stream occupant is in the room (docs/streaming.md).
     streamer_in: bool,
+    /// A native session (pending or on) counts as a participant.
+    streamer_counted: bool,
 }
 
 fn focus_presence(room: &str, focus_jid: &str) -> Element {
@@ -362,6 +364,7 @@ impl Conference {
             recorder: jibri::Recorder::new(cfg.recorder),
             recording_status: None,
             streamer_in: false,
+            streamer_counted: false,
             cfg,
         };
         let p = focus_presence(room, &c.cfg.focus_jid);
@@ -617,6 +620,15 @@ impl Conference {
         let Some(jid) = self.cfg.streamer_jid.clone() else {
             return;
         };
+        // A native session counts as a participant from its start, pending included: a
+        // teacher alone goes on the bridge, which feeds the encoder, whose first output
+        // turns the session on.
+        let counted = self.recorder.has_jibri(NATIVE);
+        if counted != self.streamer_counted {
+            self.streamer_counted = counted;
+            self.maybe_invite(now);
+            self.update_single(now);
+        }
         let on = (self.phase == Phase::Running)
             .then(|| self.recorder.on_with(NATIVE))
             .flatten()
@@ -644,6 +656,10 @@ impl Conference {
                 let mut c = stanza::el("jitsi_participant_codecList", NS_CLIENT, &[]);
                 c.append_text_node("vp8");
                 p.append_child(c);
+                // lib-jitsi-meet reads a hidden occupant's features when it leaves; without
+                // the element its presence handler throws there, and Strophe drops the
+                // handler: that app would see nobody leave any more.
+                p.append_child(stanza::el("features", NS_CLIENT, &[]));
             }
             None => stanza::set_attr(&mut p, "type", "unavailable"),
         }
@@ -983,7 +999,7 @@ impl Conference {
     }
 
     fn update_single(&mut self, now: Instant) {
-        let active = self.participants.len() + usize::from(self.streamer_in);
+        let active = self.participants.len() + usize::from(self.streamer_counted);
         if active == 1 && self.participants.iter().any(|p| p.sid().is_some()) {
             self.single_since.get_or_insert(now);
         } else {
@@ -1065,7 +1081,7 @@ impl Conference {
 
     fn maybe_invite(&mut self, now: Instant) {
         // A native live stream counts as a participant (a Jibri's browser would be one).
-        let streaming = usize::from(self.streamer_in);
+        let streaming = usize::from(self.streamer_counted);
         if self.phase != Phase::Running
             || self.participants.len() + streaming < self.cfg.min_participants
         {

@@ -417,10 +417,25 @@ pub fn start(router: Arc<Router>, opts: FocusOptions, bridge: Arc<dyn Bridge>) -
     router.bind(&focus_jid, jid_tx.clone());
     if let Some(jid) = &opts.cfg.streamer_jid {
         // meetd's own live-stream occupant hears the room and ignores it (docs/streaming.md):
-        // bound, so that the room does not take it for gone.
+        // bound, so that the room does not take it for gone. Requests get an error at once,
+        // as a Jibri's browser declines them: a teacher alone with it offers it a
+        // peer-to-peer call, which would otherwise wait for its timeout.
         let (tx, mut rx) = mpsc::channel::<Box<Element>>(64);
         router.bind(jid, tx);
-        tokio::spawn(async move { while rx.recv().await.is_some() {} });
+        let r = router.clone();
+        tokio::spawn(async move {
+            while let Some(el) = rx.recv().await {
+                if el.name() == "iq"
+                    && let Some(reply) = meetd_xmpp::stanza::error_reply(
+                        &el,
+                        meetd_xmpp::stanza::StanzaError::SERVICE_UNAVAILABLE,
+                        None,
+                    )
+                {
+                    r.route(reply);
+                }
+            }
+        });
     }
     let base = |room: &String| BreweryRoom::new(room, &focus_jid, opts.jibri_reply_timeout);
     let brewery = opts.jibri_brewery.as_ref().map(|room| {

@@ -27,7 +27,11 @@ appTest('IPv4 dropped: the app works over IPv6 alone', app.wrap(async () => {
     try {
         for (const t of await bridgeCall(app, 'v6')) {
             assert.equal(t.type, 'udp', JSON.stringify(t));
-            assert.ok(t.ip.includes('fd00::1'), JSON.stringify(t));
+            // The bridge's address, or, where Chromium learned the bridge's candidate from its
+            // check before the signalled one (peer-reflexive), our own IPv6 address: Chromium
+            // does not show a peer-reflexive remote address.
+            assert.ok(t.ip.includes('fd00::1') || (t.remoteCandidateType === 'prflx' && t.localip.startsWith('fd00::2')),
+                JSON.stringify(t));
         }
     } finally {
         openFirewall();

@@ -738,3 +738,49 @@ export const ownStartRefusal = (p) => p.eval(async () => {
         return e?.querySelector?.('error')?.firstElementChild?.tagName ?? String(e?.message ?? e);
     }
 });
+
+/**
+ * An init script (`ctx.addInitScript`) that makes the page's camera a canvas of one colour,
+ * which the test changes (`window.meetdColour`): a viewer of a stream can tell when a change
+ * made at the speaker reaches it.
+ */
+export const COLOUR_CAMERA = `(() => {
+    const md = navigator.mediaDevices;
+    const real = md.getUserMedia.bind(md);
+    md.getUserMedia = async (c) => {
+        const s = await real(c);
+        if (!c || !c.video) return s;
+        const canvas = document.createElement('canvas');
+        canvas.width = 640;
+        canvas.height = 360;
+        const g = canvas.getContext('2d');
+        const draw = () => {
+            g.fillStyle = window.meetdColour || '#108010';
+            g.fillRect(0, 0, 640, 360);
+        };
+        draw();
+        setInterval(draw, 40);
+        for (const t of s.getVideoTracks()) {
+            s.removeTrack(t);
+            t.stop();
+        }
+        s.addTrack(canvas.captureStream(25).getVideoTracks()[0]);
+        return s;
+    };
+})();`;
+
+/** In a viewer's page: resolves with Date.now() at the first frame whose centre is red. */
+export const firstRedFrame = () => new Promise((resolve) => {
+    const v = document.querySelector('video');
+    const c = document.createElement('canvas');
+    c.width = 16;
+    c.height = 16;
+    const g = c.getContext('2d', { willReadFrequently: true });
+    const check = () => {
+        g.drawImage(v, 0, 0, 16, 16);
+        const [r, gr, b] = g.getImageData(8, 8, 1, 1).data;
+        if (r > 150 && gr < 90 && b < 90) return resolve(Date.now());
+        v.requestVideoFrameCallback(check);
+    };
+    v.requestVideoFrameCallback(check);
+});

@@ -36,12 +36,15 @@ rtmp {
     if (proc.exitCode !== null) throw new Error(`nginx-rtmp exited (${proc.exitCode}); see ${dir}/error.log`);
     return {
         url: `rtmp://127.0.0.1:${port}/live`,
-        /** ffprobe's view of the stream `key` (its streams), or the error. */
-        probe(key, ms = 15000) {
+        /**
+         * ffprobe's view of the stream `key` (its streams), or the error; it looks at the
+         * first `analyzeSecs` of the stream.
+         */
+        probe(key, ms = 15000, analyzeSecs = 3) {
             return new Promise((resolve) => {
-                execFile('ffprobe', ['-v', 'error', '-rw_timeout', String(ms * 1000), '-analyzeduration', '3000000',
+                execFile('ffprobe', ['-v', 'error', '-rw_timeout', String(ms * 1000), '-analyzeduration', String(analyzeSecs * 1000000),
                     '-show_entries', 'stream=codec_type,codec_name,width,height,sample_rate', '-of', 'json',
-                    `rtmp://127.0.0.1:${port}/live/${key}`], { timeout: ms + 5000 }, (err, stdout, stderr) => {
+                    `rtmp://127.0.0.1:${port}/live/${key}`], { timeout: ms + analyzeSecs * 1000 + 5000 }, (err, stdout, stderr) => {
                     if (err) return resolve({ error: `${err.message} ${stderr}`.trim(), streams: [] });
                     try {
                         resolve({ streams: JSON.parse(stdout).streams ?? [] });
@@ -57,4 +60,20 @@ rtmp {
             rmSync(dir, { recursive: true, force: true });
         },
     };
+}
+
+/** ffprobe's view of a media file: its streams and duration (seconds), or the error. */
+export function probeFile(file) {
+    return new Promise((resolve) => {
+        execFile('ffprobe', ['-v', 'error', '-show_entries', 'stream=codec_type,codec_name,width,height:format=duration',
+            '-of', 'json', file], { timeout: 20000 }, (err, stdout, stderr) => {
+            if (err) return resolve({ error: `${err.message} ${stderr}`.trim(), streams: [] });
+            try {
+                const j = JSON.parse(stdout);
+                resolve({ streams: j.streams ?? [], duration: Number(j.format?.duration ?? 0) });
+            } catch (e) {
+                resolve({ error: String(e), streams: [] });
+            }
+        });
+    });
 }

@@ -609,6 +609,12 @@ fn random_nonce_suffix() -> Option<String> {
     Some(B64.encode(bytes))
 }
 
+/// Whether `password` is the account's, checked against its stored SCRAM-SHA-256 keys as
+/// PLAIN is (for sign-in outside XMPP, such as HTTP Basic on protected live streams).
+pub fn password_matches(creds: &StoredCredentials, password: &str) -> bool {
+    verify_password(ScramHash::Sha256, password.as_bytes(), &creds.sha256)
+}
+
 /// Checks a PLAIN password against stored SCRAM credentials by recomputing StoredKey.
 fn verify_password(hash: ScramHash, password: &[u8], creds: &ScramCredentials) -> bool {
     let Some(iterations) = NonZeroU32::new(creds.iterations) else {
@@ -1216,6 +1222,14 @@ mod tests {
             let (_, step) = SaslServer::start(mech, Some(&big));
             assert_eq!(step, Step::Failure(SaslFailure::MalformedRequest));
         }
+    }
+
+    #[test]
+    fn password_matches_only_the_accounts_password() {
+        let stored = derive_credentials("s3cret", 1000);
+        assert!(password_matches(&stored, "s3cret"));
+        assert!(!password_matches(&stored, "s3cret "));
+        assert!(!password_matches(&stored, ""));
     }
 
     #[test]

@@ -54,6 +54,10 @@ impl StanzaError {
         kind: "modify",
         condition: "policy-violation",
     };
+    pub const CONFLICT: StanzaError = StanzaError {
+        kind: "cancel",
+        condition: "conflict",
+    };
 }
 
 /// The error reply to `el`, or None when `el` must not be answered (errors, iq results).

@@ -633,7 +633,25 @@ impl super::MediaEngine {
         {
             return Some(s);
         }
-        c.members.iter().find_map(|id| sending(*id, None))
+        if let Some(s) = c.members.iter().find_map(|id| sending(*id, None)) {
+            return Some(s);
+        }
+        // Nobody sends: a camera that is signalled, the most recent speaker's first. A sender
+        // nobody else watches (a teacher alone) has stopped sending; on stage, the feed's
+        // wish for its height asks it to start again.
+        let camera = |id: EpId| {
+            let ep = self.endpoints.get(&id)?;
+            ep.rx
+                .sources
+                .iter()
+                .find(|s| s.kind == MediaType::Video && s.video_type != "DESKTOP")
+                .map(|s| (id, s.id))
+        };
+        c.recent_speakers()
+            .iter()
+            .copied()
+            .chain(c.members.iter().copied())
+            .find_map(camera)
     }
 
     /// The feed's clock: choose what is on stage, fill silence and pictures, ask for

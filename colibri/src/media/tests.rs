@@ -2255,3 +2255,30 @@ fn a_client_without_udp_connects_over_tcp() {
         Some(&HashSet::from([Protocol::Udp]))
     );
 }
+
+#[test]
+fn a_live_stream_asks_a_lone_teacher_who_stopped_sending_for_video() {
+    let mut net = Net::new(1);
+    net.connect();
+    net.advance(Duration::from_millis(200));
+    // Nobody watches ep1: its camera is not wanted.
+    assert_eq!(
+        sender_constraints(&net.events, "ep1", "ep1-v0").last(),
+        Some(&0)
+    );
+    net.engine.set_broadcast(
+        CONF,
+        Some(crate::media::BroadcastTarget {
+            video: "127.0.0.1:9".parse().unwrap(),
+            audio: vec!["127.0.0.1:11".parse().unwrap()],
+            max_height: 360,
+            filler: Vec::new(),
+        }),
+    );
+    net.advance(Duration::from_millis(200));
+    // The stream puts the only camera on stage although it sends nothing yet, and asks for it.
+    assert_eq!(
+        sender_constraints(&net.events, "ep1", "ep1-v0").last(),
+        Some(&360)
+    );
+}

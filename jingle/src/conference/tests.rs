@@ -996,6 +996,10 @@ fn a_native_live_stream_brings_the_streamer_in_and_puts_a_lone_teacher_on_the_br
         !sent.iter().any(|e| e.attr("from") == Some(STREAMER)),
         "not before it is on"
     );
+    // The lone teacher goes on the bridge at once: the bridge feeds the encoder, whose first
+    // output turns the session on.
+    h.bridge();
+    assert_eq!(h.jingle_to("aaaa").len(), 1, "the teacher is invited");
     // The encoder runs: the streamer joins with the session, as a Jibri's browser would.
     h.input(Input::JibriStatus {
         jibri: crate::live_stream::NATIVE.into(),
@@ -1010,6 +1014,8 @@ fn a_native_live_stream_brings_the_streamer_in_and_puts_a_lone_teacher_on_the_br
         .find(|e| e.name() == "presence" && e.attr("from") == Some(STREAMER))
         .expect("the streamer joins");
     assert_eq!(join.attr("type"), None);
+    // lib-jitsi-meet needs a hidden occupant's features when it leaves.
+    assert!(join.get_child("features", NS_CLIENT).is_some());
     assert_eq!(
         join.get_child("session_id", NS_CLIENT).map(|e| e.text()),
         Some(req.session_id.clone())
@@ -1031,9 +1037,6 @@ fn a_native_live_stream_brings_the_streamer_in_and_puts_a_lone_teacher_on_the_br
         "<presence xmlns='jabber:client' from='{ROOM}/meetd-live-stream' to='{FOCUS}'><x xmlns='http://jabber.org/protocol/muc#user'><item jid='{STREAMER}' affiliation='owner' role='moderator'/></x></presence>"
     ));
     assert!(h.jingle_to("meetd-live-stream").is_empty());
-    // The lone teacher goes on the bridge (the stream needs her media there).
-    h.bridge();
-    assert_eq!(h.jingle_to("aaaa").len(), 1, "the teacher is invited");
     // Stopped: the encoder is told, the streamer leaves.
     h.stanza(&format!("<iq xmlns='jabber:client' type='set' id='j2' from='{ROOM}/aaaa' to='{ROOM}/focus'><jibri xmlns='http://jitsi.org/protocol/jibri' action='stop' recording_mode='stream'/></iq>"));
     assert_eq!(h.jibri_stops.len(), 1);

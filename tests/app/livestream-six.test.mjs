@@ -1,0 +1,103 @@
+// Six live streams at once (issue 15; `[streaming] max_concurrent` = 6, as the seed's
+// streaming server has): six rooms, each with a teacher of the official app, each streaming
+// from the app's menu to nginx-rtmp and, through the same encoding, as HLS from meetd (one
+// ffmpeg per stream with the tee muxer). Every stream reaches the RTMP server and is served as
+// HLS; a seventh is refused as busy. Reports each encoder's CPU. (The delay to an HLS viewer
+// is measured in hls.test.mjs, on one stream.)
+import { readFileSync, readdirSync } from 'node:fs';
+import path from 'node:path';
+import { useApp, appTest, assert, sleep, recordingSessions, startLiveStreamFromMenu, stopLiveStreamFromMenu, ownStartRefusal } from './lib.mjs';
+import { startRtmp, noRtmp } from '../lib/rtmp.mjs';
+import { REPO_DIR } from '../lib/server.mjs';
+
+const RTMP_PORT = 20000 + ((process.pid + 2500) % 5000);
+const HLS_JS = path.join(REPO_DIR, 'tests/node_modules/hls.js/dist/hls.min.js');
+const ROOMS = 6;
+const app = useApp({
+    name: 'app-livestream-six',
+    config: `[streaming]\nrtmp_url = "rtmp://127.0.0.1:${RTMP_PORT}/live"\nhls = true\nhls_segment_secs = 1\nhls_js = "${HLS_JS}"\n`
+        + 'width = 640\nheight = 360\nfps = 15\nvideo_kbps = 600\npreset = "ultrafast"\nmax_concurrent = 6\n[jibri]\nbrewery = ""\n',
+});
+
+/** CPU ticks (user + system) of a process, from /proc. */
+const ticks = (pid) => {
+    const f = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const rest = f.slice(f.lastIndexOf(')') + 2).split(' ');
+    return Number(rest[11]) + Number(rest[12]);
+};
+const ffmpegs = (parent) => readdirSync('/proc').filter((d) => /^\d+$/.test(d)).filter((d) => {
+    try {
+        const stat = readFileSync(`/proc/${d}/stat`, 'utf8');
+        return stat.includes('(ffmpeg)') && Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]) === parent;
+    } catch {
+        return false;
+    }
+}).map(Number);
+
+const waitFor = async (what, fn, ms) => {
+    const deadline = Date.now() + ms;
+    for (;;) {
+        const v = await fn();
+        if (v) return v;
+        if (Date.now() > deadline) throw new Error(`timed out: ${what}`);
+        await sleep(500);
+    }
+};
+
+const isOn = (p) => p.waitFor(() => Object.values(APP.store.getState()['features/recording'].sessionDatas ?? [])
+    .some((s) => s.mode === 'stream' && s.status === 'on'), 'live stream on', 40000)
+    .catch(async (e) => {
+        throw new Error(`${e.message}; the app's sessions: ${JSON.stringify(await recordingSessions(p))}`);
+    });
+
+appTest('six rooms stream at once, to RTMP and HLS; a seventh is busy', app.wrap(async () => {
+    const rtmp = await startRtmp(RTMP_PORT);
+    try {
+        const teachers = [];
+        for (let i = 0; i < ROOMS; i++) {
+            teachers.push(await app.join(`lecture${i}`, { name: `Teacher ${i}`, hash: 'config.resolution=360' }));
+        }
+        for (const [i, t] of teachers.entries()) {
+            await t.waitFor(() => APP.store.getState()['features/base/participants'].local.role === 'moderator', 'moderator');
+            await startLiveStreamFromMenu(t, `stream${i}`);
+        }
+        for (const t of teachers) await isOn(t);
+        // A seventh room: all encoders busy.
+        const extra = await app.join('lecture6', { name: 'Teacher 6' });
+        await extra.waitFor(() => APP.store.getState()['features/base/participants'].local.role === 'moderator', 'moderator');
+        assert.equal(await ownStartRefusal(extra), 'resource-constraint');
+        await extra.close();
+
+        // Every stream reaches the RTMP server (H.264 + AAC) and is served as HLS.
+        for (let i = 0; i < ROOMS; i++) {
+            // ffprobe decides on what it saw in its first seconds; on this loaded machine the
+            // encoders' audio may come late, so it looks for 10 s.
+            const probe = await rtmp.probe(`stream${i}`, 15000, 10);
+            assert.deepEqual(probe.streams.map((s) => s.codec_name).sort(), ['aac', 'h264'], `stream${i}: ${JSON.stringify(probe)}`);
+            await waitFor(`stream${i}.m3u8`, async () => (await fetch(`${app.base}/live/stream${i}.m3u8`)).status === 200, 15000);
+        }
+
+        // The encoders' CPU over 20 s, with all six running.
+        const pids = ffmpegs(app.server.proc.pid);
+        assert.equal(pids.length, ROOMS, `encoders: ${pids}`);
+        const hz = 100;
+        const before = pids.map(ticks);
+        const meetdBefore = ticks(app.server.proc.pid);
+        const t0 = Date.now();
+        await sleep(20000);
+        const secs = (Date.now() - t0) / 1000;
+        const per = pids.map((p, i) => (ticks(p) - before[i]) / hz / secs * 100);
+        const meetd = (ticks(app.server.proc.pid) - meetdBefore) / hz / secs * 100;
+
+        console.log(`six streams (640x360, 15 fps, ultrafast, RTMP + HLS from one encoding; 2-core VM with six app participants): `
+            + `encoder CPU per stream ${per.map((c) => c.toFixed(0)).join(', ')} % of one core (mean ${(per.reduce((x, y) => x + y, 0) / ROOMS).toFixed(0)} %); `
+            + `meetd ${meetd.toFixed(0)} %`);
+
+        for (const t of teachers) await stopLiveStreamFromMenu(t);
+        await waitFor('every encoder ended', async () => ffmpegs(app.server.proc.pid).length === 0, 20000);
+        assert.deepEqual(readdirSync(path.join(app.server.dataDir, 'live')), []);
+        await app.leaveAll();
+    } finally {
+        await rtmp.stop();
+    }
+}), { skip: noRtmp, timeout: 300000 });
