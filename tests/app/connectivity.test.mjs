@@ -59,9 +59,14 @@ appTest('ICE fails and the session is restarted', app.wrap(async () => {
     tc('class', 'add', 'dev', 'lo', 'parent', '1:', 'classid', '1:10', 'htb', 'rate', '10gbit');
     tc('class', 'add', 'dev', 'lo', 'parent', '1:', 'classid', '1:3', 'htb', 'rate', '8bit', 'ceil', '8bit');
     tc('qdisc', 'add', 'dev', 'lo', 'parent', '1:3', 'handle', '30:', 'pfifo', 'limit', '0');
-    for (const dir of ['sport', 'dport']) {
-        tc('filter', 'add', 'dev', 'lo', 'parent', '1:', 'protocol', 'ip', 'prio', '1', 'u32',
-            'match', 'ip', 'protocol', '17', '0xff', 'match', 'ip', dir, port, '0xffff', 'flowid', '1:3');
+    // Media over UDP, and over ICE-TCP (the media TCP port, and HTTPS, which shares its port
+    // with media): with a TCP pair left, Chromium stays connected over it.
+    const blocked = [['17', port], ['6', String(app.server.mediaTcpPort)], ['6', String(app.server.httpsPort)]];
+    for (const [proto, p] of blocked) {
+        for (const dir of ['sport', 'dport']) {
+            tc('filter', 'add', 'dev', 'lo', 'parent', '1:', 'protocol', 'ip', 'prio', '1', 'u32',
+                'match', 'ip', 'protocol', proto, '0xff', 'match', 'ip', dir, p, '0xffff', 'flowid', '1:3');
+        }
     }
     try {
         // Failed, or already restarted (the app replaces the session at once).
