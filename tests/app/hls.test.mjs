@@ -8,7 +8,7 @@ import { existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after } from 'node:test';
-import { useApp, appTest, assert, sleep, recordingSessions, startLiveStreamFromMenu, stopLiveStreamFromMenu, COLOUR_CAMERA, firstRedFrame, withTimeout } from './lib.mjs';
+import { useApp, appTest, assert, sleep, recordingSessions, startLiveStreamFromMenu, stopLiveStreamFromMenu, COLOUR_CAMERA, firstRedFrame, withTimeout, until } from './lib.mjs';
 import { probeFile } from '../lib/rtmp.mjs';
 import { REPO_DIR } from '../lib/server.mjs';
 
@@ -26,15 +26,6 @@ const app = useApp({
 const get = (p, headers = {}) => fetch(`${app.base}${p}`, { headers });
 const basic = (user, pw) => ({ authorization: `Basic ${Buffer.from(`${user}:${pw}`).toString('base64')}` });
 
-const waitFor = async (what, fn, ms) => {
-    const deadline = Date.now() + ms;
-    for (;;) {
-        const v = await fn();
-        if (v) return v;
-        if (Date.now() > deadline) throw new Error(`timed out: ${what}`);
-        await sleep(300);
-    }
-};
 
 const sessionIs = (p, mode, status, ms) => p.waitFor(([m, s]) => Object.values(APP.store.getState()['features/recording'].sessionDatas ?? [])
     .some((x) => x.mode === m && x.status === s), `${mode} ${status}`, ms, [mode, status])
@@ -62,7 +53,7 @@ appTest('HLS from meetd plays in a viewer; U keys need a sign-in, X keys are unl
     await startLiveStreamFromMenu(a, 'Ulecture');
     await sessionIs(a, 'stream', 'on', 30000);
     await sessionIs(b, 'stream', 'on', 10000);
-    await waitFor('the first playlist', async () => (await get('/live/Ulecture.m3u8', basic('viewer', 'lecture-pw'))).status === 200, 20000);
+    await until('the first playlist', async () => (await get('/live/Ulecture.m3u8', basic('viewer', 'lecture-pw'))).status === 200, 20000);
     console.log(`HLS playlist served ${((Date.now() - started) / 1000).toFixed(1)} s after the moderator's start`);
     assert.match(await (await get('/live/')).text(), /Ulecture\.html/);
     assert.equal((await get('/live/Ulecture.m3u8')).status, 401);
@@ -111,14 +102,14 @@ appTest('HLS from meetd plays in a viewer; U keys need a sign-in, X keys are unl
     // Stopped: not served, no files left.
     await stopLiveStreamFromMenu(a);
     await allOff(a);
-    await waitFor('the stream gone', async () => (await get('/live/Ulecture.m3u8', { cookie })).status === 404, 15000);
+    await until('the stream gone', async () => (await get('/live/Ulecture.m3u8', { cookie })).status === 404, 15000);
     assert.deepEqual(readdirSync(path.join(app.server.dataDir, 'live')), []);
     assert.doesNotMatch(await (await get('/live/')).text(), /Ulecture/);
 
     // An "X" stream: anyone with the name may watch, the index does not show it.
     await startLiveStreamFromMenu(a, 'Xhidden');
     await sessionIs(a, 'stream', 'on', 30000);
-    await waitFor('the X playlist', async () => (await get('/live/Xhidden.m3u8')).status === 200, 20000);
+    await until('the X playlist', async () => (await get('/live/Xhidden.m3u8')).status === 200, 20000);
     assert.doesNotMatch(await (await get('/live/')).text(), /Xhidden/);
     assert.equal((await get('/live/Xhidden.html')).status, 200);
     await stopLiveStreamFromMenu(a);
@@ -134,7 +125,9 @@ appTest('HLS from meetd plays in a viewer; U keys need a sign-in, X keys are unl
     await a.doc.locator('#recording-switch-audio-video').setChecked(false, { force: true, timeout: 10000 });
     await a.doc.locator('#modal-dialog-ok-button').click({ timeout: 10000 });
     await allOff(a);
-    const files = await waitFor('the recording', async () => {
+    // The app shows it off at once; the encoder then finishes the file (its index last).
+    await until('the encoder ended', async () => (app.server.logTail(400).match(/live stream ended/g) ?? []).length >= 3, 15000);
+    const files = await until('the recording', async () => {
         const f = readdirSync(recordings).filter((n) => n.endsWith('.mp4'));
         return f.length ? f : null;
     }, 15000);

@@ -784,3 +784,14 @@ export const firstRedFrame = () => new Promise((resolve) => {
     };
     v.requestVideoFrameCallback(check);
 });
+
+/** Resolves with `fn()`'s first truthy value, asking every `every` ms; fails after `ms`. */
+export async function until(what, fn, ms, every = 500) {
+    const deadline = Date.now() + ms;
+    for (;;) {
+        const v = await fn();
+        if (v) return v;
+        if (Date.now() > deadline) throw new Error(`timed out: ${what}`);
+        await sleep(every);
+    }
+}

@@ -6,7 +6,7 @@
 // is measured in hls.test.mjs, on one stream.)
 import { readFileSync, readdirSync } from 'node:fs';
 import path from 'node:path';
-import { useApp, appTest, assert, sleep, recordingSessions, startLiveStreamFromMenu, stopLiveStreamFromMenu, ownStartRefusal } from './lib.mjs';
+import { useApp, appTest, assert, sleep, recordingSessions, startLiveStreamFromMenu, stopLiveStreamFromMenu, ownStartRefusal, until } from './lib.mjs';
 import { startRtmp, noRtmp } from '../lib/rtmp.mjs';
 import { REPO_DIR } from '../lib/server.mjs';
 
@@ -34,15 +34,6 @@ const ffmpegs = (parent) => readdirSync('/proc').filter((d) => /^\d+$/.test(d)).
     }
 }).map(Number);
 
-const waitFor = async (what, fn, ms) => {
-    const deadline = Date.now() + ms;
-    for (;;) {
-        const v = await fn();
-        if (v) return v;
-        if (Date.now() > deadline) throw new Error(`timed out: ${what}`);
-        await sleep(500);
-    }
-};
 
 const isOn = (p) => p.waitFor(() => Object.values(APP.store.getState()['features/recording'].sessionDatas ?? [])
     .some((s) => s.mode === 'stream' && s.status === 'on'), 'live stream on', 40000)
@@ -74,7 +65,7 @@ appTest('six rooms stream at once, to RTMP and HLS; a seventh is busy', app.wrap
             // encoders' audio may come late, so it looks for 10 s.
             const probe = await rtmp.probe(`stream${i}`, 15000, 10);
             assert.deepEqual(probe.streams.map((s) => s.codec_name).sort(), ['aac', 'h264'], `stream${i}: ${JSON.stringify(probe)}`);
-            await waitFor(`stream${i}.m3u8`, async () => (await fetch(`${app.base}/live/stream${i}.m3u8`)).status === 200, 15000);
+            await until(`stream${i}.m3u8`, async () => (await fetch(`${app.base}/live/stream${i}.m3u8`)).status === 200, 15000);
         }
 
         // The encoders' CPU over 20 s, with all six running.
@@ -94,7 +85,7 @@ appTest('six rooms stream at once, to RTMP and HLS; a seventh is busy', app.wrap
             + `meetd ${meetd.toFixed(0)} %`);
 
         for (const t of teachers) await stopLiveStreamFromMenu(t);
-        await waitFor('every encoder ended', async () => ffmpegs(app.server.proc.pid).length === 0, 20000);
+        await until('every encoder ended', async () => ffmpegs(app.server.proc.pid).length === 0, 20000);
         assert.deepEqual(readdirSync(path.join(app.server.dataDir, 'live')), []);
         await app.leaveAll();
     } finally {

@@ -3,7 +3,7 @@
 // the speakers' audio to Debian's ffmpeg, which sends H.264 + AAC to the university's RTMP
 // server (nginx with libnginx-mod-rtmp here, on loopback). The picture follows the speaker;
 // a participant who is not a moderator is refused; stopping from the app ends the stream.
-import { useApp, appTest, assert, sleep, recordingSessions, startLiveStreamFromMenu, stopLiveStreamFromMenu, ownStartRefusal } from './lib.mjs';
+import { useApp, appTest, assert, sleep, recordingSessions, startLiveStreamFromMenu, stopLiveStreamFromMenu, ownStartRefusal, until } from './lib.mjs';
 import { startRtmp, noRtmp } from '../lib/rtmp.mjs';
 
 const RTMP_PORT = 20000 + (process.pid % 5000);
@@ -17,15 +17,6 @@ const metric = async (name) => {
     return Number(m.match(new RegExp(`^${name} (\\d+)`, 'm'))?.[1] ?? NaN);
 };
 
-const waitFor = async (what, fn, ms) => {
-    const deadline = Date.now() + ms;
-    for (;;) {
-        const v = await fn();
-        if (v) return v;
-        if (Date.now() > deadline) throw new Error(`timed out: ${what}`);
-        await sleep(500);
-    }
-};
 
 appTest('a moderator streams to the RTMP server; the picture follows the speaker; stop ends it', app.wrap(async () => {
     const rtmp = await startRtmp(RTMP_PORT);
@@ -58,7 +49,7 @@ appTest('a moderator streams to the RTMP server; the picture follows the speaker
         await a.clickToolbar('toolbar.accessibilityLabel.mute', 'mute');
         await b.clickToolbar('toolbar.accessibilityLabel.unmute', 'unmute');
         await a.waitDominantSpeaker(b, 20000);
-        await waitFor('the live stream switched to the student',
+        await until('the live stream switched to the student',
             async () => (await metric('meetd_media_live_stream_switches_total')) > switches, 15000);
         // Stop from the menu: everyone sees it off, the encoder ends, nothing reaches the server.
         await stopLiveStreamFromMenu(a);
@@ -66,7 +57,7 @@ appTest('a moderator streams to the RTMP server; the picture follows the speaker
             await p.waitFor(() => Object.values(APP.store.getState()['features/recording'].sessionDatas ?? [])
                 .every((s) => s.status === 'off'), 'live stream off', 20000);
         }
-        await waitFor('the encoder ended', async () => /live stream ended/.test(app.server.logTail(400)), 15000);
+        await until('the encoder ended', async () => /live stream ended/.test(app.server.logTail(400)), 15000);
         const cpu = app.server.logTail(400).match(/cpu_percent="?(\d+)/)?.[1];
         console.log(`live stream encoder: ${cpu ?? '?'}% of one core (640x360, 15 fps, ultrafast)`);
         const after = await rtmp.probe('lecture-2026', 4000);
