@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after } from 'node:test';
 import { useApp, appTest, assert, sleep, recordingSessions, startLiveStreamFromMenu, stopLiveStreamFromMenu, COLOUR_CAMERA, firstRedFrame, withTimeout, until } from './lib.mjs';
-import { probeFile } from '../lib/rtmp.mjs';
+import { probeFile, assertH264Aac } from '../lib/rtmp.mjs';
 import { REPO_DIR } from '../lib/server.mjs';
 
 const noFfmpeg = existsSync('/usr/bin/ffmpeg') ? false : 'ffmpeg is not installed';
@@ -134,12 +134,7 @@ appTest('HLS from meetd plays in a viewer; U keys need a sign-in, X keys are unl
     assert.equal(files.length, 1, files.join(', '));
     assert.match(files[0], /^hlsroom-/);
     const probe = await probeFile(path.join(recordings, files[0]));
-    const video = probe.streams.find((s) => s.codec_type === 'video');
-    const audio = probe.streams.find((s) => s.codec_type === 'audio');
-    assert.ok(video && audio, JSON.stringify(probe));
-    assert.equal(video.codec_name, 'h264');
-    assert.deepEqual([video.width, video.height], [640, 360]);
-    assert.equal(audio.codec_name, 'aac');
+    assertH264Aac(probe, 640, 360);
     assert.ok(probe.duration >= 3, `duration ${probe.duration}`);
     console.log(`recording: ${files[0]}, ${probe.duration.toFixed(1)} s`);
     await app.leaveAll();

@@ -4,7 +4,7 @@
 // server (nginx with libnginx-mod-rtmp here, on loopback). The picture follows the speaker;
 // a participant who is not a moderator is refused; stopping from the app ends the stream.
 import { useApp, appTest, assert, sleep, recordingSessions, startLiveStreamFromMenu, stopLiveStreamFromMenu, ownStartRefusal, until } from './lib.mjs';
-import { startRtmp, noRtmp } from '../lib/rtmp.mjs';
+import { startRtmp, noRtmp, assertH264Aac } from '../lib/rtmp.mjs';
 
 const RTMP_PORT = 20000 + (process.pid % 5000);
 const app = useApp({
@@ -36,12 +36,7 @@ appTest('a moderator streams to the RTMP server; the picture follows the speaker
         }
         // The RTMP server gets H.264 at the configured size and AAC.
         const probe = await rtmp.probe('lecture-2026');
-        const video = probe.streams.find((s) => s.codec_type === 'video');
-        const audio = probe.streams.find((s) => s.codec_type === 'audio');
-        assert.ok(video && audio, JSON.stringify(probe));
-        assert.equal(video.codec_name, 'h264');
-        assert.deepEqual([video.width, video.height], [640, 360]);
-        assert.equal(audio.codec_name, 'aac');
+        assertH264Aac(probe, 640, 360);
         // The student is not a moderator: the focus refuses their start.
         assert.equal(await ownStartRefusal(b), 'not-allowed');
         // The teacher falls silent and the student speaks: the stream shows the student.

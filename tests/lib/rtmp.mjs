@@ -5,6 +5,7 @@ import { spawn, execFile } from 'node:child_process';
 import { mkdtempSync, writeFileSync, rmSync, existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
+import assert from 'node:assert/strict';
 import { withTimeout } from './server.mjs';
 
 const MODULE = '/usr/lib/nginx/modules/ngx_rtmp_module.so';
@@ -76,4 +77,14 @@ export function probeFile(file) {
             }
         });
     });
+}
+
+/** What ffprobe saw (`probe`/`probeFile`) is H.264 at `width`x`height` and AAC. */
+export function assertH264Aac(probe, width, height) {
+    const video = probe.streams.find((s) => s.codec_type === 'video');
+    const audio = probe.streams.find((s) => s.codec_type === 'audio');
+    assert.ok(video && audio, JSON.stringify(probe));
+    assert.equal(video.codec_name, 'h264');
+    assert.deepEqual([video.width, video.height], [width, height]);
+    assert.equal(audio.codec_name, 'aac');
 }
