@@ -122,7 +122,14 @@ appTest('HLS from meetd plays in a viewer; U keys need a sign-in, X keys are unl
     await sleep(5000);
     // Stop: the same dialog, "Record audio and video" switched off, "Apply changes".
     await a.clickToolbar('toolbar.record', 'record');
-    await a.doc.locator('#recording-switch-audio-video').setChecked(false, { force: true, timeout: 10000 });
+    // The switch is the app's own (a checkbox under a styled track): its label turns it off.
+    const recordSwitch = a.doc.locator('#recording-switch-audio-video');
+    await recordSwitch.waitFor({ state: 'attached', timeout: 10000 });
+    for (let k = 0; k < 5 && await recordSwitch.isChecked(); k++) {
+        await a.doc.locator('label[for="recording-switch-audio-video"]').click({ timeout: 5000 });
+        await sleep(300);
+    }
+    assert.equal(await recordSwitch.isChecked(), false, 'record audio and video switched off');
     await a.doc.locator('#modal-dialog-ok-button').click({ timeout: 10000 });
     await allOff(a);
     // The app shows it off at once; the encoder then finishes the file (its index last).
