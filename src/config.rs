@@ -765,6 +765,9 @@ pub struct TurnSection {
     pub max_allocations: usize,
     pub max_connections: usize,
     pub relay_private_peers: bool,
+    /// Receive and send buffer of each relayed address's UDP socket (the kernel caps it at
+    /// net.core.rmem_max / wmem_max).
+    pub relay_socket_buffer_bytes: usize,
 }
 
 impl Default for TurnSection {
@@ -780,6 +783,7 @@ impl Default for TurnSection {
             max_allocations: 1000,
             max_connections: 1000,
             relay_private_peers: false,
+            relay_socket_buffer_bytes: 1 << 20,
         }
     }
 }
@@ -1077,6 +1081,10 @@ impl Config {
             ("media.tcp_send_queue", self.media.tcp_send_queue),
             ("turn.max_allocations", self.turn.max_allocations),
             ("turn.max_connections", self.turn.max_connections),
+            (
+                "turn.relay_socket_buffer_bytes",
+                self.turn.relay_socket_buffer_bytes,
+            ),
         ] {
             if v == 0 {
                 return err(k, "must be greater than 0");

@@ -99,6 +99,7 @@ pub fn setup(cfg: &Config, media_ips: &[IpAddr]) -> TurnSetup {
         max_allocations: cfg.turn.max_allocations,
         max_connections: cfg.turn.max_connections,
         relay_private_peers: cfg.turn.relay_private_peers,
+        relay_socket_buffer: cfg.turn.relay_socket_buffer_bytes,
     }
 }
 
@@ -119,6 +120,8 @@ pub struct TurnSetup {
     pub max_allocations: usize,
     pub max_connections: usize,
     pub relay_private_peers: bool,
+    /// SO_RCVBUF / SO_SNDBUF of each relayed address's socket.
+    pub relay_socket_buffer: usize,
 }
 
 /// The running server: its allocation and connection counts, and TCP/TLS connections to serve.
@@ -303,6 +306,11 @@ impl RelayAddressGenerator for Relays {
         for i in 0..span.min(64) {
             let port = lo + ((start + i) % span) as u16;
             if let Ok(sock) = UdpSocket::bind(SocketAddr::new(self.setup.bind_ip, port)).await {
+                // The default buffer (about 200 KiB) overflows in a burst (a keyframe to a
+                // client on TURN/TCP while its connection drains): give it room.
+                let s = socket2::SockRef::from(&sock);
+                let _ = s.set_recv_buffer_size(self.setup.relay_socket_buffer);
+                let _ = s.set_send_buffer_size(self.setup.relay_socket_buffer);
                 let conn = RelayConn {
                     sock,
                     own: self.setup.own_ips.clone(),
@@ -386,6 +394,9 @@ struct StreamConn {
     local: SocketAddr,
     /// Told once reading ends (the connection is gone).
     closed: Notify,
+    /// A write failed: the connection is gone, and what the allocation still relays to it
+    /// is dropped quietly (the `turn` crate logs every failed send as an error).
+    gone: std::sync::atomic::AtomicBool,
 }
 
 impl StreamConn {
@@ -398,6 +409,7 @@ impl StreamConn {
             peer,
             local,
             closed: Notify::new(),
+            gone: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -451,14 +463,28 @@ impl Conn for StreamConn {
         self.send_to(buf, self.peer).await
     }
     async fn send_to(&self, buf: &[u8], _target: SocketAddr) -> webrtc_util::Result<usize> {
-        let mut wr = self.wr.lock().await;
-        wr.write_all(buf).await?;
-        // ChannelData over a stream is padded to four bytes.
-        if buf.first().is_some_and(|b| b >> 6 == 1) && !buf.len().is_multiple_of(4) {
-            wr.write_all(&[0u8; 3][..4 - buf.len() % 4]).await?;
+        if self.gone.load(Ordering::Relaxed) {
+            return Ok(buf.len());
         }
-        wr.flush().await?;
-        Ok(buf.len())
+        let mut wr = self.wr.lock().await;
+        let written = async {
+            wr.write_all(buf).await?;
+            // ChannelData over a stream is padded to four bytes.
+            if buf.first().is_some_and(|b| b >> 6 == 1) && !buf.len().is_multiple_of(4) {
+                wr.write_all(&[0u8; 3][..4 - buf.len() % 4]).await?;
+            }
+            wr.flush().await
+        }
+        .await;
+        match written {
+            Ok(()) => Ok(buf.len()),
+            Err(e) => {
+                // Reported once; the reader ends the connection's server.
+                self.gone.store(true, Ordering::Relaxed);
+                self.closed.notify_one();
+                Err(e.into())
+            }
+        }
     }
     fn local_addr(&self) -> webrtc_util::Result<SocketAddr> {
         Ok(self.local)

@@ -272,7 +272,8 @@ export class Participant {
         }, 'local tracks on the prejoin screen', 20000);
         if (startAudioMuted) await this.clickToolbar('toolbar.accessibilityLabel.mute', 'audio');
         if (startVideoMuted) await this.clickToolbar('toolbar.accessibilityLabel.videomute', 'video');
-        await joinBtn.click();
+        // A browser starved of CPU (nine on two cores) can take longer than the default 30 s.
+        await joinBtn.click({ timeout: 60000 });
     }
 
     /**

@@ -1,8 +1,13 @@
 // Nine on video (issue 14): nine people of the official web app in one room, every one
-// sending video (the fake camera scaled down to 180p so that nine Chromiums fit on two cores),
-// in tile view. Everyone must see everyone else's video. The test prints what the issue asks
-// to report: join to first remote frame, the bridge's CPU and memory, and every browser's
-// received frame rates and freezes from getStats().
+// sending video, in tile view. Everyone must see everyone else's video. The test prints what
+// the issue asks to report: join to first remote frame, the bridge's CPU and memory, and every
+// browser's received frame rates and freezes from getStats(), what each one sends, its ICE
+// pair, and the namespace's UDP receive-buffer drops.
+//
+// Scaled down so that nine Chromiums fit on two cores: a 180p camera at 10 fps, VP8 without
+// simulcast (AV1, the app's first choice, costs the browsers far more CPU; and with simulcast
+// Chrome encodes only the lowest layer, 45p, of a 180p camera). Even so the browsers are
+// starved: their UDP pings come late, and Chrome moves some of them to TURN over TCP.
 import { readFileSync } from 'node:fs';
 import { useApp, appTest, assert } from './lib.mjs';
 
@@ -14,6 +19,10 @@ const hash = [
     'config.constraints.video.height.ideal=180',
     'config.constraints.video.height.max=180',
     'config.constraints.video.width.max=320',
+    'config.constraints.video.frameRate.max=10',
+    'config.constraints.video.frameRate.min=5',
+    `config.videoQuality.codecPreferenceOrder=${encodeURIComponent('["VP8"]')}`,
+    'config.disableSimulcast=true',
     'config.pcStatsInterval=2000',
 ].join('&');
 
@@ -46,10 +55,62 @@ function inboundVideo(p) {
     });
 }
 
+/** What a browser sends: per encoding, its height, frame rate and what limits it. */
+function outboundVideo(p) {
+    return p.eval(async () => {
+        const pc = APP.conference._room.jvbJingleSession.peerconnection.peerconnection;
+        const out = [];
+        (await pc.getStats()).forEach((s) => {
+            if (s.type === 'outbound-rtp' && s.kind === 'video') {
+                out.push(`${s.rid ?? '-'}:${s.frameHeight ?? 0}p@${Math.round(s.framesPerSecond ?? 0)}${s.active === false ? ' off' : ''} ${s.qualityLimitationReason}`);
+            }
+            if (s.type === 'candidate-pair' && s.nominated && s.state === 'succeeded') {
+                out.push(`out ${Math.round((s.availableOutgoingBitrate ?? 0) / 1000)} kbps`);
+            }
+        });
+        return out.join(', ');
+    });
+}
+
 const median = (v) => [...v].sort((a, b) => a - b)[Math.floor(v.length / 2)];
+
+/** The namespace's UDP counters (receive-buffer overflows show as RcvbufErrors). */
+function udpCounters() {
+    const lines = readFileSync('/proc/net/snmp', 'utf8').split('\n').filter((l) => l.startsWith('Udp:'));
+    const [names, values] = lines.map((l) => l.split(/\s+/).slice(1));
+    return Object.fromEntries(names.map((n, i) => [n, Number(values[i])]));
+}
 
 appTest(`${N} on video in tile view: everyone sees everyone`, app.wrap(async () => {
     const pid = app.server.proc.pid;
+    process.on('exit', () => console.log(`nine: UDP ${JSON.stringify(udpCounters())}`));
+    const drops = () => {
+        const out = [];
+        for (const f of ['/proc/net/udp', '/proc/net/udp6']) {
+            for (const l of readFileSync(f, 'utf8').split('\n').slice(1)) {
+                const c = l.trim().split(/\s+/);
+                if (c.length > 12 && Number(c.at(-1)) > 0) out.push(`${parseInt(c[1].split(':')[1], 16)}:${c.at(-1)}`);
+            }
+        }
+        return out.join(' ');
+    };
+    const pairs = () => Promise.all(people.map((p) => p.eval(async () => {
+        const pc = APP.conference._room.jvbJingleSession?.peerconnection?.peerconnection;
+        if (!pc) return '?';
+        const st = await pc.getStats();
+        let out = '?';
+        st.forEach((s) => {
+            if (s.type === 'transport' && s.selectedCandidatePairId) {
+                const cp = st.get(s.selectedCandidatePairId);
+                const l = st.get(cp.localCandidateId);
+                const r = st.get(cp.remoteCandidateId);
+                out = `${l.candidateType}/${l.protocol}${l.relayProtocol ? '/' + l.relayProtocol : ''}->${r.candidateType}/${r.protocol}:${r.port}`;
+            }
+        });
+        return out;
+    }).catch(() => 'err'))).then((v) => v.join(' '));
+    const dropTimer = setInterval(async () => console.log(`nine: socket drops (port:count) ${drops()}; pairs ${await pairs()}`), 15000);
+    dropTimer.unref();
     const idle = usage(pid);
     const people = [];
     const firstFrame = [];
@@ -58,14 +119,16 @@ appTest(`${N} on video in tile view: everyone sees everyone`, app.wrap(async () 
         const t0 = Date.now();
         await p.waitJoined();
         if (i > 0) {
-            await p.waitVideoFrom(people[0], 60000);
-            firstFrame.push(Date.now() - t0);
+            // Measured, not asserted: on two cores the ninth browser can take longer than
+            // this; whether everyone sees everyone is checked below.
+            const seen = await p.waitVideoFrom(people[0], 45000).then(() => true, () => false);
+            firstFrame.push(seen ? Date.now() - t0 : Infinity);
         }
         people.push(p);
     }
     // Everyone sees every other one's video.
     await Promise.all(people.map(async (x) => {
-        for (const y of people) if (y !== x) await x.waitVideoFrom(y, 120000);
+        for (const y of people) if (y !== x) await x.waitVideoFrom(y, 150000);
     }));
     const tile = await people[0].eval(() => APP.store.getState()['features/video-layout'].tileViewEnabled);
     // A steady 20 s: the bridge's CPU and memory, then what each browser received.
@@ -88,9 +151,11 @@ appTest(`${N} on video in tile view: everyone sees everyone`, app.wrap(async () 
         };
     });
     console.log(`nine: ${N} participants, tile view ${tile}`);
-    console.log(`nine: join to first remote frame (ms): ${firstFrame.join(', ')}; median ${median(firstFrame)}`);
+    console.log(`nine: join to first remote frame (ms): ${firstFrame.map((t) => (t === Infinity ? '>45000' : t)).join(', ')}; median ${median(firstFrame)}`);
     console.log(`nine: bridge CPU ${(cpu * 100).toFixed(1)}% of one core (${(cpu * 100 / N).toFixed(2)}% per participant), RSS ${u1.rss} KiB (idle ${idle.rss} KiB, +${Math.round((u1.rss - idle.rss) / N)} KiB per participant)`);
     for (const r of rows) console.log(`nine: ${JSON.stringify(r)}`);
+    const sent = await Promise.all(people.map(outboundVideo));
+    sent.forEach((s, i) => console.log(`nine: ${people[i].name} sends ${s}`));
     for (const r of rows) assert.ok(r.streams >= N - 1, `${r.who} decodes ${r.streams} streams`);
     await app.leaveAll();
 }), { timeout: 600000 });
