@@ -50,8 +50,22 @@ pub fn valid_name(k: &str) -> bool {
         && !k.starts_with('.')
 }
 
-/// `rest`: the path after `/live/`.
-pub fn parse(rest: &str) -> Option<Request<'_>> {
+/// The player page links of a separate streaming server (`…/stream5.html?s=<name>.m3u8`)
+/// keep working against meetd's: `/live/stream5.html?s=<name>.m3u8` (or `?s=<name>`) is the
+/// player of `<name>`.
+pub const SEED_PLAYER: &str = "stream5.html";
+
+/// `rest`: the path after `/live/`; `query`: the URL's query.
+pub fn parse<'a>(rest: &'a str, query: Option<&'a str>) -> Option<Request<'a>> {
+    if rest == SEED_PLAYER
+        && let Some(s) = query
+            .into_iter()
+            .flat_map(|q| q.split('&'))
+            .find_map(|kv| kv.strip_prefix("s="))
+    {
+        let n = s.strip_suffix(".m3u8").unwrap_or(s);
+        return valid_name(n).then_some(Request::Page(n));
+    }
     if rest.is_empty() || rest == "index.html" {
         return Some(Request::Index);
     }
@@ -339,7 +353,7 @@ pub async fn serve(front: &Front, secure: bool, uri: &Uri, headers: &HeaderMap) 
     let Some(h) = &front.hls else {
         return not_found();
     };
-    let Some(req) = parse(uri.path().strip_prefix("/live/").unwrap_or("")) else {
+    let Some(req) = parse(uri.path().strip_prefix("/live/").unwrap_or(""), uri.query()) else {
         return not_found();
     };
     let name = match req {
@@ -508,14 +522,25 @@ mod tests {
 
     #[test]
     fn paths_name_the_stream_and_nothing_outside() {
-        assert_eq!(parse(""), Some(Request::Index));
-        assert_eq!(parse("lecture.m3u8"), Some(Request::Playlist("lecture")));
-        assert_eq!(parse("lecture.html"), Some(Request::Page("lecture")));
+        assert_eq!(parse("", None), Some(Request::Index));
+        assert_eq!(parse("lecture.m3u8", None), Some(Request::Playlist("lecture")));
+        assert_eq!(parse("lecture.html", None), Some(Request::Page("lecture")));
         assert_eq!(
-            parse("my-talk-12.ts"),
+            parse("my-talk-12.ts", None),
             Some(Request::Segment("my-talk", "my-talk-12.ts"))
         );
-        assert_eq!(parse("hls.min.js"), Some(Request::Script));
+        assert_eq!(parse("hls.min.js", None), Some(Request::Script));
+        // The seed's player links.
+        for q in ["s=lecture.m3u8", "s=lecture", "x=1&s=lecture.m3u8&jwt=abc"] {
+            assert_eq!(
+                parse("stream5.html", Some(q)),
+                Some(Request::Page("lecture")),
+                "{q}"
+            );
+        }
+        assert_eq!(parse("stream5.html", Some("s=../etc.m3u8")), None);
+        // Without `s=`, a stream named stream5.
+        assert_eq!(parse("stream5.html", None), Some(Request::Page("stream5")));
         for bad in [
             "../x.m3u8",
             "a/b.m3u8",
@@ -527,7 +552,7 @@ mod tests {
             "x.mp4",
             "%2e%2e.m3u8",
         ] {
-            assert_eq!(parse(bad), None, "{bad}");
+            assert_eq!(parse(bad, None), None, "{bad}");
         }
     }
 

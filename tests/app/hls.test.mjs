@@ -59,6 +59,7 @@ appTest('HLS from meetd plays in a viewer; U keys need a sign-in, X keys are unl
     assert.equal((await get('/live/Ulecture.m3u8')).status, 401);
     assert.equal((await get('/live/Ulecture.m3u8', basic('viewer', 'wrong'))).status, 401);
     assert.equal((await get('/live/Ulecture.html')).status, 401);
+    assert.equal((await get('/live/stream5.html?s=Ulecture.m3u8')).status, 401);
     const signedIn = await get('/live/Ulecture.m3u8', basic('viewer', 'lecture-pw'));
     const playlist = await signedIn.text();
     assert.match(playlist, /^#EXTM3U/);
@@ -71,11 +72,12 @@ appTest('HLS from meetd plays in a viewer; U keys need a sign-in, X keys are unl
     assert.equal((await get(`/live/${segment}`)).status, 401);
     assert.equal((await get(`/live/${segment}`, { cookie })).headers.get('content-type'), 'video/mp2t');
 
-    // A viewer signs in and plays it in meetd's player page (hls.js): time advances.
+    // A viewer signs in and plays it in meetd's player page (hls.js), opened by the link form
+    // the seed's streaming server uses (stream5.html?s=<name>.m3u8): time advances.
     const ctx = await app.browser.newContext({ httpCredentials: { username: 'viewer', password: 'lecture-pw' } });
     try {
         const page = await ctx.newPage();
-        await page.goto(`${app.base}/live/Ulecture.html`);
+        await page.goto(`${app.base}/live/stream5.html?s=Ulecture.m3u8`);
         await page.waitForFunction(() => document.querySelector('video')?.currentTime > 0.5, null, { timeout: 30000 });
         const t0 = await page.evaluate(() => document.querySelector('video').currentTime);
         await sleep(4000);
@@ -112,6 +114,7 @@ appTest('HLS from meetd plays in a viewer; U keys need a sign-in, X keys are unl
     await until('the X playlist', async () => (await get('/live/Xhidden.m3u8')).status === 200, 20000);
     assert.doesNotMatch(await (await get('/live/')).text(), /Xhidden/);
     assert.equal((await get('/live/Xhidden.html')).status, 200);
+    assert.match(await (await get('/live/stream5.html?s=Xhidden.m3u8')).text(), /Xhidden\.m3u8/);
     await stopLiveStreamFromMenu(a);
     await allOff(a);
 
