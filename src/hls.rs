@@ -523,7 +523,10 @@ mod tests {
     #[test]
     fn paths_name_the_stream_and_nothing_outside() {
         assert_eq!(parse("", None), Some(Request::Index));
-        assert_eq!(parse("lecture.m3u8", None), Some(Request::Playlist("lecture")));
+        assert_eq!(
+            parse("lecture.m3u8", None),
+            Some(Request::Playlist("lecture"))
+        );
         assert_eq!(parse("lecture.html", None), Some(Request::Page("lecture")));
         assert_eq!(
             parse("my-talk-12.ts", None),
