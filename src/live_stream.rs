@@ -440,7 +440,15 @@ fn ffmpeg_args(cfg: &StreamingSection, sdp: &std::path::Path, out: &Output) -> V
         Output::Stream { hls: Some(h), .. } => h.segment_secs.min(2),
         _ => 2,
     };
-    let inputs: String = (0..cfg.audio_mix).map(|i| format!("[0:a:{i}]")).collect();
+    // Each slot on its own timeline first: a speaker's stream has gaps where the bridge
+    // dropped silence (shorter than the slot's idle time, so meetd fills none), and amix
+    // joins what it gets sample after sample, whatever the timestamps say. Unfilled, every
+    // gap put the audio further behind the picture (42 s after two minutes, seen with six
+    // rooms, which hls.js could not play). aresample fills each gap with silence.
+    let per_slot: String = (0..cfg.audio_mix)
+        .map(|i| format!("[0:a:{i}]aresample=async=1000[s{i}];"))
+        .collect();
+    let inputs: String = (0..cfg.audio_mix).map(|i| format!("[s{i}]")).collect();
     let mut a: Vec<String> = [
         "-hide_banner",
         "-loglevel",
@@ -459,7 +467,7 @@ fn ffmpeg_args(cfg: &StreamingSection, sdp: &std::path::Path, out: &Output) -> V
         [
             "-filter_complex".to_string(),
             format!(
-                "{inputs}amix=inputs={}:normalize=0,aresample=async=1000[a]",
+                "{per_slot}{inputs}amix=inputs={}:normalize=0,aresample=async=1000[a]",
                 cfg.audio_mix
             ),
             "-map".into(),
@@ -490,6 +498,11 @@ fn ffmpeg_args(cfg: &StreamingSection, sdp: &std::path::Path, out: &Output) -> V
             format!("{}k", cfg.audio_kbps),
             "-ar".into(),
             "44100".into(),
+            // The muxer waits for both streams before it writes: a first HLS segment
+            // without audio makes hls.js create no audio buffer, and it fails once audio
+            // comes (meetd feeds both without pause: silence and a still frame).
+            "-max_interleave_delta".into(),
+            "0".into(),
             "-progress".into(),
             "pipe:1".into(),
             "-stats_period".into(),
@@ -791,7 +804,13 @@ mod tests {
         };
         let a = ffmpeg_args(&cfg, std::path::Path::new("/x.sdp"), &out);
         let fc = &a[a.iter().position(|x| x == "-filter_complex").unwrap() + 1];
-        assert!(fc.starts_with("[0:a:0][0:a:1][0:a:2]amix=inputs=3"), "{fc}");
+        assert!(
+            fc.starts_with(
+                "[0:a:0]aresample=async=1000[s0];[0:a:1]aresample=async=1000[s1];\
+                 [0:a:2]aresample=async=1000[s2];[s0][s1][s2]amix=inputs=3"
+            ),
+            "{fc}"
+        );
         assert_eq!(a.last().unwrap(), "rtmp://s/live/secret");
         assert_eq!(describe(&out), "rtmp://s/live/…");
     }

@@ -84,6 +84,72 @@ appTest('six rooms stream at once, to RTMP and HLS; a seventh is busy', app.wrap
             + `encoder CPU per stream ${per.map((c) => c.toFixed(0)).join(', ')} % of one core (mean ${(per.reduce((x, y) => x + y, 0) / ROOMS).toFixed(0)} %); `
             + `meetd ${meetd.toFixed(0)} %`);
 
+        // A viewer of one of the six plays it in meetd's player page for 20 s. Measured, not
+        // asserted yet: in about half of the runs on two cores hls.js stops reloading the
+        // playlist and fetching segments after a few seconds, without an error (issue 15);
+        // the requests and the player's state are printed to find out why.
+        const ctx = await app.browser.newContext();
+        try {
+            const page = await ctx.newPage();
+            const errors = [];
+            page.on('console', (m) => errors.push(m.text()));
+            const net = [];
+            const t00 = Date.now();
+            const short = (u) => u.split('/').pop();
+            page.on('request', (r) => net.push(`${((Date.now() - t00) / 1000).toFixed(1)} > ${short(r.url())}`));
+            page.on('requestfinished', async (r) => net.push(`${((Date.now() - t00) / 1000).toFixed(1)} < ${short(r.url())} ${(await r.response())?.status()}`));
+            page.on('requestfailed', (r) => net.push(`${((Date.now() - t00) / 1000).toFixed(1)} X ${short(r.url())} ${r.failure()?.errorText}`));
+            await page.goto(`${app.base}/live/stream5.html?s=stream3.m3u8`);
+            await page.waitForFunction(() => window.meetdPlayer, null, { timeout: 30000 });
+            await page.evaluate(() => {
+                window.meetdErrors = [];
+                window.meetdPlayer.on('hlsError', (e, d) => window.meetdErrors.push(`${d.fatal ? 'FATAL ' : ''}${d.type}/${d.details} ${d.error?.message ?? ''} ${d.reason ?? ''} ${d.frag?.sn ?? ''} ${d.sourceBufferName ?? ''}`));
+            });
+            await page.waitForFunction(() => document.querySelector('video')?.currentTime > 0.5, null, { timeout: 30000 });
+            const t0v = await page.evaluate(() => document.querySelector('video').currentTime);
+            await sleep(20000);
+            const v = await page.evaluate(() => ({ t: document.querySelector('video').currentTime, errors: window.meetdErrors }));
+            console.log(`six: viewer of stream3: currentTime ${t0v.toFixed(1)} -> ${v.t.toFixed(1)} in 20 s; hls.js errors: ${JSON.stringify(v.errors)}`);
+            if (v.errors.length) console.log(`six: viewer console: ${errors.slice(-20).join(' | ')}`);
+            {
+                // Audio and video of the newest segment start together (they drifted apart
+                // before the encoder filled the gaps of each speaker's audio).
+                const pl = await (await fetch(`${app.base}/live/stream3.m3u8`)).text();
+                const seg = pl.split('\n').filter((l) => l.endsWith('.ts')).at(-1);
+                const { spawnSync } = await import('node:child_process');
+                const r = spawnSync('ffprobe', ['-v', 'error', '-show_entries', 'stream=codec_type,start_time', '-of', 'csv=p=0', path.join(app.server.dataDir, 'live', seg)], { encoding: 'utf8' });
+                console.log(`six: ${seg} starts (codec,start): ${r.stdout.trim().replace(/\n/g, ' ')}`);
+            }
+            if (v.t - t0v <= 15) {
+                console.log(`six: the viewer stalled (${(v.t - t0v).toFixed(1)} s of 20)`);
+                const pl = await (await fetch(`${app.base}/live/stream3.m3u8`)).text();
+                console.log(`six: playlist ${pl.replace(/\n/g, ' | ')}`);
+                console.log(`six: viewer requests: ${net.join(', ')}`);
+                const det = await page.evaluate(() => {
+                    const d = window.meetdPlayer.levels?.[0]?.details;
+                    return { live: d?.live, end: d?.endSN, frags: d?.fragments?.map((f) => `${f.sn}@${f.start?.toFixed(2)}+${f.duration?.toFixed(2)}`), loadLevel: window.meetdPlayer.loadLevel, media: document.querySelector('video').buffered.length };
+                });
+                console.log(`six: hls.js level ${JSON.stringify(det)}`);
+                const { execFileSync } = await import('node:child_process');
+                for (const seg of pl.split('\n').filter((l) => l.endsWith('.ts')).slice(-4)) {
+                    const f = path.join(app.server.dataDir, 'live', seg);
+                    const r = await fetch(`${app.base}/live/${seg}`);
+                    const body = Buffer.from(await r.arrayBuffer());
+                    console.log(`six: GET ${seg}: ${r.status} ${body.length} bytes, first ${body.subarray(0, 4).toString('hex')}`);
+                    try {
+                        const out = execFileSync('ffprobe', ['-v', 'error', '-show_entries', 'stream=codec_type,start_time,duration', '-of', 'compact', f], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+                        console.log(`six: ${seg}: ${out.trim().replace(/\n/g, ' ; ')}`);
+                    } catch (e) {
+                        console.log(`six: ${seg}: ${String(e.stderr).slice(0, 300)}`);
+                    }
+                }
+            }
+        } catch (e) {
+            console.log(`six: the viewer failed: ${e.message.split('\n')[0]}`);
+        } finally {
+            await ctx.close();
+        }
+
         for (const t of teachers) await stopLiveStreamFromMenu(t);
         await until('every encoder ended', async () => ffmpegs(app.server.proc.pid).length === 0, 20000);
         assert.deepEqual(readdirSync(path.join(app.server.dataDir, 'live')), []);
