@@ -498,11 +498,6 @@ fn ffmpeg_args(cfg: &StreamingSection, sdp: &std::path::Path, out: &Output) -> V
             format!("{}k", cfg.audio_kbps),
             "-ar".into(),
             "44100".into(),
-            // The muxer waits for both streams before it writes: a first HLS segment
-            // without audio makes hls.js create no audio buffer, and it fails once audio
-            // comes (meetd feeds both without pause: silence and a still frame).
-            "-max_interleave_delta".into(),
-            "0".into(),
             "-progress".into(),
             "pipe:1".into(),
             "-stats_period".into(),

@@ -97,7 +97,11 @@ appTest('six rooms stream at once, to RTMP and HLS; a seventh is busy', app.wrap
             const t00 = Date.now();
             const short = (u) => u.split('/').pop();
             page.on('request', (r) => net.push(`${((Date.now() - t00) / 1000).toFixed(1)} > ${short(r.url())}`));
-            page.on('requestfinished', async (r) => net.push(`${((Date.now() - t00) / 1000).toFixed(1)} < ${short(r.url())} ${(await r.response())?.status()}`));
+            page.on('requestfinished', (r) => {
+                const at = ((Date.now() - t00) / 1000).toFixed(1);
+                // The page may be gone before the response is read.
+                r.response().then((resp) => net.push(`${at} < ${short(r.url())} ${resp?.status()}`), () => {});
+            });
             page.on('requestfailed', (r) => net.push(`${((Date.now() - t00) / 1000).toFixed(1)} X ${short(r.url())} ${r.failure()?.errorText}`));
             await page.goto(`${app.base}/live/stream5.html?s=stream3.m3u8`);
             await page.waitForFunction(() => window.meetdPlayer, null, { timeout: 30000 });
