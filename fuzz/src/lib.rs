@@ -131,15 +131,6 @@ fn assert_document(text: &str) -> Element {
     }
 }
 
-// ---------------------------------------------------------------------------------------
-// xml_stream
-
-/// The XMPP XML framing (xmpp/src/xml.rs): the input as one document (WebSocket frame) and
-/// as a TCP stream fed to [`StreamParser`] in chunks.
-///
-/// First byte: bits 0-5 the chunk size (0: everything at once), bit 6 tight limits
-/// (512-byte stanzas, depth 4), bit 7 restart the stream after an `<auth/>` stanza as the
-/// session does after SASL success.
 /// Work a process does once, done before afl's fork server starts (each `src/bin` harness
 /// calls it before `afl::fuzz!`), so that no input is charged for it: the first use of the
 /// system random generator costs aws-lc about 50 ms of entropy gathering, which made afl
@@ -151,6 +142,15 @@ pub fn warm_up() {
     sasl::set_unknown_user_secret(b"meetd-fuzz");
 }
 
+// ---------------------------------------------------------------------------------------
+// xml_stream
+
+/// The XMPP XML framing (xmpp/src/xml.rs): the input as one document (WebSocket frame) and
+/// as a TCP stream fed to [`StreamParser`] in chunks.
+///
+/// First byte: bits 0-5 the chunk size (0: everything at once), bit 6 tight limits
+/// (512-byte stanzas, depth 4), bit 7 restart the stream after an `<auth/>` stanza as the
+/// session does after SASL success.
 pub fn xml_stream(data: &[u8]) {
     let Some((ctl, data)) = control(data) else {
         return;
