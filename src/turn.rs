@@ -17,7 +17,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use async_trait::async_trait;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
@@ -396,7 +396,7 @@ struct StreamConn {
     closed: Notify,
     /// A write failed: the connection is gone, and what the allocation still relays to it
     /// is dropped quietly (the `turn` crate logs every failed send as an error).
-    gone: std::sync::atomic::AtomicBool,
+    gone: AtomicBool,
 }
 
 impl StreamConn {
@@ -409,7 +409,7 @@ impl StreamConn {
             peer,
             local,
             closed: Notify::new(),
-            gone: std::sync::atomic::AtomicBool::new(false),
+            gone: AtomicBool::new(false),
         }
     }
 

@@ -81,20 +81,21 @@ function udpCounters() {
     return Object.fromEntries(names.map((n, i) => [n, Number(values[i])]));
 }
 
-appTest(`${N} on video in tile view: everyone sees everyone`, app.wrap(async () => {
-    const pid = app.server.proc.pid;
-    process.on('exit', () => console.log(`nine: UDP ${JSON.stringify(udpCounters())}`));
-    const drops = () => {
-        const out = [];
-        for (const f of ['/proc/net/udp', '/proc/net/udp6']) {
-            for (const l of readFileSync(f, 'utf8').split('\n').slice(1)) {
-                const c = l.trim().split(/\s+/);
-                if (c.length > 12 && Number(c.at(-1)) > 0) out.push(`${parseInt(c[1].split(':')[1], 16)}:${c.at(-1)}`);
-            }
+/** Receive-buffer drops of every UDP socket in the namespace that has any, as port:count. */
+function socketDrops() {
+    const out = [];
+    for (const f of ['/proc/net/udp', '/proc/net/udp6']) {
+        for (const l of readFileSync(f, 'utf8').split('\n').slice(1)) {
+            const c = l.trim().split(/\s+/);
+            if (c.length > 12 && Number(c.at(-1)) > 0) out.push(`${parseInt(c[1].split(':')[1], 16)}:${c.at(-1)}`);
         }
-        return out.join(' ');
-    };
-    const pairs = () => Promise.all(people.map((p) => p.eval(async () => {
+    }
+    return out.join(' ');
+}
+
+/** Each participant's selected ICE pair on the bridge connection (local -> remote). */
+function icePairs(people) {
+    return Promise.all(people.map((p) => p.eval(async () => {
         const pc = APP.conference._room.jvbJingleSession?.peerconnection?.peerconnection;
         if (!pc) return '?';
         const st = await pc.getStats();
@@ -109,10 +110,15 @@ appTest(`${N} on video in tile view: everyone sees everyone`, app.wrap(async () 
         });
         return out;
     }).catch(() => 'err'))).then((v) => v.join(' '));
-    const dropTimer = setInterval(async () => console.log(`nine: socket drops (port:count) ${drops()}; pairs ${await pairs()}`), 15000);
-    dropTimer.unref();
-    const idle = usage(pid);
+}
+
+appTest(`${N} on video in tile view: everyone sees everyone`, app.wrap(async () => {
+    const pid = app.server.proc.pid;
+    process.on('exit', () => console.log(`nine: UDP ${JSON.stringify(udpCounters())}`));
     const people = [];
+    const report = setInterval(async () => console.log(`nine: socket drops (port:count) ${socketDrops()}; pairs ${await icePairs(people)}`), 15000);
+    report.unref();
+    const idle = usage(pid);
     const firstFrame = [];
     for (let i = 0; i < N; i++) {
         const p = await app.join('nine', { name: `P${i + 1}`, hash, waitJoined: false });
@@ -156,6 +162,7 @@ appTest(`${N} on video in tile view: everyone sees everyone`, app.wrap(async () 
     for (const r of rows) console.log(`nine: ${JSON.stringify(r)}`);
     const sent = await Promise.all(people.map(outboundVideo));
     sent.forEach((s, i) => console.log(`nine: ${people[i].name} sends ${s}`));
+    clearInterval(report);
     for (const r of rows) assert.ok(r.streams >= N - 1, `${r.who} decodes ${r.streams} streams`);
     await app.leaveAll();
 }), { timeout: 600000 });

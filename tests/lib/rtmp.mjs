@@ -66,7 +66,7 @@ rtmp {
 /** ffprobe's view of a media file: its streams and duration (seconds), or the error. */
 export function probeFile(file) {
     return new Promise((resolve) => {
-        execFile('ffprobe', ['-v', 'error', '-show_entries', 'stream=codec_type,codec_name,width,height:format=duration',
+        execFile('ffprobe', ['-v', 'error', '-show_entries', 'stream=codec_type,codec_name,width,height,start_time:format=duration',
             '-of', 'json', file], { timeout: 20000 }, (err, stdout, stderr) => {
             if (err) return resolve({ error: `${err.message} ${stderr}`.trim(), streams: [] });
             try {
