@@ -146,13 +146,15 @@ impl Hls {
         let Ok(entries) = std::fs::read_dir(&self.dir) else {
             return;
         };
+        let mut removed = 0usize;
         for e in entries.flatten() {
             let f = e.file_name();
             let Some(f) = f.to_str() else { continue };
-            if owned_by(f, name) {
-                let _ = std::fs::remove_file(e.path());
+            if owned_by(f, name) && std::fs::remove_file(e.path()).is_ok() {
+                removed += 1;
             }
         }
+        tracing::info!(stream = %name, files = removed, "HLS: the stream ended; its files are deleted");
     }
 
     pub fn is_running(&self, name: &str) -> bool {

@@ -109,8 +109,8 @@ struct AudioSlot {
     ts_off: Option<u32>,
     highest_in: u64,
     next_seq: u16,
+    /// The timestamp of the last frame sent (48 kHz, on the feed's clock, [`Broadcast::wall_ts`]).
     last_ts: u32,
-    last_at: Instant,
     last_real: Option<Instant>,
 }
 
@@ -134,6 +134,8 @@ pub(super) struct Broadcast {
     on_stage: Option<(EpId, SourceId)>,
     last_keyframe_request: Option<Instant>,
     next_tick: Instant,
+    /// Where the audio slots' clock stands at 0 (one frame before the feed started).
+    epoch: Instant,
     pub stats: BroadcastStats,
 }
 
@@ -152,8 +154,6 @@ impl Broadcast {
                 highest_in: 0,
                 next_seq: 0,
                 last_ts: 0,
-                // The first tick sends the first silence frame of every slot at once.
-                last_at: now.checked_sub(AUDIO_FRAME).unwrap_or(now),
                 last_real: None,
             })
             .collect();
@@ -165,8 +165,18 @@ impl Broadcast {
             on_stage: None,
             last_keyframe_request: None,
             next_tick: now,
+            // The first tick sends the first silence frame of every slot at once.
+            epoch: now.checked_sub(AUDIO_FRAME).unwrap_or(now),
             stats: BroadcastStats::default(),
         }
+    }
+
+    /// The audio clock at `now`: 48 kHz since the feed's start, wrapping as RTP does. Every
+    /// slot stays tied to it, so that what the encoder mixes keeps pace with the picture.
+    fn wall_ts(&self, now: Instant) -> u32 {
+        let us = now.saturating_duration_since(self.epoch).as_micros();
+        // Truncation is the RTP timestamp's wrap-around.
+        (us * 48 / 1000) as u32
     }
 
     pub fn target(&self) -> &BroadcastTarget {
@@ -297,16 +307,24 @@ impl Broadcast {
                 i
             }
         };
+        let wall = self.wall_ts(now);
         let s = &mut self.audio[i];
         let ts_off = match s.ts_off {
             Some(o) if seq > s.highest_in => o,
             Some(_) => return, // late or repeated: its place was filled already
             None => {
-                let frames = (now.saturating_duration_since(s.last_at).as_millis() / 20).max(1);
-                let o = s
-                    .last_ts
-                    .wrapping_add(AUDIO_FRAME_TS.wrapping_mul(frames as u32))
-                    .wrapping_sub(ts);
+                // The sender (again) from now on, after what the slot sent: never earlier,
+                // and never after the silence it was given meanwhile. Late packets that
+                // come in a burst after a pause would otherwise be put after that silence,
+                // and each pause would push the slot further ahead of the picture (34 s
+                // in two minutes with six streams on two cores).
+                let next = s.last_ts.wrapping_add(AUDIO_FRAME_TS);
+                let at = if (wall.wrapping_sub(next) as i32) > 0 {
+                    wall
+                } else {
+                    next
+                };
+                let o = at.wrapping_sub(ts);
                 s.ts_off = Some(o);
                 o
             }
@@ -316,7 +334,6 @@ impl Broadcast {
         let seq_out = s.next_seq;
         s.next_seq = s.next_seq.wrapping_add(1);
         s.last_ts = out_ts;
-        s.last_at = now;
         s.last_real = Some(now);
         out.push((s.to, rtp(AUDIO_PT, false, seq_out, out_ts, s.ssrc, payload)));
         self.stats.audio_packets += 1;
@@ -329,15 +346,18 @@ impl Broadcast {
             return false;
         }
         self.next_tick = now + AUDIO_FRAME;
+        let wall = self.wall_ts(now);
         for s in &mut self.audio {
-            if now.saturating_duration_since(s.last_at) < AUDIO_IDLE && s.ts_off.is_some() {
+            let talking = s.ts_off.is_some()
+                && s.last_real
+                    .is_some_and(|t| now.saturating_duration_since(t) < AUDIO_IDLE);
+            if talking {
                 continue;
             }
-            // Quiet: silence from the last frame on, one per 20 ms, up to now. The sender's
-            // next packet continues from there.
+            // Quiet: silence from the last frame on, one per 20 ms, up to the clock. The
+            // sender's next packet continues from there.
             s.ts_off = None;
-            while s.last_at + AUDIO_FRAME <= now {
-                s.last_at += AUDIO_FRAME;
+            while wall.wrapping_sub(s.last_ts) as i32 >= AUDIO_FRAME_TS as i32 {
                 s.last_ts = s.last_ts.wrapping_add(AUDIO_FRAME_TS);
                 let seq = s.next_seq;
                 s.next_seq = s.next_seq.wrapping_add(1);
@@ -503,6 +523,47 @@ mod tests {
         b.audio(1, 10, 500, 777_000, &[1], t1 + AUDIO_FRAME * 2, &mut out);
         b.tick(t1 + AUDIO_FRAME, &mut out);
         assert!(out.iter().all(|(to, _)| to.port() != 5002), "{out:?}");
+    }
+
+    #[test]
+    fn a_speaker_whose_packets_come_in_bursts_stays_with_the_clock() {
+        // A speaker's 20 ms frames arrive late in bursts (a busy sender or network): after
+        // each 200 ms pause, ten at once. The slot fills each pause with silence; what
+        // comes late may run ahead of the clock for a while, but pauses must not add up.
+        let t0 = Instant::now();
+        let mut b = Broadcast::new(target(), t0, 1000);
+        let mut out = Vec::new();
+        let (mut seq, mut ts) = (100u64, 5_000u32);
+        let mut now = t0;
+        for _ in 0..50 {
+            // A pause: only the clock.
+            for _ in 0..10 {
+                now += AUDIO_FRAME;
+                b.tick(now, &mut out);
+            }
+            // Ten frames at once, then the speaker stops (a word).
+            for _ in 0..10 {
+                b.audio(1, 10, seq, ts, &[1], now, &mut out);
+                seq += 1;
+                ts = ts.wrapping_add(960);
+            }
+            for _ in 0..5 {
+                now += AUDIO_FRAME;
+                b.tick(now, &mut out);
+            }
+        }
+        // 50 rounds of 300 ms: 15 s on the clock. The slot's last frame is within one burst
+        // of it (before, every pause put it 200 ms further ahead: 10 s by now).
+        let last = out
+            .iter()
+            .filter(|(to, _)| to.port() == 5002)
+            .map(|(_, d)| hdr(d).3)
+            .next_back()
+            .unwrap();
+        let clock = b.wall_ts(now);
+        let ahead_ms = i64::from(last.wrapping_sub(clock) as i32) / 48;
+        assert!(ahead_ms <= 200, "{ahead_ms} ms ahead of the clock");
+        assert!(ahead_ms >= -20, "{ahead_ms} ms behind the clock");
     }
 
     #[test]
