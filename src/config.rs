@@ -681,6 +681,9 @@ pub struct StreamingSection {
     pub preset: String,
     /// Speakers heard at once in the mix.
     pub audio_mix: usize,
+    /// Audio each speaker's slot of the mix may hold, in milliseconds (20 ms frames); what
+    /// comes on top drops the oldest, so a slot never lags.
+    pub audio_mix_buffer_ms: u32,
     /// Also write each live stream as HLS, served by meetd at `/live/<key>.m3u8` (keys
     /// starting with "X" unlisted, "U" for signed-in accounts only); with `rtmp_url` empty,
     /// live streams go to HLS alone.
@@ -710,6 +713,7 @@ impl Default for StreamingSection {
             audio_kbps: 128,
             preset: "veryfast".into(),
             audio_mix: 3,
+            audio_mix_buffer_ms: 200,
             hls: false,
             hls_segment_secs: 2,
             hls_list_size: 6,
@@ -1146,6 +1150,9 @@ impl Config {
         }
         if !(1..=8).contains(&st.audio_mix) {
             return err("streaming.audio_mix", "must be 1..8");
+        }
+        if !(40..=2000).contains(&st.audio_mix_buffer_ms) {
+            return err("streaming.audio_mix_buffer_ms", "must be 40..2000");
         }
         if !(1..=64).contains(&st.max_concurrent) {
             return err("streaming.max_concurrent", "must be 1..64");

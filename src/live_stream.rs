@@ -13,7 +13,9 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use meetd_colibri::media::{AUDIO_PT, BroadcastTarget, VIDEO_PT};
+use meetd_colibri::media::{BroadcastTarget, VIDEO_PT};
+
+use crate::audio_mix::{self, L16_PT};
 use meetd_colibri::service::ColibriService;
 use meetd_jingle::jibri::{Mode, StartRequest, Status};
 use meetd_jingle::live_stream::{LiveStreams, StatusFn};
@@ -232,17 +234,29 @@ impl Session {
                 return;
             }
         };
-        let Some(ports) = free_ports(self.loopback, 1 + self.cfg.audio_mix) else {
+        let Some(ports) = free_ports(self.loopback, 2) else {
             tracing::warn!(room = %self.room, "live stream: no free loopback ports");
             (self.status)(off(Some("error")));
             return;
         };
+        // The speakers' slots go to meetd's mixer, and the mix to the encoder (src/audio_mix.rs).
+        let to_encoder = SocketAddr::new(self.loopback, ports[1]);
+        let mixer = match audio_mix::spawn(
+            self.cfg.audio_mix,
+            Duration::from_millis(u64::from(self.cfg.audio_mix_buffer_ms)),
+            to_encoder,
+            &self.room,
+        ) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(room = %self.room, error = %e, "live stream: the audio mix does not run");
+                (self.status)(off(Some("error")));
+                return;
+            }
+        };
         let target = BroadcastTarget {
             video: SocketAddr::new(self.loopback, ports[0]),
-            audio: ports[1..]
-                .iter()
-                .map(|p| SocketAddr::new(self.loopback, *p))
-                .collect(),
+            audio: vec![mixer.addr; self.cfg.audio_mix],
             max_height: self.cfg.height,
             filler,
         };
@@ -256,7 +270,7 @@ impl Session {
         let written = out_dir
             .map_or(Ok(()), std::fs::create_dir_all)
             .and_then(|()| std::fs::create_dir_all(&self.work_dir))
-            .and_then(|()| std::fs::write(&sdp_path, sdp(&target, self.loopback)));
+            .and_then(|()| std::fs::write(&sdp_path, sdp(&target, to_encoder, self.loopback)));
         if let Err(e) = written {
             tracing::warn!(room = %self.room, error = %e, path = %sdp_path.display(), "live stream: cannot write the session description");
             (self.status)(off(Some("error")));
@@ -267,7 +281,9 @@ impl Session {
         let mut on = false;
         let mut failure = None;
         loop {
-            let end = self.encode(&sdp_path, &target, &mut on).await;
+            let end = self
+                .encode(&sdp_path, &target, to_encoder.port(), &mut on)
+                .await;
             match end {
                 RunEnd::Stopped => break,
                 RunEnd::NoFeed => {
@@ -289,6 +305,7 @@ impl Session {
             tracing::warn!(room = %self.room, error = %e, "live stream: the bridge kept the feed");
         }
         let _ = std::fs::remove_file(&sdp_path);
+        drop(mixer);
         tracing::info!(room = %self.room, secs = started.elapsed().as_secs(), "live stream ended");
         (self.status)(off(failure));
     }
@@ -298,6 +315,7 @@ impl Session {
         &self,
         sdp_path: &std::path::Path,
         target: &BroadcastTarget,
+        audio_port: u16,
         on: &mut bool,
     ) -> RunEnd {
         let mut cmd = Command::new(&self.cfg.ffmpeg);
@@ -334,9 +352,7 @@ impl Session {
         // The bridge (re)starts the feed with each encoder run, with a fresh keyframe and
         // silence from the first moment, once the encoder listens: a VP8 decoder that missed
         // the keyframe cannot size its picture, and ffmpeg then gives up.
-        let ports: Vec<u16> = std::iter::once(target.video.port())
-            .chain(target.audio.iter().map(SocketAddr::port))
-            .collect();
+        let ports = [target.video.port(), audio_port];
         let deadline = Instant::now() + LISTEN_WAIT;
         while !ports.iter().all(|p| udp_bound(self.loopback, *p))
             && Instant::now() < deadline
@@ -355,10 +371,17 @@ impl Session {
         let mut progress = BufReader::new(stdout).lines();
         let mut was_on = false;
         let mut cpu = CpuMeter::new(pid);
+        let mut lag = LagMeter::default();
         loop {
             tokio::select! {
                 line = progress.next_line() => match line {
                     Ok(Some(l)) => {
+                        if let Some(us) = l.strip_prefix("out_time_us=")
+                            && let Ok(t) = us.trim().parse::<i64>()
+                            && let Some(lag) = lag.sample(Instant::now(), t)
+                        {
+                            tracing::info!(room = %self.room, lag_ms = lag.as_millis() as u64, "live stream: the encoder's output is behind its input's clock");
+                        }
                         if let Some(us) = l.strip_prefix("out_time_us=")
                             && us.trim().parse::<i64>().is_ok_and(|t| t > 0)
                             && !was_on
@@ -440,15 +463,6 @@ fn ffmpeg_args(cfg: &StreamingSection, sdp: &std::path::Path, out: &Output) -> V
         Output::Stream { hls: Some(h), .. } => h.segment_secs.min(2),
         _ => 2,
     };
-    // Each slot on its own timeline first: a speaker's stream has gaps where the bridge
-    // dropped silence (shorter than the slot's idle time, so meetd fills none), and amix
-    // joins what it gets sample after sample, whatever the timestamps say. Unfilled, every
-    // gap put the audio further behind the picture (42 s after two minutes, seen with six
-    // rooms, which hls.js could not play). aresample fills each gap with silence.
-    let per_slot: String = (0..cfg.audio_mix)
-        .map(|i| format!("[0:a:{i}]aresample=async=1000[s{i}];"))
-        .collect();
-    let inputs: String = (0..cfg.audio_mix).map(|i| format!("[s{i}]")).collect();
     let mut a: Vec<String> = [
         "-hide_banner",
         "-loglevel",
@@ -466,10 +480,9 @@ fn ffmpeg_args(cfg: &StreamingSection, sdp: &std::path::Path, out: &Output) -> V
     a.extend(
         [
             "-filter_complex".to_string(),
-            format!(
-                "{per_slot}{inputs}amix=inputs={}:normalize=0,aresample=async=1000[a]",
-                cfg.audio_mix
-            ),
+            // The mix comes continuous; a gap (a busy machine) is filled with silence
+            // rather than closed, which would put the sound behind the picture.
+            "[0:a:0]aresample=async=1000[a]".to_string(),
             "-map".into(),
             "0:v:0".into(),
             "-vf".into(),
@@ -589,21 +602,17 @@ pub fn tee_safe(v: &str) -> bool {
         .any(|c| matches!(c, '|' | '[' | ']' | '\\' | '\'' | '"') || c.is_whitespace())
 }
 
-/// The session description the encoder reads: one VP8 stream, then the audio slots.
-fn sdp(t: &BroadcastTarget, ip: IpAddr) -> String {
+/// The session description the encoder reads: the VP8 picture from the bridge, and the
+/// speakers' mix from meetd's mixer (48 kHz mono PCM).
+fn sdp(t: &BroadcastTarget, mix: SocketAddr, ip: IpAddr) -> String {
     let fam = if ip.is_ipv6() { "IP6" } else { "IP4" };
-    let mut s = format!(
+    format!(
         "v=0\r\no=- 0 0 IN {fam} {ip}\r\ns=meetd live stream\r\nc=IN {fam} {ip}\r\nt=0 0\r\n\
-         m=video {} RTP/AVP {VIDEO_PT}\r\na=rtpmap:{VIDEO_PT} VP8/90000\r\n",
-        t.video.port()
-    );
-    for a in &t.audio {
-        s.push_str(&format!(
-            "m=audio {} RTP/AVP {AUDIO_PT}\r\na=rtpmap:{AUDIO_PT} opus/48000/2\r\n",
-            a.port()
-        ));
-    }
-    s
+         m=video {} RTP/AVP {VIDEO_PT}\r\na=rtpmap:{VIDEO_PT} VP8/90000\r\n\
+         m=audio {} RTP/AVP {L16_PT}\r\na=rtpmap:{L16_PT} L16/48000/1\r\n",
+        t.video.port(),
+        mix.port()
+    )
 }
 
 /// Whether some process has UDP `port` open on `ip`'s family (`/proc/net/udp`, `udp6`):
@@ -697,6 +706,38 @@ fn ivf_first_frame(b: &[u8]) -> Option<Vec<u8>> {
     b.get(hdr + 12..hdr + 12 + len).map(<[u8]>::to_vec)
 }
 
+/// How far the encoder's output falls behind real time: the wall-clock time since its first
+/// output less the output time it reports (`out_time_us`). A live encoder that cannot keep up,
+/// or whose muxer holds one stream back waiting for the other, shows as a growing lag; a
+/// player at the live edge of its HLS then runs dry. Reported when it moved by a second
+/// since the last report.
+#[derive(Debug, Default)]
+struct LagMeter {
+    first: Option<(Instant, i64)>,
+    reported: Option<Duration>,
+}
+
+impl LagMeter {
+    const STEP: Duration = Duration::from_secs(1);
+
+    /// `out_us`: the encoder's output time; the lag to report, when it moved enough.
+    fn sample(&mut self, now: Instant, out_us: i64) -> Option<Duration> {
+        if out_us <= 0 {
+            return None;
+        }
+        let (t0, o0) = *self.first.get_or_insert((now, out_us));
+        let wall = now.saturating_duration_since(t0);
+        let out = Duration::from_micros(u64::try_from(out_us - o0).unwrap_or(0));
+        let lag = wall.saturating_sub(out);
+        let moved = self.reported.is_none_or(|r| r.abs_diff(lag) >= Self::STEP);
+        if moved && (self.reported.is_some() || lag >= Self::STEP) {
+            self.reported = Some(lag);
+            return Some(lag);
+        }
+        None
+    }
+}
+
 /// The encoder's CPU time, from /proc (Linux).
 struct CpuMeter {
     pid: Option<u32>,
@@ -754,6 +795,32 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_encoder_lag_is_reported_when_it_moves_by_a_second() {
+        let t = Instant::now();
+        let mut m = LagMeter::default();
+        let s = |secs: f64| t + Duration::from_secs_f64(secs);
+        assert_eq!(m.sample(s(0.0), 0), None, "no output yet");
+        assert_eq!(
+            m.sample(s(0.0), 2_000_000),
+            None,
+            "the first output is the reference"
+        );
+        assert_eq!(m.sample(s(5.0), 7_000_000), None, "in step");
+        assert_eq!(m.sample(s(10.0), 11_500_000), None, "half a second behind");
+        assert_eq!(m.sample(s(12.0), 11_000_000), Some(Duration::from_secs(3)));
+        assert_eq!(
+            m.sample(s(13.0), 12_500_000),
+            None,
+            "moved by half a second"
+        );
+        assert_eq!(
+            m.sample(s(14.0), 15_000_000),
+            Some(Duration::from_secs(1)),
+            "caught up"
+        );
+    }
+
+    #[test]
     fn stream_keys_are_plain_names() {
         assert!(valid_name("stream5"));
         assert!(valid_name("X-lecture_2026.1"));
@@ -763,7 +830,7 @@ mod tests {
     }
 
     #[test]
-    fn the_session_description_lists_video_then_the_audio_slots() {
+    fn the_session_description_has_the_picture_and_the_mix() {
         let t = BroadcastTarget {
             video: "127.0.0.1:40000".parse().unwrap(),
             audio: vec![
@@ -773,22 +840,17 @@ mod tests {
             max_height: 720,
             filler: Vec::new(),
         };
-        let s = sdp(&t, "127.0.0.1".parse().unwrap());
+        let mix = "127.0.0.1:40010".parse().unwrap();
+        let s = sdp(&t, mix, "127.0.0.1".parse().unwrap());
         assert!(s.contains("c=IN IP4 127.0.0.1\r\n"));
         let m: Vec<&str> = s.lines().filter(|l| l.starts_with("m=")).collect();
-        assert_eq!(
-            m,
-            [
-                "m=video 40000 RTP/AVP 96",
-                "m=audio 40002 RTP/AVP 111",
-                "m=audio 40004 RTP/AVP 111"
-            ]
-        );
-        assert!(sdp(&t, "::1".parse().unwrap()).contains("c=IN IP6 ::1"));
+        assert_eq!(m, ["m=video 40000 RTP/AVP 96", "m=audio 40010 RTP/AVP 97"]);
+        assert!(s.contains("a=rtpmap:97 L16/48000/1\r\n"));
+        assert!(sdp(&t, mix, "::1".parse().unwrap()).contains("c=IN IP6 ::1"));
     }
 
     #[test]
-    fn the_encoder_mixes_every_slot_and_hides_the_key_in_logs() {
+    fn the_encoder_takes_the_mix_and_hides_the_key_in_logs() {
         let cfg = StreamingSection {
             audio_mix: 3,
             ..Default::default()
@@ -799,13 +861,7 @@ mod tests {
         };
         let a = ffmpeg_args(&cfg, std::path::Path::new("/x.sdp"), &out);
         let fc = &a[a.iter().position(|x| x == "-filter_complex").unwrap() + 1];
-        assert!(
-            fc.starts_with(
-                "[0:a:0]aresample=async=1000[s0];[0:a:1]aresample=async=1000[s1];\
-                 [0:a:2]aresample=async=1000[s2];[s0][s1][s2]amix=inputs=3"
-            ),
-            "{fc}"
-        );
+        assert_eq!(fc, "[0:a:0]aresample=async=1000[a]");
         assert_eq!(a.last().unwrap(), "rtmp://s/live/secret");
         assert_eq!(describe(&out), "rtmp://s/live/…");
     }

@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 mod acme;
+mod audio_mix;
 mod bridge;
 mod config;
 mod dialin;
