@@ -14,8 +14,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use meetd_colibri::media::{BroadcastTarget, VIDEO_PT};
-
-use crate::audio_mix::{self, L16_PT};
 use meetd_colibri::service::ColibriService;
 use meetd_jingle::jibri::{Mode, StartRequest, Status};
 use meetd_jingle::live_stream::{LiveStreams, StatusFn};
@@ -25,6 +23,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::Notify;
 
+use crate::audio_mix::{self, L16_PT};
 use crate::config::StreamingSection;
 use crate::hls::{Hls, valid_name};
 
@@ -376,16 +375,13 @@ impl Session {
             tokio::select! {
                 line = progress.next_line() => match line {
                     Ok(Some(l)) => {
-                        if let Some(us) = l.strip_prefix("out_time_us=")
-                            && let Ok(t) = us.trim().parse::<i64>()
-                            && let Some(lag) = lag.sample(Instant::now(), t)
-                        {
+                        let out_us = l
+                            .strip_prefix("out_time_us=")
+                            .and_then(|us| us.trim().parse::<i64>().ok());
+                        if let Some(lag) = out_us.and_then(|t| lag.sample(Instant::now(), t)) {
                             tracing::info!(room = %self.room, lag_ms = lag.as_millis() as u64, "live stream: the encoder's output is behind its input's clock");
                         }
-                        if let Some(us) = l.strip_prefix("out_time_us=")
-                            && us.trim().parse::<i64>().is_ok_and(|t| t > 0)
-                            && !was_on
-                        {
+                        if out_us.is_some_and(|t| t > 0) && !was_on {
                             was_on = true;
                             if !*on {
                                 *on = true;

@@ -6,13 +6,15 @@
 // is measured in hls.test.mjs, on one stream.)
 import { readFileSync, readdirSync } from 'node:fs';
 import path from 'node:path';
-import { useApp, appTest, assert, sleep, recordingSessions, startLiveStreamFromMenu, stopLiveStreamFromMenu, ownStartRefusal, until } from './lib.mjs';
+import { useApp, appTest, assert, sleep, recordingSessions, startLiveStreamFromMenu, stopLiveStreamFromMenu, ownStartRefusal, until, COLOUR_CAMERA, firstRedFrame, withTimeout } from './lib.mjs';
 import { startRtmp, noRtmp, probeFile } from '../lib/rtmp.mjs';
 import { REPO_DIR } from '../lib/server.mjs';
 
 const RTMP_PORT = 20000 + ((process.pid + 2500) % 5000);
 const HLS_JS = path.join(REPO_DIR, 'tests/node_modules/hls.js/dist/hls.min.js');
 const ROOMS = 6;
+/** The stream a viewer watches. */
+const VIEWED = 3;
 const app = useApp({
     name: 'app-livestream-six',
     config: `[streaming]\nrtmp_url = "rtmp://127.0.0.1:${RTMP_PORT}/live"\nhls = true\nhls_segment_secs = 1\nhls_js = "${HLS_JS}"\n`
@@ -46,8 +48,11 @@ appTest('six rooms stream at once, to RTMP and HLS; a seventh is busy', app.wrap
     try {
         const teachers = [];
         for (let i = 0; i < ROOMS; i++) {
+            // The teacher whose stream is watched has a camera the test can turn red.
+            app.onContext = i === VIEWED ? (ctx) => ctx.addInitScript(COLOUR_CAMERA) : null;
             teachers.push(await app.join(`lecture${i}`, { name: `Teacher ${i}`, hash: 'config.resolution=360' }));
         }
+        app.onContext = null;
         for (const [i, t] of teachers.entries()) {
             await t.waitFor(() => APP.store.getState()['features/base/participants'].local.role === 'moderator', 'moderator');
             await startLiveStreamFromMenu(t, `stream${i}`);
@@ -105,7 +110,7 @@ appTest('six rooms stream at once, to RTMP and HLS; a seventh is busy', app.wrap
                 r.response().then((resp) => net.push(`${at} < ${short(r.url())} ${resp?.status()}`), () => {});
             });
             page.on('requestfailed', (r) => net.push(`${((Date.now() - t00) / 1000).toFixed(1)} X ${short(r.url())} ${r.failure()?.errorText}`));
-            await page.goto(`${app.base}/live/stream5.html?s=stream3.m3u8`);
+            await page.goto(`${app.base}/live/stream5.html?s=stream${VIEWED}.m3u8`);
             await page.waitForFunction(() => window.meetdPlayer, null, { timeout: 30000 });
             await page.evaluate(() => {
                 window.meetdErrors = [];
@@ -115,13 +120,24 @@ appTest('six rooms stream at once, to RTMP and HLS; a seventh is busy', app.wrap
             const t0v = await page.evaluate(() => document.querySelector('video').currentTime);
             await sleep(20000);
             const v = await page.evaluate(() => ({ t: document.querySelector('video').currentTime, errors: window.meetdErrors }));
-            console.log(`six: viewer of stream3: currentTime ${t0v.toFixed(1)} -> ${v.t.toFixed(1)} in 20 s; hls.js errors: ${JSON.stringify(v.errors)}`);
+            console.log(`six: viewer of stream${VIEWED}: currentTime ${t0v.toFixed(1)} -> ${v.t.toFixed(1)} in 20 s; hls.js errors: ${JSON.stringify(v.errors)}`);
             played = v.t - t0v;
             fatal = v.errors.filter((e) => e.startsWith('FATAL'));
+            // The delay from the speaker to the viewer with all six running: the teacher's
+            // camera turns red; when does the viewer's picture?
+            if (!fatal.length) {
+                const seen = page.evaluate(firstRedFrame);
+                const changed = await teachers[VIEWED].eval(() => {
+                    window.meetdColour = '#e01010';
+                    return Date.now();
+                });
+                const delay = (await withTimeout(seen, 30000, 'the red picture at the viewer')) - changed;
+                console.log(`six: HLS delay from the speaker's camera to the viewer's picture, six streams running: ${(delay / 1000).toFixed(1)} s (1 s segments)`);
+            }
             if (v.errors.length) console.log(`six: viewer console: ${errors.slice(-20).join(' | ')}`);
             // The newest segments as ffprobe sees them: audio and video start together (they
             // drifted apart before the encoder filled the gaps of each speaker's audio).
-            const pl = await (await fetch(`${app.base}/live/stream3.m3u8`)).text();
+            const pl = await (await fetch(`${app.base}/live/stream${VIEWED}.m3u8`)).text();
             const stalled = v.t - t0v <= 15;
             for (const seg of pl.split('\n').filter((l) => l.endsWith('.ts')).slice(stalled ? -4 : -1)) {
                 const p = await probeFile(path.join(app.server.dataDir, 'live', seg));
