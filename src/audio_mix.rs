@@ -14,6 +14,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use meetd_colibri::rtp::header::{ExtIds, ExtOut, RtpOut, parse_rtp, write_header};
+
 /// Samples per 20 ms frame at 48 kHz.
 pub const FRAME: usize = 960;
 const FRAME_TIME: Duration = Duration::from_millis(20);
@@ -115,32 +117,28 @@ impl SlotMap {
     }
 }
 
-/// An RTP packet's SSRC and payload (no header extensions or CSRCs are expected, but both are
-/// skipped); None for anything else.
+/// An RTP packet's SSRC and payload (after CSRCs, extensions and padding); None for anything
+/// else.
 fn rtp_payload(p: &[u8]) -> Option<(u32, &[u8])> {
-    if p.len() < 12 || p[0] >> 6 != 2 {
-        return None;
-    }
-    let ssrc = u32::from_be_bytes([p[8], p[9], p[10], p[11]]);
-    let mut off = 12 + 4 * usize::from(p[0] & 0x0f);
-    if p[0] & 0x10 != 0 {
-        let ext = p.get(off + 2..off + 4)?;
-        off += 4 + 4 * usize::from(u16::from_be_bytes([ext[0], ext[1]]));
-    }
+    let v = parse_rtp(p, &ExtIds::default())?;
     let mut end = p.len();
-    if p[0] & 0x20 != 0 {
+    if v.padding {
         end = end.checked_sub(usize::from(*p.last()?))?;
     }
-    Some((ssrc, p.get(off..end)?))
+    Some((v.ssrc, p.get(v.hdr_len..end)?))
 }
 
 /// One L16 RTP packet (big-endian samples).
 fn l16_packet(seq: u16, ts: u32, ssrc: u32, pcm: &[i16; FRAME], buf: &mut Vec<u8>) {
     buf.clear();
-    buf.extend_from_slice(&[0x80, L16_PT]);
-    buf.extend_from_slice(&seq.to_be_bytes());
-    buf.extend_from_slice(&ts.to_be_bytes());
-    buf.extend_from_slice(&ssrc.to_be_bytes());
+    let h = RtpOut {
+        pt: L16_PT,
+        marker: false,
+        seq,
+        ts,
+        ssrc,
+    };
+    write_header(buf, &h, &ExtIds::default(), &ExtOut::default(), None);
     for s in pcm {
         buf.extend_from_slice(&s.to_be_bytes());
     }
