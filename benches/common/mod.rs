@@ -1,5 +1,6 @@
-//! Shared by the XMPP benches (`xmpp_load`, `muc_join`): starting and stopping meetd and
-//! Debian's Prosody on free loopback ports, anonymous WebSocket logins, /proc readings.
+//! Shared by the benches (`xmpp_load`, `muc_join`, `turn_relay`, …): starting and stopping
+//! meetd, Debian's Prosody and coturn on free loopback ports, anonymous WebSocket logins,
+//! /proc readings.
 //!
 //! Each bench uses only part of this module.
 #![allow(dead_code)]
@@ -130,7 +131,7 @@ fn temp_dir(bench: &str, tag: &str) -> Result<PathBuf, String> {
     Ok(dir)
 }
 
-fn free_port() -> Result<u16, String> {
+pub fn free_port() -> Result<u16, String> {
     let l = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("bind 127.0.0.1:0: {e}"))?;
     l.local_addr().map(|a| a.port()).map_err(|e| e.to_string())
 }
@@ -237,6 +238,77 @@ pub fn start_prosody(
     };
     s.wait_ready("/xmpp-websocket")?;
     Ok(s)
+}
+
+/// Starts Debian's coturn (`turnserver`) on a free loopback port with the REST credential
+/// scheme (`secret`) and relayed addresses on 127.0.0.1 (loopback peers allowed), UDP only,
+/// no TLS; ready once it answers a STUN binding request. `Server::port` is its UDP port.
+pub fn start_coturn(bench: &str, bin: &Path, secret: &str) -> Result<Server, String> {
+    let dir = temp_dir(bench, "coturn")?;
+    let port = free_port()?;
+    let log = dir.join("coturn.log");
+    let (out, err) = log_file(&log)?;
+    let child = Command::new(bin)
+        .args([
+            "-n",
+            "--listening-ip",
+            "127.0.0.1",
+            "--relay-ip",
+            "127.0.0.1",
+        ])
+        .args(["--listening-port", &port.to_string()])
+        .args(["--min-port", "40000", "--max-port", "44999"])
+        .args(["--use-auth-secret", "--static-auth-secret", secret])
+        .args([
+            "--realm",
+            DOMAIN,
+            "--allow-loopback-peers",
+            "--no-tcp",
+            "--no-tls",
+        ])
+        .args([
+            "--no-dtls",
+            "--no-cli",
+            "--log-file",
+            "stdout",
+            "--simple-log",
+        ])
+        .arg("--pidfile")
+        .arg(dir.join("coturn.pid"))
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .map_err(|e| format!("spawn {}: {e}", bin.display()))?;
+    let s = Server {
+        name: "coturn",
+        child: Some(child),
+        dir,
+        log,
+        port,
+    };
+    // A STUN binding request (RFC 5389 §6): type 0x0001, length 0, the magic cookie, an id.
+    let probe = std::net::UdpSocket::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    probe
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .map_err(|e| e.to_string())?;
+    let mut req = vec![0, 1, 0, 0, 0x21, 0x12, 0xA4, 0x42];
+    req.extend_from_slice(&[7; 12]);
+    let deadline = Instant::now() + START_TIMEOUT;
+    while Instant::now() < deadline {
+        let _ = probe.send_to(&req, ("127.0.0.1", port));
+        let mut buf = [0u8; 512];
+        if probe
+            .recv(&mut buf)
+            .is_ok_and(|n| n >= 20 && buf[0..2] == [1, 1])
+        {
+            return Ok(s);
+        }
+    }
+    Err(format!(
+        "coturn did not answer STUN on {port}: {}",
+        s.log_tail(20)
+    ))
 }
 
 /// Status code of a plain HTTP/1.0 GET on 127.0.0.1:port.
