@@ -909,7 +909,8 @@ pub struct ComponentEntry {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DatabaseSection {
-    /// Empty: SQLite at `<data_dir>/meetd.db`.
+    /// Empty: SQLite at `<data_dir>/meetd.db`. `postgres://user:password@host:port/database`:
+    /// PostgreSQL, shared by several meetd (accounts, room PINs, secrets).
     pub url: String,
 }
 
@@ -950,6 +951,13 @@ impl Config {
             || self.server.domain.contains('@')
         {
             return err("server.domain", "not a valid domain name");
+        }
+        let db = &self.database.url;
+        if !db.is_empty() && !db.starts_with("postgres://") && !db.starts_with("postgresql://") {
+            return err(
+                "database.url",
+                "a PostgreSQL URL (postgres://user:password@host:port/database), or empty for SQLite",
+            );
         }
         match self.auth.mode.as_str() {
             "anonymous" | "internal" => {}

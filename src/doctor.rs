@@ -473,6 +473,31 @@ fn clock() -> Finding {
 }
 
 async fn database(cfg: &Config) -> Finding {
+    if !cfg.database.url.is_empty() {
+        // The URL may hold a password: named by its host part only.
+        let url = &cfg.database.url;
+        let host = url.rsplit_once('@').map_or(url.as_str(), |(_, h)| h);
+        return match crate::storage::Storage::connect(url).await {
+            Ok(s) => match s.list_accounts().await {
+                Ok(a) => Finding::new(
+                    Level::Ok,
+                    "database",
+                    format!("PostgreSQL at {host}: {} account(s)", a.len()),
+                ),
+                Err(e) => Finding::new(
+                    Level::Error,
+                    "database",
+                    format!("PostgreSQL at {host}: {e}"),
+                ),
+            },
+            Err(e) => Finding::new(
+                Level::Error,
+                "database",
+                format!("PostgreSQL at {host}: {e}"),
+            )
+            .fix("check database.url, that the server runs, and that the user may create tables"),
+        };
+    }
     let path = cfg.sqlite_path();
     if !path.exists() {
         return Finding::new(

@@ -289,6 +289,9 @@ async fn start_hls(cfg: &Config, storage: &storage::Storage) -> anyhow::Result<h
 async fn open_storage(cfg: &Config) -> anyhow::Result<Storage> {
     std::fs::create_dir_all(&cfg.server.data_dir)
         .map_err(|e| anyhow::anyhow!("data directory {}: {e}", cfg.server.data_dir.display()))?;
+    if !cfg.database.url.is_empty() {
+        return Ok(Storage::connect(&cfg.database.url).await?);
+    }
     Ok(Storage::open(&cfg.sqlite_path()).await?)
 }
 
