@@ -125,6 +125,40 @@ async fn pair(server: u16) -> Result<Pair, String> {
     }
 }
 
+/// Sends `payload` from `from` to `to` every `interval` until `end`, counting what went out.
+fn send_for(
+    from: Arc<dyn Conn + Send + Sync>,
+    to: SocketAddr,
+    payload: Arc<[u8]>,
+    interval: Duration,
+    end: Instant,
+    sent: Arc<AtomicU64>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(interval);
+        while Instant::now() < end {
+            tick.tick().await;
+            if from.send_to(&payload, to).await.is_ok() {
+                sent.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    })
+}
+
+/// Counts the datagrams `on` receives until `until`.
+fn count_until(
+    on: Arc<dyn Conn + Send + Sync>,
+    until: Instant,
+    received: Arc<AtomicU64>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 2048];
+        while let Ok(Ok(_)) = tokio::time::timeout_at(until.into(), on.recv_from(&mut buf)).await {
+            received.fetch_add(1, Ordering::Relaxed);
+        }
+    })
+}
+
 struct Report {
     server: &'static str,
     sent: u64,
@@ -145,62 +179,30 @@ async fn run(server: &Server, a: &Args) -> Result<Report, String> {
     let c0 = cpu_ticks(server.pid()).unwrap_or(0);
     let end = t0 + Duration::from_secs(a.secs);
     let mut tasks = Vec::new();
+    let interval = Duration::from_micros(1_000_000 / a.rate.max(1));
+    let payload: Arc<[u8]> = vec![0x5a_u8; a.size].into();
     for p in &pairs {
-        let interval = Duration::from_micros(1_000_000 / a.rate.max(1));
-        let payload = vec![0x5a_u8; a.size];
-        // Client → peer, through the relay.
-        let (relay, to, s, pl) = (
-            p.relay.clone(),
-            p.peer.local_addr(),
-            sent.clone(),
-            payload.clone(),
-        );
-        let to = to.map_err(|e| e.to_string())?;
-        tasks.push(tokio::spawn(async move {
-            let mut tick = tokio::time::interval(interval);
-            while Instant::now() < end {
-                tick.tick().await;
-                if relay.send_to(&pl, to).await.is_ok() {
-                    s.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        }));
-        // Peer → client, through the relayed address.
-        let (peer, to, s) = (p.peer.clone(), p.relayed, sent.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut tick = tokio::time::interval(interval);
-            while Instant::now() < end {
-                tick.tick().await;
-                if peer.send_to(&payload, to).await.is_ok() {
-                    s.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        }));
-        // Both receivers count what arrives, until a second after the end.
-        let (peer, r) = (p.peer.clone(), received.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut buf = vec![0u8; 2048];
-            while let Ok(Ok(_)) = tokio::time::timeout_at(
-                (end + Duration::from_secs(1)).into(),
-                peer.recv_from(&mut buf),
-            )
-            .await
-            {
-                r.fetch_add(1, Ordering::Relaxed);
-            }
-        }));
-        let (relay, r) = (p.relay.clone(), received.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut buf = vec![0u8; 2048];
-            while let Ok(Ok(_)) = tokio::time::timeout_at(
-                (end + Duration::from_secs(1)).into(),
-                relay.recv_from(&mut buf),
-            )
-            .await
-            {
-                r.fetch_add(1, Ordering::Relaxed);
-            }
-        }));
+        let peer: Arc<dyn Conn + Send + Sync> = p.peer.clone();
+        let peer_addr = p.peer.local_addr().map_err(|e| e.to_string())?;
+        // Client → peer through the relay, and peer → client through the relayed address;
+        // both ends count what arrives, until a second after the end.
+        for (from, to) in [(p.relay.clone(), peer_addr), (peer.clone(), p.relayed)] {
+            tasks.push(send_for(
+                from,
+                to,
+                payload.clone(),
+                interval,
+                end,
+                sent.clone(),
+            ));
+        }
+        for on in [peer, p.relay.clone()] {
+            tasks.push(count_until(
+                on,
+                end + Duration::from_secs(1),
+                received.clone(),
+            ));
+        }
     }
     for t in tasks {
         let _ = t.await;
