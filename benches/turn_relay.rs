@@ -241,40 +241,31 @@ fn main() {
         "{BENCH}: {} clients, {} packets/s of {} bytes each way per client, {} s",
         a.clients, a.rate, a.size, a.secs
     );
-    let mut failed = false;
-    let mut reports = Vec::new();
-    match common::start_meetd(BENCH, &config) {
-        Ok(mut s) => {
-            s.port = meetd_turn;
-            match rt.block_on(run(&s, &a)) {
-                Ok(r) => reports.push(r),
-                Err(e) => {
-                    failed = true;
-                    eprintln!("{BENCH}: meetd: {e}\n{}", s.log_tail(20));
-                }
-            }
-        }
-        Err(e) => {
-            failed = true;
-            eprintln!("{BENCH}: meetd did not start: {e}");
-        }
-    }
+    // One server: started, measured, stopped (on drop).
+    let measure = |started: Result<Server, String>| -> Result<Report, String> {
+        let s = started.map_err(|e| format!("did not start: {e}"))?;
+        rt.block_on(run(&s, &a))
+            .map_err(|e| format!("{}: {e}\n{}", s.name, s.log_tail(20)))
+    };
+    let mut results = vec![measure(common::start_meetd(BENCH, &config).map(|mut s| {
+        s.port = meetd_turn;
+        s
+    }))];
     match (a.coturn, find_in_path("turnserver")) {
-        (true, Some(bin)) => match common::start_coturn(BENCH, &bin, SECRET) {
-            Ok(s) => match rt.block_on(run(&s, &a)) {
-                Ok(r) => reports.push(r),
-                Err(e) => {
-                    failed = true;
-                    eprintln!("{BENCH}: coturn: {e}\n{}", s.log_tail(20));
-                }
-            },
-            Err(e) => {
-                failed = true;
-                eprintln!("{BENCH}: coturn did not start: {e}");
-            }
-        },
+        (true, Some(bin)) => results.push(measure(common::start_coturn(BENCH, &bin, SECRET))),
         (true, None) => println!("{BENCH}: coturn not installed (apt-get install coturn): skipped"),
         (false, _) => {}
+    }
+    let mut failed = false;
+    let mut reports = Vec::new();
+    for r in results {
+        match r {
+            Ok(r) => reports.push(r),
+            Err(e) => {
+                failed = true;
+                eprintln!("{BENCH}: {e}");
+            }
+        }
     }
     for r in &reports {
         let lost = r.sent.saturating_sub(r.received);
