@@ -165,10 +165,10 @@ impl Drop for Mixer {
 /// socket of `to`'s family, sending the mix to `to` every 20 ms from now on (silence while
 /// nobody speaks).
 pub fn spawn(slots: usize, buffer: Duration, to: SocketAddr, room: &str) -> std::io::Result<Mixer> {
-    let bind: SocketAddr = if to.is_ipv6() {
-        "[::1]:0".parse().expect("a literal address")
+    let bind = if to.is_ipv6() {
+        SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, 0))
     } else {
-        "127.0.0.1:0".parse().expect("a literal address")
+        SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, 0))
     };
     let sock = UdpSocket::bind(bind)?;
     let addr = sock.local_addr()?;
