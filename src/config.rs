@@ -68,6 +68,7 @@ pub struct Config {
     pub jibri: JibriSection,
     pub streaming: StreamingSection,
     pub dialin: DialInSection,
+    pub sip: SipSection,
     pub jigasi: JigasiSection,
     pub lobby: LobbySection,
     pub breakout_rooms: BreakoutRoomsSection,
@@ -595,6 +596,55 @@ impl Default for JigasiSection {
         JigasiSection {
             dial_out: false,
             brewery: "jigasibrewery".into(),
+        }
+    }
+}
+
+/// meetd's own SIP gateway: phone calls from a trunk or PBX into meetings (docs/sip.md).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SipSection {
+    pub enabled: bool,
+    /// Where SIP listens, over UDP and (with `tcp`) TCP.
+    pub listen: String,
+    pub tcp: bool,
+    /// The address callers reach meetd at, named in Contact and in the session
+    /// descriptions; empty: the listen address (or loopback when listening on any).
+    pub public_ip: String,
+    /// Calls at once; one more gets 486 Busy Here.
+    pub max_calls: usize,
+    /// Wrong PINs before meetd hangs up.
+    pub pin_tries: u32,
+    /// A caller who has not got in after this long is hung up on.
+    pub pin_timeout_secs: u64,
+    /// Digest credentials a trunk must give (both empty: none asked for).
+    pub auth_user: String,
+    pub auth_password: String,
+    pub realm: String,
+    /// Speakers of the room mixed for the caller at once.
+    pub mix_speakers: usize,
+    /// Audio held per speaker before the mix (a bound on delay and memory).
+    pub mix_buffer_ms: u64,
+    /// What the room sees as the caller's name when the number is hidden.
+    pub hidden_caller_name: String,
+}
+
+impl Default for SipSection {
+    fn default() -> Self {
+        SipSection {
+            enabled: false,
+            listen: "0.0.0.0:5060".into(),
+            tcp: true,
+            public_ip: String::new(),
+            max_calls: 50,
+            pin_tries: 3,
+            pin_timeout_secs: 90,
+            auth_user: String::new(),
+            auth_password: String::new(),
+            realm: "meetd".into(),
+            mix_speakers: 4,
+            mix_buffer_ms: 200,
+            hidden_caller_name: "Phone user".into(),
         }
     }
 }
@@ -1130,6 +1180,28 @@ impl Config {
                 return err(&format!("components[{i}].secret"), "must not be empty");
             }
         }
+        let sip = &self.sip;
+        if sip.listen.parse::<SocketAddr>().is_err() {
+            return err("sip.listen", "an address like 0.0.0.0:5060 or [::]:5060");
+        }
+        if !sip.public_ip.is_empty() && sip.public_ip.parse::<std::net::IpAddr>().is_err() {
+            return err("sip.public_ip", "an IP address, or empty");
+        }
+        if sip.auth_user.is_empty() != sip.auth_password.is_empty() {
+            return err("sip.auth_user/auth_password", "set both or neither");
+        }
+        if !(1..=16).contains(&sip.mix_speakers) {
+            return err("sip.mix_speakers", "must be 1..16");
+        }
+        if !(40..=2000).contains(&sip.mix_buffer_ms) {
+            return err("sip.mix_buffer_ms", "must be 40..2000");
+        }
+        if sip.max_calls == 0 || sip.pin_tries == 0 || sip.pin_timeout_secs == 0 {
+            return err(
+                "sip.max_calls/pin_tries/pin_timeout_secs",
+                "must be greater than 0",
+            );
+        }
         let st = &self.streaming;
         if !(st.rtmp_url.is_empty()
             || st.rtmp_url.starts_with("rtmp://")
@@ -1224,9 +1296,18 @@ impl Config {
         m.message_burst = self.muc.message_burst;
         m.queue = self.limits.session_queue.max(1024);
         m.allow_list = self.muc.allow_list.clone();
+        if self.sip.enabled {
+            // A caller with the meeting's PIN passes its password (docs/sip.md §3).
+            m.allow_list.push(self.sip_gateway_bare(x));
+        }
         m.validate_nicknames = self.muc.validate_nicknames;
         m.max_chat_messages = self.muc.max_chat_messages;
         m
+    }
+
+    /// The bare JID meetd's SIP gateway joins rooms with (one resource per call).
+    pub fn sip_gateway_bare(&self, x: &meetd_xmpp::XmppConfig) -> String {
+        format!("sip-gateway@{}", x.auth_domain)
     }
 
     /// The breakout rooms' MUC domain (`breakout.<domain>`).

@@ -14,6 +14,7 @@ mod live_stream;
 mod logging;
 mod reload;
 mod shared_port;
+mod sip;
 mod storage;
 mod tls;
 mod turn;
@@ -374,11 +375,15 @@ async fn serve(mut cfg: Config, flags: Overrides) -> anyhow::Result<()> {
     if cfg.lobby.enabled || cfg.auth.wait_for_host {
         let lobby = cfg.lobby_domain();
         server.add_identity("component", "lobbyrooms", &lobby);
-        let (admins, muc, l) = (
+        let (admins, muc, mut l) = (
             muc_cfg.admins.clone(),
             muc_cfg.domain.clone(),
             cfg.lobby.clone(),
         );
+        if cfg.sip.enabled {
+            // A caller with the meeting's PIN does not wait in the lobby (docs/sip.md §3).
+            l.whitelist.push(cfg.sip_gateway_bare(&server.config));
+        }
         // Wait for host: signed-in users of the main domain, or token moderators, are the hosts.
         use meetd_xmpp::muc::lobby::Hosts;
         let hosts = cfg.auth.wait_for_host.then(|| {
@@ -525,6 +530,17 @@ async fn serve(mut cfg: Config, flags: Overrides) -> anyhow::Result<()> {
         }
         meetd_jingle::focus::start(server.router.clone(), opts, bridge.clone())
     });
+    if cfg.sip.enabled {
+        sip::start(sip::Shared {
+            cfg: cfg.sip.clone(),
+            storage: storage.clone(),
+            router: server.router.clone(),
+            engine: Some(engine.clone()),
+            gateway_bare: cfg.sip_gateway_bare(&server.config),
+            focus_domain: server.config.focus_domain.clone(),
+        })
+        .await?;
+    }
     let bosh = meetd_xmpp::http_bind::Bosh::new(server.clone());
     let cfg = Arc::new(cfg);
     let front = Arc::new(http::Front {

@@ -182,6 +182,14 @@ pub enum Command {
         conf: String,
         target: Option<crate::media::BroadcastTarget>,
     },
+    /// Attach an endpoint to an in-process peer (`media/local.rs`); sent to every shard,
+    /// the one with the endpoint takes it.
+    AttachLocal {
+        ufrag: String,
+        local: SocketAddr,
+        remote: SocketAddr,
+        keys: crate::media::srtp::MasterKeys,
+    },
     Stats(oneshot::Sender<EngineStats>),
 }
 
@@ -306,6 +314,40 @@ impl EngineHandle {
         }
     }
 
+    /// Attach the endpoint with local ufrag `ufrag` to an in-process peer at `remote`
+    /// (`media/local.rs`): every shard is asked (the caller does not know the conference's
+    /// shard), and with several shards the receive thread learns to route `remote` to the
+    /// shard of that ufrag. A full queue: [`EngineBusy`], nothing sent.
+    pub fn attach_local(
+        &self,
+        ufrag: &str,
+        local: SocketAddr,
+        remote: SocketAddr,
+        keys: crate::media::srtp::MasterKeys,
+    ) -> Result<(), EngineBusy> {
+        let mut permits = Vec::with_capacity(self.txs.len());
+        for tx in &self.txs {
+            permits.push(tx.try_reserve().map_err(|_| EngineBusy)?);
+        }
+        if let Some((router, _)) = &self.router {
+            router
+                .try_send(Route::Bind {
+                    addr: remote,
+                    ufrag: ufrag.to_string(),
+                })
+                .map_err(|_| EngineBusy)?;
+        }
+        for p in permits {
+            p.send(Command::AttachLocal {
+                ufrag: ufrag.to_string(),
+                local,
+                remote,
+                keys: keys.clone(),
+            });
+        }
+        Ok(())
+    }
+
     /// [`EngineHandle::stats`] from a thread that is not running async code.
     pub fn stats_blocking(&self) -> Option<EngineStats> {
         let mut parts = Vec::with_capacity(self.txs.len());
@@ -359,7 +401,7 @@ fn conf_of(c: &Command) -> &str {
         | Command::ChannelSend { conf, .. }
         | Command::ForceMute { conf, .. }
         | Command::Broadcast { conf, .. } => conf,
-        Command::Stats(_) => "",
+        Command::Stats(_) | Command::AttachLocal { .. } => "",
     }
 }
 
@@ -393,6 +435,12 @@ pub enum Route {
     /// The engine expired the endpoint with this ufrag (a newer one of the same id keeps its
     /// route).
     Forget {
+        ufrag: String,
+    },
+    /// Datagrams from `addr` go to the shard of `ufrag` (an in-process peer, which sends no
+    /// ICE checks).
+    Bind {
+        addr: SocketAddr,
         ufrag: String,
     },
 }
@@ -796,6 +844,13 @@ impl RouteTable {
                 self.eps.retain(|_, u| *u != ufrag);
                 self.forget(&ufrag);
             }
+            Route::Bind { addr, ufrag } => {
+                if let Some(&k) = self.ufrags.get(&ufrag)
+                    && (self.addrs.len() < MAX_ROUTED_ADDRS || self.addrs.contains_key(&addr))
+                {
+                    self.addrs.insert(addr, (k, ufrag));
+                }
+            }
             Route::RemoveConference { conf } => {
                 let gone: Vec<(String, String)> =
                     self.eps.keys().filter(|k| k.0 == conf).cloned().collect();
@@ -1049,6 +1104,14 @@ fn command(engine: &mut MediaEngine, sink: &mut EventSink, c: Command) {
             source,
             video_type,
         } => engine.set_source_video_type((&conf, &ep), &source, &video_type),
+        Command::AttachLocal {
+            ufrag,
+            local,
+            remote,
+            keys,
+        } => {
+            engine.attach_local(&ufrag, local, remote, &keys, now);
+        }
         Command::Stats(tx) => {
             let _ = tx.send(engine.stats());
         }

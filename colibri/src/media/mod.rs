@@ -47,6 +47,7 @@ mod events;
 mod feedback;
 mod forward;
 mod ingress;
+mod local;
 mod receive;
 mod relay;
 mod rtc;

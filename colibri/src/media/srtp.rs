@@ -35,6 +35,19 @@ pub struct MasterKeys {
     pub active: bool,
 }
 
+impl MasterKeys {
+    /// Keys for an endpoint inside the process (`local.rs`): 60 bytes of fresh randomness
+    /// as AES_CM_128_HMAC_SHA1_80 material; the bridge's side and the peer's.
+    pub fn local_pair(material: [u8; 60]) -> (MasterKeys, MasterKeys) {
+        let keys = |active| MasterKeys {
+            profile: SrtpProfile::AES128_CM_SHA1_80,
+            material: material.to_vec(),
+            active,
+        };
+        (keys(false), keys(true))
+    }
+}
+
 impl std::fmt::Debug for MasterKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "MasterKeys({}, active={})", self.profile, self.active)

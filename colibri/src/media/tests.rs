@@ -2282,3 +2282,115 @@ fn a_live_stream_asks_a_lone_teacher_who_stopped_sending_for_video() {
         Some(&360)
     );
 }
+
+/// An in-process peer (meetd's SIP gateway, `local.rs`): allocated like anyone, attached by
+/// its ufrag with keys given in-process, then on the fast path both ways without ICE or DTLS.
+#[test]
+fn a_local_endpoint_hears_the_room_and_is_heard_without_ice() {
+    use crate::rtp::header::ExtIds;
+    use std::cell::RefCell;
+    use std::rc::Rc;
+
+    let mut net = Net::new(1);
+    net.connect();
+    let phone: SocketAddr = "127.0.0.1:7000".parse().unwrap();
+    let (bridge_keys, peer_keys) = srtp::MasterKeys::local_pair([7; 60]);
+    let mut peer = Srtp::new(&peer_keys).unwrap();
+    let audio_only: Vec<Media> = offer_medias()
+        .into_iter()
+        .filter(|m| m.kind == MediaType::Audio)
+        .collect();
+    let now = net.now;
+    net.engine.add_endpoint(
+        CONF,
+        "phone",
+        "brphone",
+        "pwdphonepwdphonepwdphone",
+        false,
+        false,
+        &audio_only,
+        now,
+    );
+    let mut s = testkit::client_sources("phone", 9001, &[]);
+    s.media_sources.retain(|m| m.kind == MediaType::Audio);
+    net.engine.set_sources((CONF, "phone"), &s);
+    assert!(
+        !net.engine
+            .attach_local("nobody", engine_addr(), phone, &bridge_keys, now)
+    );
+    assert!(
+        net.engine
+            .attach_local("brphone", engine_addr(), phone, &bridge_keys, now)
+    );
+    // Whatever reaches the phone's address is kept.
+    let got: Rc<RefCell<Vec<Vec<u8>>>> = Rc::default();
+    let sink = got.clone();
+    net.deliver_to_client = Box::new(move |t, _| {
+        if t.to == phone {
+            sink.borrow_mut().push(t.data.clone());
+        }
+        true
+    });
+    // ep1 expects the phone's audio as it would after a source-add.
+    {
+        let mut api = net.clients[0].rtc.direct_api();
+        let mid = Mid::from("aphone");
+        api.declare_media(mid, MediaKind::Audio);
+        api.expect_stream_rx(9001.into(), None, mid, None);
+    }
+    // The phone talks: 25 packets of Opus (pt 111) with a loud audio level.
+    let ids = ExtIds {
+        audio_level: 1,
+        ..ExtIds::default()
+    };
+    for i in 0..25u16 {
+        let mut hdr = Vec::new();
+        let h = RtpOut {
+            pt: 111,
+            marker: false,
+            seq: 100 + i,
+            ts: 960 * u32::from(i),
+            ssrc: 9001,
+        };
+        let ext = ExtOut {
+            audio_level: Some(0x80 | 20),
+            ..ExtOut::default()
+        };
+        write_header(&mut hdr, &h, &ids, &ext, None);
+        let mut data = Vec::new();
+        peer.protect_rtp(&hdr, &[0xCC; 40], 9001, u64::from(100 + i), &mut data)
+            .unwrap();
+        let t = net.now;
+        net.engine.handle_datagram(t, phone, engine_addr(), &data);
+        net.clients[0].send_audio(t, -30);
+        net.advance(Duration::from_millis(20));
+    }
+    let heard = net.clients[0].received(9001);
+    assert!(heard.len() >= 20, "ep1 heard {} phone packets", heard.len());
+    assert_eq!(heard[0].payload[0], 0xCC);
+    // The phone got ep1's audio, which it can decrypt with its keys.
+    let mut plain = Vec::new();
+    let opened = got
+        .borrow()
+        .iter()
+        .filter(|d| is_rtp(d))
+        .filter_map(|d| {
+            let v = crate::rtp::header::parse_rtp(d, &ExtIds::default())?;
+            peer.unprotect_rtp(d, v.hdr_len, v.ssrc, v.seq, &mut plain)
+                .ok()
+                .map(|_| (v.ssrc, plain[0]))
+        })
+        .collect::<Vec<_>>();
+    let from_ep1 = opened
+        .iter()
+        .filter(|(s, _)| *s == net.clients[0].audio)
+        .count();
+    assert!(
+        from_ep1 >= 20,
+        "the phone got {from_ep1} of ep1's packets: {opened:?}"
+    );
+    assert!(opened.iter().all(|(_, b)| *b == 0xAA));
+    // The bridge reports it connected (media flows) though it never did ICE.
+    let connected: Vec<String> = connected_events(&net.events);
+    assert!(connected.contains(&"phone".to_string()), "{connected:?}");
+}
