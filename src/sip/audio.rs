@@ -8,6 +8,38 @@ pub const PHONE_FRAME: usize = 160;
 pub const ROOM_FRAME: usize = 960;
 const RATIO: usize = ROOM_FRAME / PHONE_FRAME;
 
+/// The phone's codec: a G.711 law, or Opus (narrowband here: the rest of the call runs at
+/// 8 kHz) on a dynamic payload type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Codec {
+    G711(Law),
+    Opus(u8),
+}
+
+impl Codec {
+    pub fn payload_type(self) -> u8 {
+        match self {
+            Codec::G711(l) => l.payload_type(),
+            Codec::Opus(pt) => pt,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Codec::G711(l) => l.name(),
+            Codec::Opus(_) => "opus",
+        }
+    }
+
+    /// The RTP clock rate (Opus's is 48 kHz whatever it codes, RFC 7587).
+    pub fn clock(self) -> u32 {
+        match self {
+            Codec::G711(_) => 8000,
+            Codec::Opus(_) => 48_000,
+        }
+    }
+}
+
 /// The two G.711 laws.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Law {

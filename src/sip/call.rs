@@ -138,16 +138,24 @@ pub async fn run(
         let mut r = rand::rng();
         (r.random(), r.random(), r.random::<u32>())
     };
+    let phone = match PhoneLeg::new(offer.rtp, offer.codec, offer.events_pt, ssrc, seq) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!(error = %e, "SIP: no Opus codec for a call; refused");
+            let _ = to_ua.send(ToUa::Hangup(key)).await;
+            return;
+        }
+    };
     let answer = sdp::answer(&offer, local, u64::from(session), 1);
     if to_ua.send(ToUa::Answer(key, answer)).await.is_err() {
         return;
     }
-    tracing::info!(caller = %name, codec = offer.law.name(), "SIP: call answered");
+    tracing::info!(caller = %name, codec = offer.codec.name(), "SIP: call answered");
     let now = Instant::now();
     let mut call = Call {
         key,
         name,
-        phone: PhoneLeg::new(offer.rtp, offer.law, offer.events_pt, ssrc, seq),
+        phone,
         phone_sock: sock,
         prompt: Vec::new(),
         prompt_at: 0,

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use meetd_colibri::media::srtp::Srtp;
 use meetd_colibri::rtp::header::{ExtIds, ExtOut, RtpOut, parse_rtp, write_header};
 
-use super::audio::{Events, Law, PHONE_FRAME, ROOM_FRAME, Upsampler, downsample, level};
+use super::audio::{Codec, Events, PHONE_FRAME, ROOM_FRAME, Upsampler, downsample, level};
 use crate::audio_mix::Mix;
 
 /// At most this much of the caller's audio waits (a second).
@@ -67,7 +67,9 @@ pub struct PhoneLeg {
     /// (a NAT): then there (symmetric RTP).
     pub remote: SocketAddr,
     latched: bool,
-    law: Law,
+    codec: Codec,
+    /// Opus at 8 kHz (narrowband) when the phone speaks Opus.
+    opus: Option<(opus::Encoder, opus::Decoder)>,
     events_pt: Option<u8>,
     events: Events,
     ssrc: u32,
@@ -82,15 +84,25 @@ pub struct PhoneLeg {
 impl PhoneLeg {
     pub fn new(
         remote: SocketAddr,
-        law: Law,
+        codec: Codec,
         events_pt: Option<u8>,
         ssrc: u32,
         seq: u16,
-    ) -> PhoneLeg {
-        PhoneLeg {
+    ) -> Result<PhoneLeg, opus::Error> {
+        let opus = match codec {
+            Codec::Opus(_) => {
+                let mut e =
+                    opus::Encoder::new(8000, opus::Channels::Mono, opus::Application::Voip)?;
+                e.set_inband_fec(true)?;
+                Some((e, opus::Decoder::new(8000, opus::Channels::Mono)?))
+            }
+            Codec::G711(_) => None,
+        };
+        Ok(PhoneLeg {
             remote,
             latched: false,
-            law,
+            codec,
+            opus,
             events_pt,
             events: Events::default(),
             ssrc,
@@ -99,7 +111,14 @@ impl PhoneLeg {
             heard: VecDeque::new(),
             buf: Vec::with_capacity(12 + PHONE_FRAME),
             unusable: 0,
+        })
+    }
+
+    fn keep(&mut self, s: i16) {
+        if self.heard.len() >= PHONE_BUFFER {
+            self.heard.pop_front();
         }
+        self.heard.push_back(s);
     }
 
     /// One datagram from the caller: its audio is kept, a key is returned.
@@ -118,15 +137,29 @@ impl PhoneLeg {
         if Some(pt) == self.events_pt {
             return self.events.packet(ts, payload);
         }
-        if pt != self.law.payload_type() {
+        if pt != self.codec.payload_type() {
             self.unusable += 1;
             return None;
         }
-        for b in payload {
-            if self.heard.len() >= PHONE_BUFFER {
-                self.heard.pop_front();
+        match (self.codec, self.opus.as_mut()) {
+            (Codec::G711(law), _) => {
+                for b in payload {
+                    self.keep(law.decode(*b));
+                }
             }
-            self.heard.push_back(self.law.decode(*b));
+            (Codec::Opus(_), Some((_, dec))) => {
+                // Up to 120 ms in one packet.
+                let mut pcm = [0i16; 960];
+                match dec.decode(payload, &mut pcm, false) {
+                    Ok(n) => {
+                        for s in &pcm[..n] {
+                            self.keep(*s);
+                        }
+                    }
+                    Err(_) => self.unusable += 1,
+                }
+            }
+            (Codec::Opus(_), None) => {}
         }
         None
     }
@@ -142,7 +175,7 @@ impl PhoneLeg {
     pub fn frame(&mut self, pcm: &[i16; PHONE_FRAME]) -> &[u8] {
         let mut buf = std::mem::take(&mut self.buf);
         header(
-            self.law.payload_type(),
+            self.codec.payload_type(),
             self.seq,
             self.ts,
             self.ssrc,
@@ -150,9 +183,21 @@ impl PhoneLeg {
             &ExtOut::default(),
             &mut buf,
         );
-        buf.extend(pcm.iter().map(|s| self.law.encode(*s)));
+        match (self.codec, self.opus.as_mut()) {
+            (Codec::G711(law), _) => buf.extend(pcm.iter().map(|s| law.encode(*s))),
+            (Codec::Opus(_), Some((enc, _))) => {
+                let start = buf.len();
+                buf.resize(start + 400, 0);
+                match enc.encode(pcm, &mut buf[start..]) {
+                    Ok(n) => buf.truncate(start + n),
+                    Err(_) => buf.truncate(start),
+                }
+            }
+            (Codec::Opus(_), None) => {}
+        }
         self.seq = self.seq.wrapping_add(1);
-        self.ts = self.ts.wrapping_add(PHONE_FRAME as u32);
+        // 20 ms at the codec's RTP clock.
+        self.ts = self.ts.wrapping_add(self.codec.clock() / 50);
         self.buf = buf;
         &self.buf
     }
@@ -360,8 +405,10 @@ mod tests {
     #[test]
     fn the_phone_leg_decodes_audio_and_keys_and_latches_onto_the_sender() {
         let offered: SocketAddr = "10.0.0.9:4000".parse().unwrap();
-        let mut caller = PhoneLeg::new("127.0.0.1:9".parse().unwrap(), Law::Mu, Some(101), 1, 1);
-        let mut leg = PhoneLeg::new(offered, Law::Mu, Some(101), 2, 100);
+        let mu = Codec::G711(super::super::audio::Law::Mu);
+        let mut caller =
+            PhoneLeg::new("127.0.0.1:9".parse().unwrap(), mu, Some(101), 1, 1).unwrap();
+        let mut leg = PhoneLeg::new(offered, mu, Some(101), 2, 100).unwrap();
         let t: Vec<i16> = tone(400.0, PHONE_FRAME, 8000.0);
         let frame: [i16; PHONE_FRAME] = t.clone().try_into().unwrap();
         let pkt = caller.frame(&frame).to_vec();
@@ -501,6 +548,38 @@ mod tests {
         forged.extend_from_slice(&[0u8; 30]);
         leg.receive(&forged, now);
         assert_eq!(leg.unusable, 1);
+    }
+
+    #[test]
+    fn an_opus_phone_is_heard_at_8_khz_with_48_khz_timestamps() {
+        let opus = Codec::Opus(111);
+        let mut caller = PhoneLeg::new("127.0.0.1:9".parse().unwrap(), opus, None, 1, 1).unwrap();
+        let mut leg = PhoneLeg::new("127.0.0.1:8".parse().unwrap(), opus, None, 2, 1).unwrap();
+        let t = tone(400.0, PHONE_FRAME * 10, 8000.0);
+        let from: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let mut stamps = Vec::new();
+        for chunk in t.chunks_exact(PHONE_FRAME) {
+            let f: [i16; PHONE_FRAME] = chunk.try_into().unwrap();
+            let pkt = caller.frame(&f).to_vec();
+            stamps.push(parse_rtp(&pkt, &ExtIds::default()).unwrap().ts);
+            assert!(
+                pkt.len() < 12 + PHONE_FRAME,
+                "Opus, not G.711: {} bytes",
+                pkt.len()
+            );
+            leg.receive(from, &pkt);
+        }
+        assert_eq!(stamps[1].wrapping_sub(stamps[0]), 960);
+        let mut got = [0i16; PHONE_FRAME];
+        let mut loud = 0;
+        for _ in 0..10 {
+            leg.take_frame(&mut got);
+            if level(&got) < 40 {
+                loud += 1;
+            }
+        }
+        assert!(loud >= 7, "{loud} of 10 frames carried the tone");
+        assert_eq!(leg.unusable, 0);
     }
 
     #[test]

@@ -4,17 +4,18 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use super::audio::Law;
+use super::audio::{Codec, Law};
 
 /// What a caller's offer says.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Offer {
     /// Where the caller receives RTP.
     pub rtp: SocketAddr,
-    /// The law to use: the first of the offer's that meetd speaks.
-    pub law: Law,
-    /// The telephone-event payload type, if offered.
+    /// The codec to use: the first of the offer's that meetd speaks.
+    pub codec: Codec,
+    /// The telephone-event payload type, if offered, and its clock rate.
     pub events_pt: Option<u8>,
+    pub events_clock: u32,
     /// The packet time asked for (20 ms when not said).
     pub ptime_ms: u32,
 }
@@ -24,7 +25,7 @@ pub struct Offer {
 pub enum SdpError {
     #[error("no audio stream with an address")]
     NoAudio,
-    #[error("neither PCMU nor PCMA offered")]
+    #[error("none of PCMU, PCMA or Opus offered")]
     NoCodec,
     #[error("secure RTP offered only")]
     Secure,
@@ -95,38 +96,60 @@ pub fn parse_offer(sdp: &str) -> Result<Offer, SdpError> {
             .find(|(p, _)| *p == pt)
             .map(|(_, n)| n.clone())
     };
-    let law = pts
+    let codec = pts
         .iter()
         .find_map(|pt| match (pt, name_of(*pt).as_deref()) {
-            (0, None) | (_, Some("pcmu/8000")) => Some(Law::Mu),
-            (8, None) | (_, Some("pcma/8000")) => Some(Law::A),
+            (0, None) | (_, Some("pcmu/8000")) => Some(Codec::G711(Law::Mu)),
+            (8, None) | (_, Some("pcma/8000")) => Some(Codec::G711(Law::A)),
+            (96..=127, Some(n)) if n.starts_with("opus/48000") => Some(Codec::Opus(*pt)),
             _ => None,
         })
         .ok_or(SdpError::NoCodec)?;
-    let events_pt = pts.iter().copied().find(|pt| {
-        name_of(*pt)
-            .as_deref()
-            .is_some_and(|n| n.starts_with("telephone-event/8000"))
-    });
+    // The events at the codec's clock when offered so, else at any.
+    let events = |clock: Option<u32>| {
+        pts.iter().copied().find(|pt| {
+            name_of(*pt).as_deref().is_some_and(|n| match clock {
+                Some(c) => n == format!("telephone-event/{c}"),
+                None => n.starts_with("telephone-event/"),
+            })
+        })
+    };
+    let events_pt = events(Some(codec.clock())).or_else(|| events(None));
+    let events_clock = events_pt
+        .and_then(name_of)
+        .and_then(|n| {
+            n.strip_prefix("telephone-event/")
+                .and_then(|c| c.parse().ok())
+        })
+        .unwrap_or(8000);
     Ok(Offer {
         rtp: SocketAddr::new(ip, port),
-        law,
+        codec,
         events_pt,
+        events_clock,
         ptime_ms: ptime.clamp(10, 60),
     })
 }
 
-/// meetd's answer: one audio stream at `rtp` in the offer's law, with its telephone events.
+/// meetd's answer: one audio stream at `rtp` in the offer's codec, with its telephone events.
 pub fn answer(offer: &Offer, rtp: SocketAddr, session_id: u64, version: u64) -> String {
     let family = if rtp.is_ipv6() { "IP6" } else { "IP4" };
     let ip = rtp.ip();
-    let law = offer.law;
-    let mut pts = law.payload_type().to_string();
-    let mut attrs = format!("a=rtpmap:{} {}/8000\r\n", law.payload_type(), law.name());
+    let codec = offer.codec;
+    let pt = codec.payload_type();
+    let mut pts = pt.to_string();
+    let mut attrs = match codec {
+        Codec::G711(law) => format!("a=rtpmap:{pt} {}/8000\r\n", law.name()),
+        // Mono, narrowband is what meetd sends; FEC where the phone can use it.
+        Codec::Opus(_) => format!(
+            "a=rtpmap:{pt} opus/48000/2\r\na=fmtp:{pt} stereo=0;sprop-stereo=0;useinbandfec=1\r\n"
+        ),
+    };
     if let Some(te) = offer.events_pt {
         pts.push_str(&format!(" {te}"));
         attrs.push_str(&format!(
-            "a=rtpmap:{te} telephone-event/8000\r\na=fmtp:{te} 0-15\r\n"
+            "a=rtpmap:{te} telephone-event/{}\r\na=fmtp:{te} 0-15\r\n",
+            offer.events_clock
         ));
     }
     format!(
@@ -145,13 +168,30 @@ mod tests {
     fn takes_the_first_law_and_the_events() {
         let o = parse_offer(BARESIP).unwrap();
         assert_eq!(o.rtp, "127.0.0.1:10004".parse().unwrap());
-        assert_eq!((o.law, o.events_pt, o.ptime_ms), (Law::Mu, Some(101), 20));
+        assert_eq!(
+            (o.codec, o.events_pt, o.ptime_ms),
+            (Codec::G711(Law::Mu), Some(101), 20)
+        );
         let a = parse_offer(
             "v=0\nc=IN IP6 ::1\nm=audio 4000 RTP/AVP 8 0\na=ptime:30\nm=video 5000 RTP/AVP 96\nc=IN IP4 10.0.0.1\n",
         )
         .unwrap();
         assert_eq!(a.rtp, "[::1]:4000".parse().unwrap());
-        assert_eq!((a.law, a.events_pt, a.ptime_ms), (Law::A, None, 30));
+        assert_eq!(
+            (a.codec, a.events_pt, a.ptime_ms),
+            (Codec::G711(Law::A), None, 30)
+        );
+        let o = parse_offer(
+            "c=IN IP4 1.2.3.4\nm=audio 9 RTP/AVP 111 0 101 102\na=rtpmap:111 opus/48000/2\na=rtpmap:101 telephone-event/8000\na=rtpmap:102 telephone-event/48000\n",
+        )
+        .unwrap();
+        assert_eq!(
+            (o.codec, o.events_pt, o.events_clock),
+            (Codec::Opus(111), Some(102), 48_000)
+        );
+        let a = answer(&o, "127.0.0.1:20000".parse().unwrap(), 1, 1);
+        assert!(a.contains("m=audio 20000 RTP/AVP 111 102\r\n"), "{a}");
+        assert!(a.contains("a=rtpmap:111 opus/48000/2\r\n") && a.contains("telephone-event/48000"));
     }
 
     #[test]
@@ -181,6 +221,6 @@ mod tests {
         assert!(a.contains("a=rtpmap:101 telephone-event/8000\r\n"));
         assert!(a.contains("c=IN IP4 127.0.0.1\r\n"));
         // And it parses as an offer would.
-        assert_eq!(parse_offer(&a).unwrap().law, Law::Mu);
+        assert_eq!(parse_offer(&a).unwrap().codec, Codec::G711(Law::Mu));
     }
 }

@@ -64,7 +64,7 @@ function readWav(file) {
 
 /** A baresip phone with the number `number`, driven over its ctrl_tcp socket. */
 class Phone {
-    static async start(number, label) {
+    static async start(number, label, { opus = false } = {}) {
         const dir = mkdtempSync(path.join(tmpdir(), `meetd-baresip-${label}-`));
         const ctrl = await freeUdpPort();
         const sipPort = await freeUdpPort();
@@ -75,7 +75,7 @@ class Phone {
             'audio_player aubridge,nil', `audio_source aufile,${path.join(dir, 'tone.wav')}`, 'audio_alert aubridge,nil',
             'ausrc_srate 8000', 'auplay_srate 8000', 'ausrc_channels 1', 'auplay_channels 1',
             'module_path /usr/lib/baresip/modules',
-            'module g711.so', 'module aufile.so', 'module aubridge.so', 'module sndfile.so',
+            ...(opus ? ['module opus.so'] : []), 'module g711.so', 'module aufile.so', 'module aubridge.so', 'module sndfile.so',
             'module_app account.so', 'module_app menu.so', 'module_app ctrl_tcp.so',
             `ctrl_tcp_listen 127.0.0.1:${ctrl}`, `snd_path ${path.join(dir, 'rec')}`, '',
         ].join('\n'));
@@ -233,6 +233,36 @@ appTest('a phone caller types the PIN, is in the meeting, is heard, hears the ro
         assert.ok(levels.length > 50, `the caller's recording: ${levels.length} windows`);
         // The prompts alone are under a second of sound; the room adds the rest.
         assert.ok(loud >= 15, `the caller heard the room: ${loud} loud windows of ${levels.length}: ${levels.join(',')}`);
+    } catch (e) {
+        e.message += `\n--- baresip ---\n${phone.log.slice(-40).join('\n')}`;
+        throw e;
+    } finally {
+        await phone.stop();
+    }
+    await app.leaveAll();
+}));
+
+appTest('a hidden caller on Opus over TCP joins as "Phone user", is heard, and the meeting\'s end hangs up', app.wrap(async () => {
+    const a = await app.join('opuscall', { name: 'Alice' });
+    await a.waitFor(() => APP.store.getState()['features/base/participants'].local.role === 'moderator', 'moderator');
+    const pin = await pinOf('opuscall');
+    const phone = await Phone.start('anonymous', 'opus', { opus: true });
+    try {
+        phone.command('dial', `sip:meet@127.0.0.1:${SIP_PORT};transport=tcp`);
+        await phone.waitEvent('CALL_ESTABLISHED');
+        await sleep(1500);
+        await phone.keys(`${pin}#`);
+        await a.waitFor(() => APP.conference.listMembers().some((m) => m.getDisplayName() === 'Phone user'),
+            'the hidden caller in the meeting as "Phone user"', 20000);
+        await a.waitFor(() => APP.store.getState()['features/base/tracks'].some((t) => !t.local && t.mediaType === 'audio'),
+            'the caller\'s audio track', 20000);
+        const level = await loudestIncoming(a, 3000);
+        assert.ok(level > 0.05, `the app hears the Opus caller: audio level ${level}`);
+        assert.match(app.server.logTail(200), /SIP: call answered caller=Phone user codec="opus"/);
+        // End the meeting for everyone: the call ends too.
+        await a.eval(() => APP.conference._room.end());
+        await phone.waitEvent('CALL_CLOSED', 15000);
+        console.log(`# sip: Opus over TCP, app level ${level.toFixed(3)}; ended with the meeting`);
     } catch (e) {
         e.message += `\n--- baresip ---\n${phone.log.slice(-40).join('\n')}`;
         throw e;
