@@ -608,6 +608,8 @@ pub struct SipSection {
     /// Where SIP listens, over UDP and (with `tcp`) TCP.
     pub listen: String,
     pub tcp: bool,
+    /// SIP over TLS (SIPS) with meetd's certificate ([tls]), e.g. "0.0.0.0:5061"; "": off.
+    pub tls_listen: String,
     /// The address callers reach meetd at, named in Contact and in the session
     /// descriptions; empty: the listen address (or loopback when listening on any).
     pub public_ip: String,
@@ -635,6 +637,7 @@ impl Default for SipSection {
             enabled: false,
             listen: "0.0.0.0:5060".into(),
             tcp: true,
+            tls_listen: String::new(),
             public_ip: String::new(),
             max_calls: 50,
             pin_tries: 3,
@@ -1183,6 +1186,9 @@ impl Config {
         let sip = &self.sip;
         if sip.listen.parse::<SocketAddr>().is_err() {
             return err("sip.listen", "an address like 0.0.0.0:5060 or [::]:5060");
+        }
+        if !sip.tls_listen.is_empty() && sip.tls_listen.parse::<SocketAddr>().is_err() {
+            return err("sip.tls_listen", "an address like 0.0.0.0:5061, or empty");
         }
         if !sip.public_ip.is_empty() && sip.public_ip.parse::<std::net::IpAddr>().is_err() {
             return err("sip.public_ip", "an IP address, or empty");

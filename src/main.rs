@@ -538,6 +538,7 @@ async fn serve(mut cfg: Config, flags: Overrides) -> anyhow::Result<()> {
             engine: Some(engine.clone()),
             gateway_bare: cfg.sip_gateway_bare(&server.config),
             focus_domain: server.config.focus_domain.clone(),
+            tls: Some(tls_cfg.clone()),
         })
         .await?;
     }

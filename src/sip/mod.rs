@@ -36,8 +36,10 @@ use ua::{Event, Peer, Transport, Ua, UaConfig};
 const MAX_MESSAGE: usize = 65_535;
 /// Messages queued towards one TCP connection, and events towards one call.
 const QUEUE: usize = 64;
-/// TCP connections at once.
+/// TCP and TLS connections at once.
 const MAX_TCP: usize = 256;
+/// A TLS client has this long for its handshake.
+const TLS_HANDSHAKE: Duration = Duration::from_secs(10);
 
 /// What every call needs.
 pub struct Shared {
@@ -48,6 +50,8 @@ pub struct Shared {
     /// The bare JID calls join rooms with (`sip-gateway@<auth domain>`).
     pub gateway_bare: String,
     pub focus_domain: String,
+    /// meetd's TLS configuration, for `[sip] tls_listen`.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 enum Inbound {
@@ -72,6 +76,18 @@ pub async fn start(shared: Shared) -> anyhow::Result<SocketAddr> {
         )
     } else {
         None
+    };
+    let tls = match (shared.cfg.tls_listen.as_str(), shared.tls.clone()) {
+        ("", _) => None,
+        (addr, Some(cfg)) => {
+            let addr: SocketAddr = addr.parse()?;
+            let l = TcpListener::bind(addr)
+                .await
+                .map_err(|e| anyhow::anyhow!("sip.tls_listen {addr}: {e}"))?;
+            tracing::info!(%addr, "SIP over TLS listening");
+            Some((l, tokio_rustls::TlsAcceptor::from(cfg)))
+        }
+        (_, None) => anyhow::bail!("sip.tls_listen needs meetd's TLS certificate"),
     };
     let public: IpAddr = match shared.cfg.public_ip.parse() {
         Ok(ip) => ip,
@@ -108,7 +124,7 @@ pub async fn start(shared: Shared) -> anyhow::Result<SocketAddr> {
         tcp = shared.cfg.tcp,
         "SIP gateway listening (docs/sip.md)"
     );
-    tokio::spawn(run(ua, udp, tcp, Arc::new(shared), public));
+    tokio::spawn(run(ua, udp, tcp, tls, Arc::new(shared), public));
     Ok(bound)
 }
 
@@ -116,6 +132,7 @@ async fn run(
     mut ua: Ua,
     udp: UdpSocket,
     tcp: Option<TcpListener>,
+    tls: Option<(TcpListener, tokio_rustls::TlsAcceptor)>,
     shared: Arc<Shared>,
     rtp_ip: IpAddr,
 ) {
@@ -124,6 +141,7 @@ async fn run(
     let mut conns: HashMap<SocketAddr, mpsc::Sender<Vec<u8>>> = HashMap::new();
     let mut calls: HashMap<ua::CallKey, mpsc::Sender<CallMsg>> = HashMap::new();
     let mut buf = vec![0u8; MAX_MESSAGE];
+    let tls_listener = tls.as_ref().map(|t| &t.0);
     loop {
         let wake = ua
             .poll_timeout()
@@ -140,7 +158,23 @@ async fn run(
                     if conns.len() >= MAX_TCP {
                         tracing::warn!(max = MAX_TCP, "SIP: TCP connection refused, too many");
                     } else {
-                        tokio::spawn(tcp_conn(stream, from, in_tx.clone()));
+                        tokio::spawn(stream_conn(stream, from, Transport::Tcp, in_tx.clone()));
+                    }
+                }
+            }
+            c = accept(&tls_listener) => {
+                if let (Some((stream, from)), Some((_, acceptor))) = (c, tls.as_ref()) {
+                    if conns.len() >= MAX_TCP {
+                        tracing::warn!(max = MAX_TCP, "SIP: TLS connection refused, too many");
+                    } else {
+                        let (acceptor, tx) = (acceptor.clone(), in_tx.clone());
+                        tokio::spawn(async move {
+                            let hs = tokio::time::timeout(TLS_HANDSHAKE, acceptor.accept(stream)).await;
+                            match hs {
+                                Ok(Ok(s)) => stream_conn(s, from, Transport::Tls, tx).await,
+                                _ => tracing::debug!("SIP: TLS handshake failed"),
+                            }
+                        });
                     }
                 }
             }
@@ -169,7 +203,7 @@ async fn run(
                         tracing::debug!(error = %e, "SIP: send failed");
                     }
                 }
-                Transport::Tcp => {
+                Transport::Tcp | Transport::Tls => {
                     if let Some(tx) = conns.get(&peer.addr)
                         && tx.try_send(data).is_err()
                     {
@@ -211,8 +245,10 @@ async fn run(
     }
 }
 
-async fn accept(l: &Option<TcpListener>) -> Option<(TcpStream, SocketAddr)> {
-    match l {
+async fn accept<L: std::borrow::Borrow<TcpListener>>(
+    l: &Option<L>,
+) -> Option<(TcpStream, SocketAddr)> {
+    match l.as_ref().map(|l| l.borrow()) {
         Some(l) => l.accept().await.ok(),
         None => std::future::pending().await,
     }
@@ -259,12 +295,20 @@ pub fn take_message(buf: &mut Vec<u8>) -> Result<Option<Vec<u8>>, &'static str> 
     Ok(Some(std::mem::replace(buf, rest)))
 }
 
-async fn tcp_conn(stream: TcpStream, from: SocketAddr, to_ua: mpsc::Sender<Inbound>) {
+/// One TCP or TLS connection: messages framed off it to the user agent, its answers back.
+async fn stream_conn<S>(
+    stream: S,
+    from: SocketAddr,
+    transport: Transport,
+    to_ua: mpsc::Sender<Inbound>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+{
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(QUEUE);
     if to_ua.send(Inbound::TcpOpen(from, tx)).await.is_err() {
         return;
     }
-    let (mut r, mut w) = stream.into_split();
+    let (mut r, mut w) = tokio::io::split(stream);
     let writer = tokio::spawn(async move {
         while let Some(m) = rx.recv().await {
             if w.write_all(&m).await.is_err() {
@@ -284,7 +328,7 @@ async fn tcp_conn(stream: TcpStream, from: SocketAddr, to_ua: mpsc::Sender<Inbou
             match take_message(&mut buf) {
                 Ok(Some(m)) => {
                     let peer = Peer {
-                        transport: Transport::Tcp,
+                        transport,
                         addr: from,
                     };
                     if to_ua.send(Inbound::Message(peer, m)).await.is_err() {

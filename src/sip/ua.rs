@@ -33,6 +33,7 @@ const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE";
 pub enum Transport {
     Udp,
     Tcp,
+    Tls,
 }
 
 impl Transport {
@@ -40,6 +41,7 @@ impl Transport {
         match self {
             Transport::Udp => "UDP",
             Transport::Tcp => "TCP",
+            Transport::Tls => "TLS",
         }
     }
 }

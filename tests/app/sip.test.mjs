@@ -1,4 +1,5 @@
-// meetd's own SIP gateway (issue 16, docs/sip.md): Debian's baresip calls meetd on loopback,
+// meetd's own SIP gateway (issue 16, docs/sip.md): Debian's baresip calls meetd on loopback
+// (over UDP with G.711, over TLS with Opus, over TCP),
 // types the meeting's PIN on its keypad (RFC 4733 telephone events), and is in the meeting as
 // a participant of the official web app: its name is the masked number, the app hears its
 // tone, a moderator mutes it and it unmutes with *6, and the caller's recording holds the
@@ -21,9 +22,10 @@ const freeUdpPort = () => new Promise((resolve) => {
 });
 
 const SIP_PORT = await freeUdpPort();
+const SIPS_PORT = await freeUdpPort();
 const app = useApp({
     name: 'app-sip',
-    config: `[sip]\nenabled = true\nlisten = "127.0.0.1:${SIP_PORT}"\n[dialin]\nnumbers = [ { country = "DE", number = "+49 30 1234567" } ]\n`,
+    config: `[sip]\nenabled = true\nlisten = "127.0.0.1:${SIP_PORT}"\ntls_listen = "127.0.0.1:${SIPS_PORT}"\n[dialin]\nnumbers = [ { country = "DE", number = "+49 30 1234567" } ]\n`,
 });
 
 /** A WAV file of 8 kHz mono 16-bit PCM: a 700 Hz tone for `secs` seconds. */
@@ -242,13 +244,13 @@ appTest('a phone caller types the PIN, is in the meeting, is heard, hears the ro
     await app.leaveAll();
 }));
 
-appTest('a hidden caller on Opus over TCP joins as "Phone user", is heard, and the meeting\'s end hangs up', app.wrap(async () => {
+appTest('a hidden caller on Opus over TLS joins as "Phone user", is heard, and the meeting\'s end hangs up', app.wrap(async () => {
     const a = await app.join('opuscall', { name: 'Alice' });
     await a.waitFor(() => APP.store.getState()['features/base/participants'].local.role === 'moderator', 'moderator');
     const pin = await pinOf('opuscall');
     const phone = await Phone.start('anonymous', 'opus', { opus: true });
     try {
-        phone.command('dial', `sip:meet@127.0.0.1:${SIP_PORT};transport=tcp`);
+        phone.command('dial', `sip:meet@127.0.0.1:${SIPS_PORT};transport=tls`);
         await phone.waitEvent('CALL_ESTABLISHED');
         await sleep(1500);
         await phone.keys(`${pin}#`);
@@ -262,7 +264,7 @@ appTest('a hidden caller on Opus over TCP joins as "Phone user", is heard, and t
         // End the meeting for everyone: the call ends too.
         await a.eval(() => APP.conference._room.end());
         await phone.waitEvent('CALL_CLOSED', 15000);
-        console.log(`# sip: Opus over TCP, app level ${level.toFixed(3)}; ended with the meeting`);
+        console.log(`# sip: Opus over TLS, app level ${level.toFixed(3)}; ended with the meeting`);
     } catch (e) {
         e.message += `\n--- baresip ---\n${phone.log.slice(-40).join('\n')}`;
         throw e;
@@ -272,13 +274,13 @@ appTest('a hidden caller on Opus over TCP joins as "Phone user", is heard, and t
     await app.leaveAll();
 }));
 
-appTest('a wrong PIN is asked again, three times at most, then meetd hangs up; the meeting goes on', app.wrap(async () => {
+appTest('a wrong PIN (over TCP) is asked again, three times at most, then meetd hangs up; the meeting goes on', app.wrap(async () => {
     const a = await app.join('wrongpin', { name: 'Alice' });
     const pin = await pinOf('wrongpin');
     const wrong = String((Number(pin) + 1) % 1e9).padStart(9, '1');
     const phone = await Phone.start('anonymous', 'wrong');
     try {
-        phone.command('dial', `sip:meet@127.0.0.1:${SIP_PORT}`);
+        phone.command('dial', `sip:meet@127.0.0.1:${SIP_PORT};transport=tcp`);
         await phone.waitEvent('CALL_ESTABLISHED');
         await sleep(1200);
         await phone.keys(`${wrong}#`);
