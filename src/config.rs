@@ -91,6 +91,9 @@ pub struct ServerSection {
     /// On SIGTERM: wait up to this long for running conferences to end (taking no new
     /// ones) before stopping. 0: stop at once; clients resume on the next meetd.
     pub drain_timeout_secs: u64,
+    /// "all": everything in one process. "bridge": only the media engine and its bridge
+    /// channel, driven over XMPP ([bridge] xmpp_url) by another meetd or a stock Jicofo.
+    pub role: String,
 }
 
 impl Default for ServerSection {
@@ -100,6 +103,7 @@ impl Default for ServerSection {
             data_dir: PathBuf::from("./meetd-data"),
             public_url: String::new(),
             drain_timeout_secs: 0,
+            role: "all".into(),
         }
     }
 }
@@ -794,6 +798,17 @@ pub struct BridgeSection {
     pub max_conferences: usize,
     pub max_endpoints_per_conference: usize,
     pub channel_queue: usize,
+    /// The bridge brewery room on the internal MUC domain (JVB's `jvbbrewery`): the bridge
+    /// sits there with JVB's stats and answers Colibri2 over XMPP, so that a stock Jicofo
+    /// logged in to meetd can use it (docs/colibri2.md §4). "": not on XMPP.
+    pub brewery: String,
+    /// The bridge's region in its stats ("": none).
+    pub region: String,
+    /// With `[server] role = "bridge"`: the focus's XMPP server (`ws://…/xmpp-websocket` or
+    /// `wss://…`), and the service account of its auth domain the bridge logs in with.
+    pub xmpp_url: String,
+    pub xmpp_user: String,
+    pub xmpp_password: String,
 }
 
 impl Default for BridgeSection {
@@ -803,6 +818,11 @@ impl Default for BridgeSection {
             max_conferences: 1000,
             max_endpoints_per_conference: 200,
             channel_queue: 256,
+            brewery: String::new(),
+            region: String::new(),
+            xmpp_url: String::new(),
+            xmpp_user: "jvb".into(),
+            xmpp_password: String::new(),
         }
     }
 }
@@ -998,8 +1018,43 @@ impl Config {
         Ok(cfg)
     }
 
+    /// `[server] role = "bridge"`: the focus, the SIP gateway and the XMPP listeners are off
+    /// (the focus is elsewhere); the bridge joins the brewery (`jvbbrewery` unless set).
+    pub fn apply_role(&mut self) {
+        if self.server.role != "bridge" {
+            return;
+        }
+        self.focus.enabled = false;
+        self.sip.enabled = false;
+        self.listen.c2s = Listen::Off;
+        self.listen.c2s_tls = Listen::Off;
+        self.listen.component = Listen::Off;
+        if self.bridge.brewery.is_empty() {
+            self.bridge.brewery = "jvbbrewery".into();
+        }
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         let err = |k: &str, m: &str| Err(ConfigError(format!("{k}: {m}")));
+        match self.server.role.as_str() {
+            "all" => {}
+            "bridge" => {
+                let b = &self.bridge;
+                if !(b.xmpp_url.starts_with("ws://") || b.xmpp_url.starts_with("wss://")) {
+                    return err(
+                        "bridge.xmpp_url",
+                        "role \"bridge\" needs the focus's XMPP WebSocket URL (ws://… or wss://…/xmpp-websocket)",
+                    );
+                }
+                if b.xmpp_user.is_empty() || b.xmpp_password.is_empty() {
+                    return err(
+                        "bridge.xmpp_user/xmpp_password",
+                        "role \"bridge\" needs the service account it logs in with",
+                    );
+                }
+            }
+            _ => return err("server.role", "must be \"all\" or \"bridge\""),
+        }
         if meetd_xmpp::jid::BareJid::new(&self.server.domain).is_err()
             || self.server.domain.contains('@')
         {

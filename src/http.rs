@@ -223,6 +223,16 @@ struct St {
 }
 
 pub fn router(front: Arc<Front>, tls: bool) -> Router {
+    if front.cfg.server.role == "bridge" {
+        // A bridge-only meetd (docs/colibri2.md §4): the bridge channel, health, metrics and
+        // certificates; its XMPP, web app and APIs belong to the focus's meetd.
+        return Router::new()
+            .route("/about/health", get(health))
+            .route("/.well-known/acme-challenge/{token}", get(acme_challenge))
+            .route("/metrics", get(metrics))
+            .route("/colibri-ws/{bridge}/{conf}/{endpoint}", get(colibri_ws))
+            .with_state(St { front, tls });
+    }
     Router::new()
         .route("/xmpp-websocket", get(websocket))
         .route(

@@ -4,6 +4,7 @@
 mod acme;
 mod audio_mix;
 mod bridge;
+mod colibri_xmpp;
 mod config;
 mod dialin;
 mod doctor;
@@ -20,6 +21,7 @@ mod tls;
 mod turn;
 mod web;
 mod webroot;
+mod xmpp_link;
 
 use std::io::BufRead;
 use std::net::IpAddr;
@@ -141,6 +143,10 @@ struct Overrides {
     /// Log as JSON lines.
     #[arg(long)]
     log_json: bool,
+    /// "all" (everything, the default) or "bridge" (only the media engine and its bridge
+    /// channel, driven over XMPP by another meetd's focus or a stock Jicofo).
+    #[arg(long)]
+    role: Option<String>,
 }
 
 fn load(common: &Common) -> Result<Config, config::ConfigError> {
@@ -192,6 +198,10 @@ fn effective(o: &Overrides) -> Result<Config, config::ConfigError> {
     if o.log_json {
         cfg.log.format = "json".into();
     }
+    if let Some(v) = &o.role {
+        cfg.server.role = v.clone();
+    }
+    cfg.apply_role();
     cfg.validate()?;
     Ok(cfg)
 }
@@ -530,6 +540,36 @@ async fn serve(mut cfg: Config, flags: Overrides) -> anyhow::Result<()> {
         }
         meetd_jingle::focus::start(server.router.clone(), opts, bridge.clone())
     });
+    let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let bridge_xmpp = colibri_xmpp::Setup {
+        service: bridge.clone(),
+        engine: engine.clone(),
+        region: cfg.bridge.region.clone(),
+        draining: draining.clone(),
+    };
+    let x = &server.config;
+    let brewery_room = format!("{}@{}", cfg.bridge.brewery, x.internal_muc_domain);
+    if cfg.server.role == "bridge" {
+        // docs/colibri2.md §4: a bridge for another meetd's (or a stock Jicofo's) focus.
+        let link = xmpp_link::LinkConfig {
+            url: cfg.bridge.xmpp_url.clone(),
+            domain: x.auth_domain.clone(),
+            username: cfg.bridge.xmpp_user.clone(),
+            password: cfg.bridge.xmpp_password.clone(),
+            resource: cfg.bridge.id.clone(),
+        };
+        colibri_xmpp::start_remote(bridge_xmpp, link, brewery_room, cfg.bridge.id.clone());
+    } else if !cfg.bridge.brewery.is_empty() {
+        colibri_xmpp::start_local(
+            bridge_xmpp,
+            server.router.clone(),
+            colibri_xmpp::Identity {
+                jid: format!("jvb@{}/{}", x.auth_domain, cfg.bridge.id),
+                occupant: format!("{brewery_room}/{}", cfg.bridge.id),
+                auth_domain: x.auth_domain.clone(),
+            },
+        );
+    }
     if cfg.sip.enabled {
         sip::start(sip::Shared {
             cfg: cfg.sip.clone(),
@@ -702,6 +742,7 @@ async fn serve(mut cfg: Config, flags: Overrides) -> anyhow::Result<()> {
             _ => Ok(()),
         },
         _ = shutdown_signal() => {
+            draining.store(true, Ordering::Relaxed);
             drain(&cfg, &front).await;
             let sessions = server.stop_and_hand_off();
             let n = sessions.len();

@@ -18,10 +18,7 @@ use meetd_xmpp::stanza::{self, StanzaError, el};
 pub const NS_JIBRI: &str = "http://jitsi.org/protocol/jibri";
 const NS_HEALTH: &str = "http://jitsi.org/protocol/health";
 
-pub const FORBIDDEN: StanzaError = StanzaError {
-    kind: "auth",
-    condition: "forbidden",
-};
+pub const FORBIDDEN: StanzaError = StanzaError::FORBIDDEN;
 pub const UNEXPECTED_REQUEST: StanzaError = StanzaError {
     kind: "wait",
     condition: "unexpected-request",

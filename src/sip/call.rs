@@ -170,8 +170,14 @@ pub async fn run(
         to_ua,
         shared,
     };
-    // A trunk that passes the meeting's PIN as the number dialled: straight in.
-    let direct = match dialled.as_deref().and_then(|d| d.parse::<u64>().ok()) {
+    // A trunk that passes the meeting's PIN as the number dialled: straight in. Only from an
+    // authenticated trunk: one try per call would otherwise let anyone guess PINs quickly.
+    let trusted = !call.shared.cfg.auth_user.is_empty();
+    let direct = match dialled
+        .as_deref()
+        .filter(|_| trusted)
+        .and_then(|d| d.parse::<u64>().ok())
+    {
         Some(pin) => call.shared.storage.dialin_room(pin).await.ok().flatten(),
         None => None,
     };

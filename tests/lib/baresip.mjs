@@ -1,22 +1,14 @@
 // A real SIP phone for the SIP gateway's tests (docs/sip.md): Debian's baresip, with a WAV
 // tone as its microphone and a recording of what it hears, driven over its ctrl_tcp socket.
 import { spawn } from 'node:child_process';
-import { createSocket } from 'node:dgram';
 import { connect } from 'node:net';
 import { mkdtempSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+import { freeUdpPort, sleep } from './server.mjs';
 
-/** A loopback port free for UDP now (and most likely for TCP). */
-export const freeUdpPort = () => new Promise((resolve) => {
-    const s = createSocket('udp4');
-    s.bind(0, '127.0.0.1', () => {
-        const { port } = s.address();
-        s.close(() => resolve(port));
-    });
-});
+export { freeUdpPort };
 
 /** A WAV file of 8 kHz mono 16-bit PCM: a 700 Hz tone for `secs` seconds. */
 export function toneWav(file, secs) {

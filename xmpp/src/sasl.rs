@@ -819,6 +819,82 @@ fn verify_client_final(
     Ok(hash.hmac(&creds.server_key, auth_message.as_bytes()))
 }
 
+/// The client side of SCRAM (RFC 5802), for meetd's own logins to an XMPP server (a
+/// bridge-only meetd logging in to the XMPP server of its focus). No channel binding.
+pub struct ScramClient {
+    hash: ScramHash,
+    password: String,
+    client_first_bare: String,
+    nonce: String,
+    server_signature: Option<Vec<u8>>,
+}
+
+impl ScramClient {
+    /// `nonce`: fresh printable randomness (no ',').
+    pub fn new(hash: ScramHash, username: &str, password: &str, nonce: &str) -> ScramClient {
+        let name = username.replace('=', "=3D").replace(',', "=2C");
+        ScramClient {
+            hash,
+            password: password.to_string(),
+            client_first_bare: format!("n={name},r={nonce}"),
+            nonce: nonce.to_string(),
+            server_signature: None,
+        }
+    }
+
+    /// client-first-message.
+    pub fn first(&self) -> String {
+        format!("n,,{}", self.client_first_bare)
+    }
+
+    /// client-final-message for the server's challenge `server_first`.
+    pub fn answer(&mut self, server_first: &str) -> Result<String, SaslFailure> {
+        let mut nonce = None;
+        let mut salt = None;
+        let mut iterations = None;
+        for part in server_first.split(',') {
+            match part.split_once('=') {
+                Some(("r", v)) => nonce = Some(v),
+                Some(("s", v)) => salt = B64.decode(v).ok(),
+                Some(("i", v)) => iterations = v.parse::<u32>().ok().and_then(NonZeroU32::new),
+                _ => {}
+            }
+        }
+        let (Some(nonce), Some(salt), Some(iterations)) = (nonce, salt, iterations) else {
+            return Err(SaslFailure::MalformedRequest);
+        };
+        if !nonce.starts_with(&self.nonce) || nonce.len() == self.nonce.len() {
+            return Err(SaslFailure::NotAuthorized);
+        }
+        let without_proof = format!("c=biws,r={nonce}");
+        let auth_message = format!("{},{server_first},{without_proof}", self.client_first_bare);
+        let h = self.hash;
+        let salted = h.salted_password(self.password.as_bytes(), &salt, iterations);
+        let client_key = Secret(h.hmac(&salted.0, b"Client Key"));
+        let signature = h.hmac(&h.hash(&client_key.0), auth_message.as_bytes());
+        let proof: Vec<u8> = client_key
+            .0
+            .iter()
+            .zip(&signature)
+            .map(|(k, s)| k ^ s)
+            .collect();
+        let server_key = Secret(h.hmac(&salted.0, b"Server Key"));
+        self.server_signature = Some(h.hmac(&server_key.0, auth_message.as_bytes()));
+        Ok(format!("{without_proof},p={}", B64.encode(proof)))
+    }
+
+    /// Whether the server's final message proves it knew the credentials too.
+    pub fn verify(&self, server_final: &str) -> bool {
+        let Some(expected) = &self.server_signature else {
+            return false;
+        };
+        server_final
+            .strip_prefix("v=")
+            .and_then(|v| B64.decode(v).ok())
+            .is_some_and(|v| verify_slices_are_equal(&v, expected).is_ok())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1466,5 +1542,51 @@ mod tests {
         for cut in 0..=valid.len() {
             let _ = SaslServer::start(Mechanism::ScramSha256, Some(&valid[..cut]));
         }
+    }
+
+    #[test]
+    fn the_scram_client_logs_in_to_the_scram_server() {
+        for (mech, hash) in [
+            (Mechanism::ScramSha1, ScramHash::Sha1),
+            (Mechanism::ScramSha256, ScramHash::Sha256),
+        ] {
+            let creds = derive_credentials("s3cret", 4096);
+            let mut client = ScramClient::new(hash, "jvb", "s3cret", "cnonce123");
+            let (mut server, step) = SaslServer::start(mech, Some(client.first().as_bytes()));
+            let Step::NeedCredentials { username } = step else {
+                panic!("server wants {step:?}")
+            };
+            assert_eq!(username, "jvb");
+            let Step::Challenge(challenge) = server.credentials(Some(creds.clone())) else {
+                panic!("no challenge")
+            };
+            let fin = client
+                .answer(std::str::from_utf8(&challenge).unwrap())
+                .unwrap();
+            let Step::Success {
+                additional_data, ..
+            } = server.response(fin.as_bytes())
+            else {
+                panic!("not logged in")
+            };
+            assert!(client.verify(std::str::from_utf8(&additional_data.unwrap()).unwrap()));
+            // A wrong password is refused.
+            let mut wrong = ScramClient::new(hash, "jvb", "guess", "cnonce456");
+            let (mut server, _) = SaslServer::start(mech, Some(wrong.first().as_bytes()));
+            let Step::Challenge(challenge) = server.credentials(Some(creds)) else {
+                panic!()
+            };
+            let fin = wrong
+                .answer(std::str::from_utf8(&challenge).unwrap())
+                .unwrap();
+            assert!(matches!(server.response(fin.as_bytes()), Step::Failure(_)));
+            assert!(!wrong.verify("v=AAAA"));
+        }
+        let mut c = ScramClient::new(ScramHash::Sha1, "a", "b", "n1");
+        assert!(
+            c.answer("r=other,s=AAAA,i=1").is_err(),
+            "the server must extend our nonce"
+        );
+        assert!(c.answer("garbage").is_err());
     }
 }

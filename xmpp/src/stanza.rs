@@ -18,6 +18,10 @@ pub struct StanzaError {
 }
 
 impl StanzaError {
+    pub const FORBIDDEN: StanzaError = StanzaError {
+        kind: "auth",
+        condition: "forbidden",
+    };
     pub const SERVICE_UNAVAILABLE: StanzaError = StanzaError {
         kind: "cancel",
         condition: "service-unavailable",
