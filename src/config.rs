@@ -566,6 +566,14 @@ pub struct FocusSection {
     pub sctp: bool,
     /// Opus with RED redundancy for clients that support it (config.js `enableOpusRed`).
     pub opus_red: bool,
+    /// The bridge brewery the focus takes bridges from (a room on internal-muc.<domain>,
+    /// e.g. "jvbbrewery": bridge-only meetds, stock JVBs); "": only the in-process bridge
+    /// (docs/colibri2.md §4a).
+    pub bridge_brewery: String,
+    /// With a brewery: the in-process bridge takes conferences too.
+    pub use_local_bridge: bool,
+    /// The focus's region: bridges of this region first ("": any).
+    pub region: String,
 }
 
 impl Default for FocusSection {
@@ -581,6 +589,9 @@ impl Default for FocusSection {
             max_video_senders: 999_999,
             sctp: true,
             opus_red: false,
+            bridge_brewery: String::new(),
+            use_local_bridge: true,
+            region: String::new(),
         }
     }
 }

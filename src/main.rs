@@ -4,6 +4,7 @@
 mod acme;
 mod audio_mix;
 mod bridge;
+mod bridge_pool;
 mod colibri_xmpp;
 mod config;
 mod dialin;
@@ -538,7 +539,32 @@ async fn serve(mut cfg: Config, flags: Overrides) -> anyhow::Result<()> {
                 );
             opts.live_streams = Some(streams);
         }
-        meetd_jingle::focus::start(server.router.clone(), opts, bridge.clone())
+        let focus_bridge: Arc<dyn meetd_colibri::service::Bridge> =
+            if cfg.focus.bridge_brewery.is_empty() {
+                bridge.clone()
+            } else {
+                let x = &server.config;
+                let pool = bridge_pool::BridgePool::start(
+                    server.router.clone(),
+                    cfg.focus.use_local_bridge.then(|| bridge.clone()),
+                    &format!("{}@{}", cfg.focus.bridge_brewery, x.internal_muc_domain),
+                    &format!("focus@{}/bridges", x.auth_domain),
+                    &cfg.focus.region,
+                    // The in-process bridge, when it sits in the same brewery, is the local one.
+                    (cfg.bridge.brewery == cfg.focus.bridge_brewery).then(|| cfg.bridge.id.clone()),
+                );
+                let (p, e) = (pool.clone(), engine.clone());
+                tokio::spawn(async move {
+                    loop {
+                        if let Some(s) = e.stats().await {
+                            p.set_local_stress(s.engine_cpu_permille as f64 / 900.0);
+                        }
+                        tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+                    }
+                });
+                pool
+            };
+        meetd_jingle::focus::start(server.router.clone(), opts, focus_bridge)
     });
     let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let bridge_xmpp = colibri_xmpp::Setup {

@@ -1,0 +1,519 @@
+//! The focus's bridge pool (docs/colibri2.md §4a): the in-process bridge and every bridge in
+//! the brewery — bridge-only meetds or stock JVBs — each conference on one of them, chosen as
+//! Jicofo's default strategy does: bridges that are not draining, shutting down or unhealthy;
+//! of those the ones in the focus's region; then the least stressed, an overloaded one
+//! (stress above 0.8) only when nothing else is left. The focus talks to a remote bridge with
+//! Colibri2 over XMPP, from `focus@<auth domain>/bridges`, which sits in the brewery to see
+//! the bridges' stats. A conference whose bridge left the brewery answers
+//! `conference_not_found`, and the focus starts it again on another bridge.
+//!
+//! [`Pool`] (the choice and the bookkeeping) is sans-IO; [`BridgePool`] is its tokio glue.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use meetd_colibri::colibri2::{Colibri2Error, ConferenceModified, ConferenceModify, Reason};
+use meetd_colibri::service::{BoxFuture, Bridge, ColibriService};
+use meetd_xmpp::stanza::{self, el};
+use meetd_xmpp::{Element, Router};
+use parking_lot::Mutex;
+use tokio::sync::{mpsc, oneshot};
+
+const NS_COLIBRI: &str = "http://jitsi.org/protocol/colibri";
+const NS_COLIBRI2: &str = "jitsi:colibri2";
+const NS_MUC: &str = "http://jabber.org/protocol/muc";
+/// A remote bridge has this long to answer a request (Jicofo waits 15 s too).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+/// Stress above this is overload (Jicofo's default `stress-threshold`).
+const OVERLOADED: f64 = 0.8;
+/// Requests waiting for remote answers at once.
+const MAX_PENDING: usize = 4096;
+/// Stanzas waiting for the pool's task.
+const MAILBOX: usize = 1024;
+
+/// A bridge as the pool sees it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BridgeInfo {
+    pub stress: f64,
+    pub region: String,
+    /// Draining, in graceful shutdown, shutting down, or not healthy: no new conferences.
+    pub unavailable: bool,
+}
+
+impl BridgeInfo {
+    /// From a brewery presence's `<stats>`.
+    pub fn from_stats(stats: &Element) -> BridgeInfo {
+        let get = |n: &str| {
+            stats
+                .children()
+                .find(|s| s.attr("name") == Some(n))
+                .and_then(|s| s.attr("value"))
+        };
+        let yes = |n: &str| get(n) == Some("true");
+        BridgeInfo {
+            stress: get("stress_level")
+                .and_then(|v| v.parse().ok())
+                .filter(|v: &f64| v.is_finite() && *v >= 0.0)
+                .unwrap_or(0.0),
+            region: get("region").unwrap_or("").to_string(),
+            unavailable: yes("drain")
+                || yes("graceful_shutdown")
+                || yes("shutting_down")
+                || get("healthy") == Some("false"),
+        }
+    }
+}
+
+/// Where a conference runs.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Target {
+    Local,
+    /// A brewery occupant JID.
+    Remote(String),
+}
+
+/// The pool's state: the bridges and which conference is where.
+#[derive(Debug, Default)]
+pub struct Pool {
+    /// The in-process bridge takes conferences too (with its stress).
+    pub local: Option<BridgeInfo>,
+    pub remotes: HashMap<String, BridgeInfo>,
+    pub region: String,
+    conferences: HashMap<String, Target>,
+}
+
+impl Pool {
+    /// The bridge for a new conference, as Jicofo's default selection picks it.
+    pub fn choose(&self) -> Option<Target> {
+        let candidates = self
+            .local
+            .iter()
+            .map(|i| (Target::Local, i))
+            .chain(
+                self.remotes
+                    .iter()
+                    .map(|(j, i)| (Target::Remote(j.clone()), i)),
+            )
+            .filter(|(_, i)| !i.unavailable)
+            .collect::<Vec<_>>();
+        let in_region: Vec<_> = candidates
+            .iter()
+            .filter(|(_, i)| !self.region.is_empty() && i.region == self.region)
+            .collect();
+        let set: Vec<_> = if in_region.is_empty() {
+            candidates.iter().collect()
+        } else {
+            in_region
+        };
+        let best = |overloaded: bool| {
+            set.iter()
+                .filter(|(_, i)| (i.stress > OVERLOADED) == overloaded)
+                .min_by(|a, b| {
+                    a.1.stress
+                        .total_cmp(&b.1.stress)
+                        .then_with(|| key(&a.0).cmp(&key(&b.0)))
+                })
+                .map(|(t, _)| t.clone())
+        };
+        best(false).or_else(|| best(true))
+    }
+
+    /// Where conference `meeting_id` runs; a `create` gets a bridge.
+    pub fn route(&mut self, req: &ConferenceModify) -> Result<Target, Colibri2Error> {
+        if req.create && !self.conferences.contains_key(&req.meeting_id) {
+            let t = self.choose().ok_or(Colibri2Error::GracefulShutdown)?;
+            self.conferences.insert(req.meeting_id.clone(), t.clone());
+            return Ok(t);
+        }
+        let t = self
+            .conferences
+            .get(&req.meeting_id)
+            .cloned()
+            .ok_or_else(|| Colibri2Error::ConferenceNotFound {
+                meeting_id: req.meeting_id.clone(),
+            })?;
+        if let Target::Remote(j) = &t
+            && !self.remotes.contains_key(j)
+        {
+            // The bridge left: the conference is gone with it.
+            self.conferences.remove(&req.meeting_id);
+            return Err(Colibri2Error::ConferenceNotFound {
+                meeting_id: req.meeting_id.clone(),
+            });
+        }
+        if req.expire {
+            self.conferences.remove(&req.meeting_id);
+        }
+        Ok(t)
+    }
+
+    /// The conference is not on its bridge any more (it answered `conference_not_found`).
+    pub fn forget(&mut self, meeting_id: &str) {
+        self.conferences.remove(meeting_id);
+    }
+
+    /// Conferences per target.
+    #[cfg(test)]
+    pub fn load(&self) -> HashMap<Target, usize> {
+        let mut m = HashMap::new();
+        for t in self.conferences.values() {
+            *m.entry(t.clone()).or_default() += 1;
+        }
+        m
+    }
+}
+
+fn key(t: &Target) -> &str {
+    match t {
+        Target::Local => "",
+        Target::Remote(j) => j,
+    }
+}
+
+/// A remote bridge's error answer as the focus's Colibri2 error.
+pub fn error_of(iq: &Element, meeting_id: &str) -> Colibri2Error {
+    let Some(e) = iq.get_child("error", "jabber:client") else {
+        return Colibri2Error::FeatureNotImplemented("no error in the bridge's answer".into());
+    };
+    let text = e
+        .get_child("text", meetd_xmpp::ns::STANZAS)
+        .map(|t| t.text())
+        .unwrap_or_default();
+    match Reason::from_stanza_error(e) {
+        Some(Reason::ConferenceNotFound) => Colibri2Error::ConferenceNotFound {
+            meeting_id: meeting_id.to_string(),
+        },
+        Some(Reason::ConferenceAlreadyExists) => Colibri2Error::ConferenceAlreadyExists {
+            meeting_id: meeting_id.to_string(),
+        },
+        Some(Reason::GracefulShutdown) => Colibri2Error::GracefulShutdown,
+        Some(Reason::UnknownEndpoint) => Colibri2Error::UnknownEndpoint {
+            id: e
+                .children()
+                .find(|c| c.name() == "endpoint")
+                .and_then(|c| c.attr("id"))
+                .unwrap_or("")
+                .to_string(),
+        },
+        _ => {
+            let cond = e
+                .children()
+                .find(|c| c.ns() == meetd_xmpp::ns::STANZAS && c.name() != "text")
+                .map(|c| c.name().to_string())
+                .unwrap_or_default();
+            match cond.as_str() {
+                "bad-request" => Colibri2Error::BadRequest(text),
+                "resource-constraint" => Colibri2Error::Busy,
+                "conflict" => Colibri2Error::Conflict(text),
+                "item-not-found" => Colibri2Error::ConferenceNotFound {
+                    meeting_id: meeting_id.to_string(),
+                },
+                _ => Colibri2Error::FeatureNotImplemented(format!("{cond}: {text}")),
+            }
+        }
+    }
+}
+
+/// The pool on the router. See the module docs.
+pub struct BridgePool {
+    pool: Mutex<Pool>,
+    local: Option<Arc<ColibriService>>,
+    router: Arc<Router>,
+    jid: String,
+    pending: Mutex<HashMap<String, oneshot::Sender<Element>>>,
+    next_id: Mutex<u64>,
+    /// The brewery nick of the in-process bridge, when it sits there too (not a remote).
+    own_bridge: Option<String>,
+}
+
+impl BridgePool {
+    /// The pool with `local` (the in-process bridge, when it takes conferences) and the
+    /// bridges of `brewery` (a room JID), which the pool joins as `jid` (a full JID of the
+    /// auth domain).
+    pub fn start(
+        router: Arc<Router>,
+        local: Option<Arc<ColibriService>>,
+        brewery: &str,
+        jid: &str,
+        region: &str,
+        own_bridge: Option<String>,
+    ) -> Arc<BridgePool> {
+        let p = Arc::new(BridgePool {
+            pool: Mutex::new(Pool {
+                local: local.as_ref().map(|_| BridgeInfo::default()),
+                region: region.to_string(),
+                ..Pool::default()
+            }),
+            local,
+            router: router.clone(),
+            jid: jid.to_string(),
+            pending: Mutex::new(HashMap::new()),
+            next_id: Mutex::new(1),
+            own_bridge,
+        });
+        let (tx, mut rx) = mpsc::channel::<Box<Element>>(MAILBOX);
+        router.bind(jid, tx);
+        let nick = jid.rsplit('/').next().unwrap_or("focus");
+        let mut join = el(
+            "presence",
+            "jabber:client",
+            &[("from", jid), ("to", &format!("{brewery}/{nick}"))],
+        );
+        join.append_child(el("x", NS_MUC, &[]));
+        router.route(join);
+        let me = p.clone();
+        let brewery = brewery.to_string();
+        tokio::spawn(async move {
+            while let Some(st) = rx.recv().await {
+                me.stanza(&brewery, &st);
+            }
+        });
+        p
+    }
+
+    fn stanza(&self, brewery: &str, st: &Element) {
+        let from = st.attr("from").unwrap_or("");
+        match st.name() {
+            "presence" => {
+                let Some((room, nick)) = from.split_once('/') else {
+                    return;
+                };
+                if room != brewery
+                    || nick == self.nick()
+                    || self.own_bridge.as_deref() == Some(nick)
+                {
+                    return;
+                }
+                let mut pool = self.pool.lock();
+                match (st.attr("type"), st.get_child("stats", NS_COLIBRI)) {
+                    (Some("unavailable"), _) => {
+                        if pool.remotes.remove(from).is_some() {
+                            tracing::warn!(bridge = %from, "bridge pool: a bridge left the brewery; its conferences start again elsewhere");
+                        }
+                    }
+                    (None, Some(stats)) => {
+                        let info = BridgeInfo::from_stats(stats);
+                        if pool.remotes.insert(from.to_string(), info).is_none() {
+                            tracing::info!(bridge = %from, "bridge pool: a bridge joined the brewery");
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            "iq" if matches!(st.attr("type"), Some("result") | Some("error")) => {
+                let id = st.attr("id").unwrap_or("");
+                if let Some(tx) = self.pending.lock().remove(id) {
+                    let _ = tx.send(st.clone());
+                }
+            }
+            "iq" => {
+                if let Some(e) =
+                    stanza::error_reply(st, stanza::StanzaError::SERVICE_UNAVAILABLE, None)
+                {
+                    let mut e = e;
+                    stanza::set_attr(&mut e, "from", &self.jid);
+                    self.router.route(e);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn nick(&self) -> &str {
+        self.jid.rsplit('/').next().unwrap_or("focus")
+    }
+
+    /// The in-process bridge's stress (its conferences count as load) for the choice.
+    pub fn set_local_stress(&self, stress: f64) {
+        if let Some(l) = self.pool.lock().local.as_mut() {
+            l.stress = stress;
+        }
+    }
+
+    async fn remote(
+        &self,
+        bridge: &str,
+        req: &ConferenceModify,
+    ) -> Result<ConferenceModified, Colibri2Error> {
+        let id = {
+            let mut n = self.next_id.lock();
+            *n += 1;
+            format!("c2-{n}")
+        };
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut pending = self.pending.lock();
+            if pending.len() >= MAX_PENDING {
+                return Err(Colibri2Error::Busy);
+            }
+            pending.insert(id.clone(), tx);
+        }
+        let mut iq = el(
+            "iq",
+            "jabber:client",
+            &[
+                ("type", "get"),
+                ("id", &id),
+                ("from", &self.jid),
+                ("to", bridge),
+            ],
+        );
+        iq.append_child(req.to_element());
+        self.router.route(iq);
+        let answer = tokio::time::timeout(REQUEST_TIMEOUT, rx).await;
+        self.pending.lock().remove(&id);
+        let Ok(Ok(answer)) = answer else {
+            tracing::warn!(%bridge, "bridge pool: no answer from a bridge");
+            return Err(Colibri2Error::ConferenceNotFound {
+                meeting_id: req.meeting_id.clone(),
+            });
+        };
+        if answer.attr("type") == Some("error") {
+            return Err(error_of(&answer, &req.meeting_id));
+        }
+        match answer.get_child("conference-modified", NS_COLIBRI2) {
+            Some(m) => ConferenceModified::parse(m),
+            None => Err(Colibri2Error::FeatureNotImplemented(
+                "the bridge's answer has no conference-modified".into(),
+            )),
+        }
+    }
+}
+
+impl Bridge for BridgePool {
+    fn modify(
+        &self,
+        req: ConferenceModify,
+    ) -> BoxFuture<'_, Result<ConferenceModified, Colibri2Error>> {
+        Box::pin(async move {
+            let target = self.pool.lock().route(&req)?;
+            let r = match &target {
+                Target::Local => match &self.local {
+                    Some(l) => l.handle(&req),
+                    None => Err(Colibri2Error::ConferenceNotFound {
+                        meeting_id: req.meeting_id.clone(),
+                    }),
+                },
+                Target::Remote(j) => self.remote(j, &req).await,
+            };
+            if req.create && r.is_ok() {
+                tracing::info!(meeting = %req.meeting_id, bridge = ?target, "bridge pool: conference placed");
+            }
+            if matches!(r, Err(Colibri2Error::ConferenceNotFound { .. }))
+                || (req.create && r.is_err())
+            {
+                self.pool.lock().forget(&req.meeting_id);
+            }
+            r
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(stress: f64, region: &str, unavailable: bool) -> BridgeInfo {
+        BridgeInfo {
+            stress,
+            region: region.into(),
+            unavailable,
+        }
+    }
+
+    fn create(id: &str) -> ConferenceModify {
+        let mut m = ConferenceModify::new(id);
+        m.create = true;
+        m
+    }
+
+    #[test]
+    fn stats_are_read_as_jicofo_reads_them() {
+        let s: Element = "<stats xmlns='http://jitsi.org/protocol/colibri'><stat name='stress_level' value='0.5'/><stat name='region' value='eu'/><stat name='drain' value='false'/></stats>".parse().unwrap();
+        assert_eq!(BridgeInfo::from_stats(&s), info(0.5, "eu", false));
+        let s: Element = "<stats xmlns='http://jitsi.org/protocol/colibri'><stat name='stress_level' value='NaN'/><stat name='graceful_shutdown' value='true'/></stats>".parse().unwrap();
+        assert_eq!(BridgeInfo::from_stats(&s), info(0.0, "", true));
+    }
+
+    #[test]
+    fn region_then_least_stress_overloaded_last_never_draining() {
+        let mut p = Pool {
+            local: Some(info(0.3, "", false)),
+            region: "eu".into(),
+            ..Pool::default()
+        };
+        p.remotes.insert("b@x/us".into(), info(0.1, "us", false));
+        p.remotes.insert("b@x/eu1".into(), info(0.6, "eu", false));
+        p.remotes.insert("b@x/eu2".into(), info(0.4, "eu", false));
+        p.remotes.insert("b@x/eu3".into(), info(0.0, "eu", true));
+        assert_eq!(p.choose(), Some(Target::Remote("b@x/eu2".into())));
+        p.remotes.get_mut("b@x/eu2").unwrap().stress = 0.9;
+        p.remotes.get_mut("b@x/eu1").unwrap().stress = 0.95;
+        assert_eq!(
+            p.choose(),
+            Some(Target::Remote("b@x/eu2".into())),
+            "overloaded, but the region's"
+        );
+        p.region = "asia".into();
+        assert_eq!(
+            p.choose(),
+            Some(Target::Remote("b@x/us".into())),
+            "no bridge in the region: all"
+        );
+        p.remotes.clear();
+        p.local = Some(info(0.0, "", true));
+        assert_eq!(p.choose(), None);
+    }
+
+    #[test]
+    fn a_conference_stays_on_its_bridge_until_that_bridge_leaves() {
+        let mut p = Pool::default();
+        p.remotes.insert("b@x/1".into(), info(0.1, "", false));
+        let t = p.route(&create("m1")).unwrap();
+        assert_eq!(t, Target::Remote("b@x/1".into()));
+        p.remotes.insert("b@x/2".into(), info(0.0, "", false));
+        assert_eq!(p.route(&ConferenceModify::new("m1")).unwrap(), t, "sticky");
+        assert_eq!(p.load().get(&t), Some(&1));
+        p.remotes.remove("b@x/1");
+        assert!(matches!(
+            p.route(&ConferenceModify::new("m1")),
+            Err(Colibri2Error::ConferenceNotFound { .. })
+        ));
+        // Started again: on the bridge still there.
+        assert_eq!(
+            p.route(&create("m1")).unwrap(),
+            Target::Remote("b@x/2".into())
+        );
+        let mut expire = ConferenceModify::new("m1");
+        expire.expire = true;
+        p.route(&expire).unwrap();
+        assert!(p.load().is_empty());
+        assert!(matches!(
+            p.route(&ConferenceModify::new("zz")),
+            Err(Colibri2Error::ConferenceNotFound { .. })
+        ));
+    }
+
+    #[test]
+    fn remote_errors_become_colibri2_errors() {
+        let e = Colibri2Error::UnknownEndpoint { id: "ep1".into() };
+        let req: Element = "<iq xmlns='jabber:client' type='get' id='1' from='a@b/c' to='d@e/f'/>"
+            .parse()
+            .unwrap();
+        let iq = e.to_error_iq(&req);
+        assert!(matches!(error_of(&iq, "m"), Colibri2Error::UnknownEndpoint { id } if id == "ep1"));
+        let iq = Colibri2Error::ConferenceNotFound {
+            meeting_id: "m".into(),
+        }
+        .to_error_iq(&req);
+        assert!(matches!(
+            error_of(&iq, "m"),
+            Colibri2Error::ConferenceNotFound { .. }
+        ));
+        let iq = Colibri2Error::Busy.to_error_iq(&req);
+        assert!(matches!(error_of(&iq, "m"), Colibri2Error::Busy));
+        let iq = Colibri2Error::BadRequest("x".into()).to_error_iq(&req);
+        assert!(matches!(error_of(&iq, "m"), Colibri2Error::BadRequest(t) if t == "x"));
+    }
+}
