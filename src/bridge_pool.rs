@@ -112,7 +112,7 @@ impl Pool {
                 .min_by(|a, b| {
                     a.1.stress
                         .total_cmp(&b.1.stress)
-                        .then_with(|| key(&a.0).cmp(&key(&b.0)))
+                        .then_with(|| key(&a.0).cmp(key(&b.0)))
                 })
                 .map(|(t, _)| t.clone())
         };
@@ -287,10 +287,8 @@ impl BridgePool {
                 }
                 let mut pool = self.pool.lock();
                 match (st.attr("type"), st.get_child("stats", NS_COLIBRI)) {
-                    (Some("unavailable"), _) => {
-                        if pool.remotes.remove(from).is_some() {
-                            tracing::warn!(bridge = %from, "bridge pool: a bridge left the brewery; its conferences start again elsewhere");
-                        }
+                    (Some("unavailable"), _) if pool.remotes.remove(from).is_some() => {
+                        tracing::warn!(bridge = %from, "bridge pool: a bridge left the brewery; its conferences start again elsewhere");
                     }
                     (None, Some(stats)) => {
                         let info = BridgeInfo::from_stats(stats);
