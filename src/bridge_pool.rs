@@ -80,7 +80,8 @@ pub struct Pool {
     pub local: Option<BridgeInfo>,
     pub remotes: HashMap<String, BridgeInfo>,
     pub region: String,
-    conferences: HashMap<String, Target>,
+    /// Meeting id → its bridge and its room.
+    conferences: HashMap<String, (Target, String)>,
 }
 
 impl Pool {
@@ -123,13 +124,15 @@ impl Pool {
     pub fn route(&mut self, req: &ConferenceModify) -> Result<Target, Colibri2Error> {
         if req.create && !self.conferences.contains_key(&req.meeting_id) {
             let t = self.choose().ok_or(Colibri2Error::GracefulShutdown)?;
-            self.conferences.insert(req.meeting_id.clone(), t.clone());
+            let room = req.name.clone().unwrap_or_default();
+            self.conferences
+                .insert(req.meeting_id.clone(), (t.clone(), room));
             return Ok(t);
         }
         let t = self
             .conferences
             .get(&req.meeting_id)
-            .cloned()
+            .map(|(t, _)| t.clone())
             .ok_or_else(|| Colibri2Error::ConferenceNotFound {
                 meeting_id: req.meeting_id.clone(),
             })?;
@@ -153,11 +156,28 @@ impl Pool {
         self.conferences.remove(meeting_id);
     }
 
+    /// Bridge `jid` left: it is out of the pool, and the rooms of its conferences are
+    /// returned (their conferences are forgotten: they start again elsewhere).
+    pub fn bridge_left(&mut self, jid: &str) -> Option<Vec<String>> {
+        self.remotes.remove(jid)?;
+        let gone = Target::Remote(jid.to_string());
+        let mut rooms = Vec::new();
+        self.conferences.retain(|_, (t, room)| {
+            if *t == gone {
+                rooms.push(room.clone());
+                false
+            } else {
+                true
+            }
+        });
+        Some(rooms)
+    }
+
     /// Conferences per target.
     #[cfg(test)]
     pub fn load(&self) -> HashMap<Target, usize> {
         let mut m = HashMap::new();
-        for t in self.conferences.values() {
+        for (t, _) in self.conferences.values() {
             *m.entry(t.clone()).or_default() += 1;
         }
         m
@@ -225,6 +245,8 @@ pub struct BridgePool {
     next_id: Mutex<u64>,
     /// The brewery nick of the in-process bridge, when it sits there too (not a remote).
     own_bridge: Option<String>,
+    /// Rooms whose bridge left, for the focus.
+    lost: mpsc::Sender<String>,
 }
 
 impl BridgePool {
@@ -238,6 +260,7 @@ impl BridgePool {
         jid: &str,
         region: &str,
         own_bridge: Option<String>,
+        lost: mpsc::Sender<String>,
     ) -> Arc<BridgePool> {
         let p = Arc::new(BridgePool {
             pool: Mutex::new(Pool {
@@ -251,6 +274,7 @@ impl BridgePool {
             pending: Mutex::new(HashMap::new()),
             next_id: Mutex::new(1),
             own_bridge,
+            lost,
         });
         let (tx, mut rx) = mpsc::channel::<Box<Element>>(MAILBOX);
         router.bind(jid, tx);
@@ -287,8 +311,18 @@ impl BridgePool {
                 }
                 let mut pool = self.pool.lock();
                 match (st.attr("type"), st.get_child("stats", NS_COLIBRI)) {
-                    (Some("unavailable"), _) if pool.remotes.remove(from).is_some() => {
-                        tracing::warn!(bridge = %from, "bridge pool: a bridge left the brewery; its conferences start again elsewhere");
+                    (Some("unavailable"), _) => {
+                        let Some(rooms) = pool.bridge_left(from) else {
+                            return;
+                        };
+                        tracing::warn!(bridge = %from, conferences = rooms.len(), "bridge pool: a bridge left the brewery; its conferences start again elsewhere");
+                        for room in rooms {
+                            if self.lost.try_send(room).is_err() {
+                                tracing::warn!(
+                                    "bridge pool: the focus's queue is full; a conference moves on its next request"
+                                );
+                            }
+                        }
                     }
                     (None, Some(stats)) => {
                         let info = BridgeInfo::from_stats(stats);

@@ -1457,6 +1457,7 @@ impl Config {
                 .then(|| format!("{}@{}", self.jigasi.brewery, x.internal_muc_domain)),
             draining: Default::default(),
             live_streams: None,
+            bridge_lost: None,
         }
     }
 

@@ -539,6 +539,9 @@ async fn serve(mut cfg: Config, flags: Overrides) -> anyhow::Result<()> {
                 );
             opts.live_streams = Some(streams);
         }
+        // Rooms whose bridge left the pool, for the focus to move (bounded: a full queue is
+        // logged, and the conference moves on its next request).
+        let (lost_tx, lost_rx) = tokio::sync::mpsc::channel(1024);
         let focus_bridge: Arc<dyn meetd_colibri::service::Bridge> =
             if cfg.focus.bridge_brewery.is_empty() {
                 bridge.clone()
@@ -552,6 +555,7 @@ async fn serve(mut cfg: Config, flags: Overrides) -> anyhow::Result<()> {
                     &cfg.focus.region,
                     // The in-process bridge, when it sits in the same brewery, is the local one.
                     (cfg.bridge.brewery == cfg.focus.bridge_brewery).then(|| cfg.bridge.id.clone()),
+                    lost_tx,
                 );
                 let (p, e) = (pool.clone(), engine.clone());
                 tokio::spawn(async move {
@@ -564,6 +568,9 @@ async fn serve(mut cfg: Config, flags: Overrides) -> anyhow::Result<()> {
                 });
                 pool
             };
+        if !cfg.focus.bridge_brewery.is_empty() {
+            opts.bridge_lost = Some(lost_rx);
+        }
         meetd_jingle::focus::start(server.router.clone(), opts, focus_bridge)
     });
     let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));

@@ -119,6 +119,9 @@ pub enum Input {
     },
     /// That Jibri left the brewery.
     JibriGone { jibri: String },
+    /// The conference's bridge left the bridge pool: start it again on another (everyone
+    /// is invited anew).
+    BridgeLost,
 }
 
 #[derive(Debug)]
@@ -605,6 +608,13 @@ impl Conference {
                 let a = self.recorder.status(&jibri, &status);
                 self.recorder_actions(a);
             }
+            Input::BridgeLost => {
+                if self.bridge != BridgeConf::None {
+                    tracing::warn!(room = %self.room, "the conference's bridge is gone; moving everyone to another");
+                    self.restart_on_new_bridge();
+                    self.maybe_invite(now);
+                }
+            }
             Input::JibriGone { jibri } => {
                 let a = self.recorder.jibri_gone(&jibri);
                 self.recorder_actions(a);
@@ -935,6 +945,14 @@ impl Conference {
     /// The bridge failed us: end every session cleanly and say so in presence. The clients
     /// get a fresh session when the next allocation succeeds.
     fn bridge_failed(&mut self) {
+        self.restart_on_new_bridge();
+        let (a, v, _) = self.published;
+        self.publish((a, v, true));
+    }
+
+    /// Everyone's session ends and the conference starts again on a bridge to be chosen
+    /// (the focus's presence says nothing: another bridge is expected to take it).
+    fn restart_on_new_bridge(&mut self) {
         let nicks: Vec<String> = self
             .participants
             .iter()
@@ -953,8 +971,6 @@ impl Conference {
         }
         self.feedback = EndpointSourceSet::default();
         self.bridge_session_id = uuid::Uuid::new_v4().to_string();
-        let (a, v, _) = self.published;
-        self.publish((a, v, true));
     }
 
     /// Jicofo's auto-owner: the first participant, and a successor when the owner leaves.

@@ -122,6 +122,9 @@ pub struct FocusOptions {
     pub draining: Arc<std::sync::atomic::AtomicBool>,
     /// meetd's own live streaming, used when no Jibri is registered (docs/streaming.md).
     pub live_streams: Option<Arc<dyn LiveStreams>>,
+    /// Rooms whose bridge left the bridge pool (docs/colibri2.md §4a): each conference
+    /// starts again on another bridge.
+    pub bridge_lost: Option<mpsc::Receiver<String>>,
 }
 
 /// The gateways the focus hands work to: Jibris (recording, streaming) and Jigasis (phone).
@@ -468,6 +471,8 @@ pub fn start(router: Arc<Router>, opts: FocusOptions, bridge: Arc<dyn Bridge>) -
     };
     let draining = opts.draining.clone();
     let (handle_router, handle_jigasi) = (router.clone(), jigasi.clone());
+    let mut opts = opts;
+    let mut bridge_lost = opts.bridge_lost.take();
     let opts = Arc::new(opts);
     tokio::spawn(async move {
         let mut rooms: HashMap<String, Room> = HashMap::new();
@@ -525,6 +530,13 @@ pub fn start(router: Arc<Router>, opts: FocusOptions, bridge: Arc<dyn Bridge>) -
                         }
                     }
                 }
+                Some(room) = recv_lost(&mut bridge_lost) => {
+                    if let Some(r) = rooms.get(&room)
+                        && r.tx.try_send(ActorMsg::Input(Input::BridgeLost)).is_err()
+                    {
+                        tracing::warn!(%room, "conference queue full; its lost bridge is noticed on its next request");
+                    }
+                }
                 Some((room, g)) = done_rx.recv() => {
                     if rooms.get(&room).is_some_and(|r| r.generation == g) {
                         rooms.remove(&room);
@@ -539,6 +551,13 @@ pub fn start(router: Arc<Router>, opts: FocusOptions, bridge: Arc<dyn Bridge>) -
         draining,
         router: handle_router,
         jigasi: handle_jigasi,
+    }
+}
+
+async fn recv_lost(rx: &mut Option<mpsc::Receiver<String>>) -> Option<String> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -1,7 +1,9 @@
 // The focus's bridge pool (issue 17, docs/colibri2.md §4a): meetd's focus takes bridges from
 // its brewery. Here the in-process bridge is kept out ([focus] use_local_bridge = false) and a
 // second meetd runs as a bridge only (--role bridge), logged in to the first over XMPP: two
-// people of the official web app meet, and their media goes through that bridge.
+// people of the official web app meet, and their media goes through that bridge. When that
+// bridge dies, the focus moves the conference to a third meetd from the brewery and the two
+// see each other again; the test reports how long that took.
 import { useApp, appTest, assert, sleep } from './lib.mjs';
 import { startServer } from '../lib/server.mjs';
 
@@ -15,18 +17,26 @@ const gauge = async (base, name) => {
     return Number(m.match(new RegExp(`^${name} (\\d+)$`, 'm'))?.[1] ?? NaN);
 };
 
-appTest('with the in-process bridge kept out, the call runs on a bridge-only meetd from the brewery', app.wrap(async () => {
+const bridgeOnly = (id) => startServer({
+    name: `app-bridgepool-${id}`,
+    config: `[bridge]\nid = "${id}"\nxmpp_url = "${app.server.wsUrl}"\nxmpp_password = "jvbpass"\n`,
+    extraArgs: ['--role', 'bridge', '--advertise-ip', '127.0.0.1'],
+});
+
+const joinedBrewery = async (n) => {
+    const deadline = Date.now() + 15000;
+    const count = () => (app.server.logTail(2000).match(/bridge pool: a bridge joined the brewery/g) ?? []).length;
+    while (count() < n && Date.now() < deadline) await sleep(200);
+    assert.ok(count() >= n, `${n} bridges in the brewery`);
+};
+
+appTest('with the in-process bridge kept out, the call runs on a bridge-only meetd from the brewery, and moves when that bridge dies', app.wrap(async () => {
     await app.server.userAdd('jvb@auth.meet.jitsi', 'jvbpass');
-    const bridge = await startServer({
-        name: 'app-bridgepool-jvb2',
-        config: `[bridge]\nid = "jvb2"\nxmpp_url = "${app.server.wsUrl}"\nxmpp_password = "jvbpass"\n`,
-        extraArgs: ['--role', 'bridge', '--advertise-ip', '127.0.0.1'],
-    });
+    const bridge = await bridgeOnly('jvb2');
+    let spare = null;
     try {
         // Its first stats presence goes out on login.
-        const deadline = Date.now() + 15000;
-        while (!/bridge pool: a bridge joined the brewery/.test(app.server.logTail(400)) && Date.now() < deadline) await sleep(200);
-        assert.match(app.server.logTail(400), /bridge pool: a bridge joined the brewery/);
+        await joinedBrewery(1);
         const hash = 'config.p2p.enabled=false';
         const a = await app.join('pooled', { name: 'Alice', hash });
         const b = await app.join('pooled', { name: 'Bob', hash });
@@ -37,11 +47,24 @@ appTest('with the in-process bridge kept out, the call runs on a bridge-only mee
         assert.equal(remote, 2, 'both endpoints on the bridge-only meetd');
         assert.equal(local, 0, 'none on the focus\'s own bridge');
         assert.match(app.server.logTail(400), /bridge pool: conference placed .*jvbbrewery@internal-muc\.meet\.jitsi\/jvb2/);
+        // A spare bridge joins; the first one dies.
+        spare = await bridgeOnly('jvb3');
+        await joinedBrewery(2);
+        const killed = Date.now();
+        bridge.proc.kill('SIGKILL');
+        await a.waitVideoFrom(b, 45000, { audio: true });
+        await b.waitVideoFrom(a, 45000, { audio: true });
+        const moved = Date.now() - killed;
+        const onSpare = await gauge(spare.httpBase, 'meetd_media_endpoints');
+        console.log(`# bridge pool: bridge killed → both see each other again through the spare in ${moved} ms (endpoints there: ${onSpare})`);
+        assert.equal(onSpare, 2, 'both endpoints moved to the spare bridge');
+        assert.match(app.server.logTail(600), /bridge pool: a bridge left the brewery/);
         await app.leaveAll();
     } catch (e) {
-        e.message += `\n--- bridge-only meetd ---\n${bridge.logTail(40)}`;
+        e.message += `\n--- bridge-only meetd ---\n${bridge.logTail(40)}\n--- spare ---\n${spare?.logTail(40)}`;
         throw e;
     } finally {
         await bridge.stop();
+        await spare?.stop();
     }
 }));

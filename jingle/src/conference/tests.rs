@@ -675,6 +675,51 @@ fn bridge_failures_reinvite_or_end_sessions_cleanly() {
     );
 }
 
+/// The bridge pool lost the conference's bridge (docs/colibri2.md §4a): everyone's session
+/// ends and a new allocation (a create, on the bridge the pool picks) follows at once, without
+/// the bridgeNotAvailable presence that would make the apps give up.
+#[test]
+fn a_lost_bridge_moves_everyone_to_a_new_one_at_once() {
+    let (mut h, sa, sb) = two_in_session();
+    h.accept("aaaa", &sa, 100);
+    h.accept("bbbb", &sb, 200);
+    h.take_sent();
+    h.colibri.clear();
+    h.input(Input::BridgeLost);
+    let sent = h.take_sent();
+    let terminated = sent
+        .iter()
+        .filter(|e| meetd_xmpp::xml::to_string(e).contains("session-terminate"))
+        .count();
+    assert_eq!(terminated, 2, "both sessions end");
+    assert!(
+        !sent
+            .iter()
+            .any(|e| e.name() == "presence" && e.has_child("bridgeNotAvailable", NS_FOCUS)),
+        "no bridgeNotAvailable"
+    );
+    assert!(
+        h.colibri.iter().any(|(_, m)| m.create),
+        "allocated again at once"
+    );
+    h.bridge();
+    for nick in ["aaaa", "bbbb"] {
+        assert!(
+            h.jingle_to(nick).iter().any(|e| e
+                .get_child("jingle", NS_JINGLE)
+                .unwrap()
+                .attr("action")
+                == Some("session-initiate")),
+            "{nick} is invited anew"
+        );
+    }
+    // Without a bridge (before any allocation) it is nothing to do.
+    let mut idle = Harness::new();
+    idle.start();
+    idle.input(Input::BridgeLost);
+    assert!(idle.colibri.is_empty());
+}
+
 /// A stanza recorded from lib-jitsi-meet (jingle/tests/fixtures, copied from the shared
 /// fixtures), re-addressed to this harness: from the participant's occupant JID, with the
 /// session's sid.
