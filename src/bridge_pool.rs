@@ -312,17 +312,8 @@ impl BridgePool {
                 let mut pool = self.pool.lock();
                 match (st.attr("type"), st.get_child("stats", NS_COLIBRI)) {
                     (Some("unavailable"), _) => {
-                        let Some(rooms) = pool.bridge_left(from) else {
-                            return;
-                        };
-                        tracing::warn!(bridge = %from, conferences = rooms.len(), "bridge pool: a bridge left the brewery; its conferences start again elsewhere");
-                        for room in rooms {
-                            if self.lost.try_send(room).is_err() {
-                                tracing::warn!(
-                                    "bridge pool: the focus's queue is full; a conference moves on its next request"
-                                );
-                            }
-                        }
+                        drop(pool);
+                        self.lose(from, "it left the brewery");
                     }
                     (None, Some(stats)) => {
                         let info = BridgeInfo::from_stats(stats);
@@ -349,6 +340,21 @@ impl BridgePool {
                 }
             }
             _ => {}
+        }
+    }
+
+    /// Bridge `jid` is out of the pool: its conferences start again elsewhere, at once.
+    fn lose(&self, jid: &str, why: &str) {
+        let Some(rooms) = self.pool.lock().bridge_left(jid) else {
+            return;
+        };
+        tracing::warn!(bridge = %jid, conferences = rooms.len(), why, "bridge pool: a bridge is gone; its conferences start again elsewhere");
+        for room in rooms {
+            if self.lost.try_send(room).is_err() {
+                tracing::warn!(
+                    "bridge pool: the focus's queue is full; a conference moves on its next request"
+                );
+            }
         }
     }
 
@@ -396,7 +402,9 @@ impl BridgePool {
         let answer = tokio::time::timeout(REQUEST_TIMEOUT, rx).await;
         self.pending.lock().remove(&id);
         let Ok(Ok(answer)) = answer else {
-            tracing::warn!(%bridge, "bridge pool: no answer from a bridge");
+            // A bridge that does not answer is as good as gone (Jicofo counts such failures
+            // against a bridge too): it is out of the pool until its next stats presence.
+            self.lose(bridge, "no answer to a Colibri2 request");
             return Err(Colibri2Error::ConferenceNotFound {
                 meeting_id: req.meeting_id.clone(),
             });

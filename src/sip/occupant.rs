@@ -166,28 +166,34 @@ impl Occupant {
         format!("sip{}", self.next_id)
     }
 
-    /// Ask the focus for the conference (it creates the room), as Jigasi does first.
-    pub fn start(&mut self) {
+    /// Send an IQ `set` with `payload` to `to`; returns its id.
+    fn set(&mut self, to: &str, payload: Element) -> String {
         let id = self.id();
         let mut iq = el(
             "iq",
             NS_CLIENT,
             &[
                 ("type", "set"),
-                ("to", &self.focus_domain),
+                ("to", to),
                 ("from", &self.jid),
                 ("id", &id),
             ],
         );
+        iq.append_child(payload);
+        self.out.push_back(iq);
+        id
+    }
+
+    /// Ask the focus for the conference (it creates the room), as Jigasi does first.
+    pub fn start(&mut self) {
         let c = el(
             "conference",
             NS_FOCUS,
             &[("room", &self.room), ("machine-uid", &self.nick)],
         );
-        iq.append_child(c);
-        self.conference_iq = Some(id);
+        let to = self.focus_domain.clone();
+        self.conference_iq = Some(self.set(&to, c));
         self.phase = Phase::Requesting;
-        self.out.push_back(iq);
     }
 
     /// Leave the room (the call is over).
@@ -211,23 +217,11 @@ impl Occupant {
             return;
         }
         let mute = !self.muted;
-        let id = self.id();
         let focus = format!("{}/focus", self.room);
         let me = self.occupant_jid();
-        let mut iq = el(
-            "iq",
-            NS_CLIENT,
-            &[
-                ("type", "set"),
-                ("to", &focus),
-                ("from", &self.jid),
-                ("id", &id),
-            ],
-        );
         let mut m = el("mute", NS_AUDIO, &[("jid", &me)]);
         m.append_text_node(if mute { "true" } else { "false" });
-        iq.append_child(m);
-        self.out.push_back(iq);
+        self.set(&focus, m);
         self.set_muted(mute);
     }
 
@@ -352,19 +346,7 @@ impl Occupant {
                     self.reply(iq, None);
                     let accept = self.accept(&s);
                     let focus = iq.attr("from").unwrap_or("").to_string();
-                    let id = self.id();
-                    let mut a = el(
-                        "iq",
-                        NS_CLIENT,
-                        &[
-                            ("type", "set"),
-                            ("to", &focus),
-                            ("from", &self.jid),
-                            ("id", &id),
-                        ],
-                    );
-                    a.append_child(accept);
-                    self.out.push_back(a);
+                    self.set(&focus, accept);
                     self.session = Some(s.clone());
                     self.events.push_back(OccEvent::Media(s));
                 }

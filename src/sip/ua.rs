@@ -312,17 +312,7 @@ impl Ua {
                     let resp = self.response_to(&r, 200, "OK", None, &[], None);
                     self.out.push_back((peer, resp));
                 }
-                None => {
-                    let resp = self.response_to(
-                        &r,
-                        481,
-                        "Call/Transaction Does Not Exist",
-                        None,
-                        &[],
-                        None,
-                    );
-                    self.out.push_back((peer, resp));
-                }
+                None => self.no_such_call(peer, &r),
             },
             Method::Cancel => {
                 let proceeding = self
@@ -352,15 +342,7 @@ impl Ua {
             }
             Method::Info => {
                 let Some(key) = self.calls.get(&call_id).map(|c| c.key) else {
-                    let resp = self.response_to(
-                        &r,
-                        481,
-                        "Call/Transaction Does Not Exist",
-                        None,
-                        &[],
-                        None,
-                    );
-                    self.out.push_back((peer, resp));
+                    self.no_such_call(peer, &r);
                     return;
                 };
                 let resp = self.response_to(&r, 200, "OK", None, &[], None);
@@ -399,6 +381,12 @@ impl Ua {
                 self.out.push_back((peer, resp));
             }
         }
+    }
+
+    /// 481: a request within a dialog meetd does not have.
+    fn no_such_call(&mut self, peer: Peer, r: &Request) {
+        let resp = self.response_to(r, 481, "Call/Transaction Does Not Exist", None, &[], None);
+        self.out.push_back((peer, resp));
     }
 
     fn is_done(&self, call_id: &str) -> bool {
@@ -452,9 +440,7 @@ impl Ua {
             return;
         }
         if has_tag(to) {
-            let resp =
-                self.response_to(&r, 481, "Call/Transaction Does Not Exist", None, &[], None);
-            self.out.push_back((peer, resp));
+            self.no_such_call(peer, &r);
             return;
         }
         if self.active() >= self.cfg.max_calls {

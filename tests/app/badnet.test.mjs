@@ -73,22 +73,27 @@ appTest('loss, a narrow link and an outage on one receiver\'s link', app.wrap(as
             if (onStage === bobId && await p.receivedHeight(bob) > 180) break;
         }
     }
-    // Alice's end of the bridge connection as her browser uses it now (its selected pair).
-    const path = await alice.waitFor(async () => {
+    // Alice's end of the bridge connection as her browser uses it now (its selected pair),
+    // read again before each phase: a rule on a port her browser no longer uses (its session
+    // was renewed, or its pair changed) would leave the phase without effect. Its candidate
+    // type and the bridge's port go into the report, to tell such a run apart.
+    const selected = () => alice.waitFor(async () => {
         const pc = APP.conference._room.jvbJingleSession.peerconnection.peerconnection;
         const stats = [...(await pc.getStats()).values()];
         const t = stats.find((s) => s.type === 'transport' && s.selectedCandidatePairId);
         const pair = stats.find((s) => s.id === t?.selectedCandidatePairId);
         const local = stats.find((s) => s.id === pair?.localCandidateId);
-        return local && { proto: local.protocol, port: local.port };
+        return local && { proto: local.protocol, port: local.port, type: local.candidateType, remote: stats.find((s) => s.id === pair?.remoteCandidateId)?.port };
     }, 'the selected candidate pair', 15000);
-    const { port, proto } = path;
+    let path = await selected();
+    let { port, proto } = path;
     assert.ok(port > 0, JSON.stringify(path));
     const report = {};
     const [ab, cb] = await Promise.all([over(alice, bob, 10000), over(carol, bob, 10000)]);
     report.baseline = { alice: ab, carol: cb };
 
     // 5% of the datagrams to Alice lost.
+    ({ port, proto } = path = await selected());
     firewall([`${proto} dport ${port} numgen random mod 100 < 5`]);
     let carolDuring;
     try {
@@ -102,6 +107,7 @@ appTest('loss, a narrow link and an outage on one receiver\'s link', app.wrap(as
     const high = (await flow(alice, bob)).video.height;
     let low = 0;
     try {
+        ({ port, proto } = path = await selected());
         shapePort(port, '300kbit', proto);
         const deadline = Date.now() + 30000;
         while (Date.now() < deadline && !low) {
@@ -125,6 +131,7 @@ appTest('loss, a narrow link and an outage on one receiver\'s link', app.wrap(as
     report.steps = { high, low, back };
 
     // 2 s with nothing reaching Alice: her video comes back.
+    ({ port, proto } = path = await selected());
     firewall([`${proto} dport ${port}`]);
     await sleep(2000);
     openFirewall();
@@ -139,7 +146,7 @@ appTest('loss, a narrow link and an outage on one receiver\'s link', app.wrap(as
         }
     }
     report.outage = { resumedMs, after: await over(alice, bob, 5000) };
-    report.path = path;
+    report.path = { ...path, bridgeUdp: app.server.mediaPort, turn: app.server.turnPort };
     console.log(`badnet: ${JSON.stringify(report)}`);
 
     // Loss: repaired by NACK/RTX, video still flowing, audio concealment small.

@@ -58,7 +58,7 @@ appTest('with the in-process bridge kept out, the call runs on a bridge-only mee
         const onSpare = await gauge(spare.httpBase, 'meetd_media_endpoints');
         console.log(`# bridge pool: bridge killed → both see each other again through the spare in ${moved} ms (endpoints there: ${onSpare})`);
         assert.equal(onSpare, 2, 'both endpoints moved to the spare bridge');
-        assert.match(app.server.logTail(600), /bridge pool: a bridge left the brewery/);
+        assert.match(app.server.logTail(600), /bridge pool: a bridge is gone/);
         await app.leaveAll();
     } catch (e) {
         e.message += `\n--- bridge-only meetd ---\n${bridge.logTail(40)}\n--- spare ---\n${spare?.logTail(40)}`;
