@@ -118,6 +118,8 @@ fn bool_str(b: bool) -> &'static str {
 #[derive(Debug)]
 pub enum Request {
     Modify(ConferenceModify),
+    /// JVB's graceful-shutdown IQ: take no new conferences from now on (answer with this).
+    GracefulShutdown(Element),
     /// Answer with this stanza.
     Reply(Element),
     Ignore,
@@ -159,6 +161,15 @@ pub fn classify(id: &Identity, st: &Element, version: &str) -> Request {
                     Request::Reply(with_from(err.to_error_iq(st), &id.jid, st))
                 }
             }
+        }
+        ("graceful-shutdown", NS_COLIBRI) if ty == "set" => {
+            if !id.may_drive(from) {
+                return refuse(
+                    StanzaError::FORBIDDEN,
+                    "only service accounts shut the bridge down",
+                );
+            }
+            Request::GracefulShutdown(with_from(stanza::iq_result(st, None), &id.jid, st))
         }
         ("healthcheck", NS_HEALTH) => {
             Request::Reply(with_from(stanza::iq_result(st, None), &id.jid, st))
@@ -293,6 +304,13 @@ async fn serve(s: &Setup, id: &Identity, out: Out, rx: &mut mpsc::Receiver<Box<E
                             Err(e) => e.to_error_iq(&st),
                         };
                         out.send(with_from(reply, &id.jid, &st)).await;
+                    }
+                    Request::GracefulShutdown(r) => {
+                        tracing::info!("bridge: graceful shutdown asked over XMPP: no new conferences");
+                        s.draining.store(true, Ordering::Relaxed);
+                        out.send(r).await;
+                        // The pool learns it from the next presence: send it now.
+                        tick.reset_immediately();
                     }
                     Request::Reply(r) => out.send(r).await,
                     Request::Ignore => {}

@@ -127,6 +127,14 @@ test('a bridge-only meetd (--role bridge) logs in to meetd, waits in its brewery
         assert.ok(ice.getChildren('candidate').some((c) => Number(c.attrs.port) === bridge.mediaPort), ice.toString());
         assert.match(ice.getChild('web-socket', NS_COLIBRI).attrs.url, new RegExp(`:${bridge.httpPort}/colibri-ws/jvb2/`));
         assert.match(bridge.logTail(200), /bridge: logged in to the focus's XMPP server/);
+        // Jicofo's graceful shutdown: the presence says so at once, new conferences are refused.
+        await jicofo.xmpp.iqCaller.request(xml('iq', { type: 'set', to: `${BREWERY}/jvb2` },
+            xml('graceful-shutdown', { xmlns: NS_COLIBRI })), 10000);
+        await presenceOf(jicofo, `${BREWERY}/jvb2`, (x) => x.getChild('stats', NS_COLIBRI)?.getChildren('stat')
+            .some((s) => s.attrs.name === 'graceful_shutdown' && s.attrs.value === 'true'), 5000);
+        const refused = await jicofo.xmpp.iqCaller.request(createIq(`${BREWERY}/jvb2`, 'aaaa-3', 'cafe'), 10000).then(() => null, (e) => e);
+        assert.equal(refused?.application?.attrs?.reason ?? refused?.element?.getChild('error', NS_C2)?.attrs.reason,
+            'graceful_shutdown', String(refused?.element ?? refused));
     } finally {
         await bridge.stop();
     }
