@@ -28,6 +28,18 @@ const windowLevels = ({ rate, samples }) => {
     return out;
 };
 
+/** `body` with `phone` on the line: a failure carries baresip's log; the phone stops either way. */
+async function withPhone(phone, body) {
+    try {
+        await body();
+    } catch (e) {
+        e.message += `\n--- baresip ---\n${phone.log.slice(-40).join('\n')}`;
+        throw e;
+    } finally {
+        await phone.stop();
+    }
+}
+
 const pinOf = async (room) => String((await (await fetch(`${app.base}/dialin/conference-code?conference=${room}@muc.meet.jitsi`)).json()).id);
 
 const remoteByName = (p, name) => p.eval((n) => {
@@ -58,7 +70,7 @@ appTest('a phone caller types the PIN, is in the meeting, is heard, hears the ro
     await a.waitFor(() => APP.store.getState()['features/base/participants'].local.role === 'moderator', 'moderator');
     const pin = await pinOf('phonecall');
     const phone = await Phone.start('+4930123456', 'caller');
-    try {
+    await withPhone(phone, async () => {
         phone.command('dial', `sip:meet@127.0.0.1:${SIP_PORT}`);
         await phone.waitEvent('CALL_ESTABLISHED');
         await sleep(1500);
@@ -96,12 +108,7 @@ appTest('a phone caller types the PIN, is in the meeting, is heard, hears the ro
         assert.ok(levels.length > 50, `the caller's recording: ${levels.length} windows`);
         // The prompts alone are under a second of sound; the room adds the rest.
         assert.ok(loud >= 15, `the caller heard the room: ${loud} loud windows of ${levels.length}: ${levels.join(',')}`);
-    } catch (e) {
-        e.message += `\n--- baresip ---\n${phone.log.slice(-40).join('\n')}`;
-        throw e;
-    } finally {
-        await phone.stop();
-    }
+    });
     await app.leaveAll();
 }));
 
@@ -110,7 +117,7 @@ appTest('a hidden caller on Opus over TLS joins as "Phone user", is heard, and t
     await a.waitFor(() => APP.store.getState()['features/base/participants'].local.role === 'moderator', 'moderator');
     const pin = await pinOf('opuscall');
     const phone = await Phone.start('anonymous', 'opus', { opus: true });
-    try {
+    await withPhone(phone, async () => {
         phone.command('dial', `sip:meet@127.0.0.1:${SIPS_PORT};transport=tls`);
         await phone.waitEvent('CALL_ESTABLISHED');
         await sleep(1500);
@@ -126,12 +133,7 @@ appTest('a hidden caller on Opus over TLS joins as "Phone user", is heard, and t
         await a.eval(() => APP.conference._room.end());
         await phone.waitEvent('CALL_CLOSED', 15000);
         console.log(`# sip: Opus over TLS, app level ${level.toFixed(3)}; ended with the meeting`);
-    } catch (e) {
-        e.message += `\n--- baresip ---\n${phone.log.slice(-40).join('\n')}`;
-        throw e;
-    } finally {
-        await phone.stop();
-    }
+    });
     await app.leaveAll();
 }));
 
@@ -140,7 +142,7 @@ appTest('a wrong PIN (over TCP) is asked again, three times at most, then meetd 
     const pin = await pinOf('wrongpin');
     const wrong = String((Number(pin) + 1) % 1e9).padStart(9, '1');
     const phone = await Phone.start('anonymous', 'wrong');
-    try {
+    await withPhone(phone, async () => {
         phone.command('dial', `sip:meet@127.0.0.1:${SIP_PORT};transport=tcp`);
         await phone.waitEvent('CALL_ESTABLISHED');
         await sleep(1200);
@@ -155,8 +157,6 @@ appTest('a wrong PIN (over TCP) is asked again, three times at most, then meetd 
         assert.match(app.server.logTail(200), /wrong PIN, the last try; hanging up/);
         // The meeting is there as before, and meetd takes the next call.
         assert.equal(await a.eval(() => APP.conference.isJoined()), true);
-    } finally {
-        await phone.stop();
-    }
+    });
     await app.leaveAll();
 }));
