@@ -72,8 +72,42 @@ pub async fn run(cfg: &Config) -> Vec<Finding> {
     out.extend(public_url(cfg).await);
     out.push(clock());
     out.push(database(cfg).await);
-    out.push(web_root(&cfg.web.root));
+    if cfg.server.role == "bridge" {
+        out.push(bridge_login(cfg).await);
+    } else {
+        out.push(web_root(&cfg.web.root));
+    }
     out
+}
+
+/// A bridge-only meetd (docs/colibri2.md §4): can it log in to its focus's XMPP server?
+async fn bridge_login(cfg: &Config) -> Finding {
+    let b = &cfg.bridge;
+    let auth = cfg.xmpp().auth_domain;
+    let link = crate::xmpp_link::LinkConfig {
+        url: b.xmpp_url.clone(),
+        domain: auth.clone(),
+        username: b.xmpp_user.clone(),
+        password: b.xmpp_password.clone(),
+        // Not the bridge's own resource: a running bridge keeps its session.
+        resource: format!("{}-doctor", b.id),
+    };
+    match crate::xmpp_link::connect(&link).await {
+        Ok(l) => Finding::new(
+            Level::Ok,
+            "bridge.xmpp_url",
+            format!("logged in to {} as {}", b.xmpp_url, l.jid),
+        ),
+        Err(e) => Finding::new(
+            Level::Error,
+            "bridge.xmpp_url",
+            format!("cannot log in to {}: {e}", b.xmpp_url),
+        )
+        .fix(format!(
+            "check the URL, and make the account on the focus's meetd: meetd user add {}@{auth}",
+            b.xmpp_user
+        )),
+    }
 }
 
 /// Prints the findings; answers whether any is an error.

@@ -10,7 +10,10 @@ import WebSocket from 'ws';
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { client, xml } from '@xmpp/client';
-import { useServer, startServer, DOMAIN, AUTH_DOMAIN, withTimeout } from '../lib/server.mjs';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { useServer, startServer, runMeetd, freePort, freeUdpPort, DOMAIN, AUTH_DOMAIN, withTimeout } from '../lib/server.mjs';
 
 globalThis.WebSocket ??= WebSocket;
 
@@ -139,4 +142,20 @@ test('a bridge-only meetd (--role bridge) logs in to meetd, waits in its brewery
         await bridge.stop();
     }
     await presenceOf(jicofo, `${BREWERY}/jvb2`, (x) => x.attrs.type === 'unavailable', 15000);
+}));
+
+test('meetd doctor --role bridge says whether the bridge can log in to its focus\'s meetd', srv.wrap(async (t, server) => {
+    // (The test before may have made the account already.)
+    await server.userAdd(`jvb@${AUTH_DOMAIN}`, 'jvbpass').catch(() => {});
+    const dir = mkdtempSync(path.join(tmpdir(), 'meetd-doctor-bridge-'));
+    const check = async (password) => {
+        const config = path.join(dir, `${password}.toml`);
+        writeFileSync(config, `[bridge]\nid = "jvb9"\nxmpp_url = "${server.wsUrl}"\nxmpp_password = "${password}"\n`);
+        const r = await runMeetd(['doctor', '--role', 'bridge', '--config', config, '--data-dir', dir,
+            '--http', `127.0.0.1:${await freePort()}`, '--https', 'off', '--media-port', String(await freeUdpPort()),
+            '--media-tcp-port', '0', '--turn-port', '0']);
+        return r.stdout.split('\n').filter((l) => l.includes('bridge.xmpp_url')).join('\n');
+    };
+    assert.match(await check('jvbpass'), /ok .*bridge\.xmpp_url.*logged in to .* as jvb@auth\.meet\.jitsi\/jvb9-doctor/);
+    assert.match(await check('wrong'), /ERROR.*bridge\.xmpp_url.*cannot log in/);
 }));
