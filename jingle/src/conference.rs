@@ -783,15 +783,7 @@ impl Conference {
         let item = p
             .get_child("x", NS_MUC_USER)
             .and_then(|x| x.get_child("item", NS_MUC_USER));
-        let statuses: Vec<&str> = p
-            .get_child("x", NS_MUC_USER)
-            .map(|x| {
-                x.children()
-                    .filter(|c| c.name() == "status")
-                    .filter_map(|c| c.attr("code"))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let statuses = stanza::muc_statuses(p);
         if nick == "focus" {
             match p.attr("type") {
                 Some("error") if self.phase == Phase::Joining => {

@@ -396,6 +396,15 @@ mod tests {
     use super::*;
     use meetd_colibri::media::srtp::MasterKeys;
 
+    /// The header of a packet the room leg sent (audio level on extension id 1).
+    fn with_level(d: &[u8]) -> meetd_colibri::rtp::header::RtpView {
+        let ids = ExtIds {
+            audio_level: 1,
+            ..ExtIds::default()
+        };
+        parse_rtp(d, &ids).unwrap()
+    }
+
     fn tone(freq: f32, n: usize, amp: f32) -> Vec<i16> {
         (0..n)
             .map(|i| ((2.0 * std::f32::consts::PI * freq * i as f32 / 8000.0).sin() * amp) as i16)
@@ -452,14 +461,7 @@ mod tests {
         for chunk in t.chunks_exact(PHONE_FRAME) {
             let f: [i16; PHONE_FRAME] = chunk.try_into().unwrap();
             let d = leg.send(&f, false).unwrap().to_vec();
-            let v = parse_rtp(
-                &d,
-                &ExtIds {
-                    audio_level: 1,
-                    ..ExtIds::default()
-                },
-            )
-            .unwrap();
+            let v = with_level(&d);
             assert_eq!((v.pt, v.ssrc), (111, 77));
             assert!(
                 v.audio_level
@@ -479,14 +481,7 @@ mod tests {
         }
         assert!(loud >= 7, "{loud} of 10 frames carried the tone");
         let d = leg.send(&[0; PHONE_FRAME], true).unwrap().to_vec();
-        let v = parse_rtp(
-            &d,
-            &ExtIds {
-                audio_level: 1,
-                ..ExtIds::default()
-            },
-        )
-        .unwrap();
+        let v = with_level(&d);
         assert_eq!(v.audio_level, Some(127), "muted: silence");
 
         // Two speakers from the bridge, each an Opus tone on its SSRC: both in the mix.

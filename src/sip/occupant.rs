@@ -444,14 +444,7 @@ impl Occupant {
             return;
         }
         let x = p.get_child("x", NS_MUC_USER);
-        let statuses: Vec<&str> = x
-            .map(|x| {
-                x.children()
-                    .filter(|c| c.name() == "status")
-                    .filter_map(|c| c.attr("code"))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let statuses = stanza::muc_statuses(p);
         match p.attr("type") {
             Some("error") if self.phase != Phase::Gone => {
                 self.phase = Phase::Gone;

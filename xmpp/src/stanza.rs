@@ -132,6 +132,18 @@ pub fn set_attr(el: &mut Element, name: &'static str, value: &str) {
     el.set_attr(rxml::Namespace::NONE, rxml_name(name), value.to_string());
 }
 
+/// The status codes (XEP-0045 `<status code/>`) of a MUC presence's `<x>` in `muc#user`.
+pub fn muc_statuses(p: &Element) -> Vec<&str> {
+    p.get_child("x", "http://jabber.org/protocol/muc#user")
+        .map(|x| {
+            x.children()
+                .filter(|c| c.name() == "status")
+                .filter_map(|c| c.attr("code"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Build `<name xmlns=ns attr=value.../>`.
 pub fn el(name: &str, ns: &str, attrs: &[(&'static str, &str)]) -> Element {
     let mut b = Element::builder(name, ns);
