@@ -141,19 +141,19 @@ impl Hls {
     }
 
     /// The stream `name` ended: it is no longer served and its files are deleted.
+    /// The files go first, so that a stream seen gone has no files left.
     pub fn end(&self, name: &str) {
-        self.running.lock().remove(name);
-        let Ok(entries) = std::fs::read_dir(&self.dir) else {
-            return;
-        };
         let mut removed = 0usize;
-        for e in entries.flatten() {
-            let f = e.file_name();
-            let Some(f) = f.to_str() else { continue };
-            if owned_by(f, name) && std::fs::remove_file(e.path()).is_ok() {
-                removed += 1;
+        if let Ok(entries) = std::fs::read_dir(&self.dir) {
+            for e in entries.flatten() {
+                let f = e.file_name();
+                let Some(f) = f.to_str() else { continue };
+                if owned_by(f, name) && std::fs::remove_file(e.path()).is_ok() {
+                    removed += 1;
+                }
             }
         }
+        self.running.lock().remove(name);
         tracing::info!(stream = %name, files = removed, "HLS: the stream ended; its files are deleted");
     }
 

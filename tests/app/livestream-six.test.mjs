@@ -161,7 +161,10 @@ appTest('six rooms stream at once, to RTMP and HLS; a seventh is busy', app.wrap
 
         for (const t of teachers) await stopLiveStreamFromMenu(t);
         await until('every encoder ended', async () => ffmpegs(app.server.proc.pid).length === 0, 20000);
-        assert.deepEqual(readdirSync(path.join(app.server.dataDir, 'live')), []);
+        // A session deletes its files just after its encoder exits: wait for that, then look.
+        const liveDir = path.join(app.server.dataDir, 'live');
+        await until('every stream\'s files deleted', async () => readdirSync(liveDir).length === 0, 10000).catch(() => {});
+        assert.deepEqual(readdirSync(liveDir), []);
         await app.leaveAll();
     } finally {
         await rtmp.stop();

@@ -299,7 +299,7 @@ impl MediaEngine {
     /// estimate on its path; on the fast path ours, or the initial one until feedback comes
     /// (only receivers that send transport-cc feedback have one).
     pub(super) fn budget(&self, r: &Endpoint) -> Option<u64> {
-        if !self.cfg.trust_bwe {
+        if !self.cfg.trust_bwe || !matches!(r.link, endpoint::Link::Client) {
             return None;
         }
         if r.tx.bwe_bps.is_some() {

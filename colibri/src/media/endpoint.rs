@@ -194,6 +194,8 @@ pub(super) struct RtcSetup<'a> {
     pub bwe_initial_bps: Option<u64>,
     /// Forwarded media bypasses str0m (see `srtp.rs`): its streams are not declared in it.
     pub fast_egress: bool,
+    /// ICE role: the bridge controls towards clients; of two bridges, the one told so.
+    pub ice_controlling: bool,
 }
 
 /// What the endpoint's `Rtc` was configured with, for validating writes into it.
@@ -302,7 +304,7 @@ pub(super) fn build_rtc(s: &RtcSetup<'_>, now: Instant) -> (Rtc, RtcCaps) {
         }
     }
     let mut api = rtc.direct_api();
-    api.set_ice_controlling(true);
+    api.set_ice_controlling(s.ice_controlling);
     if twcc && !s.fast_egress {
         api.enable_twcc_feedback();
     }
@@ -632,9 +634,24 @@ pub(super) struct SlotMap {
 }
 
 /// One endpoint: who it is, what was negotiated, and its three parts.
+/// What an endpoint of the engine is (docs/bridge.md B.15).
+#[derive(Debug, Clone)]
+pub(super) enum Link {
+    /// A participant's client on this bridge.
+    Client,
+    /// A Colibri2 relay: the ICE/DTLS link to another bridge of the conference. It gets every
+    /// local sender's packets as they came (all layers, their own SSRCs and numbering); what
+    /// arrives on it belongs to the relayed endpoints, found by SSRC.
+    Relay { owners: FastMap<u32, EpId> },
+    /// A participant of another bridge: its sources, no transport of its own; its media
+    /// arrives through `relay`.
+    Relayed { relay: EpId },
+}
+
 pub(super) struct Endpoint {
     /// Seeded by the engine: this endpoint's SSRCs and sequence number starts.
     pub rng: SmallRng,
+    pub link: Link,
     pub conference: String,
     pub id: String,
     pub caps: RtcCaps,
@@ -672,6 +689,8 @@ pub(super) struct Transport {
     pub connected_once: bool,
     /// The fast path's SRTP session, once DTLS is up.
     pub srtp: Option<Srtp>,
+    /// ICE role (docs/bridge.md B.15 for relays).
+    pub ice_controlling: bool,
     /// Where str0m last sent DTLS or RTCP: the selected pair.
     pub send_path: Option<Path>,
     /// The focus asked for an SCTP association (the offer has a `data` content): the bridge

@@ -287,6 +287,11 @@ impl MediaEngine {
         }
         l.last_pli = Some(now);
         let media = l.ssrc;
+        // A relayed source's request goes out on its relay (docs/bridge.md B.15).
+        let via = self.transport_of(sender);
+        let Some(ep) = self.endpoints.get_mut(&via) else {
+            return;
+        };
         if let (Some(srtp), Some(path)) = (ep.transport.srtp.as_mut(), ep.transport.send_path) {
             self.rtcp.clear();
             crate::rtp::rtcp::rr::write_header(&mut self.rtcp, ep.tx.fb_ssrc, 0);

@@ -38,6 +38,7 @@ mod allocation;
 mod broadcast;
 mod buf;
 mod bwe;
+mod cascade;
 mod conference;
 mod constraints;
 mod datachannel;
@@ -473,6 +474,19 @@ impl ExtOut {
     }
 }
 
+/// What [`MediaEngine::insert_endpoint`] makes.
+struct NewEndpoint<'a> {
+    conference: &'a str,
+    endpoint: &'a str,
+    ufrag: &'a str,
+    pwd: &'a str,
+    ssrc_rewriting: bool,
+    sctp: bool,
+    medias: &'a [colibri2::Media],
+    link: endpoint::Link,
+    ice_controlling: bool,
+}
+
 /// All media of the bridge. See the module docs.
 pub struct MediaEngine {
     cfg: EngineConfig,
@@ -626,6 +640,35 @@ impl MediaEngine {
         medias: &[colibri2::Media],
         now: Instant,
     ) {
+        self.insert_endpoint(
+            NewEndpoint {
+                conference,
+                endpoint,
+                ufrag: local_ufrag,
+                pwd: local_pwd,
+                ssrc_rewriting,
+                sctp,
+                medias,
+                link: endpoint::Link::Client,
+                ice_controlling: true,
+            },
+            now,
+        );
+    }
+
+    /// An endpoint, relay or relayed endpoint into the table (see [`MediaEngine::add_endpoint`]).
+    fn insert_endpoint(&mut self, n: NewEndpoint<'_>, now: Instant) -> Option<EpId> {
+        let NewEndpoint {
+            conference,
+            endpoint,
+            ufrag: local_ufrag,
+            pwd: local_pwd,
+            ssrc_rewriting,
+            sctp,
+            medias,
+            link,
+            ice_controlling,
+        } = n;
         let now = self.tick(now);
         if self.id_of((conference, endpoint)).is_some() {
             self.remove_endpoint((conference, endpoint));
@@ -636,14 +679,15 @@ impl MediaEngine {
                 endpoint,
                 "media engine full, endpoint not added"
             );
-            return;
+            return None;
         }
         if local_ufrag.is_empty() || self.by_ufrag.contains_key(local_ufrag) {
             tracing::warn!(conference, endpoint, "ICE ufrag empty or in use");
-            return;
+            return None;
         }
         let offered = (!medias.is_empty()).then(|| medias.to_vec());
         let medias = offered.clone().unwrap_or_else(jitsi_default_medias);
+        let relay = matches!(link, endpoint::Link::Relay { .. });
         let (rtc, caps) = build_rtc(
             &RtcSetup {
                 cert: &self.cert,
@@ -651,11 +695,16 @@ impl MediaEngine {
                 pwd: local_pwd,
                 medias: &medias,
                 local_addrs: &self.cfg.local_addrs,
-                tcp_local_addrs: &self.cfg.tcp_local_addrs,
+                tcp_local_addrs: if relay {
+                    &[]
+                } else {
+                    &self.cfg.tcp_local_addrs
+                },
                 rtx_cache_packets: self.cfg.rtx_cache_packets,
                 rtx_cache_age: self.cfg.rtx_cache_age,
-                bwe_initial_bps: self.cfg.bwe_initial_bps,
-                fast_egress: self.cfg.bwe_initial_bps.is_none(),
+                bwe_initial_bps: self.cfg.bwe_initial_bps.filter(|_| !relay),
+                fast_egress: relay || self.cfg.bwe_initial_bps.is_none(),
+                ice_controlling,
             },
             now,
         );
@@ -666,6 +715,7 @@ impl MediaEngine {
             id,
             Endpoint {
                 rng: SmallRng::seed_from_u64(self.rng.random()),
+                link,
                 conference: conference.to_string(),
                 id: endpoint.to_string(),
                 caps,
@@ -688,7 +738,8 @@ impl MediaEngine {
                     connected_once: false,
                     srtp: None,
                     send_path: None,
-                    sctp,
+                    ice_controlling,
+                    sctp: sctp && !relay,
                     channel: None,
                 },
                 rx: RxSide {
@@ -739,6 +790,7 @@ impl MediaEngine {
             .push(id);
         self.mark_dirty(id);
         self.sync_conference(conference);
+        Some(id)
     }
 
     /// Payload types and header extension ids exactly as offered. Rebuilds the endpoint's
@@ -764,6 +816,7 @@ impl MediaEngine {
             return;
         }
         ep.medias = Some(medias.to_vec());
+        let relay = matches!(ep.link, endpoint::Link::Relay { .. });
         let (rtc, caps) = build_rtc(
             &RtcSetup {
                 cert: &self.cert,
@@ -774,8 +827,9 @@ impl MediaEngine {
                 tcp_local_addrs: &self.cfg.tcp_local_addrs,
                 rtx_cache_packets: self.cfg.rtx_cache_packets,
                 rtx_cache_age: self.cfg.rtx_cache_age,
-                bwe_initial_bps: self.cfg.bwe_initial_bps,
-                fast_egress: self.cfg.bwe_initial_bps.is_none(),
+                bwe_initial_bps: self.cfg.bwe_initial_bps.filter(|_| !relay),
+                fast_egress: relay || self.cfg.bwe_initial_bps.is_none(),
+                ice_controlling: ep.transport.ice_controlling,
             },
             now.max(ep.transport.rtc_now),
         );
@@ -883,8 +937,15 @@ impl MediaEngine {
         ep.reindex();
         ep.declare_rx();
         let conf = ep.conference.clone();
+        let relay = match ep.link {
+            endpoint::Link::Relayed { relay } => Some(relay),
+            _ => None,
+        };
         self.next_id = next_id + 1;
         self.mark_dirty(id);
+        if let Some(relay) = relay {
+            self.index_relay(relay);
+        }
         self.sync_conference(&conf);
     }
 
@@ -893,6 +954,10 @@ impl MediaEngine {
         let Some(id) = self.id_of(endpoint) else {
             return;
         };
+        // A relay takes the endpoints it carried with it (docs/bridge.md B.15).
+        for relayed in self.relayed_by(id) {
+            self.remove_endpoint((endpoint.0, &relayed));
+        }
         self.by_name
             .remove(&(endpoint.0.to_string(), endpoint.1.to_string()));
         let Some(ep) = self.endpoints.remove(&id) else {
@@ -912,6 +977,9 @@ impl MediaEngine {
             }
         }
         self.dirty.retain(|x| *x != id);
+        if let endpoint::Link::Relayed { relay } = ep.link {
+            self.index_relay(relay);
+        }
         if self.endpoints.is_empty() {
             self.timers.stop_all();
         }
@@ -995,6 +1063,10 @@ impl MediaEngine {
         let Some(ep) = self.endpoints.get_mut(&id) else {
             return;
         };
+        // Relays and relayed endpoints are no participants of this bridge's channel.
+        if !matches!(ep.link, endpoint::Link::Client) {
+            return;
+        }
         let recent = ep
             .transport
             .last_rx
@@ -1152,6 +1224,9 @@ impl MediaEngine {
                 let Some(s) = self.endpoints.get_mut(sid) else {
                     continue;
                 };
+                if matches!(s.link, endpoint::Link::Relayed { .. }) {
+                    continue;
+                }
                 for src in
                     s.rx.sources
                         .iter_mut()
@@ -1187,6 +1262,7 @@ impl MediaEngine {
         let expired: Vec<(String, String, String, bool)> = self
             .endpoints
             .values()
+            .filter(|ep| !matches!(ep.link, endpoint::Link::Relayed { .. }))
             .filter(|ep| {
                 if ep.transport.connected_once {
                     let last = ep.transport.last_rx.unwrap_or(ep.created);

@@ -186,7 +186,11 @@ impl MediaEngine {
                 }
                 Feedback::SenderReport { ssrc, ntp_mid } => {
                     let now = self.now.unwrap_or(self.clock.instant);
-                    if let Some(ep) = self.endpoints.get_mut(&id)
+                    let owner = match self.endpoints.get(&id).map(|e| &e.link) {
+                        Some(endpoint::Link::Relay { owners }) => owners.get(&ssrc).copied(),
+                        _ => Some(id),
+                    };
+                    if let Some(ep) = owner.and_then(|o| self.endpoints.get_mut(&o))
                         && let Some(&(si, li)) = ep.rx.ssrc_index.get(&ssrc)
                         && let Some(l) =
                             ep.rx.sources.get_mut(si).and_then(|s| s.layers.get_mut(li))
@@ -196,6 +200,14 @@ impl MediaEngine {
                 }
                 Feedback::Keyframe { ssrc } => {
                     self.stats.receiver_keyframe_requests += 1;
+                    if self
+                        .endpoints
+                        .get(&id)
+                        .is_some_and(|e| matches!(e.link, endpoint::Link::Relay { .. }))
+                    {
+                        self.relay_wants_keyframe(id, ssrc);
+                        continue;
+                    }
                     let slot = self.endpoints.get(&id).and_then(|ep| {
                         ep.tx
                             .slots
@@ -220,11 +232,25 @@ impl MediaEngine {
             Other,
         }
         let epoch = self.clock.instant;
-        let Some(ep) = self.endpoints.get_mut(&id) else {
+        let Some(ep) = self.endpoints.get(&id) else {
             return;
         };
         let Some(h) = crate::rtp::parse_rtp(data, &ep.caps.ext_ids) else {
             self.stats.dropped_datagrams += 1;
+            return;
+        };
+        // On a relay the packet is a relayed endpoint's (docs/bridge.md B.15).
+        let sender = match &ep.link {
+            endpoint::Link::Relay { owners } => match owners.get(&h.ssrc) {
+                Some(s) => *s,
+                None => {
+                    self.stats.rtp_unknown_ssrc += 1;
+                    return;
+                }
+            },
+            _ => id,
+        };
+        let Some(ep) = self.endpoints.get(&sender) else {
             return;
         };
         let which = if let Some(((si, li), rtx)) = ep.rx.stream_of(h.ssrc) {
@@ -237,6 +263,9 @@ impl MediaEngine {
             Which::Other
         } else {
             self.stats.rtp_unknown_ssrc += 1;
+            return;
+        };
+        let Some(ep) = self.endpoints.get_mut(&id) else {
             return;
         };
         let Some(srtp) = ep.transport.srtp.as_mut() else {
@@ -263,6 +292,9 @@ impl MediaEngine {
             }
             len -= pad;
         }
+        let Some(ep) = self.endpoints.get_mut(&sender) else {
+            return;
+        };
         let (si, li, seq, start, pt) = match which {
             Which::Other => return,
             Which::Main(si, li) => (si, li, index, 0, h.pt),
@@ -323,6 +355,6 @@ impl MediaEngine {
             },
             arrival: now,
         };
-        self.forward(id, incoming);
+        self.forward(sender, incoming);
     }
 }

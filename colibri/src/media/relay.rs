@@ -2,6 +2,8 @@
 //! (`ingest`), then per receiver the layer, the slot, the rewriting and the send, on the fast
 //! path (`send_fast`) or through str0m.
 
+use super::cascade::send_to_relay;
+use super::endpoint::Link;
 use super::*;
 
 impl MediaEngine {
@@ -145,6 +147,7 @@ impl MediaEngine {
         let views = &g.views[..g.nviews];
         let seq = input.seq;
         let pt = p.pt;
+        let ssrc = p.ssrc;
         let Incoming {
             payload,
             ext: ext_out,
@@ -162,6 +165,10 @@ impl MediaEngine {
         else {
             return;
         };
+        let from_relay = self
+            .endpoints
+            .get(&sender)
+            .is_some_and(|s| matches!(s.link, Link::Relayed { .. }));
         let mut want_keyframe = false;
         let mut cache_it = false;
         for rid in members {
@@ -173,6 +180,30 @@ impl MediaEngine {
             };
             if !r.transport.connected || r.transport.failed {
                 continue;
+            }
+            match r.link {
+                Link::Client => {}
+                Link::Relayed { .. } => continue,
+                // docs/bridge.md B.15: a local sender's packet, as it came, to the other
+                // bridges; what came from one never goes on to another.
+                Link::Relay { .. } => {
+                    if !from_relay {
+                        send_to_relay(
+                            r,
+                            ssrc,
+                            seq,
+                            input.ts,
+                            pt_u8,
+                            marker,
+                            &payload,
+                            &ext_out,
+                            &mut self.bufs,
+                            &mut self.out,
+                            &mut self.stats,
+                        );
+                    }
+                    continue;
+                }
             }
             let Some(f) = r.tx.forwards.get_mut(&source_id) else {
                 continue;

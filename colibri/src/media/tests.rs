@@ -89,13 +89,14 @@ enum Voice {
 use crate::testkit::{self};
 
 impl Client {
-    fn new(n: u32, now: Instant) -> Client {
+    /// A client of the bridge at `bridge`.
+    fn of_bridge(n: u32, now: Instant, bridge: SocketAddr) -> Client {
         let name = format!("ep{n}");
         let addr: SocketAddr = format!("127.0.0.1:{}", 5000 + n).parse().unwrap();
         let mut rtc = testkit::client_rtc(now, |c| c.enable_raw_packets(true));
         rtc.add_local_candidate(Candidate::host(addr, "udp").unwrap());
         // The browser learns the bridge's candidate from the offer.
-        rtc.add_remote_candidate(Candidate::host(engine_addr(), "udp").unwrap());
+        rtc.add_remote_candidate(Candidate::host(bridge, "udp").unwrap());
         let creds = rtc.direct_api().local_ice_credentials();
         let base = n * 100;
         let layers = [
@@ -404,18 +405,28 @@ impl Net {
 
     /// `n` clients, each set up by `setup` before it joins.
     fn build_with(n: u32, setup: impl Fn(&mut Client), cfg: EngineConfig) -> Net {
-        let now = Instant::now();
+        Net::bridge_at(Instant::now(), engine_addr(), 1..=n, setup, cfg)
+    }
+
+    /// The bridge at `addr` with clients `ep<i>` for `i` in `clients`.
+    fn bridge_at(
+        now: Instant,
+        addr: SocketAddr,
+        clients: std::ops::RangeInclusive<u32>,
+        setup: impl Fn(&mut Client),
+        cfg: EngineConfig,
+    ) -> Net {
         // Virtual time from `now`, a fixed wall clock and a fixed seed: every run the same.
         let engine = MediaEngine::new(
             EngineConfig {
-                local_addrs: vec![engine_addr()],
+                local_addrs: vec![addr],
                 tcp_local_addrs: vec![engine_tcp_addr()],
                 ..cfg
             },
             test_clock(now),
             7,
         );
-        let mut clients: Vec<Client> = (1..=n).map(|i| Client::new(i, now)).collect();
+        let mut clients: Vec<Client> = clients.map(|i| Client::of_bridge(i, now, addr)).collect();
         for c in &mut clients {
             setup(c);
         }
@@ -2393,4 +2404,198 @@ fn a_local_endpoint_hears_the_room_and_is_heard_without_ice() {
     // The bridge reports it connected (media flows) though it never did ICE.
     let connected: Vec<String> = connected_events(&net.events);
     assert!(connected.contains(&"phone".to_string()), "{connected:?}");
+}
+
+/// Two bridges of one conference joined by a relay (docs/bridge.md B.15): bridge A with ep1
+/// and ep2, bridge B with ep3. The relays' ICE and DTLS come up between the engines.
+fn cascade() -> (Net, Net, std::rc::Rc<std::cell::RefCell<Vec<Transmit>>>) {
+    let now = Instant::now();
+    let a_addr: SocketAddr = "127.0.0.1:10000".parse().unwrap();
+    let b_addr: SocketAddr = "127.0.0.2:10000".parse().unwrap();
+    let mut a = Net::bridge_at(now, a_addr, 1..=2, |_| {}, EngineConfig::default());
+    let mut b = Net::bridge_at(now, b_addr, 3..=3, |_| {}, EngineConfig::default());
+    // Datagrams between the bridges wait here for the exchange.
+    let wire = std::rc::Rc::new(std::cell::RefCell::new(Vec::<Transmit>::new()));
+    for (net, other) in [(&mut a, b_addr), (&mut b, a_addr)] {
+        let w = wire.clone();
+        net.deliver_to_client = Box::new(move |t: &Transmit, _| {
+            if t.to == other {
+                w.borrow_mut().push(t.clone());
+                false
+            } else {
+                true
+            }
+        });
+    }
+    let medias = offer_medias();
+    a.engine.add_relay(
+        CONF,
+        "relay-b",
+        "ra-ufrag",
+        "ra-pwd-0123456789abcdef",
+        true,
+        &medias,
+        now,
+    );
+    b.engine.add_relay(
+        CONF,
+        "relay-a",
+        "rb-ufrag",
+        "rb-pwd-0123456789abcdef",
+        false,
+        &medias,
+        now,
+    );
+    let transport =
+        |engine: &MediaEngine, addr: SocketAddr, ufrag: &str, pwd: &str, setup| IceUdpTransport {
+            ufrag: Some(ufrag.into()),
+            pwd: Some(pwd.into()),
+            rtcp_mux: true,
+            fingerprints: vec![colibri2::Fingerprint {
+                hash: "sha-256".into(),
+                value: engine.dtls_fingerprint(),
+                setup: Some(setup),
+                cryptex: None,
+            }],
+            candidates: vec![colibri2::Candidate {
+                component: 1,
+                foundation: "1".into(),
+                generation: 0,
+                id: "c1".into(),
+                ip: addr.ip().to_string(),
+                port: addr.port(),
+                priority: 2130706431,
+                protocol: "udp".into(),
+                type_: colibri2::CandidateType::Host,
+                network: Some(0),
+                rel_addr: None,
+                rel_port: None,
+                tcptype: None,
+            }],
+            ..IceUdpTransport::default()
+        };
+    let ta = transport(
+        &a.engine,
+        a_addr,
+        "ra-ufrag",
+        "ra-pwd-0123456789abcdef",
+        colibri2::DtlsSetup::Active,
+    );
+    let tb = transport(
+        &b.engine,
+        b_addr,
+        "rb-ufrag",
+        "rb-pwd-0123456789abcdef",
+        colibri2::DtlsSetup::Passive,
+    );
+    a.engine.set_remote_transport((CONF, "relay-b"), &tb, now);
+    b.engine.set_remote_transport((CONF, "relay-a"), &ta, now);
+    // Each bridge learns the other's participants and their sources.
+    for c in &b.clients {
+        a.engine
+            .set_relayed_endpoint(CONF, "relay-b", &c.name, Some(&c.sources()), now);
+    }
+    for c in &a.clients {
+        b.engine
+            .set_relayed_endpoint(CONF, "relay-a", &c.name, Some(&c.sources()), now);
+    }
+    // And their clients are told of everyone's sources, as the focus does.
+    for i in 0..a.clients.len() {
+        for j in 0..b.clients.len() {
+            let (x, y) = (&mut a.clients[i], &mut b.clients[j]);
+            x.expect_from(y);
+            y.expect_from(x);
+        }
+    }
+    (a, b, wire)
+}
+
+/// Run both bridges for `d`, carrying what one sends the other every 10 ms.
+fn run_cascade(
+    a: &mut Net,
+    b: &mut Net,
+    wire: &std::cell::RefCell<Vec<Transmit>>,
+    d: Duration,
+    media: bool,
+) {
+    let steps = (d.as_millis() / 20).max(1);
+    for _ in 0..steps {
+        if media {
+            a.media(Duration::from_millis(20), true);
+            b.media(Duration::from_millis(20), true);
+        } else {
+            a.advance(Duration::from_millis(20));
+            b.advance(Duration::from_millis(20));
+        }
+        let now = a.now.max(b.now);
+        let moved: Vec<Transmit> = wire.borrow_mut().drain(..).collect();
+        for t in moved {
+            let to = if t.to == b.engine.cfg.local_addrs[0] {
+                &mut b.engine
+            } else {
+                &mut a.engine
+            };
+            to.handle_datagram(now, t.from, t.to, &t.data);
+        }
+    }
+}
+
+#[test]
+fn a_relay_joins_two_bridges_and_everyone_gets_everyone() {
+    let (mut a, mut b, wire) = cascade();
+    for _ in 0..100 {
+        run_cascade(&mut a, &mut b, &wire, Duration::from_millis(20), false);
+        if a.clients.iter().chain(&b.clients).all(|c| c.connected) {
+            break;
+        }
+    }
+    assert!(
+        a.clients.iter().chain(&b.clients).all(|c| c.connected),
+        "clients connect"
+    );
+    run_cascade(&mut a, &mut b, &wire, Duration::from_millis(200), false);
+    let relays_up = |n: &Net| {
+        n.engine.endpoints.values().any(|e| {
+            matches!(e.link, endpoint::Link::Relay { .. })
+                && e.transport.connected
+                && e.transport.srtp.is_some()
+        })
+    };
+    assert!(
+        relays_up(&a) && relays_up(&b),
+        "the relay's ICE and DTLS come up on both bridges"
+    );
+    run_cascade(&mut a, &mut b, &wire, Duration::from_millis(1500), true);
+    let (ep1_audio, ep1_l0) = (a.clients[0].audio, a.clients[0].layers[0].0);
+    let (ep3_audio, ep3_l0) = (b.clients[0].audio, b.clients[0].layers[0].0);
+    // Across the relay, both ways, audio and video (the lowest layer by default).
+    let ep3 = &b.clients[0];
+    assert!(
+        ep3.received(ep1_audio).len() >= 20,
+        "ep3 hears ep1: {}",
+        ep3.received(ep1_audio).len()
+    );
+    assert!(
+        ep3.received(ep1_l0).len() >= 10,
+        "ep3 sees ep1: {}",
+        ep3.received(ep1_l0).len()
+    );
+    for c in &a.clients {
+        assert!(c.received(ep3_audio).len() >= 20, "{} hears ep3", c.name);
+        assert!(c.received(ep3_l0).len() >= 10, "{} sees ep3", c.name);
+    }
+    let seqs: Vec<u64> = ep3.received(ep1_audio).iter().map(|p| *p.seq_no).collect();
+    assert_consecutive(&seqs, "ep1's audio at ep3");
+    // Local forwarding goes on as before.
+    assert!(a.clients[1].received(ep1_audio).len() >= 20);
+    // Nothing relayed comes back: bridge B's relay never carries ep3's packets to A and back.
+    assert!(b.clients[0].received(ep3_audio).is_empty());
+    // A relayed endpoint removed: its media stops reaching the other bridge's clients.
+    let before = a.clients[0].received(ep3_audio).len();
+    a.engine.remove_endpoint((CONF, "ep3"));
+    run_cascade(&mut a, &mut b, &wire, Duration::from_millis(500), true);
+    assert!(a.clients[0].received(ep3_audio).len() <= before + 2);
+    // The relay removed: its relayed endpoints go with it.
+    b.engine.remove_endpoint((CONF, "relay-a"));
+    assert!(b.engine.id_of((CONF, "ep1")).is_none() && b.engine.id_of((CONF, "ep2")).is_none());
 }
