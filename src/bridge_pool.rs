@@ -18,6 +18,8 @@ use meetd_colibri::service::{BoxFuture, Bridge, ColibriService};
 use meetd_xmpp::stanza::{self, el};
 use meetd_xmpp::{Element, Router};
 use parking_lot::Mutex;
+
+use crate::cascade::{Link, Plan, Selection, Spreads};
 use tokio::sync::{mpsc, oneshot};
 
 const NS_COLIBRI: &str = "http://jitsi.org/protocol/colibri";
@@ -39,6 +41,8 @@ pub struct BridgeInfo {
     pub region: String,
     /// Draining, in graceful shutdown, shutting down, or not healthy: no new conferences.
     pub unavailable: bool,
+    /// How relays name it (docs/bridge.md B.15; "": its nick).
+    pub relay_id: String,
 }
 
 impl BridgeInfo {
@@ -61,6 +65,7 @@ impl BridgeInfo {
                 || yes("graceful_shutdown")
                 || yes("shutting_down")
                 || get("healthy") == Some("false"),
+            relay_id: get("relay_id").unwrap_or("").to_string(),
         }
     }
 }
@@ -82,12 +87,22 @@ pub struct Pool {
     pub region: String,
     /// Meeting id → its bridge and its room.
     conferences: HashMap<String, (Target, String)>,
+    /// How participants are placed (`[focus] bridge_selection`).
+    pub selection: Selection,
+    /// With `Selection::Split`: the conferences and their bridges (docs/colibri2.md §4b).
+    pub spreads: Spreads,
+    /// Meeting id → room, of split conferences.
+    rooms: HashMap<String, String>,
+    /// The in-process bridge's relay id.
+    pub local_relay_id: String,
 }
 
 impl Pool {
-    /// The bridge for a new conference, as Jicofo's default selection picks it.
-    pub fn choose(&self) -> Option<Target> {
-        let candidates = self
+    /// The bridges that may take a new conference or participant, best first, as Jicofo's
+    /// default selection orders them: not draining or shutting down; the focus's region
+    /// first; least stressed first, overloaded ones last.
+    pub fn candidates(&self) -> Vec<Target> {
+        let mut all: Vec<(Target, &BridgeInfo)> = self
             .local
             .iter()
             .map(|i| (Target::Local, i))
@@ -97,27 +112,67 @@ impl Pool {
                     .map(|(j, i)| (Target::Remote(j.clone()), i)),
             )
             .filter(|(_, i)| !i.unavailable)
-            .collect::<Vec<_>>();
-        let in_region: Vec<_> = candidates
-            .iter()
-            .filter(|(_, i)| !self.region.is_empty() && i.region == self.region)
             .collect();
-        let set: Vec<_> = if in_region.is_empty() {
-            candidates.iter().collect()
-        } else {
-            in_region
-        };
-        let best = |overloaded: bool| {
-            set.iter()
-                .filter(|(_, i)| (i.stress > OVERLOADED) == overloaded)
-                .min_by(|a, b| {
-                    a.1.stress
-                        .total_cmp(&b.1.stress)
-                        .then_with(|| key(&a.0).cmp(key(&b.0)))
-                })
-                .map(|(t, _)| t.clone())
-        };
-        best(false).or_else(|| best(true))
+        let in_region = |i: &BridgeInfo| !self.region.is_empty() && i.region == self.region;
+        all.sort_by(|a, b| {
+            (!in_region(a.1))
+                .cmp(&!in_region(b.1))
+                .then_with(|| (a.1.stress > OVERLOADED).cmp(&(b.1.stress > OVERLOADED)))
+                .then_with(|| a.1.stress.total_cmp(&b.1.stress))
+                .then_with(|| key(&a.0).cmp(key(&b.0)))
+        });
+        all.into_iter().map(|(t, _)| t).collect()
+    }
+
+    /// How relays name bridge `t`.
+    pub fn relay_id(&self, t: &Target) -> String {
+        match t {
+            Target::Local => self.local_relay_id.clone(),
+            Target::Remote(j) => match self.remotes.get(j) {
+                Some(i) if !i.relay_id.is_empty() => i.relay_id.clone(),
+                _ => j.rsplit('/').next().unwrap_or(j).to_string(),
+            },
+        }
+    }
+
+    /// Plan a request of a split conference (docs/colibri2.md §4b). A conference one of
+    /// whose bridges left is not found (it starts again).
+    pub fn plan(&mut self, req: &ConferenceModify) -> Result<Plan, Colibri2Error> {
+        if req.create && !self.spreads.contains(&req.meeting_id) {
+            self.rooms
+                .insert(req.meeting_id.clone(), req.name.clone().unwrap_or_default());
+        }
+        let gone = self
+            .spreads
+            .bridges(&req.meeting_id)
+            .iter()
+            .any(|t| match t {
+                Target::Local => self.local.is_none(),
+                Target::Remote(j) => !self.remotes.contains_key(j),
+            });
+        if gone {
+            self.forget(&req.meeting_id);
+            return Err(Colibri2Error::ConferenceNotFound {
+                meeting_id: req.meeting_id.clone(),
+            });
+        }
+        let candidates = self.candidates();
+        let ids: HashMap<Target, String> = candidates
+            .iter()
+            .chain(self.spreads.bridges(&req.meeting_id).iter())
+            .map(|t| (t.clone(), self.relay_id(t)))
+            .collect();
+        let relay_id = |t: &Target| ids.get(t).cloned().unwrap_or_default();
+        let plan = self.spreads.plan(req, &candidates, &relay_id);
+        if req.expire {
+            self.rooms.remove(&req.meeting_id);
+        }
+        plan
+    }
+
+    /// The bridge for a new conference, as Jicofo's default selection picks it.
+    pub fn choose(&self) -> Option<Target> {
+        self.candidates().into_iter().next()
     }
 
     /// Where conference `meeting_id` runs; a `create` gets a bridge.
@@ -151,17 +206,32 @@ impl Pool {
         Ok(t)
     }
 
-    /// The conference is not on its bridge any more (it answered `conference_not_found`).
-    pub fn forget(&mut self, meeting_id: &str) {
+    /// The conference is not on its bridge any more (it answered `conference_not_found`);
+    /// a split one's other bridges are returned (they are to expire it).
+    pub fn forget(&mut self, meeting_id: &str) -> Vec<Target> {
         self.conferences.remove(meeting_id);
+        self.rooms.remove(meeting_id);
+        self.spreads.forget(meeting_id)
     }
 
     /// Bridge `jid` left: it is out of the pool, and the rooms of its conferences are
-    /// returned (their conferences are forgotten: they start again elsewhere).
-    pub fn bridge_left(&mut self, jid: &str) -> Option<Vec<String>> {
+    /// returned (their conferences are forgotten: they start again elsewhere), with the
+    /// other bridges of its split conferences, which are to expire them.
+    pub fn bridge_left(&mut self, jid: &str) -> Option<(Vec<String>, Vec<(Target, String)>)> {
         self.remotes.remove(jid)?;
         let gone = Target::Remote(jid.to_string());
+        let mut orphans = Vec::new();
         let mut rooms = Vec::new();
+        for m in self.spreads.using(&gone) {
+            if let Some(room) = self.rooms.remove(&m) {
+                rooms.push(room);
+            }
+            for t in self.spreads.forget(&m) {
+                if t != gone {
+                    orphans.push((t, m.clone()));
+                }
+            }
+        }
         self.conferences.retain(|_, (t, room)| {
             if *t == gone {
                 rooms.push(room.clone());
@@ -170,7 +240,7 @@ impl Pool {
                 true
             }
         });
-        Some(rooms)
+        Some((rooms, orphans))
     }
 
     /// Conferences per target.
@@ -247,12 +317,17 @@ pub struct BridgePool {
     own_bridge: Option<String>,
     /// Rooms whose bridge left, for the focus.
     lost: mpsc::Sender<String>,
+    /// Split conferences whose other bridge left: (bridge, meeting id) to expire.
+    orphans: Mutex<Vec<(Target, String)>>,
+    /// One request of a split conference at a time (its plan depends on the one before).
+    split_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl BridgePool {
     /// The pool with `local` (the in-process bridge, when it takes conferences) and the
     /// bridges of `brewery` (a room JID), which the pool joins as `jid` (a full JID of the
     /// auth domain).
+    #[allow(clippy::too_many_arguments)]
     pub fn start(
         router: Arc<Router>,
         local: Option<Arc<ColibriService>>,
@@ -260,14 +335,19 @@ impl BridgePool {
         jid: &str,
         region: &str,
         own_bridge: Option<String>,
+        selection: Selection,
         lost: mpsc::Sender<String>,
     ) -> Arc<BridgePool> {
         let p = Arc::new(BridgePool {
             pool: Mutex::new(Pool {
                 local: local.as_ref().map(|_| BridgeInfo::default()),
                 region: region.to_string(),
+                selection,
+                local_relay_id: own_bridge.clone().unwrap_or_else(|| "meetd".into()),
                 ..Pool::default()
             }),
+            orphans: Mutex::new(Vec::new()),
+            split_locks: Mutex::new(HashMap::new()),
             local,
             router: router.clone(),
             jid: jid.to_string(),
@@ -345,9 +425,18 @@ impl BridgePool {
 
     /// Bridge `jid` is out of the pool: its conferences start again elsewhere, at once.
     fn lose(&self, jid: &str, why: &str) {
-        let Some(rooms) = self.pool.lock().bridge_left(jid) else {
+        let Some((rooms, orphans)) = self.pool.lock().bridge_left(jid) else {
             return;
         };
+        // The other bridges of its split conferences expire them before they start again.
+        {
+            let mut o = self.orphans.lock();
+            o.extend(orphans);
+            let n = o.len();
+            if n > MAX_PENDING {
+                o.drain(..n - MAX_PENDING);
+            }
+        }
         tracing::warn!(bridge = %jid, conferences = rooms.len(), why, "bridge pool: a bridge is gone; its conferences start again elsewhere");
         for room in rooms {
             if self.lost.try_send(room).is_err() {
@@ -421,22 +510,128 @@ impl BridgePool {
     }
 }
 
+impl BridgePool {
+    /// One request to one bridge.
+    async fn send(
+        &self,
+        target: &Target,
+        req: &ConferenceModify,
+    ) -> Result<ConferenceModified, Colibri2Error> {
+        match target {
+            Target::Local => match &self.local {
+                Some(l) => l.handle(req),
+                None => Err(Colibri2Error::ConferenceNotFound {
+                    meeting_id: req.meeting_id.clone(),
+                }),
+            },
+            Target::Remote(j) => self.remote(j, req).await,
+        }
+    }
+
+    /// A request of a conference spread over bridges (docs/colibri2.md §4b): its parts to
+    /// their bridges, then new relays, then what the other bridges' relays learn. The
+    /// answer is the parts' answers together, as one bridge would give it.
+    async fn modify_split(
+        &self,
+        req: &ConferenceModify,
+    ) -> Result<ConferenceModified, Colibri2Error> {
+        let lock = {
+            let mut locks = self.split_locks.lock();
+            if locks.len() > MAX_PENDING {
+                locks.retain(|_, l| Arc::strong_count(l) > 1);
+            }
+            locks.entry(req.meeting_id.clone()).or_default().clone()
+        };
+        let _one_at_a_time = lock.lock().await;
+        let orphans: Vec<(Target, String)> = std::mem::take(&mut *self.orphans.lock());
+        for (t, m) in orphans {
+            let mut expire = ConferenceModify::new(m);
+            expire.expire = true;
+            let _ = self.send(&t, &expire).await;
+        }
+        let plan = self.pool.lock().plan(req)?;
+        let mut answer = ConferenceModified::default();
+        for (t, part) in &plan.primary {
+            match self.send(t, part).await {
+                Ok(m) => {
+                    answer.endpoints.extend(m.endpoints);
+                    if req.create && answer.sources.is_none() {
+                        answer.sources = m.sources;
+                    }
+                    if part.create {
+                        tracing::info!(meeting = %req.meeting_id, bridge = ?t, "bridge pool: conference placed (split)");
+                    }
+                }
+                Err(e) => {
+                    if req.expire {
+                        continue;
+                    }
+                    tracing::warn!(meeting = %req.meeting_id, bridge = ?t, error = %e, "bridge pool: a split conference's bridge refused; it starts again");
+                    let others = self.pool.lock().forget(&req.meeting_id);
+                    for o in others.iter().filter(|o| *o != t) {
+                        let mut expire = ConferenceModify::new(req.meeting_id.clone());
+                        expire.expire = true;
+                        let _ = self.send(o, &expire).await;
+                    }
+                    return Err(Colibri2Error::ConferenceNotFound {
+                        meeting_id: req.meeting_id.clone(),
+                    });
+                }
+            }
+        }
+        for link in plan.links {
+            if let Err(e) = self.link(&req.meeting_id, link).await {
+                tracing::warn!(meeting = %req.meeting_id, error = %e, "bridge pool: a relay between bridges failed");
+            }
+        }
+        for (t, m) in &plan.mirror {
+            if let Err(e) = self.send(t, m).await {
+                tracing::warn!(meeting = %req.meeting_id, bridge = ?t, error = %e, "bridge pool: a relay did not take an endpoint");
+            }
+        }
+        Ok(answer)
+    }
+
+    /// Two relays between bridges: each created, then each told the other's transport.
+    async fn link(&self, meeting_id: &str, l: Link) -> Result<(), Colibri2Error> {
+        let no_transport =
+            || Colibri2Error::FeatureNotImplemented("the relay answer has no transport".into());
+        let a = self.send(&l.a, &l.a_create).await?;
+        let b = self.send(&l.b, &l.b_create).await?;
+        let ta = a
+            .relays
+            .first()
+            .and_then(|r| r.transport.clone())
+            .ok_or_else(no_transport)?;
+        let tb = b
+            .relays
+            .first()
+            .and_then(|r| r.transport.clone())
+            .ok_or_else(no_transport)?;
+        let (id_at_a, id_at_b) = (
+            l.a_create.relays[0].id.clone(),
+            l.b_create.relays[0].id.clone(),
+        );
+        self.send(&l.a, &Link::peer(meeting_id, &id_at_a, tb))
+            .await?;
+        self.send(&l.b, &Link::peer(meeting_id, &id_at_b, ta))
+            .await?;
+        tracing::info!(meeting = %meeting_id, a = ?l.a, b = ?l.b, "bridge pool: relay between bridges set up");
+        Ok(())
+    }
+}
+
 impl Bridge for BridgePool {
     fn modify(
         &self,
         req: ConferenceModify,
     ) -> BoxFuture<'_, Result<ConferenceModified, Colibri2Error>> {
         Box::pin(async move {
+            if self.pool.lock().selection == Selection::Split {
+                return self.modify_split(&req).await;
+            }
             let target = self.pool.lock().route(&req)?;
-            let r = match &target {
-                Target::Local => match &self.local {
-                    Some(l) => l.handle(&req),
-                    None => Err(Colibri2Error::ConferenceNotFound {
-                        meeting_id: req.meeting_id.clone(),
-                    }),
-                },
-                Target::Remote(j) => self.remote(j, &req).await,
-            };
+            let r = self.send(&target, &req).await;
             if req.create && r.is_ok() {
                 tracing::info!(meeting = %req.meeting_id, bridge = ?target, "bridge pool: conference placed");
             }
@@ -459,6 +654,7 @@ mod tests {
             stress,
             region: region.into(),
             unavailable,
+            relay_id: String::new(),
         }
     }
 

@@ -281,7 +281,8 @@ async fn serve(s: &Setup, id: &Identity, out: Out, rx: &mut mpsc::Receiver<Box<E
                 let st = Stats {
                     stress_level: stats.as_ref().map_or(0.0, |x| x.engine_cpu_permille as f64 / 900.0),
                     region: s.region.clone(),
-                    relay_id: String::new(),
+                    // Relays name the bridge at their other end by this (docs/bridge.md B.15).
+                    relay_id: id.occupant.rsplit('/').next().unwrap_or("").to_string(),
                     version: version.clone(),
                     graceful_shutdown: draining,
                     drain: draining,

@@ -574,6 +574,9 @@ pub struct FocusSection {
     pub use_local_bridge: bool,
     /// The focus's region: bridges of this region first ("": any).
     pub region: String,
+    /// With a brewery: "single" (a conference on one bridge, the default) or "split" (its
+    /// participants spread over the pool's bridges, joined by relays; docs/colibri2.md §4b).
+    pub bridge_selection: String,
 }
 
 impl Default for FocusSection {
@@ -592,6 +595,7 @@ impl Default for FocusSection {
             bridge_brewery: String::new(),
             use_local_bridge: true,
             region: String::new(),
+            bridge_selection: "single".into(),
         }
     }
 }
@@ -1065,6 +1069,9 @@ impl Config {
                 }
             }
             _ => return err("server.role", "must be \"all\" or \"bridge\""),
+        }
+        if !matches!(self.focus.bridge_selection.as_str(), "single" | "split") {
+            return err("focus.bridge_selection", "must be \"single\" or \"split\"");
         }
         if meetd_xmpp::jid::BareJid::new(&self.server.domain).is_err()
             || self.server.domain.contains('@')

@@ -5,6 +5,7 @@ mod acme;
 mod audio_mix;
 mod bridge;
 mod bridge_pool;
+mod cascade;
 mod colibri_xmpp;
 mod config;
 mod dialin;
@@ -555,6 +556,11 @@ async fn serve(mut cfg: Config, flags: Overrides) -> anyhow::Result<()> {
                     &cfg.focus.region,
                     // The in-process bridge, when it sits in the same brewery, is the local one.
                     (cfg.bridge.brewery == cfg.focus.bridge_brewery).then(|| cfg.bridge.id.clone()),
+                    if cfg.focus.bridge_selection == "split" {
+                        cascade::Selection::Split
+                    } else {
+                        cascade::Selection::Single
+                    },
                     lost_tx,
                 );
                 let (p, e) = (pool.clone(), engine.clone());

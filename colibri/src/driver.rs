@@ -135,6 +135,24 @@ pub enum Command {
         /// The focus asked for SCTP (the bridge channel may be a data channel).
         sctp: bool,
     },
+    /// A relay to another bridge (docs/bridge.md B.15); its remote side comes as `SetRemote`,
+    /// its removal as `RemoveEndpoint`.
+    AddRelay {
+        conf: String,
+        relay: String,
+        ufrag: String,
+        pwd: String,
+        ice_controlling: bool,
+        medias: Vec<Media>,
+    },
+    /// A participant of the bridge behind `relay`, or its new sources; removed with
+    /// `RemoveEndpoint`.
+    SetRelayed {
+        conf: String,
+        relay: String,
+        ep: String,
+        sources: Option<Sources>,
+    },
     SetRemote {
         conf: String,
         ep: String,
@@ -206,6 +224,14 @@ fn route_of(c: &Command, shard: usize) -> Option<Route> {
         } => Some(Route::Add {
             conf: conf.clone(),
             ep: ep.clone(),
+            ufrag: ufrag.clone(),
+            shard,
+        }),
+        Command::AddRelay {
+            conf, relay, ufrag, ..
+        } => Some(Route::Add {
+            conf: conf.clone(),
+            ep: relay.clone(),
             ufrag: ufrag.clone(),
             shard,
         }),
@@ -392,6 +418,8 @@ pub const HINT_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 fn conf_of(c: &Command) -> &str {
     match c {
         Command::AddEndpoint { conf, .. }
+        | Command::AddRelay { conf, .. }
+        | Command::SetRelayed { conf, .. }
         | Command::SetRemote { conf, .. }
         | Command::SetSources { conf, .. }
         | Command::RemoveEndpoint { conf, .. }
@@ -1064,6 +1092,20 @@ fn command(engine: &mut MediaEngine, sink: &mut EventSink, c: Command) {
             });
             engine.add_endpoint(&conf, &ep, &ufrag, &pwd, ssrc_rewriting, sctp, &medias, now);
         }
+        Command::AddRelay {
+            conf,
+            relay,
+            ufrag,
+            pwd,
+            ice_controlling,
+            medias,
+        } => engine.add_relay(&conf, &relay, &ufrag, &pwd, ice_controlling, &medias, now),
+        Command::SetRelayed {
+            conf,
+            relay,
+            ep,
+            sources,
+        } => engine.set_relayed_endpoint(&conf, &relay, &ep, sources.as_ref(), now),
         Command::ChannelSend { conf, ep, text } => {
             engine.channel_send((&conf, &ep), &text);
         }

@@ -15,7 +15,7 @@ use parking_lot::Mutex;
 
 use crate::colibri2::{
     Candidate, CandidateType, Colibri2Error, ConferenceModified, ConferenceModify, DtlsSetup,
-    Endpoint, Fingerprint, IceUdpTransport, MediaSource, MediaType, Sctp, Source, Sources,
+    Endpoint, Fingerprint, IceUdpTransport, MediaSource, MediaType, Relay, Sctp, Source, Sources,
     Transport, WebSocket,
 };
 
@@ -59,12 +59,24 @@ pub struct EndpointState {
     pub ssrc_rewriting: bool,
 }
 
+/// A relay to another bridge as the bridge knows it (docs/bridge.md B.15).
+#[derive(Debug, Clone)]
+pub struct RelayState {
+    pub ufrag: String,
+    pub pwd: String,
+    pub ice_controlling: bool,
+    /// The other bridge's endpoints it carries.
+    pub endpoints: std::collections::HashSet<String>,
+}
+
 #[derive(Debug, Clone)]
 pub struct ConferenceState {
     /// The bridge's own id (in colibri-ws URLs), not the meeting id.
     pub id: String,
     pub name: Option<String>,
     pub endpoints: HashMap<String, EndpointState>,
+    /// Relays by the other bridge's relay id.
+    pub relays: HashMap<String, RelayState>,
     pub feedback_audio: u32,
     pub feedback_video: u32,
 }
@@ -288,6 +300,157 @@ impl ColibriService {
         }
     }
 
+    /// A request's relays (docs/bridge.md B.15), checked before anything changes: at most
+    /// one per request as on a stock bridge, a new one under a free name, the others known,
+    /// and no relayed endpoint under a local endpoint's name.
+    fn check_relays(
+        &self,
+        conf: &ConferenceState,
+        req: &ConferenceModify,
+    ) -> Result<(), Colibri2Error> {
+        if req.relays.len() > 1 {
+            return Err(Colibri2Error::FeatureNotImplemented(
+                "more than one relay in a request".into(),
+            ));
+        }
+        for r in &req.relays {
+            if r.create {
+                if conf.relays.contains_key(&r.id) || conf.endpoints.contains_key(&r.id) {
+                    return Err(Colibri2Error::Conflict(format!(
+                        "relay {} already exists",
+                        r.id
+                    )));
+                }
+            } else if !r.expire && !conf.relays.contains_key(&r.id) {
+                return Err(Colibri2Error::BadRequest(format!("unknown relay {}", r.id)));
+            }
+            if let Some(e) = r
+                .endpoints
+                .iter()
+                .find(|e| conf.endpoints.contains_key(&e.id))
+            {
+                return Err(Colibri2Error::Conflict(format!(
+                    "relayed endpoint {} is a local endpoint",
+                    e.id
+                )));
+            }
+            let relayed: usize = conf.relays.values().map(|x| x.endpoints.len()).sum();
+            if conf.endpoints.len() + relayed + r.endpoints.len()
+                > self.cfg.max_endpoints_per_conference
+            {
+                return Err(Colibri2Error::BadRequest("too many endpoints".into()));
+            }
+        }
+        Ok(())
+    }
+
+    /// One checked `<relay>`: its commands for the engine, and its part of the answer (on
+    /// create: the relay's transport, with `setup` saying who is the DTLS client).
+    fn relay(
+        &self,
+        conf: &mut ConferenceState,
+        r: &Relay,
+        cmds: &mut Vec<crate::driver::Command>,
+    ) -> Relay {
+        use crate::driver::Command;
+        let mut out = Relay {
+            id: r.id.clone(),
+            ..Relay::default()
+        };
+        if r.expire {
+            if conf.relays.remove(&r.id).is_some() {
+                cmds.push(Command::RemoveEndpoint {
+                    conf: conf.id.clone(),
+                    ep: r.id.clone(),
+                });
+            }
+            out.expire = true;
+            return out;
+        }
+        if r.create {
+            let state = RelayState {
+                ufrag: random_string(8),
+                pwd: random_string(24),
+                ice_controlling: r
+                    .transport
+                    .as_ref()
+                    .and_then(|t| t.ice_controlling)
+                    .unwrap_or(false),
+                endpoints: Default::default(),
+            };
+            cmds.push(Command::AddRelay {
+                conf: conf.id.clone(),
+                relay: r.id.clone(),
+                ufrag: state.ufrag.clone(),
+                pwd: state.pwd.clone(),
+                ice_controlling: state.ice_controlling,
+                medias: r.medias.clone(),
+            });
+            out.transport = Some(self.relay_transport(&state));
+            conf.relays.insert(r.id.clone(), state);
+        }
+        let Some(state) = conf.relays.get_mut(&r.id) else {
+            return out;
+        };
+        if let Some(t) = r.transport.as_ref().and_then(|t| t.ice.clone())
+            && (t.ufrag.is_some() || !t.candidates.is_empty() || !t.fingerprints.is_empty())
+        {
+            cmds.push(Command::SetRemote {
+                conf: conf.id.clone(),
+                ep: r.id.clone(),
+                transport: t,
+            });
+        }
+        for e in &r.endpoints {
+            if e.expire {
+                if state.endpoints.remove(&e.id) {
+                    cmds.push(Command::RemoveEndpoint {
+                        conf: conf.id.clone(),
+                        ep: e.id.clone(),
+                    });
+                }
+                continue;
+            }
+            state.endpoints.insert(e.id.clone());
+            cmds.push(Command::SetRelayed {
+                conf: conf.id.clone(),
+                relay: r.id.clone(),
+                ep: e.id.clone(),
+                sources: e.sources.clone(),
+            });
+        }
+        out
+    }
+
+    /// The relay's side of its link: ICE credentials, host candidates on the media port,
+    /// the DTLS fingerprint with the role (the ICE-controlling side is the DTLS client).
+    fn relay_transport(&self, r: &RelayState) -> Transport {
+        let ep = EndpointState {
+            id: String::new(),
+            ufrag: r.ufrag.clone(),
+            pwd: r.pwd.clone(),
+            remote: None,
+            sources: Sources::default(),
+            medias: Vec::new(),
+            force_mute_audio: false,
+            force_mute_video: false,
+            ssrc_rewriting: false,
+        };
+        let mut t = self.local_transport("", &ep, false);
+        if let Some(ice) = t.ice.as_mut() {
+            ice.web_sockets.clear();
+            ice.candidates.retain(|c| c.protocol == "udp");
+            for f in &mut ice.fingerprints {
+                f.setup = Some(if r.ice_controlling {
+                    DtlsSetup::Active
+                } else {
+                    DtlsSetup::Passive
+                });
+            }
+        }
+        t
+    }
+
     /// Handle one `conference-modify` (synchronously; the answer is immediate). The request
     /// works on a copy of its conference; the copy replaces the conference only once the
     /// engine has taken the request's commands, so a busy engine leaves everything as it was.
@@ -313,6 +476,7 @@ impl ColibriService {
                 id: format!("{:08x}", rand::random::<u32>()),
                 name: req.name.clone(),
                 endpoints: HashMap::new(),
+                relays: HashMap::new(),
                 feedback_audio: random_ssrc(),
                 feedback_video: random_ssrc(),
             };
@@ -399,6 +563,7 @@ impl ColibriService {
         if conf.endpoints.len() + creating > max_eps {
             return Err(Colibri2Error::BadRequest("too many endpoints".into()));
         }
+        self.check_relays(&conf, req)?;
         for ep in &req.endpoints {
             if ep.expire {
                 if conf.endpoints.remove(&ep.id).is_some() {
@@ -479,6 +644,9 @@ impl ColibriService {
                 });
             }
             resp.endpoints.push(out);
+        }
+        for r in &req.relays {
+            resp.relays.push(self.relay(&mut conf, r, &mut cmds));
         }
         self.submit(&conf.id, cmds)?;
         if req.create {
@@ -589,6 +757,85 @@ mod tests {
             s.handle(&m3),
             Err(Colibri2Error::ConferenceNotFound { .. })
         ));
+    }
+
+    #[test]
+    fn relays_are_created_told_their_peer_and_expired() {
+        use crate::colibri2::Relay;
+        let s = ColibriService::new(test_config(10));
+        let mut m = ConferenceModify::new("m1");
+        m.create = true;
+        m.name = Some("room@muc.meet.jitsi".into());
+        m.endpoints.push(create_ep("aaaa"));
+        s.handle(&m).unwrap();
+        let relay = |id: &str| Relay {
+            id: id.into(),
+            ..Relay::default()
+        };
+        // Created: the answer has the relay's side, DTLS client when ICE-controlling.
+        let mut m = ConferenceModify::new("m1");
+        let mut r = relay("bridge-2");
+        r.create = true;
+        r.transport = Some(Transport {
+            ice_controlling: Some(true),
+            ..Transport::default()
+        });
+        let mut far = Endpoint::new("bbbb");
+        far.create = true;
+        r.endpoints.push(far);
+        m.relays.push(r.clone());
+        let a = s.handle(&m).unwrap();
+        let t = a.relays[0]
+            .transport
+            .as_ref()
+            .unwrap()
+            .ice
+            .as_ref()
+            .unwrap();
+        assert_eq!(a.relays[0].id, "bridge-2");
+        assert!(t.ufrag.is_some() && t.pwd.is_some() && !t.candidates.is_empty());
+        assert!(t.web_sockets.is_empty(), "no bridge channel on a relay");
+        assert_eq!(t.fingerprints[0].setup, Some(DtlsSetup::Active));
+        // Twice, or two in one request, or an unknown one: refused.
+        assert!(matches!(s.handle(&m), Err(Colibri2Error::Conflict(_))));
+        let mut two = ConferenceModify::new("m1");
+        two.relays = vec![relay("x"), relay("y")];
+        assert!(matches!(
+            s.handle(&two),
+            Err(Colibri2Error::FeatureNotImplemented(_))
+        ));
+        let mut unknown = ConferenceModify::new("m1");
+        unknown.relays.push(relay("nope"));
+        assert!(matches!(
+            s.handle(&unknown),
+            Err(Colibri2Error::BadRequest(_))
+        ));
+        // A relayed endpoint may not take a local one's name.
+        let mut clash = ConferenceModify::new("m1");
+        let mut r2 = relay("bridge-2");
+        r2.endpoints.push(Endpoint::new("aaaa"));
+        clash.relays.push(r2);
+        assert!(matches!(s.handle(&clash), Err(Colibri2Error::Conflict(_))));
+        // The peer's transport, then the far endpoint gone, then the relay.
+        let mut peer = ConferenceModify::new("m1");
+        let mut r3 = relay("bridge-2");
+        r3.transport = Some(Transport {
+            ice: Some(t.clone()),
+            ..Transport::default()
+        });
+        let mut gone = Endpoint::new("bbbb");
+        gone.expire = true;
+        r3.endpoints.push(gone);
+        peer.relays.push(r3);
+        s.handle(&peer).unwrap();
+        let c = s.conferences.lock().get("m1").cloned().unwrap();
+        assert!(c.relays["bridge-2"].endpoints.is_empty());
+        let mut expire = ConferenceModify::new("m1");
+        let mut r4 = relay("bridge-2");
+        r4.expire = true;
+        expire.relays.push(r4);
+        assert!(s.handle(&expire).unwrap().relays[0].expire);
+        assert!(s.conferences.lock()["m1"].relays.is_empty());
     }
 
     /// A full engine queue: the request is refused as busy and nothing changes; once the
