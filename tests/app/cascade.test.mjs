@@ -1,0 +1,98 @@
+// Cascading (issue 17, docs/colibri2.md §4b, docs/bridge.md B.15): three meetd processes, the
+// focus with its in-process bridge kept out and two bridge-only meetds in its brewery.
+// `[focus] bridge_selection = "split"` puts the participants of one conference on both
+// bridges by turns, and the focus joins the bridges with Colibri2 relays (ICE/DTLS between
+// the bridges' media ports). Three people of the official web app meet: Alice and Carol on
+// one bridge, Bob on the other; everyone decodes everyone's video and hears their audio.
+// A fourth with last-N 1 follows the speaker on either bridge. Then Bob's bridge dies: the
+// conference starts again on the bridge that is left, and the test reports how long until
+// everyone sees everyone again.
+import { useApp, appTest, assert, sleep } from './lib.mjs';
+import { startServer } from '../lib/server.mjs';
+
+const app = useApp({
+    name: 'app-cascade',
+    config: 'bridge_brewery = "jvbbrewery"\nuse_local_bridge = false\nbridge_selection = "split"\n',
+});
+
+const gauge = async (base, name) => {
+    const m = await (await fetch(`${base}/metrics`)).text();
+    return Number(m.match(new RegExp(`^${name} (\\d+)$`, 'm'))?.[1] ?? NaN);
+};
+
+const bridgeOnly = (id) => startServer({
+    name: `app-cascade-${id}`,
+    config: `[bridge]\nid = "${id}"\nxmpp_url = "${app.server.wsUrl}"\nxmpp_password = "jvbpass"\n`,
+    extraArgs: ['--role', 'bridge', '--advertise-ip', '127.0.0.1'],
+});
+
+const joinedBrewery = async (n) => {
+    const deadline = Date.now() + 15000;
+    const count = () => (app.server.logTail(2000).match(/bridge pool: a bridge joined the brewery/g) ?? []).length;
+    while (count() < n && Date.now() < deadline) await sleep(200);
+    assert.ok(count() >= n, `${n} bridges in the brewery`);
+};
+
+const everyoneSeesEveryone = async (people, ms, audio = true) => {
+    for (const x of people) {
+        for (const y of people) {
+            if (x !== y) await x.waitVideoFrom(y, ms, { audio });
+        }
+    }
+};
+
+appTest('one conference over two bridge-only meetds joined by a relay: everyone decodes everyone; a bridge dies and the call goes on', app.wrap(async () => {
+    await app.server.userAdd('jvb@auth.meet.jitsi', 'jvbpass');
+    const b1 = await bridgeOnly('jvb2');
+    const b2 = await bridgeOnly('jvb3');
+    try {
+        await joinedBrewery(2);
+        const hash = 'config.p2p.enabled=false';
+        const a = await app.join('cascaded', { name: 'Alice', hash });
+        const b = await app.join('cascaded', { name: 'Bob', hash });
+        const c = await app.join('cascaded', { name: 'Carol', hash });
+        const t0 = Date.now();
+        await everyoneSeesEveryone([a, b, c], 30000);
+        console.log(`# cascade: all three decode each other ${Date.now() - t0} ms after the last join`);
+        const log = app.server.logTail(800);
+        const placed = [...log.matchAll(/conference placed \(split\).*bridge=Remote\("[^"]*\/(jvb\d)"\)/g)].map((m) => m[1]);
+        console.log(`# cascade: conference created on ${placed.join(', ')}; relays: ${(log.match(/relay between bridges set up/g) ?? []).length}`);
+        assert.deepEqual([...new Set(placed)].sort(), ['jvb2', 'jvb3'], 'the conference runs on both bridges');
+        assert.match(log, /relay between bridges set up/);
+        const [e1, e2] = [await gauge(b1.httpBase, 'meetd_media_endpoints'), await gauge(b2.httpBase, 'meetd_media_endpoints')];
+        console.log(`# cascade: engine endpoints (participants, relay, relayed) jvb2 ${e1}, jvb3 ${e2}; on the focus's meetd ${await gauge(app.base, 'meetd_media_endpoints')}`);
+        // Dominant speaker and last-N across the cascade: Dave (on Bob's bridge, by turns)
+        // receives one video. Only Alice (the other bridge) speaks: she is the dominant
+        // speaker there too, Dave gets her video, and Bob (his own bridge) is outside last-N.
+        // Then only Bob speaks: the other way round, and Carol sees Bob as dominant speaker.
+        const d = await app.join('cascaded', { name: 'Dave', hash: `${hash}&config.channelLastN=1&config.pcStatsInterval=1500`, startAudioMuted: true });
+        await c.clickToolbar('toolbar.accessibilityLabel.mute', 'mute');
+        await b.clickToolbar('toolbar.accessibilityLabel.mute', 'mute');
+        await d.waitDominantSpeaker(a, 15000);
+        await d.waitVideoFrom(a, 15000);
+        await d.waitNotInLastN(b, true, 15000);
+        await a.clickToolbar('toolbar.accessibilityLabel.mute', 'mute');
+        await b.clickToolbar('toolbar.accessibilityLabel.unmute', 'unmute');
+        await d.waitDominantSpeaker(b, 15000);
+        await c.waitDominantSpeaker(b, 15000);
+        await d.waitVideoFrom(b, 15000);
+        await d.waitNotInLastN(a, true, 15000);
+        console.log('# cascade: dominant speaker and last-N follow a speaker on either bridge');
+        await d.hangUp();
+        // Bob's bridge (the second) dies: the conference starts again on the one left.
+        const killed = Date.now();
+        b2.proc.kill('SIGKILL');
+        // (Only Bob's microphone is on now.)
+        await everyoneSeesEveryone([a, b, c], 45000, false);
+        await a.waitVideoFrom(b, 5000, { audio: true });
+        console.log(`# cascade: a bridge of the cascade killed → everyone sees everyone again in ${Date.now() - killed} ms`);
+        assert.match(app.server.logTail(800), /bridge pool: a bridge is gone/);
+        await app.leaveAll();
+    } catch (e) {
+        e.message += `\n--- jvb2 ---\n${b1.logTail(40)}\n--- jvb3 ---\n${b2.logTail(40)}`;
+        throw e;
+    } finally {
+        await b1.stop();
+        await b2.stop();
+    }
+}));
