@@ -70,6 +70,9 @@ impl BridgeInfo {
     }
 }
 
+/// A split conference's bridge and meeting id, left behind by another bridge of it.
+pub type Orphan = (Target, String);
+
 /// Where a conference runs.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Target {
@@ -217,7 +220,7 @@ impl Pool {
     /// Bridge `jid` left: it is out of the pool, and the rooms of its conferences are
     /// returned (their conferences are forgotten: they start again elsewhere), with the
     /// other bridges of its split conferences, which are to expire them.
-    pub fn bridge_left(&mut self, jid: &str) -> Option<(Vec<String>, Vec<(Target, String)>)> {
+    pub fn bridge_left(&mut self, jid: &str) -> Option<(Vec<String>, Vec<Orphan>)> {
         self.remotes.remove(jid)?;
         let gone = Target::Remote(jid.to_string());
         let mut orphans = Vec::new();
@@ -318,7 +321,7 @@ pub struct BridgePool {
     /// Rooms whose bridge left, for the focus.
     lost: mpsc::Sender<String>,
     /// Split conferences whose other bridge left: (bridge, meeting id) to expire.
-    orphans: Mutex<Vec<(Target, String)>>,
+    orphans: Mutex<Vec<Orphan>>,
     /// One request of a split conference at a time (its plan depends on the one before).
     split_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
@@ -543,7 +546,7 @@ impl BridgePool {
             locks.entry(req.meeting_id.clone()).or_default().clone()
         };
         let _one_at_a_time = lock.lock().await;
-        let orphans: Vec<(Target, String)> = std::mem::take(&mut *self.orphans.lock());
+        let orphans: Vec<Orphan> = std::mem::take(&mut *self.orphans.lock());
         for (t, m) in orphans {
             let mut expire = ConferenceModify::new(m);
             expire.expire = true;
