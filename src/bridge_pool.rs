@@ -314,7 +314,8 @@ pub struct BridgePool {
     local: Option<Arc<ColibriService>>,
     router: Arc<Router>,
     jid: String,
-    pending: Mutex<HashMap<String, oneshot::Sender<Element>>>,
+    /// Requests waiting for remote answers: IQ id → (the bridge, its waiter).
+    pending: Mutex<HashMap<String, (String, oneshot::Sender<Element>)>>,
     next_id: Mutex<u64>,
     /// The brewery nick of the in-process bridge, when it sits there too (not a remote).
     own_bridge: Option<String>,
@@ -409,7 +410,8 @@ impl BridgePool {
             }
             "iq" if matches!(st.attr("type"), Some("result") | Some("error")) => {
                 let id = st.attr("id").unwrap_or("");
-                if let Some(tx) = self.pending.lock().remove(id) {
+                let waiter = self.pending.lock().remove(id);
+                if let Some((_, tx)) = waiter {
                     let _ = tx.send(st.clone());
                 }
             }
@@ -428,6 +430,8 @@ impl BridgePool {
 
     /// Bridge `jid` is out of the pool: its conferences start again elsewhere, at once.
     fn lose(&self, jid: &str, why: &str) {
+        // Requests waiting for it fail now, not after the timeout.
+        self.pending.lock().retain(|_, (b, _)| b != jid);
         let Some((rooms, orphans)) = self.pool.lock().bridge_left(jid) else {
             return;
         };
@@ -477,7 +481,7 @@ impl BridgePool {
             if pending.len() >= MAX_PENDING {
                 return Err(Colibri2Error::Busy);
             }
-            pending.insert(id.clone(), tx);
+            pending.insert(id.clone(), (bridge.to_string(), tx));
         }
         let mut iq = el(
             "iq",
