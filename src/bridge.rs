@@ -188,6 +188,10 @@ pub fn start(cfg: &Config) -> anyhow::Result<Started> {
         "media (UDP) listening on {bind}"
     );
     let service = ColibriService::with_engine(bc, Some(engine.clone()));
+    service.set_relay_dialer(crate::relay_channel::dialer(
+        hub.clone(),
+        Arc::downgrade(&service),
+    ));
     // The one task that turns engine events into bridge-channel messages (and expiries).
     tokio::spawn(meetd_colibri::channel::events::run(
         hub.clone(),

@@ -13,8 +13,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use meetd_colibri::colibri2::{Colibri2Error, ConferenceModified, ConferenceModify, Reason};
+use meetd_colibri::colibri2::{Colibri2Error, ConferenceModified, ConferenceModify, Reason, Relay};
 use meetd_colibri::service::{BoxFuture, Bridge, ColibriService};
+use meetd_jingle::focus::BridgeLoss;
 use meetd_xmpp::stanza::{self, el};
 use meetd_xmpp::{Element, Router};
 use parking_lot::Mutex;
@@ -70,8 +71,9 @@ impl BridgeInfo {
     }
 }
 
-/// A split conference's bridge and meeting id, left behind by another bridge of it.
-pub type Orphan = (Target, String);
+/// A request for a bridge of a split conference that another bridge of it left behind (an
+/// expire of the conference or of its relay to the lost bridge), sent before the next one.
+pub type Orphan = (Target, ConferenceModify);
 
 /// Where a conference runs.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -217,24 +219,40 @@ impl Pool {
         self.spreads.forget(meeting_id)
     }
 
-    /// Bridge `jid` left: it is out of the pool, and the rooms of its conferences are
-    /// returned (their conferences are forgotten: they start again elsewhere), with the
-    /// other bridges of its split conferences, which are to expire them.
-    pub fn bridge_left(&mut self, jid: &str) -> Option<(Vec<String>, Vec<Orphan>)> {
-        self.remotes.remove(jid)?;
+    /// Bridge `jid` left: it is out of the pool. What it took: the rooms of its conferences
+    /// (forgotten: they start again elsewhere), and of split conferences that go on
+    /// elsewhere the participants it had; with the requests their other bridges are to get
+    /// (their relays to it expired).
+    pub fn bridge_left(&mut self, jid: &str) -> Option<(Vec<BridgeLoss>, Vec<Orphan>)> {
         let gone = Target::Remote(jid.to_string());
+        let gone_id = self.relay_id(&gone);
+        self.remotes.remove(jid)?;
         let mut orphans = Vec::new();
-        let mut rooms = Vec::new();
-        for m in self.spreads.using(&gone) {
-            if let Some(room) = self.rooms.remove(&m) {
-                rooms.push(room);
+        let mut losses = Vec::new();
+        for d in self.spreads.drop_bridge(&gone, &gone_id) {
+            let room = self.rooms.get(&d.meeting_id).cloned().unwrap_or_default();
+            if d.left.is_empty() {
+                self.rooms.remove(&d.meeting_id);
+                losses.push(BridgeLoss::Conference(room));
+                continue;
             }
-            for t in self.spreads.forget(&m) {
-                if t != gone {
-                    orphans.push((t, m.clone()));
-                }
+            for t in d.left {
+                let mut m = ConferenceModify::new(d.meeting_id.clone());
+                m.relays.push(Relay {
+                    id: gone_id.clone(),
+                    expire: true,
+                    ..Relay::default()
+                });
+                orphans.push((t, m));
+            }
+            if !d.endpoints.is_empty() {
+                losses.push(BridgeLoss::Endpoints {
+                    room,
+                    endpoints: d.endpoints,
+                });
             }
         }
+        let mut rooms = Vec::new();
         self.conferences.retain(|_, (t, room)| {
             if *t == gone {
                 rooms.push(room.clone());
@@ -243,7 +261,8 @@ impl Pool {
                 true
             }
         });
-        Some((rooms, orphans))
+        losses.extend(rooms.into_iter().map(BridgeLoss::Conference));
+        Some((losses, orphans))
     }
 
     /// Conferences per target.
@@ -320,7 +339,7 @@ pub struct BridgePool {
     /// The brewery nick of the in-process bridge, when it sits there too (not a remote).
     own_bridge: Option<String>,
     /// Rooms whose bridge left, for the focus.
-    lost: mpsc::Sender<String>,
+    lost: mpsc::Sender<BridgeLoss>,
     /// Split conferences whose other bridge left: (bridge, meeting id) to expire.
     orphans: Mutex<Vec<Orphan>>,
     /// One request of a split conference at a time (its plan depends on the one before).
@@ -340,7 +359,7 @@ impl BridgePool {
         region: &str,
         own_bridge: Option<String>,
         selection: Selection,
-        lost: mpsc::Sender<String>,
+        lost: mpsc::Sender<BridgeLoss>,
     ) -> Arc<BridgePool> {
         let p = Arc::new(BridgePool {
             pool: Mutex::new(Pool {
@@ -432,7 +451,7 @@ impl BridgePool {
     fn lose(&self, jid: &str, why: &str) {
         // Requests waiting for it fail now, not after the timeout.
         self.pending.lock().retain(|_, (b, _)| b != jid);
-        let Some((rooms, orphans)) = self.pool.lock().bridge_left(jid) else {
+        let Some((losses, orphans)) = self.pool.lock().bridge_left(jid) else {
             return;
         };
         // The other bridges of its split conferences expire them before they start again.
@@ -444,9 +463,9 @@ impl BridgePool {
                 o.drain(..n - MAX_PENDING);
             }
         }
-        tracing::warn!(bridge = %jid, conferences = rooms.len(), why, "bridge pool: a bridge is gone; its conferences start again elsewhere");
-        for room in rooms {
-            if self.lost.try_send(room).is_err() {
+        tracing::warn!(bridge = %jid, conferences = losses.len(), why, "bridge pool: a bridge is gone; its conferences start again elsewhere (or, when spread, its participants move)");
+        for loss in losses {
+            if self.lost.try_send(loss).is_err() {
                 tracing::warn!(
                     "bridge pool: the focus's queue is full; a conference moves on its next request"
                 );
@@ -552,9 +571,7 @@ impl BridgePool {
         let _one_at_a_time = lock.lock().await;
         let orphans: Vec<Orphan> = std::mem::take(&mut *self.orphans.lock());
         for (t, m) in orphans {
-            let mut expire = ConferenceModify::new(m);
-            expire.expire = true;
-            let _ = self.send(&t, &expire).await;
+            let _ = self.send(&t, &m).await;
         }
         let plan = self.pool.lock().plan(req)?;
         let mut answer = ConferenceModified::default();

@@ -83,6 +83,16 @@ pub struct Plan {
     pub mirror: Vec<(Target, ConferenceModify)>,
 }
 
+/// What a lost bridge took from one conference.
+#[derive(Debug, PartialEq)]
+pub struct Dropped {
+    pub meeting_id: String,
+    /// Its endpoints that were on that bridge.
+    pub endpoints: Vec<String>,
+    /// The conference's bridges left (each to drop its relay to the lost one).
+    pub left: Vec<Target>,
+}
+
 /// The split conferences. See the module docs.
 #[derive(Debug, Default)]
 pub struct Spreads {
@@ -119,6 +129,37 @@ impl Spreads {
             .remove(meeting_id)
             .map(|s| s.bridges)
             .unwrap_or_default()
+    }
+
+    /// Bridge `t` is gone. Per conference that used it: the endpoints it had, and the bridges
+    /// left (none: the conference is forgotten and starts again). `relay_id`: `t`'s.
+    pub fn drop_bridge(&mut self, t: &Target, relay_id: &str) -> Vec<Dropped> {
+        let mut out = Vec::new();
+        for m in self.using(t) {
+            let Some(spread) = self.confs.get_mut(&m) else {
+                continue;
+            };
+            spread.bridges.retain(|b| b != t);
+            let lost: Vec<String> = spread
+                .endpoints
+                .iter()
+                .filter(|(_, (b, _))| b == t)
+                .map(|(id, _)| id.clone())
+                .collect();
+            spread.endpoints.retain(|_, (b, _)| b != t);
+            let left = spread.bridges.clone();
+            if left.is_empty() {
+                self.forget(&m);
+            }
+            out.push(Dropped {
+                meeting_id: m,
+                endpoints: lost,
+                left,
+            });
+        }
+        self.pairs
+            .retain(|(a, b), _| a.as_str() != relay_id && b.as_str() != relay_id);
+        out
     }
 
     /// The conferences that use bridge `t` (they start again when it is lost).
@@ -457,6 +498,42 @@ mod tests {
         s.forget("m1");
         let p = alloc(&mut s, "m2", "x3", false, &c);
         assert_eq!(p.primary[0].0, t("b2"));
+        assert_eq!(p.links.len(), 1);
+    }
+
+    #[test]
+    fn a_lost_bridge_takes_only_its_endpoints_and_frees_its_pairs() {
+        let mut s = Spreads::default();
+        let c = [t("b1"), t("b2")];
+        alloc(&mut s, "m", "e1", true, &c);
+        alloc(&mut s, "m", "e2", false, &c);
+        alloc(&mut s, "m", "e3", false, &c);
+        alloc(&mut s, "solo", "x1", true, &[t("b2")]);
+        let mut d = s.drop_bridge(&t("b2"), "b2");
+        d.sort_by(|a, b| a.meeting_id.cmp(&b.meeting_id));
+        assert_eq!(
+            d,
+            vec![
+                Dropped {
+                    meeting_id: "m".into(),
+                    endpoints: vec!["e2".into()],
+                    left: vec![t("b1")],
+                },
+                Dropped {
+                    meeting_id: "solo".into(),
+                    endpoints: vec!["x1".into()],
+                    left: vec![],
+                },
+            ]
+        );
+        assert!(!s.contains("solo"), "nothing left: it starts again");
+        // e2 comes back: on b1, the only one left; no relays to set up.
+        let p = alloc(&mut s, "m", "e2", false, &[t("b1")]);
+        assert_eq!(p.primary[0].0, t("b1"));
+        assert!(p.links.is_empty() && p.mirror.is_empty());
+        // A new b3 may pair with b1 again.
+        let p = alloc(&mut s, "m", "e4", false, &[t("b1"), t("b3")]);
+        assert_eq!(p.primary[0].0, t("b3"));
         assert_eq!(p.links.len(), 1);
     }
 

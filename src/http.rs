@@ -231,6 +231,10 @@ pub fn router(front: Arc<Front>, tls: bool) -> Router {
             .route("/.well-known/acme-challenge/{token}", get(acme_challenge))
             .route("/metrics", get(metrics))
             .route("/colibri-ws/{bridge}/{conf}/{endpoint}", get(colibri_ws))
+            .route(
+                "/colibri-relay-ws/{bridge}/{conf}/{relay}",
+                get(colibri_relay_ws),
+            )
             .with_state(St { front, tls });
     }
     Router::new()
@@ -263,6 +267,10 @@ pub fn router(front: Arc<Front>, tls: bool) -> Router {
         .route("/dialin/conference-code", get(dialin_code))
         .route("/metrics", get(metrics))
         .route("/colibri-ws/{bridge}/{conf}/{endpoint}", get(colibri_ws))
+        .route(
+            "/colibri-relay-ws/{bridge}/{conf}/{relay}",
+            get(colibri_relay_ws),
+        )
         .route("/live/", get(live))
         .route("/live/{*rest}", get(live))
         .route("/", get(index))
@@ -645,6 +653,32 @@ async fn colibri_ws(
         ws,
         conf,
         endpoint,
+        uri.query(),
+        client_ip(peer, &headers),
+    )
+}
+
+/// A relay's channel from another bridge (docs/bridge.md B.15).
+async fn colibri_relay_ws(
+    State(st): State<St>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    uri: Uri,
+    axum::extract::Path((bridge, conf, relay)): axum::extract::Path<(String, String, String)>,
+    ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Response {
+    if bridge != st.front.cfg.bridge.id {
+        return not_found().await;
+    }
+    let Ok(ws) = ws else {
+        return (StatusCode::BAD_REQUEST, "WebSocket upgrade expected\n").into_response();
+    };
+    meetd_colibri::channel::serve_relay(
+        st.front.channels.clone(),
+        st.front.bridge.clone(),
+        ws,
+        conf,
+        relay,
         uri.query(),
         client_ip(peer, &headers),
     )

@@ -15,6 +15,7 @@ mod http;
 mod http_api;
 mod live_stream;
 mod logging;
+mod relay_channel;
 mod reload;
 mod shared_port;
 mod sip;

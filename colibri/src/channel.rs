@@ -27,6 +27,8 @@ type Key = (String, String);
 struct Conn {
     tx: mpsc::Sender<String>,
     generation: u64,
+    /// A relay's channel to another bridge (docs/bridge.md B.15), keyed by the relay id.
+    relay: bool,
 }
 
 /// All connected bridge channels.
@@ -182,15 +184,58 @@ impl ChannelHub {
 
     /// Endpoints of `conf` with an open channel.
     pub fn connected(&self, conf: &str) -> Vec<String> {
+        self.open(conf, false)
+    }
+
+    /// Relays of `conf` with an open channel to their bridge.
+    pub fn relays(&self, conf: &str) -> Vec<String> {
+        self.open(conf, true)
+    }
+
+    fn open(&self, conf: &str, relays: bool) -> Vec<String> {
         let mut v: Vec<String> = self
             .conns
             .lock()
-            .keys()
-            .filter(|(c, _)| c == conf)
-            .map(|(_, e)| e.clone())
+            .iter()
+            .filter(|((c, _), conn)| c == conf && conn.relay == relays)
+            .map(|((_, e), _)| e.clone())
             .collect();
         v.sort();
         v
+    }
+
+    /// One message from another bridge on relay `relay`'s channel: an endpoint message or
+    /// endpoint stats of one of its participants (`from` as that bridge set it), for the
+    /// participants here it is addressed to. Nothing goes on to another relay.
+    pub fn relay_message(&self, conf: &str, relay: &str, text: &str) -> Vec<Effect> {
+        let Ok(Value::Object(msg)) = serde_json::from_str::<Value>(text) else {
+            tracing::debug!(%conf, %relay, "invalid relay channel message");
+            return vec![Effect::None];
+        };
+        let class = msg
+            .get("colibriClass")
+            .and_then(|c| c.as_str())
+            .unwrap_or("");
+        if !matches!(class, "EndpointMessage" | "EndpointStats") {
+            return vec![Effect::None];
+        }
+        let from = msg.get("from").and_then(|f| f.as_str()).unwrap_or("");
+        let to = msg.get("to").and_then(|t| t.as_str()).unwrap_or("");
+        let local = self.connected(conf);
+        let targets: Vec<String> = if to.is_empty() {
+            local.into_iter().filter(|e| e != from).collect()
+        } else if local.iter().any(|e| e == to) {
+            vec![to.to_string()]
+        } else {
+            Vec::new()
+        };
+        targets
+            .into_iter()
+            .map(|to| Effect::Send {
+                to,
+                text: text.to_string(),
+            })
+            .collect()
     }
 
     pub fn constraints(&self, conf: &str, ep: &str) -> Option<ReceiverConstraints> {
@@ -251,13 +296,18 @@ impl ChannelHub {
                     return vec![Effect::None];
                 }
                 let text = Value::Object(msg).to_string();
+                // Participants of other bridges are reached through the relays' channels.
+                let local = self.connected(conf);
                 let targets: Vec<String> = if to.is_empty() {
-                    self.connected(conf)
+                    local
                         .into_iter()
                         .filter(|e| e != from)
+                        .chain(self.relays(conf))
                         .collect()
-                } else {
+                } else if local.contains(&to) {
                     vec![to]
+                } else {
+                    self.relays(conf)
                 };
                 targets
                     .into_iter()
@@ -351,6 +401,10 @@ impl ChannelHub {
     }
 
     pub(crate) fn register(&self, conf: &str, ep: &str) -> (mpsc::Receiver<String>, u64) {
+        self.register_as(conf, ep, false)
+    }
+
+    fn register_as(&self, conf: &str, ep: &str, relay: bool) -> (mpsc::Receiver<String>, u64) {
         let (tx, rx) = mpsc::channel(self.queue);
         let g = {
             let mut n = self.next.lock();
@@ -360,7 +414,11 @@ impl ChannelHub {
         // A new socket replaces the previous one for that endpoint.
         self.conns.lock().insert(
             (conf.to_string(), ep.to_string()),
-            Conn { tx, generation: g },
+            Conn {
+                tx,
+                generation: g,
+                relay,
+            },
         );
         (rx, g)
     }
@@ -395,9 +453,66 @@ pub fn serve(
         .on_upgrade(move |socket| run(hub, socket, conf, endpoint))
 }
 
-/// One bridge channel's two directions, whatever carries them: the WebSocket here, or the
-/// SCTP data channel inside the media transport ([`sctp`]).
-pub(crate) trait Link {
+/// Answer `GET /colibri-relay-ws/<bridge>/<conf>/<relay>?pwd=…`: the other bridge of a
+/// relay dials its channel (docs/bridge.md B.15).
+pub fn serve_relay(
+    hub: Arc<ChannelHub>,
+    service: Arc<ColibriService>,
+    ws: WebSocketUpgrade,
+    conf: String,
+    relay: String,
+    query: Option<&str>,
+    peer: IpAddr,
+) -> Response {
+    let pwd = query.and_then(|q| q.strip_prefix("pwd=")).unwrap_or("");
+    if !service.check_relay_ws(&conf, &relay, pwd) {
+        tracing::info!(%peer, %conf, %relay, "relay channel authentication failed");
+        return (StatusCode::FORBIDDEN, "authentication failed\n").into_response();
+    }
+    ws.read_buffer_size(4096)
+        .max_message_size(64 * 1024)
+        .on_upgrade(move |socket| drive_relay(hub, WsLink(socket), conf, relay))
+}
+
+/// Carry one relay's channel until either side ends it: endpoint messages of the other
+/// bridge's participants in, those of this bridge's participants out.
+pub async fn drive_relay<L: Link>(hub: Arc<ChannelHub>, mut link: L, conf: String, relay: String) {
+    let (mut rx, generation) = hub.register_as(&conf, &relay, true);
+    tracing::debug!(%conf, %relay, "relay channel open");
+    loop {
+        tokio::select! {
+            m = link.recv() => match m {
+                Some(text) => {
+                    for e in hub.relay_message(&conf, &relay, &text) {
+                        if let Effect::Send { to, text } = e {
+                            hub.send(&conf, &to, text);
+                        }
+                    }
+                }
+                None => break,
+            },
+            out = rx.recv() => match out {
+                Some(text) => {
+                    if !link.send(text).await {
+                        break;
+                    }
+                }
+                None => {
+                    link.close().await;
+                    break;
+                }
+            },
+        }
+    }
+    hub.unregister(&conf, &relay, generation);
+    tracing::debug!(%conf, %relay, "relay channel closed");
+}
+
+/// One bridge channel's two directions, whatever carries them: the WebSocket here, a relay's
+/// WebSocket to another bridge, or the SCTP data channel inside the media transport
+/// ([`sctp`]).
+#[allow(async_fn_in_trait)]
+pub trait Link {
     /// The next text message from the client; `None` once the channel is gone.
     async fn recv(&mut self) -> Option<String>;
     /// Send one message; false when the channel is gone.
@@ -528,6 +643,50 @@ mod tests {
             !hub.on_connect_messages("c", "a")
                 .contains(&"old".to_string())
         );
+    }
+
+    /// docs/bridge.md B.15: participants of another bridge are reached through the relay's
+    /// channel; what comes from a relay reaches only this bridge's participants.
+    #[test]
+    fn endpoint_messages_cross_to_other_bridges_and_not_further() {
+        let hub = ChannelHub::new(8);
+        let (_ra, _) = hub.register("c", "a");
+        let (_rb, _) = hub.register("c", "b");
+        let (_r1, _) = hub.register_as("c", "bridge-2", true);
+        let (_r2, _) = hub.register_as("c", "bridge-3", true);
+        assert_eq!(hub.connected("c"), ["a", "b"], "relays are no participants");
+        let sends = |fx: Vec<Effect>| -> Vec<String> {
+            let mut v: Vec<String> = fx
+                .into_iter()
+                .filter_map(|e| match e {
+                    Effect::Send { to, .. } => Some(to),
+                    _ => None,
+                })
+                .collect();
+            v.sort();
+            v
+        };
+        let all = r#"{"colibriClass":"EndpointMessage","to":"","msgPayload":{"x":1}}"#;
+        assert_eq!(
+            sends(hub.client_message("c", "a", all)),
+            ["b", "bridge-2", "bridge-3"]
+        );
+        let far = r#"{"colibriClass":"EndpointMessage","to":"zz","msgPayload":{}}"#;
+        assert_eq!(
+            sends(hub.client_message("c", "a", far)),
+            ["bridge-2", "bridge-3"]
+        );
+        let near = r#"{"colibriClass":"EndpointMessage","to":"b","msgPayload":{}}"#;
+        assert_eq!(sends(hub.client_message("c", "a", near)), ["b"]);
+        // From a relay: to everyone here but its sender, or to the one named if here.
+        let from_far = r#"{"colibriClass":"EndpointMessage","to":"","from":"a","msgPayload":{}}"#;
+        assert_eq!(sends(hub.relay_message("c", "bridge-2", from_far)), ["b"]);
+        let to_b = r#"{"colibriClass":"EndpointStats","to":"b","from":"zz"}"#;
+        assert_eq!(sends(hub.relay_message("c", "bridge-2", to_b)), ["b"]);
+        let elsewhere = r#"{"colibriClass":"EndpointMessage","to":"qq","from":"zz"}"#;
+        assert!(sends(hub.relay_message("c", "bridge-2", elsewhere)).is_empty());
+        let other = r#"{"colibriClass":"DominantSpeakerEndpointChangeEvent","dominantSpeakerEndpoint":"zz"}"#;
+        assert!(sends(hub.relay_message("c", "bridge-2", other)).is_empty());
     }
 
     #[tokio::test]

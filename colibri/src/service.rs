@@ -81,8 +81,12 @@ pub struct ConferenceState {
     pub feedback_video: u32,
 }
 
+/// Dials a relay's channel: conference id, relay id, the other bridge's URL.
+pub type RelayDialer = Arc<dyn Fn(String, String, String) + Send + Sync>;
+
 /// The Colibri2 service. All state behind one lock: requests are rare (signalling rate).
 pub struct ColibriService {
+    relay_dialer: Mutex<Option<RelayDialer>>,
     cfg: BridgeConfig,
     conferences: Mutex<HashMap<String, ConferenceState>>,
     /// Live-stream feeds by meeting id (docs/streaming.md), also for a conference the bridge
@@ -113,6 +117,7 @@ impl ColibriService {
         engine: Option<crate::driver::EngineHandle>,
     ) -> Arc<ColibriService> {
         Arc::new(ColibriService {
+            relay_dialer: Mutex::new(None),
             cfg,
             conferences: Mutex::new(HashMap::new()),
             broadcasts: Mutex::new(HashMap::new()),
@@ -221,6 +226,31 @@ impl ColibriService {
             .find(|c| c.id == conf_id)
             .and_then(|c| c.endpoints.get(endpoint))
             .is_some_and(|e| e.pwd == pwd)
+    }
+
+    /// Whether `pwd` opens the channel of relay `relay` of the conference with bridge id
+    /// `conf_id` (docs/bridge.md B.15).
+    pub fn check_relay_ws(&self, conf_id: &str, relay: &str, pwd: &str) -> bool {
+        self.conferences
+            .lock()
+            .values()
+            .find(|c| c.id == conf_id)
+            .and_then(|c| c.relays.get(relay))
+            .is_some_and(|r| !r.ice_controlling && r.pwd == pwd)
+    }
+
+    /// Who dials a relay's channel when the other bridge's URL arrives (the bridge's I/O
+    /// side): conference id, relay id, URL.
+    pub fn set_relay_dialer(&self, f: RelayDialer) {
+        *self.relay_dialer.lock() = Some(f);
+    }
+
+    /// Whether the relay is still there (a dialer gives up once it is not).
+    pub fn has_relay(&self, conf_id: &str, relay: &str) -> bool {
+        self.conferences
+            .lock()
+            .values()
+            .any(|c| c.id == conf_id && c.relays.contains_key(relay))
     }
 
     fn local_transport(&self, conf_id: &str, ep: &EndpointState, sctp: bool) -> Transport {
@@ -386,7 +416,7 @@ impl ColibriService {
                 ice_controlling: state.ice_controlling,
                 medias: r.medias.clone(),
             });
-            out.transport = Some(self.relay_transport(&state));
+            out.transport = Some(self.relay_transport(&conf.id, &r.id, &state));
             conf.relays.insert(r.id.clone(), state);
         }
         let Some(state) = conf.relays.get_mut(&r.id) else {
@@ -395,6 +425,12 @@ impl ColibriService {
         if let Some(t) = r.transport.as_ref().and_then(|t| t.ice.clone())
             && (t.ufrag.is_some() || !t.candidates.is_empty() || !t.fingerprints.is_empty())
         {
+            if state.ice_controlling
+                && let Some(url) = t.web_sockets.iter().find_map(|w| w.url.clone())
+                && let Some(dial) = self.relay_dialer.lock().clone()
+            {
+                dial(conf.id.clone(), r.id.clone(), url);
+            }
             cmds.push(Command::SetRemote {
                 conf: conf.id.clone(),
                 ep: r.id.clone(),
@@ -424,7 +460,7 @@ impl ColibriService {
 
     /// The relay's side of its link: ICE credentials, host candidates on the media port,
     /// the DTLS fingerprint with the role (the ICE-controlling side is the DTLS client).
-    fn relay_transport(&self, r: &RelayState) -> Transport {
+    fn relay_transport(&self, conf_id: &str, relay: &str, r: &RelayState) -> Transport {
         let ep = EndpointState {
             id: String::new(),
             ufrag: r.ufrag.clone(),
@@ -438,7 +474,21 @@ impl ColibriService {
         };
         let mut t = self.local_transport("", &ep, false);
         if let Some(ice) = t.ice.as_mut() {
-            ice.web_sockets.clear();
+            // The relay's channel: the ICE-controlling side dials the other's URL.
+            ice.web_sockets = vec![if r.ice_controlling {
+                WebSocket {
+                    url: None,
+                    active: Some(true),
+                }
+            } else {
+                WebSocket {
+                    url: Some(format!(
+                        "{}/colibri-relay-ws/{}/{}/{}?pwd={}",
+                        self.cfg.ws_base, self.cfg.id, conf_id, relay, r.pwd
+                    )),
+                    active: None,
+                }
+            }];
             ice.candidates.retain(|c| c.protocol == "udp");
             for f in &mut ice.fingerprints {
                 f.setup = Some(if r.ice_controlling {
@@ -794,8 +844,42 @@ mod tests {
             .unwrap();
         assert_eq!(a.relays[0].id, "bridge-2");
         assert!(t.ufrag.is_some() && t.pwd.is_some() && !t.candidates.is_empty());
-        assert!(t.web_sockets.is_empty(), "no bridge channel on a relay");
+        assert_eq!(
+            t.web_sockets,
+            vec![WebSocket {
+                url: None,
+                active: Some(true)
+            }],
+            "the controlling side dials the relay's channel"
+        );
         assert_eq!(t.fingerprints[0].setup, Some(DtlsSetup::Active));
+        // The other side offers its channel's URL, opened by its password only.
+        let mut passive = ConferenceModify::new("m1");
+        let mut rp = relay("bridge-3");
+        rp.create = true;
+        passive.relays.push(rp);
+        let p = s.handle(&passive).unwrap();
+        let pt = p.relays[0]
+            .transport
+            .as_ref()
+            .unwrap()
+            .ice
+            .as_ref()
+            .unwrap();
+        assert_eq!(pt.fingerprints[0].setup, Some(DtlsSetup::Passive));
+        let url = pt.web_sockets[0].url.clone().unwrap();
+        let conf_id = s.conferences.lock()["m1"].id.clone();
+        assert!(
+            url.contains(&format!("/colibri-relay-ws/jvb1/{conf_id}/bridge-3?pwd=")),
+            "{url}"
+        );
+        let pwd = url.rsplit("pwd=").next().unwrap();
+        assert!(s.check_relay_ws(&conf_id, "bridge-3", pwd));
+        assert!(!s.check_relay_ws(&conf_id, "bridge-3", "wrong"));
+        assert!(
+            !s.check_relay_ws(&conf_id, "bridge-2", ""),
+            "the dialing side has no URL"
+        );
         // Twice, or two in one request, or an unknown one: refused.
         assert!(matches!(s.handle(&m), Err(Colibri2Error::Conflict(_))));
         let mut two = ConferenceModify::new("m1");
@@ -835,7 +919,8 @@ mod tests {
         r4.expire = true;
         expire.relays.push(r4);
         assert!(s.handle(&expire).unwrap().relays[0].expire);
-        assert!(s.conferences.lock()["m1"].relays.is_empty());
+        assert!(!s.has_relay(&conf_id, "bridge-2"));
+        assert!(s.has_relay(&conf_id, "bridge-3"));
     }
 
     /// A full engine queue: the request is refused as busy and nothing changes; once the

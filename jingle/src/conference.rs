@@ -122,6 +122,9 @@ pub enum Input {
     /// The conference's bridge left the bridge pool: start it again on another (everyone
     /// is invited anew).
     BridgeLost,
+    /// A bridge of a conference spread over several left the pool: these participants (its
+    /// endpoints) are invited anew; the others keep their sessions.
+    EndpointsLost(Vec<String>),
 }
 
 #[derive(Debug)]
@@ -613,6 +616,19 @@ impl Conference {
                     tracing::warn!(room = %self.room, "the conference's bridge is gone; moving everyone to another");
                     self.restart_on_new_bridge();
                     self.maybe_invite(now);
+                }
+            }
+            Input::EndpointsLost(nicks) => {
+                for nick in nicks {
+                    let Some(p) = self.participant_mut(&nick) else {
+                        continue;
+                    };
+                    if !p.allocated {
+                        continue;
+                    }
+                    p.allocated = false;
+                    tracing::warn!(room = %self.room, endpoint = %nick, "its bridge is gone; re-inviting");
+                    self.reinvite(&nick);
                 }
             }
             Input::JibriGone { jibri } => {

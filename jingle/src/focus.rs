@@ -122,9 +122,21 @@ pub struct FocusOptions {
     pub draining: Arc<std::sync::atomic::AtomicBool>,
     /// meetd's own live streaming, used when no Jibri is registered (docs/streaming.md).
     pub live_streams: Option<Arc<dyn LiveStreams>>,
-    /// Rooms whose bridge left the bridge pool (docs/colibri2.md §4a): each conference
-    /// starts again on another bridge.
-    pub bridge_lost: Option<mpsc::Receiver<String>>,
+    /// Conferences a bridge of the pool took with it (docs/colibri2.md §4a, §4b).
+    pub bridge_lost: Option<mpsc::Receiver<BridgeLoss>>,
+}
+
+/// What a bridge that left the pool took with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BridgeLoss {
+    /// The room's conference: it starts again on another bridge.
+    Conference(String),
+    /// Some endpoints of the room's conference (it went on on other bridges): those
+    /// participants are invited anew.
+    Endpoints {
+        room: String,
+        endpoints: Vec<String>,
+    },
 }
 
 /// The gateways the focus hands work to: Jibris (recording, streaming) and Jigasis (phone).
@@ -530,9 +542,15 @@ pub fn start(router: Arc<Router>, opts: FocusOptions, bridge: Arc<dyn Bridge>) -
                         }
                     }
                 }
-                Some(room) = recv_lost(&mut bridge_lost) => {
+                Some(loss) = recv_lost(&mut bridge_lost) => {
+                    let (room, input) = match loss {
+                        BridgeLoss::Conference(room) => (room, Input::BridgeLost),
+                        BridgeLoss::Endpoints { room, endpoints } => {
+                            (room, Input::EndpointsLost(endpoints))
+                        }
+                    };
                     if let Some(r) = rooms.get(&room)
-                        && r.tx.try_send(ActorMsg::Input(Input::BridgeLost)).is_err()
+                        && r.tx.try_send(ActorMsg::Input(input)).is_err()
                     {
                         tracing::warn!(%room, "conference queue full; its lost bridge is noticed on its next request");
                     }
@@ -554,7 +572,7 @@ pub fn start(router: Arc<Router>, opts: FocusOptions, bridge: Arc<dyn Bridge>) -
     }
 }
 
-async fn recv_lost(rx: &mut Option<mpsc::Receiver<String>>) -> Option<String> {
+async fn recv_lost(rx: &mut Option<mpsc::Receiver<BridgeLoss>>) -> Option<BridgeLoss> {
     match rx {
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,

@@ -720,6 +720,45 @@ fn a_lost_bridge_moves_everyone_to_a_new_one_at_once() {
     assert!(idle.colibri.is_empty());
 }
 
+/// A bridge of a conference spread over several is lost (docs/colibri2.md §4b): only its
+/// participants get new sessions; the others keep theirs.
+#[test]
+fn a_lost_bridge_of_a_spread_conference_moves_only_its_participants() {
+    let (mut h, sa, sb) = two_in_session();
+    h.accept("aaaa", &sa, 100);
+    h.accept("bbbb", &sb, 200);
+    h.take_sent();
+    h.colibri.clear();
+    h.input(Input::EndpointsLost(vec!["bbbb".into(), "nobody".into()]));
+    let sent = h.take_sent();
+    let terminated: Vec<String> = sent
+        .iter()
+        .filter(|e| meetd_xmpp::xml::to_string(e).contains("session-terminate"))
+        .filter_map(|e| e.attr("to").map(str::to_string))
+        .collect();
+    assert_eq!(
+        terminated,
+        vec![format!("{ROOM}/bbbb")],
+        "only bbbb's session ends"
+    );
+    assert!(
+        !h.colibri.iter().any(|(_, m)| m.create),
+        "the conference goes on"
+    );
+    assert!(
+        h.colibri
+            .iter()
+            .any(|(_, m)| m.endpoints.iter().any(|e| e.id == "bbbb" && e.create)),
+        "bbbb is allocated again"
+    );
+    assert!(
+        !h.colibri
+            .iter()
+            .any(|(_, m)| m.endpoints.iter().any(|e| e.id == "aaaa")),
+        "aaaa is left alone"
+    );
+}
+
 /// A stanza recorded from lib-jitsi-meet (jingle/tests/fixtures, copied from the shared
 /// fixtures), re-addressed to this harness: from the participant's occupant JID, with the
 /// session's sid.
