@@ -2,7 +2,11 @@
 //! media engine thread (`meetd_colibri::driver::spawn`) on 127.0.0.1.
 //!
 //! `cargo bench --bench bridge_load [-- --confs K --per-conf M --seconds S --scale X
-//!  --realistic-seconds R --bwe]`
+//!  --realistic-seconds R --bwe --senders N]`
+//!
+//! With `--senders N` only the first N endpoints of each conference send; the others are an
+//! audience (visitors: receive-only, no sources), each watching the first sender at 720p, and
+//! the report adds the engine's CPU per visitor.
 //!
 //! 1. Setup (not timed): the engine on its own thread and UDP socket; K conferences of M
 //!    endpoints, each a str0m client (ICE controlled, DTLS client) on its own UDP socket, all
@@ -240,6 +244,9 @@ struct Opts {
     threads: usize,
     /// Threads the synthetic clients are spread over (enough to saturate several shards).
     client_threads: usize,
+    /// Endpoints per conference that send (`None`: all). The others only receive, as an
+    /// audience's visitors do, each with the first sender on stage.
+    senders: Option<u32>,
     /// Layers follow the receivers' bandwidth estimates (the engine's default; off here: the
     /// receivers drop forwarded RTP unread and so send no transport-cc feedback, and the
     /// estimate would stay at the initial 2.5 Mbit/s, below the 4x load).
@@ -257,6 +264,7 @@ fn parse_args() -> Result<Opts, String> {
         trust_bwe: false,
         threads: 1,
         client_threads: 1,
+        senders: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -273,6 +281,7 @@ fn parse_args() -> Result<Opts, String> {
                 o.engine_rcvbuf = val(&a)?.parse().map_err(|e| format!("{a}: {e}"))?
             }
             "--bwe" => o.trust_bwe = true,
+            "--senders" => o.senders = Some(val(&a)?.parse().map_err(|e| format!("{a}: {e}"))?),
             "--threads" => o.threads = val(&a)?.parse().map_err(|e| format!("{a}: {e}"))?,
             "--client-threads" => {
                 o.client_threads = val(&a)?
@@ -284,6 +293,9 @@ fn parse_args() -> Result<Opts, String> {
             "--bench" => {}
             _ => return Err(format!("unknown argument {a}")),
         }
+    }
+    if o.senders.is_some_and(|n| n == 0 || n >= o.per_conf) {
+        return Err("--senders: 1 or more, fewer than --per-conf".into());
     }
     if o.confs == 0 || o.per_conf < 2 || o.confs * o.per_conf > 900 {
         return Err("need 1+ conferences of 2+ endpoints, at most 900 endpoints".into());
@@ -388,6 +400,8 @@ struct Client {
     ufrag: String,
     pwd: String,
     speaker: bool,
+    /// Sends media (a visitor of `--senders` does not).
+    sends: bool,
     audio: u32,
     audio_seq: u64,
     audio_sent: u64,
@@ -432,6 +446,7 @@ impl Client {
             ufrag: creds.ufrag,
             pwd: creds.pass,
             speaker,
+            sends: true,
             audio,
             audio_seq: 1000,
             audio_sent: 0,
@@ -550,7 +565,7 @@ impl Client {
                 l.frames_sent = 0;
             }
         }
-        if mode == 0 || !self.connected {
+        if mode == 0 || !self.connected || !self.sends {
             return;
         }
         let scale = if mode == 2 { sh.scale } else { 1.0 };
@@ -1268,6 +1283,7 @@ fn run(o: &Opts) -> Result<String, String> {
             let idx = c * o.per_conf + k + 1;
             let mut cl = Client::new(idx, k < SPEAKERS_PER_CONF, engine_addr, now)
                 .map_err(|e| format!("client: {e}"))?;
+            cl.sends = o.senders.is_none_or(|n| k < n);
             let conf = format!("conf{c}");
             h.send(Command::AddEndpoint {
                 conf: conf.clone(),
@@ -1284,11 +1300,13 @@ fn run(o: &Opts) -> Result<String, String> {
                 ep: cl.name.clone(),
                 transport: cl.transport(),
             });
-            h.send(Command::SetSources {
-                conf: conf.clone(),
-                ep: cl.name.clone(),
-                sources: cl.sources(),
-            });
+            if cl.sends {
+                h.send(Command::SetSources {
+                    conf: conf.clone(),
+                    ep: cl.name.clone(),
+                    sources: cl.sources(),
+                });
+            }
             cl.start(&fingerprint)?;
             names.push((conf, cl.name.clone(), cl.video_source_name()));
             clients.push(cl);
@@ -1379,7 +1397,12 @@ fn measure(
     }
     for members in by_conf.values() {
         for (k, (conf, ep, _)) in members.iter().map(|x| (&x.0, &x.1, &x.2)).enumerate() {
-            let stage = &members[(k + 1) % members.len()].2;
+            // With an audience: every visitor (and the senders but the first) watches the
+            // first sender.
+            let stage = match o.senders {
+                Some(_) if k > 0 => &members[0].2,
+                _ => &members[(k + 1) % members.len()].2,
+            };
             h.send(Command::Constraints {
                 conf: conf.clone(),
                 ep: ep.clone(),
@@ -1579,6 +1602,15 @@ fn measure(
     );
     let ratio = load.us_per_fwd() / f_us.max(1e-9);
     let video_share = load.rx_video as f64 / (load.rx_video + load.rx_audio).max(1) as f64;
+    if let Some(senders) = o.senders {
+        let visitors = f64::from(o.confs * (o.per_conf - senders));
+        let _ = writeln!(
+            w,
+            "audience: {senders} sender(s) and {visitors:.0} receive-only visitors per conference (each watching the first sender at 720p); engine CPU per visitor: realistic {:.3}% of a core, load {:.3}%",
+            100.0 * real.cpu / real.secs / visitors,
+            100.0 * load.cpu / load.secs / visitors
+        );
+    }
     let _ = writeln!(w);
     let _ = writeln!(w, "goals (load phase):");
     let met = |b: bool| if b { "met" } else { "NOT met" };
