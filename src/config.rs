@@ -73,6 +73,7 @@ pub struct Config {
     pub lobby: LobbySection,
     pub breakout_rooms: BreakoutRoomsSection,
     pub polls: PollsSection,
+    pub visitors: VisitorsSection,
     pub end_conference: EndConferenceSection,
     pub av_moderation: AvModerationSection,
     pub speaker_stats: SpeakerStatsSection,
@@ -307,6 +308,37 @@ impl Default for PollsSection {
             max_per_room: 128,
             max_options: 32,
         }
+    }
+}
+
+/// Visitors (docs/visitors.md): an audience that watches without being in the participant
+/// list, as the app's visitor mode shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VisitorsSection {
+    pub enabled: bool,
+    /// The app's vnode id: visitors log in on `<vnode>.meet.jitsi` (the app fixes the
+    /// `.meet.jitsi` suffix) and see the rooms under the MUC domain with that domain.
+    pub vnode: String,
+    /// Participants above which newcomers join as visitors (0: only those who ask, with
+    /// `preferVisitor`).
+    pub max_participants: usize,
+}
+
+impl Default for VisitorsSection {
+    fn default() -> Self {
+        VisitorsSection {
+            enabled: false,
+            vnode: "v1".into(),
+            max_participants: 0,
+        }
+    }
+}
+
+impl VisitorsSection {
+    /// Visitors' login domain, when on.
+    pub fn domain(&self) -> Option<String> {
+        self.enabled.then(|| format!("{}.meet.jitsi", self.vnode))
     }
 }
 
@@ -1070,6 +1102,16 @@ impl Config {
             }
             _ => return err("server.role", "must be \"all\" or \"bridge\""),
         }
+        if self.visitors.enabled
+            && (self.visitors.vnode.is_empty()
+                || !self
+                    .visitors
+                    .vnode
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric()))
+        {
+            return err("visitors.vnode", "must be letters and digits, e.g. \"v1\"");
+        }
         if !matches!(self.focus.bridge_selection.as_str(), "single" | "split") {
             return err("focus.bridge_selection", "must be \"single\" or \"split\"");
         }
@@ -1381,6 +1423,15 @@ impl Config {
         }
         m.validate_nicknames = self.muc.validate_nicknames;
         m.max_chat_messages = self.muc.max_chat_messages;
+        // The app's view for visitors: config.js's hosts.muc with hosts.domain replaced by the
+        // vnode domain.
+        m.visitors = self
+            .visitors
+            .domain()
+            .map(|d| meetd_xmpp::muc::VisitorView {
+                muc_domain: x.muc_domain.replacen(&x.domain, &d, 1),
+                login_domain: d,
+            });
         m
     }
 
@@ -1442,6 +1493,8 @@ impl Config {
             .streaming
             .enabled
             .then(|| format!("{}/meetd", self.streamer_bare(x)));
+        c.visitor_domain = self.visitors.domain();
+        c.visitor_vnode = self.visitors.enabled.then(|| self.visitors.vnode.clone());
         c.recorder = meetd_jingle::jibri::RecorderConfig {
             pending_timeout: std::time::Duration::from_secs(self.jibri.pending_timeout_secs),
             retries: self.jibri.retries,
@@ -1553,6 +1606,7 @@ impl Config {
         x.internal_muc_domain = self.domain_or(&self.domains.internal_muc, "internal-muc");
         x.focus_domain = self.domain_or(&self.domains.focus, "focus");
         x.recorder_domain = self.domain_or(&self.domains.hidden, "hidden");
+        x.visitor_domain = self.visitors.domain();
         let l = &self.limits;
         x.limits = meetd_xmpp::Limits {
             max_stanza_bytes: l.max_stanza_bytes,

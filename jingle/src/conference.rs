@@ -64,6 +64,12 @@ pub struct FocusConfig {
     /// The full JID of meetd's own live-stream occupant (docs/streaming.md): in the room
     /// while a native stream runs, never a participant.
     pub streamer_jid: Option<String>,
+    /// Visitors' login domain (docs/visitors.md): its occupants are visitors — invited to
+    /// receive only, never owners, counted in `visitor-count`.
+    pub visitor_domain: Option<String>,
+    /// The app's vnode id for visitors: a conference request asking to be a visitor is sent
+    /// there.
+    pub visitor_vnode: Option<String>,
 }
 
 impl FocusConfig {
@@ -88,6 +94,8 @@ impl FocusConfig {
             trusted_domains: Vec::new(),
             opus_red: false,
             streamer_jid: None,
+            visitor_domain: None,
+            visitor_vnode: None,
         }
     }
 
@@ -184,6 +192,8 @@ struct Participant {
     sending_video: bool,
     /// A Jibri's browser (from a trusted domain, with the Jibri feature in its presence).
     jibri: bool,
+    /// A visitor (docs/visitors.md): receives only.
+    visitor: bool,
 }
 
 impl Participant {
@@ -396,6 +406,11 @@ impl Conference {
 
     /// The focus's full JID.
     /// The bridge's meeting id of this conference.
+    /// Visitors' vnode id, when visitors are on (docs/visitors.md).
+    pub fn visitor_vnode(&self) -> Option<&str> {
+        self.cfg.visitor_vnode.as_deref()
+    }
+
     pub fn meeting_id(&self) -> &str {
         &self.meeting_id
     }
@@ -851,6 +866,7 @@ impl Conference {
                 }
                 let stats_id = p.get_child("stats-id", NS_CLIENT).map(|s| s.text());
                 let jibri = self.is_jibri(&real, p);
+                let visitor = self.is_visitor(&real);
                 self.participants.push(Participant {
                     nick: nick.to_string(),
                     real_jid: real,
@@ -867,7 +883,11 @@ impl Conference {
                     sending_audio: false,
                     sending_video: false,
                     jibri,
+                    visitor,
                 });
+                if visitor {
+                    self.send_presence();
+                }
                 self.source_info(nick, p);
                 let to = format!("{}/{}", self.room, nick);
                 self.iq(
@@ -944,6 +964,23 @@ impl Conference {
         }
         let mut p = focus_presence_with(&self.room, &self.cfg.focus_jid, self.published);
         p.remove_child("x", NS_MUC);
+        if self.cfg.visitor_domain.is_some()
+            && let Some(props) = p.get_child_mut("conference-properties", NS_FOCUS)
+        {
+            // docs/visitors.md: the app shows the count, and its clients leave P2P for the
+            // bridge while there are visitors (who get media from the bridge only).
+            let count = self.participants.iter().filter(|p| p.visitor).count();
+            props.append_child(el(
+                "property",
+                NS_FOCUS,
+                &[("key", "visitor-count"), ("value", &count.to_string())],
+            ));
+            props.append_child(el(
+                "property",
+                NS_FOCUS,
+                &[("key", "visitors-enabled"), ("value", "true")],
+            ));
+        }
         if let Some(r) = &self.recording_status {
             p.append_child(r.clone());
         }
@@ -986,7 +1023,7 @@ impl Conference {
         if !self.cfg.auto_owner || self.participants.iter().any(|p| p.affiliation == "owner") {
             return;
         }
-        let Some(first) = self.participants.iter().find(|p| !p.jibri) else {
+        let Some(first) = self.participants.iter().find(|p| !p.jibri && !p.visitor) else {
             return;
         };
         let bare = first.real_jid.split('/').next().unwrap_or("").to_string();
@@ -1009,6 +1046,14 @@ impl Conference {
     }
 
     /// Whether an occupant with real JID `real` and presence `p` is a Jibri's browser.
+    /// Whether `real` (an occupant's real JID) is a visitor's (docs/visitors.md).
+    fn is_visitor(&self, real: &str) -> bool {
+        self.cfg.visitor_domain.as_deref().is_some_and(|d| {
+            let bare = real.split('/').next().unwrap_or("");
+            bare.rsplit_once('@').map(|(_, dom)| dom) == Some(d)
+        })
+    }
+
     fn is_jibri(&self, real: &str, p: &Element) -> bool {
         let domain = real
             .split('/')
@@ -1036,6 +1081,10 @@ impl Conference {
             return;
         };
         let p = self.participants.remove(i);
+        if p.visitor {
+            // One visitor fewer in `visitor-count`.
+            self.send_presence();
+        }
         // No source-remove: the others drop its sources on the unavailable presence.
         self.sources.remove_endpoint(nick);
         for other in self.participants.iter_mut() {
@@ -1150,6 +1199,9 @@ impl Conference {
         let mut ep = Endpoint::new(nick);
         ep.create = true;
         ep.stats_id = p.stats_id.clone();
+        if p.visitor {
+            ep.muc_role = Some("visitor".into());
+        }
         ep.capabilities.push("source-names".into());
         if f.ssrc_rewriting && self.cfg.use_ssrc_rewriting {
             ep.capabilities.push("ssrc-rewriting".into());
@@ -1545,6 +1597,12 @@ impl Conference {
     fn session_accept(&mut self, nick: &str, j: &Element) -> Result<(), (StanzaError, String)> {
         let set = EndpointSourceSet::from_jingle(j)
             .map_err(|e| (StanzaError::BAD_REQUEST, e.to_string()))?;
+        if !set.is_empty() && self.participant(nick).is_some_and(|p| p.visitor) {
+            return Err((
+                StanzaError::FORBIDDEN,
+                "sources not allowed for visitors".into(),
+            ));
+        }
         let set = self.own_sources(nick, set);
         self.sources
             .try_add(nick, &set)
@@ -1569,6 +1627,12 @@ impl Conference {
             .map_err(|e| (StanzaError::BAD_REQUEST, e.to_string()))?;
         if set.is_empty() {
             return Ok(());
+        }
+        if self.participant(nick).is_some_and(|p| p.visitor) {
+            return Err((
+                StanzaError::FORBIDDEN,
+                "add-source not allowed for visitors".into(),
+            ));
         }
         // Jicofo refuses new senders beyond the limits (JitsiMeetConferenceImpl.addSource).
         let (a, v) = self.senders();

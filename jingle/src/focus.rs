@@ -774,20 +774,45 @@ fn conference_iq(
     }
 }
 
-/// The reply to a conference IQ (fixture 03): ready, the focus JID, properties.
-fn conference_reply(iq: &Element, focus_bare: &str, ready: bool, sip: bool) -> Element {
+/// Whether a conference request asks to join as a visitor (docs/visitors.md): it knows
+/// visitors (`visitors-version`) and says `visitor=true`.
+fn wants_visitor(iq: &Element) -> bool {
+    let Some(c) = iq.get_child("conference", NS_FOCUS) else {
+        return false;
+    };
+    let prop = |name: &str| {
+        c.children()
+            .find(|p| p.is("property", NS_FOCUS) && p.attr("name") == Some(name))
+            .and_then(|p| p.attr("value"))
+    };
+    prop("visitors-version").is_some() && prop("visitor") == Some("true")
+}
+
+/// The reply to a conference IQ (fixture 03): ready, the focus JID, properties. With `vnode`
+/// (visitors on) a request that asks to be a visitor is sent there (docs/visitors.md).
+fn conference_reply(
+    iq: &Element,
+    focus_bare: &str,
+    ready: bool,
+    sip: bool,
+    vnode: Option<&str>,
+) -> Element {
     let room = iq
         .get_child("conference", NS_FOCUS)
         .and_then(|c| c.attr("room"))
         .unwrap_or("")
         .to_string();
-    let c = Element::builder("conference", NS_FOCUS)
+    let mut c = Element::builder("conference", NS_FOCUS)
         .attr(stanza::rxml_name("room"), room)
         .attr(
             stanza::rxml_name("ready"),
             if ready { "true" } else { "false" },
         )
-        .attr(stanza::rxml_name("focusjid"), focus_bare)
+        .attr(stanza::rxml_name("focusjid"), focus_bare);
+    if ready && let Some(v) = vnode.filter(|_| wants_visitor(iq)) {
+        c = c.attr(stanza::rxml_name("vnode"), v);
+    }
+    let c = c
         .append(el(
             "property",
             NS_FOCUS,
@@ -796,7 +821,10 @@ fn conference_reply(iq: &Element, focus_bare: &str, ready: bool, sip: bool) -> E
         .append(el(
             "property",
             NS_FOCUS,
-            &[("name", "visitors-supported"), ("value", "false")],
+            &[
+                ("name", "visitors-supported"),
+                ("value", if vnode.is_some() { "true" } else { "false" }),
+            ],
         ));
     // The app offers phone dial-out to moderators when a Jigasi brewery is there.
     let c = if sip {
@@ -845,6 +873,8 @@ async fn run_actor(
     let room = conf.room.clone();
     let focus_bare = conf.focus_bare().to_string();
     let sip = gw.jigasi.is_some();
+    let vnode_id = conf.visitor_vnode().map(str::to_string);
+    let vnode = vnode_id.as_deref();
     let focus_jid = conf.focus_jid().to_string();
     let brewery = gw.jibri.clone();
     let mut waiting: Vec<Element> = Vec::new();
@@ -876,7 +906,7 @@ async fn run_actor(
                 }
                 Output::Ready => {
                     for iq in waiting.drain(..) {
-                        router.route(conference_reply(&iq, &focus_bare, true, sip));
+                        router.route(conference_reply(&iq, &focus_bare, true, sip, vnode));
                     }
                     for h in waiting_http.drain(..) {
                         let _ = h.send(Ok(()));
@@ -980,7 +1010,7 @@ async fn run_actor(
                     conf.request_properties(c);
                 }
                 if conf.is_ready() {
-                    router.route(conference_reply(&iq, &focus_bare, true, sip));
+                    router.route(conference_reply(&iq, &focus_bare, true, sip, vnode));
                 } else {
                     waiting.push(iq);
                 }
@@ -996,7 +1026,7 @@ async fn run_actor(
     }
     // Requests that arrived while stopping: the client retries and gets a fresh conference.
     for iq in waiting.drain(..) {
-        router.route(conference_reply(&iq, &focus_bare, false, sip));
+        router.route(conference_reply(&iq, &focus_bare, false, sip, vnode));
     }
     tracing::debug!(%room, "conference ended");
     let _ = done.send((room, generation)).await;

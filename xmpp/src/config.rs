@@ -75,6 +75,9 @@ pub struct XmppConfig {
     pub focus_domain: String,
     /// Domain Jibri/transcribers log in on (`hiddenDomain`).
     pub recorder_domain: String,
+    /// Visitors' login domain (`v1.meet.jitsi`, the app's vnode domain), when visitors are on
+    /// (docs/visitors.md): anonymous, and everyone on it is a visitor.
+    pub visitor_domain: Option<String>,
     pub limits: Limits,
     /// How long a session with stream management waits for a resumption.
     pub sm_resume_timeout: Duration,
@@ -109,6 +112,7 @@ impl XmppConfig {
             internal_muc_domain: format!("internal-muc.{domain}"),
             focus_domain: format!("focus.{domain}"),
             recorder_domain: format!("hidden.{domain}"),
+            visitor_domain: None,
             limits: Limits::default(),
             sm_resume_timeout: Duration::from_secs(60),
             sm_max_unacked: 500,
@@ -127,7 +131,9 @@ impl XmppConfig {
     pub fn login_domain(&self, name: &str) -> Option<AuthMode> {
         if name == self.domain {
             Some(self.main_auth)
-        } else if Some(name) == self.guest_domain.as_deref() {
+        } else if Some(name) == self.guest_domain.as_deref()
+            || Some(name) == self.visitor_domain.as_deref()
+        {
             Some(AuthMode::Anonymous)
         } else if name == self.auth_domain || name == self.recorder_domain {
             Some(AuthMode::Internal)

@@ -92,6 +92,9 @@ impl Server {
         if let Some(g) = &config.guest_domain {
             hosts.push(g.clone());
         }
+        if let Some(v) = &config.visitor_domain {
+            hosts.push(v.clone());
+        }
         let router = Router::new(hosts);
         let limits = parking_lot::RwLock::new(config.limits);
         let server = Arc::new(Server {

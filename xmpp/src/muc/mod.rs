@@ -71,6 +71,16 @@ pub struct MucConfig {
     /// Chat messages a room may carry, then chat is closed (stock's
     /// `muc_limit_messages_count`); 0: no limit.
     pub max_chat_messages: u32,
+    /// Visitors (docs/visitors.md): their login domain, and the MUC domain under which they
+    /// see the rooms (`muc.v1.meet.jitsi`, the app's vnode view of this service).
+    pub visitors: Option<VisitorView>,
+}
+
+/// How visitors see a MUC service: from another login domain, under another MUC domain.
+#[derive(Debug, Clone)]
+pub struct VisitorView {
+    pub login_domain: String,
+    pub muc_domain: String,
 }
 
 impl MucConfig {
@@ -81,6 +91,14 @@ impl MucConfig {
         self.allow_list
             .iter()
             .any(|a| a.eq_ignore_ascii_case(bare) || a.eq_ignore_ascii_case(domain))
+    }
+
+    /// Whether `jid` (a real JID) is a visitor's.
+    pub fn is_visitor(&self, jid: &str) -> bool {
+        self.visitors.as_ref().is_some_and(|v| {
+            let bare = bare_of(jid);
+            bare.rsplit_once('@').map(|(_, d)| d) == Some(v.login_domain.as_str())
+        })
     }
 
     pub fn new(domain: &str) -> MucConfig {
@@ -99,6 +117,7 @@ impl MucConfig {
             allow_list: Vec::new(),
             validate_nicknames: false,
             max_chat_messages: 0,
+            visitors: None,
         }
     }
 }
@@ -317,6 +336,7 @@ pub fn start(
         let (tx, rx) = mpsc::channel::<Box<Element>>(cfg.queue.max(1));
         txs.push(tx);
         let shard = Shard {
+            visitor_nicks: Default::default(),
             rng: rand::SeedableRng::from_os_rng(),
             wall: WallClock {
                 instant: Instant::now(),
@@ -342,6 +362,15 @@ pub fn start(
     let mut room_domains = vec![cfg.domain.clone()];
     room_domains.extend(routers.iter().filter_map(|m| m.room_domain()));
     let mut served = vec![cfg.domain.clone()];
+    if let Some(v) = &cfg.visitors {
+        // The visitors' view: the same rooms under another domain.
+        room_domains.push(v.muc_domain.clone());
+        if router.register_service(&v.muc_domain, ServiceHandle { tx: tx.clone() }) {
+            served.push(v.muc_domain.clone());
+        } else {
+            tracing::error!(domain = %v.muc_domain, "visitors' MUC domain already taken");
+        }
+    }
     for d in routers
         .iter()
         .flat_map(|m| [m.component(), m.room_domain()])
@@ -389,7 +418,13 @@ pub fn start(
     Some(directory)
 }
 
+/// Visitor occupants (room, nick) a shard remembers at most.
+const MAX_VISITOR_NICKS: usize = 100_000;
+const NS_MUC_USER: &str = "http://jabber.org/protocol/muc#user";
+
 struct Shard {
+    /// Visitor occupants whose presences are hidden from the others (docs/visitors.md).
+    visitor_nicks: std::collections::HashSet<(String, String)>,
     /// Seeded from the OS: room secrets and meeting ids.
     rng: rand::rngs::StdRng,
     wall: WallClock,
@@ -410,7 +445,11 @@ impl Shard {
                     Some(st) => self.handle(*st, Instant::now()),
                     None => break,
                 },
-                _ = sleep_until(wake) => self.tick(Instant::now()),
+                _ = sleep_until(wake) => {
+                    let mut out = self.tick(Instant::now());
+                    self.visitor_view(&mut out);
+                    out
+                }
             };
             for st in out {
                 router.route(st);
@@ -457,6 +496,72 @@ impl Shard {
 
     /// Everything a stanza to this service produces.
     pub fn handle(&mut self, mut st: Element, now: Instant) -> Vec<Element> {
+        // A visitor's stanza to the view of a room is a stanza to the room.
+        if let Some(v) = &self.cfg.visitors
+            && let Some(to) = st.attr("to")
+            && let Some((node, rest)) = to.split_once('@')
+            && (rest == v.muc_domain || rest.starts_with(&format!("{}/", v.muc_domain)))
+        {
+            let to = format!("{node}@{}{}", self.cfg.domain, &rest[v.muc_domain.len()..]);
+            stanza::set_attr(&mut st, "to", &to);
+        }
+        let mut out = self.handle_inner(st, now);
+        self.visitor_view(&mut out);
+        out
+    }
+
+    /// What visitors see and who sees them (docs/visitors.md): stanzas to a visitor come from
+    /// the view's domain; a visitor's presence reaches only itself and the service admins
+    /// (the focus), never the other occupants.
+    fn visitor_view(&mut self, out: &mut Vec<Element>) {
+        let Some(v) = self.cfg.visitors.clone() else {
+            return;
+        };
+        let main_suffix = format!("@{}", self.cfg.domain);
+        out.retain_mut(|st| {
+            let to = st.attr("to").unwrap_or("").to_string();
+            let from = st.attr("from").unwrap_or("").to_string();
+            if st.name() == "presence"
+                && let Some((room, nick)) = from.split_once('/')
+                && room.ends_with(&main_suffix)
+            {
+                let key = (room.to_string(), nick.to_string());
+                let role_visitor = st
+                    .get_child("x", NS_MUC_USER)
+                    .and_then(|x| x.get_child("item", NS_MUC_USER))
+                    .is_some_and(|i| i.attr("role") == Some("visitor"));
+                if role_visitor {
+                    self.visitor_nicks.insert(key.clone());
+                }
+                if self.visitor_nicks.contains(&key) {
+                    let to_bare = bare_of(&to);
+                    let to_self = st.get_child("x", NS_MUC_USER).is_some_and(|x| {
+                        x.children()
+                            .any(|c| c.is("status", NS_MUC_USER) && c.attr("code") == Some("110"))
+                    });
+                    if to_self && st.attr("type") == Some("unavailable") {
+                        self.visitor_nicks.remove(&key);
+                    }
+                    if !to_self && !self.cfg.admins.iter().any(|a| a == to_bare) {
+                        return false;
+                    }
+                }
+            }
+            if self.cfg.is_visitor(&to)
+                && let Some((node, rest)) = from.split_once('@')
+                && (rest == self.cfg.domain || rest.starts_with(&format!("{}/", self.cfg.domain)))
+            {
+                let f = format!("{node}@{}{}", v.muc_domain, &rest[self.cfg.domain.len()..]);
+                stanza::set_attr(st, "from", &f);
+            }
+            true
+        });
+        if self.visitor_nicks.len() > MAX_VISITOR_NICKS {
+            self.visitor_nicks.clear();
+        }
+    }
+
+    fn handle_inner(&mut self, mut st: Element, now: Instant) -> Vec<Element> {
         let mut out = Vec::new();
         let from = st.attr("from").unwrap_or("").to_string();
         let to = st.attr("to").unwrap_or("").to_string();

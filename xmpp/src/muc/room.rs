@@ -376,7 +376,11 @@ impl Room {
     pub fn counted_occupants(&self, cfg: &MucConfig) -> usize {
         self.occupants
             .iter()
-            .filter(|o| !cfg.admins.iter().any(|a| a == o.bare()) && !cfg.allow_listed(&o.real_jid))
+            .filter(|o| {
+                !cfg.admins.iter().any(|a| a == o.bare())
+                    && !cfg.allow_listed(&o.real_jid)
+                    && o.role != Role::Visitor
+            })
             .count()
     }
 
@@ -481,7 +485,12 @@ impl Room {
         let occupant = Occupant {
             nick: nick.to_string(),
             real_jid: from.to_string(),
-            role: aff.default_role(),
+            // Everyone of the visitors' domain is a visitor (docs/visitors.md).
+            role: if cfg.is_visitor(from) {
+                Role::Visitor
+            } else {
+                aff.default_role()
+            },
             presence,
             occupant_id: self.occupant_id_for(&bare),
             tokens: cfg.message_burst as f64,
@@ -696,6 +705,20 @@ impl Room {
             }
             return;
         };
+        // Visitors watch; they do not write to the room or its occupants.
+        if self.occupants[si].role == Role::Visitor {
+            if let Some(e) = stanza::error_reply(
+                m,
+                StanzaError {
+                    kind: "auth",
+                    condition: "forbidden",
+                },
+                Some("Visitors may not send messages"),
+            ) {
+                self.out.push(e);
+            }
+            return;
+        }
         // Per-occupant rate limit: a flooding occupant only hurts itself.
         {
             let o = &mut self.occupants[si];

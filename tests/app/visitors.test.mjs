@@ -1,0 +1,43 @@
+// Visitors (issue 17, docs/visitors.md): an audience that watches the meeting without being in
+// it. A participant of the official web app who asks to be a visitor (config.preferVisitor, as
+// a link for an audience would set it) is sent by the focus to the app's visitor node, which
+// meetd serves itself (v1.meet.jitsi, the rooms under muc.v1.meet.jitsi): the app shows its
+// visitor mode, plays the speakers' video and audio from the bridge, and the participants do
+// not see the visitor in their list but see the count of visitors (which also moves their
+// two-person call from P2P to the bridge).
+import { useApp, appTest, assert } from './lib.mjs';
+
+const app = useApp({ name: 'app-visitors', config: '\n[visitors]\nenabled = true\n' });
+
+const visitorsState = (p) => p.eval(() => {
+    const v = APP.store.getState()['features/visitors'];
+    return { iAmVisitor: v.iAmVisitor, count: v.count };
+});
+const remotes = (p) => p.eval(() => [...APP.store.getState()['features/base/participants'].remote.values()].map((x) => x.name));
+
+appTest('a visitor watches the meeting: visitor mode in the app, media from the bridge, a count for the participants', app.wrap(async () => {
+    const r = 'audience';
+    const a = await app.join(r, { name: 'Alice' });
+    const b = await app.join(r, { name: 'Bob' });
+    await a.waitVideoFrom(b, 20000, { audio: true });
+    const v = await app.join(r, { name: 'Vera', hash: 'config.preferVisitor=true' });
+    await v.waitFor(() => APP.store.getState()['features/visitors'].iAmVisitor === true, 'visitor mode', 15000);
+    assert.match(await v.eval(() => APP.connection?.xmpp?.connection?.service ?? ''), /vnode=v1/, 'the visitor connection names the vnode');
+    // The visitor gets both speakers from the bridge.
+    await v.waitVideoFrom(a, 30000, { audio: true });
+    await v.waitVideoFrom(b, 30000, { audio: true });
+    // The participants see a count, not a participant; their call stays up (P2P gives way).
+    for (const p of [a, b]) {
+        await p.waitFor(() => APP.store.getState()['features/visitors'].count === 1, 'one visitor counted', 15000);
+        assert.ok(!(await remotes(p)).includes('Vera'), `${p.name} does not list the visitor`);
+    }
+    await a.doc.locator('#visitorsCountLabel').first().waitFor({ timeout: 10000 });
+    await a.waitVideoFrom(b, 20000, { audio: true });
+    await b.waitVideoFrom(a, 20000, { audio: true });
+    assert.equal(await a.eval(() => APP.conference._room?.isP2PActive?.()), false, 'no P2P while there are visitors');
+    console.log(`# visitors: Vera ${JSON.stringify(await visitorsState(v))}; Alice ${JSON.stringify(await visitorsState(a))}, remotes ${JSON.stringify(await remotes(a))}`);
+    // The visitor leaves: the count goes back to 0.
+    await v.close();
+    await a.waitFor(() => APP.store.getState()['features/visitors'].count === 0, 'no visitors counted', 15000);
+    await app.leaveAll();
+}));
