@@ -479,6 +479,20 @@ async fn serve(mut cfg: Config, flags: Overrides) -> anyhow::Result<()> {
             )) as Box<dyn meetd_xmpp::muc::RoomModule>
         }));
     }
+    if let Some(view) = muc_cfg.visitors.clone() {
+        // docs/visitors.md §4: visitors' requests to join, moderators' answers.
+        let domain = format!("visitors.{}", server.config.domain);
+        server.add_identity("component", "visitors", &domain);
+        let focus = format!("focus@{}", server.config.auth_domain);
+        modules.push(Arc::new(move || {
+            Box::new(meetd_xmpp::muc::visitors::Visitors::new(
+                &domain,
+                &view.muc_domain,
+                &focus,
+                rand::random(),
+            )) as Box<dyn meetd_xmpp::muc::RoomModule>
+        }));
+    }
     let token_ids = server.token_identities.clone();
     modules.push(Arc::new(move || {
         Box::new(

@@ -4,7 +4,8 @@
 // meetd serves itself (v1.meet.jitsi, the rooms under muc.v1.meet.jitsi): the app shows its
 // visitor mode, plays the speakers' video and audio from the bridge, and the participants do
 // not see the visitor in their list but see the count of visitors (which also moves their
-// two-person call from P2P to the bridge).
+// two-person call from P2P to the bridge). A visitor who raises her hand is admitted by the
+// moderator and comes back as a participant.
 import { useApp, appTest, assert } from './lib.mjs';
 
 const app = useApp({ name: 'app-visitors', config: '\n[visitors]\nenabled = true\n' });
@@ -36,8 +37,26 @@ appTest('a visitor watches the meeting: visitor mode in the app, media from the 
     await b.waitVideoFrom(a, 20000, { audio: true });
     assert.equal(await a.eval(() => APP.conference._room?.isP2PActive?.()), false, 'no P2P while there are visitors');
     console.log(`# visitors: Vera ${JSON.stringify(await visitorsState(v))}; Alice ${JSON.stringify(await visitorsState(a))}, remotes ${JSON.stringify(await remotes(a))}`);
-    // The visitor leaves: the count goes back to 0.
-    await v.close();
+    // A second visitor: the count follows.
+    const w = await app.join(r, { name: 'Walt', hash: 'config.preferVisitor=true' });
+    await w.waitFor(() => APP.store.getState()['features/visitors'].iAmVisitor === true, 'visitor mode', 15000);
+    await w.waitVideoFrom(a, 30000, { audio: true });
+    await a.waitFor(() => APP.store.getState()['features/visitors'].count === 2, 'two visitors counted', 15000);
+    // Walt leaves: the count goes back to 1.
+    await w.close();
+    await a.waitFor(() => APP.store.getState()['features/visitors'].count === 1, 'one visitor counted again', 15000);
+
+    // Vera closes the app's viewer dialog ("If you wish to speak, please raise your hand")
+    // and raises her hand: Alice, the moderator, gets the request and admits her; Vera comes
+    // back as a participant.
+    await v.doc.locator('#modal-dialog-ok-button').click({ timeout: 10000 });
+    await v.clickToolbar('toolbar.accessibilityLabel.raiseHand', 'raise hand');
+    await a.waitFor(() => APP.store.getState()['features/visitors'].promotionRequests.length === 1, 'Vera\'s request', 15000);
+    await a.doc.getByRole('button', { name: 'Admit', exact: true }).first().click({ timeout: 10000 });
+    await v.waitFor(() => APP.store.getState()['features/visitors'].iAmVisitor === false && APP.conference.isJoined(), 'Vera promoted and in the meeting', 30000);
+    await a.waitFor(() => [...APP.store.getState()['features/base/participants'].remote.values()].some((x) => x.name === 'Vera'), 'Vera among the participants', 20000);
+    await v.waitVideoFrom(a, 30000, { audio: true });
     await a.waitFor(() => APP.store.getState()['features/visitors'].count === 0, 'no visitors counted', 15000);
+    console.log(`# visitors: Vera admitted; Alice's participants ${JSON.stringify(await remotes(a))}`);
     await app.leaveAll();
 }));

@@ -21,6 +21,7 @@ pub mod polls;
 pub mod room;
 pub mod speaker_stats;
 pub mod token;
+pub mod visitors;
 pub mod whois;
 
 use std::collections::HashMap;
