@@ -1130,3 +1130,70 @@ fn a_native_live_stream_brings_the_streamer_in_and_puts_a_lone_teacher_on_the_br
             .any(|e| e.attr("from") == Some(STREAMER) && e.attr("type") == Some("unavailable"))
     );
 }
+
+/// docs/visitors.md: an occupant of the visitors' domain is invited to receive only (its
+/// endpoint marked `muc-role='visitor'`), never made owner, its sources refused, and counted
+/// in the focus's `visitor-count`.
+#[test]
+fn a_visitor_receives_only_and_is_counted() {
+    let mut cfg = FocusConfig::new(FOCUS);
+    cfg.visitor_domain = Some("v1.meet.jitsi".into());
+    cfg.visitor_vnode = Some("v1".into());
+    let mut h = Harness::with(cfg);
+    h.start();
+    // The visitor comes first: it does not become the owner.
+    h.stanza(&format!("<presence xmlns='jabber:client' from='{ROOM}/vvvv' to='{FOCUS}'><x xmlns='http://jabber.org/protocol/muc#user'><item affiliation='none' role='visitor' jid='anon@v1.meet.jitsi/x'/></x></presence>"));
+    let sent = h.take_sent();
+    let count = |sent: &[Element]| {
+        sent.iter()
+            .filter_map(|e| e.get_child("conference-properties", NS_FOCUS))
+            .flat_map(|c| c.children())
+            .filter(|p| p.attr("key") == Some("visitor-count"))
+            .filter_map(|p| p.attr("value").map(str::to_string))
+            .last()
+    };
+    assert_eq!(count(&sent).as_deref(), Some("1"));
+    assert!(
+        !sent.iter().any(
+            |e| meetd_xmpp::xml::to_string(e).contains("affiliation='owner'")
+                || meetd_xmpp::xml::to_string(e).contains("affiliation=\"owner\"")
+        ),
+        "no owner for a visitor"
+    );
+    let disco = sent
+        .iter()
+        .find(|e| e.attr("to") == Some(&*format!("{ROOM}/vvvv")))
+        .expect("disco");
+    let id = disco.attr("id").unwrap().to_string();
+    let f: String = crate::offer::WEB_CLIENT_FEATURES
+        .iter()
+        .map(|v| format!("<feature var='{v}'/>"))
+        .collect();
+    h.stanza(&format!("<iq xmlns='jabber:client' type='result' id='{id}' from='{ROOM}/vvvv' to='{FOCUS}'><query xmlns='http://jabber.org/protocol/disco#info'>{f}</query></iq>"));
+    h.join("aaaa", 1);
+    h.take_sent();
+    let mut roles = Vec::new();
+    while !h.colibri.is_empty() {
+        roles.extend(
+            h.colibri
+                .iter()
+                .flat_map(|(_, m)| &m.endpoints)
+                .filter(|e| e.create)
+                .map(|e| (e.id.clone(), e.muc_role.clone())),
+        );
+        h.bridge();
+    }
+    assert!(
+        roles.contains(&("vvvv".to_string(), Some("visitor".to_string()))),
+        "{roles:?}"
+    );
+    let sv = sid_of(&h.jingle_to("vvvv")[0]);
+    // Its session-accept with sources: refused.
+    h.stanza(&accept_xml("vvvv", &sv, 300));
+    let reply = h
+        .take_sent()
+        .into_iter()
+        .find(|e| e.attr("id") == Some("acc"))
+        .expect("reply");
+    assert_eq!(reply.attr("type"), Some("error"));
+}

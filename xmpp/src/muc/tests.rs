@@ -5,6 +5,7 @@ const R: &str = "room@muc.meet.jitsi";
 fn shard(cfg: MucConfig) -> Shard {
     let cfg = Arc::new(cfg);
     Shard {
+        visitor_nicks: Default::default(),
         rng: rand::SeedableRng::seed_from_u64(1),
         wall: WallClock {
             instant: Instant::now(),
@@ -1879,5 +1880,124 @@ fn moderators_without_token_features_are_told_their_permissions() {
     assert!(
         p.get_child("permissions", permissions::NS_PERMISSIONS)
             .is_none()
+    );
+}
+
+/// docs/visitors.md: a visitor (of the visitors' login domain) joins through the view domain;
+/// it sees the room from the view, the others never see it (the focus does), it may not write,
+/// and its raised hand reaches the moderators as a request that a moderator's answer turns
+/// into a promotion IQ for the visitor.
+#[test]
+fn visitors_see_the_room_from_their_view_are_hidden_and_can_be_admitted() {
+    let mut c = cfg();
+    c.visitors = Some(VisitorView {
+        login_domain: "v1.meet.jitsi".into(),
+        muc_domain: "muc.v1.meet.jitsi".into(),
+    });
+    let mut s = shard(c);
+    s.modules.insert(
+        0,
+        Box::new(visitors::Visitors::new(
+            "visitors.meet.jitsi",
+            "muc.v1.meet.jitsi",
+            "focus@auth.meet.jitsi",
+            7,
+        )),
+    );
+    let focus = "focus@auth.meet.jitsi/focus";
+    join(&mut s, focus, "focus", "");
+    join(&mut s, &user(1), "alice", "");
+    // Alice is the moderator (the focus made her owner).
+    for o in &mut s.rooms.get_mut(R).unwrap().occupants {
+        if o.nick == "alice" {
+            o.role = Role::Moderator;
+        }
+    }
+    let vera = "anon1@v1.meet.jitsi/x";
+    let out = s.handle(
+        parse(&format!("<presence xmlns='jabber:client' from='{vera}' to='room@muc.v1.meet.jitsi/vera'><x xmlns='http://jabber.org/protocol/muc'/></presence>")),
+        Instant::now(),
+    );
+    // Vera gets the room from the view, her own role visitor.
+    let to_vera: Vec<&Element> = out.iter().filter(|e| e.attr("to") == Some(vera)).collect();
+    assert!(!to_vera.is_empty());
+    assert!(
+        to_vera.iter().all(|e| e
+            .attr("from")
+            .unwrap_or("")
+            .starts_with("room@muc.v1.meet.jitsi")),
+        "{to_vera:?}"
+    );
+    let own = to_vera
+        .iter()
+        .find(|e| e.name() == "presence" && statuses(e).contains(&"110".to_string()))
+        .unwrap();
+    assert_eq!(item(own).attr("role"), Some("visitor"));
+    // Alice does not see her; the focus does.
+    assert!(
+        !out.iter()
+            .any(|e| e.attr("to") == Some(&user(1)) && e.name() == "presence")
+    );
+    assert!(out.iter().any(
+        |e| e.attr("to") == Some(focus) && e.attr("from") == Some(&format!("{R}/vera") as &str)
+    ));
+    // She may not write to the room.
+    let out = s.handle(
+        parse(&format!("<message xmlns='jabber:client' type='groupchat' from='{vera}' to='room@muc.v1.meet.jitsi'><body>hi</body></message>")),
+        Instant::now(),
+    );
+    assert!(
+        out.iter()
+            .all(|e| e.attr("type") == Some("error") && e.attr("to") == Some(vera)),
+        "{out:?}"
+    );
+    // Her raised hand: Alice (moderator) gets the request, from visitors.<domain>.
+    let out = s.handle(
+        parse(&format!("<presence xmlns='jabber:client' from='{vera}' to='room@muc.v1.meet.jitsi/vera'><jitsi_participant_raisedHand>1723456789012</jitsi_participant_raisedHand></presence>")),
+        Instant::now(),
+    );
+    let req = out
+        .iter()
+        .find(|e| e.attr("from") == Some("visitors.meet.jitsi"))
+        .expect("a request");
+    assert_eq!(req.attr("to"), Some(user(1).as_str()));
+    let body = req
+        .get_child("json-message", room::NS_JITMEET)
+        .unwrap()
+        .text();
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (v["action"].as_str(), v["from"].as_str(), v["on"].as_bool()),
+        (Some("promotion-request"), Some(vera), Some(true))
+    );
+    // A participant's answer does nothing; the moderator's promotes her.
+    let answer = |from: &str| {
+        parse(&format!(
+            "<message xmlns='jabber:client' type='groupchat' from='{from}' to='{R}'><json-message xmlns='http://jitsi.org/jitmeet'>{{\"type\":\"visitors\",\"action\":\"promotion-response\",\"approved\":true,\"id\":\"{vera}\"}}</json-message></message>"
+        ))
+    };
+    let out = s.handle(answer(&user(1)), Instant::now());
+    let iq = out
+        .iter()
+        .find(|e| e.name() == "iq" && e.attr("to") == Some(vera))
+        .expect("the promotion");
+    assert_eq!(iq.attr("from"), Some("room@muc.v1.meet.jitsi"));
+    let pr = iq.get_child("visitors", "jitsi:visitors").unwrap();
+    assert_eq!(pr.attr("focusjid"), Some("focus@auth.meet.jitsi"));
+    let r = pr
+        .get_child("promotion-response", "jitsi:visitors")
+        .unwrap();
+    assert_eq!(r.attr("allow"), Some("true"));
+    assert!(!r.attr("username").unwrap_or("").is_empty());
+    // Vera leaves: nobody but the focus and herself hears of it.
+    let out = s.handle(
+        parse(&format!("<presence xmlns='jabber:client' type='unavailable' from='{vera}' to='room@muc.v1.meet.jitsi/vera'/>")),
+        Instant::now(),
+    );
+    assert!(
+        out.iter()
+            .filter(|e| e.name() == "presence")
+            .all(|e| e.attr("to") == Some(vera) || e.attr("to") == Some(focus)),
+        "{out:?}"
     );
 }

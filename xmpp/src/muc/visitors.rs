@@ -62,7 +62,14 @@ impl Visitors {
     }
 
     /// Tell every moderator of `room` (not the service admins) about one request.
-    fn tell_moderators(&self, r: &Room, visitor: &str, nick: &str, on: bool, out: &mut Vec<Element>) {
+    fn tell_moderators(
+        &self,
+        r: &Room,
+        visitor: &str,
+        nick: &str,
+        on: bool,
+        out: &mut Vec<Element>,
+    ) {
         for o in r.occupants.iter().filter(|o| o.role == Role::Moderator) {
             if o.bare() == self.focus {
                 continue;
@@ -158,7 +165,8 @@ impl RoomModule for Visitors {
                 if o.role != Role::Visitor {
                     return;
                 }
-                let (jid, nick, raised) = (o.real_jid.clone(), o.nick.clone(), hand_raised(&o.presence));
+                let (jid, nick, raised) =
+                    (o.real_jid.clone(), o.nick.clone(), hand_raised(&o.presence));
                 tracing::debug!(room, visitor = %nick, raised, "visitor's presence");
                 let open = self.requests.entry(room.to_string()).or_default();
                 let was = open.contains_key(&jid);
@@ -178,14 +186,13 @@ impl RoomModule for Visitors {
                 tracing::info!(room, visitor = %nick, raised, "visitor's request to join");
                 self.tell_moderators(r, &jid, &nick, raised, ctx.out);
             }
-            RoomEvent::Left { jid, nick, .. } => {
+            RoomEvent::Left { jid, nick, .. }
                 if self
                     .requests
                     .get_mut(room)
-                    .is_some_and(|open| open.remove(jid).is_some())
-                {
-                    self.tell_moderators(r, jid, nick, false, ctx.out);
-                }
+                    .is_some_and(|open| open.remove(jid).is_some()) =>
+            {
+                self.tell_moderators(r, jid, nick, false, ctx.out);
             }
             RoomEvent::Destroyed => {
                 self.requests.remove(room);
@@ -228,7 +235,11 @@ impl RoomModule for Visitors {
         let mut ids: Vec<String> = m
             .get("ids")
             .and_then(Value::as_array)
-            .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_string))
+                    .collect()
+            })
             .unwrap_or_default();
         if let Some(id) = m.get("id").and_then(Value::as_str) {
             ids.push(id.to_string());
