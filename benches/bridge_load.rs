@@ -1294,6 +1294,7 @@ fn run(o: &Opts) -> Result<String, String> {
                 // Classic mode: receivers get the senders' SSRCs (counted by SSRC here).
                 ssrc_rewriting: false,
                 sctp: false,
+                visitor: false,
             });
             h.send(Command::SetRemote {
                 conf: conf.clone(),

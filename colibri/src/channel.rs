@@ -47,6 +47,8 @@ pub struct ChannelHub {
     /// Endpoints whose bridge channel is an SCTP data channel: where the engine's reports of
     /// their messages go (the channel's task reads them, [`sctp`]).
     sctp_in: Mutex<HashMap<Key, mpsc::Sender<String>>>,
+    /// Visitors' endpoints (docs/visitors.md): what they send for others is dropped.
+    visitors: Mutex<std::collections::HashSet<Key>>,
 }
 
 /// What one client message asks the bridge to do.
@@ -74,6 +76,7 @@ impl ChannelHub {
             sticky_conf: Mutex::new(HashMap::new()),
             sticky_ep: Mutex::new(HashMap::new()),
             sctp_in: Mutex::new(HashMap::new()),
+            visitors: Mutex::new(Default::default()),
         })
     }
 
@@ -122,8 +125,20 @@ impl ChannelHub {
         self.constraints.lock().remove(&key);
     }
 
+    /// Whether the endpoint is a visitor's (its messages for others are dropped).
+    pub fn set_visitor(&self, conf: &str, ep: &str, visitor: bool) {
+        let key = (conf.to_string(), ep.to_string());
+        let mut v = self.visitors.lock();
+        if visitor {
+            v.insert(key);
+        } else {
+            v.remove(&key);
+        }
+    }
+
     pub fn forget_endpoint(&self, conf: &str, ep: &str) {
         let key = (conf.to_string(), ep.to_string());
+        self.visitors.lock().remove(&key);
         self.sticky_ep.lock().remove(&key);
         self.conns.lock().remove(&key);
         self.constraints.lock().remove(&key);
@@ -138,6 +153,7 @@ impl ChannelHub {
         self.constraints.lock().retain(|(c, _), _| c != conf);
         self.video_types.lock().retain(|(c, _), _| c != conf);
         self.sctp_in.lock().retain(|(c, _), _| c != conf);
+        self.visitors.lock().retain(|(c, _)| c != conf);
     }
 
     /// What a channel gets right after it connects, after ServerHello: the endpoint's latest
@@ -284,6 +300,16 @@ impl ChannelHub {
             .unwrap_or("")
             .to_string();
         match class.as_str() {
+            "EndpointMessage" | "EndpointStats"
+                if self
+                    .visitors
+                    .lock()
+                    .contains(&(conf.to_string(), from.to_string())) =>
+            {
+                // A visitor is not in the meeting: nothing it sends reaches the others.
+                tracing::debug!(%conf, %from, class, "a visitor's message dropped");
+                vec![Effect::None]
+            }
             "EndpointMessage" | "EndpointStats" => {
                 // The bridge sets `from`: clients cannot speak for others.
                 msg.insert("from".into(), json!(from));
@@ -687,6 +713,26 @@ mod tests {
         assert!(sends(hub.relay_message("c", "bridge-2", elsewhere)).is_empty());
         let other = r#"{"colibriClass":"DominantSpeakerEndpointChangeEvent","dominantSpeakerEndpoint":"zz"}"#;
         assert!(sends(hub.relay_message("c", "bridge-2", other)).is_empty());
+    }
+
+    #[test]
+    fn a_visitors_messages_reach_nobody() {
+        let hub = ChannelHub::new(8);
+        let (_ra, _) = hub.register("c", "a");
+        let (_rv, _) = hub.register("c", "v");
+        hub.set_visitor("c", "v", true);
+        let all = r#"{"colibriClass":"EndpointMessage","to":"","msgPayload":{"x":1}}"#;
+        assert_eq!(hub.client_message("c", "v", all), vec![Effect::None]);
+        let stats = r#"{"colibriClass":"EndpointStats","to":"a"}"#;
+        assert_eq!(hub.client_message("c", "v", stats), vec![Effect::None]);
+        // Others still reach the visitor; a reallocated endpoint of that id is no visitor.
+        assert!(
+            matches!(&hub.client_message("c", "a", all)[..], [Effect::Send { to, .. }] if to == "v")
+        );
+        hub.set_visitor("c", "v", false);
+        assert!(
+            matches!(&hub.client_message("c", "v", all)[..], [Effect::Send { to, .. }] if to == "a")
+        );
     }
 
     #[tokio::test]

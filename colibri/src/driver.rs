@@ -33,6 +33,9 @@ pub enum Event {
     EndpointAdded {
         conference: String,
         endpoint: String,
+        /// A visitor's (Colibri2 `muc-role='visitor'`): its bridge-channel messages to others
+        /// are dropped.
+        visitor: bool,
     },
     /// The focus removed an endpoint; `conference_gone`: it was the conference's last.
     EndpointRemoved {
@@ -134,6 +137,8 @@ pub enum Command {
         ssrc_rewriting: bool,
         /// The focus asked for SCTP (the bridge channel may be a data channel).
         sctp: bool,
+        /// A visitor (`muc-role='visitor'`, docs/visitors.md).
+        visitor: bool,
     },
     /// A relay to another bridge (docs/bridge.md B.15); its remote side comes as `SetRemote`,
     /// its removal as `RemoveEndpoint`.
@@ -1085,10 +1090,12 @@ fn command(engine: &mut MediaEngine, sink: &mut EventSink, c: Command) {
             medias,
             ssrc_rewriting,
             sctp,
+            visitor,
         } => {
             sink.push(Event::EndpointAdded {
                 conference: conf.clone(),
                 endpoint: ep.clone(),
+                visitor,
             });
             engine.add_endpoint(&conf, &ep, &ufrag, &pwd, ssrc_rewriting, sctp, &medias, now);
         }

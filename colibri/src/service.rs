@@ -650,6 +650,7 @@ impl ColibriService {
                     medias: ep.medias.clone(),
                     ssrc_rewriting: state.ssrc_rewriting,
                     sctp,
+                    visitor: ep.muc_role.as_deref() == Some("visitor"),
                 });
                 conf.endpoints.insert(ep.id.clone(), state);
             }

@@ -111,7 +111,11 @@ pub fn on_event(hub: &Arc<ChannelHub>, service: Option<&ColibriService>, e: Even
         Event::EndpointAdded {
             conference,
             endpoint,
-        } => hub.reset_endpoint(&conference, &endpoint),
+            visitor,
+        } => {
+            hub.reset_endpoint(&conference, &endpoint);
+            hub.set_visitor(&conference, &endpoint, visitor);
+        }
         Event::EndpointRemoved {
             conference,
             endpoint,
