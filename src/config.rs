@@ -1495,6 +1495,7 @@ impl Config {
             .then(|| format!("{}/meetd", self.streamer_bare(x)));
         c.visitor_domain = self.visitors.domain();
         c.visitor_vnode = self.visitors.enabled.then(|| self.visitors.vnode.clone());
+        c.visitors_after = self.visitors.max_participants;
         c.recorder = meetd_jingle::jibri::RecorderConfig {
             pending_timeout: std::time::Duration::from_secs(self.jibri.pending_timeout_secs),
             retries: self.jibri.retries,

@@ -70,6 +70,8 @@ pub struct FocusConfig {
     /// The app's vnode id for visitors: a conference request asking to be a visitor is sent
     /// there.
     pub visitor_vnode: Option<String>,
+    /// Participants (not visitors) from which newcomers join as visitors; 0: never.
+    pub visitors_after: usize,
 }
 
 impl FocusConfig {
@@ -96,6 +98,7 @@ impl FocusConfig {
             streamer_jid: None,
             visitor_domain: None,
             visitor_vnode: None,
+            visitors_after: 0,
         }
     }
 
@@ -406,6 +409,18 @@ impl Conference {
 
     /// The focus's full JID.
     /// The bridge's meeting id of this conference.
+    /// The meeting has `visitors_after` participants (not visitors) or more: newcomers are
+    /// visitors (docs/visitors.md).
+    pub fn full_of_participants(&self) -> bool {
+        self.cfg.visitors_after > 0
+            && self
+                .participants
+                .iter()
+                .filter(|p| !p.visitor && !p.jibri)
+                .count()
+                >= self.cfg.visitors_after
+    }
+
     /// Visitors' vnode id, when visitors are on (docs/visitors.md).
     pub fn visitor_vnode(&self) -> Option<&str> {
         self.cfg.visitor_vnode.as_deref()

@@ -788,8 +788,16 @@ fn wants_visitor(iq: &Element) -> bool {
     prop("visitors-version").is_some() && prop("visitor") == Some("true")
 }
 
+/// Whether a conference request's client knows visitors (`visitors-version`).
+fn visitors_version(iq: &Element) -> bool {
+    iq.get_child("conference", NS_FOCUS).is_some_and(|c| {
+        c.children()
+            .any(|p| p.is("property", NS_FOCUS) && p.attr("name") == Some("visitors-version"))
+    })
+}
+
 /// The reply to a conference IQ (fixture 03): ready, the focus JID, properties. With `vnode`
-/// (visitors on) a request that asks to be a visitor is sent there (docs/visitors.md).
+/// the client is sent to the visitors' node (docs/visitors.md).
 fn conference_reply(
     iq: &Element,
     focus_bare: &str,
@@ -809,7 +817,7 @@ fn conference_reply(
             if ready { "true" } else { "false" },
         )
         .attr(stanza::rxml_name("focusjid"), focus_bare);
-    if ready && let Some(v) = vnode.filter(|_| wants_visitor(iq)) {
+    if ready && let Some(v) = vnode {
         c = c.attr(stanza::rxml_name("vnode"), v);
     }
     let c = c
@@ -874,7 +882,13 @@ async fn run_actor(
     let focus_bare = conf.focus_bare().to_string();
     let sip = gw.jigasi.is_some();
     let vnode_id = conf.visitor_vnode().map(str::to_string);
-    let vnode = vnode_id.as_deref();
+    // Where a request goes (docs/visitors.md §1): to the visitors' node when it asks to be a
+    // visitor, or when the meeting is full of participants.
+    let redirect = |iq: &Element, conf: &Conference| -> Option<&str> {
+        let v = vnode_id.as_deref()?;
+        let knows = visitors_version(iq);
+        (knows && (wants_visitor(iq) || conf.full_of_participants())).then_some(v)
+    };
     let focus_jid = conf.focus_jid().to_string();
     let brewery = gw.jibri.clone();
     let mut waiting: Vec<Element> = Vec::new();
@@ -906,7 +920,8 @@ async fn run_actor(
                 }
                 Output::Ready => {
                     for iq in waiting.drain(..) {
-                        router.route(conference_reply(&iq, &focus_bare, true, sip, vnode));
+                        let v = redirect(&iq, &conf);
+                        router.route(conference_reply(&iq, &focus_bare, true, sip, v));
                     }
                     for h in waiting_http.drain(..) {
                         let _ = h.send(Ok(()));
@@ -1010,7 +1025,8 @@ async fn run_actor(
                     conf.request_properties(c);
                 }
                 if conf.is_ready() {
-                    router.route(conference_reply(&iq, &focus_bare, true, sip, vnode));
+                    let v = redirect(&iq, &conf);
+                    router.route(conference_reply(&iq, &focus_bare, true, sip, v));
                 } else {
                     waiting.push(iq);
                 }
@@ -1026,7 +1042,7 @@ async fn run_actor(
     }
     // Requests that arrived while stopping: the client retries and gets a fresh conference.
     for iq in waiting.drain(..) {
-        router.route(conference_reply(&iq, &focus_bare, false, sip, vnode));
+        router.route(conference_reply(&iq, &focus_bare, false, sip, None));
     }
     tracing::debug!(%room, "conference ended");
     let _ = done.send((room, generation)).await;
@@ -1045,6 +1061,40 @@ mod tests {
 
     fn parse(s: &str) -> Element {
         meetd_xmpp::xml::parse_document(s.as_bytes(), &Default::default()).unwrap()
+    }
+
+    /// docs/visitors.md §1: a client that knows visitors and asks to be one is sent to the
+    /// vnode with the focus it is to trust; an old client or a participant is not.
+    #[test]
+    fn a_request_to_be_a_visitor_is_sent_to_the_vnode() {
+        let req = |props: &str| {
+            parse(&format!(
+                "<iq xmlns='jabber:client' type='set' id='c1' from='u@meet.jitsi/r' to='focus.meet.jitsi'><conference xmlns='http://jitsi.org/protocol/focus' room='r@muc.meet.jitsi'>{props}</conference></iq>"
+            ))
+        };
+        let visitor = req(
+            "<property name='visitors-version' value='1'/><property name='visitor' value='true'/>",
+        );
+        let plain = req("<property name='visitors-version' value='1'/>");
+        let old = req("<property name='visitor' value='true'/>");
+        assert!(wants_visitor(&visitor) && !wants_visitor(&plain) && !wants_visitor(&old));
+        assert!(visitors_version(&plain) && !visitors_version(&old));
+        let r = conference_reply(&visitor, "focus@auth.meet.jitsi", true, false, Some("v1"));
+        let c = r.get_child("conference", NS_FOCUS).unwrap();
+        assert_eq!(c.attr("vnode"), Some("v1"));
+        assert_eq!(c.attr("focusjid"), Some("focus@auth.meet.jitsi"));
+        assert_eq!(c.attr("ready"), Some("true"));
+        let r = conference_reply(&plain, "focus@auth.meet.jitsi", true, false, None);
+        assert_eq!(
+            r.get_child("conference", NS_FOCUS).unwrap().attr("vnode"),
+            None
+        );
+        // Not ready: no redirect yet.
+        let r = conference_reply(&visitor, "focus@auth.meet.jitsi", false, false, Some("v1"));
+        assert_eq!(
+            r.get_child("conference", NS_FOCUS).unwrap().attr("vnode"),
+            None
+        );
     }
 
     /// A conference actor's queue with its one place taken.
