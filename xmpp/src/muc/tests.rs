@@ -1989,6 +1989,17 @@ fn visitors_see_the_room_from_their_view_are_hidden_and_can_be_admitted() {
         .unwrap();
     assert_eq!(r.attr("allow"), Some("true"));
     assert!(!r.attr("username").unwrap_or("").is_empty());
+    // A password-protected room refuses a visitor without the password, as anyone.
+    s.rooms.get_mut(R).unwrap().config.password = Some("1234".into());
+    let wally = "anon2@v1.meet.jitsi/y";
+    let out = s.handle(
+        parse(&format!("<presence xmlns='jabber:client' from='{wally}' to='room@muc.v1.meet.jitsi/wally'><x xmlns='http://jabber.org/protocol/muc'/></presence>")),
+        Instant::now(),
+    );
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert_eq!(out[0].attr("type"), Some("error"));
+    assert_eq!(error_condition(&out[0]).as_deref(), Some("not-authorized"));
+    assert_eq!(out[0].attr("from"), Some("room@muc.v1.meet.jitsi/wally"));
     // Vera leaves: nobody but the focus and herself hears of it.
     let out = s.handle(
         parse(&format!("<presence xmlns='jabber:client' type='unavailable' from='{vera}' to='room@muc.v1.meet.jitsi/vera'/>")),
