@@ -42,6 +42,8 @@ struct Spread {
     endpoints: BTreeMap<String, (Target, Option<Sources>)>,
     /// The payload types and header extensions of the relays (the first offer seen).
     medias: Vec<Media>,
+    /// Visitors' endpoints (docs/visitors.md): they send nothing, and no relay carries them.
+    visitors: std::collections::HashSet<String>,
 }
 
 /// Two relays to set up between `a` (ICE-controlling, DTLS client) and `b`: send each its
@@ -147,6 +149,8 @@ impl Spreads {
                 .map(|(id, _)| id.clone())
                 .collect();
             spread.endpoints.retain(|_, (b, _)| b != t);
+            let left_ids: Vec<String> = spread.endpoints.keys().cloned().collect();
+            spread.visitors.retain(|v| left_ids.contains(v));
             let left = spread.bridges.clone();
             if left.is_empty() {
                 self.forget(&m);
@@ -228,8 +232,13 @@ impl Spreads {
             if spread.medias.is_empty() && !ep.medias.is_empty() {
                 spread.medias = ep.medias.clone();
             }
+            if ep.create && ep.muc_role.as_deref() == Some("visitor") {
+                spread.visitors.insert(ep.id.clone());
+            }
+            let visitor = spread.visitors.contains(&ep.id);
             if ep.expire {
                 spread.endpoints.remove(&ep.id);
+                spread.visitors.remove(&ep.id);
             } else {
                 let sources = ep
                     .sources
@@ -241,7 +250,10 @@ impl Spreads {
             parts[i].1.endpoints.push(ep.clone());
             // The bridges that knew the conference before learn of the endpoint through
             // their relay to its bridge (new relays get everyone at their creation).
-            if old_bridges.contains(&t) && (ep.create || ep.expire || ep.sources.is_some()) {
+            if old_bridges.contains(&t)
+                && !visitor
+                && (ep.create || ep.expire || ep.sources.is_some())
+            {
                 for b in old_bridges.iter().filter(|b| **b != t) {
                     let mut far = Endpoint::new(ep.id.clone());
                     far.create = ep.create;
@@ -300,7 +312,7 @@ impl Spreads {
                         endpoints: spread
                             .endpoints
                             .iter()
-                            .filter(|(_, (t, _))| t == to)
+                            .filter(|(id, (t, _))| t == to && !spread.visitors.contains(*id))
                             .map(|(id, (_, s))| {
                                 let mut far = Endpoint::new(id.clone());
                                 far.create = true;
@@ -481,6 +493,33 @@ mod tests {
         assert_eq!(gone, vec![t("b1"), t("b2")]);
         assert!(p.primary.iter().all(|(_, m)| m.expire));
         assert!(!s.contains("m"));
+    }
+
+    #[test]
+    fn no_relay_carries_a_visitor() {
+        let mut s = Spreads::default();
+        let c = [t("b1"), t("b2")];
+        alloc(&mut s, "m", "e1", true, &c);
+        alloc(&mut s, "m", "e2", false, &c);
+        let mut r = ConferenceModify::new("m");
+        let mut v = create_ep("v1");
+        v.muc_role = Some("visitor".into());
+        r.endpoints.push(v);
+        let p = s.plan(&r, &c, &rid).unwrap();
+        assert_eq!(p.primary.len(), 1);
+        assert!(
+            p.mirror.is_empty(),
+            "the other bridge is not told of a visitor"
+        );
+        // A third bridge's relays carry the participants only.
+        let p = alloc(&mut s, "m", "e3", false, &[t("b3")]);
+        let carried: Vec<&str> = p
+            .links
+            .iter()
+            .flat_map(|l| l.b_create.relays[0].endpoints.iter().map(|e| e.id.as_str()))
+            .collect();
+        assert!(!carried.contains(&"v1"), "{carried:?}");
+        assert!(carried.contains(&"e1") && carried.contains(&"e2"));
     }
 
     #[test]
