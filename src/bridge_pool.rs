@@ -229,7 +229,7 @@ impl Pool {
         self.remotes.remove(jid)?;
         let mut orphans = Vec::new();
         let mut losses = Vec::new();
-        for d in self.spreads.drop_bridge(&gone, &gone_id) {
+        for d in self.spreads.drop_bridge(&gone) {
             let room = self.rooms.get(&d.meeting_id).cloned().unwrap_or_default();
             if d.left.is_empty() {
                 self.rooms.remove(&d.meeting_id);

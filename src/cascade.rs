@@ -9,10 +9,8 @@
 //! part, which relays are to be set up, and which relays learn of which endpoints. The pool
 //! (`bridge_pool.rs`) sends what it says, in its order.
 //!
-//! A relay between two bridges is one ICE/DTLS link from one media port to the other; two
-//! relays between the same two bridges would share their addresses, which the bridge tells
-//! apart only by address. So a pair of bridges carries one split conference at a time;
-//! other conferences stay on one of their bridges.
+//! Each relay has a UDP port of its own on its bridge (JVB's `use-unique-port`), so any
+//! number of conferences may span the same bridges.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -99,16 +97,6 @@ pub struct Dropped {
 #[derive(Debug, Default)]
 pub struct Spreads {
     confs: HashMap<String, Spread>,
-    /// Bridge pairs (relay ids, ordered) → the conference they carry.
-    pairs: HashMap<(String, String), String>,
-}
-
-fn pair(a: &str, b: &str) -> (String, String) {
-    if a <= b {
-        (a.to_string(), b.to_string())
-    } else {
-        (b.to_string(), a.to_string())
-    }
 }
 
 impl Spreads {
@@ -126,7 +114,6 @@ impl Spreads {
 
     /// The conference is gone: its bridges are free for other splits.
     pub fn forget(&mut self, meeting_id: &str) -> Vec<Target> {
-        self.pairs.retain(|_, m| m != meeting_id);
         self.confs
             .remove(meeting_id)
             .map(|s| s.bridges)
@@ -135,7 +122,7 @@ impl Spreads {
 
     /// Bridge `t` is gone. Per conference that used it: the endpoints it had, and the bridges
     /// left (none: the conference is forgotten and starts again). `relay_id`: `t`'s.
-    pub fn drop_bridge(&mut self, t: &Target, relay_id: &str) -> Vec<Dropped> {
+    pub fn drop_bridge(&mut self, t: &Target) -> Vec<Dropped> {
         let mut out = Vec::new();
         for m in self.using(t) {
             let Some(spread) = self.confs.get_mut(&m) else {
@@ -161,8 +148,6 @@ impl Spreads {
                 left,
             });
         }
-        self.pairs
-            .retain(|(a, b), _| a.as_str() != relay_id && b.as_str() != relay_id);
         out
     }
 
@@ -198,13 +183,6 @@ impl Spreads {
             }
             return Ok(plan);
         }
-        // The pairs busy with other conferences.
-        let busy: Vec<(String, String)> = self
-            .pairs
-            .iter()
-            .filter(|(_, m)| **m != req.meeting_id)
-            .map(|(p, _)| p.clone())
-            .collect();
         let spread = self.confs.get_mut(&req.meeting_id).ok_or_else(not_found)?;
         let old_bridges = spread.bridges.clone();
         let mut parts: Vec<(Target, ConferenceModify)> = Vec::new();
@@ -221,8 +199,9 @@ impl Spreads {
             let known = spread.endpoints.get(&ep.id).map(|(t, _)| t.clone());
             let t = match known {
                 Some(t) => t,
-                None if ep.create => choose(spread, candidates, relay_id, &busy)
-                    .ok_or(Colibri2Error::GracefulShutdown)?,
+                None if ep.create => {
+                    choose(spread, candidates).ok_or(Colibri2Error::GracefulShutdown)?
+                }
                 None if ep.expire => continue,
                 None => return Err(Colibri2Error::UnknownEndpoint { id: ep.id.clone() }),
             };
@@ -307,6 +286,7 @@ impl Spreads {
                         medias: spread.medias.clone(),
                         transport: Some(Transport {
                             ice_controlling: Some(controlling),
+                            use_unique_port: Some(true),
                             ..Transport::default()
                         }),
                         endpoints: spread
@@ -331,8 +311,6 @@ impl Spreads {
                     a_create: relay_create(e, n, true),
                     b_create: relay_create(n, e, false),
                 });
-                self.pairs
-                    .insert(pair(&relay_id(e), &relay_id(n)), req.meeting_id.clone());
             }
         }
         plan.primary = parts;
@@ -340,37 +318,15 @@ impl Spreads {
     }
 }
 
-/// The bridge for a new endpoint: of the candidates that may join this conference (not
-/// paired with one of its bridges in another split conference), the one with the fewest of
-/// its endpoints, a new one before one that has as few, else the strategy's order.
-fn choose(
-    spread: &Spread,
-    candidates: &[Target],
-    relay_id: &dyn Fn(&Target) -> String,
-    busy: &[(String, String)],
-) -> Option<Target> {
+/// The bridge for a new endpoint: of the candidates, the one with the fewest of the
+/// conference's endpoints, a new one before one that has as few, else in the strategy's order.
+fn choose(spread: &Spread, candidates: &[Target]) -> Option<Target> {
     let count = |t: &Target| spread.endpoints.values().filter(|(x, _)| x == t).count();
-    let free = |t: &Target| {
-        spread.bridges.contains(t)
-            || spread
-                .bridges
-                .iter()
-                .all(|b| !busy.contains(&pair(&relay_id(b), &relay_id(t))))
-    };
     candidates
         .iter()
         .enumerate()
-        .filter(|(_, t)| free(t))
         .min_by_key(|(i, t)| (count(t), *i))
         .map(|(_, t)| t.clone())
-        .or_else(|| {
-            spread
-                .bridges
-                .iter()
-                .filter(|b| candidates.contains(b))
-                .min_by_key(|b| count(b))
-                .cloned()
-        })
 }
 
 #[cfg(test)]
@@ -523,32 +479,27 @@ mod tests {
     }
 
     #[test]
-    fn a_pair_of_bridges_carries_one_split_conference_at_a_time() {
+    fn two_conferences_may_span_the_same_two_bridges() {
         let mut s = Spreads::default();
         let c = [t("b1"), t("b2")];
         alloc(&mut s, "m1", "a1", true, &c);
-        alloc(&mut s, "m1", "a2", false, &c);
-        // m2 starts on b1 (first in order) and stays there: b1–b2 is m1's.
+        assert_eq!(alloc(&mut s, "m1", "a2", false, &c).links.len(), 1);
+        // Each relay has a port of its own: m2 splits over the same pair.
         assert_eq!(alloc(&mut s, "m2", "x1", true, &c).primary[0].0, t("b1"));
         let p = alloc(&mut s, "m2", "x2", false, &c);
-        assert_eq!(p.primary[0].0, t("b1"));
-        assert!(p.links.is_empty());
-        // Once m1 is over, m2 may split.
-        s.forget("m1");
-        let p = alloc(&mut s, "m2", "x3", false, &c);
         assert_eq!(p.primary[0].0, t("b2"));
         assert_eq!(p.links.len(), 1);
     }
 
     #[test]
-    fn a_lost_bridge_takes_only_its_endpoints_and_frees_its_pairs() {
+    fn a_lost_bridge_takes_only_its_endpoints() {
         let mut s = Spreads::default();
         let c = [t("b1"), t("b2")];
         alloc(&mut s, "m", "e1", true, &c);
         alloc(&mut s, "m", "e2", false, &c);
         alloc(&mut s, "m", "e3", false, &c);
         alloc(&mut s, "solo", "x1", true, &[t("b2")]);
-        let mut d = s.drop_bridge(&t("b2"), "b2");
+        let mut d = s.drop_bridge(&t("b2"));
         d.sort_by(|a, b| a.meeting_id.cmp(&b.meeting_id));
         assert_eq!(
             d,
@@ -570,7 +521,7 @@ mod tests {
         let p = alloc(&mut s, "m", "e2", false, &[t("b1")]);
         assert_eq!(p.primary[0].0, t("b1"));
         assert!(p.links.is_empty() && p.mirror.is_empty());
-        // A new b3 may pair with b1 again.
+        // A new b3 joins.
         let p = alloc(&mut s, "m", "e4", false, &[t("b1"), t("b3")]);
         assert_eq!(p.primary[0].0, t("b3"));
         assert_eq!(p.links.len(), 1);

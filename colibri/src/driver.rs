@@ -149,6 +149,9 @@ pub enum Command {
         pwd: String,
         ice_controlling: bool,
         medias: Vec<Media>,
+        /// The relay's own UDP socket (its port tells relays to the same bridge apart);
+        /// `None`: the media port.
+        socket: Option<std::net::UdpSocket>,
     },
     /// A participant of the bridge behind `relay`, or its new sources; removed with
     /// `RemoveEndpoint`.
@@ -672,6 +675,7 @@ async fn run(
         sink,
         router: None,
         tcp: tcp.out.clone(),
+        relays: RelaySockets::new(),
     };
     let mut load = Load::default();
     loop {
@@ -694,8 +698,10 @@ async fn run(
             }
             c = rx.recv() => {
                 let Some(c) = c else { break };
+                out.relays.on_command(&c);
                 on_command(&mut engine, &mut out.sink, &load, c);
             }
+            Some(d) = out.relays.recv() => relay_datagram(&mut engine, d),
             _ = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)) => {
                 engine.handle_timeout(Instant::now());
             }
@@ -713,6 +719,139 @@ struct Outbox {
     sink: EventSink,
     router: Option<mpsc::Sender<Route>>,
     tcp: Arc<TcpMedia>,
+    relays: RelaySockets,
+}
+
+/// Datagrams from relays' own sockets waiting for the engine thread at most.
+const RELAY_INBOX: usize = 1024;
+
+/// One datagram on a relay's own socket.
+struct RelayDatagram {
+    at: Instant,
+    from: SocketAddr,
+    port: u16,
+    data: Vec<u8>,
+}
+
+/// Relays' own UDP sockets (docs/bridge.md B.15), each read by a task on the engine thread's
+/// runtime into one queue; the engine sends from a relay's port on its socket.
+struct RelaySockets {
+    socks: HashMap<u16, RelaySocket>,
+    tx: mpsc::Sender<RelayDatagram>,
+    rx: mpsc::Receiver<RelayDatagram>,
+}
+
+struct RelaySocket {
+    sock: Arc<UdpSocket>,
+    local: SocketAddr,
+    /// (conference, relay).
+    key: (String, String),
+    reader: tokio::task::JoinHandle<()>,
+}
+
+impl RelaySockets {
+    fn new() -> RelaySockets {
+        let (tx, rx) = mpsc::channel(RELAY_INBOX);
+        RelaySockets {
+            socks: HashMap::new(),
+            tx,
+            rx,
+        }
+    }
+
+    /// Follow the commands that open and close relays.
+    fn on_command(&mut self, c: &Command) {
+        let gone = |k: &(String, String), conf: &str, ep: Option<&str>| {
+            k.0 == conf && ep.is_none_or(|e| k.1 == e)
+        };
+        match c {
+            Command::AddRelay {
+                conf,
+                relay,
+                socket: Some(s),
+                ..
+            } => {
+                let Some((sock, local)) = s
+                    .try_clone()
+                    .and_then(UdpSocket::from_std)
+                    .and_then(|u| u.local_addr().map(|a| (u, a)))
+                    .inspect_err(|e| tracing::warn!(error = %e, "relay socket unusable"))
+                    .ok()
+                else {
+                    return;
+                };
+                let sock = Arc::new(sock);
+                let (reader_sock, tx, port) = (sock.clone(), self.tx.clone(), local.port());
+                let reader = tokio::spawn(async move {
+                    let mut buf = vec![0u8; RECEIVE_BUFFER];
+                    while let Ok((n, from)) = reader_sock.recv_from(&mut buf).await {
+                        let d = RelayDatagram {
+                            at: Instant::now(),
+                            from,
+                            port,
+                            data: buf[..n].to_vec(),
+                        };
+                        if tx.send(d).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+                if let Some(old) = self.socks.insert(
+                    port,
+                    RelaySocket {
+                        sock,
+                        local,
+                        key: (conf.clone(), relay.clone()),
+                        reader,
+                    },
+                ) {
+                    old.reader.abort();
+                }
+            }
+            Command::RemoveEndpoint { conf, ep } => {
+                self.socks.retain(|_, r| {
+                    let keep = !gone(&r.key, conf, Some(ep));
+                    if !keep {
+                        r.reader.abort();
+                    }
+                    keep
+                });
+            }
+            Command::RemoveConference { conf } => {
+                self.socks.retain(|_, r| {
+                    let keep = !gone(&r.key, conf, None);
+                    if !keep {
+                        r.reader.abort();
+                    }
+                    keep
+                });
+            }
+            _ => {}
+        }
+    }
+
+    /// Send `data` from relay port `port`, if that is one; whether it was.
+    fn send(&self, port: u16, to: SocketAddr, data: &[u8]) -> bool {
+        if self.socks.is_empty() {
+            return false;
+        }
+        let Some(r) = self.socks.get(&port) else {
+            return false;
+        };
+        let _ = r.sock.try_send_to(data, destination(r.local, to));
+        true
+    }
+
+    async fn recv(&mut self) -> Option<RelayDatagram> {
+        self.rx.recv().await
+    }
+}
+
+/// A datagram from a relay's own socket into the engine.
+fn relay_datagram(engine: &mut MediaEngine, d: RelayDatagram) {
+    let from = canonical(d.from);
+    let local = SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), d.port);
+    engine.handle_datagram(d.at, from, local_for(from, local), &d.data);
 }
 
 impl Outbox {
@@ -725,6 +864,9 @@ impl Outbox {
                     if !self.tcp.send(t.to, t.data) {
                         engine.count_send_dropped(1);
                     }
+                }
+                EngineOutput::Transmit(t) if self.relays.send(t.from.port(), t.to, &t.data) => {
+                    engine.recycle(t.data);
                 }
                 EngineOutput::Transmit(t) => {
                     self.batch
@@ -808,6 +950,7 @@ async fn run_shard(
         sink,
         router: Some(router),
         tcp,
+        relays: RelaySockets::new(),
     };
     let mut load = Load::default();
     loop {
@@ -834,8 +977,10 @@ async fn run_shard(
             }
             c = rx.recv() => {
                 let Some(c) = c else { break };
+                out.relays.on_command(&c);
                 on_command(&mut engine, &mut out.sink, &load, c);
             }
+            Some(d) = out.relays.recv() => relay_datagram(&mut engine, d),
             _ = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)) => {
                 engine.handle_timeout(Instant::now());
             }
@@ -1106,7 +1251,24 @@ fn command(engine: &mut MediaEngine, sink: &mut EventSink, c: Command) {
             pwd,
             ice_controlling,
             medias,
-        } => engine.add_relay(&conf, &relay, &ufrag, &pwd, ice_controlling, &medias, now),
+            socket,
+        } => {
+            // The driver's loop took the socket (RelaySockets::take); its port stays.
+            let port = socket
+                .as_ref()
+                .and_then(|s| s.local_addr().ok())
+                .map(|a| a.port());
+            engine.add_relay(
+                &conf,
+                &relay,
+                &ufrag,
+                &pwd,
+                ice_controlling,
+                &medias,
+                port,
+                now,
+            )
+        }
         Command::SetRelayed {
             conf,
             relay,

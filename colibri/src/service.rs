@@ -408,6 +408,23 @@ impl ColibriService {
                     .unwrap_or(false),
                 endpoints: Default::default(),
             };
+            // Its own UDP port (as JVB's `use-unique-port`): the bridge tells relays apart by
+            // port, so two conferences may span the same two bridges. Without one (no engine,
+            // or no port free) the media port.
+            let socket = self.engine.as_ref().and_then(|_| {
+                let any: std::net::IpAddr = match self.cfg.advertise_ips.first() {
+                    Some(std::net::IpAddr::V6(_)) => std::net::Ipv6Addr::UNSPECIFIED.into(),
+                    _ => std::net::Ipv4Addr::UNSPECIFIED.into(),
+                };
+                std::net::UdpSocket::bind((any, 0))
+                    .and_then(|s| s.set_nonblocking(true).map(|()| s))
+                    .inspect_err(|e| tracing::warn!(error = %e, "relay: no UDP port of its own; the media port is shared"))
+                    .ok()
+            });
+            let port = socket
+                .as_ref()
+                .and_then(|s| s.local_addr().ok())
+                .map(|a| a.port());
             cmds.push(Command::AddRelay {
                 conf: conf.id.clone(),
                 relay: r.id.clone(),
@@ -415,8 +432,15 @@ impl ColibriService {
                 pwd: state.pwd.clone(),
                 ice_controlling: state.ice_controlling,
                 medias: r.medias.clone(),
+                socket,
             });
-            out.transport = Some(self.relay_transport(&conf.id, &r.id, &state));
+            let mut t = self.relay_transport(&conf.id, &r.id, &state);
+            if let (Some(p), Some(ice)) = (port, t.ice.as_mut()) {
+                for c in &mut ice.candidates {
+                    c.port = p;
+                }
+            }
+            out.transport = Some(t);
             conf.relays.insert(r.id.clone(), state);
         }
         let Some(state) = conf.relays.get_mut(&r.id) else {

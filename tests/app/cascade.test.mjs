@@ -62,6 +62,16 @@ appTest('one conference over two bridge-only meetds joined by a relay: everyone 
         assert.match(log, /relay between bridges set up/);
         const [e1, e2] = [await gauge(b1.httpBase, 'meetd_media_endpoints'), await gauge(b2.httpBase, 'meetd_media_endpoints')];
         console.log(`# cascade: engine endpoints (participants, relay, relayed) jvb2 ${e1}, jvb3 ${e2}; on the focus's meetd ${await gauge(app.base, 'meetd_media_endpoints')}`);
+        // A second conference over the same two bridges (each relay has a port of its own).
+        const d1 = await app.join('cascaded2', { name: 'Dan', hash });
+        const er = await app.join('cascaded2', { name: 'Erin', hash });
+        await d1.waitVideoFrom(er, 30000, { audio: true });
+        await er.waitVideoFrom(d1, 30000, { audio: true });
+        const placed2 = (app.server.logTail(800).match(/conference placed \(split\)/g) ?? []).length;
+        console.log(`# cascade: a second conference over the same bridges: both decode each other (split placements so far: ${placed2})`);
+        assert.ok(placed2 >= 4, 'the second conference runs on both bridges too');
+        await d1.hangUp();
+        await er.hangUp();
         // Bob claps (Alt+C): reactions are endpoint messages on the bridge channel, and reach
         // Alice and Carol on the other bridge through the relay's channel.
         await b.page.locator('body').press('Alt+c');

@@ -28,6 +28,8 @@ impl MediaEngine {
     /// and nominates, and is the DTLS client. `medias`: the payload types and header
     /// extensions of the relay link (the focus's offer). The remote side's transport comes
     /// with [`MediaEngine::set_remote_transport`].
+    /// `port`: the relay's own UDP port (its only host candidates are the bridge's addresses
+    /// with that port), or `None` for the media port.
     #[allow(clippy::too_many_arguments)]
     pub fn add_relay(
         &mut self,
@@ -37,8 +39,16 @@ impl MediaEngine {
         pwd: &str,
         ice_controlling: bool,
         medias: &[colibri2::Media],
+        port: Option<u16>,
         now: Instant,
     ) {
+        let own = port.map(|p| {
+            self.cfg
+                .local_addrs
+                .iter()
+                .map(|a| SocketAddr::new(a.ip(), p))
+                .collect::<Vec<_>>()
+        });
         let Some(id) = self.insert_endpoint(
             NewEndpoint {
                 conference,
@@ -52,11 +62,15 @@ impl MediaEngine {
                     owners: FastMap::default(),
                 },
                 ice_controlling,
+                local_addrs: own,
             },
             now,
         ) else {
             return;
         };
+        if let Some(p) = port {
+            self.relay_ports.insert(p, id);
+        }
         if let Some(ep) = self.endpoints.get_mut(&id) {
             // The other bridge chooses for its receivers: every source, every layer.
             ep.tx.constraints = ReceiverConstraints {
@@ -115,6 +129,7 @@ impl MediaEngine {
                         medias: &medias,
                         link: Link::Relayed { relay: rid },
                         ice_controlling: false,
+                        local_addrs: None,
                     },
                     now,
                 ) else {
@@ -152,6 +167,14 @@ impl MediaEngine {
         {
             *o = owners;
         }
+    }
+
+    /// The relay with its own port `port`, if any.
+    pub(super) fn relay_on_port(&self, port: u16) -> Option<EpId> {
+        if self.relay_ports.is_empty() {
+            return None;
+        }
+        self.relay_ports.get(&port).copied()
     }
 
     /// The endpoints whose media arrives through relay `rid`.

@@ -485,6 +485,8 @@ struct NewEndpoint<'a> {
     medias: &'a [colibri2::Media],
     link: endpoint::Link,
     ice_controlling: bool,
+    /// Host candidates other than the media port's (a relay's own port).
+    local_addrs: Option<Vec<SocketAddr>>,
 }
 
 /// All media of the bridge. See the module docs.
@@ -499,6 +501,8 @@ pub struct MediaEngine {
     by_addr: FastMap<SocketAddr, EpId>,
     /// The conferences, by name.
     conferences: FastMap<String, Conference>,
+    /// Relays with a UDP port of their own (docs/bridge.md B.15): local port → relay.
+    relay_ports: FastMap<u16, EpId>,
     next_id: u64,
     out: VecDeque<EngineOutput>,
     dirty: Vec<EpId>,
@@ -586,6 +590,7 @@ impl MediaEngine {
             by_ufrag: HashMap::new(),
             by_addr: FastMap::default(),
             conferences: FastMap::default(),
+            relay_ports: FastMap::default(),
             next_id: 1,
             out: VecDeque::new(),
             dirty: Vec::new(),
@@ -651,6 +656,7 @@ impl MediaEngine {
                 medias,
                 link: endpoint::Link::Client,
                 ice_controlling: true,
+                local_addrs: None,
             },
             now,
         );
@@ -668,6 +674,7 @@ impl MediaEngine {
             medias,
             link,
             ice_controlling,
+            local_addrs: own_addrs,
         } = n;
         let now = self.tick(now);
         if self.id_of((conference, endpoint)).is_some() {
@@ -694,7 +701,7 @@ impl MediaEngine {
                 ufrag: local_ufrag,
                 pwd: local_pwd,
                 medias: &medias,
-                local_addrs: &self.cfg.local_addrs,
+                local_addrs: own_addrs.as_deref().unwrap_or(&self.cfg.local_addrs),
                 tcp_local_addrs: if relay {
                     &[]
                 } else {
@@ -977,6 +984,7 @@ impl MediaEngine {
             }
         }
         self.dirty.retain(|x| *x != id);
+        self.relay_ports.retain(|_, r| *r != id);
         if let endpoint::Link::Relayed { relay } = ep.link {
             self.index_relay(relay);
         }

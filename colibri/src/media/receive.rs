@@ -33,18 +33,32 @@ impl MediaEngine {
         let now = self.tick(now);
         self.stats.packets_in += 1;
         self.stats.bytes_in += data.len() as u64;
-        let Some(to) = self.local_candidate(proto, to) else {
+        // A relay's own port names the relay (docs/bridge.md B.15).
+        let relay = (proto == Protocol::Udp)
+            .then(|| self.relay_on_port(to.port()))
+            .flatten();
+        let to = match relay {
+            Some(_) => self
+                .cfg
+                .local_addrs
+                .iter()
+                .find(|a| a.is_ipv4() == to.is_ipv4())
+                .map(|a| SocketAddr::new(a.ip(), to.port())),
+            None => self.local_candidate(proto, to),
+        };
+        let Some(to) = to else {
             self.stats.dropped_datagrams += 1;
             return;
         };
         let stun_user = stun_request_local_ufrag(data);
-        let id = match stun_user.and_then(|u| self.by_ufrag.get(u)) {
-            Some(id) => *id,
-            None if stun_user.is_some() => {
+        let id = match (relay, stun_user.and_then(|u| self.by_ufrag.get(u))) {
+            (Some(r), _) => r,
+            (None, Some(id)) => *id,
+            (None, None) if stun_user.is_some() => {
                 self.stats.dropped_datagrams += 1;
                 return;
             }
-            None => match self.by_addr.get(&from) {
+            (None, None) => match self.by_addr.get(&from) {
                 Some(id) => *id,
                 None => {
                     self.stats.dropped_datagrams += 1;

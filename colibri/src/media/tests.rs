@@ -2408,18 +2408,27 @@ fn a_local_endpoint_hears_the_room_and_is_heard_without_ice() {
 
 /// Two bridges of one conference joined by a relay (docs/bridge.md B.15): bridge A with ep1
 /// and ep2, bridge B with ep3. The relays' ICE and DTLS come up between the engines.
-fn cascade() -> (Net, Net, std::rc::Rc<std::cell::RefCell<Vec<Transmit>>>) {
+/// `own_ports`: each relay on a UDP port of its own (20001 on A, 20002 on B), as the driver
+/// gives them; otherwise on the media port.
+fn cascade(own_ports: bool) -> (Net, Net, std::rc::Rc<std::cell::RefCell<Vec<Transmit>>>) {
     let now = Instant::now();
-    let a_addr: SocketAddr = "127.0.0.1:10000".parse().unwrap();
-    let b_addr: SocketAddr = "127.0.0.2:10000".parse().unwrap();
-    let mut a = Net::bridge_at(now, a_addr, 1..=2, |_| {}, EngineConfig::default());
-    let mut b = Net::bridge_at(now, b_addr, 3..=3, |_| {}, EngineConfig::default());
+    let a_media: SocketAddr = "127.0.0.1:10000".parse().unwrap();
+    let b_media: SocketAddr = "127.0.0.2:10000".parse().unwrap();
+    let (pa, pb) = if own_ports {
+        (Some(20001), Some(20002))
+    } else {
+        (None, None)
+    };
+    let a_addr = SocketAddr::new(a_media.ip(), pa.unwrap_or(10000));
+    let b_addr = SocketAddr::new(b_media.ip(), pb.unwrap_or(10000));
+    let mut a = Net::bridge_at(now, a_media, 1..=2, |_| {}, EngineConfig::default());
+    let mut b = Net::bridge_at(now, b_media, 3..=3, |_| {}, EngineConfig::default());
     // Datagrams between the bridges wait here for the exchange.
     let wire = std::rc::Rc::new(std::cell::RefCell::new(Vec::<Transmit>::new()));
-    for (net, other) in [(&mut a, b_addr), (&mut b, a_addr)] {
+    for (net, other) in [(&mut a, [b_addr, b_media]), (&mut b, [a_addr, a_media])] {
         let w = wire.clone();
         net.deliver_to_client = Box::new(move |t: &Transmit, _| {
-            if t.to == other {
+            if other.contains(&t.to) {
                 w.borrow_mut().push(t.clone());
                 false
             } else {
@@ -2435,6 +2444,7 @@ fn cascade() -> (Net, Net, std::rc::Rc<std::cell::RefCell<Vec<Transmit>>>) {
         "ra-pwd-0123456789abcdef",
         true,
         &medias,
+        pa,
         now,
     );
     b.engine.add_relay(
@@ -2444,6 +2454,7 @@ fn cascade() -> (Net, Net, std::rc::Rc<std::cell::RefCell<Vec<Transmit>>>) {
         "rb-pwd-0123456789abcdef",
         false,
         &medias,
+        pb,
         now,
     );
     let transport =
@@ -2530,7 +2541,7 @@ fn run_cascade(
         let now = a.now.max(b.now);
         let moved: Vec<Transmit> = wire.borrow_mut().drain(..).collect();
         for t in moved {
-            let to = if t.to == b.engine.cfg.local_addrs[0] {
+            let to = if t.to.ip() == b.engine.cfg.local_addrs[0].ip() {
                 &mut b.engine
             } else {
                 &mut a.engine
@@ -2542,7 +2553,17 @@ fn run_cascade(
 
 #[test]
 fn a_relay_joins_two_bridges_and_everyone_gets_everyone() {
-    let (mut a, mut b, wire) = cascade();
+    relay_between_two_bridges(false);
+}
+
+/// The same with each relay on a port of its own: its datagrams come and go there.
+#[test]
+fn a_relay_on_its_own_port_joins_two_bridges() {
+    relay_between_two_bridges(true);
+}
+
+fn relay_between_two_bridges(own_ports: bool) {
+    let (mut a, mut b, wire) = cascade(own_ports);
     for _ in 0..100 {
         run_cascade(&mut a, &mut b, &wire, Duration::from_millis(20), false);
         if a.clients.iter().chain(&b.clients).all(|c| c.connected) {
@@ -2561,6 +2582,19 @@ fn a_relay_joins_two_bridges_and_everyone_gets_everyone() {
                 && e.transport.srtp.is_some()
         })
     };
+    let relay_port = |n: &Net| {
+        n.engine
+            .endpoints
+            .values()
+            .find(|e| matches!(e.link, endpoint::Link::Relay { .. }))
+            .and_then(|e| e.transport.send_path)
+            .map(|p| p.from.port())
+    };
+    if own_ports {
+        assert_eq!((relay_port(&a), relay_port(&b)), (Some(20001), Some(20002)));
+    } else {
+        assert_eq!((relay_port(&a), relay_port(&b)), (Some(10000), Some(10000)));
+    }
     assert!(
         relays_up(&a) && relays_up(&b),
         "the relay's ICE and DTLS come up on both bridges"
