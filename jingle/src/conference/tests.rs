@@ -1197,3 +1197,27 @@ fn a_visitor_receives_only_and_is_counted() {
         .expect("reply");
     assert_eq!(reply.attr("type"), Some("error"));
 }
+
+/// docs/visitors.md §1: with `visitors_after`, the meeting is full of participants (and
+/// newcomers go to the visitors' node) once it has that many, visitors not counted.
+#[test]
+fn a_meeting_is_full_of_participants_at_visitors_after() {
+    let mut cfg = FocusConfig::new(FOCUS);
+    cfg.visitor_domain = Some("v1.meet.jitsi".into());
+    cfg.visitor_vnode = Some("v1".into());
+    cfg.visitors_after = 2;
+    let mut h = Harness::with(cfg);
+    h.start();
+    h.join("aaaa", 1);
+    assert!(!h.c.full_of_participants());
+    h.stanza(&format!("<presence xmlns='jabber:client' from='{ROOM}/vvvv' to='{FOCUS}'><x xmlns='http://jabber.org/protocol/muc#user'><item affiliation='none' role='visitor' jid='anon@v1.meet.jitsi/x'/></x></presence>"));
+    assert!(!h.c.full_of_participants(), "a visitor does not count");
+    h.join("bbbb", 2);
+    assert!(h.c.full_of_participants());
+    // Off by default.
+    let mut h = Harness::new();
+    h.start();
+    h.join("aaaa", 1);
+    h.join("bbbb", 2);
+    assert!(!h.c.full_of_participants());
+}
