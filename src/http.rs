@@ -632,30 +632,28 @@ async fn conference_request(State(st): State<St>, body: Bytes) -> Response {
     }
 }
 
+type ChannelPath = axum::extract::Path<(String, String, String)>;
+type Upgrade = Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>;
+
 /// The bridge channel WebSocket.
 async fn colibri_ws(
     State(st): State<St>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     uri: Uri,
-    axum::extract::Path((bridge, conf, endpoint)): axum::extract::Path<(String, String, String)>,
-    ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+    path: ChannelPath,
+    ws: Upgrade,
 ) -> Response {
-    if bridge != st.front.cfg.bridge.id {
-        return not_found().await;
-    }
-    let Ok(ws) = ws else {
-        return (StatusCode::BAD_REQUEST, "WebSocket upgrade expected\n").into_response();
-    };
-    meetd_colibri::channel::serve(
-        st.front.channels.clone(),
-        st.front.bridge.clone(),
+    bridge_channel(
+        st,
+        peer,
+        &headers,
+        &uri,
+        path,
         ws,
-        conf,
-        endpoint,
-        uri.query(),
-        client_ip(peer, &headers),
+        meetd_colibri::channel::serve,
     )
+    .await
 }
 
 /// A relay's channel from another bridge (docs/bridge.md B.15).
@@ -664,8 +662,41 @@ async fn colibri_relay_ws(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     uri: Uri,
-    axum::extract::Path((bridge, conf, relay)): axum::extract::Path<(String, String, String)>,
-    ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+    path: ChannelPath,
+    ws: Upgrade,
+) -> Response {
+    bridge_channel(
+        st,
+        peer,
+        &headers,
+        &uri,
+        path,
+        ws,
+        meetd_colibri::channel::serve_relay,
+    )
+    .await
+}
+
+type ServeChannel = fn(
+    Arc<meetd_colibri::channel::ChannelHub>,
+    Arc<meetd_colibri::service::ColibriService>,
+    WebSocketUpgrade,
+    String,
+    String,
+    Option<&str>,
+    std::net::IpAddr,
+) -> Response;
+
+/// `/colibri-ws/<bridge>/<conf>/<endpoint>` or `/colibri-relay-ws/<bridge>/<conf>/<relay>`:
+/// this bridge's, upgraded, handed to `serve`.
+async fn bridge_channel(
+    st: St,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    uri: &Uri,
+    axum::extract::Path((bridge, conf, id)): ChannelPath,
+    ws: Upgrade,
+    serve: ServeChannel,
 ) -> Response {
     if bridge != st.front.cfg.bridge.id {
         return not_found().await;
@@ -673,14 +704,14 @@ async fn colibri_relay_ws(
     let Ok(ws) = ws else {
         return (StatusCode::BAD_REQUEST, "WebSocket upgrade expected\n").into_response();
     };
-    meetd_colibri::channel::serve_relay(
+    serve(
         st.front.channels.clone(),
         st.front.bridge.clone(),
         ws,
         conf,
-        relay,
+        id,
         uri.query(),
-        client_ip(peer, &headers),
+        client_ip(peer, headers),
     )
 }
 

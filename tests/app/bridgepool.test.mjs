@@ -4,31 +4,16 @@
 // people of the official web app meet, and their media goes through that bridge. When that
 // bridge dies, the focus moves the conference to a third meetd from the brewery and the two
 // see each other again; the test reports how long that took.
-import { useApp, appTest, assert, sleep } from './lib.mjs';
-import { startServer } from '../lib/server.mjs';
+import { useApp, appTest, assert } from './lib.mjs';
+import { gauge, bridgeOnly as bridgeOnlyOf, joinedBrewery as joinedBreweryOf } from './bridges.mjs';
 
 const app = useApp({
     name: 'app-bridgepool',
     config: 'bridge_brewery = "jvbbrewery"\nuse_local_bridge = false\n',
 });
 
-const gauge = async (base, name) => {
-    const m = await (await fetch(`${base}/metrics`)).text();
-    return Number(m.match(new RegExp(`^${name} (\\d+)$`, 'm'))?.[1] ?? NaN);
-};
-
-const bridgeOnly = (id) => startServer({
-    name: `app-bridgepool-${id}`,
-    config: `[bridge]\nid = "${id}"\nxmpp_url = "${app.server.wsUrl}"\nxmpp_password = "jvbpass"\n`,
-    extraArgs: ['--role', 'bridge', '--advertise-ip', '127.0.0.1'],
-});
-
-const joinedBrewery = async (n) => {
-    const deadline = Date.now() + 15000;
-    const count = () => (app.server.logTail(2000).match(/bridge pool: a bridge joined the brewery/g) ?? []).length;
-    while (count() < n && Date.now() < deadline) await sleep(200);
-    assert.ok(count() >= n, `${n} bridges in the brewery`);
-};
+const bridgeOnly = (id) => bridgeOnlyOf(app, 'app-bridgepool', id);
+const joinedBrewery = (n) => joinedBreweryOf(app, n);
 
 appTest('with the in-process bridge kept out, the call runs on a bridge-only meetd from the brewery, and moves when that bridge dies', app.wrap(async () => {
     await app.server.userAdd('jvb@auth.meet.jitsi', 'jvbpass');

@@ -519,6 +519,9 @@ impl Shard {
             return;
         };
         let main_suffix = format!("@{}", self.cfg.domain);
+        // Visitors gone with this batch: forgotten after it (their departure goes to the
+        // others after their own copy).
+        let mut gone = Vec::new();
         out.retain_mut(|st| {
             let to = st.attr("to").unwrap_or("").to_string();
             let from = st.attr("from").unwrap_or("").to_string();
@@ -527,11 +530,15 @@ impl Shard {
                 && room.ends_with(&main_suffix)
             {
                 let key = (room.to_string(), nick.to_string());
-                let role_visitor = st
-                    .get_child("x", NS_MUC_USER)
-                    .and_then(|x| x.get_child("item", NS_MUC_USER))
-                    .is_some_and(|i| i.attr("role") == Some("visitor"));
-                if role_visitor {
+                // A visitor is an occupant from the visitors' domain (not whoever has the
+                // role: a moderator's role change must not hide anyone). Remembered for its
+                // departure, when it is no longer in the room.
+                let visitor = self
+                    .rooms
+                    .get(room)
+                    .and_then(|r| r.occupant(nick))
+                    .is_some_and(|o| self.cfg.is_visitor(&o.real_jid));
+                if visitor {
                     self.visitor_nicks.insert(key.clone());
                 }
                 if self.visitor_nicks.contains(&key) {
@@ -541,7 +548,7 @@ impl Shard {
                             .any(|c| c.is("status", NS_MUC_USER) && c.attr("code") == Some("110"))
                     });
                     if to_self && st.attr("type") == Some("unavailable") {
-                        self.visitor_nicks.remove(&key);
+                        gone.push(key.clone());
                     }
                     if !to_self && !self.cfg.admins.iter().any(|a| a == to_bare) {
                         return false;
@@ -557,6 +564,9 @@ impl Shard {
             }
             true
         });
+        for k in gone {
+            self.visitor_nicks.remove(&k);
+        }
         if self.visitor_nicks.len() > MAX_VISITOR_NICKS {
             self.visitor_nicks.clear();
         }

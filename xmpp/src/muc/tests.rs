@@ -1989,6 +1989,25 @@ fn visitors_see_the_room_from_their_view_are_hidden_and_can_be_admitted() {
         .unwrap();
     assert_eq!(r.attr("allow"), Some("true"));
     assert!(!r.attr("username").unwrap_or("").is_empty());
+    // A moderator revoking someone's voice (role visitor) does not hide that participant.
+    join(&mut s, &user(2), "bob", "");
+    let out = s.handle(
+        parse(&format!("<iq xmlns='jabber:client' type='set' id='v' from='{}' to='{R}'><query xmlns='http://jabber.org/protocol/muc#admin'><item nick='bob' role='visitor'/></query></iq>", user(1))),
+        Instant::now(),
+    );
+    let _ = out;
+    let out = s.handle(
+        parse(&format!(
+            "<presence xmlns='jabber:client' from='{}' to='{R}/bob'><status>hi</status></presence>",
+            user(2)
+        )),
+        Instant::now(),
+    );
+    assert!(
+        out.iter().any(|e| e.attr("to") == Some(&user(1))
+            && e.attr("from") == Some(&format!("{R}/bob") as &str)),
+        "{out:?}"
+    );
     // A password-protected room refuses a visitor without the password, as anyone.
     s.rooms.get_mut(R).unwrap().config.password = Some("1234".into());
     let wally = "anon2@v1.meet.jitsi/y";

@@ -1,0 +1,27 @@
+// Helpers of the tests that run bridge-only meetds next to the app's meetd (the focus's
+// bridge pool, cascading).
+import { assert, sleep } from './lib.mjs';
+import { startServer } from '../lib/server.mjs';
+
+/** A Prometheus gauge of the meetd at `base`. */
+export async function gauge(base, name) {
+    const m = await (await fetch(`${base}/metrics`)).text();
+    return Number(m.match(new RegExp(`^${name} (\\d+)$`, 'm'))?.[1] ?? NaN);
+}
+
+/** A bridge-only meetd (`--role bridge`) with bridge id `id`, logged in to `app`'s meetd. */
+export function bridgeOnly(app, prefix, id) {
+    return startServer({
+        name: `${prefix}-${id}`,
+        config: `[bridge]\nid = "${id}"\nxmpp_url = "${app.server.wsUrl}"\nxmpp_password = "jvbpass"\n`,
+        extraArgs: ['--role', 'bridge', '--advertise-ip', '127.0.0.1'],
+    });
+}
+
+/** Wait until `n` bridges have joined the focus's brewery. */
+export async function joinedBrewery(app, n) {
+    const deadline = Date.now() + 15000;
+    const count = () => (app.server.logTail(2000).match(/bridge pool: a bridge joined the brewery/g) ?? []).length;
+    while (count() < n && Date.now() < deadline) await sleep(200);
+    assert.ok(count() >= n, `${n} bridges in the brewery`);
+}
