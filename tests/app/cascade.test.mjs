@@ -4,7 +4,8 @@
 // bridges by turns, and the focus joins the bridges with Colibri2 relays (ICE/DTLS between
 // the bridges' media ports). Three people of the official web app meet: Alice and Carol on
 // one bridge, Bob on the other; everyone decodes everyone's video and hears their audio, and
-// Bob's reaction (an endpoint message) reaches the others through the relay's channel.
+// Bob's reaction (an endpoint message) reaches the others through the relay's channel; a
+// viewer (visitor) plays the speakers of both bridges.
 // A fourth with last-N 1 follows the speaker on either bridge. Then Bob's bridge dies: Bob
 // moves to the bridge that is left while Alice and Carol keep their sessions, and the test
 // reports how long until they see each other again.
@@ -13,7 +14,7 @@ import { gauge, bridgeOnly as bridgeOnlyOf, joinedBrewery as joinedBreweryOf } f
 
 const app = useApp({
     name: 'app-cascade',
-    config: 'bridge_brewery = "jvbbrewery"\nuse_local_bridge = false\nbridge_selection = "split"\n',
+    config: 'bridge_brewery = "jvbbrewery"\nuse_local_bridge = false\nbridge_selection = "split"\n\n[visitors]\nenabled = true\n',
 });
 
 const bridgeOnly = (id) => bridgeOnlyOf(app, 'app-cascade', id);
@@ -72,6 +73,17 @@ appTest('one conference over two bridge-only meetds joined by a relay: everyone 
         for (const p of [a, c]) await p.page.locator('.reaction-emoji').first().waitFor({ timeout: 10000 });
         assert.match(b2.logTail(400) + b1.logTail(400), /relay channel: connected to the other bridge/);
         console.log('# cascade: a reaction crosses the relay\'s channel');
+        // A viewer (visitor) is served from the pool too: on whichever bridge it lands, it
+        // plays the speakers of both.
+        const vw = await app.join('cascaded', { name: 'Vic', hash: `${hash}&config.preferVisitor=true` });
+        await vw.waitFor(() => APP.store.getState()['features/visitors'].iAmVisitor === true, 'viewer mode', 15000);
+        await vw.waitVideoFrom(a, 30000, { audio: true });
+        await vw.waitVideoFrom(b, 30000, { audio: true });
+        const on = async (p) => ((await bridgePort(p)) === b1.mediaPort ? 'jvb2' : 'jvb3');
+        const [av, bv, vv] = [await on(a), await on(b), await on(vw)];
+        assert.notEqual(av, bv, 'Alice and Bob on different bridges');
+        console.log(`# cascade: a viewer on ${vv} plays Alice (${av}) and Bob (${bv})`);
+        await vw.close();
         // Dominant speaker and last-N across the cascade: Dave (on Bob's bridge, by turns)
         // receives one video. Only Alice (the other bridge) speaks: she is the dominant
         // speaker there too, Dave gets her video, and Bob (his own bridge) is outside last-N.
