@@ -166,7 +166,17 @@ export const noNft = (() => {
 export function firewall(rules) {
     nft('add', 'table', 'inet', 'meetd_fw');
     nft('add', 'chain', 'inet', 'meetd_fw', 'out', '{ type filter hook output priority 0; }');
-    for (const r of rules) nft('add', 'rule', 'inet', 'meetd_fw', 'out', ...r.split(' '), 'drop');
+    for (const r of rules) nft('add', 'rule', 'inet', 'meetd_fw', 'out', ...r.split(' '), 'counter', 'drop');
+}
+
+/** Packets the rules of `firewall` dropped so far (0 when none is there). */
+export function firewallDrops() {
+    try {
+        const out = execFileSync('nft', ['list', 'table', 'inet', 'meetd_fw'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+        return [...out.matchAll(/counter packets (\d+)/g)].reduce((n, m) => n + Number(m[1]), 0);
+    } catch {
+        return 0;
+    }
 }
 
 export function openFirewall() {
