@@ -9,11 +9,14 @@ export async function gauge(base, name) {
     return Number(m.match(new RegExp(`^${name} (\\d+)$`, 'm'))?.[1] ?? NaN);
 }
 
-/** A bridge-only meetd (`--role bridge`) with bridge id `id`, logged in to `app`'s meetd. */
-export function bridgeOnly(app, prefix, id) {
+/**
+ * A bridge-only meetd (`--role bridge`) with bridge id `id`, logged in to `app`'s meetd;
+ * `extra`: more of its meetd.toml.
+ */
+export function bridgeOnly(app, prefix, id, extra = '') {
     return startServer({
         name: `${prefix}-${id}`,
-        config: `[bridge]\nid = "${id}"\nxmpp_url = "${app.server.wsUrl}"\nxmpp_password = "jvbpass"\n`,
+        config: `[bridge]\nid = "${id}"\nxmpp_url = "${app.server.wsUrl}"\nxmpp_password = "jvbpass"\n${extra}`,
         extraArgs: ['--role', 'bridge', '--advertise-ip', '127.0.0.1'],
     });
 }

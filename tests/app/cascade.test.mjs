@@ -17,7 +17,7 @@ const app = useApp({
     config: 'bridge_brewery = "jvbbrewery"\nuse_local_bridge = false\nbridge_selection = "split"\n\n[visitors]\nenabled = true\n',
 });
 
-const bridgeOnly = (id) => bridgeOnlyOf(app, 'app-cascade', id);
+const bridgeOnly = (id, extra) => bridgeOnlyOf(app, 'app-cascade', id, extra);
 const joinedBrewery = (n) => joinedBreweryOf(app, n);
 
 /** The media port of the bridge `p`'s browser is connected to (its selected pair). */
@@ -40,7 +40,9 @@ const everyoneSeesEveryone = async (people, ms, audio = true) => {
 appTest('one conference over two bridge-only meetds joined by a relay: everyone decodes everyone; a bridge dies and the call goes on', app.wrap(async () => {
     await app.server.userAdd('jvb@auth.meet.jitsi', 'jvbpass');
     const b1 = await bridgeOnly('jvb2');
-    const b2 = await bridgeOnly('jvb3');
+    // The second bridge's engine runs sharded (a receive thread and two engine threads): its
+    // relays' own sockets are read by the shard of their conference.
+    const b2 = await bridgeOnly('jvb3', '[media]\nthreads = 2\n');
     try {
         await joinedBrewery(2);
         const hash = 'config.p2p.enabled=false';
