@@ -387,6 +387,8 @@ impl EngineStats {
 #[derive(Debug)]
 /// What forwarding one packet needs from its sender's side ([`MediaEngine::ingest`]).
 struct Ingested {
+    /// The sender is a relayed endpoint (its packet goes to no relay, docs/bridge.md B.15).
+    from_relay: bool,
     /// The sender's source and layer the packet belongs to.
     si: usize,
     li: usize,

@@ -264,8 +264,14 @@ impl MediaEngine {
             },
             _ => id,
         };
-        let Some(ep) = self.endpoints.get(&sender) else {
-            return;
+        // A client's own packet: the endpoint already at hand.
+        let ep = if sender == id {
+            ep
+        } else {
+            let Some(e) = self.endpoints.get(&sender) else {
+                return;
+            };
+            e
         };
         let which = if let Some(((si, li), rtx)) = ep.rx.stream_of(h.ssrc) {
             if rtx {
@@ -306,8 +312,13 @@ impl MediaEngine {
             }
             len -= pad;
         }
-        let Some(ep) = self.endpoints.get_mut(&sender) else {
-            return;
+        let ep = if sender == id {
+            ep
+        } else {
+            let Some(e) = self.endpoints.get_mut(&sender) else {
+                return;
+            };
+            e
         };
         let (si, li, seq, start, pt) = match which {
             Which::Other => return,

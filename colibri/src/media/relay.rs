@@ -13,6 +13,7 @@ impl MediaEngine {
     /// and keyframe height for video. `None`: not forwarded (counted).
     pub(super) fn ingest(&mut self, sender: EpId, p: &Incoming, now: Instant) -> Option<Ingested> {
         let s = self.endpoints.get_mut(&sender)?;
+        let from_relay = matches!(s.link, Link::Relayed { .. });
         let ssrc = p.ssrc;
         let Some(&(si, li)) = s.rx.ssrc_index.get(&ssrc) else {
             self.stats.rtp_unknown_ssrc += 1;
@@ -122,6 +123,7 @@ impl MediaEngine {
             },
         };
         Some(Ingested {
+            from_relay,
             si,
             li,
             kind,
@@ -165,10 +167,7 @@ impl MediaEngine {
         else {
             return;
         };
-        let from_relay = self
-            .endpoints
-            .get(&sender)
-            .is_some_and(|s| matches!(s.link, Link::Relayed { .. }));
+        let from_relay = g.from_relay;
         let mut want_keyframe = false;
         let mut cache_it = false;
         for rid in members {
