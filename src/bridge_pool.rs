@@ -20,7 +20,7 @@ use meetd_xmpp::stanza::{self, el};
 use meetd_xmpp::{Element, Router};
 use parking_lot::Mutex;
 
-use crate::cascade::{Link, Plan, Selection, Spreads};
+use crate::cascade::{Link, OnBridges, Plan, Selection, Spreads, fewest};
 use tokio::sync::{mpsc, oneshot};
 
 const NS_COLIBRI: &str = "http://jitsi.org/protocol/colibri";
@@ -94,12 +94,15 @@ pub struct Pool {
     conferences: HashMap<String, (Target, String)>,
     /// How participants are placed (`[focus] bridge_selection`).
     pub selection: Selection,
-    /// With `Selection::Split`: the conferences and their bridges (docs/colibri2.md §4b).
+    /// With `Selection::Split` or `Region`: the conferences and their bridges (docs/colibri2.md §4b).
     pub spreads: Spreads,
     /// Meeting id → room, of split conferences.
     rooms: HashMap<String, String>,
     /// The in-process bridge's relay id.
     pub local_relay_id: String,
+    /// With `Selection::Region`: a bridge with this many of a conference's endpoints is
+    /// overloaded for that conference (Jicofo's `max-bridge-participants`; 0: no limit).
+    pub max_bridge_participants: usize,
 }
 
 impl Pool {
@@ -127,6 +130,59 @@ impl Pool {
                 .then_with(|| key(&a.0).cmp(key(&b.0)))
         });
         all.into_iter().map(|(t, _)| t).collect()
+    }
+
+    /// The bridges that may take a new participant, least stressed first (as Jicofo's
+    /// selector orders them), with what the pool knows of them.
+    fn available(&self) -> Vec<(Target, &BridgeInfo)> {
+        let mut all: Vec<(Target, &BridgeInfo)> = self
+            .local
+            .iter()
+            .map(|i| (Target::Local, i))
+            .chain(
+                self.remotes
+                    .iter()
+                    .map(|(j, i)| (Target::Remote(j.clone()), i)),
+            )
+            .filter(|(_, i)| !i.unavailable)
+            .collect();
+        all.sort_by(|a, b| {
+            a.1.stress
+                .total_cmp(&b.1.stress)
+                .then_with(|| key(&a.0).cmp(key(&b.0)))
+        });
+        all
+    }
+
+    /// `Selection::Region`'s choice for a new endpoint of a conference that has `on`
+    /// (Jicofo's `RegionBasedBridgeSelectionStrategy` without region groups; a participant's
+    /// region is the focus's, and with none every bridge is in it): a bridge of the conference in the region that is not
+    /// overloaded; else any such bridge in the region; else the conference's bridge in the
+    /// region even if overloaded; else any bridge in the region; else a bridge of the
+    /// conference that is not overloaded; else the least loaded. Overloaded: stress above 0.8,
+    /// or `max_bridge_participants` of the conference on it.
+    pub fn choose_region(&self, on: &OnBridges) -> Option<Target> {
+        let all = self.available();
+        let max = self.max_bridge_participants;
+        let count = |t: &Target| on.iter().find(|(x, _)| x == t).map(|(_, n)| *n);
+        let in_conf = |t: &Target| count(t).is_some();
+        let loaded = |t: &Target, i: &BridgeInfo| {
+            i.stress > OVERLOADED || (max > 0 && count(t).is_some_and(|n| n >= max))
+        };
+        // No region, or no bridge in the focus's region: every bridge counts as in it (Jicofo
+        // would go straight to the least loaded bridge, a conference's overloaded one too).
+        let region_known =
+            !self.region.is_empty() && all.iter().any(|(_, i)| i.region == self.region);
+        let in_region = |i: &BridgeInfo| !region_known || i.region == self.region;
+        let first = |ok: &dyn Fn(&Target, &BridgeInfo) -> bool| {
+            all.iter().find(|(t, i)| ok(t, i)).map(|(t, _)| t.clone())
+        };
+        first(&|t, i| in_conf(t) && in_region(i) && !loaded(t, i))
+            .or_else(|| first(&|t, i| in_region(i) && !loaded(t, i)))
+            .or_else(|| first(&|t, i| in_conf(t) && in_region(i)))
+            .or_else(|| first(&|_, i| in_region(i)))
+            .or_else(|| first(&|t, i| in_conf(t) && !loaded(t, i)))
+            .or_else(|| first(&|_, _| true))
     }
 
     /// How relays name bridge `t`.
@@ -168,7 +224,16 @@ impl Pool {
             .map(|t| (t.clone(), self.relay_id(t)))
             .collect();
         let relay_id = |t: &Target| ids.get(t).cloned().unwrap_or_default();
-        let plan = self.spreads.plan(req, &candidates, &relay_id);
+        let mut spreads = std::mem::take(&mut self.spreads);
+        let plan = {
+            let me = &*self;
+            let choose = |on: &OnBridges| match me.selection {
+                Selection::Region => me.choose_region(on),
+                _ => fewest(on, &candidates),
+            };
+            spreads.plan(req, &choose, &relay_id)
+        };
+        self.spreads = spreads;
         if req.expire {
             self.rooms.remove(&req.meeting_id);
         }
@@ -359,6 +424,7 @@ impl BridgePool {
         region: &str,
         own_bridge: Option<String>,
         selection: Selection,
+        max_bridge_participants: usize,
         lost: mpsc::Sender<BridgeLoss>,
     ) -> Arc<BridgePool> {
         let p = Arc::new(BridgePool {
@@ -366,6 +432,7 @@ impl BridgePool {
                 local: local.as_ref().map(|_| BridgeInfo::default()),
                 region: region.to_string(),
                 selection,
+                max_bridge_participants,
                 local_relay_id: own_bridge.clone().unwrap_or_else(|| "meetd".into()),
                 ..Pool::default()
             }),
@@ -651,7 +718,7 @@ impl Bridge for BridgePool {
         req: ConferenceModify,
     ) -> BoxFuture<'_, Result<ConferenceModified, Colibri2Error>> {
         Box::pin(async move {
-            if self.pool.lock().selection == Selection::Split {
+            if self.pool.lock().selection.spreads() {
                 return self.modify_split(&req).await;
             }
             let target = self.pool.lock().route(&req)?;
@@ -753,6 +820,141 @@ mod tests {
             p.route(&ConferenceModify::new("zz")),
             Err(Colibri2Error::ConferenceNotFound { .. })
         ));
+    }
+
+    fn r(n: &str) -> Target {
+        Target::Remote(format!("b@x/{n}"))
+    }
+
+    #[test]
+    fn region_selection_keeps_a_conference_on_its_bridge_until_it_is_overloaded() {
+        let mut p = Pool {
+            selection: Selection::Region,
+            max_bridge_participants: 3,
+            ..Pool::default()
+        };
+        p.remotes.insert("b@x/1".into(), info(0.3, "", false));
+        p.remotes.insert("b@x/2".into(), info(0.1, "", false));
+        p.remotes.insert("b@x/3".into(), info(0.2, "", false));
+        assert_eq!(
+            p.choose_region(&[]),
+            Some(r("2")),
+            "a new conference: least stressed"
+        );
+        assert_eq!(
+            p.choose_region(&[(r("1"), 2)]),
+            Some(r("1")),
+            "its own bridge, although others are less stressed"
+        );
+        assert_eq!(
+            p.choose_region(&[(r("1"), 3)]),
+            Some(r("2")),
+            "max_bridge_participants reached: the least stressed other"
+        );
+        assert_eq!(
+            p.choose_region(&[(r("1"), 3), (r("3"), 1)]),
+            Some(r("3")),
+            "a bridge already in the conference before a new one"
+        );
+        p.remotes.get_mut("b@x/1").unwrap().stress = 0.85;
+        assert_eq!(
+            p.choose_region(&[(r("1"), 1)]),
+            Some(r("2")),
+            "its bridge is stressed: overloaded"
+        );
+        for b in ["1", "2", "3"] {
+            p.remotes.get_mut(&format!("b@x/{b}")).unwrap().stress = 0.9;
+        }
+        p.remotes.get_mut("b@x/2").unwrap().stress = 0.95;
+        assert_eq!(
+            p.choose_region(&[(r("2"), 3)]),
+            Some(r("2")),
+            "all overloaded: the conference's own"
+        );
+        assert_eq!(p.choose_region(&[]), Some(r("1")), "else the least loaded");
+        p.remotes.get_mut("b@x/3").unwrap().unavailable = true;
+        p.remotes.get_mut("b@x/1").unwrap().unavailable = true;
+        p.remotes.get_mut("b@x/2").unwrap().unavailable = true;
+        assert_eq!(p.choose_region(&[]), None, "draining bridges take nobody");
+    }
+
+    #[test]
+    fn region_selection_prefers_the_focus_region() {
+        let mut p = Pool {
+            selection: Selection::Region,
+            region: "eu".into(),
+            max_bridge_participants: 2,
+            ..Pool::default()
+        };
+        p.remotes.insert("b@x/us".into(), info(0.0, "us", false));
+        p.remotes.insert("b@x/eu1".into(), info(0.5, "eu", false));
+        p.remotes.insert("b@x/eu2".into(), info(0.6, "eu", false));
+        assert_eq!(p.choose_region(&[]), Some(r("eu1")));
+        assert_eq!(
+            p.choose_region(&[(r("eu1"), 2)]),
+            Some(r("eu2")),
+            "in the region first"
+        );
+        assert_eq!(
+            p.choose_region(&[(r("eu1"), 2), (r("eu2"), 2)]),
+            Some(r("eu1")),
+            "the region's conference bridge, overloaded, before another region"
+        );
+        p.region = "asia".into();
+        assert_eq!(
+            p.choose_region(&[]),
+            Some(r("us")),
+            "no bridge in the region: any"
+        );
+    }
+
+    #[test]
+    fn region_selection_grows_a_conference_onto_a_second_bridge_with_relays() {
+        let mut p = Pool {
+            selection: Selection::Region,
+            max_bridge_participants: 2,
+            ..Pool::default()
+        };
+        p.remotes.insert("b@x/1".into(), info(0.0, "", false));
+        p.remotes.insert("b@x/2".into(), info(0.1, "", false));
+        let join = |p: &mut Pool, ep: &str, create: bool| {
+            let mut m = ConferenceModify::new("m1");
+            m.create = create;
+            m.name = Some("room@muc.meet.jitsi".into());
+            let mut e = meetd_colibri::colibri2::Endpoint::new(ep);
+            e.create = true;
+            m.endpoints.push(e);
+            p.plan(&m).unwrap()
+        };
+        let a = join(&mut p, "alice", true);
+        assert_eq!(a.primary.len(), 1);
+        assert_eq!(a.primary[0].0, r("1"));
+        assert!(a.links.is_empty());
+        let b = join(&mut p, "bob", false);
+        assert_eq!(b.primary[0].0, r("1"), "Bob stays with Alice");
+        assert!(b.links.is_empty());
+        let c = join(&mut p, "carol", false);
+        assert_eq!(
+            c.primary[0].0,
+            r("2"),
+            "bridge 1 has max_bridge_participants"
+        );
+        assert!(c.primary[0].1.create, "bridge 2 creates the conference");
+        assert_eq!(c.links.len(), 1, "a relay between the two bridges");
+        let relayed: Vec<&str> = c.links[0].b_create.relays[0]
+            .endpoints
+            .iter()
+            .map(|e| e.id.as_str())
+            .collect();
+        assert_eq!(
+            relayed,
+            ["alice", "bob"],
+            "bridge 2's relay carries Alice and Bob"
+        );
+        let d = join(&mut p, "dave", false);
+        assert_eq!(d.primary[0].0, r("2"), "with Carol, no new relay");
+        assert!(d.links.is_empty());
+        assert_eq!(d.mirror.len(), 1, "bridge 1's relay learns of Dave");
     }
 
     #[test]

@@ -29,7 +29,23 @@ pub enum Selection {
     /// Each participant on the bridge of the conference with the fewest participants, new
     /// bridges first (Jicofo's `SplitBridgeSelectionStrategy`, for testing cascades).
     Split,
+    /// A conference stays on its bridge until that bridge is overloaded (stress, or
+    /// `max_bridge_participants` of the conference on it); then newcomers go to the least
+    /// loaded other bridge, joined by a relay, the focus's region first (Jicofo's
+    /// `RegionBasedBridgeSelectionStrategy`, docs/colibri2.md §4c).
+    Region,
 }
+
+impl Selection {
+    /// Whether conferences may span bridges (they go through [`Spreads`]).
+    pub fn spreads(self) -> bool {
+        self != Selection::Single
+    }
+}
+
+/// A conference's bridges and how many of its endpoints each has, in the order the bridges
+/// joined it. The pool's strategy picks a new endpoint's bridge from it.
+pub type OnBridges = [(Target, usize)];
 
 /// One conference over its bridges.
 #[derive(Debug, Default)]
@@ -160,12 +176,12 @@ impl Spreads {
             .collect()
     }
 
-    /// Plan one request. `candidates`: the bridges that may take new participants, best
-    /// first (as the pool's strategy orders them); `relay_id`: a bridge's relay id.
+    /// Plan one request. `choose`: the pool's strategy, the bridge for a new endpoint given
+    /// the conference's bridges (None: no bridge may take it); `relay_id`: a bridge's relay id.
     pub fn plan(
         &mut self,
         req: &ConferenceModify,
-        candidates: &[Target],
+        choose: &dyn Fn(&OnBridges) -> Option<Target>,
         relay_id: &dyn Fn(&Target) -> String,
     ) -> Result<Plan, Colibri2Error> {
         let mut plan = Plan::default();
@@ -200,7 +216,7 @@ impl Spreads {
             let t = match known {
                 Some(t) => t,
                 None if ep.create => {
-                    choose(spread, candidates).ok_or(Colibri2Error::GracefulShutdown)?
+                    choose(&spread.on_bridges()).ok_or(Colibri2Error::GracefulShutdown)?
                 }
                 None if ep.expire => continue,
                 None => return Err(Colibri2Error::UnknownEndpoint { id: ep.id.clone() }),
@@ -250,10 +266,7 @@ impl Spreads {
             }
         }
         if req.create && parts.is_empty() && spread.bridges.is_empty() {
-            let t = candidates
-                .first()
-                .cloned()
-                .ok_or(Colibri2Error::GracefulShutdown)?;
+            let t = choose(&[]).ok_or(Colibri2Error::GracefulShutdown)?;
             spread.bridges.push(t.clone());
             part(&mut parts, &t);
         }
@@ -318,10 +331,27 @@ impl Spreads {
     }
 }
 
-/// The bridge for a new endpoint: of the candidates, the one with the fewest of the
-/// conference's endpoints, a new one before one that has as few, else in the strategy's order.
-fn choose(spread: &Spread, candidates: &[Target]) -> Option<Target> {
-    let count = |t: &Target| spread.endpoints.values().filter(|(x, _)| x == t).count();
+impl Spread {
+    fn on_bridges(&self) -> Vec<(Target, usize)> {
+        self.bridges
+            .iter()
+            .map(|t| {
+                let n = self.endpoints.values().filter(|(x, _)| x == t).count();
+                (t.clone(), n)
+            })
+            .collect()
+    }
+}
+
+/// `Selection::Split`'s choice: of the candidates (best first), the one with the fewest of
+/// the conference's endpoints, a new one before one that has as few, else in their order.
+pub fn fewest(on: &OnBridges, candidates: &[Target]) -> Option<Target> {
+    let count = |t: &Target| {
+        on.iter()
+            .find(|(x, _)| x == t)
+            .map(|(_, n)| *n)
+            .unwrap_or(0)
+    };
     candidates
         .iter()
         .enumerate()
@@ -364,11 +394,12 @@ mod tests {
     }
 
     fn alloc(s: &mut Spreads, m: &str, ep: &str, create: bool, c: &[Target]) -> Plan {
+        let choose = |on: &OnBridges| fewest(on, c);
         let mut r = ConferenceModify::new(m);
         r.create = create;
         r.name = Some("room@muc.meet.jitsi".into());
         r.endpoints.push(create_ep(ep));
-        s.plan(&r, c, &rid).unwrap()
+        s.plan(&r, &choose, &rid).unwrap()
     }
 
     #[test]
@@ -386,7 +417,7 @@ mod tests {
         let mut e = Endpoint::new("ep1");
         e.sources = Some(sources(11));
         r.endpoints.push(e);
-        let p = s.plan(&r, &c, &rid).unwrap();
+        let p = s.plan(&r, &|on: &OnBridges| fewest(on, &c), &rid).unwrap();
         assert_eq!(p.primary[0].0, t("b1"));
         assert!(p.mirror.is_empty());
         // The second on b2: b2 creates the conference, and b1 ↔ b2 get relays, each with
@@ -427,7 +458,7 @@ mod tests {
         let mut e = Endpoint::new("ep2");
         e.sources = Some(sources(22));
         r.endpoints.push(e);
-        let p = s.plan(&r, &c, &rid).unwrap();
+        let p = s.plan(&r, &|on: &OnBridges| fewest(on, &c), &rid).unwrap();
         assert_eq!(p.primary[0].0, t("b2"));
         assert_eq!(p.mirror[0].0, t("b1"));
         assert_eq!(
@@ -438,12 +469,12 @@ mod tests {
         let mut e = Endpoint::new("ep2");
         e.expire = true;
         r.endpoints.push(e);
-        let p = s.plan(&r, &c, &rid).unwrap();
+        let p = s.plan(&r, &|on: &OnBridges| fewest(on, &c), &rid).unwrap();
         assert!(p.mirror[0].1.relays[0].endpoints[0].expire);
         // The conference ends: every bridge expires it.
         let mut r = ConferenceModify::new("m");
         r.expire = true;
-        let p = s.plan(&r, &c, &rid).unwrap();
+        let p = s.plan(&r, &|on: &OnBridges| fewest(on, &c), &rid).unwrap();
         let mut gone: Vec<Target> = p.primary.iter().map(|(t, _)| t.clone()).collect();
         gone.sort_by_key(rid);
         assert_eq!(gone, vec![t("b1"), t("b2")]);
@@ -461,7 +492,7 @@ mod tests {
         let mut v = create_ep("v1");
         v.muc_role = Some("visitor".into());
         r.endpoints.push(v);
-        let p = s.plan(&r, &c, &rid).unwrap();
+        let p = s.plan(&r, &|on: &OnBridges| fewest(on, &c), &rid).unwrap();
         assert_eq!(p.primary.len(), 1);
         assert!(
             p.mirror.is_empty(),
@@ -534,21 +565,21 @@ mod tests {
         let mut r = ConferenceModify::new("nope");
         r.endpoints.push(Endpoint::new("e"));
         assert!(matches!(
-            s.plan(&r, &c, &rid),
+            s.plan(&r, &|on: &OnBridges| fewest(on, &c), &rid),
             Err(Colibri2Error::ConferenceNotFound { .. })
         ));
         alloc(&mut s, "m", "e1", true, &c);
         let mut r = ConferenceModify::new("m");
         r.endpoints.push(Endpoint::new("zz"));
         assert!(matches!(
-            s.plan(&r, &c, &rid),
+            s.plan(&r, &|on: &OnBridges| fewest(on, &c), &rid),
             Err(Colibri2Error::UnknownEndpoint { .. })
         ));
         // No bridge left for a newcomer.
         let mut r = ConferenceModify::new("m");
         r.endpoints.push(create_ep("e2"));
         assert!(matches!(
-            s.plan(&r, &[], &rid),
+            s.plan(&r, &|on: &OnBridges| fewest(on, &[]), &rid),
             Err(Colibri2Error::GracefulShutdown)
         ));
         assert_eq!(s.using(&t("b1")), vec!["m".to_string()]);

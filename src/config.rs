@@ -606,9 +606,15 @@ pub struct FocusSection {
     pub use_local_bridge: bool,
     /// The focus's region: bridges of this region first ("": any).
     pub region: String,
-    /// With a brewery: "single" (a conference on one bridge, the default) or "split" (its
-    /// participants spread over the pool's bridges, joined by relays; docs/colibri2.md §4b).
+    /// With a brewery: "single" (a conference on one bridge, the default), "region" (a
+    /// conference grows onto another bridge when its own is overloaded, joined by relays;
+    /// docs/colibri2.md §4c) or "split" (its participants spread over the pool's bridges;
+    /// docs/colibri2.md §4b).
     pub bridge_selection: String,
+    /// With "region": a bridge holding this many of a conference's participants (viewers
+    /// included) counts as overloaded for it (Jicofo's `max-bridge-participants`; 0: no
+    /// limit).
+    pub max_bridge_participants: usize,
 }
 
 impl Default for FocusSection {
@@ -628,6 +634,7 @@ impl Default for FocusSection {
             use_local_bridge: true,
             region: String::new(),
             bridge_selection: "single".into(),
+            max_bridge_participants: 0,
         }
     }
 }
@@ -863,7 +870,7 @@ impl Default for BridgeSection {
         BridgeSection {
             id: "jvb1".into(),
             max_conferences: 1000,
-            max_endpoints_per_conference: 200,
+            max_endpoints_per_conference: 500,
             channel_queue: 256,
             brewery: String::new(),
             region: String::new(),
@@ -1112,8 +1119,14 @@ impl Config {
         {
             return err("visitors.vnode", "must be letters and digits, e.g. \"v1\"");
         }
-        if !matches!(self.focus.bridge_selection.as_str(), "single" | "split") {
-            return err("focus.bridge_selection", "must be \"single\" or \"split\"");
+        if !matches!(
+            self.focus.bridge_selection.as_str(),
+            "single" | "region" | "split"
+        ) {
+            return err(
+                "focus.bridge_selection",
+                "must be \"single\", \"region\" or \"split\"",
+            );
         }
         if meetd_xmpp::jid::BareJid::new(&self.server.domain).is_err()
             || self.server.domain.contains('@')

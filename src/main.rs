@@ -571,11 +571,12 @@ async fn serve(mut cfg: Config, flags: Overrides) -> anyhow::Result<()> {
                     &cfg.focus.region,
                     // The in-process bridge, when it sits in the same brewery, is the local one.
                     (cfg.bridge.brewery == cfg.focus.bridge_brewery).then(|| cfg.bridge.id.clone()),
-                    if cfg.focus.bridge_selection == "split" {
-                        cascade::Selection::Split
-                    } else {
-                        cascade::Selection::Single
+                    match cfg.focus.bridge_selection.as_str() {
+                        "split" => cascade::Selection::Split,
+                        "region" => cascade::Selection::Region,
+                        _ => cascade::Selection::Single,
                     },
+                    cfg.focus.max_bridge_participants,
                     lost_tx,
                 );
                 let (p, e) = (pool.clone(), engine.clone());

@@ -28,3 +28,12 @@ export async function joinedBrewery(app, n) {
     while (count() < n && Date.now() < deadline) await sleep(200);
     assert.ok(count() >= n, `${n} bridges in the brewery`);
 }
+
+/** The media port of the bridge `p`'s browser is connected to (its selected pair). */
+export const bridgePort = (p) => p.waitFor(async () => {
+    const pc = APP.conference._room.jvbJingleSession.peerconnection.peerconnection;
+    const stats = [...(await pc.getStats()).values()];
+    const t = stats.find((s) => s.type === 'transport' && s.selectedCandidatePairId);
+    const pair = stats.find((s) => s.id === t?.selectedCandidatePairId);
+    return stats.find((s) => s.id === pair?.remoteCandidateId)?.port;
+}, 'the bridge connection', 15000);

@@ -10,7 +10,7 @@
 // moves to the bridge that is left while Alice and Carol keep their sessions, and the test
 // reports how long until they see each other again.
 import { useApp, appTest, assert } from './lib.mjs';
-import { gauge, bridgeOnly as bridgeOnlyOf, joinedBrewery as joinedBreweryOf } from './bridges.mjs';
+import { gauge, bridgeOnly as bridgeOnlyOf, joinedBrewery as joinedBreweryOf, bridgePort } from './bridges.mjs';
 
 const app = useApp({
     name: 'app-cascade',
@@ -19,15 +19,6 @@ const app = useApp({
 
 const bridgeOnly = (id, extra) => bridgeOnlyOf(app, 'app-cascade', id, extra);
 const joinedBrewery = (n) => joinedBreweryOf(app, n);
-
-/** The media port of the bridge `p`'s browser is connected to (its selected pair). */
-const bridgePort = (p) => p.waitFor(async () => {
-    const pc = APP.conference._room.jvbJingleSession.peerconnection.peerconnection;
-    const stats = [...(await pc.getStats()).values()];
-    const t = stats.find((s) => s.type === 'transport' && s.selectedCandidatePairId);
-    const pair = stats.find((s) => s.id === t?.selectedCandidatePairId);
-    return stats.find((s) => s.id === pair?.remoteCandidateId)?.port;
-}, 'the bridge connection', 15000);
 
 const everyoneSeesEveryone = async (people, ms, audio = true) => {
     for (const x of people) {
