@@ -216,6 +216,61 @@ impl MediaEngine {
     }
 }
 
+impl MediaEngine {
+    /// NACKed packets of a local sender that the bridge behind relay `rid` lost: resent from
+    /// the sender's cache over the relay as they first went (same SSRC and numbering; the
+    /// other bridge takes a packet it was missing as a late one).
+    pub(super) fn resend_to_relay(&mut self, rid: EpId, ssrc: u32, seqs: &[u16]) {
+        let Some(conf) = self.endpoints.get(&rid).map(|r| r.conference.clone()) else {
+            return;
+        };
+        let mut packets = Vec::new();
+        if let Some(c) = self.conferences.get(&conf) {
+            for id in &c.members {
+                let Some(e) = self.endpoints.get(id) else {
+                    continue;
+                };
+                if !matches!(e.link, Link::Client) {
+                    continue;
+                }
+                let Some(&(si, li)) = e.rx.ssrc_index.get(&ssrc) else {
+                    continue;
+                };
+                let Some(layer) = e.rx.sources.get(si).and_then(|s| s.layers.get(li)) else {
+                    break;
+                };
+                let Some(max) = layer.rx.max() else {
+                    break;
+                };
+                packets.extend(
+                    seqs.iter()
+                        .filter_map(|&s| layer.cache.get(crate::rtp::extend_seq(max, s)).cloned()),
+                );
+                break;
+            }
+        }
+        let Some(r) = self.endpoints.get_mut(&rid) else {
+            return;
+        };
+        for p in packets {
+            send_to_relay(
+                r,
+                ssrc,
+                p.seq,
+                p.ts,
+                p.pt,
+                p.marker,
+                &p.payload,
+                &p.ext,
+                &mut self.bufs,
+                &mut self.out,
+                &mut self.stats,
+            );
+            self.stats.retransmissions += 1;
+        }
+    }
+}
+
 /// One packet of a local sender to relay `r`, as it came: the sender's SSRC and numbering,
 /// our header with the relay's extension ids, the relay's SRTP.
 #[allow(clippy::too_many_arguments)]

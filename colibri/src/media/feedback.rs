@@ -14,7 +14,30 @@ impl MediaEngine {
         }
         self.feedback_rounds += 1;
         let twcc_due = self.feedback_rounds.is_multiple_of(2);
+        // docs/bridge.md B.15: what a relayed sender lost between the bridges is NACKed over
+        // the relay it came on (relayed endpoints have no transport of their own).
+        let mut relay_nacks: Vec<(EpId, u32, Vec<u16>)> = Vec::new();
         for ep in self.endpoints.values_mut() {
+            let endpoint::Link::Relayed { relay } = ep.link else {
+                continue;
+            };
+            for s in ep
+                .rx
+                .sources
+                .iter_mut()
+                .filter(|s| s.kind == MediaType::Video)
+            {
+                for l in &mut s.layers {
+                    self.nacks.clear();
+                    l.rx.due_nacks(now, &mut self.nacks);
+                    if !self.nacks.is_empty() {
+                        self.nacks.sort_unstable();
+                        relay_nacks.push((relay, l.ssrc, self.nacks.clone()));
+                    }
+                }
+            }
+        }
+        for (id, ep) in self.endpoints.iter_mut() {
             let Some((srtp, path)) = ep.transport.fast_path() else {
                 continue;
             };
@@ -52,6 +75,9 @@ impl MediaEngine {
                         &self.nacks,
                     );
                 }
+            }
+            for (_, ssrc, seqs) in relay_nacks.iter().filter(|(r, _, _)| r == id) {
+                crate::rtp::rtcp::nack::write(&mut self.rtcp, ep.tx.fb_ssrc, *ssrc, seqs);
             }
             if bare && self.rtcp.len() == had {
                 continue;

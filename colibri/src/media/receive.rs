@@ -163,7 +163,16 @@ impl MediaEngine {
         parse_feedback(&self.rtcp, MAX_NACKS_PER_PACKET, &mut fb);
         for f in fb.drain(..) {
             match f {
-                Feedback::Nack { ssrc, seqs } => self.resend(id, ssrc, &seqs),
+                Feedback::Nack { ssrc, seqs } => {
+                    if matches!(
+                        self.endpoints.get(&id).map(|e| &e.link),
+                        Some(endpoint::Link::Relay { .. })
+                    ) {
+                        self.resend_to_relay(id, ssrc, &seqs);
+                    } else {
+                        self.resend(id, ssrc, &seqs);
+                    }
+                }
                 Feedback::TransportCc(fb) => {
                     let now = self.now.unwrap_or(self.clock.instant);
                     if let Some(ep) = self.endpoints.get_mut(&id)

@@ -187,6 +187,8 @@ impl MediaEngine {
                 // bridges; what came from one never goes on to another.
                 Link::Relay { .. } => {
                     if !from_relay {
+                        // Kept for the other bridge's NACKs (docs/bridge.md B.15).
+                        cache_it |= kind == MediaType::Video;
                         send_to_relay(
                             r,
                             ssrc,

@@ -2529,6 +2529,18 @@ fn run_cascade(
     d: Duration,
     media: bool,
 ) {
+    run_lossy_cascade(a, b, wire, d, media, &mut |_| true);
+}
+
+/// [`run_cascade`], carrying only the datagrams between the bridges that `keep` lets through.
+fn run_lossy_cascade(
+    a: &mut Net,
+    b: &mut Net,
+    wire: &std::cell::RefCell<Vec<Transmit>>,
+    d: Duration,
+    media: bool,
+    keep: &mut dyn FnMut(&Transmit) -> bool,
+) {
     let steps = (d.as_millis() / 20).max(1);
     for _ in 0..steps {
         if media {
@@ -2540,7 +2552,7 @@ fn run_cascade(
         }
         let now = a.now.max(b.now);
         let moved: Vec<Transmit> = wire.borrow_mut().drain(..).collect();
-        for t in moved {
+        for t in moved.into_iter().filter(|t| keep(t)) {
             let to = if t.to.ip() == b.engine.cfg.local_addrs[0].ip() {
                 &mut b.engine
             } else {
@@ -2560,6 +2572,64 @@ fn a_relay_joins_two_bridges_and_everyone_gets_everyone() {
 #[test]
 fn a_relay_on_its_own_port_joins_two_bridges() {
     relay_between_two_bridges(true);
+}
+
+/// Video lost between the bridges (docs/bridge.md B.15): the bridge behind the relay NACKs it
+/// over the relay, the sender's bridge resends it from its cache, and the far receiver gets
+/// every packet.
+#[test]
+fn losses_between_bridges_are_nacked_over_the_relay_and_resent() {
+    let (mut a, mut b, wire) = cascade(false);
+    for _ in 0..100 {
+        run_cascade(&mut a, &mut b, &wire, Duration::from_millis(20), false);
+        if a.clients.iter().chain(&b.clients).all(|c| c.connected) {
+            break;
+        }
+    }
+    run_cascade(&mut a, &mut b, &wire, Duration::from_millis(200), false);
+    run_cascade(&mut a, &mut b, &wire, Duration::from_millis(500), true);
+    let ep1_l0 = a.clients[0].layers[0].0;
+    let resent_before = a.engine.stats.retransmissions;
+    // Every 4th packet of ep1's lowest layer (what ep3 gets) lost from bridge A to B.
+    let b_ip = b.engine.cfg.local_addrs[0].ip();
+    let mut n = 0u32;
+    let mut lost = 0u32;
+    run_lossy_cascade(
+        &mut a,
+        &mut b,
+        &wire,
+        Duration::from_millis(1000),
+        true,
+        &mut |t| {
+            let d = &t.data;
+            if t.to.ip() != b_ip
+                || !is_rtp_packet(d)
+                || u32::from_be_bytes([d[8], d[9], d[10], d[11]]) != ep1_l0
+            {
+                return true;
+            }
+            n += 1;
+            let keep = !n.is_multiple_of(4);
+            lost += u32::from(!keep);
+            keep
+        },
+    );
+    run_cascade(&mut a, &mut b, &wire, Duration::from_millis(500), true);
+    assert!(lost >= 5, "the wire lost {lost} packets");
+    let resent = a.engine.stats.retransmissions - resent_before;
+    assert!(
+        resent >= u64::from(lost),
+        "bridge A resent {resent} of {lost} lost packets over the relay"
+    );
+    let mut seqs: Vec<u64> = b.clients[0]
+        .received(ep1_l0)
+        .iter()
+        .map(|p| *p.seq_no)
+        .collect();
+    seqs.sort();
+    seqs.dedup();
+    assert!(seqs.len() > 40, "ep3 got {} of ep1's packets", seqs.len());
+    assert_consecutive(&seqs, "ep1's video at ep3, repaired across the relay");
 }
 
 fn relay_between_two_bridges(own_ports: bool) {
