@@ -5,7 +5,8 @@
 // visitor mode, plays the speakers' video and audio from the bridge, and the participants do
 // not see the visitor in their list but see the count of visitors (which also moves their
 // two-person call from P2P to the bridge). A visitor who raises her hand is admitted by the
-// moderator and comes back as a participant.
+// moderator and comes back as a participant. A moderator moves a participant to the viewers
+// ("Move to viewer"), and that participant's app comes back in viewer mode.
 import { useApp, appTest, assert } from './lib.mjs';
 
 const app = useApp({ name: 'app-visitors', config: '\n[visitors]\nenabled = true\n' });
@@ -58,5 +59,15 @@ appTest('a visitor watches the meeting: visitor mode in the app, media from the 
     await v.waitVideoFrom(a, 30000, { audio: true });
     await a.waitFor(() => APP.store.getState()['features/visitors'].count === 0, 'no visitors counted', 15000);
     console.log(`# visitors: Vera admitted; Alice's participants ${JSON.stringify(await remotes(a))}`);
+
+    // Alice moves Bob to the viewers ("Move to viewer" in his menu): his app comes back in
+    // viewer mode, still plays Alice, and the others count him instead of listing him.
+    await a.participantAction(b, (id) => `#demotelink_${id}`, true);
+    await b.waitFor(() => APP.store.getState()['features/visitors'].iAmVisitor === true && APP.conference.isJoined(), 'Bob a viewer', 30000);
+    await b.waitVideoFrom(a, 30000, { audio: true });
+    await a.waitFor(() => APP.store.getState()['features/visitors'].count === 1, 'Bob counted as a viewer', 15000);
+    assert.ok(!(await remotes(a)).includes('Bob'), 'Bob is not among Alice\'s participants');
+    assert.match(app.server.logTail(400), /moving a participant to the viewers/);
+    console.log(`# visitors: Bob moved to the viewers; Alice's participants ${JSON.stringify(await remotes(a))}`);
     await app.leaveAll();
 }));

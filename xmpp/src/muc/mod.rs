@@ -156,8 +156,9 @@ pub trait RoomModule: Send {
         None
     }
     /// A message from `from` (a real JID) to the room (`private`: to one occupant), before
-    /// the room relays it: `Some` refuses it with that error reply; stanzas pushed to `out`
-    /// go out as well (a notice to the room).
+    /// the room relays it: `Some` stops it there and sends that stanza instead (an error
+    /// reply, or what the module made of the message); stanzas pushed to `out` go out as
+    /// well (a notice to the room).
     fn check_message(
         &mut self,
         _room: &Room,

@@ -1883,6 +1883,84 @@ fn moderators_without_token_features_are_told_their_permissions() {
     );
 }
 
+/// docs/visitors.md §4: the room says visitors are enabled (the app then offers "Move to
+/// viewer"), and a moderator's demote request reaches the participant named and the other
+/// moderators from `visitors.<domain>`, never the room; anyone else's is refused.
+#[test]
+fn a_moderator_moves_a_participant_to_the_viewers() {
+    let mut c = cfg();
+    c.visitors = Some(VisitorView {
+        login_domain: "v1.meet.jitsi".into(),
+        muc_domain: "muc.v1.meet.jitsi".into(),
+    });
+    let mut s = shard(c);
+    s.modules.insert(
+        0,
+        Box::new(visitors::Visitors::new(
+            "visitors.meet.jitsi",
+            "muc.v1.meet.jitsi",
+            "focus@auth.meet.jitsi",
+            7,
+        )),
+    );
+    let focus = "focus@auth.meet.jitsi/focus";
+    join(&mut s, focus, "focus", "");
+    join(&mut s, &user(1), "alice", "");
+    join(&mut s, &user(2), "bob", "");
+    join(&mut s, &user(3), "carol", "");
+    for o in &mut s.rooms.get_mut(R).unwrap().occupants {
+        if o.nick == "alice" || o.nick == "carol" {
+            o.role = Role::Moderator;
+        }
+    }
+    let disco = s.handle(parse(&format!("<iq xmlns='jabber:client' type='get' id='d' from='{}' to='{R}'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>", user(2))), Instant::now());
+    assert!(
+        String::from(&disco[0]).contains("muc#roominfo_visitorsEnabled"),
+        "{:?}",
+        disco[0]
+    );
+    let demote = |from: &str, id: &str, actor: &str| {
+        parse(&format!(
+            "<message xmlns='jabber:client' type='groupchat' id='m1' from='{from}' to='{R}'><json-message xmlns='http://jitsi.org/jitmeet'>{{\"type\":\"visitors\",\"action\":\"demote-request\",\"id\":\"{id}\",\"actor\":\"{actor}\"}}</json-message></message>"
+        ))
+    };
+    let out = s.handle(demote(&user(1), "bob", "alice"), Instant::now());
+    let to: Vec<&str> = out.iter().filter_map(|e| e.attr("to")).collect();
+    assert_eq!(to.len(), 2, "{out:?}");
+    assert!(
+        to.contains(&user(2).as_str()) && to.contains(&user(3).as_str()),
+        "{to:?}"
+    );
+    for e in &out {
+        assert_eq!(
+            (e.attr("from"), e.attr("type")),
+            (Some("visitors.meet.jitsi"), Some("chat"))
+        );
+        let v: serde_json::Value = serde_json::from_str(
+            &e.get_child("json-message", room::NS_JITMEET)
+                .unwrap()
+                .text(),
+        )
+        .unwrap();
+        assert_eq!(
+            (v["action"].as_str(), v["id"].as_str(), v["actor"].as_str()),
+            (Some("demote-request"), Some("bob"), Some("alice"))
+        );
+    }
+    // Bob (no moderator) may not; nor may Alice in someone else's name, nor name nobody.
+    for (from, id, actor, condition) in [
+        (user(2), "carol", "bob", "forbidden"),
+        (user(1), "bob", "carol", "bad-request"),
+        (user(1), "nobody", "alice", "item-not-found"),
+    ] {
+        let out = s.handle(demote(&from, id, actor), Instant::now());
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert_eq!(out[0].attr("type"), Some("error"));
+        assert_eq!(out[0].attr("to"), Some(from.as_str()));
+        assert!(String::from(&out[0]).contains(condition), "{:?}", out[0]);
+    }
+}
+
 /// docs/visitors.md: a visitor (of the visitors' login domain) joins through the view domain;
 /// it sees the room from the view, the others never see it (the focus does), it may not write,
 /// and its raised hand reaches the moderators as a request that a moderator's answer turns

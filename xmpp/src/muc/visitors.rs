@@ -130,6 +130,72 @@ fn hand_raised(p: &Element) -> bool {
         })
 }
 
+impl Visitors {
+    /// A moderator's "Move to viewer" (`{"type":"visitors","action":"demote-request","id":
+    /// <nick>,"actor":<the moderator's nick>}` as a groupchat JSON message): the participant
+    /// named and the other moderators get it from `visitors.<domain>` as a chat message (the
+    /// participant's app then comes back as a visitor); the room does not. What stops the
+    /// message is returned: the first of those, or the error for the sender.
+    fn demote(
+        &self,
+        r: &Room,
+        from: &str,
+        msg: &Element,
+        m: &serde_json::Map<String, Value>,
+        out: &mut Vec<Element>,
+    ) -> Element {
+        let refuse = |err, text| {
+            crate::stanza::error_reply(msg, err, Some(text)).unwrap_or_else(|| msg.clone())
+        };
+        let Some(sender) = r.occupant_by_real(from).map(|i| &r.occupants[i]) else {
+            return refuse(crate::stanza::StanzaError::NOT_ALLOWED, "not in the room");
+        };
+        if sender.role != Role::Moderator {
+            tracing::info!(room = %r.jid, from, "demote request from a non-moderator refused");
+            return refuse(
+                crate::stanza::StanzaError::FORBIDDEN,
+                "only moderators move participants to the viewers",
+            );
+        }
+        if m.get("actor").and_then(Value::as_str) != Some(sender.nick.as_str()) {
+            return refuse(
+                crate::stanza::StanzaError::BAD_REQUEST,
+                "the actor is not the sender",
+            );
+        }
+        let id = m.get("id").and_then(Value::as_str).unwrap_or("");
+        let Some(target) = r
+            .occupant(id)
+            .filter(|o| o.role != Role::Visitor && o.bare() != self.focus)
+        else {
+            return refuse(
+                crate::stanza::StanzaError::ITEM_NOT_FOUND,
+                "no such participant",
+            );
+        };
+        tracing::info!(room = %r.jid, participant = %target.nick, moderator = %sender.nick, "moving a participant to the viewers");
+        let mut sent: Vec<Element> = r
+            .occupants
+            .iter()
+            .filter(|o| o.real_jid != sender.real_jid && o.bare() != self.focus)
+            .filter(|o| o.role == Role::Moderator || o.nick == target.nick)
+            .map(|o| json_message(&self.domain, &o.real_jid, &Value::Object(m.clone())))
+            .map(|mut e| {
+                crate::stanza::set_attr(&mut e, "type", "chat");
+                e
+            })
+            .collect();
+        // The participant's own message first: it is what stops the groupchat.
+        let first = sent
+            .iter()
+            .position(|e| e.attr("to") == Some(target.real_jid.as_str()))
+            .unwrap_or(0);
+        let head = sent.remove(first);
+        out.extend(sent);
+        head
+    }
+}
+
 impl RoomModule for Visitors {
     fn component(&self) -> Option<String> {
         Some(self.domain.clone())
@@ -140,6 +206,14 @@ impl RoomModule for Visitors {
     }
 
     fn on_event(&mut self, ctx: &mut Ctx<'_>, room: &str, event: &RoomEvent) {
+        if matches!(event, RoomEvent::Created) {
+            // The app offers "Move to viewer" where the room says visitors are enabled.
+            if let Some(r) = ctx.room_mut(room) {
+                r.info_fields
+                    .insert("muc#roominfo_visitorsEnabled".into(), "1".into());
+            }
+            return;
+        }
         let Some(r) = ctx.rooms.get(room) else {
             if matches!(event, RoomEvent::Destroyed) {
                 self.requests.remove(room);
@@ -219,9 +293,14 @@ impl RoomModule for Visitors {
         let Ok(Value::Object(m)) = serde_json::from_str::<Value>(&body) else {
             return None;
         };
-        if m.get("type").and_then(Value::as_str) != Some("visitors")
-            || m.get("action").and_then(Value::as_str) != Some("promotion-response")
-        {
+        if m.get("type").and_then(Value::as_str) != Some("visitors") {
+            return None;
+        }
+        let action = m.get("action").and_then(Value::as_str);
+        if action == Some("demote-request") {
+            return Some(self.demote(r, from, msg, &m, out));
+        }
+        if action != Some("promotion-response") {
             return None;
         }
         let moderator = r
