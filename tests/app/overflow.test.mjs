@@ -3,13 +3,14 @@
 // not overloaded for it, as Jicofo's RegionBasedBridgeSelectionStrategy does; here a bridge
 // counts as overloaded once it holds `max_bridge_participants = 2` of the conference. Alice
 // and Bob of the official web app land on the same bridge-only meetd; Carol, the third, on
-// the other one, joined by a relay, and all three decode each other.
+// the other one, joined by a relay, and all three decode each other. A viewer is placed on the
+// bridge with room and plays the speakers of both.
 import { useApp, appTest, assert } from './lib.mjs';
 import { bridgeOnly as bridgeOnlyOf, joinedBrewery as joinedBreweryOf, bridgePort } from './bridges.mjs';
 
 const app = useApp({
     name: 'app-overflow',
-    config: 'bridge_brewery = "jvbbrewery"\nuse_local_bridge = false\nbridge_selection = "region"\nmax_bridge_participants = 2\n',
+    config: 'bridge_brewery = "jvbbrewery"\nuse_local_bridge = false\nbridge_selection = "region"\nmax_bridge_participants = 2\n\n[visitors]\nenabled = true\n',
 });
 
 appTest('a conference grows onto a second bridge when its own holds max_bridge_participants', app.wrap(async () => {
@@ -34,6 +35,15 @@ appTest('a conference grows onto a second bridge when its own holds max_bridge_p
         assert.notEqual(pc, pa, 'Carol on the other bridge');
         assert.match(app.server.logTail(800), /relay between bridges set up/);
         console.log(`# overflow: Alice and Bob on ${pa}, Carol on ${pc}; all decode each other ${Date.now() - t0} ms after Carol joined`);
+        // A viewer is placed the same way (Carol's bridge has room for one more of the
+        // conference) and plays Alice from the other bridge through the relay.
+        const v = await app.join('growing', { name: 'Vic', hash: `${hash}&config.preferVisitor=true` });
+        await v.waitFor(() => APP.store.getState()['features/visitors'].iAmVisitor === true, 'viewer mode', 15000);
+        await v.waitVideoFrom(a, 30000, { audio: true });
+        await v.waitVideoFrom(c, 30000, { audio: true });
+        const pv = name(await bridgePort(v));
+        assert.equal(pv, pc, 'the viewer on the bridge with room');
+        console.log(`# overflow: a viewer on ${pv} plays Alice (${pa}) and Carol`);
         await app.leaveAll();
     } catch (e) {
         e.message += `\n--- jvb2 ---\n${b1.logTail(40)}\n--- jvb3 ---\n${b2.logTail(40)}`;
