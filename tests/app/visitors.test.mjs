@@ -5,7 +5,8 @@
 // visitor mode, plays the speakers' video and audio from the bridge, and the participants do
 // not see the visitor in their list but see the count of visitors (which also moves their
 // two-person call from P2P to the bridge). A visitor who raises her hand is admitted by the
-// moderator and comes back as a participant. A moderator moves a participant to the viewers
+// moderator and comes back as a participant. A visitor's chat reaches everyone, marked as a
+// viewer's. A moderator moves a participant to the viewers
 // ("Move to viewer"), and that participant's app comes back in viewer mode.
 import { useApp, appTest, assert } from './lib.mjs';
 
@@ -51,6 +52,17 @@ appTest('a visitor watches the meeting: visitor mode in the app, media from the 
     // and raises her hand: Alice, the moderator, gets the request and admits her; Vera comes
     // back as a participant.
     await v.doc.locator('#modal-dialog-ok-button').click({ timeout: 10000 });
+    // Vera chats: Alice and Bob get her message as a viewer's (her name, marked a viewer).
+    await v.clickToolbar('toolbar.accessibilityLabel.openChat', 'chat');
+    await v.page.locator('#chat-input-messagebox').fill('Hello from the audience');
+    await v.page.keyboard.press('Enter');
+    for (const p of [a, b]) {
+        const m = await p.waitFor(() => APP.store.getState()['features/chat'].messages
+            .find((x) => x.message === 'Hello from the audience'), 'the viewer\'s chat message', 10000);
+        assert.equal(m.displayName, 'Vera');
+        assert.equal(m.isFromVisitor, true, JSON.stringify(m));
+    }
+    await v.clickToolbar('toolbar.accessibilityLabel.closeChat', 'chat').catch(() => v.page.keyboard.press('Escape'));
     await v.clickToolbar('toolbar.accessibilityLabel.raiseHand', 'raise hand');
     await a.waitFor(() => APP.store.getState()['features/visitors'].promotionRequests.length === 1, 'Vera\'s request', 15000);
     await a.doc.getByRole('button', { name: 'Admit', exact: true }).first().click({ timeout: 10000 });

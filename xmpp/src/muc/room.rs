@@ -21,6 +21,7 @@ pub const NS_MUC_USER: &str = "http://jabber.org/protocol/muc#user";
 pub const NS_MUC_ADMIN: &str = "http://jabber.org/protocol/muc#admin";
 pub const NS_MUC_OWNER: &str = "http://jabber.org/protocol/muc#owner";
 pub const NS_OCCUPANT_ID: &str = "urn:xmpp:occupant-id:0";
+const NS_DISPLAY_NAME: &str = "http://jitsi.org/protocol/display-name";
 pub const NS_JITMEET: &str = "http://jitsi.org/jitmeet";
 
 /// Invitees one invitation message may name.
@@ -705,8 +706,14 @@ impl Room {
             }
             return;
         };
-        // Visitors watch; they do not write to the room or its occupants.
-        if self.occupants[si].role == Role::Visitor {
+        // Visitors watch; they do not write to the room or its occupants, but the audience
+        // (docs/visitors.md §2) may chat with everyone.
+        let audience_chat = nick.is_none()
+            && ty == "groupchat"
+            && cfg.is_visitor(from)
+            && m.get_child("body", ns::CLIENT).is_some()
+            && m.get_child("subject", ns::CLIENT).is_none();
+        if self.occupants[si].role == Role::Visitor && !audience_chat {
             if let Some(e) = stanza::error_reply(
                 m,
                 StanzaError {
@@ -779,6 +786,9 @@ impl Room {
                         .map(|s| s.text())
                         .unwrap_or_default();
                 }
+                if audience_chat {
+                    return self.audience_chat(m, &sender);
+                }
                 if sender.role == Role::Visitor {
                     if let Some(e) = stanza::error_reply(
                         m,
@@ -832,6 +842,44 @@ impl Room {
                 self.out.push(c);
             }
         }
+    }
+
+    /// A visitor's chat message (docs/visitors.md §2): to everyone, with the body only and the
+    /// visitor's name as the app shows a viewer's message (`<display-name source='visitor'>`,
+    /// from the visitor's own presence, never from the message).
+    fn audience_chat(&mut self, m: &Element, sender: &Occupant) {
+        let name = sender
+            .presence
+            .get_child("nick", "http://jabber.org/protocol/nick")
+            .map(|n| n.text())
+            .filter(|n| !n.trim().is_empty())
+            .unwrap_or_else(|| "Viewer".to_string());
+        let mut msg = el("message", ns::CLIENT, &[("type", "groupchat")]);
+        if let Some(id) = m.attr("id") {
+            stanza::set_attr(&mut msg, "id", id);
+        }
+        if let Some(body) = m.get_child("body", ns::CLIENT) {
+            msg.append_child(body.clone());
+        }
+        msg.append_child(
+            Element::builder("display-name", NS_DISPLAY_NAME)
+                .attr(stanza::rxml_name("source"), "visitor")
+                .append(name)
+                .build(),
+        );
+        let from_occ = self.occupant_jid(&sender.nick);
+        let mut out = Vec::with_capacity(self.occupants.len());
+        for r in &self.occupants {
+            let mut c = msg.clone();
+            stanza::set_attr(&mut c, "from", &from_occ);
+            stanza::set_attr(&mut c, "to", &r.real_jid);
+            out.push(c);
+        }
+        self.out.extend(out);
+        self.events.push(RoomEvent::Message {
+            nick: sender.nick.clone(),
+            message: msg,
+        });
     }
 
     /// A groupchat message from the room itself (`from` an occupant's nick when given) to

@@ -2019,16 +2019,45 @@ fn visitors_see_the_room_from_their_view_are_hidden_and_can_be_admitted() {
     assert!(out.iter().any(
         |e| e.attr("to") == Some(focus) && e.attr("from") == Some(&format!("{R}/vera") as &str)
     ));
-    // She may not write to the room.
+    // She chats with everyone, named as a viewer from her presence, not from her message.
     let out = s.handle(
-        parse(&format!("<message xmlns='jabber:client' type='groupchat' from='{vera}' to='room@muc.v1.meet.jitsi'><body>hi</body></message>")),
+        parse(&format!("<message xmlns='jabber:client' type='groupchat' from='{vera}' to='room@muc.v1.meet.jitsi'><body>hi</body><nick xmlns='http://jabber.org/protocol/nick'>forged</nick></message>")),
         Instant::now(),
     );
-    assert!(
-        out.iter()
-            .all(|e| e.attr("type") == Some("error") && e.attr("to") == Some(vera)),
-        "{out:?}"
+    let to_alice = out
+        .iter()
+        .find(|e| e.attr("to") == Some(&user(1) as &str))
+        .expect("Alice gets Vera's chat");
+    assert_eq!(to_alice.attr("from"), Some(&format!("{R}/vera") as &str));
+    assert_eq!(
+        to_alice.get_child("body", "jabber:client").unwrap().text(),
+        "hi"
     );
+    let dn = to_alice
+        .get_child("display-name", "http://jitsi.org/protocol/display-name")
+        .unwrap();
+    assert_eq!(dn.attr("source"), Some("visitor"));
+    assert_eq!(dn.text(), "Viewer", "her presence carries no nick");
+    assert!(!String::from(to_alice).contains("forged"));
+    assert!(out.iter().any(
+        |e| e.attr("to") == Some(vera) && e.attr("from") == Some("room@muc.v1.meet.jitsi/vera")
+    ));
+    // Nothing else: no private messages, no subject.
+    for m in [
+        format!(
+            "<message xmlns='jabber:client' type='chat' from='{vera}' to='room@muc.v1.meet.jitsi/alice'><body>psst</body></message>"
+        ),
+        format!(
+            "<message xmlns='jabber:client' type='groupchat' from='{vera}' to='room@muc.v1.meet.jitsi'><subject>mine</subject></message>"
+        ),
+    ] {
+        let out = s.handle(parse(&m), Instant::now());
+        assert!(
+            out.iter()
+                .all(|e| e.attr("type") == Some("error") && e.attr("to") == Some(vera)),
+            "{out:?}"
+        );
+    }
     // Her raised hand: Alice (moderator) gets the request, from visitors.<domain>.
     let out = s.handle(
         parse(&format!("<presence xmlns='jabber:client' from='{vera}' to='room@muc.v1.meet.jitsi/vera'><jitsi_participant_raisedHand>1723456789012</jitsi_participant_raisedHand></presence>")),
