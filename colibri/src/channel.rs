@@ -60,6 +60,9 @@ pub enum Effect {
     Constraints(ReceiverConstraints),
     /// The sender declared the video type of one of its sources.
     VideoType { source: String, video_type: String },
+    /// The bridge behind a relay wants one of this bridge's senders' sources at most this
+    /// high (its `AddReceiver`; 0: not at all).
+    RelayWants { source: String, max_height: u32 },
     /// Nothing to do (or the message was invalid and logged).
     None,
 }
@@ -193,6 +196,21 @@ impl ChannelHub {
         out
     }
 
+    /// What a relay's channel gets right after it connects: this bridge's `AddReceiver`s
+    /// for the other bridge's sources.
+    pub fn relay_connect_messages(&self, conf: &str, relay: &str) -> Vec<String> {
+        let eps = self.sticky_ep.lock();
+        let Some(m) = eps.get(&(conf.to_string(), relay.to_string())) else {
+            return Vec::new();
+        };
+        let mut v: Vec<_> = m
+            .iter()
+            .filter(|(k, _)| k.starts_with("AddReceiver/"))
+            .collect();
+        v.sort();
+        v.into_iter().map(|(_, t)| t.clone()).collect()
+    }
+
     /// Receivers' constraints go to this media engine.
     pub fn set_engine(&self, e: crate::driver::EngineHandle) {
         *self.engine.lock() = Some(e);
@@ -232,6 +250,24 @@ impl ChannelHub {
             .get("colibriClass")
             .and_then(|c| c.as_str())
             .unwrap_or("");
+        if class == "AddReceiver" {
+            let source = msg.get("sourceName").and_then(|s| s.as_str());
+            let h = msg
+                .get("videoConstraints")
+                .and_then(|v| v.get("maxHeight"))
+                .and_then(|h| h.as_i64());
+            return match (source, h) {
+                (Some(s), Some(h)) if !s.is_empty() => vec![Effect::RelayWants {
+                    source: s.to_string(),
+                    // -1 (or any negative): no limit.
+                    max_height: u32::try_from(h).unwrap_or(u32::MAX),
+                }],
+                _ => {
+                    tracing::debug!(%conf, %relay, "AddReceiver without sourceName or maxHeight");
+                    vec![Effect::None]
+                }
+            };
+        }
         if !matches!(class, "EndpointMessage" | "EndpointStats") {
             return vec![Effect::None];
         }
@@ -505,13 +541,36 @@ pub fn serve_relay(
 pub async fn drive_relay<L: Link>(hub: Arc<ChannelHub>, mut link: L, conf: String, relay: String) {
     let (mut rx, generation) = hub.register_as(&conf, &relay, true);
     tracing::debug!(%conf, %relay, "relay channel open");
+    // What this bridge wants of the other's senders, as last computed.
+    for text in hub.relay_connect_messages(&conf, &relay) {
+        if !link.send(text).await {
+            hub.unregister(&conf, &relay, generation);
+            return;
+        }
+    }
     loop {
         tokio::select! {
             m = link.recv() => match m {
                 Some(text) => {
                     for e in hub.relay_message(&conf, &relay, &text) {
-                        if let Effect::Send { to, text } = e {
-                            hub.send(&conf, &to, text);
+                        match e {
+                            Effect::Send { to, text } => {
+                                hub.send(&conf, &to, text);
+                            }
+                            Effect::RelayWants { source, max_height } => {
+                                let engine = hub.engine.lock().clone();
+                                if let Some(engine) = engine {
+                                    let _ = engine
+                                        .send_hint(crate::driver::Command::RelayWants {
+                                            conf: conf.clone(),
+                                            relay: relay.clone(),
+                                            source,
+                                            max_height,
+                                        })
+                                        .await;
+                                }
+                            }
+                            _ => {}
                         }
                     }
                 }
@@ -639,7 +698,8 @@ impl ChannelHub {
                         video_type,
                     }
                 }
-                Effect::None => continue,
+                // Only relays' channels say what they want.
+                Effect::RelayWants { .. } | Effect::None => continue,
             };
             let engine = self.engine.lock().clone();
             if let Some(engine) = engine {
@@ -713,6 +773,53 @@ mod tests {
         assert!(sends(hub.relay_message("c", "bridge-2", elsewhere)).is_empty());
         let other = r#"{"colibriClass":"DominantSpeakerEndpointChangeEvent","dominantSpeakerEndpoint":"zz"}"#;
         assert!(sends(hub.relay_message("c", "bridge-2", other)).is_empty());
+    }
+
+    /// docs/bridge.md B.15: the other bridge's `AddReceiver` says how much of a source it
+    /// wants; ours goes out on the relay's channel and again when it reconnects.
+    #[test]
+    fn add_receiver_between_bridges() {
+        let hub = ChannelHub::new(8);
+        let want = |h: &str| {
+            format!(
+                r#"{{"colibriClass":"AddReceiver","bridgeId":"jvb3","sourceName":"a-v0","videoConstraints":{{"maxHeight":{h}}}}}"#
+            )
+        };
+        assert_eq!(
+            hub.relay_message("c", "jvb3", &want("360")),
+            vec![Effect::RelayWants {
+                source: "a-v0".into(),
+                max_height: 360
+            }]
+        );
+        assert_eq!(
+            hub.relay_message("c", "jvb3", &want("-1")),
+            vec![Effect::RelayWants {
+                source: "a-v0".into(),
+                max_height: u32::MAX
+            }]
+        );
+        let bad = r#"{"colibriClass":"AddReceiver","videoConstraints":{"maxHeight":1}}"#;
+        assert_eq!(hub.relay_message("c", "jvb3", bad), vec![Effect::None]);
+        // Ours: sent now if the channel is open, and kept for its next connection.
+        let (mut rx, _) = hub.register_as("c", "jvb3", true);
+        events::event(
+            &hub,
+            None,
+            crate::media::EngineEvent::RelayWants {
+                conference: "c".into(),
+                relay: "jvb3".into(),
+                source: "z-v0".into(),
+                max_height: 0,
+            },
+        );
+        let sent = rx.try_recv().unwrap();
+        let v: serde_json::Value = serde_json::from_str(&sent).unwrap();
+        assert_eq!(v["colibriClass"], "AddReceiver");
+        assert_eq!(v["sourceName"], "z-v0");
+        assert_eq!(v["videoConstraints"]["maxHeight"], 0);
+        assert_eq!(hub.relay_connect_messages("c", "jvb3"), [sent]);
+        assert!(hub.relay_connect_messages("c", "other").is_empty());
     }
 
     #[test]

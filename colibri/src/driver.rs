@@ -183,6 +183,14 @@ pub enum Command {
         ep: String,
         constraints: ReceiverConstraints,
     },
+    /// The bridge behind relay `relay` wants `source` (of a sender here) at most this high
+    /// (its `AddReceiver`; 0: not at all; `u32::MAX`: no limit).
+    RelayWants {
+        conf: String,
+        relay: String,
+        source: String,
+        max_height: u32,
+    },
     /// The sender's bridge channel said what one of its sources is (`SourceVideoTypeMessage`).
     SourceVideoType {
         conf: String,
@@ -434,6 +442,7 @@ fn conf_of(c: &Command) -> &str {
         | Command::RemoveConference { conf }
         | Command::Constraints { conf, .. }
         | Command::SourceVideoType { conf, .. }
+        | Command::RelayWants { conf, .. }
         | Command::ChannelSend { conf, .. }
         | Command::ForceMute { conf, .. }
         | Command::Broadcast { conf, .. } => conf,
@@ -1309,6 +1318,12 @@ fn command(engine: &mut MediaEngine, sink: &mut EventSink, c: Command) {
             ep,
             constraints,
         } => engine.set_receiver_constraints((&conf, &ep), constraints),
+        Command::RelayWants {
+            conf,
+            relay,
+            source,
+            max_height,
+        } => engine.set_relay_wants((&conf, &relay), &source, max_height),
         Command::SourceVideoType {
             conf,
             ep,

@@ -198,6 +198,11 @@ impl ColibriService {
             .collect()
     }
 
+    /// The bridge's id (its brewery nick, how relays name it).
+    pub fn bridge_id(&self) -> &str {
+        &self.cfg.id
+    }
+
     pub fn conference_count(&self) -> usize {
         self.conferences.lock().len()
     }

@@ -44,6 +44,20 @@ pub enum BridgeMessage<'a> {
         /// A string, as JVB sends it.
         active: &'static str,
     },
+    /// To another bridge, on a relay's channel: how much of one of its senders' sources
+    /// this bridge's receivers want (JVB's relay message; maxHeight 0: none).
+    AddReceiver {
+        bridge_id: &'a str,
+        source_name: &'a str,
+        video_constraints: VideoConstraints,
+    },
+}
+
+/// `videoConstraints` of an `AddReceiver`.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VideoConstraints {
+    pub max_height: u32,
 }
 
 impl BridgeMessage<'_> {
@@ -154,6 +168,27 @@ pub fn event(hub: &Arc<ChannelHub>, service: Option<&ColibriService>, e: EngineE
                 msg.clone(),
             );
             hub.send(&conference, &endpoint, msg);
+        }
+        EngineEvent::RelayWants {
+            conference,
+            relay,
+            source,
+            max_height,
+        } => {
+            let msg = BridgeMessage::AddReceiver {
+                bridge_id: service.map(|s| s.bridge_id()).unwrap_or(""),
+                source_name: &source,
+                video_constraints: VideoConstraints { max_height },
+            }
+            .text();
+            // Sent again whenever the relay's channel (re)connects.
+            hub.set_endpoint_sticky(
+                &conference,
+                &relay,
+                &format!("AddReceiver/{source}"),
+                msg.clone(),
+            );
+            hub.send(&conference, &relay, msg);
         }
         EngineEvent::ConnectionStats {
             conference,

@@ -169,6 +169,51 @@ impl MediaEngine {
         }
     }
 
+    /// The bridge behind relay `relay` wants `source` (a local sender's) at most `max_height`
+    /// high (its `AddReceiver`; 0: not at all): the relay forwards it only while wanted, and
+    /// the sender hears of it in its `SenderSourceConstraints`. A source wanted again gets a
+    /// keyframe request, so the other bridge's receivers need not wait for one.
+    pub fn set_relay_wants(&mut self, relay: (&str, &str), source: &str, max_height: u32) {
+        let Some(rid) = self.id_of(relay) else {
+            return;
+        };
+        let h = i64::from(max_height.min(i32::MAX as u32));
+        let h = if max_height == u32::MAX { -1 } else { h };
+        let before = match self.endpoints.get_mut(&rid) {
+            Some(r) if matches!(r.link, Link::Relay { .. }) => {
+                r.tx.constraints.constraints.insert(source.to_string(), h)
+            }
+            _ => return,
+        };
+        if before == Some(h) {
+            return;
+        }
+        tracing::debug!(
+            conference = relay.0,
+            relay = relay.1,
+            source,
+            max_height = h,
+            "the other bridge's wants"
+        );
+        self.allocate(rid);
+        if before == Some(0) && h != 0 {
+            let Some(conf) = self.endpoints.get(&rid).map(|r| r.conference.clone()) else {
+                return;
+            };
+            let sender = self.conferences.get(&conf).and_then(|c| {
+                c.members.iter().find_map(|id| {
+                    let e = self.endpoints.get(id)?;
+                    (matches!(e.link, Link::Client)
+                        && e.rx.sources.iter().any(|s| s.name == source))
+                    .then_some(*id)
+                })
+            });
+            if let Some(sender) = sender {
+                self.request_keyframe(sender, source, 0);
+            }
+        }
+    }
+
     /// The relay with its own port `port`, if any.
     pub(super) fn relay_on_port(&self, port: u16) -> Option<EpId> {
         if self.relay_ports.is_empty() {

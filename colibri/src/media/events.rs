@@ -57,6 +57,15 @@ pub enum EngineEvent {
         source: String,
         max_height: u32,
     },
+    /// The largest height the receivers of this bridge need of a video source of a relayed
+    /// endpoint (docs/bridge.md B.15): for the bridge behind `relay`, which then forwards
+    /// the source only while it is wanted (JVB's `AddReceiver`). Emitted when it changes.
+    RelayWants {
+        conference: String,
+        relay: String,
+        source: String,
+        max_height: u32,
+    },
     /// The bandwidth estimate towards `endpoint` (docs/bridge.md A.3 `ConnectionStats`), every
     /// `connection_stats_interval` while one exists (only with `bwe_initial_bps`).
     ConnectionStats {

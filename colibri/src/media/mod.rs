@@ -1219,22 +1219,47 @@ impl MediaEngine {
             {
                 wanted.insert(sid, b.target().max_height);
             }
+            // What receivers here want, and what the other bridges' relays want (their
+            // `AddReceiver`s): a relayed source is wanted only for the receivers here (no
+            // relay carries it on).
+            let mut here = wanted.clone();
             for rid in members {
                 let Some(r) = self.endpoints.get(rid) else {
                     continue;
+                };
+                let relay = match r.link {
+                    endpoint::Link::Client => false,
+                    endpoint::Link::Relay { .. } => true,
+                    // Receives nothing here: its own bridge says what it wants.
+                    endpoint::Link::Relayed { .. } => continue,
                 };
                 for (sid, f) in &r.tx.forwards {
                     if f.kind == MediaType::Video {
                         let w = wanted.entry(*sid).or_insert(0);
                         *w = (*w).max(f.max_height);
+                        if !relay {
+                            let w = here.entry(*sid).or_insert(0);
+                            *w = (*w).max(f.max_height);
+                        }
                     }
                 }
             }
+            let relay_names: HashMap<EpId, String> = members
+                .iter()
+                .filter_map(|id| {
+                    let e = self.endpoints.get(id)?;
+                    matches!(e.link, endpoint::Link::Relay { .. }).then(|| (*id, e.id.clone()))
+                })
+                .collect();
             for sid in members {
                 let Some(s) = self.endpoints.get_mut(sid) else {
                     continue;
                 };
-                if matches!(s.link, endpoint::Link::Relayed { .. }) {
+                let relay = match s.link {
+                    endpoint::Link::Relayed { relay } => relay_names.get(&relay).cloned(),
+                    _ => None,
+                };
+                if matches!(s.link, endpoint::Link::Relayed { .. }) && relay.is_none() {
                     continue;
                 }
                 for src in
@@ -1242,7 +1267,8 @@ impl MediaEngine {
                         .iter_mut()
                         .filter(|x| x.kind == MediaType::Video)
                 {
-                    let h = wanted
+                    let from = if relay.is_some() { &here } else { &wanted };
+                    let h = from
                         .get(&src.id)
                         .copied()
                         .unwrap_or(0)
@@ -1251,13 +1277,21 @@ impl MediaEngine {
                         continue;
                     }
                     src.announced_max_height = Some(h);
-                    self.out
-                        .push_back(EngineOutput::Event(EngineEvent::SenderSourceConstraints {
+                    let event = match &relay {
+                        Some(relay) => EngineEvent::RelayWants {
+                            conference: s.conference.clone(),
+                            relay: relay.clone(),
+                            source: src.name.clone(),
+                            max_height: h,
+                        },
+                        None => EngineEvent::SenderSourceConstraints {
                             conference: s.conference.clone(),
                             endpoint: s.id.clone(),
                             source: src.name.clone(),
                             max_height: h,
-                        }));
+                        },
+                    };
+                    self.out.push_back(EngineOutput::Event(event));
                 }
             }
         }

@@ -186,7 +186,13 @@ impl MediaEngine {
                 // docs/bridge.md B.15: a local sender's packet, as it came, to the other
                 // bridges; what came from one never goes on to another.
                 Link::Relay { .. } => {
-                    if !from_relay {
+                    // A video source the other bridge wants at no height stays here.
+                    let unwanted = kind == MediaType::Video
+                        && r.tx
+                            .forwards
+                            .get(&source_id)
+                            .is_some_and(|f| f.max_height == 0);
+                    if !from_relay && !unwanted {
                         // Kept for the other bridge's NACKs (docs/bridge.md B.15).
                         cache_it |= kind == MediaType::Video;
                         send_to_relay(

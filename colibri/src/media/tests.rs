@@ -2632,6 +2632,105 @@ fn losses_between_bridges_are_nacked_over_the_relay_and_resent() {
     assert_consecutive(&seqs, "ep1's video at ep3, repaired across the relay");
 }
 
+fn relay_wants(events: &[EngineEvent], relay: &str, source: &str) -> Vec<u32> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            EngineEvent::RelayWants {
+                relay: r,
+                source: s,
+                max_height,
+                ..
+            } if r == relay && s == source => Some(*max_height),
+            _ => None,
+        })
+        .collect()
+}
+
+/// docs/bridge.md B.15, `AddReceiver`: bridge B says how much of bridge A's senders its
+/// receivers want; A forwards a source over the relay only while it is wanted, and its
+/// senders hear of the relay's wants in their `SenderSourceConstraints`.
+#[test]
+fn a_relay_carries_only_what_the_other_bridge_wants() {
+    let (mut a, mut b, wire) = cascade(false);
+    for _ in 0..100 {
+        run_cascade(&mut a, &mut b, &wire, Duration::from_millis(20), false);
+        if a.clients.iter().chain(&b.clients).all(|c| c.connected) {
+            break;
+        }
+    }
+    run_cascade(&mut a, &mut b, &wire, Duration::from_millis(200), false);
+    run_cascade(&mut a, &mut b, &wire, Duration::from_millis(500), true);
+    // Before B says anything, A's relay wants everything: ep1 is asked for any height.
+    assert_eq!(
+        sender_constraints(&a.events, "ep1", "ep1-v0").last(),
+        Some(&UNLIMITED_SENDER_HEIGHT)
+    );
+    // B's receiver (ep3) wants the default 180 of A's senders: B says so for its relay to A.
+    assert_eq!(relay_wants(&b.events, "relay-a", "ep1-v0"), [180]);
+    assert_eq!(relay_wants(&b.events, "relay-a", "ep2-v0"), [180]);
+    // A takes it: ep2 (here) wants ep1 at 180 too, so ep1 is asked for 180.
+    a.engine.set_relay_wants((CONF, "relay-b"), "ep1-v0", 180);
+    a.pump();
+    assert_eq!(
+        sender_constraints(&a.events, "ep1", "ep1-v0").last(),
+        Some(&180)
+    );
+    // ep3 turns video off: B wants nothing of A's senders, A stops relaying ep1's video.
+    b.engine.set_receiver_constraints(
+        (CONF, "ep3"),
+        ReceiverConstraints {
+            default_max_height: Some(0),
+            ..Default::default()
+        },
+    );
+    b.pump();
+    assert_eq!(relay_wants(&b.events, "relay-a", "ep1-v0"), [180, 0]);
+    a.engine.set_relay_wants((CONF, "relay-b"), "ep1-v0", 0);
+    let ep1_l0 = a.clients[0].layers[0].0;
+    let ep1_audio = a.clients[0].audio;
+    run_cascade(&mut a, &mut b, &wire, Duration::from_millis(200), true);
+    let (v0, a0) = (
+        b.clients[0].received(ep1_l0).len(),
+        b.clients[0].received(ep1_audio).len(),
+    );
+    run_cascade(&mut a, &mut b, &wire, Duration::from_millis(500), true);
+    assert_eq!(
+        b.clients[0].received(ep1_l0).len(),
+        v0,
+        "no video of ep1 relayed"
+    );
+    assert!(
+        b.clients[0].received(ep1_audio).len() >= a0 + 15,
+        "its audio still is"
+    );
+    // Wanted again (ep3 puts ep1 on stage): relayed again, and ep1 asked for a keyframe.
+    b.engine.set_receiver_constraints(
+        (CONF, "ep3"),
+        ReceiverConstraints {
+            default_max_height: Some(0),
+            constraints: [("ep1-v0".to_string(), 720)].into_iter().collect(),
+            ..Default::default()
+        },
+    );
+    b.pump();
+    assert_eq!(relay_wants(&b.events, "relay-a", "ep1-v0"), [180, 0, 720]);
+    let plis = a.clients[0].rtcp_rx.len();
+    a.engine.set_relay_wants((CONF, "relay-b"), "ep1-v0", 720);
+    run_cascade(&mut a, &mut b, &wire, Duration::from_millis(500), true);
+    assert!(
+        b.clients[0].received(ep1_l0).len() > v0 + 5,
+        "relayed again"
+    );
+    assert!(
+        a.clients[0].rtcp_rx[plis..].iter().any(|r| matches!(
+            r,
+            str0m::rtp::rtcp::Rtcp::Pli(_) | str0m::rtp::rtcp::Rtcp::Fir(_)
+        )),
+        "a keyframe request to ep1"
+    );
+}
+
 fn relay_between_two_bridges(own_ports: bool) {
     let (mut a, mut b, wire) = cascade(own_ports);
     for _ in 0..100 {
