@@ -110,30 +110,19 @@ impl Pool {
     /// default selection orders them: not draining or shutting down; the focus's region
     /// first; least stressed first, overloaded ones last.
     pub fn candidates(&self) -> Vec<Target> {
-        let mut all: Vec<(Target, &BridgeInfo)> = self
-            .local
-            .iter()
-            .map(|i| (Target::Local, i))
-            .chain(
-                self.remotes
-                    .iter()
-                    .map(|(j, i)| (Target::Remote(j.clone()), i)),
-            )
-            .filter(|(_, i)| !i.unavailable)
-            .collect();
+        let mut all = self.available();
         let in_region = |i: &BridgeInfo| !self.region.is_empty() && i.region == self.region;
+        // Stable: least stressed first within each group.
         all.sort_by(|a, b| {
             (!in_region(a.1))
                 .cmp(&!in_region(b.1))
                 .then_with(|| (a.1.stress > OVERLOADED).cmp(&(b.1.stress > OVERLOADED)))
-                .then_with(|| a.1.stress.total_cmp(&b.1.stress))
-                .then_with(|| key(&a.0).cmp(key(&b.0)))
         });
         all.into_iter().map(|(t, _)| t).collect()
     }
 
-    /// The bridges that may take a new participant, least stressed first (as Jicofo's
-    /// selector orders them), with what the pool knows of them.
+    /// The bridges that may take a new participant (not draining or shutting down), least
+    /// stressed first (as Jicofo's selector orders them), with what the pool knows of them.
     fn available(&self) -> Vec<(Target, &BridgeInfo)> {
         let mut all: Vec<(Target, &BridgeInfo)> = self
             .local
@@ -156,8 +145,8 @@ impl Pool {
 
     /// `Selection::Region`'s choice for a new endpoint of a conference that has `on`
     /// (Jicofo's `RegionBasedBridgeSelectionStrategy` without region groups; a participant's
-    /// region is the focus's, and with none every bridge is in it): a bridge of the conference in the region that is not
-    /// overloaded; else any such bridge in the region; else the conference's bridge in the
+    /// region is the focus's, and with none every bridge is in it): a bridge of the
+    /// conference in the region that is not overloaded; else any such bridge in the region; else the conference's bridge in the
     /// region even if overloaded; else any bridge in the region; else a bridge of the
     /// conference that is not overloaded; else the least loaded. Overloaded: stress above 0.8,
     /// or `max_bridge_participants` of the conference on it.

@@ -11,7 +11,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import readline from 'node:readline';
 import { useApp, appTest, assert, sleep } from './lib.mjs';
-import { gauge, bridgeOnly as bridgeOnlyOf, joinedBrewery as joinedBreweryOf } from './bridges.mjs';
+import { gauge, bridgeOnly as bridgeOnlyOf, joinedBrewery as joinedBreweryOf, joinViewer } from './bridges.mjs';
 import { MEETD_BIN, AUTH_DOMAIN } from '../lib/server.mjs';
 
 const N = Number(process.env.AUDIENCE_VISITORS ?? 200);
@@ -62,10 +62,7 @@ appTest(`${N} simulated visitors and two viewers of the app watch one speaker on
         await b.waitVideoFrom(a, 30000, { audio: true });
         const viewers = [];
         for (const name of ['Vera', 'Walt']) {
-            const v = await app.join('lecture', { name, hash: `${hash}&config.preferVisitor=true` });
-            await v.waitFor(() => APP.store.getState()['features/visitors'].iAmVisitor === true, 'viewer mode', 15000);
-            await v.waitVideoFrom(a, 30000, { audio: true });
-            viewers.push(v);
+            viewers.push(await joinViewer(app, 'lecture', name, hash, [a]));
         }
         const meetingId = await a.eval(() => APP.conference._room.getMeetingUniqueId());
         assert.ok(meetingId, 'the meeting id');

@@ -37,3 +37,14 @@ export const bridgePort = (p) => p.waitFor(async () => {
     const pair = stats.find((s) => s.id === t?.selectedCandidatePairId);
     return stats.find((s) => s.id === pair?.remoteCandidateId)?.port;
 }, 'the bridge connection', 15000);
+
+/**
+ * `name` joins `room` of `app` as a viewer (config.preferVisitor, after `hash`): the app is in
+ * viewer mode and plays every one of `speakers` (video and audio).
+ */
+export async function joinViewer(app, room, name, hash, speakers) {
+    const v = await app.join(room, { name, hash: `${hash}&config.preferVisitor=true` });
+    await v.waitFor(() => APP.store.getState()['features/visitors'].iAmVisitor === true, 'viewer mode', 15000);
+    for (const s of speakers) await v.waitVideoFrom(s, 30000, { audio: true });
+    return v;
+}

@@ -10,7 +10,7 @@
 // moves to the bridge that is left while Alice and Carol keep their sessions, and the test
 // reports how long until they see each other again.
 import { useApp, appTest, assert, sleep } from './lib.mjs';
-import { gauge, bridgeOnly as bridgeOnlyOf, joinedBrewery as joinedBreweryOf, bridgePort } from './bridges.mjs';
+import { gauge, bridgeOnly as bridgeOnlyOf, joinedBrewery as joinedBreweryOf, bridgePort, joinViewer } from './bridges.mjs';
 
 const app = useApp({
     name: 'app-cascade',
@@ -68,10 +68,7 @@ appTest('one conference over two bridge-only meetds joined by a relay: everyone 
         console.log('# cascade: a reaction crosses the relay\'s channel');
         // A viewer (visitor) is served from the pool too: on whichever bridge it lands, it
         // plays the speakers of both.
-        const vw = await app.join('cascaded', { name: 'Vic', hash: `${hash}&config.preferVisitor=true` });
-        await vw.waitFor(() => APP.store.getState()['features/visitors'].iAmVisitor === true, 'viewer mode', 15000);
-        await vw.waitVideoFrom(a, 30000, { audio: true });
-        await vw.waitVideoFrom(b, 30000, { audio: true });
+        const vw = await joinViewer(app, 'cascaded', 'Vic', hash, [a, b]);
         const on = async (p) => ((await bridgePort(p)) === b1.mediaPort ? 'jvb2' : 'jvb3');
         const [av, bv, vv] = [await on(a), await on(b), await on(vw)];
         assert.notEqual(av, bv, 'Alice and Bob on different bridges');

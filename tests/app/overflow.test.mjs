@@ -6,7 +6,7 @@
 // the other one, joined by a relay, and all three decode each other. A viewer is placed on the
 // bridge with room and plays the speakers of both.
 import { useApp, appTest, assert } from './lib.mjs';
-import { bridgeOnly as bridgeOnlyOf, joinedBrewery as joinedBreweryOf, bridgePort } from './bridges.mjs';
+import { bridgeOnly as bridgeOnlyOf, joinedBrewery as joinedBreweryOf, bridgePort, joinViewer } from './bridges.mjs';
 
 const app = useApp({
     name: 'app-overflow',
@@ -37,10 +37,7 @@ appTest('a conference grows onto a second bridge when its own holds max_bridge_p
         console.log(`# overflow: Alice and Bob on ${pa}, Carol on ${pc}; all decode each other ${Date.now() - t0} ms after Carol joined`);
         // A viewer is placed the same way (Carol's bridge has room for one more of the
         // conference) and plays Alice from the other bridge through the relay.
-        const v = await app.join('growing', { name: 'Vic', hash: `${hash}&config.preferVisitor=true` });
-        await v.waitFor(() => APP.store.getState()['features/visitors'].iAmVisitor === true, 'viewer mode', 15000);
-        await v.waitVideoFrom(a, 30000, { audio: true });
-        await v.waitVideoFrom(c, 30000, { audio: true });
+        const v = await joinViewer(app, 'growing', 'Vic', hash, [a, c]);
         const pv = name(await bridgePort(v));
         assert.equal(pv, pc, 'the viewer on the bridge with room');
         console.log(`# overflow: a viewer on ${pv} plays Alice (${pa}) and Carol`);

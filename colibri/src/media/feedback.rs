@@ -21,21 +21,9 @@ impl MediaEngine {
             let endpoint::Link::Relayed { relay } = ep.link else {
                 continue;
             };
-            for s in ep
-                .rx
-                .sources
-                .iter_mut()
-                .filter(|s| s.kind == MediaType::Video)
-            {
-                for l in &mut s.layers {
-                    self.nacks.clear();
-                    l.rx.due_nacks(now, &mut self.nacks);
-                    if !self.nacks.is_empty() {
-                        self.nacks.sort_unstable();
-                        relay_nacks.push((relay, l.ssrc, self.nacks.clone()));
-                    }
-                }
-            }
+            due_video_nacks(&mut ep.rx.sources, now, &mut self.nacks, |ssrc, seqs| {
+                relay_nacks.push((relay, ssrc, seqs.to_vec()));
+            });
         }
         for (id, ep) in self.endpoints.iter_mut() {
             let Some((srtp, path)) = ep.transport.fast_path() else {
@@ -58,24 +46,10 @@ impl MediaEngine {
             if twcc_due {
                 ep.rx.twcc.write_feedback(&mut self.rtcp, ep.tx.fb_ssrc);
             }
-            for s in ep
-                .rx
-                .sources
-                .iter_mut()
-                .filter(|s| s.kind == MediaType::Video)
-            {
-                for l in &mut s.layers {
-                    self.nacks.clear();
-                    l.rx.due_nacks(now, &mut self.nacks);
-                    self.nacks.sort_unstable();
-                    crate::rtp::rtcp::nack::write(
-                        &mut self.rtcp,
-                        ep.tx.fb_ssrc,
-                        l.ssrc,
-                        &self.nacks,
-                    );
-                }
-            }
+            let (rtcp, fb_ssrc) = (&mut self.rtcp, ep.tx.fb_ssrc);
+            due_video_nacks(&mut ep.rx.sources, now, &mut self.nacks, |ssrc, seqs| {
+                crate::rtp::rtcp::nack::write(rtcp, fb_ssrc, ssrc, seqs);
+            });
             for (_, ssrc, seqs) in relay_nacks.iter().filter(|(r, _, _)| r == id) {
                 crate::rtp::rtcp::nack::write(&mut self.rtcp, ep.tx.fb_ssrc, *ssrc, seqs);
             }
@@ -334,6 +308,26 @@ impl MediaEngine {
             s.request_keyframe(KeyframeRequestKind::Pli);
             self.stats.keyframe_requests += 1;
             self.mark_dirty(sender);
+        }
+    }
+}
+
+/// Each received video layer of `sources` with sequence numbers due for a NACK now: its
+/// SSRC and those numbers, sorted (`scratch` holds them meanwhile).
+fn due_video_nacks(
+    sources: &mut [endpoint::SenderSource],
+    now: Instant,
+    scratch: &mut Vec<u16>,
+    mut each: impl FnMut(u32, &[u16]),
+) {
+    for s in sources.iter_mut().filter(|s| s.kind == MediaType::Video) {
+        for l in &mut s.layers {
+            scratch.clear();
+            l.rx.due_nacks(now, scratch);
+            if !scratch.is_empty() {
+                scratch.sort_unstable();
+                each(l.ssrc, scratch);
+            }
         }
     }
 }

@@ -2563,6 +2563,25 @@ fn run_lossy_cascade(
     }
 }
 
+/// [`cascade`] with every client connected to its bridge, then 200 ms for the relays.
+fn connected_cascade(
+    own_ports: bool,
+) -> (Net, Net, std::rc::Rc<std::cell::RefCell<Vec<Transmit>>>) {
+    let (mut a, mut b, wire) = cascade(own_ports);
+    for _ in 0..100 {
+        run_cascade(&mut a, &mut b, &wire, Duration::from_millis(20), false);
+        if a.clients.iter().chain(&b.clients).all(|c| c.connected) {
+            break;
+        }
+    }
+    assert!(
+        a.clients.iter().chain(&b.clients).all(|c| c.connected),
+        "clients connect"
+    );
+    run_cascade(&mut a, &mut b, &wire, Duration::from_millis(200), false);
+    (a, b, wire)
+}
+
 #[test]
 fn a_relay_joins_two_bridges_and_everyone_gets_everyone() {
     relay_between_two_bridges(false);
@@ -2579,14 +2598,7 @@ fn a_relay_on_its_own_port_joins_two_bridges() {
 /// every packet.
 #[test]
 fn losses_between_bridges_are_nacked_over_the_relay_and_resent() {
-    let (mut a, mut b, wire) = cascade(false);
-    for _ in 0..100 {
-        run_cascade(&mut a, &mut b, &wire, Duration::from_millis(20), false);
-        if a.clients.iter().chain(&b.clients).all(|c| c.connected) {
-            break;
-        }
-    }
-    run_cascade(&mut a, &mut b, &wire, Duration::from_millis(200), false);
+    let (mut a, mut b, wire) = connected_cascade(false);
     run_cascade(&mut a, &mut b, &wire, Duration::from_millis(500), true);
     let ep1_l0 = a.clients[0].layers[0].0;
     let resent_before = a.engine.stats.retransmissions;
@@ -2652,14 +2664,7 @@ fn relay_wants(events: &[EngineEvent], relay: &str, source: &str) -> Vec<u32> {
 /// senders hear of the relay's wants in their `SenderSourceConstraints`.
 #[test]
 fn a_relay_carries_only_what_the_other_bridge_wants() {
-    let (mut a, mut b, wire) = cascade(false);
-    for _ in 0..100 {
-        run_cascade(&mut a, &mut b, &wire, Duration::from_millis(20), false);
-        if a.clients.iter().chain(&b.clients).all(|c| c.connected) {
-            break;
-        }
-    }
-    run_cascade(&mut a, &mut b, &wire, Duration::from_millis(200), false);
+    let (mut a, mut b, wire) = connected_cascade(false);
     run_cascade(&mut a, &mut b, &wire, Duration::from_millis(500), true);
     // Before B says anything, A's relay wants everything: ep1 is asked for any height.
     assert_eq!(
@@ -2732,18 +2737,7 @@ fn a_relay_carries_only_what_the_other_bridge_wants() {
 }
 
 fn relay_between_two_bridges(own_ports: bool) {
-    let (mut a, mut b, wire) = cascade(own_ports);
-    for _ in 0..100 {
-        run_cascade(&mut a, &mut b, &wire, Duration::from_millis(20), false);
-        if a.clients.iter().chain(&b.clients).all(|c| c.connected) {
-            break;
-        }
-    }
-    assert!(
-        a.clients.iter().chain(&b.clients).all(|c| c.connected),
-        "clients connect"
-    );
-    run_cascade(&mut a, &mut b, &wire, Duration::from_millis(200), false);
+    let (mut a, mut b, wire) = connected_cascade(own_ports);
     let relays_up = |n: &Net| {
         n.engine.endpoints.values().any(|e| {
             matches!(e.link, endpoint::Link::Relay { .. })

@@ -802,19 +802,7 @@ impl Room {
                     }
                     return;
                 }
-                let from_occ = self.occupant_jid(&sender.nick);
-                let mut out = Vec::with_capacity(self.occupants.len());
-                for r in &self.occupants {
-                    let mut c = strip_for_relay(m);
-                    stanza::set_attr(&mut c, "from", &from_occ);
-                    stanza::set_attr(&mut c, "to", &r.real_jid);
-                    out.push(c);
-                }
-                self.out.extend(out);
-                self.events.push(RoomEvent::Message {
-                    nick: sender.nick.clone(),
-                    message: m.clone(),
-                });
+                self.groupchat_from(&sender.nick, strip_for_relay(m), m.clone());
             }
             Some(target) => {
                 let Some(ti) = self.occupant_idx(target) else {
@@ -867,18 +855,23 @@ impl Room {
                 .append(name)
                 .build(),
         );
-        let from_occ = self.occupant_jid(&sender.nick);
+        self.groupchat_from(&sender.nick, msg.clone(), msg);
+    }
+
+    /// `relayed` from occupant `nick` to every occupant; `original` is what modules hear of.
+    fn groupchat_from(&mut self, nick: &str, relayed: Element, original: Element) {
+        let from_occ = self.occupant_jid(nick);
         let mut out = Vec::with_capacity(self.occupants.len());
         for r in &self.occupants {
-            let mut c = msg.clone();
+            let mut c = relayed.clone();
             stanza::set_attr(&mut c, "from", &from_occ);
             stanza::set_attr(&mut c, "to", &r.real_jid);
             out.push(c);
         }
         self.out.extend(out);
         self.events.push(RoomEvent::Message {
-            nick: sender.nick.clone(),
-            message: msg,
+            nick: nick.to_string(),
+            message: original,
         });
     }
 

@@ -1883,11 +1883,9 @@ fn moderators_without_token_features_are_told_their_permissions() {
     );
 }
 
-/// docs/visitors.md §4: the room says visitors are enabled (the app then offers "Move to
-/// viewer"), and a moderator's demote request reaches the participant named and the other
-/// moderators from `visitors.<domain>`, never the room; anyone else's is refused.
-#[test]
-fn a_moderator_moves_a_participant_to_the_viewers() {
+/// A shard with the visitor view (`muc.v1.meet.jitsi`, logins of `v1.meet.jitsi`) and the
+/// visitors component, with the focus in the room; and the focus's JID.
+fn visitors_shard() -> (Shard, &'static str) {
     let mut c = cfg();
     c.visitors = Some(VisitorView {
         login_domain: "v1.meet.jitsi".into(),
@@ -1905,6 +1903,15 @@ fn a_moderator_moves_a_participant_to_the_viewers() {
     );
     let focus = "focus@auth.meet.jitsi/focus";
     join(&mut s, focus, "focus", "");
+    (s, focus)
+}
+
+/// docs/visitors.md §4: the room says visitors are enabled (the app then offers "Move to
+/// viewer"), and a moderator's demote request reaches the participant named and the other
+/// moderators from `visitors.<domain>`, never the room; anyone else's is refused.
+#[test]
+fn a_moderator_moves_a_participant_to_the_viewers() {
+    let (mut s, _) = visitors_shard();
     join(&mut s, &user(1), "alice", "");
     join(&mut s, &user(2), "bob", "");
     join(&mut s, &user(3), "carol", "");
@@ -1967,23 +1974,7 @@ fn a_moderator_moves_a_participant_to_the_viewers() {
 /// into a promotion IQ for the visitor.
 #[test]
 fn visitors_see_the_room_from_their_view_are_hidden_and_can_be_admitted() {
-    let mut c = cfg();
-    c.visitors = Some(VisitorView {
-        login_domain: "v1.meet.jitsi".into(),
-        muc_domain: "muc.v1.meet.jitsi".into(),
-    });
-    let mut s = shard(c);
-    s.modules.insert(
-        0,
-        Box::new(visitors::Visitors::new(
-            "visitors.meet.jitsi",
-            "muc.v1.meet.jitsi",
-            "focus@auth.meet.jitsi",
-            7,
-        )),
-    );
-    let focus = "focus@auth.meet.jitsi/focus";
-    join(&mut s, focus, "focus", "");
+    let (mut s, focus) = visitors_shard();
     join(&mut s, &user(1), "alice", "");
     // Alice is the moderator (the focus made her owner).
     for o in &mut s.rooms.get_mut(R).unwrap().occupants {
