@@ -186,12 +186,18 @@ impl MediaEngine {
                 // docs/bridge.md B.15: a local sender's packet, as it came, to the other
                 // bridges; what came from one never goes on to another.
                 Link::Relay { .. } => {
-                    // A video source the other bridge wants at no height stays here.
-                    let unwanted = kind == MediaType::Video
-                        && r.tx
-                            .forwards
-                            .get(&source_id)
-                            .is_some_and(|f| f.max_height == 0);
+                    // A video source the other bridge wants at no height stays here; of a
+                    // simulcast source only the layers up to the one its receivers could
+                    // pick within what it wants cross (it never sees the others).
+                    let want = (kind == MediaType::Video)
+                        .then(|| r.tx.forwards.get(&source_id).map(|f| f.max_height))
+                        .flatten();
+                    let unwanted = want == Some(0)
+                        || (!g.svc_views
+                            && views.len() > 1
+                            && want
+                                .and_then(|h| select_layer(views, h))
+                                .is_some_and(|top| li > top));
                     if !from_relay && !unwanted {
                         // Kept for the other bridge's NACKs (docs/bridge.md B.15).
                         cache_it |= kind == MediaType::Video;

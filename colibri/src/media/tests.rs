@@ -2681,6 +2681,27 @@ fn a_relay_carries_only_what_the_other_bridge_wants() {
         sender_constraints(&a.events, "ep1", "ep1-v0").last(),
         Some(&180)
     );
+    // Only ep1's 180p layer crosses now (ep1 still sends all three: the test's clients
+    // ignore sender constraints).
+    let layers: Vec<u32> = a.clients[0].layers.iter().map(|l| l.0).collect();
+    let b_ip = b.engine.cfg.local_addrs[0].ip();
+    let crossing = |a: &mut Net, b: &mut Net| {
+        let mut n = vec![0u32; layers.len()];
+        run_cascade(a, b, &wire, Duration::from_millis(100), true);
+        run_lossy_cascade(a, b, &wire, Duration::from_millis(400), true, &mut |t| {
+            let d = &t.data;
+            if t.to.ip() == b_ip && is_rtp_packet(d) {
+                let ssrc = u32::from_be_bytes([d[8], d[9], d[10], d[11]]);
+                if let Some(i) = layers.iter().position(|l| *l == ssrc) {
+                    n[i] += 1;
+                }
+            }
+            true
+        });
+        n
+    };
+    let n = crossing(&mut a, &mut b);
+    assert!(n[0] > 5 && n[1] == 0 && n[2] == 0, "layers relayed at 180: {n:?}");
     // ep3 turns video off: B wants nothing of A's senders, A stops relaying ep1's video.
     b.engine.set_receiver_constraints(
         (CONF, "ep3"),
@@ -2727,6 +2748,8 @@ fn a_relay_carries_only_what_the_other_bridge_wants() {
         b.clients[0].received(ep1_l0).len() > v0 + 5,
         "relayed again"
     );
+    let n = crossing(&mut a, &mut b);
+    assert!(n.iter().all(|x| *x > 5), "layers relayed at 720: {n:?}");
     assert!(
         a.clients[0].rtcp_rx[plis..].iter().any(|r| matches!(
             r,
