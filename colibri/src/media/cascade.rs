@@ -4,9 +4,10 @@
 //!
 //! A relay is an endpoint of the engine with its own str0m `Rtc` doing full ICE (the role
 //! the focus gave it) and DTLS (the ICE-controlling side is the DTLS client). Every packet a
-//! local participant sends goes to every relay as it came in: all simulcast layers and SVC
-//! layers, the sender's SSRCs, sequence numbers and timestamps, the header extensions the
-//! engine knows; the other bridge chooses per receiver, as it does for its own senders. What
+//! local participant sends goes to every relay that wants it as it came in: the sender's
+//! SSRCs, sequence numbers and timestamps, the header extensions the engine knows; the other
+//! bridge chooses per receiver, as it does for its own senders, and says how much of each
+//! video source it needs (`AddReceiver`, [`MediaEngine::set_relay_wants`]). What
 //! arrives on a relay belongs to the relayed endpoint whose sources carry its SSRC, and from
 //! there it is forwarded to the local participants only (never back to a relay: the bridges
 //! of a conference form a full mesh). Keyframe requests for a relayed source go out on its
