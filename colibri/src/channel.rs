@@ -142,7 +142,18 @@ impl ChannelHub {
     pub fn forget_endpoint(&self, conf: &str, ep: &str) {
         let key = (conf.to_string(), ep.to_string());
         self.visitors.lock().remove(&key);
-        self.sticky_ep.lock().remove(&key);
+        {
+            let mut sticky = self.sticky_ep.lock();
+            sticky.remove(&key);
+            // What this bridge wanted of it, if it was another bridge's participant (its
+            // sources are named `<endpoint>-…`).
+            let wanted = format!("AddReceiver/{ep}-");
+            for ((c, _), m) in sticky.iter_mut() {
+                if c == conf {
+                    m.retain(|k, _| !k.starts_with(&wanted));
+                }
+            }
+        }
         self.conns.lock().remove(&key);
         self.constraints.lock().remove(&key);
         self.sctp_in.lock().remove(&key);
@@ -820,6 +831,9 @@ mod tests {
         assert_eq!(v["videoConstraints"]["maxHeight"], 0);
         assert_eq!(hub.relay_connect_messages("c", "jvb3"), [sent]);
         assert!(hub.relay_connect_messages("c", "other").is_empty());
+        // The other bridge's participant z leaves: nothing is kept for its sources.
+        hub.forget_endpoint("c", "z");
+        assert!(hub.relay_connect_messages("c", "jvb3").is_empty());
     }
 
     #[test]

@@ -178,6 +178,23 @@ impl MediaEngine {
         let Some(rid) = self.id_of(relay) else {
             return;
         };
+        // Only a source of a participant here (a stale or made-up name is not kept).
+        let sender = self.conferences.get(relay.0).and_then(|c| {
+            c.members.iter().find_map(|id| {
+                let e = self.endpoints.get(id)?;
+                (matches!(e.link, Link::Client) && e.rx.sources.iter().any(|s| s.name == source))
+                    .then_some(*id)
+            })
+        });
+        let Some(sender) = sender else {
+            tracing::debug!(
+                conference = relay.0,
+                relay = relay.1,
+                source,
+                "wants for an unknown source ignored"
+            );
+            return;
+        };
         let h = i64::from(max_height.min(i32::MAX as u32));
         let h = if max_height == u32::MAX { -1 } else { h };
         let before = match self.endpoints.get_mut(&rid) {
@@ -198,20 +215,7 @@ impl MediaEngine {
         );
         self.allocate(rid);
         if before == Some(0) && h != 0 {
-            let Some(conf) = self.endpoints.get(&rid).map(|r| r.conference.clone()) else {
-                return;
-            };
-            let sender = self.conferences.get(&conf).and_then(|c| {
-                c.members.iter().find_map(|id| {
-                    let e = self.endpoints.get(id)?;
-                    (matches!(e.link, Link::Client)
-                        && e.rx.sources.iter().any(|s| s.name == source))
-                    .then_some(*id)
-                })
-            });
-            if let Some(sender) = sender {
-                self.request_keyframe(sender, source, 0);
-            }
+            self.request_keyframe(sender, source, 0);
         }
     }
 

@@ -990,6 +990,20 @@ impl MediaEngine {
         if let endpoint::Link::Relayed { relay } = ep.link {
             self.index_relay(relay);
         }
+        // What other bridges wanted of its sources goes with it.
+        if matches!(ep.link, endpoint::Link::Client)
+            && let Some(c) = self.conferences.get(&ep.conference)
+        {
+            for rid in &c.members {
+                if let Some(r) = self.endpoints.get_mut(rid)
+                    && matches!(r.link, endpoint::Link::Relay { .. })
+                {
+                    for src in &ep.rx.sources {
+                        r.tx.constraints.constraints.remove(&src.name);
+                    }
+                }
+            }
+        }
         if self.endpoints.is_empty() {
             self.timers.stop_all();
         }

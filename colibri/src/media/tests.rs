@@ -2701,7 +2701,10 @@ fn a_relay_carries_only_what_the_other_bridge_wants() {
         n
     };
     let n = crossing(&mut a, &mut b);
-    assert!(n[0] > 5 && n[1] == 0 && n[2] == 0, "layers relayed at 180: {n:?}");
+    assert!(
+        n[0] > 5 && n[1] == 0 && n[2] == 0,
+        "layers relayed at 180: {n:?}"
+    );
     // ep3 turns video off: B wants nothing of A's senders, A stops relaying ep1's video.
     b.engine.set_receiver_constraints(
         (CONF, "ep3"),
@@ -2750,6 +2753,25 @@ fn a_relay_carries_only_what_the_other_bridge_wants() {
     );
     let n = crossing(&mut a, &mut b);
     assert!(n.iter().all(|x| *x > 5), "layers relayed at 720: {n:?}");
+    // What A keeps of B's wants stays bounded: no unknown names, nothing of a participant
+    // who left.
+    let kept = |a: &Net| {
+        let rid = a.engine.id_of((CONF, "relay-b")).unwrap();
+        let mut k: Vec<String> = a.engine.endpoints[&rid]
+            .tx
+            .constraints
+            .constraints
+            .keys()
+            .cloned()
+            .collect();
+        k.sort();
+        k
+    };
+    a.engine.set_relay_wants((CONF, "relay-b"), "nobody-v0", 0);
+    a.engine.set_relay_wants((CONF, "relay-b"), "ep2-v0", 360);
+    assert_eq!(kept(&a), ["ep1-v0", "ep2-v0"]);
+    a.engine.remove_endpoint((CONF, "ep2"));
+    assert_eq!(kept(&a), ["ep1-v0"]);
     assert!(
         a.clients[0].rtcp_rx[plis..].iter().any(|r| matches!(
             r,
