@@ -758,7 +758,19 @@ pub fn bridge_channel(data: &[u8]) {
                 Effect::Constraints(c) => {
                     assert_eq!(hub.constraints("conf", from).as_ref(), Some(&c));
                 }
+                Effect::RelayWants { .. } => {
+                    panic!("a client's message spoke for another bridge: {msg}")
+                }
                 Effect::VideoType { .. } | Effect::None => {}
+            }
+        }
+        // The same line from another bridge, on a relay's channel.
+        for e in hub.relay_message("conf", "relay", msg) {
+            match e {
+                Effect::Send { to, .. } => assert!(eps.contains(&to.as_str()), "to {to}"),
+                Effect::RelayWants { source, .. } => assert!(!source.is_empty()),
+                Effect::None => {}
+                other => panic!("a relay's message did {other:?}"),
             }
         }
     }
