@@ -144,13 +144,14 @@ impl Pool {
     }
 
     /// `Selection::Region`'s choice for a new endpoint of a conference that has `on`
-    /// (Jicofo's `RegionBasedBridgeSelectionStrategy` without region groups; a participant's
-    /// region is the focus's, and with none every bridge is in it): a bridge of the
+    /// (Jicofo's `RegionBasedBridgeSelectionStrategy` without region groups) for a participant
+    /// of region `participant` (none, or no bridge there: the focus's region; no bridge there
+    /// either: every bridge is in the region): a bridge of the
     /// conference in the region that is not overloaded; else any such bridge in the region; else the conference's bridge in the
     /// region even if overloaded; else any bridge in the region; else a bridge of the
     /// conference that is not overloaded; else the least loaded. Overloaded: stress above 0.8,
     /// or `max_bridge_participants` of the conference on it.
-    pub fn choose_region(&self, on: &OnBridges) -> Option<Target> {
+    pub fn choose_region(&self, on: &OnBridges, participant: Option<&str>) -> Option<Target> {
         let all = self.available();
         let max = self.max_bridge_participants;
         let count = |t: &Target| on.iter().find(|(x, _)| x == t).map(|(_, n)| *n);
@@ -158,11 +159,14 @@ impl Pool {
         let loaded = |t: &Target, i: &BridgeInfo| {
             i.stress > OVERLOADED || (max > 0 && count(t).is_some_and(|n| n >= max))
         };
-        // No region, or no bridge in the focus's region: every bridge counts as in it (Jicofo
-        // would go straight to the least loaded bridge, a conference's overloaded one too).
-        let region_known =
-            !self.region.is_empty() && all.iter().any(|(_, i)| i.region == self.region);
-        let in_region = |i: &BridgeInfo| !region_known || i.region == self.region;
+        // The participant's region if a bridge is there, else the focus's if a bridge is
+        // there; else every bridge counts as in the region (Jicofo would go straight to the
+        // least loaded bridge, a conference's overloaded one too).
+        let has = |r: &str| !r.is_empty() && all.iter().any(|(_, i)| i.region == r);
+        let region = participant
+            .filter(|r| has(r))
+            .or_else(|| has(&self.region).then_some(self.region.as_str()));
+        let in_region = |i: &BridgeInfo| region.is_none_or(|r| i.region == r);
         let first = |ok: &dyn Fn(&Target, &BridgeInfo) -> bool| {
             all.iter().find(|(t, i)| ok(t, i)).map(|(t, _)| t.clone())
         };
@@ -216,8 +220,8 @@ impl Pool {
         let mut spreads = std::mem::take(&mut self.spreads);
         let plan = {
             let me = &*self;
-            let choose = |on: &OnBridges| match me.selection {
-                Selection::Region => me.choose_region(on),
+            let choose = |on: &OnBridges, region: Option<&str>| match me.selection {
+                Selection::Region => me.choose_region(on, region),
                 _ => fewest(on, &candidates),
             };
             spreads.plan(req, &choose, &relay_id)
@@ -826,28 +830,28 @@ mod tests {
         p.remotes.insert("b@x/2".into(), info(0.1, "", false));
         p.remotes.insert("b@x/3".into(), info(0.2, "", false));
         assert_eq!(
-            p.choose_region(&[]),
+            p.choose_region(&[], None),
             Some(r("2")),
             "a new conference: least stressed"
         );
         assert_eq!(
-            p.choose_region(&[(r("1"), 2)]),
+            p.choose_region(&[(r("1"), 2)], None),
             Some(r("1")),
             "its own bridge, although others are less stressed"
         );
         assert_eq!(
-            p.choose_region(&[(r("1"), 3)]),
+            p.choose_region(&[(r("1"), 3)], None),
             Some(r("2")),
             "max_bridge_participants reached: the least stressed other"
         );
         assert_eq!(
-            p.choose_region(&[(r("1"), 3), (r("3"), 1)]),
+            p.choose_region(&[(r("1"), 3), (r("3"), 1)], None),
             Some(r("3")),
             "a bridge already in the conference before a new one"
         );
         p.remotes.get_mut("b@x/1").unwrap().stress = 0.85;
         assert_eq!(
-            p.choose_region(&[(r("1"), 1)]),
+            p.choose_region(&[(r("1"), 1)], None),
             Some(r("2")),
             "its bridge is stressed: overloaded"
         );
@@ -856,15 +860,23 @@ mod tests {
         }
         p.remotes.get_mut("b@x/2").unwrap().stress = 0.95;
         assert_eq!(
-            p.choose_region(&[(r("2"), 3)]),
+            p.choose_region(&[(r("2"), 3)], None),
             Some(r("2")),
             "all overloaded: the conference's own"
         );
-        assert_eq!(p.choose_region(&[]), Some(r("1")), "else the least loaded");
+        assert_eq!(
+            p.choose_region(&[], None),
+            Some(r("1")),
+            "else the least loaded"
+        );
         p.remotes.get_mut("b@x/3").unwrap().unavailable = true;
         p.remotes.get_mut("b@x/1").unwrap().unavailable = true;
         p.remotes.get_mut("b@x/2").unwrap().unavailable = true;
-        assert_eq!(p.choose_region(&[]), None, "draining bridges take nobody");
+        assert_eq!(
+            p.choose_region(&[], None),
+            None,
+            "draining bridges take nobody"
+        );
     }
 
     #[test]
@@ -878,20 +890,23 @@ mod tests {
         p.remotes.insert("b@x/us".into(), info(0.0, "us", false));
         p.remotes.insert("b@x/eu1".into(), info(0.5, "eu", false));
         p.remotes.insert("b@x/eu2".into(), info(0.6, "eu", false));
-        assert_eq!(p.choose_region(&[]), Some(r("eu1")));
+        assert_eq!(p.choose_region(&[], None), Some(r("eu1")));
         assert_eq!(
-            p.choose_region(&[(r("eu1"), 2)]),
+            p.choose_region(&[(r("eu1"), 2)], None),
             Some(r("eu2")),
             "in the region first"
         );
         assert_eq!(
-            p.choose_region(&[(r("eu1"), 2), (r("eu2"), 2)]),
+            p.choose_region(&[(r("eu1"), 2), (r("eu2"), 2)], None),
             Some(r("eu1")),
             "the region's conference bridge, overloaded, before another region"
         );
+        // A participant's own region comes first; one nobody serves falls back to the focus's.
+        assert_eq!(p.choose_region(&[(r("eu1"), 1)], Some("us")), Some(r("us")));
+        assert_eq!(p.choose_region(&[], Some("mars")), Some(r("eu1")));
         p.region = "asia".into();
         assert_eq!(
-            p.choose_region(&[]),
+            p.choose_region(&[], None),
             Some(r("us")),
             "no bridge in the region: any"
         );

@@ -177,11 +177,12 @@ impl Spreads {
     }
 
     /// Plan one request. `choose`: the pool's strategy, the bridge for a new endpoint given
-    /// the conference's bridges (None: no bridge may take it); `relay_id`: a bridge's relay id.
+    /// the conference's bridges and the participant's region (None: no bridge may take it);
+    /// `relay_id`: a bridge's relay id.
     pub fn plan(
         &mut self,
         req: &ConferenceModify,
-        choose: &dyn Fn(&OnBridges) -> Option<Target>,
+        choose: &dyn Fn(&OnBridges, Option<&str>) -> Option<Target>,
         relay_id: &dyn Fn(&Target) -> String,
     ) -> Result<Plan, Colibri2Error> {
         let mut plan = Plan::default();
@@ -215,9 +216,8 @@ impl Spreads {
             let known = spread.endpoints.get(&ep.id).map(|(t, _)| t.clone());
             let t = match known {
                 Some(t) => t,
-                None if ep.create => {
-                    choose(&spread.on_bridges()).ok_or(Colibri2Error::GracefulShutdown)?
-                }
+                None if ep.create => choose(&spread.on_bridges(), ep.region.as_deref())
+                    .ok_or(Colibri2Error::GracefulShutdown)?,
                 None if ep.expire => continue,
                 None => return Err(Colibri2Error::UnknownEndpoint { id: ep.id.clone() }),
             };
@@ -266,7 +266,7 @@ impl Spreads {
             }
         }
         if req.create && parts.is_empty() && spread.bridges.is_empty() {
-            let t = choose(&[]).ok_or(Colibri2Error::GracefulShutdown)?;
+            let t = choose(&[], None).ok_or(Colibri2Error::GracefulShutdown)?;
             spread.bridges.push(t.clone());
             part(&mut parts, &t);
         }
@@ -394,7 +394,7 @@ mod tests {
     }
 
     fn alloc(s: &mut Spreads, m: &str, ep: &str, create: bool, c: &[Target]) -> Plan {
-        let choose = |on: &OnBridges| fewest(on, c);
+        let choose = |on: &OnBridges, _: Option<&str>| fewest(on, c);
         let mut r = ConferenceModify::new(m);
         r.create = create;
         r.name = Some("room@muc.meet.jitsi".into());
@@ -417,7 +417,9 @@ mod tests {
         let mut e = Endpoint::new("ep1");
         e.sources = Some(sources(11));
         r.endpoints.push(e);
-        let p = s.plan(&r, &|on: &OnBridges| fewest(on, &c), &rid).unwrap();
+        let p = s
+            .plan(&r, &|on: &OnBridges, _: Option<&str>| fewest(on, &c), &rid)
+            .unwrap();
         assert_eq!(p.primary[0].0, t("b1"));
         assert!(p.mirror.is_empty());
         // The second on b2: b2 creates the conference, and b1 ↔ b2 get relays, each with
@@ -458,7 +460,9 @@ mod tests {
         let mut e = Endpoint::new("ep2");
         e.sources = Some(sources(22));
         r.endpoints.push(e);
-        let p = s.plan(&r, &|on: &OnBridges| fewest(on, &c), &rid).unwrap();
+        let p = s
+            .plan(&r, &|on: &OnBridges, _: Option<&str>| fewest(on, &c), &rid)
+            .unwrap();
         assert_eq!(p.primary[0].0, t("b2"));
         assert_eq!(p.mirror[0].0, t("b1"));
         assert_eq!(
@@ -469,12 +473,16 @@ mod tests {
         let mut e = Endpoint::new("ep2");
         e.expire = true;
         r.endpoints.push(e);
-        let p = s.plan(&r, &|on: &OnBridges| fewest(on, &c), &rid).unwrap();
+        let p = s
+            .plan(&r, &|on: &OnBridges, _: Option<&str>| fewest(on, &c), &rid)
+            .unwrap();
         assert!(p.mirror[0].1.relays[0].endpoints[0].expire);
         // The conference ends: every bridge expires it.
         let mut r = ConferenceModify::new("m");
         r.expire = true;
-        let p = s.plan(&r, &|on: &OnBridges| fewest(on, &c), &rid).unwrap();
+        let p = s
+            .plan(&r, &|on: &OnBridges, _: Option<&str>| fewest(on, &c), &rid)
+            .unwrap();
         let mut gone: Vec<Target> = p.primary.iter().map(|(t, _)| t.clone()).collect();
         gone.sort_by_key(rid);
         assert_eq!(gone, vec![t("b1"), t("b2")]);
@@ -492,7 +500,9 @@ mod tests {
         let mut v = create_ep("v1");
         v.muc_role = Some("visitor".into());
         r.endpoints.push(v);
-        let p = s.plan(&r, &|on: &OnBridges| fewest(on, &c), &rid).unwrap();
+        let p = s
+            .plan(&r, &|on: &OnBridges, _: Option<&str>| fewest(on, &c), &rid)
+            .unwrap();
         assert_eq!(p.primary.len(), 1);
         assert!(
             p.mirror.is_empty(),
@@ -565,21 +575,21 @@ mod tests {
         let mut r = ConferenceModify::new("nope");
         r.endpoints.push(Endpoint::new("e"));
         assert!(matches!(
-            s.plan(&r, &|on: &OnBridges| fewest(on, &c), &rid),
+            s.plan(&r, &|on: &OnBridges, _: Option<&str>| fewest(on, &c), &rid),
             Err(Colibri2Error::ConferenceNotFound { .. })
         ));
         alloc(&mut s, "m", "e1", true, &c);
         let mut r = ConferenceModify::new("m");
         r.endpoints.push(Endpoint::new("zz"));
         assert!(matches!(
-            s.plan(&r, &|on: &OnBridges| fewest(on, &c), &rid),
+            s.plan(&r, &|on: &OnBridges, _: Option<&str>| fewest(on, &c), &rid),
             Err(Colibri2Error::UnknownEndpoint { .. })
         ));
         // No bridge left for a newcomer.
         let mut r = ConferenceModify::new("m");
         r.endpoints.push(create_ep("e2"));
         assert!(matches!(
-            s.plan(&r, &|on: &OnBridges| fewest(on, &[]), &rid),
+            s.plan(&r, &|on: &OnBridges, _: Option<&str>| fewest(on, &[]), &rid),
             Err(Colibri2Error::GracefulShutdown)
         ));
         assert_eq!(s.using(&t("b1")), vec!["m".to_string()]);

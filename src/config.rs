@@ -476,6 +476,11 @@ pub struct WebSection {
     /// config.js `whiteboard.collabServerBaseUrl`: an Excalidraw collaboration server; empty
     /// turns the whiteboard off.
     pub whiteboard_url: String,
+    /// The people's regions, by the networks they come from (region → CIDRs, e.g.
+    /// `{ "campus-a" = ["10.1.0.0/16"] }`): config.js `deploymentInfo.userRegion`, which the
+    /// app puts in its presence and the focus's "region" bridge selection reads
+    /// (docs/colibri2.md §4c). A local proxy's `X-Proxy-Region` header (stock's) wins.
+    pub regions: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 impl Default for WebSection {
@@ -486,6 +491,7 @@ impl Default for WebSection {
             third_party_requests: false,
             shared_video_domains: Vec::new(),
             whiteboard_url: String::new(),
+            regions: std::collections::BTreeMap::new(),
         }
     }
 }
@@ -1090,6 +1096,14 @@ impl Config {
 
     pub fn validate(&self) -> Result<(), ConfigError> {
         let err = |k: &str, m: &str| Err(ConfigError(format!("{k}: {m}")));
+        for (region, nets) in &self.web.regions {
+            if let Some(bad) = nets.iter().find(|n| Cidr::parse(n).is_none()) {
+                return err(
+                    &format!("web.regions.{region}"),
+                    &format!("{bad:?} is no network (address/prefix, e.g. \"10.1.0.0/16\")"),
+                );
+            }
+        }
         match self.server.role.as_str() {
             "all" => {}
             "bridge" => {
@@ -1661,9 +1675,87 @@ impl Config {
     }
 }
 
+/// A network, `address/prefix`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    pub fn parse(s: &str) -> Option<Cidr> {
+        let (a, p) = s.trim().split_once('/')?;
+        let addr: IpAddr = a.parse().ok()?;
+        let prefix: u8 = p.parse().ok()?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        (prefix <= max).then_some(Cidr { addr, prefix })
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        // An IPv4 client may come as an IPv4-mapped IPv6 address.
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        let (net, ip, bits) = match (self.addr, ip) {
+            (IpAddr::V4(n), IpAddr::V4(i)) => (
+                u128::from(u32::from(n)) << 96,
+                u128::from(u32::from(i)) << 96,
+                self.prefix,
+            ),
+            (IpAddr::V6(n), IpAddr::V6(i)) => (u128::from(n), u128::from(i), self.prefix),
+            _ => return false,
+        };
+        let mask = if bits == 0 {
+            0
+        } else {
+            u128::MAX << (128 - u32::from(bits))
+        };
+        net & mask == ip & mask
+    }
+}
+
+impl WebSection {
+    /// The region of a client at `ip` (`[web] regions`), if any.
+    pub fn region_of(&self, ip: IpAddr) -> Option<&str> {
+        self.regions
+            .iter()
+            .find(|(_, nets)| {
+                nets.iter()
+                    .filter_map(|n| Cidr::parse(n))
+                    .any(|c| c.contains(ip))
+            })
+            .map(|(r, _)| r.as_str())
+    }
+}
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn regions_by_network() {
+        let mut w = WebSection::default();
+        w.regions.insert(
+            "campus-a".into(),
+            vec!["10.1.0.0/16".into(), "2001:db8:1::/48".into()],
+        );
+        w.regions
+            .insert("campus-b".into(), vec!["10.2.0.0/16".into()]);
+        let at = |ip: &str| w.region_of(ip.parse().unwrap());
+        assert_eq!(at("10.1.200.3"), Some("campus-a"));
+        assert_eq!(at("::ffff:10.2.0.9"), Some("campus-b"), "IPv4-mapped");
+        assert_eq!(at("2001:db8:1:ff::1"), Some("campus-a"));
+        assert_eq!(at("10.3.0.1"), None);
+        assert!(Cidr::parse("10.0.0.0/33").is_none() && Cidr::parse("10.0.0.0").is_none());
+        assert!(
+            Cidr::parse("0.0.0.0/0")
+                .unwrap()
+                .contains("192.0.2.1".parse().unwrap())
+        );
+        let mut c = Config::default();
+        c.web.regions.insert("x".into(), vec!["nonsense".into()]);
+        assert!(c.validate().unwrap_err().0.contains("web.regions.x"));
+    }
 
     #[test]
     fn shipped_file_matches_defaults() {

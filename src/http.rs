@@ -358,12 +358,7 @@ async fn config_js(
     headers: HeaderMap,
 ) -> Response {
     let base = base_url(&st, peer, &uri, &headers);
-    let body = web::config_js(
-        &st.front.cfg,
-        &st.front.server.config,
-        &base,
-        &st.front.shard,
-    );
+    let body = page_config(&st, peer, &headers, &base);
     let mut r = (StatusCode::OK, body).into_response();
     let h = r.headers_mut();
     h.insert(
@@ -494,16 +489,37 @@ async fn index(
     let base = base_url(&st, peer, &uri, &headers);
     match &st.front.web_root {
         Some(w) => {
-            let config = web::config_js(
-                &st.front.cfg,
-                &st.front.server.config,
-                &base,
-                &st.front.shard,
-            );
+            let config = page_config(&st, peer, &headers, &base);
             w.index(None, host_of(&base), &config)
         }
         None => Html(web::index_page(&st.front.cfg, &base)).into_response(),
     }
+}
+
+/// config.js for one request: with the person's region (docs/colibri2.md §4c) from a local
+/// proxy's `X-Proxy-Region` header, else from `[web] regions` by the client's address.
+fn page_config(st: &St, peer: SocketAddr, headers: &HeaderMap, base: &str) -> String {
+    let from_proxy = peer
+        .ip()
+        .is_loopback()
+        .then(|| headers.get("x-proxy-region").and_then(|v| v.to_str().ok()))
+        .flatten()
+        .map(str::trim)
+        .filter(|r| {
+            !r.is_empty()
+                && r.len() <= 64
+                && r.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        });
+    let web = &st.front.cfg.web;
+    let region = from_proxy.or_else(|| web.region_of(client_ip(peer, headers)));
+    web::config_js(
+        &st.front.cfg,
+        &st.front.server.config,
+        base,
+        &st.front.shard,
+        region,
+    )
 }
 
 fn host_of(base: &str) -> &str {
@@ -536,21 +552,11 @@ async fn web_fallback(
     }
     match w.route(&path) {
         crate::webroot::Target::Index(tenant) => {
-            let config = web::config_js(
-                &st.front.cfg,
-                &st.front.server.config,
-                &base,
-                &st.front.shard,
-            );
+            let config = page_config(&st, peer, req.headers(), &base);
             w.index(tenant.as_deref(), host_of(&base), &config)
         }
         crate::webroot::Target::File(p) if p.ends_with(".html") => {
-            let config = web::config_js(
-                &st.front.cfg,
-                &st.front.server.config,
-                &base,
-                &st.front.shard,
-            );
+            let config = page_config(&st, peer, req.headers(), &base);
             w.page(&p, None, host_of(&base), &config)
         }
         crate::webroot::Target::File(p) => w.file(&p, req).await,

@@ -26,7 +26,13 @@ fn host_of(base: &str) -> &str {
 /// `config.js` as the web app and the mobile apps load it: plain JS defining `var config`,
 /// no DOM needed, and nothing that makes the client talk to a third party unless `[web]`
 /// allows it.
-pub fn config_js(cfg: &Config, x: &meetd_xmpp::XmppConfig, base: &str, shard: &str) -> String {
+pub fn config_js(
+    cfg: &Config,
+    x: &meetd_xmpp::XmppConfig,
+    base: &str,
+    shard: &str,
+    user_region: Option<&str>,
+) -> String {
     let ws_base = if let Some(rest) = base.strip_prefix("https://") {
         format!("wss://{rest}")
     } else if let Some(rest) = base.strip_prefix("http://") {
@@ -80,6 +86,10 @@ pub fn config_js(cfg: &Config, x: &meetd_xmpp::XmppConfig, base: &str, shard: &s
         "testing": { "enableGracefulReconnect": true },
     });
     let mut config = config;
+    if let Some(r) = user_region.filter(|r| !r.is_empty()) {
+        // The app says it in its presence; the focus's region selection reads it.
+        config["deploymentInfo"]["userRegion"] = json!(r);
+    }
     if cfg.streaming.live_streaming() || cfg.streaming.recording() {
         // meetd's own streams take VP8 (ffmpeg 5.1 has no AV1 over RTP, docs/streaming.md):
         // the clients send VP8 to the bridge first. Their own codec list otherwise.
@@ -140,8 +150,18 @@ mod tests {
             &cfg.xmpp(),
             "https://meet.example.com:8443",
             "meetd-1",
+            None,
         );
         assert!(js.contains("\"websocket\": \"wss://meet.example.com:8443/xmpp-websocket\""));
+        assert!(!js.contains("userRegion"));
+        let js = config_js(
+            &cfg,
+            &cfg.xmpp(),
+            "https://meet.example.com:8443",
+            "meetd-1",
+            Some("campus-b"),
+        );
+        assert!(js.contains("\"userRegion\": \"campus-b\""), "{js}");
         assert!(js.contains("\"bosh\": \"https://meet.example.com:8443/http-bind\""));
         assert!(js.contains("stun:meet.example.com:10000"));
         assert!(!js.contains("jitsi.net"));
@@ -151,23 +171,47 @@ mod tests {
     #[test]
     fn local_recording_follows_the_setting() {
         let mut cfg = Config::default();
-        let js = config_js(&cfg, &cfg.xmpp(), "https://meet.example.com", "meetd-1");
+        let js = config_js(
+            &cfg,
+            &cfg.xmpp(),
+            "https://meet.example.com",
+            "meetd-1",
+            None,
+        );
         assert!(js.contains("\"localRecording\": {\n    \"disable\": false"));
         cfg.web.local_recording = false;
-        let js = config_js(&cfg, &cfg.xmpp(), "https://meet.example.com", "meetd-1");
+        let js = config_js(
+            &cfg,
+            &cfg.xmpp(),
+            "https://meet.example.com",
+            "meetd-1",
+            None,
+        );
         assert!(js.contains("\"localRecording\": {\n    \"disable\": true"));
     }
 
     #[test]
     fn third_parties_only_when_allowed() {
         let mut cfg = Config::default();
-        let js = config_js(&cfg, &cfg.xmpp(), "https://meet.example.com", "meetd-1");
+        let js = config_js(
+            &cfg,
+            &cfg.xmpp(),
+            "https://meet.example.com",
+            "meetd-1",
+            None,
+        );
         assert!(js.contains("\"disableThirdPartyRequests\": true"));
         assert!(js.contains("\"whiteboard\": {\n    \"enabled\": false"));
         cfg.web.third_party_requests = true;
         cfg.web.shared_video_domains = vec!["videos.example.org".into()];
         cfg.web.whiteboard_url = "https://board.example.org".into();
-        let js = config_js(&cfg, &cfg.xmpp(), "https://meet.example.com", "meetd-1");
+        let js = config_js(
+            &cfg,
+            &cfg.xmpp(),
+            "https://meet.example.com",
+            "meetd-1",
+            None,
+        );
         assert!(js.contains("\"disableThirdPartyRequests\": false"));
         assert!(js.contains("\"collabServerBaseUrl\": \"https://board.example.org\""));
         assert!(js.contains("\"videos.example.org\""));

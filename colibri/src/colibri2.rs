@@ -1135,6 +1135,9 @@ pub struct Endpoint {
     /// `<capability name/>`s: `source-names`, `ssrc-rewriting`, ….
     pub capabilities: Vec<String>,
     pub initial_last_n: Option<i32>,
+    /// Not on the wire: the participant's region (its presence's
+    /// `jitsi_participant_region`), for the focus's bridge pool to choose by.
+    pub region: Option<String>,
 }
 
 impl Endpoint {

@@ -197,6 +197,9 @@ struct Participant {
     jibri: bool,
     /// A visitor (docs/visitors.md): receives only.
     visitor: bool,
+    /// Where the app says it is (`jitsi_participant_region`, from config.js
+    /// `deploymentInfo.userRegion`): for the bridge choice.
+    region: Option<String>,
 }
 
 impl Participant {
@@ -880,6 +883,10 @@ impl Conference {
                     return;
                 }
                 let stats_id = p.get_child("stats-id", NS_CLIENT).map(|s| s.text());
+                let region = p
+                    .get_child("jitsi_participant_region", NS_CLIENT)
+                    .map(|s| s.text().trim().to_string())
+                    .filter(|r| !r.is_empty() && r.len() <= 64);
                 let jibri = self.is_jibri(&real, p);
                 let visitor = self.is_visitor(&real);
                 self.participants.push(Participant {
@@ -899,6 +906,7 @@ impl Conference {
                     sending_video: false,
                     jibri,
                     visitor,
+                    region,
                 });
                 if visitor {
                     self.send_presence();
@@ -1214,6 +1222,7 @@ impl Conference {
         let mut ep = Endpoint::new(nick);
         ep.create = true;
         ep.stats_id = p.stats_id.clone();
+        ep.region = p.region.clone();
         if p.visitor {
             ep.muc_role = Some("visitor".into());
         }

@@ -217,12 +217,19 @@ export function appTest(name, fn, opts = {}) {
  * Open the room as a new participant: the room URL, the prejoin screen with a display name,
  * "Join meeting"; resolves once the app says it has joined the conference.
  * opts: name, hash (URL hash, e.g. 'config.startWithAudioMuted=true'), query, startAudioMuted,
- * startVideoMuted (toggled on the prejoin screen as a person would), waitJoined (default true).
+ * startVideoMuted (toggled on the prejoin screen as a person would), waitJoined (default true),
+ * headers (extra HTTP request headers of this participant's browser).
  */
 async function join(h, room, opts = {}) {
     let p = opts.reuse;
     if (!p) {
-        const ctx = await h.browser.newContext({ permissions: ['camera', 'microphone'], ignoreHTTPSErrors: true });
+        // `headers`: sent with every request of this browser, as a proxy in front of meetd
+        // would add them (e.g. X-Proxy-Region).
+        const ctx = await h.browser.newContext({
+            permissions: ['camera', 'microphone'],
+            ignoreHTTPSErrors: true,
+            ...(opts.headers ? { extraHTTPHeaders: opts.headers } : {}),
+        });
         h.onContext?.(ctx);
         const page = await ctx.newPage();
         p = new Participant(h, opts.name || `p${h.participants.length + 1}`, ctx, page);

@@ -1221,3 +1221,40 @@ fn a_meeting_is_full_of_participants_at_visitors_after() {
     h.join("bbbb", 2);
     assert!(!h.c.full_of_participants());
 }
+
+/// docs/colibri2.md §4c: the region a participant's app says it is in (config.js
+/// `deploymentInfo.userRegion`, in its presence) goes with its endpoint to the bridge pool.
+#[test]
+fn a_participants_region_goes_with_its_endpoint() {
+    let mut h = Harness::new();
+    h.start();
+    h.stanza(&format!("<presence xmlns='jabber:client' from='{ROOM}/cccc' to='{FOCUS}'><jitsi_participant_region>campus-b</jitsi_participant_region><x xmlns='http://jabber.org/protocol/muc#user'><item affiliation='none' role='participant' jid='u3@meet.jitsi/r3'/></x></presence>"));
+    let sent = h.take_sent();
+    let disco = sent
+        .iter()
+        .find(|e| e.attr("to") == Some(&*format!("{ROOM}/cccc")))
+        .expect("disco");
+    let id = disco.attr("id").unwrap().to_string();
+    let f: String = crate::offer::WEB_CLIENT_FEATURES
+        .iter()
+        .map(|v| format!("<feature var='{v}'/>"))
+        .collect();
+    h.stanza(&format!("<iq xmlns='jabber:client' type='result' id='{id}' from='{ROOM}/cccc' to='{FOCUS}'><query xmlns='http://jabber.org/protocol/disco#info'>{f}</query></iq>"));
+    h.join("aaaa", 1);
+    let mut regions = Vec::new();
+    while !h.colibri.is_empty() {
+        regions.extend(
+            h.colibri
+                .iter()
+                .flat_map(|(_, m)| &m.endpoints)
+                .filter(|e| e.create)
+                .map(|e| (e.id.clone(), e.region.clone())),
+        );
+        h.bridge();
+    }
+    assert!(
+        regions.contains(&("cccc".to_string(), Some("campus-b".to_string())))
+            && regions.iter().all(|(id, r)| id == "cccc" || r.is_none()),
+        "{regions:?}"
+    );
+}
