@@ -1546,6 +1546,7 @@ impl Config {
             draining: Default::default(),
             live_streams: None,
             bridge_lost: None,
+            rooms: None,
         }
     }
 

@@ -514,7 +514,7 @@ async fn serve(mut cfg: Config, flags: Overrides) -> anyhow::Result<()> {
         cfg: cfg.http_api.clone(),
         domain: server.config.domain.clone(),
         muc_domain,
-        rooms,
+        rooms: rooms.clone(),
         system: system_tokens,
         focus_jid: format!("focus@{}/focus", server.config.auth_domain),
     });
@@ -538,6 +538,7 @@ async fn serve(mut cfg: Config, flags: Overrides) -> anyhow::Result<()> {
     };
     let focus = cfg.focus.enabled.then(|| {
         let mut opts = cfg.focus(&server.config);
+        opts.rooms = Some(rooms.clone());
         if cfg.streaming.enabled {
             // The encoders listen on loopback in the bridge socket's family.
             let loopback = if media_ips.iter().any(|ip| ip.is_ipv6()) {

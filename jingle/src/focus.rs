@@ -124,6 +124,8 @@ pub struct FocusOptions {
     pub live_streams: Option<Arc<dyn LiveStreams>>,
     /// Conferences a bridge of the pool took with it (docs/colibri2.md §4a, §4b).
     pub bridge_lost: Option<mpsc::Receiver<BridgeLoss>>,
+    /// The MUC's rooms as they are (a room with a lobby sends nobody to the visitors).
+    pub rooms: Option<Arc<meetd_xmpp::muc::directory::Directory>>,
 }
 
 /// What a bridge that left the pool took with it.
@@ -145,6 +147,9 @@ struct Gateways {
     jibri: Option<Arc<Brewery>>,
     jigasi: Option<Arc<JigasiBrewery>>,
     streams: Option<Arc<dyn LiveStreams>>,
+    /// The MUC's rooms (`FocusOptions::rooms`) and its main domain (visitors only there).
+    rooms: Option<Arc<meetd_xmpp::muc::directory::Directory>>,
+    main_muc: String,
 }
 
 /// The focus's place in one brewery room (Jibri's or Jigasi's): joining it, IQs to its
@@ -480,6 +485,8 @@ pub fn start(router: Arc<Router>, opts: FocusOptions, bridge: Arc<dyn Bridge>) -
         jibri: brewery.clone(),
         jigasi: jigasi.clone(),
         streams: opts.live_streams.clone(),
+        rooms: opts.rooms.clone(),
+        main_muc: opts.muc_domains.first().cloned().unwrap_or_default(),
     };
     let draining = opts.draining.clone();
     let (handle_router, handle_jigasi) = (router.clone(), jigasi.clone());
@@ -883,11 +890,20 @@ async fn run_actor(
     let sip = gw.jigasi.is_some();
     let vnode_id = conf.visitor_vnode().map(str::to_string);
     // Where a request goes (docs/visitors.md §1): to the visitors' node when it asks to be a
-    // visitor, or when the meeting is full of participants.
+    // visitor, or when the meeting is full of participants — never in a breakout room, nor
+    // while the room has a lobby (as Jicofo: visitors and a lobby do not go together; the
+    // person joins, through the lobby, as a participant).
+    let main_room = room.rsplit_once('@').is_some_and(|(_, d)| d == gw.main_muc);
+    let rooms = gw.rooms.clone();
     let redirect = |iq: &Element, conf: &Conference| -> Option<&str> {
         let v = vnode_id.as_deref()?;
         let knows = visitors_version(iq);
-        (knows && (wants_visitor(iq) || conf.full_of_participants())).then_some(v)
+        let lobby = rooms
+            .as_ref()
+            .and_then(|d| d.room(&conf.room))
+            .is_some_and(|r| r.lobby);
+        (main_room && !lobby && knows && (wants_visitor(iq) || conf.full_of_participants()))
+            .then_some(v)
     };
     let focus_jid = conf.focus_jid().to_string();
     let brewery = gw.jibri.clone();

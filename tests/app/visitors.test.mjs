@@ -83,3 +83,22 @@ appTest('a visitor watches the meeting: visitor mode in the app, media from the 
     console.log(`# visitors: Bob moved to the viewers; Alice's participants ${JSON.stringify(await remotes(a))}`);
     await app.leaveAll();
 }));
+
+// As Jicofo: visitors and a lobby do not go together. In a room with a lobby, someone who asks
+// to be a viewer is not sent to the visitor node: they knock like anyone, and once admitted
+// are a participant.
+appTest('a room with a lobby sends nobody to the viewers: they knock and join as participants', app.wrap(async () => {
+    const r = 'guarded';
+    const a = await app.join(r, { name: 'Alice' });
+    await a.waitFor(() => APP.store.getState()['features/base/participants'].local.role === 'moderator', 'moderator');
+    await a.setLobby(true);
+    const v = await app.join(r, { name: 'Vera', hash: 'config.preferVisitor=true', waitJoined: false });
+    await v.knock();
+    await a.admit('Vera');
+    await v.waitJoined();
+    assert.equal(await v.eval(() => APP.store.getState()['features/visitors'].iAmVisitor), false, 'not a viewer');
+    await a.waitFor(() => [...APP.store.getState()['features/base/participants'].remote.values()].some((x) => x.name === 'Vera'), 'Vera a participant', 15000);
+    await v.waitVideoFrom(a, 30000, { audio: true });
+    console.log('# visitors: with a lobby, a would-be viewer knocked and joined as a participant');
+    await app.leaveAll();
+}));
