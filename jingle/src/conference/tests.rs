@@ -90,7 +90,15 @@ impl Harness {
 
     /// A participant joins and answers disco#info with the stock client's features.
     fn join(&mut self, nick: &str, n: u32) {
-        self.stanza(&format!("<presence xmlns='jabber:client' from='{ROOM}/{nick}' to='{FOCUS}'><stats-id>s{n}</stats-id><x xmlns='http://jabber.org/protocol/muc#user'><item affiliation='none' role='participant' jid='u{n}@meet.jitsi/r{n}'/></x></presence>"));
+        self.join_with(nick, &format!("<stats-id>s{n}</stats-id><x xmlns='http://jabber.org/protocol/muc#user'><item affiliation='none' role='participant' jid='u{n}@meet.jitsi/r{n}'/></x>"));
+    }
+
+    /// A participant joins with `inner` in its presence (its MUC item too) and answers
+    /// disco#info with the stock client's features; what else the focus sent stays in `sent`.
+    fn join_with(&mut self, nick: &str, inner: &str) {
+        self.stanza(&format!(
+            "<presence xmlns='jabber:client' from='{ROOM}/{nick}' to='{FOCUS}'>{inner}</presence>"
+        ));
         let sent = self.take_sent();
         let disco = sent
             .iter()
@@ -1142,7 +1150,7 @@ fn a_visitor_receives_only_and_is_counted() {
     let mut h = Harness::with(cfg);
     h.start();
     // The visitor comes first: it does not become the owner.
-    h.stanza(&format!("<presence xmlns='jabber:client' from='{ROOM}/vvvv' to='{FOCUS}'><x xmlns='http://jabber.org/protocol/muc#user'><item affiliation='none' role='visitor' jid='anon@v1.meet.jitsi/x'/></x></presence>"));
+    h.join_with("vvvv", "<x xmlns='http://jabber.org/protocol/muc#user'><item affiliation='none' role='visitor' jid='anon@v1.meet.jitsi/x'/></x>");
     let sent = h.take_sent();
     let count = |sent: &[Element]| {
         sent.iter()
@@ -1160,16 +1168,6 @@ fn a_visitor_receives_only_and_is_counted() {
         ),
         "no owner for a visitor"
     );
-    let disco = sent
-        .iter()
-        .find(|e| e.attr("to") == Some(&*format!("{ROOM}/vvvv")))
-        .expect("disco");
-    let id = disco.attr("id").unwrap().to_string();
-    let f: String = crate::offer::WEB_CLIENT_FEATURES
-        .iter()
-        .map(|v| format!("<feature var='{v}'/>"))
-        .collect();
-    h.stanza(&format!("<iq xmlns='jabber:client' type='result' id='{id}' from='{ROOM}/vvvv' to='{FOCUS}'><query xmlns='http://jabber.org/protocol/disco#info'>{f}</query></iq>"));
     h.join("aaaa", 1);
     h.take_sent();
     let mut roles = Vec::new();
@@ -1228,18 +1226,7 @@ fn a_meeting_is_full_of_participants_at_visitors_after() {
 fn a_participants_region_goes_with_its_endpoint() {
     let mut h = Harness::new();
     h.start();
-    h.stanza(&format!("<presence xmlns='jabber:client' from='{ROOM}/cccc' to='{FOCUS}'><jitsi_participant_region>campus-b</jitsi_participant_region><x xmlns='http://jabber.org/protocol/muc#user'><item affiliation='none' role='participant' jid='u3@meet.jitsi/r3'/></x></presence>"));
-    let sent = h.take_sent();
-    let disco = sent
-        .iter()
-        .find(|e| e.attr("to") == Some(&*format!("{ROOM}/cccc")))
-        .expect("disco");
-    let id = disco.attr("id").unwrap().to_string();
-    let f: String = crate::offer::WEB_CLIENT_FEATURES
-        .iter()
-        .map(|v| format!("<feature var='{v}'/>"))
-        .collect();
-    h.stanza(&format!("<iq xmlns='jabber:client' type='result' id='{id}' from='{ROOM}/cccc' to='{FOCUS}'><query xmlns='http://jabber.org/protocol/disco#info'>{f}</query></iq>"));
+    h.join_with("cccc", "<jitsi_participant_region>campus-b</jitsi_participant_region><x xmlns='http://jabber.org/protocol/muc#user'><item affiliation='none' role='participant' jid='u3@meet.jitsi/r3'/></x>");
     h.join("aaaa", 1);
     let mut regions = Vec::new();
     while !h.colibri.is_empty() {
