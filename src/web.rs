@@ -143,17 +143,17 @@ mod tests {
     }
 
     /// config.js for `cfg` at `base` (shard `meetd-1`).
-    fn js(cfg: &Config, base: &str, region: Option<&str>) -> String {
+    fn config_for(cfg: &Config, base: &str, region: Option<&str>) -> String {
         config_js(cfg, &cfg.xmpp(), base, "meetd-1", region)
     }
 
     #[test]
     fn config_names_own_stun_and_endpoints() {
         let cfg = Config::default();
-        let js = js(&cfg, "https://meet.example.com:8443", None);
+        let js = config_for(&cfg, "https://meet.example.com:8443", None);
         assert!(js.contains("\"websocket\": \"wss://meet.example.com:8443/xmpp-websocket\""));
         assert!(!js.contains("userRegion"));
-        let js = js(&cfg, "https://meet.example.com:8443", Some("campus-b"));
+        let js = config_for(&cfg, "https://meet.example.com:8443", Some("campus-b"));
         assert!(js.contains("\"userRegion\": \"campus-b\""), "{js}");
         assert!(js.contains("\"bosh\": \"https://meet.example.com:8443/http-bind\""));
         assert!(js.contains("stun:meet.example.com:10000"));
@@ -164,23 +164,23 @@ mod tests {
     #[test]
     fn local_recording_follows_the_setting() {
         let mut cfg = Config::default();
-        let js = js(&cfg, "https://meet.example.com", None);
+        let js = config_for(&cfg, "https://meet.example.com", None);
         assert!(js.contains("\"localRecording\": {\n    \"disable\": false"));
         cfg.web.local_recording = false;
-        let js = js(&cfg, "https://meet.example.com", None);
+        let js = config_for(&cfg, "https://meet.example.com", None);
         assert!(js.contains("\"localRecording\": {\n    \"disable\": true"));
     }
 
     #[test]
     fn third_parties_only_when_allowed() {
         let mut cfg = Config::default();
-        let js = js(&cfg, "https://meet.example.com", None);
+        let js = config_for(&cfg, "https://meet.example.com", None);
         assert!(js.contains("\"disableThirdPartyRequests\": true"));
         assert!(js.contains("\"whiteboard\": {\n    \"enabled\": false"));
         cfg.web.third_party_requests = true;
         cfg.web.shared_video_domains = vec!["videos.example.org".into()];
         cfg.web.whiteboard_url = "https://board.example.org".into();
-        let js = js(&cfg, "https://meet.example.com", None);
+        let js = config_for(&cfg, "https://meet.example.com", None);
         assert!(js.contains("\"disableThirdPartyRequests\": false"));
         assert!(js.contains("\"collabServerBaseUrl\": \"https://board.example.org\""));
         assert!(js.contains("\"videos.example.org\""));
