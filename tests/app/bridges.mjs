@@ -48,3 +48,21 @@ export async function joinViewer(app, room, name, hash, speakers) {
     for (const s of speakers) await v.waitVideoFrom(s, 30000, { audio: true });
     return v;
 }
+
+/**
+ * Run `fn(bridges)` with bridge-only meetds of `app`'s brewery, one per `[id, extra toml]` of
+ * `specs`, all in the brewery first and stopped after; a failure carries their log tails.
+ */
+export async function withBridges(app, prefix, specs, fn) {
+    const bridges = [];
+    try {
+        for (const [id, extra] of specs) bridges.push(await bridgeOnly(app, prefix, id, extra));
+        await joinedBrewery(app, bridges.length);
+        return await fn(bridges);
+    } catch (e) {
+        e.message += bridges.map((b, i) => `\n--- ${specs[i][0]} ---\n${b.logTail(40)}`).join('');
+        throw e;
+    } finally {
+        for (const b of bridges) await b.stop();
+    }
+}

@@ -10,15 +10,12 @@
 // moves to the bridge that is left while Alice and Carol keep their sessions, and the test
 // reports how long until they see each other again.
 import { useApp, appTest, assert, sleep } from './lib.mjs';
-import { gauge, bridgeOnly as bridgeOnlyOf, joinedBrewery as joinedBreweryOf, bridgePort, joinViewer } from './bridges.mjs';
+import { gauge, withBridges, bridgePort, joinViewer } from './bridges.mjs';
 
 const app = useApp({
     name: 'app-cascade',
     config: 'bridge_brewery = "jvbbrewery"\nuse_local_bridge = false\nbridge_selection = "split"\n\n[visitors]\nenabled = true\n',
 });
-
-const bridgeOnly = (id, extra) => bridgeOnlyOf(app, 'app-cascade', id, extra);
-const joinedBrewery = (n) => joinedBreweryOf(app, n);
 
 const everyoneSeesEveryone = async (people, ms, audio = true) => {
     for (const x of people) {
@@ -30,12 +27,9 @@ const everyoneSeesEveryone = async (people, ms, audio = true) => {
 
 appTest('one conference over two bridge-only meetds joined by a relay: everyone decodes everyone; a bridge dies and the call goes on', app.wrap(async () => {
     await app.server.userAdd('jvb@auth.meet.jitsi', 'jvbpass');
-    const b1 = await bridgeOnly('jvb2');
     // The second bridge's engine runs sharded (a receive thread and two engine threads): its
     // relays' own sockets are read by the shard of their conference.
-    const b2 = await bridgeOnly('jvb3', '[media]\nthreads = 2\n');
-    try {
-        await joinedBrewery(2);
+    await withBridges(app, 'app-cascade', [['jvb2'], ['jvb3', '[media]\nthreads = 2\n']], async ([b1, b2]) => {
         const hash = 'config.p2p.enabled=false';
         const a = await app.join('cascaded', { name: 'Alice', hash });
         const b = await app.join('cascaded', { name: 'Bob', hash });
@@ -122,11 +116,5 @@ appTest('one conference over two bridge-only meetds joined by a relay: everyone 
         assert.match(app.server.logTail(800), /bridge pool: a bridge is gone/);
         assert.match(app.server.logTail(800), /its bridge is gone; re-inviting/);
         await app.leaveAll();
-    } catch (e) {
-        e.message += `\n--- jvb2 ---\n${b1.logTail(40)}\n--- jvb3 ---\n${b2.logTail(40)}`;
-        throw e;
-    } finally {
-        await b1.stop();
-        await b2.stop();
-    }
+    });
 }));

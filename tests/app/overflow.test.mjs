@@ -6,7 +6,7 @@
 // the other one, joined by a relay, and all three decode each other. A viewer is placed on the
 // bridge with room and plays the speakers of both.
 import { useApp, appTest, assert } from './lib.mjs';
-import { bridgeOnly as bridgeOnlyOf, joinedBrewery as joinedBreweryOf, bridgePort, joinViewer } from './bridges.mjs';
+import { withBridges, bridgePort, joinViewer } from './bridges.mjs';
 
 const app = useApp({
     name: 'app-overflow',
@@ -15,10 +15,7 @@ const app = useApp({
 
 appTest('a conference grows onto a second bridge when its own holds max_bridge_participants', app.wrap(async () => {
     await app.server.userAdd('jvb@auth.meet.jitsi', 'jvbpass');
-    const b1 = await bridgeOnlyOf(app, 'app-overflow', 'jvb2');
-    const b2 = await bridgeOnlyOf(app, 'app-overflow', 'jvb3');
-    try {
-        await joinedBreweryOf(app, 2);
+    await withBridges(app, 'app-overflow', [['jvb2'], ['jvb3']], async ([b1, b2]) => {
         const hash = 'config.p2p.enabled=false';
         const a = await app.join('growing', { name: 'Alice', hash });
         const b = await app.join('growing', { name: 'Bob', hash });
@@ -42,11 +39,5 @@ appTest('a conference grows onto a second bridge when its own holds max_bridge_p
         assert.equal(pv, pc, 'the viewer on the bridge with room');
         console.log(`# overflow: a viewer on ${pv} plays Alice (${pa}) and Carol`);
         await app.leaveAll();
-    } catch (e) {
-        e.message += `\n--- jvb2 ---\n${b1.logTail(40)}\n--- jvb3 ---\n${b2.logTail(40)}`;
-        throw e;
-    } finally {
-        await b1.stop();
-        await b2.stop();
-    }
+    });
 }));

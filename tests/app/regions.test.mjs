@@ -6,7 +6,7 @@
 // a region (the focus's, "north"); Carol's proxy says "south": she is on the south bridge,
 // joined to the north one by a relay, and all three decode each other.
 import { useApp, appTest, assert } from './lib.mjs';
-import { bridgeOnly as bridgeOnlyOf, joinedBrewery as joinedBreweryOf, bridgePort } from './bridges.mjs';
+import { withBridges, bridgePort } from './bridges.mjs';
 
 const app = useApp({
     name: 'app-regions',
@@ -15,10 +15,7 @@ const app = useApp({
 
 appTest('each participant on a bridge of its own region, the regions joined by a relay', app.wrap(async () => {
     await app.server.userAdd('jvb@auth.meet.jitsi', 'jvbpass');
-    const north = await bridgeOnlyOf(app, 'app-regions', 'jvb2', 'region = "north"\n');
-    const south = await bridgeOnlyOf(app, 'app-regions', 'jvb3', 'region = "south"\n');
-    try {
-        await joinedBreweryOf(app, 2);
+    await withBridges(app, 'app-regions', [['jvb2', 'region = "north"\n'], ['jvb3', 'region = "south"\n']], async ([north, south]) => {
         const hash = 'config.p2p.enabled=false';
         const a = await app.join('regional', { name: 'Alice', hash });
         const b = await app.join('regional', { name: 'Bob', hash });
@@ -31,11 +28,5 @@ appTest('each participant on a bridge of its own region, the regions joined by a
         assert.deepEqual(where, { Alice: 'north', Bob: 'north', Carol: 'south' });
         assert.match(app.server.logTail(800), /relay between bridges set up/);
         await app.leaveAll();
-    } catch (e) {
-        e.message += `\n--- north ---\n${north.logTail(30)}\n--- south ---\n${south.logTail(30)}`;
-        throw e;
-    } finally {
-        await north.stop();
-        await south.stop();
-    }
+    });
 }));
