@@ -114,6 +114,22 @@ impl Harness {
         self.stanza(&format!("<iq xmlns='jabber:client' type='result' id='{id}' from='{ROOM}/{nick}' to='{FOCUS}'><query xmlns='http://jabber.org/protocol/disco#info'>{f}</query></iq>"));
     }
 
+    /// Answer bridge requests until none is left; the endpoints they created.
+    fn created_endpoints(&mut self) -> Vec<meetd_colibri::colibri2::Endpoint> {
+        let mut created = Vec::new();
+        while !self.colibri.is_empty() {
+            created.extend(
+                self.colibri
+                    .iter()
+                    .flat_map(|(_, m)| &m.endpoints)
+                    .filter(|e| e.create)
+                    .cloned(),
+            );
+            self.bridge();
+        }
+        created
+    }
+
     /// Answer every pending bridge request as a bridge would.
     fn bridge(&mut self) {
         while !self.colibri.is_empty() {
@@ -1170,17 +1186,11 @@ fn a_visitor_receives_only_and_is_counted() {
     );
     h.join("aaaa", 1);
     h.take_sent();
-    let mut roles = Vec::new();
-    while !h.colibri.is_empty() {
-        roles.extend(
-            h.colibri
-                .iter()
-                .flat_map(|(_, m)| &m.endpoints)
-                .filter(|e| e.create)
-                .map(|e| (e.id.clone(), e.muc_role.clone())),
-        );
-        h.bridge();
-    }
+    let roles: Vec<_> = h
+        .created_endpoints()
+        .into_iter()
+        .map(|e| (e.id, e.muc_role))
+        .collect();
     assert!(
         roles.contains(&("vvvv".to_string(), Some("visitor".to_string()))),
         "{roles:?}"
@@ -1228,17 +1238,11 @@ fn a_participants_region_goes_with_its_endpoint() {
     h.start();
     h.join_with("cccc", "<jitsi_participant_region>campus-b</jitsi_participant_region><x xmlns='http://jabber.org/protocol/muc#user'><item affiliation='none' role='participant' jid='u3@meet.jitsi/r3'/></x>");
     h.join("aaaa", 1);
-    let mut regions = Vec::new();
-    while !h.colibri.is_empty() {
-        regions.extend(
-            h.colibri
-                .iter()
-                .flat_map(|(_, m)| &m.endpoints)
-                .filter(|e| e.create)
-                .map(|e| (e.id.clone(), e.region.clone())),
-        );
-        h.bridge();
-    }
+    let regions: Vec<_> = h
+        .created_endpoints()
+        .into_iter()
+        .map(|e| (e.id, e.region))
+        .collect();
     assert!(
         regions.contains(&("cccc".to_string(), Some("campus-b".to_string())))
             && regions.iter().all(|(id, r)| id == "cccc" || r.is_none()),
