@@ -621,6 +621,9 @@ pub struct FocusSection {
     /// included) counts as overloaded for it (Jicofo's `max-bridge-participants`; 0: no
     /// limit).
     pub max_bridge_participants: usize,
+    /// Verified disco#info answers kept by the caps clients announce (XEP-0115): a client
+    /// whose caps are known is invited without a disco#info round trip. 0: always ask.
+    pub caps_cache: usize,
 }
 
 impl Default for FocusSection {
@@ -641,6 +644,7 @@ impl Default for FocusSection {
             region: String::new(),
             bridge_selection: "single".into(),
             max_bridge_participants: 0,
+            caps_cache: 64,
         }
     }
 }
@@ -1523,6 +1527,7 @@ impl Config {
         c.visitor_domain = self.visitors.domain();
         c.visitor_vnode = self.visitors.enabled.then(|| self.visitors.vnode.clone());
         c.visitors_after = self.visitors.max_participants;
+        c.caps = meetd_xmpp::caps::CapsCache::new(self.focus.caps_cache);
         c.recorder = meetd_jingle::jibri::RecorderConfig {
             pending_timeout: std::time::Duration::from_secs(self.jibri.pending_timeout_secs),
             retries: self.jibri.retries,

@@ -13,6 +13,7 @@ use meetd_colibri::colibri2::{
     Sctp, Transport,
 };
 use meetd_xmpp::Element;
+use meetd_xmpp::caps::{Caps, CapsCache};
 use meetd_xmpp::stanza::{self, StanzaError, el, rxml_name as n};
 
 use crate::jibri::{self, NS_JIBRI};
@@ -72,6 +73,10 @@ pub struct FocusConfig {
     pub visitor_vnode: Option<String>,
     /// Participants (not visitors) from which newcomers join as visitors; 0: never.
     pub visitors_after: usize,
+    /// Verified disco#info answers by the caps a presence announces (XEP-0115), shared by
+    /// every conference: a participant whose app announces known caps is invited at once,
+    /// without a disco#info round trip (as Jicofo does through Smack's caps cache).
+    pub caps: CapsCache,
 }
 
 impl FocusConfig {
@@ -99,6 +104,7 @@ impl FocusConfig {
             visitor_domain: None,
             visitor_vnode: None,
             visitors_after: 0,
+            caps: CapsCache::new(64),
         }
     }
 
@@ -232,7 +238,9 @@ enum BridgeConf {
 
 /// What an outstanding request was for.
 enum Pending {
-    Disco(String),
+    /// A participant's disco#info, and the caps its presence announced (to learn the answer
+    /// for the next one announcing them).
+    Disco(String, Option<Caps>),
     RoomDisco,
     Ignore,
 }
@@ -912,14 +920,25 @@ impl Conference {
                     self.send_presence();
                 }
                 self.source_info(nick, p);
-                let to = format!("{}/{}", self.room, nick);
-                self.iq(
-                    &to,
-                    "get",
-                    Element::bare("query", NS_DISCO_INFO),
-                    Pending::Disco(nick.to_string()),
-                );
+                let caps = Caps::of_presence(p);
+                let known = caps.as_ref().and_then(|c| self.cfg.caps.get(c));
+                if let Some(features) = known {
+                    tracing::debug!(room = %self.room, %nick, "features from the caps cache");
+                    let v: Vec<&str> = features.iter().map(String::as_str).collect();
+                    if let Some(m) = self.participant_mut(nick) {
+                        m.features = Some(Features::from_disco(&v));
+                    }
+                } else {
+                    let to = format!("{}/{}", self.room, nick);
+                    self.iq(
+                        &to,
+                        "get",
+                        Element::bare("query", NS_DISCO_INFO),
+                        Pending::Disco(nick.to_string(), caps),
+                    );
+                }
                 self.elect_owner();
+                self.maybe_invite(now);
                 self.update_single(now);
             }
             _ => {}
@@ -1448,7 +1467,13 @@ impl Conference {
         let id = iq.attr("id").unwrap_or("").to_string();
         if ty == "result" || ty == "error" {
             match self.pending.remove(&id) {
-                Some(Pending::Disco(nick)) => {
+                Some(Pending::Disco(nick, caps)) => {
+                    if ty == "result"
+                        && let (Some(caps), Some(q)) = (&caps, stanza::payload(iq))
+                        && !self.cfg.caps.learn(caps, q)
+                    {
+                        tracing::debug!(room = %self.room, %nick, "disco#info answer does not match the announced caps");
+                    }
                     let features = if ty == "result" {
                         let vars: Vec<String> = stanza::payload(iq)
                             .map(|q| {

@@ -359,6 +359,48 @@ export class Participant {
         }, 'conference joined', ms);
     }
 
+    /**
+     * Start timing this participant's join in the page (call right after "Join meeting"):
+     * when the app joined the MUC, got the bridge session, connected ICE and DTLS, got the
+     * remote video track of endpoint `otherId`, and presented its first frame. `joinTimes()`
+     * reads the wall-clock times (Date.now(), same clock as the test's).
+     */
+    traceJoin(otherId) {
+        return this.eval((other) => {
+            const jt = { start: Date.now() };
+            window.__joinTimes = jt;
+            const tick = () => {
+                const room = APP.conference._room;
+                const now = Date.now();
+                if (!jt.joined && room?.isJoined?.()) jt.joined = now;
+                const session = room?.jvbJingleSession;
+                if (!jt.session && session) jt.session = now;
+                const pc = session?.peerconnection?.peerconnection;
+                if (!jt.ice && pc && ['connected', 'completed'].includes(pc.iceConnectionState)) jt.ice = now;
+                if (!jt.dtls && pc?.connectionState === 'connected') jt.dtls = now;
+                if (!jt.track) {
+                    const t = APP.store.getState()['features/base/tracks']
+                        .find((x) => !x.local && x.participantId === other && x.mediaType === 'video' && x.jitsiTrack);
+                    if (t) {
+                        const id = t.jitsiTrack.getTrack().id;
+                        const el = [...document.querySelectorAll('video')].find((e) => e.srcObject?.getVideoTracks?.()[0]?.id === id);
+                        if (el) {
+                            jt.track = now;
+                            el.requestVideoFrameCallback(() => { jt.frame = Date.now(); });
+                        }
+                    }
+                }
+                if (!jt.frame && now - jt.start < 120000) setTimeout(tick, 5);
+            };
+            tick();
+        }, otherId);
+    }
+
+    /** What `traceJoin` saw so far. */
+    joinTimes() {
+        return this.eval(() => ({ ...window.__joinTimes }));
+    }
+
     /** My endpoint id (the MUC resource). */
     id() {
         return this.eval(() => APP.store.getState()['features/base/conference'].conference?.myUserId());

@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 pub mod bosh;
+pub mod caps;
 pub mod component;
 pub mod config;
 pub mod handoff;

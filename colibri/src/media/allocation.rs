@@ -404,7 +404,7 @@ impl MediaEngine {
                 );
                 // The padding bit: the payload is all padding (RFC 3550 §5.1).
                 self.bufs.hdr[0] |= 0x20;
-                let mut data = self.bufs.pool.pop().unwrap_or_default();
+                let mut data = self.bufs.pool.take();
                 if srtp
                     .protect_rtp(&self.bufs.hdr, &self.bufs.scratch, rtx, seq, &mut data)
                     .is_err()

@@ -357,7 +357,7 @@ pub(super) fn send_to_relay(
         ext,
         None,
     );
-    let mut data = bufs.pool.pop().unwrap_or_default();
+    let mut data = bufs.pool.take();
     if srtp
         .protect_rtp(&bufs.hdr, payload, ssrc, seq, &mut data)
         .is_err()

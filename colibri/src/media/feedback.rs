@@ -56,7 +56,7 @@ impl MediaEngine {
             if bare && self.rtcp.len() == had {
                 continue;
             }
-            let mut data = self.bufs.pool.pop().unwrap_or_default();
+            let mut data = self.bufs.pool.take();
             if srtp.protect_rtcp(&self.rtcp, &mut data).is_err() {
                 continue;
             }
@@ -188,7 +188,7 @@ impl MediaEngine {
                 &s.ext,
                 tseq,
             );
-            let mut data = self.bufs.pool.pop().unwrap_or_default();
+            let mut data = self.bufs.pool.take();
             if srtp
                 .protect_rtp(
                     &self.bufs.hdr,
@@ -236,7 +236,7 @@ impl MediaEngine {
                     };
                     egress::write_sr(&mut self.rtcp, s.ssrc, &s.sent, rate, now, &clock);
                 }
-                let mut data = self.bufs.pool.pop().unwrap_or_default();
+                let mut data = self.bufs.pool.take();
                 if srtp.protect_rtcp(&self.rtcp, &mut data).is_err() {
                     continue;
                 }
@@ -296,7 +296,7 @@ impl MediaEngine {
             self.rtcp.clear();
             crate::rtp::rtcp::rr::write_header(&mut self.rtcp, ep.tx.fb_ssrc, 0);
             crate::rtp::rtcp::pli::write(&mut self.rtcp, ep.tx.fb_ssrc, media);
-            let mut data = self.bufs.pool.pop().unwrap_or_default();
+            let mut data = self.bufs.pool.take();
             if srtp.protect_rtcp(&self.rtcp, &mut data).is_ok() {
                 self.stats.keyframe_requests += 1;
                 queue_transmit(&mut self.out, &mut self.stats, path, data);

@@ -576,11 +576,7 @@ impl MediaEngine {
             nacks: Vec::new(),
             clock: start,
             rng: SmallRng::seed_from_u64(seed),
-            bufs: SendBufs {
-                pool: Vec::new(),
-                hdr: Vec::with_capacity(64),
-                scratch: Vec::with_capacity(1500),
-            },
+            bufs: SendBufs::new(BUFFER_POOL),
             rtcp: Vec::with_capacity(1500),
             feedback: Vec::new(),
             cfg,
@@ -734,7 +730,7 @@ impl MediaEngine {
                 transport: Transport {
                     ufrag: local_ufrag.to_string(),
                     pwd: local_pwd.to_string(),
-                    rtc,
+                    rtc: Box::new(rtc),
                     rtc_now: now,
                     next_timeout: now,
                     connected: false,
@@ -842,7 +838,7 @@ impl MediaEngine {
             },
             now.max(ep.transport.rtc_now),
         );
-        ep.transport.rtc = rtc;
+        *ep.transport.rtc = rtc;
         ep.caps = caps;
         ep.transport.rtc_now = now.max(ep.transport.rtc_now);
         ep.transport.dtls_started = false;
@@ -1056,6 +1052,7 @@ impl MediaEngine {
     /// the sources for lastN).
     fn speakers_changed(&mut self, conference: &str) {
         let names = self.recent_speakers(conference);
+        tracing::debug!(%conference, speakers = ?names, "recent speakers changed");
         let ev = match names.split_first() {
             Some((first, rest)) => EngineEvent::DominantSpeaker {
                 conference: conference.to_string(),
@@ -1524,11 +1521,8 @@ impl MediaEngine {
     }
 
     /// Give a send buffer back once it is on the wire: the engine reuses it.
-    pub fn recycle(&mut self, mut buf: Vec<u8>) {
-        if self.bufs.pool.len() < BUFFER_POOL && buf.capacity() >= 1500 {
-            buf.clear();
-            self.bufs.pool.push(buf);
-        }
+    pub fn recycle(&mut self, buf: Vec<u8>) {
+        self.bufs.pool.give_back(buf);
     }
 }
 

@@ -422,9 +422,52 @@ impl MediaEngine {
 /// Reusable buffers of the fast path: send buffers given back by the I/O side, an RTP header,
 /// a payload copy.
 pub(super) struct SendBufs {
-    pub(super) pool: Vec<Vec<u8>>,
+    pub(super) pool: SendPool,
     pub(super) hdr: Vec<u8>,
     pub(super) scratch: Vec<u8>,
+}
+
+impl SendBufs {
+    pub(super) fn new(limit: usize) -> SendBufs {
+        SendBufs {
+            pool: SendPool {
+                free: Vec::new(),
+                limit,
+            },
+            hdr: Vec::with_capacity(64),
+            scratch: Vec::with_capacity(SEND_BUF_KEEP),
+        }
+    }
+}
+
+/// Send buffers given back by the I/O side, at most `limit` of them.
+pub(super) struct SendPool {
+    free: Vec<Vec<u8>>,
+    limit: usize,
+}
+
+/// Capacity of a new send buffer: a full-size datagram and its SRTP tag or padding, so that
+/// it comes back to the pool (a buffer grown from empty for each packet cost a malloc, a
+/// realloc and a free per forwarded packet).
+const SEND_BUF_CAPACITY: usize = 1600;
+/// Smallest buffer worth keeping.
+const SEND_BUF_KEEP: usize = 1500;
+
+impl SendPool {
+    /// An empty send buffer: a recycled one, or a new one of full datagram size.
+    pub(super) fn take(&mut self) -> Vec<u8> {
+        self.free
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(SEND_BUF_CAPACITY))
+    }
+
+    /// A buffer back from the I/O side; kept while there is room.
+    pub(super) fn give_back(&mut self, mut buf: Vec<u8>) {
+        if self.free.len() < self.limit && buf.capacity() >= SEND_BUF_KEEP {
+            buf.clear();
+            self.free.push(buf);
+        }
+    }
 }
 
 /// One forwarded packet as every receiver gets it, before each receiver's own rewriting.
@@ -509,7 +552,7 @@ pub(super) fn send_fast(
         f.ext,
         tseq,
     );
-    let mut data = bufs.pool.pop().unwrap_or_default();
+    let mut data = bufs.pool.take();
     if srtp
         .protect_rtp(&bufs.hdr, body, slot.ssrc, out.seq, &mut data)
         .is_err()

@@ -50,7 +50,7 @@ impl MediaEngine {
                     if t.contents.first().is_some_and(|b| *b >= 20) {
                         ep.transport.send_path = Some(path);
                     }
-                    let mut data = self.bufs.pool.pop().unwrap_or_default();
+                    let mut data = self.bufs.pool.take();
                     data.clear();
                     data.extend_from_slice(&t.contents);
                     queue_transmit(&mut self.out, &mut self.stats, path, data);

@@ -332,6 +332,85 @@ fn lone_participant_gets_no_session_then_both_are_invited() {
     );
 }
 
+/// `<c/>` announcing the caps of a disco#info answer with these features.
+fn caps_of(features: &[&str]) -> String {
+    let f: String = features
+        .iter()
+        .map(|v| format!("<feature var='{v}'/>"))
+        .collect();
+    let q = parse(&format!(
+        "<query xmlns='http://jabber.org/protocol/disco#info'>{f}</query>"
+    ));
+    let ver = meetd_xmpp::caps::ver_of(&meetd_xmpp::caps::verification_string(&q).unwrap());
+    format!(
+        "<c xmlns='http://jabber.org/protocol/caps' hash='sha-1' node='https://jitsi.org/jitsi-meet' ver='{ver}'/>"
+    )
+}
+
+fn disco_to(sent: &[Element], nick: &str) -> bool {
+    sent.iter().any(|e| {
+        e.attr("to") == Some(&*format!("{ROOM}/{nick}"))
+            && e.has_child("query", "http://jabber.org/protocol/disco#info")
+    })
+}
+
+#[test]
+fn known_caps_spare_the_disco_round_trip() {
+    let mut h = Harness::new();
+    h.start();
+    let caps = caps_of(crate::offer::WEB_CLIENT_FEATURES);
+    let item = |n: u32| {
+        format!(
+            "<x xmlns='http://jabber.org/protocol/muc#user'><item affiliation='none' role='participant' jid='u{n}@meet.jitsi/r{n}'/></x>"
+        )
+    };
+    // The first one announcing them is asked; its answer matches, so it is learned.
+    h.join_with("aaaa", &format!("{caps}{}", item(1)));
+    h.take_sent();
+    // The next one announcing the same caps is invited at once: no disco#info, and the
+    // bridge is asked for both endpoints, with the features the answer had (ssrc-rewriting).
+    h.stanza(&format!(
+        "<presence xmlns='jabber:client' from='{ROOM}/bbbb' to='{FOCUS}'>{caps}{}</presence>",
+        item(2)
+    ));
+    assert!(!disco_to(&h.take_sent(), "bbbb"));
+    h.bridge();
+    // Offered with the features of the learned answer: JSON sources.
+    let b = h.jingle_to("bbbb");
+    assert_eq!(b.len(), 1);
+    assert!(json_of(&b[0])["sources"].is_object(), "{:?}", b[0]);
+}
+
+#[test]
+fn caps_whose_answer_does_not_match_are_not_learned() {
+    let mut h = Harness::new();
+    h.start();
+    // It announces the stock client's caps but answers with fewer features.
+    let caps = caps_of(crate::offer::WEB_CLIENT_FEATURES);
+    let fewer = &crate::offer::WEB_CLIENT_FEATURES[1..];
+    let presence = |nick: &str, n: u32| {
+        format!(
+            "<presence xmlns='jabber:client' from='{ROOM}/{nick}' to='{FOCUS}'>{caps}<x xmlns='http://jabber.org/protocol/muc#user'><item affiliation='none' role='participant' jid='u{n}@meet.jitsi/r{n}'/></x></presence>"
+        )
+    };
+    h.stanza(&presence("aaaa", 1));
+    let sent = h.take_sent();
+    let id = sent
+        .iter()
+        .find(|e| disco_to(std::slice::from_ref(*e), "aaaa"))
+        .and_then(|e| e.attr("id"))
+        .expect("disco")
+        .to_string();
+    let f: String = fewer
+        .iter()
+        .map(|v| format!("<feature var='{v}'/>"))
+        .collect();
+    h.stanza(&format!("<iq xmlns='jabber:client' type='result' id='{id}' from='{ROOM}/aaaa' to='{FOCUS}'><query xmlns='http://jabber.org/protocol/disco#info'>{f}</query></iq>"));
+    // So the next one with those caps is asked too.
+    h.stanza(&presence("bbbb", 2));
+    assert!(disco_to(&h.take_sent(), "bbbb"));
+}
+
 fn two_in_session() -> (Harness, String, String) {
     let mut h = Harness::new();
     h.start();
