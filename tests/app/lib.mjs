@@ -218,7 +218,8 @@ export function appTest(name, fn, opts = {}) {
  * "Join meeting"; resolves once the app says it has joined the conference.
  * opts: name, hash (URL hash, e.g. 'config.startWithAudioMuted=true'), query, startAudioMuted,
  * startVideoMuted (toggled on the prejoin screen as a person would), waitJoined (default true),
- * headers (extra HTTP request headers of this participant's browser).
+ * headers (extra HTTP request headers of this participant's browser), patience (ms a starved
+ * browser may take to load and pass the prejoin screen), evalTimeout (ms per page.evaluate).
  */
 async function join(h, room, opts = {}) {
     let p = opts.reuse;
@@ -236,11 +237,14 @@ async function join(h, room, opts = {}) {
         h.participants.push(p);
     }
     const { page } = p;
+    if (opts.evalTimeout) p.evalTimeout = opts.evalTimeout;
     // The toolbar stays up (as in Jitsi's own UI tests): a hidden toolbar slides out of the
     // viewport, and a moved mouse brings it back only after its transition.
     const hash = `#config.toolbarConfig.alwaysVisible=true${opts.hash ? `&${opts.hash}` : ''}`;
     const query = opts.query ? `?${opts.query}` : '';
-    await page.goto(`${h.base}/${room}${query}${hash}`);
+    // `patience` (ms): how long a starved browser may take to load the page and to let the
+    // prejoin screen be used (the nine-person call on two cores).
+    await page.goto(`${h.base}/${room}${query}${hash}`, opts.patience ? { timeout: opts.patience } : undefined);
     if (opts.prejoin === false) return p;
     await p.passPrejoin(opts);
     if (opts.waitJoined !== false) await p.waitJoined();
@@ -276,21 +280,21 @@ export class Participant {
         return join(this.h, room, { ...opts, reuse: this });
     }
 
-    async passPrejoin({ name = this.name, startAudioMuted = false, startVideoMuted = false } = {}) {
+    async passPrejoin({ name = this.name, startAudioMuted = false, startVideoMuted = false, patience = 0 } = {}) {
         const { page } = this;
         const joinBtn = page.locator('[data-testid="prejoin.joinMeeting"]');
-        await joinBtn.waitFor({ timeout: 30000 });
+        await joinBtn.waitFor({ timeout: Math.max(30000, patience) });
         const input = page.locator('#premeeting-name-input');
         if (name !== null && await input.count()) await input.fill(name);
         // Wait for the local tracks the prejoin screen makes before toggling them.
         await this.waitFor(() => {
             const tracks = APP.store.getState()['features/base/tracks'];
             return tracks.filter((t) => t.local).length >= 2;
-        }, 'local tracks on the prejoin screen', 20000);
+        }, 'local tracks on the prejoin screen', Math.max(20000, patience));
         if (startAudioMuted) await this.clickToolbar('toolbar.accessibilityLabel.mute', 'audio');
         if (startVideoMuted) await this.clickToolbar('toolbar.accessibilityLabel.videomute', 'video');
         // A browser starved of CPU (nine on two cores) can take longer than the default 30 s.
-        await joinBtn.click({ timeout: 60000 });
+        await joinBtn.click({ timeout: Math.max(60000, patience) });
     }
 
     /**
@@ -333,7 +337,7 @@ export class Participant {
 
     /** Evaluate fn in the page (gets the app's globals). */
     eval(fn, arg) {
-        return withTimeout(this.doc.evaluate(fn, arg), 15000, `${this.name}: page.evaluate`);
+        return withTimeout(this.doc.evaluate(fn, arg), this.evalTimeout ?? 15000, `${this.name}: page.evaluate`);
     }
 
     /** Poll a page predicate until it is truthy. */
@@ -390,7 +394,9 @@ export class Participant {
                         }
                     }
                 }
-                if (!jt.frame && now - jt.start < 120000) setTimeout(tick, 5);
+                // Every 50 ms (a finer poll costs the starved browsers of the nine-person
+                // call too much), for at most a minute.
+                if (!jt.frame && !jt.track && now - jt.start < 60000) setTimeout(tick, 50);
             };
             tick();
         }, otherId);
