@@ -2,7 +2,8 @@
 //! media engine thread (`meetd_colibri::driver::spawn`) on 127.0.0.1.
 //!
 //! `cargo bench --bench bridge_load [-- --confs K --per-conf M --seconds S --scale X
-//!  --realistic-seconds R --bwe --senders N]`
+//!  --realistic-seconds R --bwe --senders N --rounds Q --rtx-cache P --threads T
+//!  --client-threads C]`
 //!
 //! With `--senders N` only the first N endpoints of each conference send; the others are an
 //! audience (visitors: receive-only, no sources), each watching the first sender at 720p, and
@@ -18,7 +19,9 @@
 //!    on stage at 720p and the rest at the default 180p (thumbnails).
 //! 2. "realistic": those rates for R s (after a 3 s warm-up that fills the 1 s retransmission rings);
 //!    then the engine thread's live heap is read: memory per endpoint.
-//! 3. "load" (timed): video bitrates ×X (more packets per frame), S s after a 2 s warm-up.
+//! 3. "load" (timed): video bitrates ×X (more packets per frame), S s in Q rounds (default 5),
+//!    each after a warm-up (2 s, then 1.2 s) and followed by the floors of step 4 for its
+//!    packets while the media pauses: the ratio pairs measurements seconds apart.
 //!    Forwarded RTP packets per second, the engine thread's CPU time (schedstat), CPU per
 //!    forwarded packet and forwarded packets per second per core (forwarded / CPU seconds).
 //! 4. "floor": on one thread of this process, with the SRTP profile the connections negotiated
@@ -26,6 +29,9 @@
 //!    the load window (same mean size), encrypt as many as it forwarded (same mean size) and
 //!    `sendmmsg` them (batches of 32) to the same client sockets. No parsing, no forwarding
 //!    logic, no allocation per packet.
+//!    "floor/keys": the same with a key per endpoint (each sender's packets decrypted with its
+//!    key, each receiver's encrypted with its own), as every bridge has them; the goal line
+//!    compares with the plain floor, the line under it with this one.
 //!
 //! Receivers do not hand forwarded RTP to str0m (that would cost the client thread more CPU
 //! than the engine): they count it by SSRC and drop it; STUN, DTLS and RTCP go to str0m (ICE
@@ -251,6 +257,10 @@ struct Opts {
     /// receivers drop forwarded RTP unread and so send no transport-cc feedback, and the
     /// estimate would stay at the initial 2.5 Mbit/s, below the 4x load).
     trust_bwe: bool,
+    /// Packets kept per sender layer for retransmission (`None`: the engine's default).
+    rtx_cache: Option<usize>,
+    /// The load window is cut into this many rounds, each followed by the floor.
+    rounds: u32,
 }
 
 fn parse_args() -> Result<Opts, String> {
@@ -265,6 +275,8 @@ fn parse_args() -> Result<Opts, String> {
         threads: 1,
         client_threads: 1,
         senders: None,
+        rtx_cache: None,
+        rounds: 5,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -281,6 +293,8 @@ fn parse_args() -> Result<Opts, String> {
                 o.engine_rcvbuf = val(&a)?.parse().map_err(|e| format!("{a}: {e}"))?
             }
             "--bwe" => o.trust_bwe = true,
+            "--rounds" => o.rounds = val(&a)?.parse().map_err(|e| format!("{a}: {e}"))?,
+            "--rtx-cache" => o.rtx_cache = Some(val(&a)?.parse().map_err(|e| format!("{a}: {e}"))?),
             "--senders" => o.senders = Some(val(&a)?.parse().map_err(|e| format!("{a}: {e}"))?),
             "--threads" => o.threads = val(&a)?.parse().map_err(|e| format!("{a}: {e}"))?,
             "--client-threads" => {
@@ -958,6 +972,25 @@ impl Window {
             client_drops: b.drops.1 - a.drops.1,
         }
     }
+    /// Two windows as one.
+    fn add(&mut self, o: &Window) {
+        let cpu = self.cpu + o.cpu;
+        self.sys_share = (self.sys_share * self.cpu + o.sys_share * o.cpu) / cpu.max(1e-9);
+        self.secs += o.secs;
+        self.cpu = cpu;
+        self.client_cpu += o.client_cpu;
+        self.pkts_in += o.pkts_in;
+        self.bytes_in += o.bytes_in;
+        self.pkts_out += o.pkts_out;
+        self.bytes_out += o.bytes_out;
+        self.forwarded += o.forwarded;
+        self.rx_video += o.rx_video;
+        self.rx_audio += o.rx_audio;
+        self.sent_video += o.sent_video;
+        self.sent_audio += o.sent_audio;
+        self.engine_drops += o.engine_drops;
+        self.client_drops += o.client_drops;
+    }
     fn us_per_fwd(&self) -> f64 {
         self.cpu * 1e6 / self.forwarded.max(1) as f64
     }
@@ -975,12 +1008,18 @@ enum Aead {
 }
 
 impl Aead {
-    fn new(profile: &str, encrypt: bool) -> Aead {
+    /// A cipher for key number `key` (the same number gives the same key).
+    fn new(profile: &str, encrypt: bool, key: usize) -> Aead {
         let p = str0m::crypto::from_feature_flags().srtp_provider;
+        let b = (key as u8) ^ 7;
         if profile.contains("128_GCM") {
-            Aead::Gcm128(p.aead_aes_128_gcm().create_cipher([7; 16], encrypt))
+            let mut k = [b; 16];
+            k[1] = (key >> 8) as u8;
+            Aead::Gcm128(p.aead_aes_128_gcm().create_cipher(k, encrypt))
         } else {
-            Aead::Gcm256(p.aead_aes_256_gcm().create_cipher([7; 32], encrypt))
+            let mut k = [b; 32];
+            k[1] = (key >> 8) as u8;
+            Aead::Gcm256(p.aead_aes_256_gcm().create_cipher(k, encrypt))
         }
     }
 
@@ -1095,6 +1134,7 @@ impl MmsgBatch {
     }
 }
 
+#[derive(Default)]
 struct FloorResult {
     sys_share: f64,
     cpu: f64,
@@ -1105,8 +1145,27 @@ struct FloorResult {
     errors: u64,
 }
 
+impl FloorResult {
+    fn add(&mut self, o: &FloorResult) {
+        let cpu = self.cpu + o.cpu;
+        self.sys_share = (self.sys_share * self.cpu + o.sys_share * o.cpu) / cpu.max(1e-9);
+        self.cpu = cpu;
+        self.wall += o.wall;
+        self.decrypted += o.decrypted;
+        self.encrypted += o.encrypted;
+        self.sent += o.sent;
+        self.errors += o.errors;
+    }
+    fn us_per_pkt(&self) -> f64 {
+        self.cpu * 1e6 / self.encrypted.max(1) as f64
+    }
+}
+
 /// Decrypt `n_in` packets of `in_len` bytes and encrypt + sendmmsg `n_out` of `out_len` bytes
 /// (SRTP lengths) to `dests`, interleaved as the engine does (fan-out after each decrypt).
+/// `keyed`: as many keys as destinations, each sender's packets decrypted and each
+/// destination's encrypted with its own (as a bridge must: every endpoint has its own SRTP
+/// keys); otherwise one key for everything (the issue's floor).
 fn floor(
     profile: &str,
     n_in: u64,
@@ -1114,25 +1173,27 @@ fn floor(
     n_out: u64,
     out_len: usize,
     dests: &[SocketAddrV4],
+    keyed: bool,
 ) -> FloorResult {
     let hdr = 24;
     let in_payload = in_len.saturating_sub(hdr + 16).clamp(16, 1400);
     let out_payload = out_len.saturating_sub(hdr + 16).clamp(16, 1400);
     let sock = UdpSocket::bind("127.0.0.1:0").expect("floor socket");
     let fd = sock.as_raw_fd();
-    let mut enc = Aead::new(profile, true);
-    let mut dec = Aead::new(profile, false);
-    // Incoming SRTP packets, encrypted once up front with the same key.
+    let keys = if keyed { dests.len().max(1) } else { 1 };
+    let mut enc: Vec<Aead> = (0..keys).map(|k| Aead::new(profile, true, k)).collect();
+    let mut dec: Vec<Aead> = (0..keys).map(|k| Aead::new(profile, false, k)).collect();
+    // Incoming SRTP packets, encrypted once up front (packet i with key i % keys).
     const RING: usize = 512;
     let in_ssrc = FLOOR_SSRC + 1;
     let mut incoming: Vec<Vec<u8>> = Vec::with_capacity(RING);
     {
-        let mut seal = Aead::new(profile, true);
+        let mut seal: Vec<Aead> = (0..keys).map(|k| Aead::new(profile, true, k)).collect();
         let plain = vec![0x42u8; in_payload];
         for i in 0..RING {
             let mut p = vec![0u8; hdr + in_payload + 16];
             rtp_header(&mut p, i as u16, in_ssrc);
-            let n = seal.protect(&mut p, hdr, &plain, in_ssrc, i as u16);
+            let n = seal[i % keys].protect(&mut p, hdr, &plain, in_ssrc, i as u16);
             p.truncate(n);
             incoming.push(p);
         }
@@ -1148,7 +1209,7 @@ fn floor(
     let mut out_seq = 0u16;
     for i in 0..n_in {
         let k = (i as usize) % RING;
-        let n = dec.unprotect(&incoming[k], hdr, &mut plain, in_ssrc, k as u16);
+        let n = dec[k % keys].unprotect(&incoming[k], hdr, &mut plain, in_ssrc, k as u16);
         debug_assert_eq!(n, in_payload);
         decrypted += 1;
         owed += fanout;
@@ -1159,9 +1220,10 @@ fn floor(
             let slot = batch.n;
             let buf = &mut batch.bufs[slot];
             rtp_header(buf, out_seq, ssrc);
-            let len = enc.protect(buf, hdr, &plain[..out_payload], ssrc, out_seq);
+            let d = (encrypted as usize) % dsts.len();
+            let len = enc[d % keys].protect(buf, hdr, &plain[..out_payload], ssrc, out_seq);
             batch.lens[slot] = len;
-            batch.dst[slot] = dsts[(encrypted as usize) % dsts.len()];
+            batch.dst[slot] = dsts[d];
             batch.n += 1;
             encrypted += 1;
             if batch.n == BATCH {
@@ -1237,12 +1299,15 @@ fn run(o: &Opts) -> Result<String, String> {
         .map_err(|e| format!("probe port: {e}"))?
         .port();
     let engine_addr: SocketAddr = ([127, 0, 0, 1], port).into();
-    let cfg = EngineConfig {
+    let mut cfg = EngineConfig {
         local_addrs: vec![engine_addr],
         trust_bwe: o.trust_bwe,
         threads: o.threads,
         ..EngineConfig::default()
     };
+    if let Some(n) = o.rtx_cache {
+        cfg.rtx_cache_packets = n;
+    }
     let rtx_cache = cfg.rtx_cache_packets;
     let rtx_age = cfg.rtx_cache_age.as_secs_f64();
     let hub = ChannelHub::new(64);
@@ -1434,31 +1499,62 @@ fn measure(
     let heap_real = heap_of(etid).unwrap_or(0);
     let real = Window::new(&r0, &r1);
 
-    // Load.
-    sh.mode.store(2, Ordering::Relaxed);
-    std::thread::sleep(Duration::from_secs(2));
-    let l0 = sample(h, etid, sh)?;
-    std::thread::sleep(Duration::from_secs(o.seconds));
-    let l1 = sample(h, etid, sh)?;
-    let heap_load = heap_of(etid).unwrap_or(0);
-    let load = Window::new(&l0, &l1);
-    sh.mode.store(0, Ordering::Relaxed);
-    std::thread::sleep(Duration::from_millis(500));
+    // Load, in rounds: each round's window, then (media paused, the engine idle) the floors
+    // for the same packet counts and mean sizes, so that each pair is measured within seconds
+    // (this VM's speed drifts by a third between runs a minute apart).
+    let rounds = o.rounds.min(o.seconds.max(1) as u32).max(1);
+    let per_round = Duration::from_secs_f64(o.seconds as f64 / f64::from(rounds));
+    let mut load: Option<Window> = None;
+    let (mut f, mut fk) = (FloorResult::default(), FloorResult::default());
+    let mut ratios = Vec::new();
+    let mut heap_load = 0;
+    for round in 0..rounds {
+        sh.mode.store(2, Ordering::Relaxed);
+        // The first round warms up longer; after a pause the retransmission rings (1 s) are
+        // back at their steady state within a second.
+        std::thread::sleep(Duration::from_millis(if round == 0 { 2000 } else { 1200 }));
+        let l0 = sample(h, etid, sh)?;
+        std::thread::sleep(per_round);
+        let l1 = sample(h, etid, sh)?;
+        heap_load = heap_load.max(heap_of(etid).unwrap_or(0));
+        let w = Window::new(&l0, &l1);
+        sh.mode.store(0, Ordering::Relaxed);
+        std::thread::sleep(Duration::from_millis(400));
+        let in_len = (w.bytes_in / w.pkts_in.max(1)) as usize;
+        let out_len = (w.bytes_out / w.pkts_out.max(1)) as usize;
+        let a = floor(
+            &profile,
+            w.pkts_in,
+            in_len,
+            w.forwarded,
+            out_len,
+            dests,
+            false,
+        );
+        // The same with a key per endpoint.
+        let b = floor(
+            &profile,
+            w.pkts_in,
+            in_len,
+            w.forwarded,
+            out_len,
+            dests,
+            true,
+        );
+        ratios.push(w.us_per_fwd() / a.us_per_pkt().max(1e-9));
+        f.add(&a);
+        fk.add(&b);
+        match &mut load {
+            Some(l) => l.add(&w),
+            None => load = Some(w),
+        }
+    }
+    let load = load.ok_or("no load round")?;
+    std::thread::sleep(Duration::from_millis(300));
     let end_stats = engine_stats(h)?;
-
-    // Floor, same packet counts and mean sizes as the load window.
+    let floor_rx = sh.c.floor.load(Ordering::Relaxed);
     let in_len = (load.bytes_in / load.pkts_in.max(1)) as usize;
     let out_len = (load.bytes_out / load.pkts_out.max(1)) as usize;
-    let f = floor(
-        &profile,
-        load.pkts_in,
-        in_len,
-        load.forwarded,
-        out_len,
-        dests,
-    );
-    std::thread::sleep(Duration::from_millis(300));
-    let floor_rx = sh.c.floor.load(Ordering::Relaxed);
 
     let mut r = String::new();
     let w = &mut r;
@@ -1515,22 +1611,24 @@ fn measure(
             x.per_core()
         );
     }
-    let f_us = f.cpu * 1e6 / f.encrypted.max(1) as f64;
-    let f_core = f.encrypted as f64 / f.cpu.max(1e-9);
-    let _ = writeln!(
-        w,
-        "{:<10} {:>6.1} {:>9} {:>9} {:>9} {:>9} {:>7.0}% {:>8} {:>8.2} {:>12.0}",
-        "floor",
-        f.wall,
-        "-",
-        "-",
-        "-",
-        "-",
-        100.0 * f.cpu / f.wall.max(1e-9),
-        "-",
-        f_us,
-        f_core
-    );
+    let f_us = f.us_per_pkt();
+    let fk_us = fk.us_per_pkt();
+    for (name, x) in [("floor", &f), ("floor/keys", &fk)] {
+        let _ = writeln!(
+            w,
+            "{:<10} {:>6.1} {:>9} {:>9} {:>9} {:>9} {:>7.0}% {:>8} {:>8.2} {:>12.0}",
+            name,
+            x.wall,
+            "-",
+            "-",
+            "-",
+            "-",
+            100.0 * x.cpu / x.wall.max(1e-9),
+            "-",
+            x.cpu * 1e6 / x.encrypted.max(1) as f64,
+            x.encrypted as f64 / x.cpu.max(1e-9)
+        );
+    }
     let _ = writeln!(w);
     let _ = writeln!(
         w,
@@ -1557,13 +1655,23 @@ fn measure(
     }
     let _ = writeln!(
         w,
-        "floor: {} decrypts + {} encrypts, sendmmsg x{BATCH}: {} sent, {} errors, {} received by clients; {:.0}% of its CPU in the kernel",
+        "floor: {} decrypts + {} encrypts, sendmmsg x{BATCH}: {} sent, {} errors; {:.0}% of its CPU in the kernel; \
+         both floors: {} received by clients of {} sent",
         f.decrypted,
         f.encrypted,
         f.sent,
         f.errors,
+        100.0 * f.sys_share,
         floor_rx,
-        100.0 * f.sys_share
+        f.sent + fk.sent
+    );
+    let _ = writeln!(
+        w,
+        "floor/keys: the same with {} keys (each endpoint's own, as the engine has them): {} sent, {} errors; {:.0}% of its CPU in the kernel",
+        dests.len(),
+        fk.sent,
+        fk.errors,
+        100.0 * fk.sys_share
     );
     let _ = writeln!(
         w,
@@ -1621,6 +1729,24 @@ fn measure(
         load.us_per_fwd(),
         f_us,
         met(ratio <= 1.2)
+    );
+    ratios.sort_by(f64::total_cmp);
+    let _ = writeln!(
+        w,
+        "  (each of the {} rounds against the floor measured right after it: {})",
+        ratios.len(),
+        ratios
+            .iter()
+            .map(|r| format!("{r:.2}x"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    let _ = writeln!(
+        w,
+        "  (against the floor with a key per endpoint: {:.2} us / {:.2} us = {:.2}x)",
+        load.us_per_fwd(),
+        fk_us,
+        load.us_per_fwd() / fk_us.max(1e-9)
     );
     let video_core = load.per_core() * video_share;
     let _ = writeln!(

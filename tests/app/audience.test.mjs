@@ -104,6 +104,11 @@ appTest(`${N} simulated visitors and two viewers of the app watch one speaker on
             + `${(per * 100).toFixed(3)}% of a core per visitor, RSS ${loaded.rss} KiB (+${Math.round((loaded.rss - base.rss) / N)} KiB per visitor); `
             + `${Math.round(rate)} packets/s received by the simulated visitors (${Math.round(rate / N)} each), `
             + `${last().channels} bridge channels open (${process.env.MEETD_BIN ? path.basename(path.dirname(MEETD_BIN)) : 'debug'} build)`);
+        // "receiving" counts the visitors whose video grew within the last report's second: on
+        // a starved machine (200 visitors, the bridge and four browsers on two cores) one second
+        // can miss some, so every visitor has to be receiving again within a few seconds.
+        const still = Date.now() + 15000;
+        while (last().receiving !== N && Date.now() < still && swarm.exitCode === null) await sleep(250);
         assert.equal(last().receiving, N, `still all receiving: ${JSON.stringify(last())}`);
         // The app's viewers keep playing Alice with the audience on the bridge.
         for (const v of viewers) await v.waitVideoFrom(a, 20000, { audio: true });

@@ -301,17 +301,19 @@ export class Participant {
      * Click a toolbar button by its aria-label's i18n key (the DOM carries the text), in the
      * toolbar or, where the app put it, in the "More actions" menu.
      */
-    async clickToolbar(key, what) {
+    async clickToolbar(key, what, timeout = 30000) {
+        // Generous by default: with six browsers and their encoders on two cores a menu can
+        // take seconds to open (a click that succeeds returns at once).
         const text = label(key);
         const fail = (e) => { throw new Error(`${this.name}: toolbar button ${what} (${text}): ${e.message}`); };
         const inBar = this.doc.locator(`.toolbox-content-items [aria-label="${text}"]`);
         if (await inBar.count()) {
-            await inBar.first().click({ timeout: 10000 }).catch(fail);
+            await inBar.first().click({ timeout }).catch(fail);
             return;
         }
         await this.doc.locator(`[aria-label="${label('toolbar.accessibilityLabel.moreActions')}"]`).first()
-            .click({ timeout: 10000 }).catch(fail);
-        await this.doc.locator(`[aria-label="${text}"]`).first().click({ timeout: 10000 }).catch(fail);
+            .click({ timeout }).catch(fail);
+        await this.doc.locator(`[aria-label="${text}"]`).first().click({ timeout }).catch(fail);
     }
 
     /** The aria-labels of the toolbar's buttons and of its "More actions" menu. */
@@ -785,8 +787,8 @@ export const recordingSessions = (p) => p.eval(() => Object.values(APP.store.get
 export async function startLiveStreamFromMenu(p, key) {
     await p.clickToolbar('dialog.startLiveStreaming', 'start live stream');
     const input = p.doc.locator(`input[placeholder="${label('liveStreaming.enterStreamKey')}"]`);
-    await input.first().fill(key, { timeout: 10000 });
-    await p.doc.locator('#modal-dialog-ok-button').click({ timeout: 10000 });
+    await input.first().fill(key, { timeout: 30000 });
+    await p.doc.locator('#modal-dialog-ok-button').click({ timeout: 30000 });
 }
 
 /** "Stop live stream" from the app's menu, confirmed. */

@@ -62,7 +62,7 @@ appTest('a visitor watches the meeting: visitor mode in the app, media from the 
         assert.equal(m.displayName, 'Vera');
         assert.equal(m.isFromVisitor, true, JSON.stringify(m));
     }
-    await v.clickToolbar('toolbar.accessibilityLabel.closeChat', 'chat').catch(() => v.page.keyboard.press('Escape'));
+    await v.clickToolbar('toolbar.accessibilityLabel.closeChat', 'chat', 10000).catch(() => v.page.keyboard.press('Escape'));
     await v.clickToolbar('toolbar.accessibilityLabel.raiseHand', 'raise hand');
     await a.waitFor(() => APP.store.getState()['features/visitors'].promotionRequests.length === 1, 'Vera\'s request', 15000);
     await a.doc.getByRole('button', { name: 'Admit', exact: true }).first().click({ timeout: 10000 });

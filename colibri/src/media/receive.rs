@@ -378,7 +378,7 @@ impl MediaEngine {
             ts: h.ts,
             pt,
             marker: h.marker,
-            payload: Arc::new(Buf::from_vec(plain.into_vec(), start..len)),
+            payload: Buf::from_vec(plain.into_vec(), start..len),
             ext: ExtOut {
                 audio_level: h.audio_level,
                 video_orientation: h.video_orientation,
