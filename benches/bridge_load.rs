@@ -928,6 +928,20 @@ fn sample(h: &EngineHandle, tids: &[i64], sh: &Shared) -> Result<Sample, String>
     })
 }
 
+/// `a.f += b.f` for each field `f` named.
+macro_rules! add_fields {
+    ($a:ident, $b:ident: $($f:ident),+ $(,)?) => {
+        $( $a.$f += $b.$f; )+
+    };
+}
+
+/// Adds CPU seconds and their kernel share (`(cpu, share)`) to a running total.
+fn add_cpu(total: (&mut f64, &mut f64), more: (f64, f64)) {
+    let cpu = *total.0 + more.0;
+    *total.1 = (*total.1 * *total.0 + more.1 * more.0) / cpu.max(1e-9);
+    *total.0 = cpu;
+}
+
 struct Window {
     secs: f64,
     cpu: f64,
@@ -974,22 +988,9 @@ impl Window {
     }
     /// Two windows as one.
     fn add(&mut self, o: &Window) {
-        let cpu = self.cpu + o.cpu;
-        self.sys_share = (self.sys_share * self.cpu + o.sys_share * o.cpu) / cpu.max(1e-9);
-        self.secs += o.secs;
-        self.cpu = cpu;
-        self.client_cpu += o.client_cpu;
-        self.pkts_in += o.pkts_in;
-        self.bytes_in += o.bytes_in;
-        self.pkts_out += o.pkts_out;
-        self.bytes_out += o.bytes_out;
-        self.forwarded += o.forwarded;
-        self.rx_video += o.rx_video;
-        self.rx_audio += o.rx_audio;
-        self.sent_video += o.sent_video;
-        self.sent_audio += o.sent_audio;
-        self.engine_drops += o.engine_drops;
-        self.client_drops += o.client_drops;
+        add_cpu((&mut self.cpu, &mut self.sys_share), (o.cpu, o.sys_share));
+        add_fields!(self, o: secs, client_cpu, pkts_in, bytes_in, pkts_out, bytes_out, forwarded,
+            rx_video, rx_audio, sent_video, sent_audio, engine_drops, client_drops);
     }
     fn us_per_fwd(&self) -> f64 {
         self.cpu * 1e6 / self.forwarded.max(1) as f64
@@ -1147,14 +1148,8 @@ struct FloorResult {
 
 impl FloorResult {
     fn add(&mut self, o: &FloorResult) {
-        let cpu = self.cpu + o.cpu;
-        self.sys_share = (self.sys_share * self.cpu + o.sys_share * o.cpu) / cpu.max(1e-9);
-        self.cpu = cpu;
-        self.wall += o.wall;
-        self.decrypted += o.decrypted;
-        self.encrypted += o.encrypted;
-        self.sent += o.sent;
-        self.errors += o.errors;
+        add_cpu((&mut self.cpu, &mut self.sys_share), (o.cpu, o.sys_share));
+        add_fields!(self, o: wall, decrypted, encrypted, sent, errors);
     }
     fn us_per_pkt(&self) -> f64 {
         self.cpu * 1e6 / self.encrypted.max(1) as f64
@@ -1522,25 +1517,18 @@ fn measure(
         std::thread::sleep(Duration::from_millis(400));
         let in_len = (w.bytes_in / w.pkts_in.max(1)) as usize;
         let out_len = (w.bytes_out / w.pkts_out.max(1)) as usize;
-        let a = floor(
-            &profile,
-            w.pkts_in,
-            in_len,
-            w.forwarded,
-            out_len,
-            dests,
-            false,
-        );
-        // The same with a key per endpoint.
-        let b = floor(
-            &profile,
-            w.pkts_in,
-            in_len,
-            w.forwarded,
-            out_len,
-            dests,
-            true,
-        );
+        // One key for all, then a key per endpoint.
+        let [a, b] = [false, true].map(|keyed| {
+            floor(
+                &profile,
+                w.pkts_in,
+                in_len,
+                w.forwarded,
+                out_len,
+                dests,
+                keyed,
+            )
+        });
         ratios.push(w.us_per_fwd() / a.us_per_pkt().max(1e-9));
         f.add(&a);
         fk.add(&b);
