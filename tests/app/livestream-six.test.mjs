@@ -67,9 +67,8 @@ appTest('six rooms stream at once, to RTMP and HLS; a seventh is busy', app.wrap
         // Every stream reaches the RTMP server (H.264 + AAC) and is served as HLS.
         for (let i = 0; i < ROOMS; i++) {
             // ffprobe decides on what it saw in its first seconds; on this loaded machine the
-            // encoders' audio may come late, so it looks for 10 s.
-            // With six encoders behind their input's clock (the log says by how much), a stream's
-            // first video can come after a probe gave up: up to three probes.
+            // encoders run behind their input's clock (the log says by how much) and a stream's
+            // audio or video may come late: it looks for 10 s, up to three times.
             let probe = await rtmp.probe(`stream${i}`, 15000, 10);
             for (let again = 0; again < 2 && probe.streams.length < 2; again++) {
                 console.log(`# stream${i}: probe saw ${JSON.stringify(probe)}, probing again`);
