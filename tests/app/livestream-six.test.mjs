@@ -66,13 +66,13 @@ appTest('six rooms stream at once, to RTMP and HLS; a seventh is busy', app.wrap
 
         // Every stream reaches the RTMP server (H.264 + AAC) and is served as HLS.
         for (let i = 0; i < ROOMS; i++) {
-            // ffprobe decides on what it saw in its first seconds; on this loaded machine the
-            // encoders run behind their input's clock (the log says by how much) and a stream's
-            // audio or video may come late: it looks for 10 s, up to three times.
+            // ffprobe decides on what it saw in its first seconds of stream time; on this loaded
+            // machine the encoders run behind their input's clock (the log says by how much) and
+            // a stream's audio or video may come late: it looks for 10 s, then twice for 20 s.
             let probe = await rtmp.probe(`stream${i}`, 15000, 10);
             for (let again = 0; again < 2 && probe.streams.length < 2; again++) {
                 console.log(`# stream${i}: probe saw ${JSON.stringify(probe)}, probing again`);
-                probe = await rtmp.probe(`stream${i}`, 15000, 10);
+                probe = await rtmp.probe(`stream${i}`, 15000, 20);
             }
             assert.deepEqual(probe.streams.map((s) => s.codec_name).sort(), ['aac', 'h264'], `stream${i}: ${JSON.stringify(probe)}`);
             await until(`stream${i}.m3u8`, async () => (await fetch(`${app.base}/live/stream${i}.m3u8`)).status === 200, 15000);
