@@ -1613,8 +1613,8 @@ fn measure(
             "-",
             100.0 * x.cpu / x.wall.max(1e-9),
             "-",
-            x.cpu * 1e6 / x.encrypted.max(1) as f64,
-            x.encrypted as f64 / x.cpu.max(1e-9)
+            x.us_per_pkt(),
+            1e6 / x.us_per_pkt().max(1e-9)
         );
     }
     let _ = writeln!(w);

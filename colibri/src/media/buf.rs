@@ -23,9 +23,6 @@ thread_local! {
 #[derive(Debug, Default)]
 pub(super) struct Buf(Vec<u8>, std::ops::Range<usize>);
 
-/// A forwarded packet's payload.
-pub(super) type Payload = Buf;
-
 impl Buf {
     /// A buffer from the free list (or a new one), with stale contents: for writing into.
     pub fn scratch() -> Vec<u8> {
@@ -63,10 +60,6 @@ impl Buf {
     pub fn into_vec(mut self) -> Vec<u8> {
         std::mem::take(&mut self.0)
     }
-
-    pub fn payload(data: &[u8]) -> Payload {
-        Buf::copy_of(data)
-    }
 }
 
 impl Clone for Buf {
@@ -103,11 +96,11 @@ mod tests {
 
     #[test]
     fn buffers_are_reused() {
-        let a = Buf::payload(&[1, 2, 3]);
+        let a = Buf::copy_of(&[1, 2, 3]);
         let p = a.0.as_ptr();
         assert_eq!(&a[..], [1, 2, 3]);
         drop(a);
-        let b = Buf::payload(&[4; 1200]);
+        let b = Buf::copy_of(&[4; 1200]);
         assert_eq!(b.0.as_ptr(), p, "the freed buffer came back");
         assert_eq!(b.len(), 1200);
     }

@@ -19,7 +19,7 @@ pub(super) struct Sent {
     pub picture_id: Option<u16>,
     pub tl0: Option<u8>,
     pub at: Instant,
-    pub payload: super::buf::Payload,
+    pub payload: super::buf::Buf,
     pub ext: ExtOut,
     /// SVC: the spatial layer of the frame this packet ends.
     pub end_spatial: Option<u8>,
@@ -110,7 +110,7 @@ mod tests {
             picture_id: None,
             tl0: None,
             at: t0 + Duration::from_millis(ms),
-            payload: super::super::buf::Buf::payload(&[seq as u8]),
+            payload: super::super::buf::Buf::copy_of(&[seq as u8]),
             ext: ExtOut::default(),
             end_spatial: None,
         };

@@ -81,7 +81,7 @@ use crate::rtp::rtcp::{Feedback, parse_feedback};
 use crate::rtp::stun::stun_request_local_ufrag;
 use crate::rtp::{ExtOut, RtpOut, is_rtcp, is_rtp, write_header};
 pub use broadcast::{AUDIO_PT, BroadcastStats, BroadcastTarget, VIDEO_PT};
-use buf::{Buf, Payload};
+use buf::Buf;
 use conference::Conference;
 pub use constraints::ReceiverConstraints;
 pub use datachannel::MAX_CHANNEL_MESSAGE;
@@ -423,7 +423,7 @@ struct Incoming {
     ts: u32,
     pt: u8,
     marker: bool,
-    payload: Payload,
+    payload: Buf,
     ext: ExtOut,
     arrival: Instant,
 }
@@ -453,7 +453,7 @@ impl Incoming {
                     .map(|d| Arc::from(d.0.as_slice())),
             },
             arrival: p.timestamp,
-            payload: Buf::payload(&p.payload),
+            payload: Buf::copy_of(&p.payload),
         }
     }
 }
