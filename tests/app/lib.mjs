@@ -99,9 +99,15 @@ export function useApp({ name = 'app', config = '', extraArgs = [], https = fals
                     try {
                         const states = await Promise.all(h.participants.map((p) => p.describe()));
                         const pages = h.participants.map((p) => `[${p.name}] ${p.log.slice(-(Number(process.env.APP_PAGE_LOG_LINES) || 25)).join('\n  ')}`).join('\n');
-                        e.message = `${e.message}\n--- what the apps show ---\n${states.join('\n')}\n--- page logs ---\n${pages}\n--- meetd log ---\n${h.server?.logTail(60)}`;
-                    } catch {
-                        // read-only message
+                        const more = `\n--- what the apps show ---\n${states.join('\n')}\n--- page logs ---\n${pages}\n--- meetd log ---\n${h.server?.logTail(60)}`;
+                        try {
+                            e.message = `${e.message}${more}`;
+                        } catch {
+                            // Some errors' messages are read-only (Playwright's): print it.
+                            console.log(`failure context of "${e.message}":${more}`);
+                        }
+                    } catch (d) {
+                        console.log(`no failure context: ${d}`);
                     }
                     throw e;
                 }
@@ -262,10 +268,15 @@ export class Participant {
         /** The app's frame where it is embedded in another page (IFrame API), else null. */
         this.frame = null;
         page.on('pageerror', (e) => this.log.push(`pageerror: ${e}`));
+        // A page the app reloads (its reload overlay after a fatal error) loses its state:
+        // note when, so that a failure's page log shows it.
+        page.on('framenavigated', (f) => {
+            if (f === page.mainFrame()) this.log.push(`navigated ${new Date().toISOString()}: ${f.url().slice(0, 200)}`);
+        });
         page.on('console', (m) => {
             const t = m.text();
             if (m.type() === 'error' || m.type() === 'warning' || /\[(INFO|WARN|ERROR)\]/.test(t)) {
-                this.log.push(`${m.type()}: ${t.slice(0, 300)}`);
+                this.log.push(`${new Date().toISOString().slice(11, 23)} ${m.type()}: ${t.slice(0, 300)}`);
                 if (this.log.length > 400) this.log.splice(0, 100);
             }
         });
