@@ -8,7 +8,8 @@ const app = useApp({ name: 'app-firewall', https: true });
 
 /** Both see each other through the bridge, each over `type` to `port`. */
 async function callOver(room, type, port) {
-    for (const t of await bridgeCall(app, room)) {
+    const over = (t) => t.type === type && Number(t.ip.split(':').pop()) === port;
+    for (const t of await bridgeCall(app, room, '', over)) {
         assert.equal(t.type, type, JSON.stringify(t));
         assert.equal(Number(t.ip.split(':').pop()), port, JSON.stringify(t));
     }
